@@ -1,0 +1,241 @@
+"""Streaming pcap / pcapng / gzip reader yielding (timestamp, linktype, frame bytes).
+
+Records are sliced out of large blocks with struct instead of one reader object per packet:
+per-packet objects cap a Python loop far below what a span port replay needs.
+Faults never raise out of the iterator: they are appended to `CaptureFile.errors` as one
+line each and the reader keeps what it can (skips a bad pcapng block, stops at a torn pcap record).
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from sensor.errors import CaptureError
+
+BLOCK_SIZE = 4 << 20
+MAX_FRAME = 262_144 * 4  # a record claiming more than this is corruption, not a frame
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+# pcapng block types
+_IDB, _PB, _SPB, _EPB = 1, 2, 3, 6
+
+
+def sniff_format(head: bytes) -> str | None:
+    """'pcap', 'pcapng' or 'gzip' from the first bytes of a file, None when it is none of them."""
+    if head[:4] in PCAP_MAGICS:
+        return "pcap"
+    if head[:4] == PCAPNG_SHB:
+        return "pcapng"
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    return None
+
+
+class CaptureFile:
+    """One capture file, opened lazily; iterate `packets()` once."""
+
+    def __init__(self, path: Path | str, stream: BinaryIO | None = None) -> None:
+        """Read `path`, or an already open pcap `stream` (e.g. a prefilter's output) named `path`."""
+        self.path = Path(path)
+        self.name = str(path)
+        self.errors: list[str] = []
+        self.linktypes: set[int] = set()
+        self.format: str | None = "pcap" if stream is not None else None
+        self.compressed = False
+        self._given_stream = stream
+
+    def _open(self) -> BinaryIO:
+        if self._given_stream is not None:
+            return self._given_stream
+        try:
+            raw: BinaryIO = open(self.path, "rb")
+        except OSError as exc:
+            raise CaptureError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
+        head = raw.read(4)
+        kind = sniff_format(head)
+        raw.seek(0)
+        if kind == "gzip":
+            self.compressed = True
+            stream: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+            try:
+                head = stream.read(4)
+            except (OSError, EOFError) as exc:
+                raw.close()
+                raise CaptureError(f"{self.name}: corrupt gzip data: {exc}") from None
+            kind = sniff_format(head)
+            stream = gzip.GzipFile(fileobj=open(self.path, "rb"))  # type: ignore[assignment]
+            raw.close()
+            if kind not in ("pcap", "pcapng"):
+                stream.close()
+                raise CaptureError(f"{self.name}: gzip file does not contain a pcap or pcapng capture")
+            self.format = kind
+            return stream
+        if kind is None:
+            raw.close()
+            if not head:
+                raise CaptureError(f"{self.name}: empty file, not a capture")
+            raise CaptureError(
+                f"{self.name}: not a capture file (magic {head.hex()}; expected pcap, pcapng or gzip)"
+            )
+        self.format = kind
+        return raw
+
+    def check(self) -> None:
+        """Raise CaptureError now if the file cannot be opened as a capture."""
+        self._open().close()
+
+    def packets(self) -> Iterator[tuple[float, int, bytes]]:
+        stream = self._open()
+        try:
+            if self.format == "pcap":
+                yield from self._pcap(stream)
+            else:
+                yield from self._pcapng(stream)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            self.errors.append(f"{self.name}: read error: {exc}")
+        finally:
+            stream.close()
+
+    # -- pcap -----------------------------------------------------------------------------
+    def _pcap(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+        header = stream.read(24)
+        if len(header) < 24:
+            self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
+            return
+        endian, scale = PCAP_MAGICS[header[:4]]
+        snaplen, linktype_field = struct.unpack_from(endian + "II", header, 16)
+        linktype = linktype_field & 0x0FFFFFFF  # upper bits carry FCS info in some writers
+        self.linktypes.add(linktype)
+        record = struct.Struct(endian + "IIII")
+        unpack_from = record.unpack_from
+        buf = b""
+        pos = 0
+        offset = 24  # file offset of buf[0], for error messages
+        while True:
+            chunk = stream.read(BLOCK_SIZE)
+            if not chunk:
+                break
+            if pos < len(buf):
+                buf = buf[pos:] + chunk
+            else:
+                buf = chunk
+            offset += pos
+            pos = 0
+            end_of_buf = len(buf)
+            while pos + 16 <= end_of_buf:
+                sec, frac, incl, _orig = unpack_from(buf, pos)
+                end = pos + 16 + incl
+                if end > end_of_buf:
+                    if incl > MAX_FRAME:
+                        self.errors.append(
+                            f"{self.name}: corrupt record at byte {offset + pos} (length {incl}); rest of file skipped"
+                        )
+                        return
+                    break
+                yield sec + frac * scale, linktype, buf[pos + 16 : end]
+                pos = end
+        if pos < len(buf):
+            self.errors.append(
+                f"{self.name}: truncated: last record cut short at byte {offset + pos} "
+                f"({len(buf) - pos} bytes left over)"
+            )
+
+    # -- pcapng ---------------------------------------------------------------------------
+    def _pcapng(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+        endian = "<"
+        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
+        buf = b""
+        pos = 0
+        offset = 0
+        eof = False
+        while True:
+            if not eof and len(buf) - pos < 12:
+                chunk = stream.read(BLOCK_SIZE)
+                if not chunk:
+                    eof = True
+                offset += pos
+                buf = buf[pos:] + chunk
+                pos = 0
+            if len(buf) - pos < 12:
+                if len(buf) - pos:
+                    self.errors.append(f"{self.name}: truncated: {len(buf) - pos} stray bytes at end of file")
+                return
+            btype = buf[pos : pos + 4]
+            if btype == PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    self.errors.append(f"{self.name}: corrupt section header at byte {offset + pos}")
+                    return
+                interfaces = []
+            block_type, block_len = struct.unpack_from(endian + "II", buf, pos)
+            if block_len < 12 or block_len % 4 or block_len > 16 << 20:
+                self.errors.append(
+                    f"{self.name}: corrupt block at byte {offset + pos} (length {block_len}); rest of file skipped"
+                )
+                return
+            while len(buf) - pos < block_len and not eof:
+                chunk = stream.read(max(BLOCK_SIZE, block_len))
+                if not chunk:
+                    eof = True
+                    break
+                offset += pos
+                buf = buf[pos:] + chunk
+                pos = 0
+            if len(buf) - pos < block_len:
+                self.errors.append(f"{self.name}: truncated: last block cut short at byte {offset + pos}")
+                return
+            body = pos + 8
+            if block_type == _EPB:
+                iface, ts_hi, ts_lo, cap_len = struct.unpack_from(endian + "IIII", buf, body)
+                if iface >= len(interfaces) or 20 + cap_len + 12 > block_len:
+                    self.errors.append(f"{self.name}: bad packet block at byte {offset + pos}; skipped")
+                else:
+                    linktype, unit = interfaces[iface]
+                    start = body + 20
+                    yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
+            elif block_type == _IDB:
+                linktype = struct.unpack_from(endian + "H", buf, body)[0]
+                interfaces.append((linktype, _if_tsresol(buf, body + 8, pos + block_len - 4, endian)))
+                self.linktypes.add(linktype)
+            elif block_type == _SPB:
+                if interfaces:
+                    linktype, _unit = interfaces[0]
+                    orig_len = struct.unpack_from(endian + "I", buf, body)[0]
+                    cap_len = min(orig_len, block_len - 16)
+                    yield 0.0, linktype, buf[body + 4 : body + 4 + cap_len]
+            elif block_type == _PB:
+                iface, _drops, ts_hi, ts_lo, cap_len = struct.unpack_from(endian + "HHIII", buf, body)
+                if iface < len(interfaces) and 20 + cap_len + 12 <= block_len:
+                    linktype, unit = interfaces[iface]
+                    start = body + 20
+                    yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
+            pos += block_len
+
+
+def _if_tsresol(buf: bytes, start: int, end: int, endian: str) -> float:
+    """Seconds per timestamp unit from an IDB's if_tsresol option (default microseconds)."""
+    pos = start
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(endian + "HH", buf, pos)
+        if code == 0:
+            break
+        if code == 9 and length >= 1:
+            value = buf[pos + 4]
+            return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+        pos += 4 + ((length + 3) & ~3)
+    return 1e-6
