@@ -1,0 +1,71 @@
+"""IP -> names from observed DNS answers, to attribute flows that carry no usable name
+(no SNI, an ECH cover name, HTTP without Host, QUIC whose hello was not seen).
+
+For each address the names are kept in chain order: the name the client asked for first, then
+every CNAME target down to the address record. A first-party alias that points at a tracker
+(`metrics.hospital.org CNAME x.sc.omtrdc.net`) is attributed through the chain.
+Entries live for the record's TTL (bounded below and above) and the table is capped (LRU).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from sensor.records import Counters, DnsQuery
+
+MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
+MAX_TTL = 86_400.0
+
+
+class DnsCache:
+    def __init__(self, max_entries: int = 100_000, counters: Counters | None = None) -> None:
+        self.max_entries = max_entries
+        self.counters = counters if counters is not None else Counters()
+        # address -> (expiry, names in chain order)
+        self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+
+    def observe(self, query: DnsQuery) -> None:
+        if not query.answers:
+            return
+        chain = _chain(query)
+        for answer in query.answers:
+            if answer.type not in ("A", "AAAA"):
+                continue
+            ttl = min(max(float(answer.ttl), MIN_TTL), MAX_TTL)
+            names = chain.get(answer.name.lower(), (query.name.lower(),))
+            self._entries[answer.data] = (query.ts + ttl, names)
+            self._entries.move_to_end(answer.data)
+            self.counters.add("dnscache.stored")
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.counters.add("dnscache.evicted")
+
+    def names_for(self, address: str, now: float) -> tuple[str, ...]:
+        """Names that resolved to `address` and are still valid at `now` (capture time)."""
+        entry = self._entries.get(address)
+        if entry is None:
+            return ()
+        expiry, names = entry
+        if now > expiry:
+            del self._entries[address]
+            self.counters.add("dnscache.expired")
+            return ()
+        self._entries.move_to_end(address)
+        return names
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _chain(query: DnsQuery) -> dict[str, tuple[str, ...]]:
+    """For every owner name in the answer section, the path of names from the question to it."""
+    paths: dict[str, tuple[str, ...]] = {query.name.lower(): (query.name.lower(),)}
+    # CNAME answers may come in any order; follow them until nothing new is reachable.
+    cnames = [(a.name.lower(), a.data.lower().rstrip(".")) for a in query.answers if a.type == "CNAME"]
+    changed = True
+    while changed:
+        changed = False
+        for owner, target in cnames:
+            if owner in paths and target not in paths and len(paths[owner]) < 16:
+                paths[target] = paths[owner] + (target,)
+                changed = True
+    return paths
