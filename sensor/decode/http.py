@@ -1,0 +1,474 @@
+"""HTTP/1.x requests from the client->server byte stream (RFC 9112), sans-IO.
+
+The caller reassembles TCP and feeds the client's bytes in order; complete requests come out with
+their de-chunked, decompressed body (bounded by body_cap). Anything that is not an HTTP/1.x request
+stream ends parsing (``failed``) and counts ``http.parse_errors``, except after CONNECT or an
+Upgrade request, where the tunnel may legitimately carry other protocols: there parsing goes on
+while the bytes still look like requests (a proxied plaintext request) and stops quietly otherwise.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Any
+
+from sensor.records import Counters
+
+_brotli: Any
+try:
+    import brotli as _brotli
+
+    # Only versions whose decompressor can bound its output are safe against bombs.
+    _brotli.Decompressor().process(b"", output_buffer_limit=1)
+except (ImportError, TypeError):
+    _brotli = None
+_BrotliError: type[Exception] = _brotli.error if _brotli is not None else zlib.error
+
+METHODS: frozenset[bytes] = frozenset({
+    b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
+    # WebDAV / CalDAV, common on intranet document and calendar servers.
+    b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"REPORT", b"SEARCH",
+    b"MKCALENDAR",
+})
+_MAX_METHOD = max(map(len, METHODS))
+_METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range(1, len(method) + 1))
+
+_BLANK_LINES = re.compile(rb"[\r\n]+")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_VERSION = re.compile(rb"HTTP/(1\.[0-9])")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_MAX_CHUNK_LINE = 4096  # size plus extensions
+_MAX_RATIO = 200  # decoded bytes per compressed byte beyond which a body counts as a bomb
+# Bytes to wait for when telling a withheld 100-continue body from the next request line.
+_MAX_REQUEST_LINE_PROBE = 8192
+
+
+def looks_like_request(prefix: bytes) -> bool:
+    """True if prefix starts with a known method and a space, or, when shorter, could still do so."""
+    head = bytes(prefix[:_MAX_METHOD + 1])
+    space = head.find(b" ")
+    if space >= 0:
+        return head[:space] in METHODS
+    return head in _METHOD_PREFIXES
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    method: str
+    target: str  # exactly as sent
+    version: str  # "1.0" / "1.1"
+    headers: tuple[tuple[str, str], ...]
+    host: str | None  # Host header without port, lower-cased; IPv6 literal without brackets
+    body: bytes  # de-chunked and content-decoded, at most body_cap bytes
+    body_bytes: int  # body length as transferred: before content decoding, chunk framing excluded
+    body_truncated: bool  # body incomplete, longer than the cap, or decoding stopped by a bound
+    offset: int  # stream offset of the request line
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _host_without_port(value: str) -> str | None:
+    value = value.strip()
+    if value.startswith("["):
+        literal, bracket, _port = value[1:].partition("]")
+        host = literal if bracket else ""
+    else:
+        name, colon, port = value.rpartition(":")
+        host = name if colon and (port.isdigit() or not port) else value
+    return host.lower() or None
+
+
+class _BodyDecoder:
+    """Collects one body: raw bytes up to the cap, and a bounded streaming content decoder."""
+
+    def __init__(self, coding: str | None, cap: int) -> None:
+        self.cap = cap
+        self.wire_bytes = 0
+        self.raw = bytearray()
+        self.decoded = bytearray()
+        self.truncated = False
+        self.decode_failed = False
+        self._compressed_in = 0
+        self._tail = b""  # zlib input held back by the output bound
+        self._is_deflate = coding == "deflate"
+        self._is_brotli = coding == "br" and _brotli is not None
+        self._decoder: Any = None
+        if coding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+        elif self._is_deflate:
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        elif self._is_brotli:
+            self._decoder = _brotli.Decompressor()
+        self.decoding = self._decoder is not None
+
+    def feed(self, chunk: bytes) -> None:
+        self.wire_bytes += len(chunk)
+        room = self.cap - len(self.raw)
+        if room > 0:
+            self.raw += chunk[:room]
+        if self._decoder is not None:
+            self._decode(chunk)
+
+    def _decode(self, chunk: bytes) -> None:
+        self._compressed_in += len(chunk)
+        room = self.cap - len(self.decoded)
+        if room <= 0:  # a zero bound would mean "unbounded" to both decompressors
+            self._stop_decoding()
+            return
+        try:
+            if self._is_brotli:
+                output = self._decoder.process(chunk, output_buffer_limit=room)
+                finished = self._decoder.is_finished()
+            else:
+                output = self._decoder.decompress(self._tail + chunk, room)
+                self._tail = self._decoder.unconsumed_tail
+                finished = self._decoder.eof
+        except (zlib.error, _BrotliError):
+            self._decode_error()
+            return
+        self.decoded += output[:room]
+        consumed = self._compressed_in - len(self._tail)
+        if (len(output) >= room and not finished) or len(self.decoded) > _MAX_RATIO * consumed:
+            self._stop_decoding()  # at the cap, or expanding like a bomb: keep what we have
+
+    def _stop_decoding(self) -> None:
+        self.truncated = True
+        self._decoder = None
+
+    def _decode_error(self) -> None:
+        # Many clients send "deflate" as a raw stream without the zlib header: retry once that way,
+        # possible while every compressed byte so far is still in raw.
+        if self._is_deflate and not self.decoded and self._compressed_in == len(self.raw):
+            self._is_deflate = False
+            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._compressed_in, self._tail = 0, b""
+            self._decode(bytes(self.raw))
+            return
+        self.decode_failed = True
+        self._decoder = None
+
+    def result(self) -> tuple[bytes, bool]:
+        """The body to report and whether it is incomplete; undecodable bodies are reported raw."""
+        if self.decoding and not self.decode_failed:
+            return bytes(self.decoded), self.truncated
+        return bytes(self.raw), self.wire_bytes > len(self.raw)
+
+
+class _State(Enum):
+    HEAD = auto()
+    BODY_LENGTH = auto()
+    CHUNK_SIZE = auto()
+    CHUNK_DATA = auto()
+    CHUNK_DATA_END = auto()
+    TRAILERS = auto()
+    DONE = auto()
+
+
+@dataclass(slots=True)
+class _Message:
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    host: str | None
+    offset: int
+    body: _BodyDecoder
+    awaiting_continue: bool  # Expect: 100-continue and no body byte seen yet
+    opens_tunnel: bool  # CONNECT or Upgrade: what follows may be another protocol
+    remaining: int = 0
+
+
+class _Invalid(Exception):
+    """Internal: the stream is not (or no longer) a valid HTTP/1.x request stream."""
+
+
+class HttpRequestStream:
+    """Incremental parser for the client side of one HTTP/1.x connection (pipelining included)."""
+
+    def __init__(self, body_cap: int = 65536, header_cap: int = 65536, counters: Counters | None = None) -> None:
+        self.body_cap = max(0, body_cap)
+        self.header_cap = max(1, header_cap)
+        self.counters = counters if counters is not None else Counters()
+        self._buf = bytearray()
+        self._pos = 0  # parse position inside _buf
+        self._base = 0  # stream offset of _buf[0]
+        self._scan_from = 0  # where the search for a blank line resumes, so slow drips stay linear
+        self._state = _State.HEAD
+        self._message: _Message | None = None
+        self._failed = False
+        self._in_tunnel = False
+        self._ready: list[ParsedRequest] = []
+
+    @property
+    def failed(self) -> bool:
+        """The stream is not HTTP, is desynchronised, or a tunnel left HTTP: stop feeding."""
+        return self._failed
+
+    def feed(self, data: bytes) -> list[ParsedRequest]:
+        if self._failed or self._state is _State.DONE or not data:
+            return []
+        self._buf += data
+        try:
+            while self._step():
+                pass
+        except _Invalid:
+            self._fail()
+        if self._pos:
+            del self._buf[:self._pos]
+            self._base += self._pos
+            self._scan_from = max(0, self._scan_from - self._pos)
+            self._pos = 0
+        ready, self._ready = self._ready, []
+        return ready
+
+    def finish(self) -> list[ParsedRequest]:
+        """End of stream: a request still waiting for body bytes comes out with body_truncated=True."""
+        if self._message is not None and not self._failed:
+            if self._state is _State.BODY_LENGTH:  # e.g. an undecided 100-continue body
+                self._message.body.feed(bytes(self._buf[self._pos:self._pos + self._message.remaining]))
+            self._emit(truncated=True)
+        self._state = _State.DONE
+        self._buf.clear()
+        self._pos = 0
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _fail(self) -> None:
+        if self._message is not None:
+            self._emit(truncated=True)  # the head was valid: its partial body is still evidence
+        if not self._in_tunnel:
+            self.counters.add("http.parse_errors")
+        self._failed = True
+        self._pos = len(self._buf)
+
+    def _step(self) -> bool:
+        """Advance by one unit (a head, a body piece, a chunk line); False when more bytes are needed."""
+        state = self._state
+        if state is _State.HEAD:
+            return self._parse_head()
+        message = self._message
+        assert message is not None
+        if message.awaiting_continue:
+            withheld = self._next_is_request_line()
+            if withheld is None:
+                return False
+            message.awaiting_continue = False
+            if withheld:  # the server refused with a final status: no body, the next request follows
+                self._emit(truncated=False)
+                return True
+        if state is _State.BODY_LENGTH:
+            return self._take_body(message, then=None)
+        if state is _State.CHUNK_SIZE:
+            return self._parse_chunk_size(message)
+        if state is _State.CHUNK_DATA:
+            return self._take_body(message, then=_State.CHUNK_DATA_END)
+        if state is _State.CHUNK_DATA_END:
+            return self._parse_chunk_end()
+        return self._parse_trailers()
+
+    def _parse_head(self) -> bool:
+        blank = _BLANK_LINES.match(self._buf, self._pos)
+        if blank is not None:
+            self._pos = blank.end()
+        if self._pos >= len(self._buf):
+            return False
+        if not looks_like_request(self._buf[self._pos:self._pos + _MAX_METHOD + 1]):
+            raise _Invalid("not a request line")
+        end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
+        if end is None:
+            if len(self._buf) - self._pos > self.header_cap:
+                raise _Invalid("request head larger than the cap")
+            self._scan_from = max(self._pos, len(self._buf) - 2)
+            return False
+        if end.end() - self._pos > self.header_cap:
+            raise _Invalid("request head larger than the cap")
+        head = bytes(self._buf[self._pos:end.start()])
+        offset = self._base + self._pos
+        self._pos = self._scan_from = end.end()
+        self._start_message(head, offset)
+        return True
+
+    def _start_message(self, head: bytes, offset: int) -> None:
+        lines = head.split(b"\n")
+        method, target, version = self._parse_request_line(lines[0])
+        headers = self._parse_headers(lines[1:])
+        host = next((_host_without_port(value) for name, value in headers if name.lower() == "host"), None)
+        fields = {name.lower(): value for name, value in reversed(headers)}  # first occurrence wins
+        # List fields may carry empty elements (", chunked,"), which recipients ignore.
+        transfer_codings = [coding.strip().lower() for name, value in headers if name.lower() == "transfer-encoding"
+                            for coding in value.split(",") if coding.strip()]
+        # One compression layer is decoded, whether sent as a content coding or a transfer coding
+        # before chunked; stacked layers are left as sent.
+        codings = [c.strip().lower() for c in fields.get("content-encoding", "").split(",")
+                   if c.strip() and c.strip().lower() != "identity"] + transfer_codings[:-1]
+        coding = codings[0] if len(codings) == 1 else None
+        upgrade = "upgrade" in fields and "upgrade" in fields.get("connection", "").lower()
+        message = _Message(
+            method=method, target=target, version=version, headers=headers, host=host, offset=offset,
+            body=_BodyDecoder(coding, self.body_cap),
+            awaiting_continue=fields.get("expect", "").strip().lower() == "100-continue",
+            opens_tunnel=method == "CONNECT" or upgrade,
+        )
+        self._message = message  # set before framing checks, so a failure still reports the valid head
+        content_length = self._content_length([value for name, value in headers if name.lower() == "content-length"])
+        if transfer_codings:
+            # In a request, a transfer coding that does not end in chunked leaves the length unknown.
+            if transfer_codings[-1] != "chunked":
+                raise _Invalid("request transfer coding does not end with chunked")
+            self._state = _State.CHUNK_SIZE
+        elif content_length:
+            message.remaining = content_length
+            self._state = _State.BODY_LENGTH
+        else:
+            self._emit(truncated=False)
+
+    @staticmethod
+    def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+        line = line.rstrip(b"\r \t")
+        method, space, rest = line.partition(b" ")
+        raw_target, space2, version = rest.rpartition(b" ")
+        if not space or not space2 or method not in METHODS:
+            raise _Invalid("malformed request line")
+        raw_target = raw_target.strip(b" ")
+        version_match = _VERSION.fullmatch(version)
+        if not raw_target or version_match is None or _CONTROL.search(raw_target):
+            raise _Invalid("malformed request line")
+        return method.decode("ascii"), _text(raw_target), version_match.group(1).decode("ascii")
+
+    @staticmethod
+    def _parse_headers(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+        headers: list[list[str]] = []
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if line[:1] in (b" ", b"\t"):
+                if not headers:
+                    raise _Invalid("continuation line before any header")
+                # obs-fold: the continuation joins the previous value with one space.
+                continuation = _text(line.strip(b" \t"))
+                headers[-1][1] = f"{headers[-1][1]} {continuation}".strip()
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon or _TOKEN.fullmatch(name) is None:
+                raise _Invalid("malformed header line")
+            headers.append([name.decode("ascii"), _text(value.strip(b" \t"))])
+        return tuple((name, value) for name, value in headers)
+
+    @staticmethod
+    def _content_length(values: list[str]) -> int:
+        lengths = {part.strip() for value in values for part in value.split(",")}
+        if not lengths:
+            return 0
+        if len(lengths) != 1:
+            raise _Invalid("conflicting Content-Length values")
+        (length,) = lengths
+        if _DIGITS.fullmatch(length) is None:
+            raise _Invalid("invalid Content-Length")
+        return int(length)
+
+    def _next_is_request_line(self) -> bool | None:
+        """After Expect: 100-continue: True if a request line follows instead of the body, None if undecided."""
+        start = self._pos
+        if start >= len(self._buf):
+            return None
+        if not looks_like_request(self._buf[start:start + _MAX_METHOD + 1]):
+            return False
+        newline = self._buf.find(b"\n", start, start + _MAX_REQUEST_LINE_PROBE)
+        if newline < 0:
+            return None if len(self._buf) - start < _MAX_REQUEST_LINE_PROBE else False
+        try:
+            self._parse_request_line(bytes(self._buf[start:newline]))
+        except _Invalid:
+            return False
+        return True
+
+    def _take_body(self, message: _Message, then: _State | None) -> bool:
+        available = len(self._buf) - self._pos
+        if available <= 0:
+            return False
+        take = min(available, message.remaining)
+        message.body.feed(bytes(self._buf[self._pos:self._pos + take]))
+        self._pos += take
+        message.remaining -= take
+        if message.remaining:
+            return False
+        if then is None:
+            self._emit(truncated=False)
+        else:
+            self._state = then
+        return True
+
+    def _parse_chunk_size(self, message: _Message) -> bool:
+        newline = self._buf.find(b"\n", self._pos, self._pos + _MAX_CHUNK_LINE + 1)
+        if newline < 0:
+            if len(self._buf) - self._pos > _MAX_CHUNK_LINE:
+                raise _Invalid("chunk size line too long")
+            return False
+        line = bytes(self._buf[self._pos:newline]).rstrip(b"\r")
+        size_text = line.partition(b";")[0].strip(b" \t")  # chunk extensions are ignored
+        if _CHUNK_SIZE.fullmatch(size_text) is None:
+            raise _Invalid("invalid chunk size")
+        self._pos = newline + 1
+        message.remaining = int(size_text, 16)
+        if message.remaining:
+            self._state = _State.CHUNK_DATA
+        else:
+            self._state = _State.TRAILERS
+            self._scan_from = self._pos
+        return True
+
+    def _parse_chunk_end(self) -> bool:
+        ending = bytes(self._buf[self._pos:self._pos + 2])
+        if ending == b"\r\n" or ending[:1] == b"\n":
+            self._pos += 2 if ending == b"\r\n" else 1
+            self._state = _State.CHUNK_SIZE
+            return True
+        if ending == b"\r" or not ending:
+            return False
+        raise _Invalid("chunk data not followed by a line end")
+
+    def _parse_trailers(self) -> bool:
+        first = bytes(self._buf[self._pos:self._pos + 2])
+        if first == b"\r\n" or first[:1] == b"\n":  # no trailer fields
+            self._pos += 2 if first == b"\r\n" else 1
+            self._emit(truncated=False)
+            return True
+        if first in (b"", b"\r"):
+            return False
+        end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
+        if end is None:
+            if len(self._buf) - self._pos > self.header_cap:
+                raise _Invalid("trailer section larger than the cap")
+            self._scan_from = max(self._pos, len(self._buf) - 2)
+            return False
+        self._parse_headers(bytes(self._buf[self._pos:end.start()]).split(b"\n"))  # validates only
+        self._pos = end.end()
+        self._emit(truncated=False)
+        return True
+
+    def _emit(self, truncated: bool) -> None:
+        message = self._message
+        assert message is not None
+        body, body_truncated = message.body.result()
+        if message.body.decode_failed:
+            self.counters.add("http.decode_errors")
+        self._ready.append(ParsedRequest(
+            method=message.method, target=message.target, version=message.version,
+            headers=message.headers, host=message.host, body=body,
+            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated,
+            offset=message.offset,
+        ))
+        if message.opens_tunnel:
+            self._in_tunnel = True
+        self._message = None
+        self._state = _State.HEAD
+        self._scan_from = self._pos
