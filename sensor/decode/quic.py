@@ -1,0 +1,390 @@
+"""QUIC Initial packets to ClientHello (RFC 9000 section 17.2, RFC 9001 section 5, RFC 9369), sans-IO.
+
+A client's Initial packets are protected with keys anyone can derive from the Destination
+Connection ID, so an observer can read the ClientHello they carry. `QuicClientHelloTracker` takes
+the UDP payloads of a client-to-server exchange, walks every coalesced long-header packet, opens
+the client Initials, reassembles the CRYPTO stream by offset (a post-quantum ClientHello spans
+several packets, in any order) and hands back the ClientHello once per connection.
+"""
+from __future__ import annotations
+
+import hmac
+import re
+import struct
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from sensor.decode.tls import ClientHello, parse_client_hello_message
+from sensor.records import Counters
+
+QUIC_V1 = 0x00000001
+QUIC_V2 = 0x6B3343CF
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    salt: bytes
+    key_label: bytes
+    iv_label: bytes
+    hp_label: bytes
+    initial_type: int  # long-header packet type bits of an Initial
+    retry_type: int  # a Retry has no Length field, so nothing after it can be found
+
+
+_VERSIONS: dict[bytes, _Version] = {
+    QUIC_V1.to_bytes(4, "big"): _Version(
+        bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic key", b"quic iv", b"quic hp", 0, 3
+    ),
+    QUIC_V2.to_bytes(4, "big"): _Version(
+        bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2 key", b"quicv2 iv", b"quicv2 hp", 1, 0
+    ),
+}
+
+_MAX_CID = 20  # RFC 9000 17.2: v1 and v2 connection IDs are at most 20 bytes
+_SAMPLE = 16
+_TAG = 16
+_KEY_CACHE_SIZE = 256
+# Chrome scatters its ClientHello over a dozen or so CRYPTO frames; far more means a hostile sender.
+_MAX_PENDING_CHUNKS = 256
+_CLIENT_HELLO = 0x01
+
+_FRAME_PADDING = 0x00
+_FRAME_PING = 0x01
+_FRAME_ACK = 0x02
+_FRAME_ACK_ECN = 0x03
+_FRAME_CRYPTO = 0x06
+_FRAME_CONNECTION_CLOSE = 0x1C
+_NOT_PADDING = re.compile(rb"[^\x00]")
+
+
+class _Truncated(ValueError):
+    """A field runs past the end of its packet or frame."""
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """RFC 9000 16: the value at `pos` and the position after it."""
+    if pos >= len(buf):
+        raise _Truncated("varint")
+    size = 1 << (buf[pos] >> 6)
+    if pos + size > len(buf):
+        raise _Truncated("varint")
+    return int.from_bytes(buf[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1), pos + size
+
+
+def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context."""
+    full_label = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full_label)) + full_label + b"\x00"
+    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+
+
+def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
+    """(key, iv, hp) protecting a client's Initial packets for `version` and the original DCID.
+
+    Raises ValueError for a version other than QUIC v1 or v2.
+    """
+    params = _VERSIONS.get(version.to_bytes(4, "big")) if 0 <= version < 2**32 else None
+    if params is None:
+        raise ValueError(f"no Initial keys for QUIC version {version:#x}")
+    initial_secret = hmac.digest(params.salt, dcid, "sha256")  # HKDF-Extract
+    client_secret = _expand_label(initial_secret, b"client in", 32)
+    return (
+        _expand_label(client_secret, params.key_label, 16),
+        _expand_label(client_secret, params.iv_label, 12),
+        _expand_label(client_secret, params.hp_label, 16),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    aead: AESGCM
+    iv: int
+    hp: Cipher
+
+
+@dataclass(frozen=True, slots=True)
+class _LongHeader:
+    start: int
+    version: bytes
+    initial: bool
+    dcid: bytes
+    pn_offset: int
+    end: int  # first byte after this packet: where a coalesced one may begin
+
+
+def _long_header(buf: bytes, start: int) -> _LongHeader | None:
+    """The long header at `start`, or None where no further packet can be delimited."""
+    if len(buf) - start < 7 or buf[start] & 0xC0 != 0xC0:  # short header or trailing padding
+        return None
+    version = buf[start + 1 : start + 5]
+    params = _VERSIONS.get(version)
+    packet_type = (buf[start] >> 4) & 0x03
+    if params is None or packet_type == params.retry_type:
+        return None
+    dcid_length = buf[start + 5]
+    pos = start + 6 + dcid_length
+    if dcid_length > _MAX_CID or pos >= len(buf) or buf[pos] > _MAX_CID:
+        return None
+    dcid = buf[start + 6 : pos]
+    pos += 1 + buf[pos]
+    initial = packet_type == params.initial_type
+    try:
+        if initial:
+            token_length, pos = _varint(buf, pos)
+            pos += token_length
+        length, pos = _varint(buf, pos)
+    except _Truncated:
+        return None
+    if pos + length > len(buf):
+        return None
+    return _LongHeader(start, version, initial, dcid, pos, pos + length)
+
+
+def _decode_packet_number(largest: int, truncated: int, bits: int) -> int:
+    """RFC 9000 17.1: the full packet number closest to the one after `largest`."""
+    expected = largest + 1
+    window = 1 << bits
+    candidate = (expected & ~(window - 1)) | truncated
+    if candidate <= expected - window // 2 and candidate < (1 << 62) - window:
+        return candidate + window
+    if candidate > expected + window // 2 and candidate >= window:
+        return candidate - window
+    return candidate
+
+
+def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
+    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
+    sample_at = header.pn_offset + 4
+    if sample_at + _SAMPLE > header.end:
+        return None
+    mask = keys.hp.encryptor().update(buf[sample_at : sample_at + _SAMPLE])
+    first = buf[header.start] ^ (mask[0] & 0x0F)
+    pn_length = (first & 0x03) + 1
+    payload_at = header.pn_offset + pn_length
+    if payload_at + _TAG > header.end:
+        return None
+    pn_mask = int.from_bytes(mask[1 : 1 + pn_length], "big")
+    truncated = int.from_bytes(buf[header.pn_offset : payload_at], "big") ^ pn_mask
+    packet_number = _decode_packet_number(largest_pn, truncated, 8 * pn_length)
+    aad = bytes((first,)) + buf[header.start + 1 : header.pn_offset] + truncated.to_bytes(pn_length, "big")
+    nonce = (keys.iv ^ packet_number).to_bytes(12, "big")
+    try:
+        return packet_number, keys.aead.decrypt(nonce, buf[payload_at : header.end], aad)
+    except InvalidTag:
+        return None
+
+
+def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
+    """(offset, data) of the CRYPTO frames in an Initial payload, up to the first frame not allowed there."""
+    chunks: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(payload)
+    try:
+        while pos < end:
+            frame_type = payload[pos]
+            if frame_type == _FRAME_PADDING:
+                match = _NOT_PADDING.search(payload, pos)
+                if match is None:
+                    break
+                pos = match.start()
+                continue
+            pos += 1
+            if frame_type == _FRAME_PING:
+                continue
+            if frame_type == _FRAME_CRYPTO:
+                offset, pos = _varint(payload, pos)
+                length, pos = _varint(payload, pos)
+                if pos + length > end:
+                    break
+                chunks.append((offset, payload[pos : pos + length]))
+                pos += length
+            elif frame_type in (_FRAME_ACK, _FRAME_ACK_ECN):
+                pos = _skip_ack(payload, pos, frame_type == _FRAME_ACK_ECN)
+            elif frame_type == _FRAME_CONNECTION_CLOSE:
+                _, pos = _varint(payload, pos)  # error code
+                _, pos = _varint(payload, pos)  # frame type
+                reason_length, pos = _varint(payload, pos)
+                pos += reason_length
+            else:
+                break
+    except _Truncated:
+        pass  # keep the CRYPTO data read before the damage
+    return chunks
+
+
+def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
+    """The position after an ACK frame whose type byte has been read."""
+    _, pos = _varint(payload, pos)  # largest acknowledged
+    _, pos = _varint(payload, pos)  # ack delay
+    range_count, pos = _varint(payload, pos)
+    _, pos = _varint(payload, pos)  # first range
+    if range_count > (len(payload) - pos) // 2:  # each range needs two varints of a byte or more
+        raise _Truncated("ACK ranges")
+    for _ in range(2 * range_count + (3 if ecn else 0)):
+        _, pos = _varint(payload, pos)
+    return pos
+
+
+@dataclass(slots=True)
+class _Connection:
+    key_dcid: bytes  # the DCID the Initial keys of this connection derive from
+    largest_pn: int = -1
+    crypto: bytearray = field(default_factory=bytearray)  # CRYPTO stream, contiguous from offset 0
+    pending: dict[int, bytes] = field(default_factory=dict)  # chunks that arrived ahead of a gap
+    pending_bytes: int = 0
+    finished: bool = False  # ClientHello returned or given up: nothing more to do
+
+
+class QuicClientHelloTracker:
+    """Reassembles the ClientHello of each QUIC connection from its client's Initial packets.
+
+    Counters: "quic.initials" (Initial packets examined), "quic.decrypt_errors" (no client key
+    opened one: server Initials land here too), "quic.hellos", "quic.hello_errors" (the CRYPTO
+    stream is no ClientHello, exceeds the byte cap or cannot be decoded) and "quic.evicted".
+    """
+
+    def __init__(
+        self, max_connections: int = 4096, max_crypto_bytes: int = 65536, counters: Counters | None = None
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_crypto_bytes = max_crypto_bytes
+        self.counters = counters if counters is not None else Counters()
+        self._connections: OrderedDict[Hashable, _Connection] = OrderedDict()
+        self._keys: OrderedDict[tuple[bytes, bytes], _Keys] = OrderedDict()
+
+    def feed(self, conn_key: Hashable, datagram: bytes) -> ClientHello | None:
+        """Take one UDP payload from client to server; return the ClientHello the first time it is whole."""
+        conn = self._connections.get(conn_key)
+        if conn is not None:
+            self._connections.move_to_end(conn_key)
+            if conn.finished:
+                return None
+        start = 0
+        while (header := _long_header(datagram, start)) is not None:
+            start = header.end
+            if not header.initial:
+                continue
+            self.counters.add("quic.initials")
+            opened = self._open_client_initial(conn, datagram, header)
+            if opened is None:
+                self.counters.add("quic.decrypt_errors")
+                continue
+            key_dcid, packet_number, payload = opened
+            if conn is None:
+                conn = self._new_connection(conn_key, key_dcid)
+            elif key_dcid != conn.key_dcid:
+                # Keys from a new DCID: a Retry (or a new connection on the same addresses)
+                # restarted the handshake, and its CRYPTO stream starts again at offset 0.
+                conn.key_dcid = key_dcid
+                self._reset_crypto(conn)
+            conn.largest_pn = max(conn.largest_pn, packet_number)
+            hello = self._absorb(conn, _crypto_chunks(payload))
+            if conn.finished:
+                return hello
+        return None
+
+    def _open_client_initial(
+        self, conn: _Connection | None, buf: bytes, header: _LongHeader
+    ) -> tuple[bytes, int, bytes] | None:
+        """(DCID the keys came from, packet number, plaintext), or None when no client key fits."""
+        # Once the server has answered, client Initials carry the server's chosen DCID but keep
+        # the keys of the original one; after a Retry the keys follow the new DCID. Try both.
+        candidates = [header.dcid]
+        if conn is not None and conn.key_dcid != header.dcid:
+            candidates.insert(0, conn.key_dcid)
+        largest_pn = conn.largest_pn if conn is not None else -1
+        for dcid in candidates:
+            opened = _open(self._keys_for(header.version, dcid), buf, header, largest_pn)
+            if opened is not None:
+                return dcid, opened[0], opened[1]
+        return None
+
+    def _keys_for(self, version: bytes, dcid: bytes) -> _Keys:
+        cache_key = (version, dcid)
+        keys = self._keys.get(cache_key)
+        if keys is not None:
+            self._keys.move_to_end(cache_key)
+            return keys
+        key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
+        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(algorithms.AES(hp), modes.ECB()))
+        self._keys[cache_key] = keys
+        if len(self._keys) > _KEY_CACHE_SIZE:
+            self._keys.popitem(last=False)
+        return keys
+
+    def _new_connection(self, conn_key: Hashable, key_dcid: bytes) -> _Connection:
+        conn = _Connection(key_dcid)
+        self._connections[conn_key] = conn
+        if len(self._connections) > self.max_connections:
+            self._connections.popitem(last=False)
+            self.counters.add("quic.evicted")
+        return conn
+
+    @staticmethod
+    def _reset_crypto(conn: _Connection) -> None:
+        conn.crypto = bytearray()
+        conn.pending = {}
+        conn.pending_bytes = 0
+
+    def _absorb(self, conn: _Connection, chunks: list[tuple[int, bytes]]) -> ClientHello | None:
+        """Add CRYPTO data; return the ClientHello when it just became whole."""
+        cap = self.max_crypto_bytes
+        for offset, data in chunks:
+            if offset >= cap:
+                continue  # beyond anything a ClientHello within the cap can reach
+            data = data[: cap - offset]
+            have = len(conn.crypto)
+            if offset <= have:
+                conn.crypto += data[have - offset :]
+            elif len(data) > len(conn.pending.get(offset, b"")):
+                if conn.pending_bytes + len(data) > cap or len(conn.pending) >= _MAX_PENDING_CHUNKS:
+                    self._give_up(conn)
+                    return None
+                conn.pending_bytes += len(data) - len(conn.pending.get(offset, b""))
+                conn.pending[offset] = data
+        if conn.pending:
+            for offset in sorted(conn.pending):
+                if offset > len(conn.crypto):
+                    break
+                data = conn.pending.pop(offset)
+                conn.pending_bytes -= len(data)
+                conn.crypto += data[len(conn.crypto) - offset :]
+        crypto = conn.crypto
+        if len(crypto) < 4:
+            return None
+        need = 4 + int.from_bytes(crypto[1:4], "big")
+        if crypto[0] != _CLIENT_HELLO or need > cap:
+            self._give_up(conn)
+            return None
+        if len(crypto) < need:
+            return None
+        hello = parse_client_hello_message(bytes(crypto[:need]))
+        if hello is None:
+            self._give_up(conn)
+            return None
+        self.counters.add("quic.hellos")
+        self._finish(conn)
+        return hello
+
+    def _give_up(self, conn: _Connection) -> None:
+        self.counters.add("quic.hello_errors")
+        self._finish(conn)
+
+    def _finish(self, conn: _Connection) -> None:
+        conn.finished = True
+        self._reset_crypto(conn)
+
+
+def is_quic_initial(datagram: bytes) -> bool:
+    """Cheap check: the datagram starts with a QUIC v1 or v2 Initial long header."""
+    if len(datagram) < 7 or datagram[0] & 0xC0 != 0xC0:
+        return False
+    params = _VERSIONS.get(datagram[1:5])
+    return params is not None and (datagram[0] >> 4) & 0x03 == params.initial_type and datagram[5] <= _MAX_CID
