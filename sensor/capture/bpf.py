@@ -1,0 +1,66 @@
+"""The BPF filter that keeps only packets that can matter, for replay prefiltering and live capture.
+
+Most traffic on a span port is bulk encrypted data that no parser here needs. What must pass:
+- DNS on port 53 (UDP and TCP, both directions: answers feed attribution);
+- QUIC long-header packets (Initials carry the ClientHello; short-header 1-RTT data does not);
+- TCP SYN/FIN/RST (stream starts and ends);
+- TCP segments with payload flowing from the higher port to the lower one: that is the client
+  side of almost every connection, so ClientHellos and HTTP requests pass *with their
+  continuation segments* (the second segment of a split ClientHello does not start with a TLS
+  record header, so a content match alone would lose it), while server-to-client downloads drop;
+- TCP payloads that open a TLS handshake or an HTTP request whatever the ports;
+- IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
+
+Classic traps handled: `tcp[...]` offsets do not exist for IPv6 in libpcap (ip6[] with the
+fixed 40-byte header is used instead), VLAN tags shift every offset (the `vlan` keyword, nested
+for QinQ, only on Ethernet), and POST is not GET (every method is listed).
+"""
+from __future__ import annotations
+
+from sensor.decode.packet import LINKTYPE_ETHERNET
+
+_HTTP_METHOD_WORDS = {
+    "GET ": 0x47455420,
+    "POST": 0x504F5354,
+    "PUT ": 0x50555420,
+    "HEAD": 0x48454144,
+    "DELE": 0x44454C45,
+    "OPTI": 0x4F505449,
+    "PATC": 0x50415443,
+    "CONN": 0x434F4E4E,
+    "TRAC": 0x54524143,
+}
+
+
+def _starts(at: str) -> str:
+    words = " or ".join(f"{at}:4] = 0x{value:08x}" for value in _HTTP_METHOD_WORDS.values())
+    return f"{at}:2] = 0x1603 or {words}"
+
+
+def _ip_expression() -> str:
+    v4_payload = "ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)"
+    v4_start = _starts("tcp[((tcp[12] & 0xf0) >> 2)")
+    v4 = (
+        "(ip and (ip[6:2] & 0x3fff != 0"
+        " or (udp and udp[8] & 0xc0 = 0xc0)"
+        " or (tcp and (tcp[13] & 0x07 != 0"
+        f" or (({v4_payload}) > 0 and (tcp[0:2] > tcp[2:2] or {v4_start}))))))"
+    )
+    v6_tcp_hdr = "((ip6[52] & 0xf0) >> 2)"
+    v6_start = _starts(f"ip6[40 + {v6_tcp_hdr}")
+    v6 = (
+        "(ip6 and (ip6[6] = 0 or ip6[6] = 43 or ip6[6] = 44 or ip6[6] = 60 or ip6[6] = 51"
+        " or (ip6[6] = 17 and ip6[48] & 0xc0 = 0xc0)"
+        " or (ip6[6] = 6 and (ip6[53] & 0x07 != 0"
+        f" or (ip6[4:2] > {v6_tcp_hdr} and (ip6[40:2] > ip6[42:2] or {v6_start}))))))"
+    )
+    return f"port 53 or {v4} or {v6}"
+
+
+def default_filter(linktype: int) -> str:
+    """The filter expression for a capture of this link type."""
+    base = _ip_expression()
+    if linktype != LINKTYPE_ETHERNET:
+        return base
+    # `vlan` shifts the offsets of everything after it, so each nesting repeats the base.
+    return f"({base}) or (vlan and (({base}) or (vlan and ({base}))))"

@@ -1,0 +1,65 @@
+"""The default sink: one JSON document per line, to stdout or a file (embedded, no server)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+def severity_at_least(doc: dict, minimum: str | None) -> bool:
+    """Events carry no severity and always pass; alerts pass when at or above `minimum`."""
+    if minimum is None:
+        return True
+    severity = doc.get("phi_egress", {}).get("severity")
+    return severity is None or SEVERITY_ORDER.get(severity, 0) >= SEVERITY_ORDER[minimum]
+
+
+class JsonlSink:
+    def __init__(self, target: str | Path = "-", min_severity: str | None = None) -> None:
+        self.name = "stdout" if str(target) == "-" else f"jsonl:{target}"
+        self.min_severity = min_severity
+        self._stream: BinaryIO
+        if str(target) == "-":
+            self._stream = sys.stdout.buffer
+            self._owned = False
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = open(path, "ab", buffering=1 << 20)
+            self._owned = True
+        self._counts = {"sent": 0, "dropped_below_severity": 0, "write_errors": 0}
+        self._broken = False
+
+    def send(self, doc: dict) -> None:
+        if self._broken:
+            return
+        if not severity_at_least(doc, self.min_severity):
+            self._counts["dropped_below_severity"] += 1
+            return
+        try:
+            self._stream.write(orjson.dumps(doc) + b"\n")
+        except BrokenPipeError:  # reader went away (e.g. `| head`): stop writing, keep running
+            self._broken = True
+            self._counts["write_errors"] += 1
+            return
+        self._counts["sent"] += 1
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._broken = True
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        self.flush()
+        if self._owned:
+            self._stream.close()
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counts)

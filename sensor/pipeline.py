@@ -1,0 +1,130 @@
+"""capture -> decode -> enrich/detect -> output, for replay and live alike."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from sensor.capture.pcap import CaptureFile
+from sensor.capture.prefilter import Prefilter, should_prefilter
+from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
+from sensor.decode.packet import LINKTYPE_NAMES
+from sensor.errors import CaptureError
+from sensor.records import Counters, Record
+
+
+class Sink(Protocol):
+    name: str
+
+    def send(self, doc: dict) -> None: ...
+    def flush(self, timeout: float) -> bool: ...
+    def close(self, timeout: float) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+class Detector(Protocol):
+    def on_record(self, record: Record) -> list[dict]: ...
+    def finish(self) -> list[dict]: ...
+
+
+# Called with (bytes done, bytes total) while a file is replayed.
+ProgressCallback = Callable[[int, int], None]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        sinks: list[Sink],
+        counters: Counters | None = None,
+        settings: DecodeSettings | None = None,
+        event_builder: Callable[[Record], dict] | None = None,
+        detector: Detector | None = None,
+    ) -> None:
+        self.counters = counters if counters is not None else Counters()
+        self.decoder = TrafficDecoder(self.counters, settings)
+        self.sinks = sinks
+        self.event_builder = event_builder
+        self.detector = detector
+        self.alerts: list[dict] = []  # kept for the end-of-run summary and --fail-on
+
+    # -- live and replay both end up here ----------------------------------------------------
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        self.decoder.feed(ts, linktype, frame)
+        if self.decoder.records:
+            self._drain()
+
+    def _drain(self) -> None:
+        records = self.decoder.records
+        self.decoder.records = []
+        build, detector, sinks = self.event_builder, self.detector, self.sinks
+        for record in records:
+            if build is not None:
+                doc = build(record)
+                for sink in sinks:
+                    sink.send(doc)
+            if detector is not None:
+                self._ship(detector.on_record(record))
+
+    def _ship(self, alerts: Iterable[dict]) -> None:
+        for alert in alerts:
+            self.alerts.append(alert)
+            self.counters.add("alerts." + alert["rule"]["id"])
+            for sink in self.sinks:
+                sink.send(alert)
+
+    def finish(self) -> None:
+        self.decoder.finish()
+        self._drain()
+        if self.detector is not None:
+            self._ship(self.detector.finish())
+
+    # -- replay ---------------------------------------------------------------------------
+    def replay(self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None) -> list[str]:
+        """Feed one capture file; return its problems as one line each (the rest is still processed)."""
+        counters = self.counters
+        try:
+            total = path.stat().st_size
+        except OSError as exc:
+            return [f"{path}: cannot open: {exc.strerror or exc}"]
+        runner: Prefilter | None = None
+        if should_prefilter(path, prefilter):
+            runner = Prefilter(path)
+            capture = CaptureFile(path, stream=runner.stdout)
+            counters.add("capture.prefiltered_files")
+        else:
+            capture = CaptureFile(path)
+            try:
+                capture.check()
+            except CaptureError as exc:
+                return [str(exc)]
+        feed = self.decoder.feed
+        decoder = self.decoder
+        packets = size = 0
+        try:
+            for ts, linktype, frame in capture.packets():
+                packets += 1
+                size += len(frame)
+                feed(ts, linktype, frame)
+                if decoder.records:
+                    self._drain()
+                if progress is not None and not packets & 0x3FFF:
+                    done = runner.bytes_read() if runner is not None else size
+                    progress(min(done or 0, total), total)
+        finally:
+            problems = list(capture.errors)
+            if runner is not None:
+                complaint = runner.close()
+                if complaint:
+                    problems.append(f"{path}: {complaint}")
+        counters.add("packets", packets)
+        counters.add("bytes", size)
+        counters.add("files", 1)
+        for linktype in capture.linktypes:
+            counters.add(f"linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", 0)
+        unsupported = capture.linktypes - set(LINKTYPE_NAMES)
+        if unsupported:
+            problems.append(f"{path}: unsupported link type(s) {sorted(unsupported)}: those packets were skipped")
+        if progress is not None:
+            progress(total, total)
+        return problems
