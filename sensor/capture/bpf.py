@@ -2,13 +2,16 @@
 
 Most traffic on a span port is bulk encrypted data that no parser here needs. What must pass:
 - DNS on port 53 (UDP and TCP, both directions: answers feed attribution);
-- QUIC long-header packets (Initials carry the ClientHello; short-header 1-RTT data does not);
-- TCP SYN/FIN/RST (stream starts and ends);
+- QUIC v1 and v2 Initial packets (they carry the ClientHello; Handshake and 1-RTT data do not);
+- TCP SYNs from the client (a stream's first sequence number; ends are found by idle time);
 - TCP segments with payload flowing from the higher port to the lower one: that is the client
   side of almost every connection, so ClientHellos and HTTP requests pass *with their
   continuation segments* (the second segment of a split ClientHello does not start with a TLS
-  record header, so a content match alone would lose it), while server-to-client downloads drop;
-- TCP payloads that open a TLS handshake or an HTTP request whatever the ports;
+  record header, so a content match alone would lose it), while server-to-client downloads drop.
+  Client segments that open a TLS application-data, alert or change-cipher-spec record are
+  encrypted traffic after the handshake and drop too (a continuation segment of random-looking
+  bytes starts like that by chance about once in 20,000 segments);
+- TCP payloads that open a ClientHello or an HTTP request whatever the ports;
 - IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
 
 Classic traps handled: `tcp[...]` offsets do not exist for IPv6 in libpcap (ip6[] with the
@@ -32,27 +35,43 @@ _HTTP_METHOD_WORDS = {
 }
 
 
-def _starts(at: str) -> str:
+def _opens_request(at: str) -> str:
+    """The payload at `at` opens a ClientHello record (0x16 0x03 .. .. .. 0x01) or an HTTP request."""
     words = " or ".join(f"{at}:4] = 0x{value:08x}" for value in _HTTP_METHOD_WORDS.values())
-    return f"{at}:2] = 0x1603 or {words}"
+    return f"({at}:2] = 0x1603 and {at} + 5] = 1) or {words}"
+
+
+def _opens_other_tls_record(at: str) -> str:
+    """The payload at `at` opens a TLS change_cipher_spec, alert or application_data record."""
+    return f"(({at}] = 0x17 or {at}] = 0x14 or {at}] = 0x15) and {at} + 1] = 0x03)"
+
+
+def _quic_initial(at: str) -> str:
+    """The UDP payload at `at` is a QUIC v1 Initial (type bits 00) or v2 Initial (type bits 01)."""
+    return (
+        f"(({at}] & 0xf0 = 0xc0 and {at} + 1:4] = 0x00000001)"
+        f" or ({at}] & 0xf0 = 0xd0 and {at} + 1:4] = 0x6b3343cf))"
+    )
 
 
 def _ip_expression() -> str:
+    v4_at = "tcp[((tcp[12] & 0xf0) >> 2)"
     v4_payload = "ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)"
-    v4_start = _starts("tcp[((tcp[12] & 0xf0) >> 2)")
     v4 = (
         "(ip and (ip[6:2] & 0x3fff != 0"
-        " or (udp and udp[8] & 0xc0 = 0xc0)"
-        " or (tcp and (tcp[13] & 0x07 != 0"
-        f" or (({v4_payload}) > 0 and (tcp[0:2] > tcp[2:2] or {v4_start}))))))"
+        f" or (udp and {_quic_initial('udp[8')})"
+        " or (tcp and (tcp[13] & 0x12 = 0x02"
+        f" or (({v4_payload}) > 0 and ((tcp[0:2] > tcp[2:2] and not {_opens_other_tls_record(v4_at)})"
+        f" or {_opens_request(v4_at)}))))))"
     )
-    v6_tcp_hdr = "((ip6[52] & 0xf0) >> 2)"
-    v6_start = _starts(f"ip6[40 + {v6_tcp_hdr}")
+    v6_hdr = "((ip6[52] & 0xf0) >> 2)"
+    v6_at = f"ip6[40 + {v6_hdr}"
     v6 = (
         "(ip6 and (ip6[6] = 0 or ip6[6] = 43 or ip6[6] = 44 or ip6[6] = 60 or ip6[6] = 51"
-        " or (ip6[6] = 17 and ip6[48] & 0xc0 = 0xc0)"
-        " or (ip6[6] = 6 and (ip6[53] & 0x07 != 0"
-        f" or (ip6[4:2] > {v6_tcp_hdr} and (ip6[40:2] > ip6[42:2] or {v6_start}))))))"
+        f" or (ip6[6] = 17 and {_quic_initial('ip6[48')})"
+        " or (ip6[6] = 6 and (ip6[53] & 0x12 = 0x02"
+        f" or (ip6[4:2] > {v6_hdr} and ((ip6[40:2] > ip6[42:2] and not {_opens_other_tls_record(v6_at)})"
+        f" or {_opens_request(v6_at)}))))))"
     )
     return f"port 53 or {v4} or {v6}"
 

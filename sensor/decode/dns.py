@@ -66,6 +66,8 @@ _LABEL_ESCAPES = tuple(
     "\\." if b == 0x2E else "\\\\" if b == 0x5C else chr(b) if 0x21 <= b <= 0x7E else f"\\{b:03d}"
     for b in range(256)
 )
+# The same test over a whole name whose labels were joined with ".": dots are checked by count.
+_NAME_NEEDS_ESCAPE = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
 # TXT strings keep spaces and dots; only the backslash and non-printable bytes are escaped.
 _TEXT_NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")
 _TEXT_ESCAPES = tuple(
@@ -95,7 +97,7 @@ def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str,
     limit bounds the in-place part (the end of an rdata); pointers may reach anywhere earlier.
     """
     end = len(data) if limit is None else limit
-    labels: list[str] = []
+    labels: list[bytes] = []
     wire_length = 1
     position = offset
     resume: int | None = None
@@ -130,9 +132,15 @@ def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str,
         label_end = position + 1 + length
         if label_end > end:
             raise DnsError("label runs past the end of its data")
-        labels.append(_render_label(data[position + 1:label_end]))
+        labels.append(data[position + 1:label_end])
         position = label_end
-    return (".".join(labels) if labels else "."), (position if resume is None else resume)
+    after = position if resume is None else resume
+    if not labels:
+        return ".", after
+    raw = b".".join(labels)
+    if _NAME_NEEDS_ESCAPE.search(raw) is None and raw.count(b".") == len(labels) - 1:
+        return raw.decode("ascii"), after  # the common case: nothing to escape
+    return ".".join(map(_render_label, labels)), after
 
 
 def _render_rdata(data: bytes, rtype: int, start: int, end: int) -> str:

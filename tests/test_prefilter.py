@@ -1,0 +1,75 @@
+"""The BPF prefilter must never change what replay finds, only how fast it finds it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensor.capture.bpf import default_filter
+from sensor.capture.prefilter import capture_linktype, should_prefilter
+
+from conftest import CORPUS, PCAPS
+
+needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+
+
+def events(path: Path, prefilter: str) -> set[tuple]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sensor", "replay", str(path), "--emit", "events", "--quiet", "--prefilter", prefilter],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = set()
+    for line in proc.stdout.splitlines():
+        doc = json.loads(line)
+        found.add((
+            doc["event"]["dataset"],
+            doc["source"]["ip"], doc["destination"]["ip"],
+            doc.get("dns", {}).get("question", {}).get("name"),
+            doc.get("tls", {}).get("client", {}).get("server_name"),
+            doc.get("url", {}).get("original"),
+            doc.get("http", {}).get("request", {}).get("body", {}).get("bytes"),
+        ))
+    return found
+
+
+@needs_tcpdump
+@pytest.mark.parametrize("linktype", [0, 1, 101, 108, 113, 228, 229, 276])
+def test_filter_compiles_for_every_supported_link_type(linktype: int) -> None:
+    proc = subprocess.run(["tcpdump", "-y", {0: "NULL", 1: "EN10MB", 101: "RAW", 108: "LOOP", 113: "LINUX_SLL",
+                                             228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2"}[linktype],
+                           "-d", default_filter(linktype)], capture_output=True, text=True)
+    if "not supported" in proc.stderr or "invalid data link type" in proc.stderr:
+        pytest.skip(f"this tcpdump cannot compile for link type {linktype}")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_vlan_nesting_only_on_ethernet() -> None:
+    assert "vlan" in default_filter(1)
+    assert "vlan" not in default_filter(101)
+
+
+def captures() -> list[Path]:
+    found = sorted(p for p in CORPUS.glob("*.pcap")) + sorted(PCAPS.glob("*.pcap"))
+    return [p for p in found if capture_linktype(p) is not None]
+
+
+@needs_tcpdump
+@pytest.mark.parametrize("path", captures(), ids=lambda p: p.name)
+def test_prefiltered_replay_finds_exactly_what_full_replay_finds(path: Path) -> None:
+    assert should_prefilter(path, "always")
+    assert events(path, "always") == events(path, "never")
+
+
+def test_auto_mode_leaves_small_files_and_pcapng_to_python(tmp_path: Path) -> None:
+    pcapng = CORPUS / "community-id-ipv6__input.pcapng"
+    if pcapng.exists():
+        assert not should_prefilter(pcapng, "always")
+    small = next(iter(captures()), None)
+    if small is not None:
+        assert not should_prefilter(small, "auto")
+        assert not should_prefilter(small, "never")
