@@ -1,0 +1,363 @@
+"""The tracker vendor catalog: host -> vendor, (host, path) -> collection endpoint.
+
+One YAML file per vendor in ``signatures/vendors/`` (format in ``signatures/README.md``). Loading
+validates every file and reports the first problem as a ConfigError naming the file and key.
+
+Matching never touches the network: registered domains come from tldextract's bundled public
+suffix snapshot, and host lookups are a handful of dict probes (one per label), cached.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import tldextract
+
+from sensor.config import describe_value, parse_yaml
+from sensor.errors import ConfigError
+from sensor.paths import VENDORS_DIR
+
+CATEGORIES = frozenset({
+    "advertising", "analytics", "session-replay", "tag-manager", "social-pixel",
+    "attribution", "rum", "cdp", "marketing-automation",
+})
+DECODERS = frozenset({
+    "meta-pixel", "ga4", "ua", "mixpanel", "segment", "amplitude", "bing-uet", "linkedin",
+    "tiktok", "snap", "pinterest", "twitter", "generic",
+})
+BAA_STANCES = frozenset({"no", "yes", "yes-enterprise", "terms-prohibit-phi", "unknown"})
+# Checked in this order, so a parameter listed as an identifier wins over a broad custom pattern.
+PAYLOAD_ROLES = ("identifiers", "page_url", "referrer", "event", "custom")
+
+# Registered domains that carry first-party services or shared infrastructure. Claiming one whole
+# would attribute ordinary browsing or cloud traffic to a tracker, so vendors list exact hosts
+# (or a narrower domain such as ads.linkedin.com) under them instead.
+SHARED_DOMAINS = frozenset({
+    "akamai.net", "akamaiedge.net", "akamaihd.net", "akamaized.net", "akamaitechnologies.com",
+    "edgekey.net", "edgesuite.net", "amazonaws.com", "cloudfront.net", "amazon.com",
+    "azure.com", "azureedge.net", "azurewebsites.net", "windows.net", "microsoft.com",
+    "bing.com", "msn.com", "live.com", "office.com", "fastly.net", "fastlylb.net",
+    "cloudflare.com", "cloudflare.net", "google.com", "googleapis.com", "gstatic.com",
+    "googleusercontent.com", "youtube.com", "facebook.com", "fbcdn.net", "instagram.com",
+    "linkedin.com", "licdn.com", "twitter.com", "x.com", "twimg.com", "t.co", "tiktok.com",
+    "snapchat.com", "pinterest.com", "pinimg.com", "reddit.com", "redditstatic.com",
+    "yahoo.com", "yimg.com", "apple.com", "icloud.com", "github.com", "githubusercontent.com",
+    "salesforce.com", "force.com", "hubspot.com", "yandex.ru", "yandex.com", "nextdoor.com",
+})
+
+_TOP_KEYS = ("name", "id", "owner", "category", "domains", "hosts", "endpoints", "payload", "baa")
+_ENDPOINT_KEYS = ("host", "path", "decoder")
+_BAA_KEYS = ("stance", "summary", "source")
+_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_MAX_FILE_BYTES = 256 * 1024
+
+# The bundled public suffix snapshot only: no suffix list download, no cache written to disk.
+_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def normalize_host(host: str) -> str:
+    """Lower case without surrounding blanks or the trailing root dot."""
+    return host.strip().rstrip(".").lower()
+
+
+def is_hostname(value: str) -> bool:
+    """A DNS name of at least two labels (letters, digits, '-', '_'), at most 253 characters."""
+    if not value or len(value) > 253:
+        return False
+    labels = value.split(".")
+    return len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def domain_suffixes(host: str) -> Iterator[str]:
+    """The host itself, then each parent domain that still has two labels or more."""
+    yield host
+    labels = host.split(".")
+    for start in range(1, len(labels) - 1):
+        yield ".".join(labels[start:])
+
+
+@lru_cache(maxsize=65536)
+def registered_domain(host: str) -> str:
+    """eTLD+1 of a host name ("" for IP addresses, single labels and bare public suffixes)."""
+    return _SUFFIXES(normalize_host(host)).top_domain_under_public_suffix
+
+
+@lru_cache(maxsize=1024)
+def _payload_pattern(pattern: str) -> re.Pattern[str]:
+    # Only two characters are special: '*' is any run of characters, '#' one or more digits.
+    parts = {"*": ".*", "#": r"\d+"}
+    return re.compile("".join(parts.get(char, re.escape(char)) for char in pattern))
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A collection endpoint. host: an exact host, "*.domain" (the domain and its subdomains) or "*"."""
+
+    host: str
+    path: re.Pattern[str]
+    decoder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Vendor:
+    id: str
+    name: str
+    owner: str
+    category: str
+    domains: tuple[str, ...]
+    hosts: tuple[str, ...]
+    endpoints: tuple[Endpoint, ...]
+    payload: Mapping[str, tuple[str, ...]] = field(hash=False)
+    baa_stance: str
+    baa_summary: str
+    baa_source: str
+
+    def role_of(self, parameter: str) -> str | None:
+        """Which payload role (page_url, referrer, event, custom, identifiers) a parameter plays."""
+        for role in PAYLOAD_ROLES:
+            for pattern in self.payload.get(role, ()):
+                if _payload_pattern(pattern).fullmatch(parameter):
+                    return role
+        return None
+
+
+class VendorCatalog:
+    """All vendors, indexed for host and endpoint matching."""
+
+    def __init__(self, vendors: tuple[Vendor, ...], source: str = "vendor catalog") -> None:
+        self._vendors = vendors
+        self._by_key: dict[str, Vendor] = {}
+        self._by_host: dict[str, Vendor] = {}
+        self._by_domain: dict[str, Vendor] = {}
+        self._endpoints_by_host: dict[str, list[tuple[Vendor, Endpoint]]] = {}
+        self._endpoints_by_domain: dict[str, list[tuple[Vendor, Endpoint]]] = {}
+        self._endpoints_any_host: list[tuple[Vendor, Endpoint]] = []
+        for vendor in vendors:
+            self._index(vendor, source)
+        self._match_host_cached = lru_cache(maxsize=65536)(self._match_host)
+
+    def _index(self, vendor: Vendor, source: str) -> None:
+        where = f"{source}/{vendor.id}.yaml"
+        for key, label in ((vendor.id, "id"), (vendor.name.lower(), "name")):
+            other = self._by_key.get(key)
+            if other is not None and other is not vendor:
+                raise ConfigError(where, label, f"{key!r} is already used by vendor {other.id!r}")
+            self._by_key[key] = vendor
+        for table, names, label in ((self._by_host, vendor.hosts, "hosts"), (self._by_domain, vendor.domains, "domains")):
+            for index, name in enumerate(names):
+                other = table.get(name)
+                if other is not None:
+                    raise ConfigError(where, f"{label}[{index}]", f"{name!r} is already claimed by vendor {other.id!r}")
+                table[name] = vendor
+        for endpoint in vendor.endpoints:
+            if endpoint.host == "*":
+                self._endpoints_any_host.append((vendor, endpoint))
+            elif endpoint.host.startswith("*."):
+                self._endpoints_by_domain.setdefault(endpoint.host[2:], []).append((vendor, endpoint))
+            else:
+                self._endpoints_by_host.setdefault(endpoint.host, []).append((vendor, endpoint))
+
+    @classmethod
+    def load(cls, directory: Path = VENDORS_DIR) -> VendorCatalog:
+        """Read and validate every ``*.yaml`` file of a directory."""
+        if not directory.is_dir():
+            raise ConfigError(str(directory), "", "vendor signature directory not found")
+        paths = sorted(directory.glob("*.yaml"))
+        if not paths:
+            raise ConfigError(str(directory), "", "no vendor files (*.yaml) in this directory")
+        vendors = []
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+            vendors.append(vendor_from_yaml(data, str(path), expected_id=path.stem))
+        return cls(tuple(vendors), str(directory))
+
+    def match_host(self, host: str) -> Vendor | None:
+        """The vendor a host name belongs to: an exact host first, then the narrowest domain claim."""
+        return self._match_host_cached(host)
+
+    def _match_host(self, host: str) -> Vendor | None:
+        name = normalize_host(host)
+        vendor = self._by_host.get(name)
+        if vendor is not None:
+            return vendor
+        # Domain entries sit at or below a registered domain (checked at load), so walking from
+        # the most specific suffix finds the narrowest claim, e.g. ads.linkedin.com before any parent.
+        for suffix in domain_suffixes(name):
+            vendor = self._by_domain.get(suffix)
+            if vendor is not None:
+                return vendor
+        return None
+
+    def match_endpoint(self, host: str, path: str) -> tuple[Vendor, Endpoint] | None:
+        """The collection endpoint a request goes to; path may carry a query string (ignored).
+
+        Exact hosts are tried first, then "*.domain" patterns from the narrowest domain, then
+        endpoints valid on any host (first-party proxies of GA4, Adobe, ...), whose decoder still
+        has to confirm the parameters look like that vendor's.
+        """
+        name = normalize_host(host)
+        path = path.partition("?")[0].partition("#")[0]
+        candidates: list[tuple[Vendor, Endpoint]] = list(self._endpoints_by_host.get(name, ()))
+        for suffix in domain_suffixes(name):
+            candidates.extend(self._endpoints_by_domain.get(suffix, ()))
+        candidates.extend(self._endpoints_any_host)
+        for vendor, endpoint in candidates:
+            if endpoint.path.search(path):
+                return vendor, endpoint
+        return None
+
+    @staticmethod
+    def registered_domain(host: str) -> str:
+        return registered_domain(host)
+
+    def get(self, name_or_id: str) -> Vendor | None:
+        return self._by_key.get(name_or_id.strip().lower())
+
+    def suggest(self, name: str, limit: int = 3) -> list[str]:
+        """Vendor names close to a misspelt name or id, for "did you mean" hints."""
+        names = {vendor.name.lower(): vendor.name for vendor in self._vendors}
+        names.update({vendor.id: vendor.name for vendor in self._vendors})
+        close = difflib.get_close_matches(name.strip().lower(), list(names), n=limit * 2, cutoff=0.6)
+        return list(dict.fromkeys(names[key] for key in close))[:limit]
+
+    def __iter__(self) -> Iterator[Vendor]:
+        return iter(self._vendors)
+
+    def __len__(self) -> int:
+        return len(self._vendors)
+
+
+def vendor_from_yaml(data: bytes, source: str, expected_id: str | None = None) -> Vendor:
+    """Parse and validate one vendor file; raises ConfigError naming the key at fault."""
+    if len(data) > _MAX_FILE_BYTES:
+        raise ConfigError(source, "", f"file larger than {_MAX_FILE_BYTES} bytes")
+    document = parse_yaml(data, source)
+    return _VendorReader(source).vendor(document, expected_id)
+
+
+class _VendorReader:
+    """Field-by-field validation with error keys in the file's own terms (endpoints[2].path)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, key, problem)
+
+    def mapping(self, value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a mapping, found {describe_value(value)}")
+        for name in value:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(allowed)})"
+                raise self.fail(f"{key}.{name}" if key else str(name), f"unknown key{hint}")
+        return value
+
+    def text(self, mapping: Mapping[str, Any], name: str, key: str, required: bool = True) -> str:
+        value = mapping.get(name)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or not value.strip():
+            found = "nothing (the key is missing)" if name not in mapping else describe_value(value)
+            raise self.fail(key, f"expected a non-empty string, found {found}")
+        return value.strip()
+
+    def choice(self, mapping: Mapping[str, Any], name: str, key: str, choices: frozenset[str]) -> str:
+        value = mapping.get(name)
+        if isinstance(value, bool):
+            word = "yes" if value else "no"
+            raise self.fail(key, f"expected one of {', '.join(sorted(choices))}, found {str(value).lower()} (YAML reads a bare {word} as {str(value).lower()}: write '{word}' in quotes)")
+        if not isinstance(value, str) or value not in choices:
+            close = difflib.get_close_matches(str(value), sorted(choices), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.fail(key, f"expected one of {', '.join(sorted(choices))}, found {describe_value(value)}{hint}")
+        return str(value)
+
+    def strings(self, mapping: Mapping[str, Any], name: str, key: str) -> tuple[str, ...]:
+        value = mapping.get(name, [])
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list, found {describe_value(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise self.fail(f"{key}[{index}]", f"expected a non-empty string, found {describe_value(item)}")
+        return tuple(item.strip() for item in value)
+
+    def hostnames(self, mapping: Mapping[str, Any], name: str) -> tuple[str, ...]:
+        names = tuple(normalize_host(item) for item in self.strings(mapping, name, name))
+        for index, host in enumerate(names):
+            key = f"{name}[{index}]"
+            if not is_hostname(host):
+                raise self.fail(key, f"expected a host name such as example.com, found {host!r}")
+            if not registered_domain(host):
+                raise self.fail(key, f"{host!r} is a public suffix or has none: name a registered domain or a host below one")
+            if name == "domains" and host in SHARED_DOMAINS:
+                raise self.fail(key, f"{host!r} also serves first-party or infrastructure traffic: list exact hosts under it in hosts")
+            if host in names[:index]:
+                raise self.fail(key, f"{host!r} is listed twice")
+        return names
+
+    def endpoint(self, value: object, key: str) -> Endpoint:
+        entry = self.mapping(value, key, _ENDPOINT_KEYS)
+        host = normalize_host(self.text(entry, "host", f"{key}.host"))
+        bare = host[2:] if host.startswith("*.") else host
+        if host != "*" and not is_hostname(bare):
+            raise self.fail(f"{key}.host", f"expected a host, *.domain or *, found {host!r}")
+        pattern = self.text(entry, "path", f"{key}.path")
+        if not pattern.startswith("^"):
+            raise self.fail(f"{key}.path", f"expected a regular expression anchored with ^, found {pattern!r}")
+        try:
+            path = re.compile(pattern)
+        except re.error as exc:
+            raise self.fail(f"{key}.path", f"invalid regular expression: {exc}") from None
+        decoder = self.choice(entry, "decoder", f"{key}.decoder", DECODERS)
+        return Endpoint(host, path, decoder)
+
+    def vendor(self, document: object, expected_id: str | None) -> Vendor:
+        top = self.mapping(document, "", _TOP_KEYS)
+        vendor_id = self.text(top, "id", "id")
+        if not _SLUG.fullmatch(vendor_id):
+            raise self.fail("id", f"expected a lower-case slug such as meta-pixel, found {vendor_id!r}")
+        if expected_id is not None and vendor_id != expected_id:
+            raise self.fail("id", f"expected {expected_id!r} (the file name), found {vendor_id!r}")
+        domains = self.hostnames(top, "domains")
+        hosts = self.hostnames(top, "hosts")
+        if not domains and not hosts:
+            raise self.fail("domains", "expected at least one entry in domains or hosts")
+        raw_endpoints = top.get("endpoints", [])
+        if raw_endpoints is not None and not isinstance(raw_endpoints, list):
+            raise self.fail("endpoints", f"expected a list, found {describe_value(raw_endpoints)}")
+        endpoints = tuple(self.endpoint(item, f"endpoints[{index}]") for index, item in enumerate(raw_endpoints or ()))
+        raw_payload = top.get("payload")
+        payload_map = self.mapping({} if raw_payload is None else raw_payload, "payload", PAYLOAD_ROLES)
+        payload = {role: self.strings(payload_map, role, f"payload.{role}") for role in PAYLOAD_ROLES if role in payload_map}
+        baa = self.mapping(top.get("baa"), "baa", _BAA_KEYS)
+        stance = self.choice(baa, "stance", "baa.stance", BAA_STANCES)
+        source = self.text(baa, "source", "baa.source", required=stance != "unknown")
+        if source and not source.startswith("https://"):
+            raise self.fail("baa.source", f"expected an https:// URL, found {source!r}")
+        return Vendor(
+            id=vendor_id,
+            name=self.text(top, "name", "name"),
+            owner=self.text(top, "owner", "owner"),
+            category=self.choice(top, "category", "category", CATEGORIES),
+            domains=domains,
+            hosts=hosts,
+            endpoints=endpoints,
+            payload=MappingProxyType(payload),
+            baa_stance=stance,
+            baa_summary=self.text(baa, "summary", "baa.summary"),
+            baa_source=source,
+        )
