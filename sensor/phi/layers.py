@@ -1,0 +1,453 @@
+"""Peel the encodings that wrap request data into flat ``Field(path, value)`` pairs.
+
+Tracker payloads nest encodings freely: a form parameter holding URL-encoded JSON, base64 JSON
+inside a query string, gzip inside base64, a page URL whose own query carries a search term.
+Recognizers need the innermost text together with the key names that led to it, so every layer
+is undone here, bounded by depth, total output and a decompression ratio so that hostile input
+costs little. Sans-IO: bytes or text in, fields out; nothing here raises on bad input.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, unquote_plus
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Field",
+    "LayerLimits",
+    "Peeler",
+    "decompress",
+    "find_json",
+    "join_path",
+    "looks_like_form",
+    "media_type",
+    "multipart_boundary",
+    "peel",
+    "request_fields",
+    "split_form",
+    "split_multipart",
+    "split_target",
+    "text_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One decoded value and the key path that led to it (``properties.medications.0``, ``dl.q``)."""
+
+    path: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLimits:
+    max_depth: int = 5  # nested encodings (form in base64 in JSON ...) followed before a value is taken as text
+    max_output: int = 256 * 1024  # characters of field values emitted per peel, and bytes read from any input
+    max_ratio: int = 100  # decompressed/compressed size above which data is treated as a bomb and dropped
+    max_fields: int = 4096
+    max_json_nesting: int = 32
+
+
+DEFAULT_LIMITS = LayerLimits()
+
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
+_FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]{1,128}")
+_ABSOLUTE_URL = re.compile(r"(?i)^https?://[^\s/?#]+")
+_BOUNDARY = re.compile(r'(?i)boundary="?([^";,]{1,200})"?')
+_PART_NAME = re.compile(rb'(?i)\bname="([^"]{0,200})"')
+_MIN_BASE64_CHARS = 8
+_PRINTABLE_SHARE = 0.9
+_SAMPLE_CHARS = 4096
+_RATIO_FLOOR_BYTES = 1024  # inputs under 1 KiB may inflate to max_ratio KiB: their headers skew the ratio
+
+
+def join_path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target (origin or absolute form) into path and query, fragment dropped."""
+    rest = target.split("#", 1)[0]
+    if rest.lower().startswith(("http://", "https://")):
+        after_scheme = rest.split("://", 1)[1]
+        slash = after_scheme.find("/")
+        question = after_scheme.find("?")
+        if slash == -1 or (question != -1 and question < slash):
+            rest = "/" + after_scheme[question:] if question != -1 else "/"
+        else:
+            rest = after_scheme[slash:]
+    path, _, query = rest.partition("?")
+    return path, query
+
+
+def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tuple[str, str]]:
+    """``a=b&c=d`` -> decoded pairs (plus and percent escapes undone); keys without ``=`` get ``""``."""
+    pairs: list[tuple[str, str]] = []
+    for piece in text.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        pairs.append((unquote_plus(key, errors="replace"), unquote_plus(value, errors="replace")))
+        if len(pairs) >= max_pairs:
+            break
+    return pairs
+
+
+def decompress(data: bytes, max_ratio: int = DEFAULT_LIMITS.max_ratio, max_output: int = DEFAULT_LIMITS.max_output) -> bytes | None:
+    """Inflate gzip or zlib data; None when it is neither, is corrupt, or expands past ``max_ratio``.
+
+    The ratio is measured on what was actually inflated (output against the input consumed to
+    produce it), so a bomb is recognized after at most ``max_output`` bytes of work. Honest data
+    longer than ``max_output`` is cut there.
+    """
+    if not _is_compressed(data):
+        return None
+    inflater = zlib.decompressobj(wbits=47)  # 32 + 15: accept both gzip and zlib headers
+    try:
+        out = inflater.decompress(data, max_output + 1)
+    except zlib.error:
+        return None
+    consumed = len(data) - len(inflater.unconsumed_tail)
+    if len(out) > max_ratio * max(consumed, _RATIO_FLOOR_BYTES):
+        return None
+    return out[:max_output]
+
+
+def _is_compressed(data: bytes) -> bool:
+    if data[:2] == b"\x1f\x8b":
+        return True
+    return len(data) >= 2 and data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and ((data[0] << 8) | data[1]) % 31 == 0
+
+
+def _decode_base64(text: str) -> bytes | None:
+    if len(text) < _MIN_BASE64_CHARS or _HEX_OR_DIGITS.fullmatch(text) or text.isalpha():
+        return None
+    if _BASE64.fullmatch(text):
+        decoder = base64.b64decode
+    elif _BASE64_URLSAFE.fullmatch(text):
+        decoder = base64.urlsafe_b64decode
+    else:
+        return None
+    unpadded = text.rstrip("=")
+    if len(unpadded) % 4 == 1:
+        return None
+    try:
+        return decoder(unpadded + "=" * (-len(unpadded) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _printable_share(text: str) -> float:
+    sample = text[:_SAMPLE_CHARS]
+    if not sample:
+        return 0.0
+    good = sum(1 for ch in sample if (ch.isprintable() and ch != "\ufffd") or ch in "\t\r\n")
+    return good / len(sample)
+
+
+def _bytes_to_text(data: bytes) -> str | None:
+    """The bytes as text when mostly printable, else None (binary: images, DER, protobuf)."""
+    text = data.decode("utf-8", errors="replace")
+    return text if _printable_share(text) >= _PRINTABLE_SHARE else None
+
+
+def text_of(data: bytes, limits: LayerLimits = DEFAULT_LIMITS) -> str | None:
+    """A body as text: inflated when compressed, None when binary."""
+    data = data[: limits.max_output]
+    inflated = decompress(data, limits.max_ratio, limits.max_output)
+    return _bytes_to_text(inflated if inflated is not None else data)
+
+
+def split_multipart(body: bytes, boundary: str, max_parts: int = DEFAULT_LIMITS.max_fields) -> list[tuple[str, bytes]]:
+    """multipart/form-data -> (part name, part content) in order; malformed parts are skipped."""
+    parts: list[tuple[str, bytes]] = []
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--") or len(parts) >= max_parts:
+            break
+        head, separator, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        if not separator:
+            head, separator, content = part.lstrip(b"\n").partition(b"\n\n")
+        if not separator:
+            continue
+        name = _PART_NAME.search(head)
+        key = name.group(1).decode("utf-8", "replace") if name else ""
+        parts.append((key, content.removesuffix(b"\r\n").removesuffix(b"\n")))
+    return parts
+
+
+def multipart_boundary(content_type: str | None) -> str | None:
+    if media_type(content_type) != "multipart/form-data":
+        return None
+    match = _BOUNDARY.search(content_type or "")
+    return match.group(1) if match else None
+
+
+def _parse_json(text: str) -> object | None:
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "{[":
+        return None
+    try:
+        return json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+
+
+def looks_like_form(text: str) -> bool:
+    """``key=value&...`` with plausible key names and no blanks (so not prose that contains "=")."""
+    if "=" not in text or any(ch.isspace() for ch in text[:_SAMPLE_CHARS]):
+        return False
+    pieces = text.split("&", 64)
+    first_key, equals, _ = pieces[0].partition("=")
+    if not equals or not _FORM_KEY.fullmatch(first_key):
+        return False
+    return all(not piece or _FORM_KEY.fullmatch(piece.partition("=")[0]) for piece in pieces[1:64])
+
+
+def _is_url(text: str) -> bool:
+    """An absolute URL (blanks allowed: decoded search terms), or a path with no blanks (not prose)."""
+    if _ABSOLUTE_URL.match(text):
+        return True
+    return text.startswith("/") and not any(ch.isspace() for ch in text[:_SAMPLE_CHARS])
+
+
+def _is_structured_line(line: str) -> bool:
+    return _parse_json(line) is not None or looks_like_form(line)
+
+
+class Peeler:
+    """Accumulates fields from any number of values under one shared budget.
+
+    One instance per request: the limits bound the whole request, not each parameter.
+    """
+
+    def __init__(self, limits: LayerLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.fields: list[Field] = []
+        self._budget = limits.max_output
+
+    @property
+    def exhausted(self) -> bool:
+        return self._budget <= 0 or len(self.fields) >= self.limits.max_fields
+
+    def emit(self, path: str, value: str) -> None:
+        if self.exhausted:
+            return
+        value = value[: self._budget]
+        self._budget -= len(value)
+        self.fields.append(Field(path, value))
+
+    def value(self, data: bytes | str, path: str = "", depth: int = 0) -> None:
+        """Peel one value of unknown encoding, emitting its innermost fields under ``path``."""
+        if self.exhausted:
+            return
+        if isinstance(data, bytes):
+            data = data[: self.limits.max_output]
+            if depth < self.limits.max_depth and _is_compressed(data):
+                inflated = decompress(data, self.limits.max_ratio, self._budget)
+                if inflated is not None:
+                    self.value(inflated, path, depth + 1)
+                    return
+            text = _bytes_to_text(data)
+            if text is None:
+                return
+        else:
+            text = data[: self.limits.max_output]
+        self._text(text, path, depth)
+
+    def _text(self, text: str, path: str, depth: int) -> None:
+        stripped = text.strip()
+        if not stripped:
+            return
+        if depth >= self.limits.max_depth:
+            self.emit(path, stripped)
+            return
+        parsed = _parse_json(stripped)
+        if parsed is not None:
+            self.json(parsed, path, depth + 1)
+            return
+        if _is_url(stripped):
+            self.url(stripped, path, depth + 1)
+            return
+        decoded = _decode_base64(stripped)
+        if decoded is not None and self._accept_base64(decoded, path, depth):
+            return
+        if looks_like_form(stripped):
+            self.form(stripped, path, depth + 1)
+            return
+        if "\n" in stripped and self._lines(stripped, path, depth):
+            return
+        if _PERCENT_ESCAPE.search(stripped):
+            unescaped = unquote(stripped, errors="replace")
+            if unescaped != stripped:
+                self._text(unescaped, path, depth + 1)
+                return
+        self.emit(path, stripped)
+
+    def _accept_base64(self, decoded: bytes, path: str, depth: int) -> bool:
+        """Follow base64 only into JSON, compressed data or mostly printable text (never into DER or noise)."""
+        if _is_compressed(decoded):
+            inflated = decompress(decoded, self.limits.max_ratio, self._budget)
+            if inflated is None:
+                return False
+            self.value(inflated, path, depth + 2)
+            return True
+        if len(decoded) < 4:
+            return False
+        text = _bytes_to_text(decoded)
+        if text is None:
+            return False
+        self._text(text, path, depth + 1)
+        return True
+
+    def _lines(self, text: str, path: str, depth: int) -> bool:
+        """Bodies with one record per line (GA4 batches, NDJSON): peel each line when all are structured."""
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2 or not all(_is_structured_line(line.strip()) for line in lines[:256]):
+            return False
+        for line in lines:
+            if self.exhausted:
+                break
+            self._text(line, path, depth + 1)
+        return True
+
+    def form(self, text: str, prefix: str = "", depth: int = 0) -> None:
+        """``a=b&c=d`` -> each value peeled under ``prefix.a``, ``prefix.c``."""
+        for key, value in split_form(text, self.limits.max_fields):
+            if self.exhausted:
+                return
+            self._text(value, join_path(prefix, key), depth)
+
+    def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
+        """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
+        if self.exhausted:
+            return
+        if nesting >= self.limits.max_json_nesting:
+            return
+        if isinstance(obj, dict):
+            for key, child in obj.items():
+                self.json(child, join_path(prefix, str(key)), depth, nesting + 1)
+        elif isinstance(obj, list):
+            for index, child in enumerate(obj):
+                self.json(child, join_path(prefix, str(index)), depth, nesting + 1)
+        elif isinstance(obj, str):
+            self._text(obj, prefix, depth)
+        elif isinstance(obj, bool):
+            self.emit(prefix, "true" if obj else "false")
+        elif isinstance(obj, (int, float)):
+            self.emit(prefix, repr(obj))
+
+    def url(self, text: str, path: str, depth: int = 0) -> None:
+        """A URL or path: the part before ``?`` (percent-decoded) at ``path``, query parameters below it."""
+        base, question, rest = text.partition("?")
+        query, hash_mark, fragment = rest.partition("#")
+        if not question:
+            base, hash_mark, fragment = text.partition("#")
+        shown = unquote(base, errors="replace") + (hash_mark + unquote(fragment, errors="replace") if hash_mark else "")
+        self.emit(path, shown)
+        if query:
+            self.form(query, path, depth)
+
+    def multipart(self, body: bytes, boundary: str, prefix: str = "", depth: int = 0) -> None:
+        """multipart/form-data: each part's content peeled under its ``name``."""
+        for name, content in split_multipart(body[: self.limits.max_output], boundary, self.limits.max_fields):
+            if self.exhausted:
+                return
+            self.value(content, join_path(prefix, name), depth + 1)
+
+    def body(self, body: bytes, content_type: str | None, prefix: str = "") -> None:
+        """A request body, dispatched on its media type, with the generic peel as the fallback."""
+        boundary = multipart_boundary(content_type)
+        if boundary is not None:
+            self.multipart(body, boundary, prefix)
+            return
+        if media_type(content_type) == "application/x-www-form-urlencoded":
+            text = _bytes_to_text(body[: self.limits.max_output])
+            if text is not None and looks_like_form(text.strip()):
+                self.form(text.strip(), prefix, 1)
+                return
+        self.value(body, prefix)
+
+
+def peel(data: bytes | str, path: str = "", limits: LayerLimits = DEFAULT_LIMITS) -> list[Field]:
+    """Every innermost field of one value of unknown encoding."""
+    peeler = Peeler(limits)
+    peeler.value(data, path)
+    return peeler.fields
+
+
+def request_fields(
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None = None,
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> list[Field]:
+    """The fields of one HTTP request: ``url.path``, ``query.*``, ``header.referer``/``header.host``, ``body.*``.
+
+    The path is kept whole (it is where portal and condition-page hints live); the Referer is the
+    page the request came from, the most common carrier of a health page URL besides the query.
+    """
+    peeler = Peeler(limits)
+    path, query = split_target(target)
+    if path:
+        peeler.emit("url.path", unquote(path, errors="replace"))
+    if query:
+        peeler.form(query, "query", 1)
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "referer":
+            peeler.value(value, "header.referer")
+        elif lowered == "host":
+            peeler.emit("header.host", value.strip())
+        elif lowered == "content-type" and content_type is None:
+            content_type = value
+    if body:
+        peeler.body(body, content_type, "body")
+    return peeler.fields
+
+
+def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:
+    """The JSON document under URL-encoding, base64 and gzip layers, or None.
+
+    Used where a parameter is known to carry JSON (Mixpanel ``data=``, Amplitude ``e=``).
+    """
+    current: bytes | str = data[: limits.max_output]
+    for _ in range(limits.max_depth + 1):
+        if isinstance(current, bytes):
+            inflated = decompress(current, limits.max_ratio, limits.max_output)
+            if inflated is not None:
+                current = inflated
+                continue
+            text = _bytes_to_text(current)
+            if text is None:
+                return None
+            current = text
+        stripped = current.strip()
+        parsed = _parse_json(stripped)
+        if parsed is not None:
+            return parsed
+        # Query strings turn an unescaped base64 "+" into a space; put it back before decoding.
+        decoded = _decode_base64(stripped.replace(" ", "+"))
+        if decoded is not None:
+            current = decoded
+            continue
+        if _PERCENT_ESCAPE.search(stripped):
+            current = unquote_plus(stripped, errors="replace")
+            continue
+        return None
+    return None

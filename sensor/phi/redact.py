@@ -1,0 +1,194 @@
+"""Mask findings before anything leaves the sensor: typed placeholders, never the value or a hash.
+
+A finding's span locates it in the value it came from; the same value can also recur elsewhere
+(in the raw URL, in another parameter, in a different case), so every occurrence of a finding's
+value is masked as well, not only the span. Output shows ``[REDACTED:condition]`` where the
+text said "diabetes".
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from sensor.phi.layers import Field
+from sensor.phi.recognizers import Finding
+
+__all__ = ["EXCERPT_CHARS", "evidence", "placeholder", "redact", "redact_url"]
+
+EXCERPT_CHARS = 80
+_TYPE_LABEL = re.compile(r"[^a-z0-9_]")
+_URL_SAFE = "/:@!$&'()*+,;=-._~[]"  # keep a URL readable; placeholders keep their brackets
+
+
+def placeholder(finding_type: str) -> str:
+    return f"[REDACTED:{_TYPE_LABEL.sub('_', finding_type.lower())}]"
+
+
+def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
+    """Merged spans to mask, each with the type of the finding that opened it."""
+    raw: list[tuple[int, int, str]] = []
+    patterns: dict[str, re.Pattern[str]] = {}
+    for finding in findings:
+        if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
+            raw.append((finding.start, finding.end, finding.type))
+        if not finding.value:
+            continue
+        pattern = patterns.get(finding.value)
+        if pattern is None:
+            pattern = patterns[finding.value] = re.compile(re.escape(finding.value), re.IGNORECASE)
+        raw.extend((match.start(), match.end(), finding.type) for match in pattern.finditer(text))
+    raw.sort(key=lambda span: (span[0], -span[1]))
+    merged: list[tuple[int, int, str]] = []
+    for start, end, kind in raw:
+        if merged and start < merged[-1][1]:
+            last_start, last_end, last_kind = merged[-1]
+            merged[-1] = (last_start, max(last_end, end), last_kind)
+        else:
+            merged.append((start, end, kind))
+    return merged
+
+
+def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tuple[int, int, int, int]]]:
+    """The redacted text and, per mask, (start, end) in the input and (start, end) in the output."""
+    pieces: list[str] = []
+    mapping: list[tuple[int, int, int, int]] = []
+    cursor = written = 0
+    for start, end, kind in _intervals(text, findings):
+        pieces.append(text[cursor:start])
+        written += start - cursor
+        label = placeholder(kind)
+        pieces.append(label)
+        mapping.append((start, end, written, written + len(label)))
+        written += len(label)
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces), mapping
+
+
+def redact(text: str, findings: Iterable[Finding]) -> str:
+    """``text`` with each finding's span, and every other occurrence of its value, replaced by a placeholder."""
+    return _redact_mapped(text, findings)[0]
+
+
+def _param_name(finding_path: str) -> str:
+    return finding_path.removeprefix("query.")
+
+
+def _carries(param: str, finding: Finding) -> bool:
+    """Whether a finding was decoded out of query parameter ``param`` (``data`` for ``data.properties.x``)."""
+    path = _param_name(finding.path)
+    return path == param or path.startswith((param + ".", param + "["))
+
+
+def redact_url(url: str, findings: Sequence[Finding]) -> str:
+    """A URL with findings masked in its host, path, query values and fragment.
+
+    A query value whose findings were decoded out of an encoding (base64, nested URL encoding)
+    cannot be masked piecewise: the whole value is replaced, with the type of its first finding.
+    """
+    rest, hash_mark, fragment = url.partition("#")
+    base, question, query = rest.partition("?")
+    authority = ""
+    if "://" in base:
+        scheme, _, after = base.partition("://")
+        host, slash, path = after.partition("/")
+        authority, base = f"{scheme}://{host}", slash + path
+    parts = [_redact_component(authority, findings), _redact_component(base, findings)]
+    if question:
+        parts.append("?" + _redact_query(query, findings))
+    if hash_mark:
+        parts.append("#" + _redact_component(fragment, findings))
+    return "".join(parts)
+
+
+def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
+    """A URL component, decoded, masked and re-encoded; untouched (as sent) when nothing was masked."""
+    decoded = unquote(raw, errors="replace")
+    redacted = redact(decoded, findings)
+    return raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
+
+
+def _redact_query(query: str, findings: Sequence[Finding]) -> str:
+    pieces = []
+    for piece in query.split("&"):
+        raw_key, equals, raw_value = piece.partition("=")
+        key = unquote_plus(raw_key, errors="replace")
+        value = unquote_plus(raw_value, errors="replace")
+        redacted = redact(value, findings)
+        if redacted == value:
+            carried = next((finding for finding in findings if _carries(key, finding)), None)
+            if carried is None:
+                pieces.append(piece)
+                continue
+            redacted = placeholder(carried.type)
+        pieces.append(raw_key + equals + quote_plus(redacted, safe="[]:/"))
+    return "&".join(pieces)
+
+
+def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: bool = False) -> list[dict[str, object]]:
+    """Per finding: type, category, confidence, path and a short excerpt (at most ``EXCERPT_CHARS``).
+
+    The excerpt is the finding in its surrounding text with every finding masked, unless
+    ``unredacted`` is set (for an operator who chose to see raw evidence).
+    """
+    findings = list(findings)
+    by_path: dict[str, list[str]] = {}
+    for item in fields:
+        by_path.setdefault(item.path, []).append(item.value)
+    records = []
+    for finding in findings:
+        source = _source_value(finding, by_path.get(finding.path, ()))
+        if unredacted:
+            excerpt = _raw_excerpt(source, finding) if source is not None else finding.value[:EXCERPT_CHARS]
+        elif source is not None:
+            excerpt = _redacted_excerpt(source, finding, findings)
+        else:
+            excerpt = placeholder(finding.type)
+        records.append(
+            {
+                "type": finding.type,
+                "category": finding.category,
+                "confidence": finding.confidence,
+                "path": finding.path,
+                "excerpt": excerpt,
+            }
+        )
+    return records
+
+
+def _source_value(finding: Finding, candidates: Sequence[str]) -> str | None:
+    for value in candidates:
+        if value[finding.start : finding.end] == finding.value:
+            return value
+    return None
+
+
+def _window(length: int, start: int, end: int, room: int) -> tuple[int, int]:
+    """Up to ``room`` characters around ``[start, end)``, split evenly, within ``[0, length)``."""
+    left = max(0, start - room // 2)
+    right = min(length, end + room - (start - left))
+    left = max(0, start - (room - (right - end)))  # room the right side could not use goes left
+    return left, right
+
+
+def _raw_excerpt(source: str, finding: Finding) -> str:
+    room = max(0, EXCERPT_CHARS - (finding.end - finding.start))
+    left, right = _window(len(source), finding.start, finding.end, room)
+    return source[left:right][:EXCERPT_CHARS]
+
+
+def _redacted_excerpt(source: str, finding: Finding, findings: Sequence[Finding]) -> str:
+    redacted, mapping = _redact_mapped(source, findings)
+    own = next((out for out in mapping if out[0] <= finding.start < out[1]), None)
+    if own is None:  # an empty finding masks nothing: show its label alone
+        return placeholder(finding.type)
+    out_start, out_end = own[2], own[3]
+    left, right = _window(len(redacted), out_start, out_end, max(0, EXCERPT_CHARS - (out_end - out_start)))
+    # Never cut a neighbouring placeholder in half: drop it from the excerpt instead.
+    for _, _, other_start, other_end in mapping:
+        if other_start < left < other_end:
+            left = other_end
+        if other_start < right < other_end:
+            right = other_start
+    return redacted[left:right]
