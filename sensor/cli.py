@@ -1,0 +1,94 @@
+"""`phi-sensor` command line.
+
+Exit codes: 0 done; 1 an alert at or above --fail-on was raised; 2 usage or configuration error;
+3 a capture could not be read (completely or partly: the rest was still processed);
+4 a sink could not deliver everything (what was left is kept in the spool).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sensor import __version__
+from sensor.errors import SensorError
+
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK = 0, 1, 2, 3, 4
+SEVERITIES = ("low", "medium", "high", "critical")
+
+log = logging.getLogger("phi_sensor")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="sensor YAML configuration (default: built-in conservative policy)")
+    parser.add_argument(
+        "--emit", choices=("alerts", "events", "all"), default="alerts",
+        help="what to write: alerts (default), protocol events, or both",
+    )
+    parser.add_argument(
+        "--output", action="append", metavar="SPEC",
+        help="where to write (repeatable): '-' stdout, a file path (JSON lines), elasticsearch=URL, "
+        "opensearch=URL, webhook=URL, slack=URL, pagerduty=ROUTING_KEY_FILE. Default: outputs from the config, else '-'",
+    )
+    parser.add_argument("--stats", action="store_true", help="print counters to stderr at the end")
+    parser.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 if an alert of this severity or above was raised")
+    parser.add_argument(
+        "--unredacted", action="store_true",
+        help="forensic opt-in: put matched health data values in alerts instead of typed placeholders (logged)",
+    )
+    parser.add_argument("--spool-dir", type=Path, default=Path("spool"), help="disk queue for remote sinks")
+    parser.add_argument("--signatures", type=Path, help="vendor signature directory (default: bundled signatures/vendors)")
+    parser.add_argument("--quiet", action="store_true", help="no summary table or progress bar on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phi-sensor",
+        description="Find protected health information leaving for ad and analytics vendors.",
+    )
+    parser.add_argument("--version", action="version", version=f"phi-sensor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    replay = sub.add_parser("replay", help="replay pcap/pcapng files (also .gz) through the sensor")
+    replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    _add_common(replay)
+    replay.add_argument(
+        "--prefilter", choices=("auto", "always", "never"), default="auto",
+        help="let tcpdump's BPF drop bulk packets before Python sees them (auto: large classic pcap files)",
+    )
+    replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    replay.set_defaults(handler=_cmd_replay)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and the signatures")
+    check.add_argument("config", type=Path)
+    check.add_argument("--signatures", type=Path)
+    check.set_defaults(handler=_cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SensorError as exc:
+        print(f"phi-sensor: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("phi-sensor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.runner import Runner
+
+    runner = Runner.from_args(args)
+    return runner.replay(args.pcaps, prefilter=args.prefilter, progress=args.progress)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from sensor.runner import Runner
+
+    return Runner.check_config(args.config, args.signatures)

@@ -1,0 +1,198 @@
+"""Runs the rules over records: enrich once, evaluate every enabled rule, throttle, build documents.
+
+Throttle: one alert per (rule, source host, vendor or domain) per window. The first occurrence is
+emitted at once (on-call wants it now); a later occurrence with a higher severity re-sends the
+window's document with the stronger evidence at once; when the window closes, or at the end of a
+replay, an update with the same `event.id` carries the final count, so a sink that indexes by id
+keeps one document per window with the right count and the strongest evidence.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sensor.detect.base import SEVERITIES, Alert, Observation
+from sensor.detect.rules import ALL_RULES
+from sensor.config import Policy
+from sensor.enrich.dnscache import DnsCache
+from sensor.enrich.ech import is_cover_name
+from sensor.enrich.vendors import normalize_host
+from sensor.phi import scan_http
+from sensor.phi.trackers import decode_tracker, scan_tracker
+from sensor.records import Counters, DnsQuery, HttpRequest, Record, TlsHello
+
+DEFAULT_THROTTLE_SECONDS = 3600.0
+MAX_THROTTLE_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    enabled: bool
+    severity: str | None = None  # fixed severity overriding the rule's model
+    throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
+
+
+# Builds the ECS alert document: (alert, count, first_seen, last_seen, event id) -> dict
+DocumentBuilder = Callable[[Alert, int, float, float, str], dict]
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    end: float
+    alert: Alert
+    event_id: str
+    count: int = 1
+    last_seen: float = 0.0
+    sent_count: int = 1  # the count the last document of this window carried
+
+
+class DetectionEngine:
+    def __init__(
+        self,
+        policy: Policy,
+        build_document: DocumentBuilder,
+        rule_settings: dict[str, RuleSettings] | None = None,
+        counters: Counters | None = None,
+        immediate: bool = True,
+    ) -> None:
+        """`immediate`: emit at first sight and on escalation (live); else one final document per
+        window when it closes (replay, where an auditor wants one line per alert)."""
+        self.policy = policy
+        self.immediate = immediate
+        self.build_document = build_document
+        self.counters = counters if counters is not None else Counters()
+        self.dns_cache = DnsCache(counters=self.counters)
+        self.rules = []
+        for rule in ALL_RULES:
+            settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
+            if settings.enabled:
+                self.rules.append((rule, settings))
+        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+
+    # -- records in, alert documents out -------------------------------------------------------
+    def on_record(self, record: Record) -> list[dict]:
+        if isinstance(record, DnsQuery):
+            self.dns_cache.observe(record)
+        phi_host = self.policy.assets.lookup(record.flow.src_ip)
+        if phi_host is None or not self.rules:
+            return []
+        obs = self._observe(record, phi_host)
+        if obs is None:
+            return []
+        out: list[dict] = []
+        for rule, settings in self.rules:
+            alert = rule.evaluate(obs)
+            if alert is not None:
+                if settings.severity:
+                    alert.severity = settings.severity
+                out.extend(self._throttle(alert, record.ts, settings.throttle_seconds))
+        return out
+
+    def finish(self) -> list[dict]:
+        pending = [window for window in self._windows.values() if window.count > window.sent_count]
+        out = [self._final(window) for window in sorted(pending, key=lambda w: w.start)]
+        self._windows.clear()
+        return out
+
+    # -- enrichment ----------------------------------------------------------------------------
+    def _observe(self, record: Record, phi_host) -> Observation | None:
+        names: tuple[str, ...]
+        if isinstance(record, DnsQuery):
+            names, source = (normalize_host(record.name),), "dns"
+        elif isinstance(record, TlsHello):
+            resolved = self.dns_cache.names_for(record.flow.dst_ip, record.ts)
+            sni = normalize_host(record.server_name) if record.server_name else None
+            if sni and not (record.ech and is_cover_name(sni, resolved)):
+                names, source = (sni,), record.protocol
+            else:  # no SNI, or only an ECH cover name: the destination is what DNS said it is
+                names, source = resolved, "dns-attribution"
+        else:
+            if record.host:
+                names, source = (normalize_host(record.host),), "http"
+            else:
+                names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
+        if not names and not isinstance(record, HttpRequest):
+            return None
+        catalog = self.policy.catalog
+        vendor, destination = None, (names[0] if names else None)
+        for name in names:
+            vendor = catalog.match_host(name)
+            if vendor is not None:
+                destination = name
+                break
+        allowed = any(self.policy.is_allowed(name) for name in names)
+        day = dt.datetime.fromtimestamp(record.ts, tz=dt.timezone.utc).date()
+        baa = self.policy.baa.covers(vendor, destination, on=day) if destination else None
+        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, self._baa_status(baa, vendor, day))
+        if isinstance(record, HttpRequest):
+            self._inspect_http(record, obs)
+        return obs
+
+    def _baa_status(self, covering, vendor, day: dt.date) -> str:
+        if covering is not None:
+            return "on-file"
+        if vendor is not None:
+            for entry in self.policy.baa:
+                if entry.vendor is vendor:
+                    if entry.expires is not None and entry.expires < day:
+                        return "expired"
+                    if entry.signed is not None and entry.signed > day:
+                        return "not-yet-signed"
+        return "none"
+
+    def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:
+        content_type = record.header("content-type")
+        obs.findings = scan_http(record.method, record.target, record.headers, record.body, content_type)
+        path = record.target
+        if path.startswith(("http://", "https://")):
+            path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
+        path = path.split("?", 1)[0]
+        match = self.policy.catalog.match_endpoint(record.host or obs.destination or "", path)
+        if match is None:
+            return
+        _vendor, endpoint = match
+        payload = decode_tracker(endpoint.decoder, record.method, record.target, record.headers, record.body)
+        if payload is not None:
+            obs.tracker = payload
+            obs.tracker_findings = scan_tracker(payload)
+            self.counters.add(f"trackers.{endpoint.decoder}")
+
+    # -- throttle ------------------------------------------------------------------------------
+    def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[dict]:
+        key = (alert.rule.id, alert.observation.record.flow.src_ip, alert.throttle_subject)
+        window = self._windows.get(key)
+        if window is not None and ts < window.end:
+            window.count += 1
+            window.last_seen = max(window.last_seen, ts)
+            if SEVERITIES.index(alert.severity) > SEVERITIES.index(window.alert.severity):
+                # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
+                # the window's document is re-sent with the stronger alert under the same id.
+                window.alert = alert
+                self.counters.add("alerts.escalated")
+                return [self._final(window)] if self.immediate else []
+            self.counters.add("alerts.suppressed")
+            return []
+        out: list[dict] = []
+        if window is not None:
+            del self._windows[key]
+            if window.count > window.sent_count:
+                out.append(self._final(window))
+        event_id = hashlib.sha256("|".join((*key, f"{ts:.6f}")).encode()).hexdigest()[:40]
+        window = self._windows[key] = _Window(
+            ts, ts + window_seconds, alert, event_id, last_seen=ts, sent_count=1 if self.immediate else 0
+        )
+        if len(self._windows) > MAX_THROTTLE_KEYS:
+            _, oldest = self._windows.popitem(last=False)
+            if oldest.count > oldest.sent_count:
+                out.append(self._final(oldest))
+        if self.immediate:
+            out.append(self.build_document(alert, 1, ts, ts, event_id))
+        return out
+
+    def _final(self, window: _Window) -> dict:
+        window.sent_count = window.count
+        return self.build_document(window.alert, window.count, window.start, window.last_seen, window.event_id)

@@ -1,0 +1,40 @@
+"""plaintext-phi: health data in unencrypted HTTP leaving a PHI host.
+
+Plaintext is a transmission-security failure whoever the receiver is, so a BAA does not silence
+it. Severity: high; critical when identifiers travel together with health data (that is an
+identifiable health record on the wire); medium when the receiver is inside the organisation.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.phi import is_health_data, summarize
+
+INFO = RuleInfo(
+    id="plaintext-phi",
+    name="Health data sent unencrypted",
+    category="plaintext-phi",
+    description="A request from a host that handles PHI carried health data over plaintext HTTP.",
+    reference="https://www.hhs.gov/hipaa/for-professionals/security/guidance/index.html",
+)
+
+
+def evaluate(obs: Observation) -> Alert | None:
+    findings = obs.findings
+    if obs.phi_host is None or obs.allowed or not findings or not is_health_data(findings):
+        return None
+    counts = summarize(findings)
+    categories = {f.category for f in findings}
+    severity = "high"
+    if "identifier" in categories:
+        severity = "critical"
+    record = obs.record
+    if ipaddress.ip_address(record.flow.dst_ip).is_private and obs.vendor is None:
+        severity = "medium"
+    host = obs.phi_host.name or record.flow.src_ip
+    kinds = ", ".join(sorted(counts))
+    target = obs.destination or record.flow.dst_ip
+    summary = f"PHI host {host} sent {kinds} in plaintext HTTP {record.method} to {target}"
+    subject = obs.vendor.id if obs.vendor else (obs.destination or record.flow.dst_ip)
+    return Alert(INFO, severity, obs, summary, throttle_subject=subject, findings=list(findings))

@@ -1,0 +1,43 @@
+"""tracker-egress-no-baa: a PHI host reaches a catalogued tracker vendor with no BAA on file.
+
+Severity: what the record proves about the exchange. A DNS query shows intent (low); a TLS or
+QUIC handshake, or a flow attributed through DNS, shows a connection (medium); plaintext HTTP
+shows data was sent (high). One level more from a host tagged as an authenticated or app origin,
+and one more for session-replay vendors, which record whatever is on screen.
+"""
+from __future__ import annotations
+
+from sensor.detect.base import SENSITIVE_TAGS, Alert, Observation, RuleInfo, raise_level
+
+INFO = RuleInfo(
+    id="tracker-egress-no-baa",
+    name="PHI host contacts tracker vendor without BAA",
+    category="tracker-egress",
+    description="A host that handles PHI reached an ad, analytics or session-replay vendor that has no "
+    "Business Associate Agreement on file.",
+    reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/hipaa-online-tracking/index.html",
+)
+
+BASE_SEVERITY = {"dns": "low", "tls": "medium", "quic": "medium", "dns-attribution": "medium", "http": "high"}
+
+
+def evaluate(obs: Observation) -> Alert | None:
+    vendor = obs.vendor
+    if obs.phi_host is None or vendor is None or obs.baa is not None or obs.allowed:
+        return None
+    severity = BASE_SEVERITY[obs.source_record]
+    if SENSITIVE_TAGS.intersection(obs.phi_host.tags):
+        severity = raise_level(severity)
+    if vendor.category == "session-replay":
+        severity = raise_level(severity)
+    how = {
+        "dns": "looked up",
+        "tls": "opened TLS to",
+        "quic": "opened QUIC to",
+        "dns-attribution": "connected to an address of",
+        "http": "sent plaintext HTTP to",
+    }[obs.source_record]
+    baa_note = {"expired": "BAA expired", "not-yet-signed": "BAA not yet in effect"}.get(obs.baa_status, "no BAA on file")
+    host = obs.phi_host.name or obs.record.flow.src_ip
+    summary = f"PHI host {host} {how} {obs.destination} ({vendor.name}, {vendor.category}; {baa_note})"
+    return Alert(INFO, severity, obs, summary, throttle_subject=vendor.id)

@@ -1,0 +1,30 @@
+"""unreviewed-vendor: a PHI host reaches a third party that is neither catalogued nor covered by a
+BAA. Off by default: it feeds the vendor inventory rather than paging anyone."""
+from __future__ import annotations
+
+from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.enrich.vendors import registered_domain
+
+INFO = RuleInfo(
+    id="unreviewed-vendor",
+    name="PHI host contacts unreviewed third party",
+    category="inventory",
+    description="A host that handles PHI reached a domain that is neither a catalogued vendor nor covered by "
+    "a BAA: review it and add it to the BAA registry or the allow list.",
+    reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/business-associates/index.html",
+    enabled_by_default=False,
+)
+
+_INTERNAL_SUFFIXES = (".local", ".internal", ".lan", ".home.arpa", ".corp", ".intranet", ".arpa")
+
+
+def evaluate(obs: Observation) -> Alert | None:
+    name = obs.destination
+    if obs.phi_host is None or obs.vendor is not None or obs.baa is not None or obs.allowed or not name:
+        return None
+    if "." not in name or name.endswith(_INTERNAL_SUFFIXES):
+        return None
+    domain = registered_domain(name) or name
+    host = obs.phi_host.name or obs.record.flow.src_ip
+    summary = f"PHI host {host} reached {name}, a third party with no catalog entry and no BAA"
+    return Alert(INFO, "low", obs, summary, throttle_subject=domain)

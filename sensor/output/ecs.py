@@ -1,0 +1,290 @@
+"""ECS 8 documents for protocol events and alerts (the shapes Packetbeat and the Suricata
+integration use, so Kibana users feel at home). Our own fields live under `phi_egress.*`."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import struct
+from collections.abc import Callable
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from sensor.enrich.ech import is_cover_name
+from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
+
+ECS_VERSION = "8.11.0"
+MODULE = "phi_sensor"
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+
+
+_SECOND_PREFIX: dict[int, str] = {}
+
+
+def iso_time(ts: float) -> str:
+    """UTC ISO 8601 with microseconds; the date-time part is cached per second (events cluster)."""
+    second = int(ts // 1)
+    prefix = _SECOND_PREFIX.get(second)
+    if prefix is None:
+        if len(_SECOND_PREFIX) > 4096:
+            _SECOND_PREFIX.clear()
+        prefix = _SECOND_PREFIX[second] = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    micros = min(int((ts - second) * 1_000_000 + 0.5), 999_999)
+    return f"{prefix}.{micros:06d}Z"
+
+
+_COMMUNITY_CACHE: dict[tuple, str] = {}
+
+
+def community_id(flow: Flow, seed: int = 0) -> str:
+    """Community ID v1 (the flow hash Zeek, Suricata and Arkime share), so analysts can pivot."""
+    key = (flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, flow.transport)
+    cached = _COMMUNITY_CACHE.get(key)
+    if cached is not None:
+        return cached
+    family = socket.AF_INET6 if ":" in flow.src_ip else socket.AF_INET
+    src = socket.inet_pton(family, flow.src_ip)
+    dst = socket.inet_pton(family, flow.dst_ip)
+    sport, dport = flow.src_port, flow.dst_port
+    if (src, sport) > (dst, dport):
+        src, dst, sport, dport = dst, src, dport, sport
+    proto = _PROTO_NUMBERS.get(flow.transport, 0)
+    digest = hashlib.sha1(struct.pack("!H", seed) + src + dst + struct.pack("!BBHH", proto, 0, sport, dport)).digest()
+    value = "1:" + base64.b64encode(digest).decode()
+    if len(_COMMUNITY_CACHE) > 100_000:
+        _COMMUNITY_CACHE.clear()
+    _COMMUNITY_CACHE[key] = value
+    return value
+
+
+def _endpoints(doc: dict, flow: Flow, protocol: str) -> None:
+    doc["source"] = {"ip": flow.src_ip, "port": flow.src_port}
+    doc["destination"] = {"ip": flow.dst_ip, "port": flow.dst_port}
+    doc["network"] = {
+        "transport": flow.transport,
+        "protocol": protocol,
+        "type": "ipv6" if ":" in flow.src_ip else "ipv4",
+        "community_id": community_id(flow),
+    }
+
+
+class EventBuilder:
+    """Turns records into ECS event documents."""
+
+    def __init__(self, observer: str, registered_domain: Callable[[str], str], redact_urls: bool = True) -> None:
+        self.observer = {"name": observer, "type": "sensor", "product": "phi-egress-sensor"}
+        self.registered_domain = registered_domain
+        self.redact_urls = redact_urls
+
+    def __call__(self, record: Record) -> dict:
+        if isinstance(record, DnsQuery):
+            return self.dns(record)
+        if isinstance(record, TlsHello):
+            return self.tls(record)
+        return self.http(record)
+
+    def _base(self, ts: float, dataset: str) -> dict:
+        return {
+            "@timestamp": iso_time(ts),
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": "event",
+                "category": ["network"],
+                "type": ["protocol", "connection"],
+                "dataset": dataset,
+                "module": MODULE,
+            },
+            "observer": self.observer,
+        }
+
+    def dns(self, rec: DnsQuery) -> dict:
+        doc = self._base(rec.ts, "dns")
+        _endpoints(doc, rec.flow, "dns")
+        question = {"name": rec.name, "type": rec.qtype}
+        registered = self.registered_domain(rec.name)
+        if registered:
+            question["registered_domain"] = registered
+        dns: dict = {"id": rec.id, "type": "answer" if rec.response_seen else "query", "question": question}
+        if rec.response_seen:
+            dns["response_code"] = rec.rcode
+            answers = [{"name": a.name, "type": a.type, "data": a.data, "ttl": a.ttl} for a in rec.answers]
+            if answers:
+                dns["answers"] = answers
+            resolved = [a.data for a in rec.answers if a.type in ("A", "AAAA")]
+            if resolved:
+                dns["resolved_ip"] = resolved
+        doc["dns"] = dns
+        doc["related"] = {"ip": _related_ips(rec.flow, dns.get("resolved_ip", ())), "hosts": [rec.name]}
+        return doc
+
+    def tls(self, rec: TlsHello) -> dict:
+        doc = self._base(rec.ts, "tls")
+        _endpoints(doc, rec.flow, rec.protocol)
+        tls_doc: dict = {"client": {}}
+        if rec.server_name:
+            tls_doc["client"]["server_name"] = rec.server_name
+            if not (rec.ech and is_cover_name(rec.server_name)):  # an ECH cover name is never the destination
+                doc["destination"]["domain"] = rec.server_name
+        if rec.version:
+            tls_doc["version"] = rec.version
+            tls_doc["version_protocol"] = "tls"
+        doc["tls"] = tls_doc
+        doc["phi_egress"] = {"tls": {"alpn": list(rec.alpn), "ech": rec.ech}}
+        doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.server_name] if rec.server_name else []}
+        return doc
+
+    def http(self, rec: HttpRequest) -> dict:
+        doc = self._base(rec.ts, "http")
+        _endpoints(doc, rec.flow, "http")
+        target, referrer = rec.target, rec.header("referer")
+        if self.redact_urls:
+            target, referrer = _redacted_request_urls(rec.method, target, referrer)
+        url: dict = {"original": target}
+        path, query = _split_target(target)
+        if path:
+            url["path"] = path
+        if query:
+            url["query"] = query
+        if rec.host:
+            url["domain"] = rec.host
+            doc["destination"]["domain"] = rec.host
+        doc["url"] = url
+        request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
+        if referrer:
+            request["referrer"] = referrer
+        content_type = rec.header("content-type")
+        if content_type:
+            request["mime_type"] = content_type.split(";", 1)[0].strip().lower()
+        doc["http"] = {"version": rec.version, "request": request}
+        agent = rec.header("user-agent")
+        if agent:
+            doc["user_agent"] = {"original": agent}
+        doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.host] if rec.host else []}
+        return doc
+
+
+def _redacted_request_urls(method: str, target: str, referrer: str | None) -> tuple[str, str | None]:
+    """The request target and referrer with any health data they carry masked."""
+    from sensor.phi import redact_url, scan_http
+
+    findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
+    if not findings:
+        return target, referrer
+    return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
+
+
+def _related_ips(flow: Flow, extra=()) -> list[str]:
+    ips = [flow.src_ip, flow.dst_ip]
+    ips.extend(ip for ip in extra if ip not in ips)
+    return ips
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """Path and query of a request target (origin form, or absolute form as proxies see it)."""
+    if target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        return parts.path or "/", parts.query
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query
+    return "", ""  # authority form (CONNECT) or "*"
+
+
+class AlertBuilder:
+    """Turns throttled alerts into ECS alert documents; health data values are redacted unless
+    the operator asked for `unredacted` (a logged forensic opt-in)."""
+
+    def __init__(self, events: EventBuilder, unredacted: bool = False) -> None:
+        self.events = events
+        self.unredacted = unredacted
+
+    def __call__(self, alert, count: int, first_seen: float, last_seen: float, event_id: str) -> dict:
+        from sensor.detect.base import SEVERITY_SCORE
+        from sensor.phi import summarize
+        from sensor.phi.redact import evidence
+
+        obs = alert.observation
+        record = obs.record
+        doc = self.events(record)
+        self._redact_record_fields(doc, record, alert.findings)
+        doc["@timestamp"] = iso_time(first_seen)
+        doc["event"] = {
+            "kind": "alert",
+            "category": ["network", "intrusion_detection"],
+            "type": ["info"],
+            "severity": SEVERITY_SCORE[alert.severity],
+            "id": event_id,
+            "dataset": "phi_sensor.alert",
+            "module": MODULE,
+        }
+        rule = alert.rule
+        doc["rule"] = {
+            "id": rule.id,
+            "name": rule.name,
+            "category": rule.category,
+            "description": rule.description,
+            "reference": rule.reference,
+            "ruleset": "phi-egress-sensor",
+        }
+        if obs.destination and not isinstance(record, DnsQuery):
+            # for DNS the destination is the resolver; the name asked for is dns.question.name
+            doc["destination"]["domain"] = obs.destination
+            if obs.destination not in doc["related"]["hosts"]:
+                doc["related"]["hosts"].append(obs.destination)
+        pe: dict = {
+            "severity": alert.severity,
+            "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
+            "count": count,
+            "first_seen": iso_time(first_seen),
+            "last_seen": iso_time(last_seen),
+            "source_record": obs.source_record,
+            "destination": obs.destination,
+            "summary": alert.summary,
+            "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else {},
+        }
+        if obs.vendor is not None:
+            vendor = obs.vendor
+            pe["vendor"] = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
+        pe["baa"] = {
+            "status": obs.baa_status,
+            "stance": obs.vendor.baa_stance if obs.vendor else "unknown",
+        }
+        if obs.vendor is not None and obs.vendor.baa_source:
+            pe["baa"]["source"] = obs.vendor.baa_source
+        if alert.findings:
+            counts = summarize(alert.findings)
+            pe["phi"] = {
+                "types": sorted(counts),
+                "categories": sorted({f.category for f in alert.findings}),
+                "count": sum(counts.values()),
+            }
+            pe["evidence"] = evidence(alert.findings, alert.fields, self.unredacted)
+        tracker = obs.tracker
+        if tracker is not None and alert.rule.id == "phi-in-tracker-payload":
+            pe["tracker"] = {"decoder": tracker.decoder, "event": tracker.event}
+            for name in ("page_url", "referrer"):
+                value = getattr(tracker, name)
+                if value:
+                    pe["tracker"][name] = value if self.unredacted else _redacted_url(value, alert.findings)
+        doc["phi_egress"] = {**doc.get("phi_egress", {}), **pe}
+        return doc
+
+    def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
+        """URLs and referrers of an alerting request may carry the very data that alerted."""
+        if self.unredacted or not isinstance(record, HttpRequest):
+            return
+        url = doc.get("url", {})
+        url["original"] = _redacted_url(record.target, findings)
+        if "query" in url:
+            url["query"] = _split_target(url["original"])[1] if "?" in url["original"] else "[REDACTED]"
+        if "path" in url:
+            url["path"] = _split_target(url["original"])[0] or url["path"]
+        request = doc.get("http", {}).get("request", {})
+        if "referrer" in request:
+            request["referrer"] = _redacted_url(request["referrer"], findings)
+
+
+def _redacted_url(url: str, findings: list) -> str:
+    from sensor.phi.redact import redact_url
+
+    return redact_url(url, findings)

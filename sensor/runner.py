@@ -1,0 +1,203 @@
+"""Assembles a pipeline from the command line and configuration, runs it, reports the outcome."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter as Tally
+from pathlib import Path
+
+from sensor.decode.dispatch import DecodeSettings
+from sensor.output.ecs import EventBuilder
+from sensor.pipeline import Pipeline, Sink
+from sensor.records import Counters
+
+log = logging.getLogger("phi_sensor")
+
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK = 0, 1, 2, 3, 4
+SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+PROGRESS_MIN_BYTES = 32 << 20
+
+
+class Runner:
+    def __init__(self, pipeline: Pipeline, sinks: list[Sink], args: argparse.Namespace) -> None:
+        self.pipeline = pipeline
+        self.sinks = sinks
+        self.args = args
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, live: bool = False) -> "Runner":
+        from sensor.config import load_config
+        from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
+        from sensor.detect.rules import ALL_RULES
+        from sensor.enrich.vendors import VendorCatalog, registered_domain
+        from sensor.output.ecs import AlertBuilder
+        from sensor.output.sinks import build_sinks, parse_output_spec
+
+        config = load_config(args.config)
+        config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)
+        catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
+        policy = config.build_policy(catalog)
+        unredacted = args.unredacted or config.redaction.unredacted
+        if unredacted:
+            log.warning("unredacted output requested: alerts will contain health data values in clear")
+        if args.output:
+            specs = [parse_output_spec(spec) for spec in args.output]
+            sinks = build_sinks(specs, spool_dir=args.spool_dir, observer=config.sensor.name, source="command line")
+        else:
+            sinks = build_sinks(
+                list(config.outputs), spool_dir=args.spool_dir, observer=config.sensor.name, source=config.source
+            )
+        counters = Counters()
+        events = EventBuilder(config.sensor.name, registered_domain, redact_urls=not unredacted)
+        detector = None
+        if args.emit in ("alerts", "all"):
+            settings = {}
+            for rule in ALL_RULES:
+                tuning = config.rule(rule.INFO.id)
+                enabled = rule.INFO.enabled_by_default if tuning.enabled is None else tuning.enabled
+                settings[rule.INFO.id] = RuleSettings(
+                    enabled=enabled,
+                    severity=tuning.severity,
+                    throttle_seconds=float(tuning.throttle_seconds or DEFAULT_THROTTLE_SECONDS),
+                )
+            detector = DetectionEngine(
+                policy, AlertBuilder(events, unredacted=unredacted), settings, counters, immediate=live
+            )
+        pipeline = Pipeline(
+            sinks=sinks,
+            counters=counters,
+            settings=DecodeSettings(**config.decode.model_dump()),
+            event_builder=events if args.emit in ("events", "all") else None,
+            detector=detector,
+        )
+        return cls(pipeline, sinks, args)
+
+    @staticmethod
+    def check_config(path: Path, signatures: Path | None) -> int:
+        from sensor.config import load_config
+        from sensor.detect.rules import ALL_RULES
+        from sensor.enrich.vendors import VendorCatalog
+        from sensor.output.sinks import validate_outputs
+
+        config = load_config(path)
+        config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)
+        catalog = VendorCatalog.load(signatures) if signatures else VendorCatalog.load()
+        policy = config.build_policy(catalog)
+        validate_outputs(list(config.outputs), source=config.source)
+        print(
+            f"{path}: ok ({len(policy.assets)} PHI host entries, {len(policy.baa)} BAA(s), "
+            f"{len(policy.allow)} allowed domain(s), {len(catalog)} vendors in the catalog)"
+        )
+        return EXIT_OK
+
+    def replay(self, paths: list[Path], prefilter: str = "auto", progress: str = "auto") -> int:
+        problems: list[str] = []
+        for path in paths:
+            reporter = self._progress_for(path, progress)
+            try:
+                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter))
+            finally:
+                if reporter is not None:
+                    reporter.close()
+        self.pipeline.finish()
+        undelivered = self._close_sinks()
+        for line in problems:
+            print(f"phi-sensor: {line}", file=sys.stderr)
+        if self.args.stats:
+            self._print_stats()
+        if not self.args.quiet and self.args.emit != "events":
+            self._print_summary()
+        if problems:
+            return EXIT_CAPTURE
+        if undelivered:
+            return EXIT_SINK
+        return self._fail_on_code()
+
+    def _progress_for(self, path: Path, mode: str):
+        if mode == "never" or self.args.quiet:
+            return None
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        if mode == "auto" and (not sys.stderr.isatty() or size < PROGRESS_MIN_BYTES):
+            return None
+        return _ProgressBar(path.name, size)
+
+    def _close_sinks(self) -> list[str]:
+        undelivered = []
+        for sink in self.sinks:
+            if not sink.flush(30.0):
+                undelivered.append(sink.name)
+            sink.close(5.0)
+        for name in undelivered:
+            print(f"phi-sensor: {name}: not everything was delivered; the rest stays in the spool", file=sys.stderr)
+        return undelivered
+
+    def _fail_on_code(self) -> int:
+        threshold = self.args.fail_on
+        if threshold is None:
+            return EXIT_OK
+        for alert in self.pipeline.alerts:
+            if SEVERITY_RANK.get(alert["phi_egress"]["severity"], 0) >= SEVERITY_RANK[threshold]:
+                return EXIT_FAIL_ON
+        return EXIT_OK
+
+    def _print_stats(self) -> None:
+        values = dict(self.pipeline.counters.values)
+        for sink in self.sinks:
+            for key, value in sink.stats().items():
+                values[f"sink.{sink.name}.{key}"] = value
+        width = max((len(k) for k in values), default=0)
+        print("phi-sensor: stats", file=sys.stderr)
+        for key in sorted(values):
+            print(f"  {key:<{width}}  {values[key]}", file=sys.stderr)
+
+    def _print_summary(self) -> None:
+        # Updates of a throttle window reuse its event.id: the latest document per id counts.
+        latest = {alert["event"]["id"]: alert for alert in self.pipeline.alerts}
+        if not latest:
+            print("phi-sensor: no alerts", file=sys.stderr)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        tally: Tally = Tally()
+        for alert in latest.values():
+            pe = alert["phi_egress"]
+            key = (
+                pe["severity"],
+                alert["rule"]["id"],
+                pe["phi_host"].get("name") or alert["source"]["ip"],
+                pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
+                pe["baa"]["status"],
+                ", ".join(pe.get("phi", {}).get("types", [])) or "-",
+            )
+            tally[key] += pe.get("count", 1)
+        table = Table(title=f"phi-sensor: {len(latest)} alert(s)", title_justify="left")
+        for column in ("severity", "rule", "PHI host", "vendor / destination", "BAA", "health data", "seen"):
+            table.add_column(column, overflow="fold")
+        order = sorted(tally.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
+        for key, count in order:
+            table.add_row(*key, str(count))
+        Console(stderr=True, width=max(120, Console(stderr=True).width)).print(table)
+
+
+class _ProgressBar:
+    def __init__(self, name: str, total: int) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+        from rich.console import Console
+
+        self._progress = Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        )
+        self._task = self._progress.add_task(name, total=total)
+        self._progress.start()
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        self._progress.stop()
