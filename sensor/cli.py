@@ -2,19 +2,20 @@
 
 Exit codes: 0 done; 1 an alert at or above --fail-on was raised; 2 usage or configuration error;
 3 a capture could not be read (completely or partly: the rest was still processed);
-4 a sink could not deliver everything (what was left is kept in the spool).
+4 a sink could not deliver everything (what was left is kept in the spool); 70 internal error.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from sensor import __version__
 from sensor.errors import SensorError
 
-EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 SEVERITIES = ("low", "medium", "high", "critical")
 
 log = logging.getLogger("phi_sensor")
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     replay.set_defaults(handler=_cmd_replay)
 
+    setup = sub.add_parser(
+        "setup", add_help=False,
+        help="install index templates, lifecycle policy and Kibana objects (phi-sensor setup --help)",
+    )
+    setup.add_argument("setup_args", nargs=argparse.REMAINDER)
+    setup.set_defaults(handler=_cmd_setup)
+
     check = sub.add_parser("check-config", help="validate a configuration file and the signatures")
     check.add_argument("config", type=Path)
     check.add_argument("--signatures", type=Path)
@@ -69,8 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
+    # The HTTP clients log every failed request of an outage; the sinks count and report them instead.
+    for noisy in ("elastic_transport", "opensearch", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["setup"]:  # setup owns its options; argparse REMAINDER would not pass "--x" through
+        args = argparse.Namespace(handler=_cmd_setup, setup_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except SensorError as exc:
@@ -79,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("phi-sensor: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, never the input's fault: one line, details on request
+        if os.environ.get("PHI_SENSOR_DEBUG"):
+            raise
+        print(f"phi-sensor: internal error: {type(exc).__name__}: {exc} (set PHI_SENSOR_DEBUG=1 for details)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -92,3 +113,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from sensor.runner import Runner
 
     return Runner.check_config(args.config, args.signatures)
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from sensor.setup import setup_main
+
+    return setup_main(args.setup_args)

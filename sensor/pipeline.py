@@ -10,16 +10,8 @@ from sensor.capture.prefilter import Prefilter, should_prefilter
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
+from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
-
-
-class Sink(Protocol):
-    name: str
-
-    def send(self, doc: dict) -> None: ...
-    def flush(self, timeout: float) -> bool: ...
-    def close(self, timeout: float) -> None: ...
-    def stats(self) -> dict[str, int]: ...
 
 
 class Detector(Protocol):

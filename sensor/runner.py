@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sensor.decode.dispatch import DecodeSettings
 from sensor.output.ecs import EventBuilder
-from sensor.pipeline import Pipeline, Sink
+from sensor.output.sinks import Sink
+from sensor.pipeline import Pipeline
 from sensor.records import Counters
 
 log = logging.getLogger("phi_sensor")
@@ -43,6 +44,9 @@ class Runner:
             log.warning("unredacted output requested: alerts will contain health data values in clear")
         if args.output:
             specs = [parse_output_spec(spec) for spec in args.output]
+            if args.emit in ("events", "all"):  # asking for events on the command line means every output
+                for spec in specs:
+                    spec.setdefault("events", True)
             sinks = build_sinks(specs, spool_dir=args.spool_dir, observer=config.sensor.name, source="command line")
         else:
             sinks = build_sinks(

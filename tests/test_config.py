@@ -34,7 +34,7 @@ def test_example_file_loads_with_typed_fields(catalog: VendorCatalog) -> None:
     assert config.decode.dns_timeout == 5.0
     assert config.outputs == [{"type": "jsonl", "path": "-"}]
     assert config.redaction.unredacted is False
-    assert config.rule("unreviewed-vendor").enabled is True
+    assert config.rule("unreviewed-vendor").enabled is False
     assert config.rule("tracker-egress-no-baa").throttle_seconds == 3600
     assert config.rule("plaintext-phi").severity == "critical"
     assert config.rule("phi-in-tracker-payload") == RuleTuning()
@@ -51,7 +51,7 @@ def test_example_file_loads_with_typed_fields(catalog: VendorCatalog) -> None:
     segment = catalog.get("segment")
     assert policy.catalog is catalog
     agreement = policy.baa.covers(segment, "api.segment.io", on=dt.date(2026, 1, 1))
-    assert agreement is not None and agreement.signed == dt.date(2025, 3, 1)
+    assert agreement is not None and agreement.signed == dt.date(2023, 3, 1)
     assert policy.baa.covers(None, "x.analytics.example-health-vendor.com", on=dt.date(2026, 1, 1)) is not None
     assert policy.baa.covers(catalog.get("mixpanel"), "api.mixpanel.com", on=dt.date(2026, 1, 1)) is None
     assert policy.is_allowed("static.example-cdn.com")

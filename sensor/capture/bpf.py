@@ -10,7 +10,11 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
   record header, so a content match alone would lose it), while server-to-client downloads drop.
   Client segments that open a TLS application-data, alert or change-cipher-spec record are
   encrypted traffic after the handshake and drop too (a continuation segment of random-looking
-  bytes starts like that by chance about once in 20,000 segments);
+  bytes starts like that by chance about once in 20,000 segments). So do client segments of
+  1000 bytes or more that open nothing, except to plaintext HTTP ports: they are mid-record
+  upload data. A ClientHello continuation is that large only for hellos over ~2.4 KB (Chrome's
+  post-quantum hello is ~1.8 KB), and an HTTP body on an unusual port then loses its middle;
+  `--prefilter never` keeps everything;
 - TCP payloads that open a ClientHello or an HTTP request whatever the ports;
 - IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
 
@@ -46,12 +50,21 @@ def _opens_other_tls_record(at: str) -> str:
     return f"(({at}] = 0x17 or {at}] = 0x14 or {at}] = 0x15) and {at} + 1] = 0x03)"
 
 
+def _http_port(field: str) -> str:
+    return "(" + " or ".join(f"{field} = {port}" for port in HTTP_PORTS) + ")"
+
+
 def _quic_initial(at: str) -> str:
     """The UDP payload at `at` is a QUIC v1 Initial (type bits 00) or v2 Initial (type bits 01)."""
     return (
         f"(({at}] & 0xf0 = 0xc0 and {at} + 1:4] = 0x00000001)"
         f" or ({at}] & 0xf0 = 0xd0 and {at} + 1:4] = 0x6b3343cf))"
     )
+
+
+# Plaintext HTTP ports whose client segments always pass, so large request bodies arrive whole.
+HTTP_PORTS = (80, 8000, 8008, 8080, 8888, 3128)
+BULK_SEGMENT = 1000  # client segments this large that open nothing are mid-record upload data
 
 
 def _ip_expression() -> str:
@@ -61,7 +74,8 @@ def _ip_expression() -> str:
         "(ip and (ip[6:2] & 0x3fff != 0"
         f" or (udp and {_quic_initial('udp[8')})"
         " or (tcp and (tcp[13] & 0x12 = 0x02"
-        f" or (({v4_payload}) > 0 and ((tcp[0:2] > tcp[2:2] and not {_opens_other_tls_record(v4_at)})"
+        f" or (({v4_payload}) > 0 and ((tcp[0:2] > tcp[2:2] and not {_opens_other_tls_record(v4_at)}"
+        f" and (({v4_payload}) < {BULK_SEGMENT} or {_http_port('tcp[2:2]')}))"
         f" or {_opens_request(v4_at)}))))))"
     )
     v6_hdr = "((ip6[52] & 0xf0) >> 2)"
@@ -70,7 +84,8 @@ def _ip_expression() -> str:
         "(ip6 and (ip6[6] = 0 or ip6[6] = 43 or ip6[6] = 44 or ip6[6] = 60 or ip6[6] = 51"
         f" or (ip6[6] = 17 and {_quic_initial('ip6[48')})"
         " or (ip6[6] = 6 and (ip6[53] & 0x12 = 0x02"
-        f" or (ip6[4:2] > {v6_hdr} and ((ip6[40:2] > ip6[42:2] and not {_opens_other_tls_record(v6_at)})"
+        f" or (ip6[4:2] > {v6_hdr} and ((ip6[40:2] > ip6[42:2] and not {_opens_other_tls_record(v6_at)}"
+        f" and (ip6[4:2] - {v6_hdr} < {BULK_SEGMENT} or {_http_port('ip6[42:2]')}))"
         f" or {_opens_request(v6_at)}))))))"
     )
     return f"port 53 or {v4} or {v6}"

@@ -372,8 +372,8 @@ class _EventFilter:
         return self._inner.stats()
 
 
-def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str = "config") -> list[Sink]:
-    """Validate every `outputs:` entry first (so a typo in the last one starts nothing), then build them."""
+def validate_outputs(specs: list[dict[str, Any]], source: str = "config") -> list[Any]:
+    """Check every `outputs:` entry (types, URLs, names) without building anything."""
     validated = [_validate(raw, index, source) for index, raw in enumerate(specs)]
     names: dict[str, int] = {}
     for index, out in enumerate(validated):
@@ -387,6 +387,12 @@ def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, 
                 f"sink name {name} is already used by outputs[{names[name]}]; each remote output needs its own name",
             )
         names[name] = index
+    return validated
+
+
+def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str = "config") -> list[Sink]:
+    """Validate every `outputs:` entry first (so a typo in the last one starts nothing), then build them."""
+    validated = validate_outputs(specs, source)
     sinks: list[Sink] = []
     try:
         for index, out in enumerate(validated):
