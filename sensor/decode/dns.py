@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -91,10 +92,14 @@ def _render_text(text: bytes) -> str:
     return "".join(map(_TEXT_ESCAPES.__getitem__, text))
 
 
-def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str, int]:
+def _read_name(
+    data: bytes, offset: int, limit: int | None = None, memo: dict[int, tuple[str, int]] | None = None
+) -> tuple[str, int]:
     """Decode the name at offset; returns it and the offset just after its in-place part.
 
     limit bounds the in-place part (the end of an rdata); pointers may reach anywhere earlier.
+    memo maps offsets of names already decoded in this message to (text, wire length): most
+    compression pointers point at the question name, which is then not decoded again.
     """
     end = len(data) if limit is None else limit
     labels: list[bytes] = []
@@ -102,6 +107,7 @@ def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str,
     position = offset
     resume: int | None = None
     hops = 0
+    tail = ""
     while True:
         if position >= end:
             raise DnsError("name runs past the end of its data")
@@ -116,6 +122,14 @@ def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str,
             target = ((length & 0x3F) << 8) | data[position + 1]
             if target >= position:
                 raise DnsError("compression pointer does not point backwards")
+            if memo is not None and target in memo:
+                tail, tail_wire = memo[target]
+                wire_length += tail_wire - 1
+                if wire_length > _MAX_NAME_WIRE:
+                    raise DnsError("name longer than 255 octets")
+                if resume is None:
+                    resume = position + 2
+                break
             hops += 1
             if hops > _MAX_POINTER_HOPS:
                 raise DnsError("too many compression pointers")
@@ -136,23 +150,30 @@ def _read_name(data: bytes, offset: int, limit: int | None = None) -> tuple[str,
         position = label_end
     after = position if resume is None else resume
     if not labels:
-        return ".", after
-    raw = b".".join(labels)
-    if _NAME_NEEDS_ESCAPE.search(raw) is None and raw.count(b".") == len(labels) - 1:
-        return raw.decode("ascii"), after  # the common case: nothing to escape
-    return ".".join(map(_render_label, labels)), after
+        name = tail or "."
+    else:
+        raw = b".".join(labels)
+        if _NAME_NEEDS_ESCAPE.search(raw) is None and raw.count(b".") == len(labels) - 1:
+            name = raw.decode("ascii")  # the common case: nothing to escape
+        else:
+            name = ".".join(map(_render_label, labels))
+        if tail and tail != ".":
+            name = f"{name}.{tail}"
+    if memo is not None:
+        memo[offset] = (name, wire_length)
+    return name, after
 
 
-def _render_rdata(data: bytes, rtype: int, start: int, end: int) -> str:
+def _render_rdata(data: bytes, rtype: int, start: int, end: int, memo: dict[int, tuple[str, int]] | None = None) -> str:
     """Text form of one record's data; structurally broken data falls back to hex."""
     rdata = data[start:end]
     try:
         if rtype == 1 and len(rdata) == 4:
-            return str(ipaddress.IPv4Address(rdata))
+            return socket.inet_ntop(socket.AF_INET, rdata)
         if rtype == 28 and len(rdata) == 16:
-            return ipaddress.IPv6Address(rdata).compressed
+            return socket.inet_ntop(socket.AF_INET6, rdata)
         if rtype in (2, 5, 12, 39):  # NS, CNAME, PTR, DNAME
-            return _exact_name(data, start, end)
+            return _exact_name(data, start, end, memo)
         if rtype == 15 and len(rdata) >= 3:
             return f"{int.from_bytes(rdata[:2], 'big')} {_exact_name(data, start + 2, end)}"
         if rtype in (16, 99):
@@ -169,8 +190,8 @@ def _render_rdata(data: bytes, rtype: int, start: int, end: int) -> str:
     return rdata.hex()
 
 
-def _exact_name(data: bytes, start: int, end: int) -> str:
-    name, after = _read_name(data, start, end)
+def _exact_name(data: bytes, start: int, end: int, memo: dict[int, tuple[str, int]] | None = None) -> str:
+    name, after = _read_name(data, start, end, memo)
     if after != end:
         raise DnsError("bytes left after the name in rdata")
     return name
@@ -253,9 +274,10 @@ def parse_message(data: bytes) -> DnsMessage:
     if qdcount * _MIN_QUESTION + (ancount + nscount + arcount) * _MIN_RR > remaining:
         raise DnsError("section counts exceed the message size")
     position = _HEADER.size
+    memo: dict[int, tuple[str, int]] = {}
     questions: list[tuple[str, str]] = []
     for _ in range(qdcount):
-        name, position = _read_name(data, position)
+        name, position = _read_name(data, position, None, memo)
         if position + 4 > len(data):
             raise DnsError("truncated question")
         qtype, _qclass = _QUESTION_FIXED.unpack_from(data, position)
@@ -264,7 +286,7 @@ def parse_message(data: bytes) -> DnsMessage:
     answers: list[DnsAnswer] = []
     extended_rcode = 0
     for index in range(ancount + nscount + arcount):
-        name, position = _read_name(data, position)
+        name, position = _read_name(data, position, None, memo)
         if position + _RR_FIXED.size > len(data):
             raise DnsError("truncated resource record")
         rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, position)
@@ -274,7 +296,7 @@ def parse_message(data: bytes) -> DnsMessage:
             raise DnsError("rdata runs past the end of the message")
         if index < ancount:
             answers.append(DnsAnswer(name=name, type=type_name(rtype),
-                                     data=_render_rdata(data, rtype, position, rdata_end), ttl=ttl))
+                                     data=_render_rdata(data, rtype, position, rdata_end, memo), ttl=ttl))
         elif rtype == _OPT and index >= ancount + nscount:
             extended_rcode = ttl >> 24  # EDNS: the upper 8 bits of a 12-bit RCODE
         position = rdata_end
