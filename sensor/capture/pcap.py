@@ -119,11 +119,13 @@ class CaptureFile:
         self.linktypes.add(linktype)
         record = struct.Struct(endian + "IIII")
         unpack_from = record.unpack_from
+        # A pipe (prefilter output) hands over what is there instead of waiting for a full block.
+        read = getattr(stream, "read1", stream.read) if self._given_stream is not None else stream.read
         buf = b""
         pos = 0
         offset = 24  # file offset of buf[0], for error messages
         while True:
-            chunk = stream.read(BLOCK_SIZE)
+            chunk = read(BLOCK_SIZE)
             if not chunk:
                 break
             if pos < len(buf):

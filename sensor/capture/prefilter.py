@@ -65,7 +65,7 @@ class Prefilter:
             self._gunzip = subprocess.Popen(["gzip", "-dc", str(path)], stdout=subprocess.PIPE)
             stdin = self._gunzip.stdout
         self.process = subprocess.Popen(
-            [tcpdump_path() or "tcpdump", "-n", "-r", source, "-w", "-", "-U", self.expression],
+            [tcpdump_path() or "tcpdump", "-n", "-r", source, "-w", "-", self.expression],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -24,7 +24,8 @@ class JsonlSink:
         self.min_severity = min_severity
         self._stream: BinaryIO
         if str(target) == "-":
-            self._stream = sys.stdout.buffer
+            # stdout may have been replaced by a text-only stream (embedding, tests)
+            self._stream = getattr(sys.stdout, "buffer", None) or _TextAdapter(sys.stdout)
             self._owned = False
         else:
             path = Path(target)
@@ -63,3 +64,16 @@ class JsonlSink:
 
     def stats(self) -> dict[str, int]:
         return dict(self._counts)
+
+
+class _TextAdapter:
+    """Lets a text stream stand in where bytes are written."""
+
+    def __init__(self, text_stream) -> None:
+        self._text = text_stream
+
+    def write(self, data: bytes) -> int:
+        return self._text.write(data.decode())
+
+    def flush(self) -> None:
+        self._text.flush()
