@@ -117,7 +117,7 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
         raise ConfigError(source, "", f"invalid YAML value: {exc}") from None
 
 
-def _as_date(value: object) -> object:
+def as_date(value: object) -> object:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -131,7 +131,7 @@ def _as_date(value: object) -> object:
 
 
 def _optional_date(value: object) -> object:
-    return None if value is None else _as_date(value)
+    return None if value is None else as_date(value)
 
 
 def _cidr_entry(value: object) -> object:

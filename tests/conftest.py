@@ -24,3 +24,22 @@ def corpus() -> Path:
     if not (CORPUS / "expected.jsonl").exists():
         pytest.skip("shared corpus not present beside the repository")
     return CORPUS
+
+
+def corpus_file(name: str) -> Path:
+    """A capture of the shared corpus, or a clean skip when the corpus is not beside the repository."""
+    path = CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"corpus capture {name} not available")
+    return path
+
+
+def corpus_expectation(name: str) -> dict:
+    """What the reference tools found in a corpus capture (its line of expected.jsonl)."""
+    import json
+
+    for line in (CORPUS / "expected.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["pcap"] == name:
+            return entry
+    raise AssertionError(f"{name} missing from expected.jsonl")

@@ -1,7 +1,6 @@
 """DNS decoding: real captures (compared with expected.jsonl and tshark), crafted edge cases, pairing, fuzzing."""
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import struct
@@ -25,7 +24,8 @@ from sensor.decode.dns import (
 )
 from sensor.records import Counters, DnsAnswer, Flow
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from conftest import CORPUS, corpus_expectation, corpus_file
+
 DNS_CAPTURES = [
     "cond-log-dns-dig__input.pcap",
     "dns__dns-udp-eve-txt__input.pcap",
@@ -35,21 +35,6 @@ DNS_CAPTURES = [
     "dns__dns-tcp-multirequest-buffer__dns-tcp-multirequest-buffer.pcap",
     "datasets-04-http-dns__input.pcap",  # 802.1Q-tagged
 ]
-
-
-def _capture(name: str) -> Path:
-    path = CORPUS / name
-    if not path.is_file():
-        pytest.skip(f"corpus capture {name} not available")
-    return path
-
-
-def _expected(name: str) -> dict:
-    for line in (CORPUS / "expected.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry["pcap"] == name:
-            return entry
-    raise AssertionError(f"{name} missing from expected.jsonl")
 
 
 def _ip_layers(path: Path) -> Iterator[tuple[float, dpkt.Packet]]:
@@ -130,20 +115,20 @@ POINTER_TO_QUESTION = b"\xc0\x0c"
 
 
 @pytest.mark.parametrize("capture", DNS_CAPTURES)
-def test_question_names_match_expected(capture: str) -> None:
-    messages = _messages(_capture(capture))
+def test_question_names_matchcorpus_expectation(capture: str) -> None:
+    messages = _messages(corpus_file(capture))
     seen: list[str] = []
     for _ts, _flow, message in messages:
         for name, _qtype in message.questions:
             if name.lower() not in seen:
                 seen.append(name.lower())
-    assert seen == [name.lower() for name in _expected(capture)["dns_queries"]]
+    assert seen == [name.lower() for name in corpus_expectation(capture)["dns_queries"]]
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 @pytest.mark.parametrize("capture", DNS_CAPTURES)
 def test_names_addresses_and_cnames_match_tshark(capture: str) -> None:
-    path = _capture(capture)
+    path = corpus_file(capture)
     output = subprocess.run(
         ["tshark", "-n", "-r", str(path), "-T", "fields", "-e", "dns.qry.name", "-e", "dns.a", "-e", "dns.cname"],
         capture_output=True, text=True, check=True, timeout=60,
@@ -167,7 +152,7 @@ def test_dig_capture_pairs_into_one_record_with_its_cname_chain() -> None:
     counters = Counters()
     transactions = DnsTransactions(counters=counters)
     records = []
-    for ts, flow, message in _messages(_capture("cond-log-dns-dig__input.pcap")):
+    for ts, flow, message in _messages(corpus_file("cond-log-dns-dig__input.pcap")):
         records += transactions.on_message(ts, flow, message)
     records += transactions.flush()
     assert len(records) == 1
@@ -185,15 +170,15 @@ def test_dig_capture_pairs_into_one_record_with_its_cname_chain() -> None:
 
 
 def test_txt_and_srv_answers_from_real_captures() -> None:
-    txt = [a for _ts, _f, m in _messages(_capture("dns__dns-udp-eve-txt__input.pcap")) for a in m.answers
+    txt = [a for _ts, _f, m in _messages(corpus_file("dns__dns-udp-eve-txt__input.pcap")) for a in m.answers
            if a.type == "TXT"]
     assert [a.data for a in txt] == ["v=spf1 include:_spf.google.com ~all"]
-    srv = [a.data for _ts, _f, m in _messages(_capture("dns__dns-udp-eve-log-srv__input.pcap")) for a in m.answers]
+    srv = [a.data for _ts, _f, m in _messages(corpus_file("dns__dns-udp-eve-log-srv__input.pcap")) for a in m.answers]
     assert srv == ["20 1 5060 sip-anycast-2.voice.google.com", "10 1 5060 sip-anycast-1.voice.google.com"]
 
 
 def test_junk_first_request_is_rejected_and_the_real_exchange_survives() -> None:
-    units = _dns_units(_capture("dns-udp-junkrequest-first__input.pcap"))
+    units = _dns_units(corpus_file("dns-udp-junkrequest-first__input.pcap"))
     with pytest.raises(DnsError):
         parse_message(units[0][2])
     assert not looks_like_dns(units[0][2])
@@ -214,7 +199,7 @@ def test_tcp_multirequest_stream_pairs_twenty_nxdomain_answers() -> None:
     transactions = DnsTransactions(counters=counters)
     records = []
     for ts, flow, message in _messages(
-            _capture("dns__dns-tcp-multirequest-buffer__dns-tcp-multirequest-buffer.pcap")):
+            corpus_file("dns__dns-tcp-multirequest-buffer__dns-tcp-multirequest-buffer.pcap")):
         records += transactions.on_message(ts, flow, message)
     assert len(transactions) == 0
     assert [r.name for r in records] == [f"{i}.google.com" for i in range(20)]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import socket
 import time
 import zlib
@@ -17,7 +16,8 @@ from hypothesis import strategies as st
 from sensor.decode.http import METHODS, HttpRequestStream, ParsedRequest, looks_like_request
 from sensor.records import Counters
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from conftest import CORPUS, corpus_expectation, corpus_file
+
 HTTP_CAPTURES = [
     "http-chunked__input.pcap",
     "http-post-file__input.pcap",
@@ -33,21 +33,6 @@ HTTP_CAPTURES = [
 ]
 LINKTYPE_RAW = 101
 LINKTYPE_SLL2 = 276
-
-
-def _capture(name: str) -> Path:
-    path = CORPUS / name
-    if not path.is_file():
-        pytest.skip(f"corpus capture {name} not available")
-    return path
-
-
-def _expected(name: str) -> dict:
-    for line in (CORPUS / "expected.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry["pcap"] == name:
-            return entry
-    raise AssertionError(f"{name} missing from expected.jsonl")
 
 
 def _network_layer(linktype: int, frame: bytes) -> dpkt.Packet | None:
@@ -119,14 +104,14 @@ def _content_length(request: ParsedRequest) -> int | None:
 
 
 @pytest.mark.parametrize("capture", HTTP_CAPTURES)
-def test_requests_match_expected(capture: str) -> None:
+def test_requests_matchcorpus_expectation(capture: str) -> None:
     counters = Counters()
-    requests = _requests_in(_capture(capture), counters)
+    requests = _requests_in(corpus_file(capture), counters)
     ours = sorted(((r.host, r.method, r.target, _content_length(r)) for r in requests), key=repr)
     # tshark keeps the brackets of an IPv6 literal; ours are removed.
     expected = sorted(
         (((e["host"] or "").strip("[]").lower() or None, e["method"], e["uri"], e.get("content_length"))
-         for e in _expected(capture)["http"]), key=repr)
+         for e in corpus_expectation(capture)["http"]), key=repr)
     assert ours == expected
     assert counters.get("http.parse_errors") == 0
     for request in requests:
@@ -136,26 +121,26 @@ def test_requests_match_expected(capture: str) -> None:
             assert not request.body_truncated
 
 
-def test_post_bodies_from_a_real_capture() -> None:
-    requests = _requests_in(_capture("http-post-file__input.pcap"))
+def test_post_bodies_from_a_realcorpus_file() -> None:
+    requests = _requests_in(corpus_file("http-post-file__input.pcap"))
     assert requests[0].body == b'{"login_id":"toto","password":"tototo"}'
     assert requests[0].version == "1.1" and requests[0].offset == 0
     assert b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE" in requests[2].body
-    [stream] = [b"".join(s) for s in _client_segments(_capture("http-post-file__input.pcap"))
+    [stream] = [b"".join(s) for s in _client_segments(corpus_file("http-post-file__input.pcap"))
                 if looks_like_request(s[0])]
     assert [r.offset for r in requests] == [stream.find(b"POST /api/v4/users/login "),
                                             stream.find(b"POST /api/v4/uploads "),
                                             stream.find(b"POST /api/v4/uploads/")]
 
 
-def test_urlencoded_body_from_a_real_capture() -> None:
-    [request] = _requests_in(_capture("http-urldecode-body__input.pcap"))
+def test_urlencoded_body_from_a_realcorpus_file() -> None:
+    [request] = _requests_in(corpus_file("http-urldecode-body__input.pcap"))
     assert request.method == "POST" and request.body_bytes == 20 and len(request.body) == 20
     assert _header(request, "Content-Type") == "application/x-www-form-urlencoded"
 
 
 def test_connect_tunnel_carries_a_split_plaintext_request() -> None:
-    [segments] = [s for s in _client_segments(_capture("http-connect__http-connect-fragmented__input.pcap"))
+    [segments] = [s for s in _client_segments(corpus_file("http-connect__http-connect-fragmented__input.pcap"))
                   if s[0].startswith(b"CONNECT")]
     assert b"GE" in segments  # the capture really splits the tunnelled request line
     counters = Counters()
@@ -167,7 +152,7 @@ def test_connect_tunnel_carries_a_split_plaintext_request() -> None:
 
 def test_websocket_frames_after_upgrade_stop_quietly() -> None:
     counters = Counters()
-    requests = _requests_in(_capture("websocket-ping__input.pcap"), counters)
+    requests = _requests_in(corpus_file("websocket-ping__input.pcap"), counters)
     assert [_header(r, "Upgrade") for r in requests] == ["websocket"]
     assert counters.get("http.parse_errors") == 0
 
@@ -175,7 +160,7 @@ def test_websocket_frames_after_upgrade_stop_quietly() -> None:
 def test_chunked_head_request_waits_for_its_body_then_finishes_truncated() -> None:
     # The capture sends "Content-Length: 0" and "Transfer-Encoding: ,\tchunked," (a smuggling probe):
     # chunked wins, and no chunk ever arrives.
-    [segments] = [s for s in _client_segments(_capture("http-chunked__input.pcap")) if looks_like_request(s[0])]
+    [segments] = [s for s in _client_segments(corpus_file("http-chunked__input.pcap")) if looks_like_request(s[0])]
     stream = HttpRequestStream()
     assert [request for segment in segments for request in stream.feed(segment)] == []
     [request] = stream.finish()

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sensor.config import describe_value
+from sensor.config import as_date, describe_value
 from sensor.enrich.vendors import Vendor, VendorCatalog, domain_suffixes, is_hostname, normalize_host, registered_domain
 from sensor.errors import ConfigError
 
@@ -71,16 +71,10 @@ class BaaRegistry:
 def _date(value: object, source: str, key: str) -> dt.date | None:
     if value is None:
         return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise ConfigError(source, key, f"expected a date (YYYY-MM-DD), found {describe_value(value)}")
+    try:
+        return as_date(value)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ConfigError(source, key, str(exc)) from None
 
 
 def _entry(item: object, catalog: VendorCatalog, source: str, key: str) -> BaaEntry:
