@@ -186,11 +186,11 @@ class TrafficDecoder:
                     self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
         if ts >= self._next_dns_expiry:
             self._next_dns_expiry = ts + 1.0
-            self.records.extend(self.dns.expire(ts))
+            self._add_dns_records(self.dns.expire(ts))
 
     def finish(self) -> None:
         self.flows.finish()
-        self.records.extend(self.dns.flush())
+        self._add_dns_records(self.dns.flush())
 
     # -- helpers for the stream consumers --------------------------------------------------
     def _classify(self, key: tuple, first: bytes) -> StreamConsumer | None:
@@ -209,7 +209,12 @@ class TrafficDecoder:
             self.counters.add("dns.parse_errors")
             return
         self.counters.add("dns.messages")
-        self.records.extend(self.dns.on_message(ts, flow, message))
+        self._add_dns_records(self.dns.on_message(ts, flow, message))
+
+    def _add_dns_records(self, records: list) -> None:
+        if records:
+            self.records.extend(records)
+            self.counters.add("records.dns", len(records))
 
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(

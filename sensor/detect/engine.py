@@ -127,21 +127,25 @@ class DetectionEngine:
         allowed = any(self.policy.is_allowed(name) for name in names)
         day = dt.datetime.fromtimestamp(record.ts, tz=dt.timezone.utc).date()
         baa = self.policy.baa.covers(vendor, destination, on=day) if destination else None
-        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, self._baa_status(baa, vendor, day))
+        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, self._baa_status(baa, vendor, destination, day))
         if isinstance(record, HttpRequest):
             self._inspect_http(record, obs)
         return obs
 
-    def _baa_status(self, covering, vendor, day: dt.date) -> str:
+    def _baa_status(self, covering, vendor, destination: str | None, day: dt.date) -> str:
+        """on-file, or why no agreement covers: one lapsed, one not yet signed, or none at all."""
         if covering is not None:
             return "on-file"
-        if vendor is not None:
-            for entry in self.policy.baa:
-                if entry.vendor is vendor:
-                    if entry.expires is not None and entry.expires < day:
-                        return "expired"
-                    if entry.signed is not None and entry.signed > day:
-                        return "not-yet-signed"
+        for entry in self.policy.baa:
+            by_vendor = vendor is not None and entry.vendor is vendor
+            by_domain = destination is not None and any(
+                destination == domain or destination.endswith("." + domain) for domain in entry.domains
+            )
+            if by_vendor or by_domain:
+                if entry.expires is not None and entry.expires < day:
+                    return "expired"
+                if entry.signed is not None and entry.signed > day:
+                    return "not-yet-signed"
         return "none"
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:

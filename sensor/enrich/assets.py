@@ -196,3 +196,20 @@ def _reject_duplicate(network: Network, seen: dict[Network, int], source: str, k
     if network in seen:
         raise ConfigError(source, f"{key}[{index}]{suffix}", f"{str(network)!r} is already listed at {key}[{seen[network]}]")
     seen[network] = index
+
+
+# Address space an organisation uses inside its own network (documentation and benchmark ranges,
+# which `ipaddress` also calls private, are deliberately not here: they stand for the Internet).
+_INTERNAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")
+)
+
+
+def is_internal(ip: str) -> bool:
+    """True for RFC 1918, carrier-grade NAT, unique-local and link-local addresses."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in _INTERNAL_NETWORKS)

@@ -163,11 +163,14 @@ class EventBuilder:
         return doc
 
 
-def _redacted_request_urls(method: str, target: str, referrer: str | None) -> tuple[str, str | None]:
-    """The request target and referrer with any health data they carry masked."""
+def _redacted_request_urls(
+    method: str, target: str, referrer: str | None, known: list | tuple = ()
+) -> tuple[str, str | None]:
+    """The request target and referrer with any health data they carry (or `known` found) masked."""
     from sensor.phi import redact_url, scan_http
 
     findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
+    findings = [*findings, *known]
     if not findings:
         return target, referrer
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
@@ -203,10 +206,13 @@ class AlertBuilder:
         from sensor.phi import summarize
         from sensor.phi.redact import evidence
 
+        from sensor.phi.redact import redact
+
         obs = alert.observation
         record = obs.record
         doc = self.events(record)
         self._redact_record_fields(doc, record, alert.findings)
+        summary = alert.summary if self.unredacted else redact(alert.summary, alert.findings)
         doc["@timestamp"] = iso_time(first_seen)
         doc["event"] = {
             "kind": "alert",
@@ -239,7 +245,7 @@ class AlertBuilder:
             "last_seen": iso_time(last_seen),
             "source_record": obs.source_record,
             "destination": obs.destination,
-            "summary": alert.summary,
+            "summary": summary,
             "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else {},
         }
         if obs.vendor is not None:
@@ -261,7 +267,10 @@ class AlertBuilder:
             pe["evidence"] = evidence(alert.findings, alert.fields, self.unredacted)
         tracker = obs.tracker
         if tracker is not None and alert.rule.id == "phi-in-tracker-payload":
-            pe["tracker"] = {"decoder": tracker.decoder, "event": tracker.event}
+            event = tracker.event
+            if event and not self.unredacted:
+                event = redact(event, alert.findings)
+            pe["tracker"] = {"decoder": tracker.decoder, "event": event}
             for name in ("page_url", "referrer"):
                 value = getattr(tracker, name)
                 if value:
@@ -270,18 +279,21 @@ class AlertBuilder:
         return doc
 
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
-        """URLs and referrers of an alerting request may carry the very data that alerted."""
+        """URLs and referrers of an alerting request may carry the very data that alerted: mask
+        what the URL scan finds and what the rule found (a tracker decoder sees more)."""
         if self.unredacted or not isinstance(record, HttpRequest):
             return
+        target, referrer = _redacted_request_urls(record.method, record.target, record.header("referer"), findings)
         url = doc.get("url", {})
-        url["original"] = _redacted_url(record.target, findings)
-        if "query" in url:
-            url["query"] = _split_target(url["original"])[1] if "?" in url["original"] else "[REDACTED]"
+        url["original"] = target
+        path, query = _split_target(target)
         if "path" in url:
-            url["path"] = _split_target(url["original"])[0] or url["path"]
+            url["path"] = path or url["path"]
+        if "query" in url:
+            url["query"] = query
         request = doc.get("http", {}).get("request", {})
-        if "referrer" in request:
-            request["referrer"] = _redacted_url(request["referrer"], findings)
+        if referrer:
+            request["referrer"] = referrer
 
 
 def _redacted_url(url: str, findings: list) -> str:

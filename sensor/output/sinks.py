@@ -196,6 +196,13 @@ def parse_output_spec(spec: str) -> dict[str, Any]:
         return out
     if sep and kind == "jsonl":
         return {"type": "jsonl", "path": value or "-"}
+    if sep and "://" in value and re.fullmatch(r"[a-z][a-z0-9_-]*", kind):
+        # A misspelt type must not silently become a file named "elastic=http:..."
+        known = ", ".join(["jsonl", *_URL_TYPES, "pagerduty"])
+        raise ConfigError(
+            "command line", "--output",
+            f"unknown output type {kind!r} (expected one of {known}; a file whose name has '=' is jsonl=PATH)",
+        )
     if re.match(r"^[a-z][a-z0-9+.-]*://", spec, re.IGNORECASE):
         raise ConfigError(
             "command line",

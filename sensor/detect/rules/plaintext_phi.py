@@ -6,9 +6,8 @@ identifiable health record on the wire); medium when the receiver is inside the 
 """
 from __future__ import annotations
 
-import ipaddress
-
 from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.enrich.assets import is_internal
 from sensor.phi import is_health_data, summarize
 
 INFO = RuleInfo(
@@ -30,7 +29,7 @@ def evaluate(obs: Observation) -> Alert | None:
     if "identifier" in categories:
         severity = "critical"
     record = obs.record
-    if ipaddress.ip_address(record.flow.dst_ip).is_private and obs.vendor is None:
+    if obs.vendor is None and is_internal(record.flow.dst_ip):
         severity = "medium"
     host = obs.phi_host.name or record.flow.src_ip
     kinds = ", ".join(sorted(counts))

@@ -1,0 +1,258 @@
+"""Bad input at the command line: every case ends with one clear line naming what is wrong, the
+documented exit code (sensor/cli.py: 2 usage or configuration, 3 capture), and never a traceback.
+Whatever can still be read is processed."""
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensor.cli import EXIT_CAPTURE, EXIT_OK, EXIT_USAGE, main
+
+REPO = Path(__file__).resolve().parents[1]
+PCAPS = REPO / "pcaps"
+GOOD = PCAPS / "mixpanel-plaintext.pcap"
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+PCAP_HEADER = struct.Struct("<IHHiIII")
+RECORD_HEADER = struct.Struct("<IIII")
+
+
+def replay(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sensor", "replay", *map(str, args)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def assert_one_line_about(result: subprocess.CompletedProcess[str], name: str | Path, code: int) -> str:
+    """The exit code, no traceback, and exactly one stderr line, naming `name`; returns that line."""
+    assert "Traceback" not in result.stderr
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    about = [line for line in lines if str(name) in line]
+    assert len(about) == 1, result.stderr
+    assert about[0].startswith("phi-sensor: ")
+    return about[0]
+
+
+def pcap_records(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of every record of a little-endian microsecond pcap."""
+    records, pos = [], PCAP_HEADER.size
+    while pos + RECORD_HEADER.size <= len(data):
+        incl = RECORD_HEADER.unpack_from(data, pos)[2]
+        records.append((pos, RECORD_HEADER.size + incl))
+        pos += RECORD_HEADER.size + incl
+    return records
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+# --- capture files that are not what they claim -----------------------------------------------------
+
+
+def test_the_good_capture_is_read_cleanly() -> None:
+    result = replay(GOOD, "--emit", "events", "--quiet")
+    assert (result.returncode, result.stderr) == (EXIT_OK, "")
+    assert len(events(result.stdout)) == 4  # DNS, TLS and two plaintext requests
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("notes.txt", b"hello, this is not a capture\n", "not a capture file"),
+        ("empty.pcap", b"", "empty file"),
+        ("garbage.pcap.gz", gzip.compress(bytes(range(256)) * 4), "gzip file does not contain a pcap"),
+        ("broken.pcap.gz", b"\x1f\x8b" + b"\xff" * 40, "corrupt gzip data"),
+        ("header-only.pcap", GOOD.read_bytes()[:10], "truncated pcap header"),
+    ],
+    ids=["text", "empty", "gzip-of-garbage", "corrupt-gzip", "cut-header"],
+)
+def test_unreadable_file(tmp_path: Path, name: str, content: bytes, words: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    line = assert_one_line_about(replay(path, "--quiet"), path, EXIT_CAPTURE)
+    assert words in line
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.pcap"
+    line = assert_one_line_about(replay(path, "--quiet"), path, EXIT_CAPTURE)
+    assert "cannot open" in line and "No such file" in line
+
+
+def test_directory_given_as_a_capture(tmp_path: Path) -> None:
+    line = assert_one_line_about(replay(tmp_path, "--quiet"), tmp_path, EXIT_CAPTURE)
+    assert "cannot open" in line and "directory" in line
+
+
+def test_truncated_capture_keeps_what_precedes_the_cut(tmp_path: Path) -> None:
+    data = GOOD.read_bytes()
+    records = pcap_records(data)
+    offset, length = records[len(records) // 2]
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: offset + length // 2])  # in the middle of a record
+    result = replay(path, "--emit", "events", "--quiet")
+    line = assert_one_line_about(result, path, EXIT_CAPTURE)
+    assert "truncated" in line and f"byte {offset}" in line
+    names = [doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "dns"]
+    assert names == ["api.mixpanel.com"]  # the lookup comes before the cut
+
+
+def test_truncated_gzip_capture(tmp_path: Path) -> None:
+    packed = gzip.compress(GOOD.read_bytes())
+    path = tmp_path / "cut.pcap.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    line = assert_one_line_about(replay(path, "--quiet"), path, EXIT_CAPTURE)
+    assert "read error" in line
+
+
+def test_gzip_capture_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pcap.gz"
+    path.write_bytes(gzip.compress(GOOD.read_bytes()))
+    plain = replay(GOOD, "--emit", "events", "--quiet")
+    packed = replay(path, "--emit", "events", "--quiet")
+    assert (packed.returncode, packed.stderr) == (EXIT_OK, "")
+    assert packed.stdout == plain.stdout
+
+
+def test_unknown_link_type(tmp_path: Path) -> None:
+    path = tmp_path / "user0.pcap"
+    frame = b"\x00" * 60
+    path.write_bytes(PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, 147) + RECORD_HEADER.pack(1, 0, 60, 60) + frame)
+    result = replay(path, "--emit", "events", "--stats", "--quiet")
+    line = assert_one_line_about(result, path, EXIT_CAPTURE)
+    assert "unsupported link type(s) [147]" in line
+    assert result.stdout == ""
+    assert "  packets" in result.stderr  # the run finished and reported its counters
+
+
+def test_truncated_pcapng(tmp_path: Path) -> None:
+    source = CORPUS / "community-id-ipv6__input.pcapng"
+    if not source.exists():
+        pytest.skip("shared corpus not present beside the repository")
+    data = source.read_bytes()
+    path = tmp_path / "cut.pcapng"
+    path.write_bytes(data[: len(data) - 7])
+    line = assert_one_line_about(replay(path, "--emit", "events", "--quiet"), path, EXIT_CAPTURE)
+    assert "truncated" in line
+
+
+def test_one_bad_file_among_good_ones(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"definitely not a capture")
+    result = replay(GOOD, bad, PCAPS / "ga4-quic.pcap", "--emit", "events", "--quiet")
+    assert_one_line_about(result, bad, EXIT_CAPTURE)
+    names = {doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "dns"}
+    assert names == {"api.mixpanel.com", "www.googletagmanager.com", "region1.google-analytics.com"}
+
+
+def test_one_bad_file_still_reports_alerts_of_the_good_ones(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.pcap"
+    result = replay(missing, PCAPS / "ga4-quic.pcap", "--fail-on", "low", "--quiet")
+    assert_one_line_about(result, missing, EXIT_CAPTURE)  # an unread capture outranks --fail-on
+    assert len(events(result.stdout)) == 2
+
+
+# --- configuration and options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("phi_hostz: [10.0.0.0/8]\n", "phi_hostz", "did you mean 'phi_hosts'"),
+        ("rules:\n  plaintext-phi: {severity: urgent}\n", "rules.plaintext-phi.severity", "'urgent'"),
+        ("rules:\n  plaintext-phy: {enabled: false}\n", "rules.plaintext-phy", "did you mean 'plaintext-phi'"),
+        ("phi_hosts: [10.20.0.1/16]\n", "phi_hosts[0]", "host bits set"),
+        ("baa:\n  - vendor: Segmnt\n", "baa[0].vendor", "did you mean 'Segment'"),
+        ("outputs:\n  - {type: kafka}\n", "outputs[0].type", "expected one of"),
+        ("decode:\n  max_flows: 0\n", "decode.max_flows", "at least 1"),
+        ("phi_hosts: [10.0.0.0/8\n", "line 2", "invalid YAML"),
+    ],
+    ids=[
+        "unknown-key", "bad-severity", "unknown-rule", "host-bits", "unknown-vendor", "unknown-sink", "range", "syntax",
+    ],
+)
+def test_bad_configuration(tmp_path: Path, text: str, key: str, words: str) -> None:
+    config = tmp_path / "sensor.yaml"
+    config.write_text(text)
+    result = replay(GOOD, "--config", config, "--quiet")
+    line = assert_one_line_about(result, config, EXIT_USAGE)
+    assert f"{config}: {key}" in line
+    assert words in line
+    assert result.stdout == ""
+
+
+def test_missing_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "absent.yaml"
+    line = assert_one_line_about(replay(GOOD, "--config", config, "--quiet"), config, EXIT_USAGE)
+    assert "not found" in line
+
+
+def test_url_output_without_a_type(tmp_path: Path) -> None:
+    result = replay(GOOD, "--output", "ftp://127.0.0.1/alerts", "--quiet", cwd=tmp_path)
+    line = assert_one_line_about(result, "--output", EXIT_USAGE)
+    assert "needs its type" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_output_type(tmp_path: Path) -> None:
+    result = replay(GOOD, "--output", "elastic=http://127.0.0.1:9200", "--quiet", cwd=tmp_path)
+    assert_one_line_about(result, "--output", EXIT_USAGE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_choice_is_a_usage_error() -> None:
+    result = replay(GOOD, "--emit", "everything")
+    assert result.returncode == EXIT_USAGE
+    assert "Traceback" not in result.stderr
+    assert "invalid choice: 'everything'" in result.stderr
+
+
+# --- random and mutated captures ---------------------------------------------------------------------
+
+
+def _mutations() -> st.SearchStrategy[bytes]:
+    good = GOOD.read_bytes()
+    flips = st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=40)
+
+    def flip(changes: list[tuple[int, int]]) -> bytes:
+        data = bytearray(good)
+        for offset, value in changes:
+            data[offset] = value
+        return bytes(data)
+
+    headers = st.builds(
+        lambda linktype, body: PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype) + body,
+        st.integers(0, 0xFFFFFFFF),
+        st.binary(max_size=400),
+    )
+    return st.one_of(
+        st.binary(max_size=300),
+        flips.map(flip),
+        st.integers(0, len(good)).map(lambda cut: good[:cut]),
+        headers,
+        st.binary(max_size=200).map(lambda body: b"\x0a\x0d\x0d\x0a" + body),
+        st.binary(max_size=200).map(lambda body: gzip.compress(good[:24] + body)),
+    )
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutations())
+def test_random_and_mutated_captures_never_break_the_command(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        capture = Path(folder) / "input.pcap"
+        capture.write_bytes(data)
+        output = Path(folder) / "out.jsonl"
+        arguments = ["replay", str(capture), "--emit", "all", "--output", str(output), "--quiet", "--prefilter", "never"]
+        code = main(arguments)
+        assert code in (EXIT_OK, EXIT_CAPTURE)  # never 70, the internal-error code
+        for line in output.read_text().splitlines() if output.exists() else ():
+            json.loads(line)
