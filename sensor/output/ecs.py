@@ -146,8 +146,11 @@ class EventBuilder:
         if query:
             url["query"] = query
         if rec.host:
-            url["domain"] = rec.host
-            doc["destination"]["domain"] = rec.host
+            if _is_ip_literal(rec.host):
+                url["domain"] = f"[{rec.host}]" if ":" in rec.host else rec.host  # ECS keeps IPv6 brackets
+            else:
+                url["domain"] = rec.host
+                doc["destination"]["domain"] = rec.host
         doc["url"] = url
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
@@ -174,6 +177,14 @@ def _redacted_request_urls(
     if not findings:
         return target, referrer
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def _related_ips(flow: Flow, extra=()) -> list[str]:
