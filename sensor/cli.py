@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     replay.set_defaults(handler=_cmd_replay)
 
+    report = sub.add_parser(
+        "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
+    )
+    report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    report.add_argument("--config", type=Path, help="sensor YAML configuration")
+    report.add_argument("--signatures", type=Path, help="vendor signature directory")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--prefilter", choices=("auto", "always", "never"), default="auto")
+    report.set_defaults(handler=_cmd_report)
+
     setup = sub.add_parser(
         "setup", add_help=False,
         help="install index templates, lifecycle policy and Kibana objects (phi-sensor setup --help)",
@@ -119,3 +129,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     from sensor.setup import setup_main
 
     return setup_main(args.setup_args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sensor.runner import Runner
+
+    return Runner.report(args)

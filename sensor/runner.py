@@ -95,6 +95,37 @@ class Runner:
         )
         return EXIT_OK
 
+    @staticmethod
+    def report(args: argparse.Namespace) -> int:
+        """Replay captures into the data-flow inventory instead of alerts."""
+        from sensor.config import load_config
+        from sensor.detect.engine import DetectionEngine, RuleSettings
+        from sensor.detect.rules import ALL_RULES
+        from sensor.enrich.vendors import VendorCatalog
+        from sensor.report import Inventory
+
+        config = load_config(args.config)
+        catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
+        inventory = Inventory()
+        no_rules = {rule.INFO.id: RuleSettings(enabled=False) for rule in ALL_RULES}
+        engine = DetectionEngine(
+            config.build_policy(catalog), lambda *a: {}, no_rules, immediate=False, on_observation=inventory.observe
+        )
+        pipeline = Pipeline(sinks=[], settings=DecodeSettings(**config.decode.model_dump()), detector=engine)
+        problems: list[str] = []
+        for path in args.pcaps:
+            problems.extend(pipeline.replay(path, prefilter=args.prefilter))
+        pipeline.finish()
+        if args.format == "json":
+            print(inventory.to_json())
+        elif args.format == "csv":
+            print(inventory.to_csv(), end="")
+        else:
+            inventory.print_table()
+        for line in problems:
+            print(f"phi-sensor: {line}", file=sys.stderr)
+        return EXIT_CAPTURE if problems else EXIT_OK
+
     def replay(self, paths: list[Path], prefilter: str = "auto", progress: str = "auto") -> int:
         problems: list[str] = []
         for path in paths:

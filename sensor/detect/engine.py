@@ -58,11 +58,14 @@ class DetectionEngine:
         rule_settings: dict[str, RuleSettings] | None = None,
         counters: Counters | None = None,
         immediate: bool = True,
+        on_observation: Callable[[Observation], None] | None = None,
     ) -> None:
         """`immediate`: emit at first sight and on escalation (live); else one final document per
-        window when it closes (replay, where an auditor wants one line per alert)."""
+        window when it closes (replay, where an auditor wants one line per alert).
+        `on_observation` sees every enriched record of a PHI host (the inventory report)."""
         self.policy = policy
         self.immediate = immediate
+        self.on_observation = on_observation
         self.build_document = build_document
         self.counters = counters if counters is not None else Counters()
         self.dns_cache = DnsCache(counters=self.counters)
@@ -78,11 +81,13 @@ class DetectionEngine:
         if isinstance(record, DnsQuery):
             self.dns_cache.observe(record)
         phi_host = self.policy.assets.lookup(record.flow.src_ip)
-        if phi_host is None or not self.rules:
+        if phi_host is None or not (self.rules or self.on_observation):
             return []
         obs = self._observe(record, phi_host)
         if obs is None:
             return []
+        if self.on_observation is not None:
+            self.on_observation(obs)
         out: list[dict] = []
         for rule, settings in self.rules:
             alert = rule.evaluate(obs)

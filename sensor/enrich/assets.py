@@ -213,3 +213,11 @@ def is_internal(ip: str) -> bool:
     except ValueError:
         return False
     return any(address in network for network in _INTERNAL_NETWORKS)
+
+
+_INTERNAL_SUFFIXES = (".local", ".internal", ".lan", ".home.arpa", ".corp", ".intranet", ".arpa")
+
+
+def is_internal_name(name: str) -> bool:
+    """Single-label names and private-use suffixes never leave the organisation."""
+    return "." not in name or name.endswith(_INTERNAL_SUFFIXES)

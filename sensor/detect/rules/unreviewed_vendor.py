@@ -3,6 +3,7 @@ BAA. Off by default: it feeds the vendor inventory rather than paging anyone."""
 from __future__ import annotations
 
 from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.enrich.assets import is_internal_name
 from sensor.enrich.vendors import registered_domain
 
 INFO = RuleInfo(
@@ -15,14 +16,11 @@ INFO = RuleInfo(
     enabled_by_default=False,
 )
 
-_INTERNAL_SUFFIXES = (".local", ".internal", ".lan", ".home.arpa", ".corp", ".intranet", ".arpa")
-
-
 def evaluate(obs: Observation) -> Alert | None:
     name = obs.destination
     if obs.phi_host is None or obs.vendor is not None or obs.baa is not None or obs.allowed or not name:
         return None
-    if "." not in name or name.endswith(_INTERNAL_SUFFIXES):
+    if is_internal_name(name):
         return None
     domain = registered_domain(name) or name
     host = obs.phi_host.name or obs.record.flow.src_ip
