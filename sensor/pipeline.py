@@ -93,10 +93,12 @@ class Pipeline:
         feed = self.decoder.feed
         decoder = self.decoder
         packets = size = 0
+        by_linktype: dict[int, int] = {}
         try:
             for ts, linktype, frame in capture.packets():
                 packets += 1
                 size += len(frame)
+                by_linktype[linktype] = by_linktype.get(linktype, 0) + 1
                 feed(ts, linktype, frame)
                 if decoder.records:
                     self._drain()
@@ -109,11 +111,12 @@ class Pipeline:
                 complaint = runner.close()
                 if complaint:
                     problems.append(f"{path}: {complaint}")
-        counters.add("packets", packets)
+        # With the prefilter these are the packets libpcap passed, not every packet of the file.
+        counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
         counters.add("bytes", size)
         counters.add("files", 1)
-        for linktype in capture.linktypes:
-            counters.add(f"linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", 0)
+        for linktype, count in by_linktype.items():
+            counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
         unsupported = capture.linktypes - set(LINKTYPE_NAMES)
         if unsupported:
             problems.append(f"{path}: unsupported link type(s) {sorted(unsupported)}: those packets were skipped")
