@@ -72,16 +72,20 @@ class Pipeline:
             self._ship(self.detector.finish())
 
     # -- replay ---------------------------------------------------------------------------
-    def replay(self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None) -> list[str]:
-        """Feed one capture file; return its problems as one line each (the rest is still processed)."""
+    def replay(
+        self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None, worker: int | None = None
+    ) -> list[str]:
+        """Feed one capture file; return its problems as one line each (the rest is still processed).
+
+        `worker` (0 or 1, prefilter only): decode just the clients of that half (see bpf.py)."""
         counters = self.counters
         try:
             total = path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
         runner: Prefilter | None = None
-        if should_prefilter(path, prefilter):
-            runner = Prefilter(path)
+        if worker is not None or should_prefilter(path, prefilter):
+            runner = Prefilter(path, worker)
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         else:

@@ -3,19 +3,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from collections import Counter as Tally
 from pathlib import Path
 
+import orjson
+
+from sensor.capture.prefilter import should_prefilter
 from sensor.decode.dispatch import DecodeSettings
+from sensor.errors import SensorError
 from sensor.output.ecs import EventBuilder
+from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters
 
 log = logging.getLogger("phi_sensor")
 
-EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 PROGRESS_MIN_BYTES = 32 << 20
 
@@ -126,16 +133,12 @@ class Runner:
             print(f"phi-sensor: {line}", file=sys.stderr)
         return EXIT_CAPTURE if problems else EXIT_OK
 
-    def replay(self, paths: list[Path], prefilter: str = "auto", progress: str = "auto") -> int:
-        problems: list[str] = []
-        for path in paths:
-            reporter = self._progress_for(path, progress)
-            try:
-                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter))
-            finally:
-                if reporter is not None:
-                    reporter.close()
-        self.pipeline.finish()
+    def replay(self, paths: list[Path], prefilter: str = "auto", progress: str = "auto", workers: str = "auto") -> int:
+        if self._two_workers(paths, prefilter, workers):
+            problems = self._replay_two_workers(paths, progress)
+        else:
+            problems = self._replay_in(paths, prefilter, progress, worker=None)
+            self.pipeline.finish()
         undelivered = self._close_sinks()
         for line in problems:
             print(f"phi-sensor: {line}", file=sys.stderr)
@@ -148,6 +151,79 @@ class Runner:
         if undelivered:
             return EXIT_SINK
         return self._fail_on_code()
+
+    def _replay_in(self, paths: list[Path], prefilter: str, progress: str, worker: int | None) -> list[str]:
+        problems: list[str] = []
+        for path in paths:
+            reporter = self._progress_for(path, progress)
+            try:
+                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter, worker=worker))
+            finally:
+                if reporter is not None:
+                    reporter.close()
+        return problems
+
+    @staticmethod
+    def _two_workers(paths: list[Path], prefilter: str, workers: str) -> bool:
+        """Both cores: when every file goes through the prefilter, which can split it by client."""
+        if workers == "1" or not hasattr(os, "fork"):
+            return False
+        if workers == "auto" and (os.cpu_count() or 1) < 2:
+            return False
+        mode = "always" if workers == "2" and prefilter == "auto" else prefilter
+        return all(should_prefilter(path, mode) for path in paths)
+
+    def _replay_two_workers(self, paths: list[Path], progress: str) -> list[str]:
+        """Fork after start-up: each process decodes the clients of its half of the traffic (its
+        own tcpdump selects them) with its own flows, DNS cache and throttle, so no state is shared.
+        The child spills its documents and counters to a file the parent ships afterwards."""
+        spill = tempfile.TemporaryFile()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child: never returns; inherited sinks and their threads are left alone
+            code = 0
+            try:
+                self.pipeline.sinks = [_SpillSink(spill)]
+                problems = self._replay_in(paths, "always", "never", worker=1)
+                self.pipeline.finish()
+                trailer = {"counters": self.pipeline.counters.values, "problems": problems}
+                spill.write(orjson.dumps({_WORKER_TRAILER: trailer}) + b"\n")
+                spill.flush()
+            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+                code = EXIT_INTERNAL
+            finally:
+                os._exit(code)
+        problems = self._replay_in(paths, "always", progress, worker=0)
+        self.pipeline.finish()
+        _, status = os.waitpid(pid, 0)
+        spill.seek(0)
+        finished = False
+        # Events go to plain JSON-lines sinks as the bytes the child wrote; anything else is parsed.
+        raw_sinks = [sink for sink in self.sinks if isinstance(sink, JsonlSink) and sink.min_severity is None]
+        other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
+        for line in spill:
+            if line.startswith(b'{"' + _WORKER_TRAILER.encode()):
+                trailer = orjson.loads(line)[_WORKER_TRAILER]
+                finished = True
+                for name, value in trailer["counters"].items():
+                    self.pipeline.counters.add(name, value)
+                problems.extend(p for p in trailer["problems"] if p not in problems)
+                continue
+            is_alert = b'"kind":"alert"' in line
+            for sink in raw_sinks:
+                sink.send_line(line)
+            if is_alert or other_sinks:
+                doc = orjson.loads(line)
+                if is_alert:
+                    self.pipeline.alerts.append(doc)
+                for sink in other_sinks:
+                    sink.send(doc)
+        spill.close()
+        if not finished or os.waitstatus_to_exitcode(status) != 0:
+            raise SensorError("the second replay worker failed; run again with --workers 1")
+        self.pipeline.counters.add("replay.workers", 2)
+        return problems
 
     def _progress_for(self, path: Path, mode: str):
         if mode == "never" or self.args.quiet:
@@ -236,3 +312,28 @@ class _ProgressBar:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+_WORKER_TRAILER = "__phi_sensor_worker__"
+
+
+class _SpillSink:
+    """The second replay worker's sink: documents as JSON lines in a file the parent reads back."""
+
+    name = "worker-spill"
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def send(self, doc: dict) -> None:
+        self._stream.write(orjson.dumps(doc) + b"\n")
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        self._stream.flush()
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        self.flush()
+
+    def stats(self) -> dict[str, int]:
+        return {}

@@ -51,11 +51,11 @@ def should_prefilter(path: Path, mode: str) -> bool:
 class Prefilter:
     """A running tcpdump (fed by gzip -dc for compressed files) whose stdout is the filtered pcap."""
 
-    def __init__(self, path: Path, expression: str | None = None) -> None:
+    def __init__(self, path: Path, worker: int | None = None) -> None:
         linktype = capture_linktype(path)
         if linktype is None:
             raise ValueError(f"{path}: not a classic pcap file")
-        self.expression = expression or default_filter(linktype)
+        self.expression = default_filter(linktype, worker)
         with open(path, "rb") as probe:
             compressed = probe.read(2) == GZIP_MAGIC
         self._gunzip: subprocess.Popen | None = None

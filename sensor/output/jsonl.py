@@ -41,8 +41,14 @@ class JsonlSink:
         if not severity_at_least(doc, self.min_severity):
             self._counts["dropped_below_severity"] += 1
             return
+        self.send_line(orjson.dumps(doc) + b"\n")
+
+    def send_line(self, line: bytes) -> None:
+        """A document already serialized as one JSON line (ending in a newline)."""
+        if self._broken:
+            return
         try:
-            self._stream.write(orjson.dumps(doc) + b"\n")
+            self._stream.write(line)
         except BrokenPipeError:  # reader went away (e.g. `| head`): stop writing, keep running
             self._broken = True
             self._counts["write_errors"] += 1
