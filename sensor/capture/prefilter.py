@@ -73,6 +73,7 @@ class Prefilter:
         )
         if self._gunzip is not None and self._gunzip.stdout is not None:
             self._gunzip.stdout.close()  # tcpdump owns the read end now
+        _widen_pipe(self.stdout.fileno())
 
     @property
     def stdout(self) -> BinaryIO:
@@ -100,3 +101,16 @@ class Prefilter:
             lines = [l for l in stderr.splitlines() if l and not l.startswith("reading from file")]
             return "; ".join(lines[-2:]) or f"tcpdump exited with status {code}"
         return None
+
+
+_F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe lets tcpdump run ahead instead of waking Python for every 64 KiB."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe still works
