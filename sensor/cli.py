@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(handler=_cmd_replay)
 
+    from sensor.live import add_live_arguments
+    from sensor.status import add_status_arguments
+
+    live = sub.add_parser("live", help="capture on a network interface: kernel BPF filter, PACKET_FANOUT workers")
+    _add_common(live)
+    add_live_arguments(live)
+    live.set_defaults(handler=_cmd_live)
+
+    status = sub.add_parser("status", help="health of the running live sensor, from its stats file")
+    add_status_arguments(status)
+    status.set_defaults(handler=_cmd_status)
+
     report = sub.add_parser(
         "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
     )
@@ -139,3 +151,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from sensor.runner import Runner
 
     return Runner.report(args)
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from sensor.live import live_main
+
+    return live_main(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sensor.status import status_main
+
+    return status_main(args)
