@@ -167,11 +167,9 @@ def prepare_stats_dir(path: Path, account: pwd.struct_passwd | None) -> None:
 
 
 def build_detection_runner(args: argparse.Namespace) -> Runner:
-    """Configuration, signatures, detector and event builder, with a placeholder sink (stdout,
-    never written to) that the caller replaces: workers and reloads must not open the spools and
-    files the main process owns."""
-    placeholder = argparse.Namespace(**{**vars(args), "output": ["-"]})
-    return Runner.from_args(placeholder, live=True)
+    """Configuration, signatures, detector and event builder, with no sinks: the caller gives
+    them (workers and reloads must not open the spools and files the main process owns)."""
+    return Runner.from_args(args, live=True, sinks=[])
 
 
 class ForwardingSink:
@@ -247,8 +245,7 @@ class Reloader:
         if new is not None:
             new.counters = pipeline.counters
             if old is not None:
-                new.dns_cache = old.dns_cache
-                new._windows = old._windows  # open throttle windows: no second page for the same alert
+                new.adopt_state(old)
         pipeline.detector = new
         pipeline.event_builder = fresh.pipeline.event_builder
 

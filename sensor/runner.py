@@ -34,7 +34,9 @@ class Runner:
         self.args = args
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, live: bool = False) -> "Runner":
+    def from_args(cls, args: argparse.Namespace, live: bool = False, sinks: list[Sink] | None = None) -> "Runner":
+        """`sinks`: use these instead of building the configured outputs (live workers and reloads
+        must not open the spools and files the main process owns)."""
         from sensor.config import load_config
         from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
         from sensor.detect.rules import ALL_RULES
@@ -49,13 +51,13 @@ class Runner:
         unredacted = args.unredacted or config.redaction.unredacted
         if unredacted:
             log.warning("unredacted output requested: alerts will contain health data values in clear")
-        if args.output:
+        if sinks is None and args.output:
             specs = [parse_output_spec(spec) for spec in args.output]
             if args.emit in ("events", "all"):  # asking for events on the command line means every output
                 for spec in specs:
                     spec.setdefault("events", True)
             sinks = build_sinks(specs, spool_dir=args.spool_dir, observer=config.sensor.name, source="command line")
-        else:
+        elif sinks is None:
             sinks = build_sinks(
                 list(config.outputs), spool_dir=args.spool_dir, observer=config.sensor.name, source=config.source
             )

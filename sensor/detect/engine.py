@@ -97,6 +97,12 @@ class DetectionEngine:
                 out.extend(self._throttle(alert, record.ts, settings.throttle_seconds))
         return out
 
+    def adopt_state(self, previous: "DetectionEngine") -> None:
+        """Carry DNS attribution and open throttle windows over from the engine this one replaces
+        (a configuration reload must not page anyone twice for the same alert)."""
+        self.dns_cache = previous.dns_cache
+        self._windows = previous._windows
+
     def finish(self) -> list[dict]:
         pending = [window for window in self._windows.values() if window.count > window.sent_count]
         out = [self._final(window) for window in sorted(pending, key=lambda w: w.start)]
