@@ -39,6 +39,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="forensic opt-in: put matched health data values in alerts instead of typed placeholders (logged)",
     )
     parser.add_argument("--spool-dir", type=Path, default=Path("spool"), help="disk queue for remote sinks")
+    parser.add_argument(
+        "--flush-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="at the end, how long to keep trying to deliver to remote sinks (the rest stays spooled)",
+    )
     parser.add_argument("--signatures", type=Path, help="vendor signature directory (default: bundled signatures/vendors)")
     parser.add_argument("--quiet", action="store_true", help="no summary table or progress bar on stderr")
 

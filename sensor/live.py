@@ -49,7 +49,6 @@ POLL_SECONDS = 0.25  # longest wait before the loop looks at signals and timers 
 FLUSH_SECONDS = 1.0  # how often buffered output reaches the sinks and workers report counters
 DRAIN_SECONDS = 2.0
 DRAIN_WAIT_SECONDS = 0.15  # longer than the ring's block retire timeout: a partial block is handed over
-SINK_FLUSH_TIMEOUT = 20.0
 SINK_CLOSE_TIMEOUT = 5.0
 WORKER_STOP_TIMEOUT = 30.0
 STATS_DATASET = "phi_sensor.stats"
@@ -446,9 +445,9 @@ def _flush_sinks(sinks: list[Sink]) -> None:
         sink.flush(0.0)  # never waits on the network: remote sinks keep their spool
 
 
-def _close_sinks(sinks: list[Sink]) -> None:
+def _close_sinks(sinks: list[Sink], flush_timeout: float) -> None:
     for sink in sinks:
-        if not sink.flush(SINK_FLUSH_TIMEOUT):
+        if not sink.flush(flush_timeout):
             log.warning("%s: not everything was delivered; the rest stays in the spool", sink.name)
         sink.close(SINK_CLOSE_TIMEOUT)
 
@@ -551,7 +550,7 @@ def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path
         reporter.emit([snapshot], (reloader.succeeded, reloader.failed))
     finally:
         capture.close()
-        _close_sinks(runner.sinks)
+        _close_sinks(runner.sinks, args.flush_timeout)
     if args.stats:
         _print_counters(snapshot["counters"])
     return code
@@ -727,7 +726,7 @@ class Supervisor:
                 reporter.emit(self._ordered_snapshots(), (reloader.succeeded, reloader.failed))
         finally:
             self._terminate(processes)
-            _close_sinks(sinks)
+            _close_sinks(sinks, self.args.flush_timeout)
         if self.args.stats and self.snapshots:
             totals: dict[str, int] = {}
             for snap in self.snapshots.values():

@@ -241,7 +241,7 @@ class Runner:
     def _close_sinks(self) -> list[str]:
         undelivered = []
         for sink in self.sinks:
-            if not sink.flush(30.0):
+            if not sink.flush(self.args.flush_timeout):
                 undelivered.append(sink.name)
             sink.close(5.0)
         for name in undelivered:
