@@ -116,3 +116,13 @@ def test_two_workers_merge_counters_and_failures(tmp_path: Path) -> None:
     assert stats["replay.workers"] == "2"
     assert int(stats["records.dns"]) + int(stats["records.http"]) + int(stats.get("records.tls", 0)) == len(
         proc.stdout.splitlines())
+
+
+@needs_tcpdump
+def test_gzip_capture_goes_through_the_prefilter(tmp_path: Path) -> None:
+    import gzip
+
+    packed = tmp_path / "demo.pcap.gz"
+    packed.write_bytes(gzip.compress((PCAPS / "demo.pcap").read_bytes()))
+    assert should_prefilter(packed, "always")
+    assert events(packed, "always") == events(PCAPS / "demo.pcap", "never")
