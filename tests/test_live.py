@@ -694,3 +694,48 @@ def test_rate_sweep_without_kernel_drops(tmp_path: Path) -> None:
     for workers in (1, 2):
         found = re.search(rf"{workers} worker\(s\), 64 MiB ring: ([\d,]+) packets/s", summary)
         assert found and int(found.group(1).replace(",", "")) >= 95_000, proc.stdout  # tcpreplay's pacing is not exact
+
+
+HANGING_WEBHOOK = """
+import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(64)
+print("listening", flush=True)
+held = []
+while True:  # accept and never answer: the slowest webhook there is
+    conn, _ = server.accept()
+    held.append(conn)
+"""
+
+
+@live_only
+def test_a_hanging_webhook_never_holds_up_capture_or_the_other_sinks(link: VethLink, tmp_path: Path,
+                                                                      sensors: list[LiveSensor]) -> None:
+    ip("-n", link.namespace, "link", "set", "lo", "up")
+    port = 18000 + os.getpid() % 1000
+    webhook = subprocess.Popen(["ip", "netns", "exec", link.namespace, sys.executable, "-c", HANGING_WEBHOOK, str(port)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert webhook.stdout is not None and webhook.stdout.readline().strip() == "listening"
+        sensor = LiveSensor(link, tmp_path, "--output", f"webhook=http://127.0.0.1:{port}/hook",
+                            "--flush-timeout", "1")
+        sensors.append(sensor)
+        started = time.monotonic()
+        send(link, pcap_frames(PCAPS / "demo.pcap"))
+        expected = replay_alert_keys(PCAPS / "demo.pcap")
+        wait_for(lambda: sensor.alert_keys() >= expected, 15, "alerts in the file while the webhook hangs")
+        assert time.monotonic() - started < 15
+        # the alerts wait in the webhook's spool, counted, while capture goes on
+        wait_for(lambda: sensor.stats()["sink_queue_depth"] >= len(expected), 10, "the webhook spool to hold the alerts")
+        send(link, pcap_frames(PCAPS / "mixpanel-plaintext.pcap"))
+        wait_for(lambda: sensor.stats()["packets"] > 30, 10, "capture to go on")
+        assert sensor.process.poll() is None
+        stopping = time.monotonic()
+        assert sensor.stop() == 0, sensor.stderr()
+        assert time.monotonic() - stopping < 20  # the flush gives up after --flush-timeout; the spool keeps the rest
+        assert "not everything was delivered" in sensor.stderr()
+    finally:
+        webhook.kill()
+        webhook.wait(timeout=10)
