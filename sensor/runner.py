@@ -282,7 +282,8 @@ class Runner:
             key = (
                 pe["severity"],
                 alert["rule"]["id"],
-                pe["phi_host"].get("name") or alert["source"]["ip"],
+                f"{alert['source']['ip']} ({pe['phi_host']['name']})" if pe["phi_host"].get("name")
+                else alert["source"]["ip"],
                 pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
                 pe["baa"]["status"],
                 ", ".join(pe.get("phi", {}).get("types", [])) or "-",

@@ -48,6 +48,13 @@ class Observation:
     tracker_findings: list | None = None
 
 
+def describe_host(obs: Observation) -> str:
+    """The source host for a summary line: its address, and its inventory name when it has one."""
+    ip = obs.record.flow.src_ip
+    name = obs.phi_host.name if obs.phi_host else None
+    return f"{ip} ({name})" if name else ip
+
+
 @dataclass(slots=True)
 class Alert:
     rule: RuleInfo

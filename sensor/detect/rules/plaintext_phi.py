@@ -6,7 +6,7 @@ identifiable health record on the wire); medium when the receiver is inside the 
 """
 from __future__ import annotations
 
-from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
 from sensor.enrich.assets import is_internal
 from sensor.phi import is_health_data, summarize
 
@@ -31,7 +31,7 @@ def evaluate(obs: Observation) -> Alert | None:
     record = obs.record
     if obs.vendor is None and is_internal(record.flow.dst_ip):
         severity = "medium"
-    host = obs.phi_host.name or record.flow.src_ip
+    host = describe_host(obs)
     kinds = ", ".join(sorted(counts))
     target = obs.destination or record.flow.dst_ip
     summary = f"PHI host {host} sent {kinds} in plaintext HTTP {record.method} to {target}"

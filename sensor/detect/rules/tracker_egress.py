@@ -7,7 +7,7 @@ and one more for session-replay vendors, which record whatever is on screen.
 """
 from __future__ import annotations
 
-from sensor.detect.base import SENSITIVE_TAGS, Alert, Observation, RuleInfo, raise_level
+from sensor.detect.base import SENSITIVE_TAGS, Alert, Observation, RuleInfo, describe_host, raise_level
 
 INFO = RuleInfo(
     id="tracker-egress-no-baa",
@@ -38,6 +38,6 @@ def evaluate(obs: Observation) -> Alert | None:
         "http": "sent plaintext HTTP to",
     }[obs.source_record]
     baa_note = {"expired": "BAA expired", "not-yet-signed": "BAA not yet in effect"}.get(obs.baa_status, "no BAA on file")
-    host = obs.phi_host.name or obs.record.flow.src_ip
+    host = describe_host(obs)
     summary = f"PHI host {host} {how} {obs.destination} ({vendor.name}, {vendor.category}; {baa_note})"
     return Alert(INFO, severity, obs, summary, throttle_subject=vendor.id)

@@ -7,7 +7,7 @@ member id) next to health context only.
 """
 from __future__ import annotations
 
-from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
 from sensor.phi import is_health_data, summarize
 
 INFO = RuleInfo(
@@ -34,7 +34,7 @@ def evaluate(obs: Observation) -> Alert | None:
     vendor = obs.vendor.name if obs.vendor else tracker.decoder
     kinds = ", ".join(sorted(summarize(findings)))
     event = f" event {tracker.event}" if tracker.event else ""
-    host = obs.phi_host.name or obs.record.flow.src_ip
+    host = describe_host(obs)
     summary = f"PHI host {host} sent {kinds} to {vendor}{event} (no BAA on file)"
     subject = obs.vendor.id if obs.vendor else tracker.decoder
     return Alert(INFO, severity, obs, summary, throttle_subject=subject, findings=list(findings),

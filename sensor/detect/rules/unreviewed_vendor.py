@@ -2,7 +2,7 @@
 BAA. Off by default: it feeds the vendor inventory rather than paging anyone."""
 from __future__ import annotations
 
-from sensor.detect.base import Alert, Observation, RuleInfo
+from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
 from sensor.enrich.assets import is_internal_name
 from sensor.enrich.vendors import registered_domain
 
@@ -23,6 +23,6 @@ def evaluate(obs: Observation) -> Alert | None:
     if is_internal_name(name):
         return None
     domain = registered_domain(name) or name
-    host = obs.phi_host.name or obs.record.flow.src_ip
+    host = describe_host(obs)
     summary = f"PHI host {host} reached {name}, a third party with no catalog entry and no BAA"
     return Alert(INFO, "low", obs, summary, throttle_subject=domain)
