@@ -25,6 +25,7 @@ log = logging.getLogger("phi_sensor")
 EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 PROGRESS_MIN_BYTES = 32 << 20
+SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
 
 
 class Runner:
@@ -293,9 +294,12 @@ class Runner:
         for column in ("severity", "rule", "PHI host", "vendor / destination", "BAA", "health data", "seen"):
             table.add_column(column, overflow="fold")
         order = sorted(tally.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
-        for key, count in order:
+        for key, count in order[:SUMMARY_ROWS]:
             table.add_row(*key, str(count))
-        Console(stderr=True, width=max(120, Console(stderr=True).width)).print(table)
+        console = Console(stderr=True, width=max(120, Console(stderr=True).width))
+        console.print(table)
+        if len(order) > SUMMARY_ROWS:
+            console.print(f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output")
 
 
 class _ProgressBar:
