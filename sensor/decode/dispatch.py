@@ -32,13 +32,23 @@ def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) ->
     return Flow(addr_text(src), sport, addr_text(dst), dport, transport)
 
 
-class _TlsHelloConsumer:
+class _BufferedConsumer:
+    """A stream consumer that parses from a growing buffer of the stream's bytes."""
+
     __slots__ = ("decoder", "key", "buf")
 
     def __init__(self, decoder: TrafficDecoder, key: tuple) -> None:
         self.decoder = decoder
         self.key = key
         self.buf = b""
+
+    def flow(self) -> Flow:
+        src, dst, sport, dport = self.key
+        return make_flow(src, sport, dst, dport, "tcp")
+
+
+class _TlsHelloConsumer(_BufferedConsumer):
+    __slots__ = ()
 
     def feed(self, ts: float, data: bytes) -> bool:
         self.buf += data
@@ -49,8 +59,7 @@ class _TlsHelloConsumer:
             self.decoder.counters.add("tls.hello_too_large")
             return False
         if hello is not None:
-            src, dst, sport, dport = self.key
-            self.decoder.emit_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello)
+            self.decoder.emit_hello(ts, self.flow(), "tls", hello)
         else:
             self.decoder.counters.add("tls.parse_errors")
         return False
@@ -108,21 +117,15 @@ class _HttpConsumer:
             self.decoder.counters.add("records.http")
 
 
-class _DnsTcpConsumer:
-    __slots__ = ("decoder", "key", "buf")
-
-    def __init__(self, decoder: TrafficDecoder, key: tuple) -> None:
-        self.decoder = decoder
-        self.key = key
-        self.buf = b""
+class _DnsTcpConsumer(_BufferedConsumer):
+    __slots__ = ()
 
     def feed(self, ts: float, data: bytes) -> bool:
         self.buf += data
         messages, used = dns.split_tcp_messages(self.buf)
         self.buf = self.buf[used:]
         if messages:
-            src, dst, sport, dport = self.key
-            flow = make_flow(src, sport, dst, dport, "tcp")
+            flow = self.flow()
             for message in messages:
                 self.decoder.dns_message(ts, flow, message)
         return len(self.buf) <= self.decoder.settings.tcp_stream_cap
