@@ -21,6 +21,8 @@ class Detector(Protocol):
 
 # Called with (bytes done, bytes total) while a file is replayed.
 ProgressCallback = Callable[[int, int], None]
+# Takes a packet (timestamp, link type, frame) that another process decodes.
+Forward = Callable[[float, int, bytes], None]
 
 
 class Pipeline:
@@ -73,19 +75,22 @@ class Pipeline:
 
     # -- replay ---------------------------------------------------------------------------
     def replay(
-        self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None, worker: int | None = None
+        self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None,
+        forward: Forward | None = None,
     ) -> list[str]:
         """Feed one capture file; return its problems as one line each (the rest is still processed).
 
-        `worker` (0 or 1, prefilter only): decode just the clients of that half (see bpf.py)."""
+        `forward` splits the work with a second process: packets whose client address (the side
+        with the higher port) is odd go there, so a host's DNS, flows and alert windows stay in
+        one process. Reassembled IP fragments stay here."""
         counters = self.counters
         try:
             total = path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
         runner: Prefilter | None = None
-        if worker is not None or should_prefilter(path, prefilter):
-            runner = Prefilter(path, worker)
+        if should_prefilter(path, "always" if forward is not None else prefilter):
+            runner = Prefilter(path)
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         else:
@@ -94,8 +99,10 @@ class Pipeline:
                 capture.check()
             except CaptureError as exc:
                 return [str(exc)]
-        feed = self.decoder.feed
+        feed, feed_decoded = self.decoder.feed, self.decoder.feed_decoded
         decoder = self.decoder
+        packet_decoder = decoder.packets
+        decode = packet_decoder.decode
         packets = size = 0
         by_linktype: dict[int, int] = {}
         try:
@@ -103,12 +110,22 @@ class Pipeline:
                 packets += 1
                 size += len(frame)
                 by_linktype[linktype] = by_linktype.get(linktype, 0) + 1
-                feed(ts, linktype, frame)
-                if decoder.records:
-                    self._drain()
                 if progress is not None and not packets & 0x3FFF:
                     done = runner.bytes_read() if runner is not None else size
                     progress(min(done or 0, total), total)
+                if forward is None:
+                    feed(ts, linktype, frame)
+                else:
+                    decoded = decode(ts, linktype, frame)
+                    if decoded is None:
+                        continue
+                    sport, dport = decoded[3], decoded[4]
+                    if (decoded[1] if sport > dport else decoded[2])[-1] & 1 and not packet_decoder.reassembled:
+                        forward(ts, linktype, frame)
+                        continue
+                    feed_decoded(ts, decoded)
+                if decoder.records:
+                    self._drain()
         finally:
             problems = list(capture.errors)
             if runner is not None:

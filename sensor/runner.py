@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from sensor.capture.prefilter import should_prefilter
+from sensor.capture.channel import FrameWriter, read_frames
+from sensor.capture.prefilter import should_prefilter, widen_pipe
 from sensor.decode.dispatch import DecodeSettings
 from sensor.errors import SensorError
 from sensor.output.ecs import EventBuilder
@@ -140,7 +141,7 @@ class Runner:
         if self._two_workers(paths, prefilter, workers):
             problems = self._replay_two_workers(paths, progress)
         else:
-            problems = self._replay_in(paths, prefilter, progress, worker=None)
+            problems = self._replay_in(paths, prefilter, progress)
             self.pipeline.finish()
         undelivered = self._close_sinks()
         for line in problems:
@@ -155,12 +156,12 @@ class Runner:
             return EXIT_SINK
         return self._fail_on_code()
 
-    def _replay_in(self, paths: list[Path], prefilter: str, progress: str, worker: int | None) -> list[str]:
+    def _replay_in(self, paths: list[Path], prefilter: str, progress: str) -> list[str]:
         problems: list[str] = []
         for path in paths:
             reporter = self._progress_for(path, progress)
             try:
-                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter, worker=worker))
+                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter))
             finally:
                 if reporter is not None:
                     reporter.close()
@@ -168,7 +169,7 @@ class Runner:
 
     @staticmethod
     def _two_workers(paths: list[Path], prefilter: str, workers: str) -> bool:
-        """Both cores: when every file goes through the prefilter, which can split it by client."""
+        """Both cores, when every file goes through the prefilter (decode is then the bottleneck)."""
         if workers == "1" or not hasattr(os, "fork"):
             return False
         if workers == "auto" and (os.cpu_count() or 1) < 2:
@@ -177,27 +178,50 @@ class Runner:
         return all(should_prefilter(path, mode) for path in paths)
 
     def _replay_two_workers(self, paths: list[Path], progress: str) -> list[str]:
-        """Fork after start-up: each process decodes the clients of its half of the traffic (its
-        own tcpdump selects them) with its own flows, DNS cache and throttle, so no state is shared.
-        The child spills its documents and counters to a file the parent ships afterwards."""
+        """Fork after start-up. This process reads the capture through the prefilter and hands
+        the packets of odd client addresses to the child through a pipe; each decodes its half
+        with its own flows, DNS cache and throttle, so no state is shared. The child spills its
+        documents and counters to a file this process ships afterwards."""
         spill = tempfile.TemporaryFile()
+        read_end, write_end = os.pipe()
+        widen_pipe(write_end)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # child: never returns; inherited sinks and their threads are left alone
             code = 0
             try:
+                os.close(write_end)
                 self.pipeline.sinks = [_SpillSink(spill)]
-                problems = self._replay_in(paths, "always", "never", worker=1)
+                with os.fdopen(read_end, "rb") as packets:
+                    for ts, linktype, frame in read_frames(packets):
+                        self.pipeline.feed(ts, linktype, frame)
                 self.pipeline.finish()
-                trailer = {"counters": self.pipeline.counters.values, "problems": problems}
+                trailer = {"counters": self.pipeline.counters.values}
                 spill.write(orjson.dumps({_WORKER_TRAILER: trailer}) + b"\n")
                 spill.flush()
             except BaseException:  # noqa: BLE001 - the parent reports a failed worker
                 code = EXIT_INTERNAL
             finally:
                 os._exit(code)
-        problems = self._replay_in(paths, "always", progress, worker=0)
+        os.close(read_end)
+        channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 20))
+        problems: list[str] = []
+        try:
+            for path in paths:
+                reporter = self._progress_for(path, progress)
+                try:
+                    problems.extend(self.pipeline.replay(path, progress=reporter, forward=channel.write))
+                finally:
+                    if reporter is not None:
+                        reporter.close()
+        except BrokenPipeError:
+            pass  # the child is gone: reported below
+        finally:
+            try:
+                channel.close()
+            except BrokenPipeError:
+                pass
         self.pipeline.finish()
         _, status = os.waitpid(pid, 0)
         spill.seek(0)
@@ -211,7 +235,6 @@ class Runner:
                 finished = True
                 for name, value in trailer["counters"].items():
                     self.pipeline.counters.add(name, value)
-                problems.extend(p for p in trailer["problems"] if p not in problems)
                 continue
             is_alert = b'"kind":"alert"' in line
             for sink in raw_sinks:

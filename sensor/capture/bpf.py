@@ -91,33 +91,9 @@ def _ip_expression() -> str:
     return f"port 53 or {v4} or {v6}"
 
 
-def _client_parity(worker: int) -> str:
-    """Packets whose client address (the side with the higher port) has the lowest bit `worker`.
-
-    Both directions of a flow, and a client's DNS together with its connections, land in the
-    same worker, so DNS attribution and per-host throttling need no state shared between workers.
-    IP fragments (no reliable ports) and IPv6 with extension headers go by source address.
-    """
-    v4_l4 = "((ip[0] & 0xf) << 2)"
-    v4 = (
-        f"(ip and ((ip[6:2] & 0x3fff != 0 and ip[15] & 1 = {worker}) or (ip[6:2] & 0x3fff = 0 and ("
-        f"(ip[{v4_l4}:2] > ip[{v4_l4} + 2:2] and ip[15] & 1 = {worker})"
-        f" or (ip[{v4_l4}:2] <= ip[{v4_l4} + 2:2] and ip[19] & 1 = {worker})))))"
-    )
-    v6 = (
-        f"(ip6 and ((ip6[6] != 6 and ip6[6] != 17 and ip6[23] & 1 = {worker})"
-        f" or ((ip6[6] = 6 or ip6[6] = 17) and ((ip6[40:2] > ip6[42:2] and ip6[23] & 1 = {worker})"
-        f" or (ip6[40:2] <= ip6[42:2] and ip6[39] & 1 = {worker})))))"
-    )
-    return f"({v4} or {v6})"
-
-
-def default_filter(linktype: int, worker: int | None = None) -> str:
-    """The filter expression for a capture of this link type; with `worker` (0 or 1), only the
-    half of the traffic that replay worker handles."""
+def default_filter(linktype: int) -> str:
+    """The filter expression for a capture of this link type."""
     base = _ip_expression()
-    if worker is not None:
-        base = f"({base}) and {_client_parity(worker)}"
     if linktype != LINKTYPE_ETHERNET:
         return base
     # `vlan` shifts the offsets of everything after it, so each nesting repeats the base.

@@ -51,11 +51,11 @@ def should_prefilter(path: Path, mode: str) -> bool:
 class Prefilter:
     """A running tcpdump (fed by gzip -dc for compressed files) whose stdout is the filtered pcap."""
 
-    def __init__(self, path: Path, worker: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         linktype = capture_linktype(path)
         if linktype is None:
             raise ValueError(f"{path}: not a classic pcap file")
-        self.expression = default_filter(linktype, worker)
+        self.expression = default_filter(linktype)
         with open(path, "rb") as probe:
             compressed = probe.read(2) == GZIP_MAGIC
         self._gunzip: subprocess.Popen | None = None
@@ -73,7 +73,7 @@ class Prefilter:
         )
         if self._gunzip is not None and self._gunzip.stdout is not None:
             self._gunzip.stdout.close()  # tcpdump owns the read end now
-        _widen_pipe(self.stdout.fileno())
+        widen_pipe(self.stdout.fileno())
 
     @property
     def stdout(self) -> BinaryIO:
@@ -106,8 +106,8 @@ class Prefilter:
 _F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
 
 
-def _widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe lets tcpdump run ahead instead of waking Python for every 64 KiB."""
+def widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe lets the writer run ahead instead of waking the reader for every 64 KiB."""
     try:
         import fcntl
 

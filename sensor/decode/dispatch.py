@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowTable, StreamConsumer
-from sensor.decode.packet import TCP, UDP, PacketDecoder, addr_text
+from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.records import Counters, Flow, HttpRequest, Record, TlsHello
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
@@ -159,8 +159,11 @@ class TrafficDecoder:
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         decoded = self.packets.decode(ts, linktype, frame)
-        if decoded is None:
-            return
+        if decoded is not None:
+            self.feed_decoded(ts, decoded)
+
+    def feed_decoded(self, ts: float, decoded: Decoded) -> None:
+        """The rest of `feed`, for a caller that already ran the L2-L4 decode (replay's splitter)."""
         proto, src, dst, sport, dport, flags, seq, payload = decoded
         if proto == TCP:
             key = (src, dst, sport, dport)

@@ -56,6 +56,7 @@ class PacketDecoder:
         # key -> [first_ts, {offset: bytes}, total_length or -1, transport]
         self._fragments: OrderedDict[tuple, list] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
+        self.reassembled = False  # the last decode completed an IP datagram from fragments
 
     def network_offset(self, linktype: int, frame: bytes) -> int:
         """Offset of the IP header in `frame`, or -1 when the frame carries no IP we handle."""
@@ -98,6 +99,7 @@ class PacketDecoder:
         return self._unsupported_linktypes
 
     def decode(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
+        self.reassembled = False
         off = self.network_offset(linktype, frame)
         if off < 0 or len(frame) < off + 20:
             if off >= 0:
@@ -236,6 +238,7 @@ class PacketDecoder:
             piece = pieces[frag_offset][: total - frag_offset]
             out[frag_offset : frag_offset + len(piece)] = piece
         self.counters.add("ip.reassembled")
+        self.reassembled = True
         return bytes(out)
 
     def _expire_fragments(self, now: float) -> None:
