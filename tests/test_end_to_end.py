@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from servers import EsCompatProxy, SearchBackend, es_proxy, search_backend  # noqa: F401
 
