@@ -133,10 +133,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from sensor.runner import Runner
+    from sensor.capture.prefilter import start_early
 
-    runner = Runner.from_args(args)
-    return runner.replay(args.pcaps, prefilter=args.prefilter, progress=args.progress, workers=args.workers)
+    # libpcap starts filtering the first file on the other core while the sensor loads.
+    started = start_early(args.pcaps, args.prefilter, args.workers)
+    try:
+        from sensor.runner import Runner
+
+        runner = Runner.from_args(args)
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
+    return runner.replay(
+        args.pcaps, prefilter=args.prefilter, progress=args.progress, workers=args.workers, started=started
+    )
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -76,20 +76,24 @@ class Pipeline:
     # -- replay ---------------------------------------------------------------------------
     def replay(
         self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None,
-        forward: Forward | None = None,
+        forward: Forward | None = None, started: Prefilter | None = None,
     ) -> list[str]:
         """Feed one capture file; return its problems as one line each (the rest is still processed).
 
         `forward` splits the work with a second process: packets whose client address (the side
         with the higher port) is odd go there, so a host's DNS, flows and alert windows stay in
-        one process. Reassembled IP fragments stay here."""
+        one process. Reassembled IP fragments stay here. `started`: this file's prefilter, already
+        running (see `prefilter.start_early`)."""
         counters = self.counters
         try:
             total = path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
-        runner: Prefilter | None = None
-        if should_prefilter(path, "always" if forward is not None else prefilter):
+        runner: Prefilter | None = started
+        if runner is not None:
+            capture = CaptureFile(path, stream=runner.stdout)
+            counters.add("capture.prefiltered_files")
+        elif should_prefilter(path, "always" if forward is not None else prefilter):
             runner = Prefilter(path)
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")

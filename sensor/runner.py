@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from sensor.capture.channel import FrameWriter, read_frames
-from sensor.capture.prefilter import should_prefilter, widen_pipe
+from sensor.capture.prefilter import Prefilter, two_workers, widen_pipe
 from sensor.decode.dispatch import DecodeSettings
 from sensor.errors import SensorError
 from sensor.output.ecs import EventBuilder
@@ -29,6 +30,15 @@ PROGRESS_MIN_BYTES = 32 << 20
 SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
 
 
+def _settle_heap() -> None:
+    """What start-up built (catalog, lexicons, suffix trie, compiled patterns) lives for the whole
+    run: freeze it out of the cycle collector's scans. The hot loop allocates many short-lived
+    tuples that reference counting frees, so young objects are collected less often too."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 class Runner:
     def __init__(self, pipeline: Pipeline, sinks: list[Sink], args: argparse.Namespace) -> None:
         self.pipeline = pipeline
@@ -40,16 +50,12 @@ class Runner:
         """`sinks`: use these instead of building the configured outputs (live workers and reloads
         must not open the spools and files the main process owns)."""
         from sensor.config import load_config
-        from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
         from sensor.detect.rules import ALL_RULES
-        from sensor.enrich.vendors import VendorCatalog, registered_domain
-        from sensor.output.ecs import AlertBuilder
+        from sensor.enrich.vendors import registered_domain
         from sensor.output.sinks import build_sinks, parse_output_spec
 
         config = load_config(args.config)
         config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)
-        catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
-        policy = config.build_policy(catalog)
         unredacted = args.unredacted or config.redaction.unredacted
         if unredacted:
             log.warning("unredacted output requested: alerts will contain health data values in clear")
@@ -66,7 +72,13 @@ class Runner:
         counters = Counters()
         events = EventBuilder(config.sensor.name, registered_domain, redact_urls=not unredacted)
         detector = None
-        if args.emit in ("alerts", "all"):
+        if args.emit in ("alerts", "all"):  # the vendor catalog and the rules load only to detect
+            from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
+            from sensor.enrich.vendors import VendorCatalog
+            from sensor.output.ecs import AlertBuilder
+
+            catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
+            policy = config.build_policy(catalog)
             settings = {}
             for rule in ALL_RULES:
                 tuning = config.rule(rule.INFO.id)
@@ -86,6 +98,7 @@ class Runner:
             event_builder=events if args.emit in ("events", "all") else None,
             detector=detector,
         )
+        _settle_heap()
         return cls(pipeline, sinks, args)
 
     @staticmethod
@@ -137,11 +150,15 @@ class Runner:
             print(f"phi-sensor: {line}", file=sys.stderr)
         return EXIT_CAPTURE if problems else EXIT_OK
 
-    def replay(self, paths: list[Path], prefilter: str = "auto", progress: str = "auto", workers: str = "auto") -> int:
-        if self._two_workers(paths, prefilter, workers):
-            problems = self._replay_two_workers(paths, progress)
+    def replay(
+        self, paths: list[Path], prefilter: str = "auto", progress: str = "auto", workers: str = "auto",
+        started: Prefilter | None = None,
+    ) -> int:
+        """`started`: the first file's prefilter, already running (see `prefilter.start_early`)."""
+        if two_workers(paths, prefilter, workers):
+            problems = self._replay_two_workers(paths, progress, started)
         else:
-            problems = self._replay_in(paths, prefilter, progress)
+            problems = self._replay_in(paths, prefilter, progress, started)
             self.pipeline.finish()
         undelivered = self._close_sinks()
         for line in problems:
@@ -156,28 +173,20 @@ class Runner:
             return EXIT_SINK
         return self._fail_on_code()
 
-    def _replay_in(self, paths: list[Path], prefilter: str, progress: str) -> list[str]:
+    def _replay_in(self, paths: list[Path], prefilter: str, progress: str, started: Prefilter | None) -> list[str]:
         problems: list[str] = []
-        for path in paths:
+        for index, path in enumerate(paths):
             reporter = self._progress_for(path, progress)
             try:
-                problems.extend(self.pipeline.replay(path, prefilter=prefilter, progress=reporter))
+                problems.extend(self.pipeline.replay(
+                    path, prefilter=prefilter, progress=reporter, started=started if index == 0 else None
+                ))
             finally:
                 if reporter is not None:
                     reporter.close()
         return problems
 
-    @staticmethod
-    def _two_workers(paths: list[Path], prefilter: str, workers: str) -> bool:
-        """Both cores, when every file goes through the prefilter (decode is then the bottleneck)."""
-        if workers == "1" or not hasattr(os, "fork"):
-            return False
-        if workers == "auto" and (os.cpu_count() or 1) < 2:
-            return False
-        mode = "always" if workers == "2" and prefilter == "auto" else prefilter
-        return all(should_prefilter(path, mode) for path in paths)
-
-    def _replay_two_workers(self, paths: list[Path], progress: str) -> list[str]:
+    def _replay_two_workers(self, paths: list[Path], progress: str, started: Prefilter | None) -> list[str]:
         """Fork after start-up. This process reads the capture through the prefilter and hands
         the packets of odd client addresses to the child through a pipe; each decodes its half
         with its own flows, DNS cache and throttle, so no state is shared. The child spills its
@@ -208,10 +217,12 @@ class Runner:
         channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 20))
         problems: list[str] = []
         try:
-            for path in paths:
+            for index, path in enumerate(paths):
                 reporter = self._progress_for(path, progress)
                 try:
-                    problems.extend(self.pipeline.replay(path, progress=reporter, forward=channel.write))
+                    problems.extend(self.pipeline.replay(
+                        path, progress=reporter, forward=channel.write, started=started if index == 0 else None
+                    ))
                 finally:
                     if reporter is not None:
                         reporter.close()

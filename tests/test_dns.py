@@ -14,17 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensor.decode import dns
 from sensor.decode.dns import (
     DnsError,
     DnsMessage,
     DnsTransactions,
     looks_like_dns,
     parse_message,
+    parse_message_py,
     split_tcp_messages,
 )
 from sensor.records import Counters, DnsAnswer, Flow
 
-from conftest import CORPUS, corpus_expectation, corpus_file
+from conftest import CORPUS, PCAPS, corpus_expectation, corpus_file
 
 DNS_CAPTURES = [
     "cond-log-dns-dig__input.pcap",
@@ -488,3 +490,124 @@ def test_scapy_built_responses_decode_to_the_same_values(labels: list[bytes], ad
     assert message.questions == ((rendered, "A"),)
     assert [(a.name, a.data, a.ttl) for a in message.answers] == [
         (rendered, address, i) for i, address in enumerate(addresses)]
+
+
+# Compiled fast path ----------------------------------------------------------------------------
+# parse_message takes the C parser's result when it gives one; parse_message_py is the reference.
+
+fast = pytest.mark.skipif(dns._parse_dns_fast is None, reason="the compiled fast path is not built")
+
+
+def test_fast_path_is_built_where_a_compiler_is() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the package runs in pure Python")
+    assert dns._parse_dns_fast is not None, "pip install -e . should have compiled sensor/decode/_fast.c"
+
+
+def _fast_agrees(data: bytes) -> bool:
+    """True when the fast parser took the message: then it must equal the reference exactly."""
+    taken = dns._parse_dns_fast(data)
+    try:
+        reference = parse_message_py(data)
+    except DnsError:
+        reference = None
+    if taken is None:
+        return False
+    assert reference is not None, f"fast path accepted what the reference rejects: {data.hex()}"
+    assert parse_message(data) == reference, data.hex()
+    return True
+
+
+def _capture_messages() -> list[bytes]:
+    found = list(SEEDS)
+    for path in sorted(PCAPS.glob("*.pcap")):
+        for _ts, flow, payload in _dns_units(path):
+            found += [payload] if flow.transport == "udp" else split_tcp_messages(payload)[0]
+    return found
+
+
+@fast
+def test_fast_path_matches_the_reference_on_every_captured_message() -> None:
+    messages = _capture_messages()
+    taken = sum(_fast_agrees(message) for message in messages)
+    # The story captures are ordinary browsing DNS: the fast path must carry nearly all of it.
+    assert taken >= 0.9 * len(messages), (taken, len(messages))
+
+
+def _svcb(priority: int, target: bytes, params: list[tuple[int, bytes]]) -> bytes:
+    return struct.pack("!H", priority) + target + b"".join(struct.pack("!HH", k, len(v)) + v for k, v in params)
+
+
+V6 = bytes.fromhex
+
+
+@fast
+@pytest.mark.parametrize("params", [
+    [(1, b"\x02h3\x02h2"), (4, bytes([192, 0, 2, 1, 198, 51, 100, 7]))],
+    [(0, struct.pack("!HH", 1, 4)), (2, b""), (3, struct.pack("!H", 8443)), (5, b"\x00\x01\xfe"), (7, b"/q{?dns}")],
+    [(6, V6("20010db8000000000000000000000001") + V6("20010db8000100000000000200000000"))],
+    [(6, V6("00010000000000020000000000030004"))],  # two zero runs of equal length: the first is "::"
+    [(6, V6("00000000000000000000ffff01020304"))],  # IPv4-mapped: the reference decides
+    [(6, V6("fe800000000000000000000000000001")), (8, b""), (9, b"x"), (65000, b"")],
+    [(3, b"\x01"), (4, b"\x01\x02"), (6, b"\x00" * 15), (1, b"")],  # odd lengths print bare names
+    [(1, b"\x00")], [(1, b"\x03h2")], [(7, b"/a\\b")], [(0, b"\x00")],  # broken or escaped: hex or Python
+    [(4, b"\x01\x02\x03\x04")] * 2 + [(9, b"\x01")],
+])
+def test_fast_path_matches_the_reference_on_https_records(params: list[tuple[int, bytes]]) -> None:
+    for rtype in (64, 65):
+        for target in (b"\0", POINTER_TO_QUESTION, _name([b"svc", b"example"])):
+            _fast_agrees(_message(questions=[(EXAMPLE, rtype)], answers=[
+                (POINTER_TO_QUESTION, rtype, 300, _svcb(1, target, params))]))
+
+
+@fast
+def test_fast_path_declines_what_needs_escaping_and_rare_types() -> None:
+    odd = _name([b"a.b", b"com"])
+    mx = struct.pack("!H", 10) + b"\x04mail\xc0\x10"
+    for message in (
+        _message(flags=0x0100, questions=[(odd, 1)]),
+        _message(questions=[(EXAMPLE, 16)], answers=[(POINTER_TO_QUESTION, 16, 1, b"\x03a\\b")]),
+        _message(questions=[(EXAMPLE, 15)], answers=[(POINTER_TO_QUESTION, 15, 1, mx)]),
+    ):
+        assert dns._parse_dns_fast(message) is None
+        assert parse_message(message) == parse_message_py(message)
+    plain = _message(questions=[(EXAMPLE, 1)], answers=[
+        (POINTER_TO_QUESTION, 5, 9, _name([b"cdn", b"example", b"net"])),
+        (_name([b"cdn", b"example", b"net"]), 1, 9, b"\x01\x02\x03\x04"),
+        (POINTER_TO_QUESTION, 16, 9, b"\x05hello\x06 world"),
+        (POINTER_TO_QUESTION, 1, 9, b"\x01\x02\x03"),
+        (POINTER_TO_QUESTION, 4321, 9, b"\xbe\xef"),
+    ], additional=b"\0" + struct.pack("!HHIH", 41, 4096, 1 << 24, 0), arcount=1)
+    assert _fast_agrees(plain)
+    assert parse_message(plain).rcode == "BADVERS"
+
+
+@fast
+@FUZZ
+@given(st.binary(max_size=600))
+def test_fast_path_agrees_on_random_bytes(data: bytes) -> None:
+    _fast_agrees(data)
+
+
+@fast
+@FUZZ
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
+       st.integers(0, 2000))
+def test_fast_path_agrees_on_mutated_real_messages(seed: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(seed)
+    for position, value in flips:
+        if data:
+            data[position % len(data)] = value
+    _fast_agrees(bytes(data[:cut]) if cut < len(data) else bytes(data))
+
+
+SVC_PARAM = st.tuples(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 300]), st.binary(max_size=40))
+
+
+@fast
+@FUZZ
+@given(st.lists(SVC_PARAM, max_size=6), st.sampled_from([1, 5, 16, 28, 64, 65, 99, 255]), st.binary(max_size=40))
+def test_fast_path_agrees_on_generated_records(params: list[tuple[int, bytes]], rtype: int, rdata: bytes) -> None:
+    svcb = _svcb(1, POINTER_TO_QUESTION, params)
+    _fast_agrees(_message(questions=[(EXAMPLE, rtype)], answers=[
+        (POINTER_TO_QUESTION, rtype, 60, rdata), (POINTER_TO_QUESTION, 65, 60, svcb)]))

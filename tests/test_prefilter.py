@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sensor.capture.bpf import default_filter
-from sensor.capture.prefilter import capture_linktype, should_prefilter
+from sensor.capture.pcap import CaptureFile
+from sensor.capture.prefilter import Prefilter, capture_linktype, should_prefilter, start_early
 
 from conftest import CORPUS, PCAPS, REPO
 
@@ -126,3 +127,63 @@ def test_gzip_capture_goes_through_the_prefilter(tmp_path: Path) -> None:
     packed.write_bytes(gzip.compress((PCAPS / "demo.pcap").read_bytes()))
     assert should_prefilter(packed, "always")
     assert events(packed, "always") == events(PCAPS / "demo.pcap", "never")
+
+
+def _filtered_bytes(path: Path) -> bytes:
+    runner = Prefilter(path)
+    data = runner.stdout.read()
+    assert runner.close() is None
+    return data
+
+
+@needs_tcpdump
+@pytest.mark.parametrize("limit", [1, 4096, 1 << 30])
+def test_prefetch_hands_over_the_same_bytes_in_order(limit: int) -> None:
+    """Whether the reader thread drained all of tcpdump's output, some, or one chunk, the
+    stream holds exactly what tcpdump wrote, and read(n) returns exactly n bytes."""
+    path = PCAPS / "demo.pcap"
+    expected = _filtered_bytes(path)
+    runner = Prefilter(path)
+    runner.prefetch(limit)
+    stream = runner.stdout
+    header = stream.read(24)
+    assert len(header) == 24
+    parts = [header]
+    while chunk := stream.read1(1000):
+        assert len(chunk) <= 1000
+        parts.append(chunk)
+    assert runner.close() is None
+    assert b"".join(parts) == expected
+
+
+@needs_tcpdump
+def test_prefetched_stream_decodes_like_the_file(tmp_path: Path) -> None:
+    path = PCAPS / "demo.pcap"
+    runner = Prefilter(path)
+    runner.prefetch()
+    frames = list(CaptureFile(path, stream=runner.stdout).packets())
+    assert runner.close() is None
+    filtered = tmp_path / "filtered.pcap"
+    filtered.write_bytes(_filtered_bytes(path))
+    assert frames == list(CaptureFile(filtered).packets())
+
+
+@needs_tcpdump
+def test_a_prefetching_prefilter_closed_early_ends_cleanly() -> None:
+    runner = Prefilter(PCAPS / "demo.pcap")
+    runner.prefetch(4096)
+    runner.stdout.read(24)
+    runner.close()  # a complaint about the broken pipe is allowed; hanging or raising is not
+    assert runner.process.poll() is not None
+
+
+@needs_tcpdump
+def test_start_early_only_when_replay_would_prefilter(tmp_path: Path) -> None:
+    demo = PCAPS / "demo.pcap"
+    assert start_early([demo], "auto", "1") is None  # small file: no prefilter
+    assert start_early([demo], "never", "2") is None
+    assert start_early([tmp_path / "missing.pcap"], "always", "1") is None
+    started = start_early([demo], "always", "1")
+    assert started is not None and started.path == demo
+    assert list(CaptureFile(demo, stream=started.stdout).packets())
+    assert started.close() is None

@@ -849,3 +849,10 @@ def test_engine_never_raises_and_alerts_stay_well_formed(catalog, records, immed
         assert pe["severity"] in SEVERITY_SCORE
         assert pe["count"] >= 1
         assert doc["source"]["ip"] in (CLINIC, PORTAL, EHR_DB)  # the only PHI hosts among the addresses drawn
+
+
+@pytest.mark.parametrize("host", ["portal\x00.example.org", "10.0.0.1\x00", "fe80::1\x00"])
+def test_event_for_a_host_header_with_a_nul_byte(host: str) -> None:
+    doc = EventBuilder("sensor", registered_domain)(http(host, "/"))
+    assert doc["url"]["domain"] == host
+    json.dumps(doc)

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 from sensor.records import Counters, DnsAnswer, DnsQuery, Flow
 
+try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
+    from sensor.decode._fast import parse_dns as _parse_dns_fast
+except ImportError:  # built without a C compiler: pure Python throughout
+    _parse_dns_fast = None
+
 
 class DnsError(ValueError):
     """The bytes are not a well-formed DNS message."""
@@ -267,6 +272,23 @@ def _render_svc_param(key: int, value: bytes) -> str:
 
 def parse_message(data: bytes) -> DnsMessage:
     """Decode one DNS message (UDP payload, or one TCP message without its length prefix)."""
+    fast = _parse_dns_fast(data) if _parse_dns_fast is not None else None
+    if fast is None:
+        return parse_message_py(data)
+    msg_id, flags, questions, answers, extended_rcode = fast
+    rcode = (extended_rcode << 4) | (flags & 0x0F)
+    return DnsMessage(
+        id=msg_id,
+        is_response=bool(flags & 0x8000),
+        opcode=(flags >> 11) & 0x0F,
+        rcode=RCODE_NAMES.get(rcode) or f"RCODE{rcode}",
+        questions=tuple([(name, type_name(qtype)) for name, qtype in questions]),
+        answers=tuple([DnsAnswer(name, type_name(rtype), text, ttl) for name, rtype, text, ttl in answers]),
+    )
+
+
+def parse_message_py(data: bytes) -> DnsMessage:
+    """parse_message in pure Python: the reference, and the path for anything the fast one declines."""
     if len(data) < _HEADER.size:
         raise DnsError("shorter than a DNS header")
     msg_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)

@@ -182,7 +182,7 @@ def _redacted_request_urls(
 def _is_ip_literal(host: str) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a hostile Host header
         return False
     return True
 
