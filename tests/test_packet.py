@@ -11,6 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 
+from sensor.decode import packet
 from sensor.decode.packet import PacketDecoder
 from sensor.records import Counters
 
@@ -114,3 +115,58 @@ def test_mutated_frames_never_raise(position: int, value: int) -> None:
     frame = bytearray(bytes(Ether() / Dot1Q() / IP4))
     frame[position % len(frame)] = value
     PacketDecoder(Counters()).decode(0.0, 1, bytes(frame))
+
+
+# Compiled fast path: whatever frame it decodes, it decodes exactly as the Python reference does.
+
+fast = pytest.mark.skipif(packet._decode_fast is None, reason="the compiled fast path is not built")
+IP6 = IPv6(src="fd00::5", dst="2001:db8::1") / UDP(sport=5353, dport=53) / b"\x12\x34"
+
+
+def _fast_agrees(linktype: int, frame: bytes) -> bool:
+    """True when the fast decoder took the frame; its tuple must then equal the reference's."""
+    taken = packet._decode_fast(linktype, frame)
+    reference = PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
+    if taken is None:
+        return False
+    assert taken == reference, (linktype, frame.hex())
+    return True
+
+
+@fast
+@pytest.mark.parametrize("linktype, frame", [
+    (1, Ether() / IP4), (1, Ether() / Dot1Q(vlan=10) / IP4), (1, Ether() / Dot1AD(vlan=5) / Dot1Q(vlan=10) / IP4),
+    (101, IP4), (228, IP4), (229, IP6), (1, Ether() / IP6), (0, struct.pack("<I", 2) + bytes(IP4)),
+    (113, CookedLinux(proto=0x0800) / IP4), (276, struct.pack(">HHIHBB8s", 0x86DD, 0, 2, 1, 0, 6, b"\0" * 8) + bytes(IP6)),
+    (1, bytes(Ether() / IP(src="10.20.0.5", dst="192.0.2.1") / UDP(sport=5000, dport=53) / b"x") + b"\0" * 20),
+])
+def test_fast_path_takes_the_common_frames(linktype: int, frame) -> None:
+    assert _fast_agrees(linktype, bytes(frame))
+
+
+@fast
+def test_fast_path_declines_fragments_and_extension_headers() -> None:
+    pieces = fragment(IP(src="10.20.0.5", dst="192.0.2.1", id=9) / UDP(sport=1, dport=53) / (b"a" * 200), fragsize=64)
+    ext = IPv6(src="fd00::5", dst="2001:db8::1") / IPv6ExtHdrHopByHop() / TCP(sport=40000, dport=80) / PAYLOAD
+    for frame in [bytes(Ether() / piece) for piece in pieces] + [bytes(Ether() / ext)]:
+        assert packet._decode_fast(1, frame) is None
+    assert packet._decode_fast(147, bytes(IP4)) is None
+
+
+@fast
+@settings(max_examples=400)
+@given(st.sampled_from([0, 1, 12, 101, 108, 113, 147, 276, 228, 229]), st.binary(max_size=200))
+def test_fast_path_agrees_on_random_frames(linktype: int, frame: bytes) -> None:
+    _fast_agrees(linktype, frame)
+
+
+@fast
+@settings(max_examples=400)
+@given(st.sampled_from([bytes(Ether() / Dot1Q() / IP4), bytes(Ether() / IP6), bytes(IP4)]),
+       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4), st.integers(0, 200))
+def test_fast_path_agrees_on_mutated_frames(frame: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(frame)
+    for position, value in flips:
+        data[position % len(data)] = value
+    linktype = 1 if frame[12:14] in (b"\x81\x00", b"\x86\xdd") else 228
+    _fast_agrees(linktype, bytes(data[:cut]) if cut < len(data) else bytes(data))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sensor.records import Counters, DnsAnswer, DnsQuery, Flow
 
 try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
-    from sensor.decode._fast import parse_dns as _parse_dns_fast
+    from sensor._fast import parse_dns as _parse_dns_fast
 except ImportError:  # built without a C compiler: pure Python throughout
     _parse_dns_fast = None
 

@@ -11,6 +11,11 @@ from collections import OrderedDict
 
 from sensor.records import Counters
 
+try:  # the compiled fast path (see _fast.c) for the common frames; the Python code below is the reference
+    from sensor._fast import decode_frame as _decode_fast
+except ImportError:  # built without a C compiler: pure Python throughout
+    _decode_fast = None
+
 # link types (pcap LINKTYPE_ values)
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -100,6 +105,14 @@ class PacketDecoder:
 
     def decode(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         self.reassembled = False
+        if _decode_fast is not None:
+            decoded = _decode_fast(linktype, frame)
+            if decoded is not None:
+                return decoded
+        return self.decode_py(ts, linktype, frame)
+
+    def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
+        """decode in pure Python: the reference, and the path for every frame the fast one declines."""
         off = self.network_offset(linktype, frame)
         if off < 0 or len(frame) < off + 20:
             if off >= 0:

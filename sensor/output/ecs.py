@@ -13,6 +13,11 @@ from urllib.parse import urlsplit
 from sensor.enrich.ech import is_cover_name
 from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
 
+try:  # the compiled fast path (see sensor/_fast.c); community_id_py below is the reference
+    from sensor._fast import community_id as _community_id_fast
+except ImportError:  # built without a C compiler
+    _community_id_fast = None
+
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17}
@@ -38,7 +43,18 @@ _COMMUNITY_CACHE: dict[tuple, str] = {}
 
 def community_id(flow: Flow, seed: int = 0) -> str:
     """Community ID v1 (the flow hash Zeek, Suricata and Arkime share), so analysts can pivot."""
-    key = (flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, flow.transport)
+    if _community_id_fast is not None:
+        value = _community_id_fast(
+            flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, _PROTO_NUMBERS.get(flow.transport, 0), seed
+        )
+        if value is not None:
+            return value
+    return community_id_py(flow, seed)
+
+
+def community_id_py(flow: Flow, seed: int = 0) -> str:
+    """community_id in pure Python, cached per flow."""
+    key = (flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, flow.transport, seed)
     cached = _COMMUNITY_CACHE.get(key)
     if cached is not None:
         return cached

@@ -1,4 +1,4 @@
-/* Compiled fast paths for the decode stage.
+/* Compiled fast paths for the per-packet and per-event work of replay and live capture.
  *
  * Each function here does, for the common case, exactly what a pure-Python function in the
  * package does, and returns None whenever the input strays from that common case (malformed
@@ -423,14 +423,197 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * L2-L4: sensor.decode.packet.PacketDecoder.decode, for unfragmented IPv4 and IPv6 without
+ * extension headers carrying TCP or UDP behind Ethernet (with VLAN tags), raw IP, loopback or
+ * Linux cooked headers. Anything else (fragments, PPPoE, MPLS, malformed headers) returns None.
+ */
+
+#define TCP 6
+#define UDP 17
+
+static Py_ssize_t network_offset(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
+    switch (linktype) {
+    case 1: { /* Ethernet */
+        Py_ssize_t off = 12;
+        unsigned ethertype = n >= 14 ? get16(f + 12) : 0;
+        while ((ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100) && n >= off + 6) {
+            off += 4;
+            ethertype = get16(f + off);
+        }
+        off += 2;
+        return ethertype == 0x0800 || ethertype == 0x86DD ? off : -1;
+    }
+    case 12: case 14: case 101: case 228: case 229: /* raw IP */
+        return 0;
+    case 0: case 108: /* BSD loopback */
+        return 4;
+    case 113: /* Linux cooked v1 */
+        return n >= 16 && (get16(f + 14) == 0x0800 || get16(f + 14) == 0x86DD) ? 16 : -1;
+    case 276: /* Linux cooked v2 */
+        return n >= 20 && (get16(f) == 0x0800 || get16(f) == 0x86DD) ? 20 : -1;
+    }
+    return -1;
+}
+
+static PyObject *bytes_at(const uint8_t *p, Py_ssize_t n) { return PyBytes_FromStringAndSize((const char *)p, n); }
+
+static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_ssize_t alen, Py_ssize_t pos,
+                           Py_ssize_t end) {
+    unsigned sport, dport, flags = 0;
+    uint32_t seq = 0;
+    Py_ssize_t start;
+    if (proto == TCP) {
+        if (end - pos < 20) return NULL;
+        Py_ssize_t doff = (f[pos + 12] >> 4) << 2;
+        if (doff < 20) return NULL;
+        flags = f[pos + 13];
+        seq = get32(f + pos + 4);
+        start = pos + doff < end ? pos + doff : end;
+    } else if (proto == UDP) {
+        if (end - pos < 8) return NULL;
+        Py_ssize_t ulen = get16(f + pos + 4);
+        if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
+        start = pos + 8;
+    } else {
+        return NULL;
+    }
+    sport = get16(f + pos);
+    dport = get16(f + pos + 2);
+    return tuple_steal(8, (PyObject *[]){PyLong_FromUnsignedLong(proto), bytes_at(f + src, alen),
+                                         bytes_at(f + src + alen, alen), PyLong_FromUnsignedLong(sport),
+                                         PyLong_FromUnsignedLong(dport), PyLong_FromUnsignedLong(flags),
+                                         PyLong_FromUnsignedLong(seq), bytes_at(f + start, end - start)});
+}
+
+/* decode_frame(linktype, frame) -> (transport, src, dst, sport, dport, tcp flags, tcp seq, payload) or None */
+static PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decode_frame(linktype, frame)");
+        return NULL;
+    }
+    unsigned long linktype = PyLong_AsUnsignedLong(args[0]);
+    if (linktype == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *f = view.buf;
+    Py_ssize_t n = view.len, off = network_offset((unsigned)linktype, f, n);
+    PyObject *result = NULL;
+    if (off < 0 || n < off + 20) goto python;
+    if (f[off] >> 4 == 4) {
+        Py_ssize_t ihl = (f[off] & 0x0F) << 2, total = get16(f + off + 2);
+        if (ihl < 20 || total < ihl || (get16(f + off + 6) & 0x3FFF)) goto python; /* bad, or a fragment */
+        Py_ssize_t end = off + total < n ? off + total : n;
+        result = transport(f[off + 9], f, off + 12, 4, off + ihl, end);
+    } else if (f[off] >> 4 == 6) {
+        if (n < off + 40) goto python;
+        Py_ssize_t plen = get16(f + off + 4), end = off + 40 + plen;
+        if (end > n || plen == 0) end = n;
+        result = transport(f[off + 6], f, off + 8, 16, off + 40, end); /* extension headers: None */
+    }
+    if (result != NULL || PyErr_Occurred()) goto done;
+python:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Community ID v1: sensor.output.ecs.community_id. SHA-1 (FIPS 180-4) is written out here: the
+ * hash is over 40 bytes at most, and one call from Python beats building the input in Python.
+ */
+
+static inline uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
+
+/* SHA-1 of a message of at most 55 bytes (one padded block). */
+static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
+    uint8_t block[64] = {0};
+    memcpy(block, msg, n);
+    block[n] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++) block[63 - i] = (uint8_t)(bits >> (8 * i));
+    uint32_t w[80], h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    for (int i = 0; i < 16; i++) w[i] = get32(block + 4 * i);
+    for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDC;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6;
+        }
+        uint32_t t = rol(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = rol(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 4; j++) digest[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
+}
+
+/* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> "1:<base64 sha1>", or None
+ * when an address does not parse (the Python code then decides). */
+static PyObject *community_id(PyObject *module, PyObject *args) {
+    const char *src_text, *dst_text;
+    unsigned int sport, dport, proto, seed;
+    if (!PyArg_ParseTuple(args, "sIsIII", &src_text, &sport, &dst_text, &dport, &proto, &seed)) return NULL;
+    int family = strchr(src_text, ':') ? AF_INET6 : AF_INET;
+    size_t alen = family == AF_INET6 ? 16 : 4;
+    uint8_t src[16], dst[16];
+    if (inet_pton(family, src_text, src) != 1 || inet_pton(family, dst_text, dst) != 1 || sport > 0xFFFF ||
+        dport > 0xFFFF || proto > 0xFF || seed > 0xFFFF)
+        Py_RETURN_NONE;
+    int order = memcmp(src, dst, alen);
+    if (order > 0 || (order == 0 && sport > dport)) { /* the smaller endpoint goes first */
+        uint8_t swap[16];
+        memcpy(swap, src, alen), memcpy(src, dst, alen), memcpy(dst, swap, alen);
+        unsigned port = sport;
+        sport = dport, dport = port;
+    }
+    uint8_t msg[2 + 16 + 16 + 6], digest[20];
+    size_t n = 0;
+    msg[n++] = (uint8_t)(seed >> 8), msg[n++] = (uint8_t)seed;
+    memcpy(msg + n, src, alen), n += alen;
+    memcpy(msg + n, dst, alen), n += alen;
+    msg[n++] = (uint8_t)proto, msg[n++] = 0;
+    msg[n++] = (uint8_t)(sport >> 8), msg[n++] = (uint8_t)sport;
+    msg[n++] = (uint8_t)(dport >> 8), msg[n++] = (uint8_t)dport;
+    sha1_short(msg, n, digest);
+    Text text = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (text_add(&text, "1:", 2) == 0 && text_add_base64(&text, digest, 20) == 0)
+        result = ascii_str(text.text, text.len);
+    else
+        PyErr_NoMemory();
+    PyMem_Free(text.text);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"community_id", community_id, METH_VARARGS,
+     "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
+    {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
+     "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"parse_dns", parse_dns, METH_O,
      "parse_dns(data) -> (id, flags, questions, answers, extended_rcode), or None to let the Python parser decide"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "sensor.decode._fast", "Compiled fast paths for the decode stage.", -1, methods,
+    PyModuleDef_HEAD_INIT, "sensor._fast", "Compiled fast paths for the decode stage.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }

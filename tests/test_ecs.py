@@ -1,0 +1,38 @@
+"""ECS helpers shared by every event: the Community ID flow hash."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.output import ecs
+from sensor.output.ecs import community_id, community_id_py
+from sensor.records import Flow
+
+
+@pytest.mark.parametrize("seed, expected", [(0, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="), (1, "1:3V71V58M3Ksw/yuFALMcW0LAHvc=")])
+def test_community_id_matches_the_specification_vectors(seed: int, expected: str) -> None:
+    """The TCP vectors of the Community ID specification, in both directions."""
+    forward = Flow("128.232.110.120", 34855, "66.35.250.204", 80, "tcp")
+    backward = Flow("66.35.250.204", 80, "128.232.110.120", 34855, "tcp")
+    for hash_of in (community_id, community_id_py):
+        assert hash_of(forward, seed) == hash_of(backward, seed) == expected
+
+
+ADDRESS_PAIRS = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.ip_addresses(v=4)),
+    st.tuples(st.ip_addresses(v=6), st.ip_addresses(v=6)),
+).map(lambda pair: (str(pair[0]), str(pair[1])))
+PORT = st.integers(0, 65535)
+
+
+@pytest.mark.skipif(ecs._community_id_fast is None, reason="the compiled fast path is not built")
+@settings(max_examples=300)
+@given(ADDRESS_PAIRS, PORT, PORT, st.sampled_from(["tcp", "udp"]), st.integers(0, 65535))
+def test_compiled_community_id_equals_the_reference(
+    addresses: tuple[str, str], sport: int, dport: int, transport: str, seed: int
+) -> None:
+    flow = Flow(addresses[0], sport, addresses[1], dport, transport)
+    assert community_id(flow, seed) == community_id_py(flow, seed)
+    same_endpoints = Flow(addresses[0], sport, addresses[0], dport, transport)
+    assert community_id(same_endpoints, seed) == community_id_py(same_endpoints, seed)
