@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensor.decode import tls
 from sensor.decode.tls import (
     ClientHello,
     TlsStatus,
@@ -450,3 +451,66 @@ def test_built_hellos_round_trip(name: str, alpn: list[bytes], ech: bool, sizes:
     assert hello.alpn == tuple(a.decode("ascii", "backslashreplace") for a in alpn)
     assert hello.ech is ech
     assert hello.version == "1.2"
+
+
+# -- compiled fast path: whatever hello it decodes, it decodes exactly as the Python reference ---------
+
+fast = pytest.mark.skipif(tls._parse_hello_fast is None, reason="the compiled fast path is not built")
+
+
+def _fast_agrees(message: bytes) -> bool:
+    taken = tls._parse_hello_fast(message)
+    reference = tls.parse_client_hello_message_py(message)
+    if taken is None:
+        return False
+    assert reference is not None, message.hex()
+    assert tls.parse_client_hello_message(message) == reference, message.hex()
+    return True
+
+
+@fast
+def test_fast_path_takes_ordinary_hellos() -> None:
+    ech_hello = hello_message(sni_extension(b"cover.example") + extension(0xFE0D, bytes(40)))
+    for message in (chrome_like_hello(), hello_message(None), hello_message(b""), ech_hello,
+                    hello_message(sni_extension(b"") + alpn_extension([])),
+                    hello_message(versions_extension([0x7F17]), legacy_version=0x0301)):
+        assert _fast_agrees(message)
+
+
+@fast
+def test_fast_path_declines_damage_and_non_ascii_names() -> None:
+    for message in (hello_message(sni_extension("bücher.example".encode())),
+                    hello_message(sni_extension(b"a.example") + b"\x00\x10\x00"),
+                    hello_message(alpn_extension([b"h\xff"]))):
+        assert tls._parse_hello_fast(message) is None
+        assert tls.parse_client_hello_message(message) == tls.parse_client_hello_message_py(message)
+
+
+@fast
+def test_fast_path_agrees_on_capture_hellos(corpus: Path) -> None:
+    taken = 0
+    for name in TLS_CAPTURES:
+        for segments in _client_streams(_capture(corpus, name)):
+            stream = b"".join(segments)
+            if len(stream) > 9 and stream[0] == 0x16:
+                length = int.from_bytes(stream[6:9], "big")
+                taken += _fast_agrees(stream[5 : 9 + length])
+    assert taken
+
+
+@fast
+@settings(max_examples=300, deadline=None)
+@given(_base_hellos, st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=6), st.integers(0, 300))
+def test_fast_path_agrees_on_mutated_hellos(base: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    mutated = bytearray(base if base[0] == 1 else chrome_like_hello())
+    for position, xor in flips:
+        mutated[position % len(mutated)] ^= xor
+    _fast_agrees(bytes(mutated))
+    _fast_agrees(bytes(mutated[: len(mutated) - cut]))
+
+
+@fast
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 16, 43, 0xFE0D, 23, 0x0A0A]), st.binary(max_size=30)), max_size=6))
+def test_fast_path_agrees_on_generated_extensions(extensions: list[tuple[int, bytes]]) -> None:
+    _fast_agrees(hello_message(b"".join(extension(kind, data) for kind, data in extensions)))

@@ -15,6 +15,11 @@ import enum
 import struct
 from dataclasses import dataclass
 
+try:  # the compiled fast path (see sensor/_fast.c); parse_client_hello_message_py is the reference
+    from sensor._fast import parse_hello as _parse_hello_fast
+except ImportError:  # built without a C compiler
+    _parse_hello_fast = None
+
 _CONTENT_HANDSHAKE = 0x16
 _HANDSHAKE_CLIENT_HELLO = 0x01
 _RECORD_HEADER = 5
@@ -132,6 +137,16 @@ def parse_client_hello_message(msg: bytes) -> ClientHello | None:
     tolerated when the server_name could still be read: the hello then holds whatever else could
     be read around the damage.
     """
+    fast = _parse_hello_fast(msg) if _parse_hello_fast is not None else None
+    if fast is None:
+        return parse_client_hello_message_py(msg)
+    server_name, alpn, ech, legacy_version, offers_tls13, extensions = fast
+    version = "1.3" if offers_tls13 else _LEGACY_VERSIONS.get(legacy_version)
+    return ClientHello(server_name, alpn, ech, version, extensions)
+
+
+def parse_client_hello_message_py(msg: bytes) -> ClientHello | None:
+    """parse_client_hello_message in pure Python: the reference, and the path for what the fast one declines."""
     if len(msg) < _HANDSHAKE_HEADER or msg[0] != _HANDSHAKE_CLIENT_HELLO:
         return None
     end = _HANDSHAKE_HEADER + int.from_bytes(msg[1:4], "big")
