@@ -34,6 +34,7 @@ def _settle_heap() -> None:
     """What start-up built (catalog, lexicons, suffix trie, compiled patterns) lives for the whole
     run: freeze it out of the cycle collector's scans. The hot loop allocates many short-lived
     tuples that reference counting frees, so young objects are collected less often too."""
+    gc.unfreeze()  # after a live reload, what the previous configuration froze may be garbage now
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
