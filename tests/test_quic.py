@@ -419,6 +419,26 @@ def test_retry_restarts_the_crypto_stream_under_new_keys() -> None:
     assert result is not None and result.server_name == "fresh.example"
 
 
+def test_server_datagrams_of_a_known_client_are_skipped_before_decryption() -> None:
+    hello = client_hello("split.example", pad=1500)
+    first, second = _split(hello, 2)
+    counters = Counters()
+    tracker = QuicClientHelloTracker(counters=counters)
+    client, server = ("10.0.0.1", "192.0.2.7", 50000, 443), ("192.0.2.7", "10.0.0.1", 443, 50000)
+    assert tracker.feed(client, protect_initial(crypto_frame(*first)), server) is None
+    server_initial = protect_initial(crypto_frame(0, b"\x02" * 90), dcid=b"\x99\x88", key_dcid=b"server-side-cid")
+    assert tracker.feed(server, server_initial, client) is None  # an ACK between the client's two Initials
+    result = tracker.feed(client, protect_initial(crypto_frame(*second), packet_number=1), server)
+    assert result is not None and result.server_name == "split.example"
+    assert tracker.feed(server, server_initial, client) is None
+    assert counters.get("quic.server_datagrams") == 2
+    assert counters.get("quic.decrypt_errors") == 0
+    assert counters.get("quic.initials") == 2
+    # Without a known client on the way back, the same bytes are tried (and fail) as a client's.
+    assert tracker.feed(("192.0.2.9", "10.0.0.2", 443, 50001), server_initial, ("10.0.0.2", "192.0.2.9", 50001, 443)) is None
+    assert counters.get("quic.decrypt_errors") == 1
+
+
 def test_undecryptable_packets_leave_no_connection_state() -> None:
     hello = client_hello("survivor.example", pad=1500)
     first, second = _split(hello, 2)

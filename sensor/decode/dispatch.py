@@ -187,7 +187,7 @@ class TrafficDecoder:
             if sport == _DNS_PORT or dport == _DNS_PORT:
                 self.dns_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
             elif payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload):
-                hello = self.quic.feed((src, dst, sport, dport), payload)
+                hello = self.quic.feed((src, dst, sport, dport), payload, (dst, src, dport, sport))
                 if hello is not None:
                     self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
         if ts >= self._next_dns_expiry:

@@ -245,9 +245,11 @@ class _Connection:
 class QuicClientHelloTracker:
     """Reassembles the ClientHello of each QUIC connection from its client's Initial packets.
 
-    Counters: "quic.initials" (Initial packets examined), "quic.decrypt_errors" (no client key
-    opened one: server Initials land here too), "quic.hellos", "quic.hello_errors" (the CRYPTO
-    stream is no ClientHello, exceeds the byte cap or cannot be decoded) and "quic.evicted".
+    Counters: "quic.initials" (Initial packets examined), "quic.server_datagrams" (skipped: they
+    flow back to a known client), "quic.decrypt_errors" (no client key opened one: server
+    Initials land here when their client's were not seen), "quic.hellos", "quic.hello_errors"
+    (the CRYPTO stream is no ClientHello, exceeds the byte cap or cannot be decoded) and
+    "quic.evicted".
     """
 
     def __init__(
@@ -259,13 +261,20 @@ class QuicClientHelloTracker:
         self._connections: OrderedDict[Hashable, _Connection] = OrderedDict()
         self._keys: OrderedDict[tuple[bytes, bytes], _Keys] = OrderedDict()
 
-    def feed(self, conn_key: Hashable, datagram: bytes) -> ClientHello | None:
-        """Take one UDP payload from client to server; return the ClientHello the first time it is whole."""
+    def feed(self, conn_key: Hashable, datagram: bytes, reverse_key: Hashable | None = None) -> ClientHello | None:
+        """Take one UDP payload; return the ClientHello the first time it is whole.
+
+        `reverse_key` is the key of the opposite direction: when that is a known client, this
+        datagram comes from its server, whose Initials no client key opens, so it is skipped.
+        """
         conn = self._connections.get(conn_key)
         if conn is not None:
             self._connections.move_to_end(conn_key)
             if conn.finished:
                 return None
+        elif reverse_key is not None and reverse_key in self._connections:
+            self.counters.add("quic.server_datagrams")
+            return None
         start = 0
         while (header := _long_header(datagram, start)) is not None:
             start = header.end
