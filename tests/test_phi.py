@@ -592,3 +592,19 @@ def ocsp_path() -> str:
     path = "/" + quote(base64.b64encode(der).decode(), safe="")
     assert path.startswith("/M")  # base64 of a DER SEQUENCE, like every OCSP GET path
     return path
+
+
+def test_repeated_fields_scan_the_same_whether_cached_or_not() -> None:
+    from sensor.phi import recognizers
+
+    short = Field("query.q", "metformin 500mg for type 2 diabetes")
+    long = Field("body.notes", "patient on metformin; " + "x" * recognizers._CACHED_VALUE_CHARS)
+    for item in (short, long):
+        first, again = recognizers._scan_field(item), recognizers._scan_field(item)
+        assert first == again == recognizers._scan_field_uncached(item)
+        assert isinstance(first, tuple)  # shared between callers, so it must not be mutable
+        assert any(finding.type == "medication" for finding in first)
+    hits = recognizers._scan_short_field.cache_info().hits
+    recognizers._scan_field(short)
+    assert recognizers._scan_short_field.cache_info().hits == hits + 1
+    assert recognizers._scan_short_field.cache_info().maxsize == recognizers._CACHED_FIELDS

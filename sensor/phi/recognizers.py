@@ -653,10 +653,22 @@ HEALTH_THRESHOLD = 0.6
 _HEALTH_IDENTIFIER_THRESHOLD = 0.7
 
 
-def _scan_field(item: Field) -> list[Finding]:
+# Query parameters, paths and headers repeat across requests (asset paths, event names, versions);
+# short values are scanned once. The length bound keeps the cache small.
+_CACHED_VALUE_CHARS = 256
+_CACHED_FIELDS = 8192
+
+
+def _scan_field(item: Field) -> tuple[Finding, ...]:
+    if len(item.value) <= _CACHED_VALUE_CHARS:
+        return _scan_short_field(item)
+    return _scan_field_uncached(item)
+
+
+def _scan_field_uncached(item: Field) -> tuple[Finding, ...]:
     scan = _FieldScan(item)
     if not scan.text:
-        return []
+        return ()
     page_hint = _page_hints(scan)
     if _DIGIT.search(scan.text):
         for recognizer in _DIGIT_RECOGNIZERS:
@@ -669,7 +681,10 @@ def _scan_field(item: Field) -> list[Finding]:
         or (scan.key.last == "provider" and _CLINICIAN_NAME.search(scan.text))
     ):
         scan.add("health_param", CONTEXT, _PARAM_HINT_CONFIDENCE, 0, len(scan.text), keyed=True)
-    return scan.findings
+    return tuple(scan.findings)
+
+
+_scan_short_field = functools.lru_cache(maxsize=_CACHED_FIELDS)(_scan_field_uncached)
 
 
 def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
