@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterable
@@ -309,6 +310,16 @@ def precompile_sensor() -> None:
             compileall.compile_dir(folder, quiet=1)
 
 
+def resolve_program(argv: list[str]) -> list[str]:
+    """argv with its program as a path: first from this Python's scripts directory, where pip put
+    phi-sensor, then from PATH. A version manager's shim earlier on PATH (pyenv's runs shell
+    scripts for ~60 ms before the program starts) is then not timed as part of either tool."""
+    if not argv or os.sep in argv[0]:
+        return argv
+    found = shutil.which(argv[0], path=sysconfig.get_path("scripts")) or shutil.which(argv[0])
+    return [found or argv[0], *argv[1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packets", type=int, default=1_000_000, help="size of the capture made when it is missing")
@@ -334,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     events_path = work / "run-sensor.jsonl"
     commands = {
-        "sensor": [
+        "sensor": resolve_program([
             part.replace("{pcap}", str(capture)).replace("{output}", str(events_path))
             for part in shlex.split(args.sensor_cmd)
-        ],
-        "tshark": [part.replace("{pcap}", str(capture)) for part in TSHARK_CMD],
+        ]),
+        "tshark": resolve_program([part.replace("{pcap}", str(capture)) for part in TSHARK_CMD]),
     }
     stdout_of = {"sensor": work / "run-sensor.stdout", "tshark": work / "run-tshark.tsv"}
     # the sensor's events are in its --output file, or on stdout when the command names none
@@ -349,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     tools = {name: Tool(name) for name in commands}
     ratios = []
     print(f"capture {capture}: {packets} packets, {truth['bytes'] / 1e6:.1f} MB; {args.runs} rounds")
+    for name, argv in commands.items():
+        print(f"  {name}: {shlex.join(argv)}")
     for round_index in range(args.runs):
         order = ("sensor", "tshark") if round_index % 2 == 0 else ("tshark", "sensor")
         for name in order:
