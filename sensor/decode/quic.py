@@ -12,14 +12,12 @@ import hmac
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
 from sensor.records import Counters
@@ -79,10 +77,14 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
-    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context."""
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context.
+
+    Every length asked here fits one SHA-256 block, where HKDF-Expand (RFC 5869 2.3) is the single
+    HMAC T(1) = HMAC(secret, info | 0x01): one call instead of a KDF object per label.
+    """
     full_label = b"tls13 " + label
     info = struct.pack("!HB", length, len(full_label)) + full_label + b"\x00"
-    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
 
 
 def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
@@ -106,7 +108,7 @@ def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]
 class _Keys:
     aead: AESGCM
     iv: int
-    hp: Cipher
+    hp_mask: Callable[[bytes], bytes]  # AES-ECB of one sample block: ECB keeps no state between calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,7 @@ def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tupl
     sample_at = header.pn_offset + 4
     if sample_at + _SAMPLE > header.end:
         return None
-    mask = keys.hp.encryptor().update(buf[sample_at : sample_at + _SAMPLE])
+    mask = keys.hp_mask(buf[sample_at : sample_at + _SAMPLE])
     first = buf[header.start] ^ (mask[0] & 0x0F)
     pn_length = (first & 0x03) + 1
     payload_at = header.pn_offset + pn_length
@@ -322,7 +324,7 @@ class QuicClientHelloTracker:
             self._keys.move_to_end(cache_key)
             return keys
         key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
-        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(algorithms.AES(hp), modes.ECB()))
+        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update)
         self._keys[cache_key] = keys
         if len(self._keys) > _KEY_CACHE_SIZE:
             self._keys.popitem(last=False)
