@@ -256,3 +256,23 @@ def test_random_and_mutated_captures_never_break_the_command(data: bytes) -> Non
         assert code in (EXIT_OK, EXIT_CAPTURE)  # never 70, the internal-error code
         for line in output.read_text().splitlines() if output.exists() else ():
             json.loads(line)
+
+
+def test_program_exit_flushes_every_output_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    """The program leaves without tearing its heap down (cli.run): nothing written may be lost."""
+    to_file = tmp_path / "events.jsonl"
+    assert main(["replay", str(PCAPS / "demo.pcap"), "--emit", "all", "--output", str(to_file), "--quiet"]) == EXIT_OK
+    expected = to_file.read_text().splitlines()
+    piped = replay(PCAPS / "demo.pcap", "--emit", "all", "--output", "-", "--quiet")
+    assert piped.returncode == EXIT_OK, piped.stderr
+    assert len(piped.stdout.splitlines()) == len(expected) > 10
+    assert [json.loads(line)["event"]["kind"] for line in piped.stdout.splitlines()] == [
+        json.loads(line)["event"]["kind"] for line in expected
+    ]
+    missing = replay(tmp_path / "missing.pcap")
+    assert_one_line_about(missing, tmp_path / "missing.pcap", EXIT_CAPTURE)
+    early_reader = subprocess.run(  # a reader that stops at once: a closed pipe is no traceback
+        f"{sys.executable} -m sensor replay {PCAPS / 'demo.pcap'} --emit events --output - | head -c 1",
+        shell=True, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert "Traceback" not in early_reader.stderr
