@@ -36,3 +36,15 @@ def test_compiled_community_id_equals_the_reference(
     assert community_id(flow, seed) == community_id_py(flow, seed)
     same_endpoints = Flow(addresses[0], sport, addresses[0], dport, transport)
     assert community_id(same_endpoints, seed) == community_id_py(same_endpoints, seed)
+
+
+def test_event_url_redaction_is_the_same_cached_or_not() -> None:
+    target = "/search?q=metformin+for+diabetes&page=2"
+    referrer = "https://portal.example-hospital.org/mychart/results?mrn=12345678"
+    first = ecs._redacted_event_urls("GET", target, referrer)
+    assert first == ecs._redacted_event_urls("GET", target, referrer) == ecs._redacted_request_urls("GET", target, referrer)
+    assert "metformin" not in first[0] and "12345678" not in (first[1] or "")
+    long_target = "/p?" + "&".join(f"k{i}=v{i}" for i in range(400)) + "&q=metformin"
+    assert len(long_target) > ecs._CACHED_URL_CHARS
+    assert ecs._redacted_event_urls("GET", long_target, None) == ecs._redacted_request_urls("GET", long_target, None)
+    assert "metformin" not in ecs._redacted_event_urls("GET", long_target, None)[0]

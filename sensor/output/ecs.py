@@ -3,6 +3,7 @@ integration use, so Kibana users feel at home). Our own fields live under `phi_e
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import socket
 import struct
@@ -154,7 +155,7 @@ class EventBuilder:
         _endpoints(doc, rec.flow, "http")
         target, referrer = rec.target, rec.header("referer")
         if self.redact_urls:
-            target, referrer = _redacted_request_urls(rec.method, target, referrer)
+            target, referrer = _redacted_event_urls(rec.method, target, referrer)
         url: dict = {"original": target}
         path, query = _split_target(target)
         if path:
@@ -180,6 +181,22 @@ class EventBuilder:
             doc["user_agent"] = {"original": agent}
         doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.host] if rec.host else []}
         return doc
+
+
+# Events repeat request lines (asset paths, beacons); one bounded cache, keyed by the URLs alone.
+_CACHED_URL_CHARS = 2048
+
+
+def _redacted_event_urls(method: str, target: str, referrer: str | None) -> tuple[str, str | None]:
+    """_redacted_request_urls for an event (no findings known beforehand), cached for short URLs."""
+    if len(target) + len(referrer or "") <= _CACHED_URL_CHARS:
+        return _redacted_event_urls_cached(method, target, referrer)
+    return _redacted_request_urls(method, target, referrer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _redacted_event_urls_cached(method: str, target: str, referrer: str | None) -> tuple[str, str | None]:
+    return _redacted_request_urls(method, target, referrer)
 
 
 def _redacted_request_urls(
