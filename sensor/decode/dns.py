@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sensor.records import Counters, DnsAnswer, DnsQuery, Flow
+from sensor.records import Counters, DnsAnswer, DnsQuery, Flow, frozen_record
 
 try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
     from sensor._fast import parse_dns as _parse_dns_fast
@@ -26,7 +26,7 @@ class DnsError(ValueError):
     """The bytes are not a well-formed DNS message."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class DnsMessage:
     id: int
     is_response: bool

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
 
-from sensor.records import Counters
+from sensor.records import Counters, frozen_record
 
 _brotli: Any
 try:
@@ -57,7 +57,7 @@ def looks_like_request(prefix: bytes) -> bool:
     return head in _METHOD_PREFIXES
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class ParsedRequest:
     method: str
     target: str  # exactly as sent

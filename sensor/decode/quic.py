@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
-from sensor.records import Counters
+from sensor.records import Counters, frozen_record
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF
@@ -111,7 +111,7 @@ class _Keys:
     hp_mask: Callable[[bytes], bytes]  # AES-ECB of one sample block: ECB keeps no state between calls
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class _LongHeader:
     start: int
     version: bytes

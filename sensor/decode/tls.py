@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+
+from sensor.records import frozen_record
 
 try:  # the compiled fast path (see sensor/_fast.c); parse_client_hello_message_py is the reference
     from sensor._fast import parse_hello as _parse_hello_fast
@@ -48,7 +49,7 @@ _U16 = struct.Struct("!H")
 _U16_PAIR = struct.Struct("!HH")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class ClientHello:
     server_name: str | None  # SNI host_name, lower-cased, as sent (A-labels); None if absent
     alpn: tuple[str, ...]  # protocol names in the client's order

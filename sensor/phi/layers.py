@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
+from sensor.records import frozen_record
+
 __all__ = [
     "DEFAULT_LIMITS",
     "Field",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Field:
     """One decoded value and the key path that led to it (``properties.medications.0``, ``dl.q``)."""
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from sensor.phi.layers import Field, request_fields
 from sensor.phi.lexicon import is_icd10_code, term_matcher
+from sensor.records import frozen_record
 
 __all__ = [
     "CATEGORIES",
@@ -45,7 +46,7 @@ CONTEXT = "context"
 CATEGORIES = (IDENTIFIER, CLINICAL_CODE, VITAL, CONDITION, MEDICATION, CONTEXT)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Finding:
     """One recognized span inside the value of the field at ``path``.
 

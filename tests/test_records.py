@@ -1,0 +1,61 @@
+"""frozen_record: the same objects as @dataclass(frozen=True, slots=True), built faster."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello, frozen_record
+
+
+@frozen_record
+class _Sample:
+    name: str
+    count: int = 0
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reference:
+    name: str
+    count: int = 0
+    tags: tuple[str, ...] = ()
+
+
+def test_frozen_record_builds_what_the_dataclass_builds() -> None:
+    for args, kwargs in [(("a",), {}), (("a", 2), {}), (("a",), {"tags": ("x",)}), ((), {"name": "b", "count": 3})]:
+        sample, reference = _Sample(*args, **kwargs), _Reference(*args, **kwargs)
+        assert dataclasses.astuple(sample) == dataclasses.astuple(reference)
+        assert repr(sample).replace("_Sample", "_Reference") == repr(reference)
+    assert _Sample("a", 1) == _Sample("a", 1) != _Sample("a", 2)
+    assert hash(_Sample("a", 1)) == hash(_Sample("a", 1))
+    assert not hasattr(_Sample("a"), "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _Sample("a").count = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        _Sample()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _Sample("a", 1, (), "extra")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _Sample("a", nope=1)  # type: ignore[call-arg]
+
+
+def test_frozen_record_refuses_fields_it_cannot_build() -> None:
+    with pytest.raises(TypeError):
+
+        @frozen_record
+        class _WithFactory:
+            items: list[int] = dataclasses.field(default_factory=list)
+
+
+def test_the_records_are_frozen_records() -> None:
+    flow = Flow("10.0.0.1", 50000, "192.0.2.1", 53, "udp")
+    query = DnsQuery(1.5, flow, 7, "example.com", "A", True, "NOERROR", (DnsAnswer("example.com", "A", "192.0.2.9", 60),))
+    assert query.flow.dst_port == 53 and query.answers[0].data == "192.0.2.9"
+    assert DnsQuery(1.5, flow, 7, "example.com", "A").answers == ()
+    assert TlsHello(1.0, flow, "tls", "example.com").alpn == ()
+    assert HttpRequest(1.0, flow, "GET", "/", "1.1", (("Host", "a"),), "a").header("host") == "a"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flow.src_port = 0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        query.ts = 0.0  # type: ignore[misc]
