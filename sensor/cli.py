@@ -17,6 +17,8 @@ from sensor import __version__
 from sensor.errors import SensorError
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+DEFAULT_USER = "phi-sensor"  # the account `live` switches to once its capture is open
+DEFAULT_STATS_INTERVAL = 60.0
 SEVERITIES = ("low", "medium", "high", "critical")
 
 log = logging.getLogger("phi_sensor")
@@ -48,6 +50,42 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no summary table or progress bar on stderr")
 
 
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `phi-sensor live` beyond the common ones (here, so that parsing a replay
+    command does not load the live service)."""
+    parser.add_argument("-i", "--interface", required=True, help="network interface to capture on (a span or mirror port)")
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="capture processes sharing the traffic by flow (PACKET_FANOUT); default 1",
+    )
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--bpf", metavar="EXPR", help="kernel capture filter in pcap syntax instead of the built-in one")
+    choice.add_argument("--no-bpf", action="store_true", help="no kernel filter: every packet reaches Python (slow)")
+    parser.add_argument(
+        "--stats-interval", type=float, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
+        help="how often the stats event is sent and the stats file rewritten; default 60",
+    )
+    parser.add_argument(
+        "--stats-file", type=Path, metavar="PATH",
+        help="stats file for `phi-sensor status` (default: $RUNTIME_DIRECTORY/stats.json under systemd, "
+        "/run/phi-sensor/stats.json as root, else a per-user runtime directory)",
+    )
+    parser.add_argument(
+        "--user", help=f"run as this user once the capture is open, when started as root (default: {DEFAULT_USER} if it exists)"
+    )
+    parser.add_argument(
+        "--buffer-mb", type=int, default=64, metavar="MIB", help="kernel packet buffer per worker, in MiB; default 64"
+    )
+    parser.add_argument(
+        "--ring", action=argparse.BooleanOptionalAction, default=True,
+        help="read packets from a TPACKET_V3 memory-mapped ring (default) or, with --no-ring, a socket queue",
+    )
+    parser.add_argument(
+        "--promiscuous", action=argparse.BooleanOptionalAction, default=True,
+        help="put the interface in promiscuous mode (default), as a span port needs",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phi-sensor",
@@ -70,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(handler=_cmd_replay)
 
-    from sensor.live import add_live_arguments
     from sensor.status import add_status_arguments
 
     live = sub.add_parser("live", help="capture on a network interface: kernel BPF filter, PACKET_FANOUT workers")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.capture.live import LiveCapture, LiveCaptureError
+from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
 from sensor.output.ecs import ECS_VERSION, MODULE, iso_time
@@ -43,8 +44,6 @@ from sensor.status import default_stats_file, write_stats_file
 log = logging.getLogger("phi_sensor")
 
 EXIT_OK, EXIT_CAPTURE, EXIT_INTERNAL = 0, 3, 70
-DEFAULT_USER = "phi-sensor"
-DEFAULT_STATS_INTERVAL = 60.0
 POLL_SECONDS = 0.25  # longest wait before the loop looks at signals and timers again
 FLUSH_SECONDS = 1.0  # how often buffered output reaches the sinks and workers report counters
 DRAIN_SECONDS = 2.0
@@ -54,41 +53,6 @@ WORKER_STOP_TIMEOUT = 30.0
 STATS_DATASET = "phi_sensor.stats"
 # Counters the detector keeps under "alerts." that are not rule ids.
 _ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed"})
-
-
-def add_live_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `phi-sensor live` beyond the common ones."""
-    parser.add_argument("-i", "--interface", required=True, help="network interface to capture on (a span or mirror port)")
-    parser.add_argument(
-        "--workers", type=int, default=1, metavar="N",
-        help="capture processes sharing the traffic by flow (PACKET_FANOUT); default 1",
-    )
-    choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--bpf", metavar="EXPR", help="kernel capture filter in pcap syntax instead of the built-in one")
-    choice.add_argument("--no-bpf", action="store_true", help="no kernel filter: every packet reaches Python (slow)")
-    parser.add_argument(
-        "--stats-interval", type=float, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
-        help="how often the stats event is sent and the stats file rewritten; default 60",
-    )
-    parser.add_argument(
-        "--stats-file", type=Path, metavar="PATH",
-        help="stats file for `phi-sensor status` (default: $RUNTIME_DIRECTORY/stats.json under systemd, "
-        "/run/phi-sensor/stats.json as root, else a per-user runtime directory)",
-    )
-    parser.add_argument(
-        "--user", help=f"run as this user once the capture is open, when started as root (default: {DEFAULT_USER} if it exists)"
-    )
-    parser.add_argument(
-        "--buffer-mb", type=int, default=64, metavar="MIB", help="kernel packet buffer per worker, in MiB; default 64"
-    )
-    parser.add_argument(
-        "--ring", action=argparse.BooleanOptionalAction, default=True,
-        help="read packets from a TPACKET_V3 memory-mapped ring (default) or, with --no-ring, a socket queue",
-    )
-    parser.add_argument(
-        "--promiscuous", action=argparse.BooleanOptionalAction, default=True,
-        help="put the interface in promiscuous mode (default), as a span port needs",
-    )
 
 
 # -- small pieces ----------------------------------------------------------------------------------

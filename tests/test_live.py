@@ -44,7 +44,8 @@ from sensor.capture.live import (
 from sensor.capture.pcap import CaptureFile
 from sensor.cli import _add_common
 from sensor.errors import ConfigError
-from sensor.live import Reloader, add_live_arguments, build_detection_runner, drop_privileges, resolve_user, stats_document
+from sensor.cli import add_live_arguments
+from sensor.live import Reloader, build_detection_runner, drop_privileges, resolve_user, stats_document
 from sensor.status import add_status_arguments, read_stats, status_main, summarize, write_stats_file
 
 from conftest import PCAPS, REPO
@@ -390,7 +391,8 @@ live_only = pytest.mark.skipif(
 SENSOR_MAIN = """
 import argparse, logging, sys
 from sensor.cli import _add_common
-from sensor.live import add_live_arguments, live_main
+from sensor.cli import add_live_arguments
+from sensor.live import live_main
 logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
 parser = argparse.ArgumentParser()
 _add_common(parser)

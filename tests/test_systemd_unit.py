@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sensor.cli import _add_common
-from sensor.live import add_live_arguments
+from sensor.cli import add_live_arguments
 from sensor.status import default_stats_file
 
 from conftest import REPO
