@@ -10,6 +10,8 @@
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -738,6 +740,197 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Replay selection: sensor.capture.bpf's filter, applied in-process to classic pcap records.
+ * The same packets pass as through libpcap with that filter, except that a packet whose
+ * headers are cut short by the snap length, which BPF drops, passes here (the decoder counts it).
+ */
+
+#define MAX_FRAME (262144 * 4) /* sensor.capture.pcap.MAX_FRAME: a longer record is corruption */
+#define BULK_SEGMENT 1000       /* sensor.capture.bpf.BULK_SEGMENT */
+
+static int http_port(unsigned port) {
+    return port == 80 || port == 8000 || port == 8008 || port == 8080 || port == 8888 || port == 3128;
+}
+
+static int quic_initial(const uint8_t *f, Py_ssize_t n, Py_ssize_t at) {
+    if (at + 5 > n) return 0;
+    uint32_t version = get32(f + at + 1);
+    return ((f[at] & 0xF0) == 0xC0 && version == 1) || ((f[at] & 0xF0) == 0xD0 && version == 0x6B3343CF);
+}
+
+/* The TCP clause of the filter, for a segment at `l4` whose IP length fields leave `ip_payload`
+ * bytes for TCP. Returns 1 to keep. A header cut short is kept; a payload too short to open a
+ * request opens none. */
+static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip_payload) {
+    if (l4 + 14 > n) return 1;
+    unsigned sport = get16(f + l4), dport = get16(f + l4 + 2), flags = f[l4 + 13];
+    Py_ssize_t doff = (f[l4 + 12] >> 4) << 2, payload = ip_payload - doff, at = l4 + doff, have = n - at;
+    if (sport == 53 || dport == 53 || (flags & 0x12) == 0x02) return 1;
+    if (payload <= 0) return 0;
+    const uint8_t *p = f + at;
+    if (sport > dport) { /* the client side of almost every connection */
+        if (have < 2) return 1;
+        int other_record = (p[0] == 0x17 || p[0] == 0x14 || p[0] == 0x15) && p[1] == 0x03;
+        if (!other_record && (payload < BULK_SEGMENT || http_port(dport))) return 1;
+    }
+    if (have >= 6 && p[0] == 0x16 && p[1] == 0x03 && p[5] == 1) return 1; /* opens a ClientHello */
+    if (have < 4) return 0;
+    uint32_t word = get32(p); /* opens an HTTP request */
+    return word == 0x47455420 || word == 0x504F5354 || word == 0x50555420 || word == 0x48454144 ||
+           word == 0x44454C45 || word == 0x4F505449 || word == 0x50415443 || word == 0x434F4E4E ||
+           word == 0x54524143;
+}
+
+static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4) {
+    if (l4 + 4 > n) return 1;
+    if (get16(f + l4) == 53 || get16(f + l4 + 2) == 53) return 1;
+    return quic_initial(f, n, l4 + 8);
+}
+
+static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
+    if (off + 1 > n) return 1;
+    if (f[off] >> 4 == 4) {
+        if (off + 20 > n) return 1;
+        Py_ssize_t ihl = (f[off] & 0x0F) << 2;
+        if (get16(f + off + 6) & 0x3FFF) return 1; /* a fragment: reassembly decides */
+        if (f[off + 9] == UDP) return keep_udp(f, n, off + ihl);
+        if (f[off + 9] == TCP) return keep_tcp(f, n, off + ihl, (Py_ssize_t)get16(f + off + 2) - ihl);
+        return 0;
+    }
+    if (f[off] >> 4 == 6) {
+        if (off + 40 > n) return 1;
+        unsigned next = f[off + 6];
+        if (next == 0 || next == 43 || next == 44 || next == 60 || next == 51) return 1; /* extension headers */
+        if (next == UDP) return keep_udp(f, n, off + 40);
+        if (next == TCP) return keep_tcp(f, n, off + 40, (Py_ssize_t)get16(f + off + 4));
+        return 0;
+    }
+    return 0;
+}
+
+static int keep_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
+    switch (linktype) {
+    case 1: { /* Ethernet, with up to two VLAN tags as the filter nests them */
+        Py_ssize_t off = 12;
+        for (int tags = 0; tags <= 2; tags++) {
+            if (off + 2 > n) return 0;
+            unsigned ethertype = get16(f + off);
+            if (ethertype == 0x0800 || ethertype == 0x86DD) return keep_ip(f, n, off + 2);
+            if (tags == 2 || (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100)) return 0;
+            off += 4;
+        }
+        return 0;
+    }
+    case 12: case 14: case 101: case 228: case 229: /* raw IP */
+        return keep_ip(f, n, 0);
+    case 0: case 108: /* BSD loopback */
+        return keep_ip(f, n, 4);
+    case 113: /* Linux cooked v1 */
+        return n >= 16 && (get16(f + 14) == 0x0800 || get16(f + 14) == 0x86DD) && keep_ip(f, n, 16);
+    case 276: /* Linux cooked v2 */
+        return n >= 20 && (get16(f) == 0x0800 || get16(f) == 0x86DD) && keep_ip(f, n, 20);
+    }
+    return 1; /* a link type the filter does not know: the decoder reports it */
+}
+
+static inline uint32_t record_u32(const uint8_t *p, int big) {
+    return big ? get32(p) : ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, capacity;
+} Output;
+
+static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
+    if (out->len + n > out->capacity) {
+        Py_ssize_t capacity = out->capacity ? out->capacity : 1 << 20;
+        while (capacity < out->len + n) capacity *= 2;
+        char *grown = PyMem_RawRealloc(out->data, capacity);
+        if (grown == NULL) return -1;
+        out->data = grown;
+        out->capacity = capacity;
+    }
+    memcpy(out->data + out->len, p, n);
+    out->len += n;
+    return 0;
+}
+
+#define SELECT_BLOCK (4 << 20)
+enum { SELECT_MORE, SELECT_END, SELECT_TRUNCATED, SELECT_CORRUPT, SELECT_READ_ERROR, SELECT_NO_MEMORY };
+
+/* select_pcap_file(fd, offset, linktype, big_endian, enough)
+ *   -> (kept records, next offset, state, detail)
+ * Reads the classic pcap records of file `fd` from `offset` (a record boundary) in large blocks
+ * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept
+ * or the file ends. Runs without the GIL: the thread calling it does not hold up the decoder.
+ * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
+ * bytes left over); 3 a corrupt record at the next offset (detail: its length); 4 a read error
+ * (detail: errno). */
+static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
+    int fd, big;
+    long long offset;
+    unsigned int linktype;
+    Py_ssize_t enough;
+    if (!PyArg_ParseTuple(args, "iLIpn", &fd, &offset, &linktype, &big, &enough)) return NULL;
+    uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK);
+    if (block == NULL) return PyErr_NoMemory();
+    Output out = {NULL, 0, 0};
+    int state = SELECT_MORE;
+    long long detail = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (state == SELECT_MORE && out.len < enough) {
+        Py_ssize_t got = 0;
+        while (got < SELECT_BLOCK) {
+            ssize_t n = pread(fd, block + got, SELECT_BLOCK - got, (off_t)(offset + got));
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) {
+                state = SELECT_READ_ERROR;
+                detail = errno;
+                break;
+            }
+            if (n == 0) break;
+            got += n;
+        }
+        if (state != SELECT_MORE) break;
+        Py_ssize_t pos = 0;
+        while (pos + 16 <= got) {
+            uint32_t incl = record_u32(block + pos + 8, big);
+            if (incl > MAX_FRAME) {
+                state = SELECT_CORRUPT;
+                detail = incl;
+                break;
+            }
+            if (pos + 16 + (Py_ssize_t)incl > got) break;
+            if (keep_frame(linktype, block + pos + 16, incl) && output_add(&out, block + pos, 16 + incl) < 0) {
+                state = SELECT_NO_MEMORY;
+                break;
+            }
+            pos += 16 + incl;
+        }
+        offset += pos;
+        if (state == SELECT_MORE && pos == 0 && got == SELECT_BLOCK) { /* cannot happen: MAX_FRAME < block */
+            state = SELECT_CORRUPT;
+            detail = record_u32(block + 8, big);
+        } else if (state == SELECT_MORE && got < SELECT_BLOCK) { /* the file ends in this block */
+            state = pos == got ? SELECT_END : SELECT_TRUNCATED;
+            detail = got - pos;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(block);
+    PyObject *result = NULL;
+    if (state == SELECT_NO_MEMORY) {
+        PyErr_NoMemory();
+    } else {
+        PyObject *kept = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+        if (kept != NULL) result = Py_BuildValue("(NLiL)", kept, offset, state, detail);
+    }
+    PyMem_RawFree(out.data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse_hello", parse_hello, METH_O,
      "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
@@ -745,6 +938,8 @@ static PyMethodDef methods[] = {
      "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
+    {"select_pcap_file", select_pcap_file, METH_VARARGS,
+     "select_pcap_file(fd, offset, linktype, big_endian, enough) -> (kept records, next offset, state, detail)"},
     {"parse_dns", parse_dns, METH_O,
      "parse_dns(data) -> (id, flags, questions, answers, extended_rcode), or None to let the Python parser decide"},
     {NULL, NULL, 0, NULL},

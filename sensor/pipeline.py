@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import Prefilter, should_prefilter
+from sensor.capture.prefilter import AnyPrefilter, open_prefilter, should_prefilter
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
@@ -76,7 +76,7 @@ class Pipeline:
     # -- replay ---------------------------------------------------------------------------
     def replay(
         self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None,
-        forward: Forward | None = None, started: Prefilter | None = None,
+        forward: Forward | None = None, started: AnyPrefilter | None = None,
     ) -> list[str]:
         """Feed one capture file; return its problems as one line each (the rest is still processed).
 
@@ -89,12 +89,12 @@ class Pipeline:
             total = path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
-        runner: Prefilter | None = started
+        runner: AnyPrefilter | None = started
         if runner is not None:
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         elif should_prefilter(path, "always" if forward is not None else prefilter):
-            runner = Prefilter(path)
+            runner = open_prefilter(path)
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from sensor.capture.channel import FrameWriter, read_frames
-from sensor.capture.prefilter import Prefilter, two_workers, widen_pipe
+from sensor.capture.prefilter import AnyPrefilter, two_workers, widen_pipe
 from sensor.decode.dispatch import DecodeSettings
 from sensor.errors import SensorError
 from sensor.output.ecs import EventBuilder
@@ -153,7 +153,7 @@ class Runner:
 
     def replay(
         self, paths: list[Path], prefilter: str = "auto", progress: str = "auto", workers: str = "auto",
-        started: Prefilter | None = None,
+        started: AnyPrefilter | None = None,
     ) -> int:
         """`started`: the first file's prefilter, already running (see `prefilter.start_early`)."""
         if two_workers(paths, prefilter, workers):
@@ -174,7 +174,7 @@ class Runner:
             return EXIT_SINK
         return self._fail_on_code()
 
-    def _replay_in(self, paths: list[Path], prefilter: str, progress: str, started: Prefilter | None) -> list[str]:
+    def _replay_in(self, paths: list[Path], prefilter: str, progress: str, started: AnyPrefilter | None) -> list[str]:
         problems: list[str] = []
         for index, path in enumerate(paths):
             reporter = self._progress_for(path, progress)
@@ -187,7 +187,7 @@ class Runner:
                     reporter.close()
         return problems
 
-    def _replay_two_workers(self, paths: list[Path], progress: str, started: Prefilter | None) -> list[str]:
+    def _replay_two_workers(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
         """Fork after start-up. This process reads the capture through the prefilter and hands
         the packets of odd client addresses to the child through a pipe; each decodes its half
         with its own flows, DNS cache and throttle, so no state is shared. The child spills its

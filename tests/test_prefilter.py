@@ -1,17 +1,30 @@
 """The BPF prefilter must never change what replay finds, only how fast it finds it."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import Prefilter, capture_linktype, should_prefilter, start_early
+import sensor.capture.prefilter as prefilter_module
+from sensor.capture.prefilter import (
+    CompiledPrefilter,
+    Prefilter,
+    capture_linktype,
+    is_plain_pcap,
+    open_prefilter,
+    should_prefilter,
+    start_early,
+)
 
 from conftest import CORPUS, PCAPS, REPO
 
@@ -187,3 +200,183 @@ def test_start_early_only_when_replay_would_prefilter(tmp_path: Path) -> None:
     assert started is not None and started.path == demo
     assert list(CaptureFile(demo, stream=started.stdout).packets())
     assert started.close() is None
+
+
+# -- the compiled selector -------------------------------------------------------------------------
+
+needs_selector = pytest.mark.skipif(prefilter_module._select_pcap is None, reason="compiled extension not built")
+
+
+def _frames(stream_or_path: Path | bytes) -> list[bytes]:
+    if isinstance(stream_or_path, Path):
+        return [frame for _, _, frame in CaptureFile(stream_or_path).packets()]
+    return [frame for _, _, frame in CaptureFile("selected", stream=io.BytesIO(stream_or_path)).packets()]
+
+
+def _compiled_bytes(path: Path) -> tuple[bytes, str | None]:
+    selector = CompiledPrefilter(path)
+    data = selector.stdout.read(1 << 40)
+    return data, selector.close()
+
+
+def plain_captures() -> list[Path]:
+    return [path for path in captures() if is_plain_pcap(path)]
+
+
+@needs_tcpdump
+@needs_selector
+@pytest.mark.parametrize("path", plain_captures(), ids=lambda p: p.name)
+def test_compiled_selector_keeps_what_tcpdump_keeps(path: Path) -> None:
+    selected, complaint = _compiled_bytes(path)
+    assert complaint is None
+    assert _frames(selected) == _frames(_filtered_bytes(path))
+    assert selected[:24] == path.read_bytes()[:24]  # the file's own header: its timestamp resolution
+
+
+def _ip_frame(draw: st.DrawFn) -> bytes:
+    """An IPv4 or IPv6 packet with TCP, UDP or another protocol, lengths consistent, payloads that
+    open (or nearly open) what the filter looks for."""
+    ports = st.sampled_from([53, 80, 443, 1000, 3128, 8080, 40000, 65535]) | st.integers(0, 65535)
+    sport, dport = draw(ports), draw(ports)
+    prefix = draw(st.sampled_from([
+        b"", b"\x16\x03\x01\x02\x00\x01", b"\x16\x03\x03\x00\x10\x02", b"\x17\x03\x03", b"\x15\x03", b"\x14\x03",
+        b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"GE", b"\xc0\x00\x00\x00\x01", b"\xd0\x6b\x33\x43\xcf",
+        b"\xc0\x00\x00\x00\x02",
+    ]))
+    size = draw(st.sampled_from([0, 1, 3, 5, 6, 20, 998, 999, 1000, 1001, 1400]))
+    payload = (prefix + bytes(max(0, size - len(prefix))))[: max(size, len(prefix) if size else 0)]
+    proto = draw(st.sampled_from([6, 6, 17, 17, 1, 0, 44]))
+    if proto == 6:
+        doff = draw(st.sampled_from([5, 8]))
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, doff << 4, draw(st.integers(0, 255)), 0, 0, 0)
+        l4 += bytes((doff - 5) * 4) + payload
+    elif proto == 17:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    else:
+        l4 = payload
+    if draw(st.booleans()):
+        fragment = draw(st.sampled_from([0, 0, 0, 0x2000, 0x0001, 0x4000]))
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, fragment, 64, proto, 0, bytes(4), bytes(4))
+        return header + l4
+    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, bytes(16), bytes(16)) + l4
+
+
+@st.composite
+def generated_frames(draw: st.DrawFn) -> tuple[int, list[bytes]]:
+    linktype = draw(st.sampled_from([1, 1, 1, 101, 113]))
+    frames = []
+    for _ in range(draw(st.integers(1, 60))):
+        packet = _ip_frame(draw)
+        version = packet[0] >> 4
+        ethertype = 0x0800 if version == 4 else 0x86DD
+        if draw(st.integers(0, 9)) == 0:
+            ethertype = 0x0806  # not IP
+        if linktype == 1:
+            tags = b"".join(struct.pack("!HH", draw(st.sampled_from([0x8100, 0x88A8])), 7)
+                            for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))))
+            frame = bytes(12) + tags + struct.pack("!H", ethertype) + packet
+            frame += bytes(max(0, 60 - len(frame)))  # Ethernet padding, which BPF reads as payload
+        elif linktype == 113:
+            frame = bytes(14) + struct.pack("!H", ethertype) + packet
+        else:
+            frame = packet
+        frames.append(frame)
+    return linktype, frames
+
+
+def _write_pcap(path: Path, linktype: int, frames: list[bytes]) -> None:
+    records = b"".join(struct.pack("<IIII", 1, index, len(frame), len(frame)) + frame
+                       for index, frame in enumerate(frames))
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype) + records)
+
+
+@needs_tcpdump
+@needs_selector
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(generated_frames())
+def test_compiled_selector_agrees_with_bpf_on_generated_frames(tmp_path: Path, sample: tuple[int, list[bytes]]) -> None:
+    """Whole packets (nothing cut by a snap length): the compiled selection is the BPF one."""
+    linktype, frames = sample
+    path = tmp_path / "generated.pcap"
+    _write_pcap(path, linktype, frames)
+    selected, complaint = _compiled_bytes(path)
+    assert complaint is None
+    assert _frames(selected) == _frames(_filtered_bytes(path))
+
+
+@needs_selector
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000), linktype=st.sampled_from([0, 1, 101, 108, 113, 147, 228, 229, 276]))
+def test_compiled_selector_survives_any_bytes(tmp_path: Path, data: bytes, linktype: int) -> None:
+    """Random bytes after a valid header: no crash, and what is kept is whole records of the file, in order."""
+    path = tmp_path / "random.pcap"
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype) + data)
+    selected, complaint = _compiled_bytes(path)
+    expected = CaptureFile(path)
+    all_frames = [frame for _, _, frame in expected.packets()]
+    kept = _frames(selected)
+    it = iter(all_frames)
+    assert all(any(frame == candidate for candidate in it) for frame in kept)  # a subsequence
+    assert (complaint is None) == (not expected.errors)
+
+
+@needs_selector
+def test_compiled_selector_describes_faults_as_the_reader_does(tmp_path: Path) -> None:
+    demo = (PCAPS / "demo.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(demo[:-7])
+    _, complaint = _compiled_bytes(cut)
+    reader = CaptureFile(cut)
+    list(reader.packets())
+    assert complaint is not None and reader.errors == [f"{cut}: {complaint}"]
+    offsets = [offset for offset, _ in pcap_records(demo)]
+    corrupt = bytearray(demo)
+    struct.pack_into("<I", corrupt, offsets[5] + 8, 0x7FFFFFFF)
+    bad = tmp_path / "corrupt.pcap"
+    bad.write_bytes(bytes(corrupt))
+    selected, complaint = _compiled_bytes(bad)
+    assert complaint == f"corrupt record at byte {offsets[5]} (length {0x7FFFFFFF}); rest of file skipped"
+    assert len(_frames(selected)) <= 5
+
+
+def pcap_records(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of every record of a little-endian microsecond pcap."""
+    records, pos = [], 24
+    while pos + 16 <= len(data):
+        (length,) = struct.unpack_from("<I", data, pos + 8)
+        records.append((pos, length))
+        pos += 16 + length
+    return records
+
+
+@needs_selector
+def test_compiled_selector_keeps_nanosecond_timestamps(tmp_path: Path) -> None:
+    demo = (PCAPS / "demo.pcap").read_bytes()
+    nano = bytearray(demo)
+    nano[:4] = b"\x4d\x3c\xb2\xa1"
+    for index, (offset, _) in enumerate(pcap_records(demo)):
+        struct.pack_into("<I", nano, offset + 4, 123_456_789 - index)
+    path = tmp_path / "nano.pcap"
+    path.write_bytes(bytes(nano))
+    selector = CompiledPrefilter(path)
+    stamps = [ts for ts, _, _ in CaptureFile(path, stream=selector.stdout).packets()]
+    assert selector.close() is None
+    everything = {frame: ts for ts, _, frame in CaptureFile(path).packets()}
+    assert stamps and all(abs(ts - round(ts, 9)) < 1e-12 for ts in stamps)
+    assert {round(ts, 9) for ts in stamps} <= {round(ts, 9) for ts in everything.values()}
+
+
+@needs_selector
+def test_prefilter_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    demo = PCAPS / "demo.pcap"
+    chosen = open_prefilter(demo)
+    assert isinstance(chosen, CompiledPrefilter)
+    chosen.stdout.read(24)
+    assert chosen.close() is None  # closed early: the thread stops, nothing hangs
+    packed = tmp_path / "demo.pcap.gz"
+    packed.write_bytes(gzip.compress(demo.read_bytes()))
+    monkeypatch.setattr(prefilter_module, "tcpdump_path", lambda: None)
+    assert should_prefilter(demo, "always")  # no tcpdump needed for a plain pcap file
+    assert not should_prefilter(packed, "always")  # gzip needs tcpdump

@@ -18,6 +18,10 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
 - TCP payloads that open a ClientHello or an HTTP request whatever the ports;
 - IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
 
+For uncompressed classic pcap files replay applies the same selection in-process, compiled
+(`keep_frame` in sensor/_fast.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
+checks that both keep the same packets. Change one, change the other.
+
 Classic traps handled: `tcp[...]` offsets do not exist for IPv6 in libpcap (ip6[] with the
 fixed 40-byte header is used instead), VLAN tags shift every offset (the `vlan` keyword, nested
 for QinQ, only on Ethernet), and POST is not GET (every method is listed).
