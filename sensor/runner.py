@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections import Counter as Tally
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -191,8 +192,9 @@ class Runner:
         """Fork after start-up. This process reads the capture through the prefilter and hands
         the packets of odd client addresses to the child through a pipe; each decodes its half
         with its own flows, DNS cache and throttle, so no state is shared. The child spills its
-        documents and counters to a file this process ships afterwards."""
+        documents to a file this process ships afterwards, and its counters to another."""
         spill = tempfile.TemporaryFile()
+        trailer_file = tempfile.TemporaryFile()
         read_end, write_end = os.pipe()
         widen_pipe(write_end)
         sys.stdout.flush()
@@ -207,9 +209,9 @@ class Runner:
                     for ts, linktype, frame in read_frames(packets):
                         self.pipeline.feed(ts, linktype, frame)
                 self.pipeline.finish()
-                trailer = {"counters": self.pipeline.counters.values}
-                spill.write(orjson.dumps({_WORKER_TRAILER: trailer}) + b"\n")
                 spill.flush()
+                trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
+                trailer_file.flush()
             except BaseException:  # noqa: BLE001 - the parent reports a failed worker
                 code = EXIT_INTERNAL
             finally:
@@ -236,18 +238,33 @@ class Runner:
                 pass
         self.pipeline.finish()
         _, status = os.waitpid(pid, 0)
+        trailer_file.seek(0)
+        trailer = trailer_file.read()
+        trailer_file.close()
+        finished = bool(trailer)
+        if finished:
+            for name, value in orjson.loads(trailer)["counters"].items():
+                self.pipeline.counters.add(name, value)
         spill.seek(0)
-        finished = False
-        # Events go to plain JSON-lines sinks as the bytes the child wrote; anything else is parsed.
+        self._ship_spill(spill)
+        spill.close()
+        if not finished or os.waitstatus_to_exitcode(status) != 0:
+            raise SensorError("the second replay worker failed; run again with --workers 1")
+        self.pipeline.counters.add("replay.workers", 2)
+        return problems
+
+    def _ship_spill(self, spill: BinaryIO) -> None:
+        """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
+        in large blocks when no alert can be among them; anything else parses each line."""
         raw_sinks = [sink for sink in self.sinks if isinstance(sink, JsonlSink) and sink.min_severity is None]
         other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
+        if self.pipeline.detector is None and not other_sinks:
+            while block := spill.read(_SPILL_BLOCK):
+                block += spill.readline()  # whole lines only
+                for sink in raw_sinks:
+                    sink.send_lines(block)
+            return
         for line in spill:
-            if line.startswith(b'{"' + _WORKER_TRAILER.encode()):
-                trailer = orjson.loads(line)[_WORKER_TRAILER]
-                finished = True
-                for name, value in trailer["counters"].items():
-                    self.pipeline.counters.add(name, value)
-                continue
             is_alert = b'"kind":"alert"' in line
             for sink in raw_sinks:
                 sink.send_line(line)
@@ -257,11 +274,6 @@ class Runner:
                     self.pipeline.alerts.append(doc)
                 for sink in other_sinks:
                     sink.send(doc)
-        spill.close()
-        if not finished or os.waitstatus_to_exitcode(status) != 0:
-            raise SensorError("the second replay worker failed; run again with --workers 1")
-        self.pipeline.counters.add("replay.workers", 2)
-        return problems
 
     def _progress_for(self, path: Path, mode: str):
         if mode == "never" or self.args.quiet:
@@ -356,7 +368,7 @@ class _ProgressBar:
         self._progress.stop()
 
 
-_WORKER_TRAILER = "__phi_sensor_worker__"
+_SPILL_BLOCK = 1 << 20
 
 
 class _SpillSink:

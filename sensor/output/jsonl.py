@@ -55,6 +55,18 @@ class JsonlSink:
             return
         self._counts["sent"] += 1
 
+    def send_lines(self, block: bytes) -> None:
+        """Documents already serialized, whole JSON lines one after another."""
+        if self._broken or not block:
+            return
+        try:
+            self._stream.write(block)
+        except BrokenPipeError:
+            self._broken = True
+            self._counts["write_errors"] += 1
+            return
+        self._counts["sent"] += block.count(b"\n")
+
     def flush(self, timeout: float = 0.0) -> bool:
         if not self._broken:
             try:
