@@ -931,6 +931,41 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> (records, next)
+ * sensor.capture.pcap.CaptureFile._pcap's record loop: (timestamp, linktype, frame) for every
+ * record wholly in `buffer` from `start`, and where the first record not wholly there begins. */
+static PyObject *pcap_records(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    PyObject *linktype;
+    int big, nano;
+    if (!PyArg_ParseTuple(args, "y*nOpp", &view, &pos, &linktype, &big, &nano)) return NULL;
+    const uint8_t *buf = view.buf;
+    Py_ssize_t len = view.len;
+    double scale = nano ? 1e-9 : 1e-6;
+    PyObject *records = PyList_New(0);
+    if (records == NULL || pos < 0) goto fail;
+    while (pos + 16 <= len) {
+        uint32_t incl = record_u32(buf + pos + 8, big);
+        if (pos + 16 + (Py_ssize_t)incl > len) break;
+        double ts = (double)record_u32(buf + pos, big) + (double)record_u32(buf + pos + 4, big) * scale;
+        PyObject *record = tuple_steal(3, (PyObject *[]){PyFloat_FromDouble(ts), Py_NewRef(linktype),
+                                                         bytes_at(buf + pos + 16, incl)});
+        if (record == NULL || PyList_Append(records, record) < 0) {
+            Py_XDECREF(record);
+            goto fail;
+        }
+        Py_DECREF(record);
+        pos += 16 + incl;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(Nn)", records, pos);
+fail:
+    Py_XDECREF(records);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"parse_hello", parse_hello, METH_O,
      "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
@@ -938,6 +973,8 @@ static PyMethodDef methods[] = {
      "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
+    {"pcap_records", pcap_records, METH_VARARGS,
+     "pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> ([(ts, linktype, frame), ...], next)"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough) -> (kept records, next offset, state, detail)"},
     {"parse_dns", parse_dns, METH_O,

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sensor.capture.pcap as pcap_module
 from sensor.capture.pcap import CaptureFile
 from sensor.errors import CaptureError
 
@@ -154,3 +155,38 @@ def test_random_bytes_after_a_valid_header_never_raise(tmp_path_factory, tail: b
     capture = CaptureFile(path)
     for _ts, _lt, frame in capture.packets():
         assert isinstance(frame, bytes)
+
+
+def _read(path: Path) -> tuple[list, list[str]]:
+    capture = CaptureFile(path)
+    return list(capture.packets()), capture.errors
+
+
+@pytest.mark.skipif(pcap_module._pcap_records is None, reason="compiled extension not built")
+@settings(max_examples=120, deadline=None)
+@given(
+    endian=st.sampled_from(["<", ">"]), nano=st.booleans(),
+    frames=st.lists(st.binary(max_size=300), max_size=len(TIMES)),
+    damage=st.sampled_from(["none", "cut", "corrupt"]), where=st.integers(0, 10_000),
+)
+def test_compiled_record_loop_reads_what_the_python_loop_reads(
+    tmp_path_factory, endian: str, nano: bool, frames: list[bytes], damage: str, where: int
+) -> None:
+    path = tmp_path_factory.mktemp("loop") / "capture.pcap"
+    write_pcap(path, endian=endian, nano=nano, frames=frames)
+    data = bytearray(path.read_bytes())
+    if damage == "cut" and len(data) > 24:
+        del data[24 + where % (len(data) - 24):]
+    elif damage == "corrupt" and frames:
+        offset = 24
+        for frame in frames[: where % len(frames)]:
+            offset += 16 + len(frame)
+        struct.pack_into(endian + "I", data, offset + 8, 0x7FFFFFF0)
+    path.write_bytes(bytes(data))
+    compiled = _read(path)
+    original, pcap_module._pcap_records = pcap_module._pcap_records, None
+    try:
+        reference = _read(path)
+    finally:
+        pcap_module._pcap_records = original
+    assert compiled == reference

@@ -15,6 +15,11 @@ from typing import BinaryIO
 
 from sensor.errors import CaptureError
 
+try:  # the compiled record loop (see sensor/_fast.c); the Python loop below is the reference
+    from sensor._fast import pcap_records as _pcap_records
+except ImportError:  # built without a C compiler
+    _pcap_records = None
+
 BLOCK_SIZE = 4 << 20
 MAX_FRAME = 262_144 * 4  # a record claiming more than this is corruption, not a frame
 
@@ -119,6 +124,7 @@ class CaptureFile:
         self.linktypes.add(linktype)
         record = struct.Struct(endian + "IIII")
         unpack_from = record.unpack_from
+        big_endian, nanoseconds = endian == ">", scale < 1e-6
         # A pipe (prefilter output) hands over what is there instead of waiting for a full block.
         read = getattr(stream, "read1", stream.read) if self._given_stream is not None else stream.read
         buf = b""
@@ -135,18 +141,24 @@ class CaptureFile:
             offset += pos
             pos = 0
             end_of_buf = len(buf)
-            while pos + 16 <= end_of_buf:
-                sec, frac, incl, _orig = unpack_from(buf, pos)
-                end = pos + 16 + incl
-                if end > end_of_buf:
-                    if incl > MAX_FRAME:
-                        self.errors.append(
-                            f"{self.name}: corrupt record at byte {offset + pos} (length {incl}); rest of file skipped"
-                        )
-                        return
-                    break
-                yield sec + frac * scale, linktype, buf[pos + 16 : end]
-                pos = end
+            if _pcap_records is not None:
+                records, pos = _pcap_records(buf, pos, linktype, big_endian, nanoseconds)
+                yield from records
+            else:
+                while pos + 16 <= end_of_buf:
+                    sec, frac, incl, _orig = unpack_from(buf, pos)
+                    end = pos + 16 + incl
+                    if end > end_of_buf:
+                        break
+                    yield sec + frac * scale, linktype, buf[pos + 16 : end]
+                    pos = end
+            if pos + 16 <= end_of_buf:  # a record not wholly in the buffer: more to read, or corrupt
+                _, _, incl, _ = unpack_from(buf, pos)
+                if incl > MAX_FRAME:
+                    self.errors.append(
+                        f"{self.name}: corrupt record at byte {offset + pos} (length {incl}); rest of file skipped"
+                    )
+                    return
         if pos < len(buf):
             self.errors.append(
                 f"{self.name}: truncated: last record cut short at byte {offset + pos} "
