@@ -857,12 +857,27 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
     return 0;
 }
 
-#define SELECT_BLOCK (4 << 20)
+/* Blocks this size keep the copy out of the page cache within the CPU caches; a record larger
+ * than a block is read whole into the room after it. */
+#define SELECT_BLOCK (1 << 20)
 enum { SELECT_MORE, SELECT_END, SELECT_TRUNCATED, SELECT_CORRUPT, SELECT_READ_ERROR, SELECT_NO_MEMORY };
+
+/* Up to `want` bytes of `fd` at `offset` (fewer only at the end of the file), or -1 with errno. */
+static Py_ssize_t read_at(int fd, uint8_t *into, Py_ssize_t want, long long offset) {
+    Py_ssize_t got = 0;
+    while (got < want) {
+        ssize_t n = pread(fd, into + got, want - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) break;
+        got += n;
+    }
+    return got;
+}
 
 /* select_pcap_file(fd, offset, linktype, big_endian, enough)
  *   -> (kept records, next offset, state, detail)
- * Reads the classic pcap records of file `fd` from `offset` (a record boundary) in large blocks
+ * Reads the classic pcap records of file `fd` from `offset` (a record boundary) block by block
  * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept
  * or the file ends. Runs without the GIL: the thread calling it does not hold up the decoder.
  * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
@@ -874,26 +889,20 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
     unsigned int linktype;
     Py_ssize_t enough;
     if (!PyArg_ParseTuple(args, "iLIpn", &fd, &offset, &linktype, &big, &enough)) return NULL;
-    uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK);
+    uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK + 16 + MAX_FRAME);
     if (block == NULL) return PyErr_NoMemory();
     Output out = {NULL, 0, 0};
     int state = SELECT_MORE;
     long long detail = 0;
     Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t want = SELECT_BLOCK;
     while (state == SELECT_MORE && out.len < enough) {
-        Py_ssize_t got = 0;
-        while (got < SELECT_BLOCK) {
-            ssize_t n = pread(fd, block + got, SELECT_BLOCK - got, (off_t)(offset + got));
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) {
-                state = SELECT_READ_ERROR;
-                detail = errno;
-                break;
-            }
-            if (n == 0) break;
-            got += n;
+        Py_ssize_t got = read_at(fd, block, want, offset);
+        if (got < 0) {
+            state = SELECT_READ_ERROR;
+            detail = errno;
+            break;
         }
-        if (state != SELECT_MORE) break;
         Py_ssize_t pos = 0;
         while (pos + 16 <= got) {
             uint32_t incl = record_u32(block + pos + 8, big);
@@ -910,12 +919,12 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
             pos += 16 + incl;
         }
         offset += pos;
-        if (state == SELECT_MORE && pos == 0 && got == SELECT_BLOCK) { /* cannot happen: MAX_FRAME < block */
-            state = SELECT_CORRUPT;
-            detail = record_u32(block + 8, big);
-        } else if (state == SELECT_MORE && got < SELECT_BLOCK) { /* the file ends in this block */
+        if (state != SELECT_MORE) break;
+        if (got < want) { /* the file ends in this block */
             state = pos == got ? SELECT_END : SELECT_TRUNCATED;
             detail = got - pos;
+        } else { /* pos == 0: one record larger than a block (at most MAX_FRAME): read it whole */
+            want = pos ? SELECT_BLOCK : 16 + (Py_ssize_t)record_u32(block + 8, big);
         }
     }
     Py_END_ALLOW_THREADS

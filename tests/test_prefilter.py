@@ -380,3 +380,23 @@ def test_prefilter_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(prefilter_module, "tcpdump_path", lambda: None)
     assert should_prefilter(demo, "always")  # no tcpdump needed for a plain pcap file
     assert not should_prefilter(packed, "always")  # gzip needs tcpdump
+
+
+@needs_selector
+def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -> None:
+    """Records up to the reader's limit pass whole, also when the file ends inside one (a link
+    type the filter does not know passes every record: the decoder reports it)."""
+    from sensor.capture.pcap import MAX_FRAME
+
+    frames = [bytes([index]) * size for index, size in enumerate([100, MAX_FRAME, 3000, 700_000, 10])]
+    path = tmp_path / "jumbo.pcap"
+    _write_pcap(path, 147, frames)
+    selected, complaint = _compiled_bytes(path)
+    assert complaint is None and _frames(selected) == frames
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(path.read_bytes()[: 24 + 16 + len(frames[0]) + 16 + 5000])
+    selected, complaint = _compiled_bytes(cut)
+    assert _frames(selected) == frames[:1]
+    reader = CaptureFile(cut)
+    list(reader.packets())
+    assert reader.errors == [f"{cut}: {complaint}"]
