@@ -185,7 +185,18 @@ def test_no_name_seen_in_the_corpus_is_attributed_to_a_tracker(catalog: VendorCa
         ("acme.app.link", "app.link"),
         ("co.uk", ""),
         ("192.168.1.21", ""),
+        ("2001:db8::1", ""),
+        ("[2001:db8::1]", ""),
         ("localhost", ""),
+        ("printer.corp", ""),  # no listed suffix: no registered domain
+        ("user.github.io", "github.io"),  # private suffixes do not split a domain among its users
+        ("a.b.blogspot.com", "blogspot.com"),
+        ("www.ck", "www.ck"),  # the exception rule !www.ck under the wildcard *.ck
+        ("a.b.ck", "a.b.ck"),
+        ("www.bücher.de", "bücher.de"),
+        ("www.xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("shop.example.com.", "example.com"),
+        ("a..b.example.com", "example.com"),
         ("", ""),
     ],
 )

@@ -3,8 +3,9 @@
 One YAML file per vendor in ``signatures/vendors/`` (format in ``signatures/README.md``). Loading
 validates every file and reports the first problem as a ConfigError naming the file and key.
 
-Matching never touches the network: registered domains come from tldextract's bundled public
-suffix snapshot, and host lookups are a handful of dict probes (one per label), cached.
+Matching never touches the network: registered domains come from the public suffix list snapshot
+bundled with the publicsuffixlist package (its ICANN section, as browsers and tldextract read it),
+and host lookups are a handful of dict probes (one per label), cached.
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import difflib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import tldextract
+from publicsuffixlist import PublicSuffixList
 
 from sensor.config import describe_value, parse_yaml
 from sensor.errors import ConfigError
@@ -58,10 +59,6 @@ _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _MAX_FILE_BYTES = 256 * 1024
 
-# The bundled public suffix snapshot only: no suffix list download, no cache written to disk.
-_SUFFIXES = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-
 def normalize_host(host: str) -> str:
     """Lower case without surrounding blanks or the trailing root dot."""
     return host.strip().rstrip(".").lower()
@@ -83,10 +80,19 @@ def domain_suffixes(host: str) -> Iterator[str]:
         yield ".".join(labels[start:])
 
 
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    """The bundled snapshot, parsed on first use. Only its ICANN section: a private suffix such as
+    github.io does not make each of its users a registered domain. A name under no listed suffix
+    (an IP address, "corp", "local") has no registered domain."""
+    return PublicSuffixList(only_icann=True, accept_unknown=False)
+
+
 @lru_cache(maxsize=65536)
 def registered_domain(host: str) -> str:
     """eTLD+1 of a host name ("" for IP addresses, single labels and bare public suffixes)."""
-    return _SUFFIXES(normalize_host(host)).top_domain_under_public_suffix
+    labels = [label for label in normalize_host(host).split(".") if label]
+    return (_public_suffixes().privatesuffix(".".join(labels)) or "") if labels else ""
 
 
 @lru_cache(maxsize=1024)
