@@ -217,7 +217,8 @@ class Runner:
             finally:
                 os._exit(code)
         os.close(read_end)
-        channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 20))
+        # A small buffer: what it holds back at the end is work the child starts only then.
+        channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 16))
         problems: list[str] = []
         try:
             for index, path in enumerate(paths):
