@@ -857,6 +857,54 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
     return 0;
 }
 
+/* The replay worker (0 or 1) that decodes a frame: the parity of its client's address (the side
+ * with the higher port), as sensor.pipeline.Pipeline.replay splits them, so that a host's flows,
+ * DNS and alert windows stay in one process. Fragments, and whatever has no TCP or UDP ports in
+ * reach, go to worker 0, where fragments are reassembled. */
+static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
+    Py_ssize_t off = network_offset(linktype, f, n), pos, end;
+    const uint8_t *src, *dst;
+    unsigned proto;
+    if (off < 0 || n < off + 20) return 0;
+    if (f[off] >> 4 == 4) {
+        Py_ssize_t ihl = (f[off] & 0x0F) << 2, total = get16(f + off + 2);
+        if (ihl < 20 || total < ihl || (get16(f + off + 6) & 0x3FFF)) return 0;
+        proto = f[off + 9];
+        src = f + off + 12;
+        dst = f + off + 16;
+        pos = off + ihl;
+        end = off + total < n ? off + total : n;
+    } else if (f[off] >> 4 == 6) {
+        if (n < off + 40) return 0;
+        Py_ssize_t plen = get16(f + off + 4);
+        end = off + 40 + plen;
+        if (end > n || plen == 0) end = n;
+        proto = f[off + 6];
+        src = f + off + 8;
+        dst = f + off + 24;
+        pos = off + 40;
+        while (proto == 0 || proto == 43 || proto == 60 || proto == 135 || proto == 139 || proto == 140 ||
+               proto == 44 || proto == 51) {
+            if (pos + 8 > end) return 0;
+            if (proto == 44) {
+                if (get16(f + pos + 2) & 0xFFF9) return 0; /* not an atomic fragment */
+                proto = f[pos];
+                pos += 8;
+                continue;
+            }
+            Py_ssize_t length = proto == 51 ? (f[pos + 1] + 2) * 4 : (f[pos + 1] + 1) * 8;
+            proto = f[pos];
+            pos += length;
+        }
+        src += 12; /* the last byte of each address decides, as for IPv4 */
+        dst += 12;
+    } else {
+        return 0;
+    }
+    if ((proto != TCP && proto != UDP) || pos + 4 > end) return 0;
+    return ((get16(f + pos) > get16(f + pos + 2) ? src : dst)[3]) & 1;
+}
+
 /* Blocks this size keep the copy out of the page cache within the CPU caches; a record larger
  * than a block is read whole into the room after it. */
 #define SELECT_BLOCK (1 << 20)
@@ -875,28 +923,30 @@ static Py_ssize_t read_at(int fd, uint8_t *into, Py_ssize_t want, long long offs
     return got;
 }
 
-/* select_pcap_file(fd, offset, linktype, big_endian, enough)
- *   -> (kept records, next offset, state, detail)
+/* select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted)
+ *   -> (kept for worker 0 (all when not split), kept for worker 1, next offset, state, detail)
  * Reads the classic pcap records of file `fd` from `offset` (a record boundary) block by block
  * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept
- * or the file ends. Runs without the GIL: the thread calling it does not hold up the decoder.
+ * or the file ends. With `split`, each kept record goes to its worker (worker_of), and only
+ * workers in the `wanted` bit mask keep theirs. Runs without the GIL: the thread calling it does
+ * not hold up the decoder.
  * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
  * bytes left over); 3 a corrupt record at the next offset (detail: its length); 4 a read error
  * (detail: errno). */
 static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
-    int fd, big;
+    int fd, big, split, wanted;
     long long offset;
     unsigned int linktype;
     Py_ssize_t enough;
-    if (!PyArg_ParseTuple(args, "iLIpn", &fd, &offset, &linktype, &big, &enough)) return NULL;
+    if (!PyArg_ParseTuple(args, "iLIpnpi", &fd, &offset, &linktype, &big, &enough, &split, &wanted)) return NULL;
     uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK + 16 + MAX_FRAME);
     if (block == NULL) return PyErr_NoMemory();
-    Output out = {NULL, 0, 0};
+    Output outs[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
     int state = SELECT_MORE;
     long long detail = 0;
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t want = SELECT_BLOCK;
-    while (state == SELECT_MORE && out.len < enough) {
+    while (state == SELECT_MORE && outs[0].len + outs[1].len < enough) {
         Py_ssize_t got = read_at(fd, block, want, offset);
         if (got < 0) {
             state = SELECT_READ_ERROR;
@@ -912,9 +962,13 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
                 break;
             }
             if (pos + 16 + (Py_ssize_t)incl > got) break;
-            if (keep_frame(linktype, block + pos + 16, incl) && output_add(&out, block + pos, 16 + incl) < 0) {
-                state = SELECT_NO_MEMORY;
-                break;
+            const uint8_t *frame = block + pos + 16;
+            if (keep_frame(linktype, frame, incl)) {
+                int worker = split ? worker_of(linktype, frame, incl) : 0;
+                if (((wanted >> worker) & 1) && output_add(&outs[worker], block + pos, 16 + incl) < 0) {
+                    state = SELECT_NO_MEMORY;
+                    break;
+                }
             }
             pos += 16 + incl;
         }
@@ -933,10 +987,17 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
     if (state == SELECT_NO_MEMORY) {
         PyErr_NoMemory();
     } else {
-        PyObject *kept = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
-        if (kept != NULL) result = Py_BuildValue("(NLiL)", kept, offset, state, detail);
+        PyObject *first = PyBytes_FromStringAndSize(outs[0].data ? outs[0].data : "", outs[0].len);
+        PyObject *second = PyBytes_FromStringAndSize(outs[1].data ? outs[1].data : "", outs[1].len);
+        if (first != NULL && second != NULL) {
+            result = Py_BuildValue("(NNLiL)", first, second, offset, state, detail);
+        } else {
+            Py_XDECREF(first);
+            Py_XDECREF(second);
+        }
     }
-    PyMem_RawFree(out.data);
+    PyMem_RawFree(outs[0].data);
+    PyMem_RawFree(outs[1].data);
     return result;
 }
 
@@ -985,7 +1046,8 @@ static PyMethodDef methods[] = {
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> ([(ts, linktype, frame), ...], next)"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
-     "select_pcap_file(fd, offset, linktype, big_endian, enough) -> (kept records, next offset, state, detail)"},
+     "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted)"
+     " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
     {"parse_dns", parse_dns, METH_O,
      "parse_dns(data) -> (id, flags, questions, answers, extended_rcode), or None to let the Python parser decide"},
     {NULL, NULL, 0, NULL},

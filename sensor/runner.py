@@ -14,7 +14,7 @@ from typing import BinaryIO
 import orjson
 
 from sensor.capture.channel import FrameWriter, read_frames
-from sensor.capture.prefilter import AnyPrefilter, two_workers, widen_pipe
+from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, can_split, two_workers, widen_pipe
 from sensor.decode.dispatch import DecodeSettings
 from sensor.errors import SensorError
 from sensor.output.ecs import EventBuilder
@@ -157,7 +157,9 @@ class Runner:
         started: AnyPrefilter | None = None,
     ) -> int:
         """`started`: the first file's prefilter, already running (see `prefilter.start_early`)."""
-        if two_workers(paths, prefilter, workers):
+        if two_workers(paths, prefilter, workers) and can_split(paths):
+            problems = self._replay_split(paths, progress, started)
+        elif two_workers(paths, prefilter, workers):
             problems = self._replay_two_workers(paths, progress, started)
         else:
             problems = self._replay_in(paths, prefilter, progress, started)
@@ -186,6 +188,52 @@ class Runner:
             finally:
                 if reporter is not None:
                     reporter.close()
+        return problems
+
+    def _replay_split(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
+        """Fork after start-up; each process decodes its half of the clients (odd addresses in
+        the child), which the compiled selector hands it straight from each file, so a host's
+        flows, DNS and alert windows stay in one process and nothing passes between the two
+        until the end. The child spills its documents to a file this process ships afterwards,
+        and its counters to another."""
+        if not (isinstance(started, CompiledPrefilter) and started.split):
+            if started is not None:
+                started.close()
+            started = CompiledPrefilter(paths[0], split=True)
+        spill = tempfile.TemporaryFile()
+        trailer_file = tempfile.TemporaryFile()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = started.fork()
+        if pid == 0:  # child: never returns; inherited sinks and their threads are left alone
+            code = 0
+            try:
+                started.continue_as(1, in_child=True)
+                self.pipeline.sinks = [_SpillSink(spill)]
+                for index, path in enumerate(paths):
+                    selector = started if index == 0 else _split_selector(path, 1)
+                    if selector is not None:  # else this process reports nothing: the parent does
+                        self.pipeline.replay(path, started=selector)
+                self.pipeline.finish()
+                spill.flush()
+                trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
+                trailer_file.flush()
+            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+                code = EXIT_INTERNAL
+            finally:
+                os._exit(code)
+        started.continue_as(0, in_child=False)
+        problems: list[str] = []
+        for index, path in enumerate(paths):
+            reporter = self._progress_for(path, progress)
+            try:
+                selector = started if index == 0 else _split_selector(path, 0)
+                problems.extend(self.pipeline.replay(path, progress=reporter, started=selector, prefilter="never"))
+            finally:
+                if reporter is not None:
+                    reporter.close()
+        self.pipeline.finish()
+        self._collect_child(pid, spill, trailer_file, shared_counters=_PER_FILE_COUNTERS)
         return problems
 
     def _replay_two_workers(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
@@ -238,6 +286,14 @@ class Runner:
             except BrokenPipeError:
                 pass
         self.pipeline.finish()
+        self._collect_child(pid, spill, trailer_file)
+        return problems
+
+    def _collect_child(
+        self, pid: int, spill: BinaryIO, trailer_file: BinaryIO, shared_counters: frozenset[str] = frozenset()
+    ) -> None:
+        """Wait for the second worker, add its counters (but `shared_counters`, which both
+        processes counted for the same thing) and ship its documents."""
         _, status = os.waitpid(pid, 0)
         trailer_file.seek(0)
         trailer = trailer_file.read()
@@ -245,14 +301,14 @@ class Runner:
         finished = bool(trailer)
         if finished:
             for name, value in orjson.loads(trailer)["counters"].items():
-                self.pipeline.counters.add(name, value)
+                if name not in shared_counters:
+                    self.pipeline.counters.add(name, value)
         spill.seek(0)
         self._ship_spill(spill)
         spill.close()
         if not finished or os.waitstatus_to_exitcode(status) != 0:
             raise SensorError("the second replay worker failed; run again with --workers 1")
         self.pipeline.counters.add("replay.workers", 2)
-        return problems
 
     def _ship_spill(self, spill: BinaryIO) -> None:
         """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
@@ -370,6 +426,16 @@ class _ProgressBar:
 
 
 _SPILL_BLOCK = 1 << 20
+# Counted once per file by each worker when both read every file.
+_PER_FILE_COUNTERS = frozenset({"files", "capture.prefiltered_files"})
+
+
+def _split_selector(path: Path, worker: int) -> CompiledPrefilter | None:
+    """`worker`'s share of a later file, or None when it cannot be opened (replay reports why)."""
+    try:
+        return CompiledPrefilter(path, split=True, only=worker)
+    except (OSError, ValueError):
+        return None
 
 
 class _SpillSink:

@@ -400,3 +400,115 @@ def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -
     reader = CaptureFile(cut)
     list(reader.packets())
     assert reader.errors == [f"{cut}: {complaint}"]
+
+
+def _python_worker(decoder: "PacketDecoder", linktype: int, frame: bytes) -> int | None:
+    """The worker Pipeline.replay's forwarding split gives a frame (None: the decoder drops it)."""
+    decoded = decoder.decode(0.0, linktype, frame)
+    if decoded is None:
+        return None
+    sport, dport = decoded[3], decoded[4]
+    return int(bool((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not decoder.reassembled))
+
+
+def _split_streams(path: Path) -> tuple[list[bytes], list[bytes]]:
+    selector = CompiledPrefilter(path, split=True)
+    streams = []
+    for worker in (0, 1):
+        selector._worker = worker  # read both streams of one selection
+        streams.append(_frames(selector.stdout.read(1 << 40)))
+    assert selector.close() is None
+    return streams[0], streams[1]
+
+
+@needs_selector
+@pytest.mark.parametrize("path", plain_captures(), ids=lambda p: p.name)
+def test_split_selection_gives_each_worker_its_clients(path: Path) -> None:
+    from sensor.decode.packet import PacketDecoder
+    from sensor.records import Counters
+
+    everything, complaint = _compiled_bytes(path)
+    assert complaint is None
+    linktype = capture_linktype(path)
+    first, second = _split_streams(path)
+    decoder = PacketDecoder(Counters())
+    expected: tuple[list[bytes], list[bytes]] = ([], [])
+    for frame in _frames(everything):
+        worker = _python_worker(decoder, linktype, frame)
+        expected[worker or 0].append(frame)  # what the decoder drops may go to either worker
+    assert (first, second) == expected
+
+
+@needs_selector
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(generated_frames())
+def test_split_selection_agrees_with_the_python_split_on_generated_frames(
+    tmp_path: Path, sample: tuple[int, list[bytes]]
+) -> None:
+    from sensor.decode.packet import PacketDecoder
+    from sensor.records import Counters
+
+    linktype, frames = sample
+    path = tmp_path / "generated.pcap"
+    _write_pcap(path, linktype, frames)
+    everything, _ = _compiled_bytes(path)
+    first, second = _split_streams(path)
+    decoder = PacketDecoder(Counters())
+    for frame in _frames(everything):
+        worker = _python_worker(decoder, linktype, frame)
+        if worker is not None:
+            assert frame in (first if worker == 0 else second)
+    assert sorted(first + second) == sorted(_frames(everything))
+
+
+def _many_packets_capture(path: Path, copies: int) -> None:
+    """demo.pcap's packets, many times over, from many client addresses: a selection that takes a while."""
+    base = [frame for _, _, frame in CaptureFile(PCAPS / "demo.pcap").packets()]
+    frames = []
+    for copy in range(copies):
+        for frame in base:
+            data = bytearray(frame)
+            if len(data) > 34 and data[12:14] == b"\x08\x00":  # vary the IPv4 addresses' last bytes
+                data[29] = data[33] = copy % 251
+            frames.append(bytes(data))
+    _write_pcap(path, 1, frames)
+
+
+@needs_selector
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.02, 0.5])
+def test_fork_mid_selection_loses_and_repeats_nothing(tmp_path: Path, delay: float) -> None:
+    """Whenever the fork falls, the child's stream and the parent's are exactly the two halves."""
+    import hashlib
+    import os
+    import time
+
+    path = tmp_path / "many.pcap"
+    _many_packets_capture(path, 400)
+    first, second = _split_streams(path)
+    selector = CompiledPrefilter(path, split=True)
+    time.sleep(delay)
+    read_end, write_end = os.pipe()
+    pid = selector.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            selector.continue_as(1, in_child=True)
+            frames = _frames(selector.stdout.read(1 << 40))
+            digest = hashlib.sha256(b"".join(hashlib.sha256(frame).digest() for frame in frames)).hexdigest()
+            os.write(write_end, f"{len(frames)} {digest}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    selector.continue_as(0, in_child=False)
+    mine = _frames(selector.stdout.read(1 << 40))
+    assert selector.close() is None
+    with os.fdopen(read_end, "rb") as pipe:
+        count, digest = pipe.read().decode().split()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert mine == first
+    expected = hashlib.sha256(b"".join(hashlib.sha256(frame).digest() for frame in second)).hexdigest()
+    assert (int(count), digest) == (len(second), expected)
+    assert first and second

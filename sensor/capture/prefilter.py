@@ -29,7 +29,7 @@ AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
 # the selection runs on the otherwise idle core instead of stalling.
 PREFETCH_BYTES = 32 << 20
-SELECT_CHUNK = 1 << 20  # the compiled selector hands over the kept records about this much at a time
+SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
 # Its states (sensor/_fast.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
@@ -76,6 +76,8 @@ def start_early(paths: list[Path], prefilter: str, workers: str) -> AnyPrefilter
     if not should_prefilter(paths[0], mode):
         return None
     try:
+        if two_workers(paths, prefilter, workers) and can_split(paths):
+            return CompiledPrefilter(paths[0], split=True)
         early = open_prefilter(paths[0])
     except (OSError, ValueError):
         return None  # replay opens the file itself and reports the problem
@@ -91,6 +93,11 @@ def is_plain_pcap(path: Path) -> bool:
             return raw.read(4) in PCAP_MAGICS
     except OSError:
         return False
+
+
+def can_split(paths: list[Path]) -> bool:
+    """Whether the compiled selector can hand each replay worker its own packets of every file."""
+    return _select_pcap is not None and all(is_plain_pcap(path) for path in paths)
 
 
 def open_prefilter(path: Path) -> AnyPrefilter:
@@ -151,7 +158,7 @@ class Prefilter:
     def stdout(self) -> BinaryIO:
         """The filtered pcap stream (read it with read1)."""
         if self._prefetcher is not None:
-            return self._prefetcher  # type: ignore[return-value]
+            return self._prefetcher.reader(0)  # type: ignore[return-value]
         return self._pipe
 
     @property
@@ -163,7 +170,12 @@ class Prefilter:
         """Drain tcpdump's output into memory in the background, up to `limit` bytes."""
         if self._prefetcher is None:
             pipe = self._pipe
-            self._prefetcher = _Prefetcher(lambda: pipe.read1(1 << 20), limit)  # type: ignore[attr-defined]
+
+            def next_chunk() -> tuple[Chunks, None] | None:
+                chunk = pipe.read1(1 << 20)  # type: ignore[attr-defined]
+                return ((chunk,), None) if chunk else None
+
+            self._prefetcher = _Prefetcher(next_chunk, limit)
 
     def bytes_read(self) -> int | None:
         """How far tcpdump has read its input (Linux /proc), for the progress bar."""
@@ -196,10 +208,17 @@ class CompiledPrefilter:
     file's own resolution). The selector reads the file itself in large blocks without the GIL,
     so the decoder is not held up. Faults are described as the pcap reader describes them, by
     file offset.
+
+    With `split`, it selects for the two replay workers at once: worker 0's packets and worker 1's
+    (see `_fast.c` worker_of) go to two streams. `fork()` forks the process while the selection
+    is consistent; then each process calls `continue_as(its worker)` and reads only its stream,
+    the child with a thread of its own from where the parent's had got.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, split: bool = False, only: int | None = None) -> None:
+        """`split`: a stream per worker; `only`: then keep just that worker's (after the fork)."""
         self.path = path
+        self.split = split or only is not None
         self._file = open(path, "rb")
         header = self._file.read(24)
         if len(header) < 24 or header[:4] not in PCAP_MAGICS:
@@ -209,29 +228,47 @@ class CompiledPrefilter:
         self._linktype = struct.unpack_from(endian + "I", header, 20)[0] & 0x0FFFFFFF
         self._big_endian = endian == ">"
         self._header: bytes | None = header
+        self._wanted = 0b11 if only is None else 1 << only  # the workers whose packets are kept, a bit each
+        self._worker = only or 0
         self._offset = 24  # the next record to select
         self._done = False
         self._complaint: str | None = None
-        self._stream = _Prefetcher(self._next_chunk, PREFETCH_BYTES)
+        self._stream = _Prefetcher(self._next_chunks, PREFETCH_BYTES, streams=2 if self.split else 1)
 
     @property
     def stdout(self) -> BinaryIO:
-        return self._stream  # type: ignore[return-value]
+        """The selected stream of this process's worker."""
+        return self._stream.reader(self._worker)  # type: ignore[return-value]
 
     def bytes_read(self) -> int:
         """How far the selector has read the file, for the progress bar."""
         return self._offset
 
-    def _next_chunk(self) -> bytes:
-        """The next selected records (after the pcap header), b"" at the end of the file."""
+    def fork(self) -> int:
+        """os.fork() for two replay workers; then each calls continue_as(its worker)."""
+        return self._stream.fork()
+
+    def continue_as(self, worker: int, in_child: bool) -> None:
+        """After the fork: keep only `worker`'s packets from here on, and select on."""
+        self._worker = worker
+        self._wanted = 1 << worker
+        self._stream.continue_with(worker, in_child)
+
+    def _next_chunks(self) -> tuple[Chunks, Callable[[], None] | None] | None:
+        """The next selected records of each stream (after the pcap header), with the commit of
+        how far the file is read; None at the end."""
         if self._header is not None:
-            header, self._header = self._header, None
-            return header
+            header = self._header
+            return ((header, header) if self.split else (header,)), self._header_sent
         assert _select_pcap is not None
-        while not self._done:
-            kept, at, state, detail = _select_pcap(
-                self._file.fileno(), self._offset, self._linktype, self._big_endian, SELECT_CHUNK
-            )
+        if self._done:
+            return None
+        first, second, at, state, detail = _select_pcap(
+            self._file.fileno(), self._offset, self._linktype, self._big_endian, SELECT_CHUNK, self.split,
+            self._wanted,
+        )
+
+        def commit() -> None:
             self._offset = at
             if state != _MORE:
                 self._done = True
@@ -241,9 +278,11 @@ class CompiledPrefilter:
                     self._complaint = f"corrupt record at byte {at} (length {detail}); rest of file skipped"
                 elif state == _READ_ERROR:
                     self._complaint = f"read error: {os.strerror(detail)}"
-            if kept:
-                return kept
-        return b""
+
+        return ((first, second) if self.split else (first,)), commit
+
+    def _header_sent(self) -> None:
+        self._header = None
 
     def close(self) -> str | None:
         """Stop selecting; the fault found in the file (truncated, corrupt, unreadable), or None."""
@@ -256,33 +295,57 @@ class CompiledPrefilter:
 AnyPrefilter = Prefilter | CompiledPrefilter
 
 
-class _Prefetcher:
-    """A reader thread fills a queue from `source` (a callable returning the next chunk, b"" at
-    the end) and pauses while `limit` bytes wait; read1() and read() take from the queue, so the
-    bytes keep their order."""
+Chunks = tuple[bytes, ...]
 
-    def __init__(self, source: Callable[[], bytes], limit: int) -> None:
+
+class _Prefetcher:
+    """A reader thread fills one queue per stream from `source` and pauses while `limit` bytes
+    wait; `reader(i)` takes from queue i, so the bytes of each stream keep their order.
+
+    `source()` returns the next chunk of each stream and a callable that commits the source's
+    own progress (or None), or None at the end. The commit and the queueing happen together under
+    the lock that `fork()` holds, so a forked child sees the source's progress and the queues
+    agree, whatever the thread was doing.
+    """
+
+    def __init__(
+        self, source: Callable[[], tuple[Chunks, Callable[[], None] | None] | None], limit: int, streams: int = 1
+    ) -> None:
         self._source = source
         self._limit = limit
-        self._chunks: deque[bytes] = deque()
+        self._queues: list[deque[bytes]] = [deque() for _ in range(streams)]
+        self._live = set(range(streams))
+        self._readers = [_QueueReader(self, index) for index in range(streams)]
         self._queued = 0
-        self._ready = threading.Condition()
+        self._ready = threading.Condition(threading.Lock())
         self._reading = True
         self._closed = False
-        self._thread = threading.Thread(target=self._fill, name="prefilter-prefetch", daemon=True)
-        self._thread.start()
+        self._thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._fill, name="prefilter-prefetch", daemon=True)
+        thread.start()
+        return thread
+
+    def reader(self, index: int) -> _QueueReader:
+        return self._readers[index]
 
     def _fill(self) -> None:
         try:
             while not self._closed:
-                chunk = self._source()
-                if not chunk:
+                produced = self._source()
+                if produced is None:
                     break
+                chunks, commit = produced
                 with self._ready:
                     while self._queued >= self._limit and not self._closed:
                         self._ready.wait()
-                    self._chunks.append(chunk)
-                    self._queued += len(chunk)
+                    if commit is not None:
+                        commit()
+                    for index in self._live:
+                        if chunks[index]:
+                            self._queues[index].append(chunks[index])
+                            self._queued += len(chunks[index])
                     self._ready.notify_all()
         except (OSError, ValueError):
             pass  # the source was closed under us: close() is under way
@@ -291,20 +354,67 @@ class _Prefetcher:
                 self._reading = False
                 self._ready.notify_all()
 
-    def read1(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (a whole queued chunk when size < 0); b"" at the end of the stream."""
+    def take(self, index: int, size: int) -> bytes:
+        """Up to `size` bytes of stream `index` (a whole queued chunk when size < 0); b"" at its end."""
+        queue = self._queues[index]
         with self._ready:
-            while not self._chunks and self._reading:
+            while not queue and self._reading:
                 self._ready.wait()
-            if not self._chunks:
+            if not queue:
                 return b""
-            chunk = self._chunks.popleft()
+            chunk = queue.popleft()
             if 0 <= size < len(chunk):
-                self._chunks.appendleft(chunk[size:])
+                queue.appendleft(chunk[size:])
                 chunk = chunk[:size]
             self._queued -= len(chunk)
             self._ready.notify_all()
             return chunk
+
+    def fork(self) -> int:
+        """os.fork(), at a moment when the queues and the source's committed progress agree."""
+        with self._ready:
+            return os.fork()
+
+    def continue_with(self, index: int, in_child: bool) -> None:
+        """After fork(): keep stream `index` only and read on. In the child, whose copy of the
+        thread does not run, a new thread takes over from the committed progress, with a lock
+        of its own."""
+        if in_child:
+            self._ready = threading.Condition(threading.Lock())
+        with self._ready:
+            self._live = {index}
+            for other, queue in enumerate(self._queues):
+                if other != index:
+                    self._queued -= sum(len(chunk) for chunk in queue)
+                    queue.clear()
+            if in_child and self._reading:
+                self._thread = self._start()
+            self._ready.notify_all()
+
+    def close(self) -> None:
+        """Tell the reader thread to stop at its next chunk."""
+        with self._ready:
+            self._closed = True
+            for queue in self._queues:
+                queue.clear()
+            self._queued = 0
+            self._ready.notify_all()
+
+    def wait(self) -> None:
+        """Wait for the reader thread to end (after close(), once its source has returned)."""
+        self._thread.join()
+
+
+class _QueueReader:
+    """One stream of a _Prefetcher, read like a pipe (read1, read)."""
+
+    def __init__(self, prefetcher: _Prefetcher, index: int) -> None:
+        self._prefetcher = prefetcher
+        self._index = index
+
+    def read1(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (a whole queued chunk when size < 0); b"" at the end of the stream."""
+        return self._prefetcher.take(self._index, size)
 
     def read(self, size: int) -> bytes:
         """Exactly `size` bytes, fewer only at the end of the stream."""
@@ -318,16 +428,7 @@ class _Prefetcher:
         return b"".join(parts)
 
     def close(self) -> None:
-        """Tell the reader thread to stop at its next chunk."""
-        with self._ready:
-            self._closed = True
-            self._chunks.clear()
-            self._queued = 0
-            self._ready.notify_all()
-
-    def wait(self) -> None:
-        """Wait for the reader thread to end (after close(), once its source has returned)."""
-        self._thread.join()
+        self._prefetcher.close()
 
 
 _F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
