@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections import Counter as Tally
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +30,15 @@ EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 PROGRESS_MIN_BYTES = 32 << 20
 SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
+
+
+def _warm_up(registered_domain: Callable[[str], str]) -> None:
+    """Build what decoding builds on first use anyway, the public suffix list and the health term
+    lexicon, once here: a replay that forks its second worker after this shares them."""
+    from sensor.phi.lexicon import term_matcher
+
+    registered_domain("example.com")
+    term_matcher()
 
 
 def _settle_heap() -> None:
@@ -100,6 +110,7 @@ class Runner:
             event_builder=events if args.emit in ("events", "all") else None,
             detector=detector,
         )
+        _warm_up(registered_domain)
         _settle_heap()
         return cls(pipeline, sinks, args)
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from sensor.enrich.ech import is_cover_name
+from sensor.phi import redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
 
 try:  # the compiled fast path (see sensor/_fast.c); community_id_py below is the reference
@@ -203,8 +204,6 @@ def _redacted_request_urls(
     method: str, target: str, referrer: str | None, known: list | tuple = ()
 ) -> tuple[str, str | None]:
     """The request target and referrer with any health data they carry (or `known` found) masked."""
-    from sensor.phi import redact_url, scan_http
-
     findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
     findings = [*findings, *known]
     if not findings:
