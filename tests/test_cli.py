@@ -276,3 +276,23 @@ def test_program_exit_flushes_every_output_and_keeps_the_exit_code(tmp_path: Pat
         shell=True, capture_output=True, text=True, timeout=120, check=False,
     )
     assert "Traceback" not in early_reader.stderr
+
+
+def test_capture_times_no_date_can_name_are_clamped(tmp_path: Path) -> None:
+    """pcapng timestamps are 64-bit: a packet from year 586524 still becomes an event."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    dns = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+    udp = struct.pack("!HHHH", 5353, 53, 8 + len(dns), 0) + dns
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes(4)) + udp
+    frame = bytes(12) + b"\x08\x00" + ip
+    stamp = 0xFFFFFFFFFFFFFFFF
+    packet = block(6, struct.pack("<IIIII", 0, stamp >> 32, stamp & 0xFFFFFFFF, len(frame), len(frame)) + frame)
+    path = tmp_path / "far-future.pcapng"
+    path.write_bytes(block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+                     + block(1, struct.pack("<HHI", 1, 0, 65535)) + packet)
+    result = replay(path, "--emit", "all", "--output", "-", "--quiet")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [doc["@timestamp"] for doc in events(result.stdout)] == ["9999-12-31T23:59:59.999999Z"]

@@ -48,3 +48,23 @@ def test_event_url_redaction_is_the_same_cached_or_not() -> None:
     assert len(long_target) > ecs._CACHED_URL_CHARS
     assert ecs._redacted_event_urls("GET", long_target, None) == ecs._redacted_request_urls("GET", long_target, None)
     assert "metformin" not in ecs._redacted_event_urls("GET", long_target, None)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=-1e20, max_value=1e20, allow_nan=False))
+def test_iso_time_names_any_capture_time(ts: float) -> None:
+    """A capture can claim any 64-bit time: the event gets the nearest instant ECS can carry."""
+    from datetime import datetime, timezone
+
+    text = ecs.iso_time(ts)
+    assert len(text) == 27 and text.endswith("Z")
+    parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    if -62135596800 <= ts < 253402300799:
+        assert abs(parsed.timestamp() - ts) <= 1e-6 + abs(ts) * 1e-15
+    else:
+        assert parsed.year in (1, 9999)
+
+
+def test_iso_time_pads_early_years() -> None:
+    assert ecs.iso_time(-59011459200) == "0100-01-01T00:00:00.000000Z"
+    assert ecs.iso_time(1705329000.5) == "2024-01-15T14:30:00.500000Z"

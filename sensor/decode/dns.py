@@ -277,13 +277,14 @@ def parse_message(data: bytes) -> DnsMessage:
         return parse_message_py(data)
     msg_id, flags, questions, answers, extended_rcode = fast
     rcode = (extended_rcode << 4) | (flags & 0x0F)
+    names = TYPE_NAMES  # type_name, inlined: this runs for every DNS packet
     return DnsMessage(
-        id=msg_id,
-        is_response=bool(flags & 0x8000),
-        opcode=(flags >> 11) & 0x0F,
-        rcode=RCODE_NAMES.get(rcode) or f"RCODE{rcode}",
-        questions=tuple([(name, type_name(qtype)) for name, qtype in questions]),
-        answers=tuple([DnsAnswer(name, type_name(rtype), text, ttl) for name, rtype, text, ttl in answers]),
+        msg_id,
+        bool(flags & 0x8000),
+        (flags >> 11) & 0x0F,
+        RCODE_NAMES.get(rcode) or f"RCODE{rcode}",
+        tuple([(name, names.get(qtype) or f"TYPE{qtype}") for name, qtype in questions]),
+        tuple([DnsAnswer(name, names.get(rtype) or f"TYPE{rtype}", text, ttl) for name, rtype, text, ttl in answers]),
     )
 
 
@@ -412,13 +413,13 @@ class DnsTransactions:
         return records
 
     def _on_response(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
-        client_flow = Flow(flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, flow.transport)
         records: list[DnsQuery] = []
         for name, qtype in msg.questions:
             key = (flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, msg.id, name.lower())
             query = self._pending.pop(key, None)
             if query is None:
                 self.counters.add("dns.unmatched_responses")
+                client_flow = Flow(flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, flow.transport)
                 query = _Pending(ts, client_flow, msg.id, name, qtype)
             records.append(DnsQuery(ts=query.ts, flow=query.flow, id=query.id, name=query.name,
                                     qtype=query.qtype, response_seen=True, rcode=msg.rcode,

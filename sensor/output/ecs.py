@@ -28,14 +28,23 @@ _PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 _SECOND_PREFIX: dict[int, str] = {}
 
 
+# The instants a date can name (years 1 to 9999): a capture can claim any 64-bit time.
+_FIRST_SECOND = int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp())
+_LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp())
+
+
 def iso_time(ts: float) -> str:
-    """UTC ISO 8601 with microseconds; the date-time part is cached per second (events cluster)."""
+    """UTC ISO 8601 with microseconds; the date-time part is cached per second (events cluster).
+    A time outside years 1 to 9999 is given as the nearest one inside."""
     second = int(ts // 1)
     prefix = _SECOND_PREFIX.get(second)
     if prefix is None:
+        if not _FIRST_SECOND <= second <= _LAST_SECOND:
+            return "0001-01-01T00:00:00.000000Z" if second < _FIRST_SECOND else "9999-12-31T23:59:59.999999Z"
         if len(_SECOND_PREFIX) > 4096:
             _SECOND_PREFIX.clear()
-        prefix = _SECOND_PREFIX[second] = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        # isoformat, not strftime: "%Y" leaves years below 1000 unpadded on glibc
+        prefix = _SECOND_PREFIX[second] = datetime.fromtimestamp(second, tz=timezone.utc).isoformat()[:19]
     micros = min(int((ts - second) * 1_000_000 + 0.5), 999_999)
     return f"{prefix}.{micros:06d}Z"
 
@@ -75,17 +84,6 @@ def community_id_py(flow: Flow, seed: int = 0) -> str:
     return value
 
 
-def _endpoints(doc: dict, flow: Flow, protocol: str) -> None:
-    doc["source"] = {"ip": flow.src_ip, "port": flow.src_port}
-    doc["destination"] = {"ip": flow.dst_ip, "port": flow.dst_port}
-    doc["network"] = {
-        "transport": flow.transport,
-        "protocol": protocol,
-        "type": "ipv6" if ":" in flow.src_ip else "ipv4",
-        "community_id": community_id(flow),
-    }
-
-
 class EventBuilder:
     """Turns records into ECS event documents."""
 
@@ -101,7 +99,8 @@ class EventBuilder:
             return self.tls(record)
         return self.http(record)
 
-    def _base(self, ts: float, dataset: str) -> dict:
+    def _envelope(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
+        """The fields every event has: time, ECS metadata, observer, the two ends and the flow."""
         return {
             "@timestamp": iso_time(ts),
             "ecs": {"version": ECS_VERSION},
@@ -113,31 +112,37 @@ class EventBuilder:
                 "module": MODULE,
             },
             "observer": self.observer,
+            "source": {"ip": flow.src_ip, "port": flow.src_port},
+            "destination": {"ip": flow.dst_ip, "port": flow.dst_port},
+            "network": {
+                "transport": flow.transport,
+                "protocol": protocol,
+                "type": "ipv6" if ":" in flow.src_ip else "ipv4",
+                "community_id": community_id(flow),
+            },
         }
 
     def dns(self, rec: DnsQuery) -> dict:
-        doc = self._base(rec.ts, "dns")
-        _endpoints(doc, rec.flow, "dns")
+        doc = self._envelope(rec.ts, "dns", rec.flow, "dns")
         question = {"name": rec.name, "type": rec.qtype}
         registered = self.registered_domain(rec.name)
         if registered:
             question["registered_domain"] = registered
         dns: dict = {"id": rec.id, "type": "answer" if rec.response_seen else "query", "question": question}
+        resolved: list[str] = []
         if rec.response_seen:
             dns["response_code"] = rec.rcode
-            answers = [{"name": a.name, "type": a.type, "data": a.data, "ttl": a.ttl} for a in rec.answers]
-            if answers:
-                dns["answers"] = answers
-            resolved = [a.data for a in rec.answers if a.type in ("A", "AAAA")]
-            if resolved:
-                dns["resolved_ip"] = resolved
+            if rec.answers:
+                dns["answers"] = [{"name": a.name, "type": a.type, "data": a.data, "ttl": a.ttl} for a in rec.answers]
+                resolved = [a.data for a in rec.answers if a.type == "A" or a.type == "AAAA"]
+                if resolved:
+                    dns["resolved_ip"] = resolved
         doc["dns"] = dns
-        doc["related"] = {"ip": _related_ips(rec.flow, dns.get("resolved_ip", ())), "hosts": [rec.name]}
+        doc["related"] = {"ip": _related_ips(rec.flow, resolved), "hosts": [rec.name]}
         return doc
 
     def tls(self, rec: TlsHello) -> dict:
-        doc = self._base(rec.ts, "tls")
-        _endpoints(doc, rec.flow, rec.protocol)
+        doc = self._envelope(rec.ts, "tls", rec.flow, rec.protocol)
         tls_doc: dict = {"client": {}}
         if rec.server_name:
             tls_doc["client"]["server_name"] = rec.server_name
@@ -152,8 +157,7 @@ class EventBuilder:
         return doc
 
     def http(self, rec: HttpRequest) -> dict:
-        doc = self._base(rec.ts, "http")
-        _endpoints(doc, rec.flow, "http")
+        doc = self._envelope(rec.ts, "http", rec.flow, "http")
         target, referrer = rec.target, rec.header("referer")
         if self.redact_urls:
             target, referrer = _redacted_event_urls(rec.method, target, referrer)
