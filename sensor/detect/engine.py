@@ -136,7 +136,7 @@ class DetectionEngine:
                 destination = name
                 break
         allowed = any(self.policy.is_allowed(name) for name in names)
-        day = dt.datetime.fromtimestamp(record.ts, tz=dt.timezone.utc).date()
+        day = _day_of(record.ts)
         baa = self.policy.baa.covers(vendor, destination, on=day) if destination else None
         obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, self._baa_status(baa, vendor, destination, day))
         if isinstance(record, HttpRequest):
@@ -211,3 +211,12 @@ class DetectionEngine:
     def _final(self, window: _Window) -> dict:
         window.sent_count = window.count
         return self.build_document(window.alert, window.count, window.start, window.last_seen, window.event_id)
+
+
+def _day_of(ts: float) -> dt.date:
+    """The UTC day of a capture time; a time no date can name (pcapng times are 64-bit) falls on
+    the first or the last day there is."""
+    try:
+        return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).date()
+    except (OverflowError, OSError, ValueError):
+        return dt.date.min if ts < 0 else dt.date.max
