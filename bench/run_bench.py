@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capture", type=Path, help="capture to use, made when missing (default: in bench/out/)")
     parser.add_argument("--sensor-cmd", default=SENSOR_CMD, help="sensor command; {pcap} and {output} are filled in")
     parser.add_argument("--min-recall", type=float, default=0.999)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before each timed run")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.packets < 1:
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             output, reader = results_of[name]
             output.unlink(missing_ok=True)
+            time.sleep(args.pause)  # the previous run's memory is given back before this one starts
             run = run_child(commands[name], stdout_of[name], work / f"run-{name}.stderr")
             tools[name].runs.append(run)
             if output.exists():

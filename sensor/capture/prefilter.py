@@ -30,6 +30,7 @@ AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # the selection runs on the otherwise idle core instead of stalling.
 PREFETCH_BYTES = 32 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
+FORK_SETTLE_SECONDS = 0.1
 # Its states (sensor/_fast.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
@@ -244,8 +245,13 @@ class CompiledPrefilter:
         """How far the selector has read the file, for the progress bar."""
         return self._offset
 
-    def fork(self) -> int:
-        """os.fork() for two replay workers; then each calls continue_as(its worker)."""
+    def fork(self, settle: float = FORK_SETTLE_SECONDS) -> int:
+        """os.fork() for two replay workers; then each calls continue_as(its worker).
+
+        A child forked before the selection ends selects the rest of the file again for itself,
+        so when the end is near (within `settle` seconds), the fork waits for it.
+        """
+        self._stream.wait_for_end(settle)
         return self._stream.fork()
 
     def continue_as(self, worker: int, in_child: bool) -> None:
@@ -369,6 +375,11 @@ class _Prefetcher:
             self._queued -= len(chunk)
             self._ready.notify_all()
             return chunk
+
+    def wait_for_end(self, timeout: float) -> None:
+        """Wait until the source is exhausted, for at most `timeout` seconds."""
+        with self._ready:
+            self._ready.wait_for(lambda: not self._reading, timeout)
 
     def fork(self) -> int:
         """os.fork(), at a moment when the queues and the source's committed progress agree."""
