@@ -86,6 +86,16 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `phi-sensor status` (here, so that parsing a replay command does not load it)."""
+    parser.add_argument(
+        "--stats-file", type=Path,
+        help="the file `phi-sensor live` writes (default: $RUNTIME_DIRECTORY/stats.json under systemd, "
+        "/run/phi-sensor/stats.json as root or when that directory exists, else a per-user runtime directory)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the stats document itself")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phi-sensor",
@@ -107,8 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode on both cores, each taking half of the clients (auto: when the prefilter is used)",
     )
     replay.set_defaults(handler=_cmd_replay)
-
-    from sensor.status import add_status_arguments
 
     live = sub.add_parser("live", help="capture on a network interface: kernel BPF filter, PACKET_FANOUT workers")
     _add_common(live)

@@ -169,15 +169,6 @@ def summarize(doc: dict[str, Any], now: float) -> tuple[list[str], bool]:
     return lines, fresh
 
 
-def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--stats-file", type=Path,
-        help="the file `phi-sensor live` writes (default: $RUNTIME_DIRECTORY/stats.json under systemd, "
-        "/run/phi-sensor/stats.json as root or when that directory exists, else a per-user runtime directory)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the stats document itself")
-
-
 def status_main(args: argparse.Namespace) -> int:
     path = args.stats_file or default_stats_file()
     doc = read_stats(path)

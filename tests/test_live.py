@@ -46,7 +46,8 @@ from sensor.cli import _add_common
 from sensor.errors import ConfigError
 from sensor.cli import add_live_arguments
 from sensor.live import Reloader, build_detection_runner, drop_privileges, resolve_user, stats_document
-from sensor.status import add_status_arguments, read_stats, status_main, summarize, write_stats_file
+from sensor.cli import add_status_arguments
+from sensor.status import read_stats, status_main, summarize, write_stats_file
 
 from conftest import PCAPS, REPO
 
