@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from pathlib import Path
@@ -305,7 +306,21 @@ class Runner:
     ) -> None:
         """Wait for the second worker, add its counters (but `shared_counters`, which both
         processes counted for the same thing) and ship its documents."""
-        _, status = os.waitpid(pid, 0)
+        shipped = 0
+        if self._ships_raw_blocks():  # while it finishes, ship the whole lines it has written so far
+            while True:
+                ended, status = os.waitpid(pid, os.WNOHANG)
+                if ended:
+                    break
+                block = os.pread(spill.fileno(), _SPILL_BLOCK, shipped)
+                block = block[: block.rfind(b"\n") + 1]
+                if block:
+                    self._send_raw_block(block)
+                    shipped += len(block)
+                else:
+                    time.sleep(0.001)
+        else:
+            _, status = os.waitpid(pid, 0)
         trailer_file.seek(0)
         trailer = trailer_file.read()
         trailer_file.close()
@@ -314,7 +329,7 @@ class Runner:
             for name, value in orjson.loads(trailer)["counters"].items():
                 if name not in shared_counters:
                     self.pipeline.counters.add(name, value)
-        spill.seek(0)
+        spill.seek(shipped)
         self._ship_spill(spill)
         spill.close()
         if not finished or os.waitstatus_to_exitcode(status) != 0:
@@ -324,14 +339,12 @@ class Runner:
     def _ship_spill(self, spill: BinaryIO) -> None:
         """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
         in large blocks when no alert can be among them; anything else parses each line."""
+        if self._ships_raw_blocks():
+            while block := spill.read(_SPILL_BLOCK):
+                self._send_raw_block(block + spill.readline())  # whole lines only
+            return
         raw_sinks = [sink for sink in self.sinks if isinstance(sink, JsonlSink) and sink.min_severity is None]
         other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
-        if self.pipeline.detector is None and not other_sinks:
-            while block := spill.read(_SPILL_BLOCK):
-                block += spill.readline()  # whole lines only
-                for sink in raw_sinks:
-                    sink.send_lines(block)
-            return
         for line in spill:
             is_alert = b'"kind":"alert"' in line
             for sink in raw_sinks:
@@ -342,6 +355,17 @@ class Runner:
                     self.pipeline.alerts.append(doc)
                 for sink in other_sinks:
                     sink.send(doc)
+
+    def _ships_raw_blocks(self) -> bool:
+        """Whether the second worker's lines go on as blocks of bytes: no alert can be among them
+        and every output is a plain JSON-lines one."""
+        return self.pipeline.detector is None and all(
+            isinstance(sink, JsonlSink) and sink.min_severity is None for sink in self.sinks
+        )
+
+    def _send_raw_block(self, block: bytes) -> None:
+        for sink in self.sinks:
+            sink.send_lines(block)  # type: ignore[attr-defined]
 
     def _progress_for(self, path: Path, mode: str):
         if mode == "never" or self.args.quiet:

@@ -512,3 +512,41 @@ def test_fork_mid_selection_loses_and_repeats_nothing(tmp_path: Path, delay: flo
     expected = hashlib.sha256(b"".join(hashlib.sha256(frame).digest() for frame in second)).hexdigest()
     assert (int(count), digest) == (len(second), expected)
     assert first and second
+
+
+def test_child_lines_shipped_while_it_runs_arrive_once_and_in_order(tmp_path: Path) -> None:
+    """The parent ships the second worker's spill as it grows: lines cut by a flush wait for their end."""
+    import argparse
+    import os
+    import tempfile
+    import time
+
+    import orjson
+
+    from sensor.output.jsonl import JsonlSink
+    from sensor.pipeline import Pipeline
+    from sensor.runner import Runner
+
+    out = tmp_path / "out.jsonl"
+    sink = JsonlSink(out)
+    runner = Runner(Pipeline(sinks=[sink]), [sink], argparse.Namespace())
+    lines = [orjson.dumps({"n": index, "pad": "x" * (index % 700)}) + b"\n" for index in range(3000)]
+    spill, trailer = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            data = b"".join(lines)
+            for start in range(0, len(data), 7919):  # writes that end mid-line, with pauses
+                spill.write(data[start : start + 7919])
+                spill.flush()
+                if start % 79190 == 0:
+                    time.sleep(0.002)
+            trailer.write(orjson.dumps({"counters": {"records.dns": 3000}}))
+            trailer.flush()
+        finally:
+            os._exit(0)
+    runner._collect_child(pid, spill, trailer)
+    sink.close()
+    assert out.read_bytes() == b"".join(lines)
+    assert sink.stats()["sent"] == 3000
+    assert runner.pipeline.counters.get("records.dns") == 3000
