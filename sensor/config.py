@@ -16,11 +16,10 @@ import platform
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from sensor.errors import ConfigError
@@ -54,41 +53,48 @@ def describe_value(value: object) -> str:
     return text if isinstance(value, str) else f"{text} ({type(value).__name__})"
 
 
-# libyaml's parser when PyYAML was built with it: loading the catalog is then several times faster.
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@cache
+def _loaders() -> tuple[type, type]:
+    """(base loader, strict loader), built on first use: a run without configuration or signature
+    files never loads PyYAML."""
+    import yaml
 
+    # libyaml's parser when PyYAML was built with it: loading the catalog is then several times faster.
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _StrictLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """SafeLoader that rejects duplicate keys (aliases are refused before loading, see parse_yaml).
+    class StrictLoader(base):  # type: ignore[misc,valid-type]
+        """SafeLoader that rejects duplicate keys (aliases are refused before loading, see parse_yaml).
 
-    A duplicate key silently drops the first value, which hides mistakes; aliases let a small
-    file expand into an enormous structure, and configuration files have no need for them.
-    """
+        A duplicate key silently drops the first value, which hides mistakes; aliases let a small
+        file expand into an enormous structure, and configuration files have no need for them.
+        """
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor reports it with its position
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> dt.date | dt.datetime:
+            # An impossible date (2024-02-30) would otherwise surface as a ValueError without a line.
             try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # an unhashable key: the base constructor reports it with its position
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+                return super().construct_yaml_timestamp(node)  # type: ignore[no-any-return]
+            except ValueError as exc:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"impossible date {node.value!r} ({exc})", node.start_mark
+                ) from None
 
-    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> dt.date | dt.datetime:
-        # An impossible date (2024-02-30) would otherwise surface as a ValueError without a line.
-        try:
-            return super().construct_yaml_timestamp(node)  # type: ignore[no-any-return]
-        except ValueError as exc:
-            raise yaml.constructor.ConstructorError(None, None, f"impossible date {node.value!r} ({exc})", node.start_mark) from None
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
+    StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", StrictLoader.construct_yaml_timestamp)
+    return base, StrictLoader
 
 
 def parse_yaml(data: bytes | str, source: str) -> Any:
@@ -98,11 +104,14 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ConfigError(source, "", f"expected UTF-8 text, found an invalid byte at offset {exc.start}") from None
+    import yaml
+
+    base_loader, strict_loader = _loaders()
     try:
-        for event in yaml.parse(data, Loader=_BaseLoader):
+        for event in yaml.parse(data, Loader=base_loader):
             if isinstance(event, yaml.AliasEvent):
                 raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported", event.start_mark)
-        return yaml.load(data, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(data, Loader=strict_loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
