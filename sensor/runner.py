@@ -11,7 +11,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import orjson
 
@@ -217,23 +217,17 @@ class Runner:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = started.fork()
-        if pid == 0:  # child: never returns; inherited sinks and their threads are left alone
-            code = 0
-            try:
-                started.continue_as(1, in_child=True)
-                self.pipeline.sinks = [_SpillSink(spill)]
+        if pid == 0:
+            first_file = started  # narrowed for the closure: a split selector
+
+            def replay_my_half() -> None:
+                first_file.continue_as(1, in_child=True)
                 for index, path in enumerate(paths):
-                    selector = started if index == 0 else _split_selector(path, 1)
+                    selector = first_file if index == 0 else _split_selector(path, 1)
                     if selector is not None:  # else this process reports nothing: the parent does
                         self.pipeline.replay(path, started=selector)
-                self.pipeline.finish()
-                spill.flush()
-                trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
-                trailer_file.flush()
-            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
-                code = EXIT_INTERNAL
-            finally:
-                os._exit(code)
+
+            self._run_child(spill, trailer_file, replay_my_half)
         started.continue_as(0, in_child=False)
         problems: list[str] = []
         for index, path in enumerate(paths):
@@ -260,22 +254,15 @@ class Runner:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:  # child: never returns; inherited sinks and their threads are left alone
-            code = 0
-            try:
+        if pid == 0:
+
+            def replay_forwarded() -> None:
                 os.close(write_end)
-                self.pipeline.sinks = [_SpillSink(spill)]
                 with os.fdopen(read_end, "rb") as packets:
                     for ts, linktype, frame in read_frames(packets):
                         self.pipeline.feed(ts, linktype, frame)
-                self.pipeline.finish()
-                spill.flush()
-                trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
-                trailer_file.flush()
-            except BaseException:  # noqa: BLE001 - the parent reports a failed worker
-                code = EXIT_INTERNAL
-            finally:
-                os._exit(code)
+
+            self._run_child(spill, trailer_file, replay_forwarded)
         os.close(read_end)
         # A small buffer: what it holds back at the end is work the child starts only then.
         channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 16))
@@ -300,6 +287,23 @@ class Runner:
         self.pipeline.finish()
         self._collect_child(pid, spill, trailer_file)
         return problems
+
+    def _run_child(self, spill: BinaryIO, trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
+        """The second worker: `replay_share()` feeds its packets; its documents go to `spill`,
+        its counters to `trailer_file`. Never returns; the sinks and threads it inherited are
+        left alone."""
+        code = 0
+        try:
+            self.pipeline.sinks = [_SpillSink(spill)]
+            replay_share()
+            self.pipeline.finish()
+            spill.flush()
+            trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
+            trailer_file.flush()
+        except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+            code = EXIT_INTERNAL
+        finally:
+            os._exit(code)
 
     def _collect_child(
         self, pid: int, spill: BinaryIO, trailer_file: BinaryIO, shared_counters: frozenset[str] = frozenset()
