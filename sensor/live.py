@@ -184,7 +184,7 @@ class Reloader:
     def check(self) -> Runner | None:
         """The new detection runner, or None (after logging why) when the new files are bad."""
         from sensor.config import load_config
-        from sensor.output.sinks import validate_outputs
+        from sensor.output.specs import validate_outputs
 
         try:
             config = load_config(self.args.config)

@@ -120,7 +120,7 @@ class Runner:
         from sensor.config import load_config
         from sensor.detect.rules import ALL_RULES
         from sensor.enrich.vendors import VendorCatalog
-        from sensor.output.sinks import validate_outputs
+        from sensor.output.specs import validate_outputs
 
         config = load_config(path)
         config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)

@@ -22,7 +22,7 @@ import requests
 
 from sensor import __version__
 from sensor.errors import ConfigError
-from sensor.output.sinks import read_secret
+from sensor.output.specs import read_secret
 from sensor.paths import DEPLOY_DIR
 
 TEMPLATES_DIR = DEPLOY_DIR / "elasticsearch"

@@ -282,3 +282,37 @@ def test_structured_nonsense_raises_only_config_error(catalog: VendorCatalog, do
     except ConfigError as error:
         assert error.source == "fuzz.yaml"
         assert error.key == "" or error.key.split(".")[0].split("[")[0] in document
+
+
+def test_the_defaults_without_a_file_are_the_schemas() -> None:
+    """load_config(None) answers without the schema; its values must be the schema's defaults."""
+    from sensor.config import DefaultConfig
+    from sensor.config_schema import SensorConfig
+
+    light, full = load_config(None), SensorConfig()
+    assert isinstance(light, DefaultConfig)
+    assert light.sensor.name == full.sensor.name
+    assert light.redaction.unredacted is full.redaction.unredacted is False
+    assert light.decode.model_dump() == full.decode.model_dump()
+    assert light.outputs == full.outputs
+    assert light.rules == dict(full.rules) == {}
+    assert light.source == full.source == DEFAULT_SOURCE
+    light.check_rule_ids(["tracker-egress-no-baa"])
+    assert light.rule("tracker-egress-no-baa") == RuleTuning()  # from the schema, loaded on demand
+    assert light.phi_hosts is None and light.assets is not None
+
+
+def test_a_plain_replay_loads_neither_pydantic_nor_yaml() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sensor.cli import main\n"
+        "assert main(['replay', 'pcaps/demo.pcap', '--emit', 'events', '--output', '-', '--quiet']) == 0\n"
+        "print(sorted(m for m in ('pydantic', 'yaml', 'sensor.config_schema', 'sensor.output.specs') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

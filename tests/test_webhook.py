@@ -270,7 +270,7 @@ def test_webhook_config_validation(tmp_path: Path) -> None:
 def test_slack_url_stays_out_of_reprs(tmp_path: Path) -> None:
     secret = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
     (sink,) = build_sinks([parse_output_spec(f"slack={secret}")], spool_dir=tmp_path, observer="o")
-    from sensor.output.sinks import WebhookOutput
+    from sensor.output.specs import WebhookOutput
 
     assert "XXXXSECRET" not in repr(sink)
     assert "XXXXSECRET" not in repr(WebhookOutput.model_validate({"type": "webhook", "format": "slack", "url": secret}))
