@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
 
 try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
@@ -135,6 +134,8 @@ class Prefilter:
         linktype = capture_linktype(path)
         if linktype is None:
             raise ValueError(f"{path}: not a classic pcap file")
+        from sensor.capture.bpf import default_filter  # the compiled selector starts without the decoder
+
         self.expression = default_filter(linktype)
         with open(path, "rb") as probe:
             compressed = probe.read(2) == GZIP_MAGIC
