@@ -1,8 +1,8 @@
 """Replay prefilter: a pcap stream holding only the packets that can matter, selected in C on the
 other core while Python decodes.
 
-For an uncompressed classic pcap file the compiled selector (`select_pcap` in sensor/_fast.c, the
-same selection as capture/bpf.py's filter) runs on a thread in this process: the file is read
+For an uncompressed classic pcap file the compiled selector (`select_pcap_file` in sensor/_fast.c,
+the same selection as capture/bpf.py's filter) runs on a thread in this process: the file is read
 once, in large blocks, with no pipe. Otherwise (gzip files, or no compiled extension) libpcap
 applies the BPF filter through tcpdump."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # the selection runs on the otherwise idle core instead of stalling.
 PREFETCH_BYTES = 32 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
-FORK_SETTLE_SECONDS = 0.1
+FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end (CompiledPrefilter.fork)
 # Its states (sensor/_fast.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
