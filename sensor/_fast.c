@@ -923,22 +923,23 @@ static Py_ssize_t read_at(int fd, uint8_t *into, Py_ssize_t want, long long offs
     return got;
 }
 
-/* select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted)
+/* select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)
  *   -> (kept for worker 0 (all when not split), kept for worker 1, next offset, state, detail)
  * Reads the classic pcap records of file `fd` from `offset` (a record boundary) block by block
- * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept
- * or the file ends. With `split`, each kept record goes to its worker (worker_of), and only
- * workers in the `wanted` bit mask keep theirs. Runs without the GIL: the thread calling it does
- * not hold up the decoder.
+ * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept,
+ * the file ends, or (when `stop_at` >= 0) the next record would start at or after `stop_at`.
+ * With `split`, each kept record goes to its worker (worker_of), and only workers in the `wanted`
+ * bit mask keep theirs. Runs without the GIL: the thread calling it does not hold up the decoder.
  * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
  * bytes left over); 3 a corrupt record at the next offset (detail: its length); 4 a read error
  * (detail: errno). */
 static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
-    int fd, big, split, wanted;
-    long long offset;
+    int fd, big, split, wanted, stopped = 0;
+    long long offset, stop_at;
     unsigned int linktype;
     Py_ssize_t enough;
-    if (!PyArg_ParseTuple(args, "iLIpnpi", &fd, &offset, &linktype, &big, &enough, &split, &wanted)) return NULL;
+    if (!PyArg_ParseTuple(args, "iLIpnpiL", &fd, &offset, &linktype, &big, &enough, &split, &wanted, &stop_at))
+        return NULL;
     uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK + 16 + MAX_FRAME);
     if (block == NULL) return PyErr_NoMemory();
     Output outs[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
@@ -955,6 +956,10 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
         }
         Py_ssize_t pos = 0;
         while (pos + 16 <= got) {
+            if (stop_at >= 0 && offset + pos >= stop_at) {
+                stopped = 1;
+                break;
+            }
             uint32_t incl = record_u32(block + pos + 8, big);
             if (incl > MAX_FRAME) {
                 state = SELECT_CORRUPT;
@@ -973,7 +978,7 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
             pos += 16 + incl;
         }
         offset += pos;
-        if (state != SELECT_MORE) break;
+        if (state != SELECT_MORE || stopped) break;
         if (got < want) { /* the file ends in this block */
             state = pos == got ? SELECT_END : SELECT_TRUNCATED;
             detail = got - pos;
@@ -999,6 +1004,45 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
     PyMem_RawFree(outs[0].data);
     PyMem_RawFree(outs[1].data);
     return result;
+}
+
+/* pcap_resync(fd, offset, big_endian) -> the first offset at or after `offset` (within 256 KiB)
+ * where RESYNC_CHAIN consecutive record headers chain plausibly, or -1. A guess, so that a second
+ * thread can select the rest of a file while the first is still on its way there: the first
+ * thread confirms it by landing exactly on it, or the guess is dropped. */
+#define RESYNC_SPAN (256 << 10)
+#define RESYNC_WINDOW (4 << 20)
+#define RESYNC_CHAIN 32
+
+static int plausible_header(const uint8_t *h, int big, uint32_t first_second) {
+    uint32_t second = record_u32(h, big), frac = record_u32(h + 4, big);
+    uint32_t incl = record_u32(h + 8, big), orig = record_u32(h + 12, big);
+    uint32_t spread = second > first_second ? second - first_second : first_second - second;
+    return incl <= 262144 && orig >= incl && orig <= MAX_FRAME && frac < 1000000000u && spread <= 7 * 86400;
+}
+
+static PyObject *pcap_resync(PyObject *module, PyObject *args) {
+    int fd, big;
+    long long offset;
+    if (!PyArg_ParseTuple(args, "iLp", &fd, &offset, &big)) return NULL;
+    uint8_t *window = PyMem_RawMalloc(RESYNC_WINDOW);
+    if (window == NULL) return PyErr_NoMemory();
+    long long found = -1;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t got = read_at(fd, window, RESYNC_WINDOW, offset);
+    for (Py_ssize_t start = 0; got > 0 && start < RESYNC_SPAN && found < 0; start++) {
+        Py_ssize_t pos = start;
+        int chained = 0;
+        uint32_t first_second = start + 16 <= got ? record_u32(window + start, big) : 0;
+        while (chained < RESYNC_CHAIN && pos + 16 <= got && plausible_header(window + pos, big, first_second)) {
+            pos += 16 + (Py_ssize_t)record_u32(window + pos + 8, big);
+            chained++;
+        }
+        if (chained == RESYNC_CHAIN && pos <= got) found = offset + start;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(window);
+    return PyLong_FromLongLong(found);
 }
 
 /* pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> (records, next)
@@ -1045,8 +1089,10 @@ static PyMethodDef methods[] = {
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> ([(ts, linktype, frame), ...], next)"},
+    {"pcap_resync", pcap_resync, METH_VARARGS,
+     "pcap_resync(fd, offset, big_endian) -> a likely record boundary at or after offset, or -1"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
-     "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted)"
+     "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
     {"parse_dns", parse_dns, METH_O,
      "parse_dns(data) -> (id, flags, questions, answers, extended_rcode), or None to let the Python parser decide"},

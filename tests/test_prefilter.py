@@ -550,3 +550,68 @@ def test_child_lines_shipped_while_it_runs_arrive_once_and_in_order(tmp_path: Pa
     assert out.read_bytes() == b"".join(lines)
     assert sink.stats()["sent"] == 3000
     assert runner.pipeline.counters.get("records.dns") == 3000
+
+
+@needs_selector
+def test_resync_finds_a_record_boundary(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "many.pcap"
+    _many_packets_capture(path, 60)
+    data = path.read_bytes()
+    boundaries = {offset for offset, _ in pcap_records(data)}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for start in range(24, len(data) // 2, len(data) // 37):
+            found = prefilter_module._pcap_resync(fd, start, False)
+            assert found in boundaries and found >= start
+        assert prefilter_module._pcap_resync(fd, len(data) - 100, False) == -1  # too little left to tell
+    finally:
+        os.close(fd)
+
+
+def _selected(path: Path, split: bool) -> tuple[bytes, ...]:
+    selector = CompiledPrefilter(path, split=split)
+    streams = []
+    for worker in ((0, 1) if split else (0,)):
+        selector._worker = worker
+        streams.append(selector.stdout.read(1 << 40))
+    complaint = selector.close()
+    return (*streams, complaint)
+
+
+@needs_selector
+@pytest.mark.parametrize("cut", [False, True])
+@pytest.mark.parametrize("guess", ["found", "inside a record", "past the end"])
+@pytest.mark.parametrize("held", [1, 1 << 30])
+def test_second_thread_selection_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: bool, guess: str, held: int
+) -> None:
+    """Whether the guessed boundary is right or wrong, and however much the second thread may
+    hold, the streams (and a cut file's complaint) are those of one thread alone."""
+    path = tmp_path / "many.pcap"
+    _many_packets_capture(path, 150)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-5])
+    expected = {split: _selected(path, split) for split in (False, True)}
+    monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
+    monkeypatch.setattr(prefilter_module, "TAIL_MAX_KEPT", held)
+    real = prefilter_module._pcap_resync
+    shift = {"found": 0, "inside a record": 3, "past the end": 1 << 40}[guess]
+    monkeypatch.setattr(prefilter_module, "_pcap_resync", lambda fd, offset, big: real(fd, offset, big) + shift)
+    for split in (False, True):
+        assert _selected(path, split) == expected[split]
+
+
+@needs_selector
+def test_second_thread_takes_the_second_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "many.pcap"
+    _many_packets_capture(path, 150)
+    expected = _selected(path, False)
+    monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
+    selector = CompiledPrefilter(path)
+    tail = selector._tail
+    assert tail is not None and 24 < tail.start < path.stat().st_size
+    assert (selector.stdout.read(1 << 40), selector.close()) == expected
+    assert tail.kept and tail.state == prefilter_module._END  # its part was selected by it, then taken
+    assert selector._tail is None

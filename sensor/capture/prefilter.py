@@ -20,9 +20,10 @@ from typing import BinaryIO
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
 
 try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
+    from sensor._fast import pcap_resync as _pcap_resync
     from sensor._fast import select_pcap_file as _select_pcap
 except ImportError:  # built without a C compiler
-    _select_pcap = None
+    _select_pcap = _pcap_resync = None
 
 AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
@@ -30,6 +31,9 @@ AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 PREFETCH_BYTES = 32 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
 FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end (CompiledPrefilter.fork)
+# A file this large has its second half selected by a second thread at the same time.
+TAIL_MIN_BYTES = 64 << 20
+TAIL_MAX_KEPT = PREFETCH_BYTES // 2  # what that thread may hold until the first one gets there
 # Its states (sensor/_fast.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
@@ -235,7 +239,17 @@ class CompiledPrefilter:
         self._offset = 24  # the next record to select
         self._done = False
         self._complaint: str | None = None
+        self._tail = self._start_tail()
         self._stream = _Prefetcher(self._next_chunks, PREFETCH_BYTES, streams=2 if self.split else 1)
+
+    def _start_tail(self) -> _Tail | None:
+        """A second thread for the second half of a large file, from a guessed record boundary."""
+        assert _pcap_resync is not None
+        size = os.fstat(self._file.fileno()).st_size
+        if size < TAIL_MIN_BYTES:
+            return None
+        start = _pcap_resync(self._file.fileno(), 24 + (size - 24) // 2, self._big_endian)
+        return _Tail(self, start) if start > 24 else None
 
     @property
     def stdout(self) -> BinaryIO:
@@ -259,6 +273,8 @@ class CompiledPrefilter:
         """After the fork: keep only `worker`'s packets from here on, and select on."""
         self._worker = worker
         self._wanted = 1 << worker
+        if in_child:
+            self._tail = None  # the second thread runs in the parent only: the child selects it all
         self._stream.continue_with(worker, in_child)
 
     def _next_chunks(self) -> tuple[Chunks, Callable[[], None] | None] | None:
@@ -270,12 +286,20 @@ class CompiledPrefilter:
         assert _select_pcap is not None
         if self._done:
             return None
+        tail = self._tail
         first, second, at, state, detail = _select_pcap(
             self._file.fileno(), self._offset, self._linktype, self._big_endian, SELECT_CHUNK, self.split,
-            self._wanted,
+            self._wanted, tail.start if tail is not None else -1,
         )
+        if tail is not None and state == _MORE and at >= tail.start:
+            tail.thread.join()
+            if at == tail.start and tail.state is not None:  # the guess was a record boundary: go on from its end
+                first += b"".join(kept[0] for kept in tail.kept)
+                second += b"".join(kept[1] for kept in tail.kept)
+                at, state, detail = tail.offset, tail.state, tail.detail
 
         def commit() -> None:
+            self._tail = None if tail is not None and at >= tail.start else tail
             self._offset = at
             if state != _MORE:
                 self._done = True
@@ -295,8 +319,39 @@ class CompiledPrefilter:
         """Stop selecting; the fault found in the file (truncated, corrupt, unreadable), or None."""
         self._stream.close()
         self._stream.wait()  # the thread ends within one chunk: then the file can close under it
+        if self._tail is not None:
+            self._tail.thread.join()
         self._file.close()
         return self._complaint
+
+
+class _Tail:
+    """The second half of a file selected ahead, from `start` (a guessed record boundary), by a
+    thread of its own: at most TAIL_MAX_KEPT bytes kept, held until the first thread reaches
+    `start` exactly (which confirms the guess) and takes them; `offset`, `state` and `detail` say
+    where it stopped (state None: it failed, and the first thread selects that part itself)."""
+
+    def __init__(self, owner: CompiledPrefilter, start: int) -> None:
+        self.start = self.offset = start
+        self.kept: list[tuple[bytes, bytes]] = []
+        self.state: int | None = _MORE
+        self.detail = 0
+        self.thread = threading.Thread(target=self._select, args=(owner,), name="prefilter-tail", daemon=True)
+        self.thread.start()
+
+    def _select(self, owner: CompiledPrefilter) -> None:
+        assert _select_pcap is not None
+        held = 0
+        try:
+            while self.state == _MORE and held < TAIL_MAX_KEPT:
+                first, second, self.offset, self.state, self.detail = _select_pcap(
+                    owner._file.fileno(), self.offset, owner._linktype, owner._big_endian, SELECT_CHUNK,
+                    owner.split, owner._wanted, -1,
+                )
+                self.kept.append((first, second))
+                held += len(first) + len(second)
+        except (OSError, ValueError):
+            self.state = None
 
 
 AnyPrefilter = Prefilter | CompiledPrefilter
