@@ -609,9 +609,17 @@ def test_second_thread_takes_the_second_half(tmp_path: Path, monkeypatch: pytest
     _many_packets_capture(path, 150)
     expected = _selected(path, False)
     monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
-    selector = CompiledPrefilter(path)
-    tail = selector._tail
-    assert tail is not None and 24 < tail.start < path.stat().st_size
+    started: list = []
+
+    class RecordedTail(prefilter_module._Tail):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    monkeypatch.setattr(prefilter_module, "_Tail", RecordedTail)
+    selector = CompiledPrefilter(path)  # its thread may take the tail before the next line runs
+    [tail] = started
+    assert 24 < tail.start < path.stat().st_size
     assert (selector.stdout.read(1 << 40), selector.close()) == expected
     assert tail.kept and tail.state == prefilter_module._END  # its part was selected by it, then taken
     assert selector._tail is None
