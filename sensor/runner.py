@@ -11,7 +11,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
@@ -190,13 +190,19 @@ class Runner:
         return self._fail_on_code()
 
     def _replay_in(self, paths: list[Path], prefilter: str, progress: str, started: AnyPrefilter | None) -> list[str]:
+        return self._replay_each(paths, progress, lambda index, path, reporter: self.pipeline.replay(
+            path, prefilter=prefilter, progress=reporter, started=started if index == 0 else None
+        ))
+
+    def _replay_each(
+        self, paths: list[Path], progress: str, replay_one: Callable[[int, Path, Any], list[str]]
+    ) -> list[str]:
+        """`replay_one(index, path, progress bar or None)` for each file; their problems."""
         problems: list[str] = []
         for index, path in enumerate(paths):
             reporter = self._progress_for(path, progress)
             try:
-                problems.extend(self.pipeline.replay(
-                    path, prefilter=prefilter, progress=reporter, started=started if index == 0 else None
-                ))
+                problems.extend(replay_one(index, path, reporter))
             finally:
                 if reporter is not None:
                     reporter.close()
@@ -229,15 +235,10 @@ class Runner:
 
             self._run_child(spill, trailer_file, replay_my_half)
         started.continue_as(0, in_child=False)
-        problems: list[str] = []
-        for index, path in enumerate(paths):
-            reporter = self._progress_for(path, progress)
-            try:
-                selector = started if index == 0 else _split_selector(path, 0)
-                problems.extend(self.pipeline.replay(path, progress=reporter, started=selector, prefilter="never"))
-            finally:
-                if reporter is not None:
-                    reporter.close()
+        first_file = started
+        problems = self._replay_each(paths, progress, lambda index, path, reporter: self.pipeline.replay(
+            path, progress=reporter, started=first_file if index == 0 else _split_selector(path, 0), prefilter="never"
+        ))
         self.pipeline.finish()
         self._collect_child(pid, spill, trailer_file, shared_counters=_PER_FILE_COUNTERS)
         return problems
@@ -268,15 +269,9 @@ class Runner:
         channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 16))
         problems: list[str] = []
         try:
-            for index, path in enumerate(paths):
-                reporter = self._progress_for(path, progress)
-                try:
-                    problems.extend(self.pipeline.replay(
-                        path, progress=reporter, forward=channel.write, started=started if index == 0 else None
-                    ))
-                finally:
-                    if reporter is not None:
-                        reporter.close()
+            problems = self._replay_each(paths, progress, lambda index, path, reporter: self.pipeline.replay(
+                path, progress=reporter, forward=channel.write, started=started if index == 0 else None
+            ))
         except BrokenPipeError:
             pass  # the child is gone: reported below
         finally:
