@@ -346,9 +346,148 @@ fail:
     return NULL;
 }
 
-/* parse_dns(data) -> (id, flags, ((name, qtype), ...), ((name, rtype, text, ttl), ...), extended_rcode)
- * or None when sensor.decode.dns.parse_message must handle the message. */
+/* Records (sensor.records.frozen_record classes) built here without running their __init__: each
+ * field is written through its slot descriptor, which is what that __init__ does, minus a Python
+ * call per record. */
+#define RECORD_MAX_FIELDS 8
+typedef struct {
+    PyTypeObject *type;
+    PyObject *slots[RECORD_MAX_FIELDS]; /* member descriptors, in field order */
+    Py_ssize_t count;
+} RecordType;
+
+static void record_type_clear(RecordType *record) {
+    for (Py_ssize_t i = 0; i < record->count; i++) Py_CLEAR(record->slots[i]);
+    Py_CLEAR(record->type);
+    record->count = 0;
+}
+
+/* `count`: the number of fields expected, or -1 for any up to RECORD_MAX_FIELDS. */
+static int record_type_bind(RecordType *record, PyObject *type, Py_ssize_t count) {
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "a record class is expected");
+        return -1;
+    }
+    PyObject *names = PyObject_GetAttrString(type, "__slots__");
+    if (names == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%R: not a slotted record class", type);
+        }
+        return -1;
+    }
+    if (PyTuple_Check(names) && count < 0) count = PyTuple_GET_SIZE(names);
+    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) != count || count > RECORD_MAX_FIELDS) {
+        Py_DECREF(names);
+        PyErr_Format(PyExc_TypeError, "%R: expected %zd slots", type, count);
+        return -1;
+    }
+    PyObject *slots[RECORD_MAX_FIELDS];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        slots[i] = PyObject_GetAttr(type, PyTuple_GET_ITEM(names, i));
+        if (slots[i] == NULL || Py_TYPE(slots[i])->tp_descr_set == NULL) {
+            if (slots[i] != NULL) PyErr_Format(PyExc_TypeError, "%R: a field is not a slot", type);
+            for (Py_ssize_t j = 0; j <= i; j++) Py_XDECREF(slots[j]);
+            Py_DECREF(names);
+            return -1;
+        }
+    }
+    Py_DECREF(names);
+    record_type_clear(record);
+    record->type = (PyTypeObject *)Py_NewRef(type);
+    memcpy(record->slots, slots, count * sizeof(PyObject *));
+    record->count = count;
+    return 0;
+}
+
+/* A new record from `values` (one per field, stolen; NULL ones mean an error is set). */
+static PyObject *record_new(const RecordType *record, PyObject **values) {
+    PyObject *obj = NULL;
+    for (Py_ssize_t i = 0; i < record->count; i++)
+        if (values[i] == NULL) goto done;
+    obj = record->type->tp_alloc(record->type, 0);
+    for (Py_ssize_t i = 0; obj != NULL && i < record->count; i++)
+        if (Py_TYPE(record->slots[i])->tp_descr_set(record->slots[i], obj, values[i]) < 0) Py_CLEAR(obj);
+done:
+    for (Py_ssize_t i = 0; i < record->count; i++) Py_XDECREF(values[i]);
+    return obj;
+}
+
+#define RECORD_CAPSULE "sensor._fast.RecordType"
+
+static void record_capsule_free(PyObject *capsule) {
+    RecordType *record = PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+    record_type_clear(record);
+    PyMem_Free(record);
+}
+
+static PyObject *record_make(PyObject *capsule, PyObject *const *args, Py_ssize_t nargs) {
+    const RecordType *record = PyCapsule_GetPointer(capsule, RECORD_CAPSULE);
+    if (record == NULL) return NULL;
+    if (nargs != record->count) {
+        PyErr_Format(PyExc_TypeError, "%s maker takes %zd positional arguments (%zd given)", record->type->tp_name,
+                     record->count, nargs);
+        return NULL;
+    }
+    PyObject *values[RECORD_MAX_FIELDS];
+    for (Py_ssize_t i = 0; i < nargs; i++) values[i] = Py_NewRef(args[i]);
+    return record_new(record, values);
+}
+
+static PyMethodDef record_make_def = {"make", (PyCFunction)(void (*)(void))record_make, METH_FASTCALL,
+                                      "make(*fields) -> a new record, every field given in order"};
+
+/* record_maker(cls) -> a function building cls from all its fields, positionally. */
+static PyObject *record_maker(PyObject *module, PyObject *type) {
+    RecordType *record = PyMem_Calloc(1, sizeof *record);
+    if (record == NULL) return PyErr_NoMemory();
+    if (record_type_bind(record, type, -1) < 0) {
+        PyMem_Free(record);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(record, RECORD_CAPSULE, record_capsule_free);
+    if (capsule == NULL) {
+        record_type_clear(record);
+        PyMem_Free(record);
+        return NULL;
+    }
+    PyObject *maker = PyCFunction_New(&record_make_def, capsule);
+    Py_DECREF(capsule);
+    return maker;
+}
+
+static RecordType dns_message_record, dns_answer_record;
+static PyObject *dns_type_names, *dns_rcode_names;
+
+/* bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES): what parse_dns builds its result from. */
+static PyObject *bind_dns(PyObject *module, PyObject *args) {
+    PyObject *message, *answer, *type_names, *rcode_names;
+    if (!PyArg_ParseTuple(args, "OOO!O!", &message, &answer, &PyDict_Type, &type_names, &PyDict_Type, &rcode_names))
+        return NULL;
+    if (record_type_bind(&dns_message_record, message, 6) < 0 || record_type_bind(&dns_answer_record, answer, 4) < 0)
+        return NULL;
+    Py_XSETREF(dns_type_names, Py_NewRef(type_names));
+    Py_XSETREF(dns_rcode_names, Py_NewRef(rcode_names));
+    Py_RETURN_NONE;
+}
+
+/* names[code], else prefix followed by the number (sensor.decode.dns.type_name and RCODE names). */
+static PyObject *code_name(PyObject *names, unsigned code, const char *prefix) {
+    PyObject *key = PyLong_FromUnsignedLong(code);
+    if (key == NULL) return NULL;
+    PyObject *name = PyDict_GetItemWithError(names, key);
+    Py_DECREF(key);
+    if (name != NULL) return Py_NewRef(name);
+    return PyErr_Occurred() ? NULL : PyUnicode_FromFormat("%s%u", prefix, code);
+}
+
+/* parse_dns(data) -> the DnsMessage (as sensor.decode.dns.parse_message_py gives it), or None when
+ * parse_message_py must handle the message. bind_dns must have been called. */
 static PyObject *parse_dns(PyObject *module, PyObject *arg) {
+    if (dns_message_record.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_dns() first");
+        return NULL;
+    }
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     Message m = {view.buf, view.len};
@@ -373,7 +512,8 @@ static PyObject *parse_dns(PyObject *module, PyObject *arg) {
         if (position + 4 > m.size) goto python;
         PyObject *question_name = name_str(name, name_len, last_name);
         last_name = question_name;
-        PyObject *question = tuple_steal(2, (PyObject *[]){question_name, PyLong_FromUnsignedLong(get16(m.data + position))});
+        PyObject *question =
+            tuple_steal(2, (PyObject *[]){question_name, code_name(dns_type_names, get16(m.data + position), "TYPE")});
         if (question == NULL) goto error;
         PyTuple_SET_ITEM(questions, i, question);
         position += 4;
@@ -398,9 +538,10 @@ static PyObject *parse_dns(PyObject *module, PyObject *arg) {
             if (rc > 0) goto python;
             PyObject *answer_name = name_str(name, name_len, last_name);
             last_name = answer_name;
-            PyObject *answer = tuple_steal(4, (PyObject *[]){answer_name, PyLong_FromUnsignedLong(rtype),
-                                                             ascii_str(text.text ? text.text : "", text.len),
-                                                             PyLong_FromUnsignedLong(ttl)});
+            PyObject *answer = record_new(&dns_answer_record,
+                                          (PyObject *[]){answer_name, code_name(dns_type_names, rtype, "TYPE"),
+                                                         ascii_str(text.text ? text.text : "", text.len),
+                                                         PyLong_FromUnsignedLong(ttl)});
             if (answer == NULL) goto error;
             PyTuple_SET_ITEM(answers, index, answer);
         } else if (rtype == 41 && index >= ancount + nscount) {
@@ -408,9 +549,11 @@ static PyObject *parse_dns(PyObject *module, PyObject *arg) {
         }
         position = rdata_end;
     }
-    result = tuple_steal(5, (PyObject *[]){PyLong_FromUnsignedLong(msg_id), PyLong_FromUnsignedLong(flags),
-                                            Py_NewRef(questions), Py_NewRef(answers),
-                                            PyLong_FromUnsignedLong(extended_rcode)});
+    result = record_new(&dns_message_record,
+                        (PyObject *[]){PyLong_FromUnsignedLong(msg_id), PyBool_FromLong(flags & 0x8000),
+                                       PyLong_FromUnsignedLong((flags >> 11) & 0x0F),
+                                       code_name(dns_rcode_names, (extended_rcode << 4) | (flags & 0x0F), "RCODE"),
+                                       Py_NewRef(questions), Py_NewRef(answers)});
     goto done;
 python:
     result = Py_NewRef(Py_None);
@@ -1094,8 +1237,9 @@ static PyMethodDef methods[] = {
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
-    {"parse_dns", parse_dns, METH_O,
-     "parse_dns(data) -> (id, flags, questions, answers, extended_rcode), or None to let the Python parser decide"},
+    {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
+    {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
+    {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
     {NULL, NULL, 0, NULL},
 };
 

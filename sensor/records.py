@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, dataclass_transform
+
+try:  # the compiled constructor (see _fast.c record_maker)
+    from sensor._fast import record_maker as _record_maker
+except ImportError:  # built without a C compiler
+    _record_maker = None
 
 _T = TypeVar("_T")
 
@@ -36,6 +42,15 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
     cls.__init__ = init  # type: ignore[misc]
     return cls
+
+
+def positional_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A function building a `frozen_record` class from every field, positionally and in order.
+
+    Compiled, it writes the slots directly (about 4x cheaper than the class call), for the records
+    decode builds per packet; without the extension it is the class itself.
+    """
+    return _record_maker(cls) if _record_maker is not None else cls
 
 
 @frozen_record

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowTable, StreamConsumer
 from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
-from sensor.records import Counters, Flow, HttpRequest, Record, TlsHello
+from sensor.records import Counters, Flow, HttpRequest, Record, TlsHello, positional_constructor
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _DNS_PORT = 53
@@ -28,8 +28,12 @@ class DecodeSettings:
     dns_timeout: float = 5.0
 
 
+_new_flow = positional_constructor(Flow)
+_new_hello = positional_constructor(TlsHello)
+
+
 def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) -> Flow:
-    return Flow(addr_text(src), sport, addr_text(dst), dport, transport)
+    return _new_flow(addr_text(src), sport, addr_text(dst), dport, transport)
 
 
 class _BufferedConsumer:
@@ -223,15 +227,5 @@ class TrafficDecoder:
             self.counters.add("records.dns", len(records))
 
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
-        self.records.append(
-            TlsHello(
-                ts=ts,
-                flow=flow,
-                protocol=protocol,
-                server_name=hello.server_name,
-                alpn=hello.alpn,
-                ech=hello.ech,
-                version=hello.version,
-            )
-        )
+        self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))
         self.counters.add("records.quic" if protocol == "quic" else "records.tls")

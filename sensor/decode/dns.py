@@ -14,12 +14,13 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sensor.records import Counters, DnsAnswer, DnsQuery, Flow, frozen_record
+from sensor.records import Counters, DnsAnswer, DnsQuery, Flow, frozen_record, positional_constructor
 
 try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
+    from sensor._fast import bind_dns as _bind_dns_fast
     from sensor._fast import parse_dns as _parse_dns_fast
 except ImportError:  # built without a C compiler: pure Python throughout
-    _parse_dns_fast = None
+    _bind_dns_fast = _parse_dns_fast = None
 
 
 class DnsError(ValueError):
@@ -52,6 +53,9 @@ RCODE_NAMES: dict[int, str] = {
     16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
     22: "BADTRUNC", 23: "BADCOOKIE",
 }
+
+if _bind_dns_fast is not None:  # the fast parser builds the same records, with the same names
+    _bind_dns_fast(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)
 
 _SVC_PARAM_NAMES = {0: "mandatory", 1: "alpn", 2: "no-default-alpn", 3: "port", 4: "ipv4hint",
                     5: "ech", 6: "ipv6hint", 7: "dohpath", 8: "ohttp"}
@@ -273,19 +277,7 @@ def _render_svc_param(key: int, value: bytes) -> str:
 def parse_message(data: bytes) -> DnsMessage:
     """Decode one DNS message (UDP payload, or one TCP message without its length prefix)."""
     fast = _parse_dns_fast(data) if _parse_dns_fast is not None else None
-    if fast is None:
-        return parse_message_py(data)
-    msg_id, flags, questions, answers, extended_rcode = fast
-    rcode = (extended_rcode << 4) | (flags & 0x0F)
-    names = TYPE_NAMES  # type_name, inlined: this runs for every DNS packet
-    return DnsMessage(
-        msg_id,
-        bool(flags & 0x8000),
-        (flags >> 11) & 0x0F,
-        RCODE_NAMES.get(rcode) or f"RCODE{rcode}",
-        tuple([(name, names.get(qtype) or f"TYPE{qtype}") for name, qtype in questions]),
-        tuple([DnsAnswer(name, names.get(rtype) or f"TYPE{rtype}", text, ttl) for name, rtype, text, ttl in answers]),
-    )
+    return parse_message_py(data) if fast is None else fast
 
 
 def parse_message_py(data: bytes) -> DnsMessage:
@@ -366,6 +358,7 @@ def looks_like_dns(payload: bytes) -> bool:
 
 
 _PendingKey = tuple[str, int, str, int, int, str]
+_new_query = positional_constructor(DnsQuery)
 
 
 @dataclass(slots=True)
@@ -421,14 +414,13 @@ class DnsTransactions:
                 self.counters.add("dns.unmatched_responses")
                 client_flow = Flow(flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, flow.transport)
                 query = _Pending(ts, client_flow, msg.id, name, qtype)
-            records.append(DnsQuery(ts=query.ts, flow=query.flow, id=query.id, name=query.name,
-                                    qtype=query.qtype, response_seen=True, rcode=msg.rcode,
-                                    answers=msg.answers))
+            records.append(_new_query(query.ts, query.flow, query.id, query.name, query.qtype, True, msg.rcode,
+                                      msg.answers))
         return records
 
     def _unanswered(self, query: _Pending) -> DnsQuery:
         self.counters.add("dns.unanswered")
-        return DnsQuery(ts=query.ts, flow=query.flow, id=query.id, name=query.name, qtype=query.qtype)
+        return _new_query(query.ts, query.flow, query.id, query.name, query.qtype, False, None, ())
 
     def expire(self, now: float) -> list[DnsQuery]:
         """Unanswered records for pending queries older than the timeout (checked in arrival order)."""
