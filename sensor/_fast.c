@@ -11,6 +11,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
+#include <time.h>
 #include <unistd.h>
 #include <stdint.h>
 #include <string.h>
@@ -711,10 +713,9 @@ static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
 
 /* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> "1:<base64 sha1>", or None
  * when an address does not parse (the Python code then decides). */
-static PyObject *community_id(PyObject *module, PyObject *args) {
-    const char *src_text, *dst_text;
-    unsigned int sport, dport, proto, seed;
-    if (!PyArg_ParseTuple(args, "sIsIII", &src_text, &sport, &dst_text, &dport, &proto, &seed)) return NULL;
+/* The Community ID of a flow given as address texts, or None when an address or number is out of range. */
+static PyObject *community_id_text(const char *src_text, unsigned sport, const char *dst_text, unsigned dport,
+                                   unsigned proto, unsigned seed) {
     int family = strchr(src_text, ':') ? AF_INET6 : AF_INET;
     size_t alen = family == AF_INET6 ? 16 : 4;
     uint8_t src[16], dst[16];
@@ -744,6 +745,149 @@ static PyObject *community_id(PyObject *module, PyObject *args) {
     else
         PyErr_NoMemory();
     PyMem_Free(text.text);
+    return result;
+}
+
+static PyObject *community_id(PyObject *module, PyObject *args) {
+    const char *src_text, *dst_text;
+    unsigned int sport, dport, proto, seed;
+    if (!PyArg_ParseTuple(args, "sIsIII", &src_text, &sport, &dst_text, &dport, &proto, &seed)) return NULL;
+    return community_id_text(src_text, sport, dst_text, dport, proto, seed);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.output.ecs.EventBuilder._envelope: the fields every event document has.
+ */
+
+/* sensor.output.ecs.iso_time: UTC ISO 8601 with microseconds, clamped to years 1 to 9999. */
+#define FIRST_SECOND (-62135596800.0) /* 0001-01-01T00:00:00Z */
+#define LAST_SECOND 253402300799.0    /* 9999-12-31T23:59:59Z */
+
+static PyObject *iso_time_str(double ts) {
+    double second = floor(ts);
+    if (!(second >= FIRST_SECOND)) return PyUnicode_FromString("0001-01-01T00:00:00.000000Z");
+    if (second > LAST_SECOND) return PyUnicode_FromString("9999-12-31T23:59:59.999999Z");
+    volatile double scaled = (ts - second) * 1000000.0; /* volatile: rounded as Python rounds, never fused */
+    long micros = (long)(scaled + 0.5);
+    if (micros > 999999) micros = 999999;
+    /* The proleptic Gregorian date of a day count from 1970-01-01 (H. Hinnant's civil_from_days),
+     * as Python's datetime counts. */
+    long long whole = (long long)second, days = whole >= 0 ? whole / 86400 : -((-whole + 86399) / 86400);
+    long long in_day = whole - days * 86400;
+    days += 719468;
+    long long era = (days >= 0 ? days : days - 146096) / 146097;
+    long long day_of_era = days - era * 146097;
+    long long year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+    long long day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    long long mp = (5 * day_of_year + 2) / 153;
+    long long day = day_of_year - (153 * mp + 2) / 5 + 1, month = mp < 10 ? mp + 3 : mp - 9;
+    long long year = year_of_era + era * 400 + (month <= 2);
+    long fields[7] = {(long)year, (long)month, (long)day, (long)(in_day / 3600), (long)(in_day / 60 % 60),
+                      (long)(in_day % 60), micros};
+    static const int widths[7] = {4, 2, 2, 2, 2, 2, 6};
+    static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char text[32];
+    int n = 0;
+    for (int f = 0; f < 7; f++) {
+        for (int i = widths[f] - 1; i >= 0; i--, fields[f] /= 10) text[n + i] = (char)('0' + fields[f] % 10);
+        n += widths[f];
+        text[n++] = after[f];
+    }
+    return ascii_str(text, n);
+}
+
+enum {
+    K_TIMESTAMP, K_ECS, K_VERSION, K_EVENT, K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE, K_OBSERVER, K_SOURCE,
+    K_DESTINATION, K_NETWORK, K_IP, K_PORT, K_TRANSPORT, K_PROTOCOL, K_COMMUNITY_ID, K_SRC_IP, K_SRC_PORT,
+    K_DST_IP, K_DST_PORT, V_EVENT, V_NETWORK, V_CONNECTION, V_IPV4, V_IPV6, K_COUNT
+};
+static const char *const envelope_text[K_COUNT] = {
+    "@timestamp", "ecs", "version", "event", "kind", "category", "type", "dataset", "module", "observer", "source",
+    "destination", "network", "ip", "port", "transport", "protocol", "community_id", "src_ip", "src_port",
+    "dst_ip", "dst_port", "event", "network", "connection", "ipv4", "ipv6",
+};
+static PyObject *envelope_str[K_COUNT]; /* interned at module init */
+
+/* A new dict from pairs of (key index, value); values are stolen, NULL ones mean an error is set. */
+static PyObject *dict_steal(int n, const int *keys, PyObject **values) {
+    PyObject *dict = NULL;
+    for (int i = 0; i < n; i++)
+        if (values[i] == NULL) goto done;
+    dict = PyDict_New();
+    for (int i = 0; dict != NULL && i < n; i++)
+        if (PyDict_SetItem(dict, envelope_str[keys[i]], values[i]) < 0) Py_CLEAR(dict);
+done:
+    for (int i = 0; i < n; i++) Py_XDECREF(values[i]);
+    return dict;
+}
+
+static PyObject *list_of(int n, PyObject **items) { /* new references to items */
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) PyList_SET_ITEM(list, i, Py_NewRef(items[i]));
+    return list;
+}
+
+/* event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> dict, or None for a
+ * flow whose fields are not what decode makes (addresses in text, ports of 16 bits, a transport
+ * name), or a time that is not a number: the Python envelope takes those. */
+static PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "event_envelope takes 7 arguments");
+        return NULL;
+    }
+    PyObject *flow = args[2], *src_ip = NULL, *dst_ip = NULL, *src_port = NULL, *dst_port = NULL, *transport = NULL,
+             *result = NULL, *community = NULL;
+    double ts = PyFloat_AsDouble(args[0]);
+    if (!isfinite(ts) || (ts == -1.0 && PyErr_Occurred())) goto python;
+    src_ip = PyObject_GetAttr(flow, envelope_str[K_SRC_IP]);
+    dst_ip = src_ip ? PyObject_GetAttr(flow, envelope_str[K_DST_IP]) : NULL;
+    src_port = dst_ip ? PyObject_GetAttr(flow, envelope_str[K_SRC_PORT]) : NULL;
+    dst_port = src_port ? PyObject_GetAttr(flow, envelope_str[K_DST_PORT]) : NULL;
+    transport = dst_port ? PyObject_GetAttr(flow, envelope_str[K_TRANSPORT]) : NULL;
+    if (transport == NULL) goto done;
+    if (!PyUnicode_Check(src_ip) || !PyUnicode_Check(dst_ip) || !PyUnicode_Check(transport) ||
+        !PyLong_CheckExact(src_port) || !PyLong_CheckExact(dst_port))
+        goto python;
+    const char *src_text = PyUnicode_AsUTF8(src_ip), *dst_text = src_text ? PyUnicode_AsUTF8(dst_ip) : NULL;
+    if (dst_text == NULL) goto done;
+    unsigned long sport = PyLong_AsUnsignedLong(src_port), dport = PyLong_AsUnsignedLong(dst_port);
+    if (PyErr_Occurred() || sport > 0xFFFF || dport > 0xFFFF) goto python;
+    unsigned proto = PyUnicode_CompareWithASCIIString(transport, "tcp") == 0   ? 6
+                     : PyUnicode_CompareWithASCIIString(transport, "udp") == 0 ? 17
+                                                                              : 0;
+    community = community_id_text(src_text, sport, dst_text, dport, proto, 0);
+    if (community == Py_None) goto python;
+    if (community == NULL) goto done;
+    PyObject *type_values[2] = {envelope_str[K_PROTOCOL], envelope_str[V_CONNECTION]};
+    PyObject *category_values[1] = {envelope_str[V_NETWORK]};
+    result = dict_steal(
+        7,
+        (const int[]){K_TIMESTAMP, K_ECS, K_EVENT, K_OBSERVER, K_SOURCE, K_DESTINATION, K_NETWORK},
+        (PyObject *[]){
+            iso_time_str(ts),
+            dict_steal(1, (const int[]){K_VERSION}, (PyObject *[]){Py_NewRef(args[5])}),
+            dict_steal(5, (const int[]){K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE},
+                       (PyObject *[]){Py_NewRef(envelope_str[V_EVENT]), list_of(1, category_values),
+                                      list_of(2, type_values), Py_NewRef(args[1]), Py_NewRef(args[6])}),
+            Py_NewRef(args[4]),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(src_ip), Py_NewRef(src_port)}),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(dst_ip), Py_NewRef(dst_port)}),
+            dict_steal(4, (const int[]){K_TRANSPORT, K_PROTOCOL, K_TYPE, K_COMMUNITY_ID},
+                       (PyObject *[]){Py_NewRef(transport), Py_NewRef(args[3]),
+                                      Py_NewRef(envelope_str[strchr(src_text, ':') ? V_IPV6 : V_IPV4]),
+                                      Py_NewRef(community)}),
+        });
+    goto done;
+python:
+    PyErr_Clear();
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(src_ip);
+    Py_XDECREF(dst_ip);
+    Py_XDECREF(src_port);
+    Py_XDECREF(dst_port);
+    Py_XDECREF(transport);
+    Py_XDECREF(community);
     return result;
 }
 
@@ -1237,6 +1381,8 @@ static PyMethodDef methods[] = {
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
+    {"event_envelope", (PyCFunction)(void (*)(void))event_envelope, METH_FASTCALL,
+     "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> the fields every event has"},
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
@@ -1247,4 +1393,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "sensor._fast", "Compiled fast paths for the decode stage.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fast(void) {
+    for (int i = 0; i < K_COUNT; i++)
+        if (envelope_str[i] == NULL && (envelope_str[i] = PyUnicode_InternFromString(envelope_text[i])) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
+}

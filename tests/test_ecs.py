@@ -1,6 +1,8 @@
 """ECS helpers shared by every event: the Community ID flow hash."""
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,3 +70,50 @@ def test_iso_time_names_any_capture_time(ts: float) -> None:
 def test_iso_time_pads_early_years() -> None:
     assert ecs.iso_time(-59011459200) == "0100-01-01T00:00:00.000000Z"
     assert ecs.iso_time(1705329000.5) == "2024-01-15T14:30:00.500000Z"
+
+
+# The compiled envelope ------------------------------------------------------------------------
+compiled_envelope = pytest.mark.skipif(ecs._envelope_fast is None, reason="the compiled fast path is not built")
+CAPTURE_TIMES = st.one_of(
+    st.floats(min_value=-1e13, max_value=1e13, allow_nan=False),  # either side of years 1 and 9999
+    st.integers(-62135596801, 253402300800).map(float),  # whole seconds, the clamp edges included
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),  # what captures hold
+)
+
+
+@compiled_envelope
+@settings(max_examples=500, deadline=None)
+@given(CAPTURE_TIMES, ADDRESS_PAIRS, PORT, PORT, st.sampled_from(["tcp", "udp"]), st.sampled_from(["dns", "tls", "http"]))
+def test_compiled_envelope_equals_the_reference(
+    ts: float, addresses: tuple[str, str], sport: int, dport: int, transport: str, dataset: str
+) -> None:
+    builder = ecs.EventBuilder("sensor-1", lambda host: host)
+    flow = Flow(addresses[0], sport, addresses[1], dport, transport)
+    compiled = ecs._envelope_fast(ts, dataset, flow, "quic", builder.observer, ecs.ECS_VERSION, ecs.MODULE)
+    reference = builder._envelope_py(ts, dataset, flow, "quic")
+    assert compiled == reference
+    assert list(compiled) == list(reference)  # the same key order, so the same JSON
+    assert compiled["@timestamp"] == ecs.iso_time(ts)
+    assert builder._envelope(ts, dataset, flow, "quic") == reference
+
+
+@compiled_envelope
+def test_compiled_envelope_leaves_odd_flows_to_the_reference() -> None:
+    builder = ecs.EventBuilder("sensor-1", lambda host: host)
+    odd = [
+        Flow("10.0.0.1", 70000, "10.0.0.2", 80, "tcp"),  # a port beyond 16 bits
+        Flow("10.0.0.1", -1, "10.0.0.2", 80, "tcp"),
+        Flow("not an address", 1, "10.0.0.2", 80, "tcp"),
+        Flow("10.0.0.1", True, "10.0.0.2", 80, "tcp"),  # not an int as decode makes them
+        Flow("10.0.0.1", 1, "10.0.0.2", 80, "sctp"),  # Community ID of an unknown transport: protocol 0
+    ]
+    for flow in odd[:-1]:
+        assert ecs._envelope_fast(1.0, "tls", flow, "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE) is None
+    for flow in odd:
+        try:
+            reference = builder._envelope_py(1.0, "tls", flow, "tls")
+        except (OSError, ValueError, struct.error):
+            continue  # the reference cannot hash it either: nothing to compare
+        assert builder._envelope(1.0, "tls", flow, "tls") == reference
+    for ts in (float("inf"), float("-inf"), float("nan")):
+        assert ecs._envelope_fast(ts, "tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE) is None

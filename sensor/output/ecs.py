@@ -15,10 +15,11 @@ from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
 
-try:  # the compiled fast path (see sensor/_fast.c); community_id_py below is the reference
+try:  # the compiled fast paths (see sensor/_fast.c); community_id_py and _envelope_py are the reference
     from sensor._fast import community_id as _community_id_fast
+    from sensor._fast import event_envelope as _envelope_fast
 except ImportError:  # built without a C compiler
-    _community_id_fast = None
+    _community_id_fast = _envelope_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -101,6 +102,14 @@ class EventBuilder:
 
     def _envelope(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
         """The fields every event has: time, ECS metadata, observer, the two ends and the flow."""
+        if _envelope_fast is not None:
+            doc = _envelope_fast(ts, dataset, flow, protocol, self.observer, ECS_VERSION, MODULE)
+            if doc is not None:
+                return doc
+        return self._envelope_py(ts, dataset, flow, protocol)
+
+    def _envelope_py(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
+        """_envelope in Python: the reference, and the path for what the compiled one declines."""
         return {
             "@timestamp": iso_time(ts),
             "ecs": {"version": ECS_VERSION},
