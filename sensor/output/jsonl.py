@@ -38,10 +38,10 @@ class JsonlSink:
     def send(self, doc: dict) -> None:
         if self._broken:
             return
-        if not severity_at_least(doc, self.min_severity):
+        if self.min_severity is not None and not severity_at_least(doc, self.min_severity):
             self._counts["dropped_below_severity"] += 1
             return
-        self.send_line(orjson.dumps(doc) + b"\n")
+        self.send_line(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
 
     def send_line(self, line: bytes) -> None:
         """A document already serialized as one JSON line (ending in a newline)."""
