@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -42,6 +42,14 @@ def _warm_up(registered_domain: Callable[[str], str]) -> None:
     term_matcher()
 
 
+def _rule_ids() -> Iterator[str]:
+    """The detection rules' ids, the rules loaded only when a configuration tunes one."""
+    from sensor.detect.rules import ALL_RULES
+
+    for rule in ALL_RULES:
+        yield rule.INFO.id
+
+
 def _settle_heap() -> None:
     """What start-up built (catalog, lexicons, suffix trie, compiled patterns) lives for the whole
     run: freeze it out of the cycle collector's scans. The hot loop allocates many short-lived
@@ -65,12 +73,11 @@ class Runner:
         """`sinks`: use these instead of building the configured outputs (live workers and reloads
         must not open the spools and files the main process owns)."""
         from sensor.config import load_config
-        from sensor.detect.rules import ALL_RULES
         from sensor.enrich.vendors import registered_domain
         from sensor.output.sinks import build_sinks, parse_output_spec
 
         config = load_config(args.config)
-        config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)
+        config.check_rule_ids(_rule_ids())
         unredacted = args.unredacted or config.redaction.unredacted
         if unredacted:
             log.warning("unredacted output requested: alerts will contain health data values in clear")
@@ -89,6 +96,7 @@ class Runner:
         detector = None
         if args.emit in ("alerts", "all"):  # the vendor catalog and the rules load only to detect
             from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
+            from sensor.detect.rules import ALL_RULES
             from sensor.enrich.vendors import VendorCatalog
             from sensor.output.ecs import AlertBuilder
 
@@ -120,12 +128,11 @@ class Runner:
     @staticmethod
     def check_config(path: Path, signatures: Path | None) -> int:
         from sensor.config import load_config
-        from sensor.detect.rules import ALL_RULES
         from sensor.enrich.vendors import VendorCatalog
         from sensor.output.specs import validate_outputs
 
         config = load_config(path)
-        config.check_rule_ids(rule.INFO.id for rule in ALL_RULES)
+        config.check_rule_ids(_rule_ids())
         catalog = VendorCatalog.load(signatures) if signatures else VendorCatalog.load()
         policy = config.build_policy(catalog)
         validate_outputs(list(config.outputs), source=config.source)
