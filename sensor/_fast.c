@@ -763,10 +763,18 @@ static PyObject *community_id(PyObject *module, PyObject *args) {
 #define FIRST_SECOND (-62135596800.0) /* 0001-01-01T00:00:00Z */
 #define LAST_SECOND 253402300799.0    /* 9999-12-31T23:59:59Z */
 
-static PyObject *iso_time_str(double ts) {
+#define ISO_TIME_LENGTH 27
+
+static void iso_time_text(double ts, char text[ISO_TIME_LENGTH]) {
     double second = floor(ts);
-    if (!(second >= FIRST_SECOND)) return PyUnicode_FromString("0001-01-01T00:00:00.000000Z");
-    if (second > LAST_SECOND) return PyUnicode_FromString("9999-12-31T23:59:59.999999Z");
+    if (!(second >= FIRST_SECOND)) {
+        memcpy(text, "0001-01-01T00:00:00.000000Z", ISO_TIME_LENGTH);
+        return;
+    }
+    if (second > LAST_SECOND) {
+        memcpy(text, "9999-12-31T23:59:59.999999Z", ISO_TIME_LENGTH);
+        return;
+    }
     volatile double scaled = (ts - second) * 1000000.0; /* volatile: rounded as Python rounds, never fused */
     long micros = (long)(scaled + 0.5);
     if (micros > 999999) micros = 999999;
@@ -786,14 +794,18 @@ static PyObject *iso_time_str(double ts) {
                       (long)(in_day % 60), micros};
     static const int widths[7] = {4, 2, 2, 2, 2, 2, 6};
     static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
-    char text[32];
     int n = 0;
     for (int f = 0; f < 7; f++) {
         for (int i = widths[f] - 1; i >= 0; i--, fields[f] /= 10) text[n + i] = (char)('0' + fields[f] % 10);
         n += widths[f];
         text[n++] = after[f];
     }
-    return ascii_str(text, n);
+}
+
+static PyObject *iso_time_str(double ts) {
+    char text[ISO_TIME_LENGTH];
+    iso_time_text(ts, text);
+    return ascii_str(text, ISO_TIME_LENGTH);
 }
 
 enum {
@@ -807,6 +819,16 @@ static const char *const envelope_text[K_COUNT] = {
     "dst_ip", "dst_port", "event", "network", "connection", "ipv4", "ipv6",
 };
 static PyObject *envelope_str[K_COUNT]; /* interned at module init */
+
+enum {
+    J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_COUNT
+};
+static const char *const json_text[J_COUNT] = {
+    "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
+    "server_name", "alpn", "ech", "version", "dns",
+};
+static PyObject *json_str[J_COUNT]; /* interned at module init */
 
 /* A new dict from pairs of (key index, value); values are stolen, NULL ones mean an error is set. */
 static PyObject *dict_steal(int n, const int *keys, PyObject **values) {
@@ -827,6 +849,55 @@ static PyObject *list_of(int n, PyObject **items) { /* new references to items *
     return list;
 }
 
+/* A flow's fields (new references) as decode makes them: addresses in text, ports of 16 bits, a
+ * transport name; with its Community ID. */
+typedef struct {
+    PyObject *src_ip, *dst_ip, *src_port, *dst_port, *transport, *community;
+    int ipv6;
+} FlowParts;
+
+static void flow_parts_clear(FlowParts *parts) {
+    Py_CLEAR(parts->src_ip);
+    Py_CLEAR(parts->dst_ip);
+    Py_CLEAR(parts->src_port);
+    Py_CLEAR(parts->dst_port);
+    Py_CLEAR(parts->transport);
+    Py_CLEAR(parts->community);
+}
+
+/* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
+static int flow_parts(PyObject *flow, FlowParts *parts) {
+    *parts = (FlowParts){0};
+    parts->src_ip = PyObject_GetAttr(flow, envelope_str[K_SRC_IP]);
+    parts->dst_ip = parts->src_ip ? PyObject_GetAttr(flow, envelope_str[K_DST_IP]) : NULL;
+    parts->src_port = parts->dst_ip ? PyObject_GetAttr(flow, envelope_str[K_SRC_PORT]) : NULL;
+    parts->dst_port = parts->src_port ? PyObject_GetAttr(flow, envelope_str[K_DST_PORT]) : NULL;
+    parts->transport = parts->dst_port ? PyObject_GetAttr(flow, envelope_str[K_TRANSPORT]) : NULL;
+    if (parts->transport == NULL) goto error;
+    if (!PyUnicode_Check(parts->src_ip) || !PyUnicode_Check(parts->dst_ip) || !PyUnicode_Check(parts->transport) ||
+        !PyLong_CheckExact(parts->src_port) || !PyLong_CheckExact(parts->dst_port))
+        goto decline;
+    const char *src_text = PyUnicode_AsUTF8(parts->src_ip), *dst_text = src_text ? PyUnicode_AsUTF8(parts->dst_ip) : NULL;
+    if (dst_text == NULL) goto error;
+    unsigned long sport = PyLong_AsUnsignedLong(parts->src_port), dport = PyLong_AsUnsignedLong(parts->dst_port);
+    if (PyErr_Occurred() || sport > 0xFFFF || dport > 0xFFFF) goto decline;
+    unsigned proto = PyUnicode_CompareWithASCIIString(parts->transport, "tcp") == 0   ? 6
+                     : PyUnicode_CompareWithASCIIString(parts->transport, "udp") == 0 ? 17
+                                                                                     : 0;
+    parts->community = community_id_text(src_text, sport, dst_text, dport, proto, 0);
+    if (parts->community == NULL) goto error;
+    if (parts->community == Py_None) goto decline;
+    parts->ipv6 = strchr(src_text, ':') != NULL;
+    return 0;
+decline:
+    PyErr_Clear();
+    flow_parts_clear(parts);
+    return 1;
+error:
+    flow_parts_clear(parts);
+    return -1;
+}
+
 /* event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> dict, or None for a
  * flow whose fields are not what decode makes (addresses in text, ports of 16 bits, a transport
  * name), or a time that is not a number: the Python envelope takes those. */
@@ -835,32 +906,17 @@ static PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "event_envelope takes 7 arguments");
         return NULL;
     }
-    PyObject *flow = args[2], *src_ip = NULL, *dst_ip = NULL, *src_port = NULL, *dst_port = NULL, *transport = NULL,
-             *result = NULL, *community = NULL;
     double ts = PyFloat_AsDouble(args[0]);
-    if (!isfinite(ts) || (ts == -1.0 && PyErr_Occurred())) goto python;
-    src_ip = PyObject_GetAttr(flow, envelope_str[K_SRC_IP]);
-    dst_ip = src_ip ? PyObject_GetAttr(flow, envelope_str[K_DST_IP]) : NULL;
-    src_port = dst_ip ? PyObject_GetAttr(flow, envelope_str[K_SRC_PORT]) : NULL;
-    dst_port = src_port ? PyObject_GetAttr(flow, envelope_str[K_DST_PORT]) : NULL;
-    transport = dst_port ? PyObject_GetAttr(flow, envelope_str[K_TRANSPORT]) : NULL;
-    if (transport == NULL) goto done;
-    if (!PyUnicode_Check(src_ip) || !PyUnicode_Check(dst_ip) || !PyUnicode_Check(transport) ||
-        !PyLong_CheckExact(src_port) || !PyLong_CheckExact(dst_port))
-        goto python;
-    const char *src_text = PyUnicode_AsUTF8(src_ip), *dst_text = src_text ? PyUnicode_AsUTF8(dst_ip) : NULL;
-    if (dst_text == NULL) goto done;
-    unsigned long sport = PyLong_AsUnsignedLong(src_port), dport = PyLong_AsUnsignedLong(dst_port);
-    if (PyErr_Occurred() || sport > 0xFFFF || dport > 0xFFFF) goto python;
-    unsigned proto = PyUnicode_CompareWithASCIIString(transport, "tcp") == 0   ? 6
-                     : PyUnicode_CompareWithASCIIString(transport, "udp") == 0 ? 17
-                                                                              : 0;
-    community = community_id_text(src_text, sport, dst_text, dport, proto, 0);
-    if (community == Py_None) goto python;
-    if (community == NULL) goto done;
+    if (!isfinite(ts) || (ts == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    FlowParts flow;
+    int status = flow_parts(args[2], &flow);
+    if (status != 0) return status > 0 ? Py_NewRef(Py_None) : NULL;
     PyObject *type_values[2] = {envelope_str[K_PROTOCOL], envelope_str[V_CONNECTION]};
     PyObject *category_values[1] = {envelope_str[V_NETWORK]};
-    result = dict_steal(
+    PyObject *result = dict_steal(
         7,
         (const int[]){K_TIMESTAMP, K_ECS, K_EVENT, K_OBSERVER, K_SOURCE, K_DESTINATION, K_NETWORK},
         (PyObject *[]){
@@ -870,25 +926,255 @@ static PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssiz
                        (PyObject *[]){Py_NewRef(envelope_str[V_EVENT]), list_of(1, category_values),
                                       list_of(2, type_values), Py_NewRef(args[1]), Py_NewRef(args[6])}),
             Py_NewRef(args[4]),
-            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(src_ip), Py_NewRef(src_port)}),
-            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(dst_ip), Py_NewRef(dst_port)}),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(flow.src_ip), Py_NewRef(flow.src_port)}),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(flow.dst_ip), Py_NewRef(flow.dst_port)}),
             dict_steal(4, (const int[]){K_TRANSPORT, K_PROTOCOL, K_TYPE, K_COMMUNITY_ID},
-                       (PyObject *[]){Py_NewRef(transport), Py_NewRef(args[3]),
-                                      Py_NewRef(envelope_str[strchr(src_text, ':') ? V_IPV6 : V_IPV4]),
-                                      Py_NewRef(community)}),
+                       (PyObject *[]){Py_NewRef(flow.transport), Py_NewRef(args[3]),
+                                      Py_NewRef(envelope_str[flow.ipv6 ? V_IPV6 : V_IPV4]), Py_NewRef(flow.community)}),
         });
-    goto done;
-python:
-    PyErr_Clear();
-    result = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(src_ip);
-    Py_XDECREF(dst_ip);
-    Py_XDECREF(src_port);
-    Py_XDECREF(dst_port);
-    Py_XDECREF(transport);
-    Py_XDECREF(community);
+    flow_parts_clear(&flow);
     return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.output.ecs.EventBuilder.json_line for DNS and TLS events: the document written straight
+ * as the JSON line orjson.dumps would make of EventBuilder's dict, without building the dict.
+ */
+
+static PyObject *json_dumps; /* orjson.dumps (bind_json): the values the writer does not spell itself */
+
+#define JSON_KEY(t, literal) text_add(t, literal, (Py_ssize_t)sizeof literal - 1)
+
+/* `value` as JSON, as orjson writes it. */
+static int json_value(Text *t, PyObject *value) {
+    if (value == Py_None) return JSON_KEY(t, "null");
+    if (value == Py_True) return JSON_KEY(t, "true");
+    if (value == Py_False) return JSON_KEY(t, "false");
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        const char *text = (const char *)PyUnicode_DATA(value);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(value), i = 0;
+        while (i < n && (unsigned char)text[i] >= 0x20 && text[i] != '"' && text[i] != '\\') i++;
+        if (i == n) { /* nothing to escape */
+            if (text_reserve(t, n + 2) < 0) return -1;
+            t->text[t->len++] = '"';
+            memcpy(t->text + t->len, text, n);
+            t->len += n;
+            t->text[t->len++] = '"';
+            return 0;
+        }
+    } else if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (number == -1 && PyErr_Occurred()) return -1;
+        if (!overflow) {
+            char digits[24];
+            return text_add(t, digits, snprintf(digits, sizeof digits, "%lld", number));
+        }
+    }
+    if (json_dumps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_json() first");
+        return -1;
+    }
+    PyObject *encoded = PyObject_CallOneArg(json_dumps, value);
+    if (encoded == NULL) return -1;
+    int status = PyBytes_Check(encoded) ? text_add(t, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded)) : -1;
+    if (status < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "orjson.dumps gave no bytes");
+    Py_DECREF(encoded);
+    return status;
+}
+
+/* The attribute of a record as a new reference, by its interned name. */
+static PyObject *field(PyObject *record, int key) { return PyObject_GetAttr(record, json_str[key]); }
+
+/* `{"@timestamp":...,<prefix>,"source":...,"destination":...,"network":...` and the flow's parts;
+ * 1 (nothing written) for what the Python envelope takes. */
+static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *protocol, PyObject *domain,
+                         FlowParts *flow) {
+    PyObject *ts_object = field(record, J_TS), *flow_object = ts_object ? field(record, J_FLOW) : NULL;
+    if (flow_object == NULL) {
+        Py_XDECREF(ts_object);
+        return -1;
+    }
+    double ts = PyFloat_Check(ts_object) ? PyFloat_AS_DOUBLE(ts_object) : NAN;
+    int status = isfinite(ts) && PyBytes_Check(prefix) ? flow_parts(flow_object, flow) : 1;
+    Py_DECREF(ts_object);
+    Py_DECREF(flow_object);
+    if (status != 0) return status;
+    char time_text[ISO_TIME_LENGTH];
+    iso_time_text(ts, time_text);
+    if (JSON_KEY(t, "{\"@timestamp\":\"") < 0 || text_add(t, time_text, ISO_TIME_LENGTH) < 0 ||
+        JSON_KEY(t, "\",") < 0 || text_add(t, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0 ||
+        JSON_KEY(t, ",\"source\":{\"ip\":") < 0 || json_value(t, flow->src_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 ||
+        json_value(t, flow->src_port) < 0 || JSON_KEY(t, "},\"destination\":{\"ip\":") < 0 ||
+        json_value(t, flow->dst_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 || json_value(t, flow->dst_port) < 0 ||
+        (domain != Py_None && (JSON_KEY(t, ",\"domain\":") < 0 || json_value(t, domain) < 0)) ||
+        JSON_KEY(t, "},\"network\":{\"transport\":") < 0 || json_value(t, flow->transport) < 0 ||
+        JSON_KEY(t, ",\"protocol\":") < 0 || json_value(t, protocol) < 0 ||
+        (flow->ipv6 ? JSON_KEY(t, ",\"type\":\"ipv6\"") : JSON_KEY(t, ",\"type\":\"ipv4\"")) < 0 ||
+        JSON_KEY(t, ",\"community_id\":") < 0 || json_value(t, flow->community) < 0 || JSON_KEY(t, "}") < 0) {
+        flow_parts_clear(flow);
+        return -1;
+    }
+    return 0;
+}
+
+/* `,"related":{"ip":[source, destination, extra...],"hosts":[host] or []}}` and the newline;
+ * ecs._related_ips: an extra address already listed is not repeated. */
+static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count,
+                        PyObject *host) {
+    PyObject *ips[2 + 64];
+    Py_ssize_t count = 0;
+    ips[count++] = flow->src_ip;
+    ips[count++] = flow->dst_ip;
+    for (Py_ssize_t i = 0; i < extra_count && count < (Py_ssize_t)(sizeof ips / sizeof *ips); i++) {
+        int seen = 0;
+        for (Py_ssize_t j = 0; j < count && !seen; j++) {
+            seen = PyObject_RichCompareBool(ips[j], extra[i], Py_EQ);
+            if (seen < 0) return -1;
+        }
+        if (!seen) ips[count++] = extra[i];
+    }
+    if (JSON_KEY(t, ",\"related\":{\"ip\":[") < 0) return -1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((i && JSON_KEY(t, ",") < 0) || json_value(t, ips[i]) < 0) return -1;
+    if (JSON_KEY(t, "],\"hosts\":[") < 0 || (host != Py_None && json_value(t, host) < 0)) return -1;
+    return JSON_KEY(t, "]}}\n");
+}
+
+static PyObject *json_line_result(Text *t, int status) {
+    PyObject *line = status == 0 ? PyBytes_FromStringAndSize(t->text, t->len)
+                     : status > 0 ? Py_NewRef(Py_None)
+                                  : NULL;
+    PyMem_Free(t->text);
+    return line;
+}
+
+/* dns_event_line(record, registered_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. `prefix`: `"ecs":...,"event":...,"observer":...` as orjson writes them. */
+static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "dns_event_line takes 3 arguments");
+        return NULL;
+    }
+    PyObject *record = args[0], *registered = args[1];
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    PyObject *fields[6] = {NULL}; /* id, name, qtype, response_seen, rcode, answers */
+    PyObject *resolved[64];
+    Py_ssize_t resolved_count = 0;
+    int status = json_envelope(&t, record, args[2], json_str[J_DNS], Py_None, &flow);
+    if (status != 0) return json_line_result(&t, status);
+    static const int keys[6] = {J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS};
+    for (int i = 0; i < 6; i++)
+        if ((fields[i] = field(record, keys[i])) == NULL) goto error;
+    int answered = PyObject_IsTrue(fields[3]);
+    if (answered < 0 || !PyTuple_Check(fields[5])) goto decline_or_error;
+    if (JSON_KEY(&t, ",\"dns\":{\"id\":") < 0 || json_value(&t, fields[0]) < 0 ||
+        (answered ? JSON_KEY(&t, ",\"type\":\"answer\"") : JSON_KEY(&t, ",\"type\":\"query\"")) < 0 ||
+        JSON_KEY(&t, ",\"question\":{\"name\":") < 0 || json_value(&t, fields[1]) < 0 ||
+        JSON_KEY(&t, ",\"type\":") < 0 || json_value(&t, fields[2]) < 0 ||
+        (registered != Py_None && (JSON_KEY(&t, ",\"registered_domain\":") < 0 || json_value(&t, registered) < 0)) ||
+        JSON_KEY(&t, "}") < 0)
+        goto error;
+    if (answered) {
+        if (JSON_KEY(&t, ",\"response_code\":") < 0 || json_value(&t, fields[4]) < 0) goto error;
+        Py_ssize_t count = PyTuple_GET_SIZE(fields[5]);
+        if (count > 64) goto decline_or_error; /* the Python builder takes long answer lists */
+        if (count && JSON_KEY(&t, ",\"answers\":[") < 0) goto error;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *answer = PyTuple_GET_ITEM(fields[5], i), *parts[4] = {NULL};
+            static const int answer_keys[4] = {J_NAME, J_TYPE, J_DATA, J_TTL};
+            int ok = 1;
+            for (int k = 0; k < 4 && ok; k++) ok = (parts[k] = field(answer, answer_keys[k])) != NULL;
+            ok = ok && PyUnicode_Check(parts[1]);
+            if (ok && (PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 ||
+                       PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0))
+                resolved[resolved_count++] = parts[2]; /* borrowed from the answer below */
+            ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
+                 json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&
+                 JSON_KEY(&t, ",\"data\":") == 0 && json_value(&t, parts[2]) == 0 && JSON_KEY(&t, ",\"ttl\":") == 0 &&
+                 json_value(&t, parts[3]) == 0 && JSON_KEY(&t, "}") == 0;
+            for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]); /* the answer tuple keeps `data` alive */
+            if (!ok) {
+                if (!PyErr_Occurred()) goto decline;
+                goto error;
+            }
+        }
+        if (count && JSON_KEY(&t, "]") < 0) goto error;
+        if (resolved_count) {
+            if (JSON_KEY(&t, ",\"resolved_ip\":[") < 0) goto error;
+            for (Py_ssize_t i = 0; i < resolved_count; i++)
+                if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, resolved[i]) < 0) goto error;
+            if (JSON_KEY(&t, "]") < 0) goto error;
+        }
+    }
+    if (JSON_KEY(&t, "}") < 0 || json_related(&t, &flow, resolved, resolved_count, fields[1]) < 0) goto error;
+    status = 0;
+    goto done;
+decline_or_error:
+    if (PyErr_Occurred()) goto error;
+decline:
+    status = 1;
+    goto done;
+error:
+    status = -1;
+done:
+    for (int i = 0; i < 6; i++) Py_XDECREF(fields[i]);
+    flow_parts_clear(&flow);
+    return json_line_result(&t, status);
+}
+
+/* tls_event_line(record, destination_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. */
+static PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tls_event_line takes 3 arguments");
+        return NULL;
+    }
+    PyObject *record = args[0], *fields[5] = {NULL}; /* protocol, server_name, alpn, ech, version */
+    static const int keys[5] = {J_PROTOCOL, J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION};
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    int status;
+    for (int i = 0; i < 5; i++)
+        if ((fields[i] = field(record, keys[i])) == NULL) goto error;
+    if (!PyTuple_Check(fields[2])) goto decline;
+    status = json_envelope(&t, record, args[2], fields[0], args[1], &flow);
+    if (status != 0) goto done;
+    int named = PyObject_IsTrue(fields[1]), versioned = PyObject_IsTrue(fields[4]);
+    if (named < 0 || versioned < 0) goto error;
+    if (JSON_KEY(&t, ",\"tls\":{\"client\":{") < 0 ||
+        (named && (JSON_KEY(&t, "\"server_name\":") < 0 || json_value(&t, fields[1]) < 0)) || JSON_KEY(&t, "}") < 0 ||
+        (versioned && (JSON_KEY(&t, ",\"version\":") < 0 || json_value(&t, fields[4]) < 0 ||
+                       JSON_KEY(&t, ",\"version_protocol\":\"tls\"") < 0)) ||
+        JSON_KEY(&t, "},\"phi_egress\":{\"tls\":{\"alpn\":[") < 0)
+        goto error;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields[2]); i++)
+        if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
+    if (JSON_KEY(&t, "],\"ech\":") < 0 || json_value(&t, fields[3]) < 0 || JSON_KEY(&t, "}}") < 0 ||
+        json_related(&t, &flow, NULL, 0, named ? fields[1] : Py_None) < 0)
+        goto error;
+    status = 0;
+    goto done;
+decline:
+    status = 1;
+    goto done;
+error:
+    status = -1;
+done:
+    for (int i = 0; i < 5; i++) Py_XDECREF(fields[i]);
+    flow_parts_clear(&flow);
+    return json_line_result(&t, status);
+}
+
+/* bind_json(orjson.dumps): what the line writers call for the values they do not spell themselves. */
+static PyObject *bind_json(PyObject *module, PyObject *dumps) {
+    if (!PyCallable_Check(dumps)) {
+        PyErr_SetString(PyExc_TypeError, "a callable is expected");
+        return NULL;
+    }
+    Py_XSETREF(json_dumps, Py_NewRef(dumps));
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1384,6 +1670,11 @@ static PyMethodDef methods[] = {
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
     {"event_envelope", (PyCFunction)(void (*)(void))event_envelope, METH_FASTCALL,
      "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> the fields every event has"},
+    {"bind_json", bind_json, METH_O, "bind_json(orjson.dumps)"},
+    {"dns_event_line", (PyCFunction)(void (*)(void))dns_event_line, METH_FASTCALL,
+     "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},
+    {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,
+     "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
@@ -1398,5 +1689,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
     for (int i = 0; i < K_COUNT; i++)
         if (envelope_str[i] == NULL && (envelope_str[i] = PyUnicode_InternFromString(envelope_text[i])) == NULL)
             return NULL;
+    for (int i = 0; i < J_COUNT; i++)
+        if (json_str[i] == NULL && (json_str[i] = PyUnicode_InternFromString(json_text[i])) == NULL) return NULL;
     return PyModule_Create(&module);
 }

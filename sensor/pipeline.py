@@ -37,10 +37,51 @@ class Pipeline:
     ) -> None:
         self.counters = counters if counters is not None else Counters()
         self.decoder = TrafficDecoder(self.counters, settings)
-        self.sinks = sinks
-        self.event_builder = event_builder
-        self.detector = detector
+        self._sinks = sinks
+        self._event_builder = event_builder
+        self._detector = detector
+        self._line_writers: list[Callable[[bytes], object]] | None = None
+        self._line_writers_known = False
         self.alerts: list[dict] = []  # kept for the end-of-run summary and --fail-on
+
+    # Replacing any of these (the second worker's spill, a live reload) decides the output path again.
+    @property
+    def sinks(self) -> list[Sink]:
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks: list[Sink]) -> None:
+        self._sinks = sinks
+        self._line_writers_known = False
+
+    @property
+    def event_builder(self) -> Callable[[Record], dict] | None:
+        return self._event_builder
+
+    @event_builder.setter
+    def event_builder(self, event_builder: Callable[[Record], dict] | None) -> None:
+        self._event_builder = event_builder
+        self._line_writers_known = False
+
+    @property
+    def detector(self) -> Detector | None:
+        return self._detector
+
+    @detector.setter
+    def detector(self, detector: Detector | None) -> None:
+        self._detector = detector
+        self._line_writers_known = False
+
+    def _find_line_writers(self) -> list[Callable[[bytes], object]] | None:
+        """The outputs' line writers when events can go out as JSON lines written without a dict:
+        no detector needs the records, the builder writes lines, and every output takes lines as
+        they are (plain JSON-lines files and stdout, the second worker's spill)."""
+        writers = None
+        if self._detector is None and self._sinks and hasattr(self._event_builder, "json_line"):
+            found = [getattr(sink, "line_writer", lambda: None)() for sink in self._sinks]
+            writers = found if all(found) else None
+        self._line_writers, self._line_writers_known = writers, True
+        return writers
 
     # -- live and replay both end up here ----------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
@@ -51,6 +92,14 @@ class Pipeline:
     def _drain(self) -> None:
         records = self.decoder.records
         self.decoder.records = []
+        writers = self._line_writers if self._line_writers_known else self._find_line_writers()
+        if writers:
+            line_of = self._event_builder.json_line  # type: ignore[union-attr]
+            for record in records:
+                line = line_of(record)
+                for write in writers:
+                    write(line)
+            return
         build, detector, sinks = self.event_builder, self.detector, self.sinks
         for record in records:
             if build is not None:

@@ -490,7 +490,10 @@ class _SpillSink:
         self._stream = stream
 
     def send(self, doc: dict) -> None:
-        self._stream.write(orjson.dumps(doc) + b"\n")
+        self._stream.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
+
+    def line_writer(self) -> Callable[[bytes], object]:
+        return self._stream.write
 
     def flush(self, timeout: float = 0.0) -> bool:
         self._stream.flush()

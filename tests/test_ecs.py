@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import struct
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.output import ecs
 from sensor.output.ecs import community_id, community_id_py
-from sensor.records import Flow
+from sensor.records import DnsAnswer, DnsQuery, Flow, TlsHello
 
 
 @pytest.mark.parametrize("seed, expected", [(0, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="), (1, "1:3V71V58M3Ksw/yuFALMcW0LAHvc=")])
@@ -117,3 +118,98 @@ def test_compiled_envelope_leaves_odd_flows_to_the_reference() -> None:
         assert builder._envelope(1.0, "tls", flow, "tls") == reference
     for ts in (float("inf"), float("-inf"), float("nan")):
         assert ecs._envelope_fast(ts, "tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE) is None
+
+
+# Events as JSON lines written without a dict ---------------------------------------------------
+compiled_lines = pytest.mark.skipif(ecs._dns_line_fast is None, reason="the compiled fast path is not built")
+TEXT = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),  # the usual case
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),  # any character a str from bytes can hold
+    st.sampled_from(['quote"d', "back\\slash", "tab\there", "nul\x00", "é.example", "del\x7f"]),
+)
+FLOWS = st.builds(
+    lambda pair, sport, dport, transport: Flow(pair[0], sport, pair[1], dport, transport),
+    ADDRESS_PAIRS, PORT, PORT, st.sampled_from(["tcp", "udp"]),
+)
+ANSWERS = st.lists(
+    st.builds(
+        DnsAnswer,
+        TEXT,
+        st.sampled_from(["A", "AAAA", "CNAME", "HTTPS", "TXT"]),
+        st.one_of(st.ip_addresses().map(str), TEXT),
+        st.integers(0, 2**32 - 1),
+    ),
+    max_size=5,
+)
+DNS_RECORDS = st.builds(
+    DnsQuery,
+    CAPTURE_TIMES,
+    FLOWS,
+    st.integers(0, 65535),
+    TEXT,
+    st.sampled_from(["A", "AAAA", "HTTPS", "TYPE65280"]),
+    st.booleans(),
+    st.one_of(st.none(), st.sampled_from(["NOERROR", "NXDOMAIN", "RCODE3841"])),
+    ANSWERS.map(tuple),
+)
+TLS_RECORDS = st.builds(
+    TlsHello,
+    CAPTURE_TIMES,
+    FLOWS,
+    st.sampled_from(["tls", "quic"]),
+    st.one_of(st.none(), st.just(""), TEXT, st.sampled_from(["cloudflare-ech.com", "www.example-hospital.org"])),
+    st.lists(TEXT, max_size=3).map(tuple),
+    st.booleans(),
+    st.one_of(st.none(), st.sampled_from(["1.3", "1.2"])),
+)
+
+
+def _registered_from_text(host: str) -> str:
+    return host.rpartition(".")[2] if host.count(".") == 1 else ""
+
+
+@compiled_lines
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(DNS_RECORDS, TLS_RECORDS))
+def test_event_lines_are_what_orjson_makes_of_the_documents(record: DnsQuery | TlsHello) -> None:
+    builder = ecs.EventBuilder("sensor-1", _registered_from_text)
+    assert builder.json_line(record) == orjson.dumps(builder(record), option=orjson.OPT_APPEND_NEWLINE)
+
+
+@compiled_lines
+def test_event_lines_resolved_addresses_are_listed_once() -> None:
+    flow = Flow("10.0.0.5", 53000, "192.0.2.53", 53, "udp")
+    answers = tuple(DnsAnswer("a.example", kind, data, 60) for kind, data in [
+        ("A", "192.0.2.53"), ("A", "198.51.100.7"), ("AAAA", "2001:db8::7"), ("A", "198.51.100.7"), ("CNAME", "b.example"),
+    ])
+    record = DnsQuery(1.5, flow, 1, "a.example", "A", True, "NOERROR", answers)
+    builder = ecs.EventBuilder("sensor-1", lambda host: "example")
+    line = builder.json_line(record)
+    assert line == orjson.dumps(builder(record), option=orjson.OPT_APPEND_NEWLINE)
+    assert orjson.loads(line)["related"]["ip"] == ["10.0.0.5", "192.0.2.53", "198.51.100.7", "2001:db8::7"]
+
+
+@compiled_lines
+def test_event_lines_leave_what_decode_does_not_make_to_the_dict_builder() -> None:
+    """Odd flows and times, many answers, integers beyond 64 bits: the same line, or the same error."""
+    builder = ecs.EventBuilder("sensor-1", lambda host: "")
+    odd_flow = Flow("10.0.0.1", 70000, "10.0.0.2", 53, "udp")
+    many = tuple(DnsAnswer("a.example", "A", f"192.0.2.{i}", 1) for i in range(100))
+    records = [
+        DnsQuery(1.0, odd_flow, 1, "a.example", "A"),
+        DnsQuery(7, Flow("10.0.0.1", 1, "10.0.0.2", 53, "udp"), 1, "a.example", "A"),  # an int time
+        DnsQuery(1.0, Flow("10.0.0.1", 1, "10.0.0.2", 53, "udp"), 1, "a.example", "A", True, "NOERROR", many),
+        TlsHello(1.0, odd_flow, "tls", "a.example"),
+        TlsHello(1.0, Flow("10.0.0.1", 1, "10.0.0.2", 443, "tcp"), "tls", "a.example", ["h2"]),  # type: ignore[arg-type]
+    ]
+    records.append(DnsQuery(1.0, Flow("10.0.0.1", 1, "10.0.0.2", 53, "udp"), 2**70, "a.example", "A"))
+    for record in records:
+        try:
+            expected: bytes | type[Exception] = orjson.dumps(builder(record), option=orjson.OPT_APPEND_NEWLINE)
+        except (TypeError, struct.error) as exc:  # not a document the dict builder can make either
+            expected = type(exc)
+        if isinstance(expected, bytes):
+            assert builder.json_line(record) == expected
+        else:
+            with pytest.raises(expected):
+                builder.json_line(record)

@@ -11,15 +11,23 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+import orjson
+
 from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
 
-try:  # the compiled fast paths (see sensor/_fast.c); community_id_py and _envelope_py are the reference
+try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
+    # builders with orjson are the reference
+    from sensor._fast import bind_json as _bind_json
     from sensor._fast import community_id as _community_id_fast
+    from sensor._fast import dns_event_line as _dns_line_fast
     from sensor._fast import event_envelope as _envelope_fast
+    from sensor._fast import tls_event_line as _tls_line_fast
+
+    _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
-    _community_id_fast = _envelope_fast = None
+    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -92,6 +100,7 @@ class EventBuilder:
         self.observer = {"name": observer, "type": "sensor", "product": "phi-egress-sensor"}
         self.registered_domain = registered_domain
         self.redact_urls = redact_urls
+        self._line_prefixes: dict[str, bytes] = {}
 
     def __call__(self, record: Record) -> dict:
         if isinstance(record, DnsQuery):
@@ -99,6 +108,31 @@ class EventBuilder:
         if isinstance(record, TlsHello):
             return self.tls(record)
         return self.http(record)
+
+    def json_line(self, record: Record) -> bytes:
+        """The event of `record` as one JSON line, byte for byte what orjson makes of self(record).
+
+        DNS and TLS events, most of a capture's, are written by compiled code without building the
+        dict first (the observer is read once, at the first such event).
+        """
+        kind = type(record)
+        line = None
+        if kind is DnsQuery and _dns_line_fast is not None:
+            line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
+        elif kind is TlsHello and _tls_line_fast is not None:
+            name = record.server_name
+            domain = name if name and not (record.ech and is_cover_name(name)) else None
+            line = _tls_line_fast(record, domain, self._line_prefix("tls"))
+        return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE) if line is None else line
+
+    def _line_prefix(self, dataset: str) -> bytes:
+        """`"ecs":...,"event":...,"observer":...` of a `dataset` event, as orjson writes them."""
+        prefix = self._line_prefixes.get(dataset)
+        if prefix is None:
+            envelope = self._envelope_py(0.0, dataset, Flow("0.0.0.0", 0, "0.0.0.0", 0, "udp"), dataset)
+            prefix = orjson.dumps({key: envelope[key] for key in ("ecs", "event", "observer")})[1:-1]
+            self._line_prefixes[dataset] = prefix
+        return prefix
 
     def _envelope(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
         """The fields every event has: time, ECS metadata, observer, the two ends and the flow."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,6 +43,11 @@ class JsonlSink:
             self._counts["dropped_below_severity"] += 1
             return
         self.send_line(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
+
+    def line_writer(self) -> Callable[[bytes], None] | None:
+        """What takes an event already serialized as one JSON line, when every document is
+        written (no severity floor): the pipeline then writes events without building dicts."""
+        return self.send_line if self.min_severity is None else None
 
     def send_line(self, line: bytes) -> None:
         """A document already serialized as one JSON line (ending in a newline)."""
