@@ -302,7 +302,7 @@ def test_the_defaults_without_a_file_are_the_schemas() -> None:
     assert light.phi_hosts is None and light.assets is not None
 
 
-def test_a_plain_replay_loads_neither_pydantic_nor_yaml() -> None:
+def test_a_plain_replay_loads_neither_pydantic_nor_yaml_nor_the_spool() -> None:
     import subprocess
     import sys
 
@@ -310,7 +310,8 @@ def test_a_plain_replay_loads_neither_pydantic_nor_yaml() -> None:
         "import sys\n"
         "from sensor.cli import main\n"
         "assert main(['replay', 'pcaps/demo.pcap', '--emit', 'events', '--output', '-', '--quiet']) == 0\n"
-        "print(sorted(m for m in ('pydantic', 'yaml', 'sensor.config_schema', 'sensor.output.specs') if m in sys.modules))\n"
+        "print(sorted(m for m in ('pydantic', 'yaml', 'sensor.config_schema', 'sensor.output.specs',"
+        " 'sensor.output.spool', 'sqlite3', 'sensor.detect.rules') if m in sys.modules))\n"
     )
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)

@@ -20,7 +20,8 @@ from elastic_transport import TransportError
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
-from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem, is_alert
+from sensor.output.sinks import is_alert
+from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem
 
 DEFAULT_INDEX_PREFIX = "phi-sensor"
 DEFAULT_BATCH_SIZE = 500

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from sensor.errors import ConfigError
 from sensor.output.jsonl import JsonlSink
-from sensor.output.spool import is_alert
 
 # Command-line shorthand -> (output type, webhook format).
 _URL_TYPES: dict[str, tuple[str, str | None]] = {
@@ -78,6 +77,11 @@ def parse_output_spec(spec: str) -> dict[str, Any]:
             "a URL needs its type: elasticsearch=URL, opensearch=URL, webhook=URL, slack=URL",
         )
     return {"type": "jsonl", "path": spec}
+
+
+def is_alert(doc: dict[str, Any]) -> bool:
+    event = doc.get("event")
+    return isinstance(event, dict) and event.get("kind") == "alert"
 
 
 class AlertsOnly:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.errors import SensorError
+from sensor.output.sinks import is_alert
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ _jitter = random.Random()
 
 class SpoolError(SensorError):
     """The spool file cannot be opened or created (directory missing or not writable)."""
-
-
-def is_alert(doc: dict[str, Any]) -> bool:
-    event = doc.get("event")
-    return isinstance(event, dict) and event.get("kind") == "alert"
 
 
 def alert_severity(doc: dict[str, Any]) -> str | None:
