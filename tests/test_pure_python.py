@@ -1,0 +1,49 @@
+"""Without the compiled extension (a machine without a C compiler) the sensor gives the same output."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+CAPTURES = sorted((ROOT / "pcaps").glob("*.pcap")) + sorted(CORPUS.glob("*.pcap*"))
+
+# Run the CLI with sensor._fast unimportable, as when it was not built.
+_WITHOUT_EXTENSION = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class _NotBuilt(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sensor._fast":
+            raise ImportError("not built")
+        return None
+
+sys.meta_path.insert(0, _NotBuilt())
+from sensor.cli import main
+status = main(sys.argv[1:])
+assert "sensor._fast" not in sys.modules
+sys.exit(status)
+"""
+
+
+def _replay(captures: list[Path], emit: str, pure: bool) -> bytes:
+    args = ["replay", *map(str, captures), "--emit", emit, "--output", "-", "--quiet", "--prefilter", "never",
+            "--workers", "1"]  # fmt: skip
+    command = [sys.executable, "-c", _WITHOUT_EXTENSION, *args] if pure else [sys.executable, "-m", "sensor", *args]
+    result = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=600)
+    assert result.returncode in (0, 3), result.stderr.decode(errors="replace")  # 3: a damaged capture, reported
+    return result.stdout
+
+
+@pytest.mark.parametrize("emit", ["events", "all"])
+def test_pure_python_gives_the_compiled_output(emit: str) -> None:
+    """Events (written as lines by compiled code when nothing detects) and alerts (through
+    documents), over every story capture and the shared corpus: byte for byte."""
+    pytest.importorskip("sensor._fast", reason="the compiled extension is not built: nothing to compare")
+    compiled = _replay(CAPTURES, emit, pure=False)
+    assert compiled.count(b"\n") > 100
+    assert _replay(CAPTURES, emit, pure=True) == compiled
