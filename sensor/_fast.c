@@ -1089,12 +1089,12 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
             ok = ok && PyUnicode_Check(parts[1]);
             if (ok && (PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 ||
                        PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0))
-                resolved[resolved_count++] = parts[2]; /* borrowed from the answer below */
+                resolved[resolved_count++] = Py_NewRef(parts[2]);
             ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
                  json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&
                  JSON_KEY(&t, ",\"data\":") == 0 && json_value(&t, parts[2]) == 0 && JSON_KEY(&t, ",\"ttl\":") == 0 &&
                  json_value(&t, parts[3]) == 0 && JSON_KEY(&t, "}") == 0;
-            for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]); /* the answer tuple keeps `data` alive */
+            for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
             if (!ok) {
                 if (!PyErr_Occurred()) goto decline;
                 goto error;
@@ -1120,6 +1120,7 @@ error:
     status = -1;
 done:
     for (int i = 0; i < 6; i++) Py_XDECREF(fields[i]);
+    for (Py_ssize_t i = 0; i < resolved_count; i++) Py_DECREF(resolved[i]);
     flow_parts_clear(&flow);
     return json_line_result(&t, status);
 }

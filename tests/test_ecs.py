@@ -189,6 +189,30 @@ def test_event_lines_resolved_addresses_are_listed_once() -> None:
     assert orjson.loads(line)["related"]["ip"] == ["10.0.0.5", "192.0.2.53", "198.51.100.7", "2001:db8::7"]
 
 
+class _ComputedAnswer:
+    """An answer whose fields are made afresh on each access (a duck-typed record)."""
+
+    name = "a.example"
+    ttl = 30
+
+    @property
+    def type(self) -> str:
+        return "".join(["A"])
+
+    @property
+    def data(self) -> str:
+        return ".".join(["192", "0", "2", "77"])
+
+
+@compiled_lines
+def test_event_lines_take_answers_whose_fields_are_computed() -> None:
+    flow = Flow("10.0.0.5", 53000, "192.0.2.53", 53, "udp")
+    record = DnsQuery(1.5, flow, 1, "a.example", "A", True, "NOERROR", (_ComputedAnswer(), _ComputedAnswer()))
+    builder = ecs.EventBuilder("sensor-1", lambda host: "")
+    for _ in range(200):  # a freed value would show as garbage or a crash (and under ASan)
+        assert builder.json_line(record) == orjson.dumps(builder(record), option=orjson.OPT_APPEND_NEWLINE)
+
+
 @compiled_lines
 def test_event_lines_leave_what_decode_does_not_make_to_the_dict_builder() -> None:
     """Odd flows and times, many answers, integers beyond 64 bits: the same line, or the same error."""
