@@ -197,11 +197,11 @@ class _ComputedAnswer:
 
     @property
     def type(self) -> str:
-        return "".join(["A"])
+        return "".join(["A"])  # noqa: FLY002 - a new string at each access is the point
 
     @property
     def data(self) -> str:
-        return ".".join(["192", "0", "2", "77"])
+        return ".".join(["192", "0", "2", "77"])  # noqa: FLY002 - a new string at each access
 
 
 @compiled_lines

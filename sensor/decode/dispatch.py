@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowTable, StreamConsumer
 from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
-from sensor.records import Counters, Flow, HttpRequest, Record, TlsHello, positional_constructor
+from sensor.records import (
+    Counters,
+    Flow,
+    HttpRequest,
+    Record,
+    TlsHello,
+    positional_constructor,
+)
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _DNS_PORT = 53

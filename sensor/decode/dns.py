@@ -14,7 +14,14 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sensor.records import Counters, DnsAnswer, DnsQuery, Flow, frozen_record, positional_constructor
+from sensor.records import (
+    Counters,
+    DnsAnswer,
+    DnsQuery,
+    Flow,
+    frozen_record,
+    positional_constructor,
+)
 
 try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
     from sensor._fast import bind_dns as _bind_dns_fast

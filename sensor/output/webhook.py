@@ -16,7 +16,14 @@ import requests
 
 from sensor import __version__
 from sensor.output.sinks import is_alert
-from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem, alert_severity
+from sensor.output.spool import (
+    Backoff,
+    DeliveryResult,
+    Spool,
+    SpooledSink,
+    SpoolItem,
+    alert_severity,
+)
 
 WebhookFormat = Literal["generic", "slack", "pagerduty"]
 
