@@ -466,8 +466,15 @@ static PyObject *bind_dns(PyObject *module, PyObject *args) {
     PyObject *message, *answer, *type_names, *rcode_names;
     if (!PyArg_ParseTuple(args, "OOO!O!", &message, &answer, &PyDict_Type, &type_names, &PyDict_Type, &rcode_names))
         return NULL;
-    if (record_type_bind(&dns_message_record, message, 6) < 0 || record_type_bind(&dns_answer_record, answer, 4) < 0)
+    RecordType message_record = {0}, answer_record = {0};
+    if (record_type_bind(&message_record, message, 6) < 0 || record_type_bind(&answer_record, answer, 4) < 0) {
+        record_type_clear(&message_record);
         return NULL;
+    }
+    record_type_clear(&dns_message_record); /* all or nothing: a failed bind leaves the previous one */
+    record_type_clear(&dns_answer_record);
+    dns_message_record = message_record;
+    dns_answer_record = answer_record;
     Py_XSETREF(dns_type_names, Py_NewRef(type_names));
     Py_XSETREF(dns_rcode_names, Py_NewRef(rcode_names));
     Py_RETURN_NONE;

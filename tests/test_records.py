@@ -1,6 +1,7 @@
 """frozen_record: the same objects as @dataclass(frozen=True, slots=True), built faster."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -95,3 +96,39 @@ def test_compiled_constructor_takes_every_field_and_only_slotted_classes() -> No
     assert sys.getrefcount(name) == before + 1000
     del kept
     assert sys.getrefcount(name) == before
+
+
+@pytest.mark.skipif(records._record_maker is None, reason="compiled extension not built")
+def test_compiled_helpers_refuse_wrong_arguments_without_crashing() -> None:
+    """Every compiled entry point added for records and event lines, called with wrong types and
+    counts: an exception or a decline (None), never a crash; a failed bind keeps the previous one."""
+    import itertools
+
+    import orjson
+
+    from sensor import _fast
+    from sensor.decode import dns
+
+    wrong = [None, 0, -1, 2**70, 1.5, float("nan"), "", "x", b"", b"x", (), {}, object(), Flow,
+             DnsQuery(1.0, Flow("10.0.0.1", 1, "10.0.0.2", 53, "udp"), 1, "a.example", "A")]  # fmt: skip
+    expected = (TypeError, AttributeError, ValueError, OverflowError, RuntimeError)
+    try:
+        for function, count in ((_fast.dns_event_line, 3), (_fast.tls_event_line, 3), (_fast.event_envelope, 7)):
+            for args in itertools.islice(itertools.product(wrong, repeat=count), 0, None, 97):
+                with contextlib.suppress(*expected):
+                    function(*args)
+            for count_given in range(9):
+                with contextlib.suppress(*expected):
+                    function(*([None] * count_given))
+        for value in wrong:
+            for function in (_fast.record_maker, _fast.parse_dns):
+                with contextlib.suppress(*expected):
+                    function(value)
+        with pytest.raises(TypeError):
+            _fast.bind_dns(dns.DnsMessage, object, dns.TYPE_NAMES, dns.RCODE_NAMES)
+        with pytest.raises(TypeError):
+            _fast.bind_json(42)
+    finally:
+        _fast.bind_json(orjson.dumps)
+    message = bytes.fromhex("123401000001000000000000") + b"\x07example\x03com\x00" + bytes.fromhex("00010001")
+    assert dns.parse_message(message) == dns.parse_message_py(message)  # the DNS binding still holds
