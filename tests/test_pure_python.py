@@ -45,5 +45,5 @@ def test_pure_python_gives_the_compiled_output(emit: str) -> None:
     documents), over every story capture and the shared corpus: byte for byte."""
     pytest.importorskip("sensor._fast", reason="the compiled extension is not built: nothing to compare")
     compiled = _replay(CAPTURES, emit, pure=False)
-    assert compiled.count(b"\n") > 100
+    assert compiled.count(b"\n") >= 10  # the story captures alone have dozens of events
     assert _replay(CAPTURES, emit, pure=True) == compiled
