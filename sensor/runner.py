@@ -227,7 +227,7 @@ class Runner:
             if started is not None:
                 started.close()
             started = CompiledPrefilter(paths[0], split=True)
-        spill = tempfile.TemporaryFile()
+        spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB
         trailer_file = tempfile.TemporaryFile()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -257,7 +257,7 @@ class Runner:
         the packets of odd client addresses to the child through a pipe; each decodes its half
         with its own flows, DNS cache and throttle, so no state is shared. The child spills its
         documents to a file this process ships afterwards, and its counters to another."""
-        spill = tempfile.TemporaryFile()
+        spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB
         trailer_file = tempfile.TemporaryFile()
         read_end, write_end = os.pipe()
         widen_pipe(write_end)
