@@ -427,7 +427,7 @@ class DnsTransactions:
 
     def _unanswered(self, query: _Pending) -> DnsQuery:
         self.counters.add("dns.unanswered")
-        return _new_query(query.ts, query.flow, query.id, query.name, query.qtype, False, None, ())
+        return DnsQuery(query.ts, query.flow, query.id, query.name, query.qtype)  # rare: the class's defaults
 
     def expire(self, now: float) -> list[DnsQuery]:
         """Unanswered records for pending queries older than the timeout (checked in arrival order)."""
