@@ -50,6 +50,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no summary table or progress bar on stderr")
 
 
+def _add_deep(parser: argparse.ArgumentParser) -> None:
+    """Deep mode: HAR files among the inputs, captures decrypted with a TLS key log."""
+    parser.add_argument(
+        "--keylog", type=Path, metavar="FILE",
+        help="TLS key log (SSLKEYLOGFILE format): decrypt HTTPS and HTTP/3 in the captures with tshark",
+    )
+    parser.add_argument(
+        "--har-source", metavar="HOST",
+        help="the PHI host a HAR file stands for: an IP address or a phi_hosts name (default: the first entry)",
+    )
+
+
 def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `phi-sensor live` beyond the common ones (here, so that parsing a replay
     command does not load the live service)."""
@@ -112,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let tcpdump's BPF drop bulk packets before Python sees them (auto: large classic pcap files)",
     )
     replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    _add_deep(replay)
     replay.add_argument(
         "--workers", choices=("auto", "1", "2"), default="auto",
         help="decode on both cores, each taking half of the clients (auto: when the prefilter is used)",
@@ -200,6 +213,13 @@ def run() -> NoReturn:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.deep.replay import wants_deep
+
+    if wants_deep(args.pcaps, args.keylog):
+        from sensor.deep.replay import replay_deep
+        from sensor.runner import Runner
+
+        return replay_deep(Runner.from_args(args), args.pcaps, args.keylog, args.har_source, args.prefilter)
     from sensor.capture.prefilter import start_early
 
     # libpcap starts filtering the first file on the other core while the sensor loads.

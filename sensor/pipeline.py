@@ -89,6 +89,11 @@ class Pipeline:
         if self.decoder.records:
             self._drain()
 
+    def feed_records(self, records: Iterable[Record]) -> None:
+        """Records read elsewhere (a HAR file, requests tshark decrypted) take the same path."""
+        self.decoder.records.extend(records)
+        self._drain()
+
     def _drain(self) -> None:
         records = self.decoder.records
         self.decoder.records = []

@@ -1,0 +1,127 @@
+"""`phi-sensor replay` with HAR files and/or a TLS key log: the capture files take the ordinary
+path; HAR requests and the requests tshark decrypts join the same pipeline as records."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sensor.deep import mark_decrypted
+from sensor.errors import SensorError
+
+if TYPE_CHECKING:
+    from sensor.enrich.assets import AssetInventory
+
+log = logging.getLogger("phi_sensor")
+
+EXIT_CAPTURE, EXIT_SINK = 3, 4
+
+
+class UsageError(SensorError):
+    exit_code = 2
+
+
+def is_har(path: Path) -> bool:
+    """A HAR export: named *.har, or JSON text (a capture file never starts with "{")."""
+    if path.suffix.lower() == ".har":
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(64).lstrip()[:1] == b"{"
+    except OSError:
+        return False
+
+
+def wants_deep(paths: list[Path], keylog: Path | None) -> bool:
+    return keylog is not None or any(is_har(path) for path in paths)
+
+
+def resolve_source(spec: str | None, assets: AssetInventory) -> str:
+    """The client address HAR requests get: `spec` as an address or a phi_hosts name; without
+    one, the first PHI host entry (a HAR carries no client address)."""
+    if spec:
+        try:
+            return str(ipaddress.ip_address(spec.strip()))
+        except ValueError:
+            pass
+        for host in assets.hosts:
+            if host.name and host.name.lower() == spec.strip().lower():
+                return _address_in(host.network)
+        names = ", ".join(h.name for h in assets.hosts if h.name) or "none"
+        raise UsageError(f"--har-source {spec!r}: neither an IP address nor a phi_hosts name (names: {names})")
+    if not assets.hosts:
+        raise UsageError("a HAR file carries no client address: give --har-source")
+    address = _address_in(assets.hosts[0].network)
+    log.info("HAR requests stand for PHI host %s (the first phi_hosts entry; --har-source names another)", address)
+    return address
+
+
+def _address_in(network) -> str:
+    return str(network.network_address if network.num_addresses == 1 else network.network_address + 1)
+
+
+def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str | None, prefilter: str) -> int:
+    """Replay `paths` (captures and HAR files) through `runner`'s pipeline; returns the exit code."""
+    from sensor.deep.har import parse_har
+
+    pipeline = runner.pipeline
+    if keylog is not None:
+        from sensor.deep.keylog import check_keylog
+
+        check_keylog(keylog)
+    detector = pipeline.detector
+    if detector is not None:
+        detector.build_document = mark_decrypted(detector.build_document, lambda alert, *rest: alert.observation.record)
+    if pipeline.event_builder is not None:
+        pipeline.event_builder = mark_decrypted(pipeline.event_builder, lambda record: record)
+    counters = pipeline.counters
+    body_cap = pipeline.decoder.settings.http_body_cap
+    source: str | None = None
+    problems: list[str] = []
+    for path in paths:
+        if is_har(path):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                problems.append(f"{path}: cannot open: {exc.strerror or exc}")
+                continue
+            if source is None:
+                source = resolve_source(har_source, _assets(runner))
+            records, problem = parse_har(data, source, body_cap, counters)
+            counters.add("har.files")
+            if problem:
+                problems.append(f"{path}: {problem}")
+            pipeline.feed_records(records)
+            continue
+        problems.extend(pipeline.replay(path, prefilter=prefilter))
+        if keylog is not None:
+            from sensor.deep.keylog import decrypted_requests
+
+            records, problem = decrypted_requests(path, keylog, body_cap, counters)
+            if problem:
+                problems.append(f"{path}: {problem}")
+            pipeline.feed_records(records)
+    pipeline.finish()
+    undelivered = runner._close_sinks()
+    for line in problems:
+        print(f"phi-sensor: {line}", file=sys.stderr)
+    if runner.args.stats:
+        runner._print_stats()
+    if not runner.args.quiet and runner.args.emit != "events":
+        runner._print_summary()
+    if problems:
+        return EXIT_CAPTURE
+    if undelivered:
+        return EXIT_SINK
+    return runner._fail_on_code()
+
+
+def _assets(runner) -> AssetInventory:
+    detector = runner.pipeline.detector
+    if detector is not None:
+        return detector.policy.assets
+    from sensor.config import load_config
+
+    return load_config(runner.args.config).assets
