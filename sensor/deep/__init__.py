@@ -2,7 +2,8 @@
 decrypted with a TLS key log, become the same `HttpRequest` records the decoder makes and take
 the same enrich -> detect -> output path.
 
-`DecryptedHttpRequest` marks them, so that their alerts can say `phi_egress.decrypted: true`
+`DecryptedHttpRequest` (and `HttpsRequest` for those that were encrypted on the wire) marks
+them, so that their alerts can say `phi_egress.decrypted: true`
 while everything else about them (rules, throttle, ids) stays as for plaintext HTTP.
 """
 from __future__ import annotations
@@ -14,6 +15,13 @@ from sensor.records import HttpRequest
 
 class DecryptedHttpRequest(HttpRequest):
     """An HTTP request read from a HAR file or decrypted with a key log."""
+
+    __slots__ = ()
+
+
+class HttpsRequest(DecryptedHttpRequest):
+    """One that travelled inside TLS or QUIC (an https URL in a HAR, or decrypted): no plaintext
+    on the wire, so the plaintext rule does not apply to it."""
 
     __slots__ = ()
 

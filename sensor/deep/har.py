@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sensor.decode.http import _BodyDecoder
-from sensor.deep import DecryptedHttpRequest
+from sensor.deep import DecryptedHttpRequest, HttpsRequest
 from sensor.records import Counters, Flow
 
 UNKNOWN_SERVER = "0.0.0.0"
@@ -97,7 +97,8 @@ def _entry_record(entry: Any, source_ip: str, body_cap: int, counters: Counters,
     target = url.path or "/"
     if url.query:
         target += "?" + url.query
-    return DecryptedHttpRequest(ts, flow, str(request.get("method") or "GET").upper(), target, version, headers,
+    kind = HttpsRequest if scheme in ("https", "wss") else DecryptedHttpRequest
+    return kind(ts, flow, str(request.get("method") or "GET").upper(), target, version, headers,
                                 host, body, wire_bytes, truncated)
 
 

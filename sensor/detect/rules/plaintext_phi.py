@@ -6,6 +6,7 @@ identifiable health record on the wire); medium when the receiver is inside the 
 """
 from __future__ import annotations
 
+from sensor.deep import HttpsRequest
 from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
 from sensor.enrich.assets import is_internal
 from sensor.phi import is_health_data, summarize
@@ -22,6 +23,8 @@ INFO = RuleInfo(
 def evaluate(obs: Observation) -> Alert | None:
     findings = obs.findings
     if obs.phi_host is None or obs.allowed or not findings or not is_health_data(findings):
+        return None
+    if isinstance(obs.record, HttpsRequest):  # read through a key log or a HAR: encrypted on the wire
         return None
     counts = summarize(findings)
     categories = {f.category for f in findings}

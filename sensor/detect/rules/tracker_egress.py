@@ -7,6 +7,7 @@ and one more for session-replay vendors, which record whatever is on screen.
 """
 from __future__ import annotations
 
+from sensor.deep import HttpsRequest
 from sensor.detect.base import SENSITIVE_TAGS, Alert, Observation, RuleInfo, describe_host, raise_level
 
 INFO = RuleInfo(
@@ -30,7 +31,7 @@ def evaluate(obs: Observation) -> Alert | None:
         severity = raise_level(severity)
     if vendor.category == "session-replay":
         severity = raise_level(severity)
-    how = {
+    how = "sent HTTPS (read decrypted) to" if isinstance(obs.record, HttpsRequest) else {
         "dns": "looked up",
         "tls": "opened TLS to",
         "quic": "opened QUIC to",
