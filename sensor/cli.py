@@ -146,8 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
     report.add_argument("--config", type=Path, help="sensor YAML configuration")
     report.add_argument("--signatures", type=Path, help="vendor signature directory")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument(
+        "--format", choices=("table", "json", "csv", "html", "markdown"), default="table",
+        help="html: one self-contained page (no external resource); csv: the inventory, or the exposure with --exposure",
+    )
     report.add_argument("--prefilter", choices=("auto", "always", "never"), default="auto")
+    report.add_argument(
+        "--exposure", action="store_true",
+        help="add the size of each exposure: requests with health data, client hosts, distinct identifiers, time span",
+    )
+    _add_deep(report)
     report.set_defaults(handler=_cmd_report)
 
     setup = sub.add_parser(

@@ -159,16 +159,23 @@ class Runner:
             config.build_policy(catalog), lambda *a: {}, no_rules, immediate=False, on_observation=inventory.observe
         )
         pipeline = Pipeline(sinks=[], settings=DecodeSettings(**config.decode.model_dump()), detector=engine)
-        problems: list[str] = []
-        for path in args.pcaps:
-            problems.extend(pipeline.replay(path, prefilter=args.prefilter))
+        from sensor.deep.replay import feed_inputs
+
+        problems = feed_inputs(pipeline, args.pcaps, args.keylog, args.har_source, args.prefilter,
+                               lambda: engine.policy.assets)
         pipeline.finish()
         if args.format == "json":
-            print(inventory.to_json())
+            print(inventory.to_json(args.exposure))
         elif args.format == "csv":
-            print(inventory.to_csv(), end="")
+            print(inventory.to_csv(args.exposure), end="")
+        elif args.format in ("html", "markdown"):
+            from sensor.report_html import render
+
+            print(render(inventory.document(args.exposure), args.format), end="")
         else:
             inventory.print_table()
+            if args.exposure:
+                inventory.print_exposure()
         for line in problems:
             print(f"phi-sensor: {line}", file=sys.stderr)
         return EXIT_CAPTURE if problems else EXIT_OK

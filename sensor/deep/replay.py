@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,18 +65,38 @@ def _address_in(network) -> str:
 
 def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str | None, prefilter: str) -> int:
     """Replay `paths` (captures and HAR files) through `runner`'s pipeline; returns the exit code."""
-    from sensor.deep.har import parse_har
-
     pipeline = runner.pipeline
-    if keylog is not None:
-        from sensor.deep.keylog import check_keylog
-
-        check_keylog(keylog)
     detector = pipeline.detector
     if detector is not None:
         detector.build_document = mark_decrypted(detector.build_document, lambda alert, *rest: alert.observation.record)
     if pipeline.event_builder is not None:
         pipeline.event_builder = mark_decrypted(pipeline.event_builder, lambda record: record)
+    problems = feed_inputs(pipeline, paths, keylog, har_source, prefilter, lambda: _assets(runner))
+    pipeline.finish()
+    undelivered = runner._close_sinks()
+    for line in problems:
+        print(f"phi-sensor: {line}", file=sys.stderr)
+    if runner.args.stats:
+        runner._print_stats()
+    if not runner.args.quiet and runner.args.emit != "events":
+        runner._print_summary()
+    if problems:
+        return EXIT_CAPTURE
+    if undelivered:
+        return EXIT_SINK
+    return runner._fail_on_code()
+
+
+def feed_inputs(pipeline, paths: list[Path], keylog: Path | None, har_source: str | None, prefilter: str,
+                assets: Callable[[], AssetInventory]) -> list[str]:
+    """Feed captures (the ordinary path, then what the key log decrypts in them) and HAR files to
+    `pipeline`; their problems, one line each. `assets()` names the PHI hosts for --har-source."""
+    from sensor.deep.har import parse_har
+
+    if keylog is not None:
+        from sensor.deep.keylog import check_keylog
+
+        check_keylog(keylog)
     counters = pipeline.counters
     body_cap = pipeline.decoder.settings.http_body_cap
     source: str | None = None
@@ -88,7 +109,7 @@ def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str 
                 problems.append(f"{path}: cannot open: {exc.strerror or exc}")
                 continue
             if source is None:
-                source = resolve_source(har_source, _assets(runner))
+                source = resolve_source(har_source, assets())
             records, problem = parse_har(data, source, body_cap, counters)
             counters.add("har.files")
             if problem:
@@ -103,19 +124,7 @@ def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str 
             if problem:
                 problems.append(f"{path}: {problem}")
             pipeline.feed_records(records)
-    pipeline.finish()
-    undelivered = runner._close_sinks()
-    for line in problems:
-        print(f"phi-sensor: {line}", file=sys.stderr)
-    if runner.args.stats:
-        runner._print_stats()
-    if not runner.args.quiet and runner.args.emit != "events":
-        runner._print_summary()
-    if problems:
-        return EXIT_CAPTURE
-    if undelivered:
-        return EXIT_SINK
-    return runner._fail_on_code()
+    return problems
 
 
 def _assets(runner) -> AssetInventory:
