@@ -213,7 +213,7 @@ def render_markdown(doc: dict) -> str:
     inventory = doc["inventory"]
     lines = ["# PHI egress report", "", f"{len(inventory)} flow(s) from PHI hosts. Health data values are redacted.",
              "", "## Data flows", ""]
-    lines += [f"- {_md(_host_label(r))} -> **{_md(r['destination'])}**: {r['verdict']} (BAA {r['baa']})"
+    lines += [f"- {_md(_host_label(r))} -> **{_md(r['destination'])}**: {_md(r['verdict'])} (BAA {_md(r['baa'])})"
               + (f"; health data: {_md(r['health_data'])}" if r["health_data"] else "")
               for r in inventory if r["verdict"] != "internal"] or ["(none)"]
     lines += ["", "## Inventory", "", *_md_table(inventory, INVENTORY_COLUMNS), "",
@@ -222,13 +222,14 @@ def render_markdown(doc: dict) -> str:
         if row["verdict"] == "internal" or not (row["health_data"] or row.get("endpoints")):
             continue
         lines += [f"### {_md(row['destination'])} from {_md(_host_label(row))}", "",
-                  f"- verdict: {row['verdict']}; BAA: {row['baa']}; seen {row['first_seen']} to {row['last_seen']}",
+                  f"- verdict: {_md(row['verdict'])}; BAA: {_md(row['baa'])}; seen {_md(row['first_seen'])} to "
+                  f"{_md(row['last_seen'])}",
                   f"- health data: {_md(row['health_data'])}"]
         lines += [f"- example: `{e.replace('`', chr(39))}`" for e in row.get("examples", [])]
         lines += [f"- endpoint: `{e.replace('`', chr(39))}`" for e in row.get("endpoints", [])]
         lines.append("")
-    lines += ["## Suggested egress allow list", ""] + ([f"- {d}" for d in doc["allow"]] or ["(none)"])
-    lines += ["", "## Trackers reached without a BAA", ""] + ([f"- {d}" for d in doc["block"]] or ["(none)"])
+    lines += ["## Suggested egress allow list", ""] + ([f"- {_md(d)}" for d in doc["allow"]] or ["(none)"])
+    lines += ["", "## Trackers reached without a BAA", ""] + ([f"- {_md(d)}" for d in doc["block"]] or ["(none)"])
     if "exposure" in doc:
         lines += ["", "## Exposure", "", *_md_table(doc["exposure"], EXPOSURE_COLUMNS)]
     for policy in doc.get("csp", []):
