@@ -34,15 +34,16 @@ def test_keylog_decrypts_http1_http2_http3_and_raises_payload_alerts() -> None:
     alerts = [json.loads(line) for line in proc.stdout.splitlines()]
     payload = {a["phi_egress"]["vendor"]["id"]: a for a in alerts if a["rule"]["id"] == "phi-in-tracker-payload"}
     # Mixpanel and Amplitude over HTTP/1.1 (Amplitude's body gzip-compressed), Meta and GA4 over
-    # HTTP/2, Amplitude again over HTTP/3; Segment has a BAA
+    # HTTP/2, Amplitude again over HTTP/3 from aioquic and from Chromium (QPACK dynamic table);
+    # Segment has a BAA
     assert set(payload) == {"mixpanel", "amplitude", "meta-pixel", "google-analytics"}
-    assert payload["amplitude"]["phi_egress"]["count"] == 2
+    assert payload["amplitude"]["phi_egress"]["count"] == 3
     assert {"condition", "medication", "email"} <= set(payload["mixpanel"]["phi_egress"]["phi"]["types"])
     assert payload["meta-pixel"]["http"]["version"] == "2"
     assert all(a["phi_egress"]["decrypted"] is True for a in alerts)
     assert not any(a["rule"]["id"] == "plaintext-phi" for a in alerts)  # it was all encrypted on the wire
     for counter in ("keylog.http1                        2", "keylog.http2                        3",
-                    "keylog.http3                        1"):
+                    "keylog.http3                        3"):
         assert counter in proc.stderr
     # health values never leave redacted
     assert "glargine" not in proc.stdout and "maria.test" not in proc.stdout
@@ -83,12 +84,12 @@ def test_report_reads_decrypted_requests() -> None:
     assert rows["Amplitude"]["decrypted"] and "condition" in rows["Amplitude"]["health_data"]
     assert "POST api.amplitude.com/2/httpapi" in rows["Amplitude"]["endpoints"]  # the HTTP/3 request
     exposure = {r["destination"]: r for r in data["exposure"]}
-    assert exposure["Amplitude"]["requests_with_health_data"] == 2
+    assert exposure["Amplitude"]["requests_with_health_data"] == 3
 
 
 @pytest.mark.slow
 def test_fixture_can_be_recorded_again(tmp_path: Path) -> None:
-    for tool in ("tcpdump", "curl", "openssl", "tshark"):
+    for tool in ("tcpdump", "curl", "openssl", "tshark", "chromium"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} needed")
     pytest.importorskip("hypercorn")
@@ -98,3 +99,57 @@ def test_fixture_can_be_recorded_again(tmp_path: Path) -> None:
     payload = {json.loads(line)["phi_egress"]["vendor"]["id"] for line in proc.stdout.splitlines()
                if '"phi-in-tracker-payload"' in line}
     assert payload == {"mixpanel", "amplitude", "meta-pixel", "google-analytics"}
+
+
+# -- the parsers under the HTTP/3 reader: property tests -------------------------------------------
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sensor.deep.keylog import _contiguous, _encoder_capacity, _h3_frames, _host, _text_bytes, _varint  # noqa: E402
+
+
+def _encode_varint(value: int) -> bytes:
+    for size, prefix in ((1, 0), (2, 1), (4, 2), (8, 3)):
+        if value < 1 << (8 * size - 2):
+            return (value | prefix << (8 * size - 2)).to_bytes(size, "big")
+    raise ValueError(value)
+
+
+@given(st.integers(0, (1 << 62) - 1))
+def test_varint_round_trip(value: int) -> None:
+    encoded = _encode_varint(value)
+    assert _varint(encoded + b"x", 0) == (value, len(encoded))
+    assert _varint(encoded[:-1], 0)[1] is None or len(encoded) == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 0x3FFF), st.binary(max_size=40)), max_size=6))
+def test_h3_frames_round_trip(frames) -> None:
+    data = b"".join(_encode_varint(kind) + _encode_varint(len(payload)) + payload for kind, payload in frames)
+    assert list(_h3_frames(data)) == frames
+    assert len(list(_h3_frames(data[:-1]))) <= len(frames)  # a cut frame is left out, never guessed
+
+
+@given(st.binary(max_size=64))
+def test_stream_parsers_take_any_bytes(data: bytes) -> None:
+    list(_h3_frames(data))
+    _encoder_capacity(data)
+    _text_bytes(data.hex(":"))
+    _host(data.decode("latin-1"))
+
+
+@given(st.binary(min_size=1, max_size=80), st.lists(st.integers(0, 79), max_size=5))
+def test_contiguous_reassembles_overlapping_pieces(data: bytes, cuts) -> None:
+    points = sorted({0, *[c for c in cuts if c < len(data)]})
+    parts = {start: data[start:end] for start, end in zip(points, [*points[1:], len(data)])}
+    parts[points[-1]] = data[points[-1]:]
+    assert _contiguous(parts) == data
+    if len(points) > 1:
+        del parts[points[1]]
+        assert _contiguous(parts) == data[:points[1]]
+
+
+def test_encoder_capacity_and_tshark_text() -> None:
+    assert _encoder_capacity(bytes.fromhex("023fe11f")) == 4096  # what Chromium sent
+    assert _encoder_capacity(b"\x02\x25") == 5 and _encoder_capacity(b"\x00\x25") == 0
+    assert _text_bytes("7b:7d:0a:00:ff") == b'{}\n\x00\xff' and _text_bytes("data=x") == b"data=x"
+    assert _host("API.Example.com:8443") == "api.example.com" and _host("[2001:db8::1]:443") == "2001:db8::1"

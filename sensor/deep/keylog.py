@@ -24,7 +24,7 @@ from sensor.errors import SensorError
 from sensor.records import Counters, Flow
 
 INSTALL_HINT = "--keylog needs tshark and pyshark: apt-get install tshark && pip install pyshark"
-DISPLAY_FILTER = "http.request || http2 || http3 || tls.handshake.type == 1"
+DISPLAY_FILTER = "http.request || http2 || quic"
 
 
 class KeylogUnavailable(SensorError):
@@ -45,6 +45,14 @@ def check_keylog(keylog: Path) -> None:
             handle.read(1)
     except OSError as exc:
         raise KeylogUnavailable(f"--keylog {keylog}: cannot read: {exc.strerror or exc}") from None
+
+
+@dataclass(slots=True)
+class _QuicConnection:
+    flow: Flow
+    server_name: str | None
+    streams: dict[int, dict[int, bytes]] = field(default_factory=dict)  # client stream -> offset -> data
+    first_seen: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -94,7 +102,7 @@ class _Reader:
         self.clients: dict[tuple[str, str], tuple[str, int]] = {}  # (transport, stream/connection) -> client end
         self.names: dict[tuple[str, str], str] = {}  # QUIC connection -> SNI
         self.streams: dict[tuple[str, str, str], _Stream] = {}
-        self._qpack: dict[str, Any] = {}
+        self.quic: dict[tuple[str, str], _QuicConnection] = {}
 
     # -- packets ------------------------------------------------------------------------------
     def packet(self, packet) -> None:
@@ -108,26 +116,24 @@ class _Reader:
         sport, dport = int(tl.srcport), int(tl.dstport)
         ts = float(packet.sniff_timestamp)
         if "http" in layers and "http2" not in layers:
-            self._http1(ts, Flow(src, sport, dst, dport, "tcp"), layers["http"]._all_fields)
+            for fields in _each(layers["http"]):
+                self._http1(ts, Flow(src, sport, dst, dport, "tcp"), fields)
         if "http2" in layers:
-            key = ("tcp", str(tl.stream))
-            fields = layers["http2"]._all_fields
-            if any(True for _ in _find(fields, "http2.magic")):
-                self.clients.setdefault(key, (src, sport))
-            flow = self._flow(key, src, sport, dst, dport, "tcp")
-            self._http2(ts, key, flow, src == flow.src_ip and sport == flow.src_port, fields)
+            flow = Flow(src, sport, dst, dport, "tcp")  # a request's sender is its client
+            for fields in _each(layers["http2"]):
+                self._http2(ts, ("tcp", f"{tl.stream}/{src}/{sport}"), flow, fields)
         if "quic" in layers:
-            quic = layers["quic"]._all_fields
-            number = next(_find(quic, "quic.connection.number"), "0")
-            key = ("udp", str(number))
-            sni = next(_find(quic, "tls.handshake.extensions_server_name"), None)
-            if sni:
-                self.clients.setdefault(key, (src, sport))
-                self.names.setdefault(key, str(sni))
-            if "http3" in layers:
+            # Chromium's ClientHello spans several Initial packets: its SNI may sit in a tls layer
+            sni = next((value for layer in packet.layers for fields in _each(layer)
+                        for value in _find(fields, "tls.handshake.extensions_server_name")), None)
+            for quic in _each(layers["quic"]):  # coalesced QUIC packets
+                key = ("udp", str(next(_find(quic, "quic.connection.number"), "0")))
+                if str(next(_find(quic, "quic.long.packet_type"), "")) == "0":
+                    self.clients.setdefault(key, (src, sport))  # the first Initial comes from the client
+                if sni:
+                    self.names.setdefault(key, str(sni))
                 flow = self._flow(key, src, sport, dst, dport, "udp")
-                if src == flow.src_ip and sport == flow.src_port:
-                    self._http3(ts, key, flow, quic, layers["http3"]._all_fields)
+                self._quic_frames(ts, key, flow, quic, src == flow.src_ip and sport == flow.src_port)
 
     def _flow(self, key: tuple[str, str], src: str, sport: int, dst: str, dport: int, transport: str) -> Flow:
         client = self.clients.get(key)
@@ -157,80 +163,88 @@ class _Reader:
         self.counters.add("keylog.http1")
 
     # -- HTTP/2 -------------------------------------------------------------------------------
-    def _http2(self, ts: float, key: tuple[str, str], flow: Flow, from_client: bool, fields: dict) -> None:
-        if not from_client:
-            return
+    def _http2(self, ts: float, key: tuple[str, str], flow: Flow, fields: dict) -> None:
+        """HEADERS frames carrying :method open a request (so its sender is the client); DATA frames
+        of the same sender and stream add to its body; END_STREAM completes it."""
         for frame in _find(fields, "http2.stream"):
             if not isinstance(frame, dict):
                 continue
             kind, stream_id = str(frame.get("http2.type", "")), str(frame.get("http2.streamid", "0"))
             end = str(next(_find(frame, "http2.flags.end_stream"), "0")) == "1"
             skey = (*key, stream_id)
-            if kind == "1":  # HEADERS (a second HEADERS on a stream is its trailers)
-                stream = self.streams.get(skey)
-                if stream is None or stream.done:
+            stream = self.streams.get(skey)
+            if kind == "1":  # HEADERS (a second HEADERS on a request stream is its trailers)
+                headers = [(str(h["http2.header.name"]), str(h.get("http2.header.value", "")))
+                           for h in _find(frame, "http2.header") if isinstance(h, dict) and "http2.header.name" in h]
+                if any(name == ":method" for name, _ in headers):
                     stream = self.streams[skey] = _Stream(ts, flow, "2")
-                for header in _find(frame, "http2.header"):
-                    if isinstance(header, dict) and "http2.header.name" in header:
-                        stream.headers.append((str(header["http2.header.name"]),
-                                               str(header.get("http2.header.value", ""))))
-            elif kind == "0":  # DATA
-                stream = self.streams.get(skey)
                 if stream is None:
-                    continue
+                    continue  # a response
+                stream.headers.extend(headers)
+            elif kind == "0" and stream is not None:  # DATA
                 chunk = _hex_bytes(frame.get("http2.data.data", ""))
                 stream.wire_bytes += len(chunk)
                 if len(stream.data) < self.body_cap * 4:
                     stream.data += chunk
             else:
                 continue
-            if end and skey in self.streams:
+            if end and stream is not None:
                 self._complete(self.streams.pop(skey))
                 self.counters.add("keylog.http2")
 
     # -- HTTP/3 -------------------------------------------------------------------------------
-    def _http3(self, ts: float, key: tuple[str, str], flow: Flow, quic: dict, fields: dict) -> None:
-        stream_ids = [int(s) for s in _find(quic, "quic.stream.stream_id") if str(s).isdigit()]
-        requests = [s for s in stream_ids if s % 4 == 0]  # client-initiated bidirectional: requests
-        if not requests:
-            return
-        stream_id = requests[0]
-        skey = (*key, str(stream_id))
-        types = _as_list(fields.get("http3.frame_type"))
-        payloads = _as_list(fields.get("http3.frame_payload"))
-        for kind, payload in zip(types, payloads + [""] * (len(types) - len(payloads))):
-            data = _hex_bytes(payload)
-            if str(kind) == "1":  # HEADERS
-                headers = self._qpack_headers(key, stream_id, data)
-                if headers is None:
-                    self.counters.add("keylog.http3.headers_unreadable")
-                    continue
-                stream = self.streams.get(skey)
-                if stream is None or stream.done:
-                    stream = self.streams[skey] = _Stream(ts, flow, "3", self.names.get(key))
-                stream.headers.extend(headers)
-            elif str(kind) == "0" and skey in self.streams:  # DATA
-                stream = self.streams[skey]
-                stream.wire_bytes += len(data)
-                if len(stream.data) < self.body_cap * 4:
-                    stream.data += data
-        if _stream_fin(quic, stream_id) and skey in self.streams:
-            self._complete(self.streams.pop(skey))
-            self.counters.add("keylog.http3")
+    def _quic_frames(self, ts: float, key: tuple[str, str], flow: Flow, quic: dict, from_client: bool) -> None:
+        """Keep the STREAM frames the client sent, and the server's unidirectional streams (its
+        SETTINGS say how large the QPACK table is), by stream and offset; read at the end."""
+        connection = self.quic.setdefault(key, _QuicConnection(flow, self.names.get(key)))
+        for frame in _find(quic, "quic.frame"):
+            if not isinstance(frame, dict) or "quic.stream.stream_id" not in frame:
+                continue
+            stream_id = int(frame["quic.stream.stream_id"])
+            if from_client == bool(stream_id & 1):  # client streams are even, server streams odd
+                continue
+            if not from_client and stream_id % 4 != 3:
+                continue
+            data = _hex_bytes(frame.get("quic.stream_data", ""))
+            offset = int(frame.get("quic.stream.offset", 0) or 0)
+            parts = connection.streams.setdefault(stream_id, {})
+            if sum(len(chunk) for chunk in parts.values()) < self.body_cap * 4:
+                parts.setdefault(offset, data)
+            connection.first_seen.setdefault(stream_id, ts)
 
-    def _qpack_headers(self, key: tuple[str, str], stream_id: int, block: bytes) -> list[tuple[str, str]] | None:
-        try:
-            import pylsqpack
-        except ImportError:
-            return None
-        decoder = self._qpack.get(key[1])
-        if decoder is None:
-            decoder = self._qpack[key[1]] = pylsqpack.Decoder(4096, 16)
-        try:
-            _, headers = decoder.feed_header(stream_id, block)
-        except Exception:  # noqa: BLE001 - blocked on the dynamic table, or a damaged block
-            return None
-        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+    def _http3_requests(self, connection: _QuicConnection) -> None:
+        """HTTP/3 requests of one QUIC connection: the encoder stream fills the QPACK dynamic
+        table first, then each request stream's HEADERS and DATA frames are read."""
+        streams = {sid: _contiguous(parts) for sid, parts in sorted(connection.streams.items())}
+        capacity, blocked = _server_qpack_settings(streams)
+        if not capacity:  # the server's SETTINGS were not captured: encoders use all the table they may
+            capacity = max((_encoder_capacity(data) for sid, data in streams.items() if sid % 4 == 2), default=0)
+        decoder = _qpack_decoder(capacity, max(blocked, 100))
+        for stream_id, data in streams.items():
+            if stream_id % 4 == 2:  # client unidirectional: its type first
+                kind, offset = _varint(data, 0)
+                if kind == 0x02 and decoder is not None and offset is not None:
+                    try:
+                        decoder.feed_encoder(data[offset:])
+                    except Exception:  # noqa: BLE001 - a damaged encoder stream: its blocks fail below
+                        self.counters.add("keylog.http3.encoder_unreadable")
+        for stream_id, data in streams.items():
+            if stream_id % 4 != 0:
+                continue
+            stream = _Stream(connection.first_seen.get(stream_id, 0.0), connection.flow, "3", connection.server_name)
+            for kind, payload in _h3_frames(data):
+                if kind == 0x01:
+                    headers = _qpack_headers(decoder, stream_id, payload)
+                    if headers is None:
+                        self.counters.add("keylog.http3.headers_unreadable")
+                        break
+                    stream.headers.extend(headers)
+                elif kind == 0x00 and stream.headers:
+                    stream.wire_bytes += len(payload)
+                    stream.data += payload
+            if stream.headers:
+                self._complete(stream)
+                self.counters.add("keylog.http3")
 
     # -- records ------------------------------------------------------------------------------
     def _complete(self, stream: _Stream) -> None:
@@ -255,12 +269,22 @@ class _Reader:
                                          truncated))
 
     def finish(self) -> list[HttpsRequest]:
+        for connection in self.quic.values():
+            self._http3_requests(connection)
         for stream in self.streams.values():  # requests whose end was not captured: what was seen
             if stream.headers and not stream.done:
                 self._complete(stream)
                 self.counters.add("keylog.requests.incomplete")
         self.streams.clear()
         return sorted(self.records, key=lambda r: r.ts)
+
+
+def _each(layer) -> Iterator[dict]:
+    """The fields of a layer and of the layers of the same protocol in the same packet (several TLS
+    records in a segment, coalesced QUIC packets), which pyshark keeps as `duplicate_layers`."""
+    for item in (layer, *getattr(layer, "duplicate_layers", ())):
+        if isinstance(item._all_fields, dict):
+            yield item._all_fields
 
 
 def _find(obj: Any, key: str) -> Iterator[Any]:
@@ -307,9 +331,99 @@ def _host(value: Any) -> str | None:
     return (name if colon and port.isdigit() else text) or None
 
 
-def _stream_fin(quic: dict, stream_id: int) -> bool:
-    for frame in _find(quic, "quic.frame"):
-        if isinstance(frame, dict) and str(frame.get("quic.stream.stream_id")) == str(stream_id):
-            if str(next(_find(frame, "quic.stream.fin"), "0")) in ("1", "True", "true"):
-                return True
-    return False
+def _contiguous(parts: dict[int, bytes]) -> bytes:
+    """A stream's bytes from offset 0 up to the first gap (retransmissions overlap harmlessly)."""
+    out = bytearray()
+    for offset in sorted(parts):
+        if offset > len(out):
+            break
+        out += parts[offset][len(out) - offset:]
+    return bytes(out)
+
+
+def _varint(data: bytes, offset: int) -> tuple[int, int | None]:
+    """A QUIC variable-length integer at `offset`: (value, offset after it), or (0, None) when cut."""
+    if offset >= len(data):
+        return 0, None
+    size = 1 << (data[offset] >> 6)
+    if offset + size > len(data):
+        return 0, None
+    value = data[offset] & 0x3F
+    for byte in data[offset + 1: offset + size]:
+        value = (value << 8) | byte
+    return value, offset + size
+
+
+def _h3_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each whole HTTP/3 frame of a request stream."""
+    offset: int | None = 0
+    while offset is not None and offset < len(data):
+        kind, offset = _varint(data, offset)
+        if offset is None:
+            return
+        length, offset = _varint(data, offset)
+        if offset is None or offset + length > len(data):
+            return
+        yield kind, data[offset: offset + length]
+        offset += length
+
+
+def _server_qpack_settings(streams: dict[int, bytes]) -> tuple[int, int]:
+    """(QPACK_MAX_TABLE_CAPACITY, QPACK_BLOCKED_STREAMS) from the server's control stream SETTINGS:
+    the client's encoder works within them, and header blocks encode their insert count by them."""
+    capacity = blocked = 0
+    for stream_id, data in streams.items():
+        if stream_id % 4 != 3:
+            continue
+        kind, offset = _varint(data, 0)
+        if kind != 0x00 or offset is None:  # not the control stream
+            continue
+        for frame_type, payload in _h3_frames(data[offset:]):
+            if frame_type != 0x04:
+                continue
+            position: int | None = 0
+            while position is not None and position < len(payload):
+                name, position = _varint(payload, position)
+                if position is None:
+                    break
+                value, position = _varint(payload, position)
+                if name == 0x01:
+                    capacity = value
+                elif name == 0x07:
+                    blocked = value
+        break
+    return capacity, blocked
+
+
+def _encoder_capacity(data: bytes) -> int:
+    """The table capacity a QPACK encoder stream sets first (Set Dynamic Table Capacity), else 0."""
+    kind, offset = _varint(data, 0)
+    if kind != 0x02 or offset is None or offset >= len(data) or data[offset] & 0xE0 != 0x20:
+        return 0
+    value, shift = data[offset] & 0x1F, 0
+    if value < 0x1F:
+        return value
+    for byte in data[offset + 1: offset + 9]:  # a prefix integer (RFC 7541 5.1) with a 5-bit prefix
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value
+    return 0
+
+
+def _qpack_decoder(capacity: int, blocked: int) -> Any:
+    try:
+        import pylsqpack
+    except ImportError:
+        return None
+    return pylsqpack.Decoder(capacity, blocked)
+
+
+def _qpack_headers(decoder: Any, stream_id: int, block: bytes) -> list[tuple[str, str]] | None:
+    if decoder is None:
+        return None
+    try:
+        _, headers = decoder.feed_header(stream_id, block)
+    except Exception:  # noqa: BLE001 - blocked on a dynamic table entry never seen, or a damaged block
+        return None
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]

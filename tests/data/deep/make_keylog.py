@@ -3,11 +3,13 @@
 Servers on 127.0.0.1 with a throwaway self-signed certificate: Python's http.server behind
 ssl (HTTP/1.1) and hypercorn (HTTP/2 over TLS, and HTTP/3 over QUIC when aioquic is installed).
 Clients: curl (HTTP/1.1 and --http2, with --resolve so that the requests name the vendors'
-hosts) and, for HTTP/3, aioquic's client, all writing their TLS secrets to SSLKEYLOGFILE.
+hosts), for HTTP/3 aioquic's client and headless Chromium (forced onto QUIC with
+--origin-to-force-quic-on; its QPACK encoder uses the dynamic table), all writing their TLS
+secrets to the key log (SSLKEYLOGFILE, aioquic's secrets_log_file, Chromium's --ssl-key-log-file).
 tcpdump captures the loopback. The keys only ever protected these test connections.
 
 Run: python3 tests/data/deep/make_keylog.py [output dir]
-Needs: tcpdump, curl, openssl, hypercorn (pip), aioquic (pip; only for HTTP/3).
+Needs: tcpdump, curl, openssl, hypercorn (pip), aioquic (pip) and chromium for HTTP/3.
 """
 from __future__ import annotations
 
@@ -39,8 +41,16 @@ AMPLITUDE_GZ = gzip.compress(json.dumps({"api_key": "k", "events": [{
     "event_properties": {"symptom": "shortness of breath", "condition": "congestive heart failure"}}]}).encode())
 
 
+PAGE = b"""<!doctype html><html><body><p id="d">sending</p><script>
+fetch("/2/httpapi", {method: "POST", headers: {"Content-Type": "application/json"},
+  body: JSON.stringify({api_key: "k", events: [{event_type: "rx_viewed", user_id: "patient-3131",
+    event_properties: {medication: "naltrexone", condition: "alcohol use disorder"}}]})})
+  .then(() => { document.getElementById("d").textContent = "done"; });
+</script></body></html>"""
+
+
 async def app(scope, receive, send) -> None:
-    """ASGI app for hypercorn: reads the request body, answers 200 {}."""
+    """ASGI app for hypercorn: reads the request body, answers 200 {} (GET /page: the page Chromium loads)."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -48,8 +58,10 @@ async def app(scope, receive, send) -> None:
         return
     while (await receive()).get("more_body"):
         pass
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b"{}"})
+    page = scope["path"] == "/page"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/html" if page else b"application/json")]})
+    await send({"type": "http.response.body", "body": PAGE if page else b"{}"})
 
 
 def wait_for(port: int, timeout: float = 15.0) -> None:
@@ -100,6 +112,26 @@ async def h3_post(port: int, keys: Path, host: str, path: str, body: bytes, head
             await asyncio.wait_for(done, 10)
 
 
+def chromium_h3(port: int, cert: Path, keys: Path) -> None:
+    """Headless Chromium loads a page from api.amplitude.com over HTTP/3; the page posts an event."""
+    der = subprocess.run(["openssl", "x509", "-in", str(cert), "-pubkey", "-noout"], capture_output=True, check=True)
+    spki = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=der.stdout, capture_output=True,
+                          check=True).stdout
+    import hashlib
+
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    with tempfile.TemporaryDirectory() as profile, tempfile.NamedTemporaryFile() as own_keys:
+        subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--enable-quic",
+             f"--origin-to-force-quic-on=api.amplitude.com:{port}", "--host-resolver-rules=MAP * 127.0.0.1",
+             f"--ignore-certificate-errors-spki-list={pin}", f"--ssl-key-log-file={own_keys.name}",
+             "--virtual-time-budget=5000", "--dump-dom", f"https://api.amplitude.com:{port}/page"],
+            check=True, capture_output=True, timeout=60,
+        )
+        with keys.open("ab") as out:
+            out.write(Path(own_keys.name).read_bytes())
+
+
 def main() -> None:
     out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
     pcap, keys = out_dir / "tls.pcap", out_dir / "tls.keys"
@@ -142,6 +174,7 @@ def main() -> None:
                     [(b"content-type", b"application/json")]))
             except ImportError:
                 print("aioquic not installed: no HTTP/3 request recorded", file=sys.stderr)
+            chromium_h3(p2, cert, keys)
             time.sleep(1.0)
         finally:
             dump.send_signal(signal.SIGINT)
