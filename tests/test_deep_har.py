@@ -80,6 +80,14 @@ def test_har_ids_follow_the_same_scheme_and_are_stable() -> None:
     assert {a["source"]["ip"] for a in first} == {"10.40.0.1"}
 
 
+def test_events_of_har_requests_say_decrypted() -> None:
+    proc = replay(str(DATA / "mitmproxy.har"), "--config", str(CONFIG), "--emit", "events", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    events = alerts_of(proc.stdout)
+    assert len(events) == 4 and all(e["event"]["kind"] == "event" for e in events)
+    assert all(e["phi_egress"]["decrypted"] is True and e["url"]["domain"] for e in events)
+
+
 def test_bad_har_source_and_bad_har_file() -> None:
     proc = replay(str(DATA / "chromium.har"), "--config", str(CONFIG), "--har-source", "nowhere")
     assert proc.returncode == 2 and "--har-source 'nowhere'" in proc.stderr and "Traceback" not in proc.stderr
@@ -121,6 +129,8 @@ def test_body_forms_exporters_write() -> None:
         _entry("https://a.example/params", {"params": [{"name": "q", "value": "asthma"}]}),
         _entry("https://a.example/missing", None, bodySize=500),
         _entry("data:text/plain,hello"),
+        _entry("https://a.example/cached", _fromCache="disk"),
+        _entry("https://a.example/blocked", response={"status": 0, "_error": "net::ERR_BLOCKED_BY_CLIENT"}),
         {"request": "nonsense"},
     ), "10.0.0.5", counters=counters)
     assert problem is None
@@ -129,7 +139,7 @@ def test_body_forms_exporters_write() -> None:
     assert bodies["/lost"] == b"" and bodies["/params"] == b"q=asthma" and bodies["/missing"] == b""
     for name, count in {"har.bodies.base64": 2, "har.bodies.already_decoded": 1, "har.bodies.unreadable": 1,
                         "har.bodies.params": 1, "har.bodies.missing": 1, "har.entries.skipped": 1,
-                        "har.entries.invalid": 1, "har.requests": 7}.items():
+                        "har.entries.invalid": 1, "har.entries.not_sent": 2, "har.requests": 7}.items():
         assert counters.get(name) == count, name
     assert all(isinstance(r, HttpsRequest) for r in records)
     assert records[0].ts == 1772362800.0 and records[0].flow.src_ip == "10.0.0.5" and records[0].flow.dst_port == 443

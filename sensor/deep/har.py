@@ -14,6 +14,8 @@ What exporters record, and how it is used here:
   `params` alone (no text) is rebuilt as a form body.
 - A HAR has no client address: the caller says which PHI host it stands for.
 - `connection` (Chromium: the socket id) becomes the source port when it is a number.
+- Entries that never reached the network are left out: `_fromCache` (Chromium), and a Chromium
+  `response._error` such as net::ERR_BLOCKED_BY_CLIENT (an ad blocker stopped it).
 
 Parsing never raises on bad input: a file that is no HAR at all gives a problem line; a bad
 entry is counted and skipped.
@@ -37,6 +39,10 @@ from sensor.records import Counters, Flow
 UNKNOWN_SERVER = "0.0.0.0"
 _SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _CODINGS = frozenset({"gzip", "x-gzip", "deflate", "br"})
+_NOT_SENT_ERRORS = frozenset({
+    "net::ERR_BLOCKED_BY_CLIENT", "net::ERR_BLOCKED_BY_ADMINISTRATOR", "net::ERR_NAME_NOT_RESOLVED",
+    "net::ERR_CONNECTION_REFUSED", "net::ERR_INTERNET_DISCONNECTED", "net::ERR_ADDRESS_UNREACHABLE",
+})
 _VERSIONS = {"http/1.0": "1.0", "http/1.1": "1.1", "http/2": "2", "http/2.0": "2", "h2": "2", "h2c": "2",
              "http/3": "3", "http/3.0": "3", "h3": "3"}
 
@@ -84,6 +90,9 @@ def _entry_record(entry: Any, source_ip: str, body_cap: int, counters: Counters,
     if scheme not in _SCHEMES or not url.hostname:
         counters.add("har.entries.skipped")  # data:, blob:, extension and about: URLs never leave the browser
         return None
+    if entry.get("_fromCache") or _never_sent(entry.get("response")):
+        counters.add("har.entries.not_sent")  # answered from the browser's cache, or stopped before it left
+        return None
     headers, authority = _headers(request.get("headers"))
     host = _host(authority) or url.hostname.lower()
     version = _VERSIONS.get(str(request.get("httpVersion") or "").strip().lower(), "1.1")
@@ -100,6 +109,13 @@ def _entry_record(entry: Any, source_ip: str, body_cap: int, counters: Counters,
     kind = HttpsRequest if scheme in ("https", "wss") else DecryptedHttpRequest
     return kind(ts, flow, str(request.get("method") or "GET").upper(), target, version, headers,
                                 host, body, wire_bytes, truncated)
+
+
+def _never_sent(response: Any) -> bool:
+    """Chromium's HAR keeps requests that never reached the network, with an `_error` saying why
+    (an ad blocker, a name that did not resolve, a refused connection)."""
+    error = response.get("_error") if isinstance(response, dict) else None
+    return isinstance(error, str) and error.strip() in _NOT_SENT_ERRORS
 
 
 def _headers(raw: Any) -> tuple[tuple[tuple[str, str], ...], str | None]:
