@@ -137,9 +137,9 @@ def _vendor_sections(inventory: Sequence[dict]) -> str:
             f"host names {_cell(sorted({h for r in rows for h in r['hosts']}))}; first seen {escape(first)}, "
             f"last seen {escape(last)}{'; read decrypted' if any(r.get('decrypted') for r in rows) else ''}</p>"
             f"<p><b>Health data sent:</b> {_cell(health)}</p>"
-            + (f'<p><b>Redacted examples:</b></p><ul class="plain mono">'
+            + ('<p><b>Redacted examples:</b></p><ul class="plain mono">'
                + "".join(f"<li>{escape(e)}</li>" for e in examples) + "</ul>" if examples else "")
-            + (f'<p><b>Endpoints:</b></p><ul class="plain mono">'
+            + ('<p><b>Endpoints:</b></p><ul class="plain mono">'
                + "".join(f"<li>{escape(e)}</li>" for e in endpoints) + "</ul>" if endpoints else "")
         )
     return "".join(out) or '<p class="muted">No third party.</p>'

@@ -12,6 +12,7 @@ this adds only the decrypted requests.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,7 @@ class KeylogUnavailable(SensorError):
 def check_keylog(keylog: Path) -> None:
     """One clear line, exit 2, when deep decryption cannot run: tshark or pyshark missing, or an
     unreadable key log."""
-    try:
-        import pyshark  # noqa: F401
-    except ImportError:
-        raise KeylogUnavailable(INSTALL_HINT) from None
-    if shutil.which("tshark") is None:
+    if importlib.util.find_spec("pyshark") is None or shutil.which("tshark") is None:
         raise KeylogUnavailable(INSTALL_HINT)
     try:
         with keylog.open("rb") as handle:
