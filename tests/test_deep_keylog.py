@@ -76,6 +76,7 @@ def test_unreadable_keylog_is_a_usage_error(tmp_path: Path) -> None:
 @needs_tshark
 def test_report_reads_decrypted_requests() -> None:
     pytest.importorskip("pyshark")
+    pytest.importorskip("pylsqpack")
     proc = run("report", str(DATA / "tls.pcap"), "--keylog", str(DATA / "tls.keys"), "--config", str(CONFIG),
                "--format", "json", "--exposure")
     assert proc.returncode == 0, proc.stderr
