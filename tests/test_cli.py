@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -23,6 +24,7 @@ GOOD = PCAPS / "mixpanel-plaintext.pcap"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 PCAP_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z phi-sensor: ")  # the time stamp, then the message
 
 
 def replay(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,7 +39,7 @@ def assert_one_line_about(result: subprocess.CompletedProcess[str], name: str | 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     about = [line for line in lines if str(name) in line]
     assert len(about) == 1, result.stderr
-    assert about[0].startswith("phi-sensor: ")
+    assert LOG_LINE.match(about[0]), about[0]
     return about[0]
 
 
