@@ -285,7 +285,7 @@ def test_check_config_fails_exactly_where_replay_fails(tmp_path: Path, problem: 
     assert results["check-config"] == results["replay"]
     line = results["replay"]
     assert line.startswith(f"{config}: {key}: expected "), line
-    assert f"found" in line and found in line, line
+    assert "found" in line and found in line, line
 
 
 def test_unwritable_output_is_a_usage_error_not_an_internal_one(tmp_path: Path) -> None:

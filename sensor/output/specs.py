@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sensor.errors import ConfigError
-from sensor.output.jsonl import JsonlSink, check_writable, open_jsonl
+from sensor.output.jsonl import check_writable, open_jsonl
 from sensor.output.sinks import Sink, AlertsOnly
 from sensor.output.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, Backoff, Spool, SpoolError
 
