@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
     )
     report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
-    report.add_argument("--config", type=Path, help="sensor YAML configuration")
+    report.add_argument(
+        "--config", type=Path, help="sensor YAML configuration (default: /etc/phi-sensor/sensor.yaml if it exists)"
+    )
     report.add_argument("--signatures", type=Path, metavar="DIR", help="vendor signature directory merged over the bundled catalog")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--prefilter", choices=("auto", "always", "never"), default="auto")
