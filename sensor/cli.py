@@ -20,12 +20,16 @@ EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1
 DEFAULT_USER = "phi-sensor"  # the account `live` switches to once its capture is open
 DEFAULT_STATS_INTERVAL = 60.0
 SEVERITIES = ("low", "medium", "high", "critical")
+LOG_FORMATS = ("text", "json")
 
 log = logging.getLogger("phi_sensor")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="sensor YAML configuration (default: built-in conservative policy)")
+    parser.add_argument(
+        "--config", type=Path,
+        help="sensor YAML configuration (default: /etc/phi-sensor/sensor.yaml if it exists, else the built-in policy)",
+    )
     parser.add_argument(
         "--emit", choices=("alerts", "events", "all"), default="alerts",
         help="what to write: alerts (default), protocol events, or both",
@@ -41,12 +45,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--unredacted", action="store_true",
         help="forensic opt-in: put matched health data values in alerts instead of typed placeholders (logged)",
     )
-    parser.add_argument("--spool-dir", type=Path, default=Path("spool"), help="disk queue for remote sinks")
+    parser.add_argument(
+        "--spool-dir", type=Path,
+        help="disk queue for remote sinks (default: $STATE_DIRECTORY/spool under systemd, "
+        "else $XDG_STATE_HOME/phi-sensor/spool, i.e. ~/.local/state/phi-sensor/spool)",
+    )
     parser.add_argument(
         "--flush-timeout", type=float, default=30.0, metavar="SECONDS",
         help="at the end, how long to keep trying to deliver to remote sinks (the rest stays spooled)",
     )
-    parser.add_argument("--signatures", type=Path, help="vendor signature directory (default: bundled signatures/vendors)")
+    parser.add_argument(
+        "--signatures", type=Path, metavar="DIR",
+        help="vendor signature directory merged over the bundled catalog (a file there replaces the bundled vendor of its id)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no summary table or progress bar on stderr")
 
 
@@ -114,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find protected health information leaving for ad and analytics vendors.",
     )
     parser.add_argument("--version", action="version", version=f"phi-sensor {__version__}")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="the sensor's own log on stderr: time-stamped text lines (default) or one JSON object per line",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     replay = sub.add_parser("replay", help="replay pcap/pcapng files (also .gz) through the sensor")
@@ -144,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
     )
     report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
-    report.add_argument("--config", type=Path, help="sensor YAML configuration")
-    report.add_argument("--signatures", type=Path, help="vendor signature directory")
+    report.add_argument(
+        "--config", type=Path, help="sensor YAML configuration (default: /etc/phi-sensor/sensor.yaml if it exists)"
+    )
+    report.add_argument("--signatures", type=Path, metavar="DIR", help="vendor signature directory merged over the bundled catalog")
     report.add_argument(
         "--format", choices=("table", "json", "csv", "html", "markdown"), default="table",
         help="html: one self-contained page (no external resource); csv: the inventory, or the exposure with --exposure",
@@ -165,37 +182,48 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("setup_args", nargs=argparse.REMAINDER)
     setup.set_defaults(handler=_cmd_setup)
 
-    check = sub.add_parser("check-config", help="validate a configuration file and the signatures")
-    check.add_argument("config", type=Path)
-    check.add_argument("--signatures", type=Path)
+    check = sub.add_parser(
+        "check-config", help="validate a configuration, its outputs and the signatures, as replay and live would"
+    )
+    check.add_argument(
+        "config", type=Path, nargs="?", help="default: /etc/phi-sensor/sensor.yaml if it exists, else the built-in policy"
+    )
+    check.add_argument("--signatures", type=Path, metavar="DIR")
+    check.add_argument("--output", action="append", metavar="SPEC", help="also check these outputs, as replay --output would")
+    check.add_argument("--spool-dir", type=Path, help="the spool directory replay and live would use")
     check.set_defaults(handler=_cmd_check_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
-    # The HTTP clients log every failed request of an outage; the sinks count and report them instead.
-    for noisy in ("elastic_transport", "opensearch", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    argv = sys.argv[1:] if argv is None else argv
+    from sensor.logs import configure_logging
+
+    # The log format is set before anything can log, and wherever it stands (setup parses its own options).
+    early = argparse.ArgumentParser(prog="phi-sensor", add_help=False, allow_abbrev=False)
+    early.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    known, argv = early.parse_known_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(known.log_format)
     parser = build_parser()
     if argv[:1] == ["setup"]:  # setup owns its options; argparse REMAINDER would not pass "--x" through
         args = argparse.Namespace(handler=_cmd_setup, setup_args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    if getattr(args, "config", False) is None:
+        from sensor.paths import default_config_file
+
+        args.config = default_config_file()
     try:
         return args.handler(args)
     except SensorError as exc:
-        print(f"phi-sensor: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("phi-sensor: interrupted", file=sys.stderr)
+        log.error("interrupted")
         return 130
     except Exception as exc:  # a bug, never the input's fault: one line, details on request
         if os.environ.get("PHI_SENSOR_DEBUG"):
             raise
-        print(f"phi-sensor: internal error: {type(exc).__name__}: {exc} (set PHI_SENSOR_DEBUG=1 for details)",
-              file=sys.stderr)
+        log.error("internal error: %s: %s (set PHI_SENSOR_DEBUG=1 for details)", type(exc).__name__, exc)
         return EXIT_INTERNAL
 
 
@@ -248,7 +276,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from sensor.runner import Runner
 
-    return Runner.check_config(args.config, args.signatures)
+    return Runner.check_config(args)
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 The schema itself (keys, types, ranges, with pydantic) is in config_schema.py, loaded when a file
 is read; `load_config(None)` answers with `DefaultConfig` without it.
 
-Every key is documented in deploy/config/sensor.example.yaml. ``load_config(None)`` gives the
+Every key is documented in deploy/config/sensor.example.yaml. ``load_config(None)`` reads
+/etc/phi-sensor/sensor.yaml when it exists (see `paths.default_config_file`), else gives the
 defaults: every private address is a PHI host, no BAAs, no allow list, every rule as it ships,
 JSON lines to stdout, redaction on.
 
@@ -220,7 +221,7 @@ class DefaultConfig:
     source = DEFAULT_SOURCE
 
     def __init__(self) -> None:
-        self.sensor = _Values(name=default_sensor_name())
+        self.sensor = _Values(name=default_sensor_name(), signatures=None)
         self.redaction = _Values(unredacted=False)
         self.decode = _Values(**DECODE_DEFAULTS)
         self.outputs = default_outputs()

@@ -77,6 +77,8 @@ class _Section(BaseModel):
 
 class SensorSection(_Section):
     name: str = Field(default_factory=default_sensor_name, min_length=1)  # observer.name
+    # A vendor directory merged over the bundled signatures (relative: to the configuration file).
+    signatures: str | None = Field(None, min_length=1)
 
 
 class PhiHostEntry(_Section):

@@ -42,6 +42,38 @@ def _warm_up(registered_domain: Callable[[str], str]) -> None:
     term_matcher()
 
 
+def spool_dir(args: argparse.Namespace) -> Path:
+    """--spool-dir, else the state directory's spool (never the working directory)."""
+    from sensor.paths import default_spool_dir
+
+    return args.spool_dir or default_spool_dir()
+
+
+def output_specs(args: argparse.Namespace, config: Any) -> tuple[list[dict[str, Any]], str]:
+    """The outputs a run writes to, and where they were given: --output, else the configuration's."""
+    from sensor.output.sinks import COMMAND_LINE, parse_output_spec
+
+    if not args.output:
+        return list(config.outputs), config.source
+    specs = [parse_output_spec(spec) for spec in args.output]
+    if getattr(args, "emit", "alerts") in ("events", "all"):  # events on the command line: every output
+        for spec in specs:
+            spec.setdefault("events", True)
+    return specs, COMMAND_LINE
+
+
+def signature_overlay(option: Path | None, config: Any) -> Path | None:
+    """The operator's vendor directory: --signatures, else the configuration's sensor.signatures
+    (relative to the configuration file's directory)."""
+    if option is not None:
+        return option
+    configured = config.sensor.signatures
+    if not configured:
+        return None
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else Path(config.source).parent / path
+
+
 def _rule_ids() -> Iterator[str]:
     """The detection rules' ids, the rules loaded only when a configuration tunes one."""
     from sensor.detect.rules import ALL_RULES
@@ -74,23 +106,16 @@ class Runner:
         must not open the spools and files the main process owns)."""
         from sensor.config import load_config
         from sensor.enrich.vendors import registered_domain
-        from sensor.output.sinks import build_sinks, parse_output_spec
+        from sensor.output.sinks import build_sinks
 
         config = load_config(args.config)
         config.check_rule_ids(_rule_ids())
         unredacted = args.unredacted or config.redaction.unredacted
         if unredacted:
             log.warning("unredacted output requested: alerts will contain health data values in clear")
-        if sinks is None and args.output:
-            specs = [parse_output_spec(spec) for spec in args.output]
-            if args.emit in ("events", "all"):  # asking for events on the command line means every output
-                for spec in specs:
-                    spec.setdefault("events", True)
-            sinks = build_sinks(specs, spool_dir=args.spool_dir, observer=config.sensor.name, source="command line")
-        elif sinks is None:
-            sinks = build_sinks(
-                list(config.outputs), spool_dir=args.spool_dir, observer=config.sensor.name, source=config.source
-            )
+        if sinks is None:
+            specs, source = output_specs(args, config)
+            sinks = build_sinks(specs, spool_dir=spool_dir(args), observer=config.sensor.name, source=source)
         counters = Counters()
         events = EventBuilder(config.sensor.name, registered_domain, redact_urls=not unredacted)
         detector = None
@@ -100,7 +125,7 @@ class Runner:
             from sensor.enrich.vendors import VendorCatalog
             from sensor.output.ecs import AlertBuilder
 
-            catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
+            catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
             policy = config.build_policy(catalog)
             settings = {}
             for rule in ALL_RULES:
@@ -126,19 +151,21 @@ class Runner:
         return cls(pipeline, sinks, args)
 
     @staticmethod
-    def check_config(path: Path, signatures: Path | None) -> int:
+    def check_config(args: argparse.Namespace) -> int:
+        """What replay and live check before they start, on the same configuration and outputs."""
         from sensor.config import load_config
         from sensor.enrich.vendors import VendorCatalog
-        from sensor.output.specs import validate_outputs
+        from sensor.output.sinks import check_outputs
 
-        config = load_config(path)
+        config = load_config(args.config)
         config.check_rule_ids(_rule_ids())
-        catalog = VendorCatalog.load(signatures) if signatures else VendorCatalog.load()
+        catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
         policy = config.build_policy(catalog)
-        validate_outputs(list(config.outputs), source=config.source)
+        specs, source = output_specs(args, config)
+        check_outputs(specs, spool_dir=spool_dir(args), source=source)
         print(
-            f"{path}: ok ({len(policy.assets)} PHI host entries, {len(policy.baa)} BAA(s), "
-            f"{len(policy.allow)} allowed domain(s), {len(catalog)} vendors in the catalog)"
+            f"{config.source}: ok ({len(policy.assets)} PHI host entries, {len(policy.baa)} BAA(s), "
+            f"{len(policy.allow)} allowed domain(s), {len(catalog)} vendors in the catalog, {len(specs)} output(s))"
         )
         return EXIT_OK
 
@@ -152,7 +179,7 @@ class Runner:
         from sensor.report import Inventory
 
         config = load_config(args.config)
-        catalog = VendorCatalog.load(args.signatures) if args.signatures else VendorCatalog.load()
+        catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
         inventory = Inventory()
         no_rules = {rule.INFO.id: RuleSettings(enabled=False) for rule in ALL_RULES}
         engine = DetectionEngine(
@@ -177,7 +204,7 @@ class Runner:
             if args.exposure:
                 inventory.print_exposure()
         for line in problems:
-            print(f"phi-sensor: {line}", file=sys.stderr)
+            log.error("%s", line)
         return EXIT_CAPTURE if problems else EXIT_OK
 
     def replay(
@@ -194,7 +221,7 @@ class Runner:
             self.pipeline.finish()
         undelivered = self._close_sinks()
         for line in problems:
-            print(f"phi-sensor: {line}", file=sys.stderr)
+            log.error("%s", line)
         if self.args.stats:
             self._print_stats()
         if not self.args.quiet and self.args.emit != "events":
@@ -400,7 +427,7 @@ class Runner:
                 undelivered.append(sink.name)
             sink.close(5.0)
         for name in undelivered:
-            print(f"phi-sensor: {name}: not everything was delivered; the rest stays in the spool", file=sys.stderr)
+            log.warning("%s: not everything was delivered; the rest stays in the spool", name)
         return undelivered
 
     def _fail_on_code(self) -> int:

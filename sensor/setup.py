@@ -1,7 +1,7 @@
 """`phi-sensor setup`: install index templates, the lifecycle policy and the Kibana saved objects.
 
-Every step is an idempotent HTTP request built from the files in `deploy/elasticsearch` and
-`deploy/kibana`; `--dry-run` prints them instead of sending them.
+Every step is an idempotent HTTP request built from the files bundled in `sensor/data/elasticsearch`
+and `sensor/data/kibana`; `--dry-run` prints them instead of sending them.
 """
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ import requests
 from sensor import __version__
 from sensor.errors import ConfigError
 from sensor.output.specs import read_secret
-from sensor.paths import DEPLOY_DIR
+from sensor.paths import KIBANA_DIR, TEMPLATES_DIR
 
-TEMPLATES_DIR = DEPLOY_DIR / "elasticsearch"
-KIBANA_DIR = DEPLOY_DIR / "kibana"
 DEFAULT_PREFIX = "phi-sensor"
 EXIT_CONFIG = 2
 EXIT_SERVER = 4

@@ -43,3 +43,15 @@ def corpus_expectation(name: str) -> dict:
         if entry["pcap"] == name:
             return entry
     raise AssertionError(f"{name} missing from expected.jsonl")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _operator_places(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test (nor the sensors it starts) reads the machine's /etc/phi-sensor or writes a spool
+    under the user's home: an empty configuration directory and a scratch state directory."""
+    places = tmp_path_factory.mktemp("places")
+    (places / "etc").mkdir()
+    os.environ["PHI_SENSOR_CONFIG_DIR"] = str(places / "etc")
+    os.environ["XDG_STATE_HOME"] = str(places / "state")
+    for systemd_set in ("STATE_DIRECTORY", "CONFIGURATION_DIRECTORY"):
+        os.environ.pop(systemd_set, None)

@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 from sensor.config import DEFAULT_SOURCE, RuleTuning, load_config, parse_config, parse_yaml
 from sensor.enrich.vendors import VendorCatalog
 from sensor.errors import ConfigError
-from sensor.paths import DEPLOY_DIR
 
-EXAMPLE = DEPLOY_DIR / "config" / "sensor.example.yaml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "config" / "sensor.example.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from servers import Behaviour, WebhookServer, webhook_server  # noqa: F401
 
-from sensor.paths import DEPLOY_DIR
+from sensor.paths import KIBANA_DIR, TEMPLATES_DIR
 from sensor.setup import setup_main
 
-NDJSON = DEPLOY_DIR / "kibana" / "phi-sensor.ndjson"
-TEMPLATES = DEPLOY_DIR / "elasticsearch"
+NDJSON = KIBANA_DIR / "phi-sensor.ndjson"
+TEMPLATES = TEMPLATES_DIR
 AGGREGATABLE = {"keyword", "ip", "long", "float", "date", "boolean"}
 KQL_FIELD = re.compile(r"([A-Za-z_@][\w.@]*)\s*:")
 

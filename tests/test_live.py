@@ -742,3 +742,26 @@ def test_a_hanging_webhook_never_holds_up_capture_or_the_other_sinks(link: VethL
     finally:
         webhook.kill()
         webhook.wait(timeout=10)
+
+
+@live_only
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reopens_the_output_file_logrotate_renamed(link: VethLink, tmp_path: Path, sensors: list[LiveSensor],
+                                                          workers: int) -> None:
+    expected = replay_alert_keys(PCAPS / "demo.pcap")
+    sensor = LiveSensor(link, tmp_path, "--workers", str(workers))
+    sensors.append(sensor)
+    send(link, pcap_frames(PCAPS / "demo.pcap"))
+    wait_for(lambda: sensor.alert_keys() >= expected, 15, "the demo's alerts")
+    rotated = sensor.output.with_name("live.jsonl.1")
+    sensor.output.rename(rotated)  # what logrotate does before its postrotate script
+    sensor.signal(signal.SIGHUP)
+    wait_for(lambda: any(doc["event"]["kind"] == "metric" for doc in sensor.documents()), 10,
+             "the stats event in the reopened file")
+    assert sensor.stop() == 0, sensor.stderr()
+    before, after = rotated.read_text().splitlines(), sensor.output.read_text().splitlines()
+    documents = [json.loads(line) for line in before + after]  # whole lines only, in either file
+    assert {alert_key(doc) for doc in documents if doc["event"]["kind"] == "alert"} == expected
+    assert {alert_key(json.loads(line)) for line in before if '"kind":"alert"' in line} == expected
+    assert any(doc["event"]["kind"] == "metric" for doc in map(json.loads, after))
+    assert not set(before) & set(after)  # nothing written twice

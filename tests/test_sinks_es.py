@@ -59,7 +59,7 @@ def alert_ids(numbers: Any) -> list[str]:
     [
         ("-", {"type": "jsonl", "path": "-"}),
         ("alerts.jsonl", {"type": "jsonl", "path": "alerts.jsonl"}),
-        ("out=1.jsonl", {"type": "jsonl", "path": "out=1.jsonl"}),
+        ("jsonl=out=1.jsonl", {"type": "jsonl", "path": "out=1.jsonl"}),
         ("jsonl=/var/log/a.jsonl", {"type": "jsonl", "path": "/var/log/a.jsonl"}),
         ("elasticsearch=https://es:9200", {"type": "elasticsearch", "url": "https://es:9200"}),
         ("opensearch=http://os:9200", {"type": "opensearch", "url": "http://os:9200"}),
@@ -73,7 +73,7 @@ def test_parse_output_spec(spec: str, expected: dict[str, Any]) -> None:
     assert parse_output_spec(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", "   ", "elasticsearch=", "https://es:9200"])
+@pytest.mark.parametrize("spec", ["", "   ", "elasticsearch=", "https://es:9200", "out=1.jsonl", "foo=bar"])
 def test_parse_output_spec_rejects(spec: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_output_spec(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,7 +276,7 @@ def test_unredacted_logs_a_warning_and_shows_values() -> None:
     result = replay(PCAPS / "mixpanel-plaintext.pcap", "--config", EXAMPLE_CONFIG, "--unredacted", "--quiet")
     assert result.returncode == 0
     warnings = [line for line in result.stderr.splitlines() if "unredacted" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("phi-sensor: ")
+    assert len(warnings) == 1 and re.match(r"\S+Z phi-sensor: ", warnings[0])
     payload = next(doc for doc in documents(result.stdout) if doc["rule"]["id"] == "phi-in-tracker-payload")
     assert any("182 mg/dL" in item["excerpt"] for item in payload["phi_egress"]["evidence"])
 

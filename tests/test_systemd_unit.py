@@ -15,6 +15,7 @@ import pytest
 
 from sensor.cli import _add_common
 from sensor.cli import add_live_arguments
+from sensor.runner import spool_dir
 from sensor.status import default_stats_file
 
 from conftest import REPO
@@ -99,7 +100,12 @@ def test_exec_start_is_a_live_command_line_with_the_status_default(unit: dict[st
     # `phi-sensor status` run by an administrator finds the file the service writes.
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/phi-sensor")
     assert args.stats_file == default_stats_file() == Path("/run/phi-sensor/stats.json")
-    assert str(args.spool_dir).startswith("/var/lib/phi-sensor/")
+    # The spool goes to the StateDirectory= systemd hands over.
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/phi-sensor")
+    assert args.spool_dir is None and spool_dir(args) == Path("/var/lib/phi-sensor/spool")
+    assert one(unit, "StateDirectory") == "phi-sensor" and one(unit, "ConfigurationDirectory") == "phi-sensor"
+    assert one(unit, "LogsDirectory") == "phi-sensor"
+    assert program == "/opt/phi-sensor/bin/phi-sensor"  # the virtual environment of docs/install.md
 
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
@@ -109,7 +115,7 @@ def runnable_unit(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at an executable that exists here (verify checks it)."""
     program = shutil.which("phi-sensor") or str(Path(sys.executable))
     path = tmp_path / UNIT.name
-    path.write_text(UNIT.read_text().replace("/usr/local/bin/phi-sensor", program))
+    path.write_text(UNIT.read_text().replace("/opt/phi-sensor/bin/phi-sensor", program))
     return path
 
 

@@ -23,7 +23,9 @@ from sensor.enrich.vendors import (
     vendor_from_yaml,
 )
 from sensor.errors import ConfigError
-from sensor.paths import PROJECT_ROOT, VENDORS_DIR
+from sensor.paths import VENDORS_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The tracker vendor catalog: host -> vendor, (host, path) -> collection endpoint.
 
-One YAML file per vendor in ``signatures/vendors/`` (format in ``signatures/README.md``). Loading
+One YAML file per vendor in ``sensor/data/signatures/vendors/`` (format in its ``README.md``). Loading
 validates every file and reports the first problem as a ConfigError naming the file and key.
 
 Matching never touches the network: registered domains come from the public suffix list snapshot
@@ -137,8 +137,12 @@ class Vendor:
 class VendorCatalog:
     """All vendors, indexed for host and endpoint matching."""
 
-    def __init__(self, vendors: tuple[Vendor, ...], source: str = "vendor catalog") -> None:
+    def __init__(
+        self, vendors: tuple[Vendor, ...], source: str = "vendor catalog", files: Mapping[str, Path] | None = None
+    ) -> None:
+        """`files`: each vendor's file by id, for messages (else `source`/id.yaml)."""
         self._vendors = vendors
+        self._files = files or {}
         self._by_key: dict[str, Vendor] = {}
         self._by_host: dict[str, Vendor] = {}
         self._by_domain: dict[str, Vendor] = {}
@@ -150,7 +154,7 @@ class VendorCatalog:
         self._match_host_cached = lru_cache(maxsize=65536)(self._match_host)
 
     def _index(self, vendor: Vendor, source: str) -> None:
-        where = f"{source}/{vendor.id}.yaml"
+        where = str(self._files.get(vendor.id) or f"{source}/{vendor.id}.yaml")
         for key, label in ((vendor.id, "id"), (vendor.name.lower(), "name")):
             other = self._by_key.get(key)
             if other is not None and other is not vendor:
@@ -172,20 +176,31 @@ class VendorCatalog:
 
     @classmethod
     def load(cls, directory: Path = VENDORS_DIR) -> VendorCatalog:
-        """Read and validate every ``*.yaml`` file of a directory."""
-        if not directory.is_dir():
-            raise ConfigError(str(directory), "", "vendor signature directory not found")
-        paths = sorted(directory.glob("*.yaml"))
-        if not paths:
-            raise ConfigError(str(directory), "", "no vendor files (*.yaml) in this directory")
+        """Read and validate every ``*.yaml`` file of one directory."""
+        return cls._from_files(_vendor_files(directory), str(directory))
+
+    @classmethod
+    def with_overlay(cls, overlay: Path | None) -> VendorCatalog:
+        """The bundled catalog with an operator's directory merged over it: a file there replaces
+        the bundled vendor of the same id (file name) or adds a vendor. A directory holding a
+        ``vendors/`` subdirectory (a copy of the whole signatures tree) is read from there."""
+        if overlay is None:
+            return cls.load()
+        if (overlay / "vendors").is_dir():
+            overlay = overlay / "vendors"
+        files = _vendor_files(VENDORS_DIR) | _vendor_files(overlay)
+        return cls._from_files(files, f"{overlay} over the bundled signatures")
+
+    @classmethod
+    def _from_files(cls, files: dict[str, Path], source: str) -> VendorCatalog:
         vendors = []
-        for path in paths:
+        for stem, path in sorted(files.items()):
             try:
                 data = path.read_bytes()
             except OSError as exc:
                 raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
-            vendors.append(vendor_from_yaml(data, str(path), expected_id=path.stem))
-        return cls(tuple(vendors), str(directory))
+            vendors.append(vendor_from_yaml(data, str(path), expected_id=stem))
+        return cls(tuple(vendors), source, files)
 
     def match_host(self, host: str) -> Vendor | None:
         """The vendor a host name belongs to: an exact host first, then the narrowest domain claim."""
@@ -367,3 +382,13 @@ class _VendorReader:
             baa_summary=self.text(baa, "summary", "baa.summary"),
             baa_source=source,
         )
+
+
+def _vendor_files(directory: Path) -> dict[str, Path]:
+    """A signature directory's vendor files by id (file name without .yaml)."""
+    if not directory.is_dir():
+        raise ConfigError(str(directory), "", "vendor signature directory not found")
+    paths = {path.stem: path for path in directory.glob("*.yaml")}
+    if not paths:
+        raise ConfigError(str(directory), "", "no vendor files (*.yaml) in this directory")
+    return paths

@@ -1,12 +1,24 @@
-"""The default sink: one JSON document per line, to stdout or a file (embedded, no server)."""
+"""The default sink: one JSON document per line, to stdout or a file (embedded, no server).
+
+A file output reopens its path after SIGHUP, as logrotate expects: the rotated file keeps
+everything written before the signal, the file at the path gets everything after it. The
+signal handler only counts; each sink notices the count moved at its next write or flush.
+"""
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
+
+from sensor.errors import ConfigError
+
+log = logging.getLogger("phi_sensor")
 
 SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
@@ -19,22 +31,112 @@ def severity_at_least(doc: dict, minimum: str | None) -> bool:
     return severity is None or SEVERITY_ORDER.get(severity, 0) >= SEVERITY_ORDER[minimum]
 
 
+_hangups = 0  # SIGHUPs received so far by this process
+_handler_installed = False
+
+
+def note_hangup() -> None:
+    """Ask every file output to reopen its path (what SIGHUP does)."""
+    global _hangups
+    _hangups += 1
+
+
+def _install_hangup_handler() -> None:
+    """SIGHUP reopens the files, then does whatever it did before (live: reload the configuration)."""
+    global _handler_installed
+    if _handler_installed:
+        return
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def on_hangup(signum: int, frame: Any) -> None:
+        note_hangup()
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGHUP, on_hangup)
+    except ValueError:  # not the main thread (an embedding application): no handler of ours
+        return
+    _handler_installed = True
+
+
+def check_writable(target: str | Path, source: str, key: str, *, directory: bool = False) -> None:
+    """ConfigError unless `target` (a file, or with `directory` a directory) can be created or
+    written, without creating anything. "-" is stdout."""
+    if not directory and str(target) == "-":
+        return
+    path = Path(target)
+    kind = "directory" if directory else "file"
+    problem = None
+    if path.exists():
+        if path.is_dir() != directory:
+            problem = "a file" if directory else "a directory"
+        elif not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            problem = "not writable"
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            problem = f"{parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"cannot create it in {parent} (not writable)"
+    if problem:
+        raise ConfigError(source, key, f"expected a writable {kind}, found {path}: {problem}")
+
+
+def open_jsonl(target: str | Path, source: str, key: str, min_severity: str | None = None) -> JsonlSink:
+    """A JsonlSink, or ConfigError naming the output when its file cannot be opened."""
+    try:
+        return JsonlSink(target, min_severity=min_severity)
+    except OSError as exc:
+        raise ConfigError(
+            source, key, f"expected a writable file, found {target}: {exc.strerror or exc}"
+        ) from None
+
+
 class JsonlSink:
     def __init__(self, target: str | Path = "-", min_severity: str | None = None) -> None:
         self.name = "stdout" if str(target) == "-" else f"jsonl:{target}"
         self.min_severity = min_severity
         self._stream: BinaryIO
+        self._path: Path | None = None
+        self._hangups_seen = _hangups
         if str(target) == "-":
             # stdout may have been replaced by a text-only stream (embedding, tests)
             self._stream = getattr(sys.stdout, "buffer", None) or _TextAdapter(sys.stdout)
             self._owned = False
         else:
-            path = Path(target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._stream = open(path, "ab", buffering=1 << 20)
+            self._path = Path(target)
+            self._stream = self._open(self._path)
             self._owned = True
-        self._counts = {"sent": 0, "dropped_below_severity": 0, "write_errors": 0}
+            _install_hangup_handler()
+        self._counts = {"sent": 0, "dropped_below_severity": 0, "write_errors": 0, "reopened": 0}
         self._broken = False
+
+    @staticmethod
+    def _open(path: Path) -> BinaryIO:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab", buffering=1 << 20)
+
+    def reopen(self) -> None:
+        """Flush to the file open now (perhaps renamed by logrotate), then write to the path anew.
+        If the path cannot be opened, say so and keep writing where we were."""
+        self._hangups_seen = _hangups
+        if self._path is None or self._stream.closed:
+            return
+        try:
+            fresh = self._open(self._path)
+        except OSError as exc:
+            log.error("%s: cannot reopen after SIGHUP, still writing to the old file: %s",
+                      self._path, exc.strerror or exc)
+            return
+        old, self._stream = self._stream, fresh
+        try:
+            old.close()
+        except OSError as exc:
+            log.error("%s: writing the last lines before reopening failed: %s", self._path, exc.strerror or exc)
+        self._counts["reopened"] += 1
 
     def send(self, doc: dict) -> None:
         if self._broken:
@@ -53,6 +155,8 @@ class JsonlSink:
         """A document already serialized as one JSON line (ending in a newline)."""
         if self._broken:
             return
+        if self._hangups_seen != _hangups:
+            self.reopen()
         try:
             self._stream.write(line)
         except BrokenPipeError:  # reader went away (e.g. `| head`): stop writing, keep running
@@ -65,6 +169,8 @@ class JsonlSink:
         """Documents already serialized, whole JSON lines one after another."""
         if self._broken or not block:
             return
+        if self._hangups_seen != _hangups:
+            self.reopen()
         try:
             self._stream.write(block)
         except BrokenPipeError:
@@ -74,6 +180,8 @@ class JsonlSink:
         self._counts["sent"] += block.count(b"\n")
 
     def flush(self, timeout: float = 0.0) -> bool:
+        if self._hangups_seen != _hangups and not self._broken:
+            self.reopen()
         if not self._broken:
             try:
                 self._stream.flush()

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sensor.errors import ConfigError
-from sensor.output.jsonl import JsonlSink
+from sensor.output.jsonl import check_writable, open_jsonl
+
+COMMAND_LINE = "command line"
 
 # Command-line shorthand -> (output type, webhook format).
 _URL_TYPES: dict[str, tuple[str, str | None]] = {
@@ -45,7 +47,7 @@ def parse_output_spec(spec: str) -> dict[str, Any]:
     """
     spec = spec.strip()
     if not spec:
-        raise ConfigError("command line", "--output", "expected -, a file path, or TYPE=URL")
+        raise ConfigError(COMMAND_LINE, "--output", "expected -, a file path, or TYPE=URL")
     kind, sep, value = spec.partition("=")
     kind = kind.lower()
     if kind == "pagerduty":
@@ -63,12 +65,12 @@ def parse_output_spec(spec: str) -> dict[str, Any]:
         return out
     if sep and kind == "jsonl":
         return {"type": "jsonl", "path": value or "-"}
-    if sep and "://" in value and re.fullmatch(r"[a-z][a-z0-9_-]*", kind):
-        # A misspelt type must not silently become a file named "elastic=http:..."
+    if sep and re.fullmatch(r"[a-z][a-z0-9_-]*", kind):
+        # NAME=VALUE with an unknown NAME is a misspelt type, never a file named "elastic=http:..."
         known = ", ".join(["jsonl", *_URL_TYPES, "pagerduty"])
         raise ConfigError(
-            "command line", "--output",
-            f"unknown output type {kind!r} (expected one of {known}; a file whose name has '=' is jsonl=PATH)",
+            COMMAND_LINE, "--output",
+            f"expected one of {known} before '=', found {kind!r} (a file whose name has '=' is jsonl=PATH)",
         )
     if re.match(r"^[a-z][a-z0-9+.-]*://", spec, re.IGNORECASE):
         raise ConfigError(
@@ -105,18 +107,41 @@ class AlertsOnly:
         return self._inner.stats()
 
 
+def output_keys(specs: list[dict[str, Any]], source: str) -> list[str]:
+    """How each output is named in messages: the option on the command line, else its key."""
+    if source == COMMAND_LINE:
+        return [f"--output {spec.get('path', '-')}" if spec.get("type") == "jsonl" else "--output" for spec in specs]
+    return [f"outputs[{index}].path" for index in range(len(specs))]
+
+
 def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str = "config") -> list[Sink]:
-    """Validate every `outputs:` entry first (so a typo in the last one starts nothing), then build
-    them. JSON-lines files and stdout as the command line gives them need no validation."""
+    """Check every `outputs:` entry first (so a typo in the last one starts nothing), then build
+    them. JSON-lines files and stdout as the command line gives them need no schema validation
+    (and no pydantic): only the writable-file check `preflight` runs on them too."""
+    keys = output_keys(specs, source)
     if all(_plain_jsonl(spec) for spec in specs):
+        for spec, key in zip(specs, keys):
+            check_writable(spec.get("path", "-"), source, key)
         sinks: list[Sink] = []
-        for spec in specs:
-            sink: Sink = JsonlSink(spec.get("path", "-"))
-            sinks.append(sink if spec.get("events", True) else AlertsOnly(sink))
+        try:
+            for spec, key in zip(specs, keys):
+                sink: Sink = open_jsonl(spec.get("path", "-"), source, key)
+                sinks.append(sink if spec.get("events", True) else AlertsOnly(sink))
+        except BaseException:
+            for built in sinks:
+                built.close(0.0)
+            raise
         return sinks
     from sensor.output.specs import build_validated
 
-    return build_validated(specs, spool_dir=spool_dir, observer=observer, source=source)
+    return build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
+
+
+def check_outputs(specs: list[dict[str, Any]], *, spool_dir: Path, source: str = "config") -> None:
+    """What build_sinks checks, without opening anything (check-config)."""
+    from sensor.output.specs import preflight
+
+    preflight(specs, spool_dir=spool_dir, source=source, keys=output_keys(specs, source))
 
 
 def _plain_jsonl(spec: object) -> bool:

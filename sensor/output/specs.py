@@ -9,13 +9,13 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sensor.errors import ConfigError
-from sensor.output.jsonl import JsonlSink
+from sensor.output.jsonl import check_writable, open_jsonl
 from sensor.output.sinks import Sink, AlertsOnly
 from sensor.output.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, Backoff, Spool, SpoolError
 
@@ -184,16 +184,19 @@ def read_secret(source: str, key: str, env: str | None, file: Path | None) -> Se
     if env:
         value = os.environ.get(env, "").strip()
         if not value:
-            raise ConfigError(source, key, f"environment variable {env} is not set or empty")
+            state = "empty" if env in os.environ else "unset"
+            raise ConfigError(source, key, f"expected the environment variable {env} to hold it, found {env} {state}")
         return SecretStr(value)
     if file is None:
         raise ConfigError(source, key, "expected an environment variable or a file")
     try:
         value = file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, key, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            source, key, f"expected a readable file, found {file}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if not value:
-        raise ConfigError(source, key, f"{file} is empty")
+        raise ConfigError(source, key, f"expected the secret in {file}, found an empty file")
     return SecretStr(value)
 
 
@@ -207,6 +210,12 @@ def _credentials(out: _RemoteOutput, index: int, source: str) -> tuple[SecretStr
         return None, (auth.username, password)
     field = "api_key_env" if auth.api_key_env else "api_key_file"
     return read_secret(source, _key(index, ("auth", field)), auth.api_key_env, auth.api_key_file), None
+
+
+class _Secrets(NamedTuple):
+    api_key: SecretStr | None
+    basic: tuple[str, SecretStr] | None
+    routing_key: SecretStr | None
 
 
 def _default_name(out: SearchOutput | WebhookOutput) -> str:
@@ -225,17 +234,23 @@ def _api_key(secret: SecretStr) -> str | tuple[str, str]:
     return (key_id, key) if sep else secret.get_secret_value()
 
 
-def _build_remote(
-    out: SearchOutput | WebhookOutput, index: int, name: str, spool_dir: Path, observer: str, source: str
-) -> Sink:
+def _secrets(out: SearchOutput | WebhookOutput, index: int, source: str) -> _Secrets:
+    """The credentials an output needs, read now: a missing one is a configuration error."""
     api_key, basic = _credentials(out, index, source)
-    basic_auth = (basic[0], basic[1].get_secret_value()) if basic else None
     routing_key = None
     if isinstance(out, WebhookOutput) and out.format == "pagerduty":
         key_field = "routing_key_file" if out.routing_key_file else "routing_key_env"
         routing_key = read_secret(source, _key(index, (key_field,)), out.routing_key_env, out.routing_key_file)
     if isinstance(out, SearchOutput) and out.type == "opensearch" and api_key is not None:
         raise ConfigError(source, _key(index, ("auth",)), "opensearch takes username with password_env/password_file")
+    return _Secrets(api_key, basic, routing_key)
+
+
+def _build_remote(
+    out: SearchOutput | WebhookOutput, index: int, name: str, spool_dir: Path, observer: str, source: str
+) -> Sink:
+    api_key, basic, routing_key = _secrets(out, index, source)
+    basic_auth = (basic[0], basic[1].get_secret_value()) if basic else None
     backoff = Backoff(out.backoff_base, max(out.backoff_max, out.backoff_base))
     try:
         spool = Spool(spool_dir / f"{name}.db", max_items=out.spool_max_items, max_bytes=out.spool_max_bytes)
@@ -311,14 +326,35 @@ def validate_outputs(specs: list[dict[str, Any]], source: str = "config") -> lis
     return validated
 
 
-def build_validated(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str) -> list[Sink]:
-    """Validate every `outputs:` entry first (so a typo in the last one starts nothing), then build them."""
+def preflight(
+    specs: list[dict[str, Any]], *, spool_dir: Path, source: str, keys: list[str] | None = None
+) -> list[Any]:
+    """Every check an output gets before it is built, without opening anything: the entry itself
+    (types, URLs, names), its credentials (environment variables, key files), and that its
+    file or spool directory can be written. `check-config`, `replay` and `live` all run this.
+    `keys`: how each entry is named in messages (default outputs[N].path)."""
     validated = validate_outputs(specs, source)
+    for index, out in enumerate(validated):
+        if isinstance(out, JsonlOutput):
+            check_writable(out.path, source, keys[index] if keys else _key(index, ("path",)))
+        else:
+            _secrets(out, index, source)
+    if any(not isinstance(out, JsonlOutput) for out in validated):
+        check_writable(spool_dir, source, "spool_dir", directory=True)
+    return validated
+
+
+def build_validated(
+    specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str, keys: list[str] | None = None
+) -> list[Sink]:
+    """Check every `outputs:` entry first (so a typo in the last one starts nothing), then build them."""
+    validated = preflight(specs, spool_dir=spool_dir, source=source, keys=keys)
     sinks: list[Sink] = []
     try:
         for index, out in enumerate(validated):
             if isinstance(out, JsonlOutput):
-                sink: Sink = JsonlSink(out.path, min_severity=out.min_severity)
+                key = keys[index] if keys else _key(index, ("path",))
+                sink: Sink = open_jsonl(out.path, source, key, min_severity=out.min_severity)
                 sinks.append(sink if out.events else AlertsOnly(sink))
             else:
                 sinks.append(_build_remote(out, index, out.name or _default_name(out), spool_dir, observer, source))
