@@ -34,7 +34,7 @@ from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
-from sensor.output.ecs import ECS_VERSION, MODULE, iso_time
+from sensor.output.ecs import ECS_VERSION, MODULE, data_stream, iso_time
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
@@ -344,7 +344,8 @@ def stats_document(
     return {
         "@timestamp": iso_time(now),
         "ecs": {"version": ECS_VERSION},
-        "event": {"kind": "metric", "type": ["info"], "dataset": STATS_DATASET, "module": MODULE},
+        "data_stream": data_stream(STATS_DATASET),
+        "event": {"kind": "metric", "category": ["network"], "type": ["info"], "dataset": STATS_DATASET, "module": MODULE},
         "observer": {
             "name": observer,
             "type": "sensor",
