@@ -1083,7 +1083,7 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
     int named = PyObject_IsTrue(fields[1]), overflow = 0;
     long long dns_id = PyLong_AsLongLongAndOverflow(fields[0], &overflow);
     if (named < 0 || (dns_id == -1 && PyErr_Occurred())) goto error;
-    if (overflow) goto decline;
+    if (overflow || !named) goto decline; /* the root's name is written by the Python builder */
     char id_text[24];
     /* dns.id is an ECS keyword: the number as a string */
     if (JSON_KEY(&t, ",\"dns\":{\"id\":\"") < 0 || text_add(&t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
@@ -1126,8 +1126,7 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
             if (JSON_KEY(&t, "]") < 0) goto error;
         }
     }
-    if (JSON_KEY(&t, "}") < 0 || json_related(&t, &flow, resolved, resolved_count, named ? fields[1] : Py_None) < 0)
-        goto error;
+    if (JSON_KEY(&t, "}") < 0 || json_related(&t, &flow, resolved, resolved_count, fields[1]) < 0) goto error;
     status = 0;
     goto done;
 decline_or_error:

@@ -34,7 +34,7 @@ from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
-from sensor.output.ecs import ECS_VERSION, MODULE, data_stream, iso_time
+from sensor.output.ecs import ECS_VERSION, MODULE, data_stream, iso_time, prune
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
@@ -341,7 +341,7 @@ def stats_document(
         # Dots would turn into object paths in Elasticsearch ("packets" vs "packets.truncated").
         "counters": {name.replace(".", "_"): value for name, value in sorted(counters.items())},
     }
-    return {
+    return prune({  # no empty value (an idle sensor has no alerts by rule, no kernel counters)
         "@timestamp": iso_time(now),
         "ecs": {"version": ECS_VERSION},
         "data_stream": data_stream(STATS_DATASET),
@@ -353,7 +353,7 @@ def stats_document(
             "ingress": {"interface": {"name": interface}},
         },
         "phi_egress": {"stats": stats},
-    }
+    })
 
 
 class StatsReporter:

@@ -207,7 +207,7 @@ class EventBuilder:
 
     def dns(self, rec: DnsQuery) -> dict:
         doc = self._envelope(rec.ts, "dns", rec.flow)
-        question = {"name": rec.name, "type": rec.qtype}
+        question = {"name": rec.name or ".", "type": rec.qtype}  # the root, never an empty name
         registered = self.registered_domain(rec.name)
         if registered:
             question["registered_domain"] = registered
