@@ -376,7 +376,7 @@ def _merge_bulk(data: bytes, rejected: dict[int, dict[str, Any]]) -> bytes:
 
 
 # What each Elasticsearch major accepts in `compatible-with` (REST API compatibility: one major back).
-ACCEPTED_COMPAT = {8: (7, 8), 9: (8, 9)}
+ACCEPTED_COMPAT = {7: (6, 7), 8: (7, 8), 9: (8, 9)}
 
 
 class EsCompatProxy(_LoopbackServer):
