@@ -211,7 +211,6 @@ def kibana_objects(layout: Layout) -> tuple[list[dict[str, Any]], Counter[str]]:
             if obj["type"] == "index-pattern":
                 kind = "events" if obj["id"].endswith("-events") else "alerts"
                 obj["attributes"]["title"] = layout.pattern(kind)
-                obj["attributes"]["name"] = f"PHI egress {kind} ({layout.install})"
             kinds[obj["type"]] += 1
             objects.append(obj)
     if not objects:
