@@ -34,7 +34,7 @@ from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
-from sensor.output.ecs import ECS_VERSION, MODULE, data_stream, iso_time, prune
+from sensor.output.ecs import ECS_VERSION, MODULE, STATS_DATASET, data_stream, iso_time, prune
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
@@ -50,7 +50,6 @@ DRAIN_SECONDS = 2.0
 DRAIN_WAIT_SECONDS = 0.15  # longer than the ring's block retire timeout: a partial block is handed over
 SINK_CLOSE_TIMEOUT = 5.0
 WORKER_STOP_TIMEOUT = 30.0
-STATS_DATASET = "phi_sensor.stats"
 # Counters the detector keeps under "alerts." that are not rule ids.
 _ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed"})
 
