@@ -310,6 +310,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._answer(400, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"}, refusal)
             return
         path = self.path.split("?")[0]
+        if proxy.forbid_updates and self.command in ("PUT", "POST") and "/_doc/" in path and "if_seq_no" in self.path:
+            payload = json.dumps({"error": {"type": "security_exception", "reason": "action [indices:data/write/index] "
+                                            "is unauthorized"}, "status": 403}).encode()
+            self._answer(403, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"}, payload)
+            return
         if self.command in ("GET", "HEAD") and path == "/":
             data = json.dumps(proxy.root_answer()).encode()
             self._answer(200, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"},
@@ -409,6 +414,7 @@ class EsCompatProxy(_LoopbackServer):
         self.compat_seen: set[int] = set()  # compatible-with values the client sent
         self.media_refusals = 0
         self.stream_patterns: list[str] = []
+        self.forbid_updates = False  # a key with create_doc only: conditional overwrites answer 403
 
     def bulk_requests(self) -> int:
         return sum(path.split("?")[0].endswith("/_bulk") for _, path in self.seen)

@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -123,18 +124,37 @@ def test_a_data_stream_takes_create_only_and_a_resent_alert_stays_one_document(
     assert setup_main(["--elasticsearch", es_like.url, "--namespace", "lab"]) == 0
     (sink,) = build_sinks([{"type": "elasticsearch", "url": es_like.url, "namespace": "lab", **FAST}],
                           spool_dir=tmp_path, observer="o")
-    first, again = make_alert(1), make_alert(1)
-    first["phi_egress"]["count"], again["phi_egress"]["count"] = 1, 5
-    sink.send(first)
+
+    def version(n: int, count: int, severity: str = "high") -> dict[str, Any]:
+        doc = make_alert(n, severity)
+        doc["phi_egress"]["count"] = count
+        return doc
+
+    def stored(n: int) -> dict[str, Any]:
+        doc_id = make_alert(n)["event"]["id"]
+        return osmem_backend.session.get(f"{osmem_backend.url}/logs-phi_sensor.alert-lab/_doc/{doc_id}").json()["_source"]
+
+    sink.send(version(1, 1))
     assert sink.flush(10)
-    sink.send(again)  # the same event.id: 409 on create, counted as delivered
+    sink.send(version(1, 5))  # the window's final count: 409 on create, then it replaces the stored one
     assert sink.flush(10)
-    assert osmem_backend.ids_in("logs-phi_sensor.alert-lab") == [first["event"]["id"]]
-    stored = osmem_backend.session.get(f"{osmem_backend.url}/logs-phi_sensor.alert-lab/_doc/{first['event']['id']}")
-    assert stored.json()["_source"]["phi_egress"]["count"] == 1  # the first version stands
-    assert stored.json()["_source"]["data_stream"]["namespace"] == "lab"
-    assert (sink.stats()["sent"], sink.stats()["duplicates"]) == (2, 1)
+    sink.send(version(1, 3))  # a stale copy arriving late: 409, and the stored one is stronger
+    sink.send(version(1, 3, "critical"))  # an escalation: a higher severity wins whatever the count
+    assert sink.flush(10)
+    assert osmem_backend.ids_in("logs-phi_sensor.alert-lab") == [make_alert(1)["event"]["id"]]
+    assert (stored(1)["phi_egress"]["count"], stored(1)["phi_egress"]["severity"]) == (3, "critical")
+    assert stored(1)["data_stream"] == {"type": "logs", "dataset": "phi_sensor.alert", "namespace": "lab"}
+    stats = sink.stats()
+    assert (stats["sent"], stats["duplicates"], stats["superseded"]) == (4, 3, 2)
+
+    es_like.forbid_updates = True  # a key that may only create: the first version stands, still delivered
+    sink.send(version(2, 1))
+    sink.send(version(2, 9))
+    assert sink.flush(10)
+    assert stored(2)["phi_egress"]["count"] == 1
+    assert (sink.stats()["not_superseded"], sink.stats()["spool_depth"]) == (1, 0)
     sink.close(2)
+
     client = elasticsearch_client(es_like.url)
     answer = client.bulk(operations=[{"index": {"_index": "logs-phi_sensor.alert-lab", "_id": "x"}},
                                      {"@timestamp": "2024-05-17T10:00:00Z"}])

@@ -7,7 +7,10 @@ is named in one line and the documents wait in the spool.
 
 Data streams (the default for Elasticsearch): documents go to `logs-<data_stream.dataset>-<namespace>`
 with `create` and the alert's `event.id` as `_id`. A re-sent alert under the same id answers 409,
-which counts as delivered: the first version stored stands (data streams take no overwrite).
+which counts as delivered. When the re-sent version is stronger than the stored one (a higher
+severity, or the final count of its throttle window), it then replaces the stored one in its backing
+index, conditional on the stored version (`if_seq_no`/`if_primary_term`), the way Elasticsearch
+updates a data stream's document; without the privileges for that, the first version stands.
 
 Classic indices (`data_stream: false`, the default for OpenSearch): dated `<prefix>-alerts-*` and
 `<prefix>-events-*` indices. Writes keyed by an id are idempotent, so a retry after an ambiguous
@@ -19,6 +22,7 @@ id are written with `create`.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +39,9 @@ from elasticsearch.helpers import streaming_bulk
 
 from sensor.output.ecs import ALERT_DATASET, DATA_STREAM_TYPE, DEFAULT_NAMESPACE, EVENT_DATASETS, MODULE
 from sensor.output.sinks import is_alert
-from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem
+from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem, severity_rank
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_PREFIX = "phi-sensor"
 DEFAULT_BATCH_SIZE = 500
@@ -113,6 +119,13 @@ def bulk_action(
     if not data_stream and is_alert(doc) and type(count) is int and count >= 1:
         action.update(_op_type="index", _version=count, _version_type="external")
     return action
+
+
+def strength(doc: dict[str, Any]) -> tuple[int, int]:
+    """How much an alert version says: severity first, then its count."""
+    phi = doc.get("phi_egress")
+    count = phi.get("count") if isinstance(phi, dict) else None
+    return severity_rank(doc), count if type(count) is int else 0
 
 
 def _problem(status: Any, error: Any) -> str:
@@ -324,6 +337,7 @@ class ElasticsearchSink(SpooledSink):
         duplicates = 0
         problems: Counter[str] = Counter()
         answered = 0
+        conflicts: list[tuple[dict[str, Any], Any]] = []  # (action, the index that holds the document)
         try:
             # The helper yields exactly one result per action, in order.
             for position, (ok, info) in enumerate(self._bulk(actions)):
@@ -336,6 +350,8 @@ class ElasticsearchSink(SpooledSink):
                 elif status == CONFLICT:
                     delivered.append(seq)
                     duplicates += 1
+                    if self._data_stream:
+                        conflicts.append((actions[position], detail.get("_index")))
                 else:
                     problems[_problem(status, detail.get("error"))] += 1
                     # A whole-request failure carries the exception: only per-item verdicts are final.
@@ -343,7 +359,30 @@ class ElasticsearchSink(SpooledSink):
                         rejected.append(seq)
         except self.transport_errors as exc:
             problems[type(exc).__name__] += len(batch) - answered
+        for action, index in conflicts:
+            self._supersede(action, index)
         return DeliveryResult(delivered, rejected, duplicates, problem=_summary(problems))
+
+    def _supersede(self, action: dict[str, Any], index: Any) -> None:
+        """Put a stronger version of an alert over the one a data stream holds (see the module doc).
+        Best effort: the alert is delivered either way."""
+        doc = action["_source"]
+        if not is_alert(doc) or "_id" not in action:
+            return
+        try:
+            stored = self._client.get(index=index if isinstance(index, str) else action["_index"], id=action["_id"])
+            if strength(doc) <= strength(stored["_source"]):
+                return
+            self._replace(stored["_index"], action["_id"], doc, stored["_seq_no"], stored["_primary_term"])
+        except (ApiError, *self.transport_errors) as exc:
+            # a concurrent update, or a key that may only create: the stored version stands
+            self._counters.add("not_superseded")
+            log.debug("%s: alert %s kept its stored version: %s", self.name, action["_id"], type(exc).__name__)
+            return
+        self._counters.add("superseded")
+
+    def _replace(self, index: str, doc_id: str, doc: dict[str, Any], seq_no: int, primary_term: int) -> None:
+        self._client.index(index=index, id=doc_id, document=doc, if_seq_no=seq_no, if_primary_term=primary_term)
 
     def _close_transport(self) -> None:
         self._client.close()

@@ -51,6 +51,9 @@ class OpenSearchSink(ElasticsearchSink):
     def _ready(self) -> str | None:
         return None  # no compatibility header to settle: opensearch-py speaks plain JSON
 
+    def _replace(self, index: str, doc_id: str, doc: dict[str, Any], seq_no: int, primary_term: int) -> None:
+        self._client.index(index=index, id=doc_id, body=doc, params={"if_seq_no": seq_no, "if_primary_term": primary_term})
+
     def _bulk(self, actions: Iterable[dict[str, Any]]) -> Iterator[tuple[bool, dict[str, Any]]]:
         return streaming_bulk(
             self._client,
