@@ -1104,9 +1104,13 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
             static const int answer_keys[4] = {J_NAME, J_TYPE, J_DATA, J_TTL};
             int ok = 1;
             for (int k = 0; k < 4 && ok; k++) ok = (parts[k] = field(answer, answer_keys[k])) != NULL;
-            ok = ok && PyUnicode_Check(parts[1]);
-            if (ok && (PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 ||
-                       PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0))
+            ok = ok && PyUnicode_Check(parts[1]) && PyUnicode_Check(parts[0]) && PyUnicode_Check(parts[2]) &&
+                 PyUnicode_GET_LENGTH(parts[0]) > 0 && PyUnicode_GET_LENGTH(parts[2]) > 0; /* else the Python builder */
+            /* ecs._is_address: an A answer with a dot, an AAAA answer with a colon (not decode's hex) */
+            if (ok && ((PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 &&
+                        PyUnicode_FindChar(parts[2], '.', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0) ||
+                       (PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0 &&
+                        PyUnicode_FindChar(parts[2], ':', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0)))
                 resolved[resolved_count++] = Py_NewRef(parts[2]);
             ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
                  json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&

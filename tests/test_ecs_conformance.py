@@ -23,7 +23,7 @@ import yaml
 from conftest import PCAPS, REPO, SHARED
 from sensor.live import stats_document
 from sensor.output.ecs import DATASETS, EventBuilder
-from sensor.records import DnsQuery, Flow, HttpRequest, TlsHello
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello
 from sensor.setup import Layout, _index_template
 
 ECS_YML = SHARED / "reference" / "ecs_flat_8.11.yml"
@@ -164,13 +164,16 @@ def corpus_documents() -> tuple[dict[str, Any], ...]:
 
 
 def odd_documents() -> list[dict[str, Any]]:
-    """Shapes captures seldom hold: no server name, no version, an unanswered query, an empty name,
-    an IP literal Host, a request without headers, and a stats document."""
+    """Shapes captures seldom hold: no server name, no version, an unanswered query, the root name,
+    answers with broken data, an IP literal Host, a request without headers, and a stats document."""
     builder = EventBuilder("sensor-1", lambda host: "")
     tcp, udp = Flow("10.0.0.5", 40000, "192.0.2.9", 443, "tcp"), Flow("fd00::5", 5353, "fd00::53", 53, "udp")
     records = [
         TlsHello(1.0, tcp, "tls", None), TlsHello(1.0, tcp, "quic", "", ("h3",), True, "1.3"),
         DnsQuery(1.0, udp, 7, "", "A"), DnsQuery(1.0, udp, 8, "a.example", "AAAA", True, "NXDOMAIN"),
+        DnsQuery(1.0, udp, 9, "b.example", "A", True, "NOERROR", (  # broken rdata, as decode writes it
+            DnsAnswer("", "A", "0a0000", 5), DnsAnswer("b.example", "A", "", 5), DnsAnswer("b.example", "A", "192.0.2.1", 5),
+        )),
         HttpRequest(1.0, tcp, "GET", "/", "1.1", (), "fd00::9"),
         HttpRequest(1.0, tcp, "CONNECT", "a.example:443", "1.1", (("User-Agent", "curl/8"),), "a.example"),
         HttpRequest(1.0, tcp, "GET", "http://a.example/p?q=1", "1.0", (), None),

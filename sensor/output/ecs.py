@@ -217,8 +217,8 @@ class EventBuilder:
         if rec.response_seen:
             dns["response_code"] = rec.rcode
             if rec.answers:
-                dns["answers"] = [{"name": a.name, "type": a.type, "data": a.data, "ttl": a.ttl} for a in rec.answers]
-                resolved = [a.data for a in rec.answers if a.type == "A" or a.type == "AAAA"]
+                dns["answers"] = [_answer(a) for a in rec.answers]
+                resolved = [a.data for a in rec.answers if _is_address(a)]
                 if resolved:
                     dns["resolved_ip"] = resolved
         doc["dns"] = dns
@@ -263,9 +263,9 @@ class EventBuilder:
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
-        content_type = rec.header("content-type")
-        if content_type:
-            request["mime_type"] = content_type.split(";", 1)[0].strip().lower()
+        mime_type = (rec.header("content-type") or "").split(";", 1)[0].strip().lower()
+        if mime_type:
+            request["mime_type"] = mime_type
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = rec.header("user-agent")
         if agent:
@@ -313,6 +313,20 @@ def _related_ips(flow: Flow, extra=()) -> list[str]:
     ips = [flow.src_ip, flow.dst_ip]
     ips.extend(ip for ip in extra if ip not in ips)
     return ips
+
+
+def _answer(answer) -> dict:
+    """One ECS dns.answers entry: the root named ".", no empty data."""
+    entry = {"name": answer.name or ".", "type": answer.type, "data": answer.data, "ttl": answer.ttl}
+    if not answer.data:
+        del entry["data"]
+    return entry
+
+
+def _is_address(answer) -> bool:
+    """An A or AAAA answer whose data is an address; decode writes broken data as hex, which has
+    neither dots nor colons."""
+    return (answer.type == "A" and "." in answer.data) or (answer.type == "AAAA" and ":" in answer.data)
 
 
 def _related(flow: Flow, host: str | None, extra_ips=()) -> dict:
