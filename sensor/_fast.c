@@ -818,12 +818,12 @@ static PyObject *iso_time_str(double ts) {
 enum {
     K_TIMESTAMP, K_ECS, K_VERSION, K_EVENT, K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE, K_OBSERVER, K_SOURCE,
     K_DESTINATION, K_NETWORK, K_IP, K_PORT, K_TRANSPORT, K_PROTOCOL, K_COMMUNITY_ID, K_SRC_IP, K_SRC_PORT,
-    K_DST_IP, K_DST_PORT, V_EVENT, V_NETWORK, V_CONNECTION, V_IPV4, V_IPV6, K_COUNT
+    K_DST_IP, K_DST_PORT, V_EVENT, V_NETWORK, V_CONNECTION, V_IPV4, V_IPV6, K_DATA_STREAM, K_COUNT
 };
 static const char *const envelope_text[K_COUNT] = {
     "@timestamp", "ecs", "version", "event", "kind", "category", "type", "dataset", "module", "observer", "source",
     "destination", "network", "ip", "port", "transport", "protocol", "community_id", "src_ip", "src_port",
-    "dst_ip", "dst_port", "event", "network", "connection", "ipv4", "ipv6",
+    "dst_ip", "dst_port", "event", "network", "connection", "ipv4", "ipv6", "data_stream",
 };
 static PyObject *envelope_str[K_COUNT]; /* interned at module init */
 
@@ -905,12 +905,12 @@ error:
     return -1;
 }
 
-/* event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> dict, or None for a
- * flow whose fields are not what decode makes (addresses in text, ports of 16 bits, a transport
- * name), or a time that is not a number: the Python envelope takes those. */
+/* event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> dict, or
+ * None for a flow whose fields are not what decode makes (addresses in text, ports of 16 bits, a
+ * transport name), or a time that is not a number: the Python envelope takes those. */
 static PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "event_envelope takes 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "event_envelope takes 8 arguments");
         return NULL;
     }
     double ts = PyFloat_AsDouble(args[0]);
@@ -924,11 +924,12 @@ static PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssiz
     PyObject *type_values[2] = {envelope_str[K_PROTOCOL], envelope_str[V_CONNECTION]};
     PyObject *category_values[1] = {envelope_str[V_NETWORK]};
     PyObject *result = dict_steal(
-        7,
-        (const int[]){K_TIMESTAMP, K_ECS, K_EVENT, K_OBSERVER, K_SOURCE, K_DESTINATION, K_NETWORK},
+        8,
+        (const int[]){K_TIMESTAMP, K_ECS, K_DATA_STREAM, K_EVENT, K_OBSERVER, K_SOURCE, K_DESTINATION, K_NETWORK},
         (PyObject *[]){
             iso_time_str(ts),
             dict_steal(1, (const int[]){K_VERSION}, (PyObject *[]){Py_NewRef(args[5])}),
+            Py_NewRef(args[7]),
             dict_steal(5, (const int[]){K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE},
                        (PyObject *[]){Py_NewRef(envelope_str[V_EVENT]), list_of(1, category_values),
                                       list_of(2, type_values), Py_NewRef(args[1]), Py_NewRef(args[6])}),
@@ -1025,7 +1026,8 @@ static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *
     return 0;
 }
 
-/* `,"related":{"ip":[source, destination, extra...],"hosts":[host] or []}}` and the newline;
+/* `,"related":{"ip":[source, destination, extra...],"hosts":[host]}}` (no hosts without a host) and
+ * the newline;
  * ecs._related_ips: an extra address already listed is not repeated. */
 static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count,
                         PyObject *host) {
@@ -1044,8 +1046,10 @@ static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, 
     if (JSON_KEY(t, ",\"related\":{\"ip\":[") < 0) return -1;
     for (Py_ssize_t i = 0; i < count; i++)
         if ((i && JSON_KEY(t, ",") < 0) || json_value(t, ips[i]) < 0) return -1;
-    if (JSON_KEY(t, "],\"hosts\":[") < 0 || (host != Py_None && json_value(t, host) < 0)) return -1;
-    return JSON_KEY(t, "]}}\n");
+    if (JSON_KEY(t, "]") < 0 ||
+        (host != Py_None && (JSON_KEY(t, ",\"hosts\":[") < 0 || json_value(t, host) < 0 || JSON_KEY(t, "]") < 0)))
+        return -1;
+    return JSON_KEY(t, "}}\n");
 }
 
 static PyObject *json_line_result(Text *t, int status) {
@@ -1075,8 +1079,15 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
     for (int i = 0; i < 6; i++)
         if ((fields[i] = field(record, keys[i])) == NULL) goto error;
     int answered = PyObject_IsTrue(fields[3]);
-    if (answered < 0 || !PyTuple_Check(fields[5])) goto decline_or_error;
-    if (JSON_KEY(&t, ",\"dns\":{\"id\":") < 0 || json_value(&t, fields[0]) < 0 ||
+    if (answered < 0 || !PyTuple_Check(fields[5]) || !PyLong_CheckExact(fields[0])) goto decline_or_error;
+    int named = PyObject_IsTrue(fields[1]), overflow = 0;
+    long long dns_id = PyLong_AsLongLongAndOverflow(fields[0], &overflow);
+    if (named < 0 || (dns_id == -1 && PyErr_Occurred())) goto error;
+    if (overflow || !named) goto decline; /* the root's name is written by the Python builder */
+    char id_text[24];
+    /* dns.id is an ECS keyword: the number as a string */
+    if (JSON_KEY(&t, ",\"dns\":{\"id\":\"") < 0 || text_add(&t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
+        JSON_KEY(&t, "\"") < 0 ||
         (answered ? JSON_KEY(&t, ",\"type\":\"answer\"") : JSON_KEY(&t, ",\"type\":\"query\"")) < 0 ||
         JSON_KEY(&t, ",\"question\":{\"name\":") < 0 || json_value(&t, fields[1]) < 0 ||
         JSON_KEY(&t, ",\"type\":") < 0 || json_value(&t, fields[2]) < 0 ||
@@ -1093,9 +1104,13 @@ static PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssiz
             static const int answer_keys[4] = {J_NAME, J_TYPE, J_DATA, J_TTL};
             int ok = 1;
             for (int k = 0; k < 4 && ok; k++) ok = (parts[k] = field(answer, answer_keys[k])) != NULL;
-            ok = ok && PyUnicode_Check(parts[1]);
-            if (ok && (PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 ||
-                       PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0))
+            ok = ok && PyUnicode_Check(parts[1]) && PyUnicode_Check(parts[0]) && PyUnicode_Check(parts[2]) &&
+                 PyUnicode_GET_LENGTH(parts[0]) > 0 && PyUnicode_GET_LENGTH(parts[2]) > 0; /* else the Python builder */
+            /* ecs._is_address: an A answer with a dot, an AAAA answer with a colon (not decode's hex) */
+            if (ok && ((PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 &&
+                        PyUnicode_FindChar(parts[2], '.', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0) ||
+                       (PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0 &&
+                        PyUnicode_FindChar(parts[2], ':', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0)))
                 resolved[resolved_count++] = Py_NewRef(parts[2]);
             ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
                  json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&
@@ -1151,15 +1166,21 @@ static PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssiz
     if (status != 0) goto done;
     int named = PyObject_IsTrue(fields[1]), versioned = PyObject_IsTrue(fields[4]);
     if (named < 0 || versioned < 0) goto error;
-    if (JSON_KEY(&t, ",\"tls\":{\"client\":{") < 0 ||
-        (named && (JSON_KEY(&t, "\"server_name\":") < 0 || json_value(&t, fields[1]) < 0)) || JSON_KEY(&t, "}") < 0 ||
-        (versioned && (JSON_KEY(&t, ",\"version\":") < 0 || json_value(&t, fields[4]) < 0 ||
-                       JSON_KEY(&t, ",\"version_protocol\":\"tls\"") < 0)) ||
-        JSON_KEY(&t, "},\"phi_egress\":{\"tls\":{\"alpn\":[") < 0)
+    /* ECS leaves out what is not known: no empty tls.client, no empty tls */
+    if ((named || versioned) && JSON_KEY(&t, ",\"tls\":{") < 0) goto error;
+    if (named && (JSON_KEY(&t, "\"client\":{\"server_name\":") < 0 || json_value(&t, fields[1]) < 0 ||
+                  JSON_KEY(&t, "}") < 0))
         goto error;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields[2]); i++)
+    if (versioned && ((named && JSON_KEY(&t, ",") < 0) || JSON_KEY(&t, "\"version\":") < 0 ||
+                      json_value(&t, fields[4]) < 0 || JSON_KEY(&t, ",\"version_protocol\":\"tls\"") < 0))
+        goto error;
+    if (((named || versioned) && JSON_KEY(&t, "}") < 0) || JSON_KEY(&t, ",\"phi_egress\":{\"tls\":{") < 0) goto error;
+    Py_ssize_t alpn_count = PyTuple_GET_SIZE(fields[2]);
+    if (alpn_count && JSON_KEY(&t, "\"alpn\":[") < 0) goto error;
+    for (Py_ssize_t i = 0; i < alpn_count; i++)
         if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
-    if (JSON_KEY(&t, "],\"ech\":") < 0 || json_value(&t, fields[3]) < 0 || JSON_KEY(&t, "}}") < 0 ||
+    if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
+        JSON_KEY(&t, "}}") < 0 ||
         json_related(&t, &flow, NULL, 0, named ? fields[1] : Py_None) < 0)
         goto error;
     status = 0;
@@ -1677,7 +1698,8 @@ static PyMethodDef methods[] = {
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
     {"event_envelope", (PyCFunction)(void (*)(void))event_envelope, METH_FASTCALL,
-     "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module) -> the fields every event has"},
+     "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> the fields every "
+     "event has"},
     {"bind_json", bind_json, METH_O, "bind_json(orjson.dumps)"},
     {"dns_event_line", (PyCFunction)(void (*)(void))dns_event_line, METH_FASTCALL,
      "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},

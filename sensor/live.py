@@ -34,7 +34,7 @@ from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
-from sensor.output.ecs import ECS_VERSION, MODULE, iso_time
+from sensor.output.ecs import ECS_VERSION, MODULE, STATS_DATASET, data_stream, iso_time, prune
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
@@ -50,7 +50,6 @@ DRAIN_SECONDS = 2.0
 DRAIN_WAIT_SECONDS = 0.15  # longer than the ring's block retire timeout: a partial block is handed over
 SINK_CLOSE_TIMEOUT = 5.0
 WORKER_STOP_TIMEOUT = 30.0
-STATS_DATASET = "phi_sensor.stats"
 # Counters the detector keeps under "alerts." that are not rule ids.
 _ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed"})
 
@@ -341,10 +340,11 @@ def stats_document(
         # Dots would turn into object paths in Elasticsearch ("packets" vs "packets.truncated").
         "counters": {name.replace(".", "_"): value for name, value in sorted(counters.items())},
     }
-    return {
+    return prune({  # no empty value (an idle sensor has no alerts by rule, no kernel counters)
         "@timestamp": iso_time(now),
         "ecs": {"version": ECS_VERSION},
-        "event": {"kind": "metric", "type": ["info"], "dataset": STATS_DATASET, "module": MODULE},
+        "data_stream": data_stream(STATS_DATASET),
+        "event": {"kind": "metric", "category": ["network"], "type": ["info"], "dataset": STATS_DATASET, "module": MODULE},
         "observer": {
             "name": observer,
             "type": "sensor",
@@ -352,7 +352,7 @@ def stats_document(
             "ingress": {"interface": {"name": interface}},
         },
         "phi_egress": {"stats": stats},
-    }
+    })
 
 
 class StatsReporter:

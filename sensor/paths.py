@@ -17,6 +17,7 @@ VENDORS_DIR = SIGNATURES_DIR / "vendors"
 PHI_LEXICON_DIR = SIGNATURES_DIR / "phi"
 TEMPLATES_DIR = DATA_DIR / "elasticsearch"
 KIBANA_DIR = DATA_DIR / "kibana"
+SECURITY_RULES_DIR = KIBANA_DIR / "security-rules"
 
 APP = "phi-sensor"
 CONFIG_FILE_NAME = "sensor.yaml"

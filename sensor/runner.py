@@ -464,7 +464,7 @@ class Runner:
             key = (
                 pe["severity"],
                 alert["rule"]["id"],
-                f"{alert['source']['ip']} ({pe['phi_host']['name']})" if pe["phi_host"].get("name")
+                f"{alert['source']['ip']} ({pe['phi_host']['name']})" if pe.get("phi_host", {}).get("name")
                 else alert["source"]["ip"],
                 pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
                 pe["baa"]["status"],

@@ -6,6 +6,7 @@ Test modules import the fixtures they use from here (`tests/conftest.py` is shar
 """
 from __future__ import annotations
 
+import fnmatch
 import http.client
 import json
 import os
@@ -126,8 +127,25 @@ class SearchBackend:
     prefix: str
     session: requests.Session
 
+    @property
+    def namespace(self) -> str:
+        """A data stream namespace of this test's own (no '-' allowed there)."""
+        return self.prefix.replace("-", "_")
+
     def refresh(self) -> None:
         self.session.post(f"{self.url}/{self.prefix}-*/_refresh", timeout=10)
+
+    def ids_in(self, pattern: str) -> list[str]:
+        """Ids of the documents in `pattern` (comma-separated patterns and data streams too)."""
+        self.session.post(f"{self.url}/{pattern}/_refresh", params={"ignore_unavailable": "true"}, timeout=10)
+        response = self.session.post(
+            f"{self.url}/{pattern}/_search", params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            json={"size": 10000, "_source": False, "query": {"match_all": {}}}, timeout=10,
+        )
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [hit["_id"] for hit in response.json()["hits"]["hits"]]
 
     def ids(self, kind: str = "alerts") -> list[str]:
         self.refresh()
@@ -158,6 +176,12 @@ class SearchBackend:
         for path in (f"_index_template/{self.prefix}-alerts", f"_index_template/{self.prefix}-events",
                      f"_component_template/{self.prefix}-ecs", f"_ilm/policy/{self.prefix}-alerts",
                      f"_ilm/policy/{self.prefix}-events"):
+            self.session.delete(f"{self.url}/{path}", timeout=10)
+        install = f"phi_sensor-{self.namespace}"
+        self.session.delete(f"{self.url}/_data_stream/logs-phi_sensor.*-{self.namespace}", timeout=10)
+        for name in ("alert", "dns", "tls", "quic", "http", "stats"):
+            self.session.delete(f"{self.url}/_index_template/{install}-{name}", timeout=10)
+        for path in (f"_component_template/{install}-ecs", f"_ilm/policy/{install}-alerts", f"_ilm/policy/{install}-events"):
             self.session.delete(f"{self.url}/{path}", timeout=10)
 
 
@@ -281,9 +305,26 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             payload = json.dumps({"error": {"type": "unavailable", "reason": "proxy says no"}, "status": status}).encode()
             self._answer(status, {"Content-Type": "application/json"}, payload)
             return
+        refusal = proxy.check_media_types(self.headers)
+        if refusal is not None:
+            self._answer(400, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"}, refusal)
+            return
+        path = self.path.split("?")[0]
+        if proxy.forbid_updates and self.command in ("PUT", "POST") and "/_doc/" in path and "if_seq_no" in self.path:
+            payload = json.dumps({"error": {"type": "security_exception", "reason": "action [indices:data/write/index] "
+                                            "is unauthorized"}, "status": 403}).encode()
+            self._answer(403, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"}, payload)
+            return
+        if self.command in ("GET", "HEAD") and path == "/":
+            data = json.dumps(proxy.root_answer()).encode()
+            self._answer(200, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"},
+                         b"" if self.command == "HEAD" else data)
+            return
+        if self.command in ("PUT", "POST") and path.startswith("/_index_template/") and body:
+            body = proxy.take_data_stream_template(body)
         headers = {k: _COMPAT.sub(r"application/\1", v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         rejected: dict[int, dict[str, Any]] = {}
-        if self.path.split("?")[0].endswith("/_bulk") and proxy.reject_items > 0:
+        if path.endswith("/_bulk") and (proxy.reject_items > 0 or proxy.stream_patterns):
             body, rejected = proxy.take_rejections(body)
             if not body:
                 self._answer(200, {"Content-Type": "application/json", "X-Elastic-Product": "Elasticsearch"},
@@ -339,9 +380,18 @@ def _merge_bulk(data: bytes, rejected: dict[int, dict[str, Any]]) -> bytes:
     return json.dumps(answer).encode()
 
 
+# What each Elasticsearch major accepts in `compatible-with` (REST API compatibility: one major back).
+ACCEPTED_COMPAT = {7: (6, 7), 8: (7, 8), 9: (8, 9)}
+
+
 class EsCompatProxy(_LoopbackServer):
-    """Rewrites `application/vnd.elasticsearch+json; compatible-with=N` to `application/json` and adds
-    `X-Elastic-Product: Elasticsearch`, so the real client meets an OpenSearch-compatible server.
+    """An Elasticsearch of version `version` (8.x or 9.x) in front of an OpenSearch-compatible server.
+
+    Like that Elasticsearch it answers `GET /` with its version and `X-Elastic-Product:
+    Elasticsearch`, takes `compatible-with` values of its own major and the one before, and answers
+    the rest with Elasticsearch's 400 `media_type_header_exception`. Index templates with
+    `data_stream` make their names data streams: there, only `create` with an @timestamp is taken
+    (Elasticsearch's item errors otherwise). Then it forwards as `application/json`.
 
     Failure switches: `fail_status` answers every request with that status; `drop_after_forward`
     forwards the next N requests and then hangs up without answering; `reject_items` answers 429
@@ -350,15 +400,70 @@ class EsCompatProxy(_LoopbackServer):
 
     handler = _ProxyHandler
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, version: str = "9.1.0") -> None:
         super().__init__()
         self.upstream = upstream
+        self.version = version
+        self.major = int(version.partition(".")[0])
         self.lock = threading.Lock()
         self.fail_status = 0
         self.drop_after_forward = 0
         self.reject_items = 0
         self.rejected_ids: list[str] = []
         self.seen: list[tuple[str, str]] = []
+        self.compat_seen: set[int] = set()  # compatible-with values the client sent
+        self.media_refusals = 0
+        self.stream_patterns: list[str] = []
+        self.forbid_updates = False  # a key with create_doc only: conditional overwrites answer 403
+
+    def bulk_requests(self) -> int:
+        return sum(path.split("?")[0].endswith("/_bulk") for _, path in self.seen)
+
+    def root_answer(self) -> dict[str, Any]:
+        return {
+            "name": "es-like", "cluster_name": "es-like", "cluster_uuid": "es-like-uuid",
+            "version": {"number": self.version, "build_flavor": "default", "build_type": "docker",
+                        "lucene_version": "9.12.0", "minimum_wire_compatibility_version": f"{self.major - 1}.18.0",
+                        "minimum_index_compatibility_version": f"{self.major - 1}.0.0"},
+            "tagline": "You Know, for Search",
+        }
+
+    def check_media_types(self, headers: Any) -> bytes | None:
+        """None when Elasticsearch `major` takes the request's Accept and Content-Type, else its 400 body."""
+        for name in ("Accept", "Content-Type"):
+            value = headers.get(name) or ""
+            found = re.search(r"compatible-with=(\d+)", value)
+            if not found:
+                continue
+            wanted = int(found[1])
+            with self.lock:
+                self.compat_seen.add(wanted)
+            allowed = ACCEPTED_COMPAT[self.major]
+            if wanted not in allowed:
+                with self.lock:
+                    self.media_refusals += 1
+                reason = f"Invalid media-type value on headers [{name}]"
+                cause = (f"{name} version must be either version {allowed[1]} or {allowed[0]}, "
+                         f"but found {wanted}. {name}={value}")
+                return json.dumps({
+                    "error": {"root_cause": [{"type": "media_type_header_exception", "reason": reason}],
+                              "type": "media_type_header_exception", "reason": reason,
+                              "caused_by": {"type": "status_exception", "reason": cause}},
+                    "status": 400,
+                }).encode()
+        return None
+
+    def take_data_stream_template(self, body: bytes) -> bytes:
+        """Remember a data stream template's patterns; the upstream gets it without `data_stream`."""
+        template = json.loads(body)
+        if isinstance(template, dict) and "data_stream" in template:
+            del template["data_stream"]
+            with self.lock:
+                self.stream_patterns.extend(template.get("index_patterns", []))
+        return json.dumps(template).encode()
+
+    def is_stream(self, index: str) -> bool:
+        return any(fnmatch.fnmatchcase(index, pattern) for pattern in self.stream_patterns)
 
     def take_rejections(self, body: bytes) -> tuple[bytes, dict[int, dict[str, Any]]]:
         lines = body.decode().splitlines()
@@ -366,12 +471,24 @@ class EsCompatProxy(_LoopbackServer):
         rejected: dict[int, dict[str, Any]] = {}
         for position in range(len(lines) // 2):
             action, source = lines[2 * position], lines[2 * position + 1]
+            op, meta = next(iter(json.loads(action).items()))
+            error = None
+            if self.is_stream(meta.get("_index", "")):
+                if op != "create":
+                    error = {"type": "illegal_argument_exception",
+                             "reason": "only write ops with an op_type of create are allowed in data streams"}
+                elif "@timestamp" not in json.loads(source):
+                    error = {"type": "document_parsing_exception",
+                             "reason": "data stream timestamp field [@timestamp] is missing"}
+            if error is not None:
+                rejected[position] = {op: {"_index": meta.get("_index"), "_id": meta.get("_id"), "status": 400,
+                                           "error": error}}
+                continue
             with self.lock:
                 reject = self.reject_items > 0
                 if reject:
                     self.reject_items -= 1
             if reject:
-                op, meta = next(iter(json.loads(action).items()))
                 self.rejected_ids.append(meta.get("_id", ""))
                 rejected[position] = {op: {
                     "_index": meta.get("_index"), "_id": meta.get("_id"), "status": 429,
@@ -385,6 +502,17 @@ class EsCompatProxy(_LoopbackServer):
 @pytest.fixture
 def es_proxy(search_backend: SearchBackend) -> Iterator[EsCompatProxy]:
     proxy = EsCompatProxy(search_backend.url)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(params=["8.17.0", "9.1.0"], ids=["es8", "es9"])
+def es_like(request: pytest.FixtureRequest, osmem_backend: SearchBackend) -> Iterator[EsCompatProxy]:
+    """An 8.x-like and a 9.x-like Elasticsearch in front of osmem."""
+    proxy = EsCompatProxy(osmem_backend.url, request.param)
     proxy.start()
     try:
         yield proxy

@@ -104,7 +104,7 @@ def test_truncated_capture_keeps_what_precedes_the_cut(tmp_path: Path) -> None:
     result = replay(path, "--emit", "events", "--quiet")
     line = assert_one_line_about(result, path, EXIT_CAPTURE)
     assert "truncated" in line and f"byte {offset}" in line
-    names = [doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "dns"]
+    names = [doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "phi_sensor.dns"]
     assert names == ["api.mixpanel.com"]  # the lookup comes before the cut
 
 
@@ -152,7 +152,7 @@ def test_one_bad_file_among_good_ones(tmp_path: Path) -> None:
     bad.write_bytes(b"definitely not a capture")
     result = replay(GOOD, bad, PCAPS / "ga4-quic.pcap", "--emit", "events", "--quiet")
     assert_one_line_about(result, bad, EXIT_CAPTURE)
-    names = {doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "dns"}
+    names = {doc["dns"]["question"]["name"] for doc in events(result.stdout) if doc["event"]["dataset"] == "phi_sensor.dns"}
     assert names == {"api.mixpanel.com", "www.googletagmanager.com", "region1.google-analytics.com"}
 
 

@@ -84,18 +84,22 @@ CAPTURE_TIMES = st.one_of(
 
 @compiled_envelope
 @settings(max_examples=500, deadline=None)
-@given(CAPTURE_TIMES, ADDRESS_PAIRS, PORT, PORT, st.sampled_from(["tcp", "udp"]), st.sampled_from(["dns", "tls", "http"]))
+@given(CAPTURE_TIMES, ADDRESS_PAIRS, PORT, PORT, st.sampled_from(["tcp", "udp"]), st.sampled_from(["dns", "tls", "quic", "http"]))
 def test_compiled_envelope_equals_the_reference(
-    ts: float, addresses: tuple[str, str], sport: int, dport: int, transport: str, dataset: str
+    ts: float, addresses: tuple[str, str], sport: int, dport: int, transport: str, protocol: str
 ) -> None:
     builder = ecs.EventBuilder("sensor-1", lambda host: host)
     flow = Flow(addresses[0], sport, addresses[1], dport, transport)
-    compiled = ecs._envelope_fast(ts, dataset, flow, "quic", builder.observer, ecs.ECS_VERSION, ecs.MODULE)
-    reference = builder._envelope_py(ts, dataset, flow, "quic")
+    dataset = ecs.EVENT_DATASETS[protocol]
+    compiled = ecs._envelope_fast(
+        ts, dataset, flow, protocol, builder.observer, ecs.ECS_VERSION, ecs.MODULE, ecs.data_stream(dataset)
+    )
+    reference = builder._envelope_py(ts, protocol, flow)
     assert compiled == reference
     assert list(compiled) == list(reference)  # the same key order, so the same JSON
     assert compiled["@timestamp"] == ecs.iso_time(ts)
-    assert builder._envelope(ts, dataset, flow, "quic") == reference
+    assert compiled["event"]["dataset"] == compiled["data_stream"]["dataset"] == f"phi_sensor.{protocol}"
+    assert builder._envelope(ts, protocol, flow) == reference
 
 
 @compiled_envelope
@@ -108,16 +112,17 @@ def test_compiled_envelope_leaves_odd_flows_to_the_reference() -> None:
         Flow("10.0.0.1", True, "10.0.0.2", 80, "tcp"),  # not an int as decode makes them
         Flow("10.0.0.1", 1, "10.0.0.2", 80, "sctp"),  # Community ID of an unknown transport: protocol 0
     ]
+    stream = ecs.data_stream("phi_sensor.tls")
     for flow in odd[:-1]:
-        assert ecs._envelope_fast(1.0, "tls", flow, "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE) is None
+        assert ecs._envelope_fast(1.0, "phi_sensor.tls", flow, "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream) is None
     for flow in odd:
         try:
-            reference = builder._envelope_py(1.0, "tls", flow, "tls")
+            reference = builder._envelope_py(1.0, "tls", flow)
         except (OSError, ValueError, struct.error):
             continue  # the reference cannot hash it either: nothing to compare
-        assert builder._envelope(1.0, "tls", flow, "tls") == reference
+        assert builder._envelope(1.0, "tls", flow) == reference
     for ts in (float("inf"), float("-inf"), float("nan")):
-        assert ecs._envelope_fast(ts, "tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE) is None
+        assert ecs._envelope_fast(ts, "phi_sensor.tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream) is None
 
 
 # Events as JSON lines written without a dict ---------------------------------------------------

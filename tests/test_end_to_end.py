@@ -1,4 +1,5 @@
-"""The whole product against a real server: setup, replay into Elasticsearch, an outage, a rerun."""
+"""The whole product against a real server: setup, replay into Elasticsearch data streams (where the
+data view and the dashboards look), an outage, a rerun."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import yaml
 from servers import EsCompatProxy, SearchBackend, es_proxy, search_backend  # noqa: F401
 
 from conftest import PCAPS, REPO
+from sensor.setup import Layout
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 
@@ -18,10 +20,10 @@ def sensor(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True, timeout=180)
 
 
-def config_for(tmp_path: Path, url: str, prefix: str, local: Path) -> Path:
+def config_for(tmp_path: Path, url: str, namespace: str, local: Path) -> Path:
     config = dict(EXAMPLE)
     config["outputs"] = [
-        {"type": "elasticsearch", "url": url, "index_prefix": prefix, "verify": False},
+        {"type": "elasticsearch", "url": url, "namespace": namespace, "verify": False},
         {"type": "jsonl", "path": str(local)},
     ]
     path = tmp_path / "sensor.yaml"
@@ -36,24 +38,26 @@ def alert_ids(path: Path) -> list[str]:
 def test_setup_then_replay_indexes_every_alert_once(
     tmp_path: Path, es_proxy: EsCompatProxy, search_backend: SearchBackend
 ) -> None:
-    setup = sensor("setup", "--elasticsearch", es_proxy.url, "--index-prefix", search_backend.prefix)
+    setup = sensor("setup", "--elasticsearch", es_proxy.url, "--namespace", search_backend.namespace)
     assert setup.returncode == 0, setup.stderr
     local = tmp_path / "alerts.jsonl"
-    config = config_for(tmp_path, es_proxy.url, search_backend.prefix, local)
+    config = config_for(tmp_path, es_proxy.url, search_backend.namespace, local)
     for _ in range(2):  # a second replay of the same capture must not duplicate anything
         run = sensor("replay", str(PCAPS / "demo.pcap"), "--config", str(config), "--spool-dir", str(tmp_path / "spool"),
                      "--quiet")
         assert run.returncode == 0, run.stderr
     ids = alert_ids(local)
     assert len(ids) == 2 * len(set(ids)) and ids
-    assert sorted(search_backend.ids("alerts")) == sorted(set(ids))
+    # where the alerts data view (and Elastic Security's logs-* default) looks
+    assert sorted(search_backend.ids_in(Layout(True, search_backend.namespace).pattern("alerts"))) == sorted(set(ids))
 
 
 def test_outage_then_rerun_delivers_exactly_once(
     tmp_path: Path, es_proxy: EsCompatProxy, search_backend: SearchBackend
 ) -> None:
     local = tmp_path / "alerts.jsonl"
-    config = config_for(tmp_path, es_proxy.url, search_backend.prefix, local)
+    config = config_for(tmp_path, es_proxy.url, search_backend.namespace, local)
+    alerts = Layout(True, search_backend.namespace).pattern("alerts")
     spool = tmp_path / "spool"
     es_proxy.stop()  # the cluster is unreachable for the whole first run
     down = sensor("replay", str(PCAPS / "demo.pcap"), "--config", str(config), "--spool-dir", str(spool),
@@ -61,10 +65,10 @@ def test_outage_then_rerun_delivers_exactly_once(
     assert down.returncode == 4, down.stderr
     assert "spool" in down.stderr and "Traceback" not in down.stderr
     expected = set(alert_ids(local))
-    assert expected and search_backend.ids("alerts") == []
+    assert expected and search_backend.ids_in(alerts) == []
     es_proxy.start()
     # the next run, even of a capture that raises nothing, delivers what the spool kept
     again = sensor("replay", str(PCAPS / "clean-network.pcap"), "--config", str(config), "--spool-dir", str(spool),
                    "--quiet")
     assert again.returncode == 0, again.stderr
-    assert sorted(search_backend.ids("alerts")) == sorted(expected)
+    assert sorted(search_backend.ids_in(alerts)) == sorted(expected)

@@ -43,7 +43,10 @@ FAST = {"backoff_base": 0.02, "backoff_max": 0.2, "timeout": 5}
 
 
 def es_spec(proxy: EsCompatProxy, backend: SearchBackend, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"type": "elasticsearch", "url": proxy.url, "index_prefix": backend.prefix, **FAST, **extra}
+    """Classic dated indices (data streams are in test_elastic_versions.py)."""
+    spec: dict[str, Any] = {
+        "type": "elasticsearch", "url": proxy.url, "index_prefix": backend.prefix, "data_stream": False, **FAST, **extra
+    }
     if backend.kind == "elasticsearch" and REAL_ES_API_KEY:
         spec["auth"] = {"api_key_env": "PHI_SENSOR_TEST_ES_API_KEY"}
     return spec
@@ -191,7 +194,8 @@ def test_index_names() -> None:
     alert, event = make_alert(1, day="2023-12-31"), make_event(1, day="2024-02-29")
     assert index_name(alert) == "phi-sensor-alerts-2023.12.31"
     assert index_name(event, "custom") == "custom-events-2024.02.29"
-    assert index_name(alert, data_stream=True) == "phi-sensor-alerts-default"
+    assert index_name(alert, data_stream=True) == "logs-phi_sensor.alert-default"
+    assert index_name(event, data_stream=True, namespace="lab") == "logs-phi_sensor.dns-lab"  # an older "dns"
     odd = make_alert(2)
     odd["@timestamp"] = "2024-13-45T00:00:00Z"
     today = time.strftime("%Y.%m.%d", time.gmtime())
@@ -208,8 +212,10 @@ def test_bulk_actions() -> None:
         "index", alert["event"]["id"], 4, "external"
     )
     assert action["_source"] is alert and action["_index"] == "p-alerts-2024.05.17"
-    streamed = bulk_action(alert, "p", data_stream=True)
-    assert (streamed["_op_type"], streamed["_index"], "_version" in streamed) == ("create", "p-alerts-default", False)
+    streamed = bulk_action(alert, "p", data_stream=True, namespace="lab")
+    assert (streamed["_op_type"], streamed["_index"], "_version" in streamed) == ("create", "logs-phi_sensor.alert-lab", False)
+    assert streamed["_source"]["data_stream"] == {"type": "logs", "dataset": "phi_sensor.alert", "namespace": "lab"}
+    assert "data_stream" not in alert  # the spooled document is left as it was
     event = bulk_action(make_event(1), "p", data_stream=False)
     assert (event["_op_type"], event["_id"], "_version" in event) == ("create", "event-000001", False)
     anonymous = make_event(2)
@@ -374,7 +380,7 @@ sys.path.insert(0, sys.argv[4])
 from servers import make_alert
 from sensor.output.sinks import build_sinks
 spec = {"type": "elasticsearch", "url": sys.argv[1], "index_prefix": sys.argv[2], "name": "es",
-        "backoff_base": 0.4, "backoff_max": 0.4, "batch_size": 40}
+        "backoff_base": 0.4, "backoff_max": 0.4, "batch_size": 40, "data_stream": False}
 (sink,) = build_sinks([spec], spool_dir=Path(sys.argv[3]), observer="o")
 for n in range(120):
     sink.send(make_alert(n))
@@ -397,9 +403,9 @@ def test_killed_mid_run_the_next_run_delivers_the_rest_exactly_once(
         assert proc.stdout is not None and proc.stdout.readline().strip() == "queued"
         # Let the ambiguous batch through, then refuse everything until the kill (the writer waits
         # at least 0.2 s before retrying, ample time to flip the switch).
-        assert wait_until(lambda: len(es_proxy.seen) >= 1, 5)
+        assert wait_until(lambda: es_proxy.bulk_requests() >= 1, 5)
         es_proxy.fail_status = 503
-        assert wait_until(lambda: len(es_proxy.seen) >= 3, 5)
+        assert wait_until(lambda: es_proxy.bulk_requests() >= 3, 5)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -445,13 +451,14 @@ def test_opensearch_sink_through_an_outage(osmem_backend: SearchBackend, tmp_pat
 def test_setup_then_sink_gives_ecs_mappings(
     search_backend: SearchBackend, es_proxy: EsCompatProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--elasticsearch", es_proxy.url, "--index-prefix", search_backend.prefix, "--events"]
+    argv = ["--elasticsearch", es_proxy.url, "--no-data-stream", "--index-prefix", search_backend.prefix, "--events"]
     if search_backend.kind == "elasticsearch" and REAL_ES_API_KEY:
         argv += ["--api-key-env", "PHI_SENSOR_TEST_ES_API_KEY"]
     assert setup_main(argv) == 0
     assert setup_main(argv) == 0  # idempotent
     out, err = capsys.readouterr()
     assert out.count(f"_index_template/{search_backend.prefix}-alerts") == 2
+    assert out.count("ok  Elasticsearch ") == 2  # the version negotiated first
     if search_backend.kind == "osmem":
         assert "no ILM API" in err  # osmem has no lifecycle API: templates go in without it
     (sink,) = build_sinks([es_spec(es_proxy, search_backend, events=True)], spool_dir=tmp_path, observer="o")
@@ -464,6 +471,7 @@ def test_setup_then_sink_gives_ecs_mappings(
     assert mapping["event"]["properties"]["severity"]["type"] == "long"
     assert mapping["phi_egress"]["properties"]["vendor"]["properties"]["name"]["type"] == "keyword"
     assert mapping["phi_egress"]["properties"]["evidence"]["properties"]["confidence"]["type"] == "float"
+    assert mapping["data_stream"]["properties"]["dataset"]["type"] == "keyword"  # a classic index mixes datasets
     events = search_backend.mapping(f"{search_backend.prefix}-events-2024.05.17")["properties"]
     assert events["dns"]["properties"]["resolved_ip"]["type"] == "ip"
     assert events["dns"]["properties"]["answers"]["properties"]["ttl"]["type"] == "long"
@@ -482,21 +490,33 @@ def test_setup_for_opensearch(osmem_backend: SearchBackend, capsys: pytest.Captu
 
 
 def test_setup_request_bodies_for_a_cluster_with_lifecycle_apis(webhook_server: WebhookServer) -> None:
-    webhook_server.default = Behaviour(200, body=b'{"acknowledged":true}')
-    assert setup_main(["--elasticsearch", webhook_server.url, "--retention-days", "2190", "--data-stream"]) == 0
-    sent = {r.path: r.json() for r in webhook_server.received}
+    webhook_server.default = Behaviour(
+        200, {"X-Elastic-Product": "Elasticsearch"}, body=b'{"acknowledged":true,"version":{"number":"8.17.0"}}'
+    )
+    assert setup_main(["--elasticsearch", webhook_server.url, "--retention-days", "2190", "--namespace", "lab"]) == 0
+    sent = {r.path: r.json() if r.body else None for r in webhook_server.received}
     assert list(sent) == [
-        "/_ilm/policy/phi-sensor-alerts", "/_component_template/phi-sensor-ecs", "/_index_template/phi-sensor-alerts"
+        "/", "/_ilm/policy/phi_sensor-lab-alerts", "/_component_template/phi_sensor-lab-ecs",
+        "/_index_template/phi_sensor-lab-alert",
     ]
-    phases = sent["/_ilm/policy/phi-sensor-alerts"]["policy"]["phases"]
+    headers = {k.lower(): v for k, v in webhook_server.received[1].headers.items()}
+    assert headers["content-type"] == "application/vnd.elasticsearch+json; compatible-with=8"  # the server's major
+    phases = sent["/_ilm/policy/phi_sensor-lab-alerts"]["policy"]["phases"]
     assert phases["delete"]["min_age"] == "2190d" and "rollover" in phases["hot"]["actions"]
-    template = sent["/_index_template/phi-sensor-alerts"]
-    assert template["template"]["settings"]["index"]["lifecycle"] == {"name": "phi-sensor-alerts"}
-    assert template["data_stream"] == {}
+    template = sent["/_index_template/phi_sensor-lab-alert"]
+    assert template["index_patterns"] == ["logs-phi_sensor.alert-lab"] and template["data_stream"] == {}
+    assert template["priority"] > 100  # wins over Elasticsearch's built-in logs-*-* template
+    assert template["composed_of"] == ["phi_sensor-lab-ecs"]
+    assert template["template"]["settings"]["index"]["lifecycle"] == {"name": "phi_sensor-lab-alerts"}
+    assert template["template"]["mappings"]["properties"]["data_stream"]["properties"] == {
+        "type": {"type": "constant_keyword", "value": "logs"},
+        "dataset": {"type": "constant_keyword", "value": "phi_sensor.alert"},
+        "namespace": {"type": "constant_keyword", "value": "lab"},
+    }
 
     webhook_server.received.clear()
     webhook_server.script.append(Behaviour(200, body=b'{"_id":"phi-sensor-alerts","_seq_no":7,"_primary_term":2}'))
-    assert setup_main(["--opensearch", webhook_server.url, "--index-prefix", "clinic"]) == 0
+    assert setup_main(["--opensearch", webhook_server.url, "--index-prefix", "clinic"]) == 0  # classic by default
     paths = [r.path for r in webhook_server.received]
     assert paths[:2] == [
         "/_plugins/_ism/policies/clinic-alerts", "/_plugins/_ism/policies/clinic-alerts?if_seq_no=7&if_primary_term=2"
@@ -511,16 +531,21 @@ def test_setup_request_bodies_for_a_cluster_with_lifecycle_apis(webhook_server: 
 def test_setup_dry_run_prints_every_request_and_sends_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     code = setup_main([
         "--elasticsearch", "http://user:pw@127.0.0.1:9", "--kibana", "http://127.0.0.1:9", "--events",
-        "--retention-days", "2190", "--data-stream", "--dry-run",
+        "--retention-days", "2190", "--security-rules", "--dry-run",
     ])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("PUT http://127.0.0.1:9/_ilm/policy/phi-sensor-alerts ") and "2190 days" in lines[0]
-    assert lines[1].startswith("PUT http://127.0.0.1:9/_ilm/policy/phi-sensor-events ") and "30 days" in lines[1]
-    assert lines[2].startswith("PUT http://127.0.0.1:9/_component_template/phi-sensor-ecs ")
-    assert "data stream" in lines[3] and lines[3].startswith("PUT http://127.0.0.1:9/_index_template/phi-sensor-alerts ")
-    assert lines[5].startswith("POST http://127.0.0.1:9/api/saved_objects/_import?overwrite=true ")
-    assert lines[6] == "dry run: 6 request(s) not sent"
+    assert lines[0].startswith("PUT http://127.0.0.1:9/_ilm/policy/phi_sensor-default-alerts ") and "2190 days" in lines[0]
+    assert lines[1].startswith("PUT http://127.0.0.1:9/_ilm/policy/phi_sensor-default-events ") and "30 days" in lines[1]
+    assert lines[2].startswith("PUT http://127.0.0.1:9/_component_template/phi_sensor-default-ecs ")
+    assert "data stream" in lines[3] and lines[3].startswith(
+        "PUT http://127.0.0.1:9/_index_template/phi_sensor-default-alert "
+    )
+    streams = [line.split(" for ")[1].split(",")[0] for line in lines[3:9]]
+    assert streams == [f"logs-phi_sensor.{name}-default" for name in ("alert", "dns", "tls", "quic", "http", "stats")]
+    assert lines[9].startswith("POST http://127.0.0.1:9/api/saved_objects/_import?overwrite=true ")
+    assert lines[10].startswith("POST http://127.0.0.1:9/api/detection_engine/rules ")
+    assert lines[11] == "dry run: 11 request(s) not sent"
     assert "pw" not in "\n".join(lines)
 
 
@@ -552,6 +577,21 @@ def test_setup_reports_a_refusal(webhook_server: WebhookServer, capsys: pytest.C
     assert setup_main(["--elasticsearch", webhook_server.url]) == 4
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
-        "phi-sensor setup: elasticsearch refused PUT /_ilm/policy/phi-sensor-alerts: "
-        "HTTP 403 security_exception: missing authentication credentials"
+        f"phi-sensor setup: elasticsearch at {webhook_server.url} permission denied (HTTP 403): the credentials "
+        "lack the privileges the sensor needs (security_exception: missing authentication credentials)"
+    )
+    webhook_server.default = Behaviour(
+        200, {"X-Elastic-Product": "Elasticsearch"}, body=b'{"version":{"number":"9.0.1"},"acknowledged":true}'
+    )
+    webhook_server.script.extend([
+        Behaviour(200, {"X-Elastic-Product": "Elasticsearch"}, body=b'{"version":{"number":"9.0.1"}}'),
+        Behaviour(403, body=b'{"error":{"type":"security_exception","reason":"action [cluster:admin/ilm/put] is '
+                            b'unauthorized"},"status":403}'),
+    ])
+    assert setup_main(["--elasticsearch", webhook_server.url]) == 4
+    out, err = capsys.readouterr()
+    assert out.strip() == f"ok  Elasticsearch 9.0.1 at {webhook_server.url} (REST compatibility 9)"
+    assert err.strip() == (
+        "phi-sensor setup: elasticsearch refused PUT /_ilm/policy/phi_sensor-default-alerts: "
+        "HTTP 403 security_exception: action [cluster:admin/ilm/put] is unauthorized"
     )

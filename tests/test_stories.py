@@ -196,11 +196,11 @@ def test_emit_events_writes_protocol_events_only() -> None:
     assert result.returncode == 0, result.stderr
     docs = documents(result.stdout)
     assert {doc["event"]["kind"] for doc in docs} == {"event"}
-    names = {doc["dns"]["question"]["name"] for doc in docs if doc["event"]["dataset"] == "dns"}
+    names = {doc["dns"]["question"]["name"] for doc in docs if doc["event"]["dataset"] == "phi_sensor.dns"}
     assert names == set(story["dns_queries"])
-    snis = sorted(doc["tls"]["client"]["server_name"] for doc in docs if doc["event"]["dataset"] == "tls")
+    snis = sorted(doc["tls"]["client"]["server_name"] for doc in docs if doc["event"]["dataset"] == "phi_sensor.tls")
     assert snis == sorted(story["sni"])
-    requests = [doc for doc in docs if doc["event"]["dataset"] == "http"]
+    requests = [doc for doc in docs if doc["event"]["dataset"] == "phi_sensor.http"]
     assert [(doc["http"]["request"]["method"], doc["url"]["domain"]) for doc in requests] == [
         (item["method"], item["host"]) for item in story["http"]
     ]
@@ -209,7 +209,7 @@ def test_emit_events_writes_protocol_events_only() -> None:
 
 def test_events_redact_health_data_in_urls() -> None:
     result = replay(PCAPS / "meta-pixel-portal.pcap", "--emit", "events", "--quiet")
-    request = next(doc for doc in documents(result.stdout) if doc["event"]["dataset"] == "http")
+    request = next(doc for doc in documents(result.stdout) if doc["event"]["dataset"] == "phi_sensor.http")
     original = request["url"]["original"]
     assert original.startswith("http://www.facebook.com/tr/?id=1234567890&ev=PageView&dl=")
     assert "[REDACTED:condition" in original
@@ -229,9 +229,11 @@ def test_emit_all_writes_events_and_alerts(tmp_path: Path) -> None:
     assert result.stdout == ""  # --output replaces stdout
     docs = documents(out.read_text())
     kinds = {(doc["event"]["kind"], doc["event"]["dataset"]) for doc in docs}
-    assert kinds == {("event", "dns"), ("event", "tls"), ("alert", "phi_sensor.alert")}
-    quic = [doc for doc in docs if doc["event"]["kind"] == "event" and doc["network"]["transport"] == "udp"
-            and doc["event"]["dataset"] == "tls"]
+    assert kinds == {
+        ("event", "phi_sensor.dns"), ("event", "phi_sensor.tls"), ("event", "phi_sensor.quic"), ("alert", "phi_sensor.alert")
+    }
+    quic = [doc for doc in docs if doc["event"]["kind"] == "event" and doc["event"]["dataset"] == "phi_sensor.quic"]
+    assert {doc["network"]["transport"] for doc in quic} == {"udp"}
     assert [doc["tls"]["client"]["server_name"] for doc in quic] == STORIES["ga4-quic.pcap"]["quic_sni"]
     assert len(latest_alerts(docs)) == 2
 

@@ -103,15 +103,16 @@ def sensor_view(capture: Path, tmp_path: Path) -> Seen:
     for line in output.read_text().splitlines():
         doc = json.loads(line)
         dataset = doc["event"]["dataset"]
-        if dataset == "dns":
+        if dataset == "phi_sensor.dns":
             seen.dns.add(doc["dns"]["question"]["name"].rstrip(".").lower())
-        elif dataset == "tls":
-            name = doc["tls"]["client"].get("server_name")
+        elif dataset in ("phi_sensor.tls", "phi_sensor.quic"):
+            name = doc.get("tls", {}).get("client", {}).get("server_name")
             if name:
                 seen.sni.add((name.lower(), doc["network"]["transport"]))
-        elif dataset == "http":
-            host = host_without_port(doc["url"].get("domain", ""))
-            seen.http[(host, doc["http"]["request"]["method"], doc["url"]["original"])] += 1
+        elif dataset == "phi_sensor.http":
+            url = doc.get("url", {})
+            host = host_without_port(url.get("domain", ""))
+            seen.http[(host, doc["http"]["request"]["method"], url.get("original", ""))] += 1
     return seen
 
 

@@ -33,6 +33,30 @@ ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 
+# One dataset scheme, `phi_sensor.<what>`, for event.dataset and data_stream.dataset alike; the data
+# stream an Elasticsearch output writes to is `<type>-<dataset>-<namespace>` (Elastic's naming).
+DATA_STREAM_TYPE = "logs"
+DEFAULT_NAMESPACE = "default"
+ALERT_DATASET = f"{MODULE}.alert"
+STATS_DATASET = f"{MODULE}.stats"
+EVENT_DATASETS = {protocol: f"{MODULE}.{protocol}" for protocol in ("dns", "tls", "quic", "http")}
+DATASETS = (*EVENT_DATASETS.values(), ALERT_DATASET, STATS_DATASET)
+
+
+def data_stream(dataset: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, str]:
+    """ECS `data_stream.*` of a document of `dataset`."""
+    return {"type": DATA_STREAM_TYPE, "dataset": dataset, "namespace": namespace}
+
+
+def prune(value):
+    """`value` without the null and empty values ECS documents leave out (None, "", [], {})."""
+    if isinstance(value, dict):
+        pruned = {key: prune(item) for key, item in value.items()}
+        return {key: item for key, item in pruned.items() if item is not None and item != "" and item != [] and item != {}}
+    if isinstance(value, list):
+        return [item for item in map(prune, value) if item is not None and item != "" and item != [] and item != {}]
+    return value
+
 
 _SECOND_PREFIX: dict[int, str] = {}
 
@@ -96,10 +120,19 @@ def community_id_py(flow: Flow, seed: int = 0) -> str:
 class EventBuilder:
     """Turns records into ECS event documents."""
 
-    def __init__(self, observer: str, registered_domain: Callable[[str], str], redact_urls: bool = True) -> None:
+    def __init__(
+        self,
+        observer: str,
+        registered_domain: Callable[[str], str],
+        redact_urls: bool = True,
+        namespace: str = DEFAULT_NAMESPACE,
+    ) -> None:
         self.observer = {"name": observer, "type": "sensor", "product": "phi-egress-sensor"}
         self.registered_domain = registered_domain
         self.redact_urls = redact_urls
+        self.namespace = namespace
+        # one shared dict per dataset, as for the observer: documents are serialised, never mutated
+        self._data_streams = {dataset: data_stream(dataset, namespace) for dataset in DATASETS}
         self._line_prefixes: dict[str, bytes] = {}
 
     def __call__(self, record: Record) -> dict:
@@ -119,34 +152,41 @@ class EventBuilder:
         line = None
         if kind is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
-        elif kind is TlsHello and _tls_line_fast is not None:
+        elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
-            line = _tls_line_fast(record, domain, self._line_prefix("tls"))
+            line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
         return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE) if line is None else line
 
-    def _line_prefix(self, dataset: str) -> bytes:
-        """`"ecs":...,"event":...,"observer":...` of a `dataset` event, as orjson writes them."""
-        prefix = self._line_prefixes.get(dataset)
+    def _line_prefix(self, protocol: str) -> bytes:
+        """`"ecs":...,"data_stream":...,"event":...,"observer":...` of a `protocol` event, as orjson
+        writes them."""
+        prefix = self._line_prefixes.get(protocol)
         if prefix is None:
-            envelope = self._envelope_py(0.0, dataset, Flow("0.0.0.0", 0, "0.0.0.0", 0, "udp"), dataset)
-            prefix = orjson.dumps({key: envelope[key] for key in ("ecs", "event", "observer")})[1:-1]
-            self._line_prefixes[dataset] = prefix
+            envelope = self._envelope_py(0.0, protocol, Flow("0.0.0.0", 0, "0.0.0.0", 0, "udp"))
+            prefix = orjson.dumps({key: envelope[key] for key in ("ecs", "data_stream", "event", "observer")})[1:-1]
+            self._line_prefixes[protocol] = prefix
         return prefix
 
-    def _envelope(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
-        """The fields every event has: time, ECS metadata, observer, the two ends and the flow."""
+    def _envelope(self, ts: float, protocol: str, flow: Flow) -> dict:
+        """The fields every event has: time, ECS metadata, data stream, observer, the two ends and the flow."""
         if _envelope_fast is not None:
-            doc = _envelope_fast(ts, dataset, flow, protocol, self.observer, ECS_VERSION, MODULE)
-            if doc is not None:
-                return doc
-        return self._envelope_py(ts, dataset, flow, protocol)
+            dataset = EVENT_DATASETS.get(protocol)
+            if dataset is not None:
+                doc = _envelope_fast(
+                    ts, dataset, flow, protocol, self.observer, ECS_VERSION, MODULE, self._data_streams[dataset]
+                )
+                if doc is not None:
+                    return doc
+        return self._envelope_py(ts, protocol, flow)
 
-    def _envelope_py(self, ts: float, dataset: str, flow: Flow, protocol: str) -> dict:
+    def _envelope_py(self, ts: float, protocol: str, flow: Flow) -> dict:
         """_envelope in Python: the reference, and the path for what the compiled one declines."""
+        dataset = EVENT_DATASETS.get(protocol) or f"{MODULE}.{protocol}"
         return {
             "@timestamp": iso_time(ts),
             "ecs": {"version": ECS_VERSION},
+            "data_stream": self._data_streams.get(dataset) or data_stream(dataset, self.namespace),
             "event": {
                 "kind": "event",
                 "category": ["network"],
@@ -166,45 +206,47 @@ class EventBuilder:
         }
 
     def dns(self, rec: DnsQuery) -> dict:
-        doc = self._envelope(rec.ts, "dns", rec.flow, "dns")
-        question = {"name": rec.name, "type": rec.qtype}
+        doc = self._envelope(rec.ts, "dns", rec.flow)
+        question = {"name": rec.name or ".", "type": rec.qtype}  # the root, never an empty name
         registered = self.registered_domain(rec.name)
         if registered:
             question["registered_domain"] = registered
-        dns: dict = {"id": rec.id, "type": "answer" if rec.response_seen else "query", "question": question}
+        # ECS types dns.id as keyword: the number as text
+        dns: dict = {"id": str(rec.id), "type": "answer" if rec.response_seen else "query", "question": question}
         resolved: list[str] = []
         if rec.response_seen:
             dns["response_code"] = rec.rcode
             if rec.answers:
-                dns["answers"] = [{"name": a.name, "type": a.type, "data": a.data, "ttl": a.ttl} for a in rec.answers]
-                resolved = [a.data for a in rec.answers if a.type == "A" or a.type == "AAAA"]
+                dns["answers"] = [_answer(a) for a in rec.answers]
+                resolved = [a.data for a in rec.answers if _is_address(a)]
                 if resolved:
                     dns["resolved_ip"] = resolved
         doc["dns"] = dns
-        doc["related"] = {"ip": _related_ips(rec.flow, resolved), "hosts": [rec.name]}
+        doc["related"] = _related(rec.flow, rec.name, resolved)
         return doc
 
     def tls(self, rec: TlsHello) -> dict:
-        doc = self._envelope(rec.ts, "tls", rec.flow, rec.protocol)
-        tls_doc: dict = {"client": {}}
+        doc = self._envelope(rec.ts, rec.protocol, rec.flow)
+        tls_doc: dict = {}  # ECS leaves out what is not known: no empty tls.client
         if rec.server_name:
-            tls_doc["client"]["server_name"] = rec.server_name
+            tls_doc["client"] = {"server_name": rec.server_name}
             if not (rec.ech and is_cover_name(rec.server_name)):  # an ECH cover name is never the destination
                 doc["destination"]["domain"] = rec.server_name
         if rec.version:
             tls_doc["version"] = rec.version
             tls_doc["version_protocol"] = "tls"
-        doc["tls"] = tls_doc
-        doc["phi_egress"] = {"tls": {"alpn": list(rec.alpn), "ech": rec.ech}}
-        doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.server_name] if rec.server_name else []}
+        if tls_doc:
+            doc["tls"] = tls_doc
+        doc["phi_egress"] = {"tls": {"alpn": list(rec.alpn), "ech": rec.ech} if rec.alpn else {"ech": rec.ech}}
+        doc["related"] = _related(rec.flow, rec.server_name)
         return doc
 
     def http(self, rec: HttpRequest) -> dict:
-        doc = self._envelope(rec.ts, "http", rec.flow, "http")
+        doc = self._envelope(rec.ts, "http", rec.flow)
         target, referrer = rec.target, rec.header("referer")
         if self.redact_urls:
             target, referrer = _redacted_event_urls(rec.method, target, referrer)
-        url: dict = {"original": target}
+        url: dict = {"original": target} if target else {}
         path, query = _split_target(target)
         if path:
             url["path"] = path
@@ -216,18 +258,19 @@ class EventBuilder:
             else:
                 url["domain"] = rec.host
                 doc["destination"]["domain"] = rec.host
-        doc["url"] = url
+        if url:
+            doc["url"] = url
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
-        content_type = rec.header("content-type")
-        if content_type:
-            request["mime_type"] = content_type.split(";", 1)[0].strip().lower()
-        doc["http"] = {"version": rec.version, "request": request}
+        mime_type = (rec.header("content-type") or "").split(";", 1)[0].strip().lower()
+        if mime_type:
+            request["mime_type"] = mime_type
+        doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = rec.header("user-agent")
         if agent:
             doc["user_agent"] = {"original": agent}
-        doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.host] if rec.host else []}
+        doc["related"] = _related(rec.flow, rec.host)
         return doc
 
 
@@ -272,6 +315,28 @@ def _related_ips(flow: Flow, extra=()) -> list[str]:
     return ips
 
 
+def _answer(answer) -> dict:
+    """One ECS dns.answers entry: the root named ".", no empty data."""
+    entry = {"name": answer.name or ".", "type": answer.type, "data": answer.data, "ttl": answer.ttl}
+    if not answer.data:
+        del entry["data"]
+    return entry
+
+
+def _is_address(answer) -> bool:
+    """An A or AAAA answer whose data is an address; decode writes broken data as hex, which has
+    neither dots nor colons."""
+    return (answer.type == "A" and "." in answer.data) or (answer.type == "AAAA" and ":" in answer.data)
+
+
+def _related(flow: Flow, host: str | None, extra_ips=()) -> dict:
+    """ECS `related`: the addresses, and the host name when there is one (no empty list)."""
+    related: dict = {"ip": _related_ips(flow, extra_ips)}
+    if host:
+        related["hosts"] = [host]
+    return related
+
+
 def _split_target(target: str) -> tuple[str, str]:
     """Path and query of a request target (origin form, or absolute form as proxies see it)."""
     if target.startswith(("http://", "https://")):
@@ -304,15 +369,20 @@ class AlertBuilder:
         self._redact_record_fields(doc, record, alert.findings)
         summary = alert.summary if self.unredacted else redact(alert.summary, alert.findings)
         doc["@timestamp"] = iso_time(first_seen)
+        doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
             "kind": "alert",
             "category": ["network", "intrusion_detection"],
             "type": ["info"],
             "severity": SEVERITY_SCORE[alert.severity],
             "id": event_id,
-            "dataset": "phi_sensor.alert",
+            "dataset": ALERT_DATASET,
             "module": MODULE,
+            # the throttle window the alert stands for
+            "start": iso_time(first_seen),
+            "end": iso_time(last_seen),
         }
+        doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
         doc["rule"] = {
             "id": rule.id,
@@ -325,8 +395,9 @@ class AlertBuilder:
         if obs.destination and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = obs.destination
-            if obs.destination not in doc["related"]["hosts"]:
-                doc["related"]["hosts"].append(obs.destination)
+            hosts = doc["related"].setdefault("hosts", [])
+            if obs.destination not in hosts:
+                hosts.append(obs.destination)
         pe: dict = {
             "severity": alert.severity,
             "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
@@ -336,7 +407,7 @@ class AlertBuilder:
             "source_record": obs.source_record,
             "destination": obs.destination,
             "summary": summary,
-            "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else {},
+            "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else None,
         }
         if obs.vendor is not None:
             vendor = obs.vendor
@@ -366,7 +437,8 @@ class AlertBuilder:
                 if value:
                     pe["tracker"][name] = value if self.unredacted else _redacted_url(value, alert.findings)
         doc["phi_egress"] = {**doc.get("phi_egress", {}), **pe}
-        return doc
+        # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
+        return prune(doc)
 
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
         """URLs and referrers of an alerting request may carry the very data that alerted: mask

@@ -1,4 +1,5 @@
-"""OpenSearch sink: the Elasticsearch sink's logic over opensearch-py.
+"""OpenSearch sink: the Elasticsearch sink's logic over opensearch-py (classic dated indices by
+default; data streams when configured and the server has them).
 
 The official Elasticsearch 9 client sends `application/vnd.elasticsearch+json; compatible-with=9`
 and insists on an `X-Elastic-Product` response header; OpenSearch accepts neither, so the wire
@@ -46,6 +47,12 @@ class OpenSearchSink(ElasticsearchSink):
     # opensearch-py reports connection failures per item when raise_on_exception is off;
     # anything else it raises (serialisation, configuration) derives from OpenSearchException.
     transport_errors = (OpenSearchException,)
+
+    def _ready(self) -> str | None:
+        return None  # no compatibility header to settle: opensearch-py speaks plain JSON
+
+    def _replace(self, index: str, doc_id: str, doc: dict[str, Any], seq_no: int, primary_term: int) -> None:
+        self._client.index(index=index, id=doc_id, body=doc, params={"if_seq_no": seq_no, "if_primary_term": primary_term})
 
     def _bulk(self, actions: Iterable[dict[str, Any]]) -> Iterator[tuple[bool, dict[str, Any]]]:
         return streaming_bulk(

@@ -102,8 +102,15 @@ class _RemoteOutput(_OutputBase):
 class SearchOutput(_RemoteOutput):
     type: Literal["elasticsearch", "opensearch"]
     index_prefix: str = Field("phi-sensor", pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-    data_stream: bool = False
+    # data streams logs-phi_sensor.<dataset>-<namespace>: the default for Elasticsearch; classic
+    # dated indices <index_prefix>-alerts-* the default for OpenSearch
+    data_stream: bool | None = None
+    namespace: str = Field("default", pattern=r"^[a-z0-9_.]{1,100}$")
     batch_size: int = Field(500, ge=1, le=10_000)
+
+    @property
+    def uses_data_stream(self) -> bool:
+        return self.data_stream if self.data_stream is not None else self.type == "elasticsearch"
 
 
 class WebhookOutput(_RemoteOutput):
@@ -222,6 +229,8 @@ def _default_name(out: SearchOutput | WebhookOutput) -> str:
     """Stable across runs and reordering of `outputs:`, so a spool always meets its own sink again."""
     if isinstance(out, SearchOutput):
         kind, identity = out.type, f"{out.url}|{out.index_prefix}"
+        if out.uses_data_stream and out.namespace != "default":
+            identity += f"|{out.namespace}"
     else:
         kind = "webhook" if out.format == "generic" else out.format
         identity = f"{out.url}|{out.routing_key_env}|{out.routing_key_file}"
@@ -285,7 +294,8 @@ def _build_remote(
             spool,
             client,
             index_prefix=out.index_prefix,
-            data_stream=out.data_stream,
+            data_stream=out.uses_data_stream,
+            namespace=out.namespace,
             batch_size=out.batch_size,
             **common,
         )
