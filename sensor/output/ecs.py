@@ -15,7 +15,7 @@ import orjson
 
 from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact_url, scan_http
-from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
+from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
 
 try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
@@ -166,7 +166,7 @@ class EventBuilder:
         }
 
     def dns(self, rec: DnsQuery) -> dict:
-        doc = self._envelope(rec.ts, "dns", rec.flow, "dns")
+        doc = self._envelope(rec.ts, "dns", rec.flow, rec.protocol if isinstance(rec, LocalNameQuery) else "dns")
         question = {"name": rec.name, "type": rec.qtype}
         registered = self.registered_domain(rec.name)
         if registered:
@@ -196,6 +196,10 @@ class EventBuilder:
             tls_doc["version_protocol"] = "tls"
         doc["tls"] = tls_doc
         doc["phi_egress"] = {"tls": {"alpn": list(rec.alpn), "ech": rec.ech}}
+        if isinstance(rec, UpgradedHello):  # found after a plaintext start: STARTTLS, a proxy's CONNECT, ...
+            doc["phi_egress"]["tls"]["preamble"] = rec.preamble
+            if rec.tunnel_target:
+                doc["phi_egress"]["tls"]["tunnel_target"] = rec.tunnel_target
         doc["related"] = {"ip": _related_ips(rec.flow), "hosts": [rec.server_name] if rec.server_name else []}
         return doc
 
