@@ -223,6 +223,23 @@ def test_hello_split_after_a_preamble_and_a_false_start() -> None:
     assert (record.server_name, record.preamble) == ("mail.example.org", "smtp")
 
 
+@pytest.mark.parametrize("preamble", [hidden_captures.POSTGRES_SSL_REQUEST, hidden_captures.RDP_REQUEST,
+                                      hidden_captures.LDAP_STARTTLS, hidden_captures.MYSQL_SSL_REQUEST])
+def test_binary_openings_without_a_line_end(preamble: bytes) -> None:
+    decoder = TrafficDecoder()
+    hello = client_hello("db.example")
+    feed_stream(decoder, [preamble, hello[:20], hello[20:]])
+    assert [r.server_name for r in decoder.records] == ["db.example"]
+
+
+def test_a_long_plaintext_start_is_trimmed_but_still_named() -> None:
+    decoder = TrafficDecoder()
+    lines = [b"EHLO client.example\r\n"] + [b"NOOP %d padding padding padding\r\n" % i for i in range(300)]
+    feed_stream(decoder, [*lines, b"STARTTLS\r\n", client_hello("mx.example")])
+    [record] = decoder.records
+    assert (record.server_name, record.preamble) == ("mx.example", "smtp")
+
+
 def test_streams_are_watched_only_from_a_known_start_and_up_to_a_cap() -> None:
     decoder = TrafficDecoder()
     feed_stream(decoder, [b"STLS\r\n", client_hello("a.example")], syn=False)  # picked up midway: the hello starts it
@@ -279,6 +296,26 @@ def test_compiled_and_python_dns_parsers_agree_on_local_messages() -> None:
     for packet in rdpcap(str(DATA / "local-names.pcap")):
         payload = bytes(packet[UDP].payload)
         assert dns.parse_message(payload) == dns.parse_message_py(payload)
+
+
+def test_event_lines_keep_the_protocol_and_the_preamble() -> None:
+    """The compiled line writers know plain DNS and TLS records only: these lines are orjson's."""
+    import orjson
+
+    from sensor.output.ecs import EventBuilder
+    from sensor.records import DnsAnswer, Flow
+
+    builder = EventBuilder("sensor-1", lambda host: host)
+    local = LocalNameQuery(1.0, Flow("10.0.0.2", 5355, "224.0.0.252", 5355, "udp"), 7, "printer", "A", True,
+                           "NOERROR", (DnsAnswer("printer", "A", "10.0.0.9", 30),), "llmnr")
+    upgraded = UpgradedHello(2.0, Flow("10.0.0.2", 50000, "10.0.0.3", 3128, "tcp"), "tls", "x.example", ("h2",),
+                             False, "1.3", "http-connect", "x.example:443")
+    for record in (local, upgraded):
+        line = builder.json_line(record)
+        assert line == orjson.dumps(builder(record), option=orjson.OPT_APPEND_NEWLINE)
+    assert orjson.loads(builder.json_line(local))["network"]["protocol"] == "llmnr"
+    assert orjson.loads(builder.json_line(upgraded))["phi_egress"]["tls"] == {
+        "alpn": ["h2"], "ech": False, "preamble": "http-connect", "tunnel_target": "x.example:443"}
 
 
 # --- property tests ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ _HELLO_CAP = 65_536 + 5 * 16  # a ClientHello handshake message over however man
 # opening, LDAP's and the databases' requests all fit well within.
 _PREAMBLE_CAP = 16_384
 _MAX_REQUEST_LINE = 8192  # an HTTP request line with an unknown method must end within this
+_KEEP = 512  # plaintext kept from a watched stream's start and from before a hello, to name the protocol
 # Streams not worth watching, from their first bytes: the server's side of TLS (any record but a
 # ClientHello), HTTP responses, SSH.
 _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
@@ -158,19 +159,25 @@ class _HttpConsumer:
 class _UpgradeWatcher(_BufferedConsumer):
     """A stream that opened with neither a ClientHello nor a known HTTP method, or the inside of a
     proxy tunnel: looked at for a ClientHello anywhere in its first _PREAMBLE_CAP bytes, and, on
-    the first line, for an HTTP request line with any method."""
+    the first line, for an HTTP request line with any method.
 
-    __slots__ = ("scan", "http", "label", "target", "frames", "line_checked")
+    Memory stays small however many streams are watched: only the stream's first _KEEP bytes and
+    its last _KEEP before where the search resumes are held (the upgrade command that names the
+    protocol comes right before the hello)."""
+
+    __slots__ = ("scan", "http", "label", "target", "frames", "line_checked", "head", "dropped")
 
     def __init__(self, decoder: TrafficDecoder, key: tuple, label: str | None = None, target: str | None = None,
                  frames: http.WebSocketFrames | None = None) -> None:
         super().__init__(decoder, key)
-        self.scan = 0  # where the search for a record header resumes
+        self.scan = 0  # where in buf the search for a record header resumes
         self.http: _HttpConsumer | None = None
         self.label = label  # known when inside a tunnel; else named from the plaintext once a hello is found
         self.target = target
         self.frames = frames  # a WebSocket tunnel: its frames are unwrapped first
         self.line_checked = label is not None
+        self.head = b""  # the stream's first _KEEP bytes, once buf no longer starts there
+        self.dropped = 0  # stream bytes cut from the front of buf
 
     def feed(self, ts: float, data: bytes) -> bool:
         if self.http is not None:
@@ -188,14 +195,24 @@ class _UpgradeWatcher(_BufferedConsumer):
                     self.http, self.buf = _HttpConsumer(self.decoder, self.key), b""
                     return self.http.feed(ts, buf)
         status, hello, at = tls.find_client_hello(buf, self.scan)
-        self.scan = at
         if hello is not None:
-            label = self.label or tls.preamble_protocol(buf[:at])
-            self.decoder.emit_upgraded_hello(ts, self.flow(), hello, label, self.target)
+            preamble = buf[:at] if not self.dropped else self.head + b"\n" + buf[:at]
+            self.decoder.emit_upgraded_hello(ts, self.flow(), hello, self.label or tls.preamble_protocol(preamble),
+                                             self.target)
             return False
         if status is tls.TlsStatus.NEED_MORE:
+            self.scan = at
             return len(buf) - at <= _HELLO_CAP
-        return len(buf) <= _PREAMBLE_CAP
+        if self.dropped + len(buf) > _PREAMBLE_CAP:
+            return False
+        cut = at - _KEEP
+        if cut > 0 and self.line_checked:  # the first line stays whole until it is judged
+            if not self.dropped:
+                self.head = buf[:_KEEP]
+            self.buf, self.dropped = buf[cut:], self.dropped + cut
+            at -= cut
+        self.scan = at
+        return True
 
     def gap(self) -> bool:
         return False
