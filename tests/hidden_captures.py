@@ -16,6 +16,7 @@ import ftplib
 import http.client
 import imaplib
 import poplib
+import re
 import shutil
 import smtplib
 import socket
@@ -180,6 +181,23 @@ def capture(path: Path, ports: list[int]) -> Iterator[None]:
         time.sleep(0.5)
         tcpdump.terminate()
         tcpdump.wait(10)
+    dropped = re.search(rb"([0-9]+) packets? dropped by kernel", tcpdump.stderr.read())
+    if dropped is None or int(dropped.group(1)):
+        raise CaptureIncomplete(f"{path.name}: tcpdump lost packets")
+
+
+class CaptureIncomplete(RuntimeError):
+    """The kernel dropped packets of a capture (a busy machine): make it again."""
+
+
+def retried(make: Callable[[], None], attempts: int = 3) -> None:
+    for attempt in range(attempts):
+        try:
+            make()
+            return
+        except CaptureIncomplete:
+            if attempt == attempts - 1:
+                raise
 
 
 def starttls(outdir: Path, tls: ssl.SSLContext) -> None:
@@ -428,10 +446,10 @@ def make_all(outdir: Path) -> list[Path]:
     workdir.mkdir(exist_ok=True)
     try:
         tls = server_context(workdir)
-        starttls(outdir, tls)
-        negotiated(outdir, tls)
-        tunnels(outdir, tls)
-        methods(outdir)
+        retried(lambda: starttls(outdir, tls))
+        retried(lambda: negotiated(outdir, tls))
+        retried(lambda: tunnels(outdir, tls))
+        retried(lambda: methods(outdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return [outdir / name for name in (*EXPECTED, "http-methods.pcap")]
