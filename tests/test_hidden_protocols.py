@@ -134,7 +134,7 @@ def test_local_names_never_alert_nor_attribute(tmp_path: Path) -> None:
     from scapy.layers.dns import DNS, DNSRR
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
+    from scapy.utils import rdpcap, wrpcap
 
     def segment(dport: int, seq: int, flags: str, payload: bytes = b"") -> Ether:
         return Ether() / IP(src="10.1.1.5", dst="10.9.9.9") / TCP(sport=51000 + dport % 1000, dport=dport, seq=seq,
@@ -148,18 +148,12 @@ def test_local_names_never_alert_nor_attribute(tmp_path: Path) -> None:
             id=0, qr=1, aa=1, qd=[], an=DNSRR(rrname="www.google-analytics.com", type="A", ttl=120, rdata="10.9.9.9")),
         segment(443, 100, "S"), segment(443, 101, "PA", nameless),
     ]
-    wrpcap(str(tmp_path / "local.pcap"), [*packets, *hidden_captures_local_packets()])
+    wrpcap(str(tmp_path / "local.pcap"), [*packets, *rdpcap(str(DATA / "local-names.pcap"))])
     assert [d for d in replay(tmp_path / "local.pcap") if d["event"]["kind"] == "alert"] == []
     wrpcap(str(tmp_path / "proxied.pcap"), [segment(3128, 500, "S"), segment(3128, 501, "PA", connect),
                                             segment(3128, 501 + len(connect), "PA", tracker_hello)])
     alerts = [d for d in replay(tmp_path / "proxied.pcap") if d["event"]["kind"] == "alert"]
     assert {d["phi_egress"]["vendor"]["id"] for d in alerts} == {"google-analytics"}
-
-
-def hidden_captures_local_packets() -> list:
-    from scapy.utils import rdpcap
-
-    return list(rdpcap(str(DATA / "local-names.pcap")))
 
 
 def test_the_prefilter_keeps_the_local_names() -> None:

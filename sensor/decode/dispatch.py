@@ -259,7 +259,7 @@ class TrafficDecoder:
             watch=self._watch,
         )
         self.dns = dns.DnsTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
-        self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
+        self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
 

@@ -478,6 +478,7 @@ def netbios_name(encoded: str) -> str:
 
 
 def _netbios_answer(answer: DnsAnswer) -> list[DnsAnswer]:
+    """An answer of the generic parser, whose data for a type it does not know is hex, as NetBIOS's."""
     name = netbios_name(answer.name)
     rtype = _NETBIOS_TYPES.get(answer.type, answer.type)
     if rtype == "NB" and answer.data and len(answer.data) % (2 * _NB_ENTRY) == 0:
@@ -516,10 +517,9 @@ class LocalNameTransactions:
     no question) becomes a record of its own, on the flow as seen, one per name it answers.
     """
 
-    def __init__(self, timeout: float = 5.0, max_pending: int = 4096, counters: Counters | None = None) -> None:
+    def __init__(self, timeout: float = 5.0, max_pending: int = 4096) -> None:
         self.timeout = timeout
         self.max_pending = max(1, max_pending)
-        self.counters = counters if counters is not None else Counters()
         self._pending: dict[tuple[str, int, int, str], LocalNameQuery] = {}
 
     def on_message(self, ts: float, flow: Flow, msg: DnsMessage, protocol: str) -> list[LocalNameQuery]:
@@ -533,7 +533,7 @@ class LocalNameTransactions:
                     records.append(self._pending.pop(next(iter(self._pending))))
                 self._pending[key] = LocalNameQuery(ts, flow, msg.id, name, qtype, protocol=protocol)
             return records
-        asked = msg.questions or tuple(dict.fromkeys((a.name, a.type) for a in msg.answers).keys())
+        asked = msg.questions or tuple(dict.fromkeys((a.name, a.type) for a in msg.answers))
         seen: set[str] = set()
         for name, qtype in asked:
             if name.lower() in seen:
