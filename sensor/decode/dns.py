@@ -456,24 +456,22 @@ class DnsTransactions:
 LOCAL_NAME_PORTS: dict[int, str] = {5353: "mdns", 5355: "llmnr", 137: "netbios-ns"}
 _NETBIOS_TYPES = {"TYPE32": "NB", "TYPE33": "NBSTAT"}
 _NETBIOS_ENCODED = re.compile(r"[A-P]{32}")
-_NETBIOS_HOST_SUFFIXES = (0x00, 0x20)  # workstation and server: the name is a host name
 _NB_ENTRY = 6  # NB rdata: flags (2), IPv4 address (4), repeated
 
 
 def netbios_name(encoded: str) -> str:
     """A NetBIOS name from its first-level encoding (32 letters A-P, then the scope's labels).
 
-    Trailing padding spaces go; a suffix other than workstation/server shows as ``<xx>`` (as
-    Wireshark writes it). A name that is not so encoded is returned unchanged.
+    The 16th byte (the service suffix: 00 workstation, 20 server, 1D master browser, ...) and the
+    padding go, as Zeek logs them; Wireshark shows the suffix as ``NAME<1d>``. A name that is not
+    so encoded is returned unchanged.
     """
     first, dot, scope = encoded.partition(".")
     if _NETBIOS_ENCODED.fullmatch(first.upper()) is None:
         return encoded
     letters = first.upper().encode("ascii")
-    raw = bytes(((letters[i] - 65) << 4) | (letters[i + 1] - 65) for i in range(0, 32, 2))
-    name = _render_label(raw[:15].rstrip(b" \x00")) or "*"
-    if raw[15] not in _NETBIOS_HOST_SUFFIXES:
-        name = f"{name}<{raw[15]:02x}>"
+    raw = bytes(((letters[i] - 65) << 4) | (letters[i + 1] - 65) for i in range(0, 30, 2))
+    name = _render_label(raw.rstrip(b" \x00")) or "*"
     return f"{name}.{scope}" if dot and scope else name
 
 
