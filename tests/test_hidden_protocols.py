@@ -252,6 +252,9 @@ def test_unknown_method_on_any_port_needs_a_whole_request_line() -> None:
     decoder = TrafficDecoder()
     feed_stream(decoder, [b"MKREDIRECTREF /a HT", b"TP/1.1\r\nHost: h.example\r\n\r\n"], dport=9999)
     assert [(r.method, r.host) for r in decoder.records] == [("MKREDIRECTREF", "h.example")]
+    decoder = TrafficDecoder()
+    feed_stream(decoder, [b"\r\n", b"\r\nGET /after-blank-lines HTTP/1.1\r\n\r\n"], dport=9999)
+    assert [r.target for r in decoder.records] == ["/after-blank-lines"]
     for text in (b"A001 LOGIN user pass\r\n", b"220 mail ESMTP\r\n", b"HELLO /x y\r\n", b"FOO /x\r\n"):
         decoder = TrafficDecoder()
         feed_stream(decoder, [text, b"GET / HTTP/1.1\r\n\r\n"])

@@ -188,10 +188,11 @@ class _UpgradeWatcher(_BufferedConsumer):
                 return False
         buf = self.buf = self.buf + data
         if not self.line_checked:
-            newline = buf.find(b"\n", 0, _MAX_REQUEST_LINE)
-            if newline >= 0 or len(buf) >= _MAX_REQUEST_LINE:
+            start = len(buf) - len(buf.lstrip(b"\r\n"))  # empty lines before a request are allowed (RFC 9112 2.2)
+            newline = buf.find(b"\n", start, start + _MAX_REQUEST_LINE)
+            if newline >= 0 or len(buf) - start >= _MAX_REQUEST_LINE:
                 self.line_checked = True
-                if newline >= 0 and http.opens_request(buf[:newline + 1]):
+                if newline >= 0 and http.opens_request(buf[start:newline + 1]):
                     self.http, self.buf = _HttpConsumer(self.decoder, self.key), b""
                     return self.http.feed(ts, buf)
         status, hello, at = tls.find_client_hello(buf, self.scan)
