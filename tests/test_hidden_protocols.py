@@ -276,6 +276,21 @@ def test_http09_inside_a_stream() -> None:
     assert (simple.method, simple.target, simple.version, simple.headers) == ("GET", "/a/b?c", "0.9", ())
 
 
+def test_any_method_token_and_the_tunnel_start() -> None:
+    stream = http.HttpRequestStream()
+    requests = stream.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nBREW /pot HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [r.method for r in requests] == ["GET", "BREW"]
+    assert stream.feed(b"X" * 33 + b" / HTTP/1.1\r\n\r\n") == [] and stream.failed  # no method is that long
+    hello = client_hello("inside.example")
+    stream = http.HttpRequestStream()
+    [connect] = stream.feed(b"CONNECT inside.example:443 HTTP/1.1\r\nHost: inside.example:443\r\n\r\n" + hello[:50])
+    assert connect.method == "CONNECT" and stream.failed
+    assert stream.tunnel == ("connect", "inside.example:443") and stream.tunnel_start == hello[:50]
+    stream = http.HttpRequestStream()
+    stream.feed(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x82\x85abcd")
+    assert stream.tunnel == ("websocket", "/ws") and stream.tunnel_start == b"\x82\x85abcd"
+
+
 def test_netbios_names() -> None:
     encoded = "".join(chr(65 + (b >> 4)) + chr(65 + (b & 15)) for b in b"FILESERVER     \x20")
     assert dns.netbios_name(encoded) == "FILESERVER"
