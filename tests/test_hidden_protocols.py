@@ -311,6 +311,16 @@ def test_compiled_and_python_dns_parsers_agree_on_local_messages() -> None:
         assert dns.parse_message(payload) == dns.parse_message_py(payload)
 
 
+def test_pure_python_gives_the_compiled_output() -> None:
+    from test_pure_python import _replay
+
+    pytest.importorskip("sensor._fast", reason="the compiled extension is not built: nothing to compare")
+    captures = sorted(DATA.glob("*.pcap"))
+    compiled = _replay(captures, "all", pure=False)
+    assert compiled.count(b"\n") >= 25
+    assert _replay(captures, "all", pure=True) == compiled
+
+
 def test_event_lines_keep_the_protocol_and_the_preamble() -> None:
     """The compiled line writers know plain DNS and TLS records only: these lines are orjson's."""
     import orjson
