@@ -1384,9 +1384,13 @@ static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip
            word == 0x54524143;
 }
 
+/* mDNS, LLMNR, NetBIOS name service: sensor.decode.dns.LOCAL_NAME_PORTS */
+static int local_name_port(unsigned port) { return port == 5353 || port == 5355 || port == 137; }
+
 static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4) {
     if (l4 + 4 > n) return 1;
-    if (get16(f + l4) == 53 || get16(f + l4 + 2) == 53) return 1;
+    unsigned sport = get16(f + l4), dport = get16(f + l4 + 2);
+    if (sport == 53 || dport == 53 || local_name_port(sport) || local_name_port(dport)) return 1;
     return quic_initial(f, n, l4 + 8);
 }
 

@@ -30,7 +30,7 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     for item in dataclasses.fields(cls):
         if item.default_factory is not dataclasses.MISSING or not item.init or item.kw_only:
             raise TypeError(f"{cls.__name__}.{item.name}: frozen_record takes plain fields only")
-        scope[f"_set_{item.name}"] = cls.__dict__[item.name].__set__
+        scope[f"_set_{item.name}"] = getattr(cls, item.name).__set__  # a slot, maybe a base class's
         if item.default is dataclasses.MISSING:
             params.append(item.name)
         else:
@@ -97,6 +97,25 @@ class TlsHello:
     alpn: tuple[str, ...] = ()
     ech: bool = False  # encrypted_client_hello (0xfe0d) present: server_name is only the outer cover name
     version: str | None = None  # e.g. "1.3" from supported_versions, else the legacy version
+
+
+@frozen_record
+class LocalNameQuery(DnsQuery):
+    """A name asked or announced on the local link: multicast DNS, LLMNR, NetBIOS name service.
+
+    These name hosts of the local network, not destinations, so they never feed DNS attribution
+    and never raise an alert by themselves.
+    """
+
+    protocol: str = "mdns"  # "mdns", "llmnr" or "netbios-ns"
+
+
+@frozen_record
+class UpgradedHello(TlsHello):
+    """A ClientHello that followed a plaintext start on the same connection."""
+
+    preamble: str = "unknown"  # what came before: "smtp", "imap", "http-connect", "websocket", ...
+    tunnel_target: str | None = None  # the CONNECT authority (or Upgrade target) the hello went through
 
 
 @frozen_record

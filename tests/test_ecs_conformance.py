@@ -29,6 +29,7 @@ from sensor.setup import Layout, _index_template
 
 ECS_YML = SHARED / "reference" / "ecs_flat_8.11.yml"
 CORPUS = SHARED / "corpus"
+LOCAL_NAME_PROTOCOLS = {"mdns", "llmnr", "netbios-ns"}
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
 COMPONENT = TEMPLATES_DIR / "component-template-ecs.json"
 OWN = "phi_egress"  # the sensor's own field set; everything else must be ECS
@@ -136,7 +137,9 @@ def ecs_problems(doc: dict[str, Any]) -> list[str]:
         if event.get("dataset") != "phi_sensor.alert":
             problems.append("event.dataset: an alert's is phi_sensor.alert")
     elif event.get("kind") == "event":
-        if event.get("dataset") != f"phi_sensor.{doc.get('network', {}).get('protocol')}":
+        protocol = doc.get("network", {}).get("protocol")
+        family = "dns" if protocol in LOCAL_NAME_PROTOCOLS else protocol  # local names share the DNS dataset
+        if event.get("dataset") != f"phi_sensor.{family}":
             problems.append(f"event.dataset {event.get('dataset')} does not name network.protocol")
     elif event.get("kind") == "metric" and event.get("dataset") != "phi_sensor.stats":
         problems.append("event.dataset: stats are phi_sensor.stats")
@@ -155,7 +158,9 @@ def replayed(captures: list[Path]) -> list[dict[str, Any]]:
 
 @functools.cache
 def story_documents() -> tuple[dict[str, Any], ...]:
-    return tuple(replayed(sorted(PCAPS.glob("*.pcap"))))
+    """The story captures and the protocol fixtures (tunnels, STARTTLS, local names, ...)."""
+    fixtures = sorted((Path(__file__).parent / "data").glob("*.pcap"))
+    return tuple(replayed([*sorted(PCAPS.glob("*.pcap")), *fixtures]))
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import socket
 import time
 import zlib
@@ -331,7 +332,6 @@ def test_zero_body_cap_keeps_nothing() -> None:
     b"SSH-2.0-OpenSSH_9.6\r\n",
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     b"GET / HTTP/2\r\n\r\n",
-    b"GET /\r\n\r\n",  # HTTP/0.9
     b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
     b"GET / HTTP/1.1\r\n continuation first\r\n\r\n",
     b"GET /a\x01b HTTP/1.1\r\n\r\n",
@@ -446,7 +446,7 @@ def _check_bounded(data: bytes, cuts: list[int]) -> None:
     started = time.perf_counter()
     requests, _ = _feed_in_pieces(data, cuts, body_cap=512, header_cap=2048)
     for request in requests:
-        assert len(request.body) <= 512 and request.method.encode() in METHODS
+        assert len(request.body) <= 512 and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}", request.method)
     assert time.perf_counter() - started < 1.0
 
 

@@ -236,7 +236,7 @@ def test_compiled_selector_keeps_what_tcpdump_keeps(path: Path) -> None:
 def _ip_frame(draw: st.DrawFn) -> bytes:
     """An IPv4 or IPv6 packet with TCP, UDP or another protocol, lengths consistent, payloads that
     open (or nearly open) what the filter looks for."""
-    ports = st.sampled_from([53, 80, 443, 1000, 3128, 8080, 40000, 65535]) | st.integers(0, 65535)
+    ports = st.sampled_from([53, 80, 137, 443, 1000, 3128, 5353, 5355, 8080, 40000, 65535]) | st.integers(0, 65535)
     sport, dport = draw(ports), draw(ports)
     prefix = draw(st.sampled_from([
         b"", b"\x16\x03\x01\x02\x00\x01", b"\x16\x03\x03\x00\x10\x02", b"\x17\x03\x03", b"\x15\x03", b"\x14\x03",

@@ -1,7 +1,8 @@
 """The BPF filter that keeps only packets that can matter, for replay prefiltering and live capture.
 
 Most traffic on a span port is bulk encrypted data that no parser here needs. What must pass:
-- DNS on port 53 (UDP and TCP, both directions: answers feed attribution);
+- DNS on port 53 (UDP and TCP, both directions: answers feed attribution), and mDNS, LLMNR and
+  the NetBIOS name service over UDP (5353, 5355, 137);
 - QUIC v1 and v2 Initial packets (they carry the ClientHello; Handshake and 1-RTT data do not);
 - TCP SYNs from the client (a stream's first sequence number; ends are found by idle time);
 - TCP segments with payload flowing from the higher port to the lower one: that is the client
@@ -28,6 +29,7 @@ for QinQ, only on Ethernet), and POST is not GET (every method is listed).
 """
 from __future__ import annotations
 
+from sensor.decode.dns import LOCAL_NAME_PORTS
 from sensor.decode.packet import LINKTYPE_ETHERNET
 
 _HTTP_METHOD_WORDS = {
@@ -66,6 +68,8 @@ def _quic_initial(at: str) -> str:
     )
 
 
+# The local-link name protocols in DNS's format (mDNS, LLMNR, NetBIOS name service): both directions.
+_LOCAL_NAMES = "(udp and (" + " or ".join(f"port {port}" for port in sorted(LOCAL_NAME_PORTS)) + "))"
 # Plaintext HTTP ports whose client segments always pass, so large request bodies arrive whole.
 HTTP_PORTS = (80, 8000, 8008, 8080, 8888, 3128)
 BULK_SEGMENT = 1000  # client segments this large that open nothing are mid-record upload data
@@ -92,7 +96,7 @@ def _ip_expression() -> str:
         f" and (ip6[4:2] - {v6_hdr} < {BULK_SEGMENT} or {_http_port('ip6[42:2]')}))"
         f" or {_opens_request(v6_at)}))))))"
     )
-    return f"port 53 or {v4} or {v6}"
+    return f"port 53 or {_LOCAL_NAMES} or {v4} or {v6}"
 
 
 def default_filter(linktype: int) -> str:

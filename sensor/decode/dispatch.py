@@ -2,11 +2,15 @@
 
 Replay and live capture both feed `TrafficDecoder.feed(ts, linktype, frame)` and drain
 `TrafficDecoder.records`. Protocols are recognised by content (TLS and HTTP on any port), DNS by
-port 53, QUIC by its Initial long header. Nothing here does I/O or reads a clock: time is the
-capture's.
+port 53, the local-link name protocols in DNS's format by theirs (5353, 5355, 137), QUIC by its
+Initial long header. A TCP stream that opens with something else is watched for its first bytes:
+a ClientHello after a plaintext start (STARTTLS, a database's or RDP's negotiation) or an HTTP
+request with a method not known up front; so are the bytes inside an HTTP CONNECT or WebSocket
+tunnel. Nothing here does I/O or reads a clock: time is the capture's.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sensor.decode import dns, http, quic, tls
@@ -18,12 +22,22 @@ from sensor.records import (
     HttpRequest,
     Record,
     TlsHello,
+    UpgradedHello,
     positional_constructor,
 )
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _DNS_PORT = 53
 _HELLO_CAP = 65_536 + 5 * 16  # a ClientHello handshake message over however many records
+# Plaintext client bytes watched for an upgrade to TLS: STARTTLS exchanges, an XMPP stream's
+# opening, LDAP's and the databases' requests all fit well within.
+_PREAMBLE_CAP = 16_384
+_MAX_REQUEST_LINE = 8192  # an HTTP request line with an unknown method must end within this
+_KEEP = 512  # plaintext kept from a watched stream's start and from before a hello, to name the protocol
+# Streams not worth watching, from their first bytes: the server's side of TLS (any record but a
+# ClientHello), HTTP responses, SSH.
+_NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
+_LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,23 +99,37 @@ class _TlsHelloConsumer(_BufferedConsumer):
 
 
 class _HttpConsumer:
-    __slots__ = ("decoder", "key", "parser", "flow")
+    __slots__ = ("decoder", "key", "parser", "flow", "tunnel")
 
     def __init__(self, decoder: TrafficDecoder, key: tuple) -> None:
         self.decoder = decoder
         self.key = key
         self.parser = http.HttpRequestStream(body_cap=decoder.settings.http_body_cap, counters=decoder.counters)
         self.flow: Flow | None = None
+        self.tunnel: _UpgradeWatcher | None = None  # what follows CONNECT or an Upgrade, once not HTTP
 
     def feed(self, ts: float, data: bytes) -> bool:
-        self._emit(ts, self.parser.feed(data))
-        return not self.parser.failed
+        if self.tunnel is not None:
+            return self.tunnel.feed(ts, data)
+        parser = self.parser
+        self._emit(ts, parser.feed(data))
+        if not parser.failed:
+            return True
+        if parser.tunnel is None or not parser.tunnel_start:
+            return False
+        kind, target = parser.tunnel
+        frames = http.WebSocketFrames() if kind == "websocket" else None
+        self.tunnel = _UpgradeWatcher(self.decoder, self.key, "http-connect" if kind == "connect" else kind,
+                                      target, frames)
+        return self.tunnel.feed(ts, parser.tunnel_start)
 
     def gap(self) -> bool:
         self.decoder.counters.add("http.gaps")
         return False
 
     def finish(self, ts: float) -> None:
+        if self.tunnel is not None:
+            self.tunnel.finish(ts)
         self._emit(ts, self.parser.finish())
 
     def _emit(self, ts: float, requests: list[http.ParsedRequest]) -> None:
@@ -126,6 +154,73 @@ class _HttpConsumer:
                 )
             )
             self.decoder.counters.add("records.http")
+
+
+class _UpgradeWatcher(_BufferedConsumer):
+    """A stream that opened with neither a ClientHello nor a known HTTP method, or the inside of a
+    proxy tunnel: looked at for a ClientHello anywhere in its first _PREAMBLE_CAP bytes, and, on
+    the first line, for an HTTP request line with any method.
+
+    Memory stays small however many streams are watched: only the stream's first _KEEP bytes and
+    its last _KEEP before where the search resumes are held (the upgrade command that names the
+    protocol comes right before the hello)."""
+
+    __slots__ = ("scan", "http", "label", "target", "frames", "line_checked", "head", "dropped")
+
+    def __init__(self, decoder: TrafficDecoder, key: tuple, label: str | None = None, target: str | None = None,
+                 frames: http.WebSocketFrames | None = None) -> None:
+        super().__init__(decoder, key)
+        self.scan = 0  # where in buf the search for a record header resumes
+        self.http: _HttpConsumer | None = None
+        self.label = label  # known when inside a tunnel; else named from the plaintext once a hello is found
+        self.target = target
+        self.frames = frames  # a WebSocket tunnel: its frames are unwrapped first
+        self.line_checked = label is not None
+        self.head = b""  # the stream's first _KEEP bytes, once buf no longer starts there
+        self.dropped = 0  # stream bytes cut from the front of buf
+
+    def feed(self, ts: float, data: bytes) -> bool:
+        if self.http is not None:
+            return self.http.feed(ts, data)
+        if self.frames is not None:
+            data = self.frames.feed(data)
+            if self.frames.failed:
+                return False
+        buf = self.buf = self.buf + data
+        if not self.line_checked:
+            start = len(buf) - len(buf.lstrip(b"\r\n"))  # empty lines before a request are allowed (RFC 9112 2.2)
+            newline = buf.find(b"\n", start, start + _MAX_REQUEST_LINE)
+            if newline >= 0 or len(buf) - start >= _MAX_REQUEST_LINE:
+                self.line_checked = True
+                if newline >= 0 and http.opens_request(buf[start:newline + 1]):
+                    self.http, self.buf = _HttpConsumer(self.decoder, self.key), b""
+                    return self.http.feed(ts, buf)
+        status, hello, at = tls.find_client_hello(buf, self.scan)
+        if hello is not None:
+            preamble = buf[:at] if not self.dropped else self.head + b"\n" + buf[:at]
+            self.decoder.emit_upgraded_hello(ts, self.flow(), hello, self.label or tls.preamble_protocol(preamble),
+                                             self.target)
+            return False
+        if status is tls.TlsStatus.NEED_MORE:
+            self.scan = at
+            return len(buf) - at <= _HELLO_CAP
+        if self.dropped + len(buf) > _PREAMBLE_CAP:
+            return False
+        cut = at - _KEEP
+        if cut > 0 and self.line_checked:  # the first line stays whole until it is judged
+            if not self.dropped:
+                self.head = buf[:_KEEP]
+            self.buf, self.dropped = buf[cut:], self.dropped + cut
+            at -= cut
+        self.scan = at
+        return True
+
+    def gap(self) -> bool:
+        return False
+
+    def finish(self, ts: float) -> None:
+        if self.http is not None:
+            self.http.finish(ts)
 
 
 class _DnsTcpConsumer(_BufferedConsumer):
@@ -162,8 +257,10 @@ class TrafficDecoder:
             max_streams=self.settings.max_flows,
             stream_buffer_cap=self.settings.tcp_stream_cap,
             idle_timeout=self.settings.flow_idle_timeout,
+            watch=self._watch,
         )
         self.dns = dns.DnsTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
+        self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
 
@@ -201,13 +298,17 @@ class TrafficDecoder:
                 hello = self.quic.feed((src, dst, sport, dport), payload, (dst, src, dport, sport))
                 if hello is not None:
                     self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
+            elif sport in _LOCAL_NAME_PORTS or dport in _LOCAL_NAME_PORTS:
+                self.local_name_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
         if ts >= self._next_dns_expiry:
             self._next_dns_expiry = ts + 1.0
             self._add_dns_records(self.dns.expire(ts))
+            self._add_dns_records(self.local_names.expire(ts))
 
     def finish(self) -> None:
         self.flows.finish()
         self._add_dns_records(self.dns.flush())
+        self._add_dns_records(self.local_names.flush())
 
     # -- helpers for the stream consumers --------------------------------------------------
     def _classify(self, key: tuple, first: bytes) -> StreamConsumer | None:
@@ -218,6 +319,22 @@ class TrafficDecoder:
         if http.looks_like_request(first):
             return _HttpConsumer(self, key)
         return None
+
+    def _watch(self, key: tuple, first: bytes) -> StreamConsumer | None:
+        if _NOT_UPGRADING.match(first) is not None:
+            return None
+        self.counters.add("tcp.streams_watched")
+        return _UpgradeWatcher(self, key)
+
+    def local_name_message(self, ts: float, flow: Flow, payload: bytes) -> None:
+        protocol = _LOCAL_NAME_PORTS.get(flow.src_port) or _LOCAL_NAME_PORTS[flow.dst_port]
+        try:
+            message = dns.parse_local_message(payload, protocol)
+        except dns.DnsError:
+            self.counters.add(f"{protocol}.parse_errors")
+            return
+        self.counters.add(f"{protocol}.messages")
+        self._add_dns_records(self.local_names.on_message(ts, flow, message, protocol))
 
     def dns_message(self, ts: float, flow: Flow, payload: bytes) -> None:
         try:
@@ -232,6 +349,13 @@ class TrafficDecoder:
         if records:
             self.records.extend(records)
             self.counters.add("records.dns", len(records))
+
+    def emit_upgraded_hello(self, ts: float, flow: Flow, hello: tls.ClientHello, preamble: str,
+                            tunnel_target: str | None) -> None:
+        self.records.append(UpgradedHello(ts, flow, "tls", hello.server_name, hello.alpn, hello.ech, hello.version,
+                                          preamble, tunnel_target))
+        self.counters.add("records.tls")
+        self.counters.add("tls.upgraded")
 
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))

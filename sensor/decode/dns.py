@@ -1,5 +1,9 @@
 """DNS messages (RFC 1035 and successors), sans-IO: bytes in, DnsMessage out, and query/response pairing.
 
+The local-link protocols that share DNS's message format are decoded here too: multicast DNS
+(RFC 6762, port 5353), LLMNR (RFC 4795, port 5355) and the NetBIOS name service (RFC 1002, port
+137, whose names are "first-level encoded" and shown decoded).
+
 Only what the sensor needs is decoded: the header, the questions and the answer section (the
 additional section is walked only to find the EDNS extended RCODE). Names are rendered the way dig
 prints them, without the trailing dot: a dot inside a label becomes ``\\.``, a backslash ``\\\\``
@@ -19,6 +23,7 @@ from sensor.records import (
     DnsAnswer,
     DnsQuery,
     Flow,
+    LocalNameQuery,
     frozen_record,
     positional_constructor,
 )
@@ -443,5 +448,115 @@ class DnsTransactions:
     def flush(self) -> list[DnsQuery]:
         """Unanswered records for everything still pending (end of capture)."""
         records = [self._unanswered(query) for query in self._pending.values()]
+        self._pending.clear()
+        return records
+
+
+# Local-link name protocols in DNS's format, by UDP port.
+LOCAL_NAME_PORTS: dict[int, str] = {5353: "mdns", 5355: "llmnr", 137: "netbios-ns"}
+_NETBIOS_TYPES = {"TYPE32": "NB", "TYPE33": "NBSTAT"}
+_NETBIOS_ENCODED = re.compile(r"[A-P]{32}")
+_NB_ENTRY = 6  # NB rdata: flags (2), IPv4 address (4), repeated
+
+
+def netbios_name(encoded: str) -> str:
+    """A NetBIOS name from its first-level encoding (32 letters A-P, then the scope's labels).
+
+    The 16th byte (the service suffix: 00 workstation, 20 server, 1D master browser, ...) and the
+    padding go, as Zeek logs them; Wireshark shows the suffix as ``NAME<1d>``. A name that is not
+    so encoded is returned unchanged.
+    """
+    first, dot, scope = encoded.partition(".")
+    if _NETBIOS_ENCODED.fullmatch(first.upper()) is None:
+        return encoded
+    letters = first.upper().encode("ascii")
+    raw = bytes(((letters[i] - 65) << 4) | (letters[i + 1] - 65) for i in range(0, 30, 2))
+    name = _render_label(raw.rstrip(b" \x00")) or "*"
+    return f"{name}.{scope}" if dot and scope else name
+
+
+def _netbios_answer(answer: DnsAnswer) -> list[DnsAnswer]:
+    """An answer of the generic parser, whose data for a type it does not know is hex, as NetBIOS's."""
+    name = netbios_name(answer.name)
+    rtype = _NETBIOS_TYPES.get(answer.type, answer.type)
+    if rtype == "NB" and answer.data and len(answer.data) % (2 * _NB_ENTRY) == 0:
+        try:
+            raw = bytes.fromhex(answer.data)
+        except ValueError:
+            raw = b""
+        if raw:
+            return [DnsAnswer(name=name, type=rtype, data=socket.inet_ntop(socket.AF_INET, raw[i + 2:i + _NB_ENTRY]),
+                              ttl=answer.ttl) for i in range(0, len(raw), _NB_ENTRY)]
+    return [DnsAnswer(name=name, type=rtype, data=answer.data, ttl=answer.ttl)]
+
+
+def parse_local_message(data: bytes, protocol: str) -> DnsMessage:
+    """Decode an mDNS, LLMNR or NetBIOS name service message (DnsError when malformed).
+
+    mDNS's unicast-response bit (the top bit of a question's class) and cache-flush bit (of an
+    answer's class) are flags, not classes: like every class they are not reported.
+    """
+    message = parse_message(data)
+    if protocol != "netbios-ns":
+        return message
+    return DnsMessage(
+        id=message.id, is_response=message.is_response, opcode=message.opcode, rcode=message.rcode,
+        questions=tuple((netbios_name(name), _NETBIOS_TYPES.get(qtype, qtype)) for name, qtype in message.questions),
+        answers=tuple(entry for answer in message.answers for entry in _netbios_answer(answer)),
+    )
+
+
+class LocalNameTransactions:
+    """Pairs local-link queries with their answers, one LocalNameQuery record per question.
+
+    Queries go to a multicast or broadcast address and any host may answer, so a response is
+    matched on the querier's address and port, the id and the name, whatever its sender. A
+    response nobody is known to have asked (mDNS answers go to the group; announcements carry
+    no question) becomes a record of its own, on the flow as seen, one per name it answers.
+    """
+
+    def __init__(self, timeout: float = 5.0, max_pending: int = 4096) -> None:
+        self.timeout = timeout
+        self.max_pending = max(1, max_pending)
+        self._pending: dict[tuple[str, int, int, str], LocalNameQuery] = {}
+
+    def on_message(self, ts: float, flow: Flow, msg: DnsMessage, protocol: str) -> list[LocalNameQuery]:
+        records: list[LocalNameQuery] = []
+        if not msg.is_response:
+            for name, qtype in msg.questions:
+                key = (flow.src_ip, flow.src_port, msg.id, name.lower())
+                if key in self._pending:
+                    continue
+                if len(self._pending) >= self.max_pending:
+                    records.append(self._pending.pop(next(iter(self._pending))))
+                self._pending[key] = LocalNameQuery(ts, flow, msg.id, name, qtype, protocol=protocol)
+            return records
+        asked = msg.questions or tuple(dict.fromkeys((a.name, a.type) for a in msg.answers))
+        seen: set[str] = set()
+        for name, qtype in asked:
+            if name.lower() in seen:
+                continue
+            seen.add(name.lower())
+            query = self._pending.pop((flow.dst_ip, flow.dst_port, msg.id, name.lower()), None)
+            answers = msg.answers if msg.questions else tuple(a for a in msg.answers if a.name == name)
+            records.append(LocalNameQuery(
+                query.ts if query else ts, query.flow if query else flow, msg.id, name, qtype, True, msg.rcode,
+                answers, protocol,
+            ))
+        return records
+
+    def expire(self, now: float) -> list[LocalNameQuery]:
+        """Unanswered queries older than the timeout."""
+        records: list[LocalNameQuery] = []
+        deadline = now - self.timeout
+        while self._pending:
+            key = next(iter(self._pending))
+            if self._pending[key].ts > deadline:
+                break
+            records.append(self._pending.pop(key))
+        return records
+
+    def flush(self) -> list[LocalNameQuery]:
+        records = list(self._pending.values())
         self._pending.clear()
         return records

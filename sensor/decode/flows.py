@@ -57,9 +57,14 @@ class FlowTable:
         max_streams: int = 200_000,
         stream_buffer_cap: int = 262_144,
         idle_timeout: float = 120.0,
+        watch: Classifier | None = None,
     ) -> None:
+        """`watch`: who takes a stream that `classify` left, when its first byte is known (a SYN
+        was seen), e.g. to follow a plaintext start up to an upgrade to TLS; never consulted for a
+        stream picked up midway, whose held segments may still be preceded by its real start."""
         self.counters = counters
         self.classify = classify
+        self.watch = watch
         self.max_streams = max_streams
         self.stream_buffer_cap = stream_buffer_cap
         self.idle_timeout = idle_timeout
@@ -167,6 +172,8 @@ class FlowTable:
         consumer = stream.consumer
         if consumer is None:
             consumer = stream.consumer = self.classify(stream.key, data)
+            if consumer is None and self.watch is not None:
+                consumer = stream.consumer = self.watch(stream.key, data)
             if consumer is None:
                 self._drop(stream)
                 self.counters.add("tcp.streams_unclassified")

@@ -1,10 +1,13 @@
 """HTTP/1.x requests from the client->server byte stream (RFC 9112), sans-IO.
 
 The caller reassembles TCP and feeds the client's bytes in order; complete requests come out with
-their de-chunked, decompressed body (bounded by body_cap). Anything that is not an HTTP/1.x request
-stream ends parsing (``failed``) and counts ``http.parse_errors``, except after CONNECT or an
-Upgrade request, where the tunnel may legitimately carry other protocols: there parsing goes on
-while the bytes still look like requests (a proxied plaintext request) and stops quietly otherwise.
+their de-chunked, decompressed body (bounded by body_cap). Any RFC 9110 token is a method (WebDAV
+verbs, QUERY, custom verbs), and an HTTP/0.9 simple request (``GET /path`` and a line end) counts
+with version "0.9". Anything that is not an HTTP/1.x request stream ends parsing (``failed``) and
+counts ``http.parse_errors``, except after CONNECT or an Upgrade request, where the tunnel may
+legitimately carry other protocols: there parsing goes on while the bytes still look like requests
+(a proxied plaintext request) and stops quietly otherwise, leaving the tunnel's first bytes in
+``tunnel_start`` (a ClientHello through a proxy, WebSocket frames).
 """
 from __future__ import annotations
 
@@ -34,12 +37,20 @@ METHODS: frozenset[bytes] = frozenset({
 })
 _MAX_METHOD = max(map(len, METHODS))
 _METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range(1, len(method) + 1))
+MAX_TOKEN_METHOD = 32  # longer "methods" are taken for something else than HTTP
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(rb"HTTP/(1\.[0-9])")
+# The start of a request line with any method token, or as much of one as has arrived.
+_METHOD_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(MAX_TOKEN_METHOD).encode() + b"}"
+_REQUEST_START = re.compile(_METHOD_TOKEN + rb"(?: |\Z)")
+# A whole request line: token method, target without controls or spaces, HTTP/1.x.
+_REQUEST_LINE = re.compile(_METHOD_TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/1\.[0-9]\r?\n")
+# HTTP/0.9's simple request: a known method, a path, the line end; no version, no headers.
+_SIMPLE_REQUEST = re.compile(rb"([A-Z]{3,10}) (/[^\x00-\x20\x7f]*)\r?\n")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_CHUNK_LINE = 4096  # size plus extensions
@@ -57,11 +68,29 @@ def looks_like_request(prefix: bytes) -> bool:
     return head in _METHOD_PREFIXES
 
 
+def opens_request(line: bytes) -> bool:
+    """Whether `line` (a stream's first line, with its line end) is a request line of any method.
+
+    Stricter than `looks_like_request`, for streams on which nothing else was recognised: an
+    unknown method needs a target and an HTTP/1.x version, an HTTP/0.9 line a known method and a
+    target starting with "/".
+    """
+    if _REQUEST_LINE.fullmatch(line) is not None:
+        return True
+    simple = _SIMPLE_REQUEST.fullmatch(line)
+    return simple is not None and simple.group(1) in METHODS
+
+
+def _opens_request_head(prefix: bytes) -> bool:
+    """Inside an HTTP stream: prefix starts with a method token and a space, or could still do so."""
+    return _REQUEST_START.match(prefix) is not None
+
+
 @frozen_record
 class ParsedRequest:
     method: str
     target: str  # exactly as sent
-    version: str  # "1.0" / "1.1"
+    version: str  # "1.0" / "1.1", "0.9" for a simple request
     headers: tuple[tuple[str, str], ...]
     host: str | None  # Host header without port, lower-cased; IPv6 literal without brackets
     body: bytes  # de-chunked and content-decoded, at most body_cap bytes
@@ -208,6 +237,9 @@ class HttpRequestStream:
         self._failed = False
         self._in_tunnel = False
         self._ready: list[ParsedRequest] = []
+        # After CONNECT or Upgrade: ("connect", authority) or (upgrade protocol, target)
+        self.tunnel: tuple[str, str] | None = None
+        self.tunnel_start: bytes | None = None  # the tunnel's first bytes, once they are not HTTP
 
     @property
     def failed(self) -> bool:
@@ -244,6 +276,8 @@ class HttpRequestStream:
         return ready
 
     def _fail(self) -> None:
+        if self._in_tunnel and self._message is None:  # the tunnel's own protocol starts here
+            self.tunnel_start = bytes(self._buf[self._pos:])
         if self._message is not None:
             self._emit(truncated=True)  # the head was valid: its partial body is still evidence
         if not self._in_tunnel:
@@ -282,8 +316,10 @@ class HttpRequestStream:
             self._pos = blank.end()
         if self._pos >= len(self._buf):
             return False
-        if not looks_like_request(self._buf[self._pos:self._pos + _MAX_METHOD + 1]):
+        if not _opens_request_head(self._buf[self._pos:self._pos + MAX_TOKEN_METHOD + 1]):
             raise _Invalid("not a request line")
+        if self._simple_request():
+            return True
         end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
         if end is None:
             if len(self._buf) - self._pos > self.header_cap:
@@ -296,6 +332,23 @@ class HttpRequestStream:
         offset = self._base + self._pos
         self._pos = self._scan_from = end.end()
         self._start_message(head, offset)
+        return True
+
+    def _simple_request(self) -> bool:
+        """An HTTP/0.9 request line at the parse position: emitted at once (it has no headers)."""
+        newline = self._buf.find(b"\n", self._pos, self._pos + _MAX_REQUEST_LINE_PROBE)
+        if newline < 0:
+            return False
+        simple = _SIMPLE_REQUEST.fullmatch(self._buf, self._pos, newline + 1)
+        if simple is None or simple.group(1) not in METHODS:
+            return False
+        self._message = _Message(
+            method=simple.group(1).decode("ascii"), target=_text(simple.group(2)), version="0.9", headers=(),
+            host=None, offset=self._base + self._pos, body=_BodyDecoder(None, 0), awaiting_continue=False,
+            opens_tunnel=False,
+        )
+        self._pos = self._scan_from = newline + 1
+        self._emit(truncated=False)
         return True
 
     def _start_message(self, head: bytes, offset: int) -> None:
@@ -337,7 +390,7 @@ class HttpRequestStream:
         line = line.rstrip(b"\r \t")
         method, space, rest = line.partition(b" ")
         raw_target, space2, version = rest.rpartition(b" ")
-        if not space or not space2 or method not in METHODS:
+        if not space or not space2 or len(method) > MAX_TOKEN_METHOD or _TOKEN.fullmatch(method) is None:
             raise _Invalid("malformed request line")
         raw_target = raw_target.strip(b" ")
         version_match = _VERSION.fullmatch(version)
@@ -380,7 +433,7 @@ class HttpRequestStream:
         start = self._pos
         if start >= len(self._buf):
             return None
-        if not looks_like_request(self._buf[start:start + _MAX_METHOD + 1]):
+        if not looks_like_request(self._buf[start:start + _MAX_METHOD + 1]):  # known methods: bodies are free text
             return False
         newline = self._buf.find(b"\n", start, start + _MAX_REQUEST_LINE_PROBE)
         if newline < 0:
@@ -469,6 +522,50 @@ class HttpRequestStream:
         ))
         if message.opens_tunnel:
             self._in_tunnel = True
+            upgrade = next((value for name, value in message.headers if name.lower() == "upgrade"), "")
+            kind = "connect" if message.method == "CONNECT" else upgrade.split(",")[0].strip().lower() or "upgrade"
+            self.tunnel = (kind, message.target)
         self._message = None
         self._state = _State.HEAD
         self._scan_from = self._pos
+
+
+class WebSocketFrames:
+    """The application bytes a client sends in WebSocket frames (RFC 6455 5.2), unmasked, in order.
+
+    Text, binary and continuation frames carry the tunnelled stream; control frames are skipped.
+    A frame longer than `max_frame` ends the decoding (``failed``): only a stream's start matters.
+    """
+
+    def __init__(self, max_frame: int = 1 << 20) -> None:
+        self.max_frame = max_frame
+        self.failed = False
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        buf = self._buf
+        buf += data
+        out = bytearray()
+        while len(buf) >= 2:
+            opcode, masked, length, pos = buf[0] & 0x0F, buf[1] & 0x80, buf[1] & 0x7F, 2
+            if length >= 126:
+                pos = 4 if length == 126 else 10
+                if len(buf) < pos:
+                    break
+                length = int.from_bytes(buf[2:pos], "big")
+            if length > self.max_frame or opcode in (3, 4, 5, 6, 7) or opcode > 10:
+                self.failed = True
+                break
+            end = pos + (4 if masked else 0) + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[end - length:end])
+            if masked and length:
+                key = (bytes(buf[pos:pos + 4]) * (length // 4 + 1))[:length]
+                payload = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+            if opcode <= 2:
+                out += payload
+            del buf[:end]
+        return bytes(out)

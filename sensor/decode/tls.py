@@ -12,6 +12,7 @@ encrypted_client_hello, and the extension types in order. Nothing here raises on
 from __future__ import annotations
 
 import enum
+import re
 import struct
 
 from sensor.records import frozen_record
@@ -120,6 +121,53 @@ def parse_stream(stream: bytes) -> tuple[TlsStatus, ClientHello | None]:
     if hello is None:
         return TlsStatus.NOT_TLS, None
     return TlsStatus.DONE, hello
+
+
+def find_client_hello(stream: bytes, start: int = 0) -> tuple[TlsStatus, ClientHello | None, int]:
+    """Find a ClientHello that starts anywhere at or after `start`: TLS after a plaintext start
+    (STARTTLS, a database's or RDP's negotiation, a proxy tunnel).
+
+    Every candidate record header is confirmed by decoding the whole hello, so plaintext that
+    happens to hold the header bytes is passed over. Returns (DONE, hello, offset of its record),
+    (NEED_MORE, None, offset) while the candidate at offset is incomplete, or (NOT_TLS, None,
+    offset) with the offset to resume from once more bytes have arrived.
+    """
+    pos = start
+    while True:
+        pos = stream.find(b"\x16\x03", pos)
+        if pos < 0:
+            return TlsStatus.NOT_TLS, None, max(start, len(stream) - 1)  # a header may start in the last byte
+        if looks_like_client_hello(stream[pos : pos + 6]):
+            status, hello = parse_stream(stream[pos:])
+            if status is not TlsStatus.NOT_TLS:
+                return status, hello, pos
+        pos += 1
+
+
+# What a plaintext start that ended in a ClientHello was, from its client bytes: the first match
+# names it. The upgrade commands: RFC 3207 (SMTP), 2595 (IMAP, POP3), 4217 (FTP), 6120 (XMPP),
+# 4511 (LDAP's StartTLS extended operation); PostgreSQL's SSLRequest; MySQL's SSL request packet
+# (32 bytes, sequence 1); RDP's TPKT-framed X.224 connection request (MS-RDPBCGR 2.2.1.1).
+PREAMBLES: tuple[tuple[re.Pattern[bytes], str], ...] = (
+    (re.compile(rb"(?im)\A(?:EHLO|HELO|LHLO)\b.*^STARTTLS\r?$", re.S), "smtp"),
+    (re.compile(rb"(?im)^[!#-'*-Z^-z|~]+ STARTTLS\r?$"), "imap"),
+    (re.compile(rb"(?im)^STLS\r?$"), "pop3"),
+    (re.compile(rb"(?im)^AUTH (?:TLS|SSL|TLS-C|TLS-P)\r?$"), "ftp"),
+    (re.compile(rb"(?im)^STARTTLS\r?$"), "starttls"),  # NNTP, ManageSieve, ...
+    (re.compile(rb"<starttls[\s/>]"), "xmpp"),
+    (re.compile(rb"1\.3\.6\.1\.4\.1\.1466\.20037"), "ldap"),
+    (re.compile(rb"\A\x00\x00\x00\x08\x04\xd2\x16\x2f\Z"), "postgresql"),
+    (re.compile(rb"\A\x20\x00\x00\x01.{32}\Z", re.S), "mysql"),
+    (re.compile(rb"\A\x03\x00..[\x06-\xfe]\xe0", re.S), "rdp"),
+)
+
+
+def preamble_protocol(preamble: bytes) -> str:
+    """The name of the plaintext protocol whose client bytes `preamble` led up to a ClientHello."""
+    for pattern, name in PREAMBLES:
+        if pattern.search(preamble) is not None:
+            return name
+    return "unknown"
 
 
 def _rules_out_client_hello(head: bytes) -> bool:

@@ -22,7 +22,7 @@ from sensor.enrich.ech import is_cover_name
 from sensor.enrich.vendors import normalize_host
 from sensor.phi import scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
-from sensor.records import Counters, DnsQuery, HttpRequest, Record, TlsHello
+from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -79,6 +79,8 @@ class DetectionEngine:
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[dict]:
         if isinstance(record, DnsQuery):
+            if isinstance(record, LocalNameQuery):  # a local host's name: never evidence of egress
+                return []
             self.dns_cache.observe(record)
         phi_host = self.policy.assets.lookup(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from sensor.records import Counters, DnsQuery
+from sensor.records import Counters, DnsQuery, LocalNameQuery
 
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
@@ -24,7 +24,7 @@ class DnsCache:
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
 
     def observe(self, query: DnsQuery) -> None:
-        if not query.answers:
+        if not query.answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
         chain = _chain(query)
         for answer in query.answers:

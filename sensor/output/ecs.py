@@ -15,7 +15,7 @@ import orjson
 
 from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact_url, scan_http
-from sensor.records import DnsQuery, Flow, HttpRequest, Record, TlsHello
+from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
 
 try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
@@ -168,19 +168,22 @@ class EventBuilder:
             self._line_prefixes[protocol] = prefix
         return prefix
 
-    def _envelope(self, ts: float, protocol: str, flow: Flow) -> dict:
-        """The fields every event has: time, ECS metadata, data stream, observer, the two ends and the flow."""
+    def _envelope(self, ts: float, protocol: str, flow: Flow, wire: str | None = None) -> dict:
+        """The fields every event has: time, ECS metadata, data stream, observer, the two ends and the flow.
+
+        `protocol` picks the dataset; `wire` is network.protocol when it differs (mdns in the dns dataset)."""
         if _envelope_fast is not None:
             dataset = EVENT_DATASETS.get(protocol)
             if dataset is not None:
                 doc = _envelope_fast(
-                    ts, dataset, flow, protocol, self.observer, ECS_VERSION, MODULE, self._data_streams[dataset]
+                    ts, dataset, flow, wire or protocol, self.observer, ECS_VERSION, MODULE,
+                    self._data_streams[dataset],
                 )
                 if doc is not None:
                     return doc
-        return self._envelope_py(ts, protocol, flow)
+        return self._envelope_py(ts, protocol, flow, wire)
 
-    def _envelope_py(self, ts: float, protocol: str, flow: Flow) -> dict:
+    def _envelope_py(self, ts: float, protocol: str, flow: Flow, wire: str | None = None) -> dict:
         """_envelope in Python: the reference, and the path for what the compiled one declines."""
         dataset = EVENT_DATASETS.get(protocol) or f"{MODULE}.{protocol}"
         return {
@@ -199,14 +202,16 @@ class EventBuilder:
             "destination": {"ip": flow.dst_ip, "port": flow.dst_port},
             "network": {
                 "transport": flow.transport,
-                "protocol": protocol,
+                "protocol": wire or protocol,
                 "type": "ipv6" if ":" in flow.src_ip else "ipv4",
                 "community_id": community_id(flow),
             },
         }
 
     def dns(self, rec: DnsQuery) -> dict:
-        doc = self._envelope(rec.ts, "dns", rec.flow)
+        # mDNS, LLMNR and NetBIOS names are DNS events that say on the wire what they were
+        wire = rec.protocol if isinstance(rec, LocalNameQuery) else None
+        doc = self._envelope(rec.ts, "dns", rec.flow, wire)
         question = {"name": rec.name or ".", "type": rec.qtype}  # the root, never an empty name
         registered = self.registered_domain(rec.name)
         if registered:
@@ -237,7 +242,12 @@ class EventBuilder:
             tls_doc["version_protocol"] = "tls"
         if tls_doc:
             doc["tls"] = tls_doc
-        doc["phi_egress"] = {"tls": {"alpn": list(rec.alpn), "ech": rec.ech} if rec.alpn else {"ech": rec.ech}}
+        tls_meta: dict = {"alpn": list(rec.alpn), "ech": rec.ech} if rec.alpn else {"ech": rec.ech}
+        if isinstance(rec, UpgradedHello):  # found after a plaintext start: STARTTLS, a proxy's CONNECT, ...
+            tls_meta["preamble"] = rec.preamble
+            if rec.tunnel_target:
+                tls_meta["tunnel_target"] = rec.tunnel_target
+        doc["phi_egress"] = {"tls": tls_meta}
         doc["related"] = _related(rec.flow, rec.server_name)
         return doc
 
