@@ -26,10 +26,10 @@ from sensor.paths import VENDORS_DIR
 
 CATEGORIES = frozenset({
     "advertising", "analytics", "session-replay", "tag-manager", "social-pixel",
-    "attribution", "rum", "cdp", "marketing-automation",
+    "attribution", "rum", "cdp", "marketing-automation", "ab-testing", "chat",
 })
 DECODERS = frozenset({
-    "meta-pixel", "ga4", "ua", "mixpanel", "segment", "amplitude", "bing-uet", "linkedin",
+    "meta-pixel", "ga4", "ua", "mixpanel", "posthog", "segment", "amplitude", "bing-uet", "linkedin",
     "tiktok", "snap", "pinterest", "twitter", "generic",
 })
 BAA_STANCES = frozenset({"no", "yes", "yes-enterprise", "terms-prohibit-phi", "unknown"})
