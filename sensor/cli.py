@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.add_argument("--signatures", type=Path)
     check.set_defaults(handler=_cmd_check_config)
+
+    from sensor.signatures_cmd import add_parser as add_signatures_parser
+
+    add_signatures_parser(sub)
     return parser
 
 

@@ -52,7 +52,11 @@ SHARED_DOMAINS = frozenset({
     "salesforce.com", "force.com", "hubspot.com", "yandex.ru", "yandex.com", "nextdoor.com",
 })
 
-_TOP_KEYS = ("name", "id", "owner", "category", "domains", "hosts", "endpoints", "payload", "baa")
+_TOP_KEYS = ("name", "id", "owner", "category", "domains", "hosts", "endpoints", "payload", "baa", "imported")
+_IMPORTED_KEYS = ("source", "licence")
+# A directory holding this file is an overlay: its vendors are added to the bundled catalog.
+OVERLAY_FILE = "overlay.yaml"
+_OVERLAY_KEYS = ("extends", "source", "licence", "format", "entries")
 _ENDPOINT_KEYS = ("host", "path", "decoder")
 _BAA_KEYS = ("stance", "summary", "source")
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -124,6 +128,8 @@ class Vendor:
     baa_stance: str
     baa_summary: str
     baa_source: str
+    imported_from: str = ""  # the public list an imported entry came from, and its licence (SPDX)
+    licence: str = ""
 
     def role_of(self, parameter: str) -> str | None:
         """Which payload role (page_url, referrer, event, custom, identifiers) a parameter plays."""
@@ -172,11 +178,17 @@ class VendorCatalog:
 
     @classmethod
     def load(cls, directory: Path = VENDORS_DIR) -> VendorCatalog:
-        """Read and validate every ``*.yaml`` file of a directory."""
+        """Read and validate every ``*.yaml`` file of a directory; an overlay directory (one with
+        ``overlay.yaml``, as ``phi-sensor signatures import`` writes) adds to the bundled catalog."""
         if not directory.is_dir():
             raise ConfigError(str(directory), "", "vendor signature directory not found")
-        paths = sorted(directory.glob("*.yaml"))
-        if not paths:
+        overlay = directory / OVERLAY_FILE
+        paths = sorted(path for path in directory.glob("*.yaml") if path.name != OVERLAY_FILE)
+        base: tuple[Vendor, ...] = ()
+        if overlay.is_file():
+            read_overlay(overlay)
+            base = tuple(cls.load(VENDORS_DIR)) if directory.resolve() != VENDORS_DIR.resolve() else ()
+        elif not paths:
             raise ConfigError(str(directory), "", "no vendor files (*.yaml) in this directory")
         vendors = []
         for path in paths:
@@ -185,7 +197,19 @@ class VendorCatalog:
             except OSError as exc:
                 raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
             vendors.append(vendor_from_yaml(data, str(path), expected_id=path.stem))
-        return cls(tuple(vendors), str(directory))
+        return cls(base + tuple(vendors), str(directory))
+
+    def match_rule(self, host: str) -> tuple[Vendor, str, str] | None:
+        """Why a host belongs to a vendor: (vendor, "hosts" or "domains", the entry that matched)."""
+        name = normalize_host(host)
+        vendor = self._by_host.get(name)
+        if vendor is not None:
+            return vendor, "hosts", name
+        for suffix in domain_suffixes(name):
+            vendor = self._by_domain.get(suffix)
+            if vendor is not None:
+                return vendor, "domains", suffix
+        return None
 
     def match_host(self, host: str) -> Vendor | None:
         """The vendor a host name belongs to: an exact host first, then the narrowest domain claim."""
@@ -241,6 +265,19 @@ class VendorCatalog:
 
     def __len__(self) -> int:
         return len(self._vendors)
+
+
+def read_overlay(path: Path) -> Mapping[str, Any]:
+    """The overlay marker: ``extends: bundled`` plus where the entries came from."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    reader = _VendorReader(str(path))
+    document = reader.mapping(parse_yaml(data, str(path)), "", _OVERLAY_KEYS)
+    if document.get("extends") != "bundled":
+        raise reader.fail("extends", f"expected 'bundled', found {describe_value(document.get('extends'))}")
+    return document
 
 
 def vendor_from_yaml(data: bytes, source: str, expected_id: str | None = None) -> Vendor:
@@ -354,6 +391,11 @@ class _VendorReader:
         source = self.text(baa, "source", "baa.source", required=stance != "unknown")
         if source and not source.startswith("https://"):
             raise self.fail("baa.source", f"expected an https:// URL, found {source!r}")
+        imported: Mapping[str, Any] = {}
+        if top.get("imported") is not None:
+            imported = self.mapping(top["imported"], "imported", _IMPORTED_KEYS)
+            for key in _IMPORTED_KEYS:
+                self.text(imported, key, f"imported.{key}")
         return Vendor(
             id=vendor_id,
             name=self.text(top, "name", "name"),
@@ -366,4 +408,6 @@ class _VendorReader:
             baa_stance=stance,
             baa_summary=self.text(baa, "summary", "baa.summary"),
             baa_source=source,
+            imported_from=str(imported.get("source", "")).strip(),
+            licence=str(imported.get("licence", "")).strip(),
         )
