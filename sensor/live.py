@@ -52,7 +52,7 @@ SINK_CLOSE_TIMEOUT = 5.0
 WORKER_STOP_TIMEOUT = 30.0
 STATS_DATASET = "phi_sensor.stats"
 # Counters the detector keeps under "alerts." that are not rule ids.
-_ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed"})
+_ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed", "alerts.updated"})
 
 
 # -- small pieces ----------------------------------------------------------------------------------

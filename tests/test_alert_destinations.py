@@ -135,3 +135,16 @@ def test_story_alerts_name_every_vendor_host_reached(capture: str, catalog: Vend
     assert bool(reached) == bool(named)
     for key, hosts in reached.items():
         assert hosts <= named[key], f"{key}: {sorted(hosts - named[key])} reached but not named"
+
+
+def test_summary_names_the_primary_host_wherever_the_rule_put_it() -> None:
+    from sensor.detect.engine import Destination
+    from sensor.output.ecs import _summary_naming
+
+    hosts = [Destination("a.example-tracker.com", 1, T0, T0), Destination("b.example-tracker.com", 2, T0, T0, True)]
+    assert _summary_naming("sent x in plaintext HTTP POST to a.example-tracker.com", "a.example-tracker.com",
+                           "b.example-tracker.com", hosts) == (
+        "sent x in plaintext HTTP POST to b.example-tracker.com; also a.example-tracker.com")
+    many = [Destination(f"h{n}.example-tracker.com", 1, T0, T0) for n in range(8)]
+    text = _summary_naming("to h0.example-tracker.com (X)", "h0.example-tracker.com", "h0.example-tracker.com", many)
+    assert text.endswith("h5.example-tracker.com and 2 more")

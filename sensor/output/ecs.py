@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -419,7 +420,7 @@ def _summary_naming(summary: str, named: str | None, primary: str | None, destin
     """The rule's summary with the primary host in place of the one its record went to, and the
     window's other hosts after it."""
     if named and primary and primary != named:
-        summary = summary.replace(f" {named} ", f" {primary} ", 1) if f" {named} " in summary else summary
+        summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
     others = [entry.host for entry in destinations or () if entry.host != primary]
     if others:
         listed = ", ".join(others[:_SUMMARY_HOSTS]) + (f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else "")
