@@ -1,5 +1,6 @@
 """Decoders held against what the vendors' own SDKs send: PostHog, Mixpanel, Segment and Amplitude,
-their official Python and Node clients, plus posthog-js's gzip-js, lz64 and base64 body encodings
+their official Python and Node clients, posthog-js in a browser page (jsdom), plus the gzip-js,
+lz64 and base64 body encodings PostHog accepts
 (captures made by `tests/data/make_sdk_captures.py`; how is documented there and in
 docs/vendors.md). Each request is decoded on its own and must give the event and the planted
 properties; replayed through the sensor, each vendor host raises phi-in-tracker-payload."""
@@ -82,6 +83,19 @@ def test_sdk_captures_cover_the_real_encodings() -> None:
     assert ("api.mixpanel.com", "POST", "") in shapes  # the mixpanel PyPI client
 
 
+def test_posthog_js_in_a_browser_page(catalog: VendorCatalog) -> None:
+    """posthog-js (its browser bundle, in jsdom) gzips its events: the pageview names the condition
+    page, the event carries the planted data."""
+    events = {}
+    for request in requests_in("sdk-posthog-js.pcap"):
+        _vendor, endpoint, payload = decoded(catalog, request)
+        assert endpoint.decoder == "posthog" and request.body[:2] == b"\x1f\x8b"
+        events[payload.event] = payload
+    assert set(events) == {"$pageview", "medication_logged"}
+    assert events["$pageview"].page_url == "http://app.example-clinic.org/conditions/diabetes"
+    assert_planted(events["medication_logged"], RECORD["codes"]["browser:posthog"])
+
+
 def test_posthog_browser_encodings(catalog: VendorCatalog) -> None:
     requests = requests_in("posthog-browser-shapes.pcap")
     seen = {}
@@ -98,7 +112,7 @@ def test_posthog_browser_encodings(catalog: VendorCatalog) -> None:
     assert_planted(seen["base64"], "M35.81")
 
 
-@pytest.mark.parametrize("capture", ["sdk-python.pcap", "sdk-node.pcap", "posthog-browser-shapes.pcap"])
+@pytest.mark.parametrize("capture", ["sdk-python.pcap", "sdk-node.pcap", "sdk-posthog-js.pcap", "posthog-browser-shapes.pcap"])
 def test_replay_raises_phi_in_tracker_payload_for_every_vendor_host(capture: str, tmp_path: Path) -> None:
     config = tmp_path / "sensor.yaml"
     config.write_text(CONFIG)

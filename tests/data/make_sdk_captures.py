@@ -13,12 +13,16 @@ Node: ``--require`` of a file wrapping ``dns.lookup``), which answers 127.0.0.1 
 hosts. So the Host header, path, query, headers and body are byte for byte what the SDK would
 send the vendor over plaintext HTTP; only the addresses are loopback.
 
-PostHog's browser SDK (posthog-js) needs a DOM; its three body encodings are sent by curl with
-bodies built the way posthog-js builds them: ``compression=gzip-js`` (gzip), ``compression=lz64``
-(lz-string's ``compressToBase64``, from the npm ``lz-string`` package) and ``compression=base64``.
+PostHog's browser SDK (posthog-js, its published browser bundle) runs in jsdom, a DOM for Node,
+on a page http://app.example-clinic.org/conditions/diabetes: it sends the pageview and one event
+the way it chooses (``sdk-posthog-js.pcap``). The older body encodings PostHog still accepts are
+sent by curl with bodies built the way posthog-js built them: ``compression=gzip-js`` (gzip),
+``compression=lz64`` (lz-string's ``compressToBase64``, from the npm ``lz-string`` package) and
+``compression=base64`` (``posthog-browser-shapes.pcap``).
 
 Needs root (port 80 and tcpdump), Python 3, the four PyPI packages, node and npm, curl. Writes
-``sdk-python.pcap``, ``sdk-node.pcap`` and ``posthog-browser-shapes.pcap`` next to this file:
+``sdk-python.pcap``, ``sdk-node.pcap``, ``sdk-posthog-js.pcap`` and ``posthog-browser-shapes.pcap``
+next to this file:
 
     python3 tests/data/make_sdk_captures.py [--out DIR] [--npm-dir DIR]
 
@@ -44,7 +48,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PORT = 80
 HOSTS = ["us.i.posthog.com", "api.mixpanel.com", "api.segment.io", "api2.amplitude.com"]
-NPM_PACKAGES = ["posthog-node", "mixpanel", "@segment/analytics-node", "@amplitude/analytics-node", "lz-string"]
+NPM_PACKAGES = ["posthog-node", "mixpanel", "@segment/analytics-node", "@amplitude/analytics-node", "lz-string", "posthog-js",
+                "jsdom"]
 PIP_PACKAGES = ["posthog", "mixpanel", "segment-analytics-python", "amplitude-analytics"]
 
 # The planted health data: every SDK sends the same facts, each with its own ICD-10-CM code.
@@ -92,6 +97,9 @@ class _Recorder(BaseHTTPRequestHandler):
         else:
             reply = b'{"status": "Ok"}'
         self.send_response(200)
+        if self.headers.get("origin"):  # the browser SDK runs on a page of another origin
+            self.send_header("Access-Control-Allow-Origin", self.headers["origin"])
+            self.send_header("Access-Control-Allow-Credentials", "true")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -174,6 +182,25 @@ NODE_SDKS = textwrap.dedent("""
     })().catch((error) => { console.error(error); process.exit(1); });
 """)
 
+POSTHOG_JS = textwrap.dedent("""
+    const { JSDOM } = require('jsdom');
+    const fs = require('fs');
+    const health = JSON.parse(process.argv[2]);
+    const page = '<!doctype html><html><head><title>Diabetes care</title></head><body></body></html>';
+    const dom = new JSDOM(page, {url: 'http://app.example-clinic.org/conditions/diabetes', runScripts: 'dangerously',
+                                 pretendToBeVisual: true});
+    const script = dom.window.document.createElement('script');
+    script.textContent = fs.readFileSync(require.resolve('posthog-js/dist/array.full.js'), 'utf8');
+    dom.window.document.head.appendChild(script);
+    const posthog = dom.window.posthog;
+    posthog.init('phc_fixture', {api_host: 'http://us.i.posthog.com', persistence: 'memory', autocapture: false,
+                                 disable_session_recording: true, advanced_disable_feature_flags: true,
+                                 disable_surveys: true, request_batching: false});
+    posthog.capture('medication_logged', {...health, dx: process.argv[3]});
+    setTimeout(() => process.exit(0), 4000);
+""")
+POSTHOG_JS_CODE = "E11.A"
+
 LZ_SCRIPT = "process.stdout.write(require('lz-string').compressToBase64(require('fs').readFileSync(0, 'utf8')))"
 
 
@@ -227,7 +254,7 @@ def main() -> int:
     parser.add_argument("--npm-dir", type=Path, default=Path(tempfile.gettempdir()) / "phi-sensor-sdk-npm")
     args = parser.parse_args()
     args.npm_dir.mkdir(parents=True, exist_ok=True)
-    if not (args.npm_dir / "node_modules" / "posthog-node").is_dir():
+    if not all((args.npm_dir / "node_modules" / name).is_dir() for name in NPM_PACKAGES):
         subprocess.run(["npm", "install", "--silent", "--prefix", str(args.npm_dir), *NPM_PACKAGES], check=True)
     versions = {f"pypi:{name}": metadata.version(name) for name in PIP_PACKAGES}
     for name in NPM_PACKAGES:
@@ -248,9 +275,15 @@ def main() -> int:
         _capture(args.out / "sdk-node.pcap", lambda: subprocess.run(
             ["node", "--require", str(Path(shims) / "loopback.js"), str(Path(shims) / "sdks.js"), json.dumps(HEALTH),
              _codes("node")], env=node_env, check=True, timeout=120))
+        (Path(shims) / "posthog-js.js").write_text(POSTHOG_JS)
+        _capture(args.out / "sdk-posthog-js.pcap", lambda: subprocess.run(
+            ["node", "--require", str(Path(shims) / "loopback.js"), str(Path(shims) / "posthog-js.js"), json.dumps(HEALTH),
+             POSTHOG_JS_CODE], env=node_env, check=True, timeout=120))
         _capture(args.out / "posthog-browser-shapes.pcap", lambda: _browser_shapes(args.npm_dir))
     server.shutdown()
-    record = {"versions": versions, "health": HEALTH, "codes": {f"{k[0]}:{k[1]}": v for k, v in CODES.items()}}
+    codes = {f"{k[0]}:{k[1]}": v for k, v in CODES.items()}
+    codes["browser:posthog"] = POSTHOG_JS_CODE
+    record = {"versions": versions, "health": HEALTH, "codes": codes}
     (args.out / "sdk-captures.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(json.dumps(versions, indent=2))
     return 0
