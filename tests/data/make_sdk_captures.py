@@ -13,15 +13,17 @@ Node: ``--require`` of a file wrapping ``dns.lookup``), which answers 127.0.0.1 
 hosts. So the Host header, path, query, headers and body are byte for byte what the SDK would
 send the vendor over plaintext HTTP; only the addresses are loopback.
 
-PostHog's browser SDK (posthog-js, its published browser bundle) runs in jsdom, a DOM for Node,
-on a page http://app.example-clinic.org/conditions/diabetes: it sends the pageview and one event
-the way it chooses (``sdk-posthog-js.pcap``). The older body encodings PostHog still accepts are
-sent by curl with bodies built the way posthog-js built them: ``compression=gzip-js`` (gzip),
-``compression=lz64`` (lz-string's ``compressToBase64``, from the npm ``lz-string`` package) and
-``compression=base64`` (``posthog-browser-shapes.pcap``).
+The browser SDKs (posthog-js, mixpanel-browser, @segment/analytics-next, @amplitude/analytics-browser:
+their published browser bundles) run in jsdom, a DOM for Node, on the page
+http://app.example-clinic.org/conditions/diabetes, each in a fresh page, and send what they choose
+(``sdk-browser.pcap``); the recording server answers CORS preflights and Segment's settings request
+as the vendors do. The older body encodings PostHog still accepts are sent by curl with bodies built
+the way posthog-js built them: ``compression=gzip-js`` (gzip), ``compression=lz64`` (lz-string's
+``compressToBase64``, from the npm ``lz-string`` package) and ``compression=base64``
+(``posthog-browser-shapes.pcap``).
 
 Needs root (port 80 and tcpdump), Python 3, the four PyPI packages, node and npm, curl. Writes
-``sdk-python.pcap``, ``sdk-node.pcap``, ``sdk-posthog-js.pcap`` and ``posthog-browser-shapes.pcap``
+``sdk-python.pcap``, ``sdk-node.pcap``, ``sdk-browser.pcap`` and ``posthog-browser-shapes.pcap``
 next to this file:
 
     python3 tests/data/make_sdk_captures.py [--out DIR] [--npm-dir DIR]
@@ -47,9 +49,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PORT = 80
-HOSTS = ["us.i.posthog.com", "api.mixpanel.com", "api.segment.io", "api2.amplitude.com"]
-NPM_PACKAGES = ["posthog-node", "mixpanel", "@segment/analytics-node", "@amplitude/analytics-node", "lz-string", "posthog-js",
-                "jsdom"]
+HOSTS = ["us.i.posthog.com", "api.mixpanel.com", "api-js.mixpanel.com", "api.segment.io", "cdn.segment.com",
+         "api2.amplitude.com"]
+NPM_PACKAGES = ["posthog-node", "mixpanel", "@segment/analytics-node", "@amplitude/analytics-node", "lz-string", "jsdom",
+                "posthog-js", "mixpanel-browser", "@segment/analytics-next", "@amplitude/analytics-browser"]
 PIP_PACKAGES = ["posthog", "mixpanel", "segment-analytics-python", "amplitude-analytics"]
 
 # The planted health data: every SDK sends the same facts, each with its own ICD-10-CM code.
@@ -57,7 +60,8 @@ HEALTH = {"condition": "type 2 diabetes", "medication": "metformin 500 mg", "glu
 CODES = {
     ("python", "posthog"): "U07.1", ("python", "mixpanel"): "U09.9", ("python", "segment"): "M35.81",
     ("python", "amplitude"): "E11.A", ("node", "posthog"): "E11.A", ("node", "mixpanel"): "M35.81",
-    ("node", "segment"): "U09.9", ("node", "amplitude"): "U07.1",
+    ("node", "segment"): "U09.9", ("node", "amplitude"): "U07.1", ("browser", "posthog"): "E11.A",
+    ("browser", "mixpanel"): "U07.1", ("browser", "segment"): "U09.9", ("browser", "amplitude"): "M35.81",
 }
 
 
@@ -85,7 +89,12 @@ class _Recorder(BaseHTTPRequestHandler):
         body = self._body()
         host = (self.headers.get("host") or "").split(":")[0]
         path = self.path.split("?")[0]
-        if host == "api.mixpanel.com":
+        if self.command == "OPTIONS":
+            reply = b""
+        elif host == "cdn.segment.com":  # analytics.js settings: send to the Segment.io destination over http
+            reply = json.dumps({"integrations": {"Segment.io": {"apiKey": "seg_fixture", "apiHost": "api.segment.io/v1",
+                                                                "protocol": "http"}}}).encode()
+        elif host in ("api.mixpanel.com", "api-js.mixpanel.com"):
             verbose = b"verbose=1" in body or "verbose=1" in self.path
             reply = b'{"status": 1, "error": null}' if verbose else b"1"
         elif host == "api2.amplitude.com":
@@ -97,15 +106,17 @@ class _Recorder(BaseHTTPRequestHandler):
         else:
             reply = b'{"status": "Ok"}'
         self.send_response(200)
-        if self.headers.get("origin"):  # the browser SDK runs on a page of another origin
+        if self.headers.get("origin"):  # the browser SDKs run on a page of another origin
             self.send_header("Access-Control-Allow-Origin", self.headers["origin"])
             self.send_header("Access-Control-Allow-Credentials", "true")
+            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            self.send_header("Access-Control-Allow-Headers", self.headers.get("access-control-request-headers", "content-type"))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
         self.wfile.write(reply)
 
-    do_POST = do_GET = _answer
+    do_POST = do_GET = do_OPTIONS = _answer
 
 
 PY_SHIM = textwrap.dedent(f"""
@@ -182,24 +193,45 @@ NODE_SDKS = textwrap.dedent("""
     })().catch((error) => { console.error(error); process.exit(1); });
 """)
 
-POSTHOG_JS = textwrap.dedent("""
+BROWSER_SDKS = textwrap.dedent("""
     const { JSDOM } = require('jsdom');
     const fs = require('fs');
-    const health = JSON.parse(process.argv[2]);
+    const [vendor, health, code] = [process.argv[2], JSON.parse(process.argv[3]), process.argv[4]];
+    const props = {...health, dx: code};
     const page = '<!doctype html><html><head><title>Diabetes care</title></head><body></body></html>';
     const dom = new JSDOM(page, {url: 'http://app.example-clinic.org/conditions/diabetes', runScripts: 'dangerously',
                                  pretendToBeVisual: true});
-    const script = dom.window.document.createElement('script');
-    script.textContent = fs.readFileSync(require.resolve('posthog-js/dist/array.full.js'), 'utf8');
-    dom.window.document.head.appendChild(script);
-    const posthog = dom.window.posthog;
-    posthog.init('phc_fixture', {api_host: 'http://us.i.posthog.com', persistence: 'memory', autocapture: false,
-                                 disable_session_recording: true, advanced_disable_feature_flags: true,
-                                 disable_surveys: true, request_batching: false});
-    posthog.capture('medication_logged', {...health, dx: process.argv[3]});
+    const w = dom.window;
+    const load = (file) => {
+      const script = w.document.createElement('script');
+      script.textContent = fs.readFileSync(require.resolve(file), 'utf8');
+      w.document.head.appendChild(script);
+    };
+    if (vendor === 'posthog') {
+      load('posthog-js/dist/array.full.js');
+      w.posthog.init('phc_fixture', {api_host: 'http://us.i.posthog.com', persistence: 'memory', autocapture: false,
+                                     disable_session_recording: true, advanced_disable_feature_flags: true,
+                                     disable_surveys: true, request_batching: false});
+      w.posthog.capture('medication_logged', props);
+    } else if (vendor === 'mixpanel') {
+      load('mixpanel-browser/dist/mixpanel.umd.js');
+      w.mixpanel.init('mp_fixture', {api_host: 'http://api-js.mixpanel.com', batch_flush_interval_ms: 500});
+      w.mixpanel.track('medication_logged', props);
+    } else if (vendor === 'segment') {
+      w.analytics = [];  // the snippet's stub: write key, CDN and the calls made before the library loads
+      w.analytics._writeKey = 'seg_fixture';
+      w.analytics._cdn = 'http://cdn.segment.com';
+      w.analytics.push(['page']);
+      w.analytics.push(['track', 'medication_logged', props]);
+      load('@segment/analytics-next/dist/umd/standalone.js');
+    } else if (vendor === 'amplitude') {
+      load('@amplitude/analytics-browser/lib/scripts/amplitude-min.js');
+      w.amplitude.init('amp_fixture', {serverUrl: 'http://api2.amplitude.com/2/httpapi', transport: 'xhr',
+                                       flushIntervalMillis: 500, autocapture: false, fetchRemoteConfig: false});
+      w.amplitude.track('medication_logged', props);
+    }
     setTimeout(() => process.exit(0), 4000);
 """)
-POSTHOG_JS_CODE = "E11.A"
 
 LZ_SCRIPT = "process.stdout.write(require('lz-string').compressToBase64(require('fs').readFileSync(0, 'utf8')))"
 
@@ -275,15 +307,14 @@ def main() -> int:
         _capture(args.out / "sdk-node.pcap", lambda: subprocess.run(
             ["node", "--require", str(Path(shims) / "loopback.js"), str(Path(shims) / "sdks.js"), json.dumps(HEALTH),
              _codes("node")], env=node_env, check=True, timeout=120))
-        (Path(shims) / "posthog-js.js").write_text(POSTHOG_JS)
-        _capture(args.out / "sdk-posthog-js.pcap", lambda: subprocess.run(
-            ["node", "--require", str(Path(shims) / "loopback.js"), str(Path(shims) / "posthog-js.js"), json.dumps(HEALTH),
-             POSTHOG_JS_CODE], env=node_env, check=True, timeout=120))
+        (Path(shims) / "browser.js").write_text(BROWSER_SDKS)
+        _capture(args.out / "sdk-browser.pcap", lambda: [subprocess.run(
+            ["node", "--require", str(Path(shims) / "loopback.js"), str(Path(shims) / "browser.js"), vendor,
+             json.dumps(HEALTH), code], env=node_env, check=True, timeout=120)
+            for (where, vendor), code in CODES.items() if where == "browser"])
         _capture(args.out / "posthog-browser-shapes.pcap", lambda: _browser_shapes(args.npm_dir))
     server.shutdown()
-    codes = {f"{k[0]}:{k[1]}": v for k, v in CODES.items()}
-    codes["browser:posthog"] = POSTHOG_JS_CODE
-    record = {"versions": versions, "health": HEALTH, "codes": codes}
+    record = {"versions": versions, "health": HEALTH, "codes": {f"{k[0]}:{k[1]}": v for k, v in CODES.items()}}
     (args.out / "sdk-captures.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(json.dumps(versions, indent=2))
     return 0
