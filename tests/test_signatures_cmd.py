@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sensor.cli import main
 from sensor.enrich.vendors import VendorCatalog
+from sensor.errors import SensorError
+from sensor.signatures_cmd import _adblock_entries, _hosts_entries, _json_entries
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
@@ -127,3 +131,21 @@ def test_import_refuses_bad_input_with_one_line_and_exit_2(tmp_path: Path, capsy
     paths = {"LIST": str(tmp_path / "list"), "OUT": str(tmp_path / "out"), "FULL": str(tmp_path / "full")}
     code, _, err = run(capsys, "import", *[paths.get(arg, arg) for arg in argv])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@given(st.text(max_size=400))
+def test_list_parsers_never_raise(text: str) -> None:
+    for entry in [*_hosts_entries(text), *_adblock_entries(text)]:
+        assert entry.name and not any(char.isspace() for char in entry.name)
+    try:
+        list(_json_entries(text, "list.json"))
+    except SensorError as exc:  # not JSON: a usage error, one line
+        assert "not JSON" in str(exc)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=30))
+def test_json_lists_of_any_shape_never_raise(document) -> None:
+    for entry in _json_entries(json.dumps(document), "list.json"):
+        assert isinstance(entry.name, str)
