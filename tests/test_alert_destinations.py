@@ -148,3 +148,12 @@ def test_summary_names_the_primary_host_wherever_the_rule_put_it() -> None:
     many = [Destination(f"h{n}.example-tracker.com", 1, T0, T0) for n in range(8)]
     text = _summary_naming("to h0.example-tracker.com (X)", "h0.example-tracker.com", "h0.example-tracker.com", many)
     assert text.endswith("h5.example-tracker.com and 2 more")
+
+
+def test_at_equal_severity_the_request_with_health_data_is_the_one_shown(catalog: VendorCatalog) -> None:
+    event = {"event": "reading", "properties": {"token": "t", "distinct_id": "u1", "glucose": "182 mg/dL"}}
+    body = b"data=" + base64.b64encode(json.dumps(event).encode())
+    plain = b"data=" + base64.b64encode(json.dumps({"event": "app_open", "properties": {"token": "t"}}).encode())
+    records = [post("api-js.mixpanel.com", "/track", plain, T0), post("api.mixpanel.com", "/track", body, T0 + 1)]
+    (alert,) = egress(run(engine(catalog, immediate=False), records))
+    assert alert["url"]["domain"] == alert["destination"]["domain"] == "api.mixpanel.com"

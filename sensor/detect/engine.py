@@ -228,6 +228,8 @@ class DetectionEngine:
                 window.alert = alert
                 self.counters.add("alerts.escalated")
                 return [self._final(window)] if self.immediate else []
+            if health_data and alert.severity == window.alert.severity and not _carries_health_data(window.alert):
+                window.alert = alert  # the document then shows the request that carried the data
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
                 self.counters.add("alerts.updated")
