@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", action="append", metavar="SPEC", help="also check these outputs, as replay --output would")
     check.add_argument("--spool-dir", type=Path, help="the spool directory replay and live would use")
     check.set_defaults(handler=_cmd_check_config)
+
+    from sensor.signatures_cmd import add_parser as add_signatures_parser
+
+    add_signatures_parser(sub)
     return parser
 
 

@@ -51,7 +51,7 @@ DRAIN_WAIT_SECONDS = 0.15  # longer than the ring's block retire timeout: a part
 SINK_CLOSE_TIMEOUT = 5.0
 WORKER_STOP_TIMEOUT = 30.0
 # Counters the detector keeps under "alerts." that are not rule ids.
-_ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed"})
+_ALERT_BOOKKEEPING = frozenset({"alerts.escalated", "alerts.suppressed", "alerts.updated"})
 
 
 # -- small pieces ----------------------------------------------------------------------------------

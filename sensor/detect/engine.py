@@ -1,10 +1,11 @@
 """Runs the rules over records: enrich once, evaluate every enabled rule, throttle, build documents.
 
 Throttle: one alert per (rule, source host, vendor or domain) per window. The first occurrence is
-emitted at once (on-call wants it now); a later occurrence with a higher severity re-sends the
-window's document with the stronger evidence at once; when the window closes, or at the end of a
-replay, an update with the same `event.id` carries the final count, so a sink that indexes by id
-keeps one document per window with the right count and the strongest evidence.
+emitted at once (on-call wants it now); a later occurrence with a higher severity, or one that
+reaches a destination host the window has not seen yet (or first carries health data to one),
+re-sends the window's document at once; when the window closes, or at the end of a replay, an
+update with the same `event.id` carries the final count, so a sink that indexes by id keeps one
+document per window with the right count, the strongest evidence and every destination host.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import datetime as dt
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sensor.detect.base import SEVERITIES, Alert, Observation
 from sensor.detect.rules import ALL_RULES
@@ -20,7 +21,7 @@ from sensor.config import Policy
 from sensor.enrich.dnscache import DnsCache
 from sensor.enrich.ech import is_cover_name
 from sensor.enrich.vendors import normalize_host
-from sensor.phi import scan_http
+from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello
 
@@ -35,8 +36,23 @@ class RuleSettings:
     throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
 
 
-# Builds the ECS alert document: (alert, count, first_seen, last_seen, event id) -> dict
-DocumentBuilder = Callable[[Alert, int, float, float, str], dict]
+MAX_DESTINATIONS = 64  # destination hosts listed per window; a host that received health data always gets in
+
+
+@dataclass(slots=True)
+class Destination:
+    """One destination host of a throttle window: how often and when it was reached, and whether
+    any request to it carried health data."""
+
+    host: str
+    count: int
+    first_seen: float
+    last_seen: float
+    health_data: bool = False
+
+
+# Builds the ECS alert document: (alert, count, first_seen, last_seen, event id, destinations) -> dict
+DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], dict]
 
 
 @dataclass(slots=True)
@@ -48,6 +64,26 @@ class _Window:
     count: int = 1
     last_seen: float = 0.0
     sent_count: int = 1  # the count the last document of this window carried
+    destinations: dict[str, Destination] = field(default_factory=dict)
+
+    def see(self, host: str | None, ts: float, health_data: bool) -> bool:
+        """Count a request to `host`; True when the window's host list changed (a new host, or
+        the first health data to a known one)."""
+        if not host:
+            return False
+        entry = self.destinations.get(host)
+        if entry is None:
+            if len(self.destinations) >= MAX_DESTINATIONS and not health_data:
+                return False
+            self.destinations[host] = Destination(host, 1, ts, ts, health_data)
+            return True
+        entry.count += 1
+        entry.first_seen = min(entry.first_seen, ts)
+        entry.last_seen = max(entry.last_seen, ts)
+        if health_data and not entry.health_data:
+            entry.health_data = True
+            return True
+        return False
 
 
 class DetectionEngine:
@@ -180,16 +216,25 @@ class DetectionEngine:
 
     # -- throttle ------------------------------------------------------------------------------
     def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[dict]:
-        key = (alert.rule.id, alert.observation.record.flow.src_ip, alert.throttle_subject)
+        obs = alert.observation
+        key = (alert.rule.id, obs.record.flow.src_ip, alert.throttle_subject)
+        health_data = _carries_health_data(alert)
         window = self._windows.get(key)
         if window is not None and ts < window.end:
             window.count += 1
             window.last_seen = max(window.last_seen, ts)
+            grew = window.see(obs.destination, ts, health_data)
             if SEVERITIES.index(alert.severity) > SEVERITIES.index(window.alert.severity):
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
                 window.alert = alert
                 self.counters.add("alerts.escalated")
+                return [self._final(window)] if self.immediate else []
+            if health_data and alert.severity == window.alert.severity and not _carries_health_data(window.alert):
+                window.alert = alert  # the document then shows the request that carried the data
+            if grew:
+                # Where the data went is what an analyst asks first: a new host is re-sent at once.
+                self.counters.add("alerts.updated")
                 return [self._final(window)] if self.immediate else []
             self.counters.add("alerts.suppressed")
             return []
@@ -202,17 +247,27 @@ class DetectionEngine:
         window = self._windows[key] = _Window(
             ts, ts + window_seconds, alert, event_id, last_seen=ts, sent_count=1 if self.immediate else 0
         )
+        window.see(obs.destination, ts, health_data)
         if len(self._windows) > MAX_THROTTLE_KEYS:
             _, oldest = self._windows.popitem(last=False)
             if oldest.count > oldest.sent_count:
                 out.append(self._final(oldest))
         if self.immediate:
-            out.append(self.build_document(alert, 1, ts, ts, event_id))
+            out.append(self.build_document(alert, 1, ts, ts, event_id, list(window.destinations.values())))
         return out
 
     def _final(self, window: _Window) -> dict:
         window.sent_count = window.count
-        return self.build_document(window.alert, window.count, window.start, window.last_seen, window.event_id)
+        return self.build_document(
+            window.alert, window.count, window.start, window.last_seen, window.event_id,
+            list(window.destinations.values()),
+        )
+
+
+def _carries_health_data(alert: Alert) -> bool:
+    """Whether the request behind an alert carried health data (plaintext or in a tracker payload)."""
+    obs = alert.observation
+    return any(is_health_data(found) for found in (alert.findings, obs.findings, obs.tracker_findings) if found)
 
 
 def _day_of(ts: float) -> dt.date:

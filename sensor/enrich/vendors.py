@@ -26,10 +26,10 @@ from sensor.paths import VENDORS_DIR
 
 CATEGORIES = frozenset({
     "advertising", "analytics", "session-replay", "tag-manager", "social-pixel",
-    "attribution", "rum", "cdp", "marketing-automation",
+    "attribution", "rum", "cdp", "marketing-automation", "ab-testing", "chat",
 })
 DECODERS = frozenset({
-    "meta-pixel", "ga4", "ua", "mixpanel", "segment", "amplitude", "bing-uet", "linkedin",
+    "meta-pixel", "ga4", "ua", "mixpanel", "posthog", "segment", "amplitude", "bing-uet", "linkedin",
     "tiktok", "snap", "pinterest", "twitter", "generic",
 })
 BAA_STANCES = frozenset({"no", "yes", "yes-enterprise", "terms-prohibit-phi", "unknown"})
@@ -52,7 +52,11 @@ SHARED_DOMAINS = frozenset({
     "salesforce.com", "force.com", "hubspot.com", "yandex.ru", "yandex.com", "nextdoor.com",
 })
 
-_TOP_KEYS = ("name", "id", "owner", "category", "domains", "hosts", "endpoints", "payload", "baa")
+_TOP_KEYS = ("name", "id", "owner", "category", "domains", "hosts", "endpoints", "payload", "baa", "imported")
+_IMPORTED_KEYS = ("source", "licence")
+# A directory holding this file is an overlay: its vendors are added to the bundled catalog.
+OVERLAY_FILE = "overlay.yaml"
+_OVERLAY_KEYS = ("extends", "source", "licence", "format", "entries")
 _ENDPOINT_KEYS = ("host", "path", "decoder")
 _BAA_KEYS = ("stance", "summary", "source")
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -124,6 +128,8 @@ class Vendor:
     baa_stance: str
     baa_summary: str
     baa_source: str
+    imported_from: str = ""  # the public list an imported entry came from, and its licence (SPDX)
+    licence: str = ""
 
     def role_of(self, parameter: str) -> str | None:
         """Which payload role (page_url, referrer, event, custom, identifiers) a parameter plays."""
@@ -183,11 +189,14 @@ class VendorCatalog:
     def with_overlay(cls, overlay: Path | None) -> VendorCatalog:
         """The bundled catalog with an operator's directory merged over it: a file there replaces
         the bundled vendor of the same id (file name) or adds a vendor. A directory holding a
-        ``vendors/`` subdirectory (a copy of the whole signatures tree) is read from there."""
+        ``vendors/`` subdirectory (a copy of the whole signatures tree) is read from there; one
+        written by ``phi-sensor signatures import`` has its ``overlay.yaml`` checked first."""
         if overlay is None:
             return cls.load()
         if (overlay / "vendors").is_dir():
             overlay = overlay / "vendors"
+        if (overlay / OVERLAY_FILE).is_file():
+            read_overlay(overlay / OVERLAY_FILE)
         files = _vendor_files(VENDORS_DIR) | _vendor_files(overlay)
         return cls._from_files(files, f"{overlay} over the bundled signatures")
 
@@ -201,6 +210,18 @@ class VendorCatalog:
                 raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
             vendors.append(vendor_from_yaml(data, str(path), expected_id=stem))
         return cls(tuple(vendors), source, files)
+
+    def match_rule(self, host: str) -> tuple[Vendor, str, str] | None:
+        """Why a host belongs to a vendor: (vendor, "hosts" or "domains", the entry that matched)."""
+        name = normalize_host(host)
+        vendor = self._by_host.get(name)
+        if vendor is not None:
+            return vendor, "hosts", name
+        for suffix in domain_suffixes(name):
+            vendor = self._by_domain.get(suffix)
+            if vendor is not None:
+                return vendor, "domains", suffix
+        return None
 
     def match_host(self, host: str) -> Vendor | None:
         """The vendor a host name belongs to: an exact host first, then the narrowest domain claim."""
@@ -256,6 +277,19 @@ class VendorCatalog:
 
     def __len__(self) -> int:
         return len(self._vendors)
+
+
+def read_overlay(path: Path) -> Mapping[str, Any]:
+    """The overlay marker: ``extends: bundled`` plus where the entries came from."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    reader = _VendorReader(str(path))
+    document = reader.mapping(parse_yaml(data, str(path)), "", _OVERLAY_KEYS)
+    if document.get("extends") != "bundled":
+        raise reader.fail("extends", f"expected 'bundled', found {describe_value(document.get('extends'))}")
+    return document
 
 
 def vendor_from_yaml(data: bytes, source: str, expected_id: str | None = None) -> Vendor:
@@ -369,6 +403,11 @@ class _VendorReader:
         source = self.text(baa, "source", "baa.source", required=stance != "unknown")
         if source and not source.startswith("https://"):
             raise self.fail("baa.source", f"expected an https:// URL, found {source!r}")
+        imported: Mapping[str, Any] = {}
+        if top.get("imported") is not None:
+            imported = self.mapping(top["imported"], "imported", _IMPORTED_KEYS)
+            for key in _IMPORTED_KEYS:
+                self.text(imported, key, f"imported.{key}")
         return Vendor(
             id=vendor_id,
             name=self.text(top, "name", "name"),
@@ -381,6 +420,8 @@ class _VendorReader:
             baa_stance=stance,
             baa_summary=self.text(baa, "summary", "baa.summary"),
             baa_source=source,
+            imported_from=str(imported.get("source", "")).strip(),
+            licence=str(imported.get("licence", "")).strip(),
         )
 
 
@@ -388,7 +429,7 @@ def _vendor_files(directory: Path) -> dict[str, Path]:
     """A signature directory's vendor files by id (file name without .yaml)."""
     if not directory.is_dir():
         raise ConfigError(str(directory), "", "vendor signature directory not found")
-    paths = {path.stem: path for path in directory.glob("*.yaml")}
+    paths = {path.stem: path for path in directory.glob("*.yaml") if path.name != OVERLAY_FILE}
     if not paths:
         raise ConfigError(str(directory), "", "no vendor files (*.yaml) in this directory")
     return paths

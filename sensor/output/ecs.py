@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -366,7 +367,9 @@ class AlertBuilder:
         self.events = events
         self.unredacted = unredacted
 
-    def __call__(self, alert, count: int, first_seen: float, last_seen: float, event_id: str) -> dict:
+    def __call__(
+        self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
+    ) -> dict:
         from sensor.detect.base import SEVERITY_SCORE
         from sensor.phi import summarize
         from sensor.phi.redact import evidence
@@ -377,7 +380,9 @@ class AlertBuilder:
         record = obs.record
         doc = self.events(record)
         self._redact_record_fields(doc, record, alert.findings)
-        summary = alert.summary if self.unredacted else redact(alert.summary, alert.findings)
+        primary = _primary_destination(destinations, obs.destination)
+        summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
+        summary = summary if self.unredacted else redact(summary, alert.findings)
         doc["@timestamp"] = iso_time(first_seen)
         doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
@@ -402,12 +407,15 @@ class AlertBuilder:
             "reference": rule.reference,
             "ruleset": "phi-egress-sensor",
         }
-        if obs.destination and not isinstance(record, DnsQuery):
+        if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
-            doc["destination"]["domain"] = obs.destination
-            hosts = doc["related"].setdefault("hosts", [])
-            if obs.destination not in hosts:
-                hosts.append(obs.destination)
+            doc["destination"]["domain"] = primary
+        hosts = doc["related"].setdefault("hosts", [])
+        for host in [obs.destination, *(entry.host for entry in destinations or ())]:
+            if host and host not in hosts:
+                hosts.append(host)
+        if not hosts:  # nothing null or empty is written
+            del doc["related"]["hosts"]
         pe: dict = {
             "severity": alert.severity,
             "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
@@ -415,10 +423,21 @@ class AlertBuilder:
             "first_seen": iso_time(first_seen),
             "last_seen": iso_time(last_seen),
             "source_record": obs.source_record,
-            "destination": obs.destination,
+            "destination": primary,
             "summary": summary,
             "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else None,
         }
+        if destinations:
+            pe["destinations"] = [
+                {
+                    "host": entry.host,
+                    "count": entry.count,
+                    "first_seen": iso_time(entry.first_seen),
+                    "last_seen": iso_time(entry.last_seen),
+                    "health_data": entry.health_data,
+                }
+                for entry in destinations
+            ]
         if obs.vendor is not None:
             vendor = obs.vendor
             pe["vendor"] = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
@@ -466,6 +485,30 @@ class AlertBuilder:
         request = doc.get("http", {}).get("request", {})
         if referrer:
             request["referrer"] = referrer
+
+
+def _primary_destination(destinations: list | None, fallback: str | None) -> str | None:
+    """The host an alert names: the one that received health data, else the most contacted
+    (the first seen on a tie)."""
+    if not destinations:
+        return fallback
+    best = max(enumerate(destinations), key=lambda item: (item[1].health_data, item[1].count, -item[0]))
+    return best[1].host
+
+
+_SUMMARY_HOSTS = 5
+
+
+def _summary_naming(summary: str, named: str | None, primary: str | None, destinations: list | None) -> str:
+    """The rule's summary with the primary host in place of the one its record went to, and the
+    window's other hosts after it."""
+    if named and primary and primary != named:
+        summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
+    others = [entry.host for entry in destinations or () if entry.host != primary]
+    if others:
+        listed = ", ".join(others[:_SUMMARY_HOSTS]) + (f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else "")
+        summary += f"; also {listed}"
+    return summary
 
 
 def _redacted_url(url: str, findings: list) -> str:

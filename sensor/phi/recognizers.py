@@ -400,7 +400,8 @@ def _hashed_identifier(scan: _FieldScan) -> None:
 # --- clinical codes ------------------------------------------------------------------------------
 
 _ICD10 = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]\d[0-9A-Za-z](?:\.[0-9A-Za-z]{1,4}|[0-9A-Za-z]{1,4})?)(?![A-Za-z0-9])")
-_ICD10_SHAPE = re.compile(r"[A-TV-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?")
+# Any letter leads: U is reserved for codes added by emergency update (U07.1 COVID-19, U09.9).
+_ICD10_SHAPE = re.compile(r"[A-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?")
 _ICD10_KEY_WORDS = frozenset(
     {"icd", "dx", "diagnosis", "diagnoses", "diag", "condition", "conditions", "reason", "problem", "problems", "complaint"}
 )
@@ -416,7 +417,16 @@ def _icd10(scan: _FieldScan) -> None:
         if not keyed and not code.isupper():
             continue
         known = is_icd10_code(code)
-        if known is False or (known is None and not _ICD10_SHAPE.fullmatch(code.upper())):
+        if not _ICD10_SHAPE.fullmatch(code.upper()):
+            if not known:
+                continue
+        elif known is False:
+            # A code of the right shape under a diagnosis key that the list lacks (newer than the
+            # list, or mistyped) is still told, as weak context: with an identifier it is health data.
+            if keyed:
+                scan.add("icd10_unlisted", CONTEXT, 0.6, *match.span(1))
+            elif scan.near(_ICD10_CONTEXT, *match.span()):
+                scan.add("icd10_unlisted", CONTEXT, 0.5, *match.span(1))
             continue
         # Without the code list only the shape vouches for the code: say so in the score.
         penalty = 0.0 if known else 0.1

@@ -25,6 +25,7 @@ from sensor.phi.layers import (
     split_target,
     text_of,
 )
+from sensor.phi.lzstring import decompress_from_base64
 from sensor.phi.recognizers import CONTEXT, Finding, scan_fields
 
 __all__ = ["DECODERS", "TrackerPayload", "decode_tracker", "scan_tracker"]
@@ -259,6 +260,35 @@ def _mixpanel(name: str, request: _Request) -> TrackerPayload | None:
     )
 
 
+def _posthog_documents(request: _Request) -> list[dict]:
+    """PostHog capture bodies: JSON, a ``data=`` form (base64, or lz-string when the query says
+    ``compression=lz64``), or gzip (``compression=gzip-js``, or a gzip Content-Encoding the HTTP
+    decoder already undid); one event, a list of events, or ``{"batch": [...]}``."""
+    pairs = request.query_pairs() + request.body_pairs()
+    if _first(pairs, "compression") == "lz64":
+        packed = _first(request.body_pairs(), "data") or request.body_text() or ""
+        text = decompress_from_base64(packed.replace(" ", "+"), DEFAULT_LIMITS.max_output)
+        documents = _documents(find_json(text)) if text else []
+        if documents:
+            return documents
+    return request.json_documents(pairs, "data")
+
+
+def _posthog(name: str, request: _Request) -> TrackerPayload | None:
+    """PostHog /e/, /i/v0/e/, /batch/, /capture/, /s/ (events) and /decide/, /flags/ (feature flags,
+    with ``person_properties``): events are ``event`` with ``properties`` ($current_url, $referrer,
+    title, $set)."""
+    documents = _posthog_documents(request)
+    return _payload(
+        name,
+        [_lookup([document], ("event",)) for document in documents],
+        _lookup(documents, ("properties", "$current_url")),
+        _lookup(documents, ("properties", "$referrer")),
+        _lookup(documents, ("properties", "title")),
+        _document_params(documents),
+    )
+
+
 def _segment(name: str, request: _Request) -> TrackerPayload | None:
     """Segment /v1/*: one message or ``{"batch": [...]}``; the event is ``event`` for track, else ``type``."""
     documents = request.json_documents([])
@@ -345,6 +375,7 @@ DECODERS: dict[str, Callable[[str, _Request], TrackerPayload | None]] = {
     "ga4": _ga4,
     "ua": _universal_analytics,
     "mixpanel": _mixpanel,
+    "posthog": _posthog,
     "segment": _segment,
     "amplitude": _amplitude,
     "bing-uet": _simple_pairs(("ea", "evt"), ("p",), ("r",), ("tl",)),

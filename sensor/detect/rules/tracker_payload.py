@@ -35,7 +35,8 @@ def evaluate(obs: Observation) -> Alert | None:
     kinds = ", ".join(sorted(summarize(findings)))
     event = f" event {tracker.event}" if tracker.event else ""
     host = describe_host(obs)
-    summary = f"PHI host {host} sent {kinds} to {vendor}{event} (no BAA on file)"
+    at = f" at {obs.destination}" if obs.destination else ""
+    summary = f"PHI host {host} sent {kinds} to {vendor}{at}{event} (no BAA on file)"
     subject = obs.vendor.id if obs.vendor else tracker.decoder
     return Alert(INFO, severity, obs, summary, throttle_subject=subject, findings=list(findings),
                  fields=list(tracker.params))
