@@ -219,6 +219,11 @@ class Runner:
         else:
             problems = self._replay_in(paths, prefilter, progress, started)
             self.pipeline.finish()
+        return self.conclude(problems)
+
+    def conclude(self, problems: list[str]) -> int:
+        """After the last input: close the sinks, say what went wrong, print stats and summary, and
+        pick the exit code (a capture problem first, then undelivered documents, then --fail-on)."""
         undelivered = self._close_sinks()
         for line in problems:
             log.error("%s", line)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
     from sensor.enrich.assets import AssetInventory
 
 log = logging.getLogger("phi_sensor")
-
-EXIT_CAPTURE, EXIT_SINK = 3, 4
 
 
 class UsageError(SensorError):
@@ -73,18 +70,7 @@ def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str 
         pipeline.event_builder = mark_decrypted(pipeline.event_builder, lambda record: record)
     problems = feed_inputs(pipeline, paths, keylog, har_source, prefilter, lambda: _assets(runner))
     pipeline.finish()
-    undelivered = runner._close_sinks()
-    for line in problems:
-        print(f"phi-sensor: {line}", file=sys.stderr)
-    if runner.args.stats:
-        runner._print_stats()
-    if not runner.args.quiet and runner.args.emit != "events":
-        runner._print_summary()
-    if problems:
-        return EXIT_CAPTURE
-    if undelivered:
-        return EXIT_SINK
-    return runner._fail_on_code()
+    return runner.conclude(problems)
 
 
 def feed_inputs(pipeline, paths: list[Path], keylog: Path | None, har_source: str | None, prefilter: str,
