@@ -1,6 +1,7 @@
 """capture -> decode -> enrich/detect -> output, for replay and live alike."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -12,6 +13,9 @@ from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
+
+
+log = logging.getLogger("phi_sensor")
 
 
 class Detector(Protocol):
@@ -189,6 +193,10 @@ class Pipeline:
         counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
         counters.add("bytes", size)
         counters.add("files", 1)
+        if capture.empty_records or capture.late_records:
+            counters.add("capture.empty_records", capture.empty_records)
+            counters.add("capture.late_records", capture.late_records)
+            log.warning(capture.suspicious())  # a second replay worker reports what it saw
         for linktype, count in by_linktype.items():
             counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
         unsupported = capture.linktypes - set(LINKTYPE_NAMES)

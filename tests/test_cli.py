@@ -111,7 +111,7 @@ def test_truncated_gzip_capture(tmp_path: Path) -> None:
     path = tmp_path / "cut.pcap.gz"
     path.write_bytes(packed[: len(packed) // 2])
     line = assert_one_line_about(replay(path, "--quiet"), path, EXIT_CAPTURE)
-    assert "read error" in line
+    assert "corrupt compressed data" in line
 
 
 def test_gzip_capture_is_read(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def tcpdump_path() -> str | None:
 def capture_linktype(path: Path) -> int | None:
     """Link type of a classic pcap file (also gzip-compressed); None for pcapng or unreadable files."""
     import gzip
+    import zlib
 
     try:
         with open(path, "rb") as raw:
@@ -52,7 +53,7 @@ def capture_linktype(path: Path) -> int | None:
             raw.seek(0)
             stream: BinaryIO = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw  # type: ignore[assignment]
             header = stream.read(24)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # replay reads the file itself and reports the fault
         return None
     if len(header) < 24 or header[:4] not in PCAP_MAGICS:
         return None
@@ -147,7 +148,9 @@ class Prefilter:
         source = "-" if compressed else str(path)
         stdin = None
         if compressed:
-            self._gunzip = subprocess.Popen(["gzip", "-dc", str(path)], stdout=subprocess.PIPE)
+            self._gunzip = subprocess.Popen(
+                ["gzip", "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             stdin = self._gunzip.stdout
         self.process = subprocess.Popen(
             [tcpdump_path() or "tcpdump", "-n", "-r", source, "-w", "-", self.expression],
@@ -200,7 +203,10 @@ class Prefilter:
         stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         code = self.process.wait()
         if self._gunzip is not None:
-            self._gunzip.wait()
+            complaint = self._gunzip.stderr.read().decode(errors="replace") if self._gunzip.stderr else ""
+            if self._gunzip.wait() == 1:  # what tcpdump then says (a truncated file) follows from it
+                last = complaint.strip().splitlines()[-1:] or ["gzip failed"]
+                return "corrupt compressed data: " + last[0].rsplit(": ", 1)[-1] + "; rest of file skipped"
         if code != 0:
             lines = [l for l in stderr.splitlines() if l and not l.startswith("reading from file")]
             return "; ".join(lines[-2:]) or f"tcpdump exited with status {code}"
