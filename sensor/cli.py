@@ -96,6 +96,9 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the stats document itself")
 
 
+CAPTURES_HELP = "capture files (pcap, pcapng, .gz), directories of them (sorted), or - for standard input"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phi-sensor",
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     replay = sub.add_parser("replay", help="replay pcap/pcapng files (also .gz) through the sensor")
-    replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
+    replay.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     _add_common(replay)
     replay.add_argument(
         "--prefilter", choices=("auto", "always", "never"), default="auto",
@@ -130,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
     )
-    report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
+    report.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     report.add_argument("--config", type=Path, help="sensor YAML configuration")
     report.add_argument("--signatures", type=Path, help="vendor signature directory")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -200,8 +205,10 @@ def run() -> NoReturn:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.capture.inputs import expand
     from sensor.capture.prefilter import start_early
 
+    args.pcaps = expand(args.pcaps, args.recursive)
     # libpcap starts filtering the first file on the other core while the sensor loads.
     started = start_early(args.pcaps, args.prefilter, args.workers)
     try:
@@ -230,8 +237,10 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from sensor.capture.inputs import expand
     from sensor.runner import Runner
 
+    args.pcaps = expand(args.pcaps, args.recursive)
     return Runner.report(args)
 
 

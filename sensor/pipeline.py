@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
+from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import AnyPrefilter, open_prefilter, should_prefilter
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
@@ -138,12 +139,17 @@ class Pipeline:
         one process. Reassembled IP fragments stay here. `started`: this file's prefilter, already
         running (see `prefilter.start_early`)."""
         counters = self.counters
+        stream = is_stream(path)
         try:
-            total = path.stat().st_size
+            total = 0 if stream else path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
+        if path.is_dir():
+            return [f"{path}: no capture files in this directory"]
         runner: AnyPrefilter | None = started
-        if runner is not None:
+        if stream:  # read once from the front: no probe, no prefilter (its faults come from packets())
+            capture = CaptureFile(path)
+        elif runner is not None:
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         elif should_prefilter(path, "always" if forward is not None else prefilter):

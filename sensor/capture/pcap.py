@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,8 @@ class CaptureFile:
     def __init__(self, path: Path | str, stream: BinaryIO | None = None) -> None:
         """Read `path`, or an already open pcap `stream` (e.g. a prefilter's output) named `path`."""
         self.path = Path(path)
-        self.name = str(path)
+        self.stdin = str(path) == "-"
+        self.name = "standard input" if self.stdin else str(path)
         self.errors: list[str] = []
         self.linktypes: set[int] = set()
         self.format: str | None = "pcap" if stream is not None else None
@@ -74,31 +76,34 @@ class CaptureFile:
         return f"{self.name}: suspicious: " + ", ".join(found) if found else None
 
     def _open(self) -> BinaryIO:
+        """The capture's records as a stream read once from the front: no seek, one open, so a
+        pipe or standard input (`-`) reads like a file."""
         if self._given_stream is not None:
             return self._given_stream
         try:
-            raw: BinaryIO = open(self.path, "rb")
+            raw: BinaryIO = sys.stdin.buffer if self.stdin else open(self.path, "rb")
         except OSError as exc:
             raise CaptureError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
-        head = raw.read(4)
+        try:
+            head = _read_exactly(raw, 4)
+        except OSError as exc:
+            raw.close()
+            raise CaptureError(f"{self.name}: cannot read: {exc.strerror or exc}") from None
         kind = sniff_format(head)
-        raw.seek(0)
         if kind == "gzip":
             self.compressed = True
-            stream: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+            stream: BinaryIO = gzip.GzipFile(fileobj=_Prefixed(head, raw))  # type: ignore[assignment]
             try:
-                head = stream.read(4)
+                inner = _read_exactly(stream, 4)
             except (OSError, EOFError, zlib.error) as exc:
                 raw.close()
                 raise CaptureError(f"{self.name}: corrupt gzip data: {exc}") from None
-            kind = sniff_format(head)
-            stream = gzip.GzipFile(fileobj=open(self.path, "rb"))  # type: ignore[assignment]
-            raw.close()
+            kind = sniff_format(inner)
             if kind not in ("pcap", "pcapng"):
-                stream.close()
+                raw.close()
                 raise CaptureError(f"{self.name}: gzip file does not contain a pcap or pcapng capture")
             self.format = kind
-            return stream
+            return _Prefixed(inner, stream, closes=raw)  # type: ignore[return-value]
         if kind is None:
             raw.close()
             if not head:
@@ -107,21 +112,27 @@ class CaptureFile:
                 f"{self.name}: not a capture file (magic {head.hex()}; expected pcap, pcapng or gzip)"
             )
         self.format = kind
-        return raw
+        return _Prefixed(head, raw)  # type: ignore[return-value]
 
     def _reader(self, stream: BinaryIO):
         """How to read blocks: from a pipe (a prefilter's output) or a decompressor, what is there
         now (a decompressor that fails mid-block then loses only what it had not handed over)."""
-        if self._given_stream is not None or self.compressed:
+        if self._given_stream is not None or self.compressed or self.stdin:
             return getattr(stream, "read1", stream.read)
         return stream.read
 
     def check(self) -> None:
-        """Raise CaptureError now if the file cannot be opened as a capture."""
+        """Raise CaptureError now if the file cannot be opened as a capture (a regular file only:
+        a pipe would lose what the check read)."""
         self._open().close()
 
     def packets(self) -> Iterator[tuple[float, int, bytes]]:
-        stream = self._open()
+        """The records; faults go to `errors` (opening faults too), never raised."""
+        try:
+            stream = self._open()
+        except CaptureError as exc:
+            self.errors.append(str(exc))
+            return
         try:
             if self.format == "pcap":
                 yield from self._pcap(stream)
@@ -142,7 +153,7 @@ class CaptureFile:
 
     # -- pcap -----------------------------------------------------------------------------
     def _pcap(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
-        header = stream.read(24)
+        header = _read_exactly(stream, 24)
         if len(header) < 24:
             self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
             return
@@ -214,7 +225,7 @@ class CaptureFile:
         offset = 0
         eof = False
         while True:
-            if not eof and len(buf) - pos < 12:
+            while not eof and len(buf) - pos < 12:
                 chunk = read(BLOCK_SIZE)
                 if not chunk:
                     eof = True
@@ -290,6 +301,55 @@ class CaptureFile:
                     start = body + 20
                     yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
             pos += block_len
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes, fewer only at the end (a pipe may hand over less per read)."""
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class _Prefixed:
+    """`head` (already read to learn the format) followed by the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: BinaryIO, closes: BinaryIO | None = None) -> None:
+        self._head = head
+        self._stream = stream
+        self._closes = closes
+
+    def read(self, size: int = -1) -> bytes:
+        head = self._take_head(size)
+        if size < 0:
+            return head + self._stream.read()
+        return head if head else self._stream.read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        head = self._take_head(size)
+        if head:
+            return head
+        return getattr(self._stream, "read1", self._stream.read)(size)
+
+    def _take_head(self, size: int) -> bytes:
+        head = self._head
+        if not head:
+            return b""
+        if 0 <= size < len(head):
+            self._head = head[size:]
+            return head[:size]
+        self._head = b""
+        return head
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            if self._closes is not None:
+                self._closes.close()
 
 
 def _if_tsresol(buf: bytes, start: int, end: int, endian: str) -> float:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sensor.capture.inputs import is_regular
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
 
 try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
@@ -47,6 +48,8 @@ def capture_linktype(path: Path) -> int | None:
     import gzip
     import zlib
 
+    if not is_regular(path):  # a pipe or stdin is read once, by replay itself
+        return None
     try:
         with open(path, "rb") as raw:
             head = raw.read(2)
@@ -93,6 +96,8 @@ def start_early(paths: list[Path], prefilter: str, workers: str) -> AnyPrefilter
 
 def is_plain_pcap(path: Path) -> bool:
     """An uncompressed classic pcap file, which the compiled selector reads itself."""
+    if not is_regular(path):
+        return False
     try:
         with open(path, "rb") as raw:
             return raw.read(4) in PCAP_MAGICS
