@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,17 @@ DEFAULT_STATS_INTERVAL = 60.0
 SEVERITIES = ("low", "medium", "high", "critical")
 
 log = logging.getLogger("phi_sensor")
+
+
+def positive_seconds(text: str) -> float:
+    """A duration option: a finite number of seconds above zero (nan or inf would never end a wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, found {text!r}")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +55,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--spool-dir", type=Path, default=Path("spool"), help="disk queue for remote sinks")
     parser.add_argument(
-        "--flush-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--flush-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
         help="at the end, how long to keep trying to deliver to remote sinks (the rest stays spooled)",
     )
     parser.add_argument("--signatures", type=Path, help="vendor signature directory (default: bundled signatures/vendors)")
@@ -62,7 +74,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--bpf", metavar="EXPR", help="kernel capture filter in pcap syntax instead of the built-in one")
     choice.add_argument("--no-bpf", action="store_true", help="no kernel filter: every packet reaches Python (slow)")
     parser.add_argument(
-        "--stats-interval", type=float, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
+        "--stats-interval", type=positive_seconds, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
         help="how often the stats event is sent and the stats file rewritten; default 60",
     )
     parser.add_argument(

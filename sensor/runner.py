@@ -388,13 +388,19 @@ class Runner:
 
     def _close_sinks(self) -> list[str]:
         undelivered = []
+        refused = []
         for sink in self.sinks:
             if not sink.flush(self.args.flush_timeout):
                 undelivered.append(sink.name)
             sink.close(5.0)
+            note = getattr(sink, "refused_note", lambda: None)()
+            if note:
+                refused.append(note)
         for name in undelivered:
             print(f"phi-sensor: {name}: not everything was delivered; the rest stays in the spool", file=sys.stderr)
-        return undelivered
+        for note in refused:
+            print(f"phi-sensor: {note}", file=sys.stderr)
+        return undelivered + refused
 
     def _fail_on_code(self) -> int:
         threshold = self.args.fail_on

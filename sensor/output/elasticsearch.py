@@ -161,8 +161,10 @@ class ElasticsearchSink(SpooledSink):
                     duplicates += 1
                 else:
                     problems[_problem(status, detail.get("error"))] += 1
-                    # A whole-request failure carries the exception: only per-item verdicts are final.
-                    if "exception" not in detail and isinstance(status, int) and status in PERMANENT_STATUSES:
+                    # A whole-request failure carries the exception: only per-item verdicts are final,
+                    # and of those every 4xx but a timeout or a throttle (the document itself, or an
+                    # index that refuses it): to the dead-letter file, not retried forever.
+                    if "exception" not in detail and isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
                         rejected.append(seq)
         except self.transport_errors as exc:
             problems[type(exc).__name__] += len(batch) - answered

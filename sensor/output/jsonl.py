@@ -29,9 +29,9 @@ class JsonlSink:
             self._stream = getattr(sys.stdout, "buffer", None) or _TextAdapter(sys.stdout)
             self._owned = False
         else:
-            path = Path(target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._stream = open(path, "ab", buffering=1 << 20)
+            from sensor.output.files import open_append  # created 0600; an unusable path is exit 2
+
+            self._stream = open_append(Path(target), buffering=1 << 20)
             self._owned = True
         self._counts = {"sent": 0, "dropped_below_severity": 0, "write_errors": 0}
         self._broken = False

@@ -115,8 +115,12 @@ def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, 
             sinks.append(sink if spec.get("events", True) else AlertsOnly(sink))
         return sinks
     from sensor.output.specs import build_validated
+    from sensor.output.spool import SpooledSink
 
-    return build_validated(specs, spool_dir=spool_dir, observer=observer, source=source)
+    built = build_validated(specs, spool_dir=spool_dir, observer=observer, source=source)
+    # Spooled sinks first: an alert is on disk before any other output shows it (a SIGKILL
+    # between the two never leaves an alert only on stdout).
+    return sorted(built, key=lambda sink: not isinstance(sink, SpooledSink))
 
 
 def _plain_jsonl(spec: object) -> bool:
