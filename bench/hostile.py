@@ -3,18 +3,21 @@
 
     python bench/hostile.py reverse OUT.pcap [--segments 20000] [--streams 1]
     python bench/hostile.py synflood OUT.pcap [--flows 1000000]
+    python bench/hostile.py oversized OUT.pcap
 
 `reverse`: HTTP requests (to a tracker, with a condition in the query) sent as one-byte TCP
 segments in reverse order after the SYN, so every byte but the last waits out of order; the
 reassembler must still deliver each request, in linear time.
 `synflood`: SYNs from as many distinct (address, port) pairs, never completed, followed by one
 real HTTP request that must still be decoded.
+`oversized`: requests hiding health data behind size (see `oversized_requests`).
 
 Frames are packed from templates with struct (no scapy per packet): a million SYNs take ~3 s.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import struct
 import sys
 from collections.abc import Iterator
@@ -109,6 +112,43 @@ def synflood_frames(flows: int, t0: int = 1_700_000_000_000_000) -> Iterator[tup
     yield t + 2, tcp_frame(client, SERVER, 45000, 80, isn + 1 + len(request(0)), ACK | FIN)
 
 
+def oversized_requests() -> list[bytes]:
+    """HTTP requests to a tracker that hide health data behind size: a head over 64 KiB, a form
+    whose last key is over 128 characters, thousands of keys before the telling one, JSON nested
+    past the parser's depth."""
+    condition = "dl=https%3A%2F%2Fportal.example-hospital.org%2Foncology%2Fchemotherapy-schedule"
+    host = "Host: www.facebook.com\r\n"
+    form = "glucose=487+mg%2FdL&" + "k" * 300 + "=1"
+    many = "&".join(f"k{i}=v" for i in range(6000)) + "&" + condition
+    deep: object = {"diagnosis": "type 2 diabetes mellitus with hyperglycemia", "glucose": "487 mg/dL"}
+    for _ in range(60):
+        deep = {"d": deep}
+    deep_body = json.dumps(deep)
+    return [
+        f"GET /tr?id=1&ev=PageView&{condition} HTTP/1.1\r\n{host}Cookie: {'c' * 70_000}\r\n\r\n".encode(),
+        f"GET /tr?id=1&ev=PageView&pad={'p' * 70_000}&{condition} HTTP/1.1\r\n{host}\r\n".encode(),
+        f"POST /tr HTTP/1.1\r\nX-Pad: {'x' * 70_000}\r\n{host}Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(form)}\r\n\r\n{form}".encode(),
+        f"POST /tr HTTP/1.1\r\n{host}Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(form)}\r\n\r\n{form}".encode(),
+        f"GET /tr?id=1&{many} HTTP/1.1\r\n{host}\r\n".encode(),
+        f"POST /tr HTTP/1.1\r\n{host}Content-Type: application/json\r\nContent-Length: {len(deep_body)}\r\n\r\n"
+        f"{deep_body}".encode(),
+    ]
+
+
+def request_frames(requests: list[bytes], t0: int = 1_700_000_000_000_000) -> Iterator[tuple[int, bytes]]:
+    """Each request on its own connection (client port 41000 + its index), in 1,400-byte segments."""
+    for n, data in enumerate(requests):
+        client, sport, isn = bytes([10, 20, 1, 1 + n]), 41000 + n, 7000 + n * 100_000
+        t = t0 + n * 1_000_000
+        yield t, tcp_frame(client, SERVER, sport, 80, isn, SYN)
+        for i in range(0, len(data), 1400):
+            t += 1
+            yield t, tcp_frame(client, SERVER, sport, 80, isn + 1 + i, ACK | PSH, data[i : i + 1400])
+        yield t + 1, tcp_frame(client, SERVER, sport, 80, isn + 1 + len(data), ACK | FIN)
+
+
 def write(path: Path, frames: Iterator[tuple[int, bytes]]) -> int:
     out = FastPcap(path)
     for ts, frame in frames:
@@ -127,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     flood = sub.add_parser("synflood")
     flood.add_argument("out", type=Path)
     flood.add_argument("--flows", type=int, default=1_000_000)
+    sub.add_parser("oversized").add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.kind == "reverse":
         count = write(args.out, reverse_frames(args.segments, args.streams))
-    else:
+    elif args.kind == "synflood":
         count = write(args.out, synflood_frames(args.flows))
+    else:
+        count = write(args.out, request_frames(oversized_requests()))
     print(f"{args.out}: {count} packets", file=sys.stderr)
     return 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -126,6 +127,10 @@ class Pipeline:
         self._drain()
         if self.detector is not None:
             self._ship(self.detector.finish())
+        layers = sys.modules.get("sensor.phi.layers")  # loaded only when something was peeled
+        if layers is not None:
+            for name, count in layers.take_capped().items():
+                self.counters.add(f"phi.capped.{name}", count)
 
     # -- replay ---------------------------------------------------------------------------
     def replay(

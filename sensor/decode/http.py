@@ -37,6 +37,8 @@ _METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
+_SKIMMED = (b"host", b"content-length", b"content-type", b"content-encoding", b"transfer-encoding")
+_SKIMMED_LINE = re.compile(rb"(?im)^(" + b"|".join(_SKIMMED) + rb")[ \t]*:[^\n]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(rb"HTTP/(1\.[0-9])")
@@ -166,6 +168,7 @@ class _BodyDecoder:
 
 class _State(Enum):
     HEAD = auto()
+    HEAD_OVERFLOW = auto()  # a head over the cap: kept what fit, skimming the rest for Host
     BODY_LENGTH = auto()
     CHUNK_SIZE = auto()
     CHUNK_DATA = auto()
@@ -208,6 +211,8 @@ class HttpRequestStream:
         self._failed = False
         self._in_tunnel = False
         self._ready: list[ParsedRequest] = []
+        self._overflow: tuple[bytes, int, dict[bytes, bytes]] | None = None  # kept head, offset, skimmed lines
+        self._head_cut = False
 
     @property
     def failed(self) -> bool:
@@ -256,6 +261,8 @@ class HttpRequestStream:
         state = self._state
         if state is _State.HEAD:
             return self._parse_head()
+        if state is _State.HEAD_OVERFLOW:
+            return self._skim_head()
         message = self._message
         assert message is not None
         if message.awaiting_continue:
@@ -285,17 +292,58 @@ class HttpRequestStream:
         if not looks_like_request(self._buf[self._pos:self._pos + _MAX_METHOD + 1]):
             raise _Invalid("not a request line")
         end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
-        if end is None:
+        if end is None or end.end() - self._pos > self.header_cap:
             if len(self._buf) - self._pos > self.header_cap:
-                raise _Invalid("request head larger than the cap")
+                self._start_overflow()
+                return True
             self._scan_from = max(self._pos, len(self._buf) - 2)
             return False
-        if end.end() - self._pos > self.header_cap:
-            raise _Invalid("request head larger than the cap")
         head = bytes(self._buf[self._pos:end.start()])
         offset = self._base + self._pos
         self._pos = self._scan_from = end.end()
         self._start_message(head, offset)
+        return True
+
+    def _start_overflow(self) -> None:
+        """A head longer than the cap is not dropped (padding would hide any request): the request
+        line and the whole header lines that fit are kept, the rest is skimmed for Host, and the
+        request comes out flagged truncated."""
+        self.counters.add("http.head_truncated")
+        offset = self._base + self._pos
+        kept = bytes(self._buf[self._pos:self._pos + self.header_cap])
+        cut = kept.rfind(b"\n")
+        if cut > 0:
+            self._pos += cut
+            kept = kept[:cut]
+        else:  # the request line alone is over the cap: its target is cut, the version assumed
+            self._pos += len(kept)
+            kept = kept.split(b"\r", 1)[0] + b" HTTP/1.1"
+        self._overflow = (kept, offset, {})
+        self._state = _State.HEAD_OVERFLOW
+
+    def _skim_head(self) -> bool:
+        """Past the cap: look for the end of the head and the header lines the detectors and the
+        framing need (Host, Content-*, Transfer-Encoding), holding about a line at a time."""
+        assert self._overflow is not None
+        kept, offset, found = self._overflow
+        end = _HEAD_END.search(self._buf, self._pos)
+        stop = end.start() + 1 if end is not None else self._buf.rfind(b"\n") + 1
+        if stop > self._pos:
+            for line in _SKIMMED_LINE.finditer(self._buf, self._pos, stop):
+                name = line.group(1).lower()
+                if name not in found and len(found) < len(_SKIMMED):
+                    found[name] = line.group(0)[:1024].rstrip(b"\r\n")
+        if end is None:
+            # keep the last newline (a blank line may follow) and the line in progress, unless it
+            # is already too long to be one worth keeping
+            self._pos = max(stop - 1, self._pos, len(self._buf) - 1024)
+            return False
+        self._pos = self._scan_from = end.end()
+        self._overflow = None
+        present = {line.group(1).lower() for line in _SKIMMED_LINE.finditer(b"\n" + kept)}
+        kept += b"".join(b"\r\n" + line for name, line in found.items() if name not in present)
+        self._head_cut = True
+        self._start_message(kept, offset)
         return True
 
     def _start_message(self, head: bytes, offset: int) -> None:
@@ -464,9 +512,10 @@ class HttpRequestStream:
         self._ready.append(ParsedRequest(
             method=message.method, target=message.target, version=message.version,
             headers=message.headers, host=message.host, body=body,
-            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated,
+            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated or self._head_cut,
             offset=message.offset,
         ))
+        self._head_cut = False
         if message.opens_tunnel:
             self._in_tunnel = True
         self._message = None
