@@ -11,10 +11,11 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from sensor.phi import recognizers
 from sensor.phi.layers import Field
 from sensor.phi.recognizers import Finding
 
-__all__ = ["EXCERPT_CHARS", "evidence", "placeholder", "redact", "redact_url"]
+__all__ = ["EXCERPT_CHARS", "evidence", "identifier_spans", "placeholder", "redact", "redact_url"]
 
 EXCERPT_CHARS = 80
 _TYPE_LABEL = re.compile(r"[^a-z0-9_]")
@@ -25,9 +26,46 @@ def placeholder(finding_type: str) -> str:
     return f"[REDACTED:{_TYPE_LABEL.sub('_', finding_type.lower())}]"
 
 
+# What looks like an identifier is masked whether or not a recognizer believed it (a number on
+# its list of known test values, a failed check digit, a confidence below the rules' threshold):
+# redaction is a superset of detection. (type, pattern, group holding the value)
+_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
+    ("ssn", re.compile(r"(?<![\w-])\d{3}([- .])\d{2}\1\d{4}(?![\w-])"), 0),
+    ("ssn", re.compile(r"(?i)(?:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(\d{9})(?!\d)"), 1),
+    ("email", recognizers._EMAIL, 0),
+    ("phone", re.compile(r"(?<![\w+.-])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w.-])"), 0),
+    ("phone", re.compile(r"(?<![\w+])\+\d{10,15}(?!\d)"), 0),
+    ("mbi", recognizers._MBI, 1),
+    ("mrn", recognizers._MRN_TEXT, 1),
+    ("member_id", recognizers._MEMBER_TEXT, 1),
+    ("npi", re.compile(r"(?i)(?:\bnpi|national provider(?: identifier)?)\W{0,5}(\d{10})(?!\d)"), 1),
+)
+_ANY_SHAPE = re.compile(r"\d\d|@")  # every shape has one (an MBI ends in two digits): most text skips the patterns
+# Parameters named as an identifier are masked whole, whatever their value looks like.
+_KEYED = (
+    ("ssn", recognizers._SSN_KEYS), ("mrn", recognizers._MRN_KEYS), ("dob", recognizers._DOB_KEYS),
+    ("email", recognizers._EMAIL_KEYS), ("phone", recognizers._PHONE_KEYS),
+    ("member_id", recognizers._MEMBER_KEYS), ("mbi", recognizers._MBI_KEYS),
+    ("npi", frozenset({"npi", "npinumber", "providernpi", "prescribernpi"})),
+)
+
+
+def identifier_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every identifier-shaped span of `text`, believed or not."""
+    spans = []
+    for kind, pattern, group in _SHAPES:
+        spans.extend((match.start(group), match.end(group), kind) for match in pattern.finditer(text))
+    return spans
+
+
+def _keyed_type(key: str) -> str | None:
+    named = recognizers._key(key)
+    return next((kind for kind, names in _KEYED if named.named(names)), None)
+
+
 def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
     """Merged spans to mask, each with the type of the finding that opened it."""
-    raw: list[tuple[int, int, str]] = []
+    raw: list[tuple[int, int, str]] = identifier_spans(text) if _ANY_SHAPE.search(text) else []
     patterns: dict[str, re.Pattern[str]] = {}
     for finding in findings:
         if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
@@ -116,7 +154,10 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
         key = unquote_plus(raw_key, errors="replace")
         value = unquote_plus(raw_value, errors="replace")
         redacted = redact(value, findings)
-        if redacted == value:
+        keyed = _keyed_type(key) if value.strip() else None
+        if keyed is not None:
+            redacted = placeholder(keyed)
+        elif redacted == value:
             carried = next((finding for finding in findings if _carries(key, finding)), None)
             if carried is None:
                 pieces.append(piece)
