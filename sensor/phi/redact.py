@@ -28,19 +28,36 @@ def placeholder(finding_type: str) -> str:
 
 # What looks like an identifier is masked whether or not a recognizer believed it (a number on
 # its list of known test values, a failed check digit, a confidence below the rules' threshold):
-# redaction is a superset of detection. (type, pattern, group holding the value)
-_SHAPES: tuple[tuple[str, re.Pattern[str], int], ...] = (
-    ("ssn", re.compile(r"(?<![\w-])\d{3}([- .])\d{2}\1\d{4}(?![\w-])"), 0),
-    ("ssn", re.compile(r"(?i)(?:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(\d{9})(?!\d)"), 1),
-    ("email", recognizers._EMAIL, 0),
-    ("phone", re.compile(r"(?<![\w+.-])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w.-])"), 0),
-    ("phone", re.compile(r"(?<![\w+])\+\d{10,15}(?!\d)"), 0),
-    ("mbi", recognizers._MBI, 1),
-    ("mrn", recognizers._MRN_TEXT, 1),
-    ("member_id", recognizers._MEMBER_TEXT, 1),
-    ("npi", re.compile(r"(?i)(?:\bnpi|national provider(?: identifier)?)\W{0,5}(\d{10})(?!\d)"), 1),
+# redaction is a superset of detection. One pattern, one pass; each alternative names the type
+# of the value it captures (the recognizers' shapes, without their validation).
+_MBI_L, _MBI_A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
+_SHAPES = re.compile(
+    r"(?<![\w-])(?P<ssn>\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{3}\.\d{2}\.\d{4})(?![\w-])"
+    r"|(?i:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(?P<ssn_>\d{9})(?!\d)"
+    r"|(?<![\w.%+-])(?P<email>[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])"
+    r"|(?<![\w+.-])(?P<phone>(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})(?![\w.-])"
+    r"|(?<![\w+])(?P<phone_>\+\d{10,15})(?!\d)"
+    rf"|(?<![A-Za-z0-9])(?P<mbi>[1-9]{_MBI_L}{_MBI_A}\d(?:{_MBI_L}{_MBI_A}\d|-{_MBI_L}{_MBI_A}\d-){_MBI_L}{{2}}\d{{2}})(?![A-Za-z0-9])"
+    r"|(?i:\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*(?P<mrn>[a-z]{0,3}\d{6,10})\b)"
+    r"|(?i:\b(?:member|subscriber|policy|group)\s*(?:id|#|no\.?|number)\s*[:#=]?\s*"
+    r"(?P<member_id>(?=(?:[a-z-]*\d){3})[a-z0-9][a-z0-9-]{4,19})\b)"
+    r"|(?i:(?:\bnpi|national provider(?: identifier)?)\W{0,5}(?P<npi>\d{10})(?!\d))"
 )
-_ANY_SHAPE = re.compile(r"\d\d|@")  # every shape has one (an MBI ends in two digits): most text skips the patterns
+_ANY_SHAPE = re.compile(r"\d\d|@")  # every shape has one (an MBI ends in two digits): most text skips the pattern
+_FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
+
+
+def identifier_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every identifier-shaped span of `text`, believed or not."""
+    spans = []
+    for match in _SHAPES.finditer(text):
+        group = match.lastgroup or ""
+        if group == "email" and match.group(group).rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
+            continue
+        spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    return spans
+
+
 # Parameters named as an identifier are masked whole, whatever their value looks like.
 _KEYED = (
     ("ssn", recognizers._SSN_KEYS), ("mrn", recognizers._MRN_KEYS), ("dob", recognizers._DOB_KEYS),
@@ -48,14 +65,6 @@ _KEYED = (
     ("member_id", recognizers._MEMBER_KEYS), ("mbi", recognizers._MBI_KEYS),
     ("npi", frozenset({"npi", "npinumber", "providernpi", "prescribernpi"})),
 )
-
-
-def identifier_spans(text: str) -> list[tuple[int, int, str]]:
-    """Every identifier-shaped span of `text`, believed or not."""
-    spans = []
-    for kind, pattern, group in _SHAPES:
-        spans.extend((match.start(group), match.end(group), kind) for match in pattern.finditer(text))
-    return spans
 
 
 def _keyed_type(key: str) -> str | None:
