@@ -220,3 +220,15 @@ def test_full_size_syn_flood_under_ten_seconds_and_300_mb(tmp_path: Path) -> Non
     assert any(a["destination"].get("domain") == "www.facebook.com" for a in alerts(out))
     assert seconds < 10
     assert rss_kib < 300 * 1024
+
+
+def test_a_longer_segment_from_a_held_offset_is_kept() -> None:
+    """Repacketized retransmission: the first copy held was short; the longer one fills the rest."""
+    sink = Sink()
+    table = FlowTable(Counters(), lambda key, first: sink)
+    table.syn(KEY, 0.0, 0)
+    table.segment(KEY, 1.0, 11, b"0123")  # offset 10, four bytes
+    table.segment(KEY, 1.0, 11, b"0123456789")  # offset 10 again, ten bytes
+    table.segment(KEY, 1.0, 1, b"abcdefghij")
+    assert b"".join(sink.parts) == b"abcdefghij0123456789"
+    assert table.held_bytes == table.held_segments == 0

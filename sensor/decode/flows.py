@@ -240,6 +240,13 @@ class FlowTable:
             ooo = stream.ooo = {}
             stream.heap = []
         elif start in ooo:
+            held = ooo[start]
+            if len(payload) <= len(held):
+                self.counters.add("tcp.retransmissions")
+                return
+            # repacketized: a longer segment from the same offset carries bytes the held one lacks
+            ooo[start] = payload
+            self._account(stream, len(payload) - len(held), 0)
             self.counters.add("tcp.retransmissions")
             return
         ooo[start] = payload
@@ -254,10 +261,10 @@ class FlowTable:
         else:
             self._enforce_global()
 
-    def _account(self, stream: TcpStream, size: int) -> None:
+    def _account(self, stream: TcpStream, size: int, segments: int = 1) -> None:
         stream.ooo_bytes += size
         self.held_bytes += size
-        self.held_segments += 1
+        self.held_segments += segments
         if stream.key not in self._holding:
             self._holding[stream.key] = stream
 
