@@ -138,9 +138,11 @@ def oversized_requests() -> list[bytes]:
 
 
 def request_frames(requests: list[bytes], t0: int = 1_700_000_000_000_000) -> Iterator[tuple[int, bytes]]:
-    """Each request on its own connection (client port 41000 + its index), in 1,400-byte segments."""
+    """Each request on its own connection from its own client (port 41000 + its index), in
+    1,400-byte segments."""
     for n, data in enumerate(requests):
-        client, sport, isn = bytes([10, 20, 1, 1 + n]), 41000 + n, 7000 + n * 100_000
+        client = bytes([10, 20, 1 + n // 250 % 250, 1 + n % 250])
+        sport, isn = 41000 + n % 20000, (7000 + n * 100_000) % (1 << 32)
         t = t0 + n * 1_000_000
         yield t, tcp_frame(client, SERVER, sport, 80, isn, SYN)
         for i in range(0, len(data), 1400):

@@ -355,14 +355,14 @@ class Runner:
         other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
         for line in spill:
             is_alert = b'"kind":"alert"' in line
-            for sink in raw_sinks:
-                sink.send_line(line)
             if is_alert or other_sinks:
                 doc = orjson.loads(line)
                 if is_alert:
                     self.pipeline.alerts.append(doc)
-                for sink in other_sinks:
+                for sink in other_sinks:  # the spool first, as for the first worker's documents
                     sink.send(doc)
+            for sink in raw_sinks:
+                sink.send_line(line)
 
     def _ships_raw_blocks(self) -> bool:
         """Whether the second worker's lines go on as blocks of bytes: no alert can be among them

@@ -176,3 +176,39 @@ def test_files_are_private(tmp_path: Path) -> None:
                  env={"PHI_SENSOR_GROUP_READABLE": "1"})
     assert run.returncode == 0
     assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+
+
+def test_sigkill_never_leaves_an_alert_only_on_stdout(tmp_path: Path) -> None:
+    """Killed mid-run while the sink is down: every alert already on stdout is in the spool."""
+    import signal
+    import sqlite3
+    import time
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import hostile
+
+    requests = [
+        f"GET /tr?id={n}&ev=PageView&dl=https%3A%2F%2Fportal.example-hospital.org%2Foncology HTTP/1.1\r\n"
+        f"Host: www.facebook.com\r\n\r\n".encode()
+        for n in range(2500)
+    ]
+    capture = tmp_path / "many.pcap"
+    hostile.write(capture, hostile.request_frames(requests))  # a client each: alerts of their own
+    out, spool = tmp_path / "stdout.jsonl", tmp_path / "spool"
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sensor", "replay", str(capture), "--output", "-",
+             "--output", "webhook=http://127.0.0.1:9/down", "--spool-dir", str(spool), "--quiet", "--workers", "1"],
+            stdout=stdout, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while out.stat().st_size < 64 * 1024 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    shown = [json.loads(line)["event"]["id"] for line in out.read_bytes().splitlines() if line.endswith(b"}")]
+    assert shown, "killed before any alert was written"
+    (db,) = spool.glob("*.db")
+    with sqlite3.connect(db) as conn:
+        spooled = {json.loads(body)["event"]["id"] for (body,) in conn.execute("SELECT body FROM items")}
+    assert set(shown) <= spooled
