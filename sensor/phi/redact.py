@@ -28,33 +28,52 @@ def placeholder(finding_type: str) -> str:
 
 # What looks like an identifier is masked whether or not a recognizer believed it (a number on
 # its list of known test values, a failed check digit, a confidence below the rules' threshold):
-# redaction is a superset of detection. One pattern, one pass; each alternative names the type
-# of the value it captures (the recognizers' shapes, without their validation).
-_MBI_L, _MBI_A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
-_SHAPES = re.compile(
+# redaction is a superset of detection. These are the recognizers' shapes without their
+# validation; each alternative names the type of the value it captures. Every text of every
+# event passes here, so each family runs only where a cheap hint says it may match.
+_NUMERIC = re.compile(
     r"(?<![\w-])(?P<ssn>\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{3}\.\d{2}\.\d{4})(?![\w-])"
-    r"|(?i:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(?P<ssn_>\d{9})(?!\d)"
-    r"|(?<![\w.%+-])(?P<email>[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])"
     r"|(?<![\w+.-])(?P<phone>(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})(?![\w.-])"
     r"|(?<![\w+])(?P<phone_>\+\d{10,15})(?!\d)"
-    rf"|(?<![A-Za-z0-9])(?P<mbi>[1-9]{_MBI_L}{_MBI_A}\d(?:{_MBI_L}{_MBI_A}\d|-{_MBI_L}{_MBI_A}\d-){_MBI_L}{{2}}\d{{2}})(?![A-Za-z0-9])"
+)
+_NUMERIC_HINT = re.compile(r"\d\d\d[- .)]|\+\d{10}")  # a numeric shape starts at most 5 characters before
+_MBI_L, _MBI_A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
+_MBI = re.compile(
+    rf"(?<![A-Za-z0-9])([1-9]{_MBI_L}{_MBI_A}\d(?:{_MBI_L}{_MBI_A}\d|-{_MBI_L}{_MBI_A}\d-){_MBI_L}{{2}}\d{{2}})(?![A-Za-z0-9])"
+)
+_MBI_HINT = re.compile(rf"[1-9]{_MBI_L}{_MBI_A}\d[{_MBI_L[1:-1]}-]")
+_WORDED = re.compile(
+    r"(?i:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(?P<ssn_>\d{9})(?!\d)"
     r"|(?i:\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*(?P<mrn>[a-z]{0,3}\d{6,10})\b)"
     r"|(?i:\b(?:member|subscriber|policy|group)\s*(?:id|#|no\.?|number)\s*[:#=]?\s*"
     r"(?P<member_id>(?=(?:[a-z-]*\d){3})[a-z0-9][a-z0-9-]{4,19})\b)"
     r"|(?i:(?:\bnpi|national provider(?: identifier)?)\W{0,5}(?P<npi>\d{10})(?!\d))"
 )
-_ANY_SHAPE = re.compile(r"\d\d|@")  # every shape has one (an MBI ends in two digits): most text skips the pattern
+_WORD_HINTS = ("ssn", "soc", "mrn", "medical rec", "chart", "member", "subscriber", "policy", "group", "npi", "national")
+# Apart, and only where there is an "@": its local part would be tried at every position.
+_EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])")
 _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
 
 
 def identifier_spans(text: str) -> list[tuple[int, int, str]]:
-    """Every identifier-shaped span of `text`, believed or not."""
+    """Every identifier-shaped span of `text`, believed or not (may repeat a span)."""
     spans = []
-    for match in _SHAPES.finditer(text):
-        group = match.lastgroup or ""
-        if group == "email" and match.group(group).rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
-            continue
-        spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
+        start = max(0, hint.start() - 5)
+        for match in _NUMERIC.finditer(text, start, start + 48):
+            group = match.lastgroup or ""
+            spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if _MBI_HINT.search(text):
+        spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
+    lowered = text.lower()
+    if any(word in lowered for word in _WORD_HINTS):
+        for match in _WORDED.finditer(text):
+            group = match.lastgroup or ""
+            spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if "@" in text:
+        for match in _EMAIL.finditer(text):
+            if match.group(1).rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES:
+                spans.append((match.start(1), match.end(1), "email"))
     return spans
 
 
@@ -74,7 +93,7 @@ def _keyed_type(key: str) -> str | None:
 
 def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
     """Merged spans to mask, each with the type of the finding that opened it."""
-    raw: list[tuple[int, int, str]] = identifier_spans(text) if _ANY_SHAPE.search(text) else []
+    raw: list[tuple[int, int, str]] = identifier_spans(text)
     patterns: dict[str, re.Pattern[str]] = {}
     for finding in findings:
         if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
