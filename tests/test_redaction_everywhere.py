@@ -12,6 +12,8 @@ from urllib.parse import quote_plus
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import EsCompatProxy, SearchBackend, osmem_backend  # noqa: F401
 
 from conftest import REPO
@@ -118,3 +120,20 @@ def test_identifier_keys_mask_whatever_the_value() -> None:
 def test_ordinary_numbers_stay() -> None:
     url = "/tr?id=1234567890123456&ts=1700000000&d=2024-05-17&ip=10.20.1.1&v=1.2.3"
     assert redact_url(url, []) == url
+
+
+IDENTIFIERS = st.sampled_from([
+    "078-05-1120", "219-09-9999", "123 45 6789", "666.12.3456", "jane.doe@example.org", "x_y+z@mail.example.co.uk",
+    "(555) 123-4567", "555-123-4567", "+1 555 123 4567", "+4915112345678", "1EG4-TE5-MK73", "1EG4TE5MK73",
+])
+FILLER = st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FILLER, IDENTIFIERS), min_size=1, max_size=4), FILLER)
+def test_planted_identifiers_never_survive_redaction(pieces: list[tuple[str, str]], tail: str) -> None:
+    """Whatever surrounds them (short of running into letters or digits that make another token)."""
+    text = "".join(f"{before} {value} " for before, value in pieces) + tail
+    redacted = redact(text, [])
+    for _, value in pieces:
+        assert value not in redacted
