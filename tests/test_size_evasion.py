@@ -33,7 +33,7 @@ def test_oversized_requests_still_alert(tmp_path: Path) -> None:
         types = tuple(doc["phi_egress"].get("phi", {}).get("types", []))
         found.setdefault(doc["source"]["port"], set()).add((doc["rule"]["id"], types))
     assert ("phi-in-tracker-payload", ("condition",)) in found[41000]  # 70 KB cookie after Host
-    assert ("tracker-egress-no-baa", ()) in found[41001]  # 70 KB URL: request line cut, Host skimmed
+    assert ("phi-in-tracker-payload", ("condition",)) in found[41001]  # 70 KB URL: the whole request line
     assert ("phi-in-tracker-payload", ("glucose",)) in found[41002]  # padding before Host and the framing
     assert ("phi-in-tracker-payload", ("glucose",)) in found[41003]  # last form key of 300 characters
     assert any("condition" in types for _, types in found[41004])  # 6,000 keys before the condition

@@ -37,6 +37,7 @@ _METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
+_REQUEST_LINE_CAP_FACTOR = 4  # a request line may take this many header caps: a long URL still shows whole
 _SKIMMED = (b"host", b"content-length", b"content-type", b"content-encoding", b"transfer-encoding")
 _SKIMMED_LINE = re.compile(rb"(?im)^(" + b"|".join(_SKIMMED) + rb")[ \t]*:[^\n]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -293,8 +294,7 @@ class HttpRequestStream:
             raise _Invalid("not a request line")
         end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
         if end is None or end.end() - self._pos > self.header_cap:
-            if len(self._buf) - self._pos > self.header_cap:
-                self._start_overflow()
+            if len(self._buf) - self._pos > self.header_cap and self._start_overflow():
                 return True
             self._scan_from = max(self._pos, len(self._buf) - 2)
             return False
@@ -304,22 +304,30 @@ class HttpRequestStream:
         self._start_message(head, offset)
         return True
 
-    def _start_overflow(self) -> None:
+    def _start_overflow(self) -> bool:
         """A head longer than the cap is not dropped (padding would hide any request): the request
-        line and the whole header lines that fit are kept, the rest is skimmed for Host, and the
-        request comes out flagged truncated."""
+        line (up to _REQUEST_LINE_CAP) and the whole header lines that fit in the cap after it are
+        kept, the rest is skimmed for Host and framing, and the request comes out flagged
+        truncated. False while a long request line is still arriving."""
+        line_cap = _REQUEST_LINE_CAP_FACTOR * self.header_cap
+        line_end = self._buf.find(b"\n", self._pos, self._pos + line_cap)
+        if line_end == -1 and len(self._buf) - self._pos < line_cap:
+            return False
         self.counters.add("http.head_truncated")
         offset = self._base + self._pos
-        kept = bytes(self._buf[self._pos:self._pos + self.header_cap])
-        cut = kept.rfind(b"\n")
-        if cut > 0:
-            self._pos += cut
-            kept = kept[:cut]
-        else:  # the request line alone is over the cap: its target is cut, the version assumed
-            self._pos += len(kept)
-            kept = kept.split(b"\r", 1)[0] + b" HTTP/1.1"
+        if line_end == -1:  # the request line alone is over its cap: its target is cut, the version assumed
+            kept = bytes(self._buf[self._pos:self._pos + line_cap]).split(b"\r", 1)[0] + b" HTTP/1.1"
+            self._pos += line_cap
+        else:
+            kept = bytes(self._buf[self._pos:line_end])
+            more = bytes(self._buf[line_end + 1:max(line_end + 1, self._pos + self.header_cap)])
+            cut = more.rfind(b"\n")
+            if cut > 0:
+                kept += b"\n" + more[:cut]
+            self._pos = line_end + 1 + cut if cut > 0 else line_end  # on the last kept line's newline
         self._overflow = (kept, offset, {})
         self._state = _State.HEAD_OVERFLOW
+        return True
 
     def _skim_head(self) -> bool:
         """Past the cap: look for the end of the head and the header lines the detectors and the
