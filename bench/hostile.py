@@ -4,6 +4,7 @@
     python bench/hostile.py reverse OUT.pcap [--segments 20000] [--streams 1]
     python bench/hostile.py synflood OUT.pcap [--flows 1000000]
     python bench/hostile.py oversized OUT.pcap
+    python bench/hostile.py dataflood OUT.pcap [--flows 1000000]
 
 `reverse`: HTTP requests (to a tracker, with a condition in the query) sent as one-byte TCP
 segments in reverse order after the SYN, so every byte but the last waits out of order; the
@@ -11,6 +12,7 @@ reassembler must still deliver each request, in linear time.
 `synflood`: SYNs from as many distinct (address, port) pairs, never completed, followed by one
 real HTTP request that must still be decoded.
 `oversized`: requests hiding health data behind size (see `oversized_requests`).
+`dataflood`: connections seen mid-stream, one unparseable segment each (see `dataflood_frames`).
 
 Frames are packed from templates with struct (no scapy per packet): a million SYNs take ~3 s.
 """
@@ -112,6 +114,24 @@ def synflood_frames(flows: int, t0: int = 1_700_000_000_000_000) -> Iterator[tup
     yield t + 2, tcp_frame(client, SERVER, 45000, 80, isn + 1 + len(request(0)), ACK | FIN)
 
 
+def dataflood_frames(flows: int, size: int = 64, t0: int = 1_700_000_000_000_000) -> Iterator[tuple[int, bytes]]:
+    """`flows` connections seen mid-stream (no SYN), one segment of bytes no parser claims each,
+    then one complete HTTP request that must still be seen."""
+    template = bytearray(tcp_frame(b"\x0a\x00\x00\x00", SERVER, 0, 443, 0, ACK | PSH, b"\xee" * size))
+    for n in range(flows):
+        template[26:30] = bytes([10, 64 + (n >> 24 & 63), n >> 16 & 255, n >> 8 & 255])
+        struct.pack_into("!H", template, 34, 1024 + (n & 0xFF) * 251 % 64000)
+        struct.pack_into("!I", template, 38, n * 2654435761 & 0xFFFFFFFF)
+        struct.pack_into("!H", template, 24, 0)
+        struct.pack_into("!H", template, 24, _checksum(bytes(template[14:34])))
+        yield t0 + n, bytes(template)
+    t = t0 + flows
+    client, isn = bytes([10, 20, 0, 7]), 5000
+    yield t, tcp_frame(client, SERVER, 45000, 80, isn, SYN)
+    yield t + 1, tcp_frame(client, SERVER, 45000, 80, isn + 1, ACK | PSH, request(0))
+    yield t + 2, tcp_frame(client, SERVER, 45000, 80, isn + 1 + len(request(0)), ACK | FIN)
+
+
 def oversized_requests() -> list[bytes]:
     """HTTP requests to a tracker that hide health data behind size: a head over 64 KiB, a form
     whose last key is over 128 characters, thousands of keys before the telling one, JSON nested
@@ -170,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     flood.add_argument("out", type=Path)
     flood.add_argument("--flows", type=int, default=1_000_000)
     sub.add_parser("oversized").add_argument("out", type=Path)
+    data = sub.add_parser("dataflood")
+    data.add_argument("out", type=Path)
+    data.add_argument("--flows", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     if args.kind == "reverse":
         count = write(args.out, reverse_frames(args.segments, args.streams))
     elif args.kind == "synflood":
         count = write(args.out, synflood_frames(args.flows))
+    elif args.kind == "dataflood":
+        count = write(args.out, dataflood_frames(args.flows))
     else:
         count = write(args.out, request_frames(oversized_requests()))
     print(f"{args.out}: {count} packets", file=sys.stderr)

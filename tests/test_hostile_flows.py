@@ -232,3 +232,51 @@ def test_a_longer_segment_from_a_held_offset_is_kept() -> None:
     table.segment(KEY, 1.0, 1, b"abcdefghij")
     assert b"".join(sink.parts) == b"abcdefghij0123456789"
     assert table.held_bytes == table.held_segments == 0
+
+
+def test_connections_seen_mid_stream_cost_a_key_not_a_stream() -> None:
+    """A flood of unparseable mid-stream segments fills only the bounded table of such connections."""
+    counters = Counters()
+    sink = Sink()
+
+    def classify(key: tuple, first: bytes):
+        return sink if first.startswith(b"GET ") else None
+
+    table = FlowTable(counters, classify, max_streams=100, max_unanchored=1_000)
+    for n in range(20_000):
+        table.segment((n.to_bytes(4, "big"), KEY[1], 1024 + n % 60000, 443), 1.0, n, b"\xee" * 64)
+    assert not table.streams and len(table.unanchored) == 1_000
+    assert counters.get("tcp.unanchored_evicted") == 19_000
+    assert table.held_segments == 1_000 and table.held_bytes == 64_000
+    table.segment(KEY, 2.0, 500, b"GET / HTTP/1.1\r\n\r\n")  # a real request still opens a stream
+    assert sink.parts == [b"GET / HTTP/1.1\r\n\r\n"]
+
+
+def test_finished_connections_leave_the_stream_table() -> None:
+    counters = Counters()
+    table = FlowTable(counters, lambda key, first: None, max_finished=10)
+    for port in range(50):
+        key = (KEY[0], KEY[1], 2000 + port, 80)
+        table.syn(key, 0.0, 0)
+        table.segment(key, 1.0, 1, b"not a protocol")
+    assert not table.streams and len(table.finished) == 10
+    assert counters.get("tcp.streams_unclassified") == 50
+    key = (KEY[0], KEY[1], 2049, 80)
+    table.segment(key, 1.0, 15, b"more")  # ignored: one lookup
+    assert not table.streams and not table.unanchored
+    table.syn(key, 5.0, 1000)  # a new connection from the same port starts afresh
+    assert key not in table.finished and key in table.half_open
+
+
+@pytest.mark.slow
+def test_full_size_mid_stream_flood_stays_bounded(tmp_path: Path) -> None:
+    capture = tmp_path / "dataflood.pcap"
+    hostile.write(capture, hostile.dataflood_frames(1_000_000))
+    out = tmp_path / "alerts.jsonl"
+    code, seconds, rss_kib, _pss = treemem.measure(
+        [sys.executable, "-m", "sensor", "replay", str(capture), "--output", str(out), "--workers", "2"]
+    )
+    assert code == 0
+    assert any(a["destination"].get("domain") == "www.facebook.com" for a in alerts(out))
+    assert seconds < 20
+    assert rss_kib < 400 * 1024

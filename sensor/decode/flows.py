@@ -5,9 +5,11 @@ retransmissions and overlaps) into the contiguous byte stream its consumer parse
 arrive ahead of a hole wait in a heap ordered by stream offset and are merged, as one delivery,
 once the hole fills: O(log n) per segment, whatever the order. Memory is bounded, each bound with
 a counter: bytes and segments held per stream and across all streams, number of streams (the
-least recently queued evicted in O(1)), number of half-open connections (a SYN flood churns only
-those), and idle time. A consumer that has what it needs (a ClientHello parsed) returns False and
-the stream drops its buffers; later segments then cost one dict lookup.
+least recently queued evicted in O(1)), and idle time. Connections that carry nothing to parse
+cost a key, not a stream: half-open ones (SYN only; a SYN flood churns only those), ones seen
+mid-stream whose start is not known yet, and finished ones (a consumer that has what it needs, a
+ClientHello parsed, returns False; later segments then cost one dict lookup). Each of those
+three tables is bounded too.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ HALF_SEQ = 1 << 31
 MAX_PENDING_SEGMENTS = 8  # segments held while the start of a stream without SYN is unknown
 MAX_STREAM_SEGMENTS = 32_768  # segments held out of order per stream
 MAX_HALF_OPEN = 32_768  # SYNs remembered for connections that sent no data yet
+MAX_UNANCHORED = 32_768  # connections seen mid-stream, holding segments until one opens a protocol
+MAX_FINISHED = 65_536  # connections whose parser is done (or that hold nothing to parse): ignored
 MAX_HELD_BYTES = 64 << 20  # out-of-order bytes held across all streams
 MAX_HELD_SEGMENTS = 262_144  # out-of-order segments held across all streams (~130 B overhead each)
 
@@ -44,17 +48,16 @@ Classifier = Callable[[tuple, bytes], "StreamConsumer | None"]
 
 class TcpStream:
     __slots__ = (
-        "key", "next_seq", "pos", "ooo", "heap", "ooo_bytes", "pending", "consumer", "done", "last_ts", "queued",
+        "key", "next_seq", "pos", "ooo", "heap", "ooo_bytes", "consumer", "done", "last_ts", "queued",
     )
 
     def __init__(self, key: tuple, ts: float) -> None:
         self.key = key
-        self.next_seq: int | None = None  # sequence number of the next byte to deliver
+        self.next_seq = 0  # sequence number of the next byte to deliver
         self.pos = 0  # the same point as an offset from the stream start (never wraps)
         self.ooo: dict[int, bytes] | None = None  # held segments by stream offset
         self.heap: list[int] | None = None  # their offsets, smallest first
         self.ooo_bytes = 0
-        self.pending: list[tuple[int, bytes]] | None = None  # held while the start is unknown
         self.consumer: StreamConsumer | None = None
         self.done = False
         self.last_ts = ts
@@ -75,6 +78,8 @@ class FlowTable:
         max_half_open: int = MAX_HALF_OPEN,
         max_held_bytes: int = MAX_HELD_BYTES,
         max_held_segments: int = MAX_HELD_SEGMENTS,
+        max_unanchored: int = MAX_UNANCHORED,
+        max_finished: int = MAX_FINISHED,
     ) -> None:
         self.counters = counters
         self.classify = classify
@@ -85,11 +90,17 @@ class FlowTable:
         self.max_half_open = max_half_open
         self.max_held_bytes = max_held_bytes
         self.max_held_segments = max_held_segments
+        self.max_unanchored = max_unanchored
+        self.max_finished = max_finished
         # Oldest first: eviction and the idle sweep take from the front in O(1).
         self.streams: OrderedDict[tuple, TcpStream] = OrderedDict()
         # key -> (whole seconds << 32) | ISN of a SYN whose connection sent no data yet: ~100 bytes
         # each instead of a stream, and a flood of them never evicts a stream that carries data.
         self.half_open: OrderedDict[tuple, int] = OrderedDict()
+        # key -> segments (seq, payload) of a connection seen mid-stream that opened nothing yet
+        self.unanchored: OrderedDict[tuple, list[tuple[int, bytes]]] = OrderedDict()
+        # keys of connections with nothing more to parse: their segments are ignored
+        self.finished: OrderedDict[tuple, None] = OrderedDict()
         self.held_bytes = 0
         self.held_segments = 0
         self._holding: OrderedDict[tuple, TcpStream] = OrderedDict()  # streams holding segments, oldest first
@@ -97,42 +108,56 @@ class FlowTable:
 
     def syn(self, key: tuple, ts: float, seq: int) -> None:
         """A SYN fixes where the stream starts, so a first segment arriving late is still placed."""
-        stream = self.streams.get(key)
-        if stream is None:
-            half_open = self.half_open
-            if key not in half_open:
-                self.counters.add("tcp.streams")
-                if len(half_open) >= self.max_half_open:
-                    half_open.popitem(last=False)
-                    self.counters.add("tcp.half_open_evicted")
-            half_open[key] = (int(ts) << 32) | ((seq + 1) % SEQ_MOD)
-            return
-        if stream.consumer is None and not stream.done:
+        if key in self.streams:
+            return  # a retransmitted SYN: the stream goes on
+        self.finished.pop(key, None)  # a new connection from the port of a finished one
+        held = self.unanchored.pop(key, None)
+        if held is not None:  # segments came before their SYN: now they can be placed
+            self._release_unanchored(held)
+            stream = self._new(key, ts, counted=True)
             stream.next_seq = (seq + 1) % SEQ_MOD
-            if stream.pending:
-                self._place_pending(stream, ts)
+            for held_seq, payload in held:
+                if stream.done:
+                    break
+                self.segment(key, ts, held_seq, payload)
+            return
+        half_open = self.half_open
+        if key not in half_open:
+            self.counters.add("tcp.streams")
+            if len(half_open) >= self.max_half_open:
+                half_open.popitem(last=False)
+                self.counters.add("tcp.half_open_evicted")
+        half_open[key] = (int(ts) << 32) | ((seq + 1) % SEQ_MOD)
 
     def segment(self, key: tuple, ts: float, seq: int, payload: bytes) -> None:
         stream = self.streams.get(key)
         if stream is None:
-            stream = self._new(key, ts)
+            if key in self.finished:
+                return
+            syn = self.half_open.pop(key, None)
+            if syn is not None:
+                stream = self._new(key, ts, counted=True)
+                stream.next_seq = syn & 0xFFFFFFFF
+            else:
+                # Stream start unknown (no SYN seen): take this segment as the start if it opens a
+                # protocol we parse; else hold it briefly, as an earlier segment may still come.
+                consumer = self.classify(key, payload)
+                if consumer is None:
+                    self._hold_unanchored(key, seq, payload)
+                    return
+                held = self.unanchored.pop(key, None)
+                stream = self._new(key, ts, counted=held is not None)
+                stream.consumer, stream.next_seq = consumer, seq
+                if held is not None:  # placed against the start (those before it count as retransmitted)
+                    self._release_unanchored(held)
+                    for held_seq, held_payload in held:
+                        self.segment(key, ts, held_seq, held_payload)
+                    if stream.done:
+                        return
         elif stream.done:
             return
         stream.last_ts = ts
         next_seq = stream.next_seq
-        if next_seq is None:
-            # Stream start unknown (no SYN seen): take this segment as the start if it opens a
-            # protocol we parse; else hold it briefly, as an earlier segment may still come.
-            consumer = self.classify(key, payload)
-            if consumer is None:
-                self._hold_pending(stream, seq, payload)
-                return
-            stream.consumer = consumer
-            stream.next_seq = next_seq = seq
-            if stream.pending:
-                self._place_pending(stream, ts)
-                if stream.done:
-                    return
         delta = (seq - next_seq) % SEQ_MOD
         if delta >= HALF_SEQ:  # starts before what was delivered: retransmission or overlap
             overlap = SEQ_MOD - delta
@@ -155,14 +180,24 @@ class FlowTable:
         stream = self.streams.pop(key, None)
         if stream is not None:
             self._close(stream, ts)
-        else:
-            self.half_open.pop(key, None)
+            self.finished.pop(key, None)  # the connection is over: its key may start a new one
+            return
+        self.half_open.pop(key, None)
+        self.finished.pop(key, None)
+        held = self.unanchored.pop(key, None)
+        if held is not None:
+            self._release_unanchored(held)
+            self.counters.add("tcp.streams_unclassified")
 
     def finish(self) -> None:
         for stream in list(self.streams.values()):
             self._close(stream, stream.last_ts)
         self.streams.clear()
         self.half_open.clear()
+        for held in self.unanchored.values():
+            self._release_unanchored(held)
+        self.unanchored.clear()
+        self.finished.clear()
 
     def sweep(self, now: float) -> None:
         """Expire idle streams; cheap enough to call per packet (runs every few seconds of capture
@@ -196,43 +231,51 @@ class FlowTable:
             del half_open[key]
 
     # -- internals -------------------------------------------------------------------------
-    def _new(self, key: tuple, ts: float) -> TcpStream:
+    def _new(self, key: tuple, ts: float, counted: bool) -> TcpStream:
+        """A stream for `key`; `counted`: its connection was already counted (SYN or held segments)."""
         streams = self.streams
         if len(streams) >= self.max_streams:
             _, oldest = streams.popitem(last=False)
             self._close(oldest, ts)
             self.counters.add("tcp.streams_evicted")
         stream = streams[key] = TcpStream(key, ts)
-        syn = self.half_open.pop(key, None)
-        if syn is None:
+        if not counted:
             self.counters.add("tcp.streams")
-        else:
-            stream.next_seq = syn & 0xFFFFFFFF
         return stream
 
-    def _hold_pending(self, stream: TcpStream, seq: int, payload: bytes) -> None:
+    def _hold_unanchored(self, key: tuple, seq: int, payload: bytes) -> None:
         if not payload:
             return
-        if stream.pending is None:
-            stream.pending = []
-        stream.pending.append((seq, payload))
-        self._account(stream, len(payload))
-        if len(stream.pending) >= MAX_PENDING_SEGMENTS or stream.ooo_bytes > self.stream_buffer_cap:
-            self._drop(stream)
+        unanchored = self.unanchored
+        held = unanchored.get(key)
+        if held is None:
+            self.counters.add("tcp.streams")
+            if len(unanchored) >= self.max_unanchored:
+                _, oldest = unanchored.popitem(last=False)
+                self._release_unanchored(oldest)
+                self.counters.add("tcp.unanchored_evicted")
+            held = unanchored[key] = []
+        held.append((seq, payload))
+        self.held_bytes += len(payload)
+        self.held_segments += 1
+        if len(held) >= MAX_PENDING_SEGMENTS or sum(len(p) for _, p in held) > self.stream_buffer_cap:
+            del unanchored[key]
+            self._release_unanchored(held)
+            self._finish_key(key)
             self.counters.add("tcp.streams_unclassified")
         else:
             self._enforce_global()
 
-    def _place_pending(self, stream: TcpStream, ts: float) -> None:
-        """The start became known: re-enter the segments held before it, in arrival order."""
-        pending = stream.pending or []
-        stream.pending = None
-        for _, payload in pending:
-            self._release(stream, len(payload), 1)
-        for seq, payload in pending:
-            if stream.done:
-                return
-            self.segment(stream.key, ts, seq, payload)
+    def _release_unanchored(self, held: list[tuple[int, bytes]]) -> None:
+        self.held_bytes -= sum(len(payload) for _, payload in held)
+        self.held_segments -= len(held)
+
+    def _finish_key(self, key: tuple) -> None:
+        """Remember that `key` has nothing more to parse (a bounded memory of it)."""
+        finished = self.finished
+        if len(finished) >= self.max_finished:
+            finished.popitem(last=False)
+        finished[key] = None
 
     def _hold(self, stream: TcpStream, ts: float, start: int, payload: bytes) -> None:
         ooo = stream.ooo
@@ -272,19 +315,25 @@ class FlowTable:
         stream.ooo_bytes -= size
         self.held_bytes -= size
         self.held_segments -= segments
-        if not stream.ooo_bytes and not stream.ooo and not stream.pending:
+        if not stream.ooo_bytes and not stream.ooo:
             self._holding.pop(stream.key, None)
 
     def _enforce_global(self) -> None:
         """Over the table-wide caps: the stream that has held segments longest gives them up
-        (delivered across their gaps, or dropped if its start is still unknown)."""
-        while (self.held_bytes > self.max_held_bytes or self.held_segments > self.max_held_segments) and self._holding:
-            _, stream = self._holding.popitem(last=False)
-            self.counters.add("tcp.held_cap_flushes")
-            if stream.pending:
-                self._drop(stream)
+        (delivered across their gaps); before any stream, connections seen mid-stream that opened
+        nothing give up what they hold."""
+        while self.held_bytes > self.max_held_bytes or self.held_segments > self.max_held_segments:
+            if self.unanchored:  # segments of connections that may never open anything go first
+                key, held = self.unanchored.popitem(last=False)
+                self._release_unanchored(held)
+                self._finish_key(key)
+                self.counters.add("tcp.held_cap_flushes")
                 self.counters.add("tcp.streams_unclassified")
                 continue
+            if not self._holding:
+                return
+            _, stream = self._holding.popitem(last=False)
+            self.counters.add("tcp.held_cap_flushes")
             while stream.ooo and not stream.done:
                 self._skip_gap(stream, stream.last_ts)
             if stream.ooo:
@@ -349,11 +398,15 @@ class FlowTable:
         self._drop(stream)
 
     def _drop(self, stream: TcpStream) -> None:
-        if stream.ooo_bytes or stream.ooo or stream.pending:
-            held = len(stream.ooo or ()) + len(stream.pending or ())
-            self._release(stream, stream.ooo_bytes, held)
+        """Nothing more to parse: buffers freed, and a live stream leaves the table for the
+        bounded memory of finished keys (a few dozen bytes instead of a stream)."""
+        if stream.ooo_bytes or stream.ooo:
+            self._release(stream, stream.ooo_bytes, len(stream.ooo or ()))
             self._holding.pop(stream.key, None)
         stream.done = True
-        stream.ooo = stream.heap = stream.pending = None
+        stream.ooo = stream.heap = None
         stream.ooo_bytes = 0
         stream.consumer = None
+        if self.streams.get(stream.key) is stream:
+            del self.streams[stream.key]
+            self._finish_key(stream.key)
