@@ -182,6 +182,46 @@ def flows_reassembly(data: bytes) -> None:
     assert b"".join(got) == stream, "reassembly lost or reordered bytes"
 
 
+def flow_table(data: bytes) -> None:
+    """Any sequence of SYNs, segments, FINs and sweeps over a few connections, with small caps:
+    nothing raises, and the table's accounting of held bytes and segments returns to zero."""
+    source = Input(data)
+    table = FlowTable(
+        Counters(), lambda key, first: _Collector() if first[:1] in (b"G", b"\x16") else None,
+        max_streams=1 + source.int(4), stream_buffer_cap=1 + source.int(2000), max_stream_segments=1 + source.int(20),
+        max_half_open=1 + source.int(4), max_held_bytes=1 + source.int(4000), max_held_segments=1 + source.int(40),
+        max_unanchored=1 + source.int(4), max_finished=1 + source.int(4), idle_timeout=1 + source.int(30),
+    )
+    ts = 0.0
+    while source.pos < len(source.data):
+        op, key = source.int(8), (b"k", b"s", source.int(5), 80)
+        ts += source.int(5)
+        seq = source.int(3000)
+        if op == 0:
+            table.syn(key, ts, seq)
+        elif op == 1:
+            table.end(key, ts)
+        elif op == 2:
+            table.sweep(ts)
+        else:
+            table.segment(key, ts, seq, source.bytes(source.int(300)))
+        assert table.held_bytes >= 0 and table.held_segments >= 0
+        assert sum(len(held) for held in table.unanchored.values()) <= table.held_segments
+    table.finish()
+    assert table.held_bytes == 0 and table.held_segments == 0, (table.held_bytes, table.held_segments)
+
+
+class _Collector:
+    def feed(self, ts: float, chunk: bytes) -> bool:
+        return len(chunk) < 250
+
+    def gap(self) -> bool:
+        return True
+
+    def finish(self, ts: float) -> None:
+        pass
+
+
 def ecs_compiled(data: bytes) -> None:
     """community_id and the event envelope (C) equal their Python references."""
     source = Input(data)
@@ -214,6 +254,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "phi": phi_layers,
     "trackers": trackers,
     "flows": flows_reassembly,
+    "flowtable": flow_table,
     "ecs": ecs_compiled,
 }
 
