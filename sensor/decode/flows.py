@@ -179,8 +179,7 @@ class FlowTable:
         """FIN or RST: deliver what is buffered (across any gap) and forget the stream."""
         stream = self.streams.pop(key, None)
         if stream is not None:
-            self._close(stream, ts)
-            self.finished.pop(key, None)  # the connection is over: its key may start a new one
+            self._close(stream, ts)  # over: its key is not kept among the finished ones
             return
         self.half_open.pop(key, None)
         self.finished.pop(key, None)
