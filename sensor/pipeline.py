@@ -16,7 +16,6 @@ from sensor.errors import CaptureError
 from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
 
-
 log = logging.getLogger("phi_sensor")
 
 
