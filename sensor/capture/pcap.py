@@ -11,7 +11,7 @@ import gzip
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -114,7 +114,7 @@ class CaptureFile:
         self.format = kind
         return _Prefixed(head, raw)  # type: ignore[return-value]
 
-    def _reader(self, stream: BinaryIO):
+    def _reader(self, stream: BinaryIO) -> Callable[[int], bytes]:
         """How to read blocks: from a pipe (a prefilter's output) or a decompressor, what is there
         now (a decompressor that fails mid-block then loses only what it had not handed over)."""
         if self._given_stream is not None or self.compressed or self.stdin:
