@@ -28,7 +28,7 @@ MAX_HALF_OPEN = 32_768  # SYNs remembered for connections that sent no data yet
 MAX_UNANCHORED = 32_768  # connections seen mid-stream, holding segments until one opens a protocol
 MAX_FINISHED = 65_536  # connections whose parser is done (or that hold nothing to parse): ignored
 MAX_HELD_BYTES = 64 << 20  # out-of-order bytes held across all streams
-MAX_HELD_SEGMENTS = 262_144  # out-of-order segments held across all streams (~130 B overhead each)
+MAX_HELD_SEGMENTS = 655_360  # out-of-order segments held across all streams (~130 B overhead each)
 
 
 class StreamConsumer(Protocol):
