@@ -137,3 +137,15 @@ def test_planted_identifiers_never_survive_redaction(pieces: list[tuple[str, str
     redacted = redact(text, [])
     for _, value in pieces:
         assert value not in redacted
+
+
+def test_identifiers_in_parameter_names_and_evidence_paths_are_masked() -> None:
+    from sensor.phi import evidence, scan_http
+
+    url = "/tr?078-05-1120=diabetes&jane.doe%40example.org%5Bcondition%5D=diabetes"
+    masked = redact_url(url, [])
+    assert "078-05-1120" not in masked and "jane.doe" not in masked and "diabetes" in masked
+    findings = scan_http("GET", url, (), b"", None)
+    assert findings
+    for record in evidence(findings, []):
+        assert "078-05-1120" not in str(record["path"]) and "jane.doe" not in str(record["path"])

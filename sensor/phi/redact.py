@@ -182,13 +182,16 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
         key = unquote_plus(raw_key, errors="replace")
         value = unquote_plus(raw_value, errors="replace")
         redacted = redact(value, findings)
+        masked_key = redact(key, ())  # a key can carry an identifier as well as a value
+        if masked_key != key:
+            raw_key = quote_plus(masked_key, safe="[]:/")
         keyed = _keyed_type(key) if value.strip() else None
         if keyed is not None:
             redacted = placeholder(keyed)
         elif redacted == value:
             carried = next((finding for finding in findings if _carries(key, finding)), None)
             if carried is None:
-                pieces.append(piece)
+                pieces.append(raw_key + equals + raw_value if masked_key != key else piece)
                 continue
             redacted = placeholder(carried.type)
         pieces.append(raw_key + equals + quote_plus(redacted, safe="[]:/"))
@@ -219,7 +222,7 @@ def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: b
                 "type": finding.type,
                 "category": finding.category,
                 "confidence": finding.confidence,
-                "path": finding.path,
+                "path": finding.path if unredacted else redact(finding.path, ()),
                 "excerpt": excerpt,
             }
         )
