@@ -1575,8 +1575,8 @@ static PyObject *select_pcap_file(PyObject *module, PyObject *args) {
             }
             if (pos + 16 + (Py_ssize_t)incl > got) break;
             const uint8_t *frame = block + pos + 16;
-            if (keep_frame(linktype, frame, incl)) {
-                int worker = split ? worker_of(linktype, frame, incl) : 0;
+            if (incl == 0 || keep_frame(linktype, frame, incl)) {  /* empty records: counted by the reader */
+                int worker = split && incl ? worker_of(linktype, frame, incl) : 0;
                 if (((wanted >> worker) & 1) && output_add(&outs[worker], block + pos, 16 + incl) < 0) {
                     state = SELECT_NO_MEMORY;
                     break;
@@ -1652,15 +1652,19 @@ static PyObject *pcap_resync(PyObject *module, PyObject *args) {
     return PyLong_FromLongLong(found);
 }
 
-/* pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> (records, next)
+/* pcap_records(buffer, start, linktype, big_endian, nanoseconds, high) -> (records, next, empty, late, high)
  * sensor.capture.pcap.CaptureFile._pcap's record loop: (timestamp, linktype, frame) for every
- * record wholly in `buffer` from `start`, and where the first record not wholly there begins. */
+ * record wholly in `buffer` from `start`, and where the first record not wholly there begins; also
+ * how many of those records were empty, how many were stamped more than TIME_JUMP seconds before
+ * the latest time stamp so far (`high` on entry, the new one returned). */
+#define TIME_JUMP 3600.0
 static PyObject *pcap_records(PyObject *module, PyObject *args) {
     Py_buffer view;
-    Py_ssize_t pos;
+    Py_ssize_t pos, empty = 0, late = 0;
     PyObject *linktype;
     int big, nano;
-    if (!PyArg_ParseTuple(args, "y*nOpp", &view, &pos, &linktype, &big, &nano)) return NULL;
+    double high;
+    if (!PyArg_ParseTuple(args, "y*nOppd", &view, &pos, &linktype, &big, &nano, &high)) return NULL;
     const uint8_t *buf = view.buf;
     Py_ssize_t len = view.len;
     double scale = nano ? 1e-9 : 1e-6;
@@ -1670,6 +1674,9 @@ static PyObject *pcap_records(PyObject *module, PyObject *args) {
         uint32_t incl = record_u32(buf + pos + 8, big);
         if (pos + 16 + (Py_ssize_t)incl > len) break;
         double ts = (double)record_u32(buf + pos, big) + (double)record_u32(buf + pos + 4, big) * scale;
+        if (incl == 0) empty++;
+        if (ts > high) high = ts;
+        else if (ts < high - TIME_JUMP) late++;
         PyObject *record = tuple_steal(3, (PyObject *[]){PyFloat_FromDouble(ts), Py_NewRef(linktype),
                                                          bytes_at(buf + pos + 16, incl)});
         if (record == NULL || PyList_Append(records, record) < 0) {
@@ -1680,7 +1687,7 @@ static PyObject *pcap_records(PyObject *module, PyObject *args) {
         pos += 16 + incl;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(Nn)", records, pos);
+    return Py_BuildValue("(Nnnnd)", records, pos, empty, late, high);
 fail:
     Py_XDECREF(records);
     PyBuffer_Release(&view);
@@ -1695,7 +1702,8 @@ static PyMethodDef methods[] = {
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"pcap_records", pcap_records, METH_VARARGS,
-     "pcap_records(buffer, start, linktype, big_endian, nanoseconds) -> ([(ts, linktype, frame), ...], next)"},
+     "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"
+     " -> ([(ts, linktype, frame), ...], next, empty, late, high)"},
     {"pcap_resync", pcap_resync, METH_VARARGS,
      "pcap_resync(fd, offset, big_endian) -> a likely record boundary at or after offset, or -1"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,

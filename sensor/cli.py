@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,17 @@ SEVERITIES = ("low", "medium", "high", "critical")
 LOG_FORMATS = ("text", "json")
 
 log = logging.getLogger("phi_sensor")
+
+
+def positive_seconds(text: str) -> float:
+    """A duration option: a finite number of seconds above zero (nan or inf would never end a wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, found {text!r}")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +63,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "else $XDG_STATE_HOME/phi-sensor/spool, i.e. ~/.local/state/phi-sensor/spool)",
     )
     parser.add_argument(
-        "--flush-timeout", type=float, default=30.0, metavar="SECONDS",
+        "--flush-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
         help="at the end, how long to keep trying to deliver to remote sinks (the rest stays spooled)",
     )
     parser.add_argument(
@@ -85,7 +97,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--bpf", metavar="EXPR", help="kernel capture filter in pcap syntax instead of the built-in one")
     choice.add_argument("--no-bpf", action="store_true", help="no kernel filter: every packet reaches Python (slow)")
     parser.add_argument(
-        "--stats-interval", type=float, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
+        "--stats-interval", type=positive_seconds, default=DEFAULT_STATS_INTERVAL, metavar="SECONDS",
         help="how often the stats event is sent and the stats file rewritten; default 60",
     )
     parser.add_argument(
@@ -119,6 +131,9 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the stats document itself")
 
 
+CAPTURES_HELP = "capture files (pcap, pcapng, .gz), directories of them (sorted), or - for standard input"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phi-sensor",
@@ -132,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     replay = sub.add_parser("replay", help="replay pcap/pcapng files (also .gz) through the sensor")
-    replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
+    replay.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     _add_common(replay)
     replay.add_argument(
         "--prefilter", choices=("auto", "always", "never"), default="auto",
@@ -158,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
     )
-    report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP")
+    report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
+    report.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     report.add_argument(
         "--config", type=Path, help="sensor YAML configuration (default: /etc/phi-sensor/sensor.yaml if it exists)"
     )
@@ -253,8 +270,10 @@ def run() -> NoReturn:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.capture.inputs import expand
     from sensor.deep.replay import wants_deep
 
+    args.pcaps = expand(args.pcaps, args.recursive)
     if wants_deep(args.pcaps, args.keylog):
         from sensor.deep.replay import replay_deep
         from sensor.runner import Runner
@@ -262,6 +281,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return replay_deep(Runner.from_args(args), args.pcaps, args.keylog, args.har_source, args.prefilter)
     from sensor.capture.prefilter import start_early
 
+    args.pcaps = expand(args.pcaps, args.recursive)
     # libpcap starts filtering the first file on the other core while the sensor loads.
     started = start_early(args.pcaps, args.prefilter, args.workers)
     try:
@@ -290,8 +310,10 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from sensor.capture.inputs import expand
     from sensor.runner import Runner
 
+    args.pcaps = expand(args.pcaps, args.recursive)
     return Runner.report(args)
 
 

@@ -1,10 +1,13 @@
 """capture -> decode -> enrich/detect -> output, for replay and live alike."""
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
+from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import AnyPrefilter, open_prefilter, should_prefilter
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
@@ -12,6 +15,8 @@ from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
+
+log = logging.getLogger("phi_sensor")
 
 
 class Detector(Protocol):
@@ -126,6 +131,10 @@ class Pipeline:
         self._drain()
         if self.detector is not None:
             self._ship(self.detector.finish())
+        layers = sys.modules.get("sensor.phi.layers")  # loaded only when something was peeled
+        if layers is not None:
+            for name, count in layers.take_capped().items():
+                self.counters.add(f"phi.capped.{name}", count)
 
     # -- replay ---------------------------------------------------------------------------
     def replay(
@@ -139,12 +148,17 @@ class Pipeline:
         one process. Reassembled IP fragments stay here. `started`: this file's prefilter, already
         running (see `prefilter.start_early`)."""
         counters = self.counters
+        stream = is_stream(path)
         try:
-            total = path.stat().st_size
+            total = 0 if stream else path.stat().st_size
         except OSError as exc:
             return [f"{path}: cannot open: {exc.strerror or exc}"]
+        if path.is_dir():
+            return [f"{path}: no capture files in this directory"]
         runner: AnyPrefilter | None = started
-        if runner is not None:
+        if stream:  # read once from the front: no probe, no prefilter (its faults come from packets())
+            capture = CaptureFile(path)
+        elif runner is not None:
             capture = CaptureFile(path, stream=runner.stdout)
             counters.add("capture.prefiltered_files")
         elif should_prefilter(path, "always" if forward is not None else prefilter):
@@ -194,6 +208,10 @@ class Pipeline:
         counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
         counters.add("bytes", size)
         counters.add("files", 1)
+        if capture.empty_records or capture.late_records:
+            counters.add("capture.empty_records", capture.empty_records)
+            counters.add("capture.late_records", capture.late_records)
+            log.warning(capture.suspicious())  # a second replay worker reports what it saw
         for linktype, count in by_linktype.items():
             counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
         unsupported = capture.linktypes - set(LINKTYPE_NAMES)

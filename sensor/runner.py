@@ -394,14 +394,14 @@ class Runner:
         other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
         for line in spill:
             is_alert = b'"kind":"alert"' in line
-            for sink in raw_sinks:
-                sink.send_line(line)
             if is_alert or other_sinks:
                 doc = orjson.loads(line)
                 if is_alert:
                     self.pipeline.alerts.append(doc)
-                for sink in other_sinks:
+                for sink in other_sinks:  # the spool first, as for the first worker's documents
                     sink.send(doc)
+            for sink in raw_sinks:
+                sink.send_line(line)
 
     def _ships_raw_blocks(self) -> bool:
         """Whether the second worker's lines go on as blocks of bytes: no alert can be among them
@@ -427,13 +427,19 @@ class Runner:
 
     def _close_sinks(self) -> list[str]:
         undelivered = []
+        refused = []
         for sink in self.sinks:
             if not sink.flush(self.args.flush_timeout):
                 undelivered.append(sink.name)
             sink.close(5.0)
+            note = getattr(sink, "refused_note", lambda: None)()
+            if note:
+                refused.append(note)
         for name in undelivered:
             log.warning("%s: not everything was delivered; the rest stays in the spool", name)
-        return undelivered
+        for note in refused:
+            log.error("%s", note)
+        return undelivered + refused
 
     def _fail_on_code(self) -> int:
         threshold = self.args.fail_on

@@ -15,13 +15,15 @@ from sensor.capture.pcap import CaptureFile
 from sensor.errors import CaptureError
 
 FRAMES = [bytes([i]) * (60 + i) for i in range(5)]
-TIMES = [(1700000000 + i, 123456 + i) for i in range(5)]
+TIMES = [(1700000000 + i * 5000, 123456 + i) for i in range(5)]  # over an hour apart
 
 
-def write_pcap(path: Path, endian: str = "<", nano: bool = False, linktype: int = 1, frames=FRAMES) -> None:
+def write_pcap(
+    path: Path, endian: str = "<", nano: bool = False, linktype: int = 1, frames=FRAMES, times=TIMES
+) -> None:
     magic = 0xA1B23C4D if nano else 0xA1B2C3D4
     out = struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)
-    for (sec, frac), frame in zip(TIMES, frames):
+    for (sec, frac), frame in zip(times, frames):
         out += struct.pack(endian + "IIII", sec, frac, len(frame), len(frame)) + frame
     path.write_bytes(out)
 
@@ -157,23 +159,25 @@ def test_random_bytes_after_a_valid_header_never_raise(tmp_path_factory, tail: b
         assert isinstance(frame, bytes)
 
 
-def _read(path: Path) -> tuple[list, list[str]]:
+def _read(path: Path) -> tuple[list, list[str], int, int]:
     capture = CaptureFile(path)
-    return list(capture.packets()), capture.errors
+    return list(capture.packets()), capture.errors, capture.empty_records, capture.late_records
 
 
 @pytest.mark.skipif(pcap_module._pcap_records is None, reason="compiled extension not built")
 @settings(max_examples=120, deadline=None)
 @given(
     endian=st.sampled_from(["<", ">"]), nano=st.booleans(),
-    frames=st.lists(st.binary(max_size=300), max_size=len(TIMES)),
+    frames=st.lists(st.binary(max_size=300), max_size=len(TIMES)), shuffle=st.randoms(),
     damage=st.sampled_from(["none", "cut", "corrupt"]), where=st.integers(0, 10_000),
 )
 def test_compiled_record_loop_reads_what_the_python_loop_reads(
-    tmp_path_factory, endian: str, nano: bool, frames: list[bytes], damage: str, where: int
+    tmp_path_factory, endian: str, nano: bool, frames: list[bytes], damage: str, where: int, shuffle
 ) -> None:
     path = tmp_path_factory.mktemp("loop") / "capture.pcap"
-    write_pcap(path, endian=endian, nano=nano, frames=frames)
+    times = list(TIMES)
+    shuffle.shuffle(times)  # time running back by hours is counted by both loops alike
+    write_pcap(path, endian=endian, nano=nano, frames=frames, times=times)
     data = bytearray(path.read_bytes())
     if damage == "cut" and len(data) > 24:
         del data[24 + where % (len(data) - 24):]

@@ -90,9 +90,9 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "cannot open" in line and "No such file" in line
 
 
-def test_directory_given_as_a_capture(tmp_path: Path) -> None:
+def test_directory_without_captures(tmp_path: Path) -> None:
     line = assert_one_line_about(replay(tmp_path, "--quiet"), tmp_path, EXIT_CAPTURE)
-    assert "cannot open" in line and "directory" in line
+    assert "no capture files in this directory" in line
 
 
 def test_truncated_capture_keeps_what_precedes_the_cut(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_truncated_gzip_capture(tmp_path: Path) -> None:
     path = tmp_path / "cut.pcap.gz"
     path.write_bytes(packed[: len(packed) // 2])
     line = assert_one_line_about(replay(path, "--quiet"), path, EXIT_CAPTURE)
-    assert "read error" in line
+    assert "corrupt compressed data" in line
 
 
 def test_gzip_capture_is_read(tmp_path: Path) -> None:

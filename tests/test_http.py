@@ -370,11 +370,13 @@ def test_identical_repeated_content_length_is_accepted() -> None:
     assert request.body == b"abc" and not stream.failed
 
 
-def test_head_larger_than_the_cap_fails() -> None:
+def test_head_larger_than_the_cap_keeps_what_fits_and_is_flagged() -> None:
     counters = Counters()
     stream = HttpRequestStream(header_cap=1024, counters=counters)
     assert stream.feed(b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 2000) == []
-    assert stream.failed and counters.get("http.parse_errors") == 1
+    assert not stream.failed and counters.get("http.head_truncated") == 1
+    (request,) = stream.feed(b"\r\nHost: example.org\r\n\r\n")
+    assert (request.method, request.target, request.host, request.body_truncated) == ("GET", "/", "example.org", True)
 
 
 def test_tls_after_connect_stops_quietly() -> None:

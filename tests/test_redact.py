@@ -7,7 +7,7 @@ import re
 import string
 from urllib.parse import quote, unquote_plus, urlencode
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sensor.phi import Field, Finding, decode_tracker, evidence, placeholder, redact, redact_url, scan_fields, scan_tracker
@@ -144,6 +144,7 @@ def test_redacted_text_never_contains_a_secret(before, secrets, after, kind):
     st.booleans(),
 )
 def test_redacted_url_never_contains_the_secret(secret, key, in_path):
+    assume(secret.lower() not in f"https://tracker.example/collect?v=2&{key}=see".lower())  # the URL's own text
     path = "/" + quote(secret) if in_path else "/collect"
     url = "https://tracker.example/" + path.lstrip("/") + "?" + urlencode({"v": "2", key: f"see {secret} now"})
     findings = [Finding("condition", "condition", 0.9, key, 4, 4 + len(secret), secret)]

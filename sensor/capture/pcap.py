@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Iterator
+import sys
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +23,7 @@ except ImportError:  # built without a C compiler
     _pcap_records = None
 
 BLOCK_SIZE = 4 << 20
+TIME_JUMP = 3600.0  # a record stamped this much before the latest one so far is counted as suspicious
 MAX_FRAME = 262_144 * 4  # a record claiming more than this is corruption, not a frame
 
 PCAP_MAGICS = {
@@ -53,39 +56,54 @@ class CaptureFile:
     def __init__(self, path: Path | str, stream: BinaryIO | None = None) -> None:
         """Read `path`, or an already open pcap `stream` (e.g. a prefilter's output) named `path`."""
         self.path = Path(path)
-        self.name = str(path)
+        self.stdin = str(path) == "-"
+        self.name = "standard input" if self.stdin else str(path)
         self.errors: list[str] = []
         self.linktypes: set[int] = set()
         self.format: str | None = "pcap" if stream is not None else None
         self.compressed = False
+        self.empty_records = 0  # records of zero captured bytes
+        self.late_records = 0  # records stamped over TIME_JUMP before the latest so far
         self._given_stream = stream
 
+    def suspicious(self) -> str | None:
+        """One line on what in a readable file looks wrong (empty records, time running back)."""
+        found = []
+        if self.empty_records:
+            found.append(f"{self.empty_records} empty record(s)")
+        if self.late_records:
+            found.append(f"{self.late_records} record(s) stamped over {TIME_JUMP / 3600:.0f} h before an earlier one")
+        return f"{self.name}: suspicious: " + ", ".join(found) if found else None
+
     def _open(self) -> BinaryIO:
+        """The capture's records as a stream read once from the front: no seek, one open, so a
+        pipe or standard input (`-`) reads like a file."""
         if self._given_stream is not None:
             return self._given_stream
         try:
-            raw: BinaryIO = open(self.path, "rb")
+            raw: BinaryIO = sys.stdin.buffer if self.stdin else open(self.path, "rb")
         except OSError as exc:
             raise CaptureError(f"{self.name}: cannot open: {exc.strerror or exc}") from None
-        head = raw.read(4)
+        try:
+            head = _read_exactly(raw, 4)
+        except OSError as exc:
+            raw.close()
+            raise CaptureError(f"{self.name}: cannot read: {exc.strerror or exc}") from None
         kind = sniff_format(head)
-        raw.seek(0)
         if kind == "gzip":
             self.compressed = True
-            stream: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+            stream: BinaryIO = gzip.GzipFile(fileobj=_Prefixed(head, raw))  # type: ignore[assignment]
             try:
-                head = stream.read(4)
-            except (OSError, EOFError) as exc:
+                inner = _read_exactly(stream, 4)
+            except (OSError, EOFError, zlib.error) as exc:
                 raw.close()
                 raise CaptureError(f"{self.name}: corrupt gzip data: {exc}") from None
-            kind = sniff_format(head)
-            stream = gzip.GzipFile(fileobj=open(self.path, "rb"))  # type: ignore[assignment]
-            raw.close()
+            kind = sniff_format(inner)
             if kind not in ("pcap", "pcapng"):
-                stream.close()
+                raw.close()
                 raise CaptureError(f"{self.name}: gzip file does not contain a pcap or pcapng capture")
             self.format = kind
-            return stream
+            return _Prefixed(inner, stream, closes=raw)  # type: ignore[return-value]
         if kind is None:
             raw.close()
             if not head:
@@ -94,27 +112,48 @@ class CaptureFile:
                 f"{self.name}: not a capture file (magic {head.hex()}; expected pcap, pcapng or gzip)"
             )
         self.format = kind
-        return raw
+        return _Prefixed(head, raw)  # type: ignore[return-value]
+
+    def _reader(self, stream: BinaryIO) -> Callable[[int], bytes]:
+        """How to read blocks: from a pipe (a prefilter's output) or a decompressor, what is there
+        now (a decompressor that fails mid-block then loses only what it had not handed over)."""
+        if self._given_stream is not None or self.compressed or self.stdin:
+            return getattr(stream, "read1", stream.read)
+        return stream.read
 
     def check(self) -> None:
-        """Raise CaptureError now if the file cannot be opened as a capture."""
+        """Raise CaptureError now if the file cannot be opened as a capture (a regular file only:
+        a pipe would lose what the check read)."""
         self._open().close()
 
     def packets(self) -> Iterator[tuple[float, int, bytes]]:
-        stream = self._open()
+        """The records; faults go to `errors` (opening faults too), never raised."""
+        try:
+            stream = self._open()
+        except CaptureError as exc:
+            self.errors.append(str(exc))
+            return
         try:
             if self.format == "pcap":
                 yield from self._pcap(stream)
             else:
                 yield from self._pcapng(stream)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            self.errors.append(f"{self.name}: read error: {exc}")
+        except MemoryError:  # a length that lies; what came before it was delivered
+            self.errors.append(f"{self.name}: corrupt: a record claims more memory than there is; rest of file skipped")
+        except (OSError, EOFError, zlib.error, struct.error, ValueError, IndexError) as exc:
+            # gzip.BadGzipFile is an OSError; a block or record cut in the middle surfaces as
+            # struct.error / IndexError: either way the file ends here, what was read is kept.
+            kind = "corrupt compressed data" if self.compressed else "read error"
+            self.errors.append(f"{self.name}: {kind}: {exc or type(exc).__name__}; rest of file skipped")
         finally:
-            stream.close()
+            try:
+                stream.close()
+            except (OSError, EOFError, zlib.error):
+                pass
 
     # -- pcap -----------------------------------------------------------------------------
     def _pcap(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
-        header = stream.read(24)
+        header = _read_exactly(stream, 24)
         if len(header) < 24:
             self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
             return
@@ -126,7 +165,8 @@ class CaptureFile:
         unpack_from = record.unpack_from
         big_endian, nanoseconds = endian == ">", scale < 1e-6
         # A pipe (prefilter output) hands over what is there instead of waiting for a full block.
-        read = getattr(stream, "read1", stream.read) if self._given_stream is not None else stream.read
+        read = self._reader(stream)
+        high = float("-inf")  # the latest time stamp so far
         buf = b""
         pos = 0
         offset = 24  # file offset of buf[0], for error messages
@@ -142,7 +182,9 @@ class CaptureFile:
             pos = 0
             end_of_buf = len(buf)
             if _pcap_records is not None:
-                records, pos = _pcap_records(buf, pos, linktype, big_endian, nanoseconds)
+                records, pos, empty, late, high = _pcap_records(buf, pos, linktype, big_endian, nanoseconds, high)
+                self.empty_records += empty
+                self.late_records += late
                 yield from records
             else:
                 while pos + 16 <= end_of_buf:
@@ -150,7 +192,14 @@ class CaptureFile:
                     end = pos + 16 + incl
                     if end > end_of_buf:
                         break
-                    yield sec + frac * scale, linktype, buf[pos + 16 : end]
+                    ts = sec + frac * scale
+                    if not incl:
+                        self.empty_records += 1
+                    if ts > high:
+                        high = ts
+                    elif ts < high - TIME_JUMP:
+                        self.late_records += 1
+                    yield ts, linktype, buf[pos + 16 : end]
                     pos = end
             if pos + 16 <= end_of_buf:  # a record not wholly in the buffer: more to read, or corrupt
                 _, _, incl, _ = unpack_from(buf, pos)
@@ -169,13 +218,15 @@ class CaptureFile:
     def _pcapng(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
         endian = "<"
         interfaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
+        read = self._reader(stream)
+        high = float("-inf")
         buf = b""
         pos = 0
         offset = 0
         eof = False
         while True:
-            if not eof and len(buf) - pos < 12:
-                chunk = stream.read(BLOCK_SIZE)
+            while not eof and len(buf) - pos < 12:
+                chunk = read(BLOCK_SIZE)
                 if not chunk:
                     eof = True
                 offset += pos
@@ -203,7 +254,7 @@ class CaptureFile:
                 )
                 return
             while len(buf) - pos < block_len and not eof:
-                chunk = stream.read(max(BLOCK_SIZE, block_len))
+                chunk = read(max(BLOCK_SIZE, block_len))
                 if not chunk:
                     eof = True
                     break
@@ -215,13 +266,24 @@ class CaptureFile:
                 return
             body = pos + 8
             if block_type == _EPB:
+                if block_len < 32:
+                    self.errors.append(f"{self.name}: bad packet block at byte {offset + pos}; skipped")
+                    pos += block_len
+                    continue
                 iface, ts_hi, ts_lo, cap_len = struct.unpack_from(endian + "IIII", buf, body)
                 if iface >= len(interfaces) or 20 + cap_len + 12 > block_len:
                     self.errors.append(f"{self.name}: bad packet block at byte {offset + pos}; skipped")
                 else:
                     linktype, unit = interfaces[iface]
                     start = body + 20
-                    yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
+                    ts = ((ts_hi << 32) | ts_lo) * unit
+                    if not cap_len:
+                        self.empty_records += 1
+                    if ts > high:
+                        high = ts
+                    elif ts < high - TIME_JUMP:
+                        self.late_records += 1
+                    yield ts, linktype, buf[start : start + cap_len]
             elif block_type == _IDB:
                 linktype = struct.unpack_from(endian + "H", buf, body)[0]
                 interfaces.append((linktype, _if_tsresol(buf, body + 8, pos + block_len - 4, endian)))
@@ -232,13 +294,62 @@ class CaptureFile:
                     orig_len = struct.unpack_from(endian + "I", buf, body)[0]
                     cap_len = min(orig_len, block_len - 16)
                     yield 0.0, linktype, buf[body + 4 : body + 4 + cap_len]
-            elif block_type == _PB:
+            elif block_type == _PB and block_len >= 32:
                 iface, _drops, ts_hi, ts_lo, cap_len = struct.unpack_from(endian + "HHIII", buf, body)
                 if iface < len(interfaces) and 20 + cap_len + 12 <= block_len:
                     linktype, unit = interfaces[iface]
                     start = body + 20
                     yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
             pos += block_len
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes, fewer only at the end (a pipe may hand over less per read)."""
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class _Prefixed:
+    """`head` (already read to learn the format) followed by the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: BinaryIO, closes: BinaryIO | None = None) -> None:
+        self._head = head
+        self._stream = stream
+        self._closes = closes
+
+    def read(self, size: int = -1) -> bytes:
+        head = self._take_head(size)
+        if size < 0:
+            return head + self._stream.read()
+        return head if head else self._stream.read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        head = self._take_head(size)
+        if head:
+            return head
+        return getattr(self._stream, "read1", self._stream.read)(size)
+
+    def _take_head(self, size: int) -> bytes:
+        head = self._head
+        if not head:
+            return b""
+        if 0 <= size < len(head):
+            self._head = head[size:]
+            return head[:size]
+        self._head = b""
+        return head
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            if self._closes is not None:
+                self._closes.close()
 
 
 def _if_tsresol(buf: bytes, start: int, end: int, endian: str) -> float:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sensor.capture.inputs import is_regular
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
 
 try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
@@ -45,14 +46,17 @@ def tcpdump_path() -> str | None:
 def capture_linktype(path: Path) -> int | None:
     """Link type of a classic pcap file (also gzip-compressed); None for pcapng or unreadable files."""
     import gzip
+    import zlib
 
+    if not is_regular(path):  # a pipe or stdin is read once, by replay itself
+        return None
     try:
         with open(path, "rb") as raw:
             head = raw.read(2)
             raw.seek(0)
             stream: BinaryIO = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw  # type: ignore[assignment]
             header = stream.read(24)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # replay reads the file itself and reports the fault
         return None
     if len(header) < 24 or header[:4] not in PCAP_MAGICS:
         return None
@@ -92,6 +96,8 @@ def start_early(paths: list[Path], prefilter: str, workers: str) -> AnyPrefilter
 
 def is_plain_pcap(path: Path) -> bool:
     """An uncompressed classic pcap file, which the compiled selector reads itself."""
+    if not is_regular(path):
+        return False
     try:
         with open(path, "rb") as raw:
             return raw.read(4) in PCAP_MAGICS
@@ -147,7 +153,9 @@ class Prefilter:
         source = "-" if compressed else str(path)
         stdin = None
         if compressed:
-            self._gunzip = subprocess.Popen(["gzip", "-dc", str(path)], stdout=subprocess.PIPE)
+            self._gunzip = subprocess.Popen(
+                ["gzip", "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             stdin = self._gunzip.stdout
         self.process = subprocess.Popen(
             [tcpdump_path() or "tcpdump", "-n", "-r", source, "-w", "-", self.expression],
@@ -200,7 +208,10 @@ class Prefilter:
         stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         code = self.process.wait()
         if self._gunzip is not None:
-            self._gunzip.wait()
+            complaint = self._gunzip.stderr.read().decode(errors="replace") if self._gunzip.stderr else ""
+            if self._gunzip.wait() == 1:  # what tcpdump then says (a truncated file) follows from it
+                last = complaint.strip().splitlines()[-1:] or ["gzip failed"]
+                return "corrupt compressed data: " + last[0].rsplit(": ", 1)[-1] + "; rest of file skipped"
         if code != 0:
             lines = [l for l in stderr.splitlines() if l and not l.startswith("reading from file")]
             return "; ".join(lines[-2:]) or f"tcpdump exited with status {code}"

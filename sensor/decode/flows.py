@@ -1,14 +1,21 @@
 """TCP reassembly per direction, and the flow table that bounds it.
 
 Each direction of a TCP connection is a `TcpStream` that turns segments (any order, with
-retransmissions and overlaps) into the contiguous byte stream its consumer parses. Memory is
-bounded three ways, each with a counter: bytes buffered out of order per stream, number of
-streams (oldest evicted), and idle time. A consumer that has what it needs (a ClientHello parsed)
-returns False and the stream drops its buffers; later segments then cost one dict lookup.
+retransmissions and overlaps) into the contiguous byte stream its consumer parses. Segments that
+arrive ahead of a hole wait in a heap ordered by stream offset and are merged, as one delivery,
+once the hole fills: O(log n) per segment, whatever the order. Memory is bounded, each bound with
+a counter: bytes and segments held per stream and across all streams, number of streams (the
+least recently queued evicted in O(1)), and idle time. Connections that carry nothing to parse
+cost a key, not a stream: half-open ones (SYN only; a SYN flood churns only those), ones seen
+mid-stream whose start is not known yet, and finished ones (a consumer that has what it needs, a
+ClientHello parsed, returns False; later segments then cost one dict lookup). Each of those
+three tables is bounded too.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Protocol
 
 from sensor.records import Counters
@@ -16,6 +23,12 @@ from sensor.records import Counters
 SEQ_MOD = 1 << 32
 HALF_SEQ = 1 << 31
 MAX_PENDING_SEGMENTS = 8  # segments held while the start of a stream without SYN is unknown
+MAX_STREAM_SEGMENTS = 32_768  # segments held out of order per stream
+MAX_HALF_OPEN = 32_768  # SYNs remembered for connections that sent no data yet
+MAX_UNANCHORED = 32_768  # connections seen mid-stream, holding segments until one opens a protocol
+MAX_FINISHED = 65_536  # connections whose parser is done (or that hold nothing to parse): ignored
+MAX_HELD_BYTES = 64 << 20  # out-of-order bytes held across all streams
+MAX_HELD_SEGMENTS = 655_360  # out-of-order segments held across all streams (~130 B overhead each)
 
 
 class StreamConsumer(Protocol):
@@ -34,17 +47,21 @@ Classifier = Callable[[tuple, bytes], "StreamConsumer | None"]
 
 
 class TcpStream:
-    __slots__ = ("key", "next_seq", "ooo", "ooo_bytes", "consumer", "done", "last_ts", "pending")
+    __slots__ = (
+        "key", "next_seq", "pos", "ooo", "heap", "ooo_bytes", "consumer", "done", "last_ts", "queued",
+    )
 
     def __init__(self, key: tuple, ts: float) -> None:
         self.key = key
-        self.next_seq: int | None = None
-        self.ooo: dict[int, bytes] = {}
+        self.next_seq = 0  # sequence number of the next byte to deliver
+        self.pos = 0  # the same point as an offset from the stream start (never wraps)
+        self.ooo: dict[int, bytes] | None = None  # held segments by stream offset
+        self.heap: list[int] | None = None  # their offsets, smallest first
         self.ooo_bytes = 0
         self.consumer: StreamConsumer | None = None
         self.done = False
         self.last_ts = ts
-        self.pending = 0
+        self.queued = ts  # when the stream took its place in the eviction order
 
 
 class FlowTable:
@@ -58,6 +75,12 @@ class FlowTable:
         stream_buffer_cap: int = 262_144,
         idle_timeout: float = 120.0,
         watch: Classifier | None = None,
+        max_stream_segments: int = MAX_STREAM_SEGMENTS,
+        max_half_open: int = MAX_HALF_OPEN,
+        max_held_bytes: int = MAX_HELD_BYTES,
+        max_held_segments: int = MAX_HELD_SEGMENTS,
+        max_unanchored: int = MAX_UNANCHORED,
+        max_finished: int = MAX_FINISHED,
     ) -> None:
         """`watch`: who takes a stream that `classify` left, when its first byte is known (a SYN
         was seen), e.g. to follow a plaintext start up to an upgrade to TLS; never consulted for a
@@ -68,37 +91,78 @@ class FlowTable:
         self.max_streams = max_streams
         self.stream_buffer_cap = stream_buffer_cap
         self.idle_timeout = idle_timeout
-        self.streams: dict[tuple, TcpStream] = {}
+        self.max_stream_segments = max_stream_segments
+        self.max_half_open = max_half_open
+        self.max_held_bytes = max_held_bytes
+        self.max_held_segments = max_held_segments
+        self.max_unanchored = max_unanchored
+        self.max_finished = max_finished
+        # Oldest first: eviction and the idle sweep take from the front in O(1).
+        self.streams: OrderedDict[tuple, TcpStream] = OrderedDict()
+        # key -> (whole seconds << 32) | ISN of a SYN whose connection sent no data yet: ~100 bytes
+        # each instead of a stream, and a flood of them never evicts a stream that carries data.
+        self.half_open: OrderedDict[tuple, int] = OrderedDict()
+        # key -> segments (seq, payload) of a connection seen mid-stream that opened nothing yet
+        self.unanchored: OrderedDict[tuple, list[tuple[int, bytes]]] = OrderedDict()
+        # keys of connections with nothing more to parse: their segments are ignored
+        self.finished: OrderedDict[tuple, None] = OrderedDict()
+        self.held_bytes = 0
+        self.held_segments = 0
+        self._holding: OrderedDict[tuple, TcpStream] = OrderedDict()  # streams holding segments, oldest first
         self._next_sweep = 0.0
 
     def syn(self, key: tuple, ts: float, seq: int) -> None:
         """A SYN fixes where the stream starts, so a first segment arriving late is still placed."""
-        stream = self.streams.get(key)
-        if stream is None:
-            stream = self._new(key, ts)
-        if stream.consumer is None and not stream.done:
+        if key in self.streams:
+            return  # a retransmitted SYN: the stream goes on
+        self.finished.pop(key, None)  # a new connection from the port of a finished one
+        held = self.unanchored.pop(key, None)
+        if held is not None:  # segments came before their SYN: now they can be placed
+            self._release_unanchored(held)
+            stream = self._new(key, ts, counted=True)
             stream.next_seq = (seq + 1) % SEQ_MOD
-            if stream.ooo:
-                self._drain(stream, ts)
+            for held_seq, payload in held:
+                if stream.done:
+                    break
+                self.segment(key, ts, held_seq, payload)
+            return
+        half_open = self.half_open
+        if key not in half_open:
+            self.counters.add("tcp.streams")
+            if len(half_open) >= self.max_half_open:
+                half_open.popitem(last=False)
+                self.counters.add("tcp.half_open_evicted")
+        half_open[key] = (int(ts) << 32) | ((seq + 1) % SEQ_MOD)
 
     def segment(self, key: tuple, ts: float, seq: int, payload: bytes) -> None:
         stream = self.streams.get(key)
         if stream is None:
-            stream = self._new(key, ts)
+            if key in self.finished:
+                return
+            syn = self.half_open.pop(key, None)
+            if syn is not None:
+                stream = self._new(key, ts, counted=True)
+                stream.next_seq = syn & 0xFFFFFFFF
+            else:
+                # Stream start unknown (no SYN seen): take this segment as the start if it opens a
+                # protocol we parse; else hold it briefly, as an earlier segment may still come.
+                consumer = self.classify(key, payload)
+                if consumer is None:
+                    self._hold_unanchored(key, seq, payload)
+                    return
+                held = self.unanchored.pop(key, None)
+                stream = self._new(key, ts, counted=held is not None)
+                stream.consumer, stream.next_seq = consumer, seq
+                if held is not None:  # placed against the start (those before it count as retransmitted)
+                    self._release_unanchored(held)
+                    for held_seq, held_payload in held:
+                        self.segment(key, ts, held_seq, held_payload)
+                    if stream.done:
+                        return
         elif stream.done:
             return
         stream.last_ts = ts
         next_seq = stream.next_seq
-        if next_seq is None:
-            # Stream start unknown (no SYN seen): take this segment as the start if it opens a
-            # protocol we parse; else hold it briefly, as an earlier segment may still come.
-            consumer = self.classify(key, payload)
-            if consumer is not None:
-                stream.consumer = consumer
-                stream.next_seq = next_seq = seq
-            else:
-                self._hold(stream, seq, payload)
-                return
         delta = (seq - next_seq) % SEQ_MOD
         if delta >= HALF_SEQ:  # starts before what was delivered: retransmission or overlap
             overlap = SEQ_MOD - delta
@@ -113,62 +177,177 @@ class FlowTable:
             if stream.ooo and not stream.done:
                 self._drain(stream, ts)
             return
-        if seq in stream.ooo:
-            self.counters.add("tcp.retransmissions")
-            return
-        stream.ooo[seq] = payload
-        stream.ooo_bytes += len(payload)
-        self.counters.add("tcp.out_of_order")
-        if stream.ooo_bytes > self.stream_buffer_cap:
-            self._skip_gap(stream, ts)
+        if payload:
+            self._hold(stream, ts, stream.pos + delta, payload)
 
     def end(self, key: tuple, ts: float) -> None:
         """FIN or RST: deliver what is buffered (across any gap) and forget the stream."""
         stream = self.streams.pop(key, None)
         if stream is not None:
-            self._close(stream, ts)
+            self._close(stream, ts)  # over: its key is not kept among the finished ones
+            return
+        self.half_open.pop(key, None)
+        self.finished.pop(key, None)
+        held = self.unanchored.pop(key, None)
+        if held is not None:
+            self._release_unanchored(held)
+            self.counters.add("tcp.streams_unclassified")
 
     def finish(self) -> None:
         for stream in list(self.streams.values()):
             self._close(stream, stream.last_ts)
         self.streams.clear()
+        self.half_open.clear()
+        for held in self.unanchored.values():
+            self._release_unanchored(held)
+        self.unanchored.clear()
+        self.finished.clear()
 
     def sweep(self, now: float) -> None:
-        """Expire idle streams; cheap enough to call per packet (runs every few seconds of capture time)."""
+        """Expire idle streams; cheap enough to call per packet (runs every few seconds of capture
+        time, and looks only at the front of the queues: a stream found active goes to the back,
+        so each is looked at about once per idle period). A stream expires between one and two
+        idle periods after its last segment."""
         if now < self._next_sweep:
             return
         self._next_sweep = now + min(10.0, self.idle_timeout / 4)
         limit = now - self.idle_timeout
-        idle = [key for key, stream in self.streams.items() if stream.last_ts < limit]
-        for key in idle:
-            self._close(self.streams.pop(key), now)
-        if idle:
-            self.counters.add("tcp.streams_expired", len(idle))
+        streams, expired = self.streams, 0
+        while streams:
+            key = next(iter(streams))
+            stream = streams[key]
+            if stream.queued >= limit:
+                break
+            if stream.last_ts < limit:
+                del streams[key]
+                self._close(stream, now)
+                expired += 1
+            else:
+                stream.queued = stream.last_ts
+                streams.move_to_end(key)
+        if expired:
+            self.counters.add("tcp.streams_expired", expired)
+        half_open, whole_limit = self.half_open, int(limit) << 32
+        while half_open:
+            key = next(iter(half_open))
+            if half_open[key] >= whole_limit:
+                break
+            del half_open[key]
 
     # -- internals -------------------------------------------------------------------------
-    def _new(self, key: tuple, ts: float) -> TcpStream:
-        if len(self.streams) >= self.max_streams:
-            oldest = next(iter(self.streams))
-            self._close(self.streams.pop(oldest), ts)
+    def _new(self, key: tuple, ts: float, counted: bool) -> TcpStream:
+        """A stream for `key`; `counted`: its connection was already counted (SYN or held segments)."""
+        streams = self.streams
+        if len(streams) >= self.max_streams:
+            _, oldest = streams.popitem(last=False)
+            self._close(oldest, ts)
             self.counters.add("tcp.streams_evicted")
-        stream = self.streams[key] = TcpStream(key, ts)
-        self.counters.add("tcp.streams")
+        stream = streams[key] = TcpStream(key, ts)
+        if not counted:
+            self.counters.add("tcp.streams")
         return stream
 
-    def _hold(self, stream: TcpStream, seq: int, payload: bytes) -> None:
+    def _hold_unanchored(self, key: tuple, seq: int, payload: bytes) -> None:
         if not payload:
             return
-        stream.ooo[seq] = payload
-        stream.ooo_bytes += len(payload)
-        stream.pending += 1
-        if stream.pending >= MAX_PENDING_SEGMENTS or stream.ooo_bytes > self.stream_buffer_cap:
-            self._drop(stream)
+        unanchored = self.unanchored
+        held = unanchored.get(key)
+        if held is None:
+            self.counters.add("tcp.streams")
+            if len(unanchored) >= self.max_unanchored:
+                _, oldest = unanchored.popitem(last=False)
+                self._release_unanchored(oldest)
+                self.counters.add("tcp.unanchored_evicted")
+            held = unanchored[key] = []
+        held.append((seq, payload))
+        self.held_bytes += len(payload)
+        self.held_segments += 1
+        if len(held) >= MAX_PENDING_SEGMENTS or sum(len(p) for _, p in held) > self.stream_buffer_cap:
+            del unanchored[key]
+            self._release_unanchored(held)
+            self._finish_key(key)
             self.counters.add("tcp.streams_unclassified")
+        else:
+            self._enforce_global()
+
+    def _release_unanchored(self, held: list[tuple[int, bytes]]) -> None:
+        self.held_bytes -= sum(len(payload) for _, payload in held)
+        self.held_segments -= len(held)
+
+    def _finish_key(self, key: tuple) -> None:
+        """Remember that `key` has nothing more to parse (a bounded memory of it)."""
+        finished = self.finished
+        if len(finished) >= self.max_finished:
+            finished.popitem(last=False)
+        finished[key] = None
+
+    def _hold(self, stream: TcpStream, ts: float, start: int, payload: bytes) -> None:
+        ooo = stream.ooo
+        if ooo is None:
+            ooo = stream.ooo = {}
+            stream.heap = []
+        elif start in ooo:
+            held = ooo[start]
+            if len(payload) <= len(held):
+                self.counters.add("tcp.retransmissions")
+                return
+            # repacketized: a longer segment from the same offset carries bytes the held one lacks
+            ooo[start] = payload
+            self._account(stream, len(payload) - len(held), 0)
+            self.counters.add("tcp.retransmissions")
+            return
+        ooo[start] = payload
+        heappush(stream.heap, start)  # type: ignore[arg-type]
+        self._account(stream, len(payload))
+        self.counters.add("tcp.out_of_order")
+        if stream.ooo_bytes > self.stream_buffer_cap:
+            self._skip_gap(stream, ts)
+        elif len(ooo) > self.max_stream_segments:
+            self.counters.add("tcp.stream_segment_cap")
+            self._skip_gap(stream, ts)
+        else:
+            self._enforce_global()
+
+    def _account(self, stream: TcpStream, size: int, segments: int = 1) -> None:
+        stream.ooo_bytes += size
+        self.held_bytes += size
+        self.held_segments += segments
+        if stream.key not in self._holding:
+            self._holding[stream.key] = stream
+
+    def _release(self, stream: TcpStream, size: int, segments: int) -> None:
+        stream.ooo_bytes -= size
+        self.held_bytes -= size
+        self.held_segments -= segments
+        if not stream.ooo_bytes and not stream.ooo:
+            self._holding.pop(stream.key, None)
+
+    def _enforce_global(self) -> None:
+        """Over the table-wide caps: the stream that has held segments longest gives them up
+        (delivered across their gaps); before any stream, connections seen mid-stream that opened
+        nothing give up what they hold."""
+        while self.held_bytes > self.max_held_bytes or self.held_segments > self.max_held_segments:
+            if self.unanchored:  # segments of connections that may never open anything go first
+                key, held = self.unanchored.popitem(last=False)
+                self._release_unanchored(held)
+                self._finish_key(key)
+                self.counters.add("tcp.held_cap_flushes")
+                self.counters.add("tcp.streams_unclassified")
+                continue
+            if not self._holding:
+                return
+            _, stream = self._holding.popitem(last=False)
+            self.counters.add("tcp.held_cap_flushes")
+            while stream.ooo and not stream.done:
+                self._skip_gap(stream, stream.last_ts)
+            if stream.ooo:
+                self._drop(stream)
 
     def _deliver(self, stream: TcpStream, ts: float, data: bytes) -> None:
         if not data:
             return
         stream.next_seq = (stream.next_seq + len(data)) % SEQ_MOD  # type: ignore[operator]
+        stream.pos += len(data)
         consumer = stream.consumer
         if consumer is None:
             consumer = stream.consumer = self.classify(stream.key, data)
@@ -182,27 +361,26 @@ class FlowTable:
             self._drop(stream)
 
     def _drain(self, stream: TcpStream, ts: float) -> None:
-        """Deliver held segments that are now contiguous (trimming overlaps)."""
-        ooo = stream.ooo
-        while ooo and not stream.done:
-            next_seq = stream.next_seq
-            progressed = False
-            for seq in list(ooo):
-                delta = (seq - next_seq) % SEQ_MOD  # type: ignore[operator]
-                if delta == 0 or delta >= HALF_SEQ:
-                    payload = ooo.pop(seq)
-                    stream.ooo_bytes -= len(payload)
-                    if delta:
-                        overlap = SEQ_MOD - delta
-                        if overlap >= len(payload):
-                            progressed = True
-                            continue
-                        payload = payload[overlap:]
-                    self._deliver(stream, ts, payload)
-                    progressed = True
-                    break
-            if not progressed:
-                return
+        """Deliver, as one piece, the held segments that are now contiguous (trimming overlaps)."""
+        ooo, heap = stream.ooo, stream.heap
+        if not ooo or heap is None:
+            return
+        pos = stream.pos
+        parts: list[bytes] = []
+        size = count = 0
+        while heap and heap[0] <= pos:
+            start = heappop(heap)
+            payload = ooo.pop(start)
+            size += len(payload)
+            count += 1
+            overlap = pos - start
+            if overlap < len(payload):
+                parts.append(payload[overlap:] if overlap else payload)
+                pos += len(payload) - overlap
+        if count:
+            self._release(stream, size, count)
+        if parts:
+            self._deliver(stream, ts, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _skip_gap(self, stream: TcpStream, ts: float) -> None:
         """Give up on missing bytes: jump to the earliest held segment and go on from there."""
@@ -212,8 +390,10 @@ class FlowTable:
         if stream.consumer is not None and not stream.consumer.gap():
             self._drop(stream)
             return
-        start = min(stream.ooo, key=lambda s: (s - stream.next_seq) % SEQ_MOD)  # type: ignore[operator]
-        stream.next_seq = start
+        start = stream.heap[0]  # type: ignore[index]
+        if start > stream.pos:
+            stream.next_seq = (stream.next_seq + start - stream.pos) % SEQ_MOD  # type: ignore[operator]
+            stream.pos = start
         self._drain(stream, ts)
 
     def _close(self, stream: TcpStream, ts: float) -> None:
@@ -223,9 +403,16 @@ class FlowTable:
             stream.consumer.finish(ts)
         self._drop(stream)
 
-    @staticmethod
-    def _drop(stream: TcpStream) -> None:
+    def _drop(self, stream: TcpStream) -> None:
+        """Nothing more to parse: buffers freed, and a live stream leaves the table for the
+        bounded memory of finished keys (a few dozen bytes instead of a stream)."""
+        if stream.ooo_bytes or stream.ooo:
+            self._release(stream, stream.ooo_bytes, len(stream.ooo or ()))
+            self._holding.pop(stream.key, None)
         stream.done = True
-        stream.ooo = {}
+        stream.ooo = stream.heap = None
         stream.ooo_bytes = 0
         stream.consumer = None
+        if self.streams.get(stream.key) is stream:
+            del self.streams[stream.key]
+            self._finish_key(stream.key)

@@ -41,6 +41,9 @@ MAX_TOKEN_METHOD = 32  # longer "methods" are taken for something else than HTTP
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
 _HEAD_END = re.compile(rb"\n\r?\n")
+_REQUEST_LINE_CAP_FACTOR = 4  # a request line may take this many header caps: a long URL still shows whole
+_SKIMMED = (b"host", b"content-length", b"content-type", b"content-encoding", b"transfer-encoding")
+_SKIMMED_LINE = re.compile(rb"(?im)^(" + b"|".join(_SKIMMED) + rb")[ \t]*:[^\n]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(rb"HTTP/(1\.[0-9])")
@@ -195,6 +198,7 @@ class _BodyDecoder:
 
 class _State(Enum):
     HEAD = auto()
+    HEAD_OVERFLOW = auto()  # a head over the cap: kept what fit, skimming the rest for Host
     BODY_LENGTH = auto()
     CHUNK_SIZE = auto()
     CHUNK_DATA = auto()
@@ -240,6 +244,8 @@ class HttpRequestStream:
         # After CONNECT or Upgrade: ("connect", authority) or (upgrade protocol, target)
         self.tunnel: tuple[str, str] | None = None
         self.tunnel_start: bytes | None = None  # the tunnel's first bytes, once they are not HTTP
+        self._overflow: tuple[bytes, int, dict[bytes, bytes]] | None = None  # kept head, offset, skimmed lines
+        self._head_cut = False
 
     @property
     def failed(self) -> bool:
@@ -290,6 +296,8 @@ class HttpRequestStream:
         state = self._state
         if state is _State.HEAD:
             return self._parse_head()
+        if state is _State.HEAD_OVERFLOW:
+            return self._skim_head()
         message = self._message
         assert message is not None
         if message.awaiting_continue:
@@ -321,13 +329,11 @@ class HttpRequestStream:
         if self._simple_request():
             return True
         end = _HEAD_END.search(self._buf, max(self._pos, self._scan_from))
-        if end is None:
-            if len(self._buf) - self._pos > self.header_cap:
-                raise _Invalid("request head larger than the cap")
+        if end is None or end.end() - self._pos > self.header_cap:
+            if len(self._buf) - self._pos > self.header_cap and self._start_overflow():
+                return True
             self._scan_from = max(self._pos, len(self._buf) - 2)
             return False
-        if end.end() - self._pos > self.header_cap:
-            raise _Invalid("request head larger than the cap")
         head = bytes(self._buf[self._pos:end.start()])
         offset = self._base + self._pos
         self._pos = self._scan_from = end.end()
@@ -349,6 +355,56 @@ class HttpRequestStream:
         )
         self._pos = self._scan_from = newline + 1
         self._emit(truncated=False)
+        return True
+
+    def _start_overflow(self) -> bool:
+        """A head longer than the cap is not dropped (padding would hide any request): the request
+        line (up to _REQUEST_LINE_CAP) and the whole header lines that fit in the cap after it are
+        kept, the rest is skimmed for Host and framing, and the request comes out flagged
+        truncated. False while a long request line is still arriving."""
+        line_cap = _REQUEST_LINE_CAP_FACTOR * self.header_cap
+        line_end = self._buf.find(b"\n", self._pos, self._pos + line_cap)
+        if line_end == -1 and len(self._buf) - self._pos < line_cap:
+            return False
+        self.counters.add("http.head_truncated")
+        offset = self._base + self._pos
+        if line_end == -1:  # the request line alone is over its cap: its target is cut, the version assumed
+            kept = bytes(self._buf[self._pos:self._pos + line_cap]).split(b"\r", 1)[0] + b" HTTP/1.1"
+            self._pos += line_cap
+        else:
+            kept = bytes(self._buf[self._pos:line_end])
+            more = bytes(self._buf[line_end + 1:max(line_end + 1, self._pos + self.header_cap)])
+            cut = more.rfind(b"\n")
+            if cut > 0:
+                kept += b"\n" + more[:cut]
+            self._pos = line_end + 1 + cut if cut > 0 else line_end  # on the last kept line's newline
+        self._overflow = (kept, offset, {})
+        self._state = _State.HEAD_OVERFLOW
+        return True
+
+    def _skim_head(self) -> bool:
+        """Past the cap: look for the end of the head and the header lines the detectors and the
+        framing need (Host, Content-*, Transfer-Encoding), holding about a line at a time."""
+        assert self._overflow is not None
+        kept, offset, found = self._overflow
+        end = _HEAD_END.search(self._buf, self._pos)
+        stop = end.start() + 1 if end is not None else self._buf.rfind(b"\n") + 1
+        if stop > self._pos:
+            for line in _SKIMMED_LINE.finditer(self._buf, self._pos, stop):
+                name = line.group(1).lower()
+                if name not in found and len(found) < len(_SKIMMED):
+                    found[name] = line.group(0)[:1024].rstrip(b"\r\n")
+        if end is None:
+            # keep the last newline (a blank line may follow) and the line in progress, unless it
+            # is already too long to be one worth keeping
+            self._pos = max(stop - 1, self._pos, len(self._buf) - 1024)
+            return False
+        self._pos = self._scan_from = end.end()
+        self._overflow = None
+        present = {line.group(1).lower() for line in _SKIMMED_LINE.finditer(b"\n" + kept)}
+        kept += b"".join(b"\r\n" + line for name, line in found.items() if name not in present)
+        self._head_cut = True
+        self._start_message(kept, offset)
         return True
 
     def _start_message(self, head: bytes, offset: int) -> None:
@@ -517,9 +573,10 @@ class HttpRequestStream:
         self._ready.append(ParsedRequest(
             method=message.method, target=message.target, version=message.version,
             headers=message.headers, host=message.host, body=body,
-            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated,
+            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated or self._head_cut,
             offset=message.offset,
         ))
+        self._head_cut = False
         if message.opens_tunnel:
             self._in_tunnel = True
             upgrade = next((value for name, value in message.headers if name.lower() == "upgrade"), "")

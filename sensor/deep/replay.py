@@ -25,6 +25,8 @@ def is_har(path: Path) -> bool:
     """A HAR export: named *.har, or JSON text (a capture file never starts with "{")."""
     if path.suffix.lower() == ".har":
         return True
+    if not path.is_file():  # stdin or a named pipe is read once, by the capture reader alone
+        return False
     try:
         with path.open("rb") as handle:
             return handle.read(64).lstrip()[:1] == b"{"

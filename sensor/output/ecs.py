@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import redact_url, scan_http
+from sensor.phi import redact, redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
 
 try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
@@ -280,7 +280,7 @@ class EventBuilder:
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = rec.header("user-agent")
         if agent:
-            doc["user_agent"] = {"original": agent}
+            doc["user_agent"] = {"original": redact(agent, ()) if self.redact_urls else agent}
         doc["related"] = _related(rec.flow, rec.host)
         return doc
 
@@ -306,9 +306,7 @@ def _redacted_request_urls(
 ) -> tuple[str, str | None]:
     """The request target and referrer with any health data they carry (or `known` found) masked."""
     findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
-    findings = [*findings, *known]
-    if not findings:
-        return target, referrer
+    findings = [*findings, *known]  # none found: identifier-shaped values are still masked
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
 
 

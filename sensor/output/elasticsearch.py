@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_INDEX_PREFIX = "phi-sensor"
 DEFAULT_BATCH_SIZE = 500
 MAX_CHUNK_BYTES = 5 * 1024 * 1024
-# Item statuses that no retry can fix: the document itself is unacceptable (e.g. a mapping conflict).
-PERMANENT_STATUSES = frozenset({400, 413, 422})
 CONFLICT = 409
 # The Elasticsearch majors this sink speaks to (REST compatibility reaches one major back).
 SUPPORTED_MAJORS = (8, 9)
@@ -354,8 +352,10 @@ class ElasticsearchSink(SpooledSink):
                         conflicts.append((actions[position], detail.get("_index")))
                 else:
                     problems[_problem(status, detail.get("error"))] += 1
-                    # A whole-request failure carries the exception: only per-item verdicts are final.
-                    if "exception" not in detail and isinstance(status, int) and status in PERMANENT_STATUSES:
+                    # A whole-request failure carries the exception: only per-item verdicts are final,
+                    # and of those every 4xx but a timeout or a throttle (the document itself, or an
+                    # index that refuses it): to the dead-letter file, not retried forever.
+                    if "exception" not in detail and isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
                         rejected.append(seq)
         except self.transport_errors as exc:
             problems[type(exc).__name__] += len(batch) - answered

@@ -116,8 +116,9 @@ class JsonlSink:
 
     @staticmethod
     def _open(path: Path) -> BinaryIO:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "ab", buffering=1 << 20)
+        from sensor.output.files import open_append  # created 0600; an unusable path is exit 2
+
+        return open_append(path, buffering=1 << 20)
 
     def reopen(self) -> None:
         """Flush to the file open now (perhaps renamed by logrotate), then write to the path anew.

@@ -133,8 +133,12 @@ def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, 
             raise
         return sinks
     from sensor.output.specs import build_validated
+    from sensor.output.spool import SpooledSink
 
-    return build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
+    built = build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
+    # Spooled sinks first: an alert is on disk before any other output shows it (a SIGKILL
+    # between the two never leaves an alert only on stdout).
+    return sorted(built, key=lambda sink: not isinstance(sink, SpooledSink))
 
 
 def check_outputs(specs: list[dict[str, Any]], *, spool_dir: Path, source: str = "config") -> None:

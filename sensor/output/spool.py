@@ -7,6 +7,7 @@ The file is bounded; on overflow the oldest document of the lowest severity goes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor.errors import SensorError
+from sensor.errors import ConfigError, SensorError
+from sensor.output.files import create_private, open_append, private_dir
 from sensor.output.sinks import is_alert
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,16 @@ def severity_rank(doc: dict[str, Any]) -> int:
         return 0
     severity = alert_severity(doc)
     return SEVERITIES.index(severity) + 1 if severity else 1
+
+
+def with_event_id(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give a document without `event.id` (an event; alerts have theirs) one derived from its
+    content, as alerts do, so a bulk retried after a lost answer cannot index it twice."""
+    event = doc.get("event")
+    if isinstance(event, dict) and not event.get("id"):
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return {**doc, "event": {**event, "id": hashlib.sha1(canonical.encode()).hexdigest()}}
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +114,10 @@ class Spool:
 
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"spool directory {path.parent}: {exc.strerror or exc}") from None
+            private_dir(path.parent, "spool")
+            create_private(path)  # SQLite gives its -wal and -shm files the database file's mode
+        except (ConfigError, OSError) as exc:
+            raise SpoolError(f"spool {path}: {getattr(exc, 'strerror', None) or exc}") from None
         try:
             return self._connect(path)
         except sqlite3.DatabaseError as exc:
@@ -207,6 +220,21 @@ class Spool:
             self._count -= removed
             self._bytes -= removed_bytes
 
+    @property
+    def dead_letter_path(self) -> Path:
+        """Where documents the remote end refused for good are kept: beside the spool."""
+        return self.path.with_name(self.path.stem + ".dead-letter.jsonl")
+
+    def dead_letter(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Append refused documents (as spooled: redacted like every output) as JSON lines."""
+        if not docs:
+            return
+        lines = b"".join(
+            json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n" for doc in docs
+        )
+        with self._lock, open_append(self.dead_letter_path, what="dead-letter") as out:
+            out.write(lines)
+
     def depth(self) -> int:
         with self._lock:
             return self._count
@@ -290,7 +318,7 @@ class SpooledSink(ABC):
         self._batch_size = batch_size
         self._backoff = backoff
         self._counters = _Counters(
-            {k: 0 for k in ("sent", "duplicates", "retries", "failed", "filtered", "spool_errors")}
+            {k: 0 for k in ("sent", "duplicates", "retries", "failed", "dead_lettered", "filtered", "spool_errors")}
         )
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -303,7 +331,7 @@ class SpooledSink(ABC):
         if not self._wants(doc):
             return
         try:
-            self._spool.put(doc)
+            self._spool.put(with_event_id(doc))
         except sqlite3.Error as exc:
             # Disk full or the like: count the loss, never let it reach packet processing.
             self._counters.add("spool_errors")
@@ -317,6 +345,13 @@ class SpooledSink(ABC):
             self._counters.add("filtered")
             return False
         return True
+
+    def refused_note(self) -> str | None:
+        """One line when the remote end refused documents for good during this run (exit 4)."""
+        refused = self._counters.snapshot().get("dead_lettered", 0)
+        if not refused:
+            return None
+        return f"{self.name}: {refused} document(s) refused for good, kept in {self._spool.dead_letter_path}"
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -374,6 +409,15 @@ class SpooledSink(ABC):
                 log.debug("%s: unexpected delivery error", self.name, exc_info=True)
                 result = DeliveryResult(problem=f"unexpected {type(exc).__name__}")
             settled = [*result.delivered, *result.rejected]
+            if result.rejected:
+                refused = set(result.rejected)
+                try:  # kept before it leaves the spool: a crash in between writes it twice, never loses it
+                    self._spool.dead_letter([item.doc for item in batch if item.seq in refused])
+                    self._counters.add("dead_lettered", len(refused))
+                except (OSError, SensorError) as exc:
+                    log.error("%s: cannot write the dead-letter file: %s", self.name, exc)
+                    settled = list(result.delivered)  # the refused stay spooled, retried next time
+                    self._stopping.wait(self._backoff.maximum)
             try:
                 self._spool.ack(settled)
             except sqlite3.Error as exc:

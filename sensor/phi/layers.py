@@ -13,6 +13,7 @@ import binascii
 import json
 import re
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
@@ -62,7 +63,8 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
-_FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]{1,128}")
+_FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]+")  # any length: a long key must not hide a form
+_LONG_KEY = 128
 _ABSOLUTE_URL = re.compile(r"(?i)^https?://[^\s/?#]+")
 _BOUNDARY = re.compile(r'(?i)boundary="?([^";,]{1,200})"?')
 _PART_NAME = re.compile(rb'(?i)\bname="([^"]{0,200})"')
@@ -70,6 +72,19 @@ _MIN_BASE64_CHARS = 8
 _PRINTABLE_SHARE = 0.9
 _SAMPLE_CHARS = 4096
 _RATIO_FLOOR_BYTES = 1024  # inputs under 1 KiB may inflate to max_ratio KiB: their headers skew the ratio
+
+
+# Every time a bound stopped peeling (what was left unread is then not seen by the detectors):
+# fields (too many keys), output (budget spent), json_nesting (nested too deep), long_keys (seen,
+# not a bound). The pipeline adds them to its counters as phi.capped.* (see take_capped).
+CAPPED: Counter[str] = Counter()
+
+
+def take_capped() -> dict[str, int]:
+    """The caps hit since the last call (and reset)."""
+    out = dict(CAPPED)
+    CAPPED.clear()
+    return out
 
 
 def join_path(prefix: str, key: str) -> str:
@@ -248,7 +263,10 @@ class Peeler:
 
     def emit(self, path: str, value: str) -> None:
         if self.exhausted:
+            CAPPED["output" if self._budget <= 0 else "fields"] += 1
             return
+        if len(value) > self._budget:
+            CAPPED["output"] += 1
         value = value[: self._budget]
         self._budget -= len(value)
         self.fields.append(Field(path, value))
@@ -329,19 +347,38 @@ class Peeler:
 
     def form(self, text: str, prefix: str = "", depth: int = 0) -> None:
         """``a=b&c=d`` -> each value peeled under ``prefix.a``, ``prefix.c``."""
-        for key, value in split_form(text, self.limits.max_fields):
-            if self.exhausted:
+        pieces = text.split("&")
+        for index, piece in enumerate(pieces):
+            if not piece:
+                continue
+            if len(self.fields) >= self.limits.max_fields - 1 and index < len(pieces) - 1:
+                # one field left and more keys: what is unread goes out whole, so padding with
+                # thousands of keys cannot hide the last one
+                CAPPED["fields"] += 1
+                self.emit(join_path(prefix, "_rest"), unquote_plus("&".join(pieces[index:]), errors="replace"))
                 return
-            self._text(value, join_path(prefix, key), depth)
+            if self.exhausted:
+                CAPPED["fields"] += 1
+                return
+            key, _, value = piece.partition("=")
+            if len(key) > _LONG_KEY:
+                CAPPED["long_keys"] += 1
+            key = unquote_plus(key, errors="replace")
+            self._text(unquote_plus(value, errors="replace"), join_path(prefix, key), depth)
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
         if self.exhausted:
             return
         if nesting >= self.limits.max_json_nesting:
+            # deeper than the cap: the rest of the document goes out whole, as text
+            CAPPED["json_nesting"] += 1
+            self.emit(prefix, json.dumps(obj, ensure_ascii=False)[: self._budget])
             return
         if isinstance(obj, dict):
             for key, child in obj.items():
+                if len(key) > _LONG_KEY:
+                    CAPPED["long_keys"] += 1
                 self.json(child, join_path(prefix, str(key)), depth, nesting + 1)
         elif isinstance(obj, list):
             for index, child in enumerate(obj):
@@ -379,7 +416,8 @@ class Peeler:
             return
         if media_type(content_type) == "application/x-www-form-urlencoded":
             text = _bytes_to_text(body[: self.limits.max_output])
-            if text is not None and looks_like_form(text.strip()):
+            # declared a form: taken as one whatever its keys look like (an odd key hides nothing)
+            if text is not None and "=" in text:
                 self.form(text.strip(), prefix, 1)
                 return
         self.value(body, prefix)

@@ -11,10 +11,11 @@ import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from sensor.phi import recognizers
 from sensor.phi.layers import Field
 from sensor.phi.recognizers import Finding
 
-__all__ = ["EXCERPT_CHARS", "evidence", "placeholder", "redact", "redact_url"]
+__all__ = ["EXCERPT_CHARS", "evidence", "identifier_spans", "placeholder", "redact", "redact_url"]
 
 EXCERPT_CHARS = 80
 _TYPE_LABEL = re.compile(r"[^a-z0-9_]")
@@ -25,9 +26,74 @@ def placeholder(finding_type: str) -> str:
     return f"[REDACTED:{_TYPE_LABEL.sub('_', finding_type.lower())}]"
 
 
+# What looks like an identifier is masked whether or not a recognizer believed it (a number on
+# its list of known test values, a failed check digit, a confidence below the rules' threshold):
+# redaction is a superset of detection. These are the recognizers' shapes without their
+# validation; each alternative names the type of the value it captures. Every text of every
+# event passes here, so each family runs only where a cheap hint says it may match.
+_NUMERIC = re.compile(
+    r"(?<![\w-])(?P<ssn>\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4}|\d{3}\.\d{2}\.\d{4})(?![\w-])"
+    r"|(?<![\w+.-])(?P<phone>(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})(?![\w.-])"
+    r"|(?<![\w+])(?P<phone_>\+\d{10,15})(?!\d)"
+)
+_NUMERIC_HINT = re.compile(r"\d\d\d[- .)]|\+\d{10}")  # a numeric shape starts at most 5 characters before
+_MBI_L, _MBI_A = "[AC-HJKMNP-RT-Y]", "[AC-HJKMNP-RT-Y0-9]"
+_MBI = re.compile(
+    rf"(?<![A-Za-z0-9])([1-9]{_MBI_L}{_MBI_A}\d(?:{_MBI_L}{_MBI_A}\d|-{_MBI_L}{_MBI_A}\d-){_MBI_L}{{2}}\d{{2}})(?![A-Za-z0-9])"
+)
+_MBI_HINT = re.compile(rf"[1-9]{_MBI_L}{_MBI_A}\d[{_MBI_L[1:-1]}-]")
+_WORDED = re.compile(
+    r"(?i:\bssn|social security(?: number| no\.?)?|soc\.? ?sec)\W{0,5}(?P<ssn_>\d{9})(?!\d)"
+    r"|(?i:\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*(?P<mrn>[a-z]{0,3}\d{6,10})\b)"
+    r"|(?i:\b(?:member|subscriber|policy|group)\s*(?:id|#|no\.?|number)\s*[:#=]?\s*"
+    r"(?P<member_id>(?=(?:[a-z-]*\d){3})[a-z0-9][a-z0-9-]{4,19})\b)"
+    r"|(?i:(?:\bnpi|national provider(?: identifier)?)\W{0,5}(?P<npi>\d{10})(?!\d))"
+)
+_WORD_HINTS = ("ssn", "soc", "mrn", "medical rec", "chart", "member", "subscriber", "policy", "group", "npi", "national")
+# Apart, and only where there is an "@": its local part would be tried at every position.
+_EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])")
+_FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
+
+
+def identifier_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every identifier-shaped span of `text`, believed or not (may repeat a span)."""
+    spans = []
+    for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
+        start = max(0, hint.start() - 5)
+        for match in _NUMERIC.finditer(text, start, start + 48):
+            group = match.lastgroup or ""
+            spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if _MBI_HINT.search(text):
+        spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
+    lowered = text.lower()
+    if any(word in lowered for word in _WORD_HINTS):
+        for match in _WORDED.finditer(text):
+            group = match.lastgroup or ""
+            spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if "@" in text:
+        for match in _EMAIL.finditer(text):
+            if match.group(1).rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES:
+                spans.append((match.start(1), match.end(1), "email"))
+    return spans
+
+
+# Parameters named as an identifier are masked whole, whatever their value looks like.
+_KEYED = (
+    ("ssn", recognizers._SSN_KEYS), ("mrn", recognizers._MRN_KEYS), ("dob", recognizers._DOB_KEYS),
+    ("email", recognizers._EMAIL_KEYS), ("phone", recognizers._PHONE_KEYS),
+    ("member_id", recognizers._MEMBER_KEYS), ("mbi", recognizers._MBI_KEYS),
+    ("npi", frozenset({"npi", "npinumber", "providernpi", "prescribernpi"})),
+)
+
+
+def _keyed_type(key: str) -> str | None:
+    named = recognizers._key(key)
+    return next((kind for kind, names in _KEYED if named.named(names)), None)
+
+
 def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
     """Merged spans to mask, each with the type of the finding that opened it."""
-    raw: list[tuple[int, int, str]] = []
+    raw: list[tuple[int, int, str]] = identifier_spans(text)
     patterns: dict[str, re.Pattern[str]] = {}
     for finding in findings:
         if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
@@ -116,10 +182,16 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
         key = unquote_plus(raw_key, errors="replace")
         value = unquote_plus(raw_value, errors="replace")
         redacted = redact(value, findings)
-        if redacted == value:
+        masked_key = redact(key, ())  # a key can carry an identifier as well as a value
+        if masked_key != key:
+            raw_key = quote_plus(masked_key, safe="[]:/")
+        keyed = _keyed_type(key) if value.strip() else None
+        if keyed is not None:
+            redacted = placeholder(keyed)
+        elif redacted == value:
             carried = next((finding for finding in findings if _carries(key, finding)), None)
             if carried is None:
-                pieces.append(piece)
+                pieces.append(raw_key + equals + raw_value if masked_key != key else piece)
                 continue
             redacted = placeholder(carried.type)
         pieces.append(raw_key + equals + quote_plus(redacted, safe="[]:/"))
@@ -150,7 +222,7 @@ def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: b
                 "type": finding.type,
                 "category": finding.category,
                 "confidence": finding.confidence,
-                "path": finding.path,
+                "path": finding.path if unredacted else redact(finding.path, ()),
                 "excerpt": excerpt,
             }
         )
