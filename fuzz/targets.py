@@ -240,8 +240,11 @@ def ecs_compiled(data: bytes) -> None:
         ts = float(int.from_bytes(raw[:4], "little"))
     if ecs._envelope_fast is not None:
         builder = ecs.EventBuilder("sensor", lambda host: host)
-        compiled = ecs._envelope_fast(ts, "dns", flow, "dns", builder.observer, ecs.ECS_VERSION, ecs.MODULE)
-        assert compiled == builder._envelope_py(ts, "dns", flow, "dns"), "compiled envelope differs"
+        dataset = ecs.EVENT_DATASETS["dns"]
+        compiled = ecs._envelope_fast(
+            ts, dataset, flow, "dns", builder.observer, ecs.ECS_VERSION, ecs.MODULE, builder._data_streams[dataset]
+        )
+        assert compiled == builder._envelope_py(ts, "dns", flow), "compiled envelope differs"
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -197,13 +197,13 @@ def test_spool_goes_to_the_state_directory_never_the_working_directory(tmp_path:
     work, state = tmp_path / "work", tmp_path / "state"
     work.mkdir()
     env = {"PYTHONPATH": str(REPO), "XDG_STATE_HOME": str(state)}
-    result = sensor("replay", DEMO, "--quiet", "--output", "webhook=http://127.0.0.1:9/hook", "--flush-timeout", "0",
+    result = sensor("replay", DEMO, "--quiet", "--output", "webhook=http://127.0.0.1:9/hook", "--flush-timeout", "0.01",
                     cwd=work, env=env)
     assert result.returncode == 4, result.stderr  # nothing listens on the discard port: spooled
     assert list(work.iterdir()) == []
     assert list((state / "phi-sensor" / "spool").glob("webhook-*.db"))
     service = tmp_path / "service-state"
-    result = sensor("replay", DEMO, "--quiet", "--output", "webhook=http://127.0.0.1:9/hook", "--flush-timeout", "0",
+    result = sensor("replay", DEMO, "--quiet", "--output", "webhook=http://127.0.0.1:9/hook", "--flush-timeout", "0.01",
                     cwd=work, env={**env, "STATE_DIRECTORY": str(service)})
     assert result.returncode == 4 and list((service / "spool").glob("webhook-*.db"))
 
