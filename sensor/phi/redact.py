@@ -7,6 +7,7 @@ text said "diabetes".
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
@@ -87,6 +88,15 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
     A query value whose findings were decoded out of an encoding (base64, nested URL encoding)
     cannot be masked piecewise: the whole value is replaced, with the type of its first finding.
     """
+    if len(url) <= _CACHED_URL_CHARS:  # an alert masks its request's URL for the event and again for the alert
+        return _redact_url_cached(url, tuple(findings))
+    return _redact_url(url, findings)
+
+
+_CACHED_URL_CHARS = 2048
+
+
+def _redact_url(url: str, findings: Sequence[Finding]) -> str:
     rest, hash_mark, fragment = url.partition("#")
     base, question, query = rest.partition("?")
     authority = ""
@@ -100,6 +110,9 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
     if hash_mark:
         parts.append("#" + _redact_component(fragment, findings))
     return "".join(parts)
+
+
+_redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 
 def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
