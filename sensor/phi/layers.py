@@ -61,6 +61,7 @@ class LayerLimits:
 DEFAULT_LIMITS = LayerLimits()
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
@@ -221,7 +222,7 @@ def _parse_json(text: str) -> object | None:
 
 def looks_like_form(text: str) -> bool:
     """``key=value&...`` with plausible key names and no blanks (so not prose that contains "=")."""
-    if "=" not in text or any(ch.isspace() for ch in text[:_SAMPLE_CHARS]):
+    if "=" not in text or _BLANK.search(text, 0, _SAMPLE_CHARS):
         return False
     pieces = text.split("&", 64)
     first_key, equals, _ = pieces[0].partition("=")
@@ -234,7 +235,7 @@ def _is_url(text: str) -> bool:
     """An absolute URL (blanks allowed: decoded search terms), or a path with no blanks (not prose)."""
     if _ABSOLUTE_URL.match(text):
         return True
-    return text.startswith("/") and not any(ch.isspace() for ch in text[:_SAMPLE_CHARS])
+    return text.startswith("/") and not _BLANK.search(text, 0, _SAMPLE_CHARS)
 
 
 def _is_structured_line(line: str) -> bool:

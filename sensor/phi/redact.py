@@ -69,6 +69,8 @@ def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tu
 
 def redact(text: str, findings: Iterable[Finding]) -> str:
     """``text`` with each finding's span, and every other occurrence of its value, replaced by a placeholder."""
+    if not findings:  # most alerts' summaries and URLs: nothing to mask
+        return text
     return _redact_mapped(text, findings)[0]
 
 
