@@ -42,7 +42,7 @@ import sysconfig
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def recall(expected: dict[str, set[Any]], found: dict[str, set[Any]]) -> dict[st
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float  # user + system time of the child and the processes it waited for
     max_rss_kb: int
     tree_rss_kb: int
     rss_floor_kb: int  # this script's own peak when the child started: ru_maxrss never reads lower
@@ -253,7 +254,8 @@ def run_child(argv: list[str], stdout_path: Path, stderr_path: Path) -> Run:
         tree_peak = sampler.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
     tail = stderr_path.read_text(errors="replace")[-400:].strip()
-    return Run(wall, usage.ru_maxrss, tree_peak, floor, proc.returncode, tail)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, cpu, usage.ru_maxrss, tree_peak, floor, proc.returncode, tail)
 
 
 def ensure_capture(path: Path, packets: int, seed: int, mix: str = "standard") -> dict[str, Any]:
@@ -271,8 +273,10 @@ def ensure_capture(path: Path, packets: int, seed: int, mix: str = "standard") -
 def summary(tool: Tool, packets: int) -> dict[str, Any]:
     walls = [r.wall_s for r in tool.runs]
     median = statistics.median(walls)
+    cpus = [r.cpu_s for r in tool.runs]
     return {
         "wall_s": {"median": median, "min": min(walls), "max": max(walls), "all": walls},
+        "cpu_s": {"median": statistics.median(cpus), "all": cpus},
         "packets_per_s": packets / median if median else 0.0,
         "peak_rss_mb": max(r.max_rss_kb for r in tool.runs) / 1024,
         "peak_tree_rss_mb": max(r.tree_rss_kb for r in tool.runs) / 1024,
@@ -281,13 +285,16 @@ def summary(tool: Tool, packets: int) -> dict[str, Any]:
     }
 
 
-def print_summary(tools: dict[str, Tool], stats: dict[str, dict[str, Any]], ratios: dict[str, list[float]]) -> None:
-    columns = ("median s", "min s", "max s", "packets/s", "RSS MB", "tree MB")
+def print_summary(
+    tools: dict[str, Tool], stats: dict[str, dict[str, Any]], ratios: dict[str, list[float]],
+    cpu_ratios: dict[str, list[float]],
+) -> None:
+    columns = ("median s", "min s", "max s", "cpu s", "packets/s", "RSS MB", "tree MB")
     print(f"\n{'mode':8s}" + "".join(f" {c:>{len(c) + 3}s}" for c in columns))
     for name in tools:
         tool, wall = stats[name], stats[name]["wall_s"]
         print(
-            f"{name:8s} {wall['median']:11.2f} {wall['min']:8.2f} {wall['max']:8.2f}"
+            f"{name:8s} {wall['median']:11.2f} {wall['min']:8.2f} {wall['max']:8.2f} {tool['cpu_s']['median']:8.2f}"
             f" {tool['packets_per_s']:12,.0f} {tool['peak_rss_mb']:9.1f} {tool['peak_tree_rss_mb']:10.1f}"
         )
     floor_mb = max(stats[name]["rss_floor_mb"] for name in tools)
@@ -295,7 +302,8 @@ def print_summary(tools: dict[str, Tool], stats: dict[str, dict[str, Any]], rati
     for mode, values in ratios.items():
         if values:
             print(f"tshark/{mode} wall time, median of rounds: {statistics.median(values):.2f}x"
-                  f"  (rounds: {', '.join(f'{value:.1f}' for value in values)})")
+                  f"  (rounds: {', '.join(f'{value:.1f}' for value in values)});"
+                  f" CPU time: {statistics.median(cpu_ratios[mode]):.2f}x")
 
 
 def check_completeness(completeness: dict[str, list[dict[str, int]]]) -> bool:
@@ -346,6 +354,14 @@ def resolve_program(argv: list[str]) -> list[str]:
         return argv
     found = shutil.which(argv[0], path=sysconfig.get_path("scripts")) or shutil.which(argv[0])
     return [found or argv[0], *argv[1:]]
+
+
+def _alerts_aside(lines: Iterable[str], alerts: list[str]) -> Iterator[str]:
+    """`lines`, streamed, keeping the alert documents among them in `alerts`."""
+    for line in lines:
+        if '"kind":"alert"' in line:
+            alerts.append(line)
+        yield line
 
 
 def alert_completeness(lines: Iterable[str], reference: list[str]) -> dict[str, int]:
@@ -447,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             work / "run-reference.stderr",
         )
     ratios: dict[str, list[float]] = {mode: [] for mode in modes if mode != "tshark"}
+    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in ratios}
     for round_index in range(args.runs):
         shift = round_index % len(modes)
         for mode in modes[shift:] + modes[:shift]:  # each tool goes first as often as the others
@@ -463,23 +480,23 @@ def main(argv: list[str] | None = None) -> int:
                     if reference is not None:
                         completeness[mode].append(alert_completeness(lines, reference))
                 else:
-                    text = list(lines)
-                    tools[mode].recalls.append(recall(expected, sensor_sets(text)))
+                    alerts: list[str] = []
+                    tools[mode].recalls.append(recall(expected, sensor_sets(_alerts_aside(lines, alerts))))
                     if mode == "all" and reference is not None:
-                        alerts = [line for line in text if '"kind":"alert"' in line]
                         completeness[mode].append(alert_completeness(alerts, reference))
             status = "" if run.exit_code == 0 else f"  exit {run.exit_code}: {run.stderr_tail[-200:]}"
             print(
-                f"  round {round_index + 1} {mode:6s} {run.wall_s:8.2f} s  RSS {run.max_rss_kb / 1024:7.1f} MB"
+                f"  round {round_index + 1} {mode:6s} {run.wall_s:8.2f} s  cpu {run.cpu_s:6.2f} s  RSS {run.max_rss_kb / 1024:7.1f} MB"
                 f"  tree {run.tree_rss_kb / 1024:7.1f} MB{status}",
                 flush=True,
             )
         if "tshark" in modes:
             for mode in ratios:
                 ratios[mode].append(tools["tshark"].runs[-1].wall_s / tools[mode].runs[-1].wall_s)
+                cpu_ratios[mode].append(tools["tshark"].runs[-1].cpu_s / max(tools[mode].runs[-1].cpu_s, 1e-9))
 
     stats = {name: summary(tool, packets) for name, tool in tools.items()}
-    print_summary(tools, stats, ratios)
+    print_summary(tools, stats, ratios, cpu_ratios)
     ok = all(run.exit_code == 0 for tool in tools.values() for run in tool.runs)
     for mode in ("events", "all"):
         if mode in tools:
@@ -494,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
             "commands": commands,
             **stats,
             "ratio_tshark_over_mode_median": {mode: statistics.median(values) for mode, values in ratios.items() if values},
+            "cpu_ratio_tshark_over_mode_median": {
+                mode: statistics.median(values) for mode, values in cpu_ratios.items() if values
+            },
             "recall": {mode: tool.recalls for mode, tool in tools.items() if tool.recalls},
             "alert_completeness": completeness,
             "ok": ok,
