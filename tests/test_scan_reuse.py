@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import math
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +14,6 @@ from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog
 from sensor.phi import scan_fields, scan_http
-from sensor.phi import layers
 from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
@@ -25,7 +24,7 @@ def fields_in_one_peel(target: str, headers, body: bytes, content_type: str | No
     peeler = Peeler(DEFAULT_LIMITS)
     path, query = split_target(target)
     if path:
-        peeler.emit("url.path", layers.unquote(path, errors="replace"))
+        peeler.emit("url.path", unquote(path, errors="replace"))
     if query:
         peeler.form(query, "query", 1)
     for name, value in headers:
