@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a large, realistic mixed capture for the benchmark, with its ground truth.
 
-    python bench/make_capture.py OUT.pcap [--packets 1000000] [--seed 1]
+    python bench/make_capture.py OUT.pcap [--packets 1000000] [--seed 1] [--mix standard|dense]
 
 The capture interleaves many concurrent sessions as a busy hospital uplink does: HTTPS
 downloads and uploads (about half the packets are 1400-byte TLS application data segments,
@@ -10,6 +10,8 @@ the ClientHellos split over two segments (Chrome's post-quantum key share), DNS 
 TCP (A, AAAA, CNAME chains, HTTPS), plaintext HTTP GET and POST (some bodies over two
 segments, some chunked and gzipped), QUIC v1 Initials (often two per ClientHello) followed by
 1-RTT packets; ~15% IPv6, ~10% VLAN-tagged (some QinQ), a few client ports below the server's.
+`--mix dense` is the same traffic denser in handshakes (shorter downloads, more HTTPS and DNS
+sessions, 12% VLAN): about 24k DNS queries and 20k ClientHellos per million packets.
 
 OUT.truth.json holds the exact counts and the sets of DNS query names, TLS SNIs (TCP), QUIC
 SNIs and HTTP requests (method, host, uri). An item enters the truth only when the last packet
@@ -329,10 +331,31 @@ class Setup(NamedTuple):
         return self.client.ipv6 if self.ipv6 else self.client.ipv4
 
 
+@dataclass(frozen=True)
+class Mix:
+    """What sets one mix apart: session kinds by weight, how long downloads run, the VLAN share."""
+
+    https: int
+    dns: int
+    http: int
+    quic: int
+    dns_tcp: int
+    bulk_scale: float  # segments of each download or upload, relative to the standard mix
+    vlan_share: float
+
+
+MIXES = {
+    "standard": Mix(https=45, dns=40, http=10, quic=8, dns_tcp=1, bulk_scale=1.0, vlan_share=0.10),
+    # ~24k DNS queries and ~20k ClientHellos (a fifth split) per million packets
+    "dense": Mix(https=45, dns=6, http=5, quic=4, dns_tcp=1, bulk_scale=0.28, vlan_share=0.12),
+}
+
+
 class TrafficMaker:
     """Builds the sessions; each session is a generator of emissions in time order."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, mix: Mix = MIXES["standard"]) -> None:
+        self.mix = mix
         self.rng = random.Random(seed)
         self.catalog = Catalog(self.rng)
         self.bulk = BulkStream(self.rng)
@@ -340,11 +363,11 @@ class TrafficMaker:
         self.client_weights = list(accumulate(1 / (rank + 1) ** 0.5 for rank in range(len(self.clients))))
         self.quic_blob = self.rng.randbytes(1 << 16)
         self.kinds = {
-            self.https_session: 45,
-            self.dns_session: 40,
-            self.http_session: 10,
-            self.quic_session: 8,
-            self.dns_tcp_session: 1,
+            self.https_session: mix.https,
+            self.dns_session: mix.dns,
+            self.http_session: mix.http,
+            self.quic_session: mix.quic,
+            self.dns_tcp_session: mix.dns_tcp,
         }
 
     def _client(self, index: int) -> Client:
@@ -364,7 +387,7 @@ class TrafficMaker:
         client = rng.choices(self.clients, cum_weights=self.client_weights)[0]
         ipv6 = rng.random() < 0.15
         vlans: tuple[int, ...] = ()
-        if rng.random() < 0.10:
+        if rng.random() < self.mix.vlan_share:
             vlans = (300, client.vlan) if rng.random() < 0.2 else (client.vlan,)
         rtt_ns = int((4 + rng.lognormvariate(3.0, 0.6)) * 1_000_000)
         return Setup(client, ipv6, Link(vlans=vlans, client_mac=client.mac), rtt_ns)
@@ -397,12 +420,17 @@ class TrafficMaker:
     def _bulk_count(self) -> int:
         bucket = self.rng.random()
         if bucket < 0.45:
-            return self.rng.randint(0, 4)
-        if bucket < 0.80:
-            return self.rng.randint(5, 40)
-        if bucket < 0.97:
-            return self.rng.randint(41, 160)
-        return self.rng.randint(161, 700)
+            segments = self.rng.randint(0, 4)
+        elif bucket < 0.80:
+            segments = self.rng.randint(5, 40)
+        elif bucket < 0.97:
+            segments = self.rng.randint(41, 160)
+        else:
+            segments = self.rng.randint(161, 700)
+        return self._scaled(segments)
+
+    def _scaled(self, segments: int) -> int:
+        return segments if self.mix.bulk_scale == 1.0 else round(segments * self.mix.bulk_scale)
 
     def _handshake(self, t: int, conv: TcpConversation, rtt: int, low_port: bool) -> Generator[Emission, None, int]:
         """SYN, SYN-ACK, ACK; returns the time of the last one."""
@@ -542,7 +570,7 @@ class TrafficMaker:
             request = conv.segment(encrypted_records(rng, rng.randint(90, 900)), from_client=True)
             yield t, request.frame, "tls_request", None
             if rng.random() < 0.1:
-                t = yield from self._bulk(t, conv, rng.randint(5, 120), upload=True)
+                t = yield from self._bulk(t, conv, self._scaled(rng.randint(5, 120)), upload=True)
             t += rtt
             t = yield from self._bulk(t, conv, self._bulk_count(), upload=False)
         yield from self._close(t, conv, rtt)
@@ -690,9 +718,9 @@ def vlan_and_family(frame: bytes) -> tuple[int, bool]:
     return tags, frame[offset : offset + 2] == b"\x86\xdd"
 
 
-def generate(out: Path, packets: int, seed: int) -> dict[str, Any]:
-    """Write `packets` frames to `out` and return the ground truth."""
-    maker = TrafficMaker(seed)
+def generate(out: Path, packets: int, seed: int, mix: str = "standard") -> dict[str, Any]:
+    """Write `packets` frames of a mix (see MIXES) to `out` and return the ground truth."""
+    maker = TrafficMaker(seed, MIXES[mix])
     arrivals = random.Random(seed + 1)
     truth = Truth()
     categories: Counter[str] = Counter()
@@ -727,6 +755,7 @@ def generate(out: Path, packets: int, seed: int) -> dict[str, Any]:
     return {
         "capture": out.name,
         "seed": seed,
+        "mix": mix,
         "packets": packets,
         "bytes": total_bytes,
         "duration_s": round((ts - START_NS) / 1e9, 3),
@@ -753,11 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="capture to write (OUT.truth.json is written next to it)")
     parser.add_argument("--packets", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="standard")
     args = parser.parse_args(argv)
     if args.packets < 1:
         parser.error("--packets must be positive")
     started = time.perf_counter()
-    truth = generate(args.out, args.packets, args.seed)
+    truth = generate(args.out, args.packets, args.seed, args.mix)
     truth_path = args.out.with_name(args.out.name + ".truth.json")
     truth_path.write_text(json.dumps(truth, indent=1) + "\n")
     elapsed = time.perf_counter() - started

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Time the sensor against tshark on one large capture, and check the sensor missed nothing.
+"""Time the sensor's replays against tshark on one large capture, and check they missed nothing.
 
-    python bench/run_bench.py [--packets N] [--runs 5] [--capture PATH] [--json RESULTS]
+    python bench/run_bench.py [--mix standard|dense] [--modes alerts,events,tshark] [--packets N]
+                              [--runs 5] [--capture PATH] [--json RESULTS] [--no-reference]
 
-Makes the capture with make_capture.py when it is missing (cached in bench/out/), then runs the
-two tools alternately, A/B then B/A, for --runs rounds:
-  sensor  phi-sensor replay CAPTURE --emit events --output OUT   (--sensor-cmd to change it)
+Makes the capture with make_capture.py when it is missing (cached in bench/out/), then times
+each mode in turn for --runs rounds, the first of each round rotating:
+  alerts  phi-sensor replay CAPTURE --emit alerts --output OUT   (the sensor's main job)
+  all     phi-sensor replay CAPTURE --emit all --output OUT
+  events  phi-sensor replay CAPTURE --emit events --output OUT   (--sensor-cmd to change it)
   tshark  tshark -2 -n -r CAPTURE -R '<DNS queries, ClientHellos, HTTP requests>' -T fields ...
-Each child's wall time (time.perf_counter) and peak RSS (ru_maxrss from os.wait4) are measured.
+Each child's wall time (time.perf_counter) and peak RSS (ru_maxrss from os.wait4) are measured,
+and per sensor mode the median over rounds of tshark's time over the mode's time in that round.
 Linux carries the launching process's own high-water mark into a child's ru_maxrss at exec, so
 a child's figure is never below this script's peak; that floor is printed and kept small.
 ru_maxrss is the largest single process; a tool that pipes through other processes (the sensor's tcpdump
@@ -16,8 +20,10 @@ also sampled every 20 ms and reported as "tree RSS".
 The sensor's events are checked against the capture's truth (OUT.truth.json): recall of DNS
 query names, TLS SNIs, QUIC SNIs and HTTP requests must each reach --min-recall (99.9%). An
 event whose url.original has health data masked ([REDACTED:type]) counts for the request it
-stands for when the rest of the URI matches.
-Exit status 0 when every run succeeded and every recall is met, else 1.
+stands for when the rest of the URI matches. The alerts (of the alerts and all modes) are
+checked against those of the pure-Python path (the compiled extension hidden, one untimed run
+of the same command): every one of its alert lines, byte for byte, and no other.
+Exit status 0 when every run succeeded and every check passed, else 1.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,11 @@ from urllib.parse import unquote
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "out"
-SENSOR_CMD = "phi-sensor replay {pcap} --emit events --output {output}"
+SENSOR_CMDS = {
+    emit: f"phi-sensor replay {{pcap}} --emit {emit} --output {{output}}" for emit in ("alerts", "all", "events")
+}
+MODES = (*SENSOR_CMDS, "tshark")
+ALERT_MODES = ("alerts", "all")
 TSHARK_CMD = shlex.split(
     "tshark -2 -n -r {pcap} -R 'dns.flags.response==0 or tls.handshake.type==1 or http.request' -T fields"
     " -e dns.qry.name -e tls.handshake.extensions_server_name -e http.host -e http.request.method -e http.request.uri"
@@ -170,6 +181,7 @@ def recall(expected: dict[str, set[Any]], found: dict[str, set[Any]]) -> dict[st
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float  # user + system time of the child and the processes it waited for
     max_rss_kb: int
     tree_rss_kb: int
     rss_floor_kb: int  # this script's own peak when the child started: ru_maxrss never reads lower
@@ -242,26 +254,29 @@ def run_child(argv: list[str], stdout_path: Path, stderr_path: Path) -> Run:
         tree_peak = sampler.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
     tail = stderr_path.read_text(errors="replace")[-400:].strip()
-    return Run(wall, usage.ru_maxrss, tree_peak, floor, proc.returncode, tail)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, cpu, usage.ru_maxrss, tree_peak, floor, proc.returncode, tail)
 
 
-def ensure_capture(path: Path, packets: int, seed: int) -> dict[str, Any]:
+def ensure_capture(path: Path, packets: int, seed: int, mix: str = "standard") -> dict[str, Any]:
     truth_path = path.with_name(path.name + ".truth.json")
     if not path.exists() or not truth_path.exists():
         sys.path.insert(0, str(HERE))
         from make_capture import generate  # noqa: PLC0415  (only needed when the cache is cold)
 
-        print(f"making {path} ({packets} packets) ...", flush=True)
+        print(f"making {path} ({packets} packets, {mix} mix) ...", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        truth_path.write_text(json.dumps(generate(path, packets, seed), indent=1) + "\n")
+        truth_path.write_text(json.dumps(generate(path, packets, seed, mix), indent=1) + "\n")
     return json.loads(truth_path.read_text())
 
 
 def summary(tool: Tool, packets: int) -> dict[str, Any]:
     walls = [r.wall_s for r in tool.runs]
     median = statistics.median(walls)
+    cpus = [r.cpu_s for r in tool.runs]
     return {
         "wall_s": {"median": median, "min": min(walls), "max": max(walls), "all": walls},
+        "cpu_s": {"median": statistics.median(cpus), "all": cpus},
         "packets_per_s": packets / median if median else 0.0,
         "peak_rss_mb": max(r.max_rss_kb for r in tool.runs) / 1024,
         "peak_tree_rss_mb": max(r.tree_rss_kb for r in tool.runs) / 1024,
@@ -270,24 +285,45 @@ def summary(tool: Tool, packets: int) -> dict[str, Any]:
     }
 
 
-def print_summary(tools: dict[str, Tool], stats: dict[str, dict[str, Any]], ratios: list[float]) -> None:
-    columns = ("median s", "min s", "max s", "packets/s", "RSS MB", "tree MB")
-    print(f"\n{'tool':8s}" + "".join(f" {c:>{len(c) + 3}s}" for c in columns))
+def print_summary(
+    tools: dict[str, Tool], stats: dict[str, dict[str, Any]], ratios: dict[str, list[float]],
+    cpu_ratios: dict[str, list[float]],
+) -> None:
+    columns = ("median s", "min s", "max s", "cpu s", "packets/s", "RSS MB", "tree MB")
+    print(f"\n{'mode':8s}" + "".join(f" {c:>{len(c) + 3}s}" for c in columns))
     for name in tools:
         tool, wall = stats[name], stats[name]["wall_s"]
         print(
-            f"{name:8s} {wall['median']:11.2f} {wall['min']:8.2f} {wall['max']:8.2f}"
+            f"{name:8s} {wall['median']:11.2f} {wall['min']:8.2f} {wall['max']:8.2f} {tool['cpu_s']['median']:8.2f}"
             f" {tool['packets_per_s']:12,.0f} {tool['peak_rss_mb']:9.1f} {tool['peak_tree_rss_mb']:10.1f}"
         )
     floor_mb = max(stats[name]["rss_floor_mb"] for name in tools)
     print(f"(RSS cannot read below {floor_mb:.1f} MB, this script's own peak when it started the tools)")
-    print(f"tshark/sensor wall time, median of rounds: {statistics.median(ratios):.2f}x")
+    for mode, values in ratios.items():
+        if values:
+            print(f"tshark/{mode} wall time, median of rounds: {statistics.median(values):.2f}x"
+                  f"  (rounds: {', '.join(f'{value:.1f}' for value in values)});"
+                  f" CPU time: {statistics.median(cpu_ratios[mode]):.2f}x")
+
+
+def check_completeness(completeness: dict[str, list[dict[str, int]]]) -> bool:
+    """Print, per mode, the worst round's share of the reference alerts; True when all were there."""
+    ok = True
+    for mode, rounds in completeness.items():
+        if not rounds:
+            continue
+        worst = min(rounds, key=lambda counts: (counts["found"] - counts["extra"]))
+        met = worst["found"] == worst["expected"] and not worst["extra"]
+        ok &= met
+        print(f"\n{mode}: {worst['found']}/{worst['expected']} of the pure-Python path's alerts byte for byte,"
+              f" {worst['extra']} others (worst round): {'ok' if met else 'INCOMPLETE'}")
+    return ok
 
 
 def check_recall(sensor: Tool, min_recall: float) -> bool:
     """Print the sensor's worst recall per kind; True when every kind meets `min_recall`."""
     ok = True
-    print("\nsensor completeness (worst round):")
+    print(f"\n{sensor.name} completeness against the truth (worst round):")
     for kind in KINDS:
         worst = min(sensor.recalls, key=lambda by_kind: by_kind[kind]["recall"])[kind]
         met = worst["recall"] >= min_recall
@@ -320,84 +356,166 @@ def resolve_program(argv: list[str]) -> list[str]:
     return [found or argv[0], *argv[1:]]
 
 
+def _alerts_aside(lines: Iterable[str], alerts: list[str]) -> Iterator[str]:
+    """`lines`, streamed, keeping the alert documents among them in `alerts`."""
+    for line in lines:
+        if '"kind":"alert"' in line:
+            alerts.append(line)
+        yield line
+
+
+def alert_completeness(lines: Iterable[str], reference: list[str]) -> dict[str, int]:
+    """How many of the reference's alert lines a run wrote byte for byte (order aside), and how many
+    lines it wrote that the reference has not."""
+    wanted = Counter(reference)
+    got = Counter(line.rstrip("\n") for line in lines if line.strip())
+    return {"expected": sum(wanted.values()), "found": sum((wanted & got).values()), "extra": sum((got - wanted).values())}
+
+
+def reference_alerts(argv: list[str], output: Path, stderr: Path) -> list[str] | None:
+    """The alerts of the pure-Python path (the compiled extension hidden), run once, untimed."""
+    output.unlink(missing_ok=True)
+    command = [sys.executable, "-c", _WITHOUT_EXTENSION, *argv[argv.index("replay"):]]
+    with stderr.open("wb") as errors:
+        status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=errors, check=False).returncode
+    if status != 0 or not output.exists():
+        print(f"  the pure-Python reference run failed (exit {status}); see {stderr}")
+        return None
+    return [line.rstrip("\n") for line in output.open() if line.strip()]
+
+
+# Runs the command line with sensor._fast unimportable, as on a machine without a C compiler.
+_WITHOUT_EXTENSION = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class _NotBuilt(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sensor._fast":
+            raise ImportError("not built")
+        return None
+
+sys.meta_path.insert(0, _NotBuilt())
+from sensor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packets", type=int, default=1_000_000, help="size of the capture made when it is missing")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mix", choices=("standard", "dense"), default="standard", help="the capture's mix (make_capture.py)")
+    parser.add_argument("--modes", default="alerts,events,tshark",
+                        help=f"comma-separated, timed in turn every round: {', '.join(MODES)}")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--capture", type=Path, help="capture to use, made when missing (default: in bench/out/)")
-    parser.add_argument("--sensor-cmd", default=SENSOR_CMD, help="sensor command; {pcap} and {output} are filled in")
+    parser.add_argument("--sensor-cmd", help="the events mode's command; {pcap} and {output} are filled in")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip checking the alerts against the pure-Python path's (one untimed run)")
     parser.add_argument("--min-recall", type=float, default=0.999)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before each timed run")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if args.runs < 1 or args.packets < 1:
         parser.error("--runs and --packets must be positive")
-    if shutil.which("tshark") is None:
+    if not modes or any(mode not in MODES for mode in modes) or len(set(modes)) != len(modes):
+        parser.error(f"--modes: a comma-separated list of distinct modes among {', '.join(MODES)}")
+    if "tshark" in modes and shutil.which("tshark") is None:
         print("tshark is not installed (apt-get install tshark)", file=sys.stderr)
         return 2
 
-    capture = args.capture or OUT_DIR / f"mixed-{args.packets}-seed{args.seed}.pcap"
-    truth = ensure_capture(capture, args.packets, args.seed)
+    stem = "mixed" if args.mix == "standard" else args.mix
+    capture = args.capture or OUT_DIR / f"{stem}-{args.packets}-seed{args.seed}.pcap"
+    truth = ensure_capture(capture, args.packets, args.seed, args.mix)
     precompile_sensor()
     packets = int(truth["packets"])
     expected = expected_sets(truth)
     work = OUT_DIR if args.capture is None else capture.parent
     work.mkdir(parents=True, exist_ok=True)
-    events_path = work / "run-sensor.jsonl"
-    commands = {
-        "sensor": resolve_program([
-            part.replace("{pcap}", str(capture)).replace("{output}", str(events_path))
-            for part in shlex.split(args.sensor_cmd)
-        ]),
-        "tshark": resolve_program([part.replace("{pcap}", str(capture)) for part in TSHARK_CMD]),
-    }
-    stdout_of = {"sensor": work / "run-sensor.stdout", "tshark": work / "run-tshark.tsv"}
-    # the sensor's events are in its --output file, or on stdout when the command names none
-    results_of = {
-        "sensor": (events_path if "{output}" in args.sensor_cmd else stdout_of["sensor"], sensor_sets),
-        "tshark": (stdout_of["tshark"], tshark_sets),
-    }
-    tools = {name: Tool(name) for name in commands}
-    ratios = []
-    print(f"capture {capture}: {packets} packets, {truth['bytes'] / 1e6:.1f} MB; {args.runs} rounds")
-    for name, argv in commands.items():
-        print(f"  {name}: {shlex.join(argv)}")
+    templates = dict(SENSOR_CMDS, **({"events": args.sensor_cmd} if args.sensor_cmd else {}))
+    commands, output_of, stdout_of = {}, {}, {}
+    for mode in modes:
+        stdout_of[mode] = work / (f"run-{mode}.tsv" if mode == "tshark" else f"run-{mode}.stdout")
+        if mode == "tshark":
+            commands[mode] = resolve_program([part.replace("{pcap}", str(capture)) for part in TSHARK_CMD])
+            output_of[mode] = stdout_of[mode]
+            continue
+        output = work / f"run-{mode}.jsonl"
+        commands[mode] = resolve_program([
+            part.replace("{pcap}", str(capture)).replace("{output}", str(output)) for part in shlex.split(templates[mode])
+        ])
+        # the documents are in the --output file, or on stdout when the command names none
+        output_of[mode] = output if "{output}" in templates[mode] else stdout_of[mode]
+    tools = {mode: Tool(mode) for mode in modes}
+    completeness: dict[str, list[dict[str, int]]] = {mode: [] for mode in modes if mode in ALERT_MODES}
+    print(f"capture {capture}: {packets} packets, {truth['bytes'] / 1e6:.1f} MB, {args.mix} mix; {args.runs} rounds")
+    for mode, command in commands.items():
+        print(f"  {mode}: {shlex.join(command)}")
+    reference = None
+    if completeness and not args.no_reference:
+        print("  the pure-Python path's alerts (untimed reference run) ...", flush=True)
+        output = work / "run-reference.jsonl"
+        reference = reference_alerts(
+            [part.replace("{pcap}", str(capture)).replace("{output}", str(output)) for part in shlex.split(SENSOR_CMDS["alerts"])],
+            output,
+            work / "run-reference.stderr",
+        )
+    ratios: dict[str, list[float]] = {mode: [] for mode in modes if mode != "tshark"}
+    cpu_ratios: dict[str, list[float]] = {mode: [] for mode in ratios}
     for round_index in range(args.runs):
-        order = ("sensor", "tshark") if round_index % 2 == 0 else ("tshark", "sensor")
-        for name in order:
-            output, reader = results_of[name]
+        shift = round_index % len(modes)
+        for mode in modes[shift:] + modes[:shift]:  # each tool goes first as often as the others
+            output = output_of[mode]
             output.unlink(missing_ok=True)
             time.sleep(args.pause)  # the previous run's memory is given back before this one starts
-            run = run_child(commands[name], stdout_of[name], work / f"run-{name}.stderr")
-            tools[name].runs.append(run)
-            if output.exists():
-                with output.open(errors="replace") as lines:  # streamed: keeps this script's own peak low
-                    tools[name].recalls.append(recall(expected, reader(lines)))
-            else:
-                tools[name].recalls.append(recall(expected, reader([])))
+            run = run_child(commands[mode], stdout_of[mode], work / f"run-{mode}.stderr")
+            tools[mode].runs.append(run)
+            lines = output.open(errors="replace") if output.exists() else open(os.devnull)
+            with lines:  # streamed: keeps this script's own peak low
+                if mode == "tshark":
+                    tools[mode].recalls.append(recall(expected, tshark_sets(lines)))
+                elif mode == "alerts":
+                    if reference is not None:
+                        completeness[mode].append(alert_completeness(lines, reference))
+                else:
+                    alerts: list[str] = []
+                    tools[mode].recalls.append(recall(expected, sensor_sets(_alerts_aside(lines, alerts))))
+                    if mode == "all" and reference is not None:
+                        completeness[mode].append(alert_completeness(alerts, reference))
             status = "" if run.exit_code == 0 else f"  exit {run.exit_code}: {run.stderr_tail[-200:]}"
             print(
-                f"  round {round_index + 1} {name:6s} {run.wall_s:8.2f} s  RSS {run.max_rss_kb / 1024:7.1f} MB"
+                f"  round {round_index + 1} {mode:6s} {run.wall_s:8.2f} s  cpu {run.cpu_s:6.2f} s  RSS {run.max_rss_kb / 1024:7.1f} MB"
                 f"  tree {run.tree_rss_kb / 1024:7.1f} MB{status}",
                 flush=True,
             )
-        ratios.append(tools["tshark"].runs[-1].wall_s / tools["sensor"].runs[-1].wall_s)
+        if "tshark" in modes:
+            for mode in ratios:
+                ratios[mode].append(tools["tshark"].runs[-1].wall_s / tools[mode].runs[-1].wall_s)
+                cpu_ratios[mode].append(tools["tshark"].runs[-1].cpu_s / max(tools[mode].runs[-1].cpu_s, 1e-9))
 
     stats = {name: summary(tool, packets) for name, tool in tools.items()}
-    print_summary(tools, stats, ratios)
-    recall_met = check_recall(tools["sensor"], args.min_recall)
-    ok = recall_met and all(run.exit_code == 0 for tool in tools.values() for run in tool.runs)
+    print_summary(tools, stats, ratios, cpu_ratios)
+    ok = all(run.exit_code == 0 for tool in tools.values() for run in tool.runs)
+    for mode in ("events", "all"):
+        if mode in tools:
+            ok &= check_recall(tools[mode], args.min_recall)
+    ok &= check_completeness(completeness)
     if args.json:
         results = {
             "capture": str(capture),
+            "mix": args.mix,
             "packets": packets,
             "runs": args.runs,
             "commands": commands,
             **stats,
-            "ratio_tshark_over_sensor_median": statistics.median(ratios),
-            "sensor_recall": tools["sensor"].recalls,
-            "tshark_recall": tools["tshark"].recalls[-1],
+            "ratio_tshark_over_mode_median": {mode: statistics.median(values) for mode, values in ratios.items() if values},
+            "cpu_ratio_tshark_over_mode_median": {
+                mode: statistics.median(values) for mode, values in cpu_ratios.items() if values
+            },
+            "recall": {mode: tool.recalls for mode, tool in tools.items() if tool.recalls},
+            "alert_completeness": completeness,
             "ok": ok,
         }
         args.json.write_text(json.dumps(results, indent=1) + "\n")

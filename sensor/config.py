@@ -230,6 +230,17 @@ class DefaultConfig:
     def check_rule_ids(self, known: Iterable[str]) -> None:
         """No rule is tuned: nothing to check."""
 
+    def rule(self, rule_id: str) -> _Values:
+        """No rule is tuned: each keeps its own defaults (RuleTuning's, all None)."""
+        return _Values(enabled=None, severity=None, throttle_seconds=None)
+
+    def build_policy(self, catalog: VendorCatalog) -> Policy:
+        """The default policy: every private address a PHI host, no BAAs, no allow list."""
+        from sensor.enrich.assets import AssetInventory
+        from sensor.enrich.baa import BaaRegistry
+
+        return Policy(catalog=catalog, assets=AssetInventory.default(), baa=BaaRegistry(()), allow=frozenset())
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

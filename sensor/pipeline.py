@@ -79,10 +79,10 @@ class Pipeline:
 
     def _find_line_writers(self) -> list[Callable[[bytes], object]] | None:
         """The outputs' line writers when events can go out as JSON lines written without a dict:
-        no detector needs the records, the builder writes lines, and every output takes lines as
-        they are (plain JSON-lines files and stdout, the second worker's spill)."""
+        the builder writes lines and every output takes lines as they are (plain JSON-lines files
+        and stdout, the second worker's spill). A detector still sees every record."""
         writers = None
-        if self._detector is None and self._sinks and hasattr(self._event_builder, "json_line"):
+        if self._sinks and hasattr(self._event_builder, "json_line"):
             found = [getattr(sink, "line_writer", lambda: None)() for sink in self._sinks]
             writers = found if all(found) else None
         self._line_writers, self._line_writers_known = writers, True
@@ -105,10 +105,13 @@ class Pipeline:
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
         if writers:
             line_of = self._event_builder.json_line  # type: ignore[union-attr]
+            detector = self.detector
             for record in records:
                 line = line_of(record)
                 for write in writers:
                     write(line)
+                if detector is not None:
+                    self._ship(detector.on_record(record))
             return
         build, detector, sinks = self.event_builder, self.detector, self.sinks
         for record in records:

@@ -67,7 +67,7 @@ def test_no_config_gives_the_documented_defaults(catalog: VendorCatalog) -> None
     assert config.outputs == [{"type": "jsonl", "path": "-"}]
     assert config.redaction.unredacted is False
     assert config.decode.max_flows == 200000
-    assert config.rule("anything") == RuleTuning(enabled=None, severity=None, throttle_seconds=None)
+    assert config.rule("anything").model_dump() == RuleTuning().model_dump()  # every setting: the rule's own
     assert config.assets.is_phi_host("10.1.2.3")
     assert config.assets.is_phi_host("fd00::1")
     assert not config.assets.is_phi_host("8.8.8.8")
@@ -297,8 +297,12 @@ def test_the_defaults_without_a_file_are_the_schemas() -> None:
     assert light.rules == dict(full.rules) == {}
     assert light.source == full.source == DEFAULT_SOURCE
     light.check_rule_ids(["tracker-egress-no-baa"])
-    assert light.rule("tracker-egress-no-baa") == RuleTuning()  # from the schema, loaded on demand
-    assert light.phi_hosts is None and light.assets is not None
+    assert light.rule("tracker-egress-no-baa").model_dump() == RuleTuning().model_dump()
+    assert light.phi_hosts is None and light.assets is not None  # from the schema, loaded on demand
+    catalog = VendorCatalog.load()
+    policy, schema_policy = light.build_policy(catalog), full.build_policy(catalog)
+    assert policy.assets.hosts == schema_policy.assets.hosts and not policy.assets.exclusions
+    assert list(policy.baa) == list(schema_policy.baa) == [] and policy.allow == schema_policy.allow == frozenset()
 
 
 def test_a_plain_replay_loads_neither_pydantic_nor_yaml_nor_the_spool() -> None:

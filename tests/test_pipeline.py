@@ -67,7 +67,7 @@ def test_lines_written_without_dicts_are_the_documents(tmp_path: Path, capture: 
     assert documents  # every story capture has events
 
 
-def test_the_line_path_needs_every_output_to_take_lines_and_no_detector(tmp_path: Path) -> None:
+def test_the_line_path_needs_every_output_to_take_lines(tmp_path: Path) -> None:
     plain = JsonlSink(tmp_path / "a.jsonl")
     pipeline = Pipeline(sinks=[plain], event_builder=EventBuilder("s", registered_domain))
     assert pipeline._find_line_writers() == [plain.send_line]
@@ -76,7 +76,7 @@ def test_the_line_path_needs_every_output_to_take_lines_and_no_detector(tmp_path
         assert not pipeline._find_line_writers(), sinks
     pipeline.sinks = [plain]
     pipeline.detector = _NoDetections()
-    assert pipeline._find_line_writers() is None  # the detector needs the records
+    assert pipeline._find_line_writers() == [plain.send_line]  # a detector sees the records all the same
     pipeline.detector = None
     pipeline.event_builder = lambda record: {}  # a builder of documents only
     assert pipeline._find_line_writers() is None
@@ -92,3 +92,32 @@ def test_replacing_the_outputs_decides_again(tmp_path: Path) -> None:
     pipeline.finish()
     first.flush()
     assert second.docs and (tmp_path / "1.jsonl").read_bytes().count(b"\n") > 0
+
+
+class _Recording:
+    """A detector that raises one alert per record, so alerts interleave with events."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_record(self, record: object) -> list[dict]:
+        self.seen += 1
+        return [{"event": {"kind": "alert"}, "rule": {"id": "test"}, "n": self.seen}]
+
+    def finish(self) -> list[dict]:
+        return []
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda path: path.name)
+def test_events_as_lines_beside_a_detector_are_the_documents_in_the_same_order(tmp_path: Path, capture: Path) -> None:
+    """--emit all: events go out as lines while the detector sees each record and its alerts
+    follow the record's event, byte for byte what the document path writes."""
+    lines_sink = JsonlSink(tmp_path / "lines.jsonl")
+    by_lines, by_docs = _Recording(), _Recording()
+    _replay(capture, [lines_sink], by_lines)
+    collected = _Collecting()
+    _replay(capture, [collected], by_docs)
+    lines_sink.flush()
+    expected = b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for doc in collected.docs)
+    assert by_lines.seen == by_docs.seen > 0
+    assert (tmp_path / "lines.jsonl").read_bytes() == expected

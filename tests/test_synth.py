@@ -796,6 +796,24 @@ def test_bench_truth_matches_tshark(bench_capture: tuple[Path, dict]) -> None:
     assert found["http"] == expected["http"]
 
 
+@needs_tshark
+def test_the_dense_mix_has_more_handshakes_per_packet_and_tshark_agrees(tmp_path: Path) -> None:
+    dense = make_capture.generate(tmp_path / "dense.pcap", 20_000, seed=3, mix="dense")
+    standard = make_capture.generate(tmp_path / "standard.pcap", 20_000, seed=3)
+    assert dense["mix"] == "dense" and standard["mix"] == "standard"
+    assert dense["counts"]["tls_client_hellos_with_sni"] > 2 * standard["counts"]["tls_client_hellos_with_sni"]
+    assert dense["counts"]["dns_queries"] > standard["counts"]["dns_queries"]
+    counts, categories = dense["counts"], dense["counts"]["by_category"]
+    split, whole = categories["tls_client_hello_split"] / 2, categories["tls_client_hello"]
+    assert 0.12 < split / (split + whole) < 0.30
+    assert 0.08 < counts["ipv6_packets"] / 20_000 < 0.25 and 0.05 < counts["vlan_packets"] / 20_000 < 0.2
+    cmd = [part.replace("{pcap}", str(tmp_path / "dense.pcap")) for part in run_bench.TSHARK_CMD]
+    lines = subprocess.run([TSHARK, *cmd[1:]], capture_output=True, text=True, check=True, timeout=120).stdout
+    found, expected = run_bench.tshark_sets(lines.splitlines()), run_bench.expected_sets(dense)
+    assert found["dns"] == expected["dns"] and found["http"] == expected["http"]
+    assert found["tls_sni"] == expected["tls_sni"] | expected["quic_sni"]
+
+
 FAKE_SENSOR = """
 import json, sys
 truth = json.load(open(sys.argv[1] + ".truth.json"))
@@ -826,6 +844,8 @@ def test_run_bench_times_both_tools_and_checks_recall(
             str(path),
             "--runs",
             "2",
+            "--modes",
+            "events,tshark",
             "--sensor-cmd",
             f"{sys.executable} {fake} {{pcap}} {{output}}",
             "--json",
@@ -835,14 +855,18 @@ def test_run_bench_times_both_tools_and_checks_recall(
     assert code == 0
     report = json.loads(results.read_text())
     assert report["ok"] and report["packets"] == BENCH_PACKETS
-    for name in ("sensor", "tshark"):
+    for name in ("events", "tshark"):
         assert len(report[name]["wall_s"]["all"]) == 2 and report[name]["peak_rss_mb"] > 1
-    assert all(rc[kind]["recall"] == 1.0 for rc in report["sensor_recall"] for kind in run_bench.KINDS)
-    assert report["tshark_recall"]["dns"]["recall"] == 1.0
+        assert len(report[name]["cpu_s"]["all"]) == 2
+    assert all(rc[kind]["recall"] == 1.0 for rc in report["recall"]["events"] for kind in run_bench.KINDS)
+    assert report["recall"]["tshark"][-1]["dns"]["recall"] == 1.0
+    assert report["ratio_tshark_over_mode_median"]["events"] > 0
     assert report["tshark"]["peak_tree_rss_mb"] > 10  # tshark runs long enough to be sampled
     assert "median of rounds" in capsys.readouterr().out
 
-    silent = run_bench.main(["--capture", str(path), "--runs", "1", "--sensor-cmd", f"{sys.executable} -c pass"])
+    silent = run_bench.main(
+        ["--capture", str(path), "--runs", "1", "--modes", "events,tshark", "--sensor-cmd", f"{sys.executable} -c pass"]
+    )
     assert silent == 1
 
 

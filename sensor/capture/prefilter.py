@@ -45,6 +45,15 @@ def tcpdump_path() -> str | None:
 
 def capture_linktype(path: Path) -> int | None:
     """Link type of a classic pcap file (also gzip-compressed); None for pcapng or unreadable files."""
+    header = _pcap_header(path)
+    if header is None:
+        return None
+    endian, _ = PCAP_MAGICS[header[:4]]
+    return struct.unpack_from(endian + "I", header, 20)[0] & 0x0FFFFFFF
+
+
+def _pcap_header(path: Path) -> bytes | None:
+    """The 24-byte header of a classic pcap file (also gzip-compressed), else None."""
     import gzip
     import zlib
 
@@ -60,8 +69,7 @@ def capture_linktype(path: Path) -> int | None:
         return None
     if len(header) < 24 or header[:4] not in PCAP_MAGICS:
         return None
-    endian, _ = PCAP_MAGICS[header[:4]]
-    return struct.unpack_from(endian + "I", header, 20)[0] & 0x0FFFFFFF
+    return header
 
 
 def two_workers(paths: list[Path], prefilter: str, workers: str) -> bool:
@@ -157,8 +165,11 @@ class Prefilter:
                 ["gzip", "-dc", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             stdin = self._gunzip.stdout
+        # tcpdump reads and writes microseconds unless told: keep a nanosecond file's times whole
+        header = _pcap_header(path)
+        nano = ["--time-stamp-precision=nano"] if header is not None and PCAP_MAGICS[header[:4]][1] < 1e-6 else []
         self.process = subprocess.Popen(
-            [tcpdump_path() or "tcpdump", "-n", "-r", source, "-w", "-", self.expression],
+            [tcpdump_path() or "tcpdump", "-n", *nano, "-r", source, "-w", "-", self.expression],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

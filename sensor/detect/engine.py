@@ -27,6 +27,9 @@ from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Reco
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
+MAX_ENRICHED_KEYS = 65_536  # (destination names, day) pairs whose enrichment is remembered
+_DAY_SECONDS = 86_400.0
+_EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,8 @@ class DetectionEngine:
             if settings.enabled:
                 self.rules.append((rule, settings))
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        self._enriched: dict[tuple, tuple] = {}
+        self._day_start, self._day_value = float("inf"), dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[dict]:
@@ -166,6 +171,19 @@ class DetectionEngine:
                 names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
         if not names and not isinstance(record, HttpRequest):
             return None
+        vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
+        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, status)
+        if isinstance(record, HttpRequest):
+            self._inspect_http(record, obs)
+        return obs
+
+    def _enrich(self, names: tuple[str, ...], day: dt.date) -> tuple:
+        """(vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day.
+        The same for every record to those names that day, so computed once per (names, day)."""
+        key = (names, day)
+        found = self._enriched.get(key)
+        if found is not None:
+            return found
         catalog = self.policy.catalog
         vendor, destination = None, (names[0] if names else None)
         for name in names:
@@ -174,12 +192,26 @@ class DetectionEngine:
                 destination = name
                 break
         allowed = any(self.policy.is_allowed(name) for name in names)
-        day = _day_of(record.ts)
         baa = self.policy.baa.covers(vendor, destination, on=day) if destination else None
-        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, self._baa_status(baa, vendor, destination, day))
-        if isinstance(record, HttpRequest):
-            self._inspect_http(record, obs)
-        return obs
+        found = (vendor, destination, allowed, baa, self._baa_status(baa, vendor, destination, day))
+        if len(self._enriched) >= MAX_ENRICHED_KEYS:
+            self._enriched.clear()
+        self._enriched[key] = found
+        return found
+
+    def _day(self, ts: float) -> dt.date:
+        """_day_of(ts), remembered for the day the last time fell in (captures are in time order)."""
+        start = self._day_start
+        if start <= ts < start + _DAY_SECONDS - 1e-6:  # False for NaN
+            return self._day_value
+        day = _day_of(ts)
+        if 0.0 <= ts < 1e11:
+            # fromtimestamp rounds to the microsecond: every time from midnight to a microsecond
+            # before the next one falls on the same day.
+            start = ts // _DAY_SECONDS * _DAY_SECONDS
+            if day == _EPOCH_DAY + dt.timedelta(days=int(start // _DAY_SECONDS)):
+                self._day_start, self._day_value = start, day
+        return day
 
     def _baa_status(self, covering, vendor, destination: str | None, day: dt.date) -> str:
         """on-file, or why no agreement covers: one lapsed, one not yet signed, or none at all."""

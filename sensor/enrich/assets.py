@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,16 +51,47 @@ class _PrefixTable(Generic[_Value]):
         self._lengths = sorted(self._by_length, reverse=True)
 
     def longest(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, _Value] | None:
-        bits = address.max_prefixlen
-        number = int(address)
+        return self.longest_number(address.version, address.max_prefixlen, int(address))
+
+    def longest_number(self, version: int, bits: int, number: int) -> tuple[int, _Value] | None:
+        """longest() of the address with this version, width in bits and value."""
         for length in self._lengths:
             if length > bits:
                 continue
             masked = (number >> (bits - length)) << (bits - length)
-            value = self._by_length[length].get((address.version, masked))
+            value = self._by_length[length].get((version, masked))
             if value is not None:
                 return length, value
         return None
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _parse_address(text: str) -> tuple[int, int, int] | None:
+    """(version, bits, value) of an address, an IPv4-mapped IPv6 one as IPv4; None if not an address.
+
+    Addresses as the decoder writes them (the canonical form inet_ntop gives) skip ipaddress;
+    any other spelling goes through it."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, text)
+        canonical = socket.inet_ntop(family, packed) == text
+    except (OSError, ValueError):  # ValueError: a NUL byte
+        canonical = False
+    if canonical:
+        if len(packed) == 4:
+            return 4, 32, int.from_bytes(packed, "big")
+        if packed[:12] == _V4_MAPPED:
+            return 4, 32, int.from_bytes(packed[12:], "big")
+        return 6, 128, int.from_bytes(packed, "big")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.version, address.max_prefixlen, int(address)
 
 
 class AssetInventory:
@@ -106,16 +138,13 @@ class AssetInventory:
         return self._lookup_cached(ip) is not None
 
     def _lookup(self, ip: str) -> PhiHost | None:
-        try:
-            address = ipaddress.ip_address(ip.strip())
-        except ValueError:
+        parsed = _parse_address(ip.strip())
+        if parsed is None:
             return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        included = self._included.longest(address)
+        included = self._included.longest_number(*parsed)
         if included is None:
             return None
-        excluded = self._excluded.longest(address)
+        excluded = self._excluded.longest_number(*parsed)
         if excluded is not None and excluded[0] >= included[0]:
             return None
         return included[1]

@@ -24,18 +24,25 @@ class DnsCache:
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
 
     def observe(self, query: DnsQuery) -> None:
-        if not query.answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
+        answers = query.answers
+        if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
-        chain = _chain(query)
-        for answer in query.answers:
-            if answer.type not in ("A", "AAAA"):
+        entries = self._entries
+        asked = (query.name.lower(),)
+        # Without CNAMEs every address record is attributed to the name asked for.
+        chain = _chain(query) if any(answer.type == "CNAME" for answer in answers) else None
+        stored = 0
+        for answer in answers:
+            if answer.type != "A" and answer.type != "AAAA":
                 continue
             ttl = min(max(float(answer.ttl), MIN_TTL), MAX_TTL)
-            names = chain.get(answer.name.lower(), (query.name.lower(),))
-            self._entries[answer.data] = (query.ts + ttl, names)
-            self._entries.move_to_end(answer.data)
-            self.counters.add("dnscache.stored")
-        while len(self._entries) > self.max_entries:
+            names = asked if chain is None else chain.get(answer.name.lower(), asked)
+            entries[answer.data] = (query.ts + ttl, names)
+            entries.move_to_end(answer.data)
+            stored += 1
+        if stored:
+            self.counters.add("dnscache.stored", stored)
+        while len(entries) > self.max_entries:
             self._entries.popitem(last=False)
             self.counters.add("dnscache.evicted")
 

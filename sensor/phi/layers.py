@@ -15,7 +15,8 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 from sensor.records import frozen_record
@@ -33,6 +34,7 @@ __all__ = [
     "multipart_boundary",
     "peel",
     "request_fields",
+    "request_parts",
     "split_form",
     "split_multipart",
     "split_target",
@@ -60,6 +62,7 @@ class LayerLimits:
 DEFAULT_LIMITS = LayerLimits()
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
@@ -168,11 +171,19 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
+_LINE_BLANKS = str.maketrans("", "", "\t\r\n")
+
+
 def _printable_share(text: str) -> float:
+    """The share of printable characters (tabs and line breaks count, U+FFFD does not)."""
     sample = text[:_SAMPLE_CHARS]
     if not sample:
         return 0.0
-    good = sum(1 for ch in sample if (ch.isprintable() and ch != "\ufffd") or ch in "\t\r\n")
+    rest = sample.translate(_LINE_BLANKS)
+    if rest.isprintable():  # the common case, answered without a loop over the characters
+        good = len(sample) - rest.count("\ufffd")
+    else:
+        good = sum(1 for ch in sample if (ch.isprintable() and ch != "\ufffd") or ch in "\t\r\n")
     return good / len(sample)
 
 
@@ -226,7 +237,7 @@ def _parse_json(text: str) -> object | None:
 
 def looks_like_form(text: str) -> bool:
     """``key=value&...`` with plausible key names and no blanks (so not prose that contains "=")."""
-    if "=" not in text or any(ch.isspace() for ch in text[:_SAMPLE_CHARS]):
+    if "=" not in text or _BLANK.search(text, 0, _SAMPLE_CHARS):
         return False
     pieces = text.split("&", 64)
     first_key, equals, _ = pieces[0].partition("=")
@@ -239,7 +250,7 @@ def _is_url(text: str) -> bool:
     """An absolute URL (blanks allowed: decoded search terms), or a path with no blanks (not prose)."""
     if _ABSOLUTE_URL.match(text):
         return True
-    return text.startswith("/") and not any(ch.isspace() for ch in text[:_SAMPLE_CHARS])
+    return text.startswith("/") and not _BLANK.search(text, 0, _SAMPLE_CHARS)
 
 
 def _is_structured_line(line: str) -> bool:
@@ -256,10 +267,18 @@ class Peeler:
         self.limits = limits
         self.fields: list[Field] = []
         self._budget = limits.max_output
+        # Whether a limit decided anything (a value cut, a field dropped, an inflation stopped or
+        # refused), and the most budget an inflation needed: while no limit decided, the same
+        # peel from any budget above both gives the same fields (see request_parts).
+        self.bound = False
+        self.reach = 0
 
     @property
     def exhausted(self) -> bool:
-        return self._budget <= 0 or len(self.fields) >= self.limits.max_fields
+        if self._budget <= 0 or len(self.fields) >= self.limits.max_fields:
+            self.bound = True
+            return True
+        return False
 
     def emit(self, path: str, value: str) -> None:
         if self.exhausted:
@@ -267,9 +286,22 @@ class Peeler:
             return
         if len(value) > self._budget:
             CAPPED["output"] += 1
-        value = value[: self._budget]
+            self.bound = True
+            value = value[: self._budget]
         self._budget -= len(value)
         self.fields.append(Field(path, value))
+
+    def _inflate(self, data: bytes) -> bytes | None:
+        """decompress() within the remaining budget, noting whether the budget decided the outcome."""
+        if not _is_compressed(data):
+            return None
+        budget = self._budget
+        inflated = decompress(data, self.limits.max_ratio, budget)
+        if inflated is None or len(inflated) >= budget:  # refused (a bomb, corrupt) or maybe cut
+            self.bound = True
+        else:
+            self.reach = max(self.reach, self.limits.max_output - budget + len(inflated))
+        return inflated
 
     def value(self, data: bytes | str, path: str = "", depth: int = 0) -> None:
         """Peel one value of unknown encoding, emitting its innermost fields under ``path``."""
@@ -278,7 +310,7 @@ class Peeler:
         if isinstance(data, bytes):
             data = data[: self.limits.max_output]
             if depth < self.limits.max_depth and _is_compressed(data):
-                inflated = decompress(data, self.limits.max_ratio, self._budget)
+                inflated = self._inflate(data)
                 if inflated is not None:
                     self.value(inflated, path, depth + 1)
                     return
@@ -321,7 +353,7 @@ class Peeler:
     def _accept_base64(self, decoded: bytes, path: str, depth: int) -> bool:
         """Follow base64 only into JSON, compressed data or mostly printable text (never into DER or noise)."""
         if _is_compressed(decoded):
-            inflated = decompress(decoded, self.limits.max_ratio, self._budget)
+            inflated = self._inflate(decoded)
             if inflated is None:
                 return False
             self.value(inflated, path, depth + 2)
@@ -442,23 +474,110 @@ def request_fields(
     The path is kept whole (it is where portal and condition-page hints live); the Referer is the
     page the request came from, the most common carrier of a health page URL besides the query.
     """
-    peeler = Peeler(limits)
-    path, query = split_target(target)
+    return [item for part in request_parts(target, headers, body, content_type, limits) for item in part.fields]
+
+
+@dataclass(slots=True)
+class Part:
+    """The fields of one part of a request (its URL, its Referer, its Host, its body).
+
+    `findings` is the recognizers' memo of what they found in these fields, per minimum confidence:
+    a part seen again (the same page URL in many requests, the same URL in an alert's event and
+    its redaction) is peeled and scanned once."""
+
+    fields: tuple[Field, ...]
+    spent: int  # budget the fields used
+    reach: int  # budget the peel needed (inflations included)
+    findings: dict[float, tuple] = field(default_factory=dict)
+
+
+# Parts remembered: inputs up to _CACHED_PART_CHARS whose fields take up to _CACHED_PART_SPENT.
+_PARTS: dict[tuple, Part] = {}
+_MAX_PARTS = 2048
+_CACHED_PART_CHARS = 8192
+_CACHED_PART_SPENT = 16384
+
+
+def _peel_url(peeler: Peeler, path: str, query: str) -> None:
     if path:
         peeler.emit("url.path", unquote(path, errors="replace"))
     if query:
         peeler.form(query, "query", 1)
+
+
+def _peel_host(peeler: Peeler, value: str) -> None:
+    peeler.emit("header.host", value.strip())
+
+
+def _peel_referer(peeler: Peeler, value: str) -> None:
+    peeler.value(value, "header.referer")
+
+
+def _peel_body(peeler: Peeler, body: bytes, content_type: str | None) -> None:
+    peeler.body(body, content_type, "body")
+
+
+_PEEL_PARTS = {"url": _peel_url, "host": _peel_host, "referer": _peel_referer, "body": _peel_body}
+
+
+def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
+    """Peel one part of a request into `peeler`, reusing an earlier peel of the same input.
+
+    The fields of a part depend on where the shared budget stands only through the limits. A
+    part is peeled once on its own with the whole budget; when no limit decided anything there,
+    and the request has more budget left than that peel spent and needed, its fields are exactly
+    the ones peeling it here would give. Otherwise (a huge part, a request near its limits, other
+    limits than the defaults) it is peeled here, as one request."""
+    peel_part = _PEEL_PARTS[kind]
+    limits = peeler.limits
+    key = (kind, *inputs)
+    part = None
+    if limits is DEFAULT_LIMITS and sum(len(item or "") for item in inputs) <= _CACHED_PART_CHARS:
+        part = _PARTS.get(key)
+        if part is None:
+            alone = Peeler(limits)
+            peel_part(alone, *inputs)
+            if not alone.bound:
+                part = Part(tuple(alone.fields), limits.max_output - alone._budget, alone.reach)
+                if part.spent <= _CACHED_PART_SPENT:
+                    if len(_PARTS) >= _MAX_PARTS:
+                        _PARTS.clear()
+                    _PARTS[key] = part
+    if part is not None and peeler._budget > part.spent and peeler._budget >= part.reach and (
+        len(peeler.fields) + len(part.fields) < limits.max_fields
+    ):
+        peeler.fields.extend(part.fields)
+        peeler._budget -= part.spent
+        return part
+    before, budget = len(peeler.fields), peeler._budget
+    peel_part(peeler, *inputs)
+    return Part(tuple(peeler.fields[before:]), budget - peeler._budget, 0)
+
+
+def request_parts(
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None = None,
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> list[Part]:
+    """request_fields part by part, in the same order, each part peeled once per distinct input."""
+    peeler = Peeler(limits)
+    parts = []
+    path, query = split_target(target)
+    if path or query:
+        parts.append(_part(peeler, "url", path, query))
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
-            peeler.value(value, "header.referer")
+            parts.append(_part(peeler, "referer", value))
         elif lowered == "host":
-            peeler.emit("header.host", value.strip())
+            parts.append(_part(peeler, "host", value))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
-        peeler.body(body, content_type, "body")
-    return peeler.fields
+        parts.append(_part(peeler, "body", body, content_type))
+    return parts
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:

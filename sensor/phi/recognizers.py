@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sensor.phi.layers import Field, request_fields
+from sensor.phi.layers import Field, request_parts
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
@@ -727,7 +727,13 @@ def scan_http(
     """
     if method.upper() == "CONNECT":
         target = ""
-    return scan_fields(request_fields(target, headers, body, content_type), min_confidence)
+    findings: list[Finding] = []
+    for part in request_parts(target, headers, body, content_type):
+        found = part.findings.get(min_confidence)
+        if found is None:  # a part seen before keeps what was found in it
+            found = part.findings[min_confidence] = tuple(scan_fields(part.fields, min_confidence))
+        findings.extend(found)
+    return findings
 
 
 def summarize(findings: Iterable[Finding]) -> dict[str, int]:

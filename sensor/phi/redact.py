@@ -7,6 +7,7 @@ text said "diabetes".
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
@@ -133,7 +134,8 @@ def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tu
 
 
 def redact(text: str, findings: Iterable[Finding]) -> str:
-    """``text`` with each finding's span, and every other occurrence of its value, replaced by a placeholder."""
+    """``text`` with each finding's span, and every other occurrence of its value, replaced by a
+    placeholder; identifier-shaped values are masked even without a finding (see _redact_mapped)."""
     return _redact_mapped(text, findings)[0]
 
 
@@ -153,6 +155,15 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
     A query value whose findings were decoded out of an encoding (base64, nested URL encoding)
     cannot be masked piecewise: the whole value is replaced, with the type of its first finding.
     """
+    if len(url) <= _CACHED_URL_CHARS:  # an alert masks its request's URL for the event and again for the alert
+        return _redact_url_cached(url, tuple(findings))
+    return _redact_url(url, findings)
+
+
+_CACHED_URL_CHARS = 2048
+
+
+def _redact_url(url: str, findings: Sequence[Finding]) -> str:
     rest, hash_mark, fragment = url.partition("#")
     base, question, query = rest.partition("?")
     authority = ""
@@ -166,6 +177,9 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
     if hash_mark:
         parts.append("#" + _redact_component(fragment, findings))
     return "".join(parts)
+
+
+_redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 
 def _redact_component(raw: str, findings: Sequence[Finding]) -> str:

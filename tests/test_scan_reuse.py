@@ -1,0 +1,153 @@
+"""What detection remembers to go faster gives exactly what computing afresh gives: request parts
+peeled and scanned once, enrichment per destination and day, the day of a time, URL redaction."""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import math
+from urllib.parse import quote, unquote
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.config import load_config
+from sensor.detect.engine import DetectionEngine, _day_of
+from sensor.enrich.vendors import VendorCatalog
+from sensor.phi import scan_fields, scan_http
+from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
+from sensor.phi.redact import _redact_url, redact_url
+from sensor.records import Flow, TlsHello
+
+
+def fields_in_one_peel(target: str, headers, body: bytes, content_type: str | None = None) -> list[Field]:
+    """The request's fields from one peeler that shares the budget over every part, as before parts."""
+    peeler = Peeler(DEFAULT_LIMITS)
+    path, query = split_target(target)
+    if path:
+        peeler.emit("url.path", unquote(path, errors="replace"))
+    if query:
+        peeler.form(query, "query", 1)
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "referer":
+            peeler.value(value, "header.referer")
+        elif lowered == "host":
+            peeler.emit("header.host", value.strip())
+        elif lowered == "content-type" and content_type is None:
+            content_type = value
+    if body:
+        peeler.body(body, content_type, "body")
+    return peeler.fields
+
+
+def check(target: str, headers, body: bytes = b"", content_type: str | None = None) -> None:
+    expected = fields_in_one_peel(target, headers, body, content_type)
+    for _ in range(2):  # cold, then from what the first call remembered
+        assert request_fields(target, headers, body, content_type) == expected
+        assert scan_http("GET", target, headers, body, content_type) == scan_fields(expected)
+
+
+PAGE = "https://www.example-hospital.org/conditions/diabetes?dl=" + quote("https://x.org/find-a-doctor?q=insulin")
+
+
+def test_a_part_seen_before_gives_the_fields_of_one_peel_in_any_header_order() -> None:
+    check("/tr/?ev=PageView&dl=" + quote(PAGE, safe=""), [("Host", "t.example"), ("Referer", PAGE)])
+    check("/collect?cid=1", [("Referer", PAGE), ("Host", "t.example")])  # the Referer now at another point of the budget
+    body = b'{"event":"page_view","url":"' + PAGE.encode() + b'","pad":"' + b"x" * 2200 + b'"}'
+    check("/track", [("Host", "a.example"), ("Content-Type", "application/json")], body)
+    check("/track?v=2", [("Referer", PAGE), ("Content-Type", "application/json")], body)
+    check("/api", [("Content-Encoding", "gzip")], gzip.compress(body), "application/json")
+
+
+def test_parts_near_the_limits_are_peeled_as_one_request() -> None:
+    budget = DEFAULT_LIMITS.max_output
+    check("/r", [("Referer", PAGE)])  # remembered with the whole budget
+    # The query leaves less budget than the Referer needs: it must be cut as one peel cuts it.
+    check("/q?big=" + "y" * (budget - 40), [("Referer", PAGE)])
+    check("/q?big=" + "y" * (budget - 5), [("Host", "h.example"), ("Referer", PAGE)])
+    # Field count: a query of nearly max_fields parameters, then a Referer with several fields.
+    many = "&".join(f"k{i}=v" for i in range(DEFAULT_LIMITS.max_fields - 2))
+    check("/m?" + many, [("Referer", PAGE)])
+    # An inflation that fits a whole budget but not what is left after a long query.
+    inflated = b'{"a":"' + b"z" * 60_000 + b'"}'
+    check("/g", [], gzip.compress(inflated), "application/json")
+    check("/g?big=" + "y" * (budget - 30_000), [], gzip.compress(inflated), "application/json")
+    # A bomb is refused alone and with less budget alike.
+    bomb = gzip.compress(b"a" * (4 << 20))
+    check("/b", [], bomb, "application/octet-stream")
+    check("/b?x=" + "y" * 1000, [], bomb, "application/octet-stream")
+
+
+_TEXT = st.text(st.sampled_from("ab=&%2F/?:.x y+#\n{}\"[],05é"), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    target=st.one_of(_TEXT.map(lambda text: "/" + text), _TEXT.map(lambda text: "https://h.example/" + text)),
+    referer=st.one_of(st.none(), _TEXT, st.just(PAGE)),
+    host_first=st.booleans(),
+    body=st.one_of(st.just(b""), _TEXT.map(str.encode), _TEXT.map(lambda text: gzip.compress(text.encode()))),
+    content_type=st.sampled_from([None, "application/json", "application/x-www-form-urlencoded", "text/plain"]),
+    pad=st.sampled_from([0, 1000, DEFAULT_LIMITS.max_output - 50]),
+)
+def test_any_request_gives_the_fields_of_one_peel(target, referer, host_first, body, content_type, pad) -> None:
+    if pad:
+        target += ("&" if "?" in target else "?") + "p=" + "w" * pad
+    headers = [("Host", "h.example")]
+    if referer is not None:
+        headers = headers + [("Referer", referer)] if host_first else [("Referer", referer), *headers]
+    check(target, headers, body, content_type)
+
+
+def test_url_redaction_remembered_is_the_same() -> None:
+    findings = scan_http("GET", PAGE, [], b"", None)
+    assert findings
+    assert redact_url(PAGE, findings) == redact_url(PAGE, findings) == _redact_url(PAGE, findings)
+    assert "diabetes" not in redact_url(PAGE, findings)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    day=st.integers(0, 40_000),
+    offset=st.one_of(
+        st.floats(0, 86_400, exclude_max=True),
+        st.floats(86_400 - 2e-6, 86_400, exclude_max=True),
+        st.floats(0, 2e-6),
+    ),
+)
+def test_the_day_remembered_is_the_day_of_the_time(day: int, offset: float) -> None:
+    engine = _engine()
+    ts = day * 86_400.0 + offset
+    for probe in (ts, ts + 0.5e-6, ts - 0.5e-6, ts + 1.0, math.nextafter(ts, math.inf)):
+        assert engine._day(probe) == _day_of(probe)
+    assert engine._day(float("nan")) == _day_of(float("nan"))
+    assert engine._day(1e300) == _day_of(1e300) == dt.date.max
+
+
+def test_enrichment_remembered_is_the_same_for_every_record_to_a_destination() -> None:
+    engine = _engine()
+    fresh = _engine()
+    flow = Flow("10.20.0.5", 51000, "192.0.2.9", 443, "tcp")
+    ts = 1_705_330_800.0
+    for name in ("www.google-analytics.com", "example.org", "www.google-analytics.com", "connect.facebook.net"):
+        hello = TlsHello(ts, flow, "tls", name)
+        ours, theirs = engine._observe(hello, None), fresh._observe(hello, None)
+        fresh._enriched.clear()
+        assert (ours.vendor, ours.destination, ours.allowed, ours.baa, ours.baa_status) == (
+            theirs.vendor, theirs.destination, theirs.allowed, theirs.baa, theirs.baa_status
+        )
+    assert engine._observe(TlsHello(ts, flow, "tls", "www.google-analytics.com"), None).vendor is not None
+
+
+def _engine() -> DetectionEngine:
+    policy = load_config(None).build_policy(_catalog())
+    return DetectionEngine(policy, lambda *args: {}, immediate=False)
+
+
+_CATALOGS: list[VendorCatalog] = []
+
+
+def _catalog() -> VendorCatalog:
+    if not _CATALOGS:
+        _CATALOGS.append(VendorCatalog.load())
+    return _CATALOGS[0]
