@@ -580,7 +580,8 @@ done:
 /* ---------------------------------------------------------------------------------------------
  * L2-L4: sensor.decode.packet.PacketDecoder.decode, for unfragmented IPv4 and IPv6 without
  * extension headers carrying TCP or UDP behind Ethernet (with VLAN tags), raw IP, loopback or
- * Linux cooked headers. Anything else (fragments, PPPoE, MPLS, malformed headers) returns None.
+ * Linux cooked headers. Anything else (fragments, tunnels, PPPoE, MPLS, other link types, malformed
+ * headers) returns None: the Python decoder (the reference) takes it.
  */
 
 #define TCP 6
@@ -612,6 +613,31 @@ static Py_ssize_t network_offset(unsigned linktype, const uint8_t *f, Py_ssize_t
 
 static PyObject *bytes_at(const uint8_t *p, Py_ssize_t n) { return PyBytes_FromStringAndSize((const char *)p, n); }
 
+/* UDP ports that carry tunnels (sensor.decode.packet.udp_tunnel_ports, set through set_tunnel_ports):
+ * decode_frame declines those datagrams to the Python decoder, which decapsulates them, and the
+ * replay selector keeps them whole. */
+static uint8_t tunnel_port_bits[65536 / 8];
+
+static inline int tunnel_port(unsigned port) { return (tunnel_port_bits[port >> 3] >> (port & 7)) & 1; }
+
+static PyObject *set_tunnel_ports(PyObject *module, PyObject *ports) {
+    PyObject *seq = PySequence_Fast(ports, "set_tunnel_ports(ports): a sequence of port numbers");
+    if (seq == NULL) return NULL;
+    uint8_t bits[sizeof tunnel_port_bits] = {0};
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        unsigned long port = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (port > 65535) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a port is 0 to 65535");
+            return NULL;
+        }
+        bits[port >> 3] |= (uint8_t)(1u << (port & 7));
+    }
+    Py_DECREF(seq);
+    memcpy(tunnel_port_bits, bits, sizeof bits);
+    Py_RETURN_NONE;
+}
+
 static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_ssize_t alen, Py_ssize_t pos,
                            Py_ssize_t end) {
     unsigned sport, dport, flags = 0;
@@ -628,6 +654,7 @@ static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_
         if (end - pos < 8) return NULL;
         Py_ssize_t ulen = get16(f + pos + 4);
         if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
+        if (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2))) return NULL; /* a tunnel: Python */
         start = pos + 8;
     } else {
         return NULL;
@@ -1365,9 +1392,13 @@ static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip
 
 static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4) {
     if (l4 + 4 > n) return 1;
-    if (get16(f + l4) == 53 || get16(f + l4 + 2) == 53) return 1;
+    unsigned sport = get16(f + l4), dport = get16(f + l4 + 2);
+    if (sport == 53 || dport == 53 || tunnel_port(sport) || tunnel_port(dport)) return 1;
     return quic_initial(f, n, l4 + 8);
 }
+
+/* IP-in-IP, IPv6-in-IP and GRE pass whole (sensor.decode.packet.IP_TUNNELS) */
+static inline int ip_tunnel(unsigned proto) { return proto == 4 || proto == 41 || proto == 47; }
 
 static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
     if (off + 1 > n) return 1;
@@ -1377,7 +1408,7 @@ static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
         if (get16(f + off + 6) & 0x3FFF) return 1; /* a fragment: reassembly decides */
         if (f[off + 9] == UDP) return keep_udp(f, n, off + ihl);
         if (f[off + 9] == TCP) return keep_tcp(f, n, off + ihl, (Py_ssize_t)get16(f + off + 2) - ihl);
-        return 0;
+        return ip_tunnel(f[off + 9]);
     }
     if (f[off] >> 4 == 6) {
         if (off + 40 > n) return 1;
@@ -1385,7 +1416,7 @@ static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
         if (next == 0 || next == 43 || next == 44 || next == 60 || next == 51) return 1; /* extension headers */
         if (next == UDP) return keep_udp(f, n, off + 40);
         if (next == TCP) return keep_tcp(f, n, off + 40, (Py_ssize_t)get16(f + off + 4));
-        return 0;
+        return ip_tunnel(next);
     }
     return 0;
 }
@@ -1398,6 +1429,8 @@ static int keep_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
             if (off + 2 > n) return 0;
             unsigned ethertype = get16(f + off);
             if (ethertype == 0x0800 || ethertype == 0x86DD) return keep_ip(f, n, off + 2);
+            /* PPPoE sessions, MPLS and 802.3 (LLC) frames pass whole */
+            if (ethertype == 0x8864 || ethertype == 0x8847 || ethertype == 0x8848 || ethertype <= 1500) return 1;
             if (tags == 2 || (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100)) return 0;
             off += 4;
         }
@@ -1440,8 +1473,9 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
 
 /* The replay worker (0 or 1) that decodes a frame: the parity of its client's address (the side
  * with the higher port), as sensor.pipeline.Pipeline.replay splits them, so that a host's flows,
- * DNS and alert windows stay in one process. Fragments, and whatever has no TCP or UDP ports in
- * reach, go to worker 0, where fragments are reassembled. */
+ * DNS and alert windows stay in one process. Fragments, tunnels (their inner addresses are not
+ * looked at here), and whatever has no TCP or UDP ports in reach, go to worker 0, where fragments
+ * are reassembled. */
 static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
     Py_ssize_t off = network_offset(linktype, f, n), pos, end;
     const uint8_t *src, *dst;
@@ -1483,6 +1517,7 @@ static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
         return 0;
     }
     if ((proto != TCP && proto != UDP) || pos + 4 > end) return 0;
+    if (proto == UDP && (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2)))) return 0;
     return ((get16(f + pos) > get16(f + pos + 2) ? src : dst)[3]) & 1;
 }
 
@@ -1667,6 +1702,8 @@ static PyMethodDef methods[] = {
      "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
     {"community_id", community_id, METH_VARARGS,
      "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
+    {"set_tunnel_ports", set_tunnel_ports, METH_O,
+     "set_tunnel_ports(ports): the UDP ports whose datagrams are tunnels (declined, and kept whole)"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"pcap_records", pcap_records, METH_VARARGS,

@@ -42,6 +42,18 @@ def _warm_up(registered_domain: Callable[[str], str]) -> None:
     term_matcher()
 
 
+def decode_settings(config: Any) -> DecodeSettings:
+    """The decoder's settings from the configuration's `decode` section; its tunnel ports are set
+    on the packet decoder (process-wide: the compiled selector and decoder share them)."""
+    from sensor.decode.packet import configure_udp_tunnels
+
+    limits = config.decode.model_dump()
+    ports = limits.pop("tunnel_ports", None)
+    if ports is not None:
+        configure_udp_tunnels(ports)
+    return DecodeSettings(**limits)
+
+
 def _rule_ids() -> Iterator[str]:
     """The detection rules' ids, the rules loaded only when a configuration tunes one."""
     from sensor.detect.rules import ALL_RULES
@@ -117,7 +129,7 @@ class Runner:
         pipeline = Pipeline(
             sinks=sinks,
             counters=counters,
-            settings=DecodeSettings(**config.decode.model_dump()),
+            settings=decode_settings(config),
             event_builder=events if args.emit in ("events", "all") else None,
             detector=detector,
         )
@@ -158,7 +170,7 @@ class Runner:
         engine = DetectionEngine(
             config.build_policy(catalog), lambda *a: {}, no_rules, immediate=False, on_observation=inventory.observe
         )
-        pipeline = Pipeline(sinks=[], settings=DecodeSettings(**config.decode.model_dump()), detector=engine)
+        pipeline = Pipeline(sinks=[], settings=decode_settings(config), detector=engine)
         problems: list[str] = []
         for path in args.pcaps:
             problems.extend(pipeline.replay(path, prefilter=args.prefilter))

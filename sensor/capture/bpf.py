@@ -16,7 +16,10 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
   post-quantum hello is ~1.8 KB), and an HTTP body on an unusual port then loses its middle;
   `--prefilter never` keeps everything;
 - TCP payloads that open a ClientHello or an HTTP request whatever the ports;
-- IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
+- IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see;
+- tunnels, whole: UDP on the decoder's tunnel ports (VXLAN, Geneve, GTP-U, Teredo), IP-in-IP,
+  IPv6-in-IP and GRE (ERSPAN and PPTP included), and on Ethernet PPPoE sessions, MPLS and 802.3
+  LLC frames. BPF cannot look inside them; what they carry is selected by the decoder.
 
 For uncompressed classic pcap files replay applies the same selection in-process, compiled
 (`keep_frame` in sensor/_fast.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
@@ -28,6 +31,7 @@ for QinQ, only on Ethernet), and POST is not GET (every method is listed).
 """
 from __future__ import annotations
 
+from sensor.decode import packet
 from sensor.decode.packet import LINKTYPE_ETHERNET
 
 _HTTP_METHOD_WORDS = {
@@ -92,7 +96,18 @@ def _ip_expression() -> str:
         f" and (ip6[4:2] - {v6_hdr} < {BULK_SEGMENT} or {_http_port('ip6[42:2]')}))"
         f" or {_opens_request(v6_at)}))))))"
     )
-    return f"port 53 or {v4} or {v6}"
+    return f"port 53 or {v4} or {v6} or {_tunnels()}"
+
+
+def _tunnels() -> str:
+    """Tunnelled packets, whole (sensor.decode.packet's IP_TUNNELS and UDP tunnel ports)."""
+    protocols = sorted(packet.IP_TUNNELS)
+    ports = " or ".join(f"udp port {port}" for port in sorted(packet.udp_tunnel_ports))
+    return "(" + " or ".join([*(f"ip proto {p} or ip6 proto {p}" for p in protocols), *([ports] if ports else [])]) + ")"
+
+
+# Ethernet payloads passed whole: PPPoE sessions, MPLS, and 802.3 frames (LLC/SNAP)
+_ETHERNET_TUNNELS = "ether proto 0x8864 or ether proto 0x8847 or ether proto 0x8848 or llc"
 
 
 def default_filter(linktype: int) -> str:
@@ -100,5 +115,6 @@ def default_filter(linktype: int) -> str:
     base = _ip_expression()
     if linktype != LINKTYPE_ETHERNET:
         return base
+    base = f"{base} or {_ETHERNET_TUNNELS}"
     # `vlan` shifts the offsets of everything after it, so each nesting repeats the base.
     return f"({base}) or (vlan and (({base}) or (vlan and ({base}))))"
