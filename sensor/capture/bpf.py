@@ -23,7 +23,10 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
 
 For uncompressed classic pcap files replay applies the same selection in-process, compiled
 (`keep_frame` in sensor/_fast.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
-checks that both keep the same packets. Change one, change the other.
+checks that both keep the same packets. Change one, change the other. One difference: the
+compiled selection looks inside VXLAN, Geneve, GRE (bridged Ethernet, ERSPAN, IP) and IP-in-IP
+and applies the same rules to the packet inside, where BPF passes those tunnels whole
+(tests/test_tunnels.py checks that nothing is lost).
 
 Classic traps handled: `tcp[...]` offsets do not exist for IPv6 in libpcap (ip6[] with the
 fixed 40-byte header is used instead), VLAN tags shift every offset (the `vlan` keyword, nested

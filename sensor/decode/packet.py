@@ -318,12 +318,18 @@ def configure_udp_tunnels(ports: Mapping[int, str]) -> None:
         raise ValueError(f"unknown tunnel kind(s) {sorted(unknown)}: expected {sorted(UDP_TUNNEL_KINDS)}")
     udp_tunnel_ports.clear()
     udp_tunnel_ports.update(ports)
+    _tell_compiled()
+
+
+def _tell_compiled() -> None:
+    """The compiled decoder declines the tunnel ports; its selector looks inside VXLAN and Geneve."""
     if _set_tunnel_ports is not None:
-        _set_tunnel_ports(sorted(udp_tunnel_ports))
+        kinds = udp_tunnel_ports.items()
+        _set_tunnel_ports(sorted(udp_tunnel_ports), sorted(p for p, k in kinds if k == "vxlan"),
+                          sorted(p for p, k in kinds if k == "geneve"))
 
 
-if _set_tunnel_ports is not None:
-    _set_tunnel_ports(sorted(udp_tunnel_ports))
+_tell_compiled()
 
 
 class PacketDecoder:
