@@ -211,6 +211,8 @@ class Reloader:
                 new.adopt_state(old)
         pipeline.detector = new
         pipeline.event_builder = fresh.pipeline.event_builder
+        if fresh.events is not None:  # the running decoder knows the tunnelled flows
+            fresh.events.tunnels = pipeline.decoder.packets.tunnels
 
     def reload(self, pipeline: Pipeline) -> bool:
         fresh = self.check()

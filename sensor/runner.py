@@ -79,6 +79,7 @@ class Runner:
         self.pipeline = pipeline
         self.sinks = sinks
         self.args = args
+        self.events: EventBuilder | None = None  # the event and alert documents' builder
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, live: bool = False, sinks: list[Sink] | None = None) -> "Runner":
@@ -133,9 +134,12 @@ class Runner:
             event_builder=events if args.emit in ("events", "all") else None,
             detector=detector,
         )
+        events.tunnels = pipeline.decoder.packets.tunnels  # events of tunnelled flows name their tunnel
         _warm_up(registered_domain)
         _settle_heap()
-        return cls(pipeline, sinks, args)
+        runner = cls(pipeline, sinks, args)
+        runner.events = events
+        return runner
 
     @staticmethod
     def check_config(path: Path, signatures: Path | None) -> int:

@@ -347,3 +347,27 @@ def test_compiled_selection_inside_mirror_tunnels_loses_nothing(tmp_path: Path) 
     full = events("never")
     assert sum(full.values()) > 100
     assert events("always") == full
+
+
+def test_events_of_tunnelled_flows_name_the_tunnel(tunnels_root: Path) -> None:
+    """Alerts keep the inner 5-tuple; the outside is on the event: VLANs and phi_egress.tunnel."""
+    story = next(p for p in wrapped_dir("vlan-vxlan-vlan", tunnels_root) if p.name == "mixpanel-plaintext.pcap")
+    docs = replay([story], "--emit", "all", "--prefilter", "never")
+    alerts = [doc for doc in docs if doc["event"]["kind"] == "alert"]
+    assert alerts and all(doc["source"]["ip"] == "10.20.5.23" for doc in alerts)
+    for doc in docs:
+        assert doc["network"]["vlan"] == {"id": "300"} and doc["network"]["inner"] == {"vlan": {"id": "12"}}
+        assert doc["phi_egress"]["tunnel"] == {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 1}
+    bare = replay([REPO / "pcaps" / "mixpanel-plaintext.pcap"], "--emit", "all", "--prefilter", "never")
+    assert all("tunnel" not in doc.get("phi_egress", {}) and "vlan" not in doc["network"] for doc in bare)
+    assert {d["network"]["community_id"] for d in docs} == {d["network"]["community_id"] for d in bare}
+
+
+def test_nested_tunnels_list_their_layers() -> None:
+    decoder = PacketDecoder(Counters())
+    frame = bytes(Ether() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / Ether()
+                  / IP(src="192.0.2.7", dst="192.0.2.8") / GRE(proto=0x0800, key_present=1, key=99) / INNER)
+    assert decode(1, frame, decoder) is not None
+    assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)] == (
+        {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 3, "layers": ["vxlan", "gre"]},
+        None, None)

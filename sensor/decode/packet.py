@@ -300,6 +300,23 @@ def _teredo(f: bytes, off: int) -> tuple[int, int] | None:
     return (ETH_IPV6, off) if len(f) >= off + 40 and f[off] >> 4 == 6 else None
 
 
+def _gre_key(f: bytes) -> int | None:
+    if len(f) < 4 or not f[0] & 0x20:
+        return None
+    at = 8 if f[0] & 0x80 else 4  # the key follows the checksum word when there is one
+    return int.from_bytes(f[at : at + 4], "big") if len(f) >= at + 4 else None
+
+
+# tunnel kind -> its identifier in the tunnel header (VNI, GRE key, TEID), for events
+TUNNEL_IDS: dict[str, Callable[[bytes], "int | None"]] = {
+    "vxlan": lambda f: int.from_bytes(f[4:7], "big"),
+    "geneve": lambda f: int.from_bytes(f[4:7], "big"),
+    "gtp-u": lambda f: int.from_bytes(f[4:8], "big"),
+    "gre": _gre_key,
+}
+MAX_TUNNEL_FLOWS = 65536  # tunnelled 5-tuples remembered for their events (oldest forgotten first)
+
+
 IP_TUNNELS: dict[int, tuple[str, Step]] = {
     4: ("ipip", _ip_by_version),
     41: ("ipv6-in-ip", _ip_by_version),
@@ -343,6 +360,12 @@ class PacketDecoder:
         self._fragments: OrderedDict[tuple, list] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
         self.reassembled = False  # the last decode completed an IP datagram from fragments
+        # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
+        # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
+        self.tunnels: OrderedDict[tuple, tuple[dict, int | None, int | None]] = OrderedDict()
+        self._layers: list[tuple] | None = None  # the tunnels of the packet being decoded, outermost first
+        self._vlan: int | None = None  # the last VLAN id walked over
+        self._outer_vlan: int | None = None
 
     def network_offset(self, linktype: int, frame: bytes, depth: int = 0) -> int:
         """Offset of the IP header in `frame`, or -1 when the frame carries no IP we handle."""
@@ -366,6 +389,8 @@ class PacketDecoder:
             name, advance = step
             if name is not None:
                 self.counters.add("decap." + name)
+            elif kind in _VLAN_TYPES and len(frame) >= off + 2:
+                self._vlan = ((frame[off] << 8) | frame[off + 1]) & 0x0FFF
             found = advance(frame, off)
             if found is None:
                 self.counters.add("decap.malformed")
@@ -387,7 +412,28 @@ class PacketDecoder:
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         """decode in pure Python: the reference, and the path for every frame the fast one declines."""
-        return self._ip(ts, frame, self.network_offset(linktype, frame), 0)
+        self._layers = self._vlan = None
+        decoded = self._ip(ts, frame, self.network_offset(linktype, frame), 0)
+        if self._layers is not None and decoded is not None:
+            self._remember(decoded)
+        return decoded
+
+    def _remember(self, decoded: Decoded) -> None:
+        """Keep what the events of a tunnelled flow say of its tunnel (the outermost one)."""
+        key = (addr_text(decoded[1]), decoded[3], addr_text(decoded[2]), decoded[4])
+        if key in self.tunnels:
+            return
+        layers = self._layers
+        assert layers is not None
+        name, src, dst, ident = layers[0]
+        info: dict = {"type": name, "source_ip": addr_text(src), "destination_ip": addr_text(dst)}
+        if ident is not None:
+            info["id"] = ident
+        if len(layers) > 1:
+            info["layers"] = [layer[0] for layer in layers]
+        if len(self.tunnels) >= MAX_TUNNEL_FLOWS:
+            self.tunnels.popitem(last=False)
+        self.tunnels[key] = (info, self._outer_vlan, self._vlan)
 
     def _ip(self, ts: float, frame: bytes, off: int, depth: int) -> Decoded | None:
         if off < 0 or len(frame) < off + 20:
@@ -492,20 +538,28 @@ class PacketDecoder:
                 inner = buf[pos + 8 : end]
                 found = UDP_TUNNEL_KINDS[name](inner, 0)
                 if found is not None:  # else a datagram that only uses the port: plain UDP
-                    return self._inner(ts, name, found, inner, depth)
+                    return self._inner(ts, name, found, inner, depth, src, dst)
             return (UDP, src, dst, sport, dport, 0, 0, buf[pos + 8 : end])
         tunnel = IP_TUNNELS.get(proto)
         if tunnel is not None:
             inner = buf[pos:end]
             found = tunnel[1](inner, 0)
             if found is not None:
-                return self._inner(ts, tunnel[0], found, inner, depth)
+                return self._inner(ts, tunnel[0], found, inner, depth, src, dst)
         self.counters.add("packets.other_transport")
         return None
 
-    def _inner(self, ts: float, name: str, found: tuple[int, int], inner: bytes, depth: int) -> Decoded | None:
-        """Decode the packet a tunnel carries (its header already stepped over: `found`)."""
+    def _inner(
+        self, ts: float, name: str, found: tuple[int, int], inner: bytes, depth: int, src: bytes, dst: bytes
+    ) -> Decoded | None:
+        """Decode the packet a tunnel between `src` and `dst` carries (its header already stepped over: `found`)."""
         self.counters.add("decap." + name)
+        if self._layers is None:
+            self._layers = []
+            self._outer_vlan = self._vlan
+        ident = TUNNEL_IDS.get(name)
+        self._layers.append((name, src, dst, ident(inner) if ident is not None else None))
+        self._vlan = None
         depth += 1
         if depth > MAX_DEPTH:
             self.counters.add("decap.too_deep")
