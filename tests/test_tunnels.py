@@ -42,6 +42,11 @@ OUTER_A, OUTER_B = "198.51.100.7", "198.51.100.9"  # the tunnel endpoints (never
 OUTER6_A, OUTER6_B = "2001:db8:ffff::7", "2001:db8:ffff::9"
 
 
+def eth(**fields) -> Ether:
+    """An Ethernet header with its addresses given (scapy would otherwise look the IP's up on the network)."""
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", **fields)
+
+
 def l3_of(frame: bytes) -> bytes:
     """The IP packet of an Ethernet frame (VLAN tags skipped)."""
     off = 12
@@ -77,37 +82,37 @@ def ppp_protocol(l3: bytes) -> bytes:
 # name -> (link type, frame -> wrapped frame)
 Wrap = Callable[[bytes], bytes]
 ENCAPSULATIONS: dict[str, tuple[int, Wrap]] = {
-    "vxlan": (1, lambda f: bytes(Ether() / outer_ip() / UDP(sport=51000, dport=4789) / VXLAN(vni=4242) / Ether(f))),
-    "vxlan-8472": (1, lambda f: bytes(Ether() / outer_ip() / UDP(sport=51000, dport=8472) / VXLAN(vni=7) / Ether(f))),
+    "vxlan": (1, lambda f: bytes(eth() / outer_ip() / UDP(sport=51000, dport=4789) / VXLAN(vni=4242) / Ether(f))),
+    "vxlan-8472": (1, lambda f: bytes(eth() / outer_ip() / UDP(sport=51000, dport=8472) / VXLAN(vni=7) / Ether(f))),
     "vlan-vxlan-vlan": (1, lambda f: bytes(
-        Ether() / Dot1Q(vlan=300) / outer_ip() / UDP(sport=51000, dport=4789) / VXLAN(vni=1)
+        eth() / Dot1Q(vlan=300) / outer_ip() / UDP(sport=51000, dport=4789) / VXLAN(vni=1)
         / Ether(dst=f[:6], src=f[6:12]) / Dot1Q(vlan=12, type=int.from_bytes(f[12:14], "big")) / f[14:])),
     "geneve": (1, lambda f: bytes(
-        Ether() / outer_ip() / UDP(sport=51000, dport=6081)
+        eth() / outer_ip() / UDP(sport=51000, dport=6081)
         / GENEVE(vni=99, proto=0x6558, options=[GeneveOptions(classid=0x0108, type=1, data=b"\x01\x02\x03\x04")])
         / Ether(f))),
     "gre-teb": (1, lambda f: bytes(
-        Ether() / outer_ip() / GRE(proto=0x6558, chksum_present=1, key_present=1, key=77, seqnum_present=1,
+        eth() / outer_ip() / GRE(proto=0x6558, chksum_present=1, key_present=1, key=77, seqnum_present=1,
                                    sequence_number=5) / Ether(f))),
     "gre-ip": (1, lambda f: bytes(
-        Ether() / outer_ip() / GRE(proto=0x86DD if is_v6(l3_of(f)) else 0x0800, key_present=1, key=1) / l3_of(f))),
-    "pptp-gre": (1, lambda f: bytes(Ether() / outer_ip(47) / Raw(  # enhanced GRE: key (length, call id), seq, ack
+        eth() / outer_ip() / GRE(proto=0x86DD if is_v6(l3_of(f)) else 0x0800, key_present=1, key=1) / l3_of(f))),
+    "pptp-gre": (1, lambda f: bytes(eth() / outer_ip(47) / Raw(  # enhanced GRE: key (length, call id), seq, ack
         struct.pack("!BBHHHII", 0x30, 0x81, 0x880B, 0, 9, 1, 0) + b"\xff\x03" + ppp_protocol(l3_of(f)) + l3_of(f)))),
     "erspan-2": (1, lambda f: bytes(
-        Ether() / outer_ip() / GRE(proto=0x88BE, seqnum_present=1) / ERSPAN_II(session_id=3, vlan=0) / Ether(f))),
+        eth() / outer_ip() / GRE(proto=0x88BE, seqnum_present=1) / ERSPAN_II(session_id=3, vlan=0) / Ether(f))),
     "erspan-3": (1, lambda f: bytes(
-        Ether() / outer_ip() / GRE(proto=0x22EB, seqnum_present=1) / ERSPAN_III(session_id=4, o=1)
+        eth() / outer_ip() / GRE(proto=0x22EB, seqnum_present=1) / ERSPAN_III(session_id=4, o=1)
         / ERSPAN_PlatformSpecific() / Ether(f))),
-    "ipip-6in4": (1, lambda f: bytes(Ether() / outer_ip(41 if is_v6(l3_of(f)) else 4) / l3_of(f))),
-    "ip-in-ipv6": (1, lambda f: bytes(Ether() / IPv6(src=OUTER6_A, dst=OUTER6_B, nh=41 if is_v6(l3_of(f)) else 4)
+    "ipip-6in4": (1, lambda f: bytes(eth() / outer_ip(41 if is_v6(l3_of(f)) else 4) / l3_of(f))),
+    "ip-in-ipv6": (1, lambda f: bytes(eth() / IPv6(src=OUTER6_A, dst=OUTER6_B, nh=41 if is_v6(l3_of(f)) else 4)
                                       / l3_of(f))),
     "gtp-u": (1, lambda f: bytes(
-        Ether() / outer_ip() / UDP(sport=2152, dport=2152)
+        eth() / outer_ip() / UDP(sport=2152, dport=2152)
         / GTP_U_Header(teid=0x1234, E=1, next_ex=0x85) / GTPPDUSessionContainer(type=1, QFI=9) / l3_of(f))),
-    "pppoe": (1, lambda f: bytes(Ether(type=0x8864) / PPPoE(sessionid=0x11) / Raw(ppp_protocol(l3_of(f)) + l3_of(f)))),
-    "mpls": (1, lambda f: bytes(Ether() / MPLS(label=100, s=0) / MPLS(label=200, s=1) / l3_of(f))),
-    "mpls-pseudowire": (1, lambda f: bytes(Ether() / MPLS(label=100, s=1)) + b"\0\0\0\0" + f),
-    "llc-snap": (1, lambda f: bytes(Dot3(len=min(1500, 8 + len(l3_of(f))))
+    "pppoe": (1, lambda f: bytes(eth(type=0x8864) / PPPoE(sessionid=0x11) / Raw(ppp_protocol(l3_of(f)) + l3_of(f)))),
+    "mpls": (1, lambda f: bytes(eth() / MPLS(label=100, s=0) / MPLS(label=200, s=1) / l3_of(f))),
+    "mpls-pseudowire": (1, lambda f: bytes(eth() / MPLS(label=100, s=1)) + b"\0\0\0\0" + f),
+    "llc-snap": (1, lambda f: bytes(Dot3(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", len=min(1500, 8 + len(l3_of(f))))
                                     / LLC(dsap=0xAA, ssap=0xAA, ctrl=3)
                                     / SNAP(OUI=0, code=0x86DD if is_v6(l3_of(f)) else 0x0800) / l3_of(f))),
     "dlt-ppp": (9, lambda f: b"\xff\x03" + ppp_protocol(l3_of(f)) + l3_of(f)),
@@ -242,7 +247,7 @@ def decode(linktype: int, frame: bytes, decoder: PacketDecoder | None = None):
 
 def test_the_inner_five_tuple_is_decoded_and_each_layer_counted() -> None:
     decoder = PacketDecoder(Counters())
-    frame = bytes(Ether() / Dot1Q(vlan=5) / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / Ether()
+    frame = bytes(eth() / Dot1Q(vlan=5) / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / eth()
                   / outer_ip() / GRE(proto=0x0800) / INNER)
     result = decode(1, frame, decoder)
     assert result is not None and result[1:5] == (bytes([10, 20, 0, 5]), bytes([192, 0, 2, 1]), 40000, 80)
@@ -250,15 +255,15 @@ def test_the_inner_five_tuple_is_decoded_and_each_layer_counted() -> None:
 
 
 def test_teredo_and_6in4_carry_ipv6() -> None:
-    teredo = bytes(Ether() / outer_ip() / UDP(sport=3544, dport=40001) / (b"\x00\x00" + b"\xab" * 6) / INNER6)
-    six_in_four = bytes(Ether() / outer_ip(41) / INNER6)
+    teredo = bytes(eth() / outer_ip() / UDP(sport=3544, dport=40001) / (b"\x00\x00" + b"\xab" * 6) / INNER6)
+    six_in_four = bytes(eth() / outer_ip(41) / INNER6)
     for frame in (teredo, six_in_four):
         result = decode(1, frame)
         assert result is not None and (result[0], result[3], result[4]) == (17, 5000, 53)
 
 
 def test_a_datagram_that_only_uses_a_tunnel_port_stays_plain_udp() -> None:
-    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4789, dport=53) / (b"\x00" * 12))
+    frame = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4789, dport=53) / (b"\x00" * 12))
     result = decode(1, frame)
     assert result is not None and (result[3], result[4]) == (4789, 53)
 
@@ -273,7 +278,7 @@ def test_nesting_is_capped() -> None:
 
 
 def test_tunnel_ports_are_configurable() -> None:
-    frame = bytes(Ether() / outer_ip() / UDP(sport=1, dport=9999) / VXLAN(vni=3) / Ether() / INNER)
+    frame = bytes(eth() / outer_ip() / UDP(sport=1, dport=9999) / VXLAN(vni=3) / eth() / INNER)
     try:
         assert decode(1, frame)[3:5] == (1, 9999)  # type: ignore[index]
         packet.configure_udp_tunnels({9999: "vxlan"})
@@ -290,7 +295,7 @@ def test_nflog_big_endian_writer() -> None:
     assert decode(239, frame)[3:5] == (40000, 80)  # type: ignore[index]
 
 
-FRAMES = [wrap(bytes(Ether() / INNER)) for _name, (linktype, wrap) in ENCAPSULATIONS.items()]
+FRAMES = [wrap(bytes(eth() / INNER)) for _name, (linktype, wrap) in ENCAPSULATIONS.items()]
 LINKTYPES = [linktype for linktype, _wrap in ENCAPSULATIONS.values()]
 
 
@@ -365,7 +370,7 @@ def test_events_of_tunnelled_flows_name_the_tunnel(tunnels_root: Path) -> None:
 
 def test_nested_tunnels_list_their_layers() -> None:
     decoder = PacketDecoder(Counters())
-    frame = bytes(Ether() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / Ether()
+    frame = bytes(eth() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / eth()
                   / IP(src="192.0.2.7", dst="192.0.2.8") / GRE(proto=0x0800, key_present=1, key=99) / INNER)
     assert decode(1, frame, decoder) is not None
     assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)] == (
