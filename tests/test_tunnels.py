@@ -376,3 +376,28 @@ def test_nested_tunnels_list_their_layers() -> None:
     assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)] == (
         {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 3, "layers": ["vxlan", "gre"]},
         None, None)
+
+
+def test_tunnel_ports_come_from_the_configuration(tmp_path: Path, bare_alerts: Tally) -> None:
+    import yaml
+
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    config["decode"]["tunnel_ports"] = {9999: "vxlan"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    paths = []
+    for story in STORIES:
+        target = tmp_path / story.name
+        write_pcap(target, 1, [(ts, bytes(eth() / outer_ip() / UDP(sport=5, dport=9999) / VXLAN(vni=1) / Ether(f)))
+                               for ts, f in story_frames(story)])
+        paths.append(target)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "replay.jsonl"
+            assert main(["replay", *map(str, paths), "--config", str(path), "--quiet", "--workers", "1",
+                         "--prefilter", "never", "--output", str(out)]) == 0  # fmt: skip
+            docs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        assert alert_keys(docs) == bare_alerts
+        assert packet.udp_tunnel_ports == {9999: "vxlan"}
+    finally:
+        packet.configure_udp_tunnels(packet.DEFAULT_UDP_TUNNEL_PORTS)
