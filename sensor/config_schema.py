@@ -106,7 +106,7 @@ class DecodeLimits(_Section):
     flow_idle_timeout: float = Field(DECODE_DEFAULTS["flow_idle_timeout"], gt=0, le=86400)  # seconds
     dns_timeout: float = Field(DECODE_DEFAULTS["dns_timeout"], gt=0, le=300)  # seconds to wait for the response to a query
     # UDP port -> the tunnel it carries (both ports of a datagram are looked at); {} decodes none
-    tunnel_ports: dict[Annotated[int, Field(ge=1, le=65535)], Literal["vxlan", "geneve", "gtp-u", "teredo"]] | None = None
+    tunnel_ports: dict[Annotated[int, Field(ge=1, le=65535)], Literal["vxlan", "geneve", "gtp-u", "teredo", "l2tp"]] | None = None
 
 
 class Redaction(_Section):

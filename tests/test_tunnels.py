@@ -109,6 +109,8 @@ ENCAPSULATIONS: dict[str, tuple[int, Wrap]] = {
     "gtp-u": (1, lambda f: bytes(
         eth() / outer_ip() / UDP(sport=2152, dport=2152)
         / GTP_U_Header(teid=0x1234, E=1, next_ex=0x85) / GTPPDUSessionContainer(type=1, QFI=9) / l3_of(f))),
+    "l2tp": (1, lambda f: bytes(eth() / outer_ip() / UDP(sport=1701, dport=1701) / Raw(  # length bit, ids 7 and 9
+        struct.pack("!HHHH", 0x4002, 12 + len(l3_of(f)), 7, 9) + b"\xff\x03" + ppp_protocol(l3_of(f)) + l3_of(f)))),
     "pppoe": (1, lambda f: bytes(eth(type=0x8864) / PPPoE(sessionid=0x11) / Raw(ppp_protocol(l3_of(f)) + l3_of(f)))),
     "mpls": (1, lambda f: bytes(eth() / MPLS(label=100, s=0) / MPLS(label=200, s=1) / l3_of(f))),
     "mpls-pseudowire": (1, lambda f: bytes(eth() / MPLS(label=100, s=1)) + b"\0\0\0\0" + f),
@@ -224,7 +226,7 @@ def sensor_names(docs: list[dict]) -> set[tuple[str, str]]:
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-@pytest.mark.parametrize("name", ["vxlan", "geneve", "gre-teb", "erspan-2", "pppoe", "mpls", "gtp-u", "dlt-nflog",
+@pytest.mark.parametrize("name", ["vxlan", "geneve", "gre-teb", "erspan-2", "pppoe", "mpls", "gtp-u", "dlt-nflog", "l2tp",
                                   "dlt-ppp"])
 def test_tshark_reads_the_same_inner_names(name: str, tunnels_root: Path) -> None:
     story = REPO / "pcaps" / "mixpanel-plaintext.pcap"

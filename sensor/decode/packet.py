@@ -300,6 +300,20 @@ def _teredo(f: bytes, off: int) -> tuple[int, int] | None:
     return (ETH_IPV6, off) if len(f) >= off + 40 and f[off] >> 4 == 6 else None
 
 
+def _l2tp(f: bytes, off: int) -> tuple[int, int] | None:
+    """L2TPv2 data message (RFC 2661): flags and version, optional length, tunnel and session
+    ids, optional Ns/Nr and offset padding, then a PPP frame. Control messages carry none."""
+    if len(f) < off + 6 or f[off] & 0x80 or f[off + 1] & 0x0F != 2:
+        return None
+    flags = f[off]
+    pos = off + 2 + (2 if flags & 0x40 else 0) + 4 + (4 if flags & 0x08 else 0)
+    if flags & 0x02:  # offset size, then that much padding
+        if len(f) < pos + 2:
+            return None
+        pos += 2 + ((f[pos] << 8) | f[pos + 1])
+    return ETH_PPP, pos
+
+
 def _gre_key(f: bytes) -> int | None:
     if len(f) < 4 or not f[0] & 0x20:
         return None
@@ -313,6 +327,7 @@ TUNNEL_IDS: dict[str, Callable[[bytes], "int | None"]] = {
     "geneve": lambda f: int.from_bytes(f[4:7], "big"),
     "gtp-u": lambda f: int.from_bytes(f[4:8], "big"),
     "gre": _gre_key,
+    "l2tp": lambda f: int.from_bytes(f[6:8] if f[0] & 0x40 else f[4:6], "big"),  # the session id
 }
 MAX_TUNNEL_FLOWS = 65536  # tunnelled 5-tuples remembered for their events (oldest forgotten first)
 
@@ -322,8 +337,12 @@ IP_TUNNELS: dict[int, tuple[str, Step]] = {
     41: ("ipv6-in-ip", _ip_by_version),
     47: ("gre", _gre),
 }
-UDP_TUNNEL_KINDS: dict[str, Step] = {"vxlan": _vxlan, "geneve": _geneve, "gtp-u": _gtp_u, "teredo": _teredo}
-DEFAULT_UDP_TUNNEL_PORTS: dict[int, str] = {4789: "vxlan", 8472: "vxlan", 6081: "geneve", 2152: "gtp-u", 3544: "teredo"}
+UDP_TUNNEL_KINDS: dict[str, Step] = {
+    "vxlan": _vxlan, "geneve": _geneve, "gtp-u": _gtp_u, "teredo": _teredo, "l2tp": _l2tp,
+}
+DEFAULT_UDP_TUNNEL_PORTS: dict[int, str] = {
+    4789: "vxlan", 8472: "vxlan", 6081: "geneve", 2152: "gtp-u", 3544: "teredo", 1701: "l2tp",
+}
 # port -> kind, for either port of a datagram (the sensor's decode.tunnel_ports configures it)
 udp_tunnel_ports: dict[int, str] = dict(DEFAULT_UDP_TUNNEL_PORTS)
 
