@@ -382,6 +382,7 @@ class PacketDecoder:
         # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
         # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
         self.tunnels: OrderedDict[tuple, tuple[dict, int | None, int | None]] = OrderedDict()
+        self._tunnel_infos: dict[tuple, dict] = {}
         self._layers: list[tuple] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
@@ -442,14 +443,18 @@ class PacketDecoder:
         key = (addr_text(decoded[1]), decoded[3], addr_text(decoded[2]), decoded[4])
         if key in self.tunnels:
             return
-        layers = self._layers
-        assert layers is not None
-        name, src, dst, ident = layers[0]
-        info: dict = {"type": name, "source_ip": addr_text(src), "destination_ip": addr_text(dst)}
-        if ident is not None:
-            info["id"] = ident
-        if len(layers) > 1:
-            info["layers"] = [layer[0] for layer in layers]
+        layers = tuple(self._layers)  # type: ignore[arg-type]
+        info = self._tunnel_infos.get(layers)
+        if info is None:  # one dict per tunnel, shared by its flows
+            name, src, dst, ident = layers[0]
+            info = {"type": name, "source_ip": addr_text(src), "destination_ip": addr_text(dst)}
+            if ident is not None:
+                info["id"] = ident
+            if len(layers) > 1:
+                info["layers"] = [layer[0] for layer in layers]
+            if len(self._tunnel_infos) >= MAX_TUNNEL_FLOWS:
+                self._tunnel_infos.clear()
+            self._tunnel_infos[layers] = info
         if len(self.tunnels) >= MAX_TUNNEL_FLOWS:
             self.tunnels.popitem(last=False)
         self.tunnels[key] = (info, self._outer_vlan, self._vlan)
