@@ -369,7 +369,8 @@ _tell_compiled()
 
 
 class PacketDecoder:
-    """Stateful only for IP fragment reassembly, which is capped in datagrams and bytes."""
+    """Stateful only for IP fragment reassembly (capped in datagrams and bytes) and for the
+    tunnels of recent tunnelled flows (capped in flows)."""
 
     def __init__(self, counters: Counters, max_fragment_sets: int = 1024, max_datagram: int = 65535) -> None:
         self.counters = counters
@@ -387,14 +388,14 @@ class PacketDecoder:
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
 
-    def network_offset(self, linktype: int, frame: bytes, depth: int = 0) -> int:
+    def network_offset(self, linktype: int, frame: bytes) -> int:
         """Offset of the IP header in `frame`, or -1 when the frame carries no IP we handle."""
         entry = LINKTYPES.get(linktype)
         if entry is None:
             self._unsupported_linktypes.add(linktype)
             self.counters.add("packets.unsupported_linktype")
             return -1
-        return self._walk(entry[1], frame, 0, depth)
+        return self._walk(entry[1], frame, 0, 0)
 
     def _walk(self, kind: int, frame: bytes, off: int, depth: int) -> int:
         """Follow header steps from `kind` at `off` to an IP header; its offset, or -1."""
