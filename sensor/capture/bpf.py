@@ -99,14 +99,20 @@ def _ip_expression() -> str:
         f" and (ip6[4:2] - {v6_hdr} < {BULK_SEGMENT} or {_http_port('ip6[42:2]')}))"
         f" or {_opens_request(v6_at)}))))))"
     )
-    return f"port 53 or {v4} or {v6} or {_tunnels()}"
+    # BPF rejects a packet outright at a load past its end: UDP tunnel ports are tested before the
+    # QUIC payload test reads past a bare UDP header, the tunnel protocols after ip6[6] = 44 has
+    # kept IPv6 fragments (`ip6 proto` reads a fragment header's next header).
+    return f"port 53 or {_udp_tunnels()} or {v4} or {v6} or {_ip_tunnels()}"
 
 
-def _tunnels() -> str:
-    """Tunnelled packets, whole (sensor.decode.packet's IP_TUNNELS and UDP tunnel ports)."""
-    protocols = sorted(packet.IP_TUNNELS)
-    ports = " or ".join(f"udp port {port}" for port in sorted(packet.udp_tunnel_ports))
-    return "(" + " or ".join([*(f"ip proto {p} or ip6 proto {p}" for p in protocols), *([ports] if ports else [])]) + ")"
+def _udp_tunnels() -> str:
+    """UDP on the decoder's tunnel ports (sensor.decode.packet.udp_tunnel_ports), whole."""
+    return "(" + (" or ".join(f"udp port {port}" for port in sorted(packet.udp_tunnel_ports)) or "0 = 1") + ")"
+
+
+def _ip_tunnels() -> str:
+    """IP-in-IP, IPv6-in-IP and GRE (sensor.decode.packet.IP_TUNNELS), whole."""
+    return "(" + " or ".join(f"ip proto {p} or ip6 proto {p}" for p in sorted(packet.IP_TUNNELS)) + ")"
 
 
 # Ethernet payloads passed whole: PPPoE sessions, MPLS, and 802.3 frames (LLC/SNAP)
