@@ -26,8 +26,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import GRE, LLC, SNAP, CookedLinux, Dot1Q, Dot3, Ether
 from scapy.layers.ppp import PPPoE
-from scapy.packet import Raw
 from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
 
 from sensor.capture.pcap import CaptureFile
 from sensor.cli import main
@@ -132,7 +132,7 @@ ENCAPSULATIONS: dict[str, tuple[int, Wrap]] = {
 def write_pcap(path: Path, linktype: int, records: list[tuple[float, bytes]]) -> None:
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)]
     for ts, frame in records:
-        out.append(struct.pack("<IIII", int(ts), int(round((ts % 1) * 1e6)) % 1000000, len(frame), len(frame)) + frame)
+        out.append(struct.pack("<IIII", int(ts), round((ts % 1) * 1e6) % 1000000, len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(out))
 
 

@@ -322,7 +322,7 @@ def _gre_key(f: bytes) -> int | None:
 
 
 # tunnel kind -> its identifier in the tunnel header (VNI, GRE key, TEID), for events
-TUNNEL_IDS: dict[str, Callable[[bytes], "int | None"]] = {
+TUNNEL_IDS: dict[str, Callable[[bytes], int | None]] = {
     "vxlan": lambda f: int.from_bytes(f[4:7], "big"),
     "geneve": lambda f: int.from_bytes(f[4:7], "big"),
     "gtp-u": lambda f: int.from_bytes(f[4:8], "big"),
