@@ -12,6 +12,8 @@ segments, some chunked and gzipped), QUIC v1 Initials (often two per ClientHello
 1-RTT packets; ~15% IPv6, ~10% VLAN-tagged (some QinQ), a few client ports below the server's.
 `--mix dense` is the same traffic denser in handshakes (shorter downloads, more HTTPS and DNS
 sessions, 12% VLAN): about 24k DNS queries and 20k ClientHellos per million packets.
+About 10% of the sessions arrive as a mirror delivers them: ~7% inside VXLAN (a cloud traffic
+mirror session, UDP 4789) and ~3% inside GRE/ERSPAN type II (a switch's remote span).
 
 OUT.truth.json holds the exact counts and the sets of DNS query names, TLS SNIs (TCP), QUIC
 SNIs and HTTP requests (method, host, uri). An item enters the truth only when the last packet
@@ -47,6 +49,7 @@ from synth import (  # noqa: E402  (pcaps/ is not a package)
     DnsRecord,
     Link,
     PcapWriter,
+    ip_packet,
     TcpConversation,
     UdpFlow,
     client_finished,
@@ -67,6 +70,7 @@ from synth import (  # noqa: E402  (pcaps/ is not a package)
     server_flight,
     server_hello,
 )
+from synth import ethernet as ethernet_frame  # noqa: E402
 
 START_NS = 1_705_330_800 * 1_000_000_000  # 2024-01-15 15:00:00 UTC
 SESSIONS_PER_SECOND = 260  # with ~58 packets per session: ~15k packets/s, a busy uplink
@@ -310,6 +314,31 @@ CHROME_UA = (
 )
 
 
+MIRROR_SOURCE, MIRROR_TARGET = "172.31.5.10", "172.31.9.20"  # a mirror session's outer endpoints
+MIRROR_MACS = bytes.fromhex("0200ac1f0914"), bytes.fromhex("0200ac1f050a")
+TUNNEL_SHARES = (("vxlan", 0.07), ("erspan", 0.03))
+
+
+@dataclass(frozen=True, slots=True)
+class MirroredLink(Link):
+    """A link whose frames reach the sensor inside a mirror session's tunnel."""
+
+    tunnel: str = "vxlan"
+    session: int = 1  # the VXLAN VNI or the ERSPAN session id
+
+    def frame(self, packet: bytes, from_client: bool) -> bytes:
+        inner = Link.frame(self, packet, from_client)
+        if self.tunnel == "vxlan":  # outer UDP checksum 0, as mirror sources send it
+            sport = 49152 + (hash_name(inner[26:38].hex()) & 0x3FFF)  # a per-flow source port
+            body = struct.pack("!BxxxI", 0x08, self.session << 8) + inner
+            outer = ip_packet(MIRROR_SOURCE, MIRROR_TARGET, 17, struct.pack("!HHHH", sport, 4789, 8 + len(body), 0) + body)
+        else:  # GRE with a sequence number, protocol 0x88BE, then the 8-byte ERSPAN II header
+            gre = struct.pack("!HHI", 0x1000, 0x88BE, 0)
+            erspan = struct.pack("!HHI", 0x1000, self.session & 0x3FF, 0)
+            outer = ip_packet(MIRROR_SOURCE, MIRROR_TARGET, 47, gre + erspan + inner)
+        return ethernet_frame(outer, 0x0800, src_mac=MIRROR_MACS[0], dst_mac=MIRROR_MACS[1])
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     ipv4: str
@@ -357,6 +386,7 @@ class TrafficMaker:
     def __init__(self, seed: int, mix: Mix = MIXES["standard"]) -> None:
         self.mix = mix
         self.rng = random.Random(seed)
+        self.tunnel_rng = random.Random(seed + 2)  # its own stream: the rest of the capture stays as it was
         self.catalog = Catalog(self.rng)
         self.bulk = BulkStream(self.rng)
         self.clients = [self._client(i) for i in range(4000)]
@@ -390,7 +420,15 @@ class TrafficMaker:
         if rng.random() < self.mix.vlan_share:
             vlans = (300, client.vlan) if rng.random() < 0.2 else (client.vlan,)
         rtt_ns = int((4 + rng.lognormvariate(3.0, 0.6)) * 1_000_000)
-        return Setup(client, ipv6, Link(vlans=vlans, client_mac=client.mac), rtt_ns)
+        draw = self.tunnel_rng.random()
+        for tunnel, share in TUNNEL_SHARES:
+            if draw < share:
+                link: Link = MirroredLink(vlans=vlans, client_mac=client.mac, tunnel=tunnel, session=client.vlan)
+                break
+            draw -= share
+        else:
+            link = Link(vlans=vlans, client_mac=client.mac)
+        return Setup(client, ipv6, link, rtt_ns)
 
     def _client_port(self, server_port: int) -> tuple[int, bool]:
         """An ephemeral port; rarely one below the server's port (some NATs and old stacks do that)."""
@@ -710,12 +748,24 @@ class Truth:
 
 
 def vlan_and_family(frame: bytes) -> tuple[int, bool]:
-    """(number of VLAN tags, is IPv6) of an Ethernet frame."""
+    """(number of VLAN tags, is IPv6) of an Ethernet frame (of the mirrored frame in a tunnel)."""
+    tunnel = tunnel_of(frame)
+    if tunnel:
+        frame = frame[TUNNEL_HEADER[tunnel] :]
     offset, tags = 12, 0
     while frame[offset : offset + 2] in (b"\x81\x00", b"\x88\xa8"):
         offset += 4
         tags += 1
     return tags, frame[offset : offset + 2] == b"\x86\xdd"
+
+
+TUNNEL_HEADER = {"vxlan": 14 + 20 + 8 + 8, "erspan": 14 + 20 + 8 + 8}  # outer bytes before the mirrored frame
+
+
+def tunnel_of(frame: bytes) -> str | None:
+    if frame[:6] != MIRROR_MACS[1]:
+        return None
+    return "vxlan" if frame[23] == 17 else "erspan"
 
 
 def generate(out: Path, packets: int, seed: int, mix: str = "standard") -> dict[str, Any]:
@@ -725,6 +775,7 @@ def generate(out: Path, packets: int, seed: int, mix: str = "standard") -> dict[
     truth = Truth()
     categories: Counter[str] = Counter()
     vlan_packets = qinq_packets = ipv6_packets = 0
+    tunnels: Counter[str] = Counter()
     heap: list[tuple[int, int, Emission, Iterator[Emission]]] = []
     order = count()  # ties on the timestamp go to the session that started first
     next_start = START_NS
@@ -743,6 +794,9 @@ def generate(out: Path, packets: int, seed: int, mix: str = "standard") -> dict[
             writer.write(ts, frame)
             categories[category] += 1
             tags, ipv6 = vlan_and_family(frame)
+            tunnel = tunnel_of(frame)
+            if tunnel:
+                tunnels[tunnel] += 1
             vlan_packets += tags > 0
             qinq_packets += tags > 1
             ipv6_packets += ipv6
@@ -765,6 +819,7 @@ def generate(out: Path, packets: int, seed: int, mix: str = "standard") -> dict[
             "ipv6_packets": ipv6_packets,
             "vlan_packets": vlan_packets,
             "qinq_packets": qinq_packets,
+            "tunnel_packets": dict(sorted(tunnels.items())),
             "dns_queries": truth.occurrences["dns"],
             "tls_client_hellos_with_sni": truth.occurrences["tls"],
             "quic_client_hellos": truth.occurrences["quic"],

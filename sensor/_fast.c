@@ -580,7 +580,8 @@ done:
 /* ---------------------------------------------------------------------------------------------
  * L2-L4: sensor.decode.packet.PacketDecoder.decode, for unfragmented IPv4 and IPv6 without
  * extension headers carrying TCP or UDP behind Ethernet (with VLAN tags), raw IP, loopback or
- * Linux cooked headers. Anything else (fragments, PPPoE, MPLS, malformed headers) returns None.
+ * Linux cooked headers. Anything else (fragments, tunnels, PPPoE, MPLS, other link types, malformed
+ * headers) returns None: the Python decoder (the reference) takes it.
  */
 
 #define TCP 6
@@ -612,6 +613,54 @@ static Py_ssize_t network_offset(unsigned linktype, const uint8_t *f, Py_ssize_t
 
 static PyObject *bytes_at(const uint8_t *p, Py_ssize_t n) { return PyBytes_FromStringAndSize((const char *)p, n); }
 
+/* UDP ports that carry tunnels (sensor.decode.packet.udp_tunnel_ports, set through set_tunnel_ports):
+ * decode_frame declines those datagrams to the Python decoder, which decapsulates them. The replay
+ * selector looks inside VXLAN and Geneve (the mirror tunnels) and keeps the other kinds whole. */
+static uint8_t tunnel_port_bits[65536 / 8];
+enum { TUNNEL_OTHER, TUNNEL_VXLAN, TUNNEL_GENEVE };
+#define MAX_MIRROR_PORTS 64
+static unsigned mirror_ports[MAX_MIRROR_PORTS], mirror_kinds[MAX_MIRROR_PORTS], mirror_count;
+
+static inline int tunnel_port(unsigned port) { return (tunnel_port_bits[port >> 3] >> (port & 7)) & 1; }
+
+static unsigned tunnel_kind(unsigned port) {
+    for (unsigned i = 0; i < mirror_count; i++)
+        if (mirror_ports[i] == port) return mirror_kinds[i];
+    return TUNNEL_OTHER;
+}
+
+/* set_tunnel_ports(ports, vxlan_ports, geneve_ports): every tunnel port, then those of each mirror kind */
+static PyObject *set_tunnel_ports(PyObject *module, PyObject *args) {
+    PyObject *lists[3];
+    if (!PyArg_ParseTuple(args, "OOO", &lists[0], &lists[1], &lists[2])) return NULL;
+    uint8_t bits[sizeof tunnel_port_bits] = {0};
+    unsigned ports[MAX_MIRROR_PORTS], kinds[MAX_MIRROR_PORTS], count = 0;
+    for (int which = 0; which < 3; which++) {
+        PyObject *seq = PySequence_Fast(lists[which], "set_tunnel_ports: sequences of port numbers");
+        if (seq == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+            unsigned long port = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+            if (port > 65535 || (which && count == MAX_MIRROR_PORTS)) {
+                Py_DECREF(seq);
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ports are 0 to 65535, at most 64 mirror ports");
+                return NULL;
+            }
+            if (which == 0) {
+                bits[port >> 3] |= (uint8_t)(1u << (port & 7));
+            } else {
+                ports[count] = (unsigned)port;
+                kinds[count++] = which == 1 ? TUNNEL_VXLAN : TUNNEL_GENEVE;
+            }
+        }
+        Py_DECREF(seq);
+    }
+    memcpy(tunnel_port_bits, bits, sizeof bits);
+    memcpy(mirror_ports, ports, sizeof ports);
+    memcpy(mirror_kinds, kinds, sizeof kinds);
+    mirror_count = count;
+    Py_RETURN_NONE;
+}
+
 static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_ssize_t alen, Py_ssize_t pos,
                            Py_ssize_t end) {
     unsigned sport, dport, flags = 0;
@@ -628,6 +677,7 @@ static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_
         if (end - pos < 8) return NULL;
         Py_ssize_t ulen = get16(f + pos + 4);
         if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
+        if (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2))) return NULL; /* a tunnel: Python */
         start = pos + 8;
     } else {
         return NULL;
@@ -1387,58 +1437,108 @@ static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip
 /* mDNS, LLMNR, NetBIOS name service: sensor.decode.dns.LOCAL_NAME_PORTS */
 static int local_name_port(unsigned port) { return port == 5353 || port == 5355 || port == 137; }
 
-static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4) {
+/* Tunnels nest at most this deep in the selector; deeper ones pass whole (the decoder caps them). */
+#define KEEP_DEPTH 4
+
+static int keep_frame_at(unsigned linktype, const uint8_t *f, Py_ssize_t n, int depth);
+static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth);
+
+/* What a tunnel's inner header at `at` is (0x6558: an Ethernet frame, 0x0800/0x86DD: IP) decides. */
+static int keep_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_t at, int depth) {
+    if (depth >= KEEP_DEPTH || at >= n) return 1;
+    if (kind == 0x6558) return keep_frame_at(1, f + at, n - at, depth + 1);
+    if (kind == 0x0800 || kind == 0x86DD) return keep_ip(f, n, at, depth + 1);
+    return 1; /* anything else passes whole */
+}
+
+static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, int depth) {
     if (l4 + 4 > n) return 1;
     unsigned sport = get16(f + l4), dport = get16(f + l4 + 2);
     if (sport == 53 || dport == 53 || local_name_port(sport) || local_name_port(dport)) return 1;
+    if (tunnel_port(sport) || tunnel_port(dport)) {
+        Py_ssize_t at = l4 + 8;
+        unsigned kind = tunnel_kind(dport);
+        if (kind == TUNNEL_OTHER) kind = tunnel_kind(sport);
+        if (kind == TUNNEL_VXLAN && at + 8 <= n && (f[at] & 0x08)) return keep_inner(0x6558, f, n, at + 8, depth);
+        if (kind == TUNNEL_GENEVE && at + 8 <= n && !(f[at] >> 6))
+            return keep_inner(get16(f + at + 2), f, n, at + 8 + (f[at] & 0x3F) * 4, depth);
+        return 1; /* GTP-U, Teredo, or a header the decoder will not take as a tunnel: whole */
+    }
     return quic_initial(f, n, l4 + 8);
 }
 
-static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
+/* GRE (sensor.decode.packet._gre): bridged Ethernet, ERSPAN and IP inside are selected as bare
+ * frames; PPTP, source-routed and other payloads pass whole. */
+static int keep_gre(const uint8_t *f, Py_ssize_t n, Py_ssize_t at, int depth) {
+    if (at + 4 > n) return 1;
+    unsigned flags = f[at], protocol = get16(f + at + 2);
+    if ((flags & 0x40) || (f[at + 1] & 0x07)) return 1;
+    Py_ssize_t pos = at + 4 + 4 * (!!(flags & 0x80) + !!(flags & 0x20) + !!(flags & 0x10));
+    if (protocol == 0x88BE) return keep_inner(0x6558, f, n, pos + ((flags & 0x10) ? 8 : 0), depth); /* ERSPAN I/II */
+    if (protocol == 0x22EB) { /* ERSPAN III: frame type 0 is Ethernet */
+        if (pos + 12 > n || ((f[pos + 10] >> 2) & 0x1F)) return 1;
+        return keep_inner(0x6558, f, n, pos + ((f[pos + 11] & 1) ? 20 : 12), depth);
+    }
+    return keep_inner(protocol, f, n, pos, depth);
+}
+
+/* IP-in-IP and IPv6-in-IP are selected as the inner packet, GRE by what it carries
+ * (sensor.decode.packet.IP_TUNNELS); other protocols drop. */
+static int keep_ip_payload(unsigned proto, const uint8_t *f, Py_ssize_t n, Py_ssize_t at, int depth) {
+    if (proto == 4 || proto == 41) return depth >= KEEP_DEPTH ? 1 : keep_ip(f, n, at, depth + 1);
+    if (proto == 47) return depth >= KEEP_DEPTH ? 1 : keep_gre(f, n, at, depth);
+    return 0;
+}
+
+static int keep_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) {
     if (off + 1 > n) return 1;
     if (f[off] >> 4 == 4) {
         if (off + 20 > n) return 1;
         Py_ssize_t ihl = (f[off] & 0x0F) << 2;
         if (get16(f + off + 6) & 0x3FFF) return 1; /* a fragment: reassembly decides */
-        if (f[off + 9] == UDP) return keep_udp(f, n, off + ihl);
+        if (f[off + 9] == UDP) return keep_udp(f, n, off + ihl, depth);
         if (f[off + 9] == TCP) return keep_tcp(f, n, off + ihl, (Py_ssize_t)get16(f + off + 2) - ihl);
-        return 0;
+        return keep_ip_payload(f[off + 9], f, n, off + ihl, depth);
     }
     if (f[off] >> 4 == 6) {
         if (off + 40 > n) return 1;
         unsigned next = f[off + 6];
         if (next == 0 || next == 43 || next == 44 || next == 60 || next == 51) return 1; /* extension headers */
-        if (next == UDP) return keep_udp(f, n, off + 40);
+        if (next == UDP) return keep_udp(f, n, off + 40, depth);
         if (next == TCP) return keep_tcp(f, n, off + 40, (Py_ssize_t)get16(f + off + 4));
-        return 0;
+        return keep_ip_payload(next, f, n, off + 40, depth);
     }
     return 0;
 }
 
-static int keep_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
+static int keep_frame_at(unsigned linktype, const uint8_t *f, Py_ssize_t n, int depth) {
     switch (linktype) {
     case 1: { /* Ethernet, with up to two VLAN tags as the filter nests them */
         Py_ssize_t off = 12;
         for (int tags = 0; tags <= 2; tags++) {
             if (off + 2 > n) return 0;
             unsigned ethertype = get16(f + off);
-            if (ethertype == 0x0800 || ethertype == 0x86DD) return keep_ip(f, n, off + 2);
+            if (ethertype == 0x0800 || ethertype == 0x86DD) return keep_ip(f, n, off + 2, depth);
+            /* PPPoE sessions, MPLS and 802.3 (LLC) frames pass whole */
+            if (ethertype == 0x8864 || ethertype == 0x8847 || ethertype == 0x8848 || ethertype <= 1500) return 1;
             if (tags == 2 || (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100)) return 0;
             off += 4;
         }
         return 0;
     }
     case 12: case 14: case 101: case 228: case 229: /* raw IP */
-        return keep_ip(f, n, 0);
+        return keep_ip(f, n, 0, depth);
     case 0: case 108: /* BSD loopback */
-        return keep_ip(f, n, 4);
+        return keep_ip(f, n, 4, depth);
     case 113: /* Linux cooked v1 */
-        return n >= 16 && (get16(f + 14) == 0x0800 || get16(f + 14) == 0x86DD) && keep_ip(f, n, 16);
+        return n >= 16 && (get16(f + 14) == 0x0800 || get16(f + 14) == 0x86DD) && keep_ip(f, n, 16, depth);
     case 276: /* Linux cooked v2 */
-        return n >= 20 && (get16(f) == 0x0800 || get16(f) == 0x86DD) && keep_ip(f, n, 20);
+        return n >= 20 && (get16(f) == 0x0800 || get16(f) == 0x86DD) && keep_ip(f, n, 20, depth);
     }
-    return 1; /* a link type the filter does not know: the decoder reports it */
+    return 1; /* a link type the filter does not know (PPP, NFLOG, ...): the decoder selects */
 }
+
+static int keep_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return keep_frame_at(linktype, f, n, 0); }
 
 static inline uint32_t record_u32(const uint8_t *p, int big) {
     return big ? get32(p) : ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
@@ -1465,8 +1565,9 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
 
 /* The replay worker (0 or 1) that decodes a frame: the parity of its client's address (the side
  * with the higher port), as sensor.pipeline.Pipeline.replay splits them, so that a host's flows,
- * DNS and alert windows stay in one process. Fragments, and whatever has no TCP or UDP ports in
- * reach, go to worker 0, where fragments are reassembled. */
+ * DNS and alert windows stay in one process. Fragments, tunnels (their inner addresses are not
+ * looked at here), and whatever has no TCP or UDP ports in reach, go to worker 0, where fragments
+ * are reassembled. */
 static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
     Py_ssize_t off = network_offset(linktype, f, n), pos, end;
     const uint8_t *src, *dst;
@@ -1508,6 +1609,7 @@ static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
         return 0;
     }
     if ((proto != TCP && proto != UDP) || pos + 4 > end) return 0;
+    if (proto == UDP && (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2)))) return 0;
     return ((get16(f + pos) > get16(f + pos + 2) ? src : dst)[3]) & 1;
 }
 
@@ -1699,6 +1801,8 @@ static PyMethodDef methods[] = {
      "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
     {"community_id", community_id, METH_VARARGS,
      "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
+    {"set_tunnel_ports", set_tunnel_ports, METH_VARARGS,
+     "set_tunnel_ports(ports, vxlan_ports, geneve_ports): the UDP ports whose datagrams are tunnels"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"pcap_records", pcap_records, METH_VARARGS,

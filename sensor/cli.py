@@ -88,7 +88,13 @@ def _add_deep(parser: argparse.ArgumentParser) -> None:
 def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `phi-sensor live` beyond the common ones (here, so that parsing a replay
     command does not load the live service)."""
-    parser.add_argument("-i", "--interface", required=True, help="network interface to capture on (a span or mirror port)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-i", "--interface", help="network interface to capture on (a span or mirror port)")
+    source.add_argument(
+        "--listen", metavar="URL",
+        help="receive a cloud mirror session on a UDP socket instead: vxlan://HOST[:PORT] (default port 4789) "
+        "or geneve://HOST[:PORT] (6081); see docs/tunnels.md",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="capture processes sharing the traffic by flow (PACKET_FANOUT); default 1",

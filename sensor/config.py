@@ -44,6 +44,7 @@ DECODE_DEFAULTS: dict[str, Any] = {
     "max_flows": 200000,
     "flow_idle_timeout": 120.0,  # seconds
     "dns_timeout": 5.0,  # seconds to wait for the response to a query
+    "tunnel_ports": None,  # UDP port -> tunnel kind; None: sensor.decode.packet.DEFAULT_UDP_TUNNEL_PORTS
 }
 
 

@@ -9,7 +9,7 @@ import datetime as dt
 import difflib
 from collections.abc import Iterable, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -107,6 +107,8 @@ class DecodeLimits(_Section):
     max_flows: int = Field(DECODE_DEFAULTS["max_flows"], ge=1, le=10_000_000)
     flow_idle_timeout: float = Field(DECODE_DEFAULTS["flow_idle_timeout"], gt=0, le=86400)  # seconds
     dns_timeout: float = Field(DECODE_DEFAULTS["dns_timeout"], gt=0, le=300)  # seconds to wait for the response to a query
+    # UDP port -> the tunnel it carries (both ports of a datagram are looked at); {} decodes none
+    tunnel_ports: dict[Annotated[int, Field(ge=1, le=65535)], Literal["vxlan", "geneve", "gtp-u", "teredo", "l2tp"]] | None = None
 
 
 class Redaction(_Section):

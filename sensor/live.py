@@ -210,6 +210,8 @@ class Reloader:
                 new.adopt_state(old)
         pipeline.detector = new
         pipeline.event_builder = fresh.pipeline.event_builder
+        if fresh.events is not None:  # the running decoder knows the tunnelled flows
+            fresh.events.tunnels = pipeline.decoder.packets.tunnels
 
     def reload(self, pipeline: Pipeline) -> bool:
         fresh = self.check()
@@ -436,6 +438,8 @@ def live_main(args: argparse.Namespace) -> int:
     observer = load_config(args.config).sensor.name
     build_detection_runner(args)  # a bad configuration fails here, before the network is touched
     stats_path = args.stats_file or default_stats_file()
+    if getattr(args, "listen", None):
+        return _listen_main(args, stats_path, observer)
     several = args.workers > 1
     fanout = os.getpid() & 0xFFFF if several else None  # fanout groups are per network namespace
     side_channel = several and args.emit != "events"  # only detection attributes flows through DNS
@@ -468,6 +472,25 @@ def live_main(args: argparse.Namespace) -> int:
     if several:
         return Supervisor(args, captures, stats_path, observer).run()
     return _run_single(args, captures[0], stats_path, observer)
+
+
+def _listen_main(args: argparse.Namespace, stats_path: Path, observer: str) -> int:
+    """`--listen`: a cloud mirror session received on a UDP socket (capture/mirror.py), one worker."""
+    from sensor.capture.mirror import MirrorListener
+
+    if args.workers != 1:
+        raise ConfigError("command line", "--workers", "--listen takes one worker")
+    if args.bpf or args.no_bpf:
+        raise ConfigError("command line", "--bpf", "--listen has no capture filter: the datagrams are the mirror's")
+    listener = MirrorListener(args.listen, buffer_bytes=args.buffer_mb << 20)
+    listener.open()
+    args.interface = listener.interface  # names the source in logs and stats
+    account = resolve_user(args.user)
+    prepare_stats_dir(stats_path, account)
+    if account is not None:
+        drop_privileges(account)
+    log.info("listening for %s datagrams on %s:%d, stats in %s", listener.kind, listener.host, listener.port, stats_path)
+    return _run_single(args, listener, stats_path, observer)  # type: ignore[arg-type]
 
 
 def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path, observer: str) -> int:

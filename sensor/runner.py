@@ -74,6 +74,18 @@ def signature_overlay(option: Path | None, config: Any) -> Path | None:
     return path if path.is_absolute() else Path(config.source).parent / path
 
 
+def decode_settings(config: Any) -> DecodeSettings:
+    """The decoder's settings from the configuration's `decode` section; its tunnel ports are set
+    on the packet decoder (process-wide: the compiled selector and decoder share them)."""
+    from sensor.decode.packet import configure_udp_tunnels
+
+    limits = config.decode.model_dump()
+    ports = limits.pop("tunnel_ports", None)
+    if ports is not None:
+        configure_udp_tunnels(ports)
+    return DecodeSettings(**limits)
+
+
 def _rule_ids() -> Iterator[str]:
     """The detection rules' ids, the rules loaded only when a configuration tunes one."""
     from sensor.detect.rules import ALL_RULES
@@ -99,6 +111,7 @@ class Runner:
         self.pipeline = pipeline
         self.sinks = sinks
         self.args = args
+        self.events: EventBuilder | None = None  # the event and alert documents' builder
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, live: bool = False, sinks: list[Sink] | None = None) -> "Runner":
@@ -142,13 +155,16 @@ class Runner:
         pipeline = Pipeline(
             sinks=sinks,
             counters=counters,
-            settings=DecodeSettings(**config.decode.model_dump()),
+            settings=decode_settings(config),
             event_builder=events if args.emit in ("events", "all") else None,
             detector=detector,
         )
+        events.tunnels = pipeline.decoder.packets.tunnels  # events of tunnelled flows name their tunnel
         _warm_up(registered_domain)
         _settle_heap()
-        return cls(pipeline, sinks, args)
+        runner = cls(pipeline, sinks, args)
+        runner.events = events
+        return runner
 
     @staticmethod
     def check_config(args: argparse.Namespace) -> int:
@@ -185,7 +201,7 @@ class Runner:
         engine = DetectionEngine(
             config.build_policy(catalog), lambda *a: {}, no_rules, immediate=False, on_observation=inventory.observe
         )
-        pipeline = Pipeline(sinks=[], settings=DecodeSettings(**config.decode.model_dump()), detector=engine)
+        pipeline = Pipeline(sinks=[], settings=decode_settings(config), detector=engine)
         from sensor.deep.replay import feed_inputs
 
         problems = feed_inputs(pipeline, args.pcaps, args.keylog, args.har_source, args.prefilter,

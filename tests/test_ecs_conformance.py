@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import tempfile
 import subprocess
 import sys
 from datetime import datetime
@@ -193,6 +194,28 @@ def odd_documents() -> list[dict[str, Any]]:
     return docs
 
 
+@functools.cache
+def tunnelled_documents() -> tuple[dict[str, Any], ...]:
+    """The story captures wrapped in every encapsulation the decoder takes (VXLAN, GRE, NFLOG, ...)."""
+    from test_tunnels import ENCAPSULATIONS, replay, wrapped_dir
+
+    with tempfile.TemporaryDirectory() as scratch:
+        docs = []
+        for name in sorted(ENCAPSULATIONS):
+            docs += replay(wrapped_dir(name, Path(scratch)), "--emit", "all", "--prefilter", "never")
+    return tuple(docs)
+
+
+@needs_ecs
+def test_tunnelled_documents_are_ecs() -> None:
+    docs = tunnelled_documents()
+    assert {doc["phi_egress"]["tunnel"]["type"] for doc in docs if "tunnel" in doc.get("phi_egress", {})} >= {
+        "vxlan", "gre"
+    }
+    for doc in docs:
+        assert ecs_problems(doc) == [], doc
+
+
 @needs_ecs
 def test_the_checker_finds_what_is_not_ecs() -> None:
     good = story_documents()[0]
@@ -262,7 +285,7 @@ def template_mapping(dataset: str) -> dict[str, dict[str, Any]]:
 
 @needs_ecs
 def test_templates_map_every_field_written_with_its_ecs_type() -> None:
-    docs = [*story_documents(), *corpus_documents(), *odd_documents()]
+    docs = [*story_documents(), *corpus_documents(), *odd_documents(), *tunnelled_documents()]
     checked = set()
     for doc in docs:
         mapping = template_mapping(doc["data_stream"]["dataset"])

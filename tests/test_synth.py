@@ -760,6 +760,7 @@ def test_bench_capture_counts_and_mix(bench_capture: tuple[Path, dict]) -> None:
     assert 0.08 < counts["ipv6_packets"] / BENCH_PACKETS < 0.25
     assert 0.05 < counts["vlan_packets"] / BENCH_PACKETS < 0.18
     assert counts["qinq_packets"] > 0
+    assert 0.06 < sum(counts["tunnel_packets"].values()) / BENCH_PACKETS < 0.16  # VXLAN and ERSPAN mirrored
     split, whole = categories["tls_client_hello_split"] / 2, categories["tls_client_hello"]
     assert 0.12 < split / (split + whole) < 0.30
     assert (

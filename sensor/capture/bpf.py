@@ -17,11 +17,17 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
   post-quantum hello is ~1.8 KB), and an HTTP body on an unusual port then loses its middle;
   `--prefilter never` keeps everything;
 - TCP payloads that open a ClientHello or an HTTP request whatever the ports;
-- IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see.
+- IP fragments and IPv6 packets with extension headers, whose transport offsets BPF can't see;
+- tunnels, whole: UDP on the decoder's tunnel ports (VXLAN, Geneve, GTP-U, Teredo), IP-in-IP,
+  IPv6-in-IP and GRE (ERSPAN and PPTP included), and on Ethernet PPPoE sessions, MPLS and 802.3
+  LLC frames. BPF cannot look inside them; what they carry is selected by the decoder.
 
 For uncompressed classic pcap files replay applies the same selection in-process, compiled
 (`keep_frame` in sensor/_fast.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
-checks that both keep the same packets. Change one, change the other.
+checks that both keep the same packets. Change one, change the other. One difference: the
+compiled selection looks inside VXLAN, Geneve, GRE (bridged Ethernet, ERSPAN, IP) and IP-in-IP
+and applies the same rules to the packet inside, where BPF passes those tunnels whole
+(tests/test_tunnels.py checks that nothing is lost).
 
 Classic traps handled: `tcp[...]` offsets do not exist for IPv6 in libpcap (ip6[] with the
 fixed 40-byte header is used instead), VLAN tags shift every offset (the `vlan` keyword, nested
@@ -29,6 +35,7 @@ for QinQ, only on Ethernet), and POST is not GET (every method is listed).
 """
 from __future__ import annotations
 
+from sensor.decode import packet
 from sensor.decode.dns import LOCAL_NAME_PORTS
 from sensor.decode.packet import LINKTYPE_ETHERNET
 
@@ -96,7 +103,24 @@ def _ip_expression() -> str:
         f" and (ip6[4:2] - {v6_hdr} < {BULK_SEGMENT} or {_http_port('ip6[42:2]')}))"
         f" or {_opens_request(v6_at)}))))))"
     )
-    return f"port 53 or {_LOCAL_NAMES} or {v4} or {v6}"
+    # BPF rejects a packet outright at a load past its end: UDP tunnel ports are tested before the
+    # QUIC payload test reads past a bare UDP header, the tunnel protocols after ip6[6] = 44 has
+    # kept IPv6 fragments (`ip6 proto` reads a fragment header's next header).
+    return f"port 53 or {_LOCAL_NAMES} or {_udp_tunnels()} or {v4} or {v6} or {_ip_tunnels()}"
+
+
+def _udp_tunnels() -> str:
+    """UDP on the decoder's tunnel ports (sensor.decode.packet.udp_tunnel_ports), whole."""
+    return "(" + (" or ".join(f"udp port {port}" for port in sorted(packet.udp_tunnel_ports)) or "0 = 1") + ")"
+
+
+def _ip_tunnels() -> str:
+    """IP-in-IP, IPv6-in-IP and GRE (sensor.decode.packet.IP_TUNNELS), whole."""
+    return "(" + " or ".join(f"ip proto {p} or ip6 proto {p}" for p in sorted(packet.IP_TUNNELS)) + ")"
+
+
+# Ethernet payloads passed whole: PPPoE sessions, MPLS, and 802.3 frames (LLC/SNAP)
+_ETHERNET_TUNNELS = "ether proto 0x8864 or ether proto 0x8847 or ether proto 0x8848 or llc"
 
 
 def default_filter(linktype: int) -> str:
@@ -104,5 +128,6 @@ def default_filter(linktype: int) -> str:
     base = _ip_expression()
     if linktype != LINKTYPE_ETHERNET:
         return base
+    base = f"{base} or {_ETHERNET_TUNNELS}"
     # `vlan` shifts the offsets of everything after it, so each nesting repeats the base.
     return f"({base}) or (vlan and (({base}) or (vlan and ({base}))))"

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from sensor.capture.inputs import is_regular
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
+from sensor.decode import packet as _packet  # noqa: F401  its import sets the selector's tunnel ports (UDP, kept whole)
 
 try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
     from sensor._fast import pcap_resync as _pcap_resync

@@ -8,7 +8,7 @@ import hashlib
 import re
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -135,13 +135,36 @@ class EventBuilder:
         # one shared dict per dataset, as for the observer: documents are serialised, never mutated
         self._data_streams = {dataset: data_stream(dataset, namespace) for dataset in DATASETS}
         self._line_prefixes: dict[str, bytes] = {}
+        # the packet decoder's tunnelled flows (sensor.decode.packet.PacketDecoder.tunnels), when wired
+        self.tunnels: Mapping[tuple, tuple[dict, int | None, int | None]] = {}
 
     def __call__(self, record: Record) -> dict:
         if isinstance(record, DnsQuery):
-            return self.dns(record)
-        if isinstance(record, TlsHello):
-            return self.tls(record)
-        return self.http(record)
+            doc = self.dns(record)
+        elif isinstance(record, TlsHello):
+            doc = self.tls(record)
+        else:
+            doc = self.http(record)
+        if self.tunnels:
+            tunnel = self._tunnel(record.flow)
+            if tunnel is not None:
+                self._add_tunnel(doc, *tunnel)
+        return doc
+
+    def _tunnel(self, flow: Flow) -> tuple[dict, int | None, int | None] | None:
+        tunnels = self.tunnels
+        found = tunnels.get((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port))
+        return found if found is not None else tunnels.get((flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port))
+
+    @staticmethod
+    def _add_tunnel(doc: dict, info: dict, outer_vlan: int | None, inner_vlan: int | None) -> None:
+        """The outside of a tunnelled flow: ECS VLAN fields and phi_egress.tunnel."""
+        network = doc["network"]
+        if outer_vlan is not None:
+            network["vlan"] = {"id": str(outer_vlan)}
+        if inner_vlan is not None:
+            network["inner"] = {"vlan": {"id": str(inner_vlan)}}
+        doc.setdefault("phi_egress", {})["tunnel"] = dict(info)
 
     def json_line(self, record: Record) -> bytes:
         """The event of `record` as one JSON line, byte for byte what orjson makes of self(record).
@@ -151,7 +174,9 @@ class EventBuilder:
         """
         kind = type(record)
         line = None
-        if kind is DnsQuery and _dns_line_fast is not None:
+        if self.tunnels and self._tunnel(record.flow) is not None:
+            pass  # the compiled writers know nothing of tunnels
+        elif kind is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
         elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
