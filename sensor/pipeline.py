@@ -148,7 +148,7 @@ class Pipeline:
 
         `forward` splits the work with a second process: packets whose client address (the side
         with the higher port) is odd go there, so a host's DNS, flows and alert windows stay in
-        one process. Reassembled IP fragments stay here. `started`: this file's prefilter, already
+        one process. Reassembled IP fragments and tunnelled packets stay here. `started`: this file's prefilter, already
         running (see `prefilter.start_early`)."""
         counters = self.counters
         stream = is_stream(path)
@@ -195,7 +195,9 @@ class Pipeline:
                     if decoded is None:
                         continue
                     sport, dport = decoded[3], decoded[4]
-                    if (decoded[1] if sport > dport else decoded[2])[-1] & 1 and not packet_decoder.reassembled:
+                    # fragments and tunnels stay here, as the compiled selector's worker_of decides
+                    if ((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not packet_decoder.reassembled
+                            and not packet_decoder.tunnelled):
                         forward(ts, linktype, frame)
                         continue
                     feed_decoded(ts, decoded)

@@ -47,3 +47,33 @@ def test_pure_python_gives_the_compiled_output(emit: str) -> None:
     compiled = _replay(CAPTURES, emit, pure=False)
     assert compiled.count(b"\n") >= 10  # the story captures alone have dozens of events
     assert _replay(CAPTURES, emit, pure=True) == compiled
+
+
+def test_two_workers_split_tunnelled_traffic_alike_with_and_without_the_extension(tmp_path: Path) -> None:
+    """The compiled selector sends tunnelled packets to the first worker (it does not look at their
+    inner addresses); the Python split, used without the extension, does the same."""
+    pytest.importorskip("sensor._fast", reason="the compiled extension is not built: nothing to compare")
+    from test_tunnels import ENCAPSULATIONS, story_frames, write_pcap
+
+    from sensor.decode.packet import LINKTYPE_ETHERNET
+
+    linktype, wrap = ENCAPSULATIONS["vxlan"]
+    assert linktype == LINKTYPE_ETHERNET
+    records = []
+    for index, story in enumerate(sorted((ROOT / "pcaps").glob("*.pcap"))):
+        for ts, frame in story_frames(story):  # every other story arrives mirrored
+            records.append((ts, wrap(frame) if index % 2 else frame))
+    mixed = tmp_path / "mixed.pcap"
+    write_pcap(mixed, linktype, sorted(records, key=lambda record: record[0]))
+
+    def two_workers(pure: bool) -> bytes:
+        args = ["replay", str(mixed), "--emit", "all", "--output", "-", "--quiet", "--workers", "2",
+                "--prefilter", "always"]  # fmt: skip
+        command = [sys.executable, "-c", _WITHOUT_EXTENSION, *args] if pure else [sys.executable, "-m", "sensor", *args]
+        result = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=600, check=False)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return b"".join(sorted(result.stdout.splitlines(keepends=True)))
+
+    compiled = two_workers(pure=False)
+    assert b'"tunnel"' in compiled and b'"kind":"alert"' in compiled
+    assert two_workers(pure=True) == compiled

@@ -423,8 +423,14 @@ class PacketDecoder:
     def unsupported_linktypes(self) -> set[int]:
         return self._unsupported_linktypes
 
+    @property
+    def tunnelled(self) -> bool:
+        """The last decode took the packet out of a tunnel."""
+        return self._layers is not None
+
     def decode(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         self.reassembled = False
+        self._layers = None
         if _decode_fast is not None:
             decoded = _decode_fast(linktype, frame)
             if decoded is not None:
