@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import CORPUS, PCAPS, corpus_expectation, corpus_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +26,6 @@ from sensor.decode.dns import (
     split_tcp_messages,
 )
 from sensor.records import Counters, DnsAnswer, Flow
-
-from conftest import CORPUS, PCAPS, corpus_expectation, corpus_file
 
 DNS_CAPTURES = [
     "cond-log-dns-dig__input.pcap",

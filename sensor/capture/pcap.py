@@ -8,12 +8,13 @@ line each and the reader keeps what it can (skips a bad pcapng block, stops at a
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from sensor.errors import CaptureError
 
@@ -50,6 +51,14 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+class ByteSource(Protocol):
+    """What a capture is read from: a file, a pipe, a decompressor, or one of those behind a sniffed head."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class CaptureFile:
     """One capture file, opened lazily; iterate `packets()` once."""
 
@@ -75,7 +84,7 @@ class CaptureFile:
             found.append(f"{self.late_records} record(s) stamped over {TIME_JUMP / 3600:.0f} h before an earlier one")
         return f"{self.name}: suspicious: " + ", ".join(found) if found else None
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> ByteSource:
         """The capture's records as a stream read once from the front: no seek, one open, so a
         pipe or standard input (`-`) reads like a file."""
         if self._given_stream is not None:
@@ -92,7 +101,7 @@ class CaptureFile:
         kind = sniff_format(head)
         if kind == "gzip":
             self.compressed = True
-            stream: BinaryIO = gzip.GzipFile(fileobj=_Prefixed(head, raw))  # type: ignore[assignment]
+            stream: ByteSource = gzip.GzipFile(fileobj=_Prefixed(head, raw))
             try:
                 inner = _read_exactly(stream, 4)
             except (OSError, EOFError, zlib.error) as exc:
@@ -103,7 +112,7 @@ class CaptureFile:
                 raw.close()
                 raise CaptureError(f"{self.name}: gzip file does not contain a pcap or pcapng capture")
             self.format = kind
-            return _Prefixed(inner, stream, closes=raw)  # type: ignore[return-value]
+            return _Prefixed(inner, stream, closes=raw)
         if kind is None:
             raw.close()
             if not head:
@@ -112,9 +121,9 @@ class CaptureFile:
                 f"{self.name}: not a capture file (magic {head.hex()}; expected pcap, pcapng or gzip)"
             )
         self.format = kind
-        return _Prefixed(head, raw)  # type: ignore[return-value]
+        return _Prefixed(head, raw)
 
-    def _reader(self, stream: BinaryIO) -> Callable[[int], bytes]:
+    def _reader(self, stream: ByteSource) -> Callable[[int], bytes]:
         """How to read blocks: from a pipe (a prefilter's output) or a decompressor, what is there
         now (a decompressor that fails mid-block then loses only what it had not handed over)."""
         if self._given_stream is not None or self.compressed or self.stdin:
@@ -152,7 +161,7 @@ class CaptureFile:
                 pass
 
     # -- pcap -----------------------------------------------------------------------------
-    def _pcap(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+    def _pcap(self, stream: ByteSource) -> Iterator[tuple[float, int, bytes]]:
         header = _read_exactly(stream, 24)
         if len(header) < 24:
             self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
@@ -215,7 +224,7 @@ class CaptureFile:
             )
 
     # -- pcapng ---------------------------------------------------------------------------
-    def _pcapng(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+    def _pcapng(self, stream: ByteSource) -> Iterator[tuple[float, int, bytes]]:
         endian = "<"
         interfaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
         read = self._reader(stream)
@@ -303,7 +312,7 @@ class CaptureFile:
             pos += block_len
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+def _read_exactly(stream: ByteSource, size: int) -> bytes:
     """Up to `size` bytes, fewer only at the end (a pipe may hand over less per read)."""
     data = b""
     while len(data) < size:
@@ -317,7 +326,7 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 class _Prefixed:
     """`head` (already read to learn the format) followed by the rest of `stream`."""
 
-    def __init__(self, head: bytes, stream: BinaryIO, closes: BinaryIO | None = None) -> None:
+    def __init__(self, head: bytes, stream: ByteSource, closes: ByteSource | None = None) -> None:
         self._head = head
         self._stream = stream
         self._closes = closes
@@ -333,6 +342,10 @@ class _Prefixed:
         if head:
             return head
         return getattr(self._stream, "read1", self._stream.read)(size)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        """A stream read once, front to back: gzip never rewinds it while reading forward."""
+        raise io.UnsupportedOperation("seek")
 
     def _take_head(self, size: int) -> bytes:
         head = self._head

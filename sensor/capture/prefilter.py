@@ -225,7 +225,7 @@ class Prefilter:
                 last = complaint.strip().splitlines()[-1:] or ["gzip failed"]
                 return "corrupt compressed data: " + last[0].rsplit(": ", 1)[-1] + "; rest of file skipped"
         if code != 0:
-            lines = [l for l in stderr.splitlines() if l and not l.startswith("reading from file")]
+            lines = [line for line in stderr.splitlines() if line and not line.startswith("reading from file")]
             return "; ".join(lines[-2:]) or f"tcpdump exited with status {code}"
         return None
 

@@ -365,7 +365,7 @@ def looks_like_dns(payload: bytes) -> bool:
         return False
     if qdcount > 4 or (qdcount == 0 and not flags & 0x8000):  # a query asks at least one question
         return False
-    need = qdcount * _MIN_QUESTION + (ancount + nscount + arcount) * _MIN_RR
+    need: int = qdcount * _MIN_QUESTION + (ancount + nscount + arcount) * _MIN_RR
     return need <= len(payload) - _HEADER.size
 
 

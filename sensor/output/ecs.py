@@ -172,13 +172,12 @@ class EventBuilder:
         DNS and TLS events, most of a capture's, are written by compiled code without building the
         dict first (the observer is read once, at the first such event).
         """
-        kind = type(record)
         line = None
         if self.tunnels and self._tunnel(record.flow) is not None:
             pass  # the compiled writers know nothing of tunnels
-        elif kind is DnsQuery and _dns_line_fast is not None:
+        elif type(record) is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
-        elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
+        elif type(record) is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
             line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
@@ -395,9 +394,7 @@ class AlertBuilder:
     ) -> dict:
         from sensor.detect.base import SEVERITY_SCORE
         from sensor.phi import summarize
-        from sensor.phi.redact import evidence
-
-        from sensor.phi.redact import redact
+        from sensor.phi.redact import evidence, redact
 
         obs = alert.observation
         record = obs.record
@@ -529,7 +526,9 @@ def _summary_naming(summary: str, named: str | None, primary: str | None, destin
         summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
     others = [entry.host for entry in destinations or () if entry.host != primary]
     if others:
-        listed = ", ".join(others[:_SUMMARY_HOSTS]) + (f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else "")
+        listed = ", ".join(others[:_SUMMARY_HOSTS]) + (
+            f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else ""
+        )
         summary += f"; also {listed}"
     return summary
 
