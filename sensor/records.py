@@ -50,7 +50,12 @@ def positional_constructor(cls: type[_T]) -> Callable[..., _T]:
     Compiled, it writes the slots directly (about 4x cheaper than the class call), for the records
     decode builds per packet; without the extension it is the class itself.
     """
-    return _record_maker(cls) if _record_maker is not None else cls
+    return _record_maker(cls) if _record_maker is not None else positional_constructor_py(cls)
+
+
+def positional_constructor_py(cls: type[_T]) -> Callable[..., _T]:
+    """positional_constructor in Python: the class itself (its __init__ made by frozen_record)."""
+    return cls
 
 
 @frozen_record

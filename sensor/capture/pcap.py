@@ -173,6 +173,7 @@ class CaptureFile:
         record = struct.Struct(endian + "IIII")
         unpack_from = record.unpack_from
         big_endian, nanoseconds = endian == ">", scale < 1e-6
+        records_of = _pcap_records if _pcap_records is not None else pcap_records_py
         # A pipe (prefilter output) hands over what is there instead of waiting for a full block.
         read = self._reader(stream)
         high = float("-inf")  # the latest time stamp so far
@@ -190,26 +191,10 @@ class CaptureFile:
             offset += pos
             pos = 0
             end_of_buf = len(buf)
-            if _pcap_records is not None:
-                records, pos, empty, late, high = _pcap_records(buf, pos, linktype, big_endian, nanoseconds, high)
-                self.empty_records += empty
-                self.late_records += late
-                yield from records
-            else:
-                while pos + 16 <= end_of_buf:
-                    sec, frac, incl, _orig = unpack_from(buf, pos)
-                    end = pos + 16 + incl
-                    if end > end_of_buf:
-                        break
-                    ts = sec + frac * scale
-                    if not incl:
-                        self.empty_records += 1
-                    if ts > high:
-                        high = ts
-                    elif ts < high - TIME_JUMP:
-                        self.late_records += 1
-                    yield ts, linktype, buf[pos + 16 : end]
-                    pos = end
+            records, pos, empty, late, high = records_of(buf, pos, linktype, big_endian, nanoseconds, high)
+            self.empty_records += empty
+            self.late_records += late
+            yield from records
             if pos + 16 <= end_of_buf:  # a record not wholly in the buffer: more to read, or corrupt
                 _, _, incl, _ = unpack_from(buf, pos)
                 if incl > MAX_FRAME:
@@ -310,6 +295,42 @@ class CaptureFile:
                     start = body + 20
                     yield ((ts_hi << 32) | ts_lo) * unit, linktype, buf[start : start + cap_len]
             pos += block_len
+
+
+PcapRecords = tuple[list[tuple[float, int, bytes]], int, int, int, float]
+
+
+def pcap_records_py(
+    buf: bytes, pos: int, linktype: int, big_endian: bool, nanoseconds: bool, high: float
+) -> PcapRecords:
+    """The records wholly in `buf` from `pos`: (timestamp, linktype, frame) each; where the first record
+    not wholly there begins; how many were empty; how many were stamped more than TIME_JUMP seconds
+    before the latest time stamp so far (`high`, returned updated).
+
+    The reference of the compiled pcap_records, and the path without it."""
+    unpack_from = (_RECORD_BIG if big_endian else _RECORD_LITTLE).unpack_from
+    scale = 1e-9 if nanoseconds else 1e-6
+    records: list[tuple[float, int, bytes]] = []
+    empty = late = 0
+    end_of_buf = len(buf)
+    while pos + 16 <= end_of_buf:
+        sec, frac, incl, _orig = unpack_from(buf, pos)
+        end = pos + 16 + incl
+        if end > end_of_buf:
+            break
+        ts = sec + frac * scale
+        if not incl:
+            empty += 1
+        if ts > high:
+            high = ts
+        elif ts < high - TIME_JUMP:
+            late += 1
+        records.append((ts, linktype, buf[pos + 16 : end]))
+        pos = end
+    return records, pos, empty, late, high
+
+
+_RECORD_BIG, _RECORD_LITTLE = struct.Struct(">IIII"), struct.Struct("<IIII")
 
 
 def _read_exactly(stream: ByteSource, size: int) -> bytes:

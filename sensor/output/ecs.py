@@ -181,7 +181,11 @@ class EventBuilder:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
             line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
-        return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE) if line is None else line
+        return self.line_py(record) if line is None else line
+
+    def line_py(self, record: Record) -> bytes:
+        """line in Python: the reference of the compiled DNS and TLS line writers, and every other event's path."""
+        return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE)
 
     def _line_prefix(self, protocol: str) -> bytes:
         """`"ecs":...,"data_stream":...,"event":...,"observer":...` of a `protocol` event, as orjson
