@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, dataclass_transform
 
-try:  # the compiled constructor (see _fast.c record_maker)
+try:  # the compiled constructor (see sensor/_fast/records.c)
     from sensor._fast import record_maker as _record_maker
 except ImportError:  # built without a C compiler
     _record_maker = None

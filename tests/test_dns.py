@@ -500,7 +500,7 @@ fast = pytest.mark.skipif(dns._parse_dns_fast is None, reason="the compiled fast
 def test_fast_path_is_built_where_a_compiler_is() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the package runs in pure Python")
-    assert dns._parse_dns_fast is not None, "pip install -e . should have compiled sensor/_fast.c"
+    assert dns._parse_dns_fast is not None, "pip install -e . should have compiled sensor/_fast/"
 
 
 def _fast_agrees(data: bytes) -> bool:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 
 from sensor.errors import CaptureError
 
-try:  # the compiled record loop (see sensor/_fast.c); the Python loop below is the reference
+try:  # the compiled record loop (see sensor/_fast/pcap.c); pcap_records_py below is the reference
     from sensor._fast import pcap_records as _pcap_records
 except ImportError:  # built without a C compiler
     _pcap_records = None

@@ -1,7 +1,7 @@
 """Replay prefilter: a pcap stream holding only the packets that can matter, selected in C on the
 other core while Python decodes.
 
-For an uncompressed classic pcap file the compiled selector (`select_pcap_file` in sensor/_fast.c,
+For an uncompressed classic pcap file the compiled selector (`select_pcap_file` in sensor/_fast/select.c,
 the same selection as capture/bpf.py's filter) runs on a thread in this process: the file is read
 once, in large blocks, with no pipe. Otherwise (gzip files, or no compiled extension) libpcap
 applies the BPF filter through tcpdump."""
@@ -21,7 +21,7 @@ from sensor.capture.inputs import is_regular
 from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
 from sensor.decode import packet as _packet  # noqa: F401  its import sets the selector's tunnel ports (UDP, kept whole)
 
-try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
+try:  # the compiled selector (see sensor/_fast/select.c); without it, tcpdump selects
     from sensor._fast import pcap_resync as _pcap_resync
     from sensor._fast import select_pcap_file as _select_pcap
 except ImportError:  # built without a C compiler
@@ -36,7 +36,7 @@ FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end 
 # A file this large has its second half selected by a second thread at the same time.
 TAIL_MIN_BYTES = 64 << 20
 TAIL_MAX_KEPT = PREFETCH_BYTES // 2  # what that thread may hold until the first one gets there
-# Its states (sensor/_fast.c select_pcap_file).
+# Its states (sensor/_fast/select.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
 
@@ -239,7 +239,7 @@ class CompiledPrefilter:
     file offset.
 
     With `split`, it selects for the two replay workers at once: worker 0's packets and worker 1's
-    (see `_fast.c` worker_of) go to two streams. `fork()` forks the process while the selection
+    (see `worker_of` in sensor/_fast/select.c) go to two streams. `fork()` forks the process while the selection
     is consistent; then each process calls `continue_as(its worker)` and reads only its stream,
     the child with a thread of its own from where the parent's had got.
     """

@@ -28,7 +28,7 @@ from sensor.records import (
     positional_constructor,
 )
 
-try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
+try:  # the compiled fast path (see sensor/_fast/dns.c); parse_message_py below stays the reference
     from sensor._fast import bind_dns as _bind_dns_fast
     from sensor._fast import parse_dns as _parse_dns_fast
 except ImportError:  # built without a C compiler: pure Python throughout

@@ -21,7 +21,7 @@ from typing import Any
 
 from sensor.records import Counters
 
-try:  # the compiled fast path (see _fast.c) for the common frames; the Python code below is the reference
+try:  # the compiled fast path (see sensor/_fast/packet.c) for the common frames; the Python code below is the reference
     from sensor._fast import decode_frame as _decode_fast
     from sensor._fast import set_tunnel_ports as _set_tunnel_ports
 except ImportError:  # built without a C compiler: pure Python throughout

@@ -18,7 +18,7 @@ from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact, redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
 
-try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
+try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
     from sensor._fast import bind_json as _bind_json
     from sensor._fast import community_id as _community_id_fast
