@@ -29,6 +29,9 @@ BINDERS: dict[str, str] = {
     "bind_dns": "sensor.decode.dns:TYPE_NAMES",  # with DnsMessage, DnsAnswer and RCODE_NAMES
     "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
+    "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
+    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, and sensor.decode.dns.LOCAL_NAME_PORTS
+    "bind_select": "sensor.capture.pcap:MAX_FRAME",
 }
 
 # compiled entry points held equal to an outside tool rather than to Python code -> how

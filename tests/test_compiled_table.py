@@ -59,3 +59,33 @@ def test_a_reference_that_does_not_import_fails() -> None:
         resolve("sensor.decode.dns:parse_message_missing_py")
     with pytest.raises(ImportError):
         resolve("sensor.decode.no_such_module:parse_py")
+
+
+def test_binders_refuse_bad_values_and_keep_what_was_bound() -> None:
+    """The constants the selector and the record loop apply come from Python; a bad bind changes nothing."""
+    import struct
+
+    from sensor.capture import pcap, prefilter
+
+    fast = extension()
+    bad_binds = [
+        lambda: fast.bind_select(8, 0, [], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, -1, [], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [70000], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [80], ["x"]),
+        lambda: fast.bind_pcap(0),
+        lambda: fast.bind_pcap("x"),
+    ]
+    for bind in bad_binds:
+        with pytest.raises((ValueError, TypeError)):
+            bind()
+    # one record stamped two hours before the one ahead of it: late for TIME_JUMP (an hour) as bound
+    records = b"".join(struct.pack("<IIII", second, 0, 1, 1) + b"\x00" for second in (10_000, 10_000 - 7200))
+    assert fast.pcap_records(records, 0, 1, False, False, float("-inf"))[3] == 1
+    assert pcap.pcap_records_py(records, 0, 1, False, False, float("-inf"))[3] == 1
+    try:
+        fast.bind_pcap(3 * 3600.0)
+        assert fast.pcap_records(records, 0, 1, False, False, float("-inf"))[3] == 0
+    finally:
+        fast.bind_pcap(pcap.TIME_JUMP)
+    assert prefilter._select_pcap is not None

@@ -140,7 +140,9 @@ FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, 
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *bind_pcap(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *pcap_records(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_pcap_file(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *pcap_resync(PyObject *module, PyObject *args);
 

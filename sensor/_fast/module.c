@@ -10,11 +10,13 @@ static PyMethodDef methods[] = {
      "set_tunnel_ports(ports, vxlan_ports, geneve_ports): the UDP ports whose datagrams are tunnels"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
+    {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"
      " -> ([(ts, linktype, frame), ...], next, empty, late, high)"},
     {"pcap_resync", pcap_resync, METH_VARARGS,
      "pcap_resync(fd, offset, big_endian) -> a likely record boundary at or after offset, or -1"},
+    {"bind_select", bind_select, METH_VARARGS, "bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},

@@ -6,11 +6,57 @@
  * headers are cut short by the snap length, which BPF drops, passes here (the decoder counts it).
  */
 
-#define MAX_FRAME (262144 * 4) /* sensor.capture.pcap.MAX_FRAME: a longer record is corruption */
-#define BULK_SEGMENT 1000       /* sensor.capture.bpf.BULK_SEGMENT */
+/* Bound from where Python defines them (bind_select, at the import of sensor.capture.prefilter):
+ * sensor.capture.pcap.MAX_FRAME (a longer record is corruption), sensor.capture.bpf.BULK_SEGMENT
+ * and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS (mDNS, LLMNR, NetBIOS name service). */
+static Py_ssize_t max_frame = -1; /* -1: not bound yet */
+static Py_ssize_t bulk_segment;
+static uint8_t http_port_bits[65536 / 8], local_name_port_bits[65536 / 8];
 
-static int http_port(unsigned port) {
-    return port == 80 || port == 8000 || port == 8008 || port == 8080 || port == 8888 || port == 3128;
+static inline int port_in(const uint8_t *bits, unsigned port) { return (bits[port >> 3] >> (port & 7)) & 1; }
+static int http_port(unsigned port) { return port_in(http_port_bits, port); }
+static int local_name_port(unsigned port) { return port_in(local_name_port_bits, port); }
+
+/* The ports of an iterable of ints as bits; -1 with an exception set when one is not a port. */
+static int port_bits(PyObject *ports, uint8_t bits[65536 / 8]) {
+    PyObject *iterator = PyObject_GetIter(ports), *item;
+    if (iterator == NULL) return -1;
+    memset(bits, 0, 65536 / 8);
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        long port = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (port < 0 || port > 65535) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a port is 0 to 65535");
+            break;
+        }
+        bits[port >> 3] |= (uint8_t)(1 << (port & 7));
+    }
+    Py_DECREF(iterator);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS); a failed bind keeps the previous one. */
+PyObject *bind_select(PyObject *module, PyObject *args) {
+    Py_ssize_t frame, bulk;
+    PyObject *http, *local;
+    uint8_t http_bits[65536 / 8], local_bits[65536 / 8];
+    if (!PyArg_ParseTuple(args, "nnOO", &frame, &bulk, &http, &local)) return NULL;
+    if (frame < 16 || frame > (1 << 30) || bulk < 0) {
+        PyErr_SetString(PyExc_ValueError, "bind_select: MAX_FRAME or BULK_SEGMENT out of range");
+        return NULL;
+    }
+    if (port_bits(http, http_bits) < 0 || port_bits(local, local_bits) < 0) return NULL;
+    memcpy(http_port_bits, http_bits, sizeof http_bits);
+    memcpy(local_name_port_bits, local_bits, sizeof local_bits);
+    max_frame = frame;
+    bulk_segment = bulk;
+    Py_RETURN_NONE;
+}
+
+static int select_bound(void) {
+    if (max_frame > 0) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "the selector's constants are not bound (bind_select)");
+    return 0;
 }
 
 static int quic_initial(const uint8_t *f, Py_ssize_t n, Py_ssize_t at) {
@@ -32,7 +78,7 @@ static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip
     if (sport > dport) { /* the client side of almost every connection */
         if (have < 2) return 1;
         int other_record = (p[0] == 0x17 || p[0] == 0x14 || p[0] == 0x15) && p[1] == 0x03;
-        if (!other_record && (payload < BULK_SEGMENT || http_port(dport))) return 1;
+        if (!other_record && (payload < bulk_segment || http_port(dport))) return 1;
     }
     if (have >= 6 && p[0] == 0x16 && p[1] == 0x03 && p[5] == 1) return 1; /* opens a ClientHello */
     if (have < 4) return 0;
@@ -42,8 +88,6 @@ static int keep_tcp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, Py_ssize_t ip
            word == 0x54524143;
 }
 
-/* mDNS, LLMNR, NetBIOS name service: sensor.decode.dns.LOCAL_NAME_PORTS */
-static int local_name_port(unsigned port) { return port == 5353 || port == 5355 || port == 137; }
 
 /* Tunnels nest at most this deep in the selector; deeper ones pass whole (the decoder caps them). */
 #define KEEP_DEPTH 4
@@ -253,7 +297,8 @@ PyObject *select_pcap_file(PyObject *module, PyObject *args) {
     Py_ssize_t enough;
     if (!PyArg_ParseTuple(args, "iLIpnpiL", &fd, &offset, &linktype, &big, &enough, &split, &wanted, &stop_at))
         return NULL;
-    uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK + 16 + MAX_FRAME);
+    if (!select_bound()) return NULL;
+    uint8_t *block = PyMem_RawMalloc(SELECT_BLOCK + 16 + max_frame);
     if (block == NULL) return PyErr_NoMemory();
     Output outs[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
     int state = SELECT_MORE;
@@ -274,7 +319,7 @@ PyObject *select_pcap_file(PyObject *module, PyObject *args) {
                 break;
             }
             uint32_t incl = record_u32(block + pos + 8, big);
-            if (incl > MAX_FRAME) {
+            if (incl > max_frame) {
                 state = SELECT_CORRUPT;
                 detail = incl;
                 break;
@@ -295,7 +340,7 @@ PyObject *select_pcap_file(PyObject *module, PyObject *args) {
         if (got < want) { /* the file ends in this block */
             state = pos == got ? SELECT_END : SELECT_TRUNCATED;
             detail = got - pos;
-        } else { /* pos == 0: one record larger than a block (at most MAX_FRAME): read it whole */
+        } else { /* pos == 0: one record larger than a block (at most max_frame): read it whole */
             want = pos ? SELECT_BLOCK : 16 + (Py_ssize_t)record_u32(block + 8, big);
         }
     }
@@ -331,13 +376,13 @@ static int plausible_header(const uint8_t *h, int big, uint32_t first_second) {
     uint32_t second = record_u32(h, big), frac = record_u32(h + 4, big);
     uint32_t incl = record_u32(h + 8, big), orig = record_u32(h + 12, big);
     uint32_t spread = second > first_second ? second - first_second : first_second - second;
-    return incl <= 262144 && orig >= incl && orig <= MAX_FRAME && frac < 1000000000u && spread <= 7 * 86400;
+    return incl <= 262144 && orig >= incl && orig <= max_frame && frac < 1000000000u && spread <= 7 * 86400;
 }
 
 PyObject *pcap_resync(PyObject *module, PyObject *args) {
     int fd, big;
     long long offset;
-    if (!PyArg_ParseTuple(args, "iLp", &fd, &offset, &big)) return NULL;
+    if (!PyArg_ParseTuple(args, "iLp", &fd, &offset, &big) || !select_bound()) return NULL;
     uint8_t *window = PyMem_RawMalloc(RESYNC_WINDOW);
     if (window == NULL) return PyErr_NoMemory();
     long long found = -1;

@@ -19,13 +19,16 @@ from typing import BinaryIO, Protocol
 from sensor.errors import CaptureError
 
 try:  # the compiled record loop (see sensor/_fast/pcap.c); pcap_records_py below is the reference
+    from sensor._fast import bind_pcap as _bind_pcap
     from sensor._fast import pcap_records as _pcap_records
 except ImportError:  # built without a C compiler
-    _pcap_records = None
+    _bind_pcap = _pcap_records = None
 
 BLOCK_SIZE = 4 << 20
 TIME_JUMP = 3600.0  # a record stamped this much before the latest one so far is counted as suspicious
 MAX_FRAME = 262_144 * 4  # a record claiming more than this is corruption, not a frame
+if _bind_pcap is not None:
+    _bind_pcap(TIME_JUMP)
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),

@@ -17,15 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sensor.capture.bpf import BULK_SEGMENT, HTTP_PORTS, default_filter
 from sensor.capture.inputs import is_regular
-from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
+from sensor.capture.pcap import GZIP_MAGIC, MAX_FRAME, PCAP_MAGICS
 from sensor.decode import packet as _packet  # noqa: F401  its import sets the selector's tunnel ports (UDP, kept whole)
+from sensor.decode.dns import LOCAL_NAME_PORTS
 
 try:  # the compiled selector (see sensor/_fast/select.c); without it, tcpdump selects
+    from sensor._fast import bind_select as _bind_select
     from sensor._fast import pcap_resync as _pcap_resync
     from sensor._fast import select_pcap_file as _select_pcap
 except ImportError:  # built without a C compiler
-    _select_pcap = _pcap_resync = None
+    _bind_select = _select_pcap = _pcap_resync = None
+else:  # the selector applies these as the filter and the reader do: bound from here, not copied into C
+    _bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)
 
 AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
@@ -153,8 +158,6 @@ class Prefilter:
         linktype = capture_linktype(path)
         if linktype is None:
             raise ValueError(f"{path}: not a classic pcap file")
-        from sensor.capture.bpf import default_filter  # the compiled selector starts without the decoder
-
         self.expression = default_filter(linktype)
         with open(path, "rb") as probe:
             compressed = probe.read(2) == GZIP_MAGIC
