@@ -1,4 +1,11 @@
 """The compiled fast path is optional: without a C compiler the package installs and runs in pure Python."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sensor._fast", ["sensor/_fast.c"], libraries=["m"], optional=True)])
+# One source file per Python module the compiled code mirrors (see sensor/_fast/fast.h and sensor/compiled.py).
+SOURCES = [f"sensor/_fast/{name}.c" for name in ("module", "text", "records", "dns", "tls", "packet", "ecs", "pcap", "select")]
+
+setup(
+    ext_modules=[
+        Extension("sensor._fast", SOURCES, depends=["sensor/_fast/fast.h"], libraries=["m"], optional=True)
+    ]
+)

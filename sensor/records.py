@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar, dataclass_transform
+from typing import Any, TypeVar, cast, dataclass_transform
 
-try:  # the compiled constructor (see _fast.c record_maker)
+try:  # the compiled constructor (see sensor/_fast/records.c)
     from sensor._fast import record_maker as _record_maker
 except ImportError:  # built without a C compiler
     _record_maker = None
@@ -27,7 +27,7 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     params: list[str] = []
     body: list[str] = []
     scope: dict[str, object] = {}
-    for item in dataclasses.fields(cls):
+    for item in dataclasses.fields(cast(Any, cls)):  # a dataclass now, which type[_T] cannot say
         if item.default_factory is not dataclasses.MISSING or not item.init or item.kw_only:
             raise TypeError(f"{cls.__name__}.{item.name}: frozen_record takes plain fields only")
         scope[f"_set_{item.name}"] = getattr(cls, item.name).__set__  # a slot, maybe a base class's
@@ -38,9 +38,9 @@ def frozen_record(cls: type[_T]) -> type[_T]:
             params.append(f"{item.name}=_default_{item.name}")
         body.append(f"    _set_{item.name}(self, {item.name})")
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"]), scope)  # noqa: S102
-    init = scope["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    cls.__init__ = init  # type: ignore[misc]
+    init: Any = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    setattr(cls, "__init__", init)  # replaces the dataclass's own __init__
     return cls
 
 
@@ -50,7 +50,12 @@ def positional_constructor(cls: type[_T]) -> Callable[..., _T]:
     Compiled, it writes the slots directly (about 4x cheaper than the class call), for the records
     decode builds per packet; without the extension it is the class itself.
     """
-    return _record_maker(cls) if _record_maker is not None else cls
+    return _record_maker(cls) if _record_maker is not None else positional_constructor_py(cls)
+
+
+def positional_constructor_py(cls: type[_T]) -> Callable[..., _T]:
+    """positional_constructor in Python: the class itself (its __init__ made by frozen_record)."""
+    return cls
 
 
 @frozen_record

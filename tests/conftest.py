@@ -11,6 +11,9 @@ SHARED = REPO.parent / "shared"
 CORPUS = SHARED / "corpus"
 PCAPS = REPO / "pcaps"
 
+# The loopback servers' fixtures (search_backend, es_proxy, webhook_server, ...) for every test module.
+pytest_plugins = ["servers"]
+
 # CI replays the same examples every run; locally hypothesis explores.
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True

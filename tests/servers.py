@@ -83,7 +83,13 @@ def make_alert(
             "phi_host": {"name": "portal.example-health.org", "tags": ["patient-portal"]},
             "phi": {"types": ["condition"], "categories": ["clinical"], "count": 1},
             "evidence": [
-                {"type": "condition", "category": "clinical", "confidence": 0.9, "path": "dl", "excerpt": "/conditions/[REDACTED]"}
+                {
+                    "type": "condition",
+                    "category": "clinical",
+                    "confidence": 0.9,
+                    "path": "dl",
+                    "excerpt": "/conditions/[REDACTED]",
+                }
             ],
             "tracker": {"decoder": "meta-pixel", "event": "PageView", "page_url": "https://portal.example-health.org/[REDACTED]"},
             "summary": f"portal.example-health.org sent a condition page view to Meta Pixel (no BAA) #{n}",

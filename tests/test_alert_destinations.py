@@ -59,7 +59,11 @@ def egress(docs: list[dict]) -> list[dict]:
     return [doc for doc in docs if doc["rule"]["id"] == "tracker-egress-no-baa"]
 
 
-AMPLITUDE_TLS = [hello("sr-client-cfg.amplitude.com", T0), hello("api2.amplitude.com", T0 + 1), hello("api2.amplitude.com", T0 + 2)]
+AMPLITUDE_TLS = [
+    hello("sr-client-cfg.amplitude.com", T0),
+    hello("api2.amplitude.com", T0 + 1),
+    hello("api2.amplitude.com", T0 + 2),
+]
 
 
 def test_live_resends_under_the_same_id_as_hosts_are_added(catalog: VendorCatalog) -> None:
@@ -85,11 +89,16 @@ def test_replay_writes_one_document_with_the_final_list(catalog: VendorCatalog) 
     docs = egress(run(engine(catalog, immediate=False), AMPLITUDE_TLS))
     assert len(docs) == 1
     assert [entry["host"] for entry in docs[0]["phi_egress"]["destinations"]] == [
-        "sr-client-cfg.amplitude.com", "api2.amplitude.com"]
+        "sr-client-cfg.amplitude.com",
+        "api2.amplitude.com",
+    ]
 
 
 def test_the_host_that_received_health_data_is_named(catalog: VendorCatalog) -> None:
-    event = {"event": "reading", "properties": {"token": "t", "distinct_id": "u1", "glucose": "182 mg/dL", "medication": "metformin"}}
+    event = {
+        "event": "reading",
+        "properties": {"token": "t", "distinct_id": "u1", "glucose": "182 mg/dL", "medication": "metformin"},
+    }
     body = b"data=" + base64.b64encode(json.dumps(event).encode())
     records = [hello("api-js.mixpanel.com", T0 + n) for n in range(5)] + [post("api.mixpanel.com", "/track", body, T0 + 6)]
     docs = run(engine(catalog, immediate=False), records)

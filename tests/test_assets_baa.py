@@ -149,7 +149,11 @@ NETWORKS = st.builds(
 )
 
 
-def _reference(ip: str, included: list[ipaddress.IPv4Network | ipaddress.IPv6Network], excluded: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+def _reference(
+    ip: str,
+    included: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    excluded: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     address = ipaddress.ip_address(ip)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # the inventory treats ::ffff:a.b.c.d as the IPv4 address
@@ -179,7 +183,18 @@ def test_lookup_matches_a_brute_force_longest_prefix(included, excluded, probes,
 
 
 @settings(max_examples=300, deadline=None)
-@given(entries=st.lists(st.one_of(st.text(max_size=30), st.integers(), st.none(), st.dictionaries(st.text(max_size=6), st.text(max_size=20) | st.lists(st.text(max_size=6), max_size=3), max_size=3)), max_size=5), probe=st.text(max_size=50))
+@given(
+    entries=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.integers(),
+            st.none(),
+            st.dictionaries(st.text(max_size=6), st.text(max_size=20) | st.lists(st.text(max_size=6), max_size=3), max_size=3),
+        ),
+        max_size=5,
+    ),
+    probe=st.text(max_size=50),
+)
 def test_inventory_input_raises_only_config_error(entries: list[object], probe: str) -> None:
     try:
         inventory = AssetInventory.from_config(entries, "fuzz.yaml")
@@ -244,7 +259,9 @@ def test_a_renewal_covers_after_the_old_agreement_expires(catalog: VendorCatalog
 def test_default_day_is_today(catalog: VendorCatalog) -> None:
     today = dt.datetime.now(dt.UTC).date()
     segment = catalog.get("segment")
-    current = _registry(catalog, [{"vendor": "segment", "signed": today - dt.timedelta(days=1), "expires": today + dt.timedelta(days=1)}])
+    current = _registry(
+        catalog, [{"vendor": "segment", "signed": today - dt.timedelta(days=1), "expires": today + dt.timedelta(days=1)}]
+    )
     lapsed = _registry(catalog, [{"vendor": "segment", "expires": today - dt.timedelta(days=1)}])
     assert current.covers(segment, "api.segment.io") is not None
     assert lapsed.covers(segment, "api.segment.io") is None
@@ -266,13 +283,21 @@ def test_no_agreements(catalog: VendorCatalog) -> None:
         ([{"vendor": 5}], "baa[0].vendor", "expected a vendor name or id from the catalog, found 5 (int)"),
         ([{"vendor": "segment", "contract": "x"}], "baa[0].contract", "unknown key"),
         ([{"vendor": "segment", "domains": "segment.io"}], "baa[0].domains", "expected a list of domains"),
-        ([{"vendor": "segment", "domains": ["segment.io", 3]}], "baa[0].domains[1]", "expected a domain such as example.com, found 3 (int)"),
+        (
+            [{"vendor": "segment", "domains": ["segment.io", 3]}],
+            "baa[0].domains[1]",
+            "expected a domain such as example.com, found 3 (int)",
+        ),
         ([{"domains": ["co.uk"]}], "baa[0].domains[0]", "public suffix"),
         ([{"scope": "all"}], "baa[0]", "expected a vendor, domains, or both"),
         ([{"vendor": "segment", "scope": 3}], "baa[0].scope", "expected text"),
         ([{"vendor": "segment", "signed": "March 2025"}], "baa[0].signed", "expected a date (YYYY-MM-DD), found 'March 2025'"),
         ([{"vendor": "segment", "expires": 1.5}], "baa[0].expires", "expected a date (YYYY-MM-DD), found 1.5 (float)"),
-        ([{"vendor": "segment", "signed": "2025-06-01", "expires": "2025-01-01"}], "baa[0].expires", "on or after signed (2025-06-01)"),
+        (
+            [{"vendor": "segment", "signed": "2025-06-01", "expires": "2025-01-01"}],
+            "baa[0].expires",
+            "on or after signed (2025-06-01)",
+        ),
     ],
 )
 def test_registry_errors(catalog: VendorCatalog, entries: object, key: str, message: str) -> None:

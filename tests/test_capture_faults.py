@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PCAPS
+
 from sensor.capture.pcap import CaptureFile
 
 GOOD = [PCAPS / "meta-pixel-portal.pcap", PCAPS / "mixpanel-plaintext.pcap"]

@@ -125,9 +125,21 @@ ERRORS = [
     ("sensor: {name: ''}", "sensor.name", "expected a non-empty string, found ''"),
     ("sensor: {name: 7}", "sensor.name", "expected a string, found 7 (int)"),
     ("redaction: {unredacted: 'yes'}", "redaction.unredacted", "expected true or false, found 'yes'"),
-    ("rules: {plaintext-phi: {severity: urgent}}", "rules.plaintext-phi.severity", "expected one of 'low', 'medium', 'high' or 'critical', found 'urgent'"),
-    ("rules: {plaintext-phi: {throttle_seconds: -5}}", "rules.plaintext-phi.throttle_seconds", "expected a number at least 0, found -5 (int)"),
-    ("rules: {Plaintext_PHI: {}}", "rules.Plaintext_PHI", "expected a rule id such as tracker-egress-no-baa, found 'Plaintext_PHI'"),
+    (
+        "rules: {plaintext-phi: {severity: urgent}}",
+        "rules.plaintext-phi.severity",
+        "expected one of 'low', 'medium', 'high' or 'critical', found 'urgent'",
+    ),
+    (
+        "rules: {plaintext-phi: {throttle_seconds: -5}}",
+        "rules.plaintext-phi.throttle_seconds",
+        "expected a number at least 0, found -5 (int)",
+    ),
+    (
+        "rules: {Plaintext_PHI: {}}",
+        "rules.Plaintext_PHI",
+        "expected a rule id such as tracker-egress-no-baa, found 'Plaintext_PHI'",
+    ),
     ("rules: [plaintext-phi]", "rules", "expected a mapping, found a list"),
     ("outputs: [{path: out.jsonl}]", "outputs[0]", "expected a 'type' key naming the sink"),
     ("outputs: [jsonl]", "outputs[0]", "expected a mapping with a 'type' key naming the sink"),
@@ -181,7 +193,11 @@ def test_only_the_first_problem_is_reported_with_a_count() -> None:
         ("baa: [{vendor: Segmnt}]", "baa[0].vendor", "unknown vendor 'Segmnt' (did you mean 'Segment'"),
         ("baa: [{vendor: qqqqqqqqqq}]", "baa[0].vendor", "see signatures/vendors/"),
         ("baa: [{vendor: segment}, {vendor: Hotjr}]", "baa[1].vendor", "did you mean 'Hotjar'"),
-        ("baa: [{vendor: segment, signed: 2025-06-01, expires: 2025-05-31}]", "baa[0].expires", "on or after signed (2025-06-01), found 2025-05-31"),
+        (
+            "baa: [{vendor: segment, signed: 2025-06-01, expires: 2025-05-31}]",
+            "baa[0].expires",
+            "on or after signed (2025-06-01), found 2025-05-31",
+        ),
         ("baa: [{scope: everything}]", "baa[0]", "expected a vendor, domains, or both"),
         ("baa: [{domains: [com]}]", "baa[0].domains[0]", "expected a domain such as example.com, found 'com'"),
         ("baa: [{domains: [co.uk]}]", "baa[0].domains[0]", "public suffix"),
@@ -255,7 +271,9 @@ class _PlainDumper(yaml.SafeDumper):
 
 
 SECTIONS = st.dictionaries(
-    st.sampled_from(["sensor", "phi_hosts", "phi_hosts_exclude", "baa", "allow", "rules", "decode", "outputs", "redaction", "extra"]),
+    st.sampled_from(
+        ["sensor", "phi_hosts", "phi_hosts_exclude", "baa", "allow", "rules", "decode", "outputs", "redaction", "extra"]
+    ),
     YAML_VALUES,
     max_size=5,
 )

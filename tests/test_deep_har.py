@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import REPO
 from sensor.deep import DecryptedHttpRequest, HttpsRequest
 from sensor.deep.har import parse_har
 from sensor.records import Counters

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import CORPUS, PCAPS, corpus_expectation, corpus_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +26,6 @@ from sensor.decode.dns import (
     split_tcp_messages,
 )
 from sensor.records import Counters, DnsAnswer, Flow
-
-from conftest import CORPUS, PCAPS, corpus_expectation, corpus_file
 
 DNS_CAPTURES = [
     "cond-log-dns-dig__input.pcap",
@@ -501,7 +500,7 @@ fast = pytest.mark.skipif(dns._parse_dns_fast is None, reason="the compiled fast
 def test_fast_path_is_built_where_a_compiler_is() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the package runs in pure Python")
-    assert dns._parse_dns_fast is not None, "pip install -e . should have compiled sensor/_fast.c"
+    assert dns._parse_dns_fast is not None, "pip install -e . should have compiled sensor/_fast/"
 
 
 def _fast_agrees(data: bytes) -> bool:

@@ -114,7 +114,9 @@ def test_compiled_envelope_leaves_odd_flows_to_the_reference() -> None:
     ]
     stream = ecs.data_stream("phi_sensor.tls")
     for flow in odd[:-1]:
-        assert ecs._envelope_fast(1.0, "phi_sensor.tls", flow, "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream) is None
+        assert (
+            ecs._envelope_fast(1.0, "phi_sensor.tls", flow, "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream) is None
+        )
     for flow in odd:
         try:
             reference = builder._envelope_py(1.0, "tls", flow)
@@ -122,7 +124,10 @@ def test_compiled_envelope_leaves_odd_flows_to_the_reference() -> None:
             continue  # the reference cannot hash it either: nothing to compare
         assert builder._envelope(1.0, "tls", flow) == reference
     for ts in (float("inf"), float("-inf"), float("nan")):
-        assert ecs._envelope_fast(ts, "phi_sensor.tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream) is None
+        assert (
+            ecs._envelope_fast(ts, "phi_sensor.tls", odd[-1], "tls", builder.observer, ecs.ECS_VERSION, ecs.MODULE, stream)
+            is None
+        )
 
 
 # Events as JSON lines written without a dict ---------------------------------------------------

@@ -11,21 +11,21 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-import tempfile
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from conftest import PCAPS, REPO, SHARED
+
 from sensor.live import stats_document
 from sensor.output.ecs import DATASETS, EventBuilder
-from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello
 from sensor.paths import TEMPLATES_DIR
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello
 from sensor.setup import Layout, _index_template
 
 ECS_YML = SHARED / "reference" / "ecs_flat_8.11.yml"

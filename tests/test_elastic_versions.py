@@ -14,19 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from elasticsearch import BadRequestError, Elasticsearch
-from servers import (  # noqa: F401
-    Behaviour,
-    EsCompatProxy,
-    SearchBackend,
-    WebhookServer,
-    es_like,
-    make_alert,
-    osmem_backend,
-    webhook_server,
-)
-
 from conftest import PCAPS, REPO
+from elasticsearch import BadRequestError, Elasticsearch
+from servers import Behaviour, EsCompatProxy, SearchBackend, WebhookServer, make_alert
+
 from sensor.output.elasticsearch import CLIENT_MAJOR, elasticsearch_client, negotiate
 from sensor.output.sinks import build_sinks
 from sensor.setup import Layout, setup_main

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from servers import EsCompatProxy, SearchBackend, es_proxy, search_backend  # noqa: F401
-
 from conftest import PCAPS, REPO
+from servers import EsCompatProxy, SearchBackend
+
 from sensor.setup import Layout
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())

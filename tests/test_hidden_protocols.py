@@ -16,11 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hidden_captures
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hidden_captures
 from sensor.capture.pcap import CaptureFile
 from sensor.decode import dns, http, tls
 from sensor.decode.dispatch import TrafficDecoder
@@ -98,13 +98,17 @@ def test_connect_tunnel_events_name_the_proxy_and_the_destination() -> None:
     docs = replay(DATA / "proxy-tunnels.pcap", "--emit", "events")
     [connect] = [d for d in docs if d.get("http", {}).get("request", {}).get("method") == "CONNECT"
                  and d["url"]["original"].endswith(":443")]
-    [hello] = [d for d in docs if d["event"]["dataset"] == "phi_sensor.tls" and d["phi_egress"]["tls"]["preamble"] == "http-connect"]
+    [hello] = [
+        d for d in docs if d["event"]["dataset"] == "phi_sensor.tls" and d["phi_egress"]["tls"]["preamble"] == "http-connect"
+    ]
     assert connect["url"]["domain"] == "portal.upgrade.test"
     assert hello["destination"]["domain"] == "portal.upgrade.test"  # the SNI inside the tunnel
     assert hello["destination"]["port"] == connect["destination"]["port"]  # the proxy's own address
     assert hello["destination"]["ip"] == connect["destination"]["ip"]
     assert hello["phi_egress"]["tls"]["tunnel_target"] == "portal.upgrade.test:443"
-    [websocket] = [d for d in docs if d["event"]["dataset"] == "phi_sensor.tls" and d["phi_egress"]["tls"]["preamble"] == "websocket"]
+    [websocket] = [
+        d for d in docs if d["event"]["dataset"] == "phi_sensor.tls" and d["phi_egress"]["tls"]["preamble"] == "websocket"
+    ]
     assert websocket["tls"]["client"]["server_name"] == "ws.upgrade.test"
 
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from sensor.decode.flows import FlowTable
 from sensor.records import Counters
 

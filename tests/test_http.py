@@ -11,13 +11,12 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import CORPUS, corpus_expectation, corpus_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.decode.http import METHODS, HttpRequestStream, ParsedRequest, looks_like_request
 from sensor.records import Counters
-
-from conftest import CORPUS, corpus_expectation, corpus_file
 
 HTTP_CAPTURES = [
     "http-chunked__input.pcap",

@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import PCAPS
+
 from sensor.capture.inputs import expand, is_stream
 from sensor.capture.pcap import CaptureFile
 

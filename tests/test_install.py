@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import PCAPS, REPO
 
 from sensor.enrich.vendors import VendorCatalog
 from sensor.output import jsonl
 from sensor.output.jsonl import JsonlSink
 from sensor.paths import DATA_DIR, VENDORS_DIR, config_dir, default_config_file, default_spool_dir, state_dir
-
-from conftest import PCAPS, REPO
 
 DEMO = PCAPS / "demo.pcap"
 EXAMPLE_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"

@@ -13,7 +13,7 @@ from email.parser import BytesParser
 from typing import Any
 
 import pytest
-from servers import Behaviour, WebhookServer, webhook_server  # noqa: F401
+from servers import Behaviour, WebhookServer
 
 from sensor.detect.base import SEVERITY_SCORE
 from sensor.detect.engine import DetectionEngine

@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import PCAPS, REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.capture.bpf import default_filter
 from sensor.capture.live import (
+    PACKET_AUXDATA,
     SO_TIMESTAMPNS,
     SOL_PACKET,
-    PACKET_AUXDATA,
     LiveCaptureError,
     compile_filter,
     frame_from_recvmsg,
@@ -42,14 +43,10 @@ from sensor.capture.live import (
     parse_bpf_listing,
 )
 from sensor.capture.pcap import CaptureFile
-from sensor.cli import _add_common
+from sensor.cli import _add_common, add_live_arguments, add_status_arguments
 from sensor.errors import ConfigError
-from sensor.cli import add_live_arguments
 from sensor.live import Reloader, build_detection_runner, drop_privileges, resolve_user, stats_document
-from sensor.cli import add_status_arguments
 from sensor.status import read_stats, status_main, summarize, write_stats_file
-
-from conftest import PCAPS, REPO
 
 sys.path.insert(0, str(PCAPS))
 import synth  # noqa: E402  (pcaps/ is not a package)

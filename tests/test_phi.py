@@ -512,7 +512,12 @@ def test_peel_and_scan_never_raise_on_text(text, path):
     st.text(max_size=200),
     st.lists(st.tuples(st.sampled_from(["Host", "Referer", "Content-Type", "X-Any"]), st.text(max_size=80)), max_size=4),
     st.one_of(st.binary(max_size=1024), mutated()),
-    st.one_of(st.none(), st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=XyZ"])),
+    st.one_of(
+        st.none(),
+        st.sampled_from(
+            ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=XyZ"]
+        ),
+    ),
 )
 def test_scan_http_never_raises(method, target, headers, body, content_type):
     found = scan_http(method, target, headers, body, content_type)
@@ -542,7 +547,10 @@ def _bodies_64k() -> dict[str, tuple[bytes, str]]:
     return {
         "text": (prose, "text/plain"),
         "json": (json.dumps({"batch": events}).encode()[:65536], "application/json"),
-        "form": ("&".join(f"k{i}={words[i % len(words)]}" for i in range(4000)).encode()[:65536], "application/x-www-form-urlencoded"),
+        "form": (
+            "&".join(f"k{i}={words[i % len(words)]}" for i in range(4000)).encode()[:65536],
+            "application/x-www-form-urlencoded",
+        ),
         "base64": (base64.b64encode(bytes(range(256)) * 192)[:65536], "text/plain"),
     }
 

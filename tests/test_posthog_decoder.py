@@ -42,7 +42,11 @@ def test_single_event_list_and_batch_bodies() -> None:
 
 
 def test_feature_flag_request_carries_person_properties() -> None:
-    body = {"token": "phc_x", "distinct_id": "u-77", "person_properties": {"email": "jane@example.com", "condition": "type 1 diabetes"}}
+    body = {
+        "token": "phc_x",
+        "distinct_id": "u-77",
+        "person_properties": {"email": "jane@example.com", "condition": "type 1 diabetes"},
+    }
     payload = decode("/flags/?v=2", json.dumps(body).encode())
     assert payload.event is None
     fields = {field.path: field.value for field in payload.params}

@@ -8,14 +8,16 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from conftest import CORPUS, PCAPS, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sensor.capture.prefilter as prefilter_module
 from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import CaptureFile
-import sensor.capture.prefilter as prefilter_module
 from sensor.capture.prefilter import (
     CompiledPrefilter,
     Prefilter,
@@ -26,11 +28,12 @@ from sensor.capture.prefilter import (
     start_early,
 )
 
-from conftest import CORPUS, PCAPS, REPO
-
 REPO_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
 
 needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+
+if TYPE_CHECKING:
+    from sensor.decode.packet import PacketDecoder
 
 
 def events(path: Path, prefilter: str) -> set[tuple]:
@@ -111,8 +114,11 @@ def test_two_workers_find_what_one_finds(path: Path) -> None:
     code_one, one = run(path, "--emit", "all", "--config", config, "--workers", "1", "--prefilter", "never")
     code_two, two = run(path, "--emit", "all", "--config", config, "--workers", "2", "--prefilter", "always")
     assert code_one == code_two == 0
-    events = lambda docs: sorted(json.dumps({k: d[k] for k in ("source", "destination", "network")}, sort_keys=True)
-                                 for d in docs if d["event"]["kind"] == "event")
+
+    def events(docs: list[dict]) -> list[str]:
+        return sorted(json.dumps({k: d[k] for k in ("source", "destination", "network")}, sort_keys=True)
+                      for d in docs if d["event"]["kind"] == "event")
+
     assert events(one) == events(two)
     assert alert_keys([d for d in one if d["event"]["kind"] == "alert"]) == alert_keys(
         [d for d in two if d["event"]["kind"] == "alert"])
@@ -402,7 +408,7 @@ def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -
     assert reader.errors == [f"{cut}: {complaint}"]
 
 
-def _python_worker(decoder: "PacketDecoder", linktype: int, frame: bytes) -> int | None:
+def _python_worker(decoder: PacketDecoder, linktype: int, frame: bytes) -> int | None:
     """The worker Pipeline.replay's forwarding split gives a frame (None: the decoder drops it)."""
     decoded = decoder.decode(0.0, linktype, frame)
     if decoded is None:

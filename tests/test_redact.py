@@ -38,7 +38,10 @@ def test_redact_replaces_spans_with_typed_placeholders():
 
 def test_redact_masks_every_occurrence_in_any_case():
     text = "HIV test; hiv prep; Hiv"
-    assert redact(text, [finding("condition", "q", text, "HIV")]) == "[REDACTED:condition] test; [REDACTED:condition] prep; [REDACTED:condition]"
+    assert (
+        redact(text, [finding("condition", "q", text, "HIV")])
+        == "[REDACTED:condition] test; [REDACTED:condition] prep; [REDACTED:condition]"
+    )
 
 
 def test_overlapping_findings_merge_into_one_placeholder():
@@ -74,7 +77,13 @@ def test_redact_url_replaces_an_encoded_parameter_whole():
 
 
 def test_redact_url_on_a_meta_pixel_request():
-    query = urlencode({"ev": "PageView", "dl": "https://portal.example-hospital.org/conditions/type-2-diabetes", "cd[search_string]": "HIV PrEP"})
+    query = urlencode(
+        {
+            "ev": "PageView",
+            "dl": "https://portal.example-hospital.org/conditions/type-2-diabetes",
+            "cd[search_string]": "HIV PrEP",
+        }
+    )
     url = "https://www.facebook.com/tr/?" + query
     payload = decode_tracker("meta-pixel", "GET", url, [], b"")
     redacted = redact_url(url, scan_tracker(payload))

@@ -12,11 +12,11 @@ from urllib.parse import quote_plus
 
 import pytest
 import yaml
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers import EsCompatProxy, SearchBackend, osmem_backend  # noqa: F401
+from servers import EsCompatProxy, SearchBackend
 
-from conftest import REPO
 from sensor.phi.redact import redact, redact_url
 
 sys.path.insert(0, str(REPO / "bench"))

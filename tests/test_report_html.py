@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PCAPS, REPO
+
 from sensor.detect.base import Observation
 from sensor.enrich.assets import PhiHost
 from sensor.records import Flow, HttpRequest

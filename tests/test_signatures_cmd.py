@@ -35,7 +35,10 @@ def test_validate_the_bundled_catalog(capsys) -> None:
 
 
 def test_validate_reports_a_bad_file_with_exit_2(tmp_path: Path, capsys) -> None:
-    (tmp_path / "acme.yaml").write_text("name: Acme\nid: acme\nowner: Acme\ncategory: analytics\ndomains: [acme-analytics.com]\nbaa:\n  stance: maybe\n  summary: x\n")
+    (tmp_path / "acme.yaml").write_text(
+        "name: Acme\nid: acme\nowner: Acme\ncategory: analytics\ndomains: [acme-analytics.com]\n"
+        "baa:\n  stance: maybe\n  summary: x\n"
+    )
     code, _, err = run(capsys, "validate", str(tmp_path))
     assert code == 2 and "acme.yaml: baa.stance: expected one of" in err
 
@@ -69,8 +72,12 @@ def test_list_table_and_json(capsys) -> None:
 
 
 HOSTS = "127.0.0.1 localhost\n0.0.0.0 tracker.example-ads.com # ads\n0.0.0.0 api.mixpanel.com\n"
-ADBLOCK = "[Adblock Plus 2.0]\n! c\n||stats.health-beacon.io^$third-party\n@@||ok.example.com^\nx.com##.ad\n||cdn.example.net/t.js\n"
-DISCONNECT = {"categories": {"Analytics": [{"Metrics Co": {"https://metrics.example/": ["metrics-co.io"], "performance": "true"}}]}}
+ADBLOCK = (
+    "[Adblock Plus 2.0]\n! c\n||stats.health-beacon.io^$third-party\n@@||ok.example.com^\nx.com##.ad\n||cdn.example.net/t.js\n"
+)
+DISCONNECT = {
+    "categories": {"Analytics": [{"Metrics Co": {"https://metrics.example/": ["metrics-co.io"], "performance": "true"}}]}
+}
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from servers import EsCompatProxy, SearchBackend, osmem_backend  # noqa: F401
-
 from conftest import PCAPS, REPO
+from servers import EsCompatProxy, SearchBackend
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 

@@ -18,20 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import (  # noqa: F401
-    REAL_ES_API_KEY,
-    Behaviour,
-    EsCompatProxy,
-    SearchBackend,
-    WebhookServer,
-    es_proxy,
-    make_alert,
-    make_event,
-    osmem_backend,
-    search_backend,
-    wait_until,
-    webhook_server,
-)
+from servers import REAL_ES_API_KEY, Behaviour, EsCompatProxy, SearchBackend, WebhookServer, make_alert, make_event, wait_until
 
 from sensor.errors import ConfigError
 from sensor.output.elasticsearch import bulk_action, index_name
@@ -98,7 +85,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert key_of({"type": "elasticsearch", "url": "http://es", "index_prefix": "Upper*"}) == "outputs[2].index_prefix"
     assert key_of({"type": "elasticsearch", "url": "http://es", "ca_file": str(tmp_path / "nope.pem")}) == "outputs[2].ca_file"
     assert key_of({"type": "elasticsearch", "url": "http://es", "auth": {"username": "u"}}) == "outputs[2].auth"
-    assert key_of({"type": "elasticsearch", "url": "http://es", "auth": {"api_key_env": "A", "api_key_file": "f"}}) == "outputs[2].auth"
+    assert (
+        key_of({"type": "elasticsearch", "url": "http://es", "auth": {"api_key_env": "A", "api_key_file": "f"}})
+        == "outputs[2].auth"
+    )
     assert key_of({"type": "elasticsearch", "url": "http://es", "auth": {"api_key_env": "PHI_SENSOR_TEST_UNSET"}}) == (
         "outputs[2].auth.api_key_env"
     )

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
 from sensor.decode.http import HttpRequestStream
 from sensor.phi import layers
 from sensor.records import Counters

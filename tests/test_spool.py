@@ -191,7 +191,9 @@ operations = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations, max_items=st.integers(1, 8), max_bytes=st.integers(100, 1500))
-def test_spool_matches_a_model_of_its_policy(tmp_path: Path, ops: list[tuple[str, int, int]], max_items: int, max_bytes: int) -> None:
+def test_spool_matches_a_model_of_its_policy(
+    tmp_path: Path, ops: list[tuple[str, int, int]], max_items: int, max_bytes: int
+) -> None:
     path = tmp_path / f"m{time.monotonic_ns()}.db"
     spool = Spool(path, max_items=max_items, max_bytes=max_bytes)
     model: list[tuple[int, int, int]] = []  # (number, rank, size)

@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-from sensor.cli import _add_common
-from sensor.cli import add_live_arguments
+from sensor.cli import _add_common, add_live_arguments
 from sensor.runner import spool_dir
 from sensor.status import default_stats_file
-
-from conftest import REPO
 
 SYSTEMD = REPO / "deploy" / "systemd"
 UNIT = SYSTEMD / "phi-sensor.service"

@@ -66,10 +66,15 @@ def test_meta_pixel_post_form_and_multipart_agree_with_get():
     by_form = decode_tracker("meta-pixel", "POST", "/tr/", FORM, urlencode(META_QUERY).encode())
     boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
     parts = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode() for key, value in META_QUERY.items()
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in META_QUERY.items()
     )
     by_multipart = decode_tracker(
-        "meta-pixel", "POST", "/tr/", [("Content-Type", f"multipart/form-data; boundary={boundary}")], parts + f"--{boundary}--\r\n".encode()
+        "meta-pixel",
+        "POST",
+        "/tr/",
+        [("Content-Type", f"multipart/form-data; boundary={boundary}")],
+        parts + f"--{boundary}--\r\n".encode(),
     )
     by_get = decode_tracker("meta-pixel", "GET", "/tr/?" + urlencode(META_QUERY), [], b"")
     assert by_form == by_get
@@ -92,7 +97,11 @@ def test_ga4_query_only():
          "dl": "https://pharmacy.example.org/refill", "dt": "Refill your prescription", "_p": "1700000000"}
     )  # fmt: skip
     payload = decode_tracker("ga4", "GET", "/g/collect?" + query, [], b"")
-    assert (payload.event, payload.page_url, payload.title) == ("view_item", "https://pharmacy.example.org/refill", "Refill your prescription")
+    assert (payload.event, payload.page_url, payload.title) == (
+        "view_item",
+        "https://pharmacy.example.org/refill",
+        "Refill your prescription",
+    )
     assert {("medication", "ep.medication"), ("pharmacy_url", "dl")} <= found(payload)
 
 
@@ -109,7 +118,8 @@ def test_ga4_batched_body_one_event_per_line():
 
 def test_universal_analytics_collect_and_batch():
     hit = urlencode({"v": "1", "tid": "UA-1-1", "cid": "1.2", "t": "event", "ec": "portal", "ea": "appointment_request",
-                     "el": "cardiology", "dh": "www.example-hospital.org", "dp": "/appointments", "dt": "Request an appointment"})  # fmt: skip
+                     "el": "cardiology", "dh": "www.example-hospital.org", "dp": "/appointments",
+                     "dt": "Request an appointment"})  # fmt: skip
     single = decode_tracker("ua", "GET", "/collect?" + hit, [], b"")
     assert single.event == "appointment_request"
     assert single.page_url == "www.example-hospital.org/appointments"
@@ -200,7 +210,8 @@ def test_amplitude_v2_json_and_legacy_form():
     body = {
         "api_key": "k",
         "events": [
-            {"event_type": "symptom_checked", "device_id": "d-1", "event_properties": {"symptom": "chest pain", "result": "angina"},
+            {"event_type": "symptom_checked", "device_id": "d-1",
+             "event_properties": {"symptom": "chest pain", "result": "angina"},
              "user_properties": {"email": "pat@example.com"}},
             {"event_type": "[Amplitude] Page Viewed", "event_properties": {"[Amplitude] Page URL": "https://h.example.org/symptom-checker"}},
         ],
@@ -227,7 +238,11 @@ def test_tiktok_pixel_json():
     }  # fmt: skip
     payload = decode_tracker("tiktok", "POST", "/api/v2/pixel", JSON, json.dumps(body).encode())
     assert (payload.event, payload.page_url) == ("Search", "https://www.example-clinic.org/search?q=ivf")
-    assert {("hashed_identifier", "context.user.email"), ("condition", "properties.query"), ("condition", "context.page.url.q")} <= found(payload)
+    assert {
+        ("hashed_identifier", "context.user.email"),
+        ("condition", "properties.query"),
+        ("condition", "context.page.url.q"),
+    } <= found(payload)
 
 
 # --- query-string pixels --------------------------------------------------------------------------
@@ -243,7 +258,13 @@ def test_bing_uet():
 
 
 def test_linkedin_query_and_json():
-    by_query = decode_tracker("linkedin", "GET", "/collect?" + urlencode({"pid": "1", "fmt": "gif", "url": "https://h.example.org/conditions/copd"}), [], b"")
+    by_query = decode_tracker(
+        "linkedin",
+        "GET",
+        "/collect?" + urlencode({"pid": "1", "fmt": "gif", "url": "https://h.example.org/conditions/copd"}),
+        [],
+        b"",
+    )
     assert by_query.page_url == "https://h.example.org/conditions/copd"
     assert ("condition", "url") in found(by_query)
     by_json = decode_tracker("linkedin", "POST", "/wa/", JSON, json.dumps({"pids": [1], "pageUrl": "https://h.example.org/mychart/login"}).encode())
@@ -261,7 +282,8 @@ def test_snap_pixel():
 
 def test_pinterest_tag():
     query = urlencode({"tid": "26", "event": "search", "ed": json.dumps({"search_query": "adhd medication"}),
-                       "pd": json.dumps({"em": SHA256_EMAIL}), "ad": json.dumps({"loc": "https://h.example.org/search", "ref": "https://x.example/"})})  # fmt: skip
+                       "pd": json.dumps({"em": SHA256_EMAIL}),
+                       "ad": json.dumps({"loc": "https://h.example.org/search", "ref": "https://x.example/"})})  # fmt: skip
     payload = decode_tracker("pinterest", "GET", "/v3/?" + query, [], b"")
     assert (payload.event, payload.page_url, payload.referrer) == ("search", "https://h.example.org/search", "https://x.example/")
     assert {("condition", "ed.search_query"), ("hashed_identifier", "pd.em")} <= found(payload)
@@ -276,8 +298,9 @@ def test_twitter_pixel():
 
 
 def test_generic_peels_everything():
-    inner = base64.b64encode(gzip.compress(json.dumps({"event": "refill_requested", "url": "https://h.example.org/x",
-                                                       "rx": {"drug": "sertraline", "ndc": "0049-4960-50"}}).encode())).decode()  # fmt: skip
+    rx = {"drug": "sertraline", "ndc": "0049-4960-50"}
+    document = {"event": "refill_requested", "url": "https://h.example.org/x", "rx": rx}
+    inner = base64.b64encode(gzip.compress(json.dumps(document).encode())).decode()
     payload = decode_tracker("generic", "POST", "/ingest?src=web", FORM, ("payload=" + quote(inner)).encode())
     assert params(payload)["payload.rx.drug"] == ["sertraline"]
     assert {("medication", "payload.rx.drug"), ("ndc", "payload.rx.ndc")} <= found(payload)
@@ -297,15 +320,16 @@ def test_unknown_decoder_preflight_and_empty_requests_give_none():
 
 def test_clean_shop_pageview_has_no_health_data():
     query = urlencode({"id": "1234567893", "ev": "PageView", "dl": "https://shop.example.com/shop/red-shoes?size=42",
-                       "rl": "https://shop.example.com/", "ts": "1700000000000", "v": "20240115", "_": "1700000000000"})  # fmt: skip
+                       "rl": "https://shop.example.com/", "ts": "1700000000000", "v": "20240115",
+                       "_": "1700000000000"})  # fmt: skip
     payload = decode_tracker("meta-pixel", "GET", "/tr/?" + query, [], b"")
     assert scan_tracker(payload) == []
     assert summarize(scan_tracker(payload)) == {}
 
 
 def test_every_documented_decoder_is_registered():
-    assert set(DECODERS) == {"meta-pixel", "ga4", "ua", "mixpanel", "posthog", "segment", "amplitude", "bing-uet", "linkedin", "tiktok",
-                             "snap", "pinterest", "twitter", "generic"}  # fmt: skip
+    assert set(DECODERS) == {"meta-pixel", "ga4", "ua", "mixpanel", "posthog", "segment", "amplitude", "bing-uet", "linkedin",
+                             "tiktok", "snap", "pinterest", "twitter", "generic"}  # fmt: skip
 
 
 # --- properties -------------------------------------------------------------------------------------

@@ -293,7 +293,9 @@ def test_tunnel_ports_are_configurable() -> None:
 
 def test_nflog_big_endian_writer() -> None:
     l3 = bytes(INNER)
-    frame = struct.pack("!BBH", 2, 0, 0) + struct.pack(">HH", 8, 1) + b"\x08\x00\x03\x00" + struct.pack(">HH", 4 + len(l3), 9) + l3
+    frame = (
+        struct.pack("!BBH", 2, 0, 0) + struct.pack(">HH", 8, 1) + b"\x08\x00\x03\x00" + struct.pack(">HH", 4 + len(l3), 9) + l3
+    )
     assert decode(239, frame)[3:5] == (40000, 80)  # type: ignore[index]
 
 

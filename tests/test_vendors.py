@@ -318,7 +318,12 @@ def test_loading_and_matching_open_no_socket_and_write_no_cache(tmp_path: Path) 
         print("ok")
         """
     )
-    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), "TLDEXTRACT_CACHE": str(tmp_path / "tld")}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TLDEXTRACT_CACHE": str(tmp_path / "tld"),
+    }
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
@@ -383,8 +388,13 @@ def test_valid_vendor_file_parses() -> None:
         ("stance: unknown", "stance: yes", "baa.stance", "write 'yes' in quotes"),
         ("stance: unknown", "stance: maybe", "baa.stance", "expected one of"),
         ("stance: unknown", "stance: 'no'", "baa.source", "expected a non-empty string"),
-        ("summary: \"No public statement.\"", "summary: x\n  source: http://acme.example/terms\n  stance2: y", "baa.stance2", "unknown key"),
-        ("baa:\n  stance: unknown\n  summary: \"No public statement.\"\n", "", "baa", "expected a mapping"),
+        (
+            'summary: "No public statement."',
+            "summary: x\n  source: http://acme.example/terms\n  stance2: y",
+            "baa.stance2",
+            "unknown key",
+        ),
+        ('baa:\n  stance: unknown\n  summary: "No public statement."\n', "", "baa", "expected a mapping"),
     ],
 )
 def test_vendor_file_errors_name_the_key(old: str, new: str, key: str, message: str) -> None:
@@ -397,7 +407,9 @@ def test_vendor_file_errors_name_the_key(old: str, new: str, key: str, message: 
 
 
 def test_insecure_source_url_is_refused() -> None:
-    text = VALID.replace('summary: "No public statement."', 'summary: "Signs BAAs."\n  source: http://acme.example/baa').replace("stance: unknown", "stance: 'yes'")
+    text = VALID.replace('summary: "No public statement."', 'summary: "Signs BAAs."\n  source: http://acme.example/baa').replace(
+        "stance: unknown", "stance: 'yes'"
+    )
     with pytest.raises(ConfigError) as raised:
         vendor_from_yaml(text.encode(), "acme.yaml", expected_id="acme")
     assert (raised.value.key, raised.value.problem) == ("baa.source", "expected an https:// URL, found 'http://acme.example/baa'")
@@ -437,7 +449,13 @@ def test_two_vendors_cannot_claim_the_same_domain(tmp_path: Path) -> None:
 
 def test_vendor_names_are_unique_ignoring_case(tmp_path: Path) -> None:
     _write(tmp_path, "acme", VALID)
-    _write(tmp_path, "bravo", VALID.replace("Acme Analytics", "ACME analytics").replace("acme-analytics.com", "bravo.com").replace("beacon.acme.net", "beacon.bravo.net"))
+    _write(
+        tmp_path,
+        "bravo",
+        VALID.replace("Acme Analytics", "ACME analytics")
+        .replace("acme-analytics.com", "bravo.com")
+        .replace("beacon.acme.net", "beacon.bravo.net"),
+    )
     with pytest.raises(ConfigError) as raised:
         VendorCatalog.load(tmp_path)
     assert (raised.value.key, raised.value.problem) == ("name", "'acme analytics' is already used by vendor 'acme'")
@@ -510,7 +528,12 @@ def test_any_subdomain_of_a_vendor_domain_belongs_to_a_vendor(catalog: VendorCat
     owned = sorted((domain, vendor.id) for vendor in catalog for domain in vendor.domains)
     domain, vendor_id = data.draw(st.sampled_from(owned))
     host = f"{label}.{domain}"
-    claimed_more_narrowly = any(host == name or host.endswith("." + name) for vendor in catalog for name in vendor.domains + vendor.hosts if name.endswith("." + domain))
+    claimed_more_narrowly = any(
+        host == name or host.endswith("." + name)
+        for vendor in catalog
+        for name in vendor.domains + vendor.hosts
+        if name.endswith("." + domain)
+    )
     found = catalog.match_host(host)
     assert found is not None
     assert found.id == vendor_id or claimed_more_narrowly

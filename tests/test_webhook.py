@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers import Behaviour, WebhookServer, make_alert, make_event, wait_until, webhook_server  # noqa: F401
+from servers import Behaviour, WebhookServer, make_alert, make_event, wait_until
 
 from sensor.errors import ConfigError
 from sensor.output.sinks import build_sinks, parse_output_spec
@@ -61,7 +61,10 @@ def test_slack_message_carries_triage_fields_and_no_evidence(webhook_server: Web
     assert sink.flush(5)
     (message,) = bodies(webhook_server)
     header, summary, fields, context = message["blocks"]
-    assert header == {"type": "header", "text": {"type": "plain_text", "text": "[CRITICAL] PHI host sent data to a tracker without a BAA"}}
+    assert header == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "[CRITICAL] PHI host sent data to a tracker without a BAA"},
+    }
     assert summary["text"]["text"] == alert["phi_egress"]["summary"]
     texts = {f["text"].split("\n", 1)[0]: f["text"].split("\n", 1)[1] for f in fields["fields"]}
     assert texts["*Rule*"] == "tracker-egress-no-baa"
@@ -290,7 +293,9 @@ def test_retry_after_parsing() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=st.one_of(st.text(max_size=60), st.from_regex(r"[A-Za-z]{3}, \d{1,2} [A-Za-z]{3} \d{1,5} \d\d:\d\d:\d\d [A-Z]{1,4}")))
+@given(
+    value=st.one_of(st.text(max_size=60), st.from_regex(r"[A-Za-z]{3}, \d{1,2} [A-Za-z]{3} \d{1,5} \d\d:\d\d:\d\d [A-Z]{1,4}"))
+)
 def test_retry_after_never_raises(value: str) -> None:
     result = retry_after_seconds(value, now=0.0)
     assert result is None or result >= 0.0

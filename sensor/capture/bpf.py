@@ -23,7 +23,7 @@ Most traffic on a span port is bulk encrypted data that no parser here needs. Wh
   LLC frames. BPF cannot look inside them; what they carry is selected by the decoder.
 
 For uncompressed classic pcap files replay applies the same selection in-process, compiled
-(`keep_frame` in sensor/_fast.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
+(`keep_frame` in sensor/_fast/select.c, through `prefilter.CompiledPrefilter`); tests/test_prefilter.py
 checks that both keep the same packets. Change one, change the other. One difference: the
 compiled selection looks inside VXLAN, Geneve, GRE (bridged Ethernet, ERSPAN, IP) and IP-in-IP
 and applies the same rules to the packet inside, where BPF passes those tunnels whole

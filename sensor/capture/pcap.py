@@ -8,23 +8,27 @@ line each and the reader keeps what it can (skips a bad pcapng block, stops at a
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from sensor.errors import CaptureError
 
-try:  # the compiled record loop (see sensor/_fast.c); the Python loop below is the reference
+try:  # the compiled record loop (see sensor/_fast/pcap.c); pcap_records_py below is the reference
+    from sensor._fast import bind_pcap as _bind_pcap
     from sensor._fast import pcap_records as _pcap_records
 except ImportError:  # built without a C compiler
-    _pcap_records = None
+    _bind_pcap = _pcap_records = None
 
 BLOCK_SIZE = 4 << 20
 TIME_JUMP = 3600.0  # a record stamped this much before the latest one so far is counted as suspicious
 MAX_FRAME = 262_144 * 4  # a record claiming more than this is corruption, not a frame
+if _bind_pcap is not None:
+    _bind_pcap(TIME_JUMP)
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -48,6 +52,14 @@ def sniff_format(head: bytes) -> str | None:
     if head[:2] == GZIP_MAGIC:
         return "gzip"
     return None
+
+
+class ByteSource(Protocol):
+    """What a capture is read from: a file, a pipe, a decompressor, or one of those behind a sniffed head."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class CaptureFile:
@@ -75,7 +87,7 @@ class CaptureFile:
             found.append(f"{self.late_records} record(s) stamped over {TIME_JUMP / 3600:.0f} h before an earlier one")
         return f"{self.name}: suspicious: " + ", ".join(found) if found else None
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> ByteSource:
         """The capture's records as a stream read once from the front: no seek, one open, so a
         pipe or standard input (`-`) reads like a file."""
         if self._given_stream is not None:
@@ -92,7 +104,7 @@ class CaptureFile:
         kind = sniff_format(head)
         if kind == "gzip":
             self.compressed = True
-            stream: BinaryIO = gzip.GzipFile(fileobj=_Prefixed(head, raw))  # type: ignore[assignment]
+            stream: ByteSource = gzip.GzipFile(fileobj=_Prefixed(head, raw))
             try:
                 inner = _read_exactly(stream, 4)
             except (OSError, EOFError, zlib.error) as exc:
@@ -103,7 +115,7 @@ class CaptureFile:
                 raw.close()
                 raise CaptureError(f"{self.name}: gzip file does not contain a pcap or pcapng capture")
             self.format = kind
-            return _Prefixed(inner, stream, closes=raw)  # type: ignore[return-value]
+            return _Prefixed(inner, stream, closes=raw)
         if kind is None:
             raw.close()
             if not head:
@@ -112,9 +124,9 @@ class CaptureFile:
                 f"{self.name}: not a capture file (magic {head.hex()}; expected pcap, pcapng or gzip)"
             )
         self.format = kind
-        return _Prefixed(head, raw)  # type: ignore[return-value]
+        return _Prefixed(head, raw)
 
-    def _reader(self, stream: BinaryIO) -> Callable[[int], bytes]:
+    def _reader(self, stream: ByteSource) -> Callable[[int], bytes]:
         """How to read blocks: from a pipe (a prefilter's output) or a decompressor, what is there
         now (a decompressor that fails mid-block then loses only what it had not handed over)."""
         if self._given_stream is not None or self.compressed or self.stdin:
@@ -152,7 +164,7 @@ class CaptureFile:
                 pass
 
     # -- pcap -----------------------------------------------------------------------------
-    def _pcap(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+    def _pcap(self, stream: ByteSource) -> Iterator[tuple[float, int, bytes]]:
         header = _read_exactly(stream, 24)
         if len(header) < 24:
             self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
@@ -164,6 +176,7 @@ class CaptureFile:
         record = struct.Struct(endian + "IIII")
         unpack_from = record.unpack_from
         big_endian, nanoseconds = endian == ">", scale < 1e-6
+        records_of = _pcap_records if _pcap_records is not None else pcap_records_py
         # A pipe (prefilter output) hands over what is there instead of waiting for a full block.
         read = self._reader(stream)
         high = float("-inf")  # the latest time stamp so far
@@ -181,26 +194,10 @@ class CaptureFile:
             offset += pos
             pos = 0
             end_of_buf = len(buf)
-            if _pcap_records is not None:
-                records, pos, empty, late, high = _pcap_records(buf, pos, linktype, big_endian, nanoseconds, high)
-                self.empty_records += empty
-                self.late_records += late
-                yield from records
-            else:
-                while pos + 16 <= end_of_buf:
-                    sec, frac, incl, _orig = unpack_from(buf, pos)
-                    end = pos + 16 + incl
-                    if end > end_of_buf:
-                        break
-                    ts = sec + frac * scale
-                    if not incl:
-                        self.empty_records += 1
-                    if ts > high:
-                        high = ts
-                    elif ts < high - TIME_JUMP:
-                        self.late_records += 1
-                    yield ts, linktype, buf[pos + 16 : end]
-                    pos = end
+            records, pos, empty, late, high = records_of(buf, pos, linktype, big_endian, nanoseconds, high)
+            self.empty_records += empty
+            self.late_records += late
+            yield from records
             if pos + 16 <= end_of_buf:  # a record not wholly in the buffer: more to read, or corrupt
                 _, _, incl, _ = unpack_from(buf, pos)
                 if incl > MAX_FRAME:
@@ -215,7 +212,7 @@ class CaptureFile:
             )
 
     # -- pcapng ---------------------------------------------------------------------------
-    def _pcapng(self, stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:
+    def _pcapng(self, stream: ByteSource) -> Iterator[tuple[float, int, bytes]]:
         endian = "<"
         interfaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
         read = self._reader(stream)
@@ -303,7 +300,43 @@ class CaptureFile:
             pos += block_len
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+PcapRecords = tuple[list[tuple[float, int, bytes]], int, int, int, float]
+
+
+def pcap_records_py(
+    buf: bytes, pos: int, linktype: int, big_endian: bool, nanoseconds: bool, high: float
+) -> PcapRecords:
+    """The records wholly in `buf` from `pos`: (timestamp, linktype, frame) each; where the first record
+    not wholly there begins; how many were empty; how many were stamped more than TIME_JUMP seconds
+    before the latest time stamp so far (`high`, returned updated).
+
+    The reference of the compiled pcap_records, and the path without it."""
+    unpack_from = (_RECORD_BIG if big_endian else _RECORD_LITTLE).unpack_from
+    scale = 1e-9 if nanoseconds else 1e-6
+    records: list[tuple[float, int, bytes]] = []
+    empty = late = 0
+    end_of_buf = len(buf)
+    while pos + 16 <= end_of_buf:
+        sec, frac, incl, _orig = unpack_from(buf, pos)
+        end = pos + 16 + incl
+        if end > end_of_buf:
+            break
+        ts = sec + frac * scale
+        if not incl:
+            empty += 1
+        if ts > high:
+            high = ts
+        elif ts < high - TIME_JUMP:
+            late += 1
+        records.append((ts, linktype, buf[pos + 16 : end]))
+        pos = end
+    return records, pos, empty, late, high
+
+
+_RECORD_BIG, _RECORD_LITTLE = struct.Struct(">IIII"), struct.Struct("<IIII")
+
+
+def _read_exactly(stream: ByteSource, size: int) -> bytes:
     """Up to `size` bytes, fewer only at the end (a pipe may hand over less per read)."""
     data = b""
     while len(data) < size:
@@ -317,7 +350,7 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 class _Prefixed:
     """`head` (already read to learn the format) followed by the rest of `stream`."""
 
-    def __init__(self, head: bytes, stream: BinaryIO, closes: BinaryIO | None = None) -> None:
+    def __init__(self, head: bytes, stream: ByteSource, closes: ByteSource | None = None) -> None:
         self._head = head
         self._stream = stream
         self._closes = closes
@@ -333,6 +366,10 @@ class _Prefixed:
         if head:
             return head
         return getattr(self._stream, "read1", self._stream.read)(size)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        """A stream read once, front to back: gzip never rewinds it while reading forward."""
+        raise io.UnsupportedOperation("seek")
 
     def _take_head(self, size: int) -> bytes:
         head = self._head

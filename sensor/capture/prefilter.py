@@ -1,7 +1,7 @@
 """Replay prefilter: a pcap stream holding only the packets that can matter, selected in C on the
 other core while Python decodes.
 
-For an uncompressed classic pcap file the compiled selector (`select_pcap_file` in sensor/_fast.c,
+For an uncompressed classic pcap file the compiled selector (`select_pcap_file` in sensor/_fast/select.c,
 the same selection as capture/bpf.py's filter) runs on a thread in this process: the file is read
 once, in large blocks, with no pipe. Otherwise (gzip files, or no compiled extension) libpcap
 applies the BPF filter through tcpdump."""
@@ -17,15 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sensor.capture.bpf import BULK_SEGMENT, HTTP_PORTS, default_filter
 from sensor.capture.inputs import is_regular
-from sensor.capture.pcap import GZIP_MAGIC, PCAP_MAGICS
+from sensor.capture.pcap import GZIP_MAGIC, MAX_FRAME, PCAP_MAGICS
 from sensor.decode import packet as _packet  # noqa: F401  its import sets the selector's tunnel ports (UDP, kept whole)
+from sensor.decode.dns import LOCAL_NAME_PORTS
 
-try:  # the compiled selector (see sensor/_fast.c); without it, tcpdump selects
+try:  # the compiled selector (see sensor/_fast/select.c); without it, tcpdump selects
+    from sensor._fast import bind_select as _bind_select
     from sensor._fast import pcap_resync as _pcap_resync
     from sensor._fast import select_pcap_file as _select_pcap
 except ImportError:  # built without a C compiler
-    _select_pcap = _pcap_resync = None
+    _bind_select = _select_pcap = _pcap_resync = None
+else:  # the selector applies these as the filter and the reader do: bound from here, not copied into C
+    _bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)
 
 AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
@@ -36,7 +41,7 @@ FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end 
 # A file this large has its second half selected by a second thread at the same time.
 TAIL_MIN_BYTES = 64 << 20
 TAIL_MAX_KEPT = PREFETCH_BYTES // 2  # what that thread may hold until the first one gets there
-# Its states (sensor/_fast.c select_pcap_file).
+# Its states (sensor/_fast/select.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
 
 
@@ -153,8 +158,6 @@ class Prefilter:
         linktype = capture_linktype(path)
         if linktype is None:
             raise ValueError(f"{path}: not a classic pcap file")
-        from sensor.capture.bpf import default_filter  # the compiled selector starts without the decoder
-
         self.expression = default_filter(linktype)
         with open(path, "rb") as probe:
             compressed = probe.read(2) == GZIP_MAGIC
@@ -225,7 +228,7 @@ class Prefilter:
                 last = complaint.strip().splitlines()[-1:] or ["gzip failed"]
                 return "corrupt compressed data: " + last[0].rsplit(": ", 1)[-1] + "; rest of file skipped"
         if code != 0:
-            lines = [l for l in stderr.splitlines() if l and not l.startswith("reading from file")]
+            lines = [line for line in stderr.splitlines() if line and not line.startswith("reading from file")]
             return "; ".join(lines[-2:]) or f"tcpdump exited with status {code}"
         return None
 
@@ -239,7 +242,7 @@ class CompiledPrefilter:
     file offset.
 
     With `split`, it selects for the two replay workers at once: worker 0's packets and worker 1's
-    (see `_fast.c` worker_of) go to two streams. `fork()` forks the process while the selection
+    (see `worker_of` in sensor/_fast/select.c) go to two streams. `fork()` forks the process while the selection
     is consistent; then each process calls `continue_as(its worker)` and reads only its stream,
     the child with a thread of its own from where the parent's had got.
     """

@@ -11,10 +11,11 @@ tunnel. Nothing here does I/O or reads a clock: time is the capture's.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sensor.decode import dns, http, quic, tls
-from sensor.decode.flows import FlowTable, StreamConsumer
+from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
 from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.records import (
     Counters,
@@ -62,7 +63,7 @@ class _BufferedConsumer:
 
     __slots__ = ("decoder", "key", "buf")
 
-    def __init__(self, decoder: TrafficDecoder, key: tuple) -> None:
+    def __init__(self, decoder: TrafficDecoder, key: FlowKey) -> None:
         self.decoder = decoder
         self.key = key
         self.buf = b""
@@ -101,7 +102,7 @@ class _TlsHelloConsumer(_BufferedConsumer):
 class _HttpConsumer:
     __slots__ = ("decoder", "key", "parser", "flow", "tunnel")
 
-    def __init__(self, decoder: TrafficDecoder, key: tuple) -> None:
+    def __init__(self, decoder: TrafficDecoder, key: FlowKey) -> None:
         self.decoder = decoder
         self.key = key
         self.parser = http.HttpRequestStream(body_cap=decoder.settings.http_body_cap, counters=decoder.counters)
@@ -167,7 +168,7 @@ class _UpgradeWatcher(_BufferedConsumer):
 
     __slots__ = ("scan", "http", "label", "target", "frames", "line_checked", "head", "dropped")
 
-    def __init__(self, decoder: TrafficDecoder, key: tuple, label: str | None = None, target: str | None = None,
+    def __init__(self, decoder: TrafficDecoder, key: FlowKey, label: str | None = None, target: str | None = None,
                  frames: http.WebSocketFrames | None = None) -> None:
         super().__init__(decoder, key)
         self.scan = 0  # where in buf the search for a record header resumes
@@ -311,7 +312,7 @@ class TrafficDecoder:
         self._add_dns_records(self.local_names.flush())
 
     # -- helpers for the stream consumers --------------------------------------------------
-    def _classify(self, key: tuple, first: bytes) -> StreamConsumer | None:
+    def _classify(self, key: FlowKey, first: bytes) -> StreamConsumer | None:
         if key[2] == _DNS_PORT or key[3] == _DNS_PORT:
             return _DnsTcpConsumer(self, key)
         if tls.looks_like_client_hello(first):
@@ -320,7 +321,7 @@ class TrafficDecoder:
             return _HttpConsumer(self, key)
         return None
 
-    def _watch(self, key: tuple, first: bytes) -> StreamConsumer | None:
+    def _watch(self, key: FlowKey, first: bytes) -> StreamConsumer | None:
         if _NOT_UPGRADING.match(first) is not None:
             return None
         self.counters.add("tcp.streams_watched")
@@ -345,7 +346,7 @@ class TrafficDecoder:
         self.counters.add("dns.messages")
         self._add_dns_records(self.dns.on_message(ts, flow, message))
 
-    def _add_dns_records(self, records: list) -> None:
+    def _add_dns_records(self, records: Sequence[Record]) -> None:
         if records:
             self.records.extend(records)
             self.counters.add("records.dns", len(records))

@@ -28,7 +28,7 @@ from sensor.records import (
     positional_constructor,
 )
 
-try:  # the compiled fast path (see _fast.c); parse_message_py below stays the reference
+try:  # the compiled fast path (see sensor/_fast/dns.c); parse_message_py below stays the reference
     from sensor._fast import bind_dns as _bind_dns_fast
     from sensor._fast import parse_dns as _parse_dns_fast
 except ImportError:  # built without a C compiler: pure Python throughout
@@ -365,7 +365,7 @@ def looks_like_dns(payload: bytes) -> bool:
         return False
     if qdcount > 4 or (qdcount == 0 and not flags & 0x8000):  # a query asks at least one question
         return False
-    need = qdcount * _MIN_QUESTION + (ancount + nscount + arcount) * _MIN_RR
+    need: int = qdcount * _MIN_QUESTION + (ancount + nscount + arcount) * _MIN_RR
     return need <= len(payload) - _HEADER.size
 
 

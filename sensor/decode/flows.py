@@ -42,8 +42,11 @@ class StreamConsumer(Protocol):
         """The stream ended (FIN, RST, eviction, end of capture)."""
 
 
+# A TCP stream: (source address, destination address, source port, destination port), addresses packed.
+FlowKey = tuple[bytes, bytes, int, int]
+
 # Decides, from the stream key and its first bytes, who parses it (None: nobody, drop the stream).
-Classifier = Callable[[tuple, bytes], "StreamConsumer | None"]
+Classifier = Callable[[FlowKey, bytes], "StreamConsumer | None"]
 
 
 class TcpStream:
@@ -51,7 +54,7 @@ class TcpStream:
         "key", "next_seq", "pos", "ooo", "heap", "ooo_bytes", "consumer", "done", "last_ts", "queued",
     )
 
-    def __init__(self, key: tuple, ts: float) -> None:
+    def __init__(self, key: FlowKey, ts: float) -> None:
         self.key = key
         self.next_seq = 0  # sequence number of the next byte to deliver
         self.pos = 0  # the same point as an offset from the stream start (never wraps)
@@ -98,20 +101,20 @@ class FlowTable:
         self.max_unanchored = max_unanchored
         self.max_finished = max_finished
         # Oldest first: eviction and the idle sweep take from the front in O(1).
-        self.streams: OrderedDict[tuple, TcpStream] = OrderedDict()
+        self.streams: OrderedDict[FlowKey, TcpStream] = OrderedDict()
         # key -> (whole seconds << 32) | ISN of a SYN whose connection sent no data yet: ~100 bytes
         # each instead of a stream, and a flood of them never evicts a stream that carries data.
-        self.half_open: OrderedDict[tuple, int] = OrderedDict()
+        self.half_open: OrderedDict[FlowKey, int] = OrderedDict()
         # key -> segments (seq, payload) of a connection seen mid-stream that opened nothing yet
-        self.unanchored: OrderedDict[tuple, list[tuple[int, bytes]]] = OrderedDict()
+        self.unanchored: OrderedDict[FlowKey, list[tuple[int, bytes]]] = OrderedDict()
         # keys of connections with nothing more to parse: their segments are ignored
-        self.finished: OrderedDict[tuple, None] = OrderedDict()
+        self.finished: OrderedDict[FlowKey, None] = OrderedDict()
         self.held_bytes = 0
         self.held_segments = 0
-        self._holding: OrderedDict[tuple, TcpStream] = OrderedDict()  # streams holding segments, oldest first
+        self._holding: OrderedDict[FlowKey, TcpStream] = OrderedDict()  # streams holding segments, oldest first
         self._next_sweep = 0.0
 
-    def syn(self, key: tuple, ts: float, seq: int) -> None:
+    def syn(self, key: FlowKey, ts: float, seq: int) -> None:
         """A SYN fixes where the stream starts, so a first segment arriving late is still placed."""
         if key in self.streams:
             return  # a retransmitted SYN: the stream goes on
@@ -134,7 +137,7 @@ class FlowTable:
                 self.counters.add("tcp.half_open_evicted")
         half_open[key] = (int(ts) << 32) | ((seq + 1) % SEQ_MOD)
 
-    def segment(self, key: tuple, ts: float, seq: int, payload: bytes) -> None:
+    def segment(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> None:
         stream = self.streams.get(key)
         if stream is None:
             if key in self.finished:
@@ -180,7 +183,7 @@ class FlowTable:
         if payload:
             self._hold(stream, ts, stream.pos + delta, payload)
 
-    def end(self, key: tuple, ts: float) -> None:
+    def end(self, key: FlowKey, ts: float) -> None:
         """FIN or RST: deliver what is buffered (across any gap) and forget the stream."""
         stream = self.streams.pop(key, None)
         if stream is not None:
@@ -235,7 +238,7 @@ class FlowTable:
             del half_open[key]
 
     # -- internals -------------------------------------------------------------------------
-    def _new(self, key: tuple, ts: float, counted: bool) -> TcpStream:
+    def _new(self, key: FlowKey, ts: float, counted: bool) -> TcpStream:
         """A stream for `key`; `counted`: its connection was already counted (SYN or held segments)."""
         streams = self.streams
         if len(streams) >= self.max_streams:
@@ -247,7 +250,7 @@ class FlowTable:
             self.counters.add("tcp.streams")
         return stream
 
-    def _hold_unanchored(self, key: tuple, seq: int, payload: bytes) -> None:
+    def _hold_unanchored(self, key: FlowKey, seq: int, payload: bytes) -> None:
         if not payload:
             return
         unanchored = self.unanchored
@@ -274,7 +277,7 @@ class FlowTable:
         self.held_bytes -= sum(len(payload) for _, payload in held)
         self.held_segments -= len(held)
 
-    def _finish_key(self, key: tuple) -> None:
+    def _finish_key(self, key: FlowKey) -> None:
         """Remember that `key` has nothing more to parse (a bounded memory of it)."""
         finished = self.finished
         if len(finished) >= self.max_finished:
@@ -346,7 +349,7 @@ class FlowTable:
     def _deliver(self, stream: TcpStream, ts: float, data: bytes) -> None:
         if not data:
             return
-        stream.next_seq = (stream.next_seq + len(data)) % SEQ_MOD  # type: ignore[operator]
+        stream.next_seq = (stream.next_seq + len(data)) % SEQ_MOD
         stream.pos += len(data)
         consumer = stream.consumer
         if consumer is None:
@@ -392,7 +395,7 @@ class FlowTable:
             return
         start = stream.heap[0]  # type: ignore[index]
         if start > stream.pos:
-            stream.next_seq = (stream.next_seq + start - stream.pos) % SEQ_MOD  # type: ignore[operator]
+            stream.next_seq = (stream.next_seq + start - stream.pos) % SEQ_MOD
             stream.pos = start
         self._drain(stream, ts)
 

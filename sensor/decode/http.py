@@ -19,7 +19,6 @@ from typing import Any
 
 from sensor.records import Counters, frozen_record
 
-_brotli: Any
 try:
     import brotli as _brotli
 
@@ -62,7 +61,7 @@ _MAX_RATIO = 200  # decoded bytes per compressed byte beyond which a body counts
 _MAX_REQUEST_LINE_PROBE = 8192
 
 
-def looks_like_request(prefix: bytes) -> bool:
+def looks_like_request(prefix: bytes | bytearray) -> bool:
     """True if prefix starts with a known method and a space, or, when shorter, could still do so."""
     head = bytes(prefix[:_MAX_METHOD + 1])
     space = head.find(b" ")
@@ -84,7 +83,7 @@ def opens_request(line: bytes) -> bool:
     return simple is not None and simple.group(1) in METHODS
 
 
-def _opens_request_head(prefix: bytes) -> bool:
+def _opens_request_head(prefix: bytes | bytearray) -> bool:
     """Inside an HTTP stream: prefix starts with a method token and a space, or could still do so."""
     return _REQUEST_START.match(prefix) is not None
 

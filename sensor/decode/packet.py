@@ -17,10 +17,11 @@ from __future__ import annotations
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from sensor.records import Counters
 
-try:  # the compiled fast path (see _fast.c) for the common frames; the Python code below is the reference
+try:  # the compiled fast path (see sensor/_fast/packet.c) for the common frames; the Python code below is the reference
     from sensor._fast import decode_frame as _decode_fast
     from sensor._fast import set_tunnel_ports as _set_tunnel_ports
 except ImportError:  # built without a C compiler: pure Python throughout
@@ -90,6 +91,8 @@ _FRAG_TIMEOUT = 30.0
 
 # (transport, src addr, dst addr, src port, dst port, tcp flags, tcp seq, payload)
 Decoded = tuple[int, bytes, bytes, int, int, int, int, bytes]
+# one tunnel a packet came through: (name, outer source, outer destination, tunnel id or None)
+TunnelLayer = tuple[str, bytes, bytes, int | None]
 # a header step: (frame, offset of the header) -> (next kind, its offset), or None when malformed
 Step = Callable[[bytes, int], "tuple[int, int] | None"]
 
@@ -377,14 +380,14 @@ class PacketDecoder:
         self.max_fragment_sets = max_fragment_sets
         self.max_datagram = max_datagram
         # key -> [first_ts, {offset: bytes}, total_length or -1, transport]
-        self._fragments: OrderedDict[tuple, list] = OrderedDict()
+        self._fragments: OrderedDict[tuple[bytes, bytes, int, int], list[Any]] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
         self.reassembled = False  # the last decode completed an IP datagram from fragments
         # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
         # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
-        self.tunnels: OrderedDict[tuple, tuple[dict, int | None, int | None]] = OrderedDict()
-        self._tunnel_infos: dict[tuple, dict] = {}
-        self._layers: list[tuple] | None = None  # the tunnels of the packet being decoded, outermost first
+        self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[dict[str, Any], int | None, int | None]] = OrderedDict()
+        self._tunnel_infos: dict[tuple[TunnelLayer, ...], dict[str, Any]] = {}
+        self._layers: list[TunnelLayer] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
 
@@ -432,7 +435,7 @@ class PacketDecoder:
         self.reassembled = False
         self._layers = None
         if _decode_fast is not None:
-            decoded = _decode_fast(linktype, frame)
+            decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
                 return decoded
         return self.decode_py(ts, linktype, frame)
@@ -598,7 +601,7 @@ class PacketDecoder:
         kind, off = found
         return self._ip(ts, inner, self._walk(kind, inner, off, depth), depth)
 
-    def _reassemble(self, ts: float, key: tuple, offset: int, more: bool, data: bytes) -> bytes | None:
+    def _reassemble(self, ts: float, key: tuple[bytes, bytes, int, int], offset: int, more: bool, data: bytes) -> bytes | None:
         """Collect IP fragments; return the whole transport payload once every piece is in."""
         self.counters.add("ip.fragments")
         entry = self._fragments.get(key)

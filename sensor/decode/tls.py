@@ -17,7 +17,7 @@ import struct
 
 from sensor.records import frozen_record
 
-try:  # the compiled fast path (see sensor/_fast.c); parse_client_hello_message_py is the reference
+try:  # the compiled fast path (see sensor/_fast/tls.c); parse_client_hello_message_py is the reference
     from sensor._fast import parse_hello as _parse_hello_fast
 except ImportError:  # built without a C compiler
     _parse_hello_fast = None

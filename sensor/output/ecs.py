@@ -18,7 +18,7 @@ from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact, redact_url, scan_http
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
 
-try:  # the compiled fast paths (see sensor/_fast.c); community_id_py, _envelope_py and the dict
+try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
     from sensor._fast import bind_json as _bind_json
     from sensor._fast import community_id as _community_id_fast
@@ -172,17 +172,20 @@ class EventBuilder:
         DNS and TLS events, most of a capture's, are written by compiled code without building the
         dict first (the observer is read once, at the first such event).
         """
-        kind = type(record)
         line = None
         if self.tunnels and self._tunnel(record.flow) is not None:
             pass  # the compiled writers know nothing of tunnels
-        elif kind is DnsQuery and _dns_line_fast is not None:
+        elif type(record) is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
-        elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
+        elif type(record) is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
             line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
-        return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE) if line is None else line
+        return self.line_py(record) if line is None else line
+
+    def line_py(self, record: Record) -> bytes:
+        """line in Python: the reference of the compiled DNS and TLS line writers, and every other event's path."""
+        return orjson.dumps(self(record), option=orjson.OPT_APPEND_NEWLINE)
 
     def _line_prefix(self, protocol: str) -> bytes:
         """`"ecs":...,"data_stream":...,"event":...,"observer":...` of a `protocol` event, as orjson
@@ -395,9 +398,7 @@ class AlertBuilder:
     ) -> dict:
         from sensor.detect.base import SEVERITY_SCORE
         from sensor.phi import summarize
-        from sensor.phi.redact import evidence
-
-        from sensor.phi.redact import redact
+        from sensor.phi.redact import evidence, redact
 
         obs = alert.observation
         record = obs.record
@@ -529,7 +530,9 @@ def _summary_naming(summary: str, named: str | None, primary: str | None, destin
         summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
     others = [entry.host for entry in destinations or () if entry.host != primary]
     if others:
-        listed = ", ".join(others[:_SUMMARY_HOSTS]) + (f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else "")
+        listed = ", ".join(others[:_SUMMARY_HOSTS]) + (
+            f" and {len(others) - _SUMMARY_HOSTS} more" if len(others) > _SUMMARY_HOSTS else ""
+        )
         summary += f"; also {listed}"
     return summary
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,7 +171,7 @@ def _node_class(compat: Compatibility) -> type[Urllib3HttpNode]:
     """A connection that rewrites the client's `compatible-with=<client major>` to the negotiated one."""
 
     class CompatibleNode(Urllib3HttpNode):
-        def perform_request(self, method, target, body=None, headers=None, request_timeout=DEFAULT):  # type: ignore[no-untyped-def]
+        def perform_request(self, method, target, body=None, headers=None, request_timeout=DEFAULT):
             if headers:
                 headers = _compat_headers(headers, compat.major)
             return super().perform_request(method, target, body, headers, request_timeout)
@@ -301,7 +301,7 @@ class ElasticsearchSink(SpooledSink):
             name, spool, min_severity=min_severity, events=events, batch_size=batch_size, backoff=backoff
         )
 
-    def _bulk(self, actions: Iterable[dict[str, Any]]) -> Iterator[tuple[bool, dict[str, Any]]]:
+    def _bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
         return streaming_bulk(
             self._client,
             actions,
@@ -341,7 +341,7 @@ class ElasticsearchSink(SpooledSink):
             for position, (ok, info) in enumerate(self._bulk(actions)):
                 answered = position + 1
                 seq = batch[position].seq
-                detail = next(iter(info.values()), {}) if isinstance(info, dict) else {}
+                detail: dict[str, Any] = next(iter(info.values()), {}) if isinstance(info, dict) else {}
                 status = detail.get("status")
                 if ok:
                     delivered.append(seq)
@@ -369,12 +369,13 @@ class ElasticsearchSink(SpooledSink):
         doc = action["_source"]
         if not is_alert(doc) or "_id" not in action:
             return
+        refused: tuple[type[Exception], ...] = (ApiError, *self.transport_errors)
         try:
             stored = self._client.get(index=index if isinstance(index, str) else action["_index"], id=action["_id"])
             if strength(doc) <= strength(stored["_source"]):
                 return
             self._replace(stored["_index"], action["_id"], doc, stored["_seq_no"], stored["_primary_term"])
-        except (ApiError, *self.transport_errors) as exc:
+        except refused as exc:
             # a concurrent update, or a key that may only create: the stored version stands
             self._counters.add("not_superseded")
             log.debug("%s: alert %s kept its stored version: %s", self.name, action["_id"], type(exc).__name__)

@@ -99,7 +99,7 @@ class JsonlSink:
     def __init__(self, target: str | Path = "-", min_severity: str | None = None) -> None:
         self.name = "stdout" if str(target) == "-" else f"jsonl:{target}"
         self.min_severity = min_severity
-        self._stream: BinaryIO
+        self._stream: BinaryIO | _TextAdapter
         self._path: Path | None = None
         self._hangups_seen = _hangups
         if str(target) == "-":
@@ -209,4 +209,11 @@ class _TextAdapter:
         return self._text.write(data.decode())
 
     def flush(self) -> None:
+        self._text.flush()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._text.closed)
+
+    def close(self) -> None:  # the text stream is the caller's: it stays open
         self._text.flush()

@@ -14,7 +14,7 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -127,7 +127,9 @@ def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tu
     return pairs
 
 
-def decompress(data: bytes, max_ratio: int = DEFAULT_LIMITS.max_ratio, max_output: int = DEFAULT_LIMITS.max_output) -> bytes | None:
+def decompress(
+    data: bytes, max_ratio: int = DEFAULT_LIMITS.max_ratio, max_output: int = DEFAULT_LIMITS.max_output
+) -> bytes | None:
     """Inflate gzip or zlib data; None when it is neither, is corrupt, or expands past ``max_ratio``.
 
     The ratio is measured on what was actually inflated (output against the input consumed to
@@ -156,6 +158,7 @@ def _is_compressed(data: bytes) -> bool:
 def _decode_base64(text: str) -> bytes | None:
     if len(text) < _MIN_BASE64_CHARS or _HEX_OR_DIGITS.fullmatch(text) or text.isalpha():
         return None
+    decoder: Callable[[str], bytes]
     if _BASE64.fullmatch(text):
         decoder = base64.b64decode
     elif _BASE64_URLSAFE.fullmatch(text):
@@ -517,7 +520,7 @@ def _peel_body(peeler: Peeler, body: bytes, content_type: str | None) -> None:
     peeler.body(body, content_type, "body")
 
 
-_PEEL_PARTS = {"url": _peel_url, "host": _peel_host, "referer": _peel_referer, "body": _peel_body}
+_PEEL_PARTS: dict[str, Callable[..., None]] = {"url": _peel_url, "host": _peel_host, "referer": _peel_referer, "body": _peel_body}
 
 
 def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:

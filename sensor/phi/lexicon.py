@@ -7,9 +7,7 @@ the cost is one lookup per token of input whatever the size of the lexicon.
 from __future__ import annotations
 
 import functools
-import gzip
 import importlib.util
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass

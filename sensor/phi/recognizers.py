@@ -200,7 +200,9 @@ _MRN_KEYS = frozenset(
     }
 )  # fmt: skip
 _MRN_VALUE = re.compile(r"\s*((?i:[a-z]{0,3}[-_]?\d{6,10}|(?=(?:[a-z]*\d){5})[a-z0-9]{6,10}))\s*")
-_MRN_TEXT = re.compile(r"(?i)\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*([a-z]{0,3}\d{6,10})\b")
+_MRN_TEXT = re.compile(
+    r"(?i)\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*([a-z]{0,3}\d{6,10})\b"
+)
 
 
 def _mrn(scan: _FieldScan) -> None:
@@ -371,9 +373,9 @@ def _phone(scan: _FieldScan) -> None:
             base = 0.6 if pattern is _PHONE_FORMATTED else 0.7
             scan.add("phone", IDENTIFIER, 0.85 if context else base, *match.span())
     if keyed and not found:
-        match = scan.whole_value(_PHONE_BARE)
-        if match:
-            scan.add("phone", IDENTIFIER, 0.8, *match.span(1), keyed=True)
+        whole = scan.whole_value(_PHONE_BARE)
+        if whole:
+            scan.add("phone", IDENTIFIER, 0.8, *whole.span(1), keyed=True)
 
 
 _SHA256_VALUE = re.compile(r"\s*([0-9a-fA-F]{64})\s*")
@@ -451,9 +453,9 @@ def _ndc(scan: _FieldScan) -> None:
         elif not (len(code) == 12 and code[:2] in ("19", "20")):  # 4-4-2 led by a year reads as a date
             scan.add("ndc", CLINICAL_CODE, 0.6, *match.span(1))
     if "ndc" in scan.key.words or "ndc" in scan.key.last:
-        match = scan.whole_value(_NDC_BARE)
-        if match:
-            scan.add("ndc", CLINICAL_CODE, 0.85, *match.span(1), keyed=True)
+        whole = scan.whole_value(_NDC_BARE)
+        if whole:
+            scan.add("ndc", CLINICAL_CODE, 0.85, *whole.span(1), keyed=True)
 
 
 _CPT = re.compile(r"(?<![\w.-])(\d{4}[0-9FTU])(?![\w.-])")
@@ -547,7 +549,9 @@ def _vitals(scan: _FieldScan) -> None:
             context = heart_keyed or scan.near(_HEART_CONTEXT, *match.span())
             scan.add("heart_rate", VITAL, 0.8 if context else 0.45, *match.span())
     insulin_keyed = key.has_word(_INSULIN_KEY_WORDS)
-    insulin_possible = insulin_keyed or scan.mentions("insulin", "bolus", "basal", "lantus", "humalog", "novolog", "tresiba", "levemir")
+    insulin_possible = insulin_keyed or scan.mentions(
+        "insulin", "bolus", "basal", "lantus", "humalog", "novolog", "tresiba", "levemir"
+    )
     for match in _INSULIN_DOSE.finditer(text) if insulin_possible else ():
         if insulin_keyed or scan.near(_INSULIN_CONTEXT, *match.span()):
             scan.add("insulin_dose", VITAL, 0.8, *match.span())
@@ -617,12 +621,26 @@ def _terms(scan: _FieldScan, page_hint: bool) -> None:
 _URL_LIKE = re.compile(r"(?i)^(?:https?://|/)")
 _URL_HOST = re.compile(r"(?i)^https?://(?:[^@/?#\s]*@)?([^/?#:\s]+)")
 _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
-    ("portal_url", 0.7, re.compile(r"(?i)/(?:mychart|patient-?portal|myhealth|patient-?login|healthelife|followmyhealth)(?=[/?#]|$)")),
+    (
+        "portal_url",
+        0.7,
+        re.compile(r"(?i)/(?:mychart|patient-?portal|myhealth|patient-?login|healthelife|followmyhealth)(?=[/?#]|$)"),
+    ),
     ("scheduling_url", 0.7, re.compile(r"(?i)/find-?a-?(?:doctor|provider|physician)(?=[/?#]|$)")),
-    ("scheduling_url", 0.65, re.compile(r"(?i)/(?:appointments?|book-?(?:an-)?appointment|request-?an?-?appointment)(?=[/?#]|$)")),
+    (
+        "scheduling_url",
+        0.65,
+        re.compile(r"(?i)/(?:appointments?|book-?(?:an-)?appointment|request-?an?-?appointment)(?=[/?#]|$)"),
+    ),
     ("scheduling_url", 0.6, re.compile(r"(?i)/(?:providers|doctors|physicians)/[a-z][a-z'.-]{2,}")),
     ("scheduling_url", 0.5, re.compile(r"(?i)/schedul(?:e|ing)(?=[/?#]|$)")),
-    ("condition_url", 0.7, re.compile(r"(?i)/(?:conditions|diseases-conditions|diseases|conditions-treatments|treatments|symptoms|health-library)/[a-z0-9][a-z0-9-]+")),
+    (
+        "condition_url",
+        0.7,
+        re.compile(
+            r"(?i)/(?:conditions|diseases-conditions|diseases|conditions-treatments|treatments|symptoms|health-library)/[a-z0-9][a-z0-9-]+"
+        ),
+    ),
     ("condition_url", 0.7, re.compile(r"(?i)/symptom-?checker(?=[/?#]|$)")),
     ("pharmacy_url", 0.65, re.compile(r"(?i)/(?:refills?|rx-?refill|prescriptions?)(?=[/?#]|$)")),
 )
@@ -652,9 +670,9 @@ def _page_hints(scan: _FieldScan) -> bool:
                 # The span starts after the leading "/", so a redacted path keeps its shape.
                 scan.add(kind, CONTEXT, confidence, match.start() + 1, match.end())
     hinted = len(scan.findings) > before
-    confidence = _PARAM_HINTS.get(scan.key.last)
-    if confidence is not None and any(ch.isalpha() for ch in text) and not _looks_random(text):
-        scan.add("health_param", CONTEXT, confidence, 0, len(text), keyed=True)
+    param_confidence = _PARAM_HINTS.get(scan.key.last)
+    if param_confidence is not None and any(ch.isalpha() for ch in text) and not _looks_random(text):
+        scan.add("health_param", CONTEXT, param_confidence, 0, len(text), keyed=True)
     return hinted
 
 

@@ -363,7 +363,8 @@ def _generic(name: str, request: _Request) -> TrackerPayload | None:
     return _payload(
         name,
         [_first(pairs, *_GENERIC_EVENT_KEYS) or _lookup(documents, *((key,) for key in _GENERIC_EVENT_KEYS))],
-        _first(pairs, *_GENERIC_PAGE_KEYS) or _lookup(documents, *((key,) for key in _GENERIC_PAGE_KEYS), ("context", "page", "url")),
+        _first(pairs, *_GENERIC_PAGE_KEYS)
+        or _lookup(documents, *((key,) for key in _GENERIC_PAGE_KEYS), ("context", "page", "url")),
         _first(pairs, *_GENERIC_REFERRER_KEYS) or _lookup(documents, *((key,) for key in _GENERIC_REFERRER_KEYS)),
         _first(pairs, "dt", "title") or _lookup(documents, ("title",)),
         tuple(peeler.fields),

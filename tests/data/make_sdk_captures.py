@@ -173,7 +173,8 @@ NODE_SDKS = textwrap.dedent("""
     const props = (vendor) => ({...health, dx: codes[vendor]});
     (async () => {
       const { PostHog } = require('posthog-node');
-      const posthog = new PostHog('phc_fixture', {host: 'http://us.i.posthog.com', flushAt: 1, flushInterval: 0, disableGeoip: true});
+      const posthog = new PostHog('phc_fixture', {host: 'http://us.i.posthog.com',
+        flushAt: 1, flushInterval: 0, disableGeoip: true});
       posthog.capture({distinctId: 'patient-1001', event: 'medication_logged', properties: props('posthog')});
       await posthog.shutdown();
 

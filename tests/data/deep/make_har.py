@@ -24,8 +24,8 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,7 +52,8 @@ async function run() {
       encodeURIComponent(location.href) + "&cd[content_name]=HIV%20test%20results&cd[content_category]=lab-results"; });
   // GA4: sendBeacon with the events in the body
   navigator.sendBeacon(base("region1.google-analytics.com") + "/g/collect?v=2&tid=G-TEST1234&cid=555.666&dl=" +
-    encodeURIComponent(location.href), "en=search&ep.search_term=oxycodone%20refill\\nen=view_item&ep.item_name=prenatal%20visit");
+    encodeURIComponent(location.href),
+    "en=search&ep.search_term=oxycodone%20refill\\nen=view_item&ep.item_name=prenatal%20visit");
   // Amplitude HTTP API v2: JSON
   await fetch(base("api2.amplitude.com") + "/2/httpapi", {method: "POST", mode: "no-cors",
     headers: {"Content-Type": "text/plain"},

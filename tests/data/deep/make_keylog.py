@@ -81,12 +81,13 @@ def curl(keys: Path, port: int, host: str, *args: str, data: bytes | None = None
 
 
 async def h3_post(port: int, keys: Path, host: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    import ssl
+
     from aioquic.asyncio import connect
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.h3.connection import H3_ALPN, H3Connection
     from aioquic.h3.events import DataReceived, HeadersReceived
     from aioquic.quic.configuration import QuicConfiguration
-    import ssl
 
     done = asyncio.get_running_loop().create_future()
 

@@ -1,0 +1,376 @@
+#include "fast.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * DNS: sensor.decode.dns.parse_message
+ */
+
+#define DNS_HEADER 12
+#define DNS_MAX_NAME_WIRE 255
+#define DNS_MAX_POINTER_HOPS 64
+#define DNS_MIN_QUESTION 5
+#define DNS_MIN_RR 11
+#define DNS_NAME_TEXT 1024 /* 255 wire octets render to fewer characters than this */
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t size;
+} Message;
+
+/* A byte printable as itself inside a label (dns._NEEDS_ESCAPE's complement). */
+static inline int label_byte_plain(uint8_t b) { return b >= 0x21 && b <= 0x7E && b != 0x2E && b != 0x5C; }
+
+/* A byte printable as itself in TXT text (dns._TEXT_NEEDS_ESCAPE's complement). */
+static inline int text_byte_plain(uint8_t b) { return b >= 0x20 && b <= 0x7E && b != 0x5C; }
+
+/* Decode the name at `offset` (in-place part bounded by `limit`) as dns._read_name does.
+ * With `out`, render it there (NUL-terminated, length in *out_len) and fail on bytes that need
+ * escaping; without, only validate. *after receives the offset just after the in-place part.
+ * Returns 0 on success, -1 when the Python code must decide. */
+static int read_name(const Message *m, Py_ssize_t offset, Py_ssize_t limit, char *out, Py_ssize_t *out_len,
+                     Py_ssize_t *after) {
+    Py_ssize_t position = offset, end = limit, resume = -1, written = 0;
+    int wire_length = 1, hops = 0;
+    for (;;) {
+        if (position >= end) return -1;
+        uint8_t length = m->data[position];
+        if (length == 0) {
+            position += 1;
+            break;
+        }
+        uint8_t kind = length & 0xC0;
+        if (kind == 0xC0) {
+            if (position + 1 >= end) return -1;
+            Py_ssize_t target = ((Py_ssize_t)(length & 0x3F) << 8) | m->data[position + 1];
+            if (target >= position) return -1;
+            if (++hops > DNS_MAX_POINTER_HOPS) return -1;
+            if (resume < 0) resume = position + 2;
+            position = target;
+            end = m->size;
+            continue;
+        }
+        if (kind) return -1;
+        wire_length += length + 1;
+        if (wire_length > DNS_MAX_NAME_WIRE) return -1;
+        Py_ssize_t label_end = position + 1 + length;
+        if (label_end > end) return -1;
+        if (out != NULL) {
+            if (written) out[written++] = '.';
+            for (Py_ssize_t i = position + 1; i < label_end; i++) {
+                uint8_t b = m->data[i];
+                if (!label_byte_plain(b)) return -1;
+                out[written++] = (char)b;
+            }
+        }
+        position = label_end;
+    }
+    *after = resume < 0 ? position : resume;
+    if (out != NULL) {
+        if (written == 0) out[written++] = '.';
+        out[written] = '\0';
+        *out_len = written;
+    }
+    return 0;
+}
+
+static int text_adds(Text *t, const char *s) { return text_add(t, s, (Py_ssize_t)strlen(s)); }
+
+int text_addf_uint(Text *t, unsigned long value) {
+    char number[24];
+    int n = snprintf(number, sizeof number, "%lu", value);
+    return text_add(t, number, n);
+}
+
+int text_add_hex(Text *t, const uint8_t *p, Py_ssize_t n) {
+    static const char digits[] = "0123456789abcdef";
+    if (text_reserve(t, 2 * n) < 0) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        t->text[t->len++] = digits[p[i] >> 4];
+        t->text[t->len++] = digits[p[i] & 15];
+    }
+    return 0;
+}
+
+int text_add_plain(Text *t, const uint8_t *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!text_byte_plain(p[i])) return 1;
+    return text_add(t, (const char *)p, n);
+}
+
+/* An IPv6 address as ipaddress.IPv6Address.compressed writes it: lower-case hextets without
+ * leading zeros, the first longest run of two or more zero hextets as "::". Addresses whose
+ * first 80 bits are zero (IPv4-mapped and -compatible forms) are left to Python. */
+int text_add_ipv6(Text *t, const uint8_t *p) {
+    int zero_prefix = 1;
+    for (int i = 0; i < 10; i++) zero_prefix &= p[i] == 0;
+    if (zero_prefix) return 1;
+    unsigned hextets[8];
+    for (int i = 0; i < 8; i++) hextets[i] = get16(p + 2 * i);
+    int best = -1, best_len = 0;
+    for (int i = 0; i < 8;) {
+        if (hextets[i]) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < 8 && !hextets[j]) j++;
+        if (j - i > best_len) {
+            best = i;
+            best_len = j - i;
+        }
+        i = j;
+    }
+    if (best_len < 2) best = -1;
+    char buf[48];
+    int n = 0;
+    for (int i = 0; i < 8; i++) {
+        if (i == best) {
+            buf[n++] = ':';
+            buf[n++] = ':';
+            i += best_len - 1;
+            continue;
+        }
+        if (n && buf[n - 1] != ':') buf[n++] = ':';
+        n += snprintf(buf + n, sizeof buf - n, "%x", hextets[i]);
+    }
+    return text_add(t, buf, n);
+}
+
+static const char *svc_param_name(unsigned key) {
+    static const char *names[] = {"mandatory", "alpn", "no-default-alpn", "port", "ipv4hint",
+                                  "ech", "ipv6hint", "dohpath", "ohttp"};
+    return key < sizeof names / sizeof names[0] ? names[key] : NULL;
+}
+
+static int text_add_svc_key(Text *t, unsigned key) {
+    const char *name = svc_param_name(key);
+    if (name != NULL) return text_adds(t, name);
+    if (text_adds(t, "key") < 0) return -1;
+    return text_addf_uint(t, key);
+}
+
+/* One SvcParam as dns._render_svc_param writes it. 0 done, 1 leave to Python, -1 memory error. */
+static int render_svc_param(Text *t, unsigned key, const uint8_t *v, Py_ssize_t n) {
+    char address[INET6_ADDRSTRLEN];
+    int rc;
+    switch (key) {
+    case 1: /* alpn */
+        if (text_adds(t, "alpn=") < 0) return -1;
+        for (Py_ssize_t i = 0; i < n;) {
+            uint8_t length = v[i];
+            if (length == 0 || i + 1 + length > n) return 1;
+            if (i && text_add(t, ",", 1) < 0) return -1;
+            if ((rc = text_add_plain(t, v + i + 1, length)) != 0) return rc;
+            i += 1 + length;
+        }
+        return 0;
+    case 3:
+        if (n != 2) break;
+        if (text_adds(t, "port=") < 0) return -1;
+        return text_addf_uint(t, get16(v));
+    case 4:
+        if (n == 0 || n % 4) break;
+        if (text_adds(t, "ipv4hint=") < 0) return -1;
+        for (Py_ssize_t i = 0; i < n; i += 4) {
+            if (i && text_add(t, ",", 1) < 0) return -1;
+            inet_ntop(AF_INET, v + i, address, sizeof address);
+            if (text_adds(t, address) < 0) return -1;
+        }
+        return 0;
+    case 6:
+        if (n == 0 || n % 16) break;
+        if (text_adds(t, "ipv6hint=") < 0) return -1;
+        for (Py_ssize_t i = 0; i < n; i += 16) {
+            if (i && text_add(t, ",", 1) < 0) return -1;
+            if ((rc = text_add_ipv6(t, v + i)) != 0) return rc;
+        }
+        return 0;
+    case 0:
+        if (n % 2) break;
+        if (text_adds(t, "mandatory=") < 0) return -1;
+        for (Py_ssize_t i = 0; i < n; i += 2) {
+            if (i && text_add(t, ",", 1) < 0) return -1;
+            if (text_add_svc_key(t, get16(v + i)) < 0) return -1;
+        }
+        return 0;
+    case 5:
+        if (text_adds(t, "ech=") < 0) return -1;
+        return text_add_base64(t, v, n);
+    case 7:
+        if (text_adds(t, "dohpath=") < 0) return -1;
+        return text_add_plain(t, v, n);
+    }
+    return text_add_svc_key(t, key);
+}
+
+/* One record's data as dns._render_rdata writes it. 0 done, 1 leave to Python, -1 memory error. */
+static int render_rdata(const Message *m, unsigned rtype, Py_ssize_t start, Py_ssize_t end, Text *t) {
+    const uint8_t *rdata = m->data + start;
+    Py_ssize_t n = end - start, after, name_len;
+    char name[DNS_NAME_TEXT], address[INET6_ADDRSTRLEN];
+    int rc;
+    if (rtype == 1 && n == 4) {
+        inet_ntop(AF_INET, rdata, address, sizeof address);
+        return text_adds(t, address);
+    }
+    if (rtype == 28 && n == 16) {
+        inet_ntop(AF_INET6, rdata, address, sizeof address);
+        return text_adds(t, address);
+    }
+    if (rtype == 2 || rtype == 5 || rtype == 12 || rtype == 39) {
+        if (read_name(m, start, end, name, &name_len, &after) < 0 || after != end) return 1;
+        return text_add(t, name, name_len);
+    }
+    if (rtype == 16 || rtype == 99) {
+        for (Py_ssize_t i = 0; i < n;) {
+            uint8_t length = rdata[i];
+            if (i + 1 + length > n) return 1;
+            if ((rc = text_add_plain(t, rdata + i + 1, length)) != 0) return rc;
+            i += 1 + length;
+        }
+        return 0;
+    }
+    if ((rtype == 64 || rtype == 65) && n >= 3) {
+        if (text_addf_uint(t, get16(rdata)) < 0) return -1;
+        if (read_name(m, start + 2, end, name, &name_len, &after) < 0) return 1;
+        if (text_add(t, " ", 1) < 0 || text_add(t, name, name_len) < 0) return -1;
+        for (Py_ssize_t position = after; position < end;) {
+            if (position + 4 > end) return 1;
+            unsigned key = get16(m->data + position), length = get16(m->data + position + 2);
+            if (position + 4 + (Py_ssize_t)length > end) return 1;
+            if (text_add(t, " ", 1) < 0) return -1;
+            if ((rc = render_svc_param(t, key, m->data + position + 4, length)) != 0) return rc;
+            position += 4 + length;
+        }
+        return 0;
+    }
+    if (rtype == 15 || rtype == 33 || rtype == 6) return 1; /* MX, SRV, SOA: rare, left to Python */
+    return text_add_hex(t, rdata, n);
+}
+
+/* The name as a str, sharing `previous` when it spells the same name (answers usually repeat
+ * the question's name through a compression pointer). */
+static PyObject *name_str(const char *name, Py_ssize_t n, PyObject *previous) {
+    if (previous != NULL && PyUnicode_GET_LENGTH(previous) == n && memcmp(PyUnicode_DATA(previous), name, n) == 0)
+        return Py_NewRef(previous);
+    return ascii_str(name, n);
+}
+
+static RecordType dns_message_record, dns_answer_record;
+static PyObject *dns_type_names, *dns_rcode_names;
+
+/* bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES): what parse_dns builds its result from. */
+PyObject *bind_dns(PyObject *module, PyObject *args) {
+    PyObject *message, *answer, *type_names, *rcode_names;
+    if (!PyArg_ParseTuple(args, "OOO!O!", &message, &answer, &PyDict_Type, &type_names, &PyDict_Type, &rcode_names))
+        return NULL;
+    RecordType message_record = {0}, answer_record = {0};
+    if (record_type_bind(&message_record, message, 6) < 0 || record_type_bind(&answer_record, answer, 4) < 0) {
+        record_type_clear(&message_record);
+        return NULL;
+    }
+    record_type_clear(&dns_message_record); /* all or nothing: a failed bind leaves the previous one */
+    record_type_clear(&dns_answer_record);
+    dns_message_record = message_record;
+    dns_answer_record = answer_record;
+    Py_XSETREF(dns_type_names, Py_NewRef(type_names));
+    Py_XSETREF(dns_rcode_names, Py_NewRef(rcode_names));
+    Py_RETURN_NONE;
+}
+
+/* names[code], else prefix followed by the number (sensor.decode.dns.type_name and RCODE names). */
+static PyObject *code_name(PyObject *names, unsigned code, const char *prefix) {
+    PyObject *key = PyLong_FromUnsignedLong(code);
+    if (key == NULL) return NULL;
+    PyObject *name = PyDict_GetItemWithError(names, key);
+    Py_DECREF(key);
+    if (name != NULL) return Py_NewRef(name);
+    return PyErr_Occurred() ? NULL : PyUnicode_FromFormat("%s%u", prefix, code);
+}
+
+/* parse_dns(data) -> the DnsMessage (as sensor.decode.dns.parse_message_py gives it), or None when
+ * parse_message_py must handle the message. bind_dns must have been called. */
+PyObject *parse_dns(PyObject *module, PyObject *arg) {
+    if (dns_message_record.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_dns() first");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Message m = {view.buf, view.len};
+    PyObject *questions = NULL, *answers = NULL, *result = NULL;
+    Text text = {NULL, 0, 0};
+    char name[DNS_NAME_TEXT];
+    Py_ssize_t name_len, position;
+    PyObject *last_name = NULL; /* borrowed from questions or answers */
+    if (m.size < DNS_HEADER) goto python;
+    unsigned msg_id = get16(m.data), flags = get16(m.data + 2);
+    unsigned qdcount = get16(m.data + 4), ancount = get16(m.data + 6), nscount = get16(m.data + 8),
+             arcount = get16(m.data + 10);
+    if ((Py_ssize_t)qdcount * DNS_MIN_QUESTION + (Py_ssize_t)(ancount + nscount + arcount) * DNS_MIN_RR >
+        m.size - DNS_HEADER)
+        goto python;
+    questions = PyTuple_New(qdcount);
+    answers = PyTuple_New(ancount);
+    if (questions == NULL || answers == NULL) goto error;
+    position = DNS_HEADER;
+    for (unsigned i = 0; i < qdcount; i++) {
+        if (read_name(&m, position, m.size, name, &name_len, &position) < 0) goto python;
+        if (position + 4 > m.size) goto python;
+        PyObject *question_name = name_str(name, name_len, last_name);
+        last_name = question_name;
+        PyObject *question =
+            tuple_steal(2, (PyObject *[]){question_name, code_name(dns_type_names, get16(m.data + position), "TYPE")});
+        if (question == NULL) goto error;
+        PyTuple_SET_ITEM(questions, i, question);
+        position += 4;
+    }
+    unsigned extended_rcode = 0, records = ancount + nscount + arcount;
+    for (unsigned index = 0; index < records; index++) {
+        int is_answer = index < ancount;
+        if (read_name(&m, position, m.size, is_answer ? name : NULL, &name_len, &position) < 0) goto python;
+        if (position + 10 > m.size) goto python;
+        unsigned rtype = get16(m.data + position);
+        uint32_t ttl = get32(m.data + position + 4);
+        Py_ssize_t rdata_end = position + 10 + get16(m.data + position + 8);
+        position += 10;
+        if (rdata_end > m.size) goto python;
+        if (is_answer) {
+            text.len = 0;
+            int rc = render_rdata(&m, rtype, position, rdata_end, &text);
+            if (rc < 0) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            if (rc > 0) goto python;
+            PyObject *answer_name = name_str(name, name_len, last_name);
+            last_name = answer_name;
+            PyObject *answer = record_new(&dns_answer_record,
+                                          (PyObject *[]){answer_name, code_name(dns_type_names, rtype, "TYPE"),
+                                                         ascii_str(text.text ? text.text : "", text.len),
+                                                         PyLong_FromUnsignedLong(ttl)});
+            if (answer == NULL) goto error;
+            PyTuple_SET_ITEM(answers, index, answer);
+        } else if (rtype == 41 && index >= ancount + nscount) {
+            extended_rcode = ttl >> 24; /* EDNS: the upper 8 bits of a 12-bit RCODE */
+        }
+        position = rdata_end;
+    }
+    result = record_new(&dns_message_record,
+                        (PyObject *[]){PyLong_FromUnsignedLong(msg_id), PyBool_FromLong(flags & 0x8000),
+                                       PyLong_FromUnsignedLong((flags >> 11) & 0x0F),
+                                       code_name(dns_rcode_names, (extended_rcode << 4) | (flags & 0x0F), "RCODE"),
+                                       Py_NewRef(questions), Py_NewRef(answers)});
+    goto done;
+python:
+    result = Py_NewRef(Py_None);
+    goto done;
+error:
+    result = NULL;
+done:
+    Py_XDECREF(questions);
+    Py_XDECREF(answers);
+    PyMem_Free(text.text);
+    PyBuffer_Release(&view);
+    return result;
+}
+

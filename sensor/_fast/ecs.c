@@ -1,0 +1,543 @@
+#include "fast.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Community ID v1: sensor.output.ecs.community_id. SHA-1 (FIPS 180-4) is written out here: the
+ * hash is over 40 bytes at most, and one call from Python beats building the input in Python.
+ */
+
+static inline uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
+
+/* SHA-1 of a message of at most 55 bytes (one padded block). */
+static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
+    uint8_t block[64] = {0};
+    memcpy(block, msg, n);
+    block[n] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++) block[63 - i] = (uint8_t)(bits >> (8 * i));
+    uint32_t w[80], h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    for (int i = 0; i < 16; i++) w[i] = get32(block + 4 * i);
+    for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDC;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6;
+        }
+        uint32_t t = rol(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = rol(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 4; j++) digest[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
+}
+
+/* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> "1:<base64 sha1>", or None
+ * when an address does not parse (the Python code then decides). */
+/* The Community ID of a flow given as address texts, or None when an address or number is out of range. */
+static PyObject *community_id_text(const char *src_text, unsigned sport, const char *dst_text, unsigned dport,
+                                   unsigned proto, unsigned seed) {
+    int family = strchr(src_text, ':') ? AF_INET6 : AF_INET;
+    size_t alen = family == AF_INET6 ? 16 : 4;
+    uint8_t src[16], dst[16];
+    if (inet_pton(family, src_text, src) != 1 || inet_pton(family, dst_text, dst) != 1 || sport > 0xFFFF ||
+        dport > 0xFFFF || proto > 0xFF || seed > 0xFFFF)
+        Py_RETURN_NONE;
+    int order = memcmp(src, dst, alen);
+    if (order > 0 || (order == 0 && sport > dport)) { /* the smaller endpoint goes first */
+        uint8_t swap[16];
+        memcpy(swap, src, alen), memcpy(src, dst, alen), memcpy(dst, swap, alen);
+        unsigned port = sport;
+        sport = dport, dport = port;
+    }
+    uint8_t msg[2 + 16 + 16 + 6], digest[20];
+    size_t n = 0;
+    msg[n++] = (uint8_t)(seed >> 8), msg[n++] = (uint8_t)seed;
+    memcpy(msg + n, src, alen), n += alen;
+    memcpy(msg + n, dst, alen), n += alen;
+    msg[n++] = (uint8_t)proto, msg[n++] = 0;
+    msg[n++] = (uint8_t)(sport >> 8), msg[n++] = (uint8_t)sport;
+    msg[n++] = (uint8_t)(dport >> 8), msg[n++] = (uint8_t)dport;
+    sha1_short(msg, n, digest);
+    Text text = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (text_add(&text, "1:", 2) == 0 && text_add_base64(&text, digest, 20) == 0)
+        result = ascii_str(text.text, text.len);
+    else
+        PyErr_NoMemory();
+    PyMem_Free(text.text);
+    return result;
+}
+
+PyObject *community_id(PyObject *module, PyObject *args) {
+    const char *src_text, *dst_text;
+    unsigned int sport, dport, proto, seed;
+    if (!PyArg_ParseTuple(args, "sIsIII", &src_text, &sport, &dst_text, &dport, &proto, &seed)) return NULL;
+    return community_id_text(src_text, sport, dst_text, dport, proto, seed);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.output.ecs.EventBuilder._envelope: the fields every event document has.
+ */
+
+/* sensor.output.ecs.iso_time: UTC ISO 8601 with microseconds, clamped to years 1 to 9999. */
+#define FIRST_SECOND (-62135596800.0) /* 0001-01-01T00:00:00Z */
+#define LAST_SECOND 253402300799.0    /* 9999-12-31T23:59:59Z */
+
+#define ISO_TIME_LENGTH 27
+
+static void iso_time_text(double ts, char text[ISO_TIME_LENGTH]) {
+    double second = floor(ts);
+    if (!(second >= FIRST_SECOND)) {
+        memcpy(text, "0001-01-01T00:00:00.000000Z", ISO_TIME_LENGTH);
+        return;
+    }
+    if (second > LAST_SECOND) {
+        memcpy(text, "9999-12-31T23:59:59.999999Z", ISO_TIME_LENGTH);
+        return;
+    }
+    volatile double scaled = (ts - second) * 1000000.0; /* volatile: rounded as Python rounds, never fused */
+    long micros = (long)(scaled + 0.5);
+    if (micros > 999999) micros = 999999;
+    /* The proleptic Gregorian date of a day count from 1970-01-01 (H. Hinnant's civil_from_days),
+     * as Python's datetime counts. */
+    long long whole = (long long)second, days = whole >= 0 ? whole / 86400 : -((-whole + 86399) / 86400);
+    long long in_day = whole - days * 86400;
+    days += 719468;
+    long long era = (days >= 0 ? days : days - 146096) / 146097;
+    long long day_of_era = days - era * 146097;
+    long long year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+    long long day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    long long mp = (5 * day_of_year + 2) / 153;
+    long long day = day_of_year - (153 * mp + 2) / 5 + 1, month = mp < 10 ? mp + 3 : mp - 9;
+    long long year = year_of_era + era * 400 + (month <= 2);
+    long fields[7] = {(long)year, (long)month, (long)day, (long)(in_day / 3600), (long)(in_day / 60 % 60),
+                      (long)(in_day % 60), micros};
+    static const int widths[7] = {4, 2, 2, 2, 2, 2, 6};
+    static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    int n = 0;
+    for (int f = 0; f < 7; f++) {
+        for (int i = widths[f] - 1; i >= 0; i--, fields[f] /= 10) text[n + i] = (char)('0' + fields[f] % 10);
+        n += widths[f];
+        text[n++] = after[f];
+    }
+}
+
+static PyObject *iso_time_str(double ts) {
+    char text[ISO_TIME_LENGTH];
+    iso_time_text(ts, text);
+    return ascii_str(text, ISO_TIME_LENGTH);
+}
+
+enum {
+    K_TIMESTAMP, K_ECS, K_VERSION, K_EVENT, K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE, K_OBSERVER, K_SOURCE,
+    K_DESTINATION, K_NETWORK, K_IP, K_PORT, K_TRANSPORT, K_PROTOCOL, K_COMMUNITY_ID, K_SRC_IP, K_SRC_PORT,
+    K_DST_IP, K_DST_PORT, V_EVENT, V_NETWORK, V_CONNECTION, V_IPV4, V_IPV6, K_DATA_STREAM, K_COUNT
+};
+static const char *const envelope_text[K_COUNT] = {
+    "@timestamp", "ecs", "version", "event", "kind", "category", "type", "dataset", "module", "observer", "source",
+    "destination", "network", "ip", "port", "transport", "protocol", "community_id", "src_ip", "src_port",
+    "dst_ip", "dst_port", "event", "network", "connection", "ipv4", "ipv6", "data_stream",
+};
+static PyObject *envelope_str[K_COUNT]; /* interned at module init */
+
+enum {
+    J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_COUNT
+};
+static const char *const json_text[J_COUNT] = {
+    "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
+    "server_name", "alpn", "ech", "version", "dns",
+};
+static PyObject *json_str[J_COUNT]; /* interned at module init */
+
+/* A new dict from pairs of (key index, value); values are stolen, NULL ones mean an error is set. */
+static PyObject *dict_steal(int n, const int *keys, PyObject **values) {
+    PyObject *dict = NULL;
+    for (int i = 0; i < n; i++)
+        if (values[i] == NULL) goto done;
+    dict = PyDict_New();
+    for (int i = 0; dict != NULL && i < n; i++)
+        if (PyDict_SetItem(dict, envelope_str[keys[i]], values[i]) < 0) Py_CLEAR(dict);
+done:
+    for (int i = 0; i < n; i++) Py_XDECREF(values[i]);
+    return dict;
+}
+
+static PyObject *list_of(int n, PyObject **items) { /* new references to items */
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) PyList_SET_ITEM(list, i, Py_NewRef(items[i]));
+    return list;
+}
+
+/* A flow's fields (new references) as decode makes them: addresses in text, ports of 16 bits, a
+ * transport name; with its Community ID. */
+typedef struct {
+    PyObject *src_ip, *dst_ip, *src_port, *dst_port, *transport, *community;
+    int ipv6;
+} FlowParts;
+
+static void flow_parts_clear(FlowParts *parts) {
+    Py_CLEAR(parts->src_ip);
+    Py_CLEAR(parts->dst_ip);
+    Py_CLEAR(parts->src_port);
+    Py_CLEAR(parts->dst_port);
+    Py_CLEAR(parts->transport);
+    Py_CLEAR(parts->community);
+}
+
+/* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
+static int flow_parts(PyObject *flow, FlowParts *parts) {
+    *parts = (FlowParts){0};
+    parts->src_ip = PyObject_GetAttr(flow, envelope_str[K_SRC_IP]);
+    parts->dst_ip = parts->src_ip ? PyObject_GetAttr(flow, envelope_str[K_DST_IP]) : NULL;
+    parts->src_port = parts->dst_ip ? PyObject_GetAttr(flow, envelope_str[K_SRC_PORT]) : NULL;
+    parts->dst_port = parts->src_port ? PyObject_GetAttr(flow, envelope_str[K_DST_PORT]) : NULL;
+    parts->transport = parts->dst_port ? PyObject_GetAttr(flow, envelope_str[K_TRANSPORT]) : NULL;
+    if (parts->transport == NULL) goto error;
+    if (!PyUnicode_Check(parts->src_ip) || !PyUnicode_Check(parts->dst_ip) || !PyUnicode_Check(parts->transport) ||
+        !PyLong_CheckExact(parts->src_port) || !PyLong_CheckExact(parts->dst_port))
+        goto decline;
+    const char *src_text = PyUnicode_AsUTF8(parts->src_ip), *dst_text = src_text ? PyUnicode_AsUTF8(parts->dst_ip) : NULL;
+    if (dst_text == NULL) goto error;
+    unsigned long sport = PyLong_AsUnsignedLong(parts->src_port), dport = PyLong_AsUnsignedLong(parts->dst_port);
+    if (PyErr_Occurred() || sport > 0xFFFF || dport > 0xFFFF) goto decline;
+    unsigned proto = PyUnicode_CompareWithASCIIString(parts->transport, "tcp") == 0   ? 6
+                     : PyUnicode_CompareWithASCIIString(parts->transport, "udp") == 0 ? 17
+                                                                                     : 0;
+    parts->community = community_id_text(src_text, sport, dst_text, dport, proto, 0);
+    if (parts->community == NULL) goto error;
+    if (parts->community == Py_None) goto decline;
+    parts->ipv6 = strchr(src_text, ':') != NULL;
+    return 0;
+decline:
+    PyErr_Clear();
+    flow_parts_clear(parts);
+    return 1;
+error:
+    flow_parts_clear(parts);
+    return -1;
+}
+
+/* event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> dict, or
+ * None for a flow whose fields are not what decode makes (addresses in text, ports of 16 bits, a
+ * transport name), or a time that is not a number: the Python envelope takes those. */
+PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "event_envelope takes 8 arguments");
+        return NULL;
+    }
+    double ts = PyFloat_AsDouble(args[0]);
+    if (!isfinite(ts) || (ts == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    FlowParts flow;
+    int status = flow_parts(args[2], &flow);
+    if (status != 0) return status > 0 ? Py_NewRef(Py_None) : NULL;
+    PyObject *type_values[2] = {envelope_str[K_PROTOCOL], envelope_str[V_CONNECTION]};
+    PyObject *category_values[1] = {envelope_str[V_NETWORK]};
+    PyObject *result = dict_steal(
+        8,
+        (const int[]){K_TIMESTAMP, K_ECS, K_DATA_STREAM, K_EVENT, K_OBSERVER, K_SOURCE, K_DESTINATION, K_NETWORK},
+        (PyObject *[]){
+            iso_time_str(ts),
+            dict_steal(1, (const int[]){K_VERSION}, (PyObject *[]){Py_NewRef(args[5])}),
+            Py_NewRef(args[7]),
+            dict_steal(5, (const int[]){K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE},
+                       (PyObject *[]){Py_NewRef(envelope_str[V_EVENT]), list_of(1, category_values),
+                                      list_of(2, type_values), Py_NewRef(args[1]), Py_NewRef(args[6])}),
+            Py_NewRef(args[4]),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(flow.src_ip), Py_NewRef(flow.src_port)}),
+            dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(flow.dst_ip), Py_NewRef(flow.dst_port)}),
+            dict_steal(4, (const int[]){K_TRANSPORT, K_PROTOCOL, K_TYPE, K_COMMUNITY_ID},
+                       (PyObject *[]){Py_NewRef(flow.transport), Py_NewRef(args[3]),
+                                      Py_NewRef(envelope_str[flow.ipv6 ? V_IPV6 : V_IPV4]), Py_NewRef(flow.community)}),
+        });
+    flow_parts_clear(&flow);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.output.ecs.EventBuilder.json_line for DNS and TLS events: the document written straight
+ * as the JSON line orjson.dumps would make of EventBuilder's dict, without building the dict.
+ */
+
+static PyObject *json_dumps; /* orjson.dumps (bind_json): the values the writer does not spell itself */
+
+#define JSON_KEY(t, literal) text_add(t, literal, (Py_ssize_t)sizeof literal - 1)
+
+/* `value` as JSON, as orjson writes it. */
+static int json_value(Text *t, PyObject *value) {
+    if (value == Py_None) return JSON_KEY(t, "null");
+    if (value == Py_True) return JSON_KEY(t, "true");
+    if (value == Py_False) return JSON_KEY(t, "false");
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        const char *text = (const char *)PyUnicode_DATA(value);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(value), i = 0;
+        while (i < n && (unsigned char)text[i] >= 0x20 && text[i] != '"' && text[i] != '\\') i++;
+        if (i == n) { /* nothing to escape */
+            if (text_reserve(t, n + 2) < 0) return -1;
+            t->text[t->len++] = '"';
+            memcpy(t->text + t->len, text, n);
+            t->len += n;
+            t->text[t->len++] = '"';
+            return 0;
+        }
+    } else if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (number == -1 && PyErr_Occurred()) return -1;
+        if (!overflow) {
+            char digits[24];
+            return text_add(t, digits, snprintf(digits, sizeof digits, "%lld", number));
+        }
+    }
+    if (json_dumps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_json() first");
+        return -1;
+    }
+    PyObject *encoded = PyObject_CallOneArg(json_dumps, value);
+    if (encoded == NULL) return -1;
+    int status = PyBytes_Check(encoded) ? text_add(t, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded)) : -1;
+    if (status < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "orjson.dumps gave no bytes");
+    Py_DECREF(encoded);
+    return status;
+}
+
+/* The attribute of a record as a new reference, by its interned name. */
+static PyObject *field(PyObject *record, int key) { return PyObject_GetAttr(record, json_str[key]); }
+
+/* `{"@timestamp":...,<prefix>,"source":...,"destination":...,"network":...` and the flow's parts;
+ * 1 (nothing written) for what the Python envelope takes. */
+static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *protocol, PyObject *domain,
+                         FlowParts *flow) {
+    PyObject *ts_object = field(record, J_TS), *flow_object = ts_object ? field(record, J_FLOW) : NULL;
+    if (flow_object == NULL) {
+        Py_XDECREF(ts_object);
+        return -1;
+    }
+    double ts = PyFloat_Check(ts_object) ? PyFloat_AS_DOUBLE(ts_object) : NAN;
+    int status = isfinite(ts) && PyBytes_Check(prefix) ? flow_parts(flow_object, flow) : 1;
+    Py_DECREF(ts_object);
+    Py_DECREF(flow_object);
+    if (status != 0) return status;
+    char time_text[ISO_TIME_LENGTH];
+    iso_time_text(ts, time_text);
+    if (JSON_KEY(t, "{\"@timestamp\":\"") < 0 || text_add(t, time_text, ISO_TIME_LENGTH) < 0 ||
+        JSON_KEY(t, "\",") < 0 || text_add(t, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0 ||
+        JSON_KEY(t, ",\"source\":{\"ip\":") < 0 || json_value(t, flow->src_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 ||
+        json_value(t, flow->src_port) < 0 || JSON_KEY(t, "},\"destination\":{\"ip\":") < 0 ||
+        json_value(t, flow->dst_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 || json_value(t, flow->dst_port) < 0 ||
+        (domain != Py_None && (JSON_KEY(t, ",\"domain\":") < 0 || json_value(t, domain) < 0)) ||
+        JSON_KEY(t, "},\"network\":{\"transport\":") < 0 || json_value(t, flow->transport) < 0 ||
+        JSON_KEY(t, ",\"protocol\":") < 0 || json_value(t, protocol) < 0 ||
+        (flow->ipv6 ? JSON_KEY(t, ",\"type\":\"ipv6\"") : JSON_KEY(t, ",\"type\":\"ipv4\"")) < 0 ||
+        JSON_KEY(t, ",\"community_id\":") < 0 || json_value(t, flow->community) < 0 || JSON_KEY(t, "}") < 0) {
+        flow_parts_clear(flow);
+        return -1;
+    }
+    return 0;
+}
+
+/* `,"related":{"ip":[source, destination, extra...],"hosts":[host]}}` (no hosts without a host) and
+ * the newline;
+ * ecs._related_ips: an extra address already listed is not repeated. */
+static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count,
+                        PyObject *host) {
+    PyObject *ips[2 + 64];
+    Py_ssize_t count = 0;
+    ips[count++] = flow->src_ip;
+    ips[count++] = flow->dst_ip;
+    for (Py_ssize_t i = 0; i < extra_count && count < (Py_ssize_t)(sizeof ips / sizeof *ips); i++) {
+        int seen = 0;
+        for (Py_ssize_t j = 0; j < count && !seen; j++) {
+            seen = PyObject_RichCompareBool(ips[j], extra[i], Py_EQ);
+            if (seen < 0) return -1;
+        }
+        if (!seen) ips[count++] = extra[i];
+    }
+    if (JSON_KEY(t, ",\"related\":{\"ip\":[") < 0) return -1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((i && JSON_KEY(t, ",") < 0) || json_value(t, ips[i]) < 0) return -1;
+    if (JSON_KEY(t, "]") < 0 ||
+        (host != Py_None && (JSON_KEY(t, ",\"hosts\":[") < 0 || json_value(t, host) < 0 || JSON_KEY(t, "]") < 0)))
+        return -1;
+    return JSON_KEY(t, "}}\n");
+}
+
+static PyObject *json_line_result(Text *t, int status) {
+    PyObject *line = status == 0 ? PyBytes_FromStringAndSize(t->text, t->len)
+                     : status > 0 ? Py_NewRef(Py_None)
+                                  : NULL;
+    PyMem_Free(t->text);
+    return line;
+}
+
+/* dns_event_line(record, registered_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. `prefix`: `"ecs":...,"event":...,"observer":...` as orjson writes them. */
+PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "dns_event_line takes 3 arguments");
+        return NULL;
+    }
+    PyObject *record = args[0], *registered = args[1];
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    PyObject *fields[6] = {NULL}; /* id, name, qtype, response_seen, rcode, answers */
+    PyObject *resolved[64];
+    Py_ssize_t resolved_count = 0;
+    int status = json_envelope(&t, record, args[2], json_str[J_DNS], Py_None, &flow);
+    if (status != 0) return json_line_result(&t, status);
+    static const int keys[6] = {J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS};
+    for (int i = 0; i < 6; i++)
+        if ((fields[i] = field(record, keys[i])) == NULL) goto error;
+    int answered = PyObject_IsTrue(fields[3]);
+    if (answered < 0 || !PyTuple_Check(fields[5]) || !PyLong_CheckExact(fields[0])) goto decline_or_error;
+    int named = PyObject_IsTrue(fields[1]), overflow = 0;
+    long long dns_id = PyLong_AsLongLongAndOverflow(fields[0], &overflow);
+    if (named < 0 || (dns_id == -1 && PyErr_Occurred())) goto error;
+    if (overflow || !named) goto decline; /* the root's name is written by the Python builder */
+    char id_text[24];
+    /* dns.id is an ECS keyword: the number as a string */
+    if (JSON_KEY(&t, ",\"dns\":{\"id\":\"") < 0 || text_add(&t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
+        JSON_KEY(&t, "\"") < 0 ||
+        (answered ? JSON_KEY(&t, ",\"type\":\"answer\"") : JSON_KEY(&t, ",\"type\":\"query\"")) < 0 ||
+        JSON_KEY(&t, ",\"question\":{\"name\":") < 0 || json_value(&t, fields[1]) < 0 ||
+        JSON_KEY(&t, ",\"type\":") < 0 || json_value(&t, fields[2]) < 0 ||
+        (registered != Py_None && (JSON_KEY(&t, ",\"registered_domain\":") < 0 || json_value(&t, registered) < 0)) ||
+        JSON_KEY(&t, "}") < 0)
+        goto error;
+    if (answered) {
+        if (JSON_KEY(&t, ",\"response_code\":") < 0 || json_value(&t, fields[4]) < 0) goto error;
+        Py_ssize_t count = PyTuple_GET_SIZE(fields[5]);
+        if (count > 64) goto decline_or_error; /* the Python builder takes long answer lists */
+        if (count && JSON_KEY(&t, ",\"answers\":[") < 0) goto error;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *answer = PyTuple_GET_ITEM(fields[5], i), *parts[4] = {NULL};
+            static const int answer_keys[4] = {J_NAME, J_TYPE, J_DATA, J_TTL};
+            int ok = 1;
+            for (int k = 0; k < 4 && ok; k++) ok = (parts[k] = field(answer, answer_keys[k])) != NULL;
+            ok = ok && PyUnicode_Check(parts[1]) && PyUnicode_Check(parts[0]) && PyUnicode_Check(parts[2]) &&
+                 PyUnicode_GET_LENGTH(parts[0]) > 0 && PyUnicode_GET_LENGTH(parts[2]) > 0; /* else the Python builder */
+            /* ecs._is_address: an A answer with a dot, an AAAA answer with a colon (not decode's hex) */
+            if (ok && ((PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 &&
+                        PyUnicode_FindChar(parts[2], '.', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0) ||
+                       (PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0 &&
+                        PyUnicode_FindChar(parts[2], ':', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0)))
+                resolved[resolved_count++] = Py_NewRef(parts[2]);
+            ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
+                 json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&
+                 JSON_KEY(&t, ",\"data\":") == 0 && json_value(&t, parts[2]) == 0 && JSON_KEY(&t, ",\"ttl\":") == 0 &&
+                 json_value(&t, parts[3]) == 0 && JSON_KEY(&t, "}") == 0;
+            for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
+            if (!ok) {
+                if (!PyErr_Occurred()) goto decline;
+                goto error;
+            }
+        }
+        if (count && JSON_KEY(&t, "]") < 0) goto error;
+        if (resolved_count) {
+            if (JSON_KEY(&t, ",\"resolved_ip\":[") < 0) goto error;
+            for (Py_ssize_t i = 0; i < resolved_count; i++)
+                if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, resolved[i]) < 0) goto error;
+            if (JSON_KEY(&t, "]") < 0) goto error;
+        }
+    }
+    if (JSON_KEY(&t, "}") < 0 || json_related(&t, &flow, resolved, resolved_count, fields[1]) < 0) goto error;
+    status = 0;
+    goto done;
+decline_or_error:
+    if (PyErr_Occurred()) goto error;
+decline:
+    status = 1;
+    goto done;
+error:
+    status = -1;
+done:
+    for (int i = 0; i < 6; i++) Py_XDECREF(fields[i]);
+    for (Py_ssize_t i = 0; i < resolved_count; i++) Py_DECREF(resolved[i]);
+    flow_parts_clear(&flow);
+    return json_line_result(&t, status);
+}
+
+/* tls_event_line(record, destination_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. */
+PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tls_event_line takes 3 arguments");
+        return NULL;
+    }
+    PyObject *record = args[0], *fields[5] = {NULL}; /* protocol, server_name, alpn, ech, version */
+    static const int keys[5] = {J_PROTOCOL, J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION};
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    int status;
+    for (int i = 0; i < 5; i++)
+        if ((fields[i] = field(record, keys[i])) == NULL) goto error;
+    if (!PyTuple_Check(fields[2])) goto decline;
+    status = json_envelope(&t, record, args[2], fields[0], args[1], &flow);
+    if (status != 0) goto done;
+    int named = PyObject_IsTrue(fields[1]), versioned = PyObject_IsTrue(fields[4]);
+    if (named < 0 || versioned < 0) goto error;
+    /* ECS leaves out what is not known: no empty tls.client, no empty tls */
+    if ((named || versioned) && JSON_KEY(&t, ",\"tls\":{") < 0) goto error;
+    if (named && (JSON_KEY(&t, "\"client\":{\"server_name\":") < 0 || json_value(&t, fields[1]) < 0 ||
+                  JSON_KEY(&t, "}") < 0))
+        goto error;
+    if (versioned && ((named && JSON_KEY(&t, ",") < 0) || JSON_KEY(&t, "\"version\":") < 0 ||
+                      json_value(&t, fields[4]) < 0 || JSON_KEY(&t, ",\"version_protocol\":\"tls\"") < 0))
+        goto error;
+    if (((named || versioned) && JSON_KEY(&t, "}") < 0) || JSON_KEY(&t, ",\"phi_egress\":{\"tls\":{") < 0) goto error;
+    Py_ssize_t alpn_count = PyTuple_GET_SIZE(fields[2]);
+    if (alpn_count && JSON_KEY(&t, "\"alpn\":[") < 0) goto error;
+    for (Py_ssize_t i = 0; i < alpn_count; i++)
+        if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
+    if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
+        JSON_KEY(&t, "}}") < 0 ||
+        json_related(&t, &flow, NULL, 0, named ? fields[1] : Py_None) < 0)
+        goto error;
+    status = 0;
+    goto done;
+decline:
+    status = 1;
+    goto done;
+error:
+    status = -1;
+done:
+    for (int i = 0; i < 5; i++) Py_XDECREF(fields[i]);
+    flow_parts_clear(&flow);
+    return json_line_result(&t, status);
+}
+
+/* bind_json(orjson.dumps): what the line writers call for the values they do not spell themselves. */
+PyObject *bind_json(PyObject *module, PyObject *dumps) {
+    if (!PyCallable_Check(dumps)) {
+        PyErr_SetString(PyExc_TypeError, "a callable is expected");
+        return NULL;
+    }
+    Py_XSETREF(json_dumps, Py_NewRef(dumps));
+    Py_RETURN_NONE;
+}
+
+int ecs_init(void) {
+    for (int i = 0; i < K_COUNT; i++)
+        if (envelope_str[i] == NULL && (envelope_str[i] = PyUnicode_InternFromString(envelope_text[i])) == NULL)
+            return -1;
+    for (int i = 0; i < J_COUNT; i++)
+        if (json_str[i] == NULL && (json_str[i] = PyUnicode_InternFromString(json_text[i])) == NULL) return -1;
+    return 0;
+}

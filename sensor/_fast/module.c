@@ -1,0 +1,45 @@
+#include "fast.h"
+
+/* The entry points; sensor/compiled.py names the Python reference of each. */
+static PyMethodDef methods[] = {
+    {"parse_hello", parse_hello, METH_O,
+     "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
+    {"community_id", community_id, METH_VARARGS,
+     "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
+    {"set_tunnel_ports", set_tunnel_ports, METH_VARARGS,
+     "set_tunnel_ports(ports, vxlan_ports, geneve_ports): the UDP ports whose datagrams are tunnels"},
+    {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
+     "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
+    {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
+    {"pcap_records", pcap_records, METH_VARARGS,
+     "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"
+     " -> ([(ts, linktype, frame), ...], next, empty, late, high)"},
+    {"pcap_resync", pcap_resync, METH_VARARGS,
+     "pcap_resync(fd, offset, big_endian) -> a likely record boundary at or after offset, or -1"},
+    {"bind_select", bind_select, METH_VARARGS, "bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)"},
+    {"select_pcap_file", select_pcap_file, METH_VARARGS,
+     "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
+     " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
+    {"event_envelope", (PyCFunction)(void (*)(void))event_envelope, METH_FASTCALL,
+     "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> the fields every "
+     "event has"},
+    {"bind_json", bind_json, METH_O, "bind_json(orjson.dumps)"},
+    {"dns_event_line", (PyCFunction)(void (*)(void))dns_event_line, METH_FASTCALL,
+     "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},
+    {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,
+     "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
+    {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
+    {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
+    {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "sensor._fast", "Compiled fast paths for the decode stage.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (ecs_init() < 0) return NULL;
+    return PyModule_Create(&module);
+}
+

@@ -1,0 +1,48 @@
+"""Every entry point of the compiled extension (sensor/_fast/) and the Python it answers to.
+
+A twin computes what its Python reference computes, faster, and declines (returns None) what it
+cannot handle, so the caller falls back to the reference; tests hold each pair equal. A binder
+receives facts defined in Python (record classes, name tables, port tables, the JSON encoder) so
+the C code copies none of them. tests/test_compiled_table.py fails for any exported entry point
+missing here and for any reference that does not import.
+
+References are "module:qualified.name"; every twin's reference is named *_py.
+"""
+
+from __future__ import annotations
+
+# compiled twin -> its Python reference
+TWINS: dict[str, str] = {
+    "record_maker": "sensor.records:positional_constructor_py",
+    "parse_dns": "sensor.decode.dns:parse_message_py",
+    "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
+    "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
+    "community_id": "sensor.output.ecs:community_id_py",
+    "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
+    "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "pcap_records": "sensor.capture.pcap:pcap_records_py",
+}
+
+# compiled binder -> the Python home of what it is given
+BINDERS: dict[str, str] = {
+    "bind_dns": "sensor.decode.dns:TYPE_NAMES",  # with DnsMessage, DnsAnswer and RCODE_NAMES
+    "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
+    "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
+    "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
+    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, and sensor.decode.dns.LOCAL_NAME_PORTS
+    "bind_select": "sensor.capture.pcap:MAX_FRAME",
+}
+
+# compiled entry points held equal to an outside tool rather than to Python code -> how
+HELD_BY_TOOLS: dict[str, str] = {
+    # tcpdump -r FILE -w - with sensor.capture.bpf.default_filter, then the replay's worker split
+    "select_pcap_file": "sensor.capture.bpf:default_filter",
+    # the record boundaries a walk from the file header finds (tests/test_prefilter.py)
+    "pcap_resync": "sensor.capture.pcap:pcap_records_py",
+}
+
+
+def entry_points() -> dict[str, str]:
+    """Every compiled entry point and its reference, whatever its kind."""
+    return {**TWINS, **BINDERS, **HELD_BY_TOOLS}
