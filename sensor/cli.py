@@ -16,11 +16,11 @@ from typing import NoReturn
 
 from sensor import __version__
 from sensor.errors import SensorError
+from sensor.paths import DEFAULT_USER
+from sensor.severity import SEVERITIES
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
-DEFAULT_USER = "phi-sensor"  # the account `live` switches to once its capture is open
 DEFAULT_STATS_INTERVAL = 60.0
-SEVERITIES = ("low", "medium", "high", "critical")
 LOG_FORMATS = ("text", "json")
 
 log = logging.getLogger("phi_sensor")

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from sensor.capture.live import LiveCapture, LiveCaptureError
-from sensor.cli import DEFAULT_USER
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import ConfigError, SensorError
 from sensor.output.ecs import ECS_VERSION, MODULE, STATS_DATASET, data_stream, iso_time, prune
 from sensor.output.sinks import Sink
+from sensor.paths import DEFAULT_USER
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
 from sensor.runner import Runner

@@ -24,11 +24,11 @@ from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
 from sensor.records import Counters
+from sensor.severity import SEVERITY_RANK
 
 log = logging.getLogger("phi_sensor")
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
-SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 PROGRESS_MIN_BYTES = 32 << 20
 SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
 
@@ -119,7 +119,7 @@ class Runner:
         must not open the spools and files the main process owns)."""
         from sensor.config import load_config
         from sensor.enrich.vendors import registered_domain
-        from sensor.output.sinks import build_sinks
+        from sensor.output.factory import build_sinks
 
         config = load_config(args.config)
         config.check_rule_ids(_rule_ids())
@@ -171,7 +171,7 @@ class Runner:
         """What replay and live check before they start, on the same configuration and outputs."""
         from sensor.config import load_config
         from sensor.enrich.vendors import VendorCatalog
-        from sensor.output.sinks import check_outputs
+        from sensor.output.factory import check_outputs
 
         config = load_config(args.config)
         config.check_rule_ids(_rule_ids())

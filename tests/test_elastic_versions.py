@@ -28,7 +28,7 @@ from servers import (  # noqa: F401
 
 from conftest import PCAPS, REPO
 from sensor.output.elasticsearch import CLIENT_MAJOR, elasticsearch_client, negotiate
-from sensor.output.sinks import build_sinks
+from sensor.output.factory import build_sinks
 from sensor.setup import Layout, setup_main
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())

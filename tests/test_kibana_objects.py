@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from servers import Behaviour, WebhookServer, webhook_server  # noqa: F401
 
-from sensor.detect.base import SEVERITY_SCORE
+from sensor.severity import SEVERITY_SCORE
 from sensor.detect.engine import DetectionEngine
 from sensor.detect.rules import ALL_RULES
 from sensor.output.ecs import DATASETS, MODULE

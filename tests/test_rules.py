@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sensor.cli import build_parser
 from sensor.config import parse_config
-from sensor.detect.base import SEVERITY_SCORE
+from sensor.severity import SEVERITY_SCORE
 from sensor.detect.engine import DetectionEngine, RuleSettings
 from sensor.detect.rules import ALL_RULES
 from sensor.enrich.vendors import VendorCatalog, registered_domain

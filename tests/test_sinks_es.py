@@ -35,7 +35,8 @@ from servers import (  # noqa: F401
 
 from sensor.errors import ConfigError
 from sensor.output.elasticsearch import bulk_action, index_name
-from sensor.output.sinks import build_sinks, parse_output_spec
+from sensor.output.factory import build_sinks
+from sensor.output.sinks import parse_output_spec
 from sensor.setup import setup_main
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -378,7 +379,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from servers import make_alert
-from sensor.output.sinks import build_sinks
+from sensor.output.factory import build_sinks
 spec = {"type": "elasticsearch", "url": sys.argv[1], "index_prefix": sys.argv[2], "name": "es",
         "backoff_base": 0.4, "backoff_max": 0.4, "batch_size": 40, "data_stream": False}
 (sink,) = build_sinks([spec], spool_dir=Path(sys.argv[3]), observer="o")

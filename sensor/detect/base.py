@@ -8,16 +8,10 @@ from sensor.enrich.baa import BaaEntry
 from sensor.enrich.vendors import Vendor
 from sensor.records import Record
 
-SEVERITIES = ("low", "medium", "high", "critical")
-SEVERITY_SCORE = {"low": 21, "medium": 47, "high": 73, "critical": 99}  # ECS event.severity, as Elastic rules use
 
 # PHI host tags that mean an authenticated or app origin: HHS says trackers there "generally have
 # access to PHI", so egress from such a host weighs one level more.
 SENSITIVE_TAGS = frozenset({"portal", "patient-portal", "authenticated", "ehr", "emr", "app", "patient-app", "telehealth"})
-
-
-def raise_level(severity: str, steps: int = 1) -> str:
-    return SEVERITIES[min(len(SEVERITIES) - 1, SEVERITIES.index(severity) + steps)]
 
 
 @dataclass(frozen=True, slots=True)

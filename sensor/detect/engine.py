@@ -15,15 +15,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sensor.detect.base import SEVERITIES, Alert, Observation
+from sensor.detect.base import Alert, Observation
 from sensor.detect.rules import ALL_RULES
-from sensor.config import Policy
 from sensor.enrich.dnscache import DnsCache
 from sensor.enrich.ech import is_cover_name
+from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello
+from sensor.severity import SEVERITIES
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000

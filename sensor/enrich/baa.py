@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sensor.config import as_date, describe_value
+from sensor.config_base import as_date, describe_value
 from sensor.enrich.vendors import Vendor, VendorCatalog, domain_suffixes, is_hostname, normalize_host, registered_domain
 from sensor.errors import ConfigError
 

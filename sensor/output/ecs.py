@@ -393,7 +393,7 @@ class AlertBuilder:
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> dict:
-        from sensor.detect.base import SEVERITY_SCORE
+        from sensor.severity import SEVERITY_SCORE
         from sensor.phi import summarize
         from sensor.phi.redact import evidence
 
