@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from sensor import __version__
-from sensor.errors import SensorError
+from sensor.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SensorError
 from sensor.paths import DEFAULT_USER
 from sensor.severity import SEVERITIES
 
-EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 DEFAULT_STATS_INTERVAL = 60.0
 LOG_FORMATS = ("text", "json")
 
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, never the input's fault: one line, details on request
         if os.environ.get("PHI_SENSOR_DEBUG"):
             raise

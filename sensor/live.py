@@ -32,7 +32,7 @@ from typing import Any
 
 from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
-from sensor.errors import ConfigError, SensorError
+from sensor.errors import EXIT_CAPTURE, EXIT_INTERNAL, EXIT_OK, ConfigError, SensorError
 from sensor.output.ecs import ECS_VERSION, MODULE, STATS_DATASET, data_stream, iso_time, prune
 from sensor.output.sinks import Sink
 from sensor.paths import DEFAULT_USER
@@ -43,7 +43,6 @@ from sensor.status import default_stats_file, write_stats_file
 
 log = logging.getLogger("phi_sensor")
 
-EXIT_OK, EXIT_CAPTURE, EXIT_INTERNAL = 0, 3, 70
 POLL_SECONDS = 0.25  # longest wait before the loop looks at signals and timers again
 FLUSH_SECONDS = 1.0  # how often buffered output reaches the sinks and workers report counters
 DRAIN_SECONDS = 2.0

@@ -18,7 +18,7 @@ import orjson
 from sensor.capture.channel import FrameWriter, read_frames
 from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, can_split, two_workers, widen_pipe
 from sensor.decode.dispatch import DecodeSettings
-from sensor.errors import SensorError
+from sensor.errors import EXIT_CAPTURE, EXIT_FAIL_ON, EXIT_INTERNAL, EXIT_OK, EXIT_SINK, SensorError
 from sensor.output.ecs import EventBuilder
 from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
@@ -28,7 +28,6 @@ from sensor.severity import SEVERITY_RANK
 
 log = logging.getLogger("phi_sensor")
 
-EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 PROGRESS_MIN_BYTES = 32 << 20
 SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sensor.deep import mark_decrypted
-from sensor.errors import SensorError
+from sensor.errors import EXIT_USAGE, SensorError
 
 if TYPE_CHECKING:
     from sensor.enrich.assets import AssetInventory
@@ -18,7 +18,7 @@ log = logging.getLogger("phi_sensor")
 
 
 class UsageError(SensorError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def is_har(path: Path) -> bool:
