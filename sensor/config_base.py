@@ -1,7 +1,7 @@
 """What the configuration loader, its schema and the enrichment tables share: the YAML reader,
 the "found ..." wording of values, dates, and the documented defaults.
 
-A leaf: it imports nothing of the sensor but its errors, so the lookup tables in sensor.enrich can
+A leaf: it imports nothing of the sensor but its errors and the decoder's settings, so the lookup tables in sensor.enrich can
 read their files without depending on the configuration loader that builds them.
 """
 from __future__ import annotations
@@ -10,23 +10,19 @@ import datetime as dt
 import platform
 import re
 from collections.abc import Mapping
+from dataclasses import asdict
 from functools import cache
 from typing import Any
 
+from sensor.decode.settings import DecodeSettings
 from sensor.errors import ConfigError
 
 DEFAULT_SOURCE = "<defaults>"
 MAX_CONFIG_BYTES = 1024 * 1024
 RULE_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-# Defaults the schema declares and DefaultConfig answers without it.
-DECODE_DEFAULTS: dict[str, Any] = {
-    "tcp_stream_cap": 262144,  # bytes kept per TCP direction
-    "http_body_cap": 65536,  # decoded body bytes kept per request
-    "max_flows": 200000,
-    "flow_idle_timeout": 120.0,  # seconds
-    "dns_timeout": 5.0,  # seconds to wait for the response to a query
-    "tunnel_ports": None,  # UDP port -> tunnel kind; None: sensor.decode.packet.DEFAULT_UDP_TUNNEL_PORTS
-}
+# Defaults the schema declares and DefaultConfig answers without it: the decoder's own, and
+# tunnel_ports None (sensor.decode.packet.DEFAULT_UDP_TUNNEL_PORTS).
+DECODE_DEFAULTS: dict[str, Any] = {**asdict(DecodeSettings()), "tunnel_ports": None}
 
 
 def default_sensor_name() -> str:
