@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from sensor.app.assemble import Parts, assemble, build_outputs, load
 from sensor.capture.live import LiveCapture, LiveCaptureError
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
 from sensor.errors import EXIT_CAPTURE, EXIT_INTERNAL, EXIT_OK, ConfigError, SensorError
@@ -38,7 +39,6 @@ from sensor.output.sinks import Sink
 from sensor.paths import DEFAULT_USER
 from sensor.pipeline import Pipeline
 from sensor.records import Counters, DnsQuery
-from sensor.runner import Runner
 from sensor.status import default_stats_file, write_stats_file
 
 log = logging.getLogger("phi_sensor")
@@ -127,10 +127,10 @@ def prepare_stats_dir(path: Path, account: pwd.struct_passwd | None) -> None:
         log.warning("%s: cannot create the stats directory: %s", path.parent, exc.strerror or exc)
 
 
-def build_detection_runner(args: argparse.Namespace) -> Runner:
+def build_detection(args: argparse.Namespace, config: Any = None) -> Parts:
     """Configuration, signatures, detector and event builder, with no sinks: the caller gives
     them (workers and reloads must not open the spools and files the main process owns)."""
-    return Runner.from_args(args, live=True, sinks=[])
+    return assemble(args, config, live=True, sinks=[])
 
 
 class ForwardingSink:
@@ -169,26 +169,25 @@ class Reloader:
     restart; a reload that changes them says so.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        from sensor.config import load_config
-
+    def __init__(self, args: argparse.Namespace, config: Any = None) -> None:
+        """`config`: the running configuration (loaded from args when None)."""
         self.args = args
-        config = load_config(args.config)
+        if config is None:
+            config = load(args)
         self._outputs = list(config.outputs)
         self._decode = config.decode.model_dump()
         self.succeeded = 0
         self.failed = 0
 
-    def check(self) -> Runner | None:
-        """The new detection runner, or None (after logging why) when the new files are bad."""
-        from sensor.config import load_config
+    def check(self) -> Parts | None:
+        """The new detection, or None (after logging why) when the new files are bad."""
         from sensor.output.specs import validate_outputs
 
         try:
-            config = load_config(self.args.config)
+            config = load(self.args)
             if not self.args.output:
                 validate_outputs(list(config.outputs), source=config.source)
-            fresh = build_detection_runner(self.args)
+            fresh = build_detection(self.args, config)
         except Exception as exc:  # whatever is wrong with the new files, the sensor keeps running
             self.failed += 1
             log.error("reload failed, keeping the running configuration: %s", _reason(exc))
@@ -201,7 +200,7 @@ class Reloader:
         return fresh
 
     @staticmethod
-    def apply(pipeline: Pipeline, fresh: Runner) -> None:
+    def apply(pipeline: Pipeline, fresh: Parts) -> None:
         old, new = pipeline.detector, fresh.pipeline.detector
         if new is not None:
             new.counters = pipeline.counters
@@ -209,8 +208,7 @@ class Reloader:
                 new.adopt_state(old)
         pipeline.detector = new
         pipeline.event_builder = fresh.pipeline.event_builder
-        if fresh.events is not None:  # the running decoder knows the tunnelled flows
-            fresh.events.tunnels = pipeline.decoder.packets.tunnels
+        fresh.events.tunnels = pipeline.decoder.packets.tunnels  # the running decoder knows the tunnelled flows
 
     def reload(self, pipeline: Pipeline) -> bool:
         fresh = self.check()
@@ -426,19 +424,18 @@ def _print_counters(snapshot_counters: dict[str, int]) -> None:
 
 # -- entry point ---------------------------------------------------------------------------------------
 def live_main(args: argparse.Namespace) -> int:
-    from sensor.config import load_config
-
     if args.workers < 1 or args.workers > 64:
         raise ConfigError("command line", "--workers", "expected 1 to 64")
     if not args.stats_interval > 0:
         raise ConfigError("command line", "--stats-interval", "expected a positive number of seconds")
     if args.buffer_mb < 1:
         raise ConfigError("command line", "--buffer-mb", "expected at least 1 MiB")
-    observer = load_config(args.config).sensor.name
-    build_detection_runner(args)  # a bad configuration fails here, before the network is touched
+    config = load(args)  # the one load at start-up: workers inherit what is built from it
+    observer = config.sensor.name
+    detection = build_detection(args, config)  # a bad configuration fails here, before the network is touched
     stats_path = args.stats_file or default_stats_file()
     if getattr(args, "listen", None):
-        return _listen_main(args, stats_path, observer)
+        return _listen_main(args, stats_path, observer, config, detection)
     several = args.workers > 1
     fanout = os.getpid() & 0xFFFF if several else None  # fanout groups are per network namespace
     side_channel = several and args.emit != "events"  # only detection attributes flows through DNS
@@ -469,11 +466,11 @@ def live_main(args: argparse.Namespace) -> int:
     log.info("capturing on %s: %d worker(s), %s filter, %s, stats in %s", args.interface, args.workers, filter_name,
              f"{args.buffer_mb} MiB {'ring' if args.ring else 'socket buffer'} per worker", stats_path)
     if several:
-        return Supervisor(args, captures, stats_path, observer).run()
-    return _run_single(args, captures[0], stats_path, observer)
+        return Supervisor(args, captures, stats_path, observer, config, detection).run()
+    return _run_single(args, captures[0], stats_path, observer, config, detection)
 
 
-def _listen_main(args: argparse.Namespace, stats_path: Path, observer: str) -> int:
+def _listen_main(args: argparse.Namespace, stats_path: Path, observer: str, config: Any, detection: Parts) -> int:
     """`--listen`: a cloud mirror session received on a UDP socket (capture/mirror.py), one worker."""
     from sensor.capture.mirror import MirrorListener
 
@@ -489,20 +486,24 @@ def _listen_main(args: argparse.Namespace, stats_path: Path, observer: str) -> i
     if account is not None:
         drop_privileges(account)
     log.info("listening for %s datagrams on %s:%d, stats in %s", listener.kind, listener.host, listener.port, stats_path)
-    return _run_single(args, listener, stats_path, observer)  # type: ignore[arg-type]
+    return _run_single(args, listener, stats_path, observer, config, detection)  # type: ignore[arg-type]
 
 
-def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path, observer: str) -> int:
+def _run_single(
+    args: argparse.Namespace, capture: LiveCapture, stats_path: Path, observer: str, config: Any, detection: Parts
+) -> int:
     flags = Flags()
     install_signal_handlers(flags)
     try:
-        runner = Runner.from_args(args, live=True)
+        sinks = build_outputs(args, config)  # opened as the account that runs from here on
     except BaseException:
         capture.close()
         raise
-    reloader = Reloader(args)
-    worker = CaptureWorker(capture, runner.pipeline)
-    reporter = StatsReporter(runner.sinks, stats_path, observer=observer, interface=args.interface,
+    pipeline = detection.pipeline
+    pipeline.sinks = sinks
+    reloader = Reloader(args, config)
+    worker = CaptureWorker(capture, pipeline)
+    reporter = StatsReporter(sinks, stats_path, observer=observer, interface=args.interface,
                              interval=args.stats_interval)
     code = EXIT_OK
     try:
@@ -513,7 +514,7 @@ def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path
             if flags.reload:
                 flags.reload = False
                 notify_systemd("RELOADING=1")
-                if reloader.reload(runner.pipeline):
+                if reloader.reload(pipeline):
                     log.info("configuration and signatures reloaded")
                 notify_systemd("READY=1")
             try:
@@ -525,7 +526,7 @@ def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path
             now = time.monotonic()
             if now >= next_flush:
                 next_flush = now + FLUSH_SECONDS
-                _flush_sinks(runner.sinks)
+                _flush_sinks(sinks)
             if reporter.due(time.time()):
                 reporter.emit([worker.snapshot()], (reloader.succeeded, reloader.failed))
         notify_systemd("STOPPING=1")
@@ -536,7 +537,7 @@ def _run_single(args: argparse.Namespace, capture: LiveCapture, stats_path: Path
         reporter.emit([snapshot], (reloader.succeeded, reloader.failed))
     finally:
         capture.close()
-        _close_sinks(runner.sinks, args.flush_timeout)
+        _close_sinks(sinks, args.flush_timeout)
     if args.stats:
         _print_counters(snapshot["counters"])
     return code
@@ -555,8 +556,10 @@ def _set_parent_death_signal() -> None:
 
 
 def _worker_main(
-    index: int, captures: list[LiveCapture], conn: Connection, args: argparse.Namespace, parent: int
+    index: int, captures: list[LiveCapture], conn: Connection, args: argparse.Namespace, parent: int,
+    config: Any, detection: Parts,
 ) -> None:
+    """One worker process: its copy of the detection the main process built before the fork."""
     _set_parent_death_signal()
     if os.getppid() != parent:  # the main process died before the line above took effect
         raise SystemExit(EXIT_CAPTURE)
@@ -568,11 +571,11 @@ def _worker_main(
     capture = captures[index]
     flags = Flags()
     install_signal_handlers(flags)
-    runner = build_detection_runner(args)
+    pipeline = detection.pipeline
     forward = ForwardingSink(conn)
-    runner.pipeline.sinks = [forward]
-    reloader = Reloader(args)
-    worker = CaptureWorker(capture, runner.pipeline)
+    pipeline.sinks = [forward]
+    reloader = Reloader(args, config)
+    worker = CaptureWorker(capture, pipeline)
     code = EXIT_OK
     try:
         next_report = 0.0
@@ -581,7 +584,7 @@ def _worker_main(
                 flags.reload = False
                 fresh = _worker_reload(args, index)
                 if fresh is not None:
-                    reloader.apply(runner.pipeline, fresh)
+                    reloader.apply(pipeline, fresh)
             try:
                 worker.step(POLL_SECONDS)
             except LiveCaptureError as exc:
@@ -604,11 +607,11 @@ def _worker_main(
     raise SystemExit(code)
 
 
-def _worker_reload(args: argparse.Namespace, index: int) -> Runner | None:
+def _worker_reload(args: argparse.Namespace, index: int) -> Parts | None:
     """A worker's reload: the main process has already checked the files, so a failure here
     means they changed in between; the worker keeps its detection and says so."""
     try:
-        return build_detection_runner(args)
+        return build_detection(args)
     except Exception as exc:
         log.error("worker %d: reload failed, keeping the running configuration: %s", index, _reason(exc))
         return None
@@ -617,8 +620,13 @@ def _worker_reload(args: argparse.Namespace, index: int) -> Runner | None:
 class Supervisor:
     """The main process with several workers: owns the sinks, relays signals, sums the stats."""
 
-    def __init__(self, args: argparse.Namespace, captures: list[LiveCapture], stats_path: Path, observer: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, captures: list[LiveCapture], stats_path: Path, observer: str,
+        config: Any, detection: Parts,
+    ) -> None:
         self.args = args
+        self.config = config
+        self.detection = detection
         self.captures = captures
         self.stats_path = stats_path
         self.observer = observer
@@ -632,7 +640,7 @@ class Supervisor:
         for index, capture in enumerate(self.captures):
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
-                target=_worker_main, args=(index, self.captures, sender, self.args, os.getpid()),
+                target=_worker_main, args=(index, self.captures, sender, self.args, os.getpid(), self.config, self.detection),
                 name=f"phi-sensor-worker-{index}",
             )
             process.start()
@@ -643,13 +651,12 @@ class Supervisor:
             conns[receiver] = index
         flags = Flags()
         install_signal_handlers(flags)
-        reloader = Reloader(self.args)
+        reloader = Reloader(self.args, self.config)
         try:
-            runner = Runner.from_args(self.args, live=True)
+            sinks = build_outputs(self.args, self.config)
         except BaseException:
             self._terminate(processes)
             raise
-        sinks = runner.sinks
         reporter = StatsReporter(sinks, self.stats_path, observer=self.observer, interface=self.args.interface,
                                  interval=self.args.stats_interval)
         code = EXIT_OK

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
 import tempfile
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -17,92 +16,18 @@ import orjson
 
 from sensor.capture.channel import FrameWriter, read_frames
 from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, can_split, two_workers, widen_pipe
-from sensor.decode.dispatch import DecodeSettings
+from sensor.app.assemble import assemble, assemble_inventory, check_config
 from sensor.errors import EXIT_CAPTURE, EXIT_FAIL_ON, EXIT_INTERNAL, EXIT_OK, EXIT_SINK, SensorError
 from sensor.output.ecs import EventBuilder
 from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
-from sensor.records import Counters
 from sensor.severity import SEVERITY_RANK
 
 log = logging.getLogger("phi_sensor")
 
 PROGRESS_MIN_BYTES = 32 << 20
 SUMMARY_ROWS = 40  # the end-of-run table stays readable; every alert is in the output anyway
-
-
-def _warm_up(registered_domain: Callable[[str], str]) -> None:
-    """Build what decoding builds on first use anyway, the public suffix list and the health term
-    lexicon, once here: a replay that forks its second worker after this shares them."""
-    from sensor.phi.lexicon import term_matcher
-
-    registered_domain("example.com")
-    term_matcher()
-
-
-def spool_dir(args: argparse.Namespace) -> Path:
-    """--spool-dir, else the state directory's spool (never the working directory)."""
-    from sensor.paths import default_spool_dir
-
-    return args.spool_dir or default_spool_dir()
-
-
-def output_specs(args: argparse.Namespace, config: Any) -> tuple[list[dict[str, Any]], str]:
-    """The outputs a run writes to, and where they were given: --output, else the configuration's."""
-    from sensor.output.sinks import COMMAND_LINE, parse_output_spec
-
-    if not args.output:
-        return list(config.outputs), config.source
-    specs = [parse_output_spec(spec) for spec in args.output]
-    if getattr(args, "emit", "alerts") in ("events", "all"):  # events on the command line: every output
-        for spec in specs:
-            spec.setdefault("events", True)
-    return specs, COMMAND_LINE
-
-
-def signature_overlay(option: Path | None, config: Any) -> Path | None:
-    """The operator's vendor directory: --signatures, else the configuration's sensor.signatures
-    (relative to the configuration file's directory)."""
-    if option is not None:
-        return option
-    configured = config.sensor.signatures
-    if not configured:
-        return None
-    path = Path(configured).expanduser()
-    return path if path.is_absolute() else Path(config.source).parent / path
-
-
-def decode_settings(config: Any) -> DecodeSettings:
-    """The decoder's settings from the configuration's `decode` section; its tunnel ports are set
-    on the packet decoder (process-wide: the compiled selector and decoder share them)."""
-    from sensor.decode.packet import configure_udp_tunnels
-
-    limits = config.decode.model_dump()
-    ports = limits.pop("tunnel_ports", None)
-    if ports is not None:
-        configure_udp_tunnels(ports)
-    return DecodeSettings(**limits)
-
-
-def _rule_ids() -> Iterator[str]:
-    """The detection rules' ids, the rules loaded only when a configuration tunes one."""
-    from sensor.detect.rules import ALL_RULES
-
-    for rule in ALL_RULES:
-        yield rule.INFO.id
-
-
-def _settle_heap() -> None:
-    """What start-up built (catalog, lexicons, suffix trie, compiled patterns) lives for the whole
-    run: freeze it out of the cycle collector's scans. The hot loop allocates many short-lived
-    tuples that reference counting frees, so young objects are collected less often too. A first
-    start leaves next to no cyclic garbage, so it freezes without the full collection (~5 ms)."""
-    if gc.get_freeze_count():  # a live reload: what the previous configuration froze may be garbage now
-        gc.unfreeze()
-        gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 class Runner:
@@ -114,94 +39,26 @@ class Runner:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, live: bool = False, sinks: list[Sink] | None = None) -> "Runner":
-        """`sinks`: use these instead of building the configured outputs (live workers and reloads
-        must not open the spools and files the main process owns)."""
-        from sensor.config import load_config
-        from sensor.enrich.vendors import registered_domain
-        from sensor.output.factory import build_sinks
-
-        config = load_config(args.config)
-        config.check_rule_ids(_rule_ids())
-        unredacted = args.unredacted or config.redaction.unredacted
-        if unredacted:
-            log.warning("unredacted output requested: alerts will contain health data values in clear")
-        if sinks is None:
-            specs, source = output_specs(args, config)
-            sinks = build_sinks(specs, spool_dir=spool_dir(args), observer=config.sensor.name, source=source)
-        counters = Counters()
-        events = EventBuilder(config.sensor.name, registered_domain, redact_urls=not unredacted)
-        detector = None
-        if args.emit in ("alerts", "all"):  # the vendor catalog and the rules load only to detect
-            from sensor.detect.engine import DEFAULT_THROTTLE_SECONDS, DetectionEngine, RuleSettings
-            from sensor.detect.rules import ALL_RULES
-            from sensor.enrich.vendors import VendorCatalog
-            from sensor.output.ecs import AlertBuilder
-
-            catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
-            policy = config.build_policy(catalog)
-            settings = {}
-            for rule in ALL_RULES:
-                tuning = config.rule(rule.INFO.id)
-                enabled = rule.INFO.enabled_by_default if tuning.enabled is None else tuning.enabled
-                settings[rule.INFO.id] = RuleSettings(
-                    enabled=enabled,
-                    severity=tuning.severity,
-                    throttle_seconds=float(tuning.throttle_seconds or DEFAULT_THROTTLE_SECONDS),
-                )
-            detector = DetectionEngine(
-                policy, AlertBuilder(events, unredacted=unredacted), settings, counters, immediate=live
-            )
-        pipeline = Pipeline(
-            sinks=sinks,
-            counters=counters,
-            settings=decode_settings(config),
-            event_builder=events if args.emit in ("events", "all") else None,
-            detector=detector,
-        )
-        events.tunnels = pipeline.decoder.packets.tunnels  # events of tunnelled flows name their tunnel
-        _warm_up(registered_domain)
-        _settle_heap()
-        runner = cls(pipeline, sinks, args)
-        runner.events = events
+        """A runner over what `assemble` builds from the command line and configuration."""
+        parts = assemble(args, live=live, sinks=sinks)
+        runner = cls(parts.pipeline, parts.sinks, args)
+        runner.events = parts.events
         return runner
 
     @staticmethod
     def check_config(args: argparse.Namespace) -> int:
         """What replay and live check before they start, on the same configuration and outputs."""
-        from sensor.config import load_config
-        from sensor.enrich.vendors import VendorCatalog
-        from sensor.output.factory import check_outputs
-
-        config = load_config(args.config)
-        config.check_rule_ids(_rule_ids())
-        catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
-        policy = config.build_policy(catalog)
-        specs, source = output_specs(args, config)
-        check_outputs(specs, spool_dir=spool_dir(args), source=source)
-        print(
-            f"{config.source}: ok ({len(policy.assets)} PHI host entries, {len(policy.baa)} BAA(s), "
-            f"{len(policy.allow)} allowed domain(s), {len(catalog)} vendors in the catalog, {len(specs)} output(s))"
-        )
+        print(check_config(args))
         return EXIT_OK
 
     @staticmethod
     def report(args: argparse.Namespace) -> int:
         """Replay captures into the data-flow inventory instead of alerts."""
-        from sensor.config import load_config
-        from sensor.detect.engine import DetectionEngine, RuleSettings
-        from sensor.detect.rules import ALL_RULES
-        from sensor.enrich.vendors import VendorCatalog
+        from sensor.deep.replay import feed_inputs
         from sensor.report import Inventory
 
-        config = load_config(args.config)
-        catalog = VendorCatalog.with_overlay(signature_overlay(args.signatures, config))
         inventory = Inventory()
-        no_rules = {rule.INFO.id: RuleSettings(enabled=False) for rule in ALL_RULES}
-        engine = DetectionEngine(
-            config.build_policy(catalog), lambda *a: {}, no_rules, immediate=False, on_observation=inventory.observe
-        )
-        pipeline = Pipeline(sinks=[], settings=decode_settings(config), detector=engine)
-        from sensor.deep.replay import feed_inputs
+        pipeline, engine = assemble_inventory(args, inventory.observe)
 
         problems = feed_inputs(pipeline, args.pcaps, args.keylog, args.har_source, args.prefilter,
                                lambda: engine.policy.assets)

@@ -45,7 +45,7 @@ from sensor.capture.pcap import CaptureFile
 from sensor.cli import _add_common
 from sensor.errors import ConfigError
 from sensor.cli import add_live_arguments
-from sensor.live import Reloader, build_detection_runner, drop_privileges, resolve_user, stats_document
+from sensor.live import Reloader, build_detection, drop_privileges, resolve_user, stats_document
 from sensor.cli import add_status_arguments
 from sensor.status import read_stats, status_main, summarize, write_stats_file
 
@@ -300,7 +300,7 @@ def test_reload_keeps_running_detection_when_the_new_files_are_bad(tmp_path: Pat
     config = tmp_path / "sensor.yaml"
     config.write_text(EXAMPLE_CONFIG.read_text())
     args = live_args("--config", str(config))
-    pipeline = build_detection_runner(args).pipeline
+    pipeline = build_detection(args).pipeline
     pipeline.sinks = []
     pipeline.replay(PCAPS / "demo.pcap")
     detector = pipeline.detector
@@ -332,7 +332,7 @@ def test_reload_says_when_outputs_wait_for_a_restart(tmp_path: Path, caplog: pyt
     config = tmp_path / "sensor.yaml"
     config.write_text(EXAMPLE_CONFIG.read_text())
     args = live_args("--config", str(config))
-    pipeline = build_detection_runner(args).pipeline
+    pipeline = build_detection(args).pipeline
     reloader = Reloader(args)
     config.write_text(EXAMPLE_CONFIG.read_text().replace('{type: jsonl, path: "-"}',
                                                          f'{{type: jsonl, path: "{tmp_path / "a.jsonl"}"}}'))

@@ -15,7 +15,7 @@ import pytest
 
 from sensor.cli import _add_common
 from sensor.cli import add_live_arguments
-from sensor.runner import spool_dir
+from sensor.app.assemble import spool_dir
 from sensor.status import default_stats_file
 
 from conftest import REPO
