@@ -323,12 +323,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from sensor.live import live_main
+    from sensor.app.live.service import live_main
 
     return live_main(args)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sensor.status import status_main
+    from sensor.app.live.status import status_main
 
     return status_main(args)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import PCAPS, REPO, SHARED
-from sensor.live import stats_document
+from sensor.app.live.stats import stats_document
 from sensor.output.ecs import DATASETS, EventBuilder
 from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello
 from sensor.paths import TEMPLATES_DIR

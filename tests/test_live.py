@@ -45,9 +45,11 @@ from sensor.capture.pcap import CaptureFile
 from sensor.cli import _add_common
 from sensor.errors import ConfigError
 from sensor.cli import add_live_arguments
-from sensor.live import Reloader, build_detection, drop_privileges, resolve_user, stats_document
+from sensor.app.live.reload import Reloader, build_detection
+from sensor.app.live.stats import stats_document
+from sensor.app.live.system import drop_privileges, resolve_user
 from sensor.cli import add_status_arguments
-from sensor.status import read_stats, status_main, summarize, write_stats_file
+from sensor.app.live.status import read_stats, status_main, summarize, write_stats_file
 
 from conftest import PCAPS, REPO
 
@@ -393,7 +395,7 @@ SENSOR_MAIN = """
 import argparse, logging, sys
 from sensor.cli import _add_common
 from sensor.cli import add_live_arguments
-from sensor.live import live_main
+from sensor.app.live.service import live_main
 logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
 parser = argparse.ArgumentParser()
 _add_common(parser)

@@ -16,7 +16,7 @@ import pytest
 from sensor.cli import _add_common
 from sensor.cli import add_live_arguments
 from sensor.app.assemble import spool_dir
-from sensor.status import default_stats_file
+from sensor.app.live.status import default_stats_file
 
 from conftest import REPO
 
