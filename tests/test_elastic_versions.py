@@ -29,7 +29,7 @@ from servers import (  # noqa: F401
 from conftest import PCAPS, REPO
 from sensor.output.elasticsearch import CLIENT_MAJOR, elasticsearch_client, negotiate
 from sensor.output.factory import build_sinks
-from sensor.setup import Layout, setup_main
+from sensor.app.setup import Layout, setup_main
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 FAST = {"backoff_base": 0.02, "backoff_max": 0.2, "timeout": 5}

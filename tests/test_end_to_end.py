@@ -11,7 +11,7 @@ import yaml
 from servers import EsCompatProxy, SearchBackend, es_proxy, search_backend  # noqa: F401
 
 from conftest import PCAPS, REPO
-from sensor.setup import Layout
+from sensor.app.setup import Layout
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 

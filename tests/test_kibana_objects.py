@@ -19,7 +19,7 @@ from sensor.detect.rules import ALL_RULES
 from sensor.enrich.baa import BaaRegistry
 from sensor.output.ecs import DATASETS, MODULE
 from sensor.paths import KIBANA_DIR, TEMPLATES_DIR
-from sensor.setup import SECURITY_RULES_DIR, Layout, kibana_objects, security_rules, setup_main
+from sensor.app.setup import SECURITY_RULES_DIR, Layout, kibana_objects, security_rules, setup_main
 from sensor.severity import SEVERITY_SCORE
 
 NDJSON = KIBANA_DIR / "phi-sensor.ndjson"

@@ -46,6 +46,7 @@ from sensor.cli import _add_common
 from sensor.errors import ConfigError
 from sensor.cli import add_live_arguments
 from sensor.app.live.reload import Reloader, build_detection
+from sensor.app.replay.files import replay_file
 from sensor.app.live.stats import stats_document
 from sensor.app.live.system import drop_privileges, resolve_user
 from sensor.cli import add_status_arguments
@@ -304,7 +305,7 @@ def test_reload_keeps_running_detection_when_the_new_files_are_bad(tmp_path: Pat
     args = live_args("--config", str(config))
     pipeline = build_detection(args).pipeline
     pipeline.sinks = []
-    pipeline.replay(PCAPS / "demo.pcap")
+    replay_file(pipeline, PCAPS / "demo.pcap")
     detector = pipeline.detector
     assert detector is not None and len(detector.dns_cache) > 0
     reloader = Reloader(args)

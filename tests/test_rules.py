@@ -21,7 +21,7 @@ from sensor.detect.rules import ALL_RULES
 from sensor.enrich.vendors import VendorCatalog, registered_domain
 from sensor.output.ecs import AlertBuilder, EventBuilder
 from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, Record, TlsHello
-from sensor.runner import Runner
+from sensor.app.replay.main import Runner
 from sensor.severity import SEVERITY_SCORE
 
 T0 = 1705329000.0  # 2024-01-15 14:30:00 UTC, the day every BAA date below is judged against

@@ -37,7 +37,7 @@ from sensor.errors import ConfigError
 from sensor.output.elasticsearch import bulk_action, index_name
 from sensor.output.factory import build_sinks
 from sensor.output.sinks import parse_output_spec
-from sensor.setup import setup_main
+from sensor.app.setup import setup_main
 
 TESTS_DIR = Path(__file__).resolve().parent
 FAST = {"backoff_base": 0.02, "backoff_max": 0.2, "timeout": 5}
