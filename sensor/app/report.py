@@ -4,23 +4,23 @@ agreement, with a suggested egress allow list. What auditors ask for and no sens
 `phi-sensor report` (report_main) replays captures into it through the composition root."""
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import hmac
 import io
 import json
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
 
 from sensor.app.assemble import assemble_inventory
-from sensor.detect.base import Observation
 from sensor.enrich.assets import is_internal, is_internal_name
+from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import registered_domain
+from sensor.errors import EXIT_CAPTURE, EXIT_OK
 from sensor.output.ecs import iso_time
 from sensor.phi import evidence, is_health_data, request_fields
-from sensor.errors import EXIT_CAPTURE, EXIT_OK
 from sensor.records import HttpRequest
 
 log = logging.getLogger("phi_sensor")

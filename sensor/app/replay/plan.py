@@ -55,7 +55,7 @@ def can_split(paths: list[Path]) -> bool:
 
 def start_early(paths: list[Path], prefilter: str, workers: str) -> AnyPrefilter | None:
     """Start the first file's prefilter before the rest of the sensor is loaded, when replay will
-    use it; hand the result to `Pipeline.replay`, or `close()` it if the run stops before."""
+    use it; hand the result to `replay_file`, or `close()` it if the run stops before."""
     if not paths:
         return None
     mode = "always" if two_workers(paths, prefilter, workers) else prefilter
