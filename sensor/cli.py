@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from sensor import __version__
-from sensor.errors import SensorError
+from sensor.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SensorError
+from sensor.paths import DEFAULT_USER
+from sensor.severity import SEVERITIES
 
-EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_CAPTURE, EXIT_SINK, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
-DEFAULT_USER = "phi-sensor"  # the account `live` switches to once its capture is open
 DEFAULT_STATS_INTERVAL = 60.0
-SEVERITIES = ("low", "medium", "high", "critical")
 LOG_FORMATS = ("text", "json")
 
 log = logging.getLogger("phi_sensor")
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, never the input's fault: one line, details on request
         if os.environ.get("PHI_SENSOR_DEBUG"):
             raise
@@ -281,17 +280,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     args.pcaps = expand(args.pcaps, args.recursive)
     if wants_deep(args.pcaps, args.keylog):
+        from sensor.app.replay.main import Runner
         from sensor.deep.replay import replay_deep
-        from sensor.runner import Runner
 
         return replay_deep(Runner.from_args(args), args.pcaps, args.keylog, args.har_source, args.prefilter)
-    from sensor.capture.prefilter import start_early
+    from sensor.app.replay.plan import start_early
 
     args.pcaps = expand(args.pcaps, args.recursive)
     # libpcap starts filtering the first file on the other core while the sensor loads.
     started = start_early(args.pcaps, args.prefilter, args.workers)
     try:
-        from sensor.runner import Runner
+        from sensor.app.replay.main import Runner
 
         runner = Runner.from_args(args)
     except BaseException:
@@ -304,32 +303,33 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from sensor.runner import Runner
+    from sensor.app.assemble import check_config
 
-    return Runner.check_config(args)
+    print(check_config(args))
+    return EXIT_OK
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
-    from sensor.setup import setup_main
+    from sensor.app.setup import setup_main
 
     return setup_main(args.setup_args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from sensor.app.report import report_main
     from sensor.capture.inputs import expand
-    from sensor.runner import Runner
 
     args.pcaps = expand(args.pcaps, args.recursive)
-    return Runner.report(args)
+    return report_main(args)
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from sensor.live import live_main
+    from sensor.app.live.service import live_main
 
     return live_main(args)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sensor.status import status_main
+    from sensor.app.live.status import status_main
 
     return status_main(args)

@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from sensor.config import (
-    _RULE_ID,
+from sensor.config_base import (
     DECODE_DEFAULTS,
     DEFAULT_SOURCE,
-    Policy,
-    Severity,
+    RULE_ID,
     as_date,
     default_outputs,
     default_sensor_name,
     describe_value,
 )
+from sensor.enrich.policy import Policy
 from sensor.errors import ConfigError
+from sensor.severity import Severity
 
 if TYPE_CHECKING:
     from sensor.enrich.assets import AssetInventory
@@ -66,7 +66,7 @@ def _output_spec(value: object) -> object:
 
 
 def _rule_id(value: str) -> str:
-    if not _RULE_ID.fullmatch(value):
+    if not RULE_ID.fullmatch(value):
         raise ValueError(f"expected a rule id such as tracker-egress-no-baa, found {value!r}")
     return value
 

@@ -20,6 +20,7 @@ KIBANA_DIR = DATA_DIR / "kibana"
 SECURITY_RULES_DIR = KIBANA_DIR / "security-rules"
 
 APP = "phi-sensor"
+DEFAULT_USER = APP  # the account `live` switches to once its capture is open
 CONFIG_FILE_NAME = "sensor.yaml"
 SPOOL_DIR_NAME = "spool"
 

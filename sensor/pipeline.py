@@ -4,15 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Protocol
 
-from sensor.capture.inputs import is_stream
-from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import AnyPrefilter, open_prefilter, should_prefilter
 from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
-from sensor.decode.packet import LINKTYPE_NAMES
-from sensor.errors import CaptureError
 from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
 
@@ -24,10 +18,6 @@ class Detector(Protocol):
     def finish(self) -> list[dict]: ...
 
 
-# Called with (bytes done, bytes total) while a file is replayed.
-ProgressCallback = Callable[[int, int], None]
-# Takes a packet (timestamp, link type, frame) that another process decodes.
-Forward = Callable[[float, int, bytes], None]
 
 
 class Pipeline:
@@ -92,14 +82,14 @@ class Pipeline:
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         self.decoder.feed(ts, linktype, frame)
         if self.decoder.records:
-            self._drain()
+            self.drain()
 
     def feed_records(self, records: Iterable[Record]) -> None:
         """Records read elsewhere (a HAR file, requests tshark decrypted) take the same path."""
         self.decoder.records.extend(records)
-        self._drain()
+        self.drain()
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         records = self.decoder.records
         self.decoder.records = []
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
@@ -131,97 +121,10 @@ class Pipeline:
 
     def finish(self) -> None:
         self.decoder.finish()
-        self._drain()
+        self.drain()
         if self.detector is not None:
             self._ship(self.detector.finish())
         layers = sys.modules.get("sensor.phi.layers")  # loaded only when something was peeled
         if layers is not None:
             for name, count in layers.take_capped().items():
                 self.counters.add(f"phi.capped.{name}", count)
-
-    # -- replay ---------------------------------------------------------------------------
-    def replay(
-        self, path: Path, prefilter: str = "auto", progress: ProgressCallback | None = None,
-        forward: Forward | None = None, started: AnyPrefilter | None = None,
-    ) -> list[str]:
-        """Feed one capture file; return its problems as one line each (the rest is still processed).
-
-        `forward` splits the work with a second process: packets whose client address (the side
-        with the higher port) is odd go there, so a host's DNS, flows and alert windows stay in
-        one process. Reassembled IP fragments and tunnelled packets stay here. `started`: this file's prefilter, already
-        running (see `prefilter.start_early`)."""
-        counters = self.counters
-        stream = is_stream(path)
-        try:
-            total = 0 if stream else path.stat().st_size
-        except OSError as exc:
-            return [f"{path}: cannot open: {exc.strerror or exc}"]
-        if path.is_dir():
-            return [f"{path}: no capture files in this directory"]
-        runner: AnyPrefilter | None = started
-        if stream:  # read once from the front: no probe, no prefilter (its faults come from packets())
-            capture = CaptureFile(path)
-        elif runner is not None:
-            capture = CaptureFile(path, stream=runner.stdout)
-            counters.add("capture.prefiltered_files")
-        elif should_prefilter(path, "always" if forward is not None else prefilter):
-            runner = open_prefilter(path)
-            capture = CaptureFile(path, stream=runner.stdout)
-            counters.add("capture.prefiltered_files")
-        else:
-            capture = CaptureFile(path)
-            try:
-                capture.check()
-            except CaptureError as exc:
-                return [str(exc)]
-        feed, feed_decoded = self.decoder.feed, self.decoder.feed_decoded
-        decoder = self.decoder
-        packet_decoder = decoder.packets
-        decode = packet_decoder.decode
-        packets = size = 0
-        by_linktype: dict[int, int] = {}
-        try:
-            for ts, linktype, frame in capture.packets():
-                packets += 1
-                size += len(frame)
-                by_linktype[linktype] = by_linktype.get(linktype, 0) + 1
-                if progress is not None and not packets & 0x3FFF:
-                    done = runner.bytes_read() if runner is not None else size
-                    progress(min(done or 0, total), total)
-                if forward is None:
-                    feed(ts, linktype, frame)
-                else:
-                    decoded = decode(ts, linktype, frame)
-                    if decoded is None:
-                        continue
-                    sport, dport = decoded[3], decoded[4]
-                    # fragments and tunnels stay here, as the compiled selector's worker_of decides
-                    if ((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not packet_decoder.reassembled
-                            and not packet_decoder.tunnelled):
-                        forward(ts, linktype, frame)
-                        continue
-                    feed_decoded(ts, decoded)
-                if decoder.records:
-                    self._drain()
-        finally:
-            problems = list(capture.errors)
-            if runner is not None:
-                complaint = runner.close()
-                if complaint:
-                    problems.append(f"{path}: {complaint}")
-        # With the prefilter these are the packets libpcap passed, not every packet of the file.
-        counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
-        counters.add("bytes", size)
-        counters.add("files", 1)
-        if capture.empty_records or capture.late_records:
-            counters.add("capture.empty_records", capture.empty_records)
-            counters.add("capture.late_records", capture.late_records)
-            log.warning(capture.suspicious())  # a second replay worker reports what it saw
-        for linktype, count in by_linktype.items():
-            counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
-        unsupported = capture.linktypes - set(LINKTYPE_NAMES)
-        if unsupported:
-            problems.append(f"{path}: unsupported link type(s) {sorted(unsupported)}: those packets were skipped")
-        if progress is not None:
-            progress(total, total)
-        return problems

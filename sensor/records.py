@@ -158,3 +158,18 @@ class Counters:
 
     def get(self, name: str) -> int:
         return self.values.get(name, 0)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target (origin or absolute form) into path and query, fragment dropped."""
+    rest = target.split("#", 1)[0]
+    if rest.lower().startswith(("http://", "https://")):
+        after_scheme = rest.split("://", 1)[1]
+        slash = after_scheme.find("/")
+        question = after_scheme.find("?")
+        if slash == -1 or (question != -1 and question < slash):
+            rest = "/" + after_scheme[question:] if question != -1 else "/"
+        else:
+            rest = after_scheme[slash:]
+    path, _, query = rest.partition("?")
+    return path, query

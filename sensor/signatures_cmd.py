@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EXIT_OK = 0
+from sensor.errors import EXIT_OK
+
 IMPORT_FORMATS = ("hosts", "adblock", "json")
 DEFAULT_LICENCE = "NOASSERTION"  # SPDX: the licence was not stated
 # An SPDX licence expression: identifiers joined by AND, OR, WITH, optionally in parentheses.

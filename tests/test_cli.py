@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensor.cli import EXIT_CAPTURE, EXIT_OK, EXIT_USAGE, main
+from sensor.cli import main
+from sensor.errors import EXIT_CAPTURE, EXIT_OK, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 PCAPS = REPO / "pcaps"

@@ -22,11 +22,11 @@ import pytest
 import yaml
 from conftest import PCAPS, REPO, SHARED
 
-from sensor.live import stats_document
+from sensor.app.live.stats import stats_document
+from sensor.app.setup import Layout, _index_template
 from sensor.output.ecs import DATASETS, EventBuilder
 from sensor.paths import TEMPLATES_DIR
 from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello
-from sensor.setup import Layout, _index_template
 
 ECS_YML = SHARED / "reference" / "ecs_flat_8.11.yml"
 CORPUS = SHARED / "corpus"

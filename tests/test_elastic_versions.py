@@ -18,9 +18,9 @@ from conftest import PCAPS, REPO
 from elasticsearch import BadRequestError, Elasticsearch
 from servers import Behaviour, EsCompatProxy, SearchBackend, WebhookServer, make_alert
 
+from sensor.app.setup import Layout, setup_main
 from sensor.output.elasticsearch import CLIENT_MAJOR, elasticsearch_client, negotiate
-from sensor.output.sinks import build_sinks
-from sensor.setup import Layout, setup_main
+from sensor.output.factory import build_sinks
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 FAST = {"backoff_base": 0.02, "backoff_max": 0.2, "timeout": 5}

@@ -11,7 +11,7 @@ import yaml
 from conftest import PCAPS, REPO
 from servers import EsCompatProxy, SearchBackend
 
-from sensor.setup import Layout
+from sensor.app.setup import Layout
 
 EXAMPLE = yaml.safe_load((REPO / "deploy" / "config" / "sensor.example.yaml").read_text())
 

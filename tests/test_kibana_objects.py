@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from servers import Behaviour, WebhookServer
 
-from sensor.detect.base import SEVERITY_SCORE
-from sensor.detect.engine import DetectionEngine
+from sensor.app.setup import SECURITY_RULES_DIR, Layout, kibana_objects, security_rules, setup_main
 from sensor.detect.rules import ALL_RULES
+from sensor.enrich.baa import BaaRegistry
 from sensor.output.ecs import DATASETS, MODULE
 from sensor.paths import KIBANA_DIR, TEMPLATES_DIR
-from sensor.setup import SECURITY_RULES_DIR, Layout, kibana_objects, security_rules, setup_main
+from sensor.severity import SEVERITY_SCORE
 
 NDJSON = KIBANA_DIR / "phi-sensor.ndjson"
 TEMPLATES = TEMPLATES_DIR
@@ -62,10 +62,10 @@ def search_source(obj: dict[str, Any]) -> dict[str, Any]:
 
 def emitted_values() -> dict[str, set[str]]:
     """What the sensor writes in the fields the objects filter on, read from where it is decided."""
-    source = inspect.getsource(DetectionEngine._baa_status)
+    source = inspect.getsource(BaaRegistry.standing)
     tree = ast.parse(source.replace("\n    ", "\n").strip())
-    baa = {node.value.value for node in ast.walk(tree)
-           if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant)}
+    baa = {node.value.elts[-1].value for node in ast.walk(tree)
+           if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple)}
     return {
         "phi_egress.baa.status": baa,
         "rule.id": {rule.INFO.id for rule in ALL_RULES},

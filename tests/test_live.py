@@ -30,6 +30,11 @@ from conftest import PCAPS, REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensor.app.live.reload import Reloader, build_detection
+from sensor.app.live.stats import stats_document
+from sensor.app.live.status import read_stats, status_main, summarize, write_stats_file
+from sensor.app.live.system import drop_privileges, resolve_user
+from sensor.app.replay.files import replay_file
 from sensor.capture.bpf import default_filter
 from sensor.capture.live import (
     PACKET_AUXDATA,
@@ -45,8 +50,6 @@ from sensor.capture.live import (
 from sensor.capture.pcap import CaptureFile
 from sensor.cli import _add_common, add_live_arguments, add_status_arguments
 from sensor.errors import ConfigError
-from sensor.live import Reloader, build_detection_runner, drop_privileges, resolve_user, stats_document
-from sensor.status import read_stats, status_main, summarize, write_stats_file
 
 sys.path.insert(0, str(PCAPS))
 import synth  # noqa: E402  (pcaps/ is not a package)
@@ -297,9 +300,9 @@ def test_reload_keeps_running_detection_when_the_new_files_are_bad(tmp_path: Pat
     config = tmp_path / "sensor.yaml"
     config.write_text(EXAMPLE_CONFIG.read_text())
     args = live_args("--config", str(config))
-    pipeline = build_detection_runner(args).pipeline
+    pipeline = build_detection(args).pipeline
     pipeline.sinks = []
-    pipeline.replay(PCAPS / "demo.pcap")
+    replay_file(pipeline, PCAPS / "demo.pcap")
     detector = pipeline.detector
     assert detector is not None and len(detector.dns_cache) > 0
     reloader = Reloader(args)
@@ -329,7 +332,7 @@ def test_reload_says_when_outputs_wait_for_a_restart(tmp_path: Path, caplog: pyt
     config = tmp_path / "sensor.yaml"
     config.write_text(EXAMPLE_CONFIG.read_text())
     args = live_args("--config", str(config))
-    pipeline = build_detection_runner(args).pipeline
+    pipeline = build_detection(args).pipeline
     reloader = Reloader(args)
     config.write_text(EXAMPLE_CONFIG.read_text().replace('{type: jsonl, path: "-"}',
                                                          f'{{type: jsonl, path: "{tmp_path / "a.jsonl"}"}}'))
@@ -390,7 +393,7 @@ SENSOR_MAIN = """
 import argparse, logging, sys
 from sensor.cli import _add_common
 from sensor.cli import add_live_arguments
-from sensor.live import live_main
+from sensor.app.live.service import live_main
 logging.basicConfig(level=logging.INFO, format="phi-sensor: %(message)s", stream=sys.stderr)
 parser = argparse.ArgumentParser()
 _add_common(parser)

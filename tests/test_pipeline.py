@@ -6,6 +6,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sensor.app.replay.files import replay_file
 from sensor.enrich.vendors import registered_domain
 from sensor.output.ecs import EventBuilder
 from sensor.output.jsonl import JsonlSink
@@ -47,7 +48,7 @@ class _NoDetections:
 
 def _replay(path: Path, sinks: list, detector: object = None) -> Pipeline:
     pipeline = Pipeline(sinks=sinks, event_builder=EventBuilder("sensor-1", registered_domain), detector=detector)
-    pipeline.replay(path, prefilter="never")
+    replay_file(pipeline, path, prefilter="never")
     pipeline.finish()
     for sink in sinks:
         sink.flush()
@@ -86,9 +87,9 @@ def test_replacing_the_outputs_decides_again(tmp_path: Path) -> None:
     capture = PCAPS / "demo.pcap"
     first, second = JsonlSink(tmp_path / "1.jsonl"), _Collecting()
     pipeline = Pipeline(sinks=[first], event_builder=EventBuilder("s", registered_domain))
-    pipeline.replay(capture, prefilter="never")
+    replay_file(pipeline, capture, prefilter="never")
     pipeline.sinks = [second]  # as the second replay worker does with its spill
-    pipeline.replay(capture, prefilter="never")
+    replay_file(pipeline, capture, prefilter="never")
     pipeline.finish()
     first.flush()
     assert second.docs and (tmp_path / "1.jsonl").read_bytes().count(b"\n") > 0

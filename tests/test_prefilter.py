@@ -15,18 +15,12 @@ from conftest import CORPUS, PCAPS, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sensor.app.replay.plan as plan_module
 import sensor.capture.prefilter as prefilter_module
+from sensor.app.replay.plan import should_prefilter, start_early
 from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import (
-    CompiledPrefilter,
-    Prefilter,
-    capture_linktype,
-    is_plain_pcap,
-    open_prefilter,
-    should_prefilter,
-    start_early,
-)
+from sensor.capture.prefilter import CompiledPrefilter, Prefilter, capture_linktype, is_plain_pcap, open_prefilter
 
 REPO_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
 
@@ -383,7 +377,7 @@ def test_prefilter_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert chosen.close() is None  # closed early: the thread stops, nothing hangs
     packed = tmp_path / "demo.pcap.gz"
     packed.write_bytes(gzip.compress(demo.read_bytes()))
-    monkeypatch.setattr(prefilter_module, "tcpdump_path", lambda: None)
+    monkeypatch.setattr(plan_module, "tcpdump_path", lambda: None)
     assert should_prefilter(demo, "always")  # no tcpdump needed for a plain pcap file
     assert not should_prefilter(packed, "always")  # gzip needs tcpdump
 
@@ -408,14 +402,14 @@ def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -
     assert reader.errors == [f"{cut}: {complaint}"]
 
 
-def _python_worker(decoder: PacketDecoder, linktype: int, frame: bytes) -> int | None:
-    """The worker Pipeline.replay's forwarding split gives a frame (None: the decoder drops it)."""
+def _python_worker(decoder: "PacketDecoder", linktype: int, frame: bytes) -> int | None:
+    """The worker replay_file's forwarding split gives a frame (None: the decoder drops it)."""
     decoded = decoder.decode(0.0, linktype, frame)
     if decoded is None:
         return None
     sport, dport = decoded[3], decoded[4]
-    return int(bool((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not decoder.reassembled))
-
+    return int(bool((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not decoder.reassembled
+                    and not decoder.tunnelled))
 
 def _split_streams(path: Path) -> tuple[list[bytes], list[bytes]]:
     selector = CompiledPrefilter(path, split=True)
@@ -522,20 +516,19 @@ def test_fork_mid_selection_loses_and_repeats_nothing(tmp_path: Path, delay: flo
 
 def test_child_lines_shipped_while_it_runs_arrive_once_and_in_order(tmp_path: Path) -> None:
     """The parent ships the second worker's spill as it grows: lines cut by a flush wait for their end."""
-    import argparse
     import os
     import tempfile
     import time
 
     import orjson
 
+    from sensor.app.replay.split import SplitReplay
     from sensor.output.jsonl import JsonlSink
     from sensor.pipeline import Pipeline
-    from sensor.runner import Runner
 
     out = tmp_path / "out.jsonl"
     sink = JsonlSink(out)
-    runner = Runner(Pipeline(sinks=[sink]), [sink], argparse.Namespace())
+    runner = SplitReplay(Pipeline(sinks=[sink]), [sink], lambda *a: [])
     lines = [orjson.dumps({"n": index, "pad": "x" * (index % 700)}) + b"\n" for index in range(3000)]
     spill, trailer = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     pid = os.fork()

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import PCAPS, REPO
 
+from sensor.app.report import Inventory
+from sensor.app.report_html import INVENTORY_COLUMNS, render_html, render_markdown
 from sensor.detect.base import Observation
 from sensor.enrich.assets import PhiHost
 from sensor.records import Flow, HttpRequest
-from sensor.report import Inventory
-from sensor.report_html import INVENTORY_COLUMNS, render_html, render_markdown
 
 DATA = REPO / "tests" / "data" / "deep"
 CONFIG = DATA / "config.yaml"

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensor.app.replay.main import Runner
 from sensor.cli import build_parser
 from sensor.config import parse_config
-from sensor.detect.base import SEVERITY_SCORE
 from sensor.detect.engine import DetectionEngine, RuleSettings
 from sensor.detect.rules import ALL_RULES
 from sensor.enrich.vendors import VendorCatalog, registered_domain
 from sensor.output.ecs import AlertBuilder, EventBuilder
 from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, Record, TlsHello
-from sensor.runner import Runner
+from sensor.severity import SEVERITY_SCORE
 
 T0 = 1705329000.0  # 2024-01-15 14:30:00 UTC, the day every BAA date below is judged against
 

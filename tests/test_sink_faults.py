@@ -119,7 +119,7 @@ def test_events_are_not_duplicated_when_a_bulk_answer_is_lost(
 
 
 def test_spooled_sinks_come_first_whatever_the_configured_order(tmp_path: Path) -> None:
-    from sensor.output.sinks import build_sinks
+    from sensor.output.factory import build_sinks
     from sensor.output.spool import SpooledSink
 
     sinks = build_sinks(

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from sensor.errors import ConfigError
+from sensor.output.factory import build_sinks
 from sensor.output.jsonl import JsonlSink
-from sensor.output.sinks import AlertsOnly, build_sinks, parse_output_spec
+from sensor.output.sinks import AlertsOnly, parse_output_spec
 from sensor.output.specs import build_validated
 
 EVENT = {"event": {"kind": "event"}, "n": 1}

@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import REAL_ES_API_KEY, Behaviour, EsCompatProxy, SearchBackend, WebhookServer, make_alert, make_event, wait_until
 
+from sensor.app.setup import setup_main
 from sensor.errors import ConfigError
 from sensor.output.elasticsearch import bulk_action, index_name
-from sensor.output.sinks import build_sinks, parse_output_spec
-from sensor.setup import setup_main
+from sensor.output.factory import build_sinks
+from sensor.output.sinks import parse_output_spec
 
 TESTS_DIR = Path(__file__).resolve().parent
 FAST = {"backoff_base": 0.02, "backoff_max": 0.2, "timeout": 5}
@@ -368,7 +369,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from servers import make_alert
-from sensor.output.sinks import build_sinks
+from sensor.output.factory import build_sinks
 spec = {"type": "elasticsearch", "url": sys.argv[1], "index_prefix": sys.argv[2], "name": "es",
         "backoff_base": 0.4, "backoff_max": 0.4, "batch_size": 40, "data_stream": False}
 (sink,) = build_sinks([spec], spool_dir=Path(sys.argv[3]), observer="o")

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import make_alert, make_event
 
-from sensor.output.spool import Backoff, Spool, SpoolError, severity_rank
+from sensor.output.documents import severity_rank
+from sensor.output.spool import Backoff, Spool, SpoolError
 
 
 def ids(spool: Spool, limit: int = 10_000) -> list[str]:

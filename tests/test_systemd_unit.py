@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from sensor.app.assemble import spool_dir
+from sensor.app.live.status import default_stats_file
 from sensor.cli import _add_common, add_live_arguments
-from sensor.runner import spool_dir
-from sensor.status import default_stats_file
 
 SYSTEMD = REPO / "deploy" / "systemd"
 UNIT = SYSTEMD / "phi-sensor.service"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor.cli import EXIT_OK, main
+from sensor.cli import main
+from sensor.errors import EXIT_OK
 
 TSHARK = shutil.which("tshark")
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from servers import Behaviour, WebhookServer, make_alert, make_event, wait_until
 
 from sensor.errors import ConfigError
-from sensor.output.sinks import build_sinks, parse_output_spec
+from sensor.output.factory import build_sinks
+from sensor.output.sinks import parse_output_spec
 from sensor.output.spool import Backoff, Spool
 from sensor.output.webhook import (
     PAGERDUTY_SUMMARY_MAX,

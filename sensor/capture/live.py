@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from sensor.capture.bpf import default_filter
 from sensor.decode.packet import LINKTYPE_ETHERNET
-from sensor.errors import SensorError
+from sensor.errors import EXIT_CAPTURE, SensorError
 
 log = logging.getLogger("phi_sensor")
 
@@ -94,7 +94,7 @@ _VLAN_TAG = struct.Struct("!HH")
 class LiveCaptureError(SensorError):
     """The interface cannot be captured on (missing, wrong link type, no permission, bad filter)."""
 
-    exit_code = 3
+    exit_code = EXIT_CAPTURE
 
 
 @dataclass(frozen=True, slots=True)

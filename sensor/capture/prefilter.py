@@ -32,7 +32,6 @@ except ImportError:  # built without a C compiler
 else:  # the selector applies these as the filter and the reader do: bound from here, not copied into C
     _bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)
 
-AUTO_MIN_BYTES = 64 << 20  # below this, a prefilter costs more than it saves
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
 # the selection runs on the otherwise idle core instead of stalling.
 PREFETCH_BYTES = 32 << 20
@@ -78,36 +77,6 @@ def _pcap_header(path: Path) -> bytes | None:
     return header
 
 
-def two_workers(paths: list[Path], prefilter: str, workers: str) -> bool:
-    """Whether replay splits the decode over both cores: when every file goes through the
-    prefilter (decode is then the bottleneck) and the machine has two cores and fork."""
-    if workers == "1" or not hasattr(os, "fork"):
-        return False
-    if workers == "auto" and (os.cpu_count() or 1) < 2:
-        return False
-    mode = "always" if workers == "2" and prefilter == "auto" else prefilter
-    return all(should_prefilter(path, mode) for path in paths)
-
-
-def start_early(paths: list[Path], prefilter: str, workers: str) -> AnyPrefilter | None:
-    """Start the first file's prefilter before the rest of the sensor is loaded, when replay will
-    use it; hand the result to `Pipeline.replay`, or `close()` it if the run stops before."""
-    if not paths:
-        return None
-    mode = "always" if two_workers(paths, prefilter, workers) else prefilter
-    if not should_prefilter(paths[0], mode):
-        return None
-    try:
-        if two_workers(paths, prefilter, workers) and can_split(paths):
-            return CompiledPrefilter(paths[0], split=True)
-        early = open_prefilter(paths[0])
-    except (OSError, ValueError):
-        return None  # replay opens the file itself and reports the problem
-    if isinstance(early, Prefilter):
-        early.prefetch()
-    return early
-
-
 def is_plain_pcap(path: Path) -> bool:
     """An uncompressed classic pcap file, which the compiled selector reads itself."""
     if not is_regular(path):
@@ -119,9 +88,9 @@ def is_plain_pcap(path: Path) -> bool:
         return False
 
 
-def can_split(paths: list[Path]) -> bool:
-    """Whether the compiled selector can hand each replay worker its own packets of every file."""
-    return _select_pcap is not None and all(is_plain_pcap(path) for path in paths)
+def compiled_reads(path: Path) -> bool:
+    """Whether the compiled selector is built and can read this file itself (uncompressed classic pcap)."""
+    return _select_pcap is not None and is_plain_pcap(path)
 
 
 def open_prefilter(path: Path) -> AnyPrefilter:
@@ -129,24 +98,6 @@ def open_prefilter(path: Path) -> AnyPrefilter:
     if _select_pcap is not None and is_plain_pcap(path):
         return CompiledPrefilter(path)
     return Prefilter(path)
-
-
-def should_prefilter(path: Path, mode: str) -> bool:
-    """'never', 'always' (when possible), or 'auto': large classic pcap files.
-
-    Possible for an uncompressed classic pcap file when the compiled selector is built, and for
-    any classic pcap file (gzip too) when tcpdump is installed.
-    """
-    if mode == "never" or capture_linktype(path) is None:
-        return False
-    if tcpdump_path() is None and not (_select_pcap is not None and is_plain_pcap(path)):
-        return False
-    if mode == "always":
-        return True
-    try:
-        return path.stat().st_size >= AUTO_MIN_BYTES
-    except OSError:
-        return False
 
 
 class Prefilter:

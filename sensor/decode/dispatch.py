@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
 from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
+from sensor.decode.settings import DecodeSettings
 from sensor.records import (
     Counters,
     Flow,
@@ -39,15 +39,6 @@ _KEEP = 512  # plaintext kept from a watched stream's start and from before a he
 # ClientHello), HTTP responses, SSH.
 _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeSettings:
-    http_body_cap: int = 65_536
-    tcp_stream_cap: int = 262_144
-    max_flows: int = 200_000
-    flow_idle_timeout: float = 120.0
-    dns_timeout: float = 5.0
 
 
 _new_flow = positional_constructor(Flow)

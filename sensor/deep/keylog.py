@@ -21,7 +21,7 @@ from typing import Any
 
 from sensor.decode.http import _BodyDecoder
 from sensor.deep import HttpsRequest
-from sensor.errors import SensorError
+from sensor.errors import EXIT_USAGE, SensorError
 from sensor.records import Counters, Flow
 
 INSTALL_HINT = "--keylog needs tshark and pyshark: apt-get install tshark && pip install pyshark"
@@ -29,7 +29,7 @@ DISPLAY_FILTER = "http.request || http2 || quic"
 
 
 class KeylogUnavailable(SensorError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def check_keylog(keylog: Path) -> None:

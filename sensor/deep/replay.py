@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sensor.deep import mark_decrypted
-from sensor.errors import SensorError
+from sensor.errors import EXIT_USAGE, SensorError
 
 if TYPE_CHECKING:
     from sensor.enrich.assets import AssetInventory
@@ -18,7 +18,7 @@ log = logging.getLogger("phi_sensor")
 
 
 class UsageError(SensorError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def is_har(path: Path) -> bool:
@@ -79,6 +79,7 @@ def feed_inputs(pipeline, paths: list[Path], keylog: Path | None, har_source: st
                 assets: Callable[[], AssetInventory]) -> list[str]:
     """Feed captures (the ordinary path, then what the key log decrypts in them) and HAR files to
     `pipeline`; their problems, one line each. `assets()` names the PHI hosts for --har-source."""
+    from sensor.app.replay.files import replay_file
     from sensor.deep.har import parse_har
 
     if keylog is not None:
@@ -104,7 +105,7 @@ def feed_inputs(pipeline, paths: list[Path], keylog: Path | None, har_source: st
                 problems.append(f"{path}: {problem}")
             pipeline.feed_records(records)
             continue
-        problems.extend(pipeline.replay(path, prefilter=prefilter))
+        problems.extend(replay_file(pipeline, path, prefilter=prefilter))
         if keylog is not None:
             from sensor.deep.keylog import decrypted_requests
 

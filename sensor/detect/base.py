@@ -1,23 +1,14 @@
-"""What every rule shares: the observation it looks at, the alert it returns, the severity scale."""
+"""What every rule shares: its info, the alert it returns, and the observation it looks at
+(made by enrichment, sensor/enrich/observation.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sensor.enrich.assets import PhiHost
-from sensor.enrich.baa import BaaEntry
-from sensor.enrich.vendors import Vendor
-from sensor.records import Record
-
-SEVERITIES = ("low", "medium", "high", "critical")
-SEVERITY_SCORE = {"low": 21, "medium": 47, "high": 73, "critical": 99}  # ECS event.severity, as Elastic rules use
+from sensor.enrich.observation import Observation
 
 # PHI host tags that mean an authenticated or app origin: HHS says trackers there "generally have
 # access to PHI", so egress from such a host weighs one level more.
 SENSITIVE_TAGS = frozenset({"portal", "patient-portal", "authenticated", "ehr", "emr", "app", "patient-app", "telehealth"})
-
-
-def raise_level(severity: str, steps: int = 1) -> str:
-    return SEVERITIES[min(len(SEVERITIES) - 1, SEVERITIES.index(severity) + steps)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,24 +19,6 @@ class RuleInfo:
     description: str
     reference: str
     enabled_by_default: bool = True
-
-
-@dataclass(slots=True)
-class Observation:
-    """A record with everything enrichment knows about it, computed once for all rules."""
-
-    record: Record
-    source_record: str  # dns | tls | quic | http | dns-attribution
-    phi_host: PhiHost | None
-    destination: str | None  # the destination name the vendor was matched on
-    vendor: Vendor | None
-    baa: BaaEntry | None
-    allowed: bool
-    baa_status: str = "none"  # on-file | expired | not-yet-signed | none
-    # filled lazily by the engine for HTTP records and shared by the rules that need them
-    findings: list | None = None
-    tracker: object | None = None
-    tracker_findings: list | None = None
 
 
 def describe_host(obs: Observation) -> str:

@@ -15,15 +15,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sensor.detect.base import SEVERITIES, Alert, Observation
+from sensor.detect.base import Alert, Observation
 from sensor.detect.rules import ALL_RULES
-from sensor.config import Policy
 from sensor.enrich.dnscache import DnsCache
 from sensor.enrich.ech import is_cover_name
+from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
-from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello
+from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, split_target
+from sensor.severity import SEVERITIES
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -192,8 +193,8 @@ class DetectionEngine:
                 destination = name
                 break
         allowed = any(self.policy.is_allowed(name) for name in names)
-        baa = self.policy.baa.covers(vendor, destination, on=day) if destination else None
-        found = (vendor, destination, allowed, baa, self._baa_status(baa, vendor, destination, day))
+        baa, status = self.policy.baa.standing(vendor, destination, day)
+        found = (vendor, destination, allowed, baa, status)
         if len(self._enriched) >= MAX_ENRICHED_KEYS:
             self._enriched.clear()
         self._enriched[key] = found
@@ -213,29 +214,10 @@ class DetectionEngine:
                 self._day_start, self._day_value = start, day
         return day
 
-    def _baa_status(self, covering, vendor, destination: str | None, day: dt.date) -> str:
-        """on-file, or why no agreement covers: one lapsed, one not yet signed, or none at all."""
-        if covering is not None:
-            return "on-file"
-        for entry in self.policy.baa:
-            by_vendor = vendor is not None and entry.vendor is vendor
-            by_domain = destination is not None and any(
-                destination == domain or destination.endswith("." + domain) for domain in entry.domains
-            )
-            if by_vendor or by_domain:
-                if entry.expires is not None and entry.expires < day:
-                    return "expired"
-                if entry.signed is not None and entry.signed > day:
-                    return "not-yet-signed"
-        return "none"
-
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:
         content_type = record.header("content-type")
         obs.findings = scan_http(record.method, record.target, record.headers, record.body, content_type)
-        path = record.target
-        if path.startswith(("http://", "https://")):
-            path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
-        path = path.split("?", 1)[0]
+        path = split_target(record.target)[0]
         match = self.policy.catalog.match_endpoint(record.host or obs.destination or "", path)
         if match is None:
             return

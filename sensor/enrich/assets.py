@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, TypeVar
 
-from sensor.config import describe_value
+from sensor.config_base import describe_value
 from sensor.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sensor.config import as_date, describe_value
+from sensor.config_base import as_date, describe_value
 from sensor.enrich.vendors import Vendor, VendorCatalog, domain_suffixes, is_hostname, normalize_host, registered_domain
 from sensor.errors import ConfigError
 
@@ -60,6 +60,23 @@ class BaaRegistry:
         for suffix in domain_suffixes(normalize_host(host)):
             candidates.extend(self._by_domain.get(suffix, ()))
         return next((entry for entry in candidates if entry.in_effect(day)), None)
+
+    def standing(self, vendor: Vendor | None, host: str | None, on: dt.date) -> tuple[BaaEntry | None, str]:
+        """The agreement in effect on a day for a destination, and its BAA status: on-file, or why
+        none covers (the first agreement naming the vendor or host has lapsed, is not yet signed,
+        or there is none at all)."""
+        covering = self.covers(vendor, host, on=on) if host else None
+        if covering is not None:
+            return covering, "on-file"
+        for entry in self._entries:
+            by_vendor = vendor is not None and entry.vendor is vendor
+            by_domain = host is not None and any(host == domain or host.endswith("." + domain) for domain in entry.domains)
+            if by_vendor or by_domain:
+                if entry.expires is not None and entry.expires < on:
+                    return None, "expired"
+                if entry.signed is not None and entry.signed > on:
+                    return None, "not-yet-signed"
+        return None, "none"
 
     def __iter__(self) -> Iterator[BaaEntry]:
         return iter(self._entries)

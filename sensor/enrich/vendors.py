@@ -20,7 +20,7 @@ from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from sensor.config import describe_value, parse_yaml
+from sensor.config_base import describe_value, parse_yaml
 from sensor.errors import ConfigError
 from sensor.paths import VENDORS_DIR
 

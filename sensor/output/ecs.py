@@ -10,13 +10,12 @@ import socket
 import struct
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 import orjson
 
 from sensor.enrich.ech import is_cover_name
 from sensor.phi import redact, redact_url, scan_http
-from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello
+from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello, split_target
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
@@ -375,14 +374,11 @@ def _related(flow: Flow, host: str | None, extra_ips=()) -> dict:
 
 
 def _split_target(target: str) -> tuple[str, str]:
-    """Path and query of a request target (origin form, or absolute form as proxies see it)."""
-    if target.startswith(("http://", "https://")):
-        parts = urlsplit(target)
-        return parts.path or "/", parts.query
-    if target.startswith("/"):
-        path, _, query = target.partition("?")
-        return path, query
-    return "", ""  # authority form (CONNECT) or "*"
+    """Path and query of a request target (origin form, or absolute form as proxies see it); none
+    for the authority form (CONNECT) or "*"."""
+    if target.startswith(("/", "http://", "https://")):
+        return split_target(target)
+    return "", ""
 
 
 class AlertBuilder:
@@ -396,9 +392,9 @@ class AlertBuilder:
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> dict:
-        from sensor.detect.base import SEVERITY_SCORE
         from sensor.phi import summarize
         from sensor.phi.redact import evidence, redact
+        from sensor.severity import SEVERITY_SCORE
 
         obs = alert.observation
         record = obs.record

@@ -37,9 +37,9 @@ from elasticsearch import ApiError, Elasticsearch, UnsupportedProductError
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 from elasticsearch.helpers import streaming_bulk
 
+from sensor.output.documents import is_alert, severity_rank
 from sensor.output.ecs import ALERT_DATASET, DATA_STREAM_TYPE, DEFAULT_NAMESPACE, EVENT_DATASETS, MODULE
-from sensor.output.sinks import is_alert
-from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem, severity_rank
+from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem
 
 log = logging.getLogger(__name__)
 

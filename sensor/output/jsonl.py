@@ -17,18 +17,16 @@ from typing import Any, BinaryIO
 import orjson
 
 from sensor.errors import ConfigError
+from sensor.severity import SEVERITY_RANK
 
 log = logging.getLogger("phi_sensor")
-
-SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-
 
 def severity_at_least(doc: dict, minimum: str | None) -> bool:
     """Events carry no severity and always pass; alerts pass when at or above `minimum`."""
     if minimum is None:
         return True
     severity = doc.get("phi_egress", {}).get("severity")
-    return severity is None or SEVERITY_ORDER.get(severity, 0) >= SEVERITY_ORDER[minimum]
+    return severity is None or SEVERITY_RANK.get(severity, 0) >= SEVERITY_RANK[minimum]
 
 
 _hangups = 0  # SIGHUPs received so far by this process

@@ -1,16 +1,14 @@
-"""Where alerts go: the Sink protocol, the CLI shorthands and building the outputs (validated in specs.py).
+"""Where alerts go: the Sink protocol and the command-line shorthands.
 
-Remote sinks (Elasticsearch, OpenSearch, webhooks) each get their own disk spool in `spool_dir`,
-named after the sink, so what one run could not deliver the next run delivers.
+The outputs are validated in specs.py and built in factory.py.
 """
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Protocol
 
 from sensor.errors import ConfigError
-from sensor.output.jsonl import check_writable, open_jsonl
+from sensor.output.documents import is_alert
 
 COMMAND_LINE = "command line"
 
@@ -81,11 +79,6 @@ def parse_output_spec(spec: str) -> dict[str, Any]:
     return {"type": "jsonl", "path": spec}
 
 
-def is_alert(doc: dict[str, Any]) -> bool:
-    event = doc.get("event")
-    return isinstance(event, dict) and event.get("kind") == "alert"
-
-
 class AlertsOnly:
     """Keeps events away from a JSON lines sink that asked for alerts only."""
 
@@ -105,55 +98,3 @@ class AlertsOnly:
 
     def stats(self) -> dict[str, int]:
         return self._inner.stats()
-
-
-def output_keys(specs: list[dict[str, Any]], source: str) -> list[str]:
-    """How each output is named in messages: the option on the command line, else its key."""
-    if source == COMMAND_LINE:
-        return [f"--output {spec.get('path', '-')}" if spec.get("type") == "jsonl" else "--output" for spec in specs]
-    return [f"outputs[{index}].path" for index in range(len(specs))]
-
-
-def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, source: str = "config") -> list[Sink]:
-    """Check every `outputs:` entry first (so a typo in the last one starts nothing), then build
-    them. JSON-lines files and stdout as the command line gives them need no schema validation
-    (and no pydantic): only the writable-file check `preflight` runs on them too."""
-    keys = output_keys(specs, source)
-    if all(_plain_jsonl(spec) for spec in specs):
-        for spec, key in zip(specs, keys):
-            check_writable(spec.get("path", "-"), source, key)
-        sinks: list[Sink] = []
-        try:
-            for spec, key in zip(specs, keys):
-                sink: Sink = open_jsonl(spec.get("path", "-"), source, key)
-                sinks.append(sink if spec.get("events", True) else AlertsOnly(sink))
-        except BaseException:
-            for built in sinks:
-                built.close(0.0)
-            raise
-        return sinks
-    from sensor.output.specs import build_validated
-    from sensor.output.spool import SpooledSink
-
-    built = build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
-    # Spooled sinks first: an alert is on disk before any other output shows it (a SIGKILL
-    # between the two never leaves an alert only on stdout).
-    return sorted(built, key=lambda sink: not isinstance(sink, SpooledSink))
-
-
-def check_outputs(specs: list[dict[str, Any]], *, spool_dir: Path, source: str = "config") -> None:
-    """What build_sinks checks, without opening anything (check-config)."""
-    from sensor.output.specs import preflight
-
-    preflight(specs, spool_dir=spool_dir, source=source, keys=output_keys(specs, source))
-
-
-def _plain_jsonl(spec: object) -> bool:
-    """An entry like parse_output_spec's JSON-lines ones: a path string and an events flag at most."""
-    return (
-        type(spec) is dict
-        and spec.get("type") == "jsonl"
-        and spec.keys() <= {"type", "path", "events"}
-        and isinstance(spec.get("path", "-"), str)
-        and type(spec.get("events", True)) is bool
-    )

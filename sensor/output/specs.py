@@ -1,7 +1,7 @@
 """The `outputs:` entries validated (types, URLs, names, credentials) and the remote sinks built.
 
 Only entries that need it come here: the command line's JSON-lines files and stdout are built by
-`sinks.build_sinks` directly, so a plain replay does not load pydantic.
+`factory.build_sinks` directly, so a plain replay does not load pydantic.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from sensor.errors import ConfigError
 from sensor.output.jsonl import check_writable, open_jsonl
-from sensor.output.sinks import Sink, AlertsOnly
+from sensor.output.sinks import AlertsOnly, Sink
 from sensor.output.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, Backoff, Spool, SpoolError
+from sensor.severity import Severity
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["low", "medium", "high", "critical"]
 PAGERDUTY_ROUTING_KEY_ENV = "PHI_SENSOR_PAGERDUTY_ROUTING_KEY"
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from sensor.errors import ConfigError, SensorError
+from sensor.output.documents import severity_rank
 from sensor.output.files import create_private, open_append, private_dir
-from sensor.output.sinks import is_alert
+from sensor.severity import SEVERITIES
 
 log = logging.getLogger(__name__)
 
-SEVERITIES = ("low", "medium", "high", "critical")
 # Spool ranks: events (no severity) are the first to go on overflow, then low ... critical.
 RANK_NAMES = ("event", *SEVERITIES)
 
@@ -41,23 +41,6 @@ _jitter = random.Random()
 
 class SpoolError(SensorError):
     """The spool file cannot be opened or created (directory missing or not writable)."""
-
-
-def alert_severity(doc: dict[str, Any]) -> str | None:
-    """The alert's severity name (low|medium|high|critical), or None for events and unknown values."""
-    if not is_alert(doc):
-        return None
-    phi = doc.get("phi_egress")
-    severity = phi.get("severity") if isinstance(phi, dict) else None
-    return severity if severity in SEVERITIES else None
-
-
-def severity_rank(doc: dict[str, Any]) -> int:
-    """0 for events, 1 (low) to 4 (critical) for alerts; an alert of unknown severity ranks as low."""
-    if not is_alert(doc):
-        return 0
-    severity = alert_severity(doc)
-    return SEVERITIES.index(severity) + 1 if severity else 1
 
 
 def with_event_id(doc: dict[str, Any]) -> dict[str, Any]:

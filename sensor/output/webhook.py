@@ -15,15 +15,8 @@ from typing import Any, Literal
 import requests
 
 from sensor import __version__
-from sensor.output.sinks import is_alert
-from sensor.output.spool import (
-    Backoff,
-    DeliveryResult,
-    Spool,
-    SpooledSink,
-    SpoolItem,
-    alert_severity,
-)
+from sensor.output.documents import alert_severity, is_alert
+from sensor.output.spool import Backoff, DeliveryResult, Spool, SpooledSink, SpoolItem
 
 WebhookFormat = Literal["generic", "slack", "pagerduty"]
 

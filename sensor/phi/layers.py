@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
-from sensor.records import frozen_record
+from sensor.records import frozen_record, split_target
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -97,21 +97,6 @@ def join_path(prefix: str, key: str) -> str:
 def media_type(content_type: str | None) -> str:
     """``application/json; charset=utf-8`` -> ``application/json``."""
     return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def split_target(target: str) -> tuple[str, str]:
-    """Split a request target (origin or absolute form) into path and query, fragment dropped."""
-    rest = target.split("#", 1)[0]
-    if rest.lower().startswith(("http://", "https://")):
-        after_scheme = rest.split("://", 1)[1]
-        slash = after_scheme.find("/")
-        question = after_scheme.find("?")
-        if slash == -1 or (question != -1 and question < slash):
-            rest = "/" + after_scheme[question:] if question != -1 else "/"
-        else:
-            rest = after_scheme[slash:]
-    path, _, query = rest.partition("?")
-    return path, query
 
 
 def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tuple[str, str]]:

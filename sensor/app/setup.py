@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from sensor import __version__
-from sensor.errors import ConfigError
+from sensor.errors import EXIT_OK, EXIT_SINK, EXIT_USAGE, ConfigError
 from sensor.output.ecs import ALERT_DATASET, DEFAULT_NAMESPACE, EVENT_DATASETS, STATS_DATASET
 from sensor.output.specs import read_secret
 from sensor.paths import KIBANA_DIR, SECURITY_RULES_DIR, TEMPLATES_DIR
@@ -37,8 +37,6 @@ from sensor.paths import KIBANA_DIR, SECURITY_RULES_DIR, TEMPLATES_DIR
 DEFAULT_PREFIX = "phi-sensor"
 # The prefix of the saved-object ids and rule ids as written in the bundled Kibana objects; replaced by the install name.
 SHIPPED_ID_PREFIX = "phi-sensor"
-EXIT_CONFIG = 2
-EXIT_SERVER = 4
 _PREFIX = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 _NAMESPACE = re.compile(r"[a-z0-9_.]{1,100}")
 TEMPLATE_PRIORITY = 200  # above Elasticsearch's built-in `logs` template (100)
@@ -614,19 +612,19 @@ def setup_main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage or the help
-        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         _check_args(args)
         plan = build_plan(args)
         api_key, basic = _credentials(args)
     except ConfigError as exc:
         print(f"phi-sensor setup: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     if args.dry_run:
         for step in plan.steps:
             print(step.describe())
         print(f"dry run: {len(plan.steps)} request(s) not sent")
-        return 0
+        return EXIT_OK
     session = _session(args, api_key, basic)
     es_client = _es_client(args, api_key, basic) if args.elasticsearch else None
     runner = _Runner(
@@ -637,9 +635,9 @@ def setup_main(argv: list[str]) -> int:
             runner.run(step)
     except SetupFailed as exc:
         print(f"phi-sensor setup: {exc}", file=sys.stderr)
-        return EXIT_SERVER
+        return EXIT_SINK
     finally:
         session.close()
         if es_client is not None:
             es_client.close()
-    return 0
+    return EXIT_OK

@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
+from sensor.errors import EXIT_OK, EXIT_STALE
+
 STATS_FILE_NAME = "stats.json"
 SYSTEM_RUNTIME_DIR = Path("/run/phi-sensor")
 MAX_STATS_BYTES = 1 << 20
 STALE_INTERVALS = 3
-EXIT_FRESH, EXIT_STALE = 0, 1
 
 
 def default_stats_file() -> Path:
@@ -180,4 +181,4 @@ def status_main(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print("\n".join(lines))
-    return EXIT_FRESH if fresh else EXIT_STALE
+    return EXIT_OK if fresh else EXIT_STALE

@@ -1,21 +1,29 @@
 """The compliance inventory: which PHI host talked to which third party, how, and under what
-agreement, with a suggested egress allow list. What auditors ask for and no sensor gives them."""
+agreement, with a suggested egress allow list. What auditors ask for and no sensor gives them.
+
+`phi-sensor report` (report_main) replays captures into it through the composition root."""
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
-from sensor.detect.base import Observation
+from sensor.app.assemble import assemble_inventory
 from sensor.enrich.assets import is_internal, is_internal_name
+from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import registered_domain
+from sensor.errors import EXIT_CAPTURE, EXIT_OK
 from sensor.output.ecs import iso_time
 from sensor.phi import evidence, is_health_data, request_fields
 from sensor.records import HttpRequest
+
+log = logging.getLogger("phi_sensor")
 
 VERDICTS = ("tracker without BAA", "unreviewed third party", "covered by BAA", "allowed", "internal")
 MAX_EXAMPLES = 6  # redacted examples kept per row
@@ -337,3 +345,29 @@ def _verdict(obs: Observation) -> str:
     if (is_internal(obs.record.flow.dst_ip) and obs.source_record != "dns") or is_internal_name(obs.destination or ""):
         return "internal"
     return "unreviewed third party"
+
+
+def report_main(args: argparse.Namespace) -> int:
+    """Replay captures into the data-flow inventory instead of alerts."""
+    from sensor.deep.replay import feed_inputs
+
+    inventory = Inventory()
+    pipeline, engine = assemble_inventory(args, inventory.observe)
+    problems = feed_inputs(pipeline, args.pcaps, args.keylog, args.har_source, args.prefilter,
+                           lambda: engine.policy.assets)
+    pipeline.finish()
+    if args.format == "json":
+        print(inventory.to_json(args.exposure))
+    elif args.format == "csv":
+        print(inventory.to_csv(args.exposure), end="")
+    elif args.format in ("html", "markdown"):
+        from sensor.app.report_html import render
+
+        print(render(inventory.document(args.exposure), args.format), end="")
+    else:
+        inventory.print_table()
+        if args.exposure:
+            inventory.print_exposure()
+    for line in problems:
+        log.error("%s", line)
+    return EXIT_CAPTURE if problems else EXIT_OK

@@ -35,7 +35,8 @@ table{border-collapse:collapse;margin:6px 0 12px;width:100%}
 th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}th{background:#f5f5f5}
 .badge{display:inline-block;padding:1px 6px;border-radius:3px;color:#fff;font-size:12px;white-space:nowrap}
 code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
-ul.plain{margin:2px 0;padding-left:18px;overflow-wrap:anywhere}pre{white-space:pre-wrap;overflow-wrap:anywhere}.legend span{margin-right:14px}
+ul.plain{margin:2px 0;padding-left:18px;overflow-wrap:anywhere}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}.legend span{margin-right:14px}
 svg text{font:12px system-ui,sans-serif}
 """
 

@@ -1,0 +1,229 @@
+"""A replay over two processes: fork after start-up, each decodes its half of the clients; the
+second spills its documents and counters to files this process ships and adds at the end."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+import orjson
+
+from sensor.app.replay.files import replay_file
+from sensor.capture.channel import FrameWriter, read_frames
+from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, widen_pipe
+from sensor.errors import EXIT_INTERNAL, SensorError
+from sensor.output.jsonl import JsonlSink
+from sensor.output.sinks import Sink
+from sensor.pipeline import Pipeline
+
+_SPILL_BLOCK = 1 << 20
+# Counted once per file by each worker when both read every file.
+_PER_FILE_COUNTERS = frozenset({"files", "capture.prefiltered_files"})
+
+# replay_each(paths, progress, replay_one): the first process's files, each with its progress bar.
+ReplayEach = Callable[[list[Path], str, Callable[[int, Path, Any], list[str]]], list[str]]
+
+
+class SplitReplay:
+    """The two-process replay of one run's pipeline and sinks."""
+
+    def __init__(self, pipeline: Pipeline, sinks: list[Sink], replay_each: ReplayEach) -> None:
+        self.pipeline = pipeline
+        self.sinks = sinks
+        self.replay_each = replay_each
+
+    def replay_split(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
+        """Fork after start-up; each process decodes its half of the clients (odd addresses in
+        the child), which the compiled selector hands it straight from each file, so a host's
+        flows, DNS and alert windows stay in one process and nothing passes between the two
+        until the end. The child spills its documents to a file this process ships afterwards,
+        and its counters to another."""
+        if not (isinstance(started, CompiledPrefilter) and started.split):
+            if started is not None:
+                started.close()
+            started = CompiledPrefilter(paths[0], split=True)
+        spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB
+        trailer_file = tempfile.TemporaryFile()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = started.fork()
+        if pid == 0:
+            first_file = started  # narrowed for the closure: a split selector
+
+            def replay_my_half() -> None:
+                first_file.continue_as(1, in_child=True)
+                for index, path in enumerate(paths):
+                    selector = first_file if index == 0 else _split_selector(path, 1)
+                    if selector is not None:  # else this process reports nothing: the parent does
+                        replay_file(self.pipeline, path, started=selector)
+
+            self._run_child(spill, trailer_file, replay_my_half)
+        started.continue_as(0, in_child=False)
+        first_file = started
+        problems = self.replay_each(paths, progress, lambda index, path, reporter: replay_file(
+            self.pipeline, path, progress=reporter, prefilter="never",
+            started=first_file if index == 0 else _split_selector(path, 0),
+        ))
+        self.pipeline.finish()
+        self._collect_child(pid, spill, trailer_file, shared_counters=_PER_FILE_COUNTERS)
+        return problems
+
+    def replay_two_workers(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
+        """Fork after start-up. This process reads the capture through the prefilter and hands
+        the packets of odd client addresses to the child through a pipe; each decodes its half
+        with its own flows, DNS cache and throttle, so no state is shared. The child spills its
+        documents to a file this process ships afterwards, and its counters to another."""
+        spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB
+        trailer_file = tempfile.TemporaryFile()
+        read_end, write_end = os.pipe()
+        widen_pipe(write_end)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+
+            def replay_forwarded() -> None:
+                os.close(write_end)
+                with os.fdopen(read_end, "rb") as packets:
+                    for ts, linktype, frame in read_frames(packets):
+                        self.pipeline.feed(ts, linktype, frame)
+
+            self._run_child(spill, trailer_file, replay_forwarded)
+        os.close(read_end)
+        # A small buffer: what it holds back at the end is work the child starts only then.
+        channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 16))
+        problems: list[str] = []
+        try:
+            problems = self.replay_each(paths, progress, lambda index, path, reporter: replay_file(
+            self.pipeline,                 path, progress=reporter, forward=channel.write, started=started if index == 0 else None
+            ))
+        except BrokenPipeError:
+            pass  # the child is gone: reported below
+        finally:
+            try:
+                channel.close()
+            except BrokenPipeError:
+                pass
+        self.pipeline.finish()
+        self._collect_child(pid, spill, trailer_file)
+        return problems
+
+    def _run_child(self, spill: BinaryIO, trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
+        """The second worker: `replay_share()` feeds its packets; its documents go to `spill`,
+        its counters to `trailer_file`. Never returns; the sinks and threads it inherited are
+        left alone."""
+        code = 0
+        try:
+            self.pipeline.sinks = [_SpillSink(spill)]
+            replay_share()
+            self.pipeline.finish()
+            spill.flush()
+            trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
+            trailer_file.flush()
+        except BaseException:  # noqa: BLE001 - the parent reports a failed worker
+            code = EXIT_INTERNAL
+        finally:
+            os._exit(code)
+
+    def _collect_child(
+        self, pid: int, spill: BinaryIO, trailer_file: BinaryIO, shared_counters: frozenset[str] = frozenset()
+    ) -> None:
+        """Wait for the second worker, add its counters (but `shared_counters`, which both
+        processes counted for the same thing) and ship its documents."""
+        shipped = 0
+        if self._ships_raw_blocks():  # while it finishes, ship the whole lines it has written so far
+            while True:
+                ended, status = os.waitpid(pid, os.WNOHANG)
+                if ended:
+                    break
+                block = os.pread(spill.fileno(), _SPILL_BLOCK, shipped)
+                block = block[: block.rfind(b"\n") + 1]
+                if block:
+                    self._send_raw_block(block)
+                    shipped += len(block)
+                else:
+                    time.sleep(0.001)
+        else:
+            _, status = os.waitpid(pid, 0)
+        trailer_file.seek(0)
+        trailer = trailer_file.read()
+        trailer_file.close()
+        finished = bool(trailer)
+        if finished:
+            for name, value in orjson.loads(trailer)["counters"].items():
+                if name not in shared_counters:
+                    self.pipeline.counters.add(name, value)
+        spill.seek(shipped)
+        self._ship_spill(spill)
+        spill.close()
+        if not finished or os.waitstatus_to_exitcode(status) != 0:
+            raise SensorError("the second replay worker failed; run again with --workers 1")
+        self.pipeline.counters.add("replay.workers", 2)
+
+    def _ship_spill(self, spill: BinaryIO) -> None:
+        """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
+        in large blocks when no alert can be among them; anything else parses each line."""
+        if self._ships_raw_blocks():
+            while block := spill.read(_SPILL_BLOCK):
+                self._send_raw_block(block + spill.readline())  # whole lines only
+            return
+        raw_sinks = [sink for sink in self.sinks if isinstance(sink, JsonlSink) and sink.min_severity is None]
+        other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
+        for line in spill:
+            is_alert = b'"kind":"alert"' in line
+            if is_alert or other_sinks:
+                doc = orjson.loads(line)
+                if is_alert:
+                    self.pipeline.alerts.append(doc)
+                for sink in other_sinks:  # the spool first, as for the first worker's documents
+                    sink.send(doc)
+            for sink in raw_sinks:
+                sink.send_line(line)
+
+    def _ships_raw_blocks(self) -> bool:
+        """Whether the second worker's lines go on as blocks of bytes: no alert can be among them
+        and every output is a plain JSON-lines one."""
+        return self.pipeline.detector is None and all(
+            isinstance(sink, JsonlSink) and sink.min_severity is None for sink in self.sinks
+        )
+
+    def _send_raw_block(self, block: bytes) -> None:
+        for sink in self.sinks:
+            sink.send_lines(block)  # type: ignore[attr-defined]
+
+
+def _split_selector(path: Path, worker: int) -> CompiledPrefilter | None:
+    """`worker`'s share of a later file, or None when it cannot be opened (replay reports why)."""
+    try:
+        return CompiledPrefilter(path, split=True, only=worker)
+    except (OSError, ValueError):
+        return None
+
+
+class _SpillSink:
+    """The second replay worker's sink: documents as JSON lines in a file the parent reads back."""
+
+    name = "worker-spill"
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def send(self, doc: dict) -> None:
+        self._stream.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
+
+    def line_writer(self) -> Callable[[bytes], object]:
+        return self._stream.write
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        self._stream.flush()
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        self.flush()
+
+    def stats(self) -> dict[str, int]:
+        return {}
