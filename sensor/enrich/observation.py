@@ -11,7 +11,7 @@ from sensor.enrich.baa import BaaEntry
 from sensor.enrich.vendors import Vendor
 from sensor.records import Record
 
-if TYPE_CHECKING:  # typing only: the scanners import the enrichment tables
+if TYPE_CHECKING:  # typing only: the observation does not load the PHI scanners itself
     from sensor.phi.recognizers import Finding
     from sensor.phi.trackers import TrackerPayload
 
