@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--config", type=Path, help="sensor YAML configuration (default: /etc/phi-sensor/sensor.yaml if it exists)"
     )
-    report.add_argument("--signatures", type=Path, metavar="DIR", help="vendor signature directory merged over the bundled catalog")
+    report.add_argument(
+        "--signatures", type=Path, metavar="DIR", help="vendor signature directory merged over the bundled catalog"
+    )
     report.add_argument(
         "--format", choices=("table", "json", "csv", "html", "markdown"), default="table",
         help="html: one self-contained page (no external resource); csv: the inventory, or the exposure with --exposure",

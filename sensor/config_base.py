@@ -85,7 +85,7 @@ def _loaders() -> tuple[type, type]:
         def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> dt.date | dt.datetime:
             # An impossible date (2024-02-30) would otherwise surface as a ValueError without a line.
             try:
-                return super().construct_yaml_timestamp(node)  # type: ignore[no-any-return]
+                return super().construct_yaml_timestamp(node)
             except ValueError as exc:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"impossible date {node.value!r} ({exc})", node.start_mark
@@ -108,7 +108,12 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
     try:
         for event in yaml.parse(data, Loader=base_loader):
             if isinstance(event, yaml.AliasEvent):
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported", event.start_mark)
+                # the stub types the C parser's marks apart from yaml.error.Mark, but the error only
+                # formats the mark's name, line and column, which both kinds have
+                mark = event.start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not supported", mark  # type: ignore[arg-type]
+                )
         return yaml.load(data, Loader=strict_loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

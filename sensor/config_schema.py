@@ -78,17 +78,17 @@ class _Section(BaseModel):
 class SensorSection(_Section):
     name: str = Field(default_factory=default_sensor_name, min_length=1)  # observer.name
     # A vendor directory merged over the bundled signatures (relative: to the configuration file).
-    signatures: str | None = Field(None, min_length=1)
+    signatures: str | None = Field(default=None, min_length=1)
 
 
 class PhiHostEntry(_Section):
     cidr: str
-    name: str | None = Field(None, min_length=1)
+    name: str | None = Field(default=None, min_length=1)
     tags: list[str] = []
 
 
 class BaaAgreement(_Section):
-    vendor: str | None = Field(None, min_length=1)
+    vendor: str | None = Field(default=None, min_length=1)
     domains: list[str] = []
     scope: str = ""
     signed: Annotated[dt.date | None, BeforeValidator(_optional_date)] = None
@@ -98,15 +98,18 @@ class BaaAgreement(_Section):
 class RuleTuning(_Section):
     enabled: bool | None = None  # None: the rule's own default (some rules start disabled)
     severity: Severity | None = None
-    throttle_seconds: int | None = Field(None, ge=0, le=30 * 86400)
+    throttle_seconds: int | None = Field(default=None, ge=0, le=30 * 86400)
 
 
 class DecodeLimits(_Section):
-    tcp_stream_cap: int = Field(DECODE_DEFAULTS["tcp_stream_cap"], ge=1024, le=64 * 1024 * 1024)  # bytes kept per TCP direction
-    http_body_cap: int = Field(DECODE_DEFAULTS["http_body_cap"], ge=0, le=16 * 1024 * 1024)  # decoded body bytes kept per request
-    max_flows: int = Field(DECODE_DEFAULTS["max_flows"], ge=1, le=10_000_000)
-    flow_idle_timeout: float = Field(DECODE_DEFAULTS["flow_idle_timeout"], gt=0, le=86400)  # seconds
-    dns_timeout: float = Field(DECODE_DEFAULTS["dns_timeout"], gt=0, le=300)  # seconds to wait for the response to a query
+    # bytes kept per TCP direction
+    tcp_stream_cap: int = Field(default=DECODE_DEFAULTS["tcp_stream_cap"], ge=1024, le=64 * 1024 * 1024)
+    # decoded body bytes kept per request
+    http_body_cap: int = Field(default=DECODE_DEFAULTS["http_body_cap"], ge=0, le=16 * 1024 * 1024)
+    max_flows: int = Field(default=DECODE_DEFAULTS["max_flows"], ge=1, le=10_000_000)
+    flow_idle_timeout: float = Field(default=DECODE_DEFAULTS["flow_idle_timeout"], gt=0, le=86400)  # seconds
+    # seconds to wait for the response to a query
+    dns_timeout: float = Field(default=DECODE_DEFAULTS["dns_timeout"], gt=0, le=300)
     # UDP port -> the tunnel it carries (both ports of a datagram are looked at); {} decodes none
     tunnel_ports: dict[Annotated[int, Field(ge=1, le=65535)], Literal["vxlan", "geneve", "gtp-u", "teredo", "l2tp"]] | None = None
 
@@ -241,7 +244,10 @@ def _config_error(exc: ValidationError, source: str) -> ConfigError:
     elif kind == "literal_error":
         problem = f"expected one of {context.get('expected')}, found {found}"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        words = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than", "less_than_equal": "at most"}
+        words = {
+            "greater_than": "greater than", "greater_than_equal": "at least",
+            "less_than": "less than", "less_than_equal": "at most",
+        }
         limit = next(iter(context.values()))
         shown = f"{limit:g}" if isinstance(limit, float) else str(limit)
         problem = f"expected a number {words[kind]} {shown}, found {found}"

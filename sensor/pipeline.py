@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol, Self
 
-from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
+from sensor.decode.dispatch import TrafficDecoder
+from sensor.decode.settings import DecodeSettings
+from sensor.enrich.dnscache import DnsCache
 from sensor.output.sinks import Sink
 from sensor.records import Counters, Record
 
@@ -14,8 +16,13 @@ log = logging.getLogger("phi_sensor")
 
 
 class Detector(Protocol):
-    def on_record(self, record: Record) -> list[dict]: ...
-    def finish(self) -> list[dict]: ...
+    # what a live reload hands over from the detector it replaces (DetectionEngine has them all)
+    counters: Counters
+    dns_cache: DnsCache
+
+    def on_record(self, record: Record) -> list[dict[str, Any]]: ...
+    def finish(self) -> list[dict[str, Any]]: ...
+    def adopt_state(self, previous: Self) -> None: ...
 
 
 
@@ -71,10 +78,11 @@ class Pipeline:
         """The outputs' line writers when events can go out as JSON lines written without a dict:
         the builder writes lines and every output takes lines as they are (plain JSON-lines files
         and stdout, the second worker's spill). A detector still sees every record."""
-        writers = None
+        writers: list[Callable[[bytes], object]] | None = None
         if self._sinks and hasattr(self._event_builder, "json_line"):
             found = [getattr(sink, "line_writer", lambda: None)() for sink in self._sinks]
-            writers = found if all(found) else None
+            if all(found):
+                writers = [writer for writer in found if writer is not None]
         self._line_writers, self._line_writers_known = writers, True
         return writers
 

@@ -191,15 +191,14 @@ class Inventory:
             if len(row.endpoints) < MAX_ENDPOINTS:
                 row.endpoints.add(f"{record.method} {record.host or name}{_path_of(record.target)}")
             if types:
-                self._note_health_data(row, obs, types)
+                self._note_health_data(row, obs, record, types)
         if obs.phi_host is not None and PORTAL_TAGS.intersection(obs.phi_host.tags):
             loads = self._loads.setdefault(record.flow.src_ip, {}).setdefault(name, set())
             if isinstance(record, HttpRequest):
                 loads.add(_directive_of(record))
 
-    def _note_health_data(self, row: InventoryRow, obs: Observation, types: set[str]) -> None:
-        """Redacted examples for the row, and the request's share of the exposure."""
-        record = obs.record
+    def _note_health_data(self, row: InventoryRow, obs: Observation, record: HttpRequest, types: set[str]) -> None:
+        """Redacted examples for the row, and the request's share of the exposure (record is obs.record)."""
         if obs.tracker_findings and obs.tracker is not None:
             findings, fields = obs.tracker_findings, list(obs.tracker.params)
         else:

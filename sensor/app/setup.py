@@ -178,7 +178,9 @@ def _index_template(
         # one data stream per template: data_stream.* are constants (ECS constant_keyword)
         template["data_stream"] = {}
         values = {"type": "logs", "dataset": dataset, "namespace": layout.namespace}
-        stream_fields = {name: {"type": "constant_keyword", "value": value} for name, value in values.items()}
+        stream_fields: dict[str, dict[str, str | int]] = {
+            name: {"type": "constant_keyword", "value": value} for name, value in values.items()
+        }
     else:
         # a classic index holds several datasets (and any namespace): plain keywords
         stream_fields = {name: {"type": "keyword", "ignore_above": 1024} for name in ("type", "dataset", "namespace")}

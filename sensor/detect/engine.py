@@ -14,13 +14,17 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sensor.detect.base import Alert, Observation
+from sensor.detect.base import Alert
 from sensor.detect.rules import ALL_RULES
+from sensor.enrich.assets import PhiHost
+from sensor.enrich.baa import BaaEntry
 from sensor.enrich.dnscache import DnsCache
 from sensor.enrich.ech import is_cover_name
+from sensor.enrich.observation import Observation
 from sensor.enrich.policy import Policy
-from sensor.enrich.vendors import normalize_host
+from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, split_target
@@ -56,7 +60,8 @@ class Destination:
 
 
 # Builds the ECS alert document: (alert, count, first_seen, last_seen, event id, destinations) -> dict
-DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], dict]
+Document = dict[str, Any]  # one ECS alert document
+DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], Document]
 
 
 @dataclass(slots=True)
@@ -90,6 +95,10 @@ class _Window:
         return False
 
 
+# (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
+_Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
+
+
 class DetectionEngine:
     def __init__(
         self,
@@ -114,12 +123,12 @@ class DetectionEngine:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
             if settings.enabled:
                 self.rules.append((rule, settings))
-        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
-        self._enriched: dict[tuple, tuple] = {}
+        self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
+        self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         self._day_start, self._day_value = float("inf"), dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
-    def on_record(self, record: Record) -> list[dict]:
+    def on_record(self, record: Record) -> list[Document]:
         if isinstance(record, DnsQuery):
             if isinstance(record, LocalNameQuery):  # a local host's name: never evidence of egress
                 return []
@@ -132,7 +141,7 @@ class DetectionEngine:
             return []
         if self.on_observation is not None:
             self.on_observation(obs)
-        out: list[dict] = []
+        out: list[Document] = []
         for rule, settings in self.rules:
             alert = rule.evaluate(obs)
             if alert is not None:
@@ -147,14 +156,14 @@ class DetectionEngine:
         self.dns_cache = previous.dns_cache
         self._windows = previous._windows
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[Document]:
         pending = [window for window in self._windows.values() if window.count > window.sent_count]
         out = [self._final(window) for window in sorted(pending, key=lambda w: w.start)]
         self._windows.clear()
         return out
 
     # -- enrichment ----------------------------------------------------------------------------
-    def _observe(self, record: Record, phi_host) -> Observation | None:
+    def _observe(self, record: Record, phi_host: PhiHost) -> Observation | None:
         names: tuple[str, ...]
         if isinstance(record, DnsQuery):
             names, source = (normalize_host(record.name),), "dns"
@@ -178,7 +187,7 @@ class DetectionEngine:
             self._inspect_http(record, obs)
         return obs
 
-    def _enrich(self, names: tuple[str, ...], day: dt.date) -> tuple:
+    def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
         """(vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day.
         The same for every record to those names that day, so computed once per (names, day)."""
         key = (names, day)
@@ -229,7 +238,7 @@ class DetectionEngine:
             self.counters.add(f"trackers.{endpoint.decoder}")
 
     # -- throttle ------------------------------------------------------------------------------
-    def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[dict]:
+    def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[Document]:
         obs = alert.observation
         key = (alert.rule.id, obs.record.flow.src_ip, alert.throttle_subject)
         health_data = _carries_health_data(alert)
@@ -252,7 +261,7 @@ class DetectionEngine:
                 return [self._final(window)] if self.immediate else []
             self.counters.add("alerts.suppressed")
             return []
-        out: list[dict] = []
+        out: list[Document] = []
         if window is not None:
             del self._windows[key]
             if window.count > window.sent_count:
@@ -270,7 +279,7 @@ class DetectionEngine:
             out.append(self.build_document(alert, 1, ts, ts, event_id, list(window.destinations.values())))
         return out
 
-    def _final(self, window: _Window) -> dict:
+    def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
             window.alert, window.count, window.start, window.last_seen, window.event_id,

@@ -174,14 +174,18 @@ def _network(value: object, source: str, key: str) -> Network:
     except ValueError:
         hint = " (host names are not accepted: the sensor never resolves names)" if re.search(r"[g-z]", text, re.I) else ""
         raise ConfigError(source, key, f"expected an IP address or CIDR, found {describe_value(value)}{hint}") from None
-    raise ConfigError(source, key, f"expected a network address, found {text!r} with host bits set (did you mean {str(loose)!r}?)")
+    raise ConfigError(
+        source, key, f"expected a network address, found {text!r} with host bits set (did you mean {str(loose)!r}?)"
+    )
 
 
 def _host_entry(entry: object, source: str, key: str) -> PhiHost:
     if isinstance(entry, str):
         return PhiHost(_network(entry, source, key))
     if not isinstance(entry, Mapping):
-        raise ConfigError(source, key, f"expected an address, a CIDR or a mapping with cidr, name, tags; found {describe_value(entry)}")
+        raise ConfigError(
+            source, key, f"expected an address, a CIDR or a mapping with cidr, name, tags; found {describe_value(entry)}"
+        )
     for name in entry:
         if name not in _ENTRY_KEYS:
             raise ConfigError(source, f"{key}.{name}", f"unknown key (expected one of: {', '.join(_ENTRY_KEYS)})")
@@ -198,7 +202,9 @@ def _host_entry(entry: object, source: str, key: str) -> PhiHost:
         raise ConfigError(source, f"{key}.tags", f"expected a list of tags, found {describe_value(tags)}")
     for index, tag in enumerate(tags):
         if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-            raise ConfigError(source, f"{key}.tags[{index}]", f"expected a tag (letters, digits, _ . : -), found {describe_value(tag)}")
+            raise ConfigError(
+                source, f"{key}.tags[{index}]", f"expected a tag (letters, digits, _ . : -), found {describe_value(tag)}"
+            )
     return PhiHost(network, label.strip() if label else None, tuple(dict.fromkeys(tags)))
 
 
@@ -210,7 +216,9 @@ def _host_entries(entries: object, source: str, key: str) -> tuple[PhiHost, ...]
     if not isinstance(entries, Sequence) or isinstance(entries, str | bytes):
         raise ConfigError(source, key, f"expected a list of addresses or CIDRs, found {describe_value(entries)}")
     if not entries:
-        raise ConfigError(source, key, "expected at least one address or CIDR (omit the key to treat every private address as a PHI host)")
+        raise ConfigError(
+            source, key, "expected at least one address or CIDR (omit the key to treat every private address as a PHI host)"
+        )
     hosts: list[PhiHost] = []
     networks: dict[Network, int] = {}
     for index, entry in enumerate(entries):

@@ -96,7 +96,9 @@ def _date(value: object, source: str, key: str) -> dt.date | None:
 
 def _entry(item: object, catalog: VendorCatalog, source: str, key: str) -> BaaEntry:
     if not isinstance(item, Mapping):
-        raise ConfigError(source, key, f"expected a mapping with vendor, domains, scope, signed, expires; found {describe_value(item)}")
+        raise ConfigError(
+            source, key, f"expected a mapping with vendor, domains, scope, signed, expires; found {describe_value(item)}"
+        )
     for name in item:
         if name not in _ENTRY_KEYS:
             raise ConfigError(source, f"{key}.{name}", f"unknown key (expected one of: {', '.join(_ENTRY_KEYS)})")
@@ -104,11 +106,16 @@ def _entry(item: object, catalog: VendorCatalog, source: str, key: str) -> BaaEn
     vendor_name = item.get("vendor")
     if vendor_name is not None:
         if not isinstance(vendor_name, str) or not vendor_name.strip():
-            raise ConfigError(source, f"{key}.vendor", f"expected a vendor name or id from the catalog, found {describe_value(vendor_name)}")
+            raise ConfigError(
+                source, f"{key}.vendor", f"expected a vendor name or id from the catalog, found {describe_value(vendor_name)}"
+            )
         vendor = catalog.get(vendor_name)
         if vendor is None:
             close = catalog.suggest(vendor_name)
-            hint = f" (did you mean {', '.join(repr(name) for name in close)}?)" if close else " (see signatures/vendors/ for names and ids)"
+            if close:
+                hint = f" (did you mean {', '.join(repr(name) for name in close)}?)"
+            else:
+                hint = " (see signatures/vendors/ for names and ids)"
             raise ConfigError(source, f"{key}.vendor", f"unknown vendor {vendor_name.strip()!r}{hint}")
     raw_domains = item.get("domains", [])
     if raw_domains is None:
@@ -119,9 +126,13 @@ def _entry(item: object, catalog: VendorCatalog, source: str, key: str) -> BaaEn
     for index, raw in enumerate(raw_domains):
         domain = normalize_host(raw) if isinstance(raw, str) else ""
         if not is_hostname(domain):
-            raise ConfigError(source, f"{key}.domains[{index}]", f"expected a domain such as example.com, found {describe_value(raw)}")
+            raise ConfigError(
+                source, f"{key}.domains[{index}]", f"expected a domain such as example.com, found {describe_value(raw)}"
+            )
         if not registered_domain(domain):
-            raise ConfigError(source, f"{key}.domains[{index}]", f"{domain!r} is a public suffix: it would cover every site under it")
+            raise ConfigError(
+                source, f"{key}.domains[{index}]", f"{domain!r} is a public suffix: it would cover every site under it"
+            )
         domains.append(domain)
     if vendor is None and not domains:
         raise ConfigError(source, key, "expected a vendor, domains, or both")
@@ -133,6 +144,8 @@ def _entry(item: object, catalog: VendorCatalog, source: str, key: str) -> BaaEn
     signed = _date(item.get("signed"), source, f"{key}.signed")
     expires = _date(item.get("expires"), source, f"{key}.expires")
     if signed is not None and expires is not None and expires < signed:
-        raise ConfigError(source, f"{key}.expires", f"expected a date on or after signed ({signed.isoformat()}), found {expires.isoformat()}")
+        raise ConfigError(
+            source, f"{key}.expires", f"expected a date on or after signed ({signed.isoformat()}), found {expires.isoformat()}"
+        )
     label = vendor.name if vendor is not None else domains[0]
     return BaaEntry(label, vendor, tuple(dict.fromkeys(domains)), scope.strip(), signed, expires)

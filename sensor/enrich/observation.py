@@ -4,11 +4,16 @@ health data found in it. The detector computes it once per record for all rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sensor.enrich.assets import PhiHost
 from sensor.enrich.baa import BaaEntry
 from sensor.enrich.vendors import Vendor
 from sensor.records import Record
+
+if TYPE_CHECKING:  # typing only: the observation does not load the PHI scanners itself
+    from sensor.phi.recognizers import Finding
+    from sensor.phi.trackers import TrackerPayload
 
 
 @dataclass(slots=True)
@@ -24,6 +29,6 @@ class Observation:
     allowed: bool
     baa_status: str = "none"  # on-file | expired | not-yet-signed | none
     # filled lazily by the engine for HTTP records and shared by the rules that need them
-    findings: list | None = None
-    tracker: object | None = None
-    tracker_findings: list | None = None
+    findings: list[Finding] | None = None
+    tracker: TrackerPayload | None = None
+    tracker_findings: list[Finding] | None = None

@@ -332,7 +332,12 @@ class _VendorReader:
         value = mapping.get(name)
         if isinstance(value, bool):
             word = "yes" if value else "no"
-            raise self.fail(key, f"expected one of {', '.join(sorted(choices))}, found {str(value).lower()} (YAML reads a bare {word} as {str(value).lower()}: write '{word}' in quotes)")
+            found = str(value).lower()
+            raise self.fail(
+                key,
+                f"expected one of {', '.join(sorted(choices))}, found {found}"
+                f" (YAML reads a bare {word} as {found}: write '{word}' in quotes)",
+            )
         if not isinstance(value, str) or value not in choices:
             close = difflib.get_close_matches(str(value), sorted(choices), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -359,7 +364,9 @@ class _VendorReader:
             if not registered_domain(host):
                 raise self.fail(key, f"{host!r} is a public suffix or has none: name a registered domain or a host below one")
             if name == "domains" and host in SHARED_DOMAINS:
-                raise self.fail(key, f"{host!r} also serves first-party or infrastructure traffic: list exact hosts under it in hosts")
+                raise self.fail(
+                    key, f"{host!r} also serves first-party or infrastructure traffic: list exact hosts under it in hosts"
+                )
             if host in names[:index]:
                 raise self.fail(key, f"{host!r} is listed twice")
         return names

@@ -40,10 +40,10 @@ def build_sinks(specs: list[dict[str, Any]], *, spool_dir: Path, observer: str, 
     from sensor.output.specs import build_validated
     from sensor.output.spool import SpooledSink
 
-    built = build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
+    validated = build_validated(specs, spool_dir=spool_dir, observer=observer, source=source, keys=keys)
     # Spooled sinks first: an alert is on disk before any other output shows it (a SIGKILL
     # between the two never leaves an alert only on stdout).
-    return sorted(built, key=lambda sink: not isinstance(sink, SpooledSink))
+    return sorted(validated, key=lambda sink: not isinstance(sink, SpooledSink))
 
 
 def check_outputs(specs: list[dict[str, Any]], *, spool_dir: Path, source: str = "config") -> None:

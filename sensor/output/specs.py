@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -19,6 +19,10 @@ from sensor.output.jsonl import check_writable, open_jsonl
 from sensor.output.sinks import AlertsOnly, Sink
 from sensor.output.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, Backoff, Spool, SpoolError
 from sensor.severity import Severity
+
+if TYPE_CHECKING:  # the client libraries load only when an output of theirs is configured
+    from elasticsearch import Elasticsearch
+    from opensearchpy import OpenSearch
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,7 @@ class _Secrets(NamedTuple):
 
 def _default_name(out: SearchOutput | WebhookOutput) -> str:
     """Stable across runs and reordering of `outputs:`, so a spool always meets its own sink again."""
+    kind: str
     if isinstance(out, SearchOutput):
         kind, identity = out.type, f"{out.url}|{out.index_prefix}"
         if out.uses_data_stream and out.namespace != "default":
@@ -270,6 +275,7 @@ def _build_remote(
     common: dict[str, Any] = {"min_severity": out.min_severity, "events": out.events, "backoff": backoff}
     # Client libraries load only when an output of theirs is configured.
     if isinstance(out, SearchOutput):
+        client: OpenSearch | Elasticsearch
         if out.type == "opensearch":
             from sensor.output.opensearch import OpenSearchSink, opensearch_client
 

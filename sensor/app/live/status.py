@@ -156,7 +156,8 @@ def summarize(doc: dict[str, Any], now: float) -> tuple[list[str], bool]:
     by_rule = {rule: n for rule, n in _mapping(alerts.get("by_rule")).items() if _number(n)}
     detail = ", ".join(f"{rule} {_count(_number(n))}" for rule, n in sorted(by_rule.items(), key=lambda kv: -kv[1]))
     lines.append(f"alerts     {_count(_number(alerts.get('total')))}{': ' + detail if detail else ''}")
-    sinks = stats.get("sinks") if isinstance(stats.get("sinks"), list) else []
+    listed = stats.get("sinks")
+    sinks = listed if isinstance(listed, list) else []
     parts = []
     for sink in sinks:
         sink = _mapping(sink)

@@ -78,9 +78,9 @@ class Supervisor:
                     flags.reload = False
                     notify_systemd("RELOADING=1")
                     if reloader.check() is not None:  # check once here; workers rebuild their own
-                        for process in processes.values():
-                            if process.is_alive() and process.pid:
-                                os.kill(process.pid, signal.SIGHUP)
+                        for worker in processes.values():
+                            if worker.is_alive() and worker.pid:
+                                os.kill(worker.pid, signal.SIGHUP)
                         log.info("configuration and signatures reloaded")
                     notify_systemd("READY=1")
                 if flags.stop and stop_deadline is None:
@@ -88,6 +88,7 @@ class Supervisor:
                     stop_deadline = time.monotonic() + WORKER_STOP_TIMEOUT
                     self._signal_all(processes, signal.SIGTERM)
                 for conn in wait(list(conns), timeout=POLL_SECONDS):
+                    assert isinstance(conn, Connection)  # wait() returns some of the objects it was given
                     index = conns[conn]
                     try:
                         kind, payload = conn.recv()
@@ -121,8 +122,8 @@ class Supervisor:
                 if ready and (not reported_once or reporter.due(time.time())):
                     reporter.emit(self._ordered_snapshots(), (reloader.succeeded, reloader.failed))
                     reported_once = True
-            for process in processes.values():
-                process.join(5.0)
+            for worker in processes.values():
+                worker.join(5.0)
             if self.snapshots:
                 reporter.emit(self._ordered_snapshots(), (reloader.succeeded, reloader.failed))
         finally:

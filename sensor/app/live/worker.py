@@ -12,7 +12,8 @@ from sensor.app.assemble import Parts
 from sensor.app.live.reload import Reloader, build_detection, describe_failure
 from sensor.app.live.system import Flags, install_signal_handlers, set_parent_death_signal
 from sensor.capture.live import LiveCapture, LiveCaptureError
-from sensor.decode.dispatch import DecodeSettings, TrafficDecoder
+from sensor.decode.dispatch import TrafficDecoder
+from sensor.decode.settings import DecodeSettings
 from sensor.errors import EXIT_CAPTURE, EXIT_OK
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline

@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
 
 import orjson
 
@@ -112,7 +112,7 @@ class SplitReplay:
         self._collect_child(pid, spill, trailer_file)
         return problems
 
-    def _run_child(self, spill: BinaryIO, trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
+    def _run_child(self, spill: IO[bytes], trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
         """The second worker: `replay_share()` feeds its packets; its documents go to `spill`,
         its counters to `trailer_file`. Never returns; the sinks and threads it inherited are
         left alone."""
@@ -130,7 +130,7 @@ class SplitReplay:
             os._exit(code)
 
     def _collect_child(
-        self, pid: int, spill: BinaryIO, trailer_file: BinaryIO, shared_counters: frozenset[str] = frozenset()
+        self, pid: int, spill: IO[bytes], trailer_file: BinaryIO, shared_counters: frozenset[str] = frozenset()
     ) -> None:
         """Wait for the second worker, add its counters (but `shared_counters`, which both
         processes counted for the same thing) and ship its documents."""
@@ -164,7 +164,7 @@ class SplitReplay:
             raise SensorError("the second replay worker failed; run again with --workers 1")
         self.pipeline.counters.add("replay.workers", 2)
 
-    def _ship_spill(self, spill: BinaryIO) -> None:
+    def _ship_spill(self, spill: IO[bytes]) -> None:
         """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
         in large blocks when no alert can be among them; anything else parses each line."""
         if self._ships_raw_blocks():

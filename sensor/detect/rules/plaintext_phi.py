@@ -7,8 +7,9 @@ identifiable health record on the wire); medium when the receiver is inside the 
 from __future__ import annotations
 
 from sensor.deep import HttpsRequest
-from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
+from sensor.detect.base import Alert, RuleInfo, describe_host
 from sensor.enrich.assets import is_internal
+from sensor.enrich.observation import Observation
 from sensor.phi import is_health_data, summarize
 
 INFO = RuleInfo(

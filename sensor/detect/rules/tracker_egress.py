@@ -8,7 +8,8 @@ and one more for session-replay vendors, which record whatever is on screen.
 from __future__ import annotations
 
 from sensor.deep import HttpsRequest
-from sensor.detect.base import SENSITIVE_TAGS, Alert, Observation, RuleInfo, describe_host
+from sensor.detect.base import SENSITIVE_TAGS, Alert, RuleInfo, describe_host
+from sensor.enrich.observation import Observation
 from sensor.severity import raise_level
 
 INFO = RuleInfo(

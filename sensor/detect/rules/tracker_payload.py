@@ -7,7 +7,8 @@ member id) next to health context only.
 """
 from __future__ import annotations
 
-from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
+from sensor.detect.base import Alert, RuleInfo, describe_host
+from sensor.enrich.observation import Observation
 from sensor.phi import is_health_data, summarize
 
 INFO = RuleInfo(

@@ -2,8 +2,9 @@
 BAA. Off by default: it feeds the vendor inventory rather than paging anyone."""
 from __future__ import annotations
 
-from sensor.detect.base import Alert, Observation, RuleInfo, describe_host
+from sensor.detect.base import Alert, RuleInfo, describe_host
 from sensor.enrich.assets import is_internal_name
+from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import registered_domain
 
 INFO = RuleInfo(
