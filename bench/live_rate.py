@@ -11,8 +11,14 @@ end with tcpreplay at each rate in turn (0 = as fast as tcpreplay can). After ea
 until the sensor has processed everything the kernel passed, stops it, and reads its final stats:
 kernel drops (PACKET_STATISTICS), packets processed, and how long processing took.
 
-Reports, per worker count and ring size, the highest rate with zero kernel drops, the rate
-tcpreplay actually reached, the share of the traffic the kernel filter passes, and the processing
+Before the runs it replays the capture once with the same configuration (`phi-sensor replay`)
+and keeps the alert keys (rule, PHI host, vendor or destination: `phi_egress.alert_key`); a live
+run counts as keeping up only when it had no kernel drop and raised every one of those keys (live
+sends a window at first sight and again on escalation, replay once at its end, so documents differ
+but keys do not; keys of alerts that rest on DNS attribution are left out, see `alert_keys`).
+
+Reports, per worker count and ring size, the highest rate with zero kernel drops and every alert
+raised, the rate tcpreplay actually reached, the share of the traffic the kernel filter passes, and the processing
 rate (packets offered per second, from the first packet sent until the last was processed).
 Stops raising the rate after the first run with drops.
 
@@ -59,6 +65,12 @@ class Run:
     processed: int
     processing_s: float
     exit_code: int
+    alert_keys: int  # distinct alert keys the run raised
+    missing_keys: int  # the replay's alert keys it did not raise
+
+    @property
+    def kept_up(self) -> bool:
+        return not self.kernel_drops and not self.missing_keys and self.exit_code == 0
 
     @property
     def passed_share(self) -> float:
@@ -119,7 +131,46 @@ def filter_share(capture: Path) -> tuple[int, int]:
     return count(), count(default_filter(1))
 
 
-def one_run(veth: Veth, capture: Path, args: argparse.Namespace, workers: int, buffer_mb: int, pps: int) -> Run:
+def alert_keys(path: Path, timeless: bool = False) -> set[str]:
+    """The distinct `phi_egress.alert_key` values of a JSON-lines alert file; with `timeless`, only
+    those of alerts that do not rest on DNS attribution. Attribution holds an address for its
+    answer's TTL on the capture's clock, and tcpreplay compresses or stretches that clock (a
+    million packets in seconds instead of minutes), so which name an address still stands for at
+    a later connection can differ between a replay and a live run of the same capture."""
+    keys = set()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return keys
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("event", {}).get("kind") != "alert":
+            continue
+        if not (timeless and doc["phi_egress"].get("source_record") == "dns-attribution"):
+            keys.add(doc["phi_egress"]["alert_key"])
+    return keys
+
+
+def replay_alert_keys(capture: Path, sensor_cmd: str) -> set[str]:
+    """The alert keys `phi-sensor replay` raises on the capture with the example configuration."""
+    replay_cmd = shlex.split(sensor_cmd)
+    if replay_cmd[-1] != "live":
+        raise SystemExit("--sensor-cmd must end with `live` (its `replay` gives the expected alerts)")
+    replay_cmd[-1] = "replay"
+    with tempfile.TemporaryDirectory(prefix="phi-sensor-bench-") as scratch:
+        out = Path(scratch) / "alerts.jsonl"
+        subprocess.run([*replay_cmd, str(capture), "--config", str(EXAMPLE_CONFIG), "--emit", "alerts",
+                        "--output", str(out), "--quiet", "--spool-dir", str(Path(scratch) / "spool")],
+                       check=False, capture_output=True, cwd=REPO, timeout=600)
+        return alert_keys(out, timeless=True)
+
+
+def one_run(
+    veth: Veth, capture: Path, args: argparse.Namespace, workers: int, buffer_mb: int, pps: int, expected: set[str]
+) -> Run:
     with tempfile.TemporaryDirectory(prefix="phi-sensor-bench-") as scratch:
         work = Path(scratch)
         stats_path = work / "stats.json"
@@ -168,6 +219,10 @@ def one_run(veth: Veth, capture: Path, args: argparse.Namespace, workers: int, b
                 sensor.kill()
         final = read_stats(stats_path) or stats or {}
         kernel = final.get("kernel", {})
+        raised = alert_keys(work / "alerts.jsonl")
+        if args.keep_alerts:
+            args.keep_alerts.mkdir(parents=True, exist_ok=True)
+            shutil.copy(work / "alerts.jsonl", args.keep_alerts / f"live-w{workers}-{buffer_mb}mb-{pps or 'top'}.jsonl")
         return Run(
             workers=workers,
             buffer_mb=buffer_mb,
@@ -179,6 +234,8 @@ def one_run(veth: Veth, capture: Path, args: argparse.Namespace, workers: int, b
             processed=final.get("packets", 0),
             processing_s=round(processing, 2),
             exit_code=code,
+            alert_keys=len(raised),
+            missing_keys=len(expected - raised),
         )
 
 
@@ -195,6 +252,7 @@ def main() -> int:
     parser.add_argument("--ring", action=argparse.BooleanOptionalAction, default=True, help="the sensor's --ring")
     parser.add_argument("--sensor-cmd", default=SENSOR_CMD, help="command that runs `phi-sensor live`")
     parser.add_argument("--json", type=Path, help="write every run here")
+    parser.add_argument("--keep-alerts", type=Path, help="keep each run's alerts in this directory")
     args = parser.parse_args()
 
     if os.geteuid() != 0:
@@ -211,6 +269,8 @@ def main() -> int:
     mode = "ring" if args.ring else "socket buffer"
     print(f"{capture.name}: {total:,} packets, the built-in filter passes {passed:,} ({100 * passed / total:.1f}%); "
           f"sent {args.loops} time(s) per run")
+    expected = replay_alert_keys(capture, args.sensor_cmd)
+    print(f"the replay of the capture raises {len(expected):,} distinct alert keys not resting on DNS attribution")
     rates = [int(rate) for rate in args.rates.split(",")]
     sizes = [int(size) for size in args.buffer_mb.split(",")]
     runs: list[Run] = []
@@ -218,28 +278,29 @@ def main() -> int:
         for workers in (int(w) for w in args.workers.split(",")):
             for size in sizes:
                 for pps in rates:
-                    result = one_run(veth, capture, args, workers, size, pps)
+                    result = one_run(veth, capture, args, workers, size, pps, expected)
                     runs.append(result)
                     print(f"  workers {workers}  {size:>3} MiB {mode}  asked {pps or 'top':>7} pps  "
                           f"sent {result.sent_pps:>9,.0f} pps  passed {result.kernel_passed:>8,} "
                           f"({100 * result.passed_share:.1f}%)  drops {result.kernel_drops:>7,}  "
                           f"processed {result.processed:>8,} by {result.processing_s:5.1f} s "
-                          f"({result.processing_pps:>9,.0f} pps)  exit {result.exit_code}", flush=True)
-                    if result.kernel_drops:
+                          f"({result.processing_pps:>9,.0f} pps)  alert keys {result.alert_keys:,} "
+                          f"(missing {result.missing_keys:,})  exit {result.exit_code}", flush=True)
+                    if not result.kept_up:
                         break
-    print("highest rate with zero kernel drops:")
+    print("highest rate with zero kernel drops and every alert raised:")
     for workers, size in sorted({(r.workers, r.buffer_mb) for r in runs}):
         mine = [r for r in runs if r.workers == workers and r.buffer_mb == size]
-        best = max((r for r in mine if not r.kernel_drops and r.exit_code == 0), key=lambda r: r.sent_pps, default=None)
+        best = max((r for r in mine if r.kept_up), key=lambda r: r.sent_pps, default=None)
         if best is None:
             print(f"  {workers} worker(s), {size} MiB {mode}: none of the rates tried")
             continue
-        ceiling = "" if best is mine[-1] else f"; drops at {mine[-1].sent_pps:,.0f}"
+        ceiling = "" if best is mine[-1] else f"; drops or missed alerts at {mine[-1].sent_pps:,.0f}"
         print(f"  {workers} worker(s), {size} MiB {mode}: {best.sent_pps:,.0f} packets/s offered "
               f"({best.sent_pps * best.passed_share:,.0f}/s past the filter){ceiling}")
     if args.json:
         args.json.write_text(json.dumps({"capture": str(capture), "packets": total, "filter_passes": passed,
-                                         "loops": args.loops, "ring": args.ring,
+                                         "loops": args.loops, "ring": args.ring, "replay_alert_keys": len(expected),
                                          "runs": [asdict(r) for r in runs]}, indent=1))
     return 0 if all(r.exit_code == 0 for r in runs) else 1
 
