@@ -21,6 +21,7 @@ TWINS: dict[str, str] = {
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "prune": "sensor.output.ecs:prune_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
 }
 

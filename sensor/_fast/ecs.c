@@ -523,6 +523,66 @@ done:
     return json_line_result(&t, status);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * prune: sensor.output.ecs.prune_py. A fresh copy of every dict and list (the reference builds new
+ * ones too, so a document never shares a container with what it was built from), without None, "",
+ * [] and {}. Declines (None) a value holding any other type than str, int, float, bool, None,
+ * tuple, dict and list, a key that is not a str, or nesting deeper than PRUNE_DEPTH: those keep the
+ * reference's semantics (a subclass's own items() or __ne__, a key's own __hash__, its recursion limit).
+ */
+
+#define PRUNE_DEPTH 64
+
+/* 1 when the pruned value is left out, 0 when kept. */
+static inline int pruned_empty(PyObject *item) {
+    if (item == Py_None) return 1;
+    if (PyUnicode_CheckExact(item)) return PyUnicode_GET_LENGTH(item) == 0;
+    if (PyDict_CheckExact(item)) return PyDict_GET_SIZE(item) == 0;
+    if (PyList_CheckExact(item)) return PyList_GET_SIZE(item) == 0;
+    return 0;
+}
+
+/* A new reference to the pruned value; NULL with no error set to decline, NULL with one on error. */
+static PyObject *prune_value(PyObject *value, int depth) {
+    if (PyUnicode_CheckExact(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value) ||
+        PyBool_Check(value) || value == Py_None || PyTuple_CheckExact(value))
+        return Py_NewRef(value);
+    if (depth >= PRUNE_DEPTH) return NULL;
+    if (PyDict_CheckExact(value)) {
+        PyObject *out = PyDict_New(), *key, *item;
+        Py_ssize_t pos = 0;
+        while (out != NULL && PyDict_Next(value, &pos, &key, &item)) {
+            if (!PyUnicode_CheckExact(key)) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_INCREF(key);
+            PyObject *kept = prune_value(item, depth + 1);
+            if (kept == NULL || (!pruned_empty(kept) && PyDict_SetItem(out, key, kept) < 0)) Py_CLEAR(out);
+            Py_DECREF(key);
+            Py_XDECREF(kept);
+        }
+        return out;
+    }
+    if (PyList_CheckExact(value)) {
+        PyObject *out = PyList_New(0);
+        for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(value); i++) {
+            PyObject *kept = prune_value(PyList_GET_ITEM(value, i), depth + 1);
+            if (kept == NULL || (!pruned_empty(kept) && PyList_Append(out, kept) < 0)) Py_CLEAR(out);
+            Py_XDECREF(kept);
+        }
+        return out;
+    }
+    return NULL;
+}
+
+/* prune(value) -> value without the empty values ECS documents leave out, or None to decline. */
+PyObject *prune(PyObject *module, PyObject *value) {
+    PyObject *out = prune_value(value, 0);
+    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
+}
+
 /* bind_json(orjson.dumps): what the line writers call for the values they do not spell themselves. */
 PyObject *bind_json(PyObject *module, PyObject *dumps) {
     if (!PyCallable_Check(dumps)) {

@@ -23,11 +23,12 @@ try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _enve
     from sensor._fast import community_id as _community_id_fast
     from sensor._fast import dns_event_line as _dns_line_fast
     from sensor._fast import event_envelope as _envelope_fast
+    from sensor._fast import prune as _prune_fast
     from sensor._fast import tls_event_line as _tls_line_fast
 
     _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
-    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = None
+    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -49,12 +50,22 @@ def data_stream(dataset: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, s
 
 
 def prune(value):
-    """`value` without the null and empty values ECS documents leave out (None, "", [], {})."""
+    """`value` without the null and empty values ECS documents leave out (None, "", [], {}), in
+    new dicts and lists (the result shares no container with `value`)."""
+    if _prune_fast is not None:
+        pruned = _prune_fast(value)
+        if pruned is not None:
+            return pruned
+    return prune_py(value)
+
+
+def prune_py(value):
+    """prune in Python: the reference, and the path for what the compiled one declines."""
     if isinstance(value, dict):
-        pruned = {key: prune(item) for key, item in value.items()}
+        pruned = {key: prune_py(item) for key, item in value.items()}
         return {key: item for key, item in pruned.items() if item is not None and item != "" and item != [] and item != {}}
     if isinstance(value, list):
-        return [item for item in map(prune, value) if item is not None and item != "" and item != [] and item != {}]
+        return [item for item in map(prune_py, value) if item is not None and item != "" and item != [] and item != {}]
     return value
 
 
@@ -332,9 +343,20 @@ def _redacted_request_urls(
     method: str, target: str, referrer: str | None, known: list | tuple = ()
 ) -> tuple[str, str | None]:
     """The request target and referrer with any health data they carry (or `known` found) masked."""
-    findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
-    findings = [*findings, *known]  # none found: identifier-shaped values are still masked
+    if len(target) + len(referrer or "") <= _CACHED_URL_CHARS:  # an alert's request was an event's too
+        findings = [*_url_findings_cached(method, target, referrer), *known]
+    else:
+        findings = [*_url_findings(method, target, referrer), *known]
+    # none found: identifier-shaped values are still masked
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
+
+
+def _url_findings(method: str, target: str, referrer: str | None) -> tuple:
+    """What the health-data scan finds in a request's target and referrer."""
+    return tuple(scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None))
+
+
+_url_findings_cached = functools.lru_cache(maxsize=4096)(_url_findings)
 
 
 def _is_ip_literal(host: str) -> bool:

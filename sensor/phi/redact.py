@@ -51,6 +51,7 @@ _WORDED = re.compile(
     r"|(?i:(?:\bnpi|national provider(?: identifier)?)\W{0,5}(?P<npi>\d{10})(?!\d))"
 )
 _WORD_HINTS = ("ssn", "soc", "mrn", "medical rec", "chart", "member", "subscriber", "policy", "group", "npi", "national")
+_WORD_HINT = re.compile("|".join(map(re.escape, _WORD_HINTS)))  # one search of the lowered text for any of them
 # Apart, and only where there is an "@": its local part would be tried at every position.
 _EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])")
 _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
@@ -66,8 +67,7 @@ def identifier_spans(text: str) -> list[tuple[int, int, str]]:
             spans.append((match.start(group), match.end(group), group.rstrip("_")))
     if _MBI_HINT.search(text):
         spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
-    lowered = text.lower()
-    if any(word in lowered for word in _WORD_HINTS):
+    if _WORD_HINT.search(text.lower()):
         for match in _WORDED.finditer(text):
             group = match.lastgroup or ""
             spans.append((match.start(group), match.end(group), group.rstrip("_")))
@@ -92,19 +92,27 @@ def _keyed_type(key: str) -> str | None:
     return next((kind for kind, names in _KEYED if named.named(names)), None)
 
 
+@functools.lru_cache(maxsize=4096)
+def _value_pattern(value: str) -> re.Pattern[str]:
+    """Every occurrence of a finding's value, in any case."""
+    return re.compile(re.escape(value), re.IGNORECASE)
+
+
 def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
     """Merged spans to mask, each with the type of the finding that opened it."""
     raw: list[tuple[int, int, str]] = identifier_spans(text)
-    patterns: dict[str, re.Pattern[str]] = {}
+    # ASCII against ASCII, "in" on lowered text is exactly what the case-blind pattern finds (or
+    # not): the pattern runs only where the value occurs. Other text may fold case beyond ASCII.
+    lowered = text.lower() if text.isascii() else None
     for finding in findings:
-        if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
+        value = finding.value
+        if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == value:
             raw.append((finding.start, finding.end, finding.type))
-        if not finding.value:
+        if not value or (lowered is not None and value.isascii() and value.lower() not in lowered):
             continue
-        pattern = patterns.get(finding.value)
-        if pattern is None:
-            pattern = patterns[finding.value] = re.compile(re.escape(finding.value), re.IGNORECASE)
-        raw.extend((match.start(), match.end(), finding.type) for match in pattern.finditer(text))
+        raw.extend((match.start(), match.end(), finding.type) for match in _value_pattern(value).finditer(text))
+    if not raw:
+        return raw
     raw.sort(key=lambda span: (span[0], -span[1]))
     merged: list[tuple[int, int, str]] = []
     for start, end, kind in raw:
@@ -139,6 +147,15 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
     return _redact_mapped(text, findings)[0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _query_key(raw_key: str) -> tuple[str, str, str | None]:
+    """A query parameter's name decoded, as written out (re-encoded only if it carried an
+    identifier, which is masked), and the identifier type it names, if any. Names repeat."""
+    key = unquote_plus(raw_key, errors="replace")
+    masked_key = redact(key, ())  # a key can carry an identifier as well as a value
+    return key, raw_key if masked_key == key else quote_plus(masked_key, safe="[]:/"), _keyed_type(key)
+
+
 def _param_name(finding_path: str) -> str:
     return finding_path.removeprefix("query.")
 
@@ -161,6 +178,7 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
 
 
 _CACHED_URL_CHARS = 2048
+_CACHED_KEY_CHARS = 256
 
 
 def _redact_url(url: str, findings: Sequence[Finding]) -> str:
@@ -193,22 +211,19 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
     pieces = []
     for piece in query.split("&"):
         raw_key, equals, raw_value = piece.partition("=")
-        key = unquote_plus(raw_key, errors="replace")
+        key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
         value = unquote_plus(raw_value, errors="replace")
-        redacted = redact(value, findings)
-        masked_key = redact(key, ())  # a key can carry an identifier as well as a value
-        if masked_key != key:
-            raw_key = quote_plus(masked_key, safe="[]:/")
-        keyed = _keyed_type(key) if value.strip() else None
-        if keyed is not None:
+        if keyed is not None and value.strip():
             redacted = placeholder(keyed)
-        elif redacted == value:
-            carried = next((finding for finding in findings if _carries(key, finding)), None)
-            if carried is None:
-                pieces.append(raw_key + equals + raw_value if masked_key != key else piece)
-                continue
-            redacted = placeholder(carried.type)
-        pieces.append(raw_key + equals + quote_plus(redacted, safe="[]:/"))
+        else:
+            redacted = redact(value, findings)
+            if redacted == value:
+                carried = next((finding for finding in findings if _carries(key, finding)), None)
+                if carried is None:
+                    pieces.append(written_key + equals + raw_value)
+                    continue
+                redacted = placeholder(carried.type)
+        pieces.append(written_key + equals + quote_plus(redacted, safe="[]:/"))
     return "&".join(pieces)
 
 
