@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import re
 import socket
 import struct
 from collections.abc import Callable, Mapping
@@ -14,8 +13,9 @@ from datetime import datetime, timezone
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import redact, redact_url, scan_http
+from sensor.phi import evidence, redact, redact_url, scan_http, summarize
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello, split_target
+from sensor.severity import SEVERITY_SCORE
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
@@ -318,7 +318,7 @@ class EventBuilder:
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = rec.header("user-agent")
         if agent:
-            doc["user_agent"] = {"original": redact(agent, ()) if self.redact_urls else agent}
+            doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
         doc["related"] = _related(rec.flow, rec.host)
         return doc
 
@@ -337,6 +337,16 @@ def _redacted_event_urls(method: str, target: str, referrer: str | None) -> tupl
 @functools.lru_cache(maxsize=4096)
 def _redacted_event_urls_cached(method: str, target: str, referrer: str | None) -> tuple[str, str | None]:
     return _redacted_request_urls(method, target, referrer)
+
+
+def _redacted_agent(agent: str) -> str:
+    """A User-Agent with identifier-shaped values masked; the few agents of a network are cached."""
+    return _redacted_agent_cached(agent) if len(agent) <= _CACHED_URL_CHARS else redact(agent, ())
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_agent_cached(agent: str) -> str:
+    return redact(agent, ())
 
 
 def _redacted_request_urls(
@@ -403,6 +413,30 @@ def _split_target(target: str) -> tuple[str, str]:
     return "", ""
 
 
+# Parts of every alert document. Documents share them until prune, which copies every dict and list.
+_ALERT_CATEGORIES = ["network", "intrusion_detection"]
+_ALERT_TYPES = ["info"]
+_RULE_FIELDS: dict[int, tuple[object, dict]] = {}  # id(rule) -> (rule, its `rule` fields)
+
+
+def _rule_fields(rule) -> dict:
+    """ECS `rule.*` of a rule (rules are few and live as long as the process)."""
+    cached = _RULE_FIELDS.get(id(rule))
+    if cached is None or cached[0] is not rule:
+        fields = {
+            "id": rule.id,
+            "name": rule.name,
+            "category": rule.category,
+            "description": rule.description,
+            "reference": rule.reference,
+            "ruleset": "phi-egress-sensor",
+        }
+        if len(_RULE_FIELDS) > 256:
+            _RULE_FIELDS.clear()
+        cached = _RULE_FIELDS[id(rule)] = (rule, fields)
+    return cached[1]
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -414,61 +448,55 @@ class AlertBuilder:
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> dict:
-        from sensor.phi import summarize
-        from sensor.phi.redact import evidence, redact
-        from sensor.severity import SEVERITY_SCORE
-
         obs = alert.observation
         record = obs.record
+        findings = alert.findings
         doc = self.events(record)
-        self._redact_record_fields(doc, record, alert.findings)
+        self._redact_record_fields(doc, record, findings)
         primary = _primary_destination(destinations, obs.destination)
         summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
-        summary = summary if self.unredacted else redact(summary, alert.findings)
-        doc["@timestamp"] = iso_time(first_seen)
+        summary = summary if self.unredacted else redact(summary, findings)
+        first, last = iso_time(first_seen), iso_time(last_seen)
+        doc["@timestamp"] = first
         doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
             "kind": "alert",
-            "category": ["network", "intrusion_detection"],
-            "type": ["info"],
+            "category": _ALERT_CATEGORIES,
+            "type": _ALERT_TYPES,
             "severity": SEVERITY_SCORE[alert.severity],
             "id": event_id,
             "dataset": ALERT_DATASET,
             "module": MODULE,
             # the throttle window the alert stands for
-            "start": iso_time(first_seen),
-            "end": iso_time(last_seen),
+            "start": first,
+            "end": last,
         }
         doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
-        doc["rule"] = {
-            "id": rule.id,
-            "name": rule.name,
-            "category": rule.category,
-            "description": rule.description,
-            "reference": rule.reference,
-            "ruleset": "phi-egress-sensor",
-        }
+        doc["rule"] = _rule_fields(rule)
         if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = primary
-        hosts = doc["related"].setdefault("hosts", [])
-        for host in [obs.destination, *(entry.host for entry in destinations or ())]:
+        related = doc["related"]
+        hosts = related.setdefault("hosts", [])
+        for host in (obs.destination, *(entry.host for entry in destinations or ())):
             if host and host not in hosts:
                 hosts.append(host)
         if not hosts:  # nothing null or empty is written
-            del doc["related"]["hosts"]
-        pe: dict = {
-            "severity": alert.severity,
-            "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
-            "count": count,
-            "first_seen": iso_time(first_seen),
-            "last_seen": iso_time(last_seen),
-            "source_record": obs.source_record,
-            "destination": primary,
-            "summary": summary,
-            "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else None,
-        }
+            del related["hosts"]
+        phi_host, vendor = obs.phi_host, obs.vendor
+        pe: dict | None = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
+        if pe is None:
+            pe = doc["phi_egress"] = {}
+        pe["severity"] = alert.severity
+        pe["alert_key"] = "|".join((rule.id, record.flow.src_ip, alert.throttle_subject))
+        pe["count"] = count
+        pe["first_seen"] = first
+        pe["last_seen"] = last
+        pe["source_record"] = obs.source_record
+        pe["destination"] = primary
+        pe["summary"] = summary
+        pe["phi_host"] = {"name": phi_host.name, "tags": list(phi_host.tags)} if phi_host else None
         if destinations:
             pe["destinations"] = [
                 {
@@ -480,34 +508,32 @@ class AlertBuilder:
                 }
                 for entry in destinations
             ]
-        if obs.vendor is not None:
-            vendor = obs.vendor
+        if vendor is not None:
             pe["vendor"] = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
-        pe["baa"] = {
-            "status": obs.baa_status,
-            "stance": obs.vendor.baa_stance if obs.vendor else "unknown",
-        }
-        if obs.vendor is not None and obs.vendor.baa_source:
-            pe["baa"]["source"] = obs.vendor.baa_source
-        if alert.findings:
-            counts = summarize(alert.findings)
+            baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
+            if vendor.baa_source:
+                baa["source"] = vendor.baa_source
+            pe["baa"] = baa
+        else:
+            pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
+        if findings:
+            counts = summarize(findings)
             pe["phi"] = {
                 "types": sorted(counts),
-                "categories": sorted({f.category for f in alert.findings}),
+                "categories": sorted({f.category for f in findings}),
                 "count": sum(counts.values()),
             }
-            pe["evidence"] = evidence(alert.findings, alert.fields, self.unredacted)
+            pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
-        if tracker is not None and alert.rule.id == "phi-in-tracker-payload":
+        if tracker is not None and rule.id == "phi-in-tracker-payload":
             event = tracker.event
             if event and not self.unredacted:
-                event = redact(event, alert.findings)
+                event = redact(event, findings)
             pe["tracker"] = {"decoder": tracker.decoder, "event": event}
             for name in ("page_url", "referrer"):
                 value = getattr(tracker, name)
                 if value:
-                    pe["tracker"][name] = value if self.unredacted else _redacted_url(value, alert.findings)
-        doc["phi_egress"] = {**doc.get("phi_egress", {}), **pe}
+                    pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
 
@@ -541,11 +567,24 @@ def _primary_destination(destinations: list | None, fallback: str | None) -> str
 _SUMMARY_HOSTS = 5
 
 
+def _replace_word(text: str, word: str, replacement: str) -> str:
+    """`text` with the first `word` that follows a space and ends the text or precedes a space (or
+    a newline that ends the text) replaced."""
+    end_of_text = len(text) - 1 if text.endswith("\n") else len(text)
+    at = text.find(word, 1)
+    while at != -1:
+        after = at + len(word)
+        if text[at - 1] == " " and (after >= end_of_text or text[after] == " "):
+            return text[:at] + replacement + text[after:]
+        at = text.find(word, at + 1)
+    return text
+
+
 def _summary_naming(summary: str, named: str | None, primary: str | None, destinations: list | None) -> str:
     """The rule's summary with the primary host in place of the one its record went to, and the
     window's other hosts after it."""
     if named and primary and primary != named:
-        summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
+        summary = _replace_word(summary, named, primary)
     others = [entry.host for entry in destinations or () if entry.host != primary]
     if others:
         listed = ", ".join(others[:_SUMMARY_HOSTS]) + (
@@ -554,8 +593,3 @@ def _summary_naming(summary: str, named: str | None, primary: str | None, destin
         summary += f"; also {listed}"
     return summary
 
-
-def _redacted_url(url: str, findings: list) -> str:
-    from sensor.phi.redact import redact_url
-
-    return redact_url(url, findings)
