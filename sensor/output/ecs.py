@@ -354,10 +354,18 @@ def _redacted_request_urls(
 ) -> tuple[str, str | None]:
     """The request target and referrer with any health data they carry (or `known` found) masked."""
     if len(target) + len(referrer or "") <= _CACHED_URL_CHARS:  # an alert's request was an event's too
-        findings = [*_url_findings_cached(method, target, referrer), *known]
+        found = _url_findings_cached(method, target, referrer)
     else:
-        findings = [*_url_findings(method, target, referrer), *known]
-    # none found: identifier-shaped values are still masked
+        found = _url_findings(method, target, referrer)
+    findings = list(found)  # none found: identifier-shaped values are still masked
+    if known:
+        # A finding listed twice masks nothing more (its spans merge into the first's): without
+        # repeats, the URLs of an alert whose rule found nothing new are its event's, computed once.
+        seen = set(found)
+        for finding in known:
+            if finding not in seen:
+                seen.add(finding)
+                findings.append(finding)
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
 
 

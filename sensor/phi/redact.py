@@ -16,6 +16,12 @@ from sensor.phi import recognizers
 from sensor.phi.layers import Field
 from sensor.phi.recognizers import Finding
 
+try:  # the compiled fast path (sensor/_fast/redact.c); identifier_hints_py is the reference
+    from sensor._fast import bind_hints as _bind_hints
+    from sensor._fast import identifier_hints as _hints_fast
+except ImportError:  # built without a C compiler
+    _hints_fast = None
+
 __all__ = ["EXCERPT_CHARS", "evidence", "identifier_spans", "placeholder", "redact", "redact_url"]
 
 EXCERPT_CHARS = 80
@@ -57,21 +63,46 @@ _EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}
 _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
 
 
+# Families of identifier shapes, as bits of identifier_hints.
+_NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT = 1, 2, 4, 8
+_NUMERIC_NEED = re.compile(r"[-. ]\d{4}|\+\d{10}")  # in every match of _NUMERIC, hinted or not
+
+if _hints_fast is not None:
+    _bind_hints(_WORD_HINTS, _NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT)
+
+
+def identifier_hints_py(text: str) -> int:
+    """The families of identifier shapes that may occur in `text` (the bits above): each family's
+    hint, and for the numeric shapes what every one of them holds. Most text has none."""
+    return (
+        (_NUMERIC_BIT if _NUMERIC_HINT.search(text) and _NUMERIC_NEED.search(text) else 0)
+        | (_MBI_BIT if _MBI_HINT.search(text) else 0)
+        | (_WORDED_BIT if _WORD_HINT.search(text.lower()) else 0)
+        | (_EMAIL_BIT if "@" in text else 0)
+    )
+
+
 def identifier_spans(text: str) -> list[tuple[int, int, str]]:
     """Every identifier-shaped span of `text`, believed or not (may repeat a span)."""
-    spans = []
-    for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
-        start = max(0, hint.start() - 5)
-        for match in _NUMERIC.finditer(text, start, start + 48):
-            group = match.lastgroup or ""
-            spans.append((match.start(group), match.end(group), group.rstrip("_")))
-    if _MBI_HINT.search(text):
+    spans: list[tuple[int, int, str]] = []
+    hints = _hints_fast(text) if _hints_fast is not None else None
+    if hints is None:
+        hints = identifier_hints_py(text)
+    if not hints:
+        return spans
+    if hints & _NUMERIC_BIT:
+        for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
+            start = max(0, hint.start() - 5)
+            for match in _NUMERIC.finditer(text, start, start + 48):
+                group = match.lastgroup or ""
+                spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if hints & _MBI_BIT:
         spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
-    if _WORD_HINT.search(text.lower()):
+    if hints & _WORDED_BIT:
         for match in _WORDED.finditer(text):
             group = match.lastgroup or ""
             spans.append((match.start(group), match.end(group), group.rstrip("_")))
-    if "@" in text:
+    if hints & _EMAIL_BIT:
         for match in _EMAIL.finditer(text):
             if match.group(1).rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES:
                 spans.append((match.start(1), match.end(1), "email"))
