@@ -80,6 +80,7 @@ def test_compiled_prune_declines_what_it_does_not_know() -> None:
 # the worded hints, mail addresses, and a little beyond ASCII.
 _PIECES = st.sampled_from(
     ["1", "23", "456", "7890", "-", ".", " ", "(", ")", "+", "+1", "@", "a", "x.com", "1EG4", "TE5", "MK73",
+     "555-123-4567", "123 45 6789", "(555) 123-4567", "+15551234567", "1EG4-TE5-MK73", "jane@example.com",
      "ssn", "SSN:", "mrn ", "Member ID", "policy #", "npi", "group", "chart no.", "é", "٣", "İ", "K", "/", "="]
 )
 _TEXT = st.lists(_PIECES, max_size=24).map("".join) | st.text(max_size=40)
