@@ -178,6 +178,11 @@ def test_finding_patterns_run_only_where_they_can_match(text: str, values: list[
     assert redaction._intervals(text, findings) == _intervals_always(text, findings)
 
 
+def _carries(param: str, finding: Finding) -> bool:
+    path = finding.path.removeprefix("query.")
+    return path == param or path.startswith((param + ".", param + "["))
+
+
 def _redact_query_uncached(query: str, findings) -> str:
     """_redact_query as it was: each parameter's name decoded, masked and looked up every time."""
     r = redaction
@@ -194,7 +199,7 @@ def _redact_query_uncached(query: str, findings) -> str:
         if keyed is not None:
             redacted = r.placeholder(keyed)
         elif redacted == value:
-            carried = next((finding for finding in findings if r._carries(key, finding)), None)
+            carried = next((finding for finding in findings if _carries(key, finding)), None)
             if carried is None:
                 pieces.append(raw_key + equals + raw_value if masked_key != key else piece)
                 continue
@@ -203,15 +208,20 @@ def _redact_query_uncached(query: str, findings) -> str:
     return "&".join(pieces)
 
 
-_KEYS = st.sampled_from(["q", "ssn", "email", "dob", "member_id", "cd[search]", "555-123-4567", "a%20b", "x+y", "", "npi"])
+_KEYS = st.sampled_from(
+    ["q", "ssn", "email", "dob", "member_id", "cd[search]", "cd", "cd.x", "cd[search].y", "555-123-4567", "a%20b", "x+y", "", "npi"]
+)
 _QUERY_VALUES = st.sampled_from(["", " ", "hiv", "1", "555-123-4567", "HIV%20PrEP", "a+b", "%zz", "jane@example.com"])
 
 
-@given(st.lists(st.tuples(_KEYS, st.booleans(), _QUERY_VALUES), max_size=6), st.lists(st.tuples(_VALUES, _KEYS), max_size=3))
+@given(
+    st.lists(st.tuples(_KEYS, st.booleans(), _QUERY_VALUES), max_size=6),
+    st.lists(st.tuples(_VALUES, _KEYS | st.sampled_from(["cd[search][z]", "cd.x.y", "cd[", "."]), st.sampled_from(["query.", "", "body."])), max_size=4),
+)
 @settings(max_examples=400)
 def test_query_redaction_equals_the_uncached_one(params: list, found: list) -> None:
     query = "&".join(key + ("=" + value if equals else "") for key, equals, value in params)
-    findings = [_finding(value, path="query." + key) for value, key in found]
+    findings = [_finding(value, path=prefix + key) for value, key, prefix in found]
     assert redaction._redact_query(query, findings) == _redact_query_uncached(query, findings)
 
 

@@ -157,10 +157,14 @@ def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, s
 
 def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tuple[int, int, int, int]]]:
     """The redacted text and, per mask, (start, end) in the input and (start, end) in the output."""
+    return _masked(text, _intervals(text, findings))
+
+
+def _masked(text: str, intervals: list[tuple[int, int, str]]) -> tuple[str, list[tuple[int, int, int, int]]]:
     pieces: list[str] = []
     mapping: list[tuple[int, int, int, int]] = []
     cursor = written = 0
-    for start, end, kind in _intervals(text, findings):
+    for start, end, kind in intervals:
         pieces.append(text[cursor:start])
         written += start - cursor
         label = placeholder(kind)
@@ -175,7 +179,8 @@ def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tu
 def redact(text: str, findings: Iterable[Finding]) -> str:
     """``text`` with each finding's span, and every other occurrence of its value, replaced by a
     placeholder; identifier-shaped values are masked even without a finding (see _redact_mapped)."""
-    return _redact_mapped(text, findings)[0]
+    intervals = _intervals(text, findings)
+    return _masked(text, intervals)[0] if intervals else text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -187,14 +192,19 @@ def _query_key(raw_key: str) -> tuple[str, str, str | None]:
     return key, raw_key if masked_key == key else quote_plus(masked_key, safe="[]:/"), _keyed_type(key)
 
 
-def _param_name(finding_path: str) -> str:
-    return finding_path.removeprefix("query.")
+_PATH_MARKS = re.compile(r"[.\[]")
 
 
-def _carries(param: str, finding: Finding) -> bool:
-    """Whether a finding was decoded out of query parameter ``param`` (``data`` for ``data.properties.x``)."""
-    path = _param_name(finding.path)
-    return path == param or path.startswith((param + ".", param + "["))
+def _carriers(findings: Iterable[Finding]) -> dict[str, Finding]:
+    """Per query parameter, the first finding decoded out of it: a finding at path ``query.p`` (or
+    ``query.p.x``, ``query.p[x]``) was decoded out of parameter ``p`` (or ``p.x``)."""
+    carriers: dict[str, Finding] = {}
+    for finding in findings:
+        path = finding.path.removeprefix("query.")
+        carriers.setdefault(path, finding)
+        for mark in _PATH_MARKS.finditer(path):
+            carriers.setdefault(path[: mark.start()], finding)
+    return carriers
 
 
 def redact_url(url: str, findings: Sequence[Finding]) -> str:
@@ -240,16 +250,20 @@ def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
 
 def _redact_query(query: str, findings: Sequence[Finding]) -> str:
     pieces = []
+    carriers: dict[str, Finding] | None = None
     for piece in query.split("&"):
         raw_key, equals, raw_value = piece.partition("=")
         key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
-        value = unquote_plus(raw_value, errors="replace")
+        # unquote_plus gives back what has neither
+        value = unquote_plus(raw_value, errors="replace") if "%" in raw_value or "+" in raw_value else raw_value
         if keyed is not None and value.strip():
             redacted = placeholder(keyed)
         else:
             redacted = redact(value, findings)
             if redacted == value:
-                carried = next((finding for finding in findings if _carries(key, finding)), None)
+                if carriers is None:
+                    carriers = _carriers(findings)
+                carried = carriers.get(key)
                 if carried is None:
                     pieces.append(written_key + equals + raw_value)
                     continue
