@@ -524,11 +524,11 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------------
- * prune: sensor.output.ecs.prune_py. A fresh copy of every dict and list (the reference builds new
- * ones too, so a document never shares a container with what it was built from), without None, "",
- * [] and {}. Declines (None) a value holding any other type than str, int, float, bool, None,
- * tuple, dict and list, a key that is not a str, or nesting deeper than PRUNE_DEPTH: those keep the
- * reference's semantics (a subclass's own items() or __ne__, a key's own __hash__, its recursion limit).
+ * prune: sensor.output.ecs.prune_py, without None, "", [] and {}. A dict or list in which nothing
+ * is left out is given back as it is, not copied (the reference copies every one: equal values).
+ * Declines (None) a value holding any other type than str, int, float, bool, None, tuple, dict and
+ * list, a key that is not a str, or nesting deeper than PRUNE_DEPTH: those keep the reference's
+ * semantics (a subclass's own items() or __ne__, a key's own __hash__, its recursion limit).
  */
 
 #define PRUNE_DEPTH 64
@@ -542,37 +542,58 @@ static inline int pruned_empty(PyObject *item) {
     return 0;
 }
 
+/* A new dict of the first `count` items of `dict`. */
+static PyObject *dict_head(PyObject *dict, Py_ssize_t count) {
+    PyObject *out = PyDict_New(), *key, *item;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; out != NULL && i < count && PyDict_Next(dict, &pos, &key, &item); i++)
+        if (PyDict_SetItem(out, key, item) < 0) Py_CLEAR(out);
+    return out;
+}
+
 /* A new reference to the pruned value; NULL with no error set to decline, NULL with one on error. */
 static PyObject *prune_value(PyObject *value, int depth) {
     if (PyUnicode_CheckExact(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value) ||
         PyBool_Check(value) || value == Py_None || PyTuple_CheckExact(value))
         return Py_NewRef(value);
     if (depth >= PRUNE_DEPTH) return NULL;
+    PyObject *out = NULL; /* made at the first item that changes */
     if (PyDict_CheckExact(value)) {
-        PyObject *out = PyDict_New(), *key, *item;
+        PyObject *key, *item;
         Py_ssize_t pos = 0;
-        while (out != NULL && PyDict_Next(value, &pos, &key, &item)) {
-            if (!PyUnicode_CheckExact(key)) {
-                Py_DECREF(out);
-                return NULL;
-            }
-            Py_INCREF(key);
+        for (Py_ssize_t index = 0; PyDict_Next(value, &pos, &key, &item); index++) {
+            if (!PyUnicode_CheckExact(key)) goto fail;
             PyObject *kept = prune_value(item, depth + 1);
-            if (kept == NULL || (!pruned_empty(kept) && PyDict_SetItem(out, key, kept) < 0)) Py_CLEAR(out);
-            Py_DECREF(key);
-            Py_XDECREF(kept);
+            if (kept == NULL) goto fail;
+            int drop = pruned_empty(kept);
+            if (out == NULL && (drop || kept != item) && (out = dict_head(value, index)) == NULL) {
+                Py_DECREF(kept);
+                goto fail;
+            }
+            int status = out != NULL && !drop ? PyDict_SetItem(out, key, kept) : 0;
+            Py_DECREF(kept);
+            if (status < 0) goto fail;
         }
-        return out;
+        return out != NULL ? out : Py_NewRef(value);
     }
     if (PyList_CheckExact(value)) {
-        PyObject *out = PyList_New(0);
-        for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(value); i++) {
-            PyObject *kept = prune_value(PyList_GET_ITEM(value, i), depth + 1);
-            if (kept == NULL || (!pruned_empty(kept) && PyList_Append(out, kept) < 0)) Py_CLEAR(out);
-            Py_XDECREF(kept);
+        for (Py_ssize_t index = 0; index < PyList_GET_SIZE(value); index++) {
+            PyObject *item = PyList_GET_ITEM(value, index), *kept = prune_value(item, depth + 1);
+            if (kept == NULL) goto fail;
+            int drop = pruned_empty(kept);
+            if (out == NULL && (drop || kept != item) && (out = PyList_GetSlice(value, 0, index)) == NULL) {
+                Py_DECREF(kept);
+                goto fail;
+            }
+            int status = out != NULL && !drop ? PyList_Append(out, kept) : 0;
+            Py_DECREF(kept);
+            if (status < 0) goto fail;
         }
-        return out;
+        return out != NULL ? out : Py_NewRef(value);
     }
+    return NULL;
+fail:
+    Py_XDECREF(out);
     return NULL;
 }
 

@@ -24,7 +24,7 @@ static PyMethodDef methods[] = {
      "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> the fields every "
      "event has"},
     {"bind_json", bind_json, METH_O, "bind_json(orjson.dumps)"},
-    {"prune", prune, METH_O, "prune(value) -> value without None, \"\", [] and {} (fresh dicts and lists), or None"},
+    {"prune", prune, METH_O, "prune(value) -> value without None, \"\", [] and {}, or None"},
     {"dns_event_line", (PyCFunction)(void (*)(void))dns_event_line, METH_FASTCALL,
      "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},
     {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,

@@ -50,8 +50,8 @@ def data_stream(dataset: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, s
 
 
 def prune(value):
-    """`value` without the null and empty values ECS documents leave out (None, "", [], {}), in
-    new dicts and lists (the result shares no container with `value`)."""
+    """`value` without the null and empty values ECS documents leave out (None, "", [], {}). The
+    result may share dicts and lists with `value` (documents are serialised, never mutated)."""
     if _prune_fast is not None:
         pruned = _prune_fast(value)
         if pruned is not None:
@@ -421,7 +421,7 @@ def _split_target(target: str) -> tuple[str, str]:
     return "", ""
 
 
-# Parts of every alert document. Documents share them until prune, which copies every dict and list.
+# Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
 _ALERT_CATEGORIES = ["network", "intrusion_detection"]
 _ALERT_TYPES = ["info"]
 _RULE_FIELDS: dict[int, tuple[object, dict]] = {}  # id(rule) -> (rule, its `rule` fields)
