@@ -378,6 +378,8 @@ _url_findings_cached = functools.lru_cache(maxsize=4096)(_url_findings)
 
 
 def _is_ip_literal(host: str) -> bool:
+    if ":" not in host and not "0" <= host[-1:] <= "9":  # a dotted quad ends in a digit: most hosts fail here
+        return False
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     except (OSError, ValueError):  # ValueError: a NUL byte in a hostile Host header
@@ -445,6 +447,20 @@ def _rule_fields(rule) -> dict:
     return cached[1]
 
 
+_VENDOR_FIELDS: dict[int, tuple[object, dict]] = {}  # id(vendor) -> (vendor, its phi_egress.vendor)
+
+
+def _vendor_fields(vendor) -> dict:
+    """`phi_egress.vendor` of a catalog vendor (the catalog's are few and live as long as it)."""
+    cached = _VENDOR_FIELDS.get(id(vendor))
+    if cached is None or cached[0] is not vendor:
+        if len(_VENDOR_FIELDS) > 4096:
+            _VENDOR_FIELDS.clear()
+        fields = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
+        cached = _VENDOR_FIELDS[id(vendor)] = (vendor, fields)
+    return cached[1]
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -506,18 +522,20 @@ class AlertBuilder:
         pe["summary"] = summary
         pe["phi_host"] = {"name": phi_host.name, "tags": list(phi_host.tags)} if phi_host else None
         if destinations:
+            # most hosts of a window were first or last seen when the window was
+            stamps = {first_seen: first, last_seen: last}
             pe["destinations"] = [
                 {
                     "host": entry.host,
                     "count": entry.count,
-                    "first_seen": iso_time(entry.first_seen),
-                    "last_seen": iso_time(entry.last_seen),
+                    "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
+                    "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
                     "health_data": entry.health_data,
                 }
                 for entry in destinations
             ]
         if vendor is not None:
-            pe["vendor"] = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
+            pe["vendor"] = _vendor_fields(vendor)
             baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
             if vendor.baa_source:
                 baa["source"] = vendor.baa_source
@@ -548,8 +566,8 @@ class AlertBuilder:
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
         """URLs and referrers of an alerting request may carry the very data that alerted: mask
         what the URL scan finds and what the rule found (a tracker decoder sees more)."""
-        if self.unredacted or not isinstance(record, HttpRequest):
-            return
+        if self.unredacted or not isinstance(record, HttpRequest) or (not findings and self.events.redact_urls):
+            return  # (the rule found nothing: the event masked what the URL scan finds already)
         target, referrer = _redacted_request_urls(record.method, record.target, record.header("referer"), findings)
         url = doc.get("url", {})
         url["original"] = target
