@@ -426,39 +426,45 @@ def _split_target(target: str) -> tuple[str, str]:
 # Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
 _ALERT_CATEGORIES = ["network", "intrusion_detection"]
 _ALERT_TYPES = ["info"]
-_RULE_FIELDS: dict[int, tuple[object, dict]] = {}  # id(rule) -> (rule, its `rule` fields)
+# id(object) -> (object, its fields): the rules, the vendors of the catalog and the PHI hosts of the
+# inventory are few and live as long as the configuration
+_FIELDS_OF: dict[int, tuple[object, dict]] = {}
+
+
+def _fields_of(thing, fields: Callable[[], dict]) -> dict:
+    cached = _FIELDS_OF.get(id(thing))
+    if cached is None or cached[0] is not thing:
+        if len(_FIELDS_OF) > 4096:
+            _FIELDS_OF.clear()
+        cached = _FIELDS_OF[id(thing)] = (thing, fields())
+    return cached[1]
 
 
 def _rule_fields(rule) -> dict:
-    """ECS `rule.*` of a rule (rules are few and live as long as the process)."""
-    cached = _RULE_FIELDS.get(id(rule))
-    if cached is None or cached[0] is not rule:
-        fields = {
+    """ECS `rule.*` of a rule."""
+    return _fields_of(
+        rule,
+        lambda: {
             "id": rule.id,
             "name": rule.name,
             "category": rule.category,
             "description": rule.description,
             "reference": rule.reference,
             "ruleset": "phi-egress-sensor",
-        }
-        if len(_RULE_FIELDS) > 256:
-            _RULE_FIELDS.clear()
-        cached = _RULE_FIELDS[id(rule)] = (rule, fields)
-    return cached[1]
-
-
-_VENDOR_FIELDS: dict[int, tuple[object, dict]] = {}  # id(vendor) -> (vendor, its phi_egress.vendor)
+        },
+    )
 
 
 def _vendor_fields(vendor) -> dict:
-    """`phi_egress.vendor` of a catalog vendor (the catalog's are few and live as long as it)."""
-    cached = _VENDOR_FIELDS.get(id(vendor))
-    if cached is None or cached[0] is not vendor:
-        if len(_VENDOR_FIELDS) > 4096:
-            _VENDOR_FIELDS.clear()
-        fields = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
-        cached = _VENDOR_FIELDS[id(vendor)] = (vendor, fields)
-    return cached[1]
+    """`phi_egress.vendor` of a catalog vendor."""
+    return _fields_of(
+        vendor, lambda: {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
+    )
+
+
+def _phi_host_fields(phi_host) -> dict:
+    """`phi_egress.phi_host` of an inventory entry."""
+    return _fields_of(phi_host, lambda: {"name": phi_host.name, "tags": list(phi_host.tags)})
 
 
 class AlertBuilder:
@@ -520,7 +526,7 @@ class AlertBuilder:
         pe["source_record"] = obs.source_record
         pe["destination"] = primary
         pe["summary"] = summary
-        pe["phi_host"] = {"name": phi_host.name, "tags": list(phi_host.tags)} if phi_host else None
+        pe["phi_host"] = _phi_host_fields(phi_host) if phi_host else None
         if destinations:
             # most hosts of a window were first or last seen when the window was
             stamps = {first_seen: first, last_seen: last}
