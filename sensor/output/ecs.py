@@ -592,6 +592,8 @@ def _primary_destination(destinations: list | None, fallback: str | None) -> str
     (the first seen on a tie)."""
     if not destinations:
         return fallback
+    if len(destinations) == 1:
+        return destinations[0].host
     best = max(enumerate(destinations), key=lambda item: (item[1].health_data, item[1].count, -item[0]))
     return best[1].host
 

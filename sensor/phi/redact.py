@@ -134,7 +134,7 @@ def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, s
     raw: list[tuple[int, int, str]] = identifier_spans(text)
     # ASCII against ASCII, "in" on lowered text is exactly what the case-blind pattern finds (or
     # not): the pattern runs only where the value occurs. Other text may fold case beyond ASCII.
-    lowered = text.lower() if text.isascii() else None
+    lowered = text.lower() if findings and text.isascii() else None
     for finding in findings:
         value = finding.value
         if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == value:
@@ -283,12 +283,15 @@ def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: b
     for item in fields:
         by_path.setdefault(item.path, []).append(item.value)
     records = []
+    masked: dict[str, tuple[str, list[tuple[int, int, int, int]]]] = {}  # per source: findings often share one
     for finding in findings:
         source = _source_value(finding, by_path.get(finding.path, ()))
         if unredacted:
             excerpt = _raw_excerpt(source, finding) if source is not None else finding.value[:EXCERPT_CHARS]
         elif source is not None:
-            excerpt = _redacted_excerpt(source, finding, findings)
+            if source not in masked:
+                masked[source] = _redact_mapped(source, findings)
+            excerpt = _redacted_excerpt(masked[source], finding)
         else:
             excerpt = placeholder(finding.type)
         records.append(
@@ -324,8 +327,9 @@ def _raw_excerpt(source: str, finding: Finding) -> str:
     return source[left:right][:EXCERPT_CHARS]
 
 
-def _redacted_excerpt(source: str, finding: Finding, findings: Sequence[Finding]) -> str:
-    redacted, mapping = _redact_mapped(source, findings)
+def _redacted_excerpt(masked: tuple[str, list[tuple[int, int, int, int]]], finding: Finding) -> str:
+    """The excerpt around `finding` of its source as _redact_mapped masked it."""
+    redacted, mapping = masked
     own = next((out for out in mapping if out[0] <= finding.start < out[1]), None)
     if own is None:  # an empty finding masks nothing: show its label alone
         return placeholder(finding.type)
