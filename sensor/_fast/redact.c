@@ -12,6 +12,7 @@
 static char hint_words[HINT_WORDS][HINT_WORD_CHARS + 1]; /* bind_hints: redact._WORD_HINTS */
 static Py_ssize_t hint_word_lengths[HINT_WORDS];
 static int hint_word_count = -1; /* not bound yet: every text is declined */
+static uint32_t words_starting[256]; /* per lower-case first character, the bits of the words it starts */
 static long numeric_bit, mbi_bit, worded_bit, email_bit;
 
 /* bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit): the lower-case ASCII words that
@@ -44,6 +45,8 @@ PyObject *bind_hints(PyObject *module, PyObject *args) {
         hint_words[i][n] = '\0';
         hint_word_lengths[i] = n;
     }
+    memset(words_starting, 0, sizeof words_starting);
+    for (Py_ssize_t i = 0; i < count; i++) words_starting[(unsigned char)hint_words[i][0]] |= (uint32_t)1 << i;
     hint_word_count = (int)count;
     numeric_bit = bits[0], mbi_bit = bits[1], worded_bit = bits[2], email_bit = bits[3];
     Py_RETURN_NONE;
@@ -85,9 +88,10 @@ PyObject *identifier_hints(PyObject *module, PyObject *text) {
             (mbi_letter(s[i + 2]) || is_digit(s[i + 2])) && is_digit(s[i + 3]) && (mbi_letter(s[i + 4]) || s[i + 4] == '-'))
             mbi = 1;
         /* _WORD_HINT over the lowered text */
-        for (int w = 0; !worded && w < hint_word_count; w++) {
+        for (uint32_t words = worded ? 0 : words_starting[lower(c)]; words && !worded; words &= words - 1) {
+            int w = __builtin_ctz(words);
             Py_ssize_t len = hint_word_lengths[w];
-            if (i + len > n || lower(c) != (unsigned char)hint_words[w][0]) continue;
+            if (i + len > n) continue;
             Py_ssize_t k = 1;
             while (k < len && lower(s[i + k]) == (unsigned char)hint_words[w][k]) k++;
             worded = k == len;
