@@ -179,6 +179,8 @@ def _masked(text: str, intervals: list[tuple[int, int, str]]) -> tuple[str, list
 def redact(text: str, findings: Iterable[Finding]) -> str:
     """``text`` with each finding's span, and every other occurrence of its value, replaced by a
     placeholder; identifier-shaped values are masked even without a finding (see _redact_mapped)."""
+    if not findings and _hints_fast is not None and _hints_fast(text) == 0:
+        return text  # the common case: no finding, no identifier shape
     intervals = _intervals(text, findings)
     return _masked(text, intervals)[0] if intervals else text
 
