@@ -515,18 +515,23 @@ class AlertBuilder:
         if not hosts:  # nothing null or empty is written
             del related["hosts"]
         phi_host, vendor = obs.phi_host, obs.vendor
-        pe: dict | None = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
-        if pe is None:
-            pe = doc["phi_egress"] = {}
-        pe["severity"] = alert.severity
-        pe["alert_key"] = "|".join((rule.id, record.flow.src_ip, alert.throttle_subject))
-        pe["count"] = count
-        pe["first_seen"] = first
-        pe["last_seen"] = last
-        pe["source_record"] = obs.source_record
-        pe["destination"] = primary
-        pe["summary"] = summary
-        pe["phi_host"] = _phi_host_fields(phi_host) if phi_host else None
+        pe: dict = {
+            "severity": alert.severity,
+            "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
+            "count": count,
+            "first_seen": first,
+            "last_seen": last,
+            "source_record": obs.source_record,
+            "destination": primary,
+            "summary": summary,
+            "phi_host": _phi_host_fields(phi_host) if phi_host else None,
+        }
+        own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
+        if own is None:
+            doc["phi_egress"] = pe
+        else:
+            own.update(pe)
+            pe = own
         if destinations:
             # most hosts of a window were first or last seen when the window was
             stamps = {first_seen: first, last_seen: last}
