@@ -123,7 +123,7 @@ def _keyed_type(key: str) -> str | None:
     return next((kind for kind, names in _KEYED if named.named(names)), None)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)  # as many as the re module keeps
 def _value_pattern(value: str) -> re.Pattern[str]:
     """Every occurrence of a finding's value, in any case."""
     return re.compile(re.escape(value), re.IGNORECASE)
