@@ -22,6 +22,7 @@ TWINS: dict[str, str] = {
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "prune": "sensor.output.ecs:prune_py",
+    "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
 }

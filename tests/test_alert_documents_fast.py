@@ -70,6 +70,31 @@ def test_compiled_prune_declines_what_it_does_not_know() -> None:
     assert ecs.prune({"a": odd, "b": ""}) == {}  # odd != "" is False here: dropped, as the reference does
 
 
+# --- times ---------------------------------------------------------------------------------------
+
+
+@given(
+    st.floats(min_value=-7e10, max_value=3e11, allow_nan=False)
+    | st.sampled_from([-62135596800.0, -62135596800.5, 253402300799.9999995, 253402300800.0, 0.9999995, -0.0])
+    | st.floats(min_value=1.6e9, max_value=1.8e9)
+)
+@settings(max_examples=500)
+def test_compiled_iso_time_equals_the_reference(ts: float) -> None:
+    if ecs._iso_time_fast is None:
+        pytest.skip("compiled extension not built")
+    assert ecs._iso_time_fast(ts) == ecs.iso_time_py(ts)
+
+
+def test_compiled_iso_time_declines_what_the_reference_decides() -> None:
+    if ecs._iso_time_fast is None:
+        pytest.skip("compiled extension not built")
+    for ts in (float("nan"), float("inf"), -float("inf"), 1705329000, True):
+        assert ecs._iso_time_fast(ts) is None
+    assert ecs.iso_time(1705329000) == "2024-01-15T14:30:00.000000Z"
+    with pytest.raises(ValueError):
+        ecs.iso_time(float("nan"))
+
+
 # --- identifier hints and spans ---------------------------------------------------------------
 
 # Text that hits every family's hint and shape now and then: digits, separators, MBI letters,

@@ -142,6 +142,13 @@ static PyObject *iso_time_str(double ts) {
     return ascii_str(text, ISO_TIME_LENGTH);
 }
 
+/* iso_time(ts) -> sensor.output.ecs.iso_time_py(ts), or None for what is not a finite float (the
+ * reference raises for NaN and infinities, and takes ints whole). */
+PyObject *iso_time(PyObject *module, PyObject *ts) {
+    if (!PyFloat_CheckExact(ts) || !isfinite(PyFloat_AS_DOUBLE(ts))) Py_RETURN_NONE;
+    return iso_time_str(PyFloat_AS_DOUBLE(ts));
+}
+
 enum {
     K_TIMESTAMP, K_ECS, K_VERSION, K_EVENT, K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE, K_OBSERVER, K_SOURCE,
     K_DESTINATION, K_NETWORK, K_IP, K_PORT, K_TRANSPORT, K_PROTOCOL, K_COMMUNITY_ID, K_SRC_IP, K_SRC_PORT,

@@ -139,6 +139,7 @@ FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);
 FAST_INTERNAL PyObject *prune(PyObject *module, PyObject *value);
+FAST_INTERNAL PyObject *iso_time(PyObject *module, PyObject *ts);
 FAST_INTERNAL PyObject *bind_hints(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *identifier_hints(PyObject *module, PyObject *text);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -24,6 +24,7 @@ static PyMethodDef methods[] = {
      "event_envelope(ts, dataset, flow, protocol, observer, ecs_version, module, data_stream) -> the fields every "
      "event has"},
     {"bind_json", bind_json, METH_O, "bind_json(orjson.dumps)"},
+    {"iso_time", iso_time, METH_O, "iso_time(ts) -> UTC ISO 8601 with microseconds, or None"},
     {"prune", prune, METH_O, "prune(value) -> value without None, \"\", [] and {}, or None"},
     {"dns_event_line", (PyCFunction)(void (*)(void))dns_event_line, METH_FASTCALL,
      "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},

@@ -23,12 +23,13 @@ try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _enve
     from sensor._fast import community_id as _community_id_fast
     from sensor._fast import dns_event_line as _dns_line_fast
     from sensor._fast import event_envelope as _envelope_fast
+    from sensor._fast import iso_time as _iso_time_fast
     from sensor._fast import prune as _prune_fast
     from sensor._fast import tls_event_line as _tls_line_fast
 
     _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
-    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = None
+    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = _iso_time_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -78,8 +79,16 @@ _LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).times
 
 
 def iso_time(ts: float) -> str:
-    """UTC ISO 8601 with microseconds; the date-time part is cached per second (events cluster).
-    A time outside years 1 to 9999 is given as the nearest one inside."""
+    """UTC ISO 8601 with microseconds. A time outside years 1 to 9999 is given as the nearest one inside."""
+    if _iso_time_fast is not None:
+        text = _iso_time_fast(ts)
+        if text is not None:
+            return text
+    return iso_time_py(ts)
+
+
+def iso_time_py(ts: float) -> str:
+    """iso_time in Python: the reference; the date-time part is cached per second (events cluster)."""
     second = int(ts // 1)
     prefix = _SECOND_PREFIX.get(second)
     if prefix is None:
