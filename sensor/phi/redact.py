@@ -194,6 +194,18 @@ def _query_key(raw_key: str) -> tuple[str, str, str | None]:
     return key, raw_key if masked_key == key else quote_plus(masked_key, safe="[]:/"), _keyed_type(key)
 
 
+def _unquoted(raw_value: str) -> str:
+    """A query value decoded."""
+    if len(raw_value) <= _CACHED_KEY_CHARS:
+        return _unquoted_cached(raw_value)
+    return unquote_plus(raw_value, errors="replace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquoted_cached(raw_value: str) -> str:
+    return unquote_plus(raw_value, errors="replace")
+
+
 _PATH_MARKS = re.compile(r"[.\[]")
 
 
@@ -256,8 +268,8 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
     for piece in query.split("&"):
         raw_key, equals, raw_value = piece.partition("=")
         key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
-        # unquote_plus gives back what has neither
-        value = unquote_plus(raw_value, errors="replace") if "%" in raw_value or "+" in raw_value else raw_value
+        # unquote_plus gives back what has neither; encoded values (page URLs) recur
+        value = _unquoted(raw_value) if "%" in raw_value or "+" in raw_value else raw_value
         if keyed is not None and value.strip():
             redacted = placeholder(keyed)
         else:
