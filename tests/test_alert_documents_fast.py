@@ -152,6 +152,18 @@ def test_hinted_spans_are_the_ungated_ones(text: str) -> None:
         assert redaction.identifier_spans(text) == _spans_ungated(text)
 
 
+def test_hint_words_are_checked_before_they_are_taken() -> None:
+    if redaction._hints_fast is None:
+        pytest.skip("compiled extension not built")
+    from sensor._fast import bind_hints as bind
+
+    r = redaction
+    for words in (("ssn", "SSN"), ("ssn", ""), ("ssn", "x" * 33), ("ssn", "é"), ("ssn", 1)):
+        with pytest.raises(ValueError):
+            bind(words, r._NUMERIC_BIT, r._MBI_BIT, r._WORDED_BIT, r._EMAIL_BIT)
+    assert r._hints_fast("medical record") == r._WORDED_BIT  # the words bound at import still hold
+
+
 def test_hints_name_each_family() -> None:
     r = redaction
     assert r.identifier_hints_py("PHI host 10.20.14.130 (private address space)") == 0  # no numeric shape

@@ -27,22 +27,21 @@ PyObject *bind_hints(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "too many hint words");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = 0; i < count; i++) { /* all checked before any is taken */
         PyObject *word = PyTuple_GET_ITEM(words, i);
-        Py_ssize_t n;
+        Py_ssize_t n = 0;
         const char *text = PyUnicode_Check(word) && PyUnicode_IS_ASCII(word) ? PyUnicode_AsUTF8AndSize(word, &n) : NULL;
-        if (text == NULL || n == 0 || n > HINT_WORD_CHARS) {
-            PyErr_SetString(PyExc_ValueError, "a hint word is a short non-empty ASCII str");
+        int lower_case = text != NULL;
+        for (Py_ssize_t j = 0; lower_case && j < n; j++) lower_case = !(text[j] >= 'A' && text[j] <= 'Z');
+        if (!lower_case || n == 0 || n > HINT_WORD_CHARS) {
+            PyErr_SetString(PyExc_ValueError, "a hint word is a short non-empty lower-case ASCII str");
             return NULL;
         }
-        for (Py_ssize_t j = 0; j < n; j++) {
-            if (text[j] >= 'A' && text[j] <= 'Z') {
-                PyErr_SetString(PyExc_ValueError, "hint words are lower case");
-                return NULL;
-            }
-            hint_words[i][j] = text[j];
-        }
-        hint_words[i][n] = '\0';
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(words, i), &n);
+        memcpy(hint_words[i], text, n + 1);
         hint_word_lengths[i] = n;
     }
     memset(words_starting, 0, sizeof words_starting);
