@@ -21,6 +21,9 @@ TWINS: dict[str, str] = {
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "prune": "sensor.output.ecs:prune_py",
+    "iso_time": "sensor.output.ecs:iso_time_py",
+    "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
 }
 
@@ -30,6 +33,7 @@ BINDERS: dict[str, str] = {
     "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
+    "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, and sensor.decode.dns.LOCAL_NAME_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",
 }

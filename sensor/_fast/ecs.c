@@ -142,6 +142,13 @@ static PyObject *iso_time_str(double ts) {
     return ascii_str(text, ISO_TIME_LENGTH);
 }
 
+/* iso_time(ts) -> sensor.output.ecs.iso_time_py(ts), or None for what is not a finite float (the
+ * reference raises for NaN and infinities, and takes ints whole). */
+PyObject *iso_time(PyObject *module, PyObject *ts) {
+    if (!PyFloat_CheckExact(ts) || !isfinite(PyFloat_AS_DOUBLE(ts))) Py_RETURN_NONE;
+    return iso_time_str(PyFloat_AS_DOUBLE(ts));
+}
+
 enum {
     K_TIMESTAMP, K_ECS, K_VERSION, K_EVENT, K_KIND, K_CATEGORY, K_TYPE, K_DATASET, K_MODULE, K_OBSERVER, K_SOURCE,
     K_DESTINATION, K_NETWORK, K_IP, K_PORT, K_TRANSPORT, K_PROTOCOL, K_COMMUNITY_ID, K_SRC_IP, K_SRC_PORT,
@@ -521,6 +528,87 @@ done:
     for (int i = 0; i < 5; i++) Py_XDECREF(fields[i]);
     flow_parts_clear(&flow);
     return json_line_result(&t, status);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * prune: sensor.output.ecs.prune_py, without None, "", [] and {}. A dict or list in which nothing
+ * is left out is given back as it is, not copied (the reference copies every one: equal values).
+ * Declines (None) a value holding any other type than str, int, float, bool, None, tuple, dict and
+ * list, a key that is not a str, or nesting deeper than PRUNE_DEPTH: those keep the reference's
+ * semantics (a subclass's own items() or __ne__, a key's own __hash__, its recursion limit).
+ */
+
+#define PRUNE_DEPTH 64
+
+/* 1 when the pruned value is left out, 0 when kept. */
+static inline int pruned_empty(PyObject *item) {
+    if (item == Py_None) return 1;
+    if (PyUnicode_CheckExact(item)) return PyUnicode_GET_LENGTH(item) == 0;
+    if (PyDict_CheckExact(item)) return PyDict_GET_SIZE(item) == 0;
+    if (PyList_CheckExact(item)) return PyList_GET_SIZE(item) == 0;
+    return 0;
+}
+
+/* A new dict of the first `count` items of `dict`. */
+static PyObject *dict_head(PyObject *dict, Py_ssize_t count) {
+    PyObject *out = PyDict_New(), *key, *item;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; out != NULL && i < count && PyDict_Next(dict, &pos, &key, &item); i++)
+        if (PyDict_SetItem(out, key, item) < 0) Py_CLEAR(out);
+    return out;
+}
+
+/* A new reference to the pruned value; NULL with no error set to decline, NULL with one on error. */
+static PyObject *prune_value(PyObject *value, int depth) {
+    if (PyUnicode_CheckExact(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value) ||
+        PyBool_Check(value) || value == Py_None || PyTuple_CheckExact(value))
+        return Py_NewRef(value);
+    if (depth >= PRUNE_DEPTH) return NULL;
+    PyObject *out = NULL; /* made at the first item that changes */
+    if (PyDict_CheckExact(value)) {
+        PyObject *key, *item;
+        Py_ssize_t pos = 0;
+        for (Py_ssize_t index = 0; PyDict_Next(value, &pos, &key, &item); index++) {
+            if (!PyUnicode_CheckExact(key)) goto fail;
+            PyObject *kept = prune_value(item, depth + 1);
+            if (kept == NULL) goto fail;
+            int drop = pruned_empty(kept);
+            if (out == NULL && (drop || kept != item) && (out = dict_head(value, index)) == NULL) {
+                Py_DECREF(kept);
+                goto fail;
+            }
+            int status = out != NULL && !drop ? PyDict_SetItem(out, key, kept) : 0;
+            Py_DECREF(kept);
+            if (status < 0) goto fail;
+        }
+        return out != NULL ? out : Py_NewRef(value);
+    }
+    if (PyList_CheckExact(value)) {
+        for (Py_ssize_t index = 0; index < PyList_GET_SIZE(value); index++) {
+            PyObject *item = PyList_GET_ITEM(value, index), *kept = prune_value(item, depth + 1);
+            if (kept == NULL) goto fail;
+            int drop = pruned_empty(kept);
+            if (out == NULL && (drop || kept != item) && (out = PyList_GetSlice(value, 0, index)) == NULL) {
+                Py_DECREF(kept);
+                goto fail;
+            }
+            int status = out != NULL && !drop ? PyList_Append(out, kept) : 0;
+            Py_DECREF(kept);
+            if (status < 0) goto fail;
+        }
+        return out != NULL ? out : Py_NewRef(value);
+    }
+    return NULL;
+fail:
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* prune(value) -> value without the empty values ECS documents leave out, or None to decline. */
+PyObject *prune(PyObject *module, PyObject *value) {
+    PyObject *out = prune_value(value, 0);
+    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
 }
 
 /* bind_json(orjson.dumps): what the line writers call for the values they do not spell themselves. */

@@ -8,7 +8,7 @@
  *
  * One source file per Python module mirrored: dns.c (sensor.decode.dns), tls.c (sensor.decode.tls),
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
- * pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
+ * redact.c (sensor.phi.redact), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
@@ -138,6 +138,10 @@ FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);
+FAST_INTERNAL PyObject *prune(PyObject *module, PyObject *value);
+FAST_INTERNAL PyObject *iso_time(PyObject *module, PyObject *ts);
+FAST_INTERNAL PyObject *bind_hints(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *identifier_hints(PyObject *module, PyObject *text);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_pcap(PyObject *module, PyObject *arg);

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import re
 import socket
 import struct
 from collections.abc import Callable, Mapping
@@ -14,8 +13,9 @@ from datetime import datetime, timezone
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import redact, redact_url, scan_http
+from sensor.phi import evidence, redact, redact_url, scan_http, summarize
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello, split_target
+from sensor.severity import SEVERITY_SCORE
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
@@ -23,11 +23,13 @@ try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _enve
     from sensor._fast import community_id as _community_id_fast
     from sensor._fast import dns_event_line as _dns_line_fast
     from sensor._fast import event_envelope as _envelope_fast
+    from sensor._fast import iso_time as _iso_time_fast
+    from sensor._fast import prune as _prune_fast
     from sensor._fast import tls_event_line as _tls_line_fast
 
     _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
-    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = None
+    _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = _iso_time_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -49,12 +51,22 @@ def data_stream(dataset: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, s
 
 
 def prune(value):
-    """`value` without the null and empty values ECS documents leave out (None, "", [], {})."""
+    """`value` without the null and empty values ECS documents leave out (None, "", [], {}). The
+    result may share dicts and lists with `value` (documents are serialised, never mutated)."""
+    if _prune_fast is not None:
+        pruned = _prune_fast(value)
+        if pruned is not None:
+            return pruned
+    return prune_py(value)
+
+
+def prune_py(value):
+    """prune in Python: the reference, and the path for what the compiled one declines."""
     if isinstance(value, dict):
-        pruned = {key: prune(item) for key, item in value.items()}
+        pruned = {key: prune_py(item) for key, item in value.items()}
         return {key: item for key, item in pruned.items() if item is not None and item != "" and item != [] and item != {}}
     if isinstance(value, list):
-        return [item for item in map(prune, value) if item is not None and item != "" and item != [] and item != {}]
+        return [item for item in map(prune_py, value) if item is not None and item != "" and item != [] and item != {}]
     return value
 
 
@@ -67,8 +79,16 @@ _LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).times
 
 
 def iso_time(ts: float) -> str:
-    """UTC ISO 8601 with microseconds; the date-time part is cached per second (events cluster).
-    A time outside years 1 to 9999 is given as the nearest one inside."""
+    """UTC ISO 8601 with microseconds. A time outside years 1 to 9999 is given as the nearest one inside."""
+    if _iso_time_fast is not None:
+        text = _iso_time_fast(ts)
+        if text is not None:
+            return text
+    return iso_time_py(ts)
+
+
+def iso_time_py(ts: float) -> str:
+    """iso_time in Python: the reference; the date-time part is cached per second (events cluster)."""
     second = int(ts // 1)
     prefix = _SECOND_PREFIX.get(second)
     if prefix is None:
@@ -307,7 +327,7 @@ class EventBuilder:
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = rec.header("user-agent")
         if agent:
-            doc["user_agent"] = {"original": redact(agent, ()) if self.redact_urls else agent}
+            doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
         doc["related"] = _related(rec.flow, rec.host)
         return doc
 
@@ -328,16 +348,47 @@ def _redacted_event_urls_cached(method: str, target: str, referrer: str | None) 
     return _redacted_request_urls(method, target, referrer)
 
 
+def _redacted_agent(agent: str) -> str:
+    """A User-Agent with identifier-shaped values masked; the few agents of a network are cached."""
+    return _redacted_agent_cached(agent) if len(agent) <= _CACHED_URL_CHARS else redact(agent, ())
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_agent_cached(agent: str) -> str:
+    return redact(agent, ())
+
+
 def _redacted_request_urls(
     method: str, target: str, referrer: str | None, known: list | tuple = ()
 ) -> tuple[str, str | None]:
     """The request target and referrer with any health data they carry (or `known` found) masked."""
-    findings = scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None)
-    findings = [*findings, *known]  # none found: identifier-shaped values are still masked
+    if len(target) + len(referrer or "") <= _CACHED_URL_CHARS:  # an alert's request was an event's too
+        found = _url_findings_cached(method, target, referrer)
+    else:
+        found = _url_findings(method, target, referrer)
+    findings = list(found)  # none found: identifier-shaped values are still masked
+    if known:
+        # A finding listed twice masks nothing more (its spans merge into the first's): without
+        # repeats, the URLs of an alert whose rule found nothing new are its event's, computed once.
+        seen = set(found)
+        for finding in known:
+            if finding not in seen:
+                seen.add(finding)
+                findings.append(finding)
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
 
 
+def _url_findings(method: str, target: str, referrer: str | None) -> tuple:
+    """What the health-data scan finds in a request's target and referrer."""
+    return tuple(scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None))
+
+
+_url_findings_cached = functools.lru_cache(maxsize=4096)(_url_findings)
+
+
 def _is_ip_literal(host: str) -> bool:
+    if ":" not in host and not "0" <= host[-1:] <= "9":  # a dotted quad ends in a digit: most hosts fail here
+        return False
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     except (OSError, ValueError):  # ValueError: a NUL byte in a hostile Host header
@@ -381,6 +432,50 @@ def _split_target(target: str) -> tuple[str, str]:
     return "", ""
 
 
+# Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
+_ALERT_CATEGORIES = ["network", "intrusion_detection"]
+_ALERT_TYPES = ["info"]
+# id(object) -> (object, its fields): the rules, the vendors of the catalog and the PHI hosts of the
+# inventory are few and live as long as the configuration
+_FIELDS_OF: dict[int, tuple[object, dict]] = {}
+
+
+def _fields_of(thing, fields: Callable[[], dict]) -> dict:
+    cached = _FIELDS_OF.get(id(thing))
+    if cached is None or cached[0] is not thing:
+        if len(_FIELDS_OF) > 4096:
+            _FIELDS_OF.clear()
+        cached = _FIELDS_OF[id(thing)] = (thing, fields())
+    return cached[1]
+
+
+def _rule_fields(rule) -> dict:
+    """ECS `rule.*` of a rule."""
+    return _fields_of(
+        rule,
+        lambda: {
+            "id": rule.id,
+            "name": rule.name,
+            "category": rule.category,
+            "description": rule.description,
+            "reference": rule.reference,
+            "ruleset": "phi-egress-sensor",
+        },
+    )
+
+
+def _vendor_fields(vendor) -> dict:
+    """`phi_egress.vendor` of a catalog vendor."""
+    return _fields_of(
+        vendor, lambda: {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
+    )
+
+
+def _phi_host_fields(phi_host) -> dict:
+    """`phi_egress.phi_host` of an inventory entry."""
+    return _fields_of(phi_host, lambda: {"name": phi_host.name, "tags": list(phi_host.tags)})
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -392,108 +487,107 @@ class AlertBuilder:
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> dict:
-        from sensor.phi import summarize
-        from sensor.phi.redact import evidence, redact
-        from sensor.severity import SEVERITY_SCORE
-
         obs = alert.observation
         record = obs.record
+        findings = alert.findings
         doc = self.events(record)
-        self._redact_record_fields(doc, record, alert.findings)
+        self._redact_record_fields(doc, record, findings)
         primary = _primary_destination(destinations, obs.destination)
         summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
-        summary = summary if self.unredacted else redact(summary, alert.findings)
-        doc["@timestamp"] = iso_time(first_seen)
+        summary = summary if self.unredacted else redact(summary, findings)
+        first, last = iso_time(first_seen), iso_time(last_seen)
+        doc["@timestamp"] = first
         doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
             "kind": "alert",
-            "category": ["network", "intrusion_detection"],
-            "type": ["info"],
+            "category": _ALERT_CATEGORIES,
+            "type": _ALERT_TYPES,
             "severity": SEVERITY_SCORE[alert.severity],
             "id": event_id,
             "dataset": ALERT_DATASET,
             "module": MODULE,
             # the throttle window the alert stands for
-            "start": iso_time(first_seen),
-            "end": iso_time(last_seen),
+            "start": first,
+            "end": last,
         }
         doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
-        doc["rule"] = {
-            "id": rule.id,
-            "name": rule.name,
-            "category": rule.category,
-            "description": rule.description,
-            "reference": rule.reference,
-            "ruleset": "phi-egress-sensor",
-        }
+        doc["rule"] = _rule_fields(rule)
         if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = primary
-        hosts = doc["related"].setdefault("hosts", [])
-        for host in [obs.destination, *(entry.host for entry in destinations or ())]:
+        related = doc["related"]
+        hosts = related.setdefault("hosts", [])
+        for host in (obs.destination, *(entry.host for entry in destinations or ())):
             if host and host not in hosts:
                 hosts.append(host)
         if not hosts:  # nothing null or empty is written
-            del doc["related"]["hosts"]
+            del related["hosts"]
+        phi_host, vendor = obs.phi_host, obs.vendor
         pe: dict = {
             "severity": alert.severity,
             "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
             "count": count,
-            "first_seen": iso_time(first_seen),
-            "last_seen": iso_time(last_seen),
+            "first_seen": first,
+            "last_seen": last,
             "source_record": obs.source_record,
             "destination": primary,
             "summary": summary,
-            "phi_host": {"name": obs.phi_host.name, "tags": list(obs.phi_host.tags)} if obs.phi_host else None,
+            "phi_host": _phi_host_fields(phi_host) if phi_host else None,
         }
+        own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
+        if own is None:
+            doc["phi_egress"] = pe
+        else:
+            own.update(pe)
+            pe = own
         if destinations:
+            # most hosts of a window were first or last seen when the window was
+            stamps = {first_seen: first, last_seen: last}
             pe["destinations"] = [
                 {
                     "host": entry.host,
                     "count": entry.count,
-                    "first_seen": iso_time(entry.first_seen),
-                    "last_seen": iso_time(entry.last_seen),
+                    "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
+                    "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
                     "health_data": entry.health_data,
                 }
                 for entry in destinations
             ]
-        if obs.vendor is not None:
-            vendor = obs.vendor
-            pe["vendor"] = {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
-        pe["baa"] = {
-            "status": obs.baa_status,
-            "stance": obs.vendor.baa_stance if obs.vendor else "unknown",
-        }
-        if obs.vendor is not None and obs.vendor.baa_source:
-            pe["baa"]["source"] = obs.vendor.baa_source
-        if alert.findings:
-            counts = summarize(alert.findings)
+        if vendor is not None:
+            pe["vendor"] = _vendor_fields(vendor)
+            baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
+            if vendor.baa_source:
+                baa["source"] = vendor.baa_source
+            pe["baa"] = baa
+        else:
+            pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
+        if findings:
+            counts = summarize(findings)
             pe["phi"] = {
                 "types": sorted(counts),
-                "categories": sorted({f.category for f in alert.findings}),
+                "categories": sorted({f.category for f in findings}),
                 "count": sum(counts.values()),
             }
-            pe["evidence"] = evidence(alert.findings, alert.fields, self.unredacted)
+            pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
-        if tracker is not None and alert.rule.id == "phi-in-tracker-payload":
+        if tracker is not None and rule.id == "phi-in-tracker-payload":
             event = tracker.event
             if event and not self.unredacted:
-                event = redact(event, alert.findings)
+                event = redact(event, findings)
             pe["tracker"] = {"decoder": tracker.decoder, "event": event}
             for name in ("page_url", "referrer"):
                 value = getattr(tracker, name)
                 if value:
-                    pe["tracker"][name] = value if self.unredacted else _redacted_url(value, alert.findings)
-        doc["phi_egress"] = {**doc.get("phi_egress", {}), **pe}
+                    pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
 
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
         """URLs and referrers of an alerting request may carry the very data that alerted: mask
         what the URL scan finds and what the rule found (a tracker decoder sees more)."""
-        if self.unredacted or not isinstance(record, HttpRequest):
-            return
+        if self.unredacted or not isinstance(record, HttpRequest) or (not findings and self.events.redact_urls):
+            return  # (the rule found nothing: the event masked what the URL scan finds already)
         target, referrer = _redacted_request_urls(record.method, record.target, record.header("referer"), findings)
         url = doc.get("url", {})
         url["original"] = target
@@ -512,6 +606,8 @@ def _primary_destination(destinations: list | None, fallback: str | None) -> str
     (the first seen on a tie)."""
     if not destinations:
         return fallback
+    if len(destinations) == 1:
+        return destinations[0].host
     best = max(enumerate(destinations), key=lambda item: (item[1].health_data, item[1].count, -item[0]))
     return best[1].host
 
@@ -519,11 +615,24 @@ def _primary_destination(destinations: list | None, fallback: str | None) -> str
 _SUMMARY_HOSTS = 5
 
 
+def _replace_word(text: str, word: str, replacement: str) -> str:
+    """`text` with the first `word` that follows a space and ends the text or precedes a space (or
+    a newline that ends the text) replaced."""
+    end_of_text = len(text) - 1 if text.endswith("\n") else len(text)
+    at = text.find(word, 1)
+    while at != -1:
+        after = at + len(word)
+        if text[at - 1] == " " and (after >= end_of_text or text[after] == " "):
+            return text[:at] + replacement + text[after:]
+        at = text.find(word, at + 1)
+    return text
+
+
 def _summary_naming(summary: str, named: str | None, primary: str | None, destinations: list | None) -> str:
     """The rule's summary with the primary host in place of the one its record went to, and the
     window's other hosts after it."""
     if named and primary and primary != named:
-        summary = re.sub(rf"(?<= ){re.escape(named)}(?= |$)", lambda _: primary, summary, count=1)
+        summary = _replace_word(summary, named, primary)
     others = [entry.host for entry in destinations or () if entry.host != primary]
     if others:
         listed = ", ".join(others[:_SUMMARY_HOSTS]) + (
@@ -532,8 +641,3 @@ def _summary_naming(summary: str, named: str | None, primary: str | None, destin
         summary += f"; also {listed}"
     return summary
 
-
-def _redacted_url(url: str, findings: list) -> str:
-    from sensor.phi.redact import redact_url
-
-    return redact_url(url, findings)

@@ -16,6 +16,12 @@ from sensor.phi import recognizers
 from sensor.phi.layers import Field
 from sensor.phi.recognizers import Finding
 
+try:  # the compiled fast path (sensor/_fast/redact.c); identifier_hints_py is the reference
+    from sensor._fast import bind_hints as _bind_hints
+    from sensor._fast import identifier_hints as _hints_fast
+except ImportError:  # built without a C compiler
+    _hints_fast = None
+
 __all__ = ["EXCERPT_CHARS", "evidence", "identifier_spans", "placeholder", "redact", "redact_url"]
 
 EXCERPT_CHARS = 80
@@ -51,27 +57,52 @@ _WORDED = re.compile(
     r"|(?i:(?:\bnpi|national provider(?: identifier)?)\W{0,5}(?P<npi>\d{10})(?!\d))"
 )
 _WORD_HINTS = ("ssn", "soc", "mrn", "medical rec", "chart", "member", "subscriber", "policy", "group", "npi", "national")
+_WORD_HINT = re.compile("|".join(map(re.escape, _WORD_HINTS)))  # one search of the lowered text for any of them
 # Apart, and only where there is an "@": its local part would be tried at every position.
 _EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])")
 _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
 
 
+# Families of identifier shapes, as bits of identifier_hints.
+_NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT = 1, 2, 4, 8
+_NUMERIC_NEED = re.compile(r"[-. ]\d{4}|\+\d{10}")  # in every match of _NUMERIC, hinted or not
+
+if _hints_fast is not None:
+    _bind_hints(_WORD_HINTS, _NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT)
+
+
+def identifier_hints_py(text: str) -> int:
+    """The families of identifier shapes that may occur in `text` (the bits above): each family's
+    hint, and for the numeric shapes what every one of them holds. Most text has none."""
+    return (
+        (_NUMERIC_BIT if _NUMERIC_HINT.search(text) and _NUMERIC_NEED.search(text) else 0)
+        | (_MBI_BIT if _MBI_HINT.search(text) else 0)
+        | (_WORDED_BIT if _WORD_HINT.search(text.lower()) else 0)
+        | (_EMAIL_BIT if "@" in text else 0)
+    )
+
+
 def identifier_spans(text: str) -> list[tuple[int, int, str]]:
     """Every identifier-shaped span of `text`, believed or not (may repeat a span)."""
-    spans = []
-    for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
-        start = max(0, hint.start() - 5)
-        for match in _NUMERIC.finditer(text, start, start + 48):
-            group = match.lastgroup or ""
-            spans.append((match.start(group), match.end(group), group.rstrip("_")))
-    if _MBI_HINT.search(text):
+    spans: list[tuple[int, int, str]] = []
+    hints = _hints_fast(text) if _hints_fast is not None else None
+    if hints is None:
+        hints = identifier_hints_py(text)
+    if not hints:
+        return spans
+    if hints & _NUMERIC_BIT:
+        for hint in _NUMERIC_HINT.finditer(text):  # a window around each hint: never the whole text
+            start = max(0, hint.start() - 5)
+            for match in _NUMERIC.finditer(text, start, start + 48):
+                group = match.lastgroup or ""
+                spans.append((match.start(group), match.end(group), group.rstrip("_")))
+    if hints & _MBI_BIT:
         spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
-    lowered = text.lower()
-    if any(word in lowered for word in _WORD_HINTS):
+    if hints & _WORDED_BIT:
         for match in _WORDED.finditer(text):
             group = match.lastgroup or ""
             spans.append((match.start(group), match.end(group), group.rstrip("_")))
-    if "@" in text:
+    if hints & _EMAIL_BIT:
         for match in _EMAIL.finditer(text):
             if match.group(1).rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES:
                 spans.append((match.start(1), match.end(1), "email"))
@@ -92,19 +123,27 @@ def _keyed_type(key: str) -> str | None:
     return next((kind for kind, names in _KEYED if named.named(names)), None)
 
 
+@functools.lru_cache(maxsize=512)  # as many as the re module keeps
+def _value_pattern(value: str) -> re.Pattern[str]:
+    """Every occurrence of a finding's value, in any case."""
+    return re.compile(re.escape(value), re.IGNORECASE)
+
+
 def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, str]]:
     """Merged spans to mask, each with the type of the finding that opened it."""
     raw: list[tuple[int, int, str]] = identifier_spans(text)
-    patterns: dict[str, re.Pattern[str]] = {}
+    # ASCII against ASCII, "in" on lowered text is exactly what the case-blind pattern finds (or
+    # not): the pattern runs only where the value occurs. Other text may fold case beyond ASCII.
+    lowered = text.lower() if findings and text.isascii() else None
     for finding in findings:
-        if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == finding.value:
+        value = finding.value
+        if 0 <= finding.start < finding.end <= len(text) and text[finding.start : finding.end] == value:
             raw.append((finding.start, finding.end, finding.type))
-        if not finding.value:
+        if not value or (lowered is not None and value.isascii() and value.lower() not in lowered):
             continue
-        pattern = patterns.get(finding.value)
-        if pattern is None:
-            pattern = patterns[finding.value] = re.compile(re.escape(finding.value), re.IGNORECASE)
-        raw.extend((match.start(), match.end(), finding.type) for match in pattern.finditer(text))
+        raw.extend((match.start(), match.end(), finding.type) for match in _value_pattern(value).finditer(text))
+    if not raw:
+        return raw
     raw.sort(key=lambda span: (span[0], -span[1]))
     merged: list[tuple[int, int, str]] = []
     for start, end, kind in raw:
@@ -118,10 +157,14 @@ def _intervals(text: str, findings: Iterable[Finding]) -> list[tuple[int, int, s
 
 def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tuple[int, int, int, int]]]:
     """The redacted text and, per mask, (start, end) in the input and (start, end) in the output."""
+    return _masked(text, _intervals(text, findings))
+
+
+def _masked(text: str, intervals: list[tuple[int, int, str]]) -> tuple[str, list[tuple[int, int, int, int]]]:
     pieces: list[str] = []
     mapping: list[tuple[int, int, int, int]] = []
     cursor = written = 0
-    for start, end, kind in _intervals(text, findings):
+    for start, end, kind in intervals:
         pieces.append(text[cursor:start])
         written += start - cursor
         label = placeholder(kind)
@@ -136,17 +179,46 @@ def _redact_mapped(text: str, findings: Iterable[Finding]) -> tuple[str, list[tu
 def redact(text: str, findings: Iterable[Finding]) -> str:
     """``text`` with each finding's span, and every other occurrence of its value, replaced by a
     placeholder; identifier-shaped values are masked even without a finding (see _redact_mapped)."""
-    return _redact_mapped(text, findings)[0]
+    if not findings and _hints_fast is not None and _hints_fast(text) == 0:
+        return text  # the common case: no finding, no identifier shape
+    intervals = _intervals(text, findings)
+    return _masked(text, intervals)[0] if intervals else text
 
 
-def _param_name(finding_path: str) -> str:
-    return finding_path.removeprefix("query.")
+@functools.lru_cache(maxsize=4096)
+def _query_key(raw_key: str) -> tuple[str, str, str | None]:
+    """A query parameter's name decoded, as written out (re-encoded only if it carried an
+    identifier, which is masked), and the identifier type it names, if any. Names repeat."""
+    key = unquote_plus(raw_key, errors="replace")
+    masked_key = redact(key, ())  # a key can carry an identifier as well as a value
+    return key, raw_key if masked_key == key else quote_plus(masked_key, safe="[]:/"), _keyed_type(key)
 
 
-def _carries(param: str, finding: Finding) -> bool:
-    """Whether a finding was decoded out of query parameter ``param`` (``data`` for ``data.properties.x``)."""
-    path = _param_name(finding.path)
-    return path == param or path.startswith((param + ".", param + "["))
+def _unquoted(raw_value: str) -> str:
+    """A query value decoded."""
+    if len(raw_value) <= _CACHED_KEY_CHARS:
+        return _unquoted_cached(raw_value)
+    return unquote_plus(raw_value, errors="replace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquoted_cached(raw_value: str) -> str:
+    return unquote_plus(raw_value, errors="replace")
+
+
+_PATH_MARKS = re.compile(r"[.\[]")
+
+
+def _carriers(findings: Iterable[Finding]) -> dict[str, Finding]:
+    """Per query parameter, the first finding decoded out of it: a finding at path ``query.p`` (or
+    ``query.p.x``, ``query.p[x]``) was decoded out of parameter ``p`` (or ``p.x``)."""
+    carriers: dict[str, Finding] = {}
+    for finding in findings:
+        path = finding.path.removeprefix("query.")
+        carriers.setdefault(path, finding)
+        for mark in _PATH_MARKS.finditer(path):
+            carriers.setdefault(path[: mark.start()], finding)
+    return carriers
 
 
 def redact_url(url: str, findings: Sequence[Finding]) -> str:
@@ -161,6 +233,7 @@ def redact_url(url: str, findings: Sequence[Finding]) -> str:
 
 
 _CACHED_URL_CHARS = 2048
+_CACHED_KEY_CHARS = 256
 
 
 def _redact_url(url: str, findings: Sequence[Finding]) -> str:
@@ -191,24 +264,25 @@ def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
 
 def _redact_query(query: str, findings: Sequence[Finding]) -> str:
     pieces = []
+    carriers: dict[str, Finding] | None = None
     for piece in query.split("&"):
         raw_key, equals, raw_value = piece.partition("=")
-        key = unquote_plus(raw_key, errors="replace")
-        value = unquote_plus(raw_value, errors="replace")
-        redacted = redact(value, findings)
-        masked_key = redact(key, ())  # a key can carry an identifier as well as a value
-        if masked_key != key:
-            raw_key = quote_plus(masked_key, safe="[]:/")
-        keyed = _keyed_type(key) if value.strip() else None
-        if keyed is not None:
+        key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
+        # unquote_plus gives back what has neither; encoded values (page URLs) recur
+        value = _unquoted(raw_value) if "%" in raw_value or "+" in raw_value else raw_value
+        if keyed is not None and value.strip():
             redacted = placeholder(keyed)
-        elif redacted == value:
-            carried = next((finding for finding in findings if _carries(key, finding)), None)
-            if carried is None:
-                pieces.append(raw_key + equals + raw_value if masked_key != key else piece)
-                continue
-            redacted = placeholder(carried.type)
-        pieces.append(raw_key + equals + quote_plus(redacted, safe="[]:/"))
+        else:
+            redacted = redact(value, findings)
+            if redacted == value:
+                if carriers is None:
+                    carriers = _carriers(findings)
+                carried = carriers.get(key)
+                if carried is None:
+                    pieces.append(written_key + equals + raw_value)
+                    continue
+                redacted = placeholder(carried.type)
+        pieces.append(written_key + equals + quote_plus(redacted, safe="[]:/"))
     return "&".join(pieces)
 
 
@@ -223,12 +297,15 @@ def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: b
     for item in fields:
         by_path.setdefault(item.path, []).append(item.value)
     records = []
+    masked: dict[str, tuple[str, list[tuple[int, int, int, int]]]] = {}  # per source: findings often share one
     for finding in findings:
         source = _source_value(finding, by_path.get(finding.path, ()))
         if unredacted:
             excerpt = _raw_excerpt(source, finding) if source is not None else finding.value[:EXCERPT_CHARS]
         elif source is not None:
-            excerpt = _redacted_excerpt(source, finding, findings)
+            if source not in masked:
+                masked[source] = _redact_mapped(source, findings)
+            excerpt = _redacted_excerpt(masked[source], finding)
         else:
             excerpt = placeholder(finding.type)
         records.append(
@@ -264,8 +341,9 @@ def _raw_excerpt(source: str, finding: Finding) -> str:
     return source[left:right][:EXCERPT_CHARS]
 
 
-def _redacted_excerpt(source: str, finding: Finding, findings: Sequence[Finding]) -> str:
-    redacted, mapping = _redact_mapped(source, findings)
+def _redacted_excerpt(masked: tuple[str, list[tuple[int, int, int, int]]], finding: Finding) -> str:
+    """The excerpt around `finding` of its source as _redact_mapped masked it."""
+    redacted, mapping = masked
     own = next((out for out in mapping if out[0] <= finding.start < out[1]), None)
     if own is None:  # an empty finding masks nothing: show its label alone
         return placeholder(finding.type)

@@ -1,0 +1,102 @@
+#include "fast.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * identifier_hints: sensor.phi.redact.identifier_hints_py. Which families of identifier shapes
+ * may occur in a text, from the conditions every match of a family meets; identifier_spans runs
+ * a family's patterns only where its bit is set. One pass over ASCII text instead of four
+ * regular expressions; other text (where \d and lower() reach beyond ASCII) is declined.
+ */
+
+#define HINT_WORDS 32
+#define HINT_WORD_CHARS 32
+static char hint_words[HINT_WORDS][HINT_WORD_CHARS + 1]; /* bind_hints: redact._WORD_HINTS */
+static Py_ssize_t hint_word_lengths[HINT_WORDS];
+static int hint_word_count = -1; /* not bound yet: every text is declined */
+static uint32_t words_starting[256]; /* per lower-case first character, the bits of the words it starts */
+static long numeric_bit, mbi_bit, worded_bit, email_bit;
+
+/* bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit): the lower-case ASCII words that
+ * hint at a worded identifier, and the bit of each family. */
+PyObject *bind_hints(PyObject *module, PyObject *args) {
+    PyObject *words;
+    long bits[4];
+    if (!PyArg_ParseTuple(args, "O!llll", &PyTuple_Type, &words, &bits[0], &bits[1], &bits[2], &bits[3]))
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(words);
+    if (count > HINT_WORDS) {
+        PyErr_SetString(PyExc_ValueError, "too many hint words");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) { /* all checked before any is taken */
+        PyObject *word = PyTuple_GET_ITEM(words, i);
+        Py_ssize_t n = 0;
+        const char *text = PyUnicode_Check(word) && PyUnicode_IS_ASCII(word) ? PyUnicode_AsUTF8AndSize(word, &n) : NULL;
+        int lower_case = text != NULL;
+        for (Py_ssize_t j = 0; lower_case && j < n; j++) lower_case = !(text[j] >= 'A' && text[j] <= 'Z');
+        if (!lower_case || n == 0 || n > HINT_WORD_CHARS) {
+            PyErr_SetString(PyExc_ValueError, "a hint word is a short non-empty lower-case ASCII str");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(words, i), &n);
+        memcpy(hint_words[i], text, n + 1);
+        hint_word_lengths[i] = n;
+    }
+    memset(words_starting, 0, sizeof words_starting);
+    for (Py_ssize_t i = 0; i < count; i++) words_starting[(unsigned char)hint_words[i][0]] |= (uint32_t)1 << i;
+    hint_word_count = (int)count;
+    numeric_bit = bits[0], mbi_bit = bits[1], worded_bit = bits[2], email_bit = bits[3];
+    Py_RETURN_NONE;
+}
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* _MBI_L: a capital letter other than B, I, L, O, S and Z */
+static inline int mbi_letter(unsigned char c) {
+    return c >= 'A' && c <= 'Y' && c != 'B' && c != 'I' && c != 'L' && c != 'O' && c != 'S';
+}
+
+static inline int digits_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at, int count) {
+    if (at + count > n) return 0;
+    for (int k = 0; k < count; k++)
+        if (!is_digit(s[at + k])) return 0;
+    return 1;
+}
+
+static inline unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+/* identifier_hints(text) -> the bits identifier_hints_py gives, or None for text that is not ASCII. */
+PyObject *identifier_hints(PyObject *module, PyObject *text) {
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || hint_word_count < 0) Py_RETURN_NONE;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int numeric_hint = 0, numeric_need = 0, mbi = 0, worded = 0, email = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '@') email = 1;
+        /* _NUMERIC_HINT: \d\d\d[- .)] or \+\d{10}; _NUMERIC_NEED: [-. ]\d{4} or \+\d{10} */
+        if (c == '+' && digits_at(s, n, i + 1, 10)) numeric_hint = numeric_need = 1;
+        if (!numeric_hint && i + 3 < n && digits_at(s, n, i, 3) &&
+            (s[i + 3] == '-' || s[i + 3] == ' ' || s[i + 3] == '.' || s[i + 3] == ')'))
+            numeric_hint = 1;
+        if (!numeric_need && (c == '-' || c == '.' || c == ' ') && digits_at(s, n, i + 1, 4)) numeric_need = 1;
+        /* _MBI_HINT: [1-9] _MBI_L _MBI_A \d [_MBI_L or -] */
+        if (!mbi && c >= '1' && c <= '9' && i + 4 < n && mbi_letter(s[i + 1]) &&
+            (mbi_letter(s[i + 2]) || is_digit(s[i + 2])) && is_digit(s[i + 3]) && (mbi_letter(s[i + 4]) || s[i + 4] == '-'))
+            mbi = 1;
+        /* _WORD_HINT over the lowered text */
+        for (uint32_t words = worded ? 0 : words_starting[lower(c)]; words && !worded; words &= words - 1) {
+            int w = __builtin_ctz(words);
+            Py_ssize_t len = hint_word_lengths[w];
+            if (i + len > n) continue;
+            Py_ssize_t k = 1;
+            while (k < len && lower(s[i + k]) == (unsigned char)hint_words[w][k]) k++;
+            worded = k == len;
+        }
+    }
+    long bits = (numeric_hint && numeric_need ? numeric_bit : 0) | (mbi ? mbi_bit : 0) | (worded ? worded_bit : 0) |
+                (email ? email_bit : 0);
+    return PyLong_FromLong(bits);
+}
