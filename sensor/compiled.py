@@ -22,6 +22,7 @@ TWINS: dict[str, str] = {
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
+    "select_worker": "sensor.capture.workers:worker_of_py",
 }
 
 # compiled binder -> the Python home of what it is given
@@ -30,13 +31,15 @@ BINDERS: dict[str, str] = {
     "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
-    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, and sensor.decode.dns.LOCAL_NAME_PORTS
+    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
+    # sensor.capture.workers.SERVICE_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",
 }
 
 # compiled entry points held equal to an outside tool rather than to Python code -> how
 HELD_BY_TOOLS: dict[str, str] = {
     # tcpdump -r FILE -w - with sensor.capture.bpf.default_filter, then the replay's worker split
+    # (select_worker, sensor.capture.workers.worker_of_py)
     "select_pcap_file": "sensor.capture.bpf:default_filter",
     # the record boundaries a walk from the file header finds (tests/test_prefilter.py)
     "pcap_resync": "sensor.capture.pcap:pcap_records_py",

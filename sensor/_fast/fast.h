@@ -145,5 +145,6 @@ FAST_INTERNAL PyObject *pcap_records(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_pcap_file(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *pcap_resync(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *select_worker(PyObject *module, PyObject *args);
 
 #endif

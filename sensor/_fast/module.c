@@ -16,7 +16,9 @@ static PyMethodDef methods[] = {
      " -> ([(ts, linktype, frame), ...], next, empty, late, high)"},
     {"pcap_resync", pcap_resync, METH_VARARGS,
      "pcap_resync(fd, offset, big_endian) -> a likely record boundary at or after offset, or -1"},
-    {"bind_select", bind_select, METH_VARARGS, "bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS)"},
+    {"bind_select", bind_select, METH_VARARGS,
+     "bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS, SERVICE_PORTS)"},
+    {"select_worker", select_worker, METH_VARARGS, "select_worker(linktype, frame) -> the replay worker (0 or 1) of a frame"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
