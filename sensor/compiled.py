@@ -17,6 +17,7 @@ TWINS: dict[str, str] = {
     "parse_dns": "sensor.decode.dns:parse_message_py",
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
+    "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",

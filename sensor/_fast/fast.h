@@ -135,6 +135,7 @@ FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);

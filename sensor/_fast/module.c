@@ -10,6 +10,9 @@ static PyMethodDef methods[] = {
      "set_tunnel_ports(ports, vxlan_ports, geneve_ports): the UDP ports whose datagrams are tunnels"},
     {"decode_frame", (PyCFunction)(void (*)(void))decode_frame, METH_FASTCALL,
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
+    {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
+     "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
+     " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},
     {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"

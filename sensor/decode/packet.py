@@ -23,9 +23,10 @@ from sensor.records import Counters
 
 try:  # the compiled fast path (see sensor/_fast/packet.c) for the common frames; the Python code below is the reference
     from sensor._fast import decode_frame as _decode_fast
+    from sensor._fast import decode_mirrored as _decode_mirrored
     from sensor._fast import set_tunnel_ports as _set_tunnel_ports
 except ImportError:  # built without a C compiler: pure Python throughout
-    _decode_fast = _set_tunnel_ports = None
+    _decode_fast = _decode_mirrored = _set_tunnel_ports = None
 
 # link types (pcap LINKTYPE_ values)
 LINKTYPE_NULL = 0
@@ -438,7 +439,21 @@ class PacketDecoder:
             decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
                 return decoded
+            mirrored = _decode_mirrored(linktype, frame)
+            if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
+                return self._mirrored(mirrored)
         return self.decode_py(ts, linktype, frame)
+
+    def _mirrored(self, found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
+        """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
+        decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
+        self.counters.add("decap." + name)
+        if erspan:
+            self.counters.add("decap.erspan")
+        self._layers = [(name, src, dst, ident)]
+        self._outer_vlan, self._vlan = outer_vlan, inner_vlan
+        self._remember(decoded)
+        return decoded
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         """decode in pure Python: the reference, and the path for every frame the fast one declines."""
