@@ -16,6 +16,7 @@ TWINS: dict[str, str] = {
     "record_maker": "sensor.records:positional_constructor_py",
     "parse_dns": "sensor.decode.dns:parse_message_py",
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
+    "hello_message": "sensor.decode.tls:hello_message_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",

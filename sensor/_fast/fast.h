@@ -133,6 +133,7 @@ FAST_INTERNAL PyObject *record_maker(PyObject *module, PyObject *type);
 FAST_INTERNAL PyObject *bind_dns(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

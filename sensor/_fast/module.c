@@ -4,6 +4,8 @@
 static PyMethodDef methods[] = {
     {"parse_hello", parse_hello, METH_O,
      "parse_hello(message) -> (server_name, alpn, ech, legacy_version, offers_tls13, extensions), or None"},
+    {"hello_message", hello_message, METH_O,
+     "hello_message(stream) -> (status, the ClientHello handshake message once whole): the TLS record layer"},
     {"community_id", community_id, METH_VARARGS,
      "community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> Community ID v1, or None"},
     {"set_tunnel_ports", set_tunnel_ports, METH_VARARGS,
