@@ -59,22 +59,24 @@ def replay_file(
             return [str(exc)]
     feed, drain = pipeline.decoder.feed, pipeline.drain
     decoder = pipeline.decoder
-    packets = size = 0
-    by_linktype: dict[int, int] = {}
     try:
-        for ts, linktype, frame in capture.packets():
-            packets += 1
-            size += len(frame)
-            by_linktype[linktype] = by_linktype.get(linktype, 0) + 1
-            if progress is not None and not packets & 0x3FFF:
-                done = runner.bytes_read() if runner is not None else size
+        for batch in capture.batches():
+            if forward is None:
+                for ts, linktype, frame in batch:
+                    feed(ts, linktype, frame)
+                    if decoder.records:
+                        drain()
+            else:
+                for ts, linktype, frame in batch:
+                    if worker_of(linktype, frame):
+                        forward(ts, linktype, frame)
+                        continue
+                    feed(ts, linktype, frame)
+                    if decoder.records:
+                        drain()
+            if progress is not None:
+                done = runner.bytes_read() if runner is not None else capture.frame_bytes
                 progress(min(done or 0, total), total)
-            if forward is not None and worker_of(linktype, frame):
-                forward(ts, linktype, frame)
-                continue
-            feed(ts, linktype, frame)
-            if decoder.records:
-                drain()
     finally:
         problems = list(capture.errors)
         if runner is not None:
@@ -82,14 +84,14 @@ def replay_file(
             if complaint:
                 problems.append(f"{path}: {complaint}")
     # With the prefilter these are the packets libpcap passed, not every packet of the file.
-    counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
-    counters.add("bytes", size)
+    counters.add("packets.passed_prefilter" if runner is not None else "packets", capture.frames)
+    counters.add("bytes", capture.frame_bytes)
     counters.add("files", 1)
     if capture.empty_records or capture.late_records:
         counters.add("capture.empty_records", capture.empty_records)
         counters.add("capture.late_records", capture.late_records)
         log.warning(capture.suspicious())  # a second replay worker reports what it saw
-    for linktype, count in by_linktype.items():
+    for linktype, count in capture.by_linktype.items():
         counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
     unsupported = capture.linktypes - set(LINKTYPE_NAMES)
     if unsupported:
