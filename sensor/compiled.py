@@ -18,6 +18,7 @@ TWINS: dict[str, str] = {
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
     "hello_message": "sensor.decode.tls:hello_message_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
+    "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",

@@ -125,6 +125,10 @@ FAST_INTERNAL PyObject *record_new(const RecordType *record, PyObject **values);
 /* packet.c */
 FAST_INTERNAL unsigned tunnel_kind(unsigned port);
 
+/* dns.c */
+FAST_INTERNAL int dns_bound(void);
+FAST_INTERNAL PyObject *dns_message_of(const uint8_t *data, Py_ssize_t size);
+
 /* ecs.c: interns the key strings (at module init) */
 FAST_INTERNAL int ecs_init(void);
 
@@ -136,6 +140,7 @@ FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

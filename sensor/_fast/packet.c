@@ -211,3 +211,63 @@ done:
     if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
     return result;
 }
+
+/* The text of a 4- or 16-byte address, as socket.inet_ntop gives it. */
+static PyObject *address_text(const uint8_t *address, Py_ssize_t alen) {
+    char text[INET6_ADDRSTRLEN];
+    if (inet_ntop(alen == 4 ? AF_INET : AF_INET6, address, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyUnicode_FromString(text);
+}
+
+/* dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) or None: a DNS datagram (UDP,
+ * either port 53) that decode_frame takes, its addresses as text and its message as parse_dns
+ * reads it, in one call; None for every other frame, and where decode_frame or parse_dns declines. */
+PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "dns_datagram(linktype, frame)");
+        return NULL;
+    }
+    if (!dns_bound()) return NULL;
+    unsigned long linktype = PyLong_AsUnsignedLong(args[0]);
+    if (linktype == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *f = view.buf;
+    Py_ssize_t n = view.len, off = network_offset((unsigned)linktype, f, n), src, alen, pos, end;
+    PyObject *result = NULL, *message;
+    if (off < 0 || n < off + 20) goto none;
+    if (f[off] >> 4 == 4) {
+        Py_ssize_t ihl = (f[off] & 0x0F) << 2, total = get16(f + off + 2);
+        if (ihl < 20 || total < ihl || (get16(f + off + 6) & 0x3FFF) || f[off + 9] != UDP) goto none;
+        end = off + total < n ? off + total : n;
+        src = off + 12;
+        alen = 4;
+        pos = off + ihl;
+    } else if (f[off] >> 4 == 6) {
+        if (n < off + 40 || f[off + 6] != UDP) goto none;
+        Py_ssize_t plen = get16(f + off + 4);
+        end = off + 40 + plen;
+        if (end > n || plen == 0) end = n;
+        src = off + 8;
+        alen = 16;
+        pos = off + 40;
+    } else {
+        goto none;
+    }
+    if (end - pos < 8) goto none;
+    Py_ssize_t ulen = get16(f + pos + 4);
+    if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
+    unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
+    if ((sport != 53 && dport != 53) || tunnel_port(sport) || tunnel_port(dport)) goto none;
+    message = dns_message_of(f + pos + 8, end - pos - 8);
+    if (message == NULL) goto done; /* an error, or the Python parser decides */
+    result = tuple_steal(5, (PyObject *[]){address_text(f + src, alen), PyLong_FromUnsignedLong(sport),
+                                           address_text(f + src + alen, alen), PyLong_FromUnsignedLong(dport), message});
+    goto done;
+none:
+    result = NULL;
+done:
+    PyBuffer_Release(&view);
+    if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
+    return result;
+}

@@ -383,7 +383,6 @@ class PacketDecoder:
         # key -> [first_ts, {offset: bytes}, total_length or -1, transport]
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], list[Any]] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
-        self.reassembled = False  # the last decode completed an IP datagram from fragments
         # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
         # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
         self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[dict[str, Any], int | None, int | None]] = OrderedDict()
@@ -427,14 +426,7 @@ class PacketDecoder:
     def unsupported_linktypes(self) -> set[int]:
         return self._unsupported_linktypes
 
-    @property
-    def tunnelled(self) -> bool:
-        """The last decode took the packet out of a tunnel."""
-        return self._layers is not None
-
     def decode(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
-        self.reassembled = False
-        self._layers = None
         if _decode_fast is not None:
             decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
@@ -650,7 +642,6 @@ class PacketDecoder:
             piece = pieces[frag_offset][: total - frag_offset]
             out[frag_offset : frag_offset + len(piece)] = piece
         self.counters.add("ip.reassembled")
-        self.reassembled = True
         return bytes(out)
 
     def _expire_fragments(self, now: float) -> None:
