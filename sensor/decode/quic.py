@@ -16,7 +16,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
@@ -64,6 +65,9 @@ _NOT_PADDING = re.compile(rb"[^\x00]")
 
 class _Truncated(ValueError):
     """A field runs past the end of its packet or frame."""
+
+
+_ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -201,8 +205,15 @@ def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
             if frame_type == _FRAME_PING:
                 continue
             if frame_type == _FRAME_CRYPTO:
-                offset, pos = _varint(payload, pos)
-                length, pos = _varint(payload, pos)
+                # most offsets and lengths are one-byte varints: read inline
+                if pos < end and payload[pos] < 0x40:
+                    offset, pos = payload[pos], pos + 1
+                else:
+                    offset, pos = _varint(payload, pos)
+                if pos < end and payload[pos] < 0x40:
+                    length, pos = payload[pos], pos + 1
+                else:
+                    length, pos = _varint(payload, pos)
                 if pos + length > end:
                     break
                 chunks.append((offset, payload[pos : pos + length]))
@@ -324,7 +335,7 @@ class QuicClientHelloTracker:
             self._keys.move_to_end(cache_key)
             return keys
         key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
-        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update)
+        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(AES(hp), _ECB).encryptor().update)
         self._keys[cache_key] = keys
         if len(self._keys) > _KEY_CACHE_SIZE:
             self._keys.popitem(last=False)
