@@ -67,7 +67,7 @@ static inline int text_add(Text *t, const char *s, Py_ssize_t n) {
 /* Records (sensor.records.frozen_record classes) built here without running their __init__: each
  * field is written through its slot descriptor, which is what that __init__ does, minus a Python
  * call per record. */
-#define RECORD_MAX_FIELDS 8
+#define RECORD_MAX_FIELDS 12
 typedef struct {
     PyTypeObject *type;
     PyObject *slots[RECORD_MAX_FIELDS]; /* member descriptors, in field order */

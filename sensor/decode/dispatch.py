@@ -48,6 +48,7 @@ except ImportError:  # built without a C compiler
 
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
+_new_request = positional_constructor(HttpRequest)
 
 
 def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) -> Flow:
@@ -136,20 +137,8 @@ class _HttpConsumer:
             src, dst, sport, dport = self.key
             self.flow = make_flow(src, sport, dst, dport, "tcp")
         for req in requests:
-            self.decoder.records.append(
-                HttpRequest(
-                    ts=ts,
-                    flow=self.flow,
-                    method=req.method,
-                    target=req.target,
-                    version=req.version,
-                    headers=req.headers,
-                    host=req.host,
-                    body=req.body,
-                    body_bytes=req.body_bytes,
-                    body_truncated=req.body_truncated,
-                )
-            )
+            self.decoder.records.append(_new_request(ts, self.flow, req.method, req.target, req.version, req.headers,
+                                                     req.host, req.body, req.body_bytes, req.body_truncated))
             self.decoder.counters.add("records.http")
 
 
