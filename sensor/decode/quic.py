@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
-from sensor.records import Counters, frozen_record
+from sensor.records import Counters, frozen_record, positional_constructor
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF
@@ -125,6 +125,9 @@ class _LongHeader:
     end: int  # first byte after this packet: where a coalesced one may begin
 
 
+_new_long_header = positional_constructor(_LongHeader)
+
+
 def _long_header(buf: bytes, start: int) -> _LongHeader | None:
     """The long header at `start`, or None where no further packet can be delimited."""
     if len(buf) - start < 7 or buf[start] & 0xC0 != 0xC0:  # short header or trailing padding
@@ -150,7 +153,7 @@ def _long_header(buf: bytes, start: int) -> _LongHeader | None:
         return None
     if pos + length > len(buf):
         return None
-    return _LongHeader(start, version, initial, dcid, pos, pos + length)
+    return _new_long_header(start, version, initial, dcid, pos, pos + length)
 
 
 def _decode_packet_number(largest: int, truncated: int, bits: int) -> int:

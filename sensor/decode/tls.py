@@ -15,7 +15,7 @@ import enum
 import re
 import struct
 
-from sensor.records import frozen_record
+from sensor.records import frozen_record, positional_constructor
 
 try:  # the compiled fast paths (see sensor/_fast/tls.c); the *_py functions are the references
     from sensor._fast import hello_message as _hello_message_fast
@@ -58,6 +58,9 @@ class ClientHello:
     ech: bool  # encrypted_client_hello present: server_name is only the outer cover name
     version: str | None  # "1.3" if supported_versions offers it, else from legacy_version
     extensions: tuple[int, ...]  # extension types in order, GREASE included (fingerprinting)
+
+
+_new_client_hello = positional_constructor(ClientHello)
 
 
 class TlsStatus(enum.Enum):
@@ -206,7 +209,7 @@ def parse_client_hello_message(msg: bytes) -> ClientHello | None:
         return parse_client_hello_message_py(msg)
     server_name, alpn, ech, legacy_version, offers_tls13, extensions = fast
     version = "1.3" if offers_tls13 else _LEGACY_VERSIONS.get(legacy_version)
-    return ClientHello(server_name, alpn, ech, version, extensions)
+    return _new_client_hello(server_name, alpn, ech, version, extensions)
 
 
 def parse_client_hello_message_py(msg: bytes) -> ClientHello | None:
