@@ -16,7 +16,10 @@ TWINS: dict[str, str] = {
     "record_maker": "sensor.records:positional_constructor_py",
     "parse_dns": "sensor.decode.dns:parse_message_py",
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
+    "hello_message": "sensor.decode.tls:hello_message_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
+    "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
+    "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
@@ -25,6 +28,7 @@ TWINS: dict[str, str] = {
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
+    "select_worker": "sensor.capture.workers:worker_of_py",
 }
 
 # compiled binder -> the Python home of what it is given
@@ -34,13 +38,15 @@ BINDERS: dict[str, str] = {
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
     "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
-    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, and sensor.decode.dns.LOCAL_NAME_PORTS
+    # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
+    # sensor.capture.workers.SERVICE_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",
 }
 
 # compiled entry points held equal to an outside tool rather than to Python code -> how
 HELD_BY_TOOLS: dict[str, str] = {
     # tcpdump -r FILE -w - with sensor.capture.bpf.default_filter, then the replay's worker split
+    # (select_worker, sensor.capture.workers.worker_of_py)
     "select_pcap_file": "sensor.capture.bpf:default_filter",
     # the record boundaries a walk from the file header finds (tests/test_prefilter.py)
     "pcap_resync": "sensor.capture.pcap:pcap_records_py",

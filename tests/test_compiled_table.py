@@ -69,10 +69,11 @@ def test_binders_refuse_bad_values_and_keep_what_was_bound() -> None:
 
     fast = extension()
     bad_binds = [
-        lambda: fast.bind_select(8, 0, [], []),
-        lambda: fast.bind_select(pcap.MAX_FRAME, -1, [], []),
-        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [70000], []),
-        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [80], ["x"]),
+        lambda: fast.bind_select(8, 0, [], [], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, -1, [], [], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [70000], [], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [80], ["x"], []),
+        lambda: fast.bind_select(pcap.MAX_FRAME, 0, [80], [], [-1]),
         lambda: fast.bind_pcap(0),
         lambda: fast.bind_pcap("x"),
     ]

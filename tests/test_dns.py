@@ -611,3 +611,59 @@ def test_fast_path_agrees_on_generated_records(params: list[tuple[int, bytes]], 
     svcb = _svcb(1, POINTER_TO_QUESTION, params)
     _fast_agrees(_message(questions=[(EXAMPLE, rtype)], answers=[
         (POINTER_TO_QUESTION, rtype, 60, rdata), (POINTER_TO_QUESTION, 65, 60, svcb)]))
+
+
+# DNS datagrams from frame to message in one compiled call ---------------------------------------
+
+from sensor.decode import dispatch  # noqa: E402
+
+datagram_fast = pytest.mark.skipif(dispatch._dns_datagram is None, reason="the compiled fast path is not built")
+
+
+def _udp_frame(message: bytes, sport: int, dport: int, v6: bool, vlan: bool, pad: int) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(message), 0) + message
+    if v6:
+        ip = struct.pack("!IHBB", 0x60000000, len(udp), 17, 64) + socket.inet_pton(socket.AF_INET6, "fd00::5") \
+            + socket.inet_pton(socket.AF_INET6, "2001:db8::53")
+        ethertype = 0x86DD
+    else:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, socket.inet_aton("10.20.0.5"),
+                         socket.inet_aton("10.0.0.53"))
+        ethertype = 0x0800
+    tags = struct.pack("!HH", 0x8100, 7) if vlan else b""
+    return bytes(12) + tags + struct.pack("!H", ethertype) + ip + udp + bytes(pad)
+
+
+def _datagram_agrees(linktype: int, frame: bytes) -> bool:
+    taken = dispatch._dns_datagram(linktype, frame)
+    if taken is None:
+        return False
+    assert taken == dispatch.dns_datagram_py(linktype, frame), frame.hex()
+    return True
+
+
+@datagram_fast
+def test_a_dns_datagram_is_taken_in_one_call() -> None:
+    query = _message(flags=0x0100, questions=[(EXAMPLE, 1)])
+    answer = _message(questions=[(EXAMPLE, 1)], answers=[(POINTER_TO_QUESTION, 1, 300, bytes([192, 0, 2, 7]))])
+    for message, ports in ((query, (40000, 53)), (answer, (53, 40000))):
+        for v6 in (False, True):
+            assert _datagram_agrees(1, _udp_frame(message, *ports, v6=v6, vlan=v6, pad=6))
+    assert dispatch._dns_datagram(1, _udp_frame(query, 40000, 5353, False, False, 0)) is None  # not port 53
+    assert dispatch._dns_datagram(1, _udp_frame(query, 4789, 53, False, False, 0)) is None  # a tunnel port: Python
+    assert dispatch._dns_datagram(1, _udp_frame(b"\x00" * 5, 40000, 53, False, False, 0)) is None  # not DNS
+
+
+@datagram_fast
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([_message(flags=0x0100, questions=[(EXAMPLE, 28)]),
+                        _message(questions=[(EXAMPLE, 1)], answers=[(POINTER_TO_QUESTION, 1, 60, b"\x01\x02\x03\x04")])]),
+       st.sampled_from([(53, 40000), (40000, 53), (53, 53)]), st.booleans(), st.booleans(), st.integers(0, 8),
+       st.lists(st.tuples(st.integers(0, 150), st.integers(0, 255)), max_size=3), st.integers(0, 150))
+def test_the_compiled_datagram_path_equals_the_python_one(
+    message: bytes, ports: tuple[int, int], v6: bool, vlan: bool, pad: int, flips: list[tuple[int, int]], cut: int
+) -> None:
+    frame = bytearray(_udp_frame(message, *ports, v6=v6, vlan=vlan, pad=pad))
+    for position, value in flips:
+        frame[position % len(frame)] = value
+    _datagram_agrees(1, bytes(frame[:cut]) if cut < len(frame) else bytes(frame))

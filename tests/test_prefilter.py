@@ -8,7 +8,6 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 from conftest import CORPUS, PCAPS, REPO
@@ -21,14 +20,11 @@ from sensor.app.replay.plan import should_prefilter, start_early
 from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import CompiledPrefilter, Prefilter, capture_linktype, is_plain_pcap, open_prefilter
+from sensor.capture.workers import worker_of_py
 
 REPO_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
 
 needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
-
-if TYPE_CHECKING:
-    from sensor.decode.packet import PacketDecoder
-
 
 def events(path: Path, prefilter: str) -> set[tuple]:
     proc = subprocess.run(
@@ -402,15 +398,6 @@ def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -
     assert reader.errors == [f"{cut}: {complaint}"]
 
 
-def _python_worker(decoder: "PacketDecoder", linktype: int, frame: bytes) -> int | None:
-    """The worker replay_file's forwarding split gives a frame (None: the decoder drops it)."""
-    decoded = decoder.decode(0.0, linktype, frame)
-    if decoded is None:
-        return None
-    sport, dport = decoded[3], decoded[4]
-    return int(bool((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not decoder.reassembled
-                    and not decoder.tunnelled))
-
 def _split_streams(path: Path) -> tuple[list[bytes], list[bytes]]:
     selector = CompiledPrefilter(path, split=True)
     streams = []
@@ -424,18 +411,13 @@ def _split_streams(path: Path) -> tuple[list[bytes], list[bytes]]:
 @needs_selector
 @pytest.mark.parametrize("path", plain_captures(), ids=lambda p: p.name)
 def test_split_selection_gives_each_worker_its_clients(path: Path) -> None:
-    from sensor.decode.packet import PacketDecoder
-    from sensor.records import Counters
-
     everything, complaint = _compiled_bytes(path)
     assert complaint is None
     linktype = capture_linktype(path)
     first, second = _split_streams(path)
-    decoder = PacketDecoder(Counters())
     expected: tuple[list[bytes], list[bytes]] = ([], [])
     for frame in _frames(everything):
-        worker = _python_worker(decoder, linktype, frame)
-        expected[worker or 0].append(frame)  # what the decoder drops may go to either worker
+        expected[worker_of_py(linktype, frame)].append(frame)
     assert (first, second) == expected
 
 
@@ -445,20 +427,15 @@ def test_split_selection_gives_each_worker_its_clients(path: Path) -> None:
 def test_split_selection_agrees_with_the_python_split_on_generated_frames(
     tmp_path: Path, sample: tuple[int, list[bytes]]
 ) -> None:
-    from sensor.decode.packet import PacketDecoder
-    from sensor.records import Counters
-
     linktype, frames = sample
     path = tmp_path / "generated.pcap"
     _write_pcap(path, linktype, frames)
     everything, _ = _compiled_bytes(path)
     first, second = _split_streams(path)
-    decoder = PacketDecoder(Counters())
+    expected: tuple[list[bytes], list[bytes]] = ([], [])
     for frame in _frames(everything):
-        worker = _python_worker(decoder, linktype, frame)
-        if worker is not None:
-            assert frame in (first if worker == 0 else second)
-    assert sorted(first + second) == sorted(_frames(everything))
+        expected[worker_of_py(linktype, frame)].append(frame)
+    assert (first, second) == expected
 
 
 def _many_packets_capture(path: Path, copies: int) -> None:

@@ -74,6 +74,8 @@ def test_positional_constructor_builds_what_the_class_builds() -> None:
         make("a", 1, ()).count = 5  # type: ignore[misc]
     flow = positional_constructor(Flow)("10.0.0.1", 50000, "192.0.2.1", 53, "udp")
     assert flow == Flow("10.0.0.1", 50000, "192.0.2.1", 53, "udp")
+    fields = (1.0, flow, "POST", "/a?b", "1.1", (("Host", "x"),), "x", b"body", 4, True)  # every field: ten
+    assert positional_constructor(HttpRequest)(*fields) == HttpRequest(*fields)
 
 
 @pytest.mark.skipif(records._record_maker is None, reason="compiled extension not built")

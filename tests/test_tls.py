@@ -514,3 +514,34 @@ def test_fast_path_agrees_on_mutated_hellos(base: bytes, flips: list[tuple[int, 
 @given(st.lists(st.tuples(st.sampled_from([0, 16, 43, 0xFE0D, 23, 0x0A0A]), st.binary(max_size=30)), max_size=6))
 def test_fast_path_agrees_on_generated_extensions(extensions: list[tuple[int, bytes]]) -> None:
     _fast_agrees(hello_message(b"".join(extension(kind, data) for kind, data in extensions)))
+
+
+# -- the record layer: hello_message and its Python reference -------------------------------------------
+
+record_fast = pytest.mark.skipif(tls._hello_message_fast is None, reason="the compiled fast path is not built")
+
+
+@record_fast
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(1, 400), max_size=5), st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=3),
+       st.integers(0, 700), st.sampled_from([0x0301, 0x0303, 0x0304, 0x0305, 0x0203]))
+def test_the_compiled_record_walk_equals_the_python_one(
+    sizes: list[int], flips: list[tuple[int, int]], cut: int, record_version: int
+) -> None:
+    stream = bytearray(records(chrome_like_hello(), sizes, record_version))
+    for position, value in flips:
+        stream[position % len(stream)] = value
+    data = bytes(stream[:cut]) if cut < len(stream) else bytes(stream)
+    assert tls._hello_message_fast(data) == tls.hello_message_py(data)
+
+
+@record_fast
+def test_the_compiled_record_walk_applies_the_python_bounds() -> None:
+    """Record lengths and hello sizes at and just past the limits the Python code sets."""
+    for length in (tls._MAX_RECORD, tls._MAX_RECORD + 1):
+        stream = struct.pack("!BHH", 0x16, 0x0301, length) + b"\x01\x00\x01\x00\x03" + bytes(length)
+        assert tls._hello_message_fast(stream) == tls.hello_message_py(stream)
+    for size in (tls.MAX_HELLO, tls.MAX_HELLO + 1, tls._MIN_HELLO_BODY, tls._MIN_HELLO_BODY - 1):
+        stream = struct.pack("!BHH", 0x16, 0x0301, 9) + b"\x01" + size.to_bytes(3, "big") + b"\x03\x03" + bytes(3)
+        assert tls._hello_message_fast(stream) == tls.hello_message_py(stream)
+    assert tls.hello_message_py(records(chrome_like_hello()))[0] == tls._DONE

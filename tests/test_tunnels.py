@@ -330,6 +330,52 @@ def test_mutated_tunnel_frames_never_raise_and_fast_agrees(index: int, flips: li
         assert taken is None or taken == reference
 
 
+def _decoders_agree(linktype: int, frame: bytes) -> PacketDecoder:
+    """decode (with the compiled paths, when built) and decode_py give the same packet, remember
+    the same tunnel for its flow and count the same; the decoder that used the compiled paths."""
+    fast_decoder, reference = PacketDecoder(Counters()), PacketDecoder(Counters())
+    assert fast_decoder.decode(0.0, linktype, frame) == reference.decode_py(0.0, linktype, frame), frame.hex()
+    assert fast_decoder.tunnels == reference.tunnels
+    assert fast_decoder.counters.values == reference.counters.values
+    return fast_decoder
+
+
+MIRRORED = {
+    "vxlan-ipv6-outer": bytes(eth() / IPv6(src=OUTER6_A, dst=OUTER6_B) / UDP(sport=5, dport=4789) / VXLAN(vni=9)
+                              / eth() / Dot1Q(vlan=44) / INNER6),
+    "erspan-1": bytes(eth() / Dot1Q(vlan=8) / outer_ip() / GRE(proto=0x88BE) / eth() / INNER),
+    "erspan-2-key": bytes(eth() / outer_ip() / GRE(proto=0x88BE, key_present=1, key=0xFFFFFFF0, chksum_present=1,
+                                                 seqnum_present=1) / ERSPAN_II(session_id=3) / eth() / INNER),
+}
+
+
+@pytest.mark.skipif(packet._decode_fast is None, reason="the compiled fast path is not built")
+@pytest.mark.parametrize("name", ["vxlan", "vxlan-8472", "vlan-vxlan-vlan", "erspan-2", *MIRRORED])
+def test_the_compiled_path_takes_the_mirror_tunnels_as_python_does(name: str) -> None:
+    linktype, frame = (1, MIRRORED[name]) if name in MIRRORED else (ENCAPSULATIONS[name][0], FRAMES[list(ENCAPSULATIONS).index(name)])
+    assert packet._decode_mirrored(linktype, frame) is not None
+    decoder = _decoders_agree(linktype, frame)
+    assert decoder.tunnels
+
+
+@pytest.mark.parametrize("index", range(len(FRAMES)), ids=sorted(ENCAPSULATIONS, key=list(ENCAPSULATIONS).index))
+def test_every_encapsulation_decodes_alike_with_and_without_the_compiled_paths(index: int) -> None:
+    _decoders_agree(LINKTYPES[index], FRAMES[index])
+
+
+@settings(max_examples=600)
+@given(st.sampled_from([*range(len(FRAMES)), *(-1 - i for i in range(len(MIRRORED)))]),
+       st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4), st.integers(0, 400))
+def test_mutated_mirror_frames_decode_alike_with_and_without_the_compiled_paths(
+    index: int, flips: list[tuple[int, int]], cut: int
+) -> None:
+    linktype, original = (LINKTYPES[index], FRAMES[index]) if index >= 0 else (1, list(MIRRORED.values())[-1 - index])
+    data = bytearray(original)
+    for position, value in flips:
+        data[position % len(data)] = value
+    _decoders_agree(linktype, bytes(data[:cut]))
+
+
 @pytest.mark.skipif(packet._decode_fast is None, reason="the compiled fast path is not built")
 def test_fast_path_declines_every_tunnel() -> None:
     for linktype, frame in zip(LINKTYPES, FRAMES):

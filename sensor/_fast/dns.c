@@ -290,13 +290,25 @@ static PyObject *code_name(PyObject *names, unsigned code, const char *prefix) {
 /* parse_dns(data) -> the DnsMessage (as sensor.decode.dns.parse_message_py gives it), or None when
  * parse_message_py must handle the message. bind_dns must have been called. */
 PyObject *parse_dns(PyObject *module, PyObject *arg) {
-    if (dns_message_record.type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "bind_dns() first");
-        return NULL;
-    }
+    if (!dns_bound()) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    Message m = {view.buf, view.len};
+    PyObject *result = dns_message_of(view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
+    return result;
+}
+
+int dns_bound(void) {
+    if (dns_message_record.type != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "bind_dns() first");
+    return 0;
+}
+
+/* The DnsMessage of `size` bytes at `data`, or NULL: with an exception set on error, without one
+ * where the Python parser decides. bind_dns first. */
+PyObject *dns_message_of(const uint8_t *data, Py_ssize_t size) {
+    Message m = {data, size};
     PyObject *questions = NULL, *answers = NULL, *result = NULL;
     Text text = {NULL, 0, 0};
     char name[DNS_NAME_TEXT];
@@ -362,15 +374,12 @@ PyObject *parse_dns(PyObject *module, PyObject *arg) {
                                        Py_NewRef(questions), Py_NewRef(answers)});
     goto done;
 python:
-    result = Py_NewRef(Py_None);
-    goto done;
 error:
     result = NULL;
 done:
     Py_XDECREF(questions);
     Py_XDECREF(answers);
     PyMem_Free(text.text);
-    PyBuffer_Release(&view);
     return result;
 }
 

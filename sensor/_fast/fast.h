@@ -67,7 +67,7 @@ static inline int text_add(Text *t, const char *s, Py_ssize_t n) {
 /* Records (sensor.records.frozen_record classes) built here without running their __init__: each
  * field is written through its slot descriptor, which is what that __init__ does, minus a Python
  * call per record. */
-#define RECORD_MAX_FIELDS 8
+#define RECORD_MAX_FIELDS 12
 typedef struct {
     PyTypeObject *type;
     PyObject *slots[RECORD_MAX_FIELDS]; /* member descriptors, in field order */
@@ -125,6 +125,10 @@ FAST_INTERNAL PyObject *record_new(const RecordType *record, PyObject **values);
 /* packet.c */
 FAST_INTERNAL unsigned tunnel_kind(unsigned port);
 
+/* dns.c */
+FAST_INTERNAL int dns_bound(void);
+FAST_INTERNAL PyObject *dns_message_of(const uint8_t *data, Py_ssize_t size);
+
 /* ecs.c: interns the key strings (at module init) */
 FAST_INTERNAL int ecs_init(void);
 
@@ -133,8 +137,11 @@ FAST_INTERNAL PyObject *record_maker(PyObject *module, PyObject *type);
 FAST_INTERNAL PyObject *bind_dns(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);
@@ -149,5 +156,6 @@ FAST_INTERNAL PyObject *pcap_records(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_pcap_file(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *pcap_resync(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *select_worker(PyObject *module, PyObject *args);
 
 #endif

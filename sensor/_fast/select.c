@@ -8,10 +8,11 @@
 
 /* Bound from where Python defines them (bind_select, at the import of sensor.capture.prefilter):
  * sensor.capture.pcap.MAX_FRAME (a longer record is corruption), sensor.capture.bpf.BULK_SEGMENT
- * and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS (mDNS, LLMNR, NetBIOS name service). */
+ * and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS (mDNS, LLMNR, NetBIOS name service),
+ * sensor.capture.workers.SERVICE_PORTS (the server side of a packet, for worker_of). */
 static Py_ssize_t max_frame = -1; /* -1: not bound yet */
 static Py_ssize_t bulk_segment;
-static uint8_t http_port_bits[65536 / 8], local_name_port_bits[65536 / 8];
+static uint8_t http_port_bits[65536 / 8], local_name_port_bits[65536 / 8], service_port_bits[65536 / 8];
 
 static inline int port_in(const uint8_t *bits, unsigned port) { return (bits[port >> 3] >> (port & 7)) & 1; }
 static int http_port(unsigned port) { return port_in(http_port_bits, port); }
@@ -35,18 +36,21 @@ static int port_bits(PyObject *ports, uint8_t bits[65536 / 8]) {
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS); a failed bind keeps the previous one. */
+/* bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS, SERVICE_PORTS); a failed bind
+ * keeps the previous one. */
 PyObject *bind_select(PyObject *module, PyObject *args) {
     Py_ssize_t frame, bulk;
-    PyObject *http, *local;
-    uint8_t http_bits[65536 / 8], local_bits[65536 / 8];
-    if (!PyArg_ParseTuple(args, "nnOO", &frame, &bulk, &http, &local)) return NULL;
+    PyObject *http, *local, *service;
+    uint8_t http_bits[65536 / 8], local_bits[65536 / 8], service_bits[65536 / 8];
+    if (!PyArg_ParseTuple(args, "nnOOO", &frame, &bulk, &http, &local, &service)) return NULL;
     if (frame < 16 || frame > (1 << 30) || bulk < 0) {
         PyErr_SetString(PyExc_ValueError, "bind_select: MAX_FRAME or BULK_SEGMENT out of range");
         return NULL;
     }
-    if (port_bits(http, http_bits) < 0 || port_bits(local, local_bits) < 0) return NULL;
+    if (port_bits(http, http_bits) < 0 || port_bits(local, local_bits) < 0 || port_bits(service, service_bits) < 0)
+        return NULL;
     memcpy(http_port_bits, http_bits, sizeof http_bits);
+    memcpy(service_port_bits, service_bits, sizeof service_bits);
     memcpy(local_name_port_bits, local_bits, sizeof local_bits);
     max_frame = frame;
     bulk_segment = bulk;
@@ -103,35 +107,58 @@ static int keep_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_t 
     return 1; /* anything else passes whole */
 }
 
+/* The header a mirror tunnel's datagram (VXLAN, Geneve) at `l4` carries, as the decoder's steps
+ * find it: its kind (0x6558: an Ethernet frame, or an EtherType) in *kind, its offset returned;
+ * -1 for a datagram not walked into (GTP-U, Teredo, L2TP, or a header the decoder will not take). */
+static Py_ssize_t udp_tunnel_inner(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, unsigned *kind) {
+    Py_ssize_t at = l4 + 8;
+    unsigned tunnel = tunnel_kind(get16(f + l4 + 2));
+    if (tunnel == TUNNEL_OTHER) tunnel = tunnel_kind(get16(f + l4));
+    if (at + 8 > n) return -1;
+    if (tunnel == TUNNEL_VXLAN && (f[at] & 0x08)) {
+        *kind = 0x6558;
+        return at + 8;
+    }
+    if (tunnel == TUNNEL_GENEVE && !(f[at] >> 6)) {
+        *kind = get16(f + at + 2);
+        return at + 8 + (f[at] & 0x3F) * 4;
+    }
+    return -1;
+}
+
+/* GRE (sensor.decode.packet._gre): the header bridged Ethernet, ERSPAN or IP inside starts with,
+ * as udp_tunnel_inner; -1 for PPTP, source-routed and cut-short headers. */
+static Py_ssize_t gre_inner(const uint8_t *f, Py_ssize_t n, Py_ssize_t at, unsigned *kind) {
+    if (at + 4 > n) return -1;
+    unsigned flags = f[at], protocol = get16(f + at + 2);
+    if ((flags & 0x40) || (f[at + 1] & 0x07)) return -1;
+    Py_ssize_t pos = at + 4 + 4 * (!!(flags & 0x80) + !!(flags & 0x20) + !!(flags & 0x10));
+    *kind = 0x6558;
+    if (protocol == 0x88BE) return pos + ((flags & 0x10) ? 8 : 0); /* ERSPAN I/II */
+    if (protocol == 0x22EB) { /* ERSPAN III: frame type 0 is Ethernet */
+        if (pos + 12 > n || ((f[pos + 10] >> 2) & 0x1F)) return -1;
+        return pos + ((f[pos + 11] & 1) ? 20 : 12);
+    }
+    *kind = protocol;
+    return pos;
+}
+
 static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, int depth) {
     if (l4 + 4 > n) return 1;
-    unsigned sport = get16(f + l4), dport = get16(f + l4 + 2);
+    unsigned sport = get16(f + l4), dport = get16(f + l4 + 2), kind;
     if (sport == 53 || dport == 53 || local_name_port(sport) || local_name_port(dport)) return 1;
     if (tunnel_port(sport) || tunnel_port(dport)) {
-        Py_ssize_t at = l4 + 8;
-        unsigned kind = tunnel_kind(dport);
-        if (kind == TUNNEL_OTHER) kind = tunnel_kind(sport);
-        if (kind == TUNNEL_VXLAN && at + 8 <= n && (f[at] & 0x08)) return keep_inner(0x6558, f, n, at + 8, depth);
-        if (kind == TUNNEL_GENEVE && at + 8 <= n && !(f[at] >> 6))
-            return keep_inner(get16(f + at + 2), f, n, at + 8 + (f[at] & 0x3F) * 4, depth);
-        return 1; /* GTP-U, Teredo, or a header the decoder will not take as a tunnel: whole */
+        Py_ssize_t at = udp_tunnel_inner(f, n, l4, &kind);
+        return at < 0 ? 1 : keep_inner(kind, f, n, at, depth); /* else passes whole */
     }
     return quic_initial(f, n, l4 + 8);
 }
 
-/* GRE (sensor.decode.packet._gre): bridged Ethernet, ERSPAN and IP inside are selected as bare
- * frames; PPTP, source-routed and other payloads pass whole. */
+/* GRE: bridged Ethernet, ERSPAN and IP inside are selected as bare frames; the rest passes whole. */
 static int keep_gre(const uint8_t *f, Py_ssize_t n, Py_ssize_t at, int depth) {
-    if (at + 4 > n) return 1;
-    unsigned flags = f[at], protocol = get16(f + at + 2);
-    if ((flags & 0x40) || (f[at + 1] & 0x07)) return 1;
-    Py_ssize_t pos = at + 4 + 4 * (!!(flags & 0x80) + !!(flags & 0x20) + !!(flags & 0x10));
-    if (protocol == 0x88BE) return keep_inner(0x6558, f, n, pos + ((flags & 0x10) ? 8 : 0), depth); /* ERSPAN I/II */
-    if (protocol == 0x22EB) { /* ERSPAN III: frame type 0 is Ethernet */
-        if (pos + 12 > n || ((f[pos + 10] >> 2) & 0x1F)) return 1;
-        return keep_inner(0x6558, f, n, pos + ((f[pos + 11] & 1) ? 20 : 12), depth);
-    }
-    return keep_inner(protocol, f, n, pos, depth);
+    unsigned kind;
+    Py_ssize_t inner = gre_inner(f, n, at, &kind);
+    return inner < 0 ? 1 : keep_inner(kind, f, n, inner, depth);
 }
 
 /* IP-in-IP and IPv6-in-IP are selected as the inner packet, GRE by what it carries
@@ -211,16 +238,35 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
     return 0;
 }
 
-/* The replay worker (0 or 1) that decodes a frame: the parity of its client's address (the side
- * with the higher port), as sensor.pipeline.Pipeline.replay splits them, so that a host's flows,
- * DNS and alert windows stay in one process. Fragments, tunnels (their inner addresses are not
- * looked at here), and whatever has no TCP or UDP ports in reach, go to worker 0, where fragments
- * are reassembled. */
-static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
-    Py_ssize_t off = network_offset(linktype, f, n), pos, end;
+/* The replay worker (0 or 1) that decodes a frame, so that a host's flows, DNS and alert windows
+ * stay in one process: the parity of the last byte of its client's address. The client is the side
+ * not on a service port (SERVICE_PORTS) when exactly one side is, else the side with the higher
+ * port; equal ports take the parity of both addresses. Tunnels the selector walks into (VXLAN,
+ * Geneve, GRE, IP-in-IP) are decided by the packet inside. Fragments, other tunnels, and
+ * whatever has no TCP or UDP ports in reach go to worker 0, where fragments are reassembled.
+ * sensor.capture.workers.worker_of_py is the reference. */
+static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth);
+
+static int worker_of_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n, int depth) {
+    Py_ssize_t off = network_offset(linktype, f, n);
+    return off < 0 ? 0 : worker_at(f, n, off, depth);
+}
+
+/* The worker of the packet a tunnel carries: `kind` (0x6558 an Ethernet frame, else an EtherType) at `at`. */
+static int worker_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_t at, int depth) {
+    if (at < 0 || depth >= KEEP_DEPTH || at >= n) return 0;
+    if (kind == 0x6558) return worker_of_frame(1, f + at, n - at, depth + 1);
+    if (kind == 0x0800 || kind == 0x86DD) return worker_at(f, n, at, depth + 1);
+    return 0;
+}
+
+static int service_port(unsigned port) { return port_in(service_port_bits, port); }
+
+static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) {
+    Py_ssize_t pos, end;
     const uint8_t *src, *dst;
-    unsigned proto;
-    if (off < 0 || n < off + 20) return 0;
+    unsigned proto, kind = 0;
+    if (n < off + 20) return 0;
     if (f[off] >> 4 == 4) {
         Py_ssize_t ihl = (f[off] & 0x0F) << 2, total = get16(f + off + 2);
         if (ihl < 20 || total < ihl || (get16(f + off + 6) & 0x3FFF)) return 0;
@@ -256,9 +302,34 @@ static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) {
     } else {
         return 0;
     }
+    Py_ssize_t inner;
+    if (proto == 4 || proto == 41) return worker_inner(0x0800, f, end, pos, depth);
+    if (proto == 47) {
+        inner = gre_inner(f, end, pos, &kind);
+        return worker_inner(kind, f, end, inner, depth);
+    }
     if ((proto != TCP && proto != UDP) || pos + 4 > end) return 0;
-    if (proto == UDP && (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2)))) return 0;
-    return ((get16(f + pos) > get16(f + pos + 2) ? src : dst)[3]) & 1;
+    unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
+    if (proto == UDP && (tunnel_port(sport) || tunnel_port(dport))) {
+        inner = udp_tunnel_inner(f, end, pos, &kind);
+        return worker_inner(kind, f, end, inner, depth);
+    }
+    int source_serves = service_port(sport), destination_serves = service_port(dport);
+    if (source_serves != destination_serves) return (source_serves ? dst : src)[3] & 1;
+    if (sport != dport) return (sport > dport ? src : dst)[3] & 1;
+    return (src[3] ^ dst[3]) & 1;
+}
+
+static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
+
+/* select_worker(linktype, frame) -> the replay worker of a frame (worker_of), for the split's Python path and tests */
+PyObject *select_worker(PyObject *module, PyObject *args) {
+    unsigned int linktype;
+    Py_buffer view;
+    if (!select_bound() || !PyArg_ParseTuple(args, "Iy*", &linktype, &view)) return NULL;
+    int worker = worker_of(linktype, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(worker);
 }
 
 /* Blocks this size keep the copy out of the page cache within the CPU's L2 cache, where the scan

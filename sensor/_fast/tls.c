@@ -136,3 +136,73 @@ done:
     return result;
 }
 
+
+/* sensor.decode.tls constants the record walk applies (a test holds them equal at their bounds) */
+#define TLS_MAX_RECORD (16384 + 2048) /* _MAX_RECORD */
+#define TLS_MAX_HELLO 65536           /* MAX_HELLO */
+#define TLS_MIN_HELLO_BODY 41         /* _MIN_HELLO_BODY */
+
+/* Whether the first `n` (up to 5) handshake bytes already show this is no ClientHello (_rules_out_client_hello). */
+static int rules_out_hello(const uint8_t *head, Py_ssize_t n) {
+    if (head[0] != 1) return 1;
+    if (n >= 4) {
+        Py_ssize_t length = ((Py_ssize_t)head[1] << 16) | ((Py_ssize_t)head[2] << 8) | head[3];
+        if (length < TLS_MIN_HELLO_BODY || length > TLS_MAX_HELLO) return 1;
+    }
+    return n > 4 && head[4] != 3;
+}
+
+/* hello_message(stream) -> (0 need more | 1 not TLS, None) or (2, the handshake message):
+ * sensor.decode.tls.hello_message_py, the record layer of parse_stream. */
+PyObject *hello_message(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *s = view.buf;
+    Py_ssize_t n = view.len, pos = 0, have = 0, need = -1, head_len = 0;
+    uint8_t head[5];
+    int status = 2;
+    while (need < 0 || have < need) {
+        if (n - pos < 5) {
+            status = 0;
+            break;
+        }
+        Py_ssize_t length = get16(s + pos + 3);
+        if (s[pos] != 0x16 || s[pos + 1] != 3 || s[pos + 2] > 4 || length == 0 || length > TLS_MAX_RECORD) {
+            status = 1;
+            break;
+        }
+        pos += 5;
+        Py_ssize_t got = n - pos < length ? n - pos : length;
+        if (got > 0 && head_len < 5) {
+            for (Py_ssize_t i = 0; i < got && head_len < 5; i++) head[head_len++] = s[pos + i];
+            if (rules_out_hello(head, head_len)) {
+                status = 1;
+                break;
+            }
+            if (need < 0 && head_len >= 4) need = 4 + (((Py_ssize_t)head[1] << 16) | ((Py_ssize_t)head[2] << 8) | head[3]);
+        }
+        have += got;
+        pos += length;
+    }
+    PyObject *result;
+    if (status != 2) {
+        result = Py_BuildValue("(iO)", status, Py_None);
+    } else { /* the first `need` bytes of the records' fragments */
+        PyObject *message = PyBytes_FromStringAndSize(NULL, need);
+        if (message == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        char *into = PyBytes_AS_STRING(message);
+        Py_ssize_t done = 0;
+        for (pos = 0; done < need; pos += 5 + get16(s + pos + 3)) {
+            Py_ssize_t length = get16(s + pos + 3), got = n - pos - 5 < length ? n - pos - 5 : length;
+            if (got > need - done) got = need - done;
+            memcpy(into + done, s + pos + 5, got);
+            done += got;
+        }
+        result = Py_BuildValue("(iN)", 2, message);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}

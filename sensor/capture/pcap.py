@@ -76,6 +76,8 @@ class CaptureFile:
         self.compressed = False
         self.empty_records = 0  # records of zero captured bytes
         self.late_records = 0  # records stamped over TIME_JUMP before the latest so far
+        self.frames = self.frame_bytes = 0  # records handed over, and their captured bytes
+        self.by_linktype: dict[int, int] = {}  # records handed over per link type
         self._given_stream = stream
 
     def suspicious(self) -> str | None:
@@ -140,6 +142,12 @@ class CaptureFile:
 
     def packets(self) -> Iterator[tuple[float, int, bytes]]:
         """The records; faults go to `errors` (opening faults too), never raised."""
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[tuple[float, int, bytes]]]:
+        """The records as `packets()` gives them, in lists (a block's records at a time from a
+        pcap file); `frames`, `frame_bytes` and `by_linktype` count what was handed over."""
         try:
             stream = self._open()
         except CaptureError as exc:
@@ -149,7 +157,9 @@ class CaptureFile:
             if self.format == "pcap":
                 yield from self._pcap(stream)
             else:
-                yield from self._pcapng(stream)
+                for record in self._pcapng(stream):
+                    self._tally(record[1], 1, len(record[2]))
+                    yield [record]
         except MemoryError:  # a length that lies; what came before it was delivered
             self.errors.append(f"{self.name}: corrupt: a record claims more memory than there is; rest of file skipped")
         except (OSError, EOFError, zlib.error, struct.error, ValueError, IndexError) as exc:
@@ -163,8 +173,13 @@ class CaptureFile:
             except (OSError, EOFError, zlib.error):
                 pass
 
+    def _tally(self, linktype: int, frames: int, size: int) -> None:
+        self.frames += frames
+        self.frame_bytes += size
+        self.by_linktype[linktype] = self.by_linktype.get(linktype, 0) + frames
+
     # -- pcap -----------------------------------------------------------------------------
-    def _pcap(self, stream: ByteSource) -> Iterator[tuple[float, int, bytes]]:
+    def _pcap(self, stream: ByteSource) -> Iterator[list[tuple[float, int, bytes]]]:
         header = _read_exactly(stream, 24)
         if len(header) < 24:
             self.errors.append(f"{self.name}: truncated pcap header ({len(header)} of 24 bytes)")
@@ -197,7 +212,9 @@ class CaptureFile:
             records, pos, empty, late, high = records_of(buf, pos, linktype, big_endian, nanoseconds, high)
             self.empty_records += empty
             self.late_records += late
-            yield from records
+            if records:
+                self._tally(linktype, len(records), pos - 16 * len(records))  # buf held them from its start
+                yield records
             if pos + 16 <= end_of_buf:  # a record not wholly in the buffer: more to read, or corrupt
                 _, _, incl, _ = unpack_from(buf, pos)
                 if incl > MAX_FRAME:

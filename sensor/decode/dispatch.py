@@ -41,8 +41,14 @@ _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
+try:  # DNS datagrams from frame to message in one compiled call (sensor/_fast/packet.c); dns_datagram_py is the reference
+    from sensor._fast import dns_datagram as _dns_datagram
+except ImportError:  # built without a C compiler
+    _dns_datagram = None
+
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
+_new_request = positional_constructor(HttpRequest)
 
 
 def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) -> Flow:
@@ -131,20 +137,8 @@ class _HttpConsumer:
             src, dst, sport, dport = self.key
             self.flow = make_flow(src, sport, dst, dport, "tcp")
         for req in requests:
-            self.decoder.records.append(
-                HttpRequest(
-                    ts=ts,
-                    flow=self.flow,
-                    method=req.method,
-                    target=req.target,
-                    version=req.version,
-                    headers=req.headers,
-                    host=req.host,
-                    body=req.body,
-                    body_bytes=req.body_bytes,
-                    body_truncated=req.body_truncated,
-                )
-            )
+            self.decoder.records.append(_new_request(ts, self.flow, req.method, req.target, req.version, req.headers,
+                                                     req.host, req.body, req.body_bytes, req.body_truncated))
             self.decoder.counters.add("records.http")
 
 
@@ -258,6 +252,15 @@ class TrafficDecoder:
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        if _dns_datagram is not None:
+            datagram = _dns_datagram(linktype, frame)
+            if datagram is not None:  # what feed_decoded does with a DNS datagram, its message parsed
+                src, sport, dst, dport, message = datagram
+                self.counters.add("dns.messages")
+                self._add_dns_records(self.dns.on_message(ts, _new_flow(src, sport, dst, dport, "udp"), message))
+                if ts >= self._next_dns_expiry:
+                    self._expire_dns(ts)
+                return
         decoded = self.packets.decode(ts, linktype, frame)
         if decoded is not None:
             self.feed_decoded(ts, decoded)
@@ -293,9 +296,13 @@ class TrafficDecoder:
             elif sport in _LOCAL_NAME_PORTS or dport in _LOCAL_NAME_PORTS:
                 self.local_name_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
         if ts >= self._next_dns_expiry:
-            self._next_dns_expiry = ts + 1.0
-            self._add_dns_records(self.dns.expire(ts))
-            self._add_dns_records(self.local_names.expire(ts))
+            self._expire_dns(ts)
+
+    def _expire_dns(self, ts: float) -> None:
+        """Unanswered queries past their timeout, looked for once a second of capture time."""
+        self._next_dns_expiry = ts + 1.0
+        self._add_dns_records(self.dns.expire(ts))
+        self._add_dns_records(self.local_names.expire(ts))
 
     def finish(self) -> None:
         self.flows.finish()
@@ -352,3 +359,16 @@ class TrafficDecoder:
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))
         self.counters.add("records.quic" if protocol == "quic" else "records.tls")
+
+
+def dns_datagram_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | None:
+    """A DNS datagram's addresses (text), ports and message, as `feed` takes them: the reference of
+    the compiled dns_datagram, which answers only for frames the compiled decoder takes."""
+    decoded = PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
+    if decoded is None or decoded[0] != UDP or _DNS_PORT not in (decoded[3], decoded[4]):
+        return None
+    try:
+        message = dns.parse_message_py(decoded[7])
+    except dns.DnsError:
+        return None
+    return addr_text(decoded[1]), decoded[3], addr_text(decoded[2]), decoded[4], message

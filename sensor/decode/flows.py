@@ -144,6 +144,9 @@ class FlowTable:
                 return
             syn = self.half_open.pop(key, None)
             if syn is not None:
+                if seq == syn & 0xFFFFFFFF and payload and len(self.streams) < self.max_streams:
+                    self._first_segment(key, ts, seq, payload)
+                    return
                 stream = self._new(key, ts, counted=True)
                 stream.next_seq = syn & 0xFFFFFFFF
             else:
@@ -182,6 +185,25 @@ class FlowTable:
             return
         if payload:
             self._hold(stream, ts, stream.pos + delta, payload)
+
+    def _first_segment(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> None:
+        """The first bytes of a connection whose SYN was seen, in order: what a new stream and
+        `_deliver` do with them, but the stream takes a place in the table only when its consumer
+        wants more (a ClientHello whole in one segment, the common case, needs none)."""
+        consumer = self.classify(key, payload)
+        if consumer is None and self.watch is not None:
+            consumer = self.watch(key, payload)
+        if consumer is None:
+            self._finish_key(key)
+            self.counters.add("tcp.streams_unclassified")
+            return
+        if not consumer.feed(ts, payload):
+            self._finish_key(key)
+            return
+        stream = self._new(key, ts, counted=True)
+        stream.consumer = consumer
+        stream.next_seq = (seq + len(payload)) % SEQ_MOD
+        stream.pos = len(payload)
 
     def end(self, key: FlowKey, ts: float) -> None:
         """FIN or RST: deliver what is buffered (across any gap) and forget the stream."""

@@ -410,10 +410,11 @@ class HttpRequestStream:
         lines = head.split(b"\n")
         method, target, version = self._parse_request_line(lines[0])
         headers = self._parse_headers(lines[1:])
-        host = next((_host_without_port(value) for name, value in headers if name.lower() == "host"), None)
-        fields = {name.lower(): value for name, value in reversed(headers)}  # first occurrence wins
+        named = [(name.lower(), value) for name, value in headers]
+        host = next((_host_without_port(value) for name, value in named if name == "host"), None)
+        fields = dict(reversed(named))  # first occurrence wins
         # List fields may carry empty elements (", chunked,"), which recipients ignore.
-        transfer_codings = [coding.strip().lower() for name, value in headers if name.lower() == "transfer-encoding"
+        transfer_codings = [coding.strip().lower() for name, value in named if name == "transfer-encoding"
                             for coding in value.split(",") if coding.strip()]
         # One compression layer is decoded, whether sent as a content coding or a transfer coding
         # before chunked; stacked layers are left as sent.
@@ -428,7 +429,7 @@ class HttpRequestStream:
             opens_tunnel=method == "CONNECT" or upgrade,
         )
         self._message = message  # set before framing checks, so a failure still reports the valid head
-        content_length = self._content_length([value for name, value in headers if name.lower() == "content-length"])
+        content_length = self._content_length([value for name, value in named if name == "content-length"])
         if transfer_codings:
             # In a request, a transfer coding that does not end in chunked leaves the length unknown.
             if transfer_codings[-1] != "chunked":
@@ -455,7 +456,7 @@ class HttpRequestStream:
 
     @staticmethod
     def _parse_headers(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
-        headers: list[list[str]] = []
+        headers: list[tuple[str, str]] = []
         for line in lines:
             line = line.removesuffix(b"\r")
             if line[:1] in (b" ", b"\t"):
@@ -463,13 +464,14 @@ class HttpRequestStream:
                     raise _Invalid("continuation line before any header")
                 # obs-fold: the continuation joins the previous value with one space.
                 continuation = _text(line.strip(b" \t"))
-                headers[-1][1] = f"{headers[-1][1]} {continuation}".strip()
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {continuation}".strip())
                 continue
             name, colon, value = line.partition(b":")
             if not colon or _TOKEN.fullmatch(name) is None:
                 raise _Invalid("malformed header line")
-            headers.append([name.decode("ascii"), _text(value.strip(b" \t"))])
-        return tuple((name, value) for name, value in headers)
+            headers.append((name.decode("ascii"), _text(value.strip(b" \t"))))
+        return tuple(headers)
 
     @staticmethod
     def _content_length(values: list[str]) -> int:

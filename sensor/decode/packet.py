@@ -23,9 +23,10 @@ from sensor.records import Counters
 
 try:  # the compiled fast path (see sensor/_fast/packet.c) for the common frames; the Python code below is the reference
     from sensor._fast import decode_frame as _decode_fast
+    from sensor._fast import decode_mirrored as _decode_mirrored
     from sensor._fast import set_tunnel_ports as _set_tunnel_ports
 except ImportError:  # built without a C compiler: pure Python throughout
-    _decode_fast = _set_tunnel_ports = None
+    _decode_fast = _decode_mirrored = _set_tunnel_ports = None
 
 # link types (pcap LINKTYPE_ values)
 LINKTYPE_NULL = 0
@@ -382,7 +383,6 @@ class PacketDecoder:
         # key -> [first_ts, {offset: bytes}, total_length or -1, transport]
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], list[Any]] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
-        self.reassembled = False  # the last decode completed an IP datagram from fragments
         # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
         # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
         self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[dict[str, Any], int | None, int | None]] = OrderedDict()
@@ -426,19 +426,26 @@ class PacketDecoder:
     def unsupported_linktypes(self) -> set[int]:
         return self._unsupported_linktypes
 
-    @property
-    def tunnelled(self) -> bool:
-        """The last decode took the packet out of a tunnel."""
-        return self._layers is not None
-
     def decode(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
-        self.reassembled = False
-        self._layers = None
         if _decode_fast is not None:
             decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
                 return decoded
+            mirrored = _decode_mirrored(linktype, frame)
+            if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
+                return self._mirrored(mirrored)
         return self.decode_py(ts, linktype, frame)
+
+    def _mirrored(self, found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
+        """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
+        decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
+        self.counters.add("decap." + name)
+        if erspan:
+            self.counters.add("decap.erspan")
+        self._layers = [(name, src, dst, ident)]
+        self._outer_vlan, self._vlan = outer_vlan, inner_vlan
+        self._remember(decoded)
+        return decoded
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         """decode in pure Python: the reference, and the path for every frame the fast one declines."""
@@ -635,7 +642,6 @@ class PacketDecoder:
             piece = pieces[frag_offset][: total - frag_offset]
             out[frag_offset : frag_offset + len(piece)] = piece
         self.counters.add("ip.reassembled")
-        self.reassembled = True
         return bytes(out)
 
     def _expire_fragments(self, now: float) -> None:

@@ -16,11 +16,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
-from sensor.records import Counters, frozen_record
+from sensor.records import Counters, frozen_record, positional_constructor
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF
@@ -64,6 +65,9 @@ _NOT_PADDING = re.compile(rb"[^\x00]")
 
 class _Truncated(ValueError):
     """A field runs past the end of its packet or frame."""
+
+
+_ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -121,6 +125,9 @@ class _LongHeader:
     end: int  # first byte after this packet: where a coalesced one may begin
 
 
+_new_long_header = positional_constructor(_LongHeader)
+
+
 def _long_header(buf: bytes, start: int) -> _LongHeader | None:
     """The long header at `start`, or None where no further packet can be delimited."""
     if len(buf) - start < 7 or buf[start] & 0xC0 != 0xC0:  # short header or trailing padding
@@ -146,7 +153,7 @@ def _long_header(buf: bytes, start: int) -> _LongHeader | None:
         return None
     if pos + length > len(buf):
         return None
-    return _LongHeader(start, version, initial, dcid, pos, pos + length)
+    return _new_long_header(start, version, initial, dcid, pos, pos + length)
 
 
 def _decode_packet_number(largest: int, truncated: int, bits: int) -> int:
@@ -201,8 +208,15 @@ def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
             if frame_type == _FRAME_PING:
                 continue
             if frame_type == _FRAME_CRYPTO:
-                offset, pos = _varint(payload, pos)
-                length, pos = _varint(payload, pos)
+                # most offsets and lengths are one-byte varints: read inline
+                if pos < end and payload[pos] < 0x40:
+                    offset, pos = payload[pos], pos + 1
+                else:
+                    offset, pos = _varint(payload, pos)
+                if pos < end and payload[pos] < 0x40:
+                    length, pos = payload[pos], pos + 1
+                else:
+                    length, pos = _varint(payload, pos)
                 if pos + length > end:
                     break
                 chunks.append((offset, payload[pos : pos + length]))
@@ -324,7 +338,7 @@ class QuicClientHelloTracker:
             self._keys.move_to_end(cache_key)
             return keys
         key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
-        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update)
+        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(AES(hp), _ECB).encryptor().update)
         self._keys[cache_key] = keys
         if len(self._keys) > _KEY_CACHE_SIZE:
             self._keys.popitem(last=False)

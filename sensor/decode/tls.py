@@ -15,12 +15,13 @@ import enum
 import re
 import struct
 
-from sensor.records import frozen_record
+from sensor.records import frozen_record, positional_constructor
 
-try:  # the compiled fast path (see sensor/_fast/tls.c); parse_client_hello_message_py is the reference
+try:  # the compiled fast paths (see sensor/_fast/tls.c); the *_py functions are the references
+    from sensor._fast import hello_message as _hello_message_fast
     from sensor._fast import parse_hello as _parse_hello_fast
 except ImportError:  # built without a C compiler
-    _parse_hello_fast = None
+    _parse_hello_fast = _hello_message_fast = None
 
 _CONTENT_HANDSHAKE = 0x16
 _HANDSHAKE_CLIENT_HELLO = 0x01
@@ -59,10 +60,18 @@ class ClientHello:
     extensions: tuple[int, ...]  # extension types in order, GREASE included (fingerprinting)
 
 
+_new_client_hello = positional_constructor(ClientHello)
+
+
 class TlsStatus(enum.Enum):
     NOT_TLS = "not_tls"
     NEED_MORE = "need_more"
     DONE = "done"
+
+
+# hello_message's status codes (sensor/_fast/tls.c returns the same)
+_NEED_MORE, _NOT_TLS, _DONE = 0, 1, 2
+_STATUSES = (TlsStatus.NEED_MORE, TlsStatus.NOT_TLS, TlsStatus.DONE)
 
 
 class _Malformed(ValueError):
@@ -93,6 +102,18 @@ def parse_stream(stream: bytes) -> tuple[TlsStatus, ClientHello | None]:
     Returns (NEED_MORE, None) while the handshake message is incomplete, (NOT_TLS, None) when the
     bytes cannot start a ClientHello or the complete one cannot be decoded, (DONE, hello) otherwise.
     """
+    status, message = _hello_message(stream)
+    if message is None:
+        return _STATUSES[status], None
+    hello = parse_client_hello_message(message)
+    if hello is None:
+        return TlsStatus.NOT_TLS, None
+    return TlsStatus.DONE, hello
+
+
+def hello_message_py(stream: bytes) -> tuple[int, bytes | None]:
+    """The record layer of parse_stream: (_NEED_MORE or _NOT_TLS, None), or (_DONE, the whole
+    handshake message gathered from the records that carry it)."""
     fragments: list[bytes] = []
     head = b""  # the first bytes of the handshake message, enough to judge it early
     have = 0  # handshake bytes gathered from the records so far
@@ -101,10 +122,10 @@ def parse_stream(stream: bytes) -> tuple[TlsStatus, ClientHello | None]:
     end = len(stream)
     while need < 0 or have < need:
         if end - pos < _RECORD_HEADER:  # also when the previous record ran past the end
-            return TlsStatus.NEED_MORE, None
+            return _NEED_MORE, None
         content_type, major, minor, length = _RECORD.unpack_from(stream, pos)
         if content_type != _CONTENT_HANDSHAKE or major != 3 or minor > 4 or not 0 < length <= _MAX_RECORD:
-            return TlsStatus.NOT_TLS, None
+            return _NOT_TLS, None
         pos += _RECORD_HEADER
         fragment = stream[pos : pos + length]
         pos += length
@@ -113,14 +134,11 @@ def parse_stream(stream: bytes) -> tuple[TlsStatus, ClientHello | None]:
         if fragment and len(head) < _HEAD:
             head += fragment[: _HEAD - len(head)]
             if _rules_out_client_hello(head):
-                return TlsStatus.NOT_TLS, None
+                return _NOT_TLS, None
             if need < 0 and len(head) >= _HANDSHAKE_HEADER:
                 need = _HANDSHAKE_HEADER + int.from_bytes(head[1:4], "big")
     message = fragments[0] if len(fragments) == 1 else b"".join(fragments)
-    hello = parse_client_hello_message(message[:need])
-    if hello is None:
-        return TlsStatus.NOT_TLS, None
-    return TlsStatus.DONE, hello
+    return _DONE, message[:need]
 
 
 def find_client_hello(stream: bytes, start: int = 0) -> tuple[TlsStatus, ClientHello | None, int]:
@@ -191,7 +209,7 @@ def parse_client_hello_message(msg: bytes) -> ClientHello | None:
         return parse_client_hello_message_py(msg)
     server_name, alpn, ech, legacy_version, offers_tls13, extensions = fast
     version = "1.3" if offers_tls13 else _LEGACY_VERSIONS.get(legacy_version)
-    return ClientHello(server_name, alpn, ech, version, extensions)
+    return _new_client_hello(server_name, alpn, ech, version, extensions)
 
 
 def parse_client_hello_message_py(msg: bytes) -> ClientHello | None:
@@ -306,3 +324,6 @@ def _offers_tls13(data: bytes) -> bool:
         raise _Malformed("supported_versions length")
     versions = struct.unpack_from(f"!{data[0] // 2}H", data, 1)
     return any(version == _TLS13 or version >> 8 == _TLS13_DRAFT_HIGH_BYTE for version in versions)
+
+
+_hello_message = _hello_message_fast if _hello_message_fast is not None else hello_message_py

@@ -9,7 +9,7 @@ from pathlib import Path
 from sensor.app.replay.plan import should_prefilter
 from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import AnyPrefilter, open_prefilter
+from sensor.capture.prefilter import AnyPrefilter, open_prefilter, worker_of
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.pipeline import Pipeline
@@ -29,10 +29,10 @@ def replay_file(
 ) -> list[str]:
     """Feed one capture file; return its problems as one line each (the rest is still processed).
 
-    `forward` splits the work with a second process: packets whose client address (the side
-    with the higher port) is odd go there, so a host's DNS, flows and alert windows stay in
-    one process. Reassembled IP fragments and tunnelled packets stay here. `started`: this file's prefilter, already
-    running (see `plan.start_early`)."""
+    `forward` splits the work with a second process: the packets of worker 1 go there
+    (sensor.capture.workers, as the compiled selector splits them), so a host's DNS, flows and
+    alert windows stay in one process. `started`: this file's prefilter, already running (see
+    `plan.start_early`)."""
     counters = pipeline.counters
     stream = is_stream(path)
     try:
@@ -57,35 +57,26 @@ def replay_file(
             capture.check()
         except CaptureError as exc:
             return [str(exc)]
-    feed, feed_decoded, drain = pipeline.decoder.feed, pipeline.decoder.feed_decoded, pipeline.drain
+    feed, drain = pipeline.decoder.feed, pipeline.drain
     decoder = pipeline.decoder
-    packet_decoder = decoder.packets
-    decode = packet_decoder.decode
-    packets = size = 0
-    by_linktype: dict[int, int] = {}
     try:
-        for ts, linktype, frame in capture.packets():
-            packets += 1
-            size += len(frame)
-            by_linktype[linktype] = by_linktype.get(linktype, 0) + 1
-            if progress is not None and not packets & 0x3FFF:
-                done = runner.bytes_read() if runner is not None else size
-                progress(min(done or 0, total), total)
+        for batch in capture.batches():
             if forward is None:
-                feed(ts, linktype, frame)
+                for ts, linktype, frame in batch:
+                    feed(ts, linktype, frame)
+                    if decoder.records:
+                        drain()
             else:
-                decoded = decode(ts, linktype, frame)
-                if decoded is None:
-                    continue
-                sport, dport = decoded[3], decoded[4]
-                # fragments and tunnels stay here, as the compiled selector's worker_of decides
-                if ((decoded[1] if sport > dport else decoded[2])[-1] & 1 and not packet_decoder.reassembled
-                        and not packet_decoder.tunnelled):
-                    forward(ts, linktype, frame)
-                    continue
-                feed_decoded(ts, decoded)
-            if decoder.records:
-                drain()
+                for ts, linktype, frame in batch:
+                    if worker_of(linktype, frame):
+                        forward(ts, linktype, frame)
+                        continue
+                    feed(ts, linktype, frame)
+                    if decoder.records:
+                        drain()
+            if progress is not None:
+                done = runner.bytes_read() if runner is not None else capture.frame_bytes
+                progress(min(done or 0, total), total)
     finally:
         problems = list(capture.errors)
         if runner is not None:
@@ -93,14 +84,14 @@ def replay_file(
             if complaint:
                 problems.append(f"{path}: {complaint}")
     # With the prefilter these are the packets libpcap passed, not every packet of the file.
-    counters.add("packets.passed_prefilter" if runner is not None else "packets", packets)
-    counters.add("bytes", size)
+    counters.add("packets.passed_prefilter" if runner is not None else "packets", capture.frames)
+    counters.add("bytes", capture.frame_bytes)
     counters.add("files", 1)
     if capture.empty_records or capture.late_records:
         counters.add("capture.empty_records", capture.empty_records)
         counters.add("capture.late_records", capture.late_records)
         log.warning(capture.suspicious())  # a second replay worker reports what it saw
-    for linktype, count in by_linktype.items():
+    for linktype, count in capture.by_linktype.items():
         counters.add(f"packets.linktype.{LINKTYPE_NAMES.get(linktype, str(linktype))}", count)
     unsupported = capture.linktypes - set(LINKTYPE_NAMES)
     if unsupported:

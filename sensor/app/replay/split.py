@@ -37,8 +37,8 @@ class SplitReplay:
         self.replay_each = replay_each
 
     def replay_split(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
-        """Fork after start-up; each process decodes its half of the clients (odd addresses in
-        the child), which the compiled selector hands it straight from each file, so a host's
+        """Fork after start-up; each process decodes its half of the clients (worker 1's in the
+        child, sensor.capture.workers), which the compiled selector hands it straight from each file, so a host's
         flows, DNS and alert windows stay in one process and nothing passes between the two
         until the end. The child spills its documents to a file this process ships afterwards,
         and its counters to another."""
@@ -74,7 +74,7 @@ class SplitReplay:
 
     def replay_two_workers(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
         """Fork after start-up. This process reads the capture through the prefilter and hands
-        the packets of odd client addresses to the child through a pipe; each decodes its half
+        worker 1's packets (sensor.capture.workers) to the child through a pipe; each decodes its half
         with its own flows, DNS cache and throttle, so no state is shared. The child spills its
         documents to a file this process ships afterwards, and its counters to another."""
         spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB

@@ -1,0 +1,145 @@
+"""The replay's worker split (sensor.capture.workers and the compiled selector's worker_of): a host's
+packets go to one worker whichever way they arrive, and the C and Python decisions are equal."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.capture import prefilter
+from sensor.capture.workers import SERVICE_PORTS, worker_of_py
+
+if prefilter._select_pcap is None:
+    pytest.skip("compiled extension not built", allow_module_level=True)
+select_worker = prefilter.select_worker  # bound to the Python constants by the import of prefilter
+
+CLIENT_ODD, CLIENT_EVEN, SERVER = "10.20.0.7", "10.20.0.8", "192.0.2.10"
+
+
+def _ip4(src: str, dst: str, proto: int, payload: bytes, frag: int = 0) -> bytes:
+    from socket import inet_aton
+
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, frag, 64, proto, 0, inet_aton(src), inet_aton(dst))
+    return header + payload
+
+
+def _tcp(sport: int, dport: int, flags: int = 0x10) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+
+
+def _udp(sport: int, dport: int, payload: bytes = b"") -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def _ether(packet: bytes, ethertype: int = 0x0800) -> bytes:
+    return bytes(12) + struct.pack("!H", ethertype) + packet
+
+
+def _vxlan(frame: bytes, sport: int = 50000) -> bytes:
+    return _ether(_ip4("172.31.5.10", "172.31.9.21", 17, _udp(sport, 4789, struct.pack("!BxxxI", 8, 7 << 8) + frame)))
+
+
+def _erspan2(frame: bytes) -> bytes:
+    gre = struct.pack("!HHI", 0x1000, 0x88BE, 0) + struct.pack("!HHI", 0x1000, 7, 0)
+    return _ether(_ip4("172.31.5.10", "172.31.9.20", 47, gre + frame))
+
+
+def _ipip(packet: bytes) -> bytes:
+    return _ether(_ip4("172.31.5.11", "172.31.9.20", 4, packet))
+
+
+def both(linktype: int, frame: bytes) -> int:
+    """The worker both implementations give (they must agree)."""
+    worker = worker_of_py(linktype, frame)
+    assert select_worker(linktype, frame) == worker
+    return worker
+
+
+def test_a_flow_goes_by_its_client_both_ways() -> None:
+    for client, expected in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
+        assert both(1, _ether(_ip4(client, SERVER, 6, _tcp(50000, 443)))) == expected
+        assert both(1, _ether(_ip4(SERVER, client, 6, _tcp(443, 50000)))) == expected
+
+
+def test_a_client_port_below_the_servers_still_goes_by_the_client() -> None:
+    """A client on port 65 talking to port 80, or asking DNS from port 30: the side on the service port serves."""
+    for sport, dport in ((65, 80), (30, 53), (300, 443), (1000, 8080)):
+        assert dport in SERVICE_PORTS
+        assert both(1, _ether(_ip4(CLIENT_ODD, SERVER, 6, _tcp(sport, dport)))) == 1
+        assert both(1, _ether(_ip4(SERVER, CLIENT_ODD, 6, _tcp(dport, sport)))) == 1
+        assert both(1, _ether(_ip4(CLIENT_ODD, SERVER, 17, _udp(sport, dport)))) == 1
+        assert both(1, _ether(_ip4(SERVER, CLIENT_EVEN, 17, _udp(dport, sport)))) == 0
+
+
+def test_equal_ports_keep_both_directions_together() -> None:
+    there = both(1, _ether(_ip4("10.0.0.53", "10.0.1.54", 17, _udp(53, 53))))
+    assert both(1, _ether(_ip4("10.0.1.54", "10.0.0.53", 17, _udp(53, 53)))) == there
+
+
+@pytest.mark.parametrize("wrap", [_vxlan, _erspan2], ids=["vxlan", "erspan"])
+def test_tunnelled_packets_go_by_their_inner_client(wrap) -> None:  # type: ignore[no-untyped-def]
+    for client, expected in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
+        bare = _ether(_ip4(client, SERVER, 6, _tcp(50000, 443)))
+        answer = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000)))
+        assert both(1, wrap(bare)) == both(1, bare) == expected
+        assert both(1, wrap(answer)) == both(1, answer) == expected
+        inner = _ip4(client, SERVER, 6, _tcp(50000, 443))
+        assert both(1, _ipip(inner)) == expected
+
+
+def test_fragments_and_other_tunnels_go_to_the_first_worker() -> None:
+    fragment = _ether(_ip4(CLIENT_ODD, SERVER, 17, _udp(40000, 53), frag=0x2000))
+    gtp = _ether(_ip4("172.31.5.10", "172.31.9.20", 17, _udp(2152, 2152, struct.pack("!BBHI", 0x30, 0xFF, 40, 1)
+                                                                  + _ip4(CLIENT_ODD, SERVER, 6, _tcp(50000, 443)))))
+    assert both(1, fragment) == 0
+    assert both(1, gtp) == 0
+    assert both(1, _ether(_ip4(CLIENT_ODD, SERVER, 1, b"\x08\x00" + bytes(6)))) == 0  # ICMP: no ports
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    """TCP and UDP packets over IPv4 or IPv6 (extension headers, fragments), in tunnels up to three deep."""
+    address = st.sampled_from([CLIENT_ODD, CLIENT_EVEN, SERVER, "10.0.0.53", "203.0.113.1"])
+    port = st.sampled_from([53, 80, 443, 4789, 6081, 2152, 5353, 30, 65, 1024, 40000, 50001, 65535])
+    proto = draw(st.sampled_from([6, 17, 17, 1, 4, 47]))
+    l4 = _tcp(draw(port), draw(port)) if proto == 6 else _udp(draw(port), draw(port)) if proto == 17 else b"\x00" * 8
+    frag = draw(st.sampled_from([0, 0, 0, 0x2000, 0x4000, 3]))
+    if draw(st.booleans()):
+        packet, ethertype = _ip4(draw(address), draw(address), proto, l4, frag), 0x0800
+    else:
+        nxt = draw(st.sampled_from([proto, 0, 44, 60]))
+        ext = b""
+        if nxt == 44:
+            ext = struct.pack("!BBHI", proto, 0, draw(st.sampled_from([0, 1, 8])), 5)
+        elif nxt in (0, 60):
+            ext = struct.pack("!BB6x", proto, 0)
+        src, dst = bytes(15) + bytes([draw(st.integers(0, 255))]), bytes(15) + bytes([draw(st.integers(0, 255))])
+        packet = struct.pack("!IHBB16s16s", 0x60000000, len(ext) + len(l4), nxt, 64, src, dst) + ext + l4
+        ethertype = 0x86DD
+    frame = _ether(packet, ethertype)
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["vxlan", "erspan", "ipip", "geneve"]))
+        if kind == "vxlan":
+            frame = _vxlan(frame, draw(port))
+        elif kind == "erspan":
+            frame = _erspan2(frame)
+        elif kind == "geneve":
+            frame = _ether(_ip4("172.31.5.12", "172.31.9.20", 17, _udp(50000, 6081, struct.pack("!BBHI", 0, 0, 0x6558, 0) + frame)))
+        elif ethertype == 0x0800:
+            frame = _ipip(frame[14:])
+    cut = draw(st.integers(0, len(frame)))
+    return frame if draw(st.booleans()) else frame[:cut]
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames())
+def test_the_compiled_split_equals_the_python_one(frame: bytes) -> None:
+    assert select_worker(1, frame) == worker_of_py(1, frame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from([0, 1, 101, 108, 113, 147, 228, 229, 276]))
+def test_the_split_survives_any_bytes_alike(frame: bytes, linktype: int) -> None:
+    assert select_worker(linktype, frame) == worker_of_py(linktype, frame) in (0, 1)
