@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from heapq import heappop, heappush
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Any
 
 from sensor.detect.base import Alert
@@ -34,7 +34,7 @@ from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, split_target
-from sensor.severity import SEVERITIES, SEVERITY_RANK
+from sensor.severity import SEVERITIES
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -105,15 +105,6 @@ class _Window:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    """What the rules said of a lookup or hello from a PHI host to some names on a day: the
-    destination host, and per alert (rule id, severity rank, throttle subject)."""
-
-    destination: str | None
-    alerts: tuple[tuple[str, int, str], ...]
-
-
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
 
@@ -150,8 +141,6 @@ class DetectionEngine:
         self._ends: list[tuple[float, tuple[str, str, str]]] = []
         self._sweep_at = math.inf if immediate else -math.inf
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
-        # (source, PHI host's id, names, day) of a lookup or hello -> the rules' verdict on it
-        self._verdicts: dict[tuple[str, int, tuple[str, ...], dt.date], _Verdict] = {}
         self._day_start, self._day_value = float("inf"), dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
@@ -170,74 +159,19 @@ class DetectionEngine:
         phi_host = self.policy.assets.lookup(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
             return []
-        if isinstance(record, HttpRequest) or self.on_observation is not None:
-            obs = self._observe(record, phi_host)
-            if obs is None:
-                return []
-            if self.on_observation is not None:
-                self.on_observation(obs)
-            return self._detect(obs)
-        # A lookup or a hello: what the rules say depends only on where it goes, whence and when.
-        where = self._destination(record)
-        if where is None:
+        obs = self._observe(record, phi_host)
+        if obs is None:
             return []
-        names, source = where
-        day = self._day(record.ts)
-        verdict_key = (source, id(phi_host), names, day)  # the inventory keeps its hosts: ids stay theirs
-        verdict = self._verdicts.get(verdict_key)
-        if verdict is not None and self._suppress(verdict, record):
-            return []
-        vendor, destination, allowed, baa, status = self._enrich(names, day)
-        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, status)
-        if verdict is None:
-            alerts = self._evaluate(obs)
-            if len(self._verdicts) >= MAX_ENRICHED_KEYS:
-                self._verdicts.clear()
-            self._verdicts[verdict_key] = _Verdict(
-                destination, tuple((alert.rule.id, SEVERITY_RANK[alert.severity], alert.throttle_subject) for alert, _ in alerts)
-            )
-            return self._throttle_all(alerts, record.ts)
-        return self._detect(obs)
-
-    def _detect(self, obs: Observation) -> list[Document]:
-        return self._throttle_all(self._evaluate(obs), obs.record.ts)
-
-    def _evaluate(self, obs: Observation) -> list[tuple[Alert, float]]:
-        """Every enabled rule's alert on the observation, with its throttle window's length."""
-        alerts = []
+        if self.on_observation is not None:
+            self.on_observation(obs)
+        out: list[Document] = []
         for rule, settings in self.rules:
             alert = rule.evaluate(obs)
             if alert is not None:
                 if settings.severity:
                     alert.severity = settings.severity
-                alerts.append((alert, settings.throttle_seconds))
-        return alerts
-
-    def _throttle_all(self, alerts: list[tuple[Alert, float]], ts: float) -> list[Document]:
-        out: list[Document] = []
-        for alert, window_seconds in alerts:
-            out.extend(self._throttle(alert, ts, window_seconds))
+                out.extend(self._throttle(alert, record.ts, settings.throttle_seconds))
         return out
-
-    def _suppress(self, verdict: _Verdict, record: Record) -> bool:
-        """Count a lookup or hello into the open windows of its alerts, as `_throttle` would,
-        when each of them would only be suppressed there (open, no stronger severity, no new
-        destination host); False, changing nothing, when any of them needs the whole path."""
-        ts, source_ip, destination = record.ts, record.flow.src_ip, verdict.destination
-        windows = []
-        for rule_id, rank, subject in verdict.alerts:
-            window = self._windows.get((rule_id, source_ip, subject))
-            if window is None or not ts < window.end or rank > SEVERITY_RANK[window.alert.severity]:
-                return False
-            if destination and destination not in window.destinations and len(window.destinations) < MAX_DESTINATIONS:
-                return False
-            windows.append(window)
-        for window in windows:
-            window.count += 1
-            window.last_seen = max(window.last_seen, ts)
-            window.see(destination, ts, False)
-            self.counters.add("alerts.suppressed")
-        return True
 
     def adopt_state(self, previous: "DetectionEngine") -> None:
         """Carry DNS attribution and open throttle windows over from the engine this one replaces
@@ -276,30 +210,28 @@ class DetectionEngine:
 
     # -- enrichment ----------------------------------------------------------------------------
     def _observe(self, record: Record, phi_host: PhiHost) -> Observation | None:
-        where = self._destination(record)
-        if where is None:
+        names: tuple[str, ...]
+        if isinstance(record, DnsQuery):
+            names, source = (normalize_host(record.name),), "dns"
+        elif isinstance(record, TlsHello):
+            resolved = self.dns_cache.names_for(record.flow.dst_ip, record.ts)
+            sni = normalize_host(record.server_name) if record.server_name else None
+            if sni and not (record.ech and is_cover_name(sni, resolved)):
+                names, source = (sni,), record.protocol
+            else:  # no SNI, or only an ECH cover name: the destination is what DNS said it is
+                names, source = resolved, "dns-attribution"
+        else:
+            if record.host:
+                names, source = (normalize_host(record.host),), "http"
+            else:
+                names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
+        if not names and not isinstance(record, HttpRequest):
             return None
-        names, source = where
         vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
         obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, status)
         if isinstance(record, HttpRequest):
             self._inspect_http(record, obs)
         return obs
-
-    def _destination(self, record: Record) -> tuple[tuple[str, ...], str] | None:
-        """(the names a record goes to, how they were learnt); None for a lookup or hello with none."""
-        if isinstance(record, DnsQuery):
-            return (normalize_host(record.name),), "dns"
-        if isinstance(record, TlsHello):
-            resolved = self.dns_cache.names_for(record.flow.dst_ip, record.ts)
-            sni = normalize_host(record.server_name) if record.server_name else None
-            if sni and not (record.ech and is_cover_name(sni, resolved)):
-                return (sni,), record.protocol
-            # no SNI, or only an ECH cover name: the destination is what DNS said it is
-            return (resolved, "dns-attribution") if resolved else None
-        if record.host:
-            return (normalize_host(record.host),), "http"
-        return self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
         """(vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day.
