@@ -231,3 +231,21 @@ def test_the_pipeline_tallies_what_it_ships(catalog) -> None:
     assert shipped and len(pipeline.alerts) == len({doc["event"]["id"] for doc in shipped})
     assert pipeline.alerts.highest == max(SEVERITY_RANK[doc["phi_egress"]["severity"]] for doc in shipped)
     assert sum(pipeline.counters.get("alerts." + rule) for rule in {doc["rule"]["id"] for doc in shipped}) == len(shipped)
+
+
+def test_a_deep_replay_keeps_its_windows_open_to_the_end(tmp_path, monkeypatch) -> None:
+    """The requests a key log decrypts come after their capture, with the capture's times: they
+    must find their windows still open."""
+    from sensor.app.replay.main import Runner
+    from sensor.cli import build_parser
+    from sensor.deep import replay as deep
+
+    config = tmp_path / "sensor.yaml"
+    config.write_text(CONFIG)
+    args = build_parser().parse_args(["replay", "unused.pcap", "--config", str(config), "--quiet"])
+    runner = Runner.from_args(args)
+    assert runner.pipeline.detector.hold_back < math.inf  # an ordinary replay closes windows
+    seen: list[float] = []
+    monkeypatch.setattr(deep, "feed_inputs", lambda pipeline, *rest: seen.append(pipeline.detector.hold_back) or [])
+    deep.replay_deep(runner, [tmp_path / "unused.pcap"], None, None, "never")
+    assert seen == [math.inf]
