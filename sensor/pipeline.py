@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
+from sensor.app.summary import AlertTally
 from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.settings import DecodeSettings
 from sensor.enrich.dnscache import DnsCache
@@ -21,7 +22,7 @@ class Detector(Protocol):
     dns_cache: DnsCache
 
     def on_record(self, record: Record) -> list[dict[str, Any]]: ...
-    def finish(self) -> list[dict[str, Any]]: ...
+    def finish(self) -> Iterable[dict[str, Any]]: ...
     def adopt_state(self, previous: Self) -> None: ...
 
 
@@ -44,7 +45,7 @@ class Pipeline:
         self._detector = detector
         self._line_writers: list[Callable[[bytes], object]] | None = None
         self._line_writers_known = False
-        self.alerts: list[dict] = []  # kept for the end-of-run summary and --fail-on
+        self.alerts = AlertTally()  # what the end-of-run summary and --fail-on need
 
     # Replacing any of these (the second worker's spill, a live reload) decides the output path again.
     @property
@@ -122,7 +123,7 @@ class Pipeline:
 
     def _ship(self, alerts: Iterable[dict]) -> None:
         for alert in alerts:
-            self.alerts.append(alert)
+            self.alerts.add(alert)
             self.counters.add("alerts." + alert["rule"]["id"])
             for sink in self.sinks:
                 sink.send(alert)
@@ -131,7 +132,9 @@ class Pipeline:
         self.decoder.finish()
         self.drain()
         if self.detector is not None:
-            self._ship(self.detector.finish())
+            # one at a time where the detector can: a day of traffic ends with tens of thousands
+            final = getattr(self.detector, "final_documents", self.detector.finish)
+            self._ship(final())
         layers = sys.modules.get("sensor.phi.layers")  # loaded only when something was peeled
         if layers is not None:
             for name, count in layers.take_capped().items():

@@ -24,30 +24,52 @@ def print_stats(counters: Counters, sinks: list[Sink]) -> None:
         print(f"  {key:<{width}}  {values[key]}", file=sys.stderr)
 
 
-def print_summary(alerts: list[dict]) -> None:
+class AlertTally:
+    """What the end-of-run summary and --fail-on need of the alert documents shipped, without
+    keeping them (a day of traffic raises tens of thousands): per `event.id` the latest
+    document's summary row and count (updates of a throttle window reuse its id), and the
+    highest severity."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[tuple[str, ...], int]] = {}
+        self.highest: int | None = None  # rank of the highest severity, None before any alert
+
+    def add(self, alert: dict) -> None:
+        pe = alert.get("phi_egress", {})
+        rank = SEVERITY_RANK.get(pe.get("severity"), 0)
+        if self.highest is None or rank > self.highest:
+            self.highest = rank
+        event_id = alert.get("event", {}).get("id")
+        if not pe or event_id is None:  # not an alert the summary can show
+            return
+        source = alert["source"]["ip"]
+        name = pe.get("phi_host", {}).get("name")
+        row = (
+            pe["severity"],
+            alert["rule"]["id"],
+            f"{source} ({name})" if name else source,
+            pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
+            pe["baa"]["status"],
+            ", ".join(pe.get("phi", {}).get("types", [])) or "-",
+        )
+        self.rows[event_id] = (row, pe.get("count", 1))  # the latest counts, where its id first came
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def print_summary(alerts: AlertTally) -> None:
     """The end-of-run table: alerts grouped by severity, rule, host, destination, BAA and health data."""
-    # Updates of a throttle window reuse its event.id: the latest document per id counts.
-    latest = {alert["event"]["id"]: alert for alert in alerts}
-    if not latest:
+    if not alerts.rows:
         print("phi-sensor: no alerts", file=sys.stderr)
         return
     from rich.console import Console
     from rich.table import Table
 
     tally: Tally = Tally()
-    for alert in latest.values():
-        pe = alert["phi_egress"]
-        key = (
-            pe["severity"],
-            alert["rule"]["id"],
-            f"{alert['source']['ip']} ({pe['phi_host']['name']})" if pe.get("phi_host", {}).get("name")
-            else alert["source"]["ip"],
-            pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
-            pe["baa"]["status"],
-            ", ".join(pe.get("phi", {}).get("types", [])) or "-",
-        )
-        tally[key] += pe.get("count", 1)
-    table = Table(title=f"phi-sensor: {len(latest)} alert(s)", title_justify="left")
+    for key, count in alerts.rows.values():
+        tally[key] += count
+    table = Table(title=f"phi-sensor: {len(alerts.rows)} alert(s)", title_justify="left")
     for column in ("severity", "rule", "PHI host", "vendor / destination", "BAA", "health data", "seen"):
         table.add_column(column, overflow="fold")
     order = sorted(tally.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
@@ -59,11 +81,8 @@ def print_summary(alerts: list[dict]) -> None:
         console.print(f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output")
 
 
-def fail_on_code(alerts: list[dict], threshold: str | None) -> int:
+def fail_on_code(alerts: AlertTally, threshold: str | None) -> int:
     """--fail-on: EXIT_FAIL_ON when an alert at or above `threshold` was raised."""
-    if threshold is None:
+    if threshold is None or alerts.highest is None:
         return EXIT_OK
-    for alert in alerts:
-        if SEVERITY_RANK.get(alert["phi_egress"]["severity"], 0) >= SEVERITY_RANK[threshold]:
-            return EXIT_FAIL_ON
-    return EXIT_OK
+    return EXIT_FAIL_ON if alerts.highest >= SEVERITY_RANK[threshold] else EXIT_OK

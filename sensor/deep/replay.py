@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,7 @@ def replay_deep(runner, paths: list[Path], keylog: Path | None, har_source: str 
     detector = pipeline.detector
     if detector is not None:
         detector.build_document = mark_decrypted(detector.build_document, lambda alert, *rest: alert.observation.record)
+        detector.hold_back = math.inf  # decrypted requests come after their capture: windows stay open to the end
     if pipeline.event_builder is not None:
         pipeline.event_builder = mark_decrypted(pipeline.event_builder, lambda record: record)
     problems = feed_inputs(pipeline, paths, keylog, har_source, prefilter, lambda: _assets(runner))

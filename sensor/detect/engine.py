@@ -6,14 +6,20 @@ reaches a destination host the window has not seen yet (or first carries health 
 re-sends the window's document at once; when the window closes, or at the end of a replay, an
 update with the same `event.id` carries the final count, so a sink that indexes by id keeps one
 document per window with the right count, the strongest evidence and every destination host.
+
+A replay writes one document per window, when no later record can join it any more: once the
+capture's time is `hold_back` past the window's end (a record comes at most that much after later
+ones), else at the end. A day of traffic so holds the windows of the last hour or so, not all.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Any
 
 from sensor.detect.base import Alert
@@ -33,6 +39,10 @@ from sensor.severity import SEVERITIES
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
 MAX_ENRICHED_KEYS = 65_536  # (destination names, day) pairs whose enrichment is remembered
+# How long after later ones a record may still come: decoding holds a request until it is whole
+# and a stream until it idles out (within two idle periods, 4 minutes by default).
+DEFAULT_HOLD_BACK_SECONDS = 600.0
+_SWEEP_SECONDS = 5.0  # capture seconds between two looks for replay windows to close
 _DAY_SECONDS = 86_400.0
 _EPOCH_DAY = dt.date(1970, 1, 1)
 
@@ -108,12 +118,15 @@ class DetectionEngine:
         counters: Counters | None = None,
         immediate: bool = True,
         on_observation: Callable[[Observation], None] | None = None,
+        hold_back: float = DEFAULT_HOLD_BACK_SECONDS,
     ) -> None:
         """`immediate`: emit at first sight and on escalation (live); else one final document per
         window when it closes (replay, where an auditor wants one line per alert).
-        `on_observation` sees every enriched record of a PHI host (the inventory report)."""
+        `on_observation` sees every enriched record of a PHI host (the inventory report).
+        `hold_back`: capture seconds a record may come after later ones (see the module doc)."""
         self.policy = policy
         self.immediate = immediate
+        self.hold_back = hold_back
         self.on_observation = on_observation
         self.build_document = build_document
         self.counters = counters if counters is not None else Counters()
@@ -124,11 +137,21 @@ class DetectionEngine:
             if settings.enabled:
                 self.rules.append((rule, settings))
         self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
+        # replay: (end, key) of every window opened, soonest end first; the next time to look
+        self._ends: list[tuple[float, tuple[str, str, str]]] = []
+        self._sweep_at = math.inf if immediate else -math.inf
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         self._day_start, self._day_value = float("inf"), dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
+        if record.ts >= self._sweep_at:  # never in live
+            closed = self._close_passed(record.ts)
+            if closed:
+                return closed + self._on_record(record)
+        return self._on_record(record)
+
+    def _on_record(self, record: Record) -> list[Document]:
         if isinstance(record, DnsQuery):
             if isinstance(record, LocalNameQuery):  # a local host's name: never evidence of egress
                 return []
@@ -155,12 +178,35 @@ class DetectionEngine:
         (a configuration reload must not page anyone twice for the same alert)."""
         self.dns_cache = previous.dns_cache
         self._windows = previous._windows
+        self._ends = previous._ends
+
+    def _close_passed(self, now: float) -> list[Document]:
+        """The final documents of the replay windows no record can join any more, let go."""
+        self._sweep_at = now + _SWEEP_SECONDS
+        horizon = now - self.hold_back
+        ends, windows, out = self._ends, self._windows, []
+        while ends and ends[0][0] <= horizon:
+            end, key = heappop(ends)
+            window = windows.get(key)
+            if window is not None and window.end == end:  # else replaced or evicted since
+                del windows[key]
+                if window.count > window.sent_count:
+                    out.append(self._final(window))
+        return out
 
     def finish(self) -> list[Document]:
-        pending = [window for window in self._windows.values() if window.count > window.sent_count]
-        out = [self._final(window) for window in sorted(pending, key=lambda w: w.start)]
+        return list(self.final_documents())
+
+    def final_documents(self) -> Iterator[Document]:
+        """finish() one document at a time, in the order of the windows' start, each window let
+        go once its document is built."""
+        pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
+                         key=lambda w: w.start)
+        pending.reverse()
         self._windows.clear()
-        return out
+        self._ends.clear()
+        while pending:
+            yield self._final(pending.pop())
 
     # -- enrichment ----------------------------------------------------------------------------
     def _observe(self, record: Record, phi_host: PhiHost) -> Observation | None:
@@ -271,6 +317,8 @@ class DetectionEngine:
             ts, ts + window_seconds, alert, event_id, last_seen=ts, sent_count=1 if self.immediate else 0
         )
         window.see(obs.destination, ts, health_data)
+        if not self.immediate and math.isfinite(window.end):
+            heappush(self._ends, (window.end, key))
         if len(self._windows) > MAX_THROTTLE_KEYS:
             _, oldest = self._windows.popitem(last=False)
             if oldest.count > oldest.sent_count:

@@ -178,7 +178,7 @@ class SplitReplay:
             if is_alert or other_sinks:
                 doc = orjson.loads(line)
                 if is_alert:
-                    self.pipeline.alerts.append(doc)
+                    self.pipeline.alerts.add(doc)
                 for sink in other_sinks:  # the spool first, as for the first worker's documents
                     sink.send(doc)
             for sink in raw_sinks:
