@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter as Tally
+from typing import TextIO
 
 from sensor.errors import EXIT_FAIL_ON, EXIT_OK
 from sensor.output.sinks import Sink
@@ -57,28 +58,75 @@ class AlertTally:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def to_json(self) -> dict:
+        """What another process's tally adds (`absorb`), as JSON."""
+        return {"rows": [[event_id, list(row), count] for event_id, (row, count) in self.rows.items()],
+                "highest": self.highest}
 
-def print_summary(alerts: AlertTally) -> None:
-    """The end-of-run table: alerts grouped by severity, rule, host, destination, BAA and health data."""
+    def absorb(self, other: dict) -> None:
+        """Add the tally another process wrote with `to_json` (the second replay worker's)."""
+        for event_id, row, count in other["rows"]:
+            self.rows[event_id] = (tuple(row), count)
+        highest = other["highest"]
+        if highest is not None and (self.highest is None or highest > self.highest):
+            self.highest = highest
+
+
+SUMMARY_COLUMNS = ("severity", "rule", "PHI host", "vendor / destination", "BAA", "health data", "seen")
+
+
+def print_summary(alerts: AlertTally, stream: TextIO | None = None) -> None:
+    """The end-of-run table: alerts grouped by severity, rule, host, destination, BAA and health data.
+
+    On a terminal a drawn table; elsewhere (a CI log, a file) plain aligned columns, one row per
+    line, which grep and diff take as they are."""
+    stream = sys.stderr if stream is None else stream
     if not alerts.rows:
-        print("phi-sensor: no alerts", file=sys.stderr)
+        print("phi-sensor: no alerts", file=stream)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     tally: Tally = Tally()
     for key, count in alerts.rows.values():
         tally[key] += count
-    table = Table(title=f"phi-sensor: {len(alerts.rows)} alert(s)", title_justify="left")
-    for column in ("severity", "rule", "PHI host", "vendor / destination", "BAA", "health data", "seen"):
-        table.add_column(column, overflow="fold")
     order = sorted(tally.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
-    for key, count in order[:SUMMARY_ROWS]:
-        table.add_row(*key, str(count))
-    console = Console(stderr=True, width=max(120, Console(stderr=True).width))
+    rows = [(*key, str(count)) for key, count in order[:SUMMARY_ROWS]]
+    title = f"phi-sensor: {len(alerts.rows)} alert(s)"
+    more = (f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output"
+            if len(order) > SUMMARY_ROWS else None)
+    if _is_terminal(stream):
+        _print_drawn(stream, title, rows, more)
+    else:
+        _print_plain(stream, title, rows, more)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+def _print_drawn(stream: TextIO, title: str, rows: list[tuple[str, ...]], more: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in SUMMARY_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(file=stream, width=max(120, Console(file=stream).width))
     console.print(table)
-    if len(order) > SUMMARY_ROWS:
-        console.print(f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output")
+    if more:
+        console.print(more)
+
+
+def _print_plain(stream: TextIO, title: str, rows: list[tuple[str, ...]], more: str | None) -> None:
+    widths = [max(len(column), *(len(row[index]) for row in rows)) for index, column in enumerate(SUMMARY_COLUMNS)]
+    lines = [title, "  ".join(column.ljust(width) for column, width in zip(SUMMARY_COLUMNS, widths)).rstrip()]
+    lines.extend("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    if more:
+        lines.append(more)
+    print("\n".join(lines), file=stream)
 
 
 def fail_on_code(alerts: AlertTally, threshold: str | None) -> int:

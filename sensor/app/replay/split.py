@@ -122,7 +122,9 @@ class SplitReplay:
             replay_share()
             self.pipeline.finish()
             spill.flush()
-            trailer_file.write(orjson.dumps({"counters": self.pipeline.counters.values}))
+            trailer_file.write(orjson.dumps(
+                {"counters": self.pipeline.counters.values, "alerts": self.pipeline.alerts.to_json()}
+            ))
             trailer_file.flush()
         except BaseException:  # noqa: BLE001 - the parent reports a failed worker
             code = EXIT_INTERNAL
@@ -154,9 +156,11 @@ class SplitReplay:
         trailer_file.close()
         finished = bool(trailer)
         if finished:
-            for name, value in orjson.loads(trailer)["counters"].items():
+            outcome = orjson.loads(trailer)
+            for name, value in outcome["counters"].items():
                 if name not in shared_counters:
                     self.pipeline.counters.add(name, value)
+            self.pipeline.alerts.absorb(outcome["alerts"])
         spill.seek(shipped)
         self._ship_spill(spill)
         spill.close()
@@ -166,7 +170,8 @@ class SplitReplay:
 
     def _ship_spill(self, spill: IO[bytes]) -> None:
         """Send the second worker's documents on. Plain JSON-lines sinks take the bytes it wrote,
-        in large blocks when no alert can be among them; anything else parses each line."""
+        in large blocks when every output is one; anything else parses each line. (Its alerts
+        reach the summary through its tally, in the trailer.)"""
         if self._ships_raw_blocks():
             while block := spill.read(_SPILL_BLOCK):
                 self._send_raw_block(block + spill.readline())  # whole lines only
@@ -174,22 +179,17 @@ class SplitReplay:
         raw_sinks = [sink for sink in self.sinks if isinstance(sink, JsonlSink) and sink.min_severity is None]
         other_sinks = [sink for sink in self.sinks if sink not in raw_sinks]
         for line in spill:
-            is_alert = b'"kind":"alert"' in line
-            if is_alert or other_sinks:
+            if other_sinks:
                 doc = orjson.loads(line)
-                if is_alert:
-                    self.pipeline.alerts.add(doc)
                 for sink in other_sinks:  # the spool first, as for the first worker's documents
                     sink.send(doc)
             for sink in raw_sinks:
                 sink.send_line(line)
 
     def _ships_raw_blocks(self) -> bool:
-        """Whether the second worker's lines go on as blocks of bytes: no alert can be among them
-        and every output is a plain JSON-lines one."""
-        return self.pipeline.detector is None and all(
-            isinstance(sink, JsonlSink) and sink.min_severity is None for sink in self.sinks
-        )
+        """Whether the second worker's lines go on as blocks of bytes: every output is a plain
+        JSON-lines one."""
+        return all(isinstance(sink, JsonlSink) and sink.min_severity is None for sink in self.sinks)
 
     def _send_raw_block(self, block: bytes) -> None:
         for sink in self.sinks:

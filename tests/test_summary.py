@@ -1,0 +1,92 @@
+"""The end-of-run summary: a drawn table on a terminal, plain aligned lines elsewhere, and the
+second replay worker's tally carried over whole."""
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from sensor.app.summary import SUMMARY_COLUMNS, SUMMARY_ROWS, AlertTally, fail_on_code, print_summary
+from sensor.errors import EXIT_FAIL_ON, EXIT_OK
+
+
+def alert(event_id: str, severity: str, rule: str, source: str, vendor: str | None, count: int = 1) -> dict:
+    pe: dict = {"severity": severity, "baa": {"status": "none"}, "count": count, "destination": "x.example"}
+    if vendor:
+        pe["vendor"] = {"name": vendor}
+    return {"event": {"id": event_id}, "rule": {"id": rule}, "source": {"ip": source}, "phi_egress": pe}
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def tally_of(*alerts: dict) -> AlertTally:
+    tally = AlertTally()
+    for doc in alerts:
+        tally.add(doc)
+    return tally
+
+
+def test_plain_lines_off_a_terminal() -> None:
+    tally = tally_of(
+        alert("a", "medium", "tracker-egress-no-baa", "10.0.0.1", "Meta Pixel", 3),
+        alert("b", "critical", "phi-in-tracker-payload", "10.0.0.22", "Google Analytics"),
+    )
+    out = io.StringIO()
+    print_summary(tally, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "phi-sensor: 2 alert(s)"
+    assert lines[1].split("  ")[0] == "severity" and "vendor / destination" in lines[1]
+    assert lines[2].split() [:3] == ["critical", "phi-in-tracker-payload", "10.0.0.22"]  # most severe first
+    assert lines[3].split()[-1] == "3"
+    # aligned: every column starts where its heading does
+    for column in ("rule", "PHI host", "BAA", "seen"):
+        start = lines[1].index(column)
+        assert all(line[start - 2:start] == "  " and line[start] != " " for line in lines[2:])
+    assert not any(char in out.getvalue() for char in "┏━│└")  # nothing drawn
+
+
+def test_a_drawn_table_on_a_terminal() -> None:
+    out = Terminal()
+    print_summary(tally_of(alert("a", "high", "plaintext-phi", "10.0.0.1", None)), out)
+    text = out.getvalue()
+    assert "phi-sensor: 1 alert(s)" in text and "┏" in text and "plaintext-phi" in text
+
+
+def test_rows_beyond_the_limit_are_counted_not_shown() -> None:
+    docs = [alert(str(i), "low", "tracker-egress-no-baa", f"10.0.{i // 250}.{i % 250}", "V") for i in range(SUMMARY_ROWS + 7)]
+    out = io.StringIO()
+    print_summary(tally_of(*docs), out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 + SUMMARY_ROWS + 1
+    assert lines[-1].startswith("... 7 less severe rows not shown")
+
+
+def test_no_alerts() -> None:
+    out = io.StringIO()
+    print_summary(AlertTally(), out)
+    assert out.getvalue() == "phi-sensor: no alerts\n"
+    assert len(SUMMARY_COLUMNS) == 7
+
+
+def test_a_tally_carried_to_another_process_is_the_same_tally() -> None:
+    first = tally_of(alert("a", "medium", "tracker-egress-no-baa", "10.0.0.2", "Meta Pixel"))
+    second = tally_of(
+        alert("b", "critical", "phi-in-tracker-payload", "10.0.0.3", "Hotjar", 2),
+        alert("b", "critical", "phi-in-tracker-payload", "10.0.0.3", "Hotjar", 5),  # an update of b
+        alert("c", "low", "tracker-egress-no-baa", "10.0.0.3", None),
+    )
+    whole = tally_of(
+        alert("a", "medium", "tracker-egress-no-baa", "10.0.0.2", "Meta Pixel"),
+        alert("b", "critical", "phi-in-tracker-payload", "10.0.0.3", "Hotjar", 5),
+        alert("c", "low", "tracker-egress-no-baa", "10.0.0.3", None),
+    )
+    first.absorb(orjson.loads(orjson.dumps(second.to_json())))
+    assert first.rows == whole.rows and list(first.rows) == list(whole.rows)
+    assert first.highest == whole.highest
+    assert fail_on_code(first, "critical") == EXIT_FAIL_ON
+    empty = AlertTally()
+    empty.absorb(AlertTally().to_json())
+    assert empty.highest is None and fail_on_code(empty, "low") == EXIT_OK
