@@ -464,8 +464,8 @@ class HttpRequestStream:
                     raise _Invalid("continuation line before any header")
                 # obs-fold: the continuation joins the previous value with one space.
                 continuation = _text(line.strip(b" \t"))
-                name, value = headers[-1]
-                headers[-1] = (name, f"{value} {continuation}".strip())
+                folded_name, folded_value = headers[-1]
+                headers[-1] = (folded_name, f"{folded_value} {continuation}".strip())
                 continue
             name, colon, value = line.partition(b":")
             if not colon or _TOKEN.fullmatch(name) is None:
