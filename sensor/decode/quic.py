@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
-from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
 from sensor.records import Counters, frozen_record, positional_constructor
