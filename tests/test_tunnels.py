@@ -352,7 +352,10 @@ MIRRORED = {
 @pytest.mark.skipif(packet._decode_fast is None, reason="the compiled fast path is not built")
 @pytest.mark.parametrize("name", ["vxlan", "vxlan-8472", "vlan-vxlan-vlan", "erspan-2", *MIRRORED])
 def test_the_compiled_path_takes_the_mirror_tunnels_as_python_does(name: str) -> None:
-    linktype, frame = (1, MIRRORED[name]) if name in MIRRORED else (ENCAPSULATIONS[name][0], FRAMES[list(ENCAPSULATIONS).index(name)])
+    if name in MIRRORED:
+        linktype, frame = 1, MIRRORED[name]
+    else:
+        linktype, frame = ENCAPSULATIONS[name][0], FRAMES[list(ENCAPSULATIONS).index(name)]
     assert packet._decode_mirrored(linktype, frame) is not None
     decoder = _decoders_agree(linktype, frame)
     assert decoder.tunnels

@@ -126,7 +126,8 @@ def frames(draw: st.DrawFn) -> bytes:
         elif kind == "erspan":
             frame = _erspan2(frame)
         elif kind == "geneve":
-            frame = _ether(_ip4("172.31.5.12", "172.31.9.20", 17, _udp(50000, 6081, struct.pack("!BBHI", 0, 0, 0x6558, 0) + frame)))
+            geneve = struct.pack("!BBHI", 0, 0, 0x6558, 0) + frame
+            frame = _ether(_ip4("172.31.5.12", "172.31.9.20", 17, _udp(50000, 6081, geneve)))
         elif ethertype == 0x0800:
             frame = _ipip(frame[14:])
     cut = draw(st.integers(0, len(frame)))
