@@ -538,3 +538,15 @@ def test_any_subdomain_of_a_vendor_domain_belongs_to_a_vendor(catalog: VendorCat
     assert found is not None
     assert found.id == vendor_id or claimed_more_narrowly
     assert registered_domain(host) != ""
+
+
+def test_the_public_suffix_rules_are_the_librarys_own_icann_rules() -> None:
+    from publicsuffixlist import PublicSuffixList
+
+    from sensor.enrich.vendors import _public_suffixes
+
+    reference = PublicSuffixList(only_icann=True, accept_unknown=False)
+    ours = _public_suffixes()
+    assert ours._publicsuffix == reference._publicsuffix and ours._maxlabel == reference._maxlabel
+    for name in ("www.example.co.uk", "a.b.xn--p1ai", "xn--80ak6aa92e.xn--p1ai", "foo.github.io", "localhost", "x.ck"):
+        assert ours.privatesuffix(name) == reference.privatesuffix(name)
