@@ -106,7 +106,9 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
 
     base_loader, strict_loader = _loaders()
     try:
-        for event in yaml.parse(data, Loader=base_loader):
+        # Without an anchor (&name) an alias cannot resolve: loading fails on it (below), so only
+        # a text with one is read twice.
+        for event in yaml.parse(data, Loader=base_loader) if "&" in data else ():
             if isinstance(event, yaml.AliasEvent):
                 # the stub types the C parser's marks apart from yaml.error.Mark, but the error only
                 # formats the mark's name, line and column, which both kinds have
@@ -119,6 +121,8 @@ def parse_yaml(data: bytes | str, source: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = ": ".join(part for part in (exc.context, exc.problem) if part)
+        if (exc.problem or "").startswith("found undefined alias"):
+            problem = "aliases (*name) are not supported"
         raise ConfigError(source, where, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None

@@ -165,6 +165,7 @@ ERRORS = [
     ("decode:\n  max_flows: [1\n", "line 3, column 1", "invalid YAML"),
     ("allow: [a.com]\nallow: [b.com]\n", "line 2, column 1", "duplicate key 'allow'"),
     ("x: &anchor {a: 1}\ny: *anchor\n", "line 2, column 4", "aliases (*name) are not supported"),
+    ("x: 1\ny: *anchor\n", "line 2, column 4", "aliases (*name) are not supported"),  # and no anchor
     ("baa: [{vendor: segment, signed: 2025-02-30}]", "line 1, column 33", "impossible date '2025-02-30'"),
     ("run: !!python/object/apply:os.system [id]", "line 1, column 6", "could not determine a constructor"),
 ]
