@@ -517,7 +517,8 @@ def test_child_lines_shipped_while_it_runs_arrive_once_and_in_order(tmp_path: Pa
                 spill.flush()
                 if start % 79190 == 0:
                     time.sleep(0.002)
-            trailer.write(orjson.dumps({"counters": {"records.dns": 3000}}))
+            tally = {"rows": [["e1", ["high", "plaintext-phi", "10.0.0.1", "-", "none", "condition"], 2]], "highest": 3}
+            trailer.write(orjson.dumps({"counters": {"records.dns": 3000}, "alerts": tally}))
             trailer.flush()
         finally:
             os._exit(0)
@@ -526,6 +527,8 @@ def test_child_lines_shipped_while_it_runs_arrive_once_and_in_order(tmp_path: Pa
     assert out.read_bytes() == b"".join(lines)
     assert sink.stats()["sent"] == 3000
     assert runner.pipeline.counters.get("records.dns") == 3000
+    assert runner.pipeline.alerts.rows == {"e1": (("high", "plaintext-phi", "10.0.0.1", "-", "none", "condition"), 2)}
+    assert runner.pipeline.alerts.highest == 3
 
 
 @needs_selector
