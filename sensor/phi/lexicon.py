@@ -102,6 +102,15 @@ class TermMatcher:
         }
         self.size = sum(len(bucket) for bucket in self._by_first.values())
 
+    def may_occur(self, text: str) -> bool:
+        """False when no term can match in ``text``: none of its tokens starts a term.
+
+        Skipping spans only takes tokens away (the first token of a match is a whole run of letters
+        or digits, so it is a token of the whole text too): False here means ``find`` finds nothing
+        whatever it skips."""
+        tokens = _TOKEN.findall(text)
+        return bool(tokens) and not self._by_first.keys().isdisjoint(" ".join(tokens).lower().split())
+
     def find(self, text: str, skip: Sequence[tuple[int, int]] = ()) -> list[TermMatch]:
         """Matches in ``text``, ignoring the ``skip`` spans (opaque tokens): they are not even tokenized."""
         tokens = [token for start, end in _gaps(len(text), skip) for token in tokenize(text, start, end)]
