@@ -229,6 +229,10 @@ _SSN = re.compile(r"(?<![\w-])(\d{3})([- .]?)(\d{2})\2(\d{4})(?![\w-])")
 _SSN_KEYS = frozenset({"ssn", "socialsecuritynumber", "socialsecurity", "socialsecurityno", "ssnumber", "socsecno"})
 _SSN_CONTEXT = re.compile(r"(?i)\bssn\b|social security|soc\.? ?sec")
 _SSN_KNOWN_FAKE = frozenset({"123456789", "078051120", "219099999"})
+# A number without delimiters counts only under an SSN key or next to a context word: the least of
+# each that a finding needs, for the gate (the context without its word bounds, which a window cuts).
+_SSN_DELIMITED = re.compile(_SSN.pattern.replace("([- .]?)", "([- .])"))
+_SSN_CONTEXT_ANYWHERE = re.compile(_SSN_CONTEXT.pattern.replace(r"\b", ""))
 
 
 def _ssn(scan: _FieldScan) -> None:
@@ -635,6 +639,7 @@ def _terms(scan: _FieldScan, page_hint: bool) -> None:
 # --- page and parameter hints ----------------------------------------------------------------------
 
 _URL_LIKE = re.compile(r"(?i)^(?:https?://|/)")
+_URL_LIKE_FIRST = "/hH"  # what a value _URL_LIKE matches starts with
 _URL_HOST = re.compile(r"(?i)^https?://(?:[^@/?#\s]*@)?([^/?#:\s]+)")
 _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     (
@@ -660,6 +665,9 @@ _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     ("condition_url", 0.7, re.compile(r"(?i)/symptom-?checker(?=[/?#]|$)")),
     ("pharmacy_url", 0.65, re.compile(r"(?i)/(?:refills?|rx-?refill|prescriptions?)(?=[/?#]|$)")),
 )
+# One search tells whether any of them can match (each is case-blind, as the union is).
+assert all(pattern.pattern.startswith("(?i)") for _, _, pattern in _PAGE_HINTS)
+_ANY_PAGE_HINT = re.compile("|".join(f"(?:{pattern.pattern[4:]})" for _, _, pattern in _PAGE_HINTS), re.IGNORECASE)
 _PORTAL_HOST_LABELS = ("mychart", "patientportal", "myhealth", "iqhealth", "healtheintent", "followmyhealth")
 # Parameters that name a doctor or a visit on their own.
 _PARAM_HINTS = {
@@ -681,7 +689,7 @@ def _page_hints(scan: _FieldScan) -> bool:
         host_start, host_end = scan.host_span()
         if any(label.startswith(_PORTAL_HOST_LABELS) for label in scan.lowered[host_start:host_end].split(".")):
             scan.add("portal_url", CONTEXT, 0.7, host_start, host_end, keyed=True)
-        for kind, confidence, pattern in _PAGE_HINTS:
+        for kind, confidence, pattern in _PAGE_HINTS if _ANY_PAGE_HINT.search(text) else ():
             for match in pattern.finditer(text):
                 # The span starts after the leading "/", so a redacted path keeps its shape.
                 scan.add(kind, CONTEXT, confidence, match.start() + 1, match.end())
@@ -722,7 +730,7 @@ def _vital_keyed(key: _Key) -> bool:
 # Every one of these needs a digit in the value: a cheap test skips them for plain words.
 _DIGIT_GATES: tuple[_Gate, ...] = (
     _Gate(_mrn, lambda key: key.named(_MRN_KEYS), _MRN_WORDS),
-    _Gate(_ssn, patterns=(_SSN,)),
+    _Gate(_ssn, lambda key: key.named(_SSN_KEYS), patterns=(_SSN_DELIMITED, _SSN_CONTEXT_ANYWHERE)),
     _Gate(_dob, lambda key: key.named(_DOB_KEYS) or (key.last == "db" and key.parent in _IDENTITY_PARENTS), _DOB_WORDS),
     _Gate(_npi, lambda key: "npi" in key.words or "npi" in key.last or key.named(_PROVIDER_KEYS), _NPI_WORDS),
     _Gate(_member_id, lambda key: key.named(_MEMBER_KEYS), _MEMBER_WORDS),
@@ -744,6 +752,9 @@ _DIGIT_GATES: tuple[_Gate, ...] = (
     _Gate(_vitals, _vital_keyed, _VITAL_WORDS),
 )
 _DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = tuple(gate.recognizer for gate in _DIGIT_GATES)
+# Most values hold none of the gates' words (one search says so) and only the pattern gates remain.
+_ANY_GATE_WORD = re.compile("|".join(re.escape(word) for gate in _DIGIT_GATES for word in gate.words))
+_PATTERN_GATES_ONLY = tuple((gate.recognizer, False, (), gate.patterns) for gate in _DIGIT_GATES if gate.patterns)
 _DIGIT = re.compile(r"\d")
 _HEALTH_CATEGORIES = frozenset({CONDITION, MEDICATION, CLINICAL_CODE, VITAL})
 _HEALTH_IDENTIFIERS = frozenset({"mrn", "mbi", "member_id"})
@@ -764,7 +775,7 @@ class _Context:
     """A field's key context, shared by every path that reduces to the same key: the key, the
     recognizers its names turn on, and the first path seen (the findings' path, until moved)."""
 
-    __slots__ = ("key", "gates", "path")
+    __slots__ = ("key", "gates", "any_keyed", "pages", "path")
 
     def __init__(self, key: _Key, path: str) -> None:
         self.key = key
@@ -773,6 +784,9 @@ class _Context:
             (gate.recognizer, gate.keyed is not None and gate.keyed(key), gate.words, gate.patterns)
             for gate in _DIGIT_GATES
         )
+        self.any_keyed = any(keyed for _, keyed, _, _ in self.gates)
+        # whether _page_hints looks at every value here, or only at values like a URL
+        self.pages = path in _PAGE_PATHS or key.last in _PARAM_HINTS
         self.path = path
 
 
@@ -824,10 +838,11 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
     text = scan.text
     if not text:
         return ()
-    page_hint = _page_hints(scan)
+    page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
-        for recognizer, keyed, words, patterns in context.gates:
+        gates = context.gates if context.any_keyed or _ANY_GATE_WORD.search(lowered) else _PATTERN_GATES_ONLY
+        for recognizer, keyed, words, patterns in gates:
             if keyed:
                 recognizer(scan)
                 continue
