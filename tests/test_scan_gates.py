@@ -99,7 +99,7 @@ paths = st.one_of(
     ),
     st.sampled_from(["url.path", "header.host", "header.referer", "query.q", "tid", "query.tid", "cd[search_string]"]),
 )
-_SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @_SETTINGS
@@ -199,3 +199,27 @@ def test_plain_values_peel_as_the_full_peel_does(text: str, depth: int) -> None:
     assert fast.fields == full.fields
     if depth == 0:
         assert peel(text, "query.v") == fast.fields
+
+
+@_SETTINGS
+@given(values)
+def test_one_search_answers_for_every_pattern_gate(text: str) -> None:
+    if recognizers._ANY_PATTERN_GATE.search(text) is None:
+        for _, _, _, patterns in recognizers._PATTERN_GATES_ONLY:
+            assert not any(pattern.search(text) for pattern in patterns)
+
+
+def _printable_share_reference(text: str) -> float:
+    sample = text[: layers._SAMPLE_CHARS]
+    if not sample:
+        return 0.0
+    return sum(1 for ch in sample if (ch.isprintable() and ch != "\ufffd") or ch in "\t\r\n") / len(sample)
+
+
+@_SETTINGS
+@given(st.one_of(st.binary(max_size=64), values.map(str.encode), st.text(max_size=40).map(str.encode)))
+def test_printable_share_and_text_of_bytes_as_counted_char_by_char(data: bytes) -> None:
+    text = data.decode("utf-8", errors="replace")
+    assert layers._printable_share(text) == _printable_share_reference(text)
+    expected = text if _printable_share_reference(text) >= layers._PRINTABLE_SHARE else None
+    assert layers._bytes_to_text(data) == expected

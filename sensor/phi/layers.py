@@ -164,6 +164,7 @@ def _decode_base64(text: str) -> bytes | None:
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the ASCII that is not printable, tabs and line breaks aside
 
 
 def _printable_share(text: str) -> float:
@@ -171,6 +172,8 @@ def _printable_share(text: str) -> float:
     sample = text[:_SAMPLE_CHARS]
     if not sample:
         return 0.0
+    if sample.isascii() and not _ASCII_CONTROL.search(sample):  # all printable, found faster than isprintable()
+        return 1.0
     rest = sample.translate(_LINE_BLANKS)
     if rest.isprintable():  # the common case, answered without a loop over the characters
         good = len(sample) - rest.count("\ufffd")
@@ -182,6 +185,11 @@ def _printable_share(text: str) -> float:
 def _bytes_to_text(data: bytes) -> str | None:
     """The bytes as text when mostly printable, else None (binary: images, DER, protobuf)."""
     text = data.decode("utf-8", errors="replace")
+    # U+FFFD never counts as printable: too many of them (random bytes, as base64 of an id gives)
+    # say no without the count of the rest
+    size = min(len(text), _SAMPLE_CHARS)
+    if size and (size - text.count("\ufffd", 0, size)) / size < _PRINTABLE_SHARE:
+        return None
     return text if _printable_share(text) >= _PRINTABLE_SHARE else None
 
 

@@ -105,12 +105,14 @@ class TermMatcher:
         # the tokens a term can start with: runs of letters, unless a term starts with digits
         self._first_tokens = _TOKEN if any(first.isdigit() for first in self._by_first) else _LETTERS
 
-    def may_occur(self, text: str) -> bool:
+    def may_occur(self, text: str, lowered: str | None = None) -> bool:
         """False when no term can match in ``text``: none of its tokens starts a term.
 
         Skipping spans only takes tokens away (the first token of a match is a whole run of letters
         or digits, so it is a token of the whole text too): False here means ``find`` finds nothing
-        whatever it skips."""
+        whatever it skips. ``lowered``, ``text.lower()`` when the caller has it, serves ASCII text."""
+        if lowered is not None and text.isascii():  # lower() then maps letters to letters only
+            return not self._by_first.keys().isdisjoint(self._first_tokens.findall(lowered))
         tokens = self._first_tokens.findall(text)
         return bool(tokens) and not self._by_first.keys().isdisjoint(" ".join(tokens).lower().split())
 

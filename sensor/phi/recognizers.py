@@ -755,6 +755,24 @@ _DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = tuple(gate.recogn
 # Most values hold none of the gates' words (one search says so) and only the pattern gates remain.
 _ANY_GATE_WORD = re.compile("|".join(re.escape(word) for gate in _DIGIT_GATES for word in gate.words))
 _PATTERN_GATES_ONLY = tuple((gate.recognizer, False, (), gate.patterns) for gate in _DIGIT_GATES if gate.patterns)
+
+
+def _matches_wherever(pattern: re.Pattern[str]) -> str:
+    """The pattern as part of a union: its flags scoped, each back reference to a delimiter group
+    replaced by what that group can match (so it matches wherever the pattern does)."""
+    text = pattern.pattern
+    if text.startswith("(?i)"):
+        text = f"(?i:{text[4:]})"
+    for group in ("([- .])", "(-?)"):
+        if group in text:
+            text = text.replace("\\2", group[1:-1])
+    if "\\2" in text:
+        raise ValueError(f"a back reference the union cannot take: {pattern.pattern}")
+    return f"(?:{text})"
+
+
+# One search tells whether any pattern gate can open.
+_ANY_PATTERN_GATE = re.compile("|".join(_matches_wherever(p) for _, _, _, patterns in _PATTERN_GATES_ONLY for p in patterns))
 _DIGIT = re.compile(r"\d")
 _HEALTH_CATEGORIES = frozenset({CONDITION, MEDICATION, CLINICAL_CODE, VITAL})
 _HEALTH_IDENTIFIERS = frozenset({"mrn", "mbi", "member_id"})
@@ -841,7 +859,10 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
-        gates = context.gates if context.any_keyed or _ANY_GATE_WORD.search(lowered) else _PATTERN_GATES_ONLY
+        if context.any_keyed or _ANY_GATE_WORD.search(lowered):
+            gates = context.gates
+        else:
+            gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
         for recognizer, keyed, words, patterns in gates:
             if keyed:
                 recognizer(scan)
@@ -857,7 +878,7 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
                         break
     if "@" in text:
         _email(scan)
-    if term_matcher().may_occur(text):  # most values: no opaque tokens looked for, no matching
+    if term_matcher().may_occur(text, scan.lowered):  # most values: no opaque tokens looked for, no matching
         _terms(scan, page_hint)
     last = scan.key.last
     if last in _LOOSE_PARAM_HINTS and (
