@@ -223,3 +223,13 @@ def test_printable_share_and_text_of_bytes_as_counted_char_by_char(data: bytes) 
     assert layers._printable_share(text) == _printable_share_reference(text)
     expected = text if _printable_share_reference(text) >= layers._PRINTABLE_SHARE else None
     assert layers._bytes_to_text(data) == expected
+
+
+_LABELS = st.sampled_from(["mychart", "mychartx", "amychart", "myhealth", "my", "health", "followmyhealth", "iqhealth", "x", ""])
+
+
+@_SETTINGS
+@given(st.lists(_LABELS, min_size=1, max_size=4).map(".".join))
+def test_portal_host_labels_found_by_one_search(host: str) -> None:
+    expected = any(label.startswith(recognizers._PORTAL_HOST_LABELS) for label in host.split("."))
+    assert bool(recognizers._PORTAL_LABEL_START.search(host)) == expected

@@ -669,6 +669,8 @@ _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
 assert all(pattern.pattern.startswith("(?i)") for _, _, pattern in _PAGE_HINTS)
 _ANY_PAGE_HINT = re.compile("|".join(f"(?:{pattern.pattern[4:]})" for _, _, pattern in _PAGE_HINTS), re.IGNORECASE)
 _PORTAL_HOST_LABELS = ("mychart", "patientportal", "myhealth", "iqhealth", "healtheintent", "followmyhealth")
+# A label of the host that starts with one of them: at the host's start or after a dot.
+_PORTAL_LABEL_START = re.compile(r"(?:^|(?<=\.))(?:" + "|".join(map(re.escape, _PORTAL_HOST_LABELS)) + ")")
 # Parameters that name a doctor or a visit on their own.
 _PARAM_HINTS = {
     "physician": 0.65, "doctor": 0.65, "specialty": 0.65, "visittype": 0.65, "appointmenttype": 0.65,
@@ -687,7 +689,7 @@ def _page_hints(scan: _FieldScan) -> bool:
     before = len(scan.findings)
     if _URL_LIKE.match(text) or scan.path in ("url.path", "header.host"):
         host_start, host_end = scan.host_span()
-        if any(label.startswith(_PORTAL_HOST_LABELS) for label in scan.lowered[host_start:host_end].split(".")):
+        if _PORTAL_LABEL_START.search(scan.lowered[host_start:host_end]):
             scan.add("portal_url", CONTEXT, 0.7, host_start, host_end, keyed=True)
         for kind, confidence, pattern in _PAGE_HINTS if _ANY_PAGE_HINT.search(text) else ():
             for match in pattern.finditer(text):
