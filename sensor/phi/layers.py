@@ -66,8 +66,9 @@ _BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
-# A value with none of these and a character no base64 alphabet has is no JSON, URL, base64, form,
-# lines or escapes: the peel takes it as it is (most ids, hosts and words).
+# A value with none of these and a character no base64 alphabet has (or too short, or all letters,
+# or all hex digits for base64) is no JSON, URL, base64, form, lines or escapes: the peel takes it
+# as it is (most ids, hosts and words).
 _STRUCTURAL = re.compile(r"[{\[/=%\n]")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=_-]")
 _FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]+")  # any length: a long key must not hide a form
@@ -328,7 +329,13 @@ class Peeler:
         if not stripped:
             return
         if depth >= self.limits.max_depth or (
-            not _STRUCTURAL.search(stripped) and (_NOT_BASE64.search(stripped) or len(stripped) < _MIN_BASE64_CHARS)
+            not _STRUCTURAL.search(stripped)
+            and (
+                _NOT_BASE64.search(stripped)
+                or len(stripped) < _MIN_BASE64_CHARS
+                or stripped.isalpha()  # what _decode_base64 turns down at once
+                or _HEX_OR_DIGITS.fullmatch(stripped)
+            )
         ):
             self.emit(path, stripped)
             return
