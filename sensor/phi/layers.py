@@ -66,6 +66,11 @@ _BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
+# A value with none of these and a character no base64 alphabet has (or too short, or all letters,
+# or all hex digits for base64) is no JSON, URL, base64, form, lines or escapes: the peel takes it
+# as it is (most ids, hosts and words).
+_STRUCTURAL = re.compile(r"[{\[/=%\n]")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=_-]")
 _FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]+")  # any length: a long key must not hide a form
 _LONG_KEY = 128
 _ABSOLUTE_URL = re.compile(r"(?i)^https?://[^\s/?#]+")
@@ -160,6 +165,7 @@ def _decode_base64(text: str) -> bytes | None:
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the ASCII that is not printable, tabs and line breaks aside
 
 
 def _printable_share(text: str) -> float:
@@ -167,6 +173,8 @@ def _printable_share(text: str) -> float:
     sample = text[:_SAMPLE_CHARS]
     if not sample:
         return 0.0
+    if sample.isascii() and not _ASCII_CONTROL.search(sample):  # all printable, found faster than isprintable()
+        return 1.0
     rest = sample.translate(_LINE_BLANKS)
     if rest.isprintable():  # the common case, answered without a loop over the characters
         good = len(sample) - rest.count("\ufffd")
@@ -178,6 +186,11 @@ def _printable_share(text: str) -> float:
 def _bytes_to_text(data: bytes) -> str | None:
     """The bytes as text when mostly printable, else None (binary: images, DER, protobuf)."""
     text = data.decode("utf-8", errors="replace")
+    # U+FFFD never counts as printable: too many of them (random bytes, as base64 of an id gives)
+    # say no without the count of the rest
+    size = min(len(text), _SAMPLE_CHARS)
+    if size and (size - text.count("\ufffd", 0, size)) / size < _PRINTABLE_SHARE:
+        return None
     return text if _printable_share(text) >= _PRINTABLE_SHARE else None
 
 
@@ -269,14 +282,16 @@ class Peeler:
         return False
 
     def emit(self, path: str, value: str) -> None:
-        if self.exhausted:
-            CAPPED["output" if self._budget <= 0 else "fields"] += 1
+        budget = self._budget
+        if budget <= 0 or len(self.fields) >= self.limits.max_fields:  # exhausted, inline: every field passes here
+            self.bound = True
+            CAPPED["output" if budget <= 0 else "fields"] += 1
             return
-        if len(value) > self._budget:
+        if len(value) > budget:
             CAPPED["output"] += 1
             self.bound = True
-            value = value[: self._budget]
-        self._budget -= len(value)
+            value = value[:budget]
+        self._budget = budget - len(value)
         self.fields.append(Field(path, value))
 
     def _inflate(self, data: bytes) -> bytes | None:
@@ -313,7 +328,15 @@ class Peeler:
         stripped = text.strip()
         if not stripped:
             return
-        if depth >= self.limits.max_depth:
+        if depth >= self.limits.max_depth or (
+            not _STRUCTURAL.search(stripped)
+            and (
+                _NOT_BASE64.search(stripped)
+                or len(stripped) < _MIN_BASE64_CHARS
+                or stripped.isalpha()  # what _decode_base64 turns down at once
+                or _HEX_OR_DIGITS.fullmatch(stripped)
+            )
+        ):
             self.emit(path, stripped)
             return
         parsed = _parse_json(stripped)
@@ -383,8 +406,12 @@ class Peeler:
             key, _, value = piece.partition("=")
             if len(key) > _LONG_KEY:
                 CAPPED["long_keys"] += 1
-            key = unquote_plus(key, errors="replace")
-            self._text(unquote_plus(value, errors="replace"), join_path(prefix, key), depth)
+            # unquote_plus gives back what has neither "+" nor "%": most keys and values
+            if "%" in key or "+" in key:
+                key = unquote_plus(key, errors="replace")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="replace")
+            self._text(value, f"{prefix}.{key}" if prefix else key, depth)
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
@@ -508,6 +535,14 @@ def _peel_body(peeler: Peeler, body: bytes, content_type: str | None) -> None:
 _PEEL_PARTS: dict[str, Callable[..., None]] = {"url": _peel_url, "host": _peel_host, "referer": _peel_referer, "body": _peel_body}
 
 
+def _input_chars(inputs: tuple) -> int:
+    total = 0
+    for item in inputs:
+        if item:
+            total += len(item)
+    return total
+
+
 def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     """Peel one part of a request into `peeler`, reusing an earlier peel of the same input.
 
@@ -520,7 +555,7 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     limits = peeler.limits
     key = (kind, *inputs)
     part = None
-    if limits is DEFAULT_LIMITS and sum(len(item or "") for item in inputs) <= _CACHED_PART_CHARS:
+    if limits is DEFAULT_LIMITS and _input_chars(inputs) <= _CACHED_PART_CHARS:
         part = _PARTS.get(key)
         if part is None:
             alone = Peeler(limits)

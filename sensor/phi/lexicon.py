@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(r"[A-Za-z]+|\d+")
+_LETTERS = re.compile(r"[A-Za-z]+")
 # Between the words of one term: a space, hyphen, underscore, plus (form encoding) or apostrophe.
 _JOINER = re.compile(r"[\s\-_+'\u2019/]{0,3}")
 _PLURAL_ES = ("s", "x", "z", "ch", "sh")
@@ -101,6 +102,19 @@ class TermMatcher:
             first: sorted(bucket.values(), key=lambda entry: -len(entry.tokens)) for first, bucket in by_first.items()
         }
         self.size = sum(len(bucket) for bucket in self._by_first.values())
+        # the tokens a term can start with: runs of letters, unless a term starts with digits
+        self._first_tokens = _TOKEN if any(first.isdigit() for first in self._by_first) else _LETTERS
+
+    def may_occur(self, text: str, lowered: str | None = None) -> bool:
+        """False when no term can match in ``text``: none of its tokens starts a term.
+
+        Skipping spans only takes tokens away (the first token of a match is a whole run of letters
+        or digits, so it is a token of the whole text too): False here means ``find`` finds nothing
+        whatever it skips. ``lowered``, ``text.lower()`` when the caller has it, serves ASCII text."""
+        if lowered is not None and text.isascii():  # lower() then maps letters to letters only
+            return not self._by_first.keys().isdisjoint(self._first_tokens.findall(lowered))
+        tokens = self._first_tokens.findall(text)
+        return bool(tokens) and not self._by_first.keys().isdisjoint(" ".join(tokens).lower().split())
 
     def find(self, text: str, skip: Sequence[tuple[int, int]] = ()) -> list[TermMatch]:
         """Matches in ``text``, ignoring the ``skip`` spans (opaque tokens): they are not even tokenized."""

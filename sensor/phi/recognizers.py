@@ -126,13 +126,20 @@ _WINDOW_AFTER = 24
 class _FieldScan:
     """One field being scanned: its text, key context and masked spans; collects findings."""
 
-    def __init__(self, item: Field) -> None:
+    def __init__(self, item: Field, key: _Key) -> None:
         self.path = item.path
         self.text = item.value
-        self.key = _key(item.path)
+        self.key = key
         self.lowered = item.value.lower()
-        self.masked = _opaque_spans(item.value)
+        self._masked: list[tuple[int, int]] | None = None
         self.findings: list[Finding] = []
+
+    @property
+    def masked(self) -> list[tuple[int, int]]:
+        """The opaque tokens' spans, found when first asked (most fields never need them)."""
+        if self._masked is None:
+            self._masked = _opaque_spans(self.text)
+        return self._masked
 
     def mentions(self, *needles: str) -> bool:
         """A cheap substring test that gates a regex pass needing a context word (``near`` confirms it)."""
@@ -200,6 +207,7 @@ _MRN_KEYS = frozenset(
     }
 )  # fmt: skip
 _MRN_VALUE = re.compile(r"\s*((?i:[a-z]{0,3}[-_]?\d{6,10}|(?=(?:[a-z]*\d){5})[a-z0-9]{6,10}))\s*")
+_MRN_WORDS = ("mrn", "medical record", "chart")  # one of them is in every _MRN_TEXT match
 _MRN_TEXT = re.compile(
     r"(?i)\b(?:mrn|medical record(?: number| no\.?)?|chart (?:number|no\.?|#))\s*[:#=]?\s*([a-z]{0,3}\d{6,10})\b"
 )
@@ -211,7 +219,7 @@ def _mrn(scan: _FieldScan) -> None:
         if match:
             scan.add("mrn", IDENTIFIER, 0.85, *match.span(1), keyed=True)
         return
-    if not scan.mentions("mrn", "medical record", "chart"):
+    if not scan.mentions(*_MRN_WORDS):
         return
     for match in _MRN_TEXT.finditer(scan.text):
         scan.add("mrn", IDENTIFIER, 0.8, *match.span(1))
@@ -221,6 +229,10 @@ _SSN = re.compile(r"(?<![\w-])(\d{3})([- .]?)(\d{2})\2(\d{4})(?![\w-])")
 _SSN_KEYS = frozenset({"ssn", "socialsecuritynumber", "socialsecurity", "socialsecurityno", "ssnumber", "socsecno"})
 _SSN_CONTEXT = re.compile(r"(?i)\bssn\b|social security|soc\.? ?sec")
 _SSN_KNOWN_FAKE = frozenset({"123456789", "078051120", "219099999"})
+# A number without delimiters counts only under an SSN key or next to a context word: the least of
+# each that a finding needs, for the gate (the context without its word bounds, which a window cuts).
+_SSN_DELIMITED = re.compile(_SSN.pattern.replace("([- .]?)", "([- .])"))
+_SSN_CONTEXT_ANYWHERE = re.compile(_SSN_CONTEXT.pattern.replace(r"\b", ""))
 
 
 def _ssn(scan: _FieldScan) -> None:
@@ -247,6 +259,7 @@ _IDENTITY_PARENTS = frozenset({"ud", "pd", "userdata", "user", "traits", "identi
 _DATE_ISO = re.compile(r"(?<![\d.])((?:19|20)\d{2})([-/.])(0?[1-9]|1[0-2])\2(0?[1-9]|[12]\d|3[01])(?![\d.])")
 _DATE_US = re.compile(r"(?<![\d.])(0?[1-9]|1[0-2])([-/.])(0?[1-9]|[12]\d|3[01])\2((?:19|20)?\d{2})(?![\d.])")
 _DATE_COMPACT = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
+_DOB_WORDS = ("dob", "d.o.b", "birth", "born")  # one of them is in every _DOB_CONTEXT match
 _DOB_CONTEXT = re.compile(r"(?i)\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|birthday|born)\b")
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _DATE_FORMS = ((_DATE_ISO, 3, 4), (_DATE_US, 1, 3))  # (pattern, month group, day group)
@@ -263,7 +276,7 @@ def _dates(text: str, compact: bool) -> Iterator[tuple[int, int]]:
 
 def _dob(scan: _FieldScan) -> None:
     keyed = scan.key.named(_DOB_KEYS) or (scan.key.last == "db" and scan.key.parent in _IDENTITY_PARENTS)
-    if not keyed and not scan.mentions("dob", "d.o.b", "birth", "born"):
+    if not keyed and not scan.mentions(*_DOB_WORDS):
         return
     for start, end in _dates(scan.text, compact=keyed):
         if keyed:
@@ -273,6 +286,7 @@ def _dob(scan: _FieldScan) -> None:
 
 
 _NPI = re.compile(r"(?<![\w-])([12]\d{9}|[12]\d{3}[ -]\d{3}[ -]\d{3})(?![\w-])")
+_NPI_WORDS = ("npi", "national provider")
 _NPI_CONTEXT = re.compile(r"(?i)\bnpi\b|national provider")
 _PROVIDER_KEYS = frozenset(
     {"providerid", "provider", "prescriber", "prescriberid", "physician", "physicianid", "doctor", "doctorid", "practitionerid"}
@@ -282,7 +296,7 @@ _PROVIDER_KEYS = frozenset(
 def _npi(scan: _FieldScan) -> None:
     keyed_npi = "npi" in scan.key.words or "npi" in scan.key.last
     keyed_provider = scan.key.named(_PROVIDER_KEYS)
-    if not (keyed_npi or keyed_provider or scan.mentions("npi", "national provider")):
+    if not (keyed_npi or keyed_provider or scan.mentions(*_NPI_WORDS)):
         return
     for match in _NPI.finditer(scan.text):
         digits = re.sub(r"\D", "", match.group(1))
@@ -304,6 +318,7 @@ _MEMBER_KEYS = frozenset(
     }
 )  # fmt: skip
 _MEMBER_VALUE = re.compile(r"\s*((?=(?:[^\d]*\d){3})[A-Za-z0-9][A-Za-z0-9-]{4,19})\s*")
+_MEMBER_WORDS = ("member", "subscriber", "policy", "group")
 _MEMBER_TEXT = re.compile(
     r"(?i)\b(?:member|subscriber|policy|group)\s*(?:id|#|no\.?|number)\s*[:#=]?\s*((?=(?:[a-z-]*\d){3})[a-z0-9][a-z0-9-]{4,19})\b"
 )
@@ -315,7 +330,7 @@ def _member_id(scan: _FieldScan) -> None:
         if match:
             scan.add("member_id", IDENTIFIER, 0.85, *match.span(1), keyed=True)
         return
-    if not scan.mentions("member", "subscriber", "policy", "group"):
+    if not scan.mentions(*_MEMBER_WORDS):
         return
     for match in _MEMBER_TEXT.finditer(scan.text):
         scan.add("member_id", IDENTIFIER, 0.75, *match.span(1))
@@ -407,12 +422,13 @@ _ICD10_SHAPE = re.compile(r"[A-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?")
 _ICD10_KEY_WORDS = frozenset(
     {"icd", "dx", "diagnosis", "diagnoses", "diag", "condition", "conditions", "reason", "problem", "problems", "complaint"}
 )
+_ICD10_WORDS = ("icd", "dx", "diag")
 _ICD10_CONTEXT = re.compile(r"(?i)\bicd(?:[ -]?10)?(?:[ -]?cm)?\b|\bdx\b|diagnos|\bdiag\b")
 
 
 def _icd10(scan: _FieldScan) -> None:
     keyed = scan.key.has_word(_ICD10_KEY_WORDS)
-    if not keyed and not scan.mentions("icd", "dx", "diag"):
+    if not keyed and not scan.mentions(*_ICD10_WORDS):
         return
     for match in _ICD10.finditer(scan.text):
         code = match.group(1)
@@ -460,12 +476,13 @@ def _ndc(scan: _FieldScan) -> None:
 
 _CPT = re.compile(r"(?<![\w.-])(\d{4}[0-9FTU])(?![\w.-])")
 _CPT_KEY_WORDS = frozenset({"cpt", "hcpcs", "procedure", "procedures", "proc"})
+_CPT_WORDS = ("cpt", "hcpcs", "procedure code")
 _CPT_CONTEXT = re.compile(r"(?i)\bcpt\b|\bhcpcs\b|procedure code")
 
 
 def _cpt(scan: _FieldScan) -> None:
     keyed = scan.key.has_word(_CPT_KEY_WORDS)
-    if not keyed and not scan.mentions("cpt", "hcpcs", "procedure code"):
+    if not keyed and not scan.mentions(*_CPT_WORDS):
         return
     for match in _CPT.finditer(scan.text):
         if keyed or scan.near(_CPT_CONTEXT, *match.span()):
@@ -474,12 +491,13 @@ def _cpt(scan: _FieldScan) -> None:
 
 _LOINC = re.compile(r"(?<![\w.-])(\d{3,5})-(\d)(?![\w.-])")
 _LOINC_KEY_WORDS = frozenset({"loinc", "lab", "labs", "observation", "observations"})
+_LOINC_WORDS = ("loinc",)
 _LOINC_CONTEXT = re.compile(r"(?i)\bloinc\b")
 
 
 def _loinc(scan: _FieldScan) -> None:
     keyed = scan.key.has_word(_LOINC_KEY_WORDS)
-    if not keyed and not scan.mentions("loinc"):
+    if not keyed and not scan.mentions(*_LOINC_WORDS):
         return
     for match in _LOINC.finditer(scan.text):
         if not _luhn_ok(match.group(1) + match.group(2)):
@@ -507,6 +525,10 @@ _BP_PART_KEY_WORDS = frozenset({"systolic", "diastolic"})
 _INSULIN_DOSE = re.compile(r"(?i)(?<![\w.])(\d{1,3}(?:\.\d{1,2})?)\s?(?:units?|iu|u)\b")
 _INSULIN_CONTEXT = re.compile(r"(?i)insulin|bolus|basal|lantus|humalog|novolog|tresiba|levemir")
 _INSULIN_KEY_WORDS = frozenset({"insulin", "bolus", "basal"})
+_INSULIN_WORDS = ("insulin", "bolus", "basal", "lantus", "humalog", "novolog", "tresiba", "levemir")
+_BP_WORDS = ("mmhg", "mm hg", "bp", "blood pressure", "systolic", "diastolic")
+# Without a vital's key name, a vital needs one of these in its text: a unit, or a word its pass looks for.
+_VITAL_WORDS = ("mg", "mmol", "%", "bpm") + _BP_WORDS + _INSULIN_WORDS
 _BARE_NUMBER = re.compile(r"\s*(\d{1,3}(?:\.\d{1,2})?)\s*(?:%|mg/dl|mmhg|bpm|units?|u)?\s*", re.IGNORECASE)
 _BARE_PRESSURE = re.compile(r"\s*(\d{2,3}\s?/\s?\d{2,3})\s*(?:mm\s?hg)?\s*", re.IGNORECASE)
 
@@ -529,7 +551,7 @@ def _vitals(scan: _FieldScan) -> None:
             else:
                 scan.add("lab_value", VITAL, 0.6, *match.span())
     bp_keyed = key.has_word(_BP_KEY_WORDS) or key.last in _BP_KEY_WORDS
-    bp_possible = "/" in text and (bp_keyed or scan.mentions("mmhg", "mm hg", "bp", "blood pressure", "systolic", "diastolic"))
+    bp_possible = "/" in text and (bp_keyed or scan.mentions(*_BP_WORDS))
     for match in _BLOOD_PRESSURE.finditer(text) if bp_possible else ():
         systolic, diastolic = int(match.group(1)), int(match.group(2))
         if not (70 <= systolic <= 250 and 40 <= diastolic <= 150 and systolic > diastolic):
@@ -549,9 +571,7 @@ def _vitals(scan: _FieldScan) -> None:
             context = heart_keyed or scan.near(_HEART_CONTEXT, *match.span())
             scan.add("heart_rate", VITAL, 0.8 if context else 0.45, *match.span())
     insulin_keyed = key.has_word(_INSULIN_KEY_WORDS)
-    insulin_possible = insulin_keyed or scan.mentions(
-        "insulin", "bolus", "basal", "lantus", "humalog", "novolog", "tresiba", "levemir"
-    )
+    insulin_possible = insulin_keyed or scan.mentions(*_INSULIN_WORDS)
     for match in _INSULIN_DOSE.finditer(text) if insulin_possible else ():
         if insulin_keyed or scan.near(_INSULIN_CONTEXT, *match.span()):
             scan.add("insulin_dose", VITAL, 0.8, *match.span())
@@ -619,6 +639,7 @@ def _terms(scan: _FieldScan, page_hint: bool) -> None:
 # --- page and parameter hints ----------------------------------------------------------------------
 
 _URL_LIKE = re.compile(r"(?i)^(?:https?://|/)")
+_URL_LIKE_FIRST = "/hH"  # what a value _URL_LIKE matches starts with
 _URL_HOST = re.compile(r"(?i)^https?://(?:[^@/?#\s]*@)?([^/?#:\s]+)")
 _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     (
@@ -644,7 +665,12 @@ _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     ("condition_url", 0.7, re.compile(r"(?i)/symptom-?checker(?=[/?#]|$)")),
     ("pharmacy_url", 0.65, re.compile(r"(?i)/(?:refills?|rx-?refill|prescriptions?)(?=[/?#]|$)")),
 )
+# One search tells whether any of them can match (each is case-blind, as the union is).
+assert all(pattern.pattern.startswith("(?i)") for _, _, pattern in _PAGE_HINTS)
+_ANY_PAGE_HINT = re.compile("|".join(f"(?:{pattern.pattern[4:]})" for _, _, pattern in _PAGE_HINTS), re.IGNORECASE)
 _PORTAL_HOST_LABELS = ("mychart", "patientportal", "myhealth", "iqhealth", "healtheintent", "followmyhealth")
+# A label of the host that starts with one of them: at the host's start or after a dot.
+_PORTAL_LABEL_START = re.compile(r"(?:^|(?<=\.))(?:" + "|".join(map(re.escape, _PORTAL_HOST_LABELS)) + ")")
 # Parameters that name a doctor or a visit on their own.
 _PARAM_HINTS = {
     "physician": 0.65, "doctor": 0.65, "specialty": 0.65, "visittype": 0.65, "appointmenttype": 0.65,
@@ -663,9 +689,9 @@ def _page_hints(scan: _FieldScan) -> bool:
     before = len(scan.findings)
     if _URL_LIKE.match(text) or scan.path in ("url.path", "header.host"):
         host_start, host_end = scan.host_span()
-        if any(label.startswith(_PORTAL_HOST_LABELS) for label in scan.lowered[host_start:host_end].split(".")):
+        if _PORTAL_LABEL_START.search(scan.lowered[host_start:host_end]):
             scan.add("portal_url", CONTEXT, 0.7, host_start, host_end, keyed=True)
-        for kind, confidence, pattern in _PAGE_HINTS:
+        for kind, confidence, pattern in _PAGE_HINTS if _ANY_PAGE_HINT.search(text) else ():
             for match in pattern.finditer(text):
                 # The span starts after the leading "/", so a redacted path keeps its shape.
                 scan.add(kind, CONTEXT, confidence, match.start() + 1, match.end())
@@ -678,15 +704,128 @@ def _page_hints(scan: _FieldScan) -> bool:
 
 # --- entry points ------------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """When a recognizer can find anything in a field: what it needs, tested before it is called.
+
+    It runs when the field's key names it (`keyed`, asked once per key), or its text holds one of
+    `words` (lower case), or one of `patterns` matches in it. Each is a condition every finding of
+    the recognizer meets (its own checks, or the patterns its findings come from), so a skipped
+    recognizer would have found nothing (tests/test_scan_gates.py holds the two equal)."""
+
+    recognizer: Callable[[_FieldScan], None]
+    keyed: Callable[[_Key], bool] | None = None
+    words: tuple[str, ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+
+def _vital_keyed(key: _Key) -> bool:
+    return (
+        key.has_word(_GLUCOSE_KEY_WORDS | _BP_KEY_WORDS | _HEART_KEY_WORDS | _INSULIN_KEY_WORDS)
+        or key.has_word(_BP_PART_KEY_WORDS | _SPO2_KEY_WORDS)
+        or key.last in _GLUCOSE_KEY_WORDS | _BP_KEY_WORDS | _HEART_KEY_WORDS
+        or "a1c" in key.last
+    )
+
+
 # Every one of these needs a digit in the value: a cheap test skips them for plain words.
-_DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = (
-    _mrn, _ssn, _dob, _npi, _member_id, _mbi, _phone, _hashed_identifier, _icd10, _ndc, _cpt, _loinc, _vitals,
-)  # fmt: skip
+_DIGIT_GATES: tuple[_Gate, ...] = (
+    _Gate(_mrn, lambda key: key.named(_MRN_KEYS), _MRN_WORDS),
+    _Gate(_ssn, lambda key: key.named(_SSN_KEYS), patterns=(_SSN_DELIMITED, _SSN_CONTEXT_ANYWHERE)),
+    _Gate(_dob, lambda key: key.named(_DOB_KEYS) or (key.last == "db" and key.parent in _IDENTITY_PARENTS), _DOB_WORDS),
+    _Gate(_npi, lambda key: "npi" in key.words or "npi" in key.last or key.named(_PROVIDER_KEYS), _NPI_WORDS),
+    _Gate(_member_id, lambda key: key.named(_MEMBER_KEYS), _MEMBER_WORDS),
+    _Gate(_mbi, patterns=(_MBI,)),
+    _Gate(
+        _phone,
+        lambda key: key.named(_PHONE_KEYS) or (key.last == "ph" and key.parent in _IDENTITY_PARENTS),
+        patterns=(_PHONE_FORMATTED, _PHONE_E164),
+    ),
+    _Gate(
+        _hashed_identifier,
+        lambda key: key.last in _HASHED_CONTACT_KEYS
+        or (key.parent in _IDENTITY_PARENTS and key.last in _HASHED_SHORT_KEYS | _HASHED_OTHER_KEYS),
+    ),
+    _Gate(_icd10, lambda key: key.has_word(_ICD10_KEY_WORDS), _ICD10_WORDS),
+    _Gate(_ndc, lambda key: "ndc" in key.words or "ndc" in key.last, patterns=(_NDC,)),
+    _Gate(_cpt, lambda key: key.has_word(_CPT_KEY_WORDS), _CPT_WORDS),
+    _Gate(_loinc, lambda key: key.has_word(_LOINC_KEY_WORDS), _LOINC_WORDS),
+    _Gate(_vitals, _vital_keyed, _VITAL_WORDS),
+)
+_DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = tuple(gate.recognizer for gate in _DIGIT_GATES)
+# Most values hold none of the gates' words (one search says so) and only the pattern gates remain.
+_ANY_GATE_WORD = re.compile("|".join(re.escape(word) for gate in _DIGIT_GATES for word in gate.words))
+_PATTERN_GATES_ONLY = tuple((gate.recognizer, False, (), gate.patterns) for gate in _DIGIT_GATES if gate.patterns)
+
+
+def _matches_wherever(pattern: re.Pattern[str]) -> str:
+    """The pattern as part of a union: its flags scoped, each back reference to a delimiter group
+    replaced by what that group can match (so it matches wherever the pattern does)."""
+    text = pattern.pattern
+    if text.startswith("(?i)"):
+        text = f"(?i:{text[4:]})"
+    for group in ("([- .])", "(-?)"):
+        if group in text:
+            text = text.replace("\\2", group[1:-1])
+    if "\\2" in text:
+        raise ValueError(f"a back reference the union cannot take: {pattern.pattern}")
+    return f"(?:{text})"
+
+
+# One search tells whether any pattern gate can open.
+_ANY_PATTERN_GATE = re.compile("|".join(_matches_wherever(p) for _, _, _, patterns in _PATTERN_GATES_ONLY for p in patterns))
 _DIGIT = re.compile(r"\d")
 _HEALTH_CATEGORIES = frozenset({CONDITION, MEDICATION, CLINICAL_CODE, VITAL})
 _HEALTH_IDENTIFIERS = frozenset({"mrn", "mbi", "member_id"})
 HEALTH_THRESHOLD = 0.6
 _HEALTH_IDENTIFIER_THRESHOLD = 0.7
+
+# What a recognizer can ask of a key (named, has_word, last, parent in _IDENTITY_PARENTS, "npi" in
+# words ...) is answered alike by a key reduced to these: fields under "query.tid" and "tid" (a
+# tracker decoder's name for the same parameter) then share one scan of their value.
+_NAMED_KEYS = frozenset().union(*(value for name, value in list(globals().items()) if name.endswith("_KEYS")))
+_KEY_WORDS = frozenset({"npi", "ndc"}).union(
+    *(value for name, value in list(globals().items()) if name.endswith("_KEY_WORDS"))
+)
+_PAGE_PATHS = ("url.path", "header.host")  # the paths _page_hints and host_span tell apart
+
+
+class _Context:
+    """A field's key context, shared by every path that reduces to the same key: the key, the
+    recognizers its names turn on, and the first path seen (the findings' path, until moved)."""
+
+    __slots__ = ("key", "gates", "any_keyed", "pages", "path")
+
+    def __init__(self, key: _Key, path: str) -> None:
+        self.key = key
+        # (recognizer, named by the key, words, patterns), in the order findings are listed
+        self.gates = tuple(
+            (gate.recognizer, gate.keyed is not None and gate.keyed(key), gate.words, gate.patterns)
+            for gate in _DIGIT_GATES
+        )
+        self.any_keyed = any(keyed for _, keyed, _, _ in self.gates)
+        # whether _page_hints looks at every value here, or only at values like a URL
+        self.pages = path in _PAGE_PATHS or key.last in _PARAM_HINTS
+        self.path = path
+
+
+_CONTEXTS: dict[tuple[_Key, str], _Context] = {}
+_MAX_CONTEXTS = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def _context(path: str) -> _Context:
+    key = _key(path)
+    parent = key.parent if key.parent in _IDENTITY_PARENTS or key.parent + key.last in _NAMED_KEYS else ""
+    reduced = _Key(key.last, parent, key.words & _KEY_WORDS)
+    kind = path if path in _PAGE_PATHS else ""
+    context = _CONTEXTS.get((reduced, kind))
+    if context is None:
+        if len(_CONTEXTS) >= _MAX_CONTEXTS:
+            _CONTEXTS.clear()  # a context is only a cache key: one made again scans the same
+        context = _CONTEXTS[(reduced, kind)] = _Context(reduced, path)
+    return context
 
 
 # Query parameters, paths and headers repeat across requests (asset paths, event names, versions);
@@ -696,38 +835,69 @@ _CACHED_FIELDS = 8192
 
 
 def _scan_field(item: Field) -> tuple[Finding, ...]:
-    if len(item.value) <= _CACHED_VALUE_CHARS:
-        return _scan_short_field(item)
-    return _scan_field_uncached(item)
+    if len(item.value) > _CACHED_VALUE_CHARS:
+        return _scan_field_uncached(item)
+    found = _scan_short_field(_context(item.path), item.value)
+    if found and found[0].path != item.path:
+        path = item.path
+        found = tuple(Finding(f.type, f.category, f.confidence, path, f.start, f.end, f.value) for f in found)
+    return found
 
 
 def _scan_field_uncached(item: Field) -> tuple[Finding, ...]:
-    scan = _FieldScan(item)
-    if not scan.text:
+    return _scan(item, _context(item.path))
+
+
+@functools.lru_cache(maxsize=_CACHED_FIELDS)
+def _scan_short_field(context: _Context, value: str) -> tuple[Finding, ...]:
+    return _scan(Field(context.path, value), context)
+
+
+def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
+    scan = _FieldScan(item, context.key)
+    text = scan.text
+    if not text:
         return ()
-    page_hint = _page_hints(scan)
-    if _DIGIT.search(scan.text):
-        for recognizer in _DIGIT_RECOGNIZERS:
-            recognizer(scan)
-    if "@" in scan.text:
+    page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
+    if _DIGIT.search(text):
+        lowered = scan.lowered
+        if context.any_keyed or _ANY_GATE_WORD.search(lowered):
+            gates = context.gates
+        else:
+            gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
+        for recognizer, keyed, words, patterns in gates:
+            if keyed:
+                recognizer(scan)
+                continue
+            for word in words:
+                if word in lowered:
+                    recognizer(scan)
+                    break
+            else:
+                for pattern in patterns:
+                    if pattern.search(text):
+                        recognizer(scan)
+                        break
+    if "@" in text:
         _email(scan)
-    _terms(scan, page_hint)
-    if scan.key.last in _LOOSE_PARAM_HINTS and (
+    if term_matcher().may_occur(text, scan.lowered):  # most values: no opaque tokens looked for, no matching
+        _terms(scan, page_hint)
+    last = scan.key.last
+    if last in _LOOSE_PARAM_HINTS and (
         any(f.category in (CONDITION, MEDICATION) and f.confidence >= HEALTH_THRESHOLD for f in scan.findings)
-        or (scan.key.last == "provider" and _CLINICIAN_NAME.search(scan.text))
+        or (last == "provider" and _CLINICIAN_NAME.search(text))
     ):
-        scan.add("health_param", CONTEXT, _PARAM_HINT_CONFIDENCE, 0, len(scan.text), keyed=True)
+        scan.add("health_param", CONTEXT, _PARAM_HINT_CONFIDENCE, 0, len(text), keyed=True)
     return tuple(scan.findings)
-
-
-_scan_short_field = functools.lru_cache(maxsize=_CACHED_FIELDS)(_scan_field_uncached)
 
 
 def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
     findings: list[Finding] = []
     for item in fields:
-        findings.extend(finding for finding in _scan_field(item) if finding.confidence >= min_confidence)
+        found = _scan_field(item)
+        if found:  # most fields: none
+            findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
 
 
