@@ -19,6 +19,9 @@ class RuleInfo:
     description: str
     reference: str
     enabled_by_default: bool = True
+    # fires only on what a request carried (health data found in it, a tracker payload): the
+    # detector does not ask it about DNS lookups and TLS or QUIC hellos
+    reads_content: bool = False
 
 
 def describe_host(obs: Observation) -> str:

@@ -33,8 +33,10 @@ from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
-from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, split_target
-from sensor.severity import SEVERITIES
+from sensor.records import (
+    Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, positional_constructor, split_target,
+)
+from sensor.severity import SEVERITY_RANK
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -107,6 +109,12 @@ class _Window:
 
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
+_NO_NAME = ("", None)
+
+# What the engine does with a record, by its class (a subclass takes its nearest base's kind)
+_DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
+_KINDS: dict[type, str] = {DnsQuery: _DNS, LocalNameQuery: _LOCAL, TlsHello: _HELLO, HttpRequest: _HTTP}
+_observation = positional_constructor(Observation)  # every field, in order
 
 
 class DetectionEngine:
@@ -136,42 +144,54 @@ class DetectionEngine:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
             if settings.enabled:
                 self.rules.append((rule, settings))
+        # lookups and hellos carry no request content: the rules that read only content skip them
+        headers_only = [(rule, settings) for rule, settings in self.rules if not rule.INFO.reads_content]
+        self._rules_for = {_DNS: headers_only, _HELLO: headers_only, _HTTP: self.rules}
+        self._kinds: dict[type, str] = dict(_KINDS)
+        self._phi_host_of = policy.assets.lookup
         self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
         # replay: (end, key) of every window opened, soonest end first; the next time to look
         self._ends: list[tuple[float, tuple[str, str, str]]] = []
         self._sweep_at = math.inf if immediate else -math.inf
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
+        # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
+        self._by_name: dict[str, tuple[str, _Enrichment]] = {}
+        self._by_name_day = dt.date.min
         self._day_start, self._day_value = float("inf"), dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
-        if record.ts >= self._sweep_at:  # never in live
-            closed = self._close_passed(record.ts)
-            if closed:
-                return closed + self._on_record(record)
-        return self._on_record(record)
-
-    def _on_record(self, record: Record) -> list[Document]:
-        if isinstance(record, DnsQuery):
-            if isinstance(record, LocalNameQuery):  # a local host's name: never evidence of egress
-                return []
-            self.dns_cache.observe(record)
-        phi_host = self.policy.assets.lookup(record.flow.src_ip)
-        if phi_host is None or not (self.rules or self.on_observation):
-            return []
-        obs = self._observe(record, phi_host)
+        out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
+        kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        if kind is _DNS:
+            if record.answers:
+                self.dns_cache.observe(record)
+        elif kind is _LOCAL:  # a local host's name: never evidence of egress
+            return out or []
+        phi_host = self._phi_host_of(record.flow.src_ip)
+        rules = self._rules_for[kind]
+        if phi_host is None or not (rules or self.on_observation):
+            return out or []
+        obs = self._observe(record, phi_host, kind)
         if obs is None:
-            return []
+            return out or []
         if self.on_observation is not None:
             self.on_observation(obs)
-        out: list[Document] = []
-        for rule, settings in self.rules:
+        if out is None:
+            out = []
+        for rule, settings in rules:
             alert = rule.evaluate(obs)
             if alert is not None:
                 if settings.severity:
                     alert.severity = settings.severity
-                out.extend(self._throttle(alert, record.ts, settings.throttle_seconds))
+                self._throttle(alert, record.ts, settings.throttle_seconds, out)
         return out
+
+    def _kind_of(self, cls: type) -> str:
+        """The kind of record a class is (its nearest known base decides), remembered."""
+        kind = next(_KINDS[base] for base in cls.__mro__ if base in _KINDS)
+        self._kinds[cls] = kind
+        return kind
 
     def adopt_state(self, previous: "DetectionEngine") -> None:
         """Carry DNS attribution and open throttle windows over from the engine this one replaces
@@ -209,29 +229,47 @@ class DetectionEngine:
             yield self._final(pending.pop())
 
     # -- enrichment ----------------------------------------------------------------------------
-    def _observe(self, record: Record, phi_host: PhiHost) -> Observation | None:
-        names: tuple[str, ...]
-        if isinstance(record, DnsQuery):
-            names, source = (normalize_host(record.name),), "dns"
-        elif isinstance(record, TlsHello):
-            resolved = self.dns_cache.names_for(record.flow.dst_ip, record.ts)
-            sni = normalize_host(record.server_name) if record.server_name else None
-            if sni and not (record.ech and is_cover_name(sni, resolved)):
-                names, source = (sni,), record.protocol
-            else:  # no SNI, or only an ECH cover name: the destination is what DNS said it is
-                names, source = resolved, "dns-attribution"
+    def _observe(self, record: Record, phi_host: PhiHost, kind: str | None = None) -> Observation | None:
+        if kind is None:
+            kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        ts = record.ts
+        day = self._day(ts)
+        if kind is _DNS:
+            enrichment, source = self._named(record.name, day)[1], "dns"
+        elif kind is _HELLO:
+            resolved = self.dns_cache.names_for(record.flow.dst_ip, ts)
+            sni, enrichment = self._named(record.server_name, day) if record.server_name else _NO_NAME
+            source = record.protocol
+            if not sni or (record.ech and is_cover_name(sni, resolved)):
+                # no SNI, or only an ECH cover name: the destination is what DNS said it is
+                if not resolved:
+                    return None
+                enrichment, source = self._enrich(resolved, day), "dns-attribution"
         else:
             if record.host:
                 names, source = (normalize_host(record.host),), "http"
             else:
-                names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
-        if not names and not isinstance(record, HttpRequest):
-            return None
-        vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
-        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, status)
-        if isinstance(record, HttpRequest):
+                names, source = self.dns_cache.names_for(record.flow.dst_ip, ts), "http"
+            vendor, destination, allowed, baa, status = self._enrich(names, day)
+            obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
             self._inspect_http(record, obs)
-        return obs
+            return obs
+        vendor, destination, allowed, baa, status = enrichment
+        return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+
+    def _named(self, name: str, day: dt.date) -> tuple[str, _Enrichment]:
+        """(normalized name, enrichment) of a name as a record spelled it, remembered for the day."""
+        if day != self._by_name_day:
+            self._by_name.clear()
+            self._by_name_day = day
+        found = self._by_name.get(name)
+        if found is None:
+            normal = normalize_host(name)
+            found = (normal, self._enrich((normal,), day))
+            if len(self._by_name) >= MAX_ENRICHED_KEYS:
+                self._by_name.clear()
+            self._by_name[name] = found
+        return found
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
         """(vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day.
@@ -284,30 +322,36 @@ class DetectionEngine:
             self.counters.add(f"trackers.{endpoint.decoder}")
 
     # -- throttle ------------------------------------------------------------------------------
-    def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[Document]:
+    def _throttle(self, alert: Alert, ts: float, window_seconds: float, out: list[Document]) -> None:
+        """Count an alert into its window, appending the documents it makes go out to `out`."""
         obs = alert.observation
         key = (alert.rule.id, obs.record.flow.src_ip, alert.throttle_subject)
-        health_data = _carries_health_data(alert)
+        # only an HTTP request's findings can be health data: lookups and hellos have none
+        health_data = bool(alert.findings or obs.findings or obs.tracker_findings) and _carries_health_data(alert)
         window = self._windows.get(key)
         if window is not None and ts < window.end:
             window.count += 1
-            window.last_seen = max(window.last_seen, ts)
+            if ts > window.last_seen:
+                window.last_seen = ts
             grew = window.see(obs.destination, ts, health_data)
-            if SEVERITIES.index(alert.severity) > SEVERITIES.index(window.alert.severity):
+            if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.alert.severity]:
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
                 window.alert = alert
                 self.counters.add("alerts.escalated")
-                return [self._final(window)] if self.immediate else []
+                if self.immediate:
+                    out.append(self._final(window))
+                return
             if health_data and alert.severity == window.alert.severity and not _carries_health_data(window.alert):
                 window.alert = alert  # the document then shows the request that carried the data
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
                 self.counters.add("alerts.updated")
-                return [self._final(window)] if self.immediate else []
+                if self.immediate:
+                    out.append(self._final(window))
+                return
             self.counters.add("alerts.suppressed")
-            return []
-        out: list[Document] = []
+            return
         if window is not None:
             del self._windows[key]
             if window.count > window.sent_count:
@@ -325,7 +369,6 @@ class DetectionEngine:
                 out.append(self._final(oldest))
         if self.immediate:
             out.append(self.build_document(alert, 1, ts, ts, event_id, list(window.destinations.values())))
-        return out
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count

@@ -27,24 +27,29 @@ class DnsCache:
         answers = query.answers
         if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
-        entries = self._entries
-        asked = (query.name.lower(),)
         # Without CNAMEs every address record is attributed to the name asked for.
-        chain = _chain(query) if any(answer.type == "CNAME" for answer in answers) else None
-        stored = 0
+        chain = None
         for answer in answers:
-            if answer.type != "A" and answer.type != "AAAA":
-                continue
-            ttl = min(max(float(answer.ttl), MIN_TTL), MAX_TTL)
-            names = asked if chain is None else chain.get(answer.name.lower(), asked)
-            entries[answer.data] = (query.ts + ttl, names)
-            entries.move_to_end(answer.data)
-            stored += 1
+            if answer.type == "CNAME":
+                chain = _chain(query)
+                break
+        asked = (query.name.lower(),)
+        entries, ts, stored = self._entries, query.ts, 0
+        for answer in answers:
+            kind = answer.type
+            if kind == "A" or kind == "AAAA":
+                ttl = float(answer.ttl)
+                ttl = MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl
+                names = asked if chain is None else chain.get(answer.name.lower(), asked)
+                address = answer.data
+                entries[address] = (ts + ttl, names)
+                entries.move_to_end(address)
+                stored += 1
         if stored:
             self.counters.add("dnscache.stored", stored)
-        while len(entries) > self.max_entries:
-            self._entries.popitem(last=False)
-            self.counters.add("dnscache.evicted")
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+                self.counters.add("dnscache.evicted")
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""

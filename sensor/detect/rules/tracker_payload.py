@@ -17,6 +17,7 @@ INFO = RuleInfo(
     category="tracker-payload",
     description="A request to a tracking endpoint carried health data in its decoded parameters.",
     reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/hipaa-online-tracking/index.html",
+    reads_content=True,
 )
 
 
