@@ -22,6 +22,9 @@ class RuleInfo:
     # fires only on what a request carried (health data found in it, a tracker payload): the
     # detector does not ask it about DNS lookups and TLS or QUIC hellos
     reads_content: bool = False
+    # True: fires only where the destination is a catalogued vendor; False: only where it is not;
+    # None: either (the detector asks a rule only about destinations it may fire on)
+    catalogued: bool | None = None
 
 
 def describe_host(obs: Observation) -> str:

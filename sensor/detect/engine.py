@@ -144,9 +144,15 @@ class DetectionEngine:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
             if settings.enabled:
                 self.rules.append((rule, settings))
-        # lookups and hellos carry no request content: the rules that read only content skip them
-        headers_only = [(rule, settings) for rule, settings in self.rules if not rule.INFO.reads_content]
-        self._rules_for = {_DNS: headers_only, _HELLO: headers_only, _HTTP: self.rules}
+        # The rules asked about a lookup or hello, by whether its destination is a catalogued vendor:
+        # they carry no request content, so the rules that read only content are never asked.
+        self._rules_for = {
+            catalogued: [
+                (rule, settings) for rule, settings in self.rules
+                if not rule.INFO.reads_content and rule.INFO.catalogued in (None, catalogued)
+            ]
+            for catalogued in (True, False)
+        }
         self._kinds: dict[type, str] = dict(_KINDS)
         self._phi_host_of = policy.assets.lookup
         self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
@@ -169,12 +175,20 @@ class DetectionEngine:
         elif kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
-        rules = self._rules_for[kind]
-        if phi_host is None or not (rules or self.on_observation):
+        if phi_host is None or not (self.rules or self.on_observation):
             return out or []
-        obs = self._observe(record, phi_host, kind)
-        if obs is None:
-            return out or []
+        if kind is _HTTP:
+            obs = self._observe(record, phi_host, kind)
+            rules = self.rules
+        else:
+            found = self._destination(record, kind)
+            if found is None:
+                return out or []
+            source, (vendor, destination, allowed, baa, status) = found
+            rules = self._rules_for[vendor is not None]
+            if not rules and self.on_observation is None:  # no rule may fire: no observation to make
+                return out or []
+            obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
         if self.on_observation is not None:
             self.on_observation(obs)
         if out is None:
@@ -229,33 +243,36 @@ class DetectionEngine:
             yield self._final(pending.pop())
 
     # -- enrichment ----------------------------------------------------------------------------
-    def _observe(self, record: Record, phi_host: PhiHost, kind: str | None = None) -> Observation | None:
+    def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
         if kind is None:
             kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        if kind is not _HTTP:
+            found = self._destination(record, kind)
+            if found is None:
+                return None
+            source, (vendor, destination, allowed, baa, status) = found
+            return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        if record.host:
+            names, source = (normalize_host(record.host),), "http"
+        else:
+            names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
+        vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
+        obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        self._inspect_http(record, obs)
+        return obs
+
+    def _destination(self, record: DnsQuery | TlsHello, kind: str) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup or hello; None for a hello whose destination is unknown."""
         ts = record.ts
         day = self._day(ts)
         if kind is _DNS:
-            enrichment, source = self._named(record.name, day)[1], "dns"
-        elif kind is _HELLO:
-            resolved = self.dns_cache.names_for(record.flow.dst_ip, ts)
-            sni, enrichment = self._named(record.server_name, day) if record.server_name else _NO_NAME
-            source = record.protocol
-            if not sni or (record.ech and is_cover_name(sni, resolved)):
-                # no SNI, or only an ECH cover name: the destination is what DNS said it is
-                if not resolved:
-                    return None
-                enrichment, source = self._enrich(resolved, day), "dns-attribution"
-        else:
-            if record.host:
-                names, source = (normalize_host(record.host),), "http"
-            else:
-                names, source = self.dns_cache.names_for(record.flow.dst_ip, ts), "http"
-            vendor, destination, allowed, baa, status = self._enrich(names, day)
-            obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
-            self._inspect_http(record, obs)
-            return obs
-        vendor, destination, allowed, baa, status = enrichment
-        return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+            return "dns", self._named(record.name, day)[1]
+        resolved = self.dns_cache.names_for(record.flow.dst_ip, ts)
+        sni, enrichment = self._named(record.server_name, day) if record.server_name else _NO_NAME
+        if sni and not (record.ech and is_cover_name(sni, resolved)):
+            return record.protocol, enrichment
+        # no SNI, or only an ECH cover name: the destination is what DNS said it is
+        return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
     def _named(self, name: str, day: dt.date) -> tuple[str, _Enrichment]:
         """(normalized name, enrichment) of a name as a record spelled it, remembered for the day."""

@@ -28,12 +28,12 @@ class DnsCache:
         if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
         # Without CNAMEs every address record is attributed to the name asked for.
+        asked = (query.name.lower(),)
         chain = None
         for answer in answers:
             if answer.type == "CNAME":
-                chain = _chain(query)
+                chain = _chain(query, asked)
                 break
-        asked = (query.name.lower(),)
         entries, ts, stored = self._entries, query.ts, 0
         for answer in answers:
             kind = answer.type
@@ -68,16 +68,23 @@ class DnsCache:
         return len(self._entries)
 
 
-def _chain(query: DnsQuery) -> dict[str, tuple[str, ...]]:
-    """For every owner name in the answer section, the path of names from the question to it."""
-    paths: dict[str, tuple[str, ...]] = {query.name.lower(): (query.name.lower(),)}
-    # CNAME answers may come in any order; follow them until nothing new is reachable.
-    cnames = [(a.name.lower(), a.data.lower().rstrip(".")) for a in query.answers if a.type == "CNAME"]
-    changed = True
-    while changed:
-        changed = False
-        for owner, target in cnames:
-            if owner in paths and target not in paths and len(paths[owner]) < 16:
-                paths[target] = paths[owner] + (target,)
-                changed = True
+def _chain(query: DnsQuery, asked: tuple[str]) -> dict[str, tuple[str, ...]]:
+    """For every owner name in the answer section, the path of names from the question (`asked`,
+    lowered) to it."""
+    paths: dict[str, tuple[str, ...]] = {asked[0]: asked}
+    # CNAME answers may come in any order: follow them until nothing new is reachable, each pass
+    # trying again only those whose owner was not reachable yet (in order, so the first path
+    # found to a name stays).
+    pending = [(a.name.lower(), a.data.lower().rstrip(".")) for a in query.answers if a.type == "CNAME"]
+    while pending:
+        deferred = []
+        for owner, target in pending:
+            path = paths.get(owner)
+            if path is None:
+                deferred.append((owner, target))
+            elif target not in paths and len(path) < 16:
+                paths[target] = path + (target,)
+        if len(deferred) == len(pending):
+            break
+        pending = deferred
     return paths
