@@ -13,17 +13,18 @@ ones), else at the end. A day of traffic so holds the windows of the last hour o
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Any
 
 from sensor.detect.base import Alert
-from sensor.detect.rules import ALL_RULES
+from sensor.detect.rules import ALL_RULES, tracker_payload
 from sensor.enrich.assets import PhiHost
 from sensor.enrich.baa import BaaEntry
 from sensor.enrich.dnscache import DnsCache
@@ -80,23 +81,45 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 class _Window:
     start: float
     end: float
-    alert: Alert
-    event_id: str
+    alert: Alert  # what a document reads of the window's alert (see _kept)
+    key: tuple[str, str, str]  # (rule, source host, subject)
+    health_data: bool  # whether the request behind `alert` carried health data
     count: int = 1
     last_seen: float = 0.0
     sent_count: int = 1  # the count the last document of this window carried
-    destinations: dict[str, Destination] = field(default_factory=dict)
+    # The hosts reached: the only one while there is one, else all of them in the order first
+    # seen (most windows see one host; a dict for each would be most of what a window holds).
+    destination: Destination | None = None
+    destinations: dict[str, Destination] | None = None
+
+    @property
+    def event_id(self) -> str:
+        """The id every document of the window carries: made, not kept (a replay's windows are many)."""
+        return hashlib.sha256("|".join((*self.key, f"{self.start:.6f}")).encode()).hexdigest()[:40]
+
+    def hosts(self) -> list[Destination]:
+        """The hosts reached, in the order first seen."""
+        if self.destinations is not None:
+            return list(self.destinations.values())
+        return [] if self.destination is None else [self.destination]
 
     def see(self, host: str | None, ts: float, health_data: bool) -> bool:
         """Count a request to `host`; True when the window's host list changed (a new host, or
         the first health data to a known one)."""
         if not host:
             return False
-        entry = self.destinations.get(host)
-        if entry is None:
-            if len(self.destinations) >= MAX_DESTINATIONS and not health_data:
+        table = self.destinations
+        entry = self.destination if table is None else table.get(host)
+        if entry is None or entry.host != host:  # a host not seen yet
+            if table is None:
+                if entry is None:
+                    self.destination = Destination(host, 1, ts, ts, health_data)
+                    return True
+                table = self.destinations = {entry.host: entry}
+                self.destination = None
+            elif len(table) >= MAX_DESTINATIONS and not health_data:
                 return False
-            self.destinations[host] = Destination(host, 1, ts, ts, health_data)
+            table[host] = Destination(host, 1, ts, ts, health_data)
             return True
         entry.count += 1
         entry.first_seen = min(entry.first_seen, ts)
@@ -115,6 +138,7 @@ _NO_NAME = ("", None)
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
 _KINDS: dict[type, str] = {DnsQuery: _DNS, LocalNameQuery: _LOCAL, TlsHello: _HELLO, HttpRequest: _HTTP}
 _observation = positional_constructor(Observation)  # every field, in order
+_TRACKER_PAYLOAD = tracker_payload.INFO.id
 
 
 class DetectionEngine:
@@ -354,13 +378,14 @@ class DetectionEngine:
             if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.alert.severity]:
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
-                window.alert = alert
+                window.alert, window.health_data = _kept(alert), health_data
                 self.counters.add("alerts.escalated")
                 if self.immediate:
                     out.append(self._final(window))
                 return
-            if health_data and alert.severity == window.alert.severity and not _carries_health_data(window.alert):
-                window.alert = alert  # the document then shows the request that carried the data
+            if health_data and alert.severity == window.alert.severity and not window.health_data:
+                # the document then shows the request that carried the data
+                window.alert, window.health_data = _kept(alert), True
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
                 self.counters.add("alerts.updated")
@@ -373,9 +398,8 @@ class DetectionEngine:
             del self._windows[key]
             if window.count > window.sent_count:
                 out.append(self._final(window))
-        event_id = hashlib.sha256("|".join((*key, f"{ts:.6f}")).encode()).hexdigest()[:40]
         window = self._windows[key] = _Window(
-            ts, ts + window_seconds, alert, event_id, last_seen=ts, sent_count=1 if self.immediate else 0
+            ts, ts + window_seconds, _kept(alert), key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
         )
         window.see(obs.destination, ts, health_data)
         if not self.immediate and math.isfinite(window.end):
@@ -385,14 +409,35 @@ class DetectionEngine:
             if oldest.count > oldest.sent_count:
                 out.append(self._final(oldest))
         if self.immediate:
-            out.append(self.build_document(alert, 1, ts, ts, event_id, list(window.destinations.values())))
+            out.append(self.build_document(alert, 1, ts, ts, window.event_id, window.hosts()))
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
             window.alert, window.count, window.start, window.last_seen, window.event_id,
-            list(window.destinations.values()),
+            window.hosts(),
         )
+
+
+# The request headers an alert document shows (its referrer, MIME type and user agent)
+_DOCUMENT_HEADERS = frozenset({"referer", "content-type", "user-agent"})
+
+
+def _kept(alert: Alert) -> Alert:
+    """What a throttle window keeps of an alert until its document is built: everything the
+    document reads. A request's body and its other headers, and the scan's findings and tracker
+    payload where the alert does not show them, are let go (a day of traffic holds thousands of
+    windows). Lookups and hellos are kept as they are."""
+    obs = alert.observation
+    record = obs.record
+    if not isinstance(record, HttpRequest):
+        return alert
+    headers = tuple(header for header in record.headers if header[0].lower() in _DOCUMENT_HEADERS)
+    record = dataclasses.replace(record, headers=headers, body=b"")
+    tracker = obs.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
+    obs = _observation(record, obs.source_record, obs.phi_host, obs.destination, obs.vendor, obs.baa, obs.allowed,
+                       obs.baa_status, None, tracker, None)
+    return Alert(alert.rule, alert.severity, obs, alert.summary, alert.throttle_subject, alert.findings, alert.fields)
 
 
 def _carries_health_data(alert: Alert) -> bool:
