@@ -111,14 +111,15 @@ class _Window:
         table = self.destinations
         entry = self.destination if table is None else table.get(host)
         if entry is None or entry.host != host:  # a host not seen yet
+            listed = len(table) if table is not None else 0 if entry is None else 1
+            if listed >= MAX_DESTINATIONS and not health_data:
+                return False
+            if not listed:
+                self.destination = Destination(host, 1, ts, ts, health_data)
+                return True
             if table is None:
-                if entry is None:
-                    self.destination = Destination(host, 1, ts, ts, health_data)
-                    return True
                 table = self.destinations = {entry.host: entry}
                 self.destination = None
-            elif len(table) >= MAX_DESTINATIONS and not health_data:
-                return False
             table[host] = Destination(host, 1, ts, ts, health_data)
             return True
         entry.count += 1
@@ -270,6 +271,8 @@ class DetectionEngine:
     def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
         if kind is None:
             kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        if kind is _LOCAL:  # never asked by on_record; observed as the lookup it is
+            kind = _DNS
         if kind is not _HTTP:
             found = self._destination(record, kind)
             if found is None:
