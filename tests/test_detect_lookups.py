@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import itertools
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from sensor.config import parse_config
 from sensor.deep import HttpsRequest
 from sensor.detect import engine as engine_module
-from sensor.detect.engine import DetectionEngine, RuleSettings, _kept, _Window
+from sensor.detect.engine import DetectionEngine, RuleSettings, _day_of, _kept, _Window
 from sensor.detect.rules import ALL_RULES
 from sensor.enrich.assets import AssetInventory, PhiHost
 from sensor.enrich.dnscache import DnsCache
@@ -77,8 +78,12 @@ class _Plain(DetectionEngine):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._rules_for = {True: self.rules, False: self.rules}
+        self._day_start, self._day_end = math.inf, -math.inf  # and no day remembered
 
-    def _named(self, name, day):
+    def _day(self, ts):
+        return _day_of(ts)
+
+    def _name(self, named, name, day):
         normal = normalize_host(name)
         return normal, self._enrich((normal,), day)
 

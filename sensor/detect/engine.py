@@ -188,7 +188,8 @@ class DetectionEngine:
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
         self._by_name: dict[str, tuple[str, _Enrichment]] = {}
         self._by_name_day = dt.date.min
-        self._day_start, self._day_value = float("inf"), dt.date.min
+        # the day the last time fell in: times from start to end (excluded) fall on it
+        self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
@@ -291,28 +292,37 @@ class DetectionEngine:
     def _destination(self, record: DnsQuery | TlsHello, kind: str) -> tuple[str, _Enrichment] | None:
         """(source, enrichment) of a lookup or hello; None for a hello whose destination is unknown."""
         ts = record.ts
-        day = self._day(ts)
+        if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+            day, named = self._day_value, self._by_name
+        else:
+            day = self._day(ts)
+            named = self._names_on(day)
         if kind is _DNS:
-            return "dns", self._named(record.name, day)[1]
+            return "dns", (named.get(record.name) or self._name(named, record.name, day))[1]
         resolved = self.dns_cache.names_for(record.flow.dst_ip, ts)
-        sni, enrichment = self._named(record.server_name, day) if record.server_name else _NO_NAME
+        name = record.server_name
+        sni, enrichment = (named.get(name) or self._name(named, name, day)) if name else _NO_NAME
         if sni and not (record.ech and is_cover_name(sni, resolved)):
             return record.protocol, enrichment
         # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
-    def _named(self, name: str, day: dt.date) -> tuple[str, _Enrichment]:
-        """(normalized name, enrichment) of a name as a record spelled it, remembered for the day."""
+    def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
+        """Where the names of a day are remembered: the remembered day's table (emptied when the
+        day changes), or for a time outside it nowhere (an empty table)."""
         if day != self._by_name_day:
+            if day != self._day_value:
+                return {}
             self._by_name.clear()
             self._by_name_day = day
-        found = self._by_name.get(name)
-        if found is None:
-            normal = normalize_host(name)
-            found = (normal, self._enrich((normal,), day))
-            if len(self._by_name) >= MAX_ENRICHED_KEYS:
-                self._by_name.clear()
-            self._by_name[name] = found
+        return self._by_name
+
+    def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
+        """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
+        normal = normalize_host(name)
+        if len(named) >= MAX_ENRICHED_KEYS:
+            named.clear()
+        found = named[name] = (normal, self._enrich((normal,), day))
         return found
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
@@ -339,8 +349,7 @@ class DetectionEngine:
 
     def _day(self, ts: float) -> dt.date:
         """_day_of(ts), remembered for the day the last time fell in (captures are in time order)."""
-        start = self._day_start
-        if start <= ts < start + _DAY_SECONDS - 1e-6:  # False for NaN
+        if self._day_start <= ts < self._day_end:  # False for NaN
             return self._day_value
         day = _day_of(ts)
         if 0.0 <= ts < 1e11:
@@ -348,7 +357,7 @@ class DetectionEngine:
             # before the next one falls on the same day.
             start = ts // _DAY_SECONDS * _DAY_SECONDS
             if day == _EPOCH_DAY + dt.timedelta(days=int(start // _DAY_SECONDS)):
-                self._day_start, self._day_value = start, day
+                self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
         return day
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:

@@ -140,9 +140,10 @@ class AssetInventory:
         included = self._included.longest_number(*parsed)
         if included is None:
             return None
-        excluded = self._excluded.longest_number(*parsed)
-        if excluded is not None and excluded[0] >= included[0]:
-            return None
+        if self._exclude:
+            excluded = self._excluded.longest_number(*parsed)
+            if excluded is not None and excluded[0] >= included[0]:
+                return None
         return included[1]
 
     @property

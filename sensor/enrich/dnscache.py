@@ -38,11 +38,11 @@ class DnsCache:
         for answer in answers:
             kind = answer.type
             if kind == "A" or kind == "AAAA":
-                ttl = float(answer.ttl)
-                ttl = MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl
+                ttl = answer.ttl
+                expiry = ts + (MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl)
                 names = asked if chain is None else chain.get(answer.name.lower(), asked)
                 address = answer.data
-                entries[address] = (ts + ttl, names)
+                entries[address] = (expiry, names)
                 entries.move_to_end(address)
                 stored += 1
         if stored:
@@ -74,8 +74,16 @@ def _chain(query: DnsQuery, asked: tuple[str]) -> dict[str, tuple[str, ...]]:
     paths: dict[str, tuple[str, ...]] = {asked[0]: asked}
     # CNAME answers may come in any order: follow them until nothing new is reachable, each pass
     # trying again only those whose owner was not reachable yet (in order, so the first path
-    # found to a name stays).
-    pending = [(a.name.lower(), a.data.lower().rstrip(".")) for a in query.answers if a.type == "CNAME"]
+    # found to a name stays). Most come in order and take one pass.
+    pending = []
+    for answer in query.answers:
+        if answer.type == "CNAME":
+            owner, target = answer.name.lower(), answer.data.lower().rstrip(".")
+            path = paths.get(owner)
+            if path is None:
+                pending.append((owner, target))
+            elif target not in paths and len(path) < 16:
+                paths[target] = path + (target,)
     while pending:
         deferred = []
         for owner, target in pending:
