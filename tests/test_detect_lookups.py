@@ -13,7 +13,7 @@ import itertools
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sensor.config import parse_config
@@ -194,28 +194,42 @@ def _chain_by_passes(query: DnsQuery) -> dict[str, tuple[str, ...]]:
     return paths
 
 
-_label = st.sampled_from(["a.example", "B.example", "c.example.", "d.example", "e.example", "F.Example"])
+_label = st.sampled_from(["a.example", "B.example", "c.example.", "d.example", "A.example", "b.example."])
+_answer = st.one_of(
+    st.builds(lambda owner, target: DnsAnswer(owner, "CNAME", target, 300), _label, _label),
+    st.builds(lambda owner, address, ttl: DnsAnswer(owner, "AAAA" if ":" in address else "A", address, ttl),
+              _label, st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"]), st.integers(0, 100_000)),
+    st.builds(lambda owner: DnsAnswer(owner, "HTTPS", "1 . alpn=h2", 300), _label),
+)
+
+
+def _observe_plainly(entries: dict, query: DnsQuery) -> int:
+    """DnsCache.observe the plain way (an LRU dict; chains only when a CNAME is there); how many
+    addresses it stored."""
+    chain = _chain_by_passes(query) if any(answer.type == "CNAME" for answer in query.answers) else None
+    stored = 0
+    for answer in query.answers:
+        if answer.type in ("A", "AAAA"):
+            ttl = min(max(float(answer.ttl), 60.0), 86_400.0)
+            asked = (query.name.lower(),)
+            entries.pop(answer.data, None)
+            entries[answer.data] = (query.ts + ttl, asked if chain is None else chain.get(answer.name.lower(), asked))
+            stored += 1
+    return stored
 
 
 @settings(max_examples=500, deadline=None)
-@given(
-    asked=_label,
-    cnames=st.lists(st.tuples(_label, _label), max_size=12),
-    addresses=st.lists(st.tuples(_label, st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"])), max_size=5),
-)
-def test_cname_chains_are_those_of_passing_until_nothing_changes(asked, cnames, addresses) -> None:
-    answers = tuple(DnsAnswer(owner, "CNAME", target, 300) for owner, target in cnames) + tuple(
-        DnsAnswer(owner, "AAAA" if ":" in address else "A", address, 300) for owner, address in addresses
-    )
-    query = DnsQuery(T0, Flow("10.0.0.2", 5353, "10.0.0.53", 53, "udp"), 1, asked, "A", True, "NOERROR", answers)
-    paths = _chain_by_passes(query)
-    cache = DnsCache()
-    cache.observe(query)
-    for owner, address in addresses:
-        expected = paths.get(owner.lower(), (asked.lower(),)) if cnames else (asked.lower(),)
-        last = [o for o, a in addresses if a == address][-1]
-        if owner == last:
-            assert cache.names_for(address, T0) == expected
+@given(queries=st.lists(st.tuples(_label, st.lists(_answer, max_size=10)), max_size=6))
+@example(queries=[("a.example", [DnsAnswer("b.example", "A", "192.0.2.1", 30), DnsAnswer("A.example.", "CNAME", "b.example.", 300)])])
+def test_the_dns_cache_stores_what_the_plain_way_stores(queries) -> None:
+    cache, plain, stored = DnsCache(), {}, 0
+    for offset, (asked, answers) in enumerate(queries):
+        query = DnsQuery(T0 + offset, Flow("10.0.0.2", 5353, "10.0.0.53", 53, "udp"), 1, asked, "A", True, "NOERROR",
+                         tuple(answers))
+        cache.observe(query)
+        stored += _observe_plainly(plain, query)
+    assert list(cache._entries.items()) == list(plain.items())
+    assert cache.counters.get("dnscache.stored") == stored
 
 
 _network = st.one_of(

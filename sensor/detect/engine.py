@@ -210,10 +210,10 @@ class DetectionEngine:
             found = self._destination(record, kind)
             if found is None:
                 return out or []
-            source, (vendor, destination, allowed, baa, status) = found
-            rules = self._rules_for[vendor is not None]
+            rules = self._rules_for[found[1][0] is not None]  # (source, (vendor, ...))
             if not rules and self.on_observation is None:  # no rule may fire: no observation to make
                 return out or []
+            source, (vendor, destination, allowed, baa, status) = found
             obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
         if self.on_observation is not None:
             self.on_observation(obs)

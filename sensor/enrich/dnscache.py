@@ -27,24 +27,27 @@ class DnsCache:
         answers = query.answers
         if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
-        # Without CNAMEs every address record is attributed to the name asked for.
+        # Without CNAMEs every address record is attributed to the name asked for; at the first
+        # CNAME the chains are followed and every address stored again (in the same order) with
+        # the chain that leads to it.
         asked = (query.name.lower(),)
-        chain = None
-        for answer in answers:
-            if answer.type == "CNAME":
-                chain = _chain(query, asked)
+        entries, ts, chain = self._entries, query.ts, None
+        while True:
+            stored = 0
+            for answer in answers:
+                kind = answer.type
+                if kind == "A" or kind == "AAAA":
+                    ttl = answer.ttl
+                    expiry = ts + (MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl)
+                    address = answer.data
+                    entries[address] = (expiry, asked if chain is None else chain.get(answer.name.lower(), asked))
+                    entries.move_to_end(address)
+                    stored += 1
+                elif kind == "CNAME" and chain is None:
+                    chain = _chain(query, asked)
+                    break
+            else:
                 break
-        entries, ts, stored = self._entries, query.ts, 0
-        for answer in answers:
-            kind = answer.type
-            if kind == "A" or kind == "AAAA":
-                ttl = answer.ttl
-                expiry = ts + (MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl)
-                names = asked if chain is None else chain.get(answer.name.lower(), asked)
-                address = answer.data
-                entries[address] = (expiry, names)
-                entries.move_to_end(address)
-                stored += 1
         if stored:
             self.counters.add("dnscache.stored", stored)
             while len(entries) > self.max_entries:
