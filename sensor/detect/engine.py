@@ -339,7 +339,7 @@ class DetectionEngine:
             if vendor is not None:
                 destination = name
                 break
-        allowed = any(self.policy.is_allowed(name) for name in names)
+        allowed = bool(self.policy.allow) and any(self.policy.is_allowed(name) for name in names)
         baa, status = self.policy.baa.standing(vendor, destination, day)
         found = (vendor, destination, allowed, baa, status)
         if len(self._enriched) >= MAX_ENRICHED_KEYS:
