@@ -220,7 +220,8 @@ def _observe_plainly(entries: dict, query: DnsQuery) -> int:
 
 @settings(max_examples=500, deadline=None)
 @given(queries=st.lists(st.tuples(_label, st.lists(_answer, max_size=10)), max_size=6))
-@example(queries=[("a.example", [DnsAnswer("b.example", "A", "192.0.2.1", 30), DnsAnswer("A.example.", "CNAME", "b.example.", 300)])])
+@example(queries=[("a.example", [DnsAnswer("b.example", "A", "192.0.2.1", 30),
+                                   DnsAnswer("A.example.", "CNAME", "b.example.", 300)])])  # an address before its chain
 def test_the_dns_cache_stores_what_the_plain_way_stores(queries) -> None:
     cache, plain, stored = DnsCache(), {}, 0
     for offset, (asked, answers) in enumerate(queries):

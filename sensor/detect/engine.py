@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, cast
 
 from sensor.detect.base import Alert
 from sensor.detect.rules import ALL_RULES, tracker_payload
@@ -35,7 +35,14 @@ from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import (
-    Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, positional_constructor, split_target,
+    Counters,
+    DnsQuery,
+    HttpRequest,
+    LocalNameQuery,
+    Record,
+    TlsHello,
+    positional_constructor,
+    split_target,
 )
 from sensor.severity import SEVERITY_RANK
 
@@ -108,19 +115,22 @@ class _Window:
         the first health data to a known one)."""
         if not host:
             return False
-        table = self.destinations
-        entry = self.destination if table is None else table.get(host)
-        if entry is None or entry.host != host:  # a host not seen yet
-            listed = len(table) if table is not None else 0 if entry is None else 1
+        table, only = self.destinations, self.destination
+        if table is not None:
+            entry = table.get(host)
+        else:
+            entry = only if only is not None and only.host == host else None
+        if entry is None:  # a host not seen yet
+            listed = len(table) if table is not None else 0 if only is None else 1
             if listed >= MAX_DESTINATIONS and not health_data:
                 return False
-            if not listed:
-                self.destination = Destination(host, 1, ts, ts, health_data)
-                return True
-            if table is None:
-                table = self.destinations = {entry.host: entry}
-                self.destination = None
-            table[host] = Destination(host, 1, ts, ts, health_data)
+            entry = Destination(host, 1, ts, ts, health_data)
+            if table is not None:
+                table[host] = entry
+            elif only is None:
+                self.destination = entry
+            else:
+                self.destinations, self.destination = {only.host: only, host: entry}, None
             return True
         entry.count += 1
         entry.first_seen = min(entry.first_seen, ts)
@@ -133,7 +143,6 @@ class _Window:
 
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
-_NO_NAME = ("", None)
 
 # What the engine does with a record, by its class (a subclass takes its nearest base's kind)
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
@@ -196,15 +205,16 @@ class DetectionEngine:
         out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
         kind = self._kinds.get(type(record)) or self._kind_of(type(record))
         if kind is _DNS:
-            if record.answers:
-                self.dns_cache.observe(record)
+            query = cast(DnsQuery, record)
+            if query.answers:
+                self.dns_cache.observe(query)
         elif kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
             return out or []
         if kind is _HTTP:
-            obs = self._observe(record, phi_host, kind)
+            obs = self._request_observation(cast(HttpRequest, record), phi_host)
             rules = self.rules
         else:
             found = self._destination(record, kind)
@@ -272,14 +282,16 @@ class DetectionEngine:
     def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
         if kind is None:
             kind = self._kinds.get(type(record)) or self._kind_of(type(record))
-        if kind is _LOCAL:  # never asked by on_record; observed as the lookup it is
-            kind = _DNS
-        if kind is not _HTTP:
-            found = self._destination(record, kind)
-            if found is None:
-                return None
-            source, (vendor, destination, allowed, baa, status) = found
-            return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        if kind is _HTTP:
+            return self._request_observation(cast(HttpRequest, record), phi_host)
+        found = self._destination(record, _DNS if kind is _LOCAL else kind)  # (never asked of a local name)
+        if found is None:
+            return None
+        source, (vendor, destination, allowed, baa, status) = found
+        return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+
+    def _request_observation(self, record: HttpRequest, phi_host: PhiHost | None) -> Observation:
+        names: tuple[str, ...]
         if record.host:
             names, source = (normalize_host(record.host),), "http"
         else:
@@ -289,8 +301,9 @@ class DetectionEngine:
         self._inspect_http(record, obs)
         return obs
 
-    def _destination(self, record: DnsQuery | TlsHello, kind: str) -> tuple[str, _Enrichment] | None:
-        """(source, enrichment) of a lookup or hello; None for a hello whose destination is unknown."""
+    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
+        destination is unknown."""
         ts = record.ts
         if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
             day, named = self._day_value, self._by_name
@@ -298,12 +311,14 @@ class DetectionEngine:
             day = self._day(ts)
             named = self._names_on(day)
         if kind is _DNS:
-            return "dns", (named.get(record.name) or self._name(named, record.name, day))[1]
-        resolved = self.dns_cache.names_for(record.flow.dst_ip, ts)
-        name = record.server_name
-        sni, enrichment = (named.get(name) or self._name(named, name, day)) if name else _NO_NAME
-        if sni and not (record.ech and is_cover_name(sni, resolved)):
-            return record.protocol, enrichment
+            name = cast(DnsQuery, record).name
+            return "dns", (named.get(name) or self._name(named, name, day))[1]
+        hello = cast(TlsHello, record)
+        resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+        if hello.server_name:
+            sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            if sni and not (hello.ech and is_cover_name(sni, resolved)):
+                return hello.protocol, enrichment
         # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
