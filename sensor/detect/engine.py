@@ -13,17 +13,18 @@ ones), else at the end. A day of traffic so holds the windows of the last hour o
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, cast
 
 from sensor.detect.base import Alert
-from sensor.detect.rules import ALL_RULES
+from sensor.detect.rules import ALL_RULES, tracker_payload
 from sensor.enrich.assets import PhiHost
 from sensor.enrich.baa import BaaEntry
 from sensor.enrich.dnscache import DnsCache
@@ -33,8 +34,17 @@ from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
-from sensor.records import Counters, DnsQuery, HttpRequest, LocalNameQuery, Record, TlsHello, split_target
-from sensor.severity import SEVERITIES
+from sensor.records import (
+    Counters,
+    DnsQuery,
+    HttpRequest,
+    LocalNameQuery,
+    Record,
+    TlsHello,
+    positional_constructor,
+    split_target,
+)
+from sensor.severity import SEVERITY_RANK
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -78,23 +88,49 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 class _Window:
     start: float
     end: float
-    alert: Alert
-    event_id: str
+    alert: Alert  # what a document reads of the window's alert (see _kept)
+    key: tuple[str, str, str]  # (rule, source host, subject)
+    health_data: bool  # whether the request behind `alert` carried health data
     count: int = 1
     last_seen: float = 0.0
     sent_count: int = 1  # the count the last document of this window carried
-    destinations: dict[str, Destination] = field(default_factory=dict)
+    # The hosts reached: the only one while there is one, else all of them in the order first
+    # seen (most windows see one host; a dict for each would be most of what a window holds).
+    destination: Destination | None = None
+    destinations: dict[str, Destination] | None = None
+
+    @property
+    def event_id(self) -> str:
+        """The id every document of the window carries: made, not kept (a replay's windows are many)."""
+        return hashlib.sha256("|".join((*self.key, f"{self.start:.6f}")).encode()).hexdigest()[:40]
+
+    def hosts(self) -> list[Destination]:
+        """The hosts reached, in the order first seen."""
+        if self.destinations is not None:
+            return list(self.destinations.values())
+        return [] if self.destination is None else [self.destination]
 
     def see(self, host: str | None, ts: float, health_data: bool) -> bool:
         """Count a request to `host`; True when the window's host list changed (a new host, or
         the first health data to a known one)."""
         if not host:
             return False
-        entry = self.destinations.get(host)
-        if entry is None:
-            if len(self.destinations) >= MAX_DESTINATIONS and not health_data:
+        table, only = self.destinations, self.destination
+        if table is not None:
+            entry = table.get(host)
+        else:
+            entry = only if only is not None and only.host == host else None
+        if entry is None:  # a host not seen yet
+            listed = len(table) if table is not None else 0 if only is None else 1
+            if listed >= MAX_DESTINATIONS and not health_data:
                 return False
-            self.destinations[host] = Destination(host, 1, ts, ts, health_data)
+            entry = Destination(host, 1, ts, ts, health_data)
+            if table is not None:
+                table[host] = entry
+            elif only is None:
+                self.destination = entry
+            else:
+                self.destinations, self.destination = {only.host: only, host: entry}, None
             return True
         entry.count += 1
         entry.first_seen = min(entry.first_seen, ts)
@@ -107,6 +143,12 @@ class _Window:
 
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
+
+# What the engine does with a record, by its class (a subclass takes its nearest base's kind)
+_DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
+_KINDS: dict[type, str] = {DnsQuery: _DNS, LocalNameQuery: _LOCAL, TlsHello: _HELLO, HttpRequest: _HTTP}
+_observation = positional_constructor(Observation)  # every field, in order
+_TRACKER_PAYLOAD = tracker_payload.INFO.id
 
 
 class DetectionEngine:
@@ -136,42 +178,70 @@ class DetectionEngine:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
             if settings.enabled:
                 self.rules.append((rule, settings))
+        # The rules asked about a lookup or hello, by whether its destination is a catalogued vendor:
+        # they carry no request content, so the rules that read only content are never asked.
+        self._rules_for = {
+            catalogued: [
+                (rule, settings) for rule, settings in self.rules
+                if not rule.INFO.reads_content and rule.INFO.catalogued in (None, catalogued)
+            ]
+            for catalogued in (True, False)
+        }
+        self._kinds: dict[type, str] = dict(_KINDS)
+        self._phi_host_of = policy.assets.lookup
         self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
         # replay: (end, key) of every window opened, soonest end first; the next time to look
         self._ends: list[tuple[float, tuple[str, str, str]]] = []
         self._sweep_at = math.inf if immediate else -math.inf
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
-        self._day_start, self._day_value = float("inf"), dt.date.min
+        # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
+        self._by_name: dict[str, tuple[str, _Enrichment]] = {}
+        self._by_name_day = dt.date.min
+        # the day the last time fell in: times from start to end (excluded) fall on it
+        self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
-        if record.ts >= self._sweep_at:  # never in live
-            closed = self._close_passed(record.ts)
-            if closed:
-                return closed + self._on_record(record)
-        return self._on_record(record)
-
-    def _on_record(self, record: Record) -> list[Document]:
-        if isinstance(record, DnsQuery):
-            if isinstance(record, LocalNameQuery):  # a local host's name: never evidence of egress
-                return []
-            self.dns_cache.observe(record)
-        phi_host = self.policy.assets.lookup(record.flow.src_ip)
+        out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
+        kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        if kind is _DNS:
+            query = cast(DnsQuery, record)
+            if query.answers:
+                self.dns_cache.observe(query)
+        elif kind is _LOCAL:  # a local host's name: never evidence of egress
+            return out or []
+        phi_host = self._phi_host_of(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
-            return []
-        obs = self._observe(record, phi_host)
-        if obs is None:
-            return []
+            return out or []
+        if kind is _HTTP:
+            obs = self._request_observation(cast(HttpRequest, record), phi_host)
+            rules = self.rules
+        else:
+            found = self._destination(record, kind)
+            if found is None:
+                return out or []
+            rules = self._rules_for[found[1][0] is not None]  # (source, (vendor, ...))
+            if not rules and self.on_observation is None:  # no rule may fire: no observation to make
+                return out or []
+            source, (vendor, destination, allowed, baa, status) = found
+            obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
         if self.on_observation is not None:
             self.on_observation(obs)
-        out: list[Document] = []
-        for rule, settings in self.rules:
+        if out is None:
+            out = []
+        for rule, settings in rules:
             alert = rule.evaluate(obs)
             if alert is not None:
                 if settings.severity:
                     alert.severity = settings.severity
-                out.extend(self._throttle(alert, record.ts, settings.throttle_seconds))
+                self._throttle(alert, record.ts, settings.throttle_seconds, out)
         return out
+
+    def _kind_of(self, cls: type) -> str:
+        """The kind of record a class is (its nearest known base decides), remembered."""
+        kind = next(_KINDS[base] for base in cls.__mro__ if base in _KINDS)
+        self._kinds[cls] = kind
+        return kind
 
     def adopt_state(self, previous: "DetectionEngine") -> None:
         """Carry DNS attribution and open throttle windows over from the engine this one replaces
@@ -209,29 +279,66 @@ class DetectionEngine:
             yield self._final(pending.pop())
 
     # -- enrichment ----------------------------------------------------------------------------
-    def _observe(self, record: Record, phi_host: PhiHost) -> Observation | None:
-        names: tuple[str, ...]
-        if isinstance(record, DnsQuery):
-            names, source = (normalize_host(record.name),), "dns"
-        elif isinstance(record, TlsHello):
-            resolved = self.dns_cache.names_for(record.flow.dst_ip, record.ts)
-            sni = normalize_host(record.server_name) if record.server_name else None
-            if sni and not (record.ech and is_cover_name(sni, resolved)):
-                names, source = (sni,), record.protocol
-            else:  # no SNI, or only an ECH cover name: the destination is what DNS said it is
-                names, source = resolved, "dns-attribution"
-        else:
-            if record.host:
-                names, source = (normalize_host(record.host),), "http"
-            else:
-                names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
-        if not names and not isinstance(record, HttpRequest):
+    def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
+        if kind is None:
+            kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        if kind is _HTTP:
+            return self._request_observation(cast(HttpRequest, record), phi_host)
+        found = self._destination(record, _DNS if kind is _LOCAL else kind)  # (never asked of a local name)
+        if found is None:
             return None
+        source, (vendor, destination, allowed, baa, status) = found
+        return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+
+    def _request_observation(self, record: HttpRequest, phi_host: PhiHost | None) -> Observation:
+        names: tuple[str, ...]
+        if record.host:
+            names, source = (normalize_host(record.host),), "http"
+        else:
+            names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
         vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
-        obs = Observation(record, source, phi_host, destination, vendor, baa, allowed, status)
-        if isinstance(record, HttpRequest):
-            self._inspect_http(record, obs)
+        obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        self._inspect_http(record, obs)
         return obs
+
+    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
+        destination is unknown."""
+        ts = record.ts
+        if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+            day, named = self._day_value, self._by_name
+        else:
+            day = self._day(ts)
+            named = self._names_on(day)
+        if kind is _DNS:
+            name = cast(DnsQuery, record).name
+            return "dns", (named.get(name) or self._name(named, name, day))[1]
+        hello = cast(TlsHello, record)
+        resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+        if hello.server_name:
+            sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            if sni and not (hello.ech and is_cover_name(sni, resolved)):
+                return hello.protocol, enrichment
+        # no SNI, or only an ECH cover name: the destination is what DNS said it is
+        return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
+
+    def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
+        """Where the names of a day are remembered: the remembered day's table (emptied when the
+        day changes), or for a time outside it nowhere (an empty table)."""
+        if day != self._by_name_day:
+            if day != self._day_value:
+                return {}
+            self._by_name.clear()
+            self._by_name_day = day
+        return self._by_name
+
+    def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
+        """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
+        normal = normalize_host(name)
+        if len(named) >= MAX_ENRICHED_KEYS:
+            named.clear()
+        found = named[name] = (normal, self._enrich((normal,), day))
+        return found
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
         """(vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day.
@@ -247,7 +354,7 @@ class DetectionEngine:
             if vendor is not None:
                 destination = name
                 break
-        allowed = any(self.policy.is_allowed(name) for name in names)
+        allowed = bool(self.policy.allow) and any(self.policy.is_allowed(name) for name in names)
         baa, status = self.policy.baa.standing(vendor, destination, day)
         found = (vendor, destination, allowed, baa, status)
         if len(self._enriched) >= MAX_ENRICHED_KEYS:
@@ -257,8 +364,7 @@ class DetectionEngine:
 
     def _day(self, ts: float) -> dt.date:
         """_day_of(ts), remembered for the day the last time fell in (captures are in time order)."""
-        start = self._day_start
-        if start <= ts < start + _DAY_SECONDS - 1e-6:  # False for NaN
+        if self._day_start <= ts < self._day_end:  # False for NaN
             return self._day_value
         day = _day_of(ts)
         if 0.0 <= ts < 1e11:
@@ -266,7 +372,7 @@ class DetectionEngine:
             # before the next one falls on the same day.
             start = ts // _DAY_SECONDS * _DAY_SECONDS
             if day == _EPOCH_DAY + dt.timedelta(days=int(start // _DAY_SECONDS)):
-                self._day_start, self._day_value = start, day
+                self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
         return day
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:
@@ -284,37 +390,43 @@ class DetectionEngine:
             self.counters.add(f"trackers.{endpoint.decoder}")
 
     # -- throttle ------------------------------------------------------------------------------
-    def _throttle(self, alert: Alert, ts: float, window_seconds: float) -> list[Document]:
+    def _throttle(self, alert: Alert, ts: float, window_seconds: float, out: list[Document]) -> None:
+        """Count an alert into its window, appending the documents it makes go out to `out`."""
         obs = alert.observation
         key = (alert.rule.id, obs.record.flow.src_ip, alert.throttle_subject)
-        health_data = _carries_health_data(alert)
+        # only an HTTP request's findings can be health data: lookups and hellos have none
+        health_data = bool(alert.findings or obs.findings or obs.tracker_findings) and _carries_health_data(alert)
         window = self._windows.get(key)
         if window is not None and ts < window.end:
             window.count += 1
-            window.last_seen = max(window.last_seen, ts)
+            if ts > window.last_seen:
+                window.last_seen = ts
             grew = window.see(obs.destination, ts, health_data)
-            if SEVERITIES.index(alert.severity) > SEVERITIES.index(window.alert.severity):
+            if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.alert.severity]:
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
-                window.alert = alert
+                window.alert, window.health_data = _kept(alert), health_data
                 self.counters.add("alerts.escalated")
-                return [self._final(window)] if self.immediate else []
-            if health_data and alert.severity == window.alert.severity and not _carries_health_data(window.alert):
-                window.alert = alert  # the document then shows the request that carried the data
+                if self.immediate:
+                    out.append(self._final(window))
+                return
+            if health_data and alert.severity == window.alert.severity and not window.health_data:
+                # the document then shows the request that carried the data
+                window.alert, window.health_data = _kept(alert), True
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
                 self.counters.add("alerts.updated")
-                return [self._final(window)] if self.immediate else []
+                if self.immediate:
+                    out.append(self._final(window))
+                return
             self.counters.add("alerts.suppressed")
-            return []
-        out: list[Document] = []
+            return
         if window is not None:
             del self._windows[key]
             if window.count > window.sent_count:
                 out.append(self._final(window))
-        event_id = hashlib.sha256("|".join((*key, f"{ts:.6f}")).encode()).hexdigest()[:40]
         window = self._windows[key] = _Window(
-            ts, ts + window_seconds, alert, event_id, last_seen=ts, sent_count=1 if self.immediate else 0
+            ts, ts + window_seconds, _kept(alert), key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
         )
         window.see(obs.destination, ts, health_data)
         if not self.immediate and math.isfinite(window.end):
@@ -324,15 +436,35 @@ class DetectionEngine:
             if oldest.count > oldest.sent_count:
                 out.append(self._final(oldest))
         if self.immediate:
-            out.append(self.build_document(alert, 1, ts, ts, event_id, list(window.destinations.values())))
-        return out
+            out.append(self.build_document(alert, 1, ts, ts, window.event_id, window.hosts()))
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
             window.alert, window.count, window.start, window.last_seen, window.event_id,
-            list(window.destinations.values()),
+            window.hosts(),
         )
+
+
+# The request headers an alert document shows (its referrer, MIME type and user agent)
+_DOCUMENT_HEADERS = frozenset({"referer", "content-type", "user-agent"})
+
+
+def _kept(alert: Alert) -> Alert:
+    """What a throttle window keeps of an alert until its document is built: everything the
+    document reads. A request's body and its other headers, and the scan's findings and tracker
+    payload where the alert does not show them, are let go (a day of traffic holds thousands of
+    windows). Lookups and hellos are kept as they are."""
+    obs = alert.observation
+    record = obs.record
+    if not isinstance(record, HttpRequest):
+        return alert
+    headers = tuple(header for header in record.headers if header[0].lower() in _DOCUMENT_HEADERS)
+    record = dataclasses.replace(record, headers=headers, body=b"")
+    tracker = obs.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
+    obs = _observation(record, obs.source_record, obs.phi_host, obs.destination, obs.vendor, obs.baa, obs.allowed,
+                       obs.baa_status, None, tracker, None)
+    return Alert(alert.rule, alert.severity, obs, alert.summary, alert.throttle_subject, alert.findings, alert.fields)
 
 
 def _carries_health_data(alert: Alert) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, TypeVar
@@ -41,25 +41,21 @@ class _PrefixTable(Generic[_Value]):
     """Longest-prefix match with one dict per prefix length: probes = distinct prefix lengths."""
 
     def __init__(self) -> None:
-        self._by_length: dict[int, dict[tuple[int, int], _Value]] = {}
-        self._lengths: list[int] = []
+        self._tables: dict[tuple[int, int], dict[int, _Value]] = {}  # (version, prefix length) -> network -> value
+        # (version, address bits) -> (prefix length, shift, its table) of that version, longest first
+        self._probes: dict[tuple[int, int], tuple[tuple[int, int, dict[int, _Value]], ...]] = {}
 
     def add(self, network: Network, value: _Value) -> None:
         """Store a value for a network; the first value stored for a network stays."""
-        key = (network.version, int(network.network_address))
-        self._by_length.setdefault(network.prefixlen, {}).setdefault(key, value)
-        self._lengths = sorted(self._by_length, reverse=True)
-
-    def longest(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, _Value] | None:
-        return self.longest_number(address.version, address.max_prefixlen, int(address))
+        version, bits = network.version, network.max_prefixlen
+        self._tables.setdefault((version, network.prefixlen), {}).setdefault(int(network.network_address), value)
+        lengths = sorted((length for of, length in self._tables if of == version), reverse=True)
+        self._probes[version, bits] = tuple((length, bits - length, self._tables[version, length]) for length in lengths)
 
     def longest_number(self, version: int, bits: int, number: int) -> tuple[int, _Value] | None:
-        """longest() of the address with this version, width in bits and value."""
-        for length in self._lengths:
-            if length > bits:
-                continue
-            masked = (number >> (bits - length)) << (bits - length)
-            value = self._by_length[length].get((version, masked))
+        """The longest prefix holding the address with this version, width in bits and value, and its value."""
+        for length, shift, table in self._probes.get((version, bits), ()):
+            value = table.get(number >> shift << shift)
             if value is not None:
                 return length, value
         return None
@@ -105,6 +101,10 @@ class AssetInventory:
         for network in self._exclude:
             self._excluded.add(network, network)
         self._lookup_cached = lru_cache(maxsize=65536)(self._lookup)
+        # lookup(ip): the most specific inventory entry for an address, None when excluded, unknown
+        # or not an IP; remembered per address as written (detection asks once per record, so
+        # the cache is called directly)
+        self.lookup: Callable[[str], PhiHost | None] = self._lookup_cached
 
     @classmethod
     def default(cls) -> AssetInventory:
@@ -130,10 +130,6 @@ class AssetInventory:
             _reject_duplicate(_network(item, source, f"{exclude_key}[{index}]"), excluded, source, exclude_key, index, "")
         return cls(hosts, excluded)
 
-    def lookup(self, ip: str) -> PhiHost | None:
-        """The most specific inventory entry for an address, None when excluded, unknown or not an IP."""
-        return self._lookup_cached(ip)
-
     def is_phi_host(self, ip: str) -> bool:
         return self._lookup_cached(ip) is not None
 
@@ -144,9 +140,10 @@ class AssetInventory:
         included = self._included.longest_number(*parsed)
         if included is None:
             return None
-        excluded = self._excluded.longest_number(*parsed)
-        if excluded is not None and excluded[0] >= included[0]:
-            return None
+        if self._exclude:
+            excluded = self._excluded.longest_number(*parsed)
+            if excluded is not None and excluded[0] >= included[0]:
+                return None
         return included[1]
 
     @property

@@ -65,6 +65,8 @@ class BaaRegistry:
         """The agreement in effect on a day for a destination, and its BAA status: on-file, or why
         none covers (the first agreement naming the vendor or host has lapsed, is not yet signed,
         or there is none at all)."""
+        if not self._entries:  # none on file (the default)
+            return None, "none"
         covering = self.covers(vendor, host, on=on) if host else None
         if covering is not None:
             return covering, "on-file"

@@ -27,24 +27,32 @@ class DnsCache:
         answers = query.answers
         if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
             return
-        entries = self._entries
+        # Without CNAMEs every address record is attributed to the name asked for; at the first
+        # CNAME the chains are followed and every address stored again (in the same order) with
+        # the chain that leads to it.
         asked = (query.name.lower(),)
-        # Without CNAMEs every address record is attributed to the name asked for.
-        chain = _chain(query) if any(answer.type == "CNAME" for answer in answers) else None
-        stored = 0
-        for answer in answers:
-            if answer.type != "A" and answer.type != "AAAA":
-                continue
-            ttl = min(max(float(answer.ttl), MIN_TTL), MAX_TTL)
-            names = asked if chain is None else chain.get(answer.name.lower(), asked)
-            entries[answer.data] = (query.ts + ttl, names)
-            entries.move_to_end(answer.data)
-            stored += 1
+        entries, ts, chain = self._entries, query.ts, None
+        while True:
+            stored = 0
+            for answer in answers:
+                kind = answer.type
+                if kind == "A" or kind == "AAAA":
+                    ttl = answer.ttl
+                    expiry = ts + (MIN_TTL if ttl < MIN_TTL else MAX_TTL if ttl > MAX_TTL else ttl)
+                    address = answer.data
+                    entries[address] = (expiry, asked if chain is None else chain.get(answer.name.lower(), asked))
+                    entries.move_to_end(address)
+                    stored += 1
+                elif kind == "CNAME" and chain is None:
+                    chain = _chain(query, asked)
+                    break
+            else:
+                break
         if stored:
             self.counters.add("dnscache.stored", stored)
-        while len(entries) > self.max_entries:
-            self._entries.popitem(last=False)
-            self.counters.add("dnscache.evicted")
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+                self.counters.add("dnscache.evicted")
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""
@@ -63,16 +71,31 @@ class DnsCache:
         return len(self._entries)
 
 
-def _chain(query: DnsQuery) -> dict[str, tuple[str, ...]]:
-    """For every owner name in the answer section, the path of names from the question to it."""
-    paths: dict[str, tuple[str, ...]] = {query.name.lower(): (query.name.lower(),)}
-    # CNAME answers may come in any order; follow them until nothing new is reachable.
-    cnames = [(a.name.lower(), a.data.lower().rstrip(".")) for a in query.answers if a.type == "CNAME"]
-    changed = True
-    while changed:
-        changed = False
-        for owner, target in cnames:
-            if owner in paths and target not in paths and len(paths[owner]) < 16:
-                paths[target] = paths[owner] + (target,)
-                changed = True
+def _chain(query: DnsQuery, asked: tuple[str]) -> dict[str, tuple[str, ...]]:
+    """For every owner name in the answer section, the path of names from the question (`asked`,
+    lowered) to it."""
+    paths: dict[str, tuple[str, ...]] = {asked[0]: asked}
+    # CNAME answers may come in any order: follow them until nothing new is reachable, each pass
+    # trying again only those whose owner was not reachable yet (in order, so the first path
+    # found to a name stays). Most come in order and take one pass.
+    pending = []
+    for answer in query.answers:
+        if answer.type == "CNAME":
+            owner, target = answer.name.lower(), answer.data.lower().rstrip(".")
+            path = paths.get(owner)
+            if path is None:
+                pending.append((owner, target))
+            elif target not in paths and len(path) < 16:
+                paths[target] = path + (target,)
+    while pending:
+        deferred = []
+        for owner, target in pending:
+            path = paths.get(owner)
+            if path is None:
+                deferred.append((owner, target))
+            elif target not in paths and len(path) < 16:
+                paths[target] = path + (target,)
+        if len(deferred) == len(pending):
+            break
+        pending = deferred
     return paths

@@ -22,4 +22,6 @@ class Policy:
 
     def is_allowed(self, host: str) -> bool:
         """Whether a host is on the allow list (the listed domain or any subdomain)."""
+        if not self.allow:  # none listed (the default): no name to walk
+            return False
         return any(suffix in self.allow for suffix in domain_suffixes(normalize_host(host)))

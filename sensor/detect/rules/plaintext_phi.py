@@ -18,6 +18,7 @@ INFO = RuleInfo(
     category="plaintext-phi",
     description="A request from a host that handles PHI carried health data over plaintext HTTP.",
     reference="https://www.hhs.gov/hipaa/for-professionals/security/guidance/index.html",
+    reads_content=True,
 )
 
 

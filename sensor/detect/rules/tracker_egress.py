@@ -19,9 +19,18 @@ INFO = RuleInfo(
     description="A host that handles PHI reached an ad, analytics or session-replay vendor that has no "
     "Business Associate Agreement on file.",
     reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/hipaa-online-tracking/index.html",
+    catalogued=True,
 )
 
 BASE_SEVERITY = {"dns": "low", "tls": "medium", "quic": "medium", "dns-attribution": "medium", "http": "high"}
+_HOW = {
+    "dns": "looked up",
+    "tls": "opened TLS to",
+    "quic": "opened QUIC to",
+    "dns-attribution": "connected to an address of",
+    "http": "sent plaintext HTTP to",
+}
+_BAA_NOTE = {"expired": "BAA expired", "not-yet-signed": "BAA not yet in effect"}
 
 
 def evaluate(obs: Observation) -> Alert | None:
@@ -33,14 +42,8 @@ def evaluate(obs: Observation) -> Alert | None:
         severity = raise_level(severity)
     if vendor.category == "session-replay":
         severity = raise_level(severity)
-    how = "sent HTTPS (read decrypted) to" if isinstance(obs.record, HttpsRequest) else {
-        "dns": "looked up",
-        "tls": "opened TLS to",
-        "quic": "opened QUIC to",
-        "dns-attribution": "connected to an address of",
-        "http": "sent plaintext HTTP to",
-    }[obs.source_record]
-    baa_note = {"expired": "BAA expired", "not-yet-signed": "BAA not yet in effect"}.get(obs.baa_status, "no BAA on file")
+    how = "sent HTTPS (read decrypted) to" if isinstance(obs.record, HttpsRequest) else _HOW[obs.source_record]
+    baa_note = _BAA_NOTE.get(obs.baa_status, "no BAA on file")
     host = describe_host(obs)
     summary = f"PHI host {host} {how} {obs.destination} ({vendor.name}, {vendor.category}; {baa_note})"
     return Alert(INFO, severity, obs, summary, throttle_subject=vendor.id)

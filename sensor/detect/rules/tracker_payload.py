@@ -17,6 +17,7 @@ INFO = RuleInfo(
     category="tracker-payload",
     description="A request to a tracking endpoint carried health data in its decoded parameters.",
     reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/hipaa-online-tracking/index.html",
+    reads_content=True,
 )
 
 
@@ -40,4 +41,4 @@ def evaluate(obs: Observation) -> Alert | None:
     summary = f"PHI host {host} sent {kinds} to {vendor}{at}{event} (no BAA on file)"
     subject = obs.vendor.id if obs.vendor else tracker.decoder
     return Alert(INFO, severity, obs, summary, throttle_subject=subject, findings=list(findings),
-                 fields=list(tracker.params))
+                 fields=tracker.params)

@@ -14,6 +14,7 @@ INFO = RuleInfo(
     description="A host that handles PHI reached a domain that is neither a catalogued vendor nor covered by "
     "a BAA: review it and add it to the BAA registry or the allow list.",
     reference="https://www.hhs.gov/hipaa/for-professionals/privacy/guidance/business-associates/index.html",
+    catalogued=False,
     enabled_by_default=False,
 )
 
