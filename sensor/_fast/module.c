@@ -45,6 +45,8 @@ static PyMethodDef methods[] = {
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
+    {"http_head", http_head, METH_O,
+     "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
     {NULL, NULL, 0, NULL},
 };
 
