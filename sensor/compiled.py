@@ -18,6 +18,7 @@ TWINS: dict[str, str] = {
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
     "hello_message": "sensor.decode.tls:hello_message_py",
     "http_head": "sensor.decode.http:parse_head_py",
+    "quic_hp_mask": "sensor.decode.quic:hp_mask_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records

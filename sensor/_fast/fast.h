@@ -8,7 +8,7 @@
  *
  * One source file per Python module mirrored: dns.c (sensor.decode.dns), tls.c (sensor.decode.tls),
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
- * redact.c (sensor.phi.redact), http.c (sensor.decode.http), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
+ * redact.c (sensor.phi.redact), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
@@ -158,5 +158,6 @@ FAST_INTERNAL PyObject *select_pcap_file(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *pcap_resync(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_worker(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *http_head(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *quic_hp_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

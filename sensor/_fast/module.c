@@ -47,6 +47,8 @@ static PyMethodDef methods[] = {
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
     {"http_head", http_head, METH_O,
      "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
+    {"quic_hp_mask", (PyCFunction)(void (*)(void))quic_hp_mask, METH_FASTCALL,
+     "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
     {NULL, NULL, 0, NULL},
 };
 
