@@ -21,6 +21,7 @@ TWINS: dict[str, str] = {
     "quic_hp_mask": "sensor.decode.quic:hp_mask_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
+    "decode_packet": "sensor.decode.dispatch:decode_packet_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",

@@ -141,6 +141,7 @@ FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -14,6 +14,8 @@ static PyMethodDef methods[] = {
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"dns_datagram", (PyCFunction)(void (*)(void))dns_datagram, METH_FASTCALL,
      "dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) for a DNS datagram, or None"},
+    {"decode_packet", (PyCFunction)(void (*)(void))decode_packet, METH_FASTCALL,
+     "decode_packet(linktype, frame) -> dns_datagram's tuple for a DNS datagram, else decode_frame's, else None"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},

@@ -29,6 +29,7 @@ from sensor.records import (
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _DNS_PORT = 53
+_TLS_HANDSHAKE = 0x16  # the content type of the record a ClientHello comes in
 _HELLO_CAP = 65_536 + 5 * 16  # a ClientHello handshake message over however many records
 # Plaintext client bytes watched for an upgrade to TLS: STARTTLS exchanges, an XMPP stream's
 # opening, LDAP's and the databases' requests all fit well within.
@@ -41,10 +42,11 @@ _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
-try:  # DNS datagrams from frame to message in one compiled call (sensor/_fast/packet.c); dns_datagram_py is the reference
-    from sensor._fast import dns_datagram as _dns_datagram
+try:  # a frame to its DNS datagram or its decode tuple in one compiled call (sensor/_fast/packet.c);
+    # decode_packet_py is the reference
+    from sensor._fast import decode_packet as _decode_packet
 except ImportError:  # built without a C compiler
-    _dns_datagram = None
+    _decode_packet = None
 
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
@@ -252,16 +254,24 @@ class TrafficDecoder:
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        if _dns_datagram is not None:
-            datagram = _dns_datagram(linktype, frame)
-            if datagram is not None:  # what feed_decoded does with a DNS datagram, its message parsed
-                src, sport, dst, dport, message = datagram
+        if _decode_packet is not None:
+            found = _decode_packet(linktype, frame)
+            if found is not None:
+                if len(found) != 5:
+                    self.feed_decoded(ts, found)
+                    return
+                # a DNS datagram, its message parsed: what feed_decoded does with it
+                src, sport, dst, dport, message = found
                 self.counters.add("dns.messages")
-                self._add_dns_records(self.dns.on_message(ts, _new_flow(src, sport, dst, dport, "udp"), message))
+                added = self.dns.on_datagram(ts, src, sport, dst, dport, message, self.records)
+                if added:
+                    self.counters.add("records.dns", added)
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
-        decoded = self.packets.decode(ts, linktype, frame)
+            decoded = self.packets.decode_declined(ts, linktype, frame)
+        else:
+            decoded = self.packets.decode(ts, linktype, frame)
         if decoded is not None:
             self.feed_decoded(ts, decoded)
 
@@ -281,7 +291,10 @@ class TrafficDecoder:
                 self.flows.end(key, ts)
             elif payload:
                 stream = self.flows.streams.get(key)
-                if stream is None or not stream.done:
+                if stream is None:
+                    if payload[0] != _TLS_HANDSHAKE or not self._whole_hello(key, ts, seq, payload):
+                        self.flows.segment(key, ts, seq, payload)
+                elif not stream.done:
                     self.flows.segment(key, ts, seq, payload)
                 else:
                     stream.last_ts = ts
@@ -297,6 +310,24 @@ class TrafficDecoder:
                 self.local_name_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
         if ts >= self._next_dns_expiry:
             self._expire_dns(ts)
+
+    def _whole_hello(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> bool:
+        """The common first segment after a SYN, a whole ClientHello: what `FlowTable.segment`
+        does with it (through `_classify` and `_TlsHelloConsumer`) without building the consumer.
+        False, having changed nothing, for anything else."""
+        flows = self.flows
+        syn = flows.half_open.get(key)
+        if (syn is None or seq != syn & 0xFFFFFFFF or key[2] == _DNS_PORT or key[3] == _DNS_PORT
+                or len(flows.streams) >= flows.max_streams or key in flows.finished):
+            return False
+        hello = tls.whole_client_hello(payload)
+        if hello is None:
+            return False
+        del flows.half_open[key]
+        flows.finish_key(key)
+        src, dst, sport, dport = key
+        self.emit_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello)
+        return True
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""
@@ -359,6 +390,14 @@ class TrafficDecoder:
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))
         self.counters.add("records.quic" if protocol == "quic" else "records.tls")
+
+
+def decode_packet_py(linktype: int, frame: bytes) -> tuple | None:
+    """The reference of the compiled decode_packet: a DNS datagram as dns_datagram_py gives it,
+    else the frame as PacketDecoder.decode_py decodes it (declined to Python where the compiled
+    dns_datagram or decode_frame decline)."""
+    datagram = dns_datagram_py(linktype, frame)
+    return datagram if datagram is not None else PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
 
 
 def dns_datagram_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | None:

@@ -24,6 +24,7 @@ from sensor.records import (
     DnsQuery,
     Flow,
     LocalNameQuery,
+    Record,
     frozen_record,
     positional_constructor,
 )
@@ -370,16 +371,11 @@ def looks_like_dns(payload: bytes) -> bool:
 
 
 _PendingKey = tuple[str, int, str, int, int, str]
+# A query waiting for its response: (ts, flow, id, name, qtype). A tuple: one per query, the
+# cheapest object to build.
+_Pending = tuple[float, Flow, int, str, str]
 _new_query = positional_constructor(DnsQuery)
-
-
-@dataclass(slots=True)
-class _Pending:
-    ts: float
-    flow: Flow
-    id: int
-    name: str
-    qtype: str
+_new_flow = positional_constructor(Flow)
 
 
 class DnsTransactions:
@@ -402,37 +398,44 @@ class DnsTransactions:
 
     def on_message(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
         """Feed one message; flow is as seen on the wire (a response has src = server)."""
-        if msg.is_response:
-            return self._on_response(ts, flow, msg)
         records: list[DnsQuery] = []
-        for name, qtype in msg.questions:
-            key = (flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg.id, name.lower())
-            if key in self._pending:
-                self.counters.add("dns.retransmissions")
-                continue
-            if len(self._pending) >= self.max_pending:
-                oldest = next(iter(self._pending))
-                records.append(self._unanswered(self._pending.pop(oldest)))
-                self.counters.add("dns.pending_evicted")
-            self._pending[key] = _Pending(ts, flow, msg.id, name, qtype)
+        self.on_datagram(ts, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg, records, flow)
         return records
 
-    def _on_response(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
-        records: list[DnsQuery] = []
+    def on_datagram(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
+                    records: list[Record], flow: Flow | None = None) -> int:
+        """`on_message` for a message given by its addresses and ports as seen on the wire: its
+        records are appended to `records`, and their number returned. The flow (transport UDP
+        unless given) is built only when a query is kept or a response has no query."""
+        pending = self._pending
+        if msg.is_response:
+            for name, qtype in msg.questions:
+                query = pending.pop((dst, dport, src, sport, msg.id, name.lower()), None)
+                if query is None:
+                    self.counters.add("dns.unmatched_responses")
+                    query = (ts, Flow(dst, dport, src, sport, flow.transport if flow is not None else "udp"),
+                             msg.id, name, qtype)
+                records.append(_new_query(query[0], query[1], query[2], query[3], query[4], True, msg.rcode,
+                                          msg.answers))
+            return len(msg.questions)
+        added = 0
         for name, qtype in msg.questions:
-            key = (flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, msg.id, name.lower())
-            query = self._pending.pop(key, None)
-            if query is None:
-                self.counters.add("dns.unmatched_responses")
-                client_flow = Flow(flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, flow.transport)
-                query = _Pending(ts, client_flow, msg.id, name, qtype)
-            records.append(_new_query(query.ts, query.flow, query.id, query.name, query.qtype, True, msg.rcode,
-                                      msg.answers))
-        return records
+            key = (src, sport, dst, dport, msg.id, name.lower())
+            if key in pending:
+                self.counters.add("dns.retransmissions")
+                continue
+            if len(pending) >= self.max_pending:
+                records.append(self._unanswered(pending.pop(next(iter(pending)))))
+                self.counters.add("dns.pending_evicted")
+                added += 1
+            if flow is None:
+                flow = _new_flow(src, sport, dst, dport, "udp")
+            pending[key] = (ts, flow, msg.id, name, qtype)
+        return added
 
     def _unanswered(self, query: _Pending) -> DnsQuery:
         self.counters.add("dns.unanswered")
-        return DnsQuery(query.ts, query.flow, query.id, query.name, query.qtype)  # rare: the class's defaults
+        return DnsQuery(query[0], query[1], query[2], query[3], query[4])  # rare: the class's defaults
 
     def expire(self, now: float) -> list[DnsQuery]:
         """Unanswered records for pending queries older than the timeout (checked in arrival order)."""
@@ -440,7 +443,7 @@ class DnsTransactions:
         deadline = now - self.timeout
         while self._pending:
             key = next(iter(self._pending))
-            if self._pending[key].ts > deadline:
+            if self._pending[key][0] > deadline:
                 break
             records.append(self._unanswered(self._pending.pop(key)))
         return records
@@ -551,7 +554,7 @@ class LocalNameTransactions:
         deadline = now - self.timeout
         while self._pending:
             key = next(iter(self._pending))
-            if self._pending[key].ts > deadline:
+            if self._pending[key][0] > deadline:
                 break
             records.append(self._pending.pop(key))
         return records

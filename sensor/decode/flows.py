@@ -194,11 +194,11 @@ class FlowTable:
         if consumer is None and self.watch is not None:
             consumer = self.watch(key, payload)
         if consumer is None:
-            self._finish_key(key)
+            self.finish_key(key)
             self.counters.add("tcp.streams_unclassified")
             return
         if not consumer.feed(ts, payload):
-            self._finish_key(key)
+            self.finish_key(key)
             return
         stream = self._new(key, ts, counted=True)
         stream.consumer = consumer
@@ -290,7 +290,7 @@ class FlowTable:
         if len(held) >= MAX_PENDING_SEGMENTS or sum(len(p) for _, p in held) > self.stream_buffer_cap:
             del unanchored[key]
             self._release_unanchored(held)
-            self._finish_key(key)
+            self.finish_key(key)
             self.counters.add("tcp.streams_unclassified")
         else:
             self._enforce_global()
@@ -299,7 +299,7 @@ class FlowTable:
         self.held_bytes -= sum(len(payload) for _, payload in held)
         self.held_segments -= len(held)
 
-    def _finish_key(self, key: FlowKey) -> None:
+    def finish_key(self, key: FlowKey) -> None:
         """Remember that `key` has nothing more to parse (a bounded memory of it)."""
         finished = self.finished
         if len(finished) >= self.max_finished:
@@ -355,7 +355,7 @@ class FlowTable:
             if self.unanchored:  # segments of connections that may never open anything go first
                 key, held = self.unanchored.popitem(last=False)
                 self._release_unanchored(held)
-                self._finish_key(key)
+                self.finish_key(key)
                 self.counters.add("tcp.held_cap_flushes")
                 self.counters.add("tcp.streams_unclassified")
                 continue
@@ -440,4 +440,4 @@ class FlowTable:
         stream.consumer = None
         if self.streams.get(stream.key) is stream:
             del self.streams[stream.key]
-            self._finish_key(stream.key)
+            self.finish_key(stream.key)

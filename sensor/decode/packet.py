@@ -431,6 +431,11 @@ class PacketDecoder:
             decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
                 return decoded
+        return self.decode_declined(ts, linktype, frame)
+
+    def decode_declined(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
+        """`decode` for a frame the compiled decode_frame declined (tunnels, fragments, the rest)."""
+        if _decode_mirrored is not None:
             mirrored = _decode_mirrored(linktype, frame)
             if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
                 return self._mirrored(mirrored)

@@ -1,0 +1,109 @@
+"""The decoder's shortcuts for the common records give what the general path gives: the same
+records, in the same order, and the same counters."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.capture.pcap import CaptureFile
+from sensor.decode import dispatch, http, quic, tls
+from sensor.decode.dispatch import TrafficDecoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["standard", "dense"])
+def bench_packets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list:
+    sys.path[:0] = [str(REPO / "pcaps"), str(REPO / "bench")]
+    import make_capture
+
+    capture = tmp_path_factory.mktemp("shortcuts") / f"{request.param}.pcap"
+    make_capture.generate(capture, 12_000, seed=7, mix=request.param)
+    return [packet for batch in CaptureFile(capture).batches() for packet in batch]
+
+
+def _decode(packets: list) -> tuple[list[str], dict[str, int]]:
+    decoder = TrafficDecoder()
+    records: list[str] = []
+    for ts, linktype, frame in packets:
+        decoder.feed(ts, linktype, frame)
+        records += map(repr, decoder.records)
+        decoder.records = []
+    decoder.finish()
+    records += map(repr, decoder.records)
+    return records, dict(decoder.counters.values)
+
+
+def test_shortcuts_give_the_general_paths_records(bench_packets: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = {"hellos": 0}
+    whole_hello = TrafficDecoder._whole_hello
+
+    def counting(self: TrafficDecoder, *args: object) -> bool:
+        took = whole_hello(self, *args)  # type: ignore[arg-type]
+        taken["hellos"] += took
+        return took
+
+    monkeypatch.setattr(TrafficDecoder, "_whole_hello", counting)
+    fast = _decode(bench_packets)
+    assert taken["hellos"] > 100
+    with monkeypatch.context() as general:
+        general.setattr(TrafficDecoder, "_whole_hello", lambda *args: False)
+        general.setattr(dispatch, "_decode_packet", None)  # DNS through the flow-taking path
+        general.setattr(http, "_http_head", None)
+        general.setattr(quic, "_quic_hp_mask", None)
+        slow = _decode(bench_packets)
+    assert fast[1] == slow[1]
+    assert fast[0] == slow[0]
+    kinds = " ".join(fast[0])
+    assert "TlsHello(" in kinds and "DnsQuery(" in kinds and "HttpRequest(" in kinds and "'quic'" in kinds
+
+
+def _records(message: bytes, sizes: list[int]) -> Iterator[bytes]:
+    pos = 0
+    for size in [*sizes, len(message)]:
+        fragment = message[pos : pos + size]
+        if fragment:
+            yield b"\x16\x03\x01" + len(fragment).to_bytes(2, "big") + fragment
+        pos += len(fragment)
+
+
+def _extension(kind: int, data: bytes) -> bytes:
+    return kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def _client_hello(name: bytes) -> bytes:
+    server_name = b"\x00" + len(name).to_bytes(2, "big") + name
+    extensions = (_extension(0, len(server_name).to_bytes(2, "big") + server_name)
+                  + _extension(16, b"\x00\x03\x02h2") + _extension(43, b"\x02\x03\x04"))
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x04\x13\x01\x13\x02" + b"\x01\x00"
+            + len(extensions).to_bytes(2, "big") + extensions)
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+_HELLO = _client_hello(b"example.co")
+
+
+@settings(max_examples=300)
+@given(st.lists(st.integers(1, 90), max_size=3), st.integers(0, 40), st.lists(st.tuples(st.integers(0, 200),
+                                                                                       st.integers(0, 255)), max_size=2))
+def test_whole_client_hello_is_parse_streams_done(sizes: list[int], cut: int, flips: list[tuple[int, int]]) -> None:
+    segment = bytearray(b"".join(_records(_HELLO, sizes)))
+    for position, value in flips:
+        segment[position % len(segment)] = value
+    segment = segment[: len(segment) - cut] if cut < len(segment) else segment
+    hello = tls.whole_client_hello(bytes(segment))
+    status, parsed = tls.parse_stream(bytes(segment))
+    assert hello == (parsed if status is tls.TlsStatus.DONE else None)
+    if hello is not None:  # the stream classifier would have picked the TLS consumer
+        assert tls.looks_like_client_hello(bytes(segment))
+
+
+def test_whole_client_hello_reads_a_hello() -> None:
+    hello = tls.whole_client_hello(b"".join(_records(_HELLO, [])))
+    assert hello is not None and hello.server_name == "example.co" and hello.alpn == ("h2",)
+    assert tls.whole_client_hello(b"".join(_records(_HELLO, []))[:-1]) is None  # not whole yet
