@@ -236,6 +236,9 @@ class _DnsTcpConsumer(_BufferedConsumer):
 class TrafficDecoder:
     def __init__(self, counters: Counters | None = None, settings: DecodeSettings | None = None) -> None:
         self.counters = counters if counters is not None else Counters()
+        # the counters' own dict, for the counts made per packet or record: a call of Counters.add
+        # costs more there than the count itself
+        self._counts = self.counters.values
         self.settings = settings or DecodeSettings()
         self.records: list[Record] = []
         self.packets = PacketDecoder(self.counters)
@@ -262,10 +265,11 @@ class TrafficDecoder:
                     return
                 # a DNS datagram, its message parsed: what feed_decoded does with it
                 src, sport, dst, dport, message = found
-                self.counters.add("dns.messages")
+                counts = self._counts
+                counts["dns.messages"] = counts.get("dns.messages", 0) + 1
                 added = self.dns.on_datagram(ts, src, sport, dst, dport, message, self.records)
                 if added:
-                    self.counters.add("records.dns", added)
+                    counts["records.dns"] = counts.get("records.dns", 0) + added
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
@@ -389,7 +393,8 @@ class TrafficDecoder:
 
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))
-        self.counters.add("records.quic" if protocol == "quic" else "records.tls")
+        counts, name = self._counts, "records.quic" if protocol == "quic" else "records.tls"
+        counts[name] = counts.get(name, 0) + 1
 
 
 def decode_packet_py(linktype: int, frame: bytes) -> tuple | None:

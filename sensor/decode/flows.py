@@ -119,7 +119,7 @@ class FlowTable:
         if key in self.streams:
             return  # a retransmitted SYN: the stream goes on
         self.finished.pop(key, None)  # a new connection from the port of a finished one
-        held = self.unanchored.pop(key, None)
+        held = self.unanchored.pop(key, None) if self.unanchored else None
         if held is not None:  # segments came before their SYN: now they can be placed
             self._release_unanchored(held)
             stream = self._new(key, ts, counted=True)
@@ -131,7 +131,8 @@ class FlowTable:
             return
         half_open = self.half_open
         if key not in half_open:
-            self.counters.add("tcp.streams")
+            counts = self.counters.values  # one SYN each: Counters.add would cost more than the count
+            counts["tcp.streams"] = counts.get("tcp.streams", 0) + 1
             if len(half_open) >= self.max_half_open:
                 half_open.popitem(last=False)
                 self.counters.add("tcp.half_open_evicted")

@@ -444,9 +444,11 @@ class PacketDecoder:
     def _mirrored(self, found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
         """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
         decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
-        self.counters.add("decap." + name)
+        counts = self.counters.values  # one tunnelled packet each: Counters.add would cost more than the count
+        counter = "decap." + name
+        counts[counter] = counts.get(counter, 0) + 1
         if erspan:
-            self.counters.add("decap.erspan")
+            counts["decap.erspan"] = counts.get("decap.erspan", 0) + 1
         self._layers = [(name, src, dst, ident)]
         self._outer_vlan, self._vlan = outer_vlan, inner_vlan
         self._remember(decoded)
