@@ -19,6 +19,7 @@ TWINS: dict[str, str] = {
     "hello_message": "sensor.decode.tls:hello_message_py",
     "http_head": "sensor.decode.http:parse_head_py",
     "quic_hp_mask": "sensor.decode.quic:hp_mask_py",
+    "quic_crypto_chunks": "sensor.decode.quic:crypto_chunks_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",

@@ -56,6 +56,7 @@ def test_shortcuts_give_the_general_paths_records(bench_packets: list, monkeypat
         general.setattr(dispatch, "_decode_packet", None)  # DNS through the flow-taking path
         general.setattr(http, "_http_head", None)
         general.setattr(quic, "_quic_hp_mask", None)
+        general.setattr(quic, "_crypto_chunks", quic.crypto_chunks_py)
         slow = _decode(bench_packets)
     assert fast[1] == slow[1]
     assert fast[0] == slow[0]

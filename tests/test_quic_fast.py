@@ -92,6 +92,8 @@ def _chunks_reference(payload: bytes) -> list[tuple[int, bytes]]:
 
 
 _frame = st.one_of(
+    st.builds(lambda n, tail: b"\x02\x01\x00" + _varint(n) + b"\x00" + tail, st.integers(0, 40), st.binary(max_size=20)),
+    st.builds(lambda n, tail: b"\x1c\x01\x00" + _varint(n) + tail, st.integers(0, 400), st.binary(max_size=20)),
     st.builds(lambda o, d, so, sl: b"\x06" + _padded_varint(o, so) + _padded_varint(len(d), sl) + d,
               st.integers(0, 16_383), st.binary(max_size=300), st.sampled_from([2, 4, 8]), st.sampled_from([2, 4, 8])),
     st.builds(lambda o, d: b"\x06" + _varint(o) + _varint(len(d)) + d, st.integers(0, 70_000), st.binary(max_size=300)),
@@ -106,8 +108,17 @@ _frame = st.one_of(
 @given(st.lists(_frame, max_size=10).map(b"".join), st.integers(0, 8))
 def test_crypto_chunks_equal_the_plain_walk(payload: bytes, cut: int) -> None:
     payload = payload[: len(payload) - cut] if cut < len(payload) else payload
-    assert quic._crypto_chunks(payload) == _chunks_reference(payload)
-    assert quic._crypto_chunks(payload + bytes(50)) == _chunks_reference(payload + bytes(50))
+    for walk in (quic.crypto_chunks_py, quic._quic_crypto_chunks or quic.crypto_chunks_py):
+        assert walk(payload) == _chunks_reference(payload)
+        assert walk(payload + bytes(50)) == _chunks_reference(payload + bytes(50))
+
+
+@fast
+@settings(max_examples=300)
+@given(st.binary(max_size=400))
+def test_compiled_crypto_chunks_equal_the_reference_on_any_bytes(payload: bytes) -> None:
+    assert quic._quic_crypto_chunks(payload) == quic.crypto_chunks_py(payload)
+    assert quic._quic_crypto_chunks(b"\x06\x00\x05" + payload) == quic.crypto_chunks_py(b"\x06\x00\x05" + payload)
 
 
 @given(st.integers(0, 3), st.binary(max_size=20), st.binary(max_size=20), st.integers(0, 70),

@@ -51,6 +51,8 @@ static PyMethodDef methods[] = {
      "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
     {"quic_hp_mask", (PyCFunction)(void (*)(void))quic_hp_mask, METH_FASTCALL,
      "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
+    {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
+     "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -74,3 +74,63 @@ PyObject *quic_hp_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     aes128_block((const uint8_t *)PyBytes_AS_STRING(args[0]), (const uint8_t *)PyBytes_AS_STRING(args[1]), mask);
     return PyBytes_FromStringAndSize((const char *)mask, 16);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.decode.quic.crypto_chunks_py: the (offset, data) of the CRYPTO frames in an Initial's
+ * plaintext, up to the first frame not allowed there or the first damaged one.
+ */
+
+/* RFC 9000 16: the varint at *pos, advancing it; -1 when it runs past `end`. */
+static int varint(const uint8_t *p, Py_ssize_t end, Py_ssize_t *pos, uint64_t *value) {
+    if (*pos >= end) return -1;
+    Py_ssize_t size = (Py_ssize_t)1 << (p[*pos] >> 6);
+    if (*pos + size > end) return -1;
+    uint64_t v = p[*pos] & 0x3F;
+    for (Py_ssize_t i = 1; i < size; i++) v = (v << 8) | p[*pos + i];
+    *pos += size;
+    *value = v;
+    return 0;
+}
+
+PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg) {
+    if (!PyBytes_Check(arg)) Py_RETURN_NONE;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t end = PyBytes_GET_SIZE(arg), pos = 0;
+    PyObject *chunks = PyList_New(0);
+    if (chunks == NULL) return NULL;
+    uint64_t a, b, n;
+    while (pos < end) {
+        uint8_t type = p[pos];
+        if (type == 0x00) { /* PADDING */
+            while (pos < end && p[pos] == 0) pos++;
+            continue;
+        }
+        pos++;
+        if (type == 0x01) continue; /* PING */
+        if (type == 0x06) {         /* CRYPTO */
+            if (varint(p, end, &pos, &a) < 0 || varint(p, end, &pos, &n) < 0 || n > (uint64_t)(end - pos)) break;
+            PyObject *item = tuple_steal(2, (PyObject *[]){PyLong_FromUnsignedLongLong(a), bytes_at(p + pos, (Py_ssize_t)n)});
+            if (item == NULL || PyList_Append(chunks, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(chunks);
+                return NULL;
+            }
+            Py_DECREF(item);
+            pos += (Py_ssize_t)n;
+        } else if (type == 0x02 || type == 0x03) { /* ACK, ACK_ECN */
+            if (varint(p, end, &pos, &a) < 0 || varint(p, end, &pos, &a) < 0 || varint(p, end, &pos, &n) < 0 ||
+                varint(p, end, &pos, &a) < 0 || n > (uint64_t)(end - pos) / 2)
+                break;
+            uint64_t count = 2 * n + (type == 0x03 ? 3 : 0), i = 0;
+            for (; i < count; i++)
+                if (varint(p, end, &pos, &a) < 0) break;
+            if (i < count) break;
+        } else if (type == 0x1C) { /* CONNECTION_CLOSE */
+            if (varint(p, end, &pos, &a) < 0 || varint(p, end, &pos, &b) < 0 || varint(p, end, &pos, &n) < 0) break;
+            pos = n > (uint64_t)(end - pos) ? end : pos + (Py_ssize_t)n;
+        } else {
+            break;
+        }
+    }
+    return chunks;
+}

@@ -58,6 +58,7 @@ _REQUEST_START = re.compile(_METHOD_TOKEN + rb"(?: |\Z)")
 _REQUEST_LINE = re.compile(_METHOD_TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/1\.[0-9]\r?\n")
 # HTTP/0.9's simple request: a known method, a path, the line end; no version, no headers.
 _SIMPLE_REQUEST = re.compile(rb"([A-Z]{3,10}) (/[^\x00-\x20\x7f]*)\r?\n")
+_MAX_SIMPLE_METHOD = 10  # the longest method _SIMPLE_REQUEST takes
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_CHUNK_LINE = 4096  # size plus extensions
@@ -369,6 +370,10 @@ class HttpRequestStream:
         """An HTTP/0.9 request line at the parse position: emitted at once (it has no headers)."""
         newline = self._buf.find(b"\n", self._pos, self._pos + _MAX_REQUEST_LINE_PROBE)
         if newline < 0:
+            return False
+        # The target has no spaces: one after the longest method and its space rules the line out
+        # (an HTTP/1.x line's version), found from the end without scanning the target.
+        if self._buf.rfind(b" ", self._pos + _MAX_SIMPLE_METHOD + 1, newline) >= 0:
             return False
         simple = _SIMPLE_REQUEST.fullmatch(self._buf, self._pos, newline + 1)
         if simple is None or simple.group(1) not in METHODS:

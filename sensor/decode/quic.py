@@ -70,10 +70,12 @@ class _Truncated(ValueError):
 
 _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
-try:  # AES of the header protection sample, compiled (sensor/_fast/quic.c); hp_mask_py is the reference
+try:  # compiled (sensor/_fast/quic.c): AES of the header protection sample (hp_mask_py is the reference)
+    # and the CRYPTO frames of an Initial (crypto_chunks_py)
+    from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
     from sensor._fast import quic_hp_mask as _quic_hp_mask
 except ImportError:  # built without a C compiler
-    _quic_hp_mask = None
+    _quic_hp_mask = _quic_crypto_chunks = None
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -216,7 +218,7 @@ def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tupl
         return None
 
 
-def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
+def crypto_chunks_py(payload: bytes) -> list[tuple[int, bytes]]:
     """(offset, data) of the CRYPTO frames in an Initial payload, up to the first frame not allowed there."""
     chunks: list[tuple[int, bytes]] = []
     pos = 0
@@ -265,6 +267,9 @@ def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
     except _Truncated:
         pass  # keep the CRYPTO data read before the damage
     return chunks
+
+
+_crypto_chunks = _quic_crypto_chunks if _quic_crypto_chunks is not None else crypto_chunks_py
 
 
 def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
