@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
-from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
+from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.decode.settings import DecodeSettings
 from sensor.records import (
     Counters,
@@ -54,7 +54,8 @@ _new_request = positional_constructor(HttpRequest)
 
 
 def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) -> Flow:
-    return _new_flow(addr_text(src), sport, addr_text(dst), dport, transport)
+    texts = ADDRESS_TEXTS
+    return _new_flow(texts.get(src) or addr_text(src), sport, texts.get(dst) or addr_text(dst), dport, transport)
 
 
 class _BufferedConsumer:

@@ -464,7 +464,9 @@ class PacketDecoder:
 
     def _remember(self, decoded: Decoded) -> None:
         """Keep what the events of a tunnelled flow say of its tunnel (the outermost one)."""
-        key = (addr_text(decoded[1]), decoded[3], addr_text(decoded[2]), decoded[4])
+        texts = _ADDR_CACHE
+        src, dst = decoded[1], decoded[2]
+        key = (texts.get(src) or addr_text(src), decoded[3], texts.get(dst) or addr_text(dst), decoded[4])
         if key in self.tunnels:
             return
         layers = tuple(self._layers)  # type: ignore[arg-type]
@@ -661,6 +663,7 @@ class PacketDecoder:
 
 
 _ADDR_CACHE: dict[bytes, str] = {}
+ADDRESS_TEXTS: Mapping[bytes, str] = _ADDR_CACHE  # addr_text's cache, for callers that look first (no call on a hit)
 
 
 def addr_text(raw: bytes) -> str:
