@@ -44,6 +44,7 @@ _METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range
 MAX_TOKEN_METHOD = 32  # longer "methods" are taken for something else than HTTP
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
+_LINE_END_BYTES = frozenset(b"\r\n")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _REQUEST_LINE_CAP_FACTOR = 4  # a request line may take this many header caps: a long URL still shows whole
 _SKIMMED = (b"host", b"content-length", b"content-type", b"content-encoding", b"transfer-encoding")
@@ -87,11 +88,6 @@ def opens_request(line: bytes) -> bool:
         return True
     simple = _SIMPLE_REQUEST.fullmatch(line)
     return simple is not None and simple.group(1) in METHODS
-
-
-def _opens_request_head(prefix: bytes | bytearray) -> bool:
-    """Inside an HTTP stream: prefix starts with a method token and a space, or could still do so."""
-    return _REQUEST_START.match(prefix) is not None
 
 
 @frozen_record
@@ -345,12 +341,14 @@ class HttpRequestStream:
         return self._parse_trailers()
 
     def _parse_head(self) -> bool:
-        blank = _BLANK_LINES.match(self._buf, self._pos)
-        if blank is not None:
-            self._pos = blank.end()
         if self._pos >= len(self._buf):
             return False
-        if not _opens_request_head(self._buf[self._pos:self._pos + MAX_TOKEN_METHOD + 1]):
+        if self._buf[self._pos] in _LINE_END_BYTES:
+            self._pos = _BLANK_LINES.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+            if self._pos >= len(self._buf):
+                return False
+        # a method token and a space, or as much of them as has arrived
+        if _REQUEST_START.match(self._buf, self._pos, self._pos + MAX_TOKEN_METHOD + 1) is None:
             raise _Invalid("not a request line")
         if self._simple_request():
             return True
