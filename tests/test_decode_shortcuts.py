@@ -108,3 +108,61 @@ def test_whole_client_hello_reads_a_hello() -> None:
     hello = tls.whole_client_hello(b"".join(_records(_HELLO, [])))
     assert hello is not None and hello.server_name == "example.co" and hello.alpn == ("h2",)
     assert tls.whole_client_hello(b"".join(_records(_HELLO, []))[:-1]) is None  # not whole yet
+
+
+# -- DNS pairing: the compiled dns_pair (with its fallback) against DnsTransactions.on_datagram_py --
+
+from sensor.decode.dns import DnsMessage, DnsTransactions  # noqa: E402
+from sensor.records import Counters, DnsAnswer  # noqa: E402
+
+_names = st.sampled_from(["example.com", "Example.COM", "a.b", "\u00e9.example", "x" * 60])
+_message = st.builds(
+    lambda response, ident, questions, rcode: DnsMessage(
+        ident, response, 0, rcode, tuple(questions),
+        (DnsAnswer(questions[0][0], "A", "192.0.2.1", 60),) if response and questions else ()),
+    st.booleans(), st.integers(0, 3), st.lists(st.tuples(_names, st.sampled_from(["A", "AAAA"])), max_size=2),
+    st.sampled_from(["NOERROR", "NXDOMAIN"]))
+_datagram = st.tuples(st.floats(0, 100), st.sampled_from(["10.0.0.1", "fd00::1"]), st.sampled_from([5000, 5001]),
+                      st.sampled_from(["10.0.0.53"]), st.just(53), _message)
+
+
+def _pair_all(datagrams: list, compiled: bool) -> tuple[list[str], dict[str, int], list]:
+    transactions = DnsTransactions(max_pending=3, counters=Counters())
+    pair = transactions.pairing() if compiled else None
+    records: list = []
+    for ts, client, port, server, dns_port, message in datagrams:
+        src, sport, dst, dport = (server, dns_port, client, port) if message.is_response else (client, port, server,
+                                                                                                  dns_port)
+        added = pair(ts, src, sport, dst, dport, message, records) if pair is not None else None
+        before = len(records)
+        if added is None:
+            added = transactions.on_datagram_py(ts, src, sport, dst, dport, message, records)
+        else:
+            before -= added
+        assert added == len(records) - before
+    waiting = [(key, repr(query)) for key, query in transactions._pending.items()]
+    records += transactions.flush()
+    return [repr(r) for r in records], dict(transactions.counters.values), waiting
+
+
+@pytest.mark.skipif(DnsTransactions(counters=Counters()).pairing() is None, reason="the compiled fast path is not built")
+@settings(max_examples=400)
+@given(st.lists(_datagram, max_size=12))
+def test_compiled_pairing_equals_the_python_pairing(datagrams: list) -> None:
+    assert _pair_all(datagrams, True) == _pair_all(datagrams, False)
+
+
+@pytest.mark.skipif(DnsTransactions(counters=Counters()).pairing() is None, reason="the compiled fast path is not built")
+def test_compiled_pairing_takes_the_common_messages() -> None:
+    transactions = DnsTransactions(counters=Counters())
+    pair = transactions.pairing()
+    records: list = []
+    query = DnsMessage(7, False, 0, "NOERROR", (("Example.com", "A"),), ())
+    answer = DnsMessage(7, True, 0, "NOERROR", (("example.COM", "A"),), (DnsAnswer("example.com", "A", "192.0.2.1", 9),))
+    assert pair(1.0, "10.0.0.1", 5000, "10.0.0.53", 53, query, records) == 0
+    assert pair(1.5, "10.0.0.1", 5000, "10.0.0.53", 53, query, records) is None  # a retransmission: Python counts it
+    assert pair(2.0, "10.0.0.53", 53, "10.0.0.1", 5000, answer, records) == 1
+    assert pair(2.0, "10.0.0.53", 53, "10.0.0.1", 5000, answer, records) is None  # no query waits: Python counts it
+    (record,) = records
+    assert (record.ts, record.name, record.response_seen, record.answers) == (1.0, "Example.com", True, answer.answers)
+    assert record.flow.src_ip == "10.0.0.1" and record.flow.transport == "udp" and not len(transactions)

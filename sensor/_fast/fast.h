@@ -136,6 +136,8 @@ FAST_INTERNAL int ecs_init(void);
 FAST_INTERNAL PyObject *record_maker(PyObject *module, PyObject *type);
 FAST_INTERNAL PyObject *bind_dns(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *bind_dns_pairs(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);

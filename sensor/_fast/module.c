@@ -53,6 +53,10 @@ static PyMethodDef methods[] = {
      "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
+    {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
+    {"dns_pair", (PyCFunction)(void (*)(void))dns_pair, METH_FASTCALL,
+     "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None to let"
+     " the Python code pair the message"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -252,6 +252,7 @@ class TrafficDecoder:
             watch=self._watch,
         )
         self.dns = dns.DnsTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
+        self._pair_dns = self.dns.pairing()  # compiled, for the common DNS datagrams
         self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
@@ -268,7 +269,10 @@ class TrafficDecoder:
                 src, sport, dst, dport, message = found
                 counts = self._counts
                 counts["dns.messages"] = counts.get("dns.messages", 0) + 1
-                added = self.dns.on_datagram(ts, src, sport, dst, dport, message, self.records)
+                pair = self._pair_dns
+                added = pair(ts, src, sport, dst, dport, message, self.records) if pair is not None else None
+                if added is None:
+                    added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
                 if added:
                     counts["records.dns"] = counts.get("records.dns", 0) + added
                 if ts >= self._next_dns_expiry:

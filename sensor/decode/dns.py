@@ -16,7 +16,9 @@ import ipaddress
 import re
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sensor.records import (
     Counters,
@@ -69,6 +71,14 @@ RCODE_NAMES: dict[int, str] = {
 
 if _bind_dns_fast is not None:  # the fast parser builds the same records, with the same names
     _bind_dns_fast(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)
+
+try:  # the common queries and responses paired in one compiled call; DnsTransactions.on_datagram_py is the reference
+    from sensor._fast import bind_dns_pairs as _bind_dns_pairs
+    from sensor._fast import dns_pair as _dns_pair
+except ImportError:  # built without a C compiler
+    _dns_pair = None
+else:
+    _bind_dns_pairs(DnsQuery, Flow)
 
 _SVC_PARAM_NAMES = {0: "mandatory", 1: "alpn", 2: "no-default-alpn", 3: "port", 4: "ipv4hint",
                     5: "ech", 6: "ipv6hint", 7: "dohpath", 8: "ohttp"}
@@ -399,11 +409,16 @@ class DnsTransactions:
     def on_message(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
         """Feed one message; flow is as seen on the wire (a response has src = server)."""
         records: list[DnsQuery] = []
-        self.on_datagram(ts, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg, records, flow)
+        self.on_datagram_py(ts, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg, records, flow)
         return records
 
-    def on_datagram(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
-                    records: list[Record], flow: Flow | None = None) -> int:
+    def pairing(self) -> Callable[[float, str, int, str, int, DnsMessage, list[Record]], int | None] | None:
+        """The compiled `on_datagram_py` for UDP messages of this table (None where not built): it
+        takes the common messages and returns None, having changed nothing, for the rest."""
+        return partial(_dns_pair, self._pending, self.max_pending) if _dns_pair is not None else None
+
+    def on_datagram_py(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
+                       records: list[Record], flow: Flow | None = None) -> int:
         """`on_message` for a message given by its addresses and ports as seen on the wire: its
         records are appended to `records`, and their number returned. The flow (transport UDP
         unless given) is built only when a query is kept or a response has no query."""
