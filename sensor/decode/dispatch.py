@@ -402,10 +402,9 @@ class TrafficDecoder:
         counts[name] = counts.get(name, 0) + 1
 
 
-def decode_packet_py(linktype: int, frame: bytes) -> tuple | None:
-    """The reference of the compiled decode_packet: a DNS datagram as dns_datagram_py gives it,
-    else the frame as PacketDecoder.decode_py decodes it (declined to Python where the compiled
-    dns_datagram or decode_frame decline)."""
+def decode_packet_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | Decoded | None:
+    """The reference of the compiled decode_packet (which answers only where the compiled
+    dns_datagram or decode_frame does): dns_datagram_py's answer, else PacketDecoder.decode_py's."""
     datagram = dns_datagram_py(linktype, frame)
     return datagram if datagram is not None else PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
 

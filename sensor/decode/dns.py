@@ -17,7 +17,6 @@ import re
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from sensor.records import (
@@ -418,7 +417,7 @@ class DnsTransactions:
         return partial(_dns_pair, self._pending, self.max_pending) if _dns_pair is not None else None
 
     def on_datagram_py(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
-                       records: list[Record], flow: Flow | None = None) -> int:
+                       records: list[DnsQuery] | list[Record], flow: Flow | None = None) -> int:
         """`on_message` for a message given by its addresses and ports as seen on the wire: its
         records are appended to `records`, and their number returned. The flow (transport UDP
         unless given) is built only when a query is kept or a response has no query."""
@@ -569,7 +568,7 @@ class LocalNameTransactions:
         deadline = now - self.timeout
         while self._pending:
             key = next(iter(self._pending))
-            if self._pending[key][0] > deadline:
+            if self._pending[key].ts > deadline:
                 break
             records.append(self._pending.pop(key))
         return records
