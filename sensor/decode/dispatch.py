@@ -324,6 +324,8 @@ class TrafficDecoder:
         """The common first segment after a SYN, a whole ClientHello: what `FlowTable.segment`
         does with it (through `_classify` and `_TlsHelloConsumer`) without building the consumer.
         False, having changed nothing, for anything else."""
+        if len(payload) < 5 or 5 + ((payload[3] << 8) | payload[4]) > len(payload):
+            return False  # its first record runs on in the next segment (a split hello)
         flows = self.flows
         syn = flows.half_open.get(key)
         if (syn is None or seq != syn & 0xFFFFFFFF or key[2] == _DNS_PORT or key[3] == _DNS_PORT
