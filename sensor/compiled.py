@@ -15,10 +15,15 @@ from __future__ import annotations
 TWINS: dict[str, str] = {
     "record_maker": "sensor.records:positional_constructor_py",
     "parse_dns": "sensor.decode.dns:parse_message_py",
+    "dns_pair": "sensor.decode.dns:DnsTransactions.on_datagram_py",
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
     "hello_message": "sensor.decode.tls:hello_message_py",
+    "http_head": "sensor.decode.http:parse_head_py",
+    "quic_hp_mask": "sensor.decode.quic:hp_mask_py",
+    "quic_crypto_chunks": "sensor.decode.quic:crypto_chunks_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
+    "decode_packet": "sensor.decode.dispatch:decode_packet_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
@@ -34,6 +39,7 @@ TWINS: dict[str, str] = {
 # compiled binder -> the Python home of what it is given
 BINDERS: dict[str, str] = {
     "bind_dns": "sensor.decode.dns:TYPE_NAMES",  # with DnsMessage, DnsAnswer and RCODE_NAMES
+    "bind_dns_pairs": "sensor.records:DnsQuery",  # with Flow
     "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",

@@ -617,7 +617,14 @@ def test_fast_path_agrees_on_generated_records(params: list[tuple[int, bytes]], 
 
 from sensor.decode import dispatch  # noqa: E402
 
-datagram_fast = pytest.mark.skipif(dispatch._dns_datagram is None, reason="the compiled fast path is not built")
+try:
+    from sensor._fast import decode_frame as _decode_frame
+    from sensor._fast import decode_packet as _decode_packet
+    from sensor._fast import dns_datagram as _dns_datagram
+except ImportError:  # built without a C compiler
+    _dns_datagram = _decode_frame = _decode_packet = None
+
+datagram_fast = pytest.mark.skipif(_dns_datagram is None, reason="the compiled fast path is not built")
 
 
 def _udp_frame(message: bytes, sport: int, dport: int, v6: bool, vlan: bool, pad: int) -> bytes:
@@ -635,7 +642,9 @@ def _udp_frame(message: bytes, sport: int, dport: int, v6: bool, vlan: bool, pad
 
 
 def _datagram_agrees(linktype: int, frame: bytes) -> bool:
-    taken = dispatch._dns_datagram(linktype, frame)
+    taken = _dns_datagram(linktype, frame)
+    # decode_packet: the datagram when dns_datagram takes it, else what decode_frame gives
+    assert _decode_packet(linktype, frame) == (taken if taken is not None else _decode_frame(linktype, frame))
     if taken is None:
         return False
     assert taken == dispatch.dns_datagram_py(linktype, frame), frame.hex()
@@ -649,9 +658,9 @@ def test_a_dns_datagram_is_taken_in_one_call() -> None:
     for message, ports in ((query, (40000, 53)), (answer, (53, 40000))):
         for v6 in (False, True):
             assert _datagram_agrees(1, _udp_frame(message, *ports, v6=v6, vlan=v6, pad=6))
-    assert dispatch._dns_datagram(1, _udp_frame(query, 40000, 5353, False, False, 0)) is None  # not port 53
-    assert dispatch._dns_datagram(1, _udp_frame(query, 4789, 53, False, False, 0)) is None  # a tunnel port: Python
-    assert dispatch._dns_datagram(1, _udp_frame(b"\x00" * 5, 40000, 53, False, False, 0)) is None  # not DNS
+    assert _dns_datagram(1, _udp_frame(query, 40000, 5353, False, False, 0)) is None  # not port 53
+    assert _dns_datagram(1, _udp_frame(query, 4789, 53, False, False, 0)) is None  # a tunnel port: Python
+    assert _dns_datagram(1, _udp_frame(b"\x00" * 5, 40000, 53, False, False, 0)) is None  # not DNS
 
 
 @datagram_fast

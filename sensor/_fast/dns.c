@@ -383,3 +383,133 @@ done:
     return result;
 }
 
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.decode.dns.DnsTransactions.on_datagram for a message of one question in the common
+ * cases: a query not seen before while there is room, or a response to a waiting query. The
+ * rest (retransmissions, unmatched responses, a full table, several questions) returns None
+ * before changing anything, and the Python code takes it.
+ */
+
+static RecordType dns_query_record, flow_record;
+static PyObject *udp_text;
+
+/* bind_dns_pairs(DnsQuery, Flow): what dns_pair builds. */
+PyObject *bind_dns_pairs(PyObject *module, PyObject *args) {
+    PyObject *query, *flow;
+    if (!PyArg_ParseTuple(args, "OO", &query, &flow)) return NULL;
+    RecordType query_record = {0}, new_flow_record = {0};
+    if (record_type_bind(&query_record, query, 8) < 0 || record_type_bind(&new_flow_record, flow, 5) < 0) {
+        record_type_clear(&query_record);
+        return NULL;
+    }
+    if (udp_text == NULL && (udp_text = PyUnicode_InternFromString("udp")) == NULL) {
+        record_type_clear(&query_record);
+        record_type_clear(&new_flow_record);
+        return NULL;
+    }
+    record_type_clear(&dns_query_record);
+    record_type_clear(&flow_record);
+    dns_query_record = query_record;
+    flow_record = new_flow_record;
+    Py_RETURN_NONE;
+}
+
+static PyObject *field(const RecordType *record, Py_ssize_t i, PyObject *obj) {
+    PyObject *slot = record->slots[i];
+    return Py_TYPE(slot)->tp_descr_get(slot, obj, (PyObject *)record->type);
+}
+
+/* str.lower() of an ASCII name; the name itself when it has no capitals. NULL + no error: not ASCII. */
+static PyObject *ascii_lower(PyObject *name) {
+    if (!PyUnicode_Check(name) || !PyUnicode_IS_ASCII(name)) return NULL;
+    const char *s = (const char *)PyUnicode_DATA(name);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name), i = 0;
+    while (i < n && !(s[i] >= 'A' && s[i] <= 'Z')) i++;
+    if (i == n) return Py_NewRef(name);
+    PyObject *lower = PyUnicode_New(n, 127);
+    if (lower == NULL) return NULL;
+    char *d = (char *)PyUnicode_DATA(lower);
+    for (i = 0; i < n; i++) d[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] + 32) : s[i];
+    return lower;
+}
+
+/* dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None */
+PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9 || !PyDict_CheckExact(args[0]) || !PyList_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records)");
+        return NULL;
+    }
+    if (dns_query_record.type == NULL || dns_message_record.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_dns() and bind_dns_pairs() first");
+        return NULL;
+    }
+    PyObject *pending = args[0], *ts = args[2], *src = args[3], *sport = args[4], *dst = args[5], *dport = args[6],
+             *message = args[7], *records = args[8];
+    if (Py_TYPE(message) != dns_message_record.type) Py_RETURN_NONE;
+    Py_ssize_t max_pending = PyLong_AsSsize_t(args[1]);
+    if (max_pending == -1 && PyErr_Occurred()) return NULL;
+    PyObject *id = NULL, *response = NULL, *questions = NULL, *lower = NULL, *key = NULL, *result = NULL;
+    if ((id = field(&dns_message_record, 0, message)) == NULL || (response = field(&dns_message_record, 1, message)) == NULL ||
+        (questions = field(&dns_message_record, 4, message)) == NULL)
+        goto done;
+    if (!PyTuple_Check(questions) || PyTuple_GET_SIZE(questions) != 1) goto decline;
+    PyObject *question = PyTuple_GET_ITEM(questions, 0);
+    if (!PyTuple_Check(question) || PyTuple_GET_SIZE(question) != 2) goto decline;
+    PyObject *name = PyTuple_GET_ITEM(question, 0), *qtype = PyTuple_GET_ITEM(question, 1);
+    if ((lower = ascii_lower(name)) == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto decline;
+    }
+    int is_response = PyObject_IsTrue(response);
+    if (is_response < 0) goto done;
+    if (is_response) {
+        key = PyTuple_Pack(6, dst, dport, src, sport, id, lower);
+        if (key == NULL) goto done;
+        PyObject *query = PyDict_GetItemWithError(pending, key); /* borrowed */
+        if (query == NULL) {
+            if (PyErr_Occurred()) goto done;
+            goto decline; /* unmatched: counted by the Python code */
+        }
+        if (!PyTuple_Check(query) || PyTuple_GET_SIZE(query) != 5) goto decline;
+        PyObject *values[8];
+        for (Py_ssize_t i = 0; i < 5; i++) values[i] = Py_NewRef(PyTuple_GET_ITEM(query, i));
+        values[5] = Py_NewRef(Py_True);
+        values[6] = field(&dns_message_record, 3, message);
+        values[7] = field(&dns_message_record, 5, message);
+        PyObject *record = record_new(&dns_query_record, values);
+        if (record == NULL) goto done;
+        if (PyDict_DelItem(pending, key) < 0 || PyList_Append(records, record) < 0) {
+            Py_DECREF(record);
+            goto done;
+        }
+        Py_DECREF(record);
+        result = PyLong_FromLong(1);
+        goto done;
+    }
+    key = PyTuple_Pack(6, src, sport, dst, dport, id, lower);
+    if (key == NULL) goto done;
+    int known = PyDict_Contains(pending, key);
+    if (known < 0) goto done;
+    if (known || PyDict_GET_SIZE(pending) >= max_pending) goto decline; /* a retransmission, or an eviction */
+    PyObject *flow = record_new(&flow_record, (PyObject *[]){Py_NewRef(src), Py_NewRef(sport), Py_NewRef(dst),
+                                                             Py_NewRef(dport), Py_NewRef(udp_text)});
+    if (flow == NULL) goto done;
+    PyObject *waiting = PyTuple_Pack(5, ts, flow, id, name, qtype);
+    Py_DECREF(flow);
+    if (waiting == NULL) goto done;
+    int stored = PyDict_SetItem(pending, key, waiting);
+    Py_DECREF(waiting);
+    if (stored < 0) goto done;
+    result = PyLong_FromLong(0);
+    goto done;
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(id);
+    Py_XDECREF(response);
+    Py_XDECREF(questions);
+    Py_XDECREF(lower);
+    Py_XDECREF(key);
+    return result;
+}

@@ -8,7 +8,7 @@
  *
  * One source file per Python module mirrored: dns.c (sensor.decode.dns), tls.c (sensor.decode.tls),
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
- * redact.c (sensor.phi.redact), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
+ * redact.c (sensor.phi.redact), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
@@ -136,11 +136,14 @@ FAST_INTERNAL int ecs_init(void);
 FAST_INTERNAL PyObject *record_maker(PyObject *module, PyObject *type);
 FAST_INTERNAL PyObject *bind_dns(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *bind_dns_pairs(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
@@ -157,5 +160,8 @@ FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_pcap_file(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *pcap_resync(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_worker(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *http_head(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *quic_hp_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
 
 #endif

@@ -14,6 +14,8 @@ static PyMethodDef methods[] = {
      "decode_frame(linktype, frame) -> the PacketDecoder.decode tuple, or None to let the Python decoder decide"},
     {"dns_datagram", (PyCFunction)(void (*)(void))dns_datagram, METH_FASTCALL,
      "dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) for a DNS datagram, or None"},
+    {"decode_packet", (PyCFunction)(void (*)(void))decode_packet, METH_FASTCALL,
+     "decode_packet(linktype, frame) -> dns_datagram's tuple for a DNS datagram, else decode_frame's, else None"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},
@@ -45,6 +47,16 @@ static PyMethodDef methods[] = {
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
+    {"http_head", http_head, METH_O,
+     "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
+    {"quic_hp_mask", (PyCFunction)(void (*)(void))quic_hp_mask, METH_FASTCALL,
+     "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
+    {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
+     "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
+    {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
+    {"dns_pair", (PyCFunction)(void (*)(void))dns_pair, METH_FASTCALL,
+     "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None to let"
+     " the Python code pair the message"},
     {NULL, NULL, 0, NULL},
 };
 

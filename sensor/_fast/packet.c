@@ -271,3 +271,12 @@ done:
     if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
     return result;
 }
+
+/* decode_packet(linktype, frame) -> dns_datagram's 5-tuple for a DNS datagram it takes, else
+ * decode_frame's 8-tuple, else None: the two in one call, for the decoder's every frame. */
+PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *dns = dns_datagram(module, args, nargs);
+    if (dns != Py_None) return dns; /* the datagram, or an error */
+    Py_DECREF(dns);
+    return decode_frame(module, args, nargs);
+}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
-from sensor.decode.packet import TCP, UDP, Decoded, PacketDecoder, addr_text
+from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.decode.settings import DecodeSettings
 from sensor.records import (
     Counters,
@@ -29,6 +29,7 @@ from sensor.records import (
 
 _SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 _DNS_PORT = 53
+_TLS_HANDSHAKE = 0x16  # the content type of the record a ClientHello comes in
 _HELLO_CAP = 65_536 + 5 * 16  # a ClientHello handshake message over however many records
 # Plaintext client bytes watched for an upgrade to TLS: STARTTLS exchanges, an XMPP stream's
 # opening, LDAP's and the databases' requests all fit well within.
@@ -41,10 +42,11 @@ _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
-try:  # DNS datagrams from frame to message in one compiled call (sensor/_fast/packet.c); dns_datagram_py is the reference
-    from sensor._fast import dns_datagram as _dns_datagram
+try:  # a frame to its DNS datagram or its decode tuple in one compiled call (sensor/_fast/packet.c);
+    # decode_packet_py is the reference
+    from sensor._fast import decode_packet as _decode_packet
 except ImportError:  # built without a C compiler
-    _dns_datagram = None
+    _decode_packet = None
 
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
@@ -52,7 +54,8 @@ _new_request = positional_constructor(HttpRequest)
 
 
 def make_flow(src: bytes, sport: int, dst: bytes, dport: int, transport: str) -> Flow:
-    return _new_flow(addr_text(src), sport, addr_text(dst), dport, transport)
+    texts = ADDRESS_TEXTS
+    return _new_flow(texts.get(src) or addr_text(src), sport, texts.get(dst) or addr_text(dst), dport, transport)
 
 
 class _BufferedConsumer:
@@ -234,6 +237,9 @@ class _DnsTcpConsumer(_BufferedConsumer):
 class TrafficDecoder:
     def __init__(self, counters: Counters | None = None, settings: DecodeSettings | None = None) -> None:
         self.counters = counters if counters is not None else Counters()
+        # the counters' own dict, for the counts made per packet or record: a call of Counters.add
+        # costs more there than the count itself
+        self._counts = self.counters.values
         self.settings = settings or DecodeSettings()
         self.records: list[Record] = []
         self.packets = PacketDecoder(self.counters)
@@ -246,22 +252,35 @@ class TrafficDecoder:
             watch=self._watch,
         )
         self.dns = dns.DnsTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
+        self._pair_dns = self.dns.pairing()  # compiled, for the common DNS datagrams
         self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        if _dns_datagram is not None:
-            datagram = _dns_datagram(linktype, frame)
-            if datagram is not None:  # what feed_decoded does with a DNS datagram, its message parsed
-                src, sport, dst, dport, message = datagram
-                self.counters.add("dns.messages")
-                self._add_dns_records(self.dns.on_message(ts, _new_flow(src, sport, dst, dport, "udp"), message))
+        if _decode_packet is not None:
+            found = _decode_packet(linktype, frame)
+            if found is not None:
+                if len(found) != 5:
+                    self.feed_decoded(ts, found)
+                    return
+                # a DNS datagram, its message parsed: what feed_decoded does with it
+                src, sport, dst, dport, message = found
+                counts = self._counts
+                counts["dns.messages"] = counts.get("dns.messages", 0) + 1
+                pair = self._pair_dns
+                added = pair(ts, src, sport, dst, dport, message, self.records) if pair is not None else None
+                if added is None:
+                    added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
+                if added:
+                    counts["records.dns"] = counts.get("records.dns", 0) + added
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
-        decoded = self.packets.decode(ts, linktype, frame)
+            decoded = self.packets.decode_declined(ts, linktype, frame)
+        else:
+            decoded = self.packets.decode(ts, linktype, frame)
         if decoded is not None:
             self.feed_decoded(ts, decoded)
 
@@ -281,7 +300,10 @@ class TrafficDecoder:
                 self.flows.end(key, ts)
             elif payload:
                 stream = self.flows.streams.get(key)
-                if stream is None or not stream.done:
+                if stream is None:
+                    if payload[0] != _TLS_HANDSHAKE or not self._whole_hello(key, ts, seq, payload):
+                        self.flows.segment(key, ts, seq, payload)
+                elif not stream.done:
                     self.flows.segment(key, ts, seq, payload)
                 else:
                     stream.last_ts = ts
@@ -297,6 +319,26 @@ class TrafficDecoder:
                 self.local_name_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
         if ts >= self._next_dns_expiry:
             self._expire_dns(ts)
+
+    def _whole_hello(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> bool:
+        """The common first segment after a SYN, a whole ClientHello: what `FlowTable.segment`
+        does with it (through `_classify` and `_TlsHelloConsumer`) without building the consumer.
+        False, having changed nothing, for anything else."""
+        if len(payload) < 5 or 5 + ((payload[3] << 8) | payload[4]) > len(payload):
+            return False  # its first record runs on in the next segment (a split hello)
+        flows = self.flows
+        syn = flows.half_open.get(key)
+        if (syn is None or seq != syn & 0xFFFFFFFF or key[2] == _DNS_PORT or key[3] == _DNS_PORT
+                or len(flows.streams) >= flows.max_streams or key in flows.finished):
+            return False
+        hello = tls.whole_client_hello(payload)
+        if hello is None:
+            return False
+        del flows.half_open[key]
+        flows.finish_key(key)
+        src, dst, sport, dport = key
+        self.emit_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello)
+        return True
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""
@@ -358,7 +400,15 @@ class TrafficDecoder:
 
     def emit_hello(self, ts: float, flow: Flow, protocol: str, hello: tls.ClientHello) -> None:
         self.records.append(_new_hello(ts, flow, protocol, hello.server_name, hello.alpn, hello.ech, hello.version))
-        self.counters.add("records.quic" if protocol == "quic" else "records.tls")
+        counts, name = self._counts, "records.quic" if protocol == "quic" else "records.tls"
+        counts[name] = counts.get(name, 0) + 1
+
+
+def decode_packet_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | Decoded | None:
+    """The reference of the compiled decode_packet (which answers only where the compiled
+    dns_datagram or decode_frame does): dns_datagram_py's answer, else PacketDecoder.decode_py's."""
+    datagram = dns_datagram_py(linktype, frame)
+    return datagram if datagram is not None else PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
 
 
 def dns_datagram_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | None:

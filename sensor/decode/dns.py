@@ -16,7 +16,8 @@ import ipaddress
 import re
 import socket
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 
 from sensor.records import (
     Counters,
@@ -24,6 +25,7 @@ from sensor.records import (
     DnsQuery,
     Flow,
     LocalNameQuery,
+    Record,
     frozen_record,
     positional_constructor,
 )
@@ -68,6 +70,14 @@ RCODE_NAMES: dict[int, str] = {
 
 if _bind_dns_fast is not None:  # the fast parser builds the same records, with the same names
     _bind_dns_fast(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)
+
+try:  # the common queries and responses paired in one compiled call; DnsTransactions.on_datagram_py is the reference
+    from sensor._fast import bind_dns_pairs as _bind_dns_pairs
+    from sensor._fast import dns_pair as _dns_pair
+except ImportError:  # built without a C compiler
+    _dns_pair = None
+else:
+    _bind_dns_pairs(DnsQuery, Flow)
 
 _SVC_PARAM_NAMES = {0: "mandatory", 1: "alpn", 2: "no-default-alpn", 3: "port", 4: "ipv4hint",
                     5: "ech", 6: "ipv6hint", 7: "dohpath", 8: "ohttp"}
@@ -370,16 +380,11 @@ def looks_like_dns(payload: bytes) -> bool:
 
 
 _PendingKey = tuple[str, int, str, int, int, str]
+# A query waiting for its response: (ts, flow, id, name, qtype). A tuple: one per query, the
+# cheapest object to build.
+_Pending = tuple[float, Flow, int, str, str]
 _new_query = positional_constructor(DnsQuery)
-
-
-@dataclass(slots=True)
-class _Pending:
-    ts: float
-    flow: Flow
-    id: int
-    name: str
-    qtype: str
+_new_flow = positional_constructor(Flow)
 
 
 class DnsTransactions:
@@ -402,37 +407,49 @@ class DnsTransactions:
 
     def on_message(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
         """Feed one message; flow is as seen on the wire (a response has src = server)."""
-        if msg.is_response:
-            return self._on_response(ts, flow, msg)
         records: list[DnsQuery] = []
-        for name, qtype in msg.questions:
-            key = (flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg.id, name.lower())
-            if key in self._pending:
-                self.counters.add("dns.retransmissions")
-                continue
-            if len(self._pending) >= self.max_pending:
-                oldest = next(iter(self._pending))
-                records.append(self._unanswered(self._pending.pop(oldest)))
-                self.counters.add("dns.pending_evicted")
-            self._pending[key] = _Pending(ts, flow, msg.id, name, qtype)
+        self.on_datagram_py(ts, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, msg, records, flow)
         return records
 
-    def _on_response(self, ts: float, flow: Flow, msg: DnsMessage) -> list[DnsQuery]:
-        records: list[DnsQuery] = []
+    def pairing(self) -> Callable[[float, str, int, str, int, DnsMessage, list[Record]], int | None] | None:
+        """The compiled `on_datagram_py` for UDP messages of this table (None where not built): it
+        takes the common messages and returns None, having changed nothing, for the rest."""
+        return partial(_dns_pair, self._pending, self.max_pending) if _dns_pair is not None else None
+
+    def on_datagram_py(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
+                       records: list[DnsQuery] | list[Record], flow: Flow | None = None) -> int:
+        """`on_message` for a message given by its addresses and ports as seen on the wire: its
+        records are appended to `records`, and their number returned. The flow (transport UDP
+        unless given) is built only when a query is kept or a response has no query."""
+        pending = self._pending
+        if msg.is_response:
+            for name, qtype in msg.questions:
+                query = pending.pop((dst, dport, src, sport, msg.id, name.lower()), None)
+                if query is None:
+                    self.counters.add("dns.unmatched_responses")
+                    query = (ts, Flow(dst, dport, src, sport, flow.transport if flow is not None else "udp"),
+                             msg.id, name, qtype)
+                records.append(_new_query(query[0], query[1], query[2], query[3], query[4], True, msg.rcode,
+                                          msg.answers))
+            return len(msg.questions)
+        added = 0
         for name, qtype in msg.questions:
-            key = (flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, msg.id, name.lower())
-            query = self._pending.pop(key, None)
-            if query is None:
-                self.counters.add("dns.unmatched_responses")
-                client_flow = Flow(flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port, flow.transport)
-                query = _Pending(ts, client_flow, msg.id, name, qtype)
-            records.append(_new_query(query.ts, query.flow, query.id, query.name, query.qtype, True, msg.rcode,
-                                      msg.answers))
-        return records
+            key = (src, sport, dst, dport, msg.id, name.lower())
+            if key in pending:
+                self.counters.add("dns.retransmissions")
+                continue
+            if len(pending) >= self.max_pending:
+                records.append(self._unanswered(pending.pop(next(iter(pending)))))
+                self.counters.add("dns.pending_evicted")
+                added += 1
+            if flow is None:
+                flow = _new_flow(src, sport, dst, dport, "udp")
+            pending[key] = (ts, flow, msg.id, name, qtype)
+        return added
 
     def _unanswered(self, query: _Pending) -> DnsQuery:
         self.counters.add("dns.unanswered")
-        return DnsQuery(query.ts, query.flow, query.id, query.name, query.qtype)  # rare: the class's defaults
+        return DnsQuery(query[0], query[1], query[2], query[3], query[4])  # rare: the class's defaults
 
     def expire(self, now: float) -> list[DnsQuery]:
         """Unanswered records for pending queries older than the timeout (checked in arrival order)."""
@@ -440,7 +457,7 @@ class DnsTransactions:
         deadline = now - self.timeout
         while self._pending:
             key = next(iter(self._pending))
-            if self._pending[key].ts > deadline:
+            if self._pending[key][0] > deadline:
                 break
             records.append(self._unanswered(self._pending.pop(key)))
         return records

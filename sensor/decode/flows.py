@@ -119,7 +119,7 @@ class FlowTable:
         if key in self.streams:
             return  # a retransmitted SYN: the stream goes on
         self.finished.pop(key, None)  # a new connection from the port of a finished one
-        held = self.unanchored.pop(key, None)
+        held = self.unanchored.pop(key, None) if self.unanchored else None
         if held is not None:  # segments came before their SYN: now they can be placed
             self._release_unanchored(held)
             stream = self._new(key, ts, counted=True)
@@ -131,7 +131,8 @@ class FlowTable:
             return
         half_open = self.half_open
         if key not in half_open:
-            self.counters.add("tcp.streams")
+            counts = self.counters.values  # one SYN each: Counters.add would cost more than the count
+            counts["tcp.streams"] = counts.get("tcp.streams", 0) + 1
             if len(half_open) >= self.max_half_open:
                 half_open.popitem(last=False)
                 self.counters.add("tcp.half_open_evicted")
@@ -194,11 +195,11 @@ class FlowTable:
         if consumer is None and self.watch is not None:
             consumer = self.watch(key, payload)
         if consumer is None:
-            self._finish_key(key)
+            self.finish_key(key)
             self.counters.add("tcp.streams_unclassified")
             return
         if not consumer.feed(ts, payload):
-            self._finish_key(key)
+            self.finish_key(key)
             return
         stream = self._new(key, ts, counted=True)
         stream.consumer = consumer
@@ -290,7 +291,7 @@ class FlowTable:
         if len(held) >= MAX_PENDING_SEGMENTS or sum(len(p) for _, p in held) > self.stream_buffer_cap:
             del unanchored[key]
             self._release_unanchored(held)
-            self._finish_key(key)
+            self.finish_key(key)
             self.counters.add("tcp.streams_unclassified")
         else:
             self._enforce_global()
@@ -299,7 +300,7 @@ class FlowTable:
         self.held_bytes -= sum(len(payload) for _, payload in held)
         self.held_segments -= len(held)
 
-    def _finish_key(self, key: FlowKey) -> None:
+    def finish_key(self, key: FlowKey) -> None:
         """Remember that `key` has nothing more to parse (a bounded memory of it)."""
         finished = self.finished
         if len(finished) >= self.max_finished:
@@ -355,7 +356,7 @@ class FlowTable:
             if self.unanchored:  # segments of connections that may never open anything go first
                 key, held = self.unanchored.popitem(last=False)
                 self._release_unanchored(held)
-                self._finish_key(key)
+                self.finish_key(key)
                 self.counters.add("tcp.held_cap_flushes")
                 self.counters.add("tcp.streams_unclassified")
                 continue
@@ -440,4 +441,4 @@ class FlowTable:
         stream.consumer = None
         if self.streams.get(stream.key) is stream:
             del self.streams[stream.key]
-            self._finish_key(stream.key)
+            self.finish_key(stream.key)

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
 
-from sensor.records import Counters, frozen_record
+from sensor.records import Counters, frozen_record, positional_constructor
+
+try:  # a request head's lines in one compiled call (sensor/_fast/http.c); parse_head_py is the reference
+    from sensor._fast import http_head as _http_head
+except ImportError:  # built without a C compiler
+    _http_head = None
 
 try:
     import brotli as _brotli
@@ -39,6 +44,7 @@ _METHOD_PREFIXES = frozenset(method[:end] for method in METHODS for end in range
 MAX_TOKEN_METHOD = 32  # longer "methods" are taken for something else than HTTP
 
 _BLANK_LINES = re.compile(rb"[\r\n]+")
+_LINE_END_BYTES = frozenset(b"\r\n")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _REQUEST_LINE_CAP_FACTOR = 4  # a request line may take this many header caps: a long URL still shows whole
 _SKIMMED = (b"host", b"content-length", b"content-type", b"content-encoding", b"transfer-encoding")
@@ -53,6 +59,7 @@ _REQUEST_START = re.compile(_METHOD_TOKEN + rb"(?: |\Z)")
 _REQUEST_LINE = re.compile(_METHOD_TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/1\.[0-9]\r?\n")
 # HTTP/0.9's simple request: a known method, a path, the line end; no version, no headers.
 _SIMPLE_REQUEST = re.compile(rb"([A-Z]{3,10}) (/[^\x00-\x20\x7f]*)\r?\n")
+_MAX_SIMPLE_METHOD = 10  # the longest method _SIMPLE_REQUEST takes
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _MAX_CHUNK_LINE = 4096  # size plus extensions
@@ -83,11 +90,6 @@ def opens_request(line: bytes) -> bool:
     return simple is not None and simple.group(1) in METHODS
 
 
-def _opens_request_head(prefix: bytes | bytearray) -> bool:
-    """Inside an HTTP stream: prefix starts with a method token and a space, or could still do so."""
-    return _REQUEST_START.match(prefix) is not None
-
-
 @frozen_record
 class ParsedRequest:
     method: str
@@ -99,6 +101,9 @@ class ParsedRequest:
     body_bytes: int  # body length as transferred: before content decoding, chunk framing excluded
     body_truncated: bool  # body incomplete, longer than the cap, or decoding stopped by a bound
     offset: int  # stream offset of the request line
+
+
+_new_parsed = positional_constructor(ParsedRequest)
 
 
 def _text(raw: bytes) -> str:
@@ -224,6 +229,24 @@ class _Invalid(Exception):
     """Internal: the stream is not (or no longer) a valid HTTP/1.x request stream."""
 
 
+# The header fields the parser itself reads (framing, tunnels, the host).
+_FRAMING_FIELDS = frozenset({
+    "host", "content-length", "transfer-encoding", "content-encoding", "connection", "upgrade", "expect",
+})
+_NO_BODY = _BodyDecoder(None, 0)  # the body of a request without one: never fed, shared
+
+
+def parse_head_py(head: bytes) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+    """(method, target, version, headers) of a request head (its lines, without the blank line).
+
+    Raises _Invalid for a malformed request or header line; the reference of the compiled
+    http_head, which declines (None) what this raises on and obs-folded lines.
+    """
+    lines = head.split(b"\n")
+    method, target, version = HttpRequestStream._parse_request_line(lines[0])
+    return method, target, version, HttpRequestStream._parse_headers(lines[1:])
+
+
 class HttpRequestStream:
     """Incremental parser for the client side of one HTTP/1.x connection (pipelining included)."""
 
@@ -318,12 +341,14 @@ class HttpRequestStream:
         return self._parse_trailers()
 
     def _parse_head(self) -> bool:
-        blank = _BLANK_LINES.match(self._buf, self._pos)
-        if blank is not None:
-            self._pos = blank.end()
         if self._pos >= len(self._buf):
             return False
-        if not _opens_request_head(self._buf[self._pos:self._pos + MAX_TOKEN_METHOD + 1]):
+        if self._buf[self._pos] in _LINE_END_BYTES:
+            self._pos = _BLANK_LINES.match(self._buf, self._pos).end()  # type: ignore[union-attr]
+            if self._pos >= len(self._buf):
+                return False
+        # a method token and a space, or as much of them as has arrived
+        if _REQUEST_START.match(self._buf, self._pos, self._pos + MAX_TOKEN_METHOD + 1) is None:
             raise _Invalid("not a request line")
         if self._simple_request():
             return True
@@ -344,12 +369,16 @@ class HttpRequestStream:
         newline = self._buf.find(b"\n", self._pos, self._pos + _MAX_REQUEST_LINE_PROBE)
         if newline < 0:
             return False
+        # The target has no spaces: one after the longest method and its space rules the line out
+        # (an HTTP/1.x line's version), found from the end without scanning the target.
+        if self._buf.rfind(b" ", self._pos + _MAX_SIMPLE_METHOD + 1, newline) >= 0:
+            return False
         simple = _SIMPLE_REQUEST.fullmatch(self._buf, self._pos, newline + 1)
         if simple is None or simple.group(1) not in METHODS:
             return False
         self._message = _Message(
             method=simple.group(1).decode("ascii"), target=_text(simple.group(2)), version="0.9", headers=(),
-            host=None, offset=self._base + self._pos, body=_BodyDecoder(None, 0), awaiting_continue=False,
+            host=None, offset=self._base + self._pos, body=_NO_BODY, awaiting_continue=False,
             opens_tunnel=False,
         )
         self._pos = self._scan_from = newline + 1
@@ -407,35 +436,49 @@ class HttpRequestStream:
         return True
 
     def _start_message(self, head: bytes, offset: int) -> None:
-        lines = head.split(b"\n")
-        method, target, version = self._parse_request_line(lines[0])
-        headers = self._parse_headers(lines[1:])
-        named = [(name.lower(), value) for name, value in headers]
-        host = next((_host_without_port(value) for name, value in named if name == "host"), None)
-        fields = dict(reversed(named))  # first occurrence wins
-        # List fields may carry empty elements (", chunked,"), which recipients ignore.
-        transfer_codings = [coding.strip().lower() for name, value in named if name == "transfer-encoding"
-                            for coding in value.split(",") if coding.strip()]
+        parsed = _http_head(head) if _http_head is not None else None
+        method, target, version, headers = parsed if parsed is not None else parse_head_py(head)
+        # One pass over the fields: the first Host and the framing and tunnel fields (a repeated
+        # field's first occurrence wins; the list fields gather every occurrence).
+        host = None
+        have_host = False
+        found: dict[str, str] = {}
+        transfer_codings: list[str] = []
+        lengths: list[str] = []
+        for name, value in headers:
+            name = name.lower()
+            if name in _FRAMING_FIELDS:
+                if name == "transfer-encoding":
+                    # List fields may carry empty elements (", chunked,"), which recipients ignore.
+                    transfer_codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+                elif name == "content-length":
+                    lengths.append(value)
+                elif name == "host":
+                    if not have_host:
+                        host, have_host = _host_without_port(value), True
+                elif name not in found:
+                    found[name] = value
         # One compression layer is decoded, whether sent as a content coding or a transfer coding
         # before chunked; stacked layers are left as sent.
-        codings = [c.strip().lower() for c in fields.get("content-encoding", "").split(",")
-                   if c.strip() and c.strip().lower() != "identity"] + transfer_codings[:-1]
-        coding = codings[0] if len(codings) == 1 else None
-        upgrade = "upgrade" in fields and "upgrade" in fields.get("connection", "").lower()
+        encoding = found.get("content-encoding")
+        codings = ([c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+                   if encoding else []) + transfer_codings[:-1]
+        upgrade = "upgrade" in found and "upgrade" in found.get("connection", "").lower()
+        expect = found.get("expect")
         message = _Message(
-            method=method, target=target, version=version, headers=headers, host=host, offset=offset,
-            body=_BodyDecoder(coding, self.body_cap),
-            awaiting_continue=fields.get("expect", "").strip().lower() == "100-continue",
-            opens_tunnel=method == "CONNECT" or upgrade,
+            method, target, version, headers, host, offset, _NO_BODY,
+            expect is not None and expect.strip().lower() == "100-continue", method == "CONNECT" or upgrade,
         )
         self._message = message  # set before framing checks, so a failure still reports the valid head
-        content_length = self._content_length([value for name, value in named if name == "content-length"])
+        content_length = self._content_length(lengths) if lengths else 0
         if transfer_codings:
             # In a request, a transfer coding that does not end in chunked leaves the length unknown.
             if transfer_codings[-1] != "chunked":
                 raise _Invalid("request transfer coding does not end with chunked")
+            message.body = _BodyDecoder(codings[0] if len(codings) == 1 else None, self.body_cap)
             self._state = _State.CHUNK_SIZE
         elif content_length:
+            message.body = _BodyDecoder(codings[0] if len(codings) == 1 else None, self.body_cap)
             message.remaining = content_length
             self._state = _State.BODY_LENGTH
         else:
@@ -571,11 +614,9 @@ class HttpRequestStream:
         body, body_truncated = message.body.result()
         if message.body.decode_failed:
             self.counters.add("http.decode_errors")
-        self._ready.append(ParsedRequest(
-            method=message.method, target=message.target, version=message.version,
-            headers=message.headers, host=message.host, body=body,
-            body_bytes=message.body.wire_bytes, body_truncated=body_truncated or truncated or self._head_cut,
-            offset=message.offset,
+        self._ready.append(_new_parsed(
+            message.method, message.target, message.version, message.headers, message.host, body,
+            message.body.wire_bytes, body_truncated or truncated or self._head_cut, message.offset,
         ))
         self._head_cut = False
         if message.opens_tunnel:

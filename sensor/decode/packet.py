@@ -431,6 +431,11 @@ class PacketDecoder:
             decoded: Decoded | None = _decode_fast(linktype, frame)
             if decoded is not None:
                 return decoded
+        return self.decode_declined(ts, linktype, frame)
+
+    def decode_declined(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
+        """`decode` for a frame the compiled decode_frame declined (tunnels, fragments, the rest)."""
+        if _decode_mirrored is not None:
             mirrored = _decode_mirrored(linktype, frame)
             if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
                 return self._mirrored(mirrored)
@@ -439,9 +444,11 @@ class PacketDecoder:
     def _mirrored(self, found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
         """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
         decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
-        self.counters.add("decap." + name)
+        counts = self.counters.values  # one tunnelled packet each: Counters.add would cost more than the count
+        counter = "decap." + name
+        counts[counter] = counts.get(counter, 0) + 1
         if erspan:
-            self.counters.add("decap.erspan")
+            counts["decap.erspan"] = counts.get("decap.erspan", 0) + 1
         self._layers = [(name, src, dst, ident)]
         self._outer_vlan, self._vlan = outer_vlan, inner_vlan
         self._remember(decoded)
@@ -457,7 +464,9 @@ class PacketDecoder:
 
     def _remember(self, decoded: Decoded) -> None:
         """Keep what the events of a tunnelled flow say of its tunnel (the outermost one)."""
-        key = (addr_text(decoded[1]), decoded[3], addr_text(decoded[2]), decoded[4])
+        texts = _ADDR_CACHE
+        src, dst = decoded[1], decoded[2]
+        key = (texts.get(src) or addr_text(src), decoded[3], texts.get(dst) or addr_text(dst), decoded[4])
         if key in self.tunnels:
             return
         layers = tuple(self._layers)  # type: ignore[arg-type]
@@ -654,6 +663,7 @@ class PacketDecoder:
 
 
 _ADDR_CACHE: dict[bytes, str] = {}
+ADDRESS_TEXTS: Mapping[bytes, str] = _ADDR_CACHE  # addr_text's cache, for callers that look first (no call on a hit)
 
 
 def addr_text(raw: bytes) -> str:

@@ -14,6 +14,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -69,6 +70,13 @@ class _Truncated(ValueError):
 
 _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
+try:  # compiled (sensor/_fast/quic.c): AES of the header protection sample (hp_mask_py is the reference)
+    # and the CRYPTO frames of an Initial (crypto_chunks_py)
+    from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
+    from sensor._fast import quic_hp_mask as _quic_hp_mask
+except ImportError:  # built without a C compiler
+    _quic_hp_mask = _quic_crypto_chunks = None
+
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     """RFC 9000 16: the value at `pos` and the position after it."""
@@ -80,15 +88,20 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(buf[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1), pos + size
 
 
+@lru_cache(maxsize=None)
+def _label_block(label: bytes, length: int) -> bytes:
+    """HkdfLabel (RFC 8446 7.1) with an empty context, then HKDF-Expand's block counter 1."""
+    full_label = b"tls13 " + label
+    return struct.pack("!HB", length, len(full_label)) + full_label + b"\x00\x01"
+
+
 def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context.
 
     Every length asked here fits one SHA-256 block, where HKDF-Expand (RFC 5869 2.3) is the single
     HMAC T(1) = HMAC(secret, info | 0x01): one call instead of a KDF object per label.
     """
-    full_label = b"tls13 " + label
-    info = struct.pack("!HB", length, len(full_label)) + full_label + b"\x00"
-    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
+    return hmac.digest(secret, _label_block(label, length), "sha256")[:length]
 
 
 def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
@@ -108,11 +121,19 @@ def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]
     )
 
 
-@dataclass(frozen=True, slots=True)
+def hp_mask_py(hp: bytes, sample: bytes) -> bytes:
+    """The header protection mask (RFC 9001 5.4.3): AES-ECB of the 16-byte sample under key `hp`."""
+    return Cipher(AES(hp), _ECB).encryptor().update(sample)
+
+
+@frozen_record
 class _Keys:
     aead: AESGCM
     iv: int
     hp_mask: Callable[[bytes], bytes]  # AES-ECB of one sample block: ECB keeps no state between calls
+
+
+_new_keys = positional_constructor(_Keys)
 
 
 @frozen_record
@@ -144,11 +165,18 @@ def _long_header(buf: bytes, start: int) -> _LongHeader | None:
     dcid = buf[start + 6 : pos]
     pos += 1 + buf[pos]
     initial = packet_type == params.initial_type
+    size = len(buf)
     try:
         if initial:
-            token_length, pos = _varint(buf, pos)
-            pos += token_length
-        length, pos = _varint(buf, pos)
+            if pos < size and buf[pos] < 0x40:  # no token (a client's first Initial) or a short one
+                pos += 1 + buf[pos]
+            else:
+                token_length, pos = _varint(buf, pos)
+                pos += token_length
+        if pos + 1 < size and buf[pos] >> 6 == 1:  # the Length of a full-size packet: two bytes
+            length, pos = ((buf[pos] & 0x3F) << 8) | buf[pos + 1], pos + 2
+        else:
+            length, pos = _varint(buf, pos)
     except _Truncated:
         return None
     if pos + length > len(buf):
@@ -190,31 +218,37 @@ def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tupl
         return None
 
 
-def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
+def crypto_chunks_py(payload: bytes) -> list[tuple[int, bytes]]:
     """(offset, data) of the CRYPTO frames in an Initial payload, up to the first frame not allowed there."""
     chunks: list[tuple[int, bytes]] = []
     pos = 0
     end = len(payload)
+    content_end = -1  # where the trailing padding starts, once padding is met
     try:
         while pos < end:
             frame_type = payload[pos]
             if frame_type == _FRAME_PADDING:
-                match = _NOT_PADDING.search(payload, pos)
-                if match is None:
+                if content_end < 0:
+                    content_end = len(payload.rstrip(b"\x00"))
+                if pos >= content_end:  # padding to the end of the packet
                     break
-                pos = match.start()
+                pos = _NOT_PADDING.search(payload, pos).start()  # type: ignore[union-attr]
                 continue
             pos += 1
             if frame_type == _FRAME_PING:
                 continue
             if frame_type == _FRAME_CRYPTO:
-                # most offsets and lengths are one-byte varints: read inline
+                # offsets and lengths are mostly one- or two-byte varints: read inline
                 if pos < end and payload[pos] < 0x40:
                     offset, pos = payload[pos], pos + 1
+                elif pos + 1 < end and payload[pos] < 0x80:
+                    offset, pos = ((payload[pos] & 0x3F) << 8) | payload[pos + 1], pos + 2
                 else:
                     offset, pos = _varint(payload, pos)
                 if pos < end and payload[pos] < 0x40:
                     length, pos = payload[pos], pos + 1
+                elif pos + 1 < end and payload[pos] < 0x80:
+                    length, pos = ((payload[pos] & 0x3F) << 8) | payload[pos + 1], pos + 2
                 else:
                     length, pos = _varint(payload, pos)
                 if pos + length > end:
@@ -233,6 +267,9 @@ def _crypto_chunks(payload: bytes) -> list[tuple[int, bytes]]:
     except _Truncated:
         pass  # keep the CRYPTO data read before the damage
     return chunks
+
+
+_crypto_chunks = _quic_crypto_chunks if _quic_crypto_chunks is not None else crypto_chunks_py
 
 
 def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
@@ -338,7 +375,8 @@ class QuicClientHelloTracker:
             self._keys.move_to_end(cache_key)
             return keys
         key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
-        keys = _Keys(AESGCM(key), int.from_bytes(iv, "big"), Cipher(AES(hp), _ECB).encryptor().update)
+        hp_mask = partial(_quic_hp_mask, hp) if _quic_hp_mask is not None else Cipher(AES(hp), _ECB).encryptor().update
+        keys = _new_keys(AESGCM(key), int.from_bytes(iv, "big"), hp_mask)
         self._keys[cache_key] = keys
         if len(self._keys) > _KEY_CACHE_SIZE:
             self._keys.popitem(last=False)

@@ -111,6 +111,13 @@ def parse_stream(stream: bytes) -> tuple[TlsStatus, ClientHello | None]:
     return TlsStatus.DONE, hello
 
 
+def whole_client_hello(segment: bytes) -> ClientHello | None:
+    """The ClientHello when `segment` alone holds a whole one that decodes, as `parse_stream`
+    gives it with DONE; None wherever `parse_stream` gives anything else."""
+    message = _hello_message(segment)[1]
+    return parse_client_hello_message(message) if message is not None else None
+
+
 def hello_message_py(stream: bytes) -> tuple[int, bytes | None]:
     """The record layer of parse_stream: (_NEED_MORE or _NOT_TLS, None), or (_DONE, the whole
     handshake message gathered from the records that carry it)."""
