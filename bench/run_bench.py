@@ -375,30 +375,16 @@ def alert_completeness(lines: Iterable[str], reference: list[str]) -> dict[str, 
 def reference_alerts(argv: list[str], output: Path, stderr: Path) -> list[str] | None:
     """The alerts of the pure-Python path (the compiled extension hidden), run once, untimed."""
     output.unlink(missing_ok=True)
-    command = [sys.executable, "-c", _WITHOUT_EXTENSION, *argv[argv.index("replay"):]]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's sensor, as live_rate.py does
+    from sensor.compiled import pure_python_command
+
+    command = pure_python_command(argv[argv.index("replay"):])
     with stderr.open("wb") as errors:
         status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=errors, check=False).returncode
     if status != 0 or not output.exists():
         print(f"  the pure-Python reference run failed (exit {status}); see {stderr}")
         return None
     return [line.rstrip("\n") for line in output.open() if line.strip()]
-
-
-# Runs the command line with sensor._fast unimportable, as on a machine without a C compiler.
-_WITHOUT_EXTENSION = """
-import sys
-from importlib.abc import MetaPathFinder
-
-class _NotBuilt(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "sensor._fast":
-            raise ImportError("not built")
-        return None
-
-sys.meta_path.insert(0, _NotBuilt())
-from sensor.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def main(argv: list[str] | None = None) -> int:

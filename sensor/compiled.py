@@ -11,6 +11,8 @@ References are "module:qualified.name"; every twin's reference is named *_py.
 
 from __future__ import annotations
 
+import sys
+
 # compiled twin -> its Python reference
 TWINS: dict[str, str] = {
     "record_maker": "sensor.records:positional_constructor_py",
@@ -62,3 +64,28 @@ HELD_BY_TOOLS: dict[str, str] = {
 def entry_points() -> dict[str, str]:
     """Every compiled entry point and its reference, whatever its kind."""
     return {**TWINS, **BINDERS, **HELD_BY_TOOLS}
+
+
+# The command line's program with sensor._fast unimportable, as on a machine without a C
+# compiler: every twin's reference at work. Tests and the bench compare outputs with it.
+WITHOUT_EXTENSION = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class _NotBuilt(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sensor._fast":
+            raise ImportError("not built")
+        return None
+
+sys.meta_path.insert(0, _NotBuilt())
+from sensor.cli import main
+status = main(sys.argv[1:])
+assert "sensor._fast" not in sys.modules
+sys.exit(status)
+"""
+
+
+def pure_python_command(args: list[str]) -> list[str]:
+    """`phi-sensor ARGS` run by this interpreter on the pure-Python path."""
+    return [sys.executable, "-c", WITHOUT_EXTENSION, *args]

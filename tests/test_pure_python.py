@@ -7,33 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from sensor.compiled import pure_python_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 CAPTURES = sorted((ROOT / "pcaps").glob("*.pcap")) + sorted(CORPUS.glob("*.pcap*"))
-
-# Run the CLI with sensor._fast unimportable, as when it was not built.
-_WITHOUT_EXTENSION = """
-import sys
-from importlib.abc import MetaPathFinder
-
-class _NotBuilt(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "sensor._fast":
-            raise ImportError("not built")
-        return None
-
-sys.meta_path.insert(0, _NotBuilt())
-from sensor.cli import main
-status = main(sys.argv[1:])
-assert "sensor._fast" not in sys.modules
-sys.exit(status)
-"""
 
 
 def _replay(captures: list[Path], emit: str, pure: bool) -> bytes:
     args = ["replay", *map(str, captures), "--emit", emit, "--output", "-", "--quiet", "--prefilter", "never",
             "--workers", "1"]  # fmt: skip
-    command = [sys.executable, "-c", _WITHOUT_EXTENSION, *args] if pure else [sys.executable, "-m", "sensor", *args]
+    command = pure_python_command(args) if pure else [sys.executable, "-m", "sensor", *args]
     result = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=600, check=False)
     assert result.returncode in (0, 3), result.stderr.decode(errors="replace")  # 3: a damaged capture, reported
     return result.stdout
@@ -69,7 +53,7 @@ def test_two_workers_split_tunnelled_traffic_alike_with_and_without_the_extensio
     def two_workers(pure: bool, workers: str = "2") -> bytes:
         args = ["replay", str(mixed), "--emit", "all", "--output", "-", "--quiet", "--workers", workers,
                 "--prefilter", "always"]  # fmt: skip
-        command = [sys.executable, "-c", _WITHOUT_EXTENSION, *args] if pure else [sys.executable, "-m", "sensor", *args]
+        command = pure_python_command(args) if pure else [sys.executable, "-m", "sensor", *args]
         result = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=600, check=False)
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         return b"".join(sorted(result.stdout.splitlines(keepends=True)))
