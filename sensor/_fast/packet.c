@@ -99,18 +99,26 @@ static PyObject *decode_ip(const uint8_t *f, Py_ssize_t n, Py_ssize_t off) {
     return NULL;
 }
 
+/* The (linktype, frame) arguments every frame decoder here takes: 0 with `view` held (release it),
+ * or -1 with an exception set. */
+static int frame_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, unsigned *linktype, Py_buffer *view) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    unsigned long value = PyLong_AsUnsignedLong(args[0]);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    *linktype = (unsigned)value;
+    return PyObject_GetBuffer(args[1], view, PyBUF_SIMPLE);
+}
+
 /* decode_frame(linktype, frame) -> (transport, src, dst, sport, dport, tcp flags, tcp seq, payload) or None */
 PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "decode_frame(linktype, frame)");
-        return NULL;
-    }
-    unsigned long linktype = PyLong_AsUnsignedLong(args[0]);
-    if (linktype == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    unsigned linktype;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (frame_args(args, nargs, "decode_frame(linktype, frame)", &linktype, &view) < 0) return NULL;
     const uint8_t *f = view.buf;
-    PyObject *result = decode_ip(f, view.len, network_offset((unsigned)linktype, f, view.len));
+    PyObject *result = decode_ip(f, view.len, network_offset(linktype, f, view.len));
     PyBuffer_Release(&view);
     if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
     return result;
@@ -133,16 +141,11 @@ static PyObject *last_vlan(unsigned linktype, const uint8_t *f, Py_ssize_t ip_of
  * unfragmented IPv4 or IPv6 without extension headers, around an Ethernet frame decode_frame
  * takes. Anything else returns None: the Python decoder decides. */
 PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "decode_mirrored(linktype, frame)");
-        return NULL;
-    }
-    unsigned long linktype = PyLong_AsUnsignedLong(args[0]);
-    if (linktype == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    unsigned linktype;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (frame_args(args, nargs, "decode_mirrored(linktype, frame)", &linktype, &view) < 0) return NULL;
     const uint8_t *f = view.buf;
-    Py_ssize_t n = view.len, off = network_offset((unsigned)linktype, f, n), pos, end, alen, inner, key_at = -1;
+    Py_ssize_t n = view.len, off = network_offset(linktype, f, n), pos, end, alen, inner, key_at = -1;
     const char *name;
     unsigned proto;
     int erspan = 0;
@@ -201,7 +204,7 @@ PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t na
     result = tuple_steal(8, (PyObject *[]){decoded, PyUnicode_FromString(name), bytes_at(f + src, alen),
                                            bytes_at(f + src + alen, alen),
                                            ident >= 0 ? PyLong_FromLong(ident) : Py_NewRef(Py_None),
-                                           last_vlan((unsigned)linktype, f, off), last_vlan(1, f + inner, inner_off),
+                                           last_vlan(linktype, f, off), last_vlan(1, f + inner, inner_off),
                                            PyBool_FromLong(erspan)});
     goto done;
 python:
@@ -223,17 +226,12 @@ static PyObject *address_text(const uint8_t *address, Py_ssize_t alen) {
  * either port 53) that decode_frame takes, its addresses as text and its message as parse_dns
  * reads it, in one call; None for every other frame, and where decode_frame or parse_dns declines. */
 PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "dns_datagram(linktype, frame)");
-        return NULL;
-    }
     if (!dns_bound()) return NULL;
-    unsigned long linktype = PyLong_AsUnsignedLong(args[0]);
-    if (linktype == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    unsigned linktype;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (frame_args(args, nargs, "dns_datagram(linktype, frame)", &linktype, &view) < 0) return NULL;
     const uint8_t *f = view.buf;
-    Py_ssize_t n = view.len, off = network_offset((unsigned)linktype, f, n), src, alen, pos, end;
+    Py_ssize_t n = view.len, off = network_offset(linktype, f, n), src, alen, pos, end;
     PyObject *result = NULL, *message;
     if (off < 0 || n < off + 20) goto none;
     if (f[off] >> 4 == 4) {
