@@ -254,7 +254,7 @@ class TrafficDecoder:
         self.dns = dns.DnsTransactions(timeout=self.settings.dns_timeout, counters=self.counters)
         self._pair_dns = self.dns.pairing()  # compiled, for the common DNS datagrams
         self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
-        self.quic = quic.QuicClientHelloTracker(counters=self.counters)
+        self.quic = quic.QuicClientHelloTracker(counters=self.counters, idle_timeout=self.settings.flow_idle_timeout)
         self._next_dns_expiry = 0.0
 
     # -- input ---------------------------------------------------------------------------
@@ -312,7 +312,7 @@ class TrafficDecoder:
             if sport == _DNS_PORT or dport == _DNS_PORT:
                 self.dns_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
             elif payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload):
-                hello = self.quic.feed((src, dst, sport, dport), payload, (dst, src, dport, sport))
+                hello = self.quic.feed((src, dst, sport, dport), payload, (dst, src, dport, sport), ts)
                 if hello is not None:
                     self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
             elif sport in _LOCAL_NAME_PORTS or dport in _LOCAL_NAME_PORTS:
@@ -335,7 +335,7 @@ class TrafficDecoder:
         if hello is None:
             return False
         del flows.half_open[key]
-        flows.finish_key(key)
+        flows.finish_key(key, ts)
         src, dst, sport, dport = key
         self.emit_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello)
         return True

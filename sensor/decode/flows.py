@@ -9,7 +9,9 @@ least recently queued evicted in O(1)), and idle time. Connections that carry no
 cost a key, not a stream: half-open ones (SYN only; a SYN flood churns only those), ones seen
 mid-stream whose start is not known yet, and finished ones (a consumer that has what it needs, a
 ClientHello parsed, returns False; later segments then cost one dict lookup). Each of those
-three tables is bounded too.
+three tables is bounded in number and, as the streams are, by idle time on the capture's clock:
+a sensor that runs for days keeps what the last few minutes of traffic need, not what a busy day
+fills the caps with.
 """
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ FlowKey = tuple[bytes, bytes, int, int]
 
 # Decides, from the stream key and its first bytes, who parses it (None: nobody, drop the stream).
 Classifier = Callable[[FlowKey, bytes], "StreamConsumer | None"]
+
+
+class _Held(list):  # type: ignore[type-arg]
+    """Segments (seq, payload) of a connection seen mid-stream, and when the last one came."""
+
+    __slots__ = ("seen",)
 
 
 class TcpStream:
@@ -105,14 +113,18 @@ class FlowTable:
         # key -> (whole seconds << 32) | ISN of a SYN whose connection sent no data yet: ~100 bytes
         # each instead of a stream, and a flood of them never evicts a stream that carries data.
         self.half_open: OrderedDict[FlowKey, int] = OrderedDict()
-        # key -> segments (seq, payload) of a connection seen mid-stream that opened nothing yet
-        self.unanchored: OrderedDict[FlowKey, list[tuple[int, bytes]]] = OrderedDict()
-        # keys of connections with nothing more to parse: their segments are ignored
-        self.finished: OrderedDict[FlowKey, None] = OrderedDict()
+        # key -> segments (seq, payload) of a connection seen mid-stream that opened nothing yet,
+        # the least recently active first
+        self.unanchored: OrderedDict[FlowKey, _Held] = OrderedDict()
+        # key -> when a connection with nothing more to parse was last seen (refreshed at most once
+        # a sweep period, so in time order): its segments are ignored until it idles out
+        self.finished: OrderedDict[FlowKey, float] = OrderedDict()
         self.held_bytes = 0
         self.held_segments = 0
         self._holding: OrderedDict[FlowKey, TcpStream] = OrderedDict()  # streams holding segments, oldest first
         self._next_sweep = 0.0
+        # how far a finished key's time may lag its last segment: it is refreshed only when older
+        self._period = min(10.0, idle_timeout / 4)
 
     def syn(self, key: FlowKey, ts: float, seq: int) -> None:
         """A SYN fixes where the stream starts, so a first segment arriving late is still placed."""
@@ -141,7 +153,11 @@ class FlowTable:
     def segment(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> None:
         stream = self.streams.get(key)
         if stream is None:
-            if key in self.finished:
+            seen = self.finished.get(key)
+            if seen is not None:
+                if ts - seen > self._period:  # at most once a period: to the back, with its new time
+                    self.finished[key] = ts
+                    self.finished.move_to_end(key)
                 return
             syn = self.half_open.pop(key, None)
             if syn is not None:
@@ -155,7 +171,7 @@ class FlowTable:
                 # protocol we parse; else hold it briefly, as an earlier segment may still come.
                 consumer = self.classify(key, payload)
                 if consumer is None:
-                    self._hold_unanchored(key, seq, payload)
+                    self._hold_unanchored(key, ts, seq, payload)
                     return
                 held = self.unanchored.pop(key, None)
                 stream = self._new(key, ts, counted=held is not None)
@@ -195,11 +211,11 @@ class FlowTable:
         if consumer is None and self.watch is not None:
             consumer = self.watch(key, payload)
         if consumer is None:
-            self.finish_key(key)
+            self.finish_key(key, ts)
             self.counters.add("tcp.streams_unclassified")
             return
         if not consumer.feed(ts, payload):
-            self.finish_key(key)
+            self.finish_key(key, ts)
             return
         stream = self._new(key, ts, counted=True)
         stream.consumer = consumer
@@ -230,14 +246,17 @@ class FlowTable:
         self.finished.clear()
 
     def sweep(self, now: float) -> None:
-        """Expire idle streams; cheap enough to call per packet (runs every few seconds of capture
-        time, and looks only at the front of the queues: a stream found active goes to the back,
-        so each is looked at about once per idle period). A stream expires between one and two
-        idle periods after its last segment."""
+        """Expire idle streams and keys; cheap enough to call per packet (runs every few seconds of
+        capture time, and looks only at the front of the queues: a stream found active goes to the
+        back, so each is looked at about once per idle period). A stream expires between one and
+        two idle periods after its last segment; a finished key between one idle period and a
+        sweep period more; a half-open or unanchored key about one idle period after."""
         if now < self._next_sweep:
             return
-        self._next_sweep = now + min(10.0, self.idle_timeout / 4)
+        self._next_sweep = now + self._period
         limit = now - self.idle_timeout
+        self._expire_finished(limit - self._period)
+        self._expire_unanchored(limit)
         streams, expired = self.streams, 0
         while streams:
             key = next(iter(streams))
@@ -261,6 +280,28 @@ class FlowTable:
             del half_open[key]
 
     # -- internals -------------------------------------------------------------------------
+    def _expire_finished(self, limit: float) -> None:
+        finished, expired = self.finished, 0
+        while finished:
+            key = next(iter(finished))
+            if finished[key] >= limit:
+                break
+            del finished[key]
+            expired += 1
+        if expired:
+            self.counters.add("tcp.finished_expired", expired)
+
+    def _expire_unanchored(self, limit: float) -> None:
+        unanchored = self.unanchored
+        while unanchored:
+            key = next(iter(unanchored))
+            held = unanchored[key]
+            if held.seen >= limit:
+                break
+            del unanchored[key]
+            self._release_unanchored(held)
+            self.counters.add("tcp.unanchored_expired")
+
     def _new(self, key: FlowKey, ts: float, counted: bool) -> TcpStream:
         """A stream for `key`; `counted`: its connection was already counted (SYN or held segments)."""
         streams = self.streams
@@ -273,7 +314,7 @@ class FlowTable:
             self.counters.add("tcp.streams")
         return stream
 
-    def _hold_unanchored(self, key: FlowKey, seq: int, payload: bytes) -> None:
+    def _hold_unanchored(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> None:
         if not payload:
             return
         unanchored = self.unanchored
@@ -284,14 +325,17 @@ class FlowTable:
                 _, oldest = unanchored.popitem(last=False)
                 self._release_unanchored(oldest)
                 self.counters.add("tcp.unanchored_evicted")
-            held = unanchored[key] = []
+            held = unanchored[key] = _Held()
+        else:
+            unanchored.move_to_end(key)
+        held.seen = ts
         held.append((seq, payload))
         self.held_bytes += len(payload)
         self.held_segments += 1
         if len(held) >= MAX_PENDING_SEGMENTS or sum(len(p) for _, p in held) > self.stream_buffer_cap:
             del unanchored[key]
             self._release_unanchored(held)
-            self.finish_key(key)
+            self.finish_key(key, ts)
             self.counters.add("tcp.streams_unclassified")
         else:
             self._enforce_global()
@@ -300,12 +344,14 @@ class FlowTable:
         self.held_bytes -= sum(len(payload) for _, payload in held)
         self.held_segments -= len(held)
 
-    def finish_key(self, key: FlowKey) -> None:
-        """Remember that `key` has nothing more to parse (a bounded memory of it)."""
+    def finish_key(self, key: FlowKey, ts: float) -> None:
+        """Remember that `key` has nothing more to parse, as of `ts` (a bounded memory of it)."""
         finished = self.finished
-        if len(finished) >= self.max_finished:
+        if key in finished:
+            finished.move_to_end(key)
+        elif len(finished) >= self.max_finished:
             finished.popitem(last=False)
-        finished[key] = None
+        finished[key] = ts
 
     def _hold(self, stream: TcpStream, ts: float, start: int, payload: bytes) -> None:
         ooo = stream.ooo
@@ -356,7 +402,7 @@ class FlowTable:
             if self.unanchored:  # segments of connections that may never open anything go first
                 key, held = self.unanchored.popitem(last=False)
                 self._release_unanchored(held)
-                self.finish_key(key)
+                self.finish_key(key, held.seen)
                 self.counters.add("tcp.held_cap_flushes")
                 self.counters.add("tcp.streams_unclassified")
                 continue
@@ -441,4 +487,4 @@ class FlowTable:
         stream.consumer = None
         if self.streams.get(stream.key) is stream:
             del self.streams[stream.key]
-            self.finish_key(stream.key)
+            self.finish_key(stream.key, stream.last_ts)

@@ -387,6 +387,9 @@ class PacketDecoder:
         # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
         self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[dict[str, Any], int | None, int | None]] = OrderedDict()
         self._tunnel_infos: dict[tuple[TunnelLayer, ...], dict[str, Any]] = {}
+        # one (info, outer VLAN, inner VLAN) per tunnel and VLANs, shared by its flows: a flow's
+        # entry then costs its key
+        self._tunnel_values: dict[tuple[int, int | None, int | None], tuple[dict[str, Any], int | None, int | None]] = {}
         self._layers: list[TunnelLayer] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
@@ -480,10 +483,15 @@ class PacketDecoder:
                 info["layers"] = [layer[0] for layer in layers]
             if len(self._tunnel_infos) >= MAX_TUNNEL_FLOWS:
                 self._tunnel_infos.clear()
+                self._tunnel_values.clear()
             self._tunnel_infos[layers] = info
+        shared = (id(info), self._outer_vlan, self._vlan)
+        value = self._tunnel_values.get(shared)
+        if value is None or value[0] is not info:
+            value = self._tunnel_values[shared] = (info, self._outer_vlan, self._vlan)
         if len(self.tunnels) >= MAX_TUNNEL_FLOWS:
             self.tunnels.popitem(last=False)
-        self.tunnels[key] = (info, self._outer_vlan, self._vlan)
+        self.tunnels[key] = value
 
     def _ip(self, ts: float, frame: bytes, off: int, depth: int) -> Decoded | None:
         if off < 0 or len(frame) < off + 20:

@@ -293,6 +293,7 @@ class _Connection:
     pending: dict[int, bytes] = field(default_factory=dict)  # chunks that arrived ahead of a gap
     pending_bytes: int = 0
     finished: bool = False  # ClientHello returned or given up: nothing more to do
+    last_ts: float = 0.0  # capture time of its last client Initial
 
 
 class QuicClientHelloTracker:
@@ -301,28 +302,40 @@ class QuicClientHelloTracker:
     Counters: "quic.initials" (Initial packets examined), "quic.server_datagrams" (skipped: they
     flow back to a known client), "quic.decrypt_errors" (no client key opened one: server
     Initials land here when their client's were not seen), "quic.hellos", "quic.hello_errors"
-    (the CRYPTO stream is no ClientHello, exceeds the byte cap or cannot be decoded) and
-    "quic.evicted".
+    (the CRYPTO stream is no ClientHello, exceeds the byte cap or cannot be decoded),
+    "quic.evicted" (over the count cap) and "quic.expired" (no client Initial for `idle_timeout`
+    seconds of capture time: a connection, done or not, is remembered while its client may still
+    retransmit an Initial, then forgotten).
     """
 
     def __init__(
-        self, max_connections: int = 4096, max_crypto_bytes: int = 65536, counters: Counters | None = None
+        self, max_connections: int = 4096, max_crypto_bytes: int = 65536, counters: Counters | None = None,
+        idle_timeout: float = 120.0,
     ) -> None:
         self.max_connections = max_connections
         self.max_crypto_bytes = max_crypto_bytes
         self.counters = counters if counters is not None else Counters()
+        self.idle_timeout = idle_timeout
+        # the least recently active first: the idle ones are found at the front
         self._connections: OrderedDict[Hashable, _Connection] = OrderedDict()
         self._keys: OrderedDict[tuple[bytes, bytes], _Keys] = OrderedDict()
+        self._next_expiry = 0.0
 
-    def feed(self, conn_key: Hashable, datagram: bytes, reverse_key: Hashable | None = None) -> ClientHello | None:
-        """Take one UDP payload; return the ClientHello the first time it is whole.
+    def feed(
+        self, conn_key: Hashable, datagram: bytes, reverse_key: Hashable | None = None, ts: float = 0.0
+    ) -> ClientHello | None:
+        """Take one UDP payload, seen at capture time `ts`; return the ClientHello the first time
+        it is whole.
 
         `reverse_key` is the key of the opposite direction: when that is a known client, this
         datagram comes from its server, whose Initials no client key opens, so it is skipped.
         """
+        if ts >= self._next_expiry:
+            self._expire(ts)
         conn = self._connections.get(conn_key)
         if conn is not None:
             self._connections.move_to_end(conn_key)
+            conn.last_ts = ts
             if conn.finished:
                 return None
         elif reverse_key is not None and reverse_key in self._connections:
@@ -341,6 +354,7 @@ class QuicClientHelloTracker:
             key_dcid, packet_number, payload = opened
             if conn is None:
                 conn = self._new_connection(conn_key, key_dcid)
+                conn.last_ts = ts
             elif key_dcid != conn.key_dcid:
                 # Keys from a new DCID: a Retry (or a new connection on the same addresses)
                 # restarted the handshake, and its CRYPTO stream starts again at offset 0.
@@ -351,6 +365,20 @@ class QuicClientHelloTracker:
             if conn.finished:
                 return hello
         return None
+
+    def _expire(self, now: float) -> None:
+        """Forget the connections idle longer than the timeout; looked for every few seconds of
+        capture time, from the front of the table only."""
+        self._next_expiry = now + min(10.0, self.idle_timeout / 4)
+        connections, limit, expired = self._connections, now - self.idle_timeout, 0
+        while connections:
+            key = next(iter(connections))
+            if connections[key].last_ts >= limit:
+                break
+            del connections[key]
+            expired += 1
+        if expired:
+            self.counters.add("quic.expired", expired)
 
     def _open_client_initial(
         self, conn: _Connection | None, buf: bytes, header: _LongHeader
