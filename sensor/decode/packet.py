@@ -389,7 +389,8 @@ class PacketDecoder:
         self._tunnel_infos: dict[tuple[TunnelLayer, ...], dict[str, Any]] = {}
         # one (info, outer VLAN, inner VLAN) per tunnel and VLANs, shared by its flows: a flow's
         # entry then costs its key
-        self._tunnel_values: dict[tuple[int, int | None, int | None], tuple[dict[str, Any], int | None, int | None]] = {}
+        self._tunnel_values: dict[tuple[tuple[TunnelLayer, ...], int | None, int | None],
+                                  tuple[dict[str, Any], int | None, int | None]] = {}
         self._layers: list[TunnelLayer] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
@@ -485,9 +486,9 @@ class PacketDecoder:
                 self._tunnel_infos.clear()
                 self._tunnel_values.clear()
             self._tunnel_infos[layers] = info
-        shared = (id(info), self._outer_vlan, self._vlan)
+        shared = (layers, self._outer_vlan, self._vlan)
         value = self._tunnel_values.get(shared)
-        if value is None or value[0] is not info:
+        if value is None:
             value = self._tunnel_values[shared] = (info, self._outer_vlan, self._vlan)
         if len(self.tunnels) >= MAX_TUNNEL_FLOWS:
             self.tunnels.popitem(last=False)
