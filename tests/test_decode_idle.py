@@ -224,7 +224,7 @@ def _replay(timeline: list[tuple[float, tuple]], forget: bool) -> tuple[list, Co
     return decoder.records, decoder.counters
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(flow_spec, min_size=1, max_size=25))
 def test_forgetting_idle_entries_never_changes_the_records(flows: list) -> None:
     flows = [
