@@ -51,10 +51,11 @@ FlowKey = tuple[bytes, bytes, int, int]
 Classifier = Callable[[FlowKey, bytes], "StreamConsumer | None"]
 
 
-class _Held(list):  # type: ignore[type-arg]
+class _Held(list[tuple[int, bytes]]):
     """Segments (seq, payload) of a connection seen mid-stream, and when the last one came."""
 
     __slots__ = ("seen",)
+    seen: float
 
 
 class TcpStream:
