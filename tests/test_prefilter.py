@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -549,8 +550,8 @@ def test_resync_finds_a_record_boundary(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def _selected(path: Path, split: bool) -> tuple[bytes, ...]:
-    selector = CompiledPrefilter(path, split=split)
+def _selected(path: Path, split: bool, hurried: bool = False) -> tuple[bytes, ...]:
+    selector = _hurried(path, split) if hurried else CompiledPrefilter(path, split=split)
     streams = []
     for worker in ((0, 1) if split else (0,)):
         selector._worker = worker
@@ -559,7 +560,36 @@ def _selected(path: Path, split: bool) -> tuple[bytes, ...]:
     return (*streams, complaint)
 
 
+def _hurried(path: Path, split: bool) -> CompiledPrefilter:
+    """A selector whose second thread starts before the first one reads a record (the first
+    thread's calls wait for it), as on a large file when the sensor has started up early."""
+    gate = threading.Event()
+    real = prefilter_module._select_pcap
+
+    def first_thread_waits(fd: int, offset: int, *rest: object) -> object:
+        if rest[-1] != -1:  # the first thread's calls: bounded; the second thread's are not
+            gate.wait(10)
+        return real(fd, offset, *rest)
+
+    prefilter_module._select_pcap = first_thread_waits
+    try:
+        selector = CompiledPrefilter(path, split=split)
+        selector.hurry()
+    finally:
+        prefilter_module._select_pcap = real
+        gate.set()
+    return selector
+
+
+@pytest.fixture
+def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second thread for any file, the first thread's calls a few records each."""
+    monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
+    monkeypatch.setattr(prefilter_module, "HEAD_SPAN", 4096)
+
+
 @needs_selector
+@pytest.mark.usefixtures("small_spans")
 @pytest.mark.parametrize("cut", [False, True])
 @pytest.mark.parametrize("guess", ["found", "inside a record", "past the end"])
 @pytest.mark.parametrize("held", [1, 1 << 30])
@@ -573,21 +603,20 @@ def test_second_thread_selection_changes_nothing(
     if cut:
         path.write_bytes(path.read_bytes()[:-5])
     expected = {split: _selected(path, split) for split in (False, True)}
-    monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
     monkeypatch.setattr(prefilter_module, "TAIL_MAX_KEPT", held)
     real = prefilter_module._pcap_resync
     shift = {"found": 0, "inside a record": 3, "past the end": 1 << 40}[guess]
     monkeypatch.setattr(prefilter_module, "_pcap_resync", lambda fd, offset, big: real(fd, offset, big) + shift)
     for split in (False, True):
-        assert _selected(path, split) == expected[split]
+        assert _selected(path, split, hurried=True) == expected[split]
 
 
 @needs_selector
+@pytest.mark.usefixtures("small_spans")
 def test_second_thread_takes_the_second_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "many.pcap"
     _many_packets_capture(path, 150)
     expected = _selected(path, False)
-    monkeypatch.setattr(prefilter_module, "TAIL_MIN_BYTES", 0)
     started: list = []
 
     class RecordedTail(prefilter_module._Tail):
@@ -596,9 +625,9 @@ def test_second_thread_takes_the_second_half(tmp_path: Path, monkeypatch: pytest
             started.append(self)
 
     monkeypatch.setattr(prefilter_module, "_Tail", RecordedTail)
-    selector = CompiledPrefilter(path)  # its thread may take the tail before the next line runs
+    selector = _hurried(path, False)
     [tail] = started
-    assert 24 < tail.start < path.stat().st_size
+    assert 24 + 2 * 4096 < tail.start < path.stat().st_size
     assert (selector.stdout.read(1 << 40), selector.close()) == expected
     assert tail.kept and tail.state == prefilter_module._END  # its part was selected by it, then taken
     assert selector._tail is None

@@ -550,3 +550,26 @@ def test_the_public_suffix_rules_are_the_librarys_own_icann_rules() -> None:
     assert ours._publicsuffix == reference._publicsuffix and ours._maxlabel == reference._maxlabel
     for name in ("www.example.co.uk", "a.b.xn--p1ai", "xn--80ak6aa92e.xn--p1ai", "foo.github.io", "localhost", "x.ck"):
         assert ours.privatesuffix(name) == reference.privatesuffix(name)
+
+
+def _suffix_rules() -> list[str]:
+    from sensor.enrich.vendors import icann_rules
+
+    return sorted(set(icann_rules()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rule=st.sampled_from(_suffix_rules()),
+    prefix=st.lists(st.sampled_from(["www", "a", "b-2", "xn--80ak6aa92e", "foo", "_dmarc", "\u043f\u0440\u0438\u043c\u0435\u0440"]), max_size=3),
+)
+def test_registered_domains_from_the_ascii_rules_are_the_whole_lists(rule: str, prefix: list[str]) -> None:
+    """Names in ASCII without an internationalized label are decided by the ASCII rules alone:
+    the same answer as the whole ICANN list (and the library's own) for names under every rule."""
+    from publicsuffixlist import PublicSuffixList
+
+    from sensor.enrich.vendors import _public_suffixes, registered_domain
+
+    name = ".".join([*prefix, rule.lstrip("!").replace("*", "x")])
+    reference = PublicSuffixList(only_icann=True, accept_unknown=False)
+    assert registered_domain(name) == (reference.privatesuffix(name) or "") == (_public_suffixes().privatesuffix(name) or "")

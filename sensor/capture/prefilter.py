@@ -42,8 +42,11 @@ worker_of: Callable[[int, bytes], int] = select_worker
 PREFETCH_BYTES = 32 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
 FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end (CompiledPrefilter.fork)
-# A file this large has its second half selected by a second thread at the same time.
+# Before a fork, what is left of a file this large is shared with a second thread (`hurry`).
 TAIL_MIN_BYTES = 64 << 20
+# The first thread reads at most this much of the file per call, so that it stops where a second
+# thread started later takes over.
+HEAD_SPAN = 32 << 20
 TAIL_MAX_KEPT = PREFETCH_BYTES // 2  # what that thread may hold until the first one gets there
 # Its states (sensor/_fast/select.c select_pcap_file).
 _MORE, _END, _TRUNCATED, _CORRUPT, _READ_ERROR = range(5)
@@ -221,17 +224,27 @@ class CompiledPrefilter:
         self._offset = 24  # the next record to select
         self._done = False
         self._complaint: str | None = None
-        self._tail = self._start_tail()
+        # The second thread, once `hurry` starts it; set and read with where the first one is.
+        self._tail: _Tail | None = None
+        self._tail_lock = threading.Lock()
         self._stream = _Prefetcher(self._next_chunks, PREFETCH_BYTES, streams=2 if self.split else 1)
 
-    def _start_tail(self) -> _Tail | None:
-        """A second thread for the second half of a large file, from a guessed record boundary."""
+    def hurry(self) -> None:
+        """Share what is left of a large file with a second thread, from a guessed record
+        boundary halfway: done when the sensor has started up, not before, so that the selection
+        does not take the core the start-up runs on (the decoder is slower than one thread)."""
         assert _pcap_resync is not None
         size = os.fstat(self._file.fileno()).st_size
-        if size < TAIL_MIN_BYTES:
-            return None
-        start = _pcap_resync(self._file.fileno(), 24 + (size - 24) // 2, self._big_endian)
-        return _Tail(self, start) if start > 24 else None
+        with self._tail_lock:
+            if self._tail is not None or self._done:
+                return
+            # past anything the first thread's call under way can reach
+            begin = self._offset + 2 * HEAD_SPAN
+            if size - begin < TAIL_MIN_BYTES // 2:
+                return
+            start = _pcap_resync(self._file.fileno(), begin + (size - begin) // 2, self._big_endian)
+            if start > begin:
+                self._tail = _Tail(self, start)
 
     @property
     def stdout(self) -> BinaryIO:
@@ -246,8 +259,10 @@ class CompiledPrefilter:
         """os.fork() for two replay workers; then each calls continue_as(its worker).
 
         A child forked before the selection ends selects the rest of the file again for itself,
-        so when the end is near (within `settle` seconds), the fork waits for it.
+        so when the end is near (within `settle` seconds), the fork waits for it, with a second
+        thread on it.
         """
+        self.hurry()
         self._stream.wait_for_end(settle)
         return self._stream.fork()
 
@@ -268,10 +283,11 @@ class CompiledPrefilter:
         assert _select_pcap is not None
         if self._done:
             return None
-        tail = self._tail
+        with self._tail_lock:
+            tail, offset = self._tail, self._offset
         first, second, at, state, detail = _select_pcap(
-            self._file.fileno(), self._offset, self._linktype, self._big_endian, SELECT_CHUNK, self.split,
-            self._wanted, tail.start if tail is not None else -1,
+            self._file.fileno(), offset, self._linktype, self._big_endian, SELECT_CHUNK, self.split,
+            self._wanted, tail.start if tail is not None else offset + HEAD_SPAN,
         )
         if tail is not None and state == _MORE and at >= tail.start:
             tail.thread.join()
@@ -281,8 +297,10 @@ class CompiledPrefilter:
                 at, state, detail = tail.offset, tail.state, tail.detail
 
         def commit() -> None:
-            self._tail = None if tail is not None and at >= tail.start else tail
-            self._offset = at
+            with self._tail_lock:
+                if tail is not None and at >= tail.start:
+                    self._tail = None
+                self._offset = at
             if state != _MORE:
                 self._done = True
                 if state == _TRUNCATED:

@@ -92,22 +92,35 @@ def _public_suffixes() -> PublicSuffixList:
     return PublicSuffixList(icann_rules(), accept_unknown=False, accept_encoded_idn=False)
 
 
+@cache
+def _ascii_public_suffixes() -> PublicSuffixList:
+    """The ICANN rules written in ASCII alone, which decide every name in ASCII without an
+    internationalized label ("xn--"): no other rule can match one. These are nearly all the names
+    a sensor sees, and the rest of the list (the IDNA codec over each non-ASCII rule, the slow
+    part of start-up) is then parsed only if an internationalized name comes along."""
+    return PublicSuffixList(_icann_lines()[0], accept_unknown=False, accept_encoded_idn=False)
+
+
 def icann_rules() -> list[str]:
-    """The ICANN section's rules, each non-ASCII one followed by its punycode form: what
-    `PublicSuffixList(only_icann=True)` builds, with the IDNA codec (the slow part of start-up)
-    run only on the few hundred rules that need it."""
+    """The ICANN section's rules, the non-ASCII ones followed by their punycode forms: what
+    `PublicSuffixList(only_icann=True)` builds, with the IDNA codec run only on the few hundred
+    rules that need it."""
+    ascii_rules, other_rules = _icann_lines()
+    encoded = [("!" + encode_idn(rule[1:])) if rule.startswith("!") else encode_idn(rule) for rule in other_rules]
+    return ascii_rules + other_rules + encoded
+
+
+@cache
+def _icann_lines() -> tuple[list[str], list[str]]:
+    """The ICANN section's rules as written: (those in ASCII, the others)."""
     text = Path(PSLFILE).read_text(encoding="utf-8")
     begin, end = text.find(_ICANN_BEGIN), text.find(_ICANN_END)
-    rules = []
+    ascii_rules, other_rules = [], []
     for line in text[begin:end].splitlines():
         rule = line.lower().split(" ")[0].rstrip()
-        if not rule or rule.startswith("//"):
-            continue
-        rules.append(rule)
-        if not rule.isascii():
-            encoded = encode_idn(rule.lstrip("!"))
-            rules.append("!" + encoded if rule.startswith("!") else encoded)
-    return rules
+        if rule and not rule.startswith("//"):
+            (ascii_rules if rule.isascii() else other_rules).append(rule)
+    return ascii_rules, other_rules
 
 
 _ICANN_BEGIN, _ICANN_END = "// ===BEGIN ICANN DOMAINS===", "// ===END ICANN DOMAINS==="
@@ -117,7 +130,11 @@ _ICANN_BEGIN, _ICANN_END = "// ===BEGIN ICANN DOMAINS===", "// ===END ICANN DOMA
 def registered_domain(host: str) -> str:
     """eTLD+1 of a host name ("" for IP addresses, single labels and bare public suffixes)."""
     labels = [label for label in normalize_host(host).split(".") if label]
-    return (_public_suffixes().privatesuffix(".".join(labels)) or "") if labels else ""
+    if not labels:
+        return ""
+    name = ".".join(labels)
+    rules = _ascii_public_suffixes() if name.isascii() and "xn--" not in name else _public_suffixes()
+    return rules.privatesuffix(name) or ""
 
 
 @lru_cache(maxsize=1024)
