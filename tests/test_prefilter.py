@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -631,3 +632,34 @@ def test_second_thread_takes_the_second_half(tmp_path: Path, monkeypatch: pytest
     assert (selector.stdout.read(1 << 40), selector.close()) == expected
     assert tail.kept and tail.state == prefilter_module._END  # its part was selected by it, then taken
     assert selector._tail is None
+
+
+def _counting_source(chunks: int, size: int) -> tuple[Callable[[], tuple[tuple[bytes], None] | None], list[int]]:
+    """A source of `chunks` chunks of `size` bytes, and the list of those produced so far."""
+    produced: list[int] = []
+
+    def source() -> tuple[tuple[bytes], None] | None:
+        if len(produced) == chunks:
+            return None
+        produced.append(size)
+        return (bytes([len(produced) % 256]) * size,), None
+
+    return source, produced
+
+
+def test_prefetch_holds_less_once_the_decoder_reads() -> None:
+    """Up to the start-up limit ahead until a reader takes, then only the steady limit: a long
+    replay holds no more than a short one."""
+    source, produced = _counting_source(100, 1000)
+    prefetcher = prefilter_module._Prefetcher(source, 10_000, steady_limit=3_000)
+    prefetcher.wait_for_end(5.0)  # returns once the queue is full: the thread waits for a reader
+    assert prefetcher._queued == 10_000 and len(produced) in (10, 11)
+    stream = prefetcher.reader(0)
+    assert len(stream.read(1000)) == 1000
+    taken = 1000
+    while prefetcher._queued > 3_000:  # the start-up backlog drains; the thread does not refill it
+        taken += len(stream.read(1000))
+    assert len(produced) <= 12
+    rest = stream.read(1 << 30)
+    assert taken + len(rest) == 100 * 1000
+    prefetcher.wait()

@@ -40,10 +40,15 @@ worker_of: Callable[[int, bytes], int] = select_worker
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
 # the selection runs on the otherwise idle core instead of stalling.
 PREFETCH_BYTES = 32 << 20
+# Once the decoder reads, it is the slower of the two: this much ahead keeps it fed, and a long
+# replay holds no more than a short one.
+STEADY_PREFETCH_BYTES = 4 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
 FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end (CompiledPrefilter.fork)
-# Before a fork, what is left of a file this large is shared with a second thread (`hurry`).
+# Before a fork, what is left of a file this large is shared with a second thread (`hurry`), when
+# no more is left than two threads select in about FORK_SETTLE_SECONDS.
 TAIL_MIN_BYTES = 64 << 20
+HURRY_REACH_BYTES = 1 << 30
 # The first thread reads at most this much of the file per call, so that it stops where a second
 # thread started later takes over.
 HEAD_SPAN = 32 << 20
@@ -227,7 +232,9 @@ class CompiledPrefilter:
         # The second thread, once `hurry` starts it; set and read with where the first one is.
         self._tail: _Tail | None = None
         self._tail_lock = threading.Lock()
-        self._stream = _Prefetcher(self._next_chunks, PREFETCH_BYTES, streams=2 if self.split else 1)
+        self._stream = _Prefetcher(
+            self._next_chunks, PREFETCH_BYTES, streams=2 if self.split else 1, steady_limit=STEADY_PREFETCH_BYTES
+        )
 
     def hurry(self) -> None:
         """Share what is left of a large file with a second thread, from a guessed record
@@ -240,7 +247,7 @@ class CompiledPrefilter:
                 return
             # past anything the first thread's call under way can reach
             begin = self._offset + 2 * HEAD_SPAN
-            if size - begin < TAIL_MIN_BYTES // 2:
+            if not TAIL_MIN_BYTES // 2 <= size - begin <= HURRY_REACH_BYTES:
                 return
             start = _pcap_resync(self._file.fileno(), begin + (size - begin) // 2, self._big_endian)
             if start > begin:
@@ -362,7 +369,8 @@ Chunks = tuple[bytes, ...]
 
 class _Prefetcher:
     """A reader thread fills one queue per stream from `source` and pauses while `limit` bytes
-    wait; `reader(i)` takes from queue i, so the bytes of each stream keep their order.
+    wait (`steady_limit` once a reader has taken some); `reader(i)` takes from queue i, so the
+    bytes of each stream keep their order.
 
     `source()` returns the next chunk of each stream and a callable that commits the source's
     own progress (or None), or None at the end. The commit and the queueing happen together under
@@ -371,10 +379,12 @@ class _Prefetcher:
     """
 
     def __init__(
-        self, source: Callable[[], tuple[Chunks, Callable[[], None] | None] | None], limit: int, streams: int = 1
+        self, source: Callable[[], tuple[Chunks, Callable[[], None] | None] | None], limit: int, streams: int = 1,
+        steady_limit: int | None = None,
     ) -> None:
         self._source = source
         self._limit = limit
+        self._steady_limit = limit if steady_limit is None else steady_limit
         self._queues: list[deque[bytes]] = [deque() for _ in range(streams)]
         self._live = set(range(streams))
         self._readers = [_QueueReader(self, index) for index in range(streams)]
@@ -429,13 +439,15 @@ class _Prefetcher:
                 queue.appendleft(chunk[size:])
                 chunk = chunk[:size]
             self._queued -= len(chunk)
+            self._limit = self._steady_limit
             self._ready.notify_all()
             return chunk
 
     def wait_for_end(self, timeout: float) -> None:
-        """Wait until the source is exhausted, for at most `timeout` seconds."""
+        """Wait until the source is exhausted or the queues are full (nothing more comes until a
+        reader takes some), for at most `timeout` seconds."""
         with self._ready:
-            self._ready.wait_for(lambda: not self._reading, timeout)
+            self._ready.wait_for(lambda: not self._reading or self._queued >= self._limit, timeout)
 
     def fork(self) -> int:
         """os.fork(), at a moment when the queues and the source's committed progress agree."""
