@@ -561,7 +561,10 @@ def _suffix_rules() -> list[str]:
 @settings(max_examples=400, deadline=None)
 @given(
     rule=st.sampled_from(_suffix_rules()),
-    prefix=st.lists(st.sampled_from(["www", "a", "b-2", "xn--80ak6aa92e", "foo", "_dmarc", "\u043f\u0440\u0438\u043c\u0435\u0440"]), max_size=3),
+    prefix=st.lists(
+        st.sampled_from(["www", "a", "b-2", "xn--80ak6aa92e", "foo", "_dmarc", "\u043f\u0440\u0438\u043c\u0435\u0440"]),
+        max_size=3,
+    ),
 )
 def test_registered_domains_from_the_ascii_rules_are_the_whole_lists(rule: str, prefix: list[str]) -> None:
     """Names in ASCII without an internationalized label are decided by the ASCII rules alone:

@@ -115,7 +115,8 @@ def _icann_lines() -> tuple[list[str], list[str]]:
     """The ICANN section's rules as written: (those in ASCII, the others)."""
     text = Path(PSLFILE).read_text(encoding="utf-8")
     begin, end = text.find(_ICANN_BEGIN), text.find(_ICANN_END)
-    ascii_rules, other_rules = [], []
+    ascii_rules: list[str] = []
+    other_rules: list[str] = []
     for line in text[begin:end].splitlines():
         rule = line.lower().split(" ")[0].rstrip()
         if rule and not rule.startswith("//"):
