@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog
-from sensor.phi import scan_fields, scan_http
+from sensor.phi import recognizers, scan_fields, scan_http
+from sensor.phi.recognizers import url_findings
 from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
@@ -42,9 +43,13 @@ def fields_in_one_peel(target: str, headers, body: bytes, content_type: str | No
 
 def check(target: str, headers, body: bytes = b"", content_type: str | None = None) -> None:
     expected = fields_in_one_peel(target, headers, body, content_type)
+    referrer = next((value for name, value in headers if name.lower() == "referer"), None)
+    page = scan_fields(fields_in_one_peel(target, [("Referer", referrer)] if referrer else [], b""))
     for _ in range(2):  # cold, then from what the first call remembered
         assert request_fields(target, headers, body, content_type) == expected
         assert scan_http("GET", target, headers, body, content_type) == scan_fields(expected)
+        # what an alert's document asks of the target and Referer, remembered or not
+        assert list(url_findings("GET", target, referrer)) == page
 
 
 PAGE = "https://www.example-hospital.org/conditions/diabetes?dl=" + quote("https://x.org/find-a-doctor?q=insulin")
@@ -97,6 +102,25 @@ def test_any_request_gives_the_fields_of_one_peel(target, referer, host_first, b
     if referer is not None:
         headers = headers + [("Referer", referer)] if host_first else [("Referer", referer), *headers]
     check(target, headers, body, content_type)
+
+
+def test_the_findings_of_a_target_and_referer_are_kept_from_the_request_scan(monkeypatch) -> None:
+    """An alert's document asks for them long after detection scanned the whole request."""
+    target = "/tr/?id=1234567890&ev=PageView&dl=" + quote(PAGE, safe="")
+    headers = [("Host", "t.example"), ("Referer", PAGE), ("Content-Type", "application/json")]
+    found = scan_http("GET", target, headers, b'{"q":"insulin"}', None)
+    assert any(f.path.startswith("body") for f in found)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(recognizers, "scan_http", no_scan)
+    page = url_findings("GET", target, PAGE)
+    assert page and all(not f.path.startswith("body") for f in page)
+    assert list(page) == [f for f in found if not f.path.startswith("body")]
+    monkeypatch.undo()
+    recognizers._URL_FINDINGS.clear()
+    assert url_findings("GET", target, PAGE) == page
 
 
 def test_url_redaction_remembered_is_the_same() -> None:

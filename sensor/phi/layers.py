@@ -33,6 +33,7 @@ __all__ = [
     "media_type",
     "multipart_boundary",
     "peel",
+    "peel_request",
     "request_fields",
     "request_parts",
     "split_form",
@@ -585,22 +586,42 @@ def request_parts(
     limits: LayerLimits = DEFAULT_LIMITS,
 ) -> list[Part]:
     """request_fields part by part, in the same order, each part peeled once per distinct input."""
+    return peel_request(target, headers, body, content_type, limits)[0]
+
+
+def peel_request(
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None = None,
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> tuple[list[Part], list[Part], str | None, bool]:
+    """request_parts; the parts of the target and of the first Referer (the page parts); that
+    Referer; and whether no limit decided anything. When none did, every part's fields are the
+    ones it gives peeled alone, so a request of the target and first Referer alone has the page
+    parts' fields (and findings)."""
     peeler = Peeler(limits)
-    parts = []
+    parts: list[Part] = []
+    page: list[Part] = []
+    referrer = None
     path, query = split_target(target)
     if path or query:
         parts.append(_part(peeler, "url", path, query))
+        page.append(parts[0])
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
             parts.append(_part(peeler, "referer", value))
+            if referrer is None:
+                referrer = value
+                page.append(parts[-1])
         elif lowered == "host":
             parts.append(_part(peeler, "host", value))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
         parts.append(_part(peeler, "body", body, content_type))
-    return parts
+    return parts, page, referrer, not peeler.bound
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:
