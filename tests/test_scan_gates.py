@@ -189,16 +189,27 @@ def _encoded(value: str) -> st.SearchStrategy[str]:
 def test_plain_values_peel_as_the_full_peel_does(text: str, depth: int) -> None:
     fast = layers.Peeler()
     fast._text(text, "query.v", depth)
-    structural = layers._STRUCTURAL
-    layers._STRUCTURAL = re.compile("")  # matches everywhere: every value takes the full peel
+    plain = layers._plain
+    layers._plain = lambda text: False  # every value takes the full peel
     try:
         full = layers.Peeler()
         full._text(text, "query.v", depth)
     finally:
-        layers._STRUCTURAL = structural
+        layers._plain = plain
     assert fast.fields == full.fields
     if depth == 0:
         assert peel(text, "query.v") == fast.fields
+
+
+@_SETTINGS
+@given(st.one_of(values.flatmap(_encoded), st.text(max_size=80), st.text("x{[/=%\n\r -9A", max_size=300)))
+def test_the_plain_test_is_the_pattern_it_stands_for(text: str) -> None:
+    """_plain's substring tests find what _STRUCTURAL finds."""
+    structural = layers._STRUCTURAL.search(text) is not None
+    assert layers._plain(text) == (not structural and bool(
+        layers._NOT_BASE64.search(text) or len(text) < layers._MIN_BASE64_CHARS or text.isalpha()
+        or layers._HEX_OR_DIGITS.fullmatch(text)
+    ))
 
 
 @_SETTINGS

@@ -67,10 +67,7 @@ _BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
-# A value with none of these and a character no base64 alphabet has (or too short, or all letters,
-# or all hex digits for base64) is no JSON, URL, base64, form, lines or escapes: the peel takes it
-# as it is (most ids, hosts and words).
-_STRUCTURAL = re.compile(r"[{\[/=%\n]")
+_STRUCTURAL = re.compile(r"[{\[/=%\n]")  # what JSON, URLs, forms, lines and escapes need one of
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=_-]")
 _FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]+")  # any length: a long key must not hide a form
 _LONG_KEY = 128
@@ -163,6 +160,21 @@ def _decode_base64(text: str) -> bytes | None:
         return decoder(unpadded + "=" * (-len(unpadded) % 4))
     except (binascii.Error, ValueError):
         return None
+
+
+def _plain(text: str) -> bool:
+    """No JSON, URL, base64, form, lines or escapes: no _STRUCTURAL character, and a character no
+    base64 alphabet has (or too short, or all letters, or all hex digits for base64). The peel
+    takes it as it is (most ids, hosts and words)."""
+    # _STRUCTURAL as substring tests: as fast on short values, far faster on long ones
+    if "/" in text or "=" in text or "%" in text or "{" in text or "[" in text or "\n" in text:
+        return False
+    return bool(
+        len(text) < _MIN_BASE64_CHARS
+        or text.isalpha()  # what _decode_base64 turns down at once
+        or _NOT_BASE64.search(text)
+        or _HEX_OR_DIGITS.fullmatch(text)
+    )
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
@@ -329,15 +341,7 @@ class Peeler:
         stripped = text.strip()
         if not stripped:
             return
-        if depth >= self.limits.max_depth or (
-            not _STRUCTURAL.search(stripped)
-            and (
-                _NOT_BASE64.search(stripped)
-                or len(stripped) < _MIN_BASE64_CHARS
-                or stripped.isalpha()  # what _decode_base64 turns down at once
-                or _HEX_OR_DIGITS.fullmatch(stripped)
-            )
-        ):
+        if depth >= self.limits.max_depth or _plain(stripped):
             self.emit(path, stripped)
             return
         parsed = _parse_json(stripped)

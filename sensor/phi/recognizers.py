@@ -835,10 +835,19 @@ _CACHED_VALUE_CHARS = 256
 _CACHED_FIELDS = 8192
 
 
+# Long values that repeat (padding, a page's fixed blob) are rarer: a few are remembered, up to a bound.
+_CACHED_LONG_VALUE_CHARS = 16384
+_CACHED_LONG_FIELDS = 64
+
+
 def _scan_field(item: Field) -> tuple[Finding, ...]:
-    if len(item.value) > _CACHED_VALUE_CHARS:
+    size = len(item.value)
+    if size <= _CACHED_VALUE_CHARS:
+        found = _scan_short_field(_context(item.path), item.value)
+    elif size <= _CACHED_LONG_VALUE_CHARS:
+        found = _scan_long_field(_context(item.path), item.value)
+    else:
         return _scan_field_uncached(item)
-    found = _scan_short_field(_context(item.path), item.value)
     if found and found[0].path != item.path:
         path = item.path
         found = tuple(Finding(f.type, f.category, f.confidence, path, f.start, f.end, f.value) for f in found)
@@ -852,6 +861,9 @@ def _scan_field_uncached(item: Field) -> tuple[Finding, ...]:
 @functools.lru_cache(maxsize=_CACHED_FIELDS)
 def _scan_short_field(context: _Context, value: str) -> tuple[Finding, ...]:
     return _scan(Field(context.path, value), context)
+
+
+_scan_long_field = functools.lru_cache(maxsize=_CACHED_LONG_FIELDS)(_scan_short_field.__wrapped__)
 
 
 def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
