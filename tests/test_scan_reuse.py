@@ -175,3 +175,22 @@ def _catalog() -> VendorCatalog:
     if not _CATALOGS:
         _CATALOGS.append(VendorCatalog.load())
     return _CATALOGS[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=_TEXT.map(lambda text: "/" + text))
+def test_an_origin_form_target_is_its_own_endpoint_path(target: str) -> None:
+    """Detection gives match_endpoint an origin-form target whole: what it leaves out of it is
+    what split_target leaves out."""
+    assert target.partition("?")[0].partition("#")[0] == split_target(target)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    types=st.lists(st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", ""]), max_size=3),
+    body=st.sampled_from([b'{"q":"insulin","n":"x"}', b"q=insulin&ssn=123-45-6789", b"insulin"]),
+)
+def test_the_scan_finds_the_first_content_type_itself(types: list[str], body: bytes) -> None:
+    headers = [("Host", "h.example"), *(("Content-Type", value) for value in types)]
+    first = next((value for name, value in headers if name == "Content-Type"), None)
+    assert scan_http("POST", "/c", headers, body, None) == scan_http("POST", "/c", headers, body, first)
