@@ -236,6 +236,12 @@ def test_printable_share_and_text_of_bytes_as_counted_char_by_char(data: bytes) 
     assert layers._bytes_to_text(data) == expected
 
 
+def test_every_ascii_character_counts_as_counted_char_by_char() -> None:
+    for code in range(128):
+        for text in (chr(code), "ab" + chr(code) + "cd"):
+            assert layers._printable_share(text) == _printable_share_reference(text)
+
+
 _LABELS = st.sampled_from(["mychart", "mychartx", "amychart", "myhealth", "my", "health", "followmyhealth", "iqhealth", "x", ""])
 
 
