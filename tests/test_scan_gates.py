@@ -112,6 +112,21 @@ def test_gated_scan_finds_what_every_recognizer_finds(path: str, value: str, pre
         assert recognizers.scan_fields([item], 0.0) == list(expected)
 
 
+_NUMBERS = st.one_of(
+    st.from_regex(r"[0-9]{1,40}(\.[0-9]{1,40})?", fullmatch=True),
+    st.sampled_from(["123456789", "5551234567", "15551234567", "123.4567", "555.1234", "0123456789.11", "1"]),
+)
+
+
+@_SETTINGS
+@given(st.one_of(paths, st.sampled_from(["query.provider", "query.condition", "query.ts", "body.id"])), _NUMBERS)
+def test_a_number_scans_as_every_recognizer_finds(path: str, value: str) -> None:
+    """The shortcut for numbers no key names: what the full scan finds in them, nothing."""
+    item = Field(path, value)
+    assert recognizers._scan_field_uncached(item) == reference_scan(item)
+    assert recognizers._ANY_PATTERN_GATE.search(value) is None and recognizers._ANY_GATE_WORD.search(value) is None
+
+
 @pytest.mark.parametrize(
     ("path", "value", "kind"),
     [

@@ -866,11 +866,22 @@ def _scan_short_field(context: _Context, value: str) -> tuple[Finding, ...]:
 _scan_long_field = functools.lru_cache(maxsize=_CACHED_LONG_FIELDS)(_scan_short_field.__wrapped__)
 
 
+# A number, or two numbers around a dot (ids, timestamps, versions): the most common fresh values.
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# No gate word is found in one: each has a character a number has not.
+assert all(set(word) - set("0123456789.") for gate in _DIGIT_GATES for word in gate.words)
+
+
 def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
-    scan = _FieldScan(item, context.key)
-    text = scan.text
+    text = item.value
     if not text:
         return ()
+    if not context.pages and not context.any_keyed and _NUMBER.fullmatch(text) and not term_matcher().may_occur(text, text):
+        # Nothing can be found in a number no key names and no page hint reads: no gate word is in
+        # it, no pattern gate matches (each needs a letter, a "+", or two delimiters or a "-"), no
+        # "@", no term; a loose hint needs a finding (a provider's a clinician's name).
+        return ()
+    scan = _FieldScan(item, context.key)
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
