@@ -14,8 +14,8 @@ from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog
 from sensor.phi import recognizers, scan_fields, scan_http
-from sensor.phi.recognizers import url_findings
 from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
+from sensor.phi.recognizers import url_findings
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
 
