@@ -868,8 +868,6 @@ _scan_long_field = functools.lru_cache(maxsize=_CACHED_LONG_FIELDS)(_scan_short_
 
 # A number, or two numbers around a dot (ids, timestamps, versions): the most common fresh values.
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-# No gate word is found in one: each has a character a number has not.
-assert all(set(word) - set("0123456789.") for gate in _DIGIT_GATES for word in gate.words)
 
 
 def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
@@ -878,8 +876,9 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
         return ()
     if not context.pages and not context.any_keyed and _NUMBER.fullmatch(text) and not term_matcher().may_occur(text, text):
         # Nothing can be found in a number no key names and no page hint reads: no gate word is in
-        # it, no pattern gate matches (each needs a letter, a "+", or two delimiters or a "-"), no
-        # "@", no term; a loose hint needs a finding (a provider's a clinician's name).
+        # it (each has a letter), no pattern gate matches (each needs a letter, a "+", a "-" or two
+        # delimiters), no "@", no term; a loose parameter hint needs a finding, or for a provider
+        # a clinician's name, which has letters.
         return ()
     scan = _FieldScan(item, context.key)
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
