@@ -359,7 +359,7 @@ def test_the_parts_documents_share_stay_as_they_are(catalog: VendorCatalog) -> N
 def test_an_alert_url_masks_what_only_the_rule_found() -> None:
     target = "/collect?v=2&en=page_view&q=lupus%20flare&cid=42"
     event_url, _ = ecs._redacted_request_urls("GET", target, None)
-    found = list(ecs._url_findings("GET", target, None))
+    found = list(ecs.url_findings("GET", target, None))
     # the rule's findings repeat the scan's: the alert's URL is the event's
     assert ecs._redacted_request_urls("GET", target, None, found + found) == (event_url, None)
     # a finding the scan did not make is masked as well

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.paths import PHI_LEXICON_DIR
-from sensor.phi import Field, LayerLimits, is_health_data, peel, request_fields, scan_fields, scan_http, summarize
+from sensor.phi import Field, Finding, LayerLimits, is_health_data, peel, request_fields, scan_fields, scan_http, summarize
 from sensor.phi.layers import decompress, find_json, split_target
 from sensor.phi.lexicon import icd10_codes, read_terms, term_matcher
 
@@ -611,7 +611,8 @@ def test_repeated_fields_scan_the_same_whether_cached_or_not() -> None:
 
     short = Field("query.q", "metformin 500mg for type 2 diabetes")
     long = Field("body.notes", "patient on metformin; " + "x" * recognizers._CACHED_VALUE_CHARS)
-    for item in (short, long):
+    longer = Field("body.notes", "patient on metformin; " + "x" * recognizers._CACHED_LONG_VALUE_CHARS)
+    for item in (short, long, longer):
         first, again = recognizers._scan_field(item), recognizers._scan_field(item)
         assert first == again == recognizers._scan_field_uncached(item)
         assert isinstance(first, tuple)  # shared between callers, so it must not be mutable
@@ -620,3 +621,8 @@ def test_repeated_fields_scan_the_same_whether_cached_or_not() -> None:
     recognizers._scan_field(short)
     assert recognizers._scan_short_field.cache_info().hits == hits + 1
     assert recognizers._scan_short_field.cache_info().maxsize == recognizers._CACHED_FIELDS
+    hits = recognizers._scan_long_field.cache_info().hits
+    assert recognizers._scan_field(Field("x.notes", long.value)) == tuple(
+        Finding(f.type, f.category, f.confidence, "x.notes", f.start, f.end, f.value) for f in recognizers._scan_field(long)
+    )
+    assert recognizers._scan_long_field.cache_info().hits == hits + 2

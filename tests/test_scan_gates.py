@@ -112,6 +112,25 @@ def test_gated_scan_finds_what_every_recognizer_finds(path: str, value: str, pre
         assert recognizers.scan_fields([item], 0.0) == list(expected)
 
 
+_NUMBERS = st.one_of(
+    st.from_regex(r"[0-9]{1,40}(\.[0-9]{1,40})?", fullmatch=True),
+    st.sampled_from(["123456789", "5551234567", "15551234567", "123.4567", "555.1234", "0123456789.11", "1"]),
+)
+
+
+def test_no_gate_word_is_found_in_a_number() -> None:
+    assert all(set(word) - set("0123456789.") for gate in recognizers._DIGIT_GATES for word in gate.words)
+
+
+@_SETTINGS
+@given(st.one_of(paths, st.sampled_from(["query.provider", "query.condition", "query.ts", "body.id"])), _NUMBERS)
+def test_a_number_scans_as_every_recognizer_finds(path: str, value: str) -> None:
+    """The shortcut for numbers no key names: what the full scan finds in them, nothing."""
+    item = Field(path, value)
+    assert recognizers._scan_field_uncached(item) == reference_scan(item)
+    assert recognizers._ANY_PATTERN_GATE.search(value) is None and recognizers._ANY_GATE_WORD.search(value) is None
+
+
 @pytest.mark.parametrize(
     ("path", "value", "kind"),
     [
@@ -189,16 +208,28 @@ def _encoded(value: str) -> st.SearchStrategy[str]:
 def test_plain_values_peel_as_the_full_peel_does(text: str, depth: int) -> None:
     fast = layers.Peeler()
     fast._text(text, "query.v", depth)
-    structural = layers._STRUCTURAL
-    layers._STRUCTURAL = re.compile("")  # matches everywhere: every value takes the full peel
+    plain = layers._plain
+    layers._plain = lambda text: False  # every value takes the full peel
     try:
         full = layers.Peeler()
         full._text(text, "query.v", depth)
     finally:
-        layers._STRUCTURAL = structural
+        layers._plain = plain
     assert fast.fields == full.fields
     if depth == 0:
         assert peel(text, "query.v") == fast.fields
+
+
+@_SETTINGS
+@given(st.one_of(values.flatmap(_encoded), st.text(max_size=80), st.text("x{[/=%\n\r -9A", max_size=300)))
+def test_the_plain_test_is_the_pattern_it_stands_for(text: str) -> None:
+    """_plain's substring tests find what a search for the characters JSON, URLs, forms, lines and
+    escapes need finds."""
+    structural = re.search(r"[{\[/=%\n]", text) is not None
+    assert layers._plain(text) == (not structural and bool(
+        layers._NOT_BASE64.search(text) or len(text) < layers._MIN_BASE64_CHARS or text.isalpha()
+        or layers._HEX_OR_DIGITS.fullmatch(text)
+    ))
 
 
 @_SETTINGS
@@ -223,6 +254,12 @@ def test_printable_share_and_text_of_bytes_as_counted_char_by_char(data: bytes) 
     assert layers._printable_share(text) == _printable_share_reference(text)
     expected = text if _printable_share_reference(text) >= layers._PRINTABLE_SHARE else None
     assert layers._bytes_to_text(data) == expected
+
+
+def test_every_ascii_character_counts_as_counted_char_by_char() -> None:
+    for code in range(128):
+        for text in (chr(code), "ab" + chr(code) + "cd"):
+            assert layers._printable_share(text) == _printable_share_reference(text)
 
 
 _LABELS = st.sampled_from(["mychart", "mychartx", "amychart", "myhealth", "my", "health", "followmyhealth", "iqhealth", "x", ""])

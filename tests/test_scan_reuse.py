@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog
-from sensor.phi import scan_fields, scan_http
+from sensor.phi import recognizers, scan_fields, scan_http
 from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
+from sensor.phi.recognizers import url_findings
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
 
@@ -42,9 +43,13 @@ def fields_in_one_peel(target: str, headers, body: bytes, content_type: str | No
 
 def check(target: str, headers, body: bytes = b"", content_type: str | None = None) -> None:
     expected = fields_in_one_peel(target, headers, body, content_type)
+    referrer = next((value for name, value in headers if name.lower() == "referer"), None)
+    page = scan_fields(fields_in_one_peel(target, [("Referer", referrer)] if referrer else [], b""))
     for _ in range(2):  # cold, then from what the first call remembered
         assert request_fields(target, headers, body, content_type) == expected
         assert scan_http("GET", target, headers, body, content_type) == scan_fields(expected)
+        # what an alert's document asks of the target and Referer, remembered or not
+        assert list(url_findings("GET", target, referrer)) == page
 
 
 PAGE = "https://www.example-hospital.org/conditions/diabetes?dl=" + quote("https://x.org/find-a-doctor?q=insulin")
@@ -99,6 +104,25 @@ def test_any_request_gives_the_fields_of_one_peel(target, referer, host_first, b
     check(target, headers, body, content_type)
 
 
+def test_the_findings_of_a_target_and_referer_are_kept_from_the_request_scan(monkeypatch) -> None:
+    """An alert's document asks for them long after detection scanned the whole request."""
+    target = "/tr/?id=1234567890&ev=PageView&dl=" + quote(PAGE, safe="")
+    headers = [("Host", "t.example"), ("Referer", PAGE), ("Content-Type", "application/json")]
+    found = scan_http("GET", target, headers, b'{"q":"insulin"}', None)
+    assert any(f.path.startswith("body") for f in found)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(recognizers, "scan_http", no_scan)
+    page = url_findings("GET", target, PAGE)
+    assert page and all(not f.path.startswith("body") for f in page)
+    assert list(page) == [f for f in found if not f.path.startswith("body")]
+    monkeypatch.undo()
+    recognizers._URL_FINDINGS.clear()
+    assert url_findings("GET", target, PAGE) == page
+
+
 def test_url_redaction_remembered_is_the_same() -> None:
     findings = scan_http("GET", PAGE, [], b"", None)
     assert findings
@@ -151,3 +175,22 @@ def _catalog() -> VendorCatalog:
     if not _CATALOGS:
         _CATALOGS.append(VendorCatalog.load())
     return _CATALOGS[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=_TEXT.map(lambda text: "/" + text))
+def test_an_origin_form_target_is_its_own_endpoint_path(target: str) -> None:
+    """Detection gives match_endpoint an origin-form target whole: what it leaves out of it is
+    what split_target leaves out."""
+    assert target.partition("?")[0].partition("#")[0] == split_target(target)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    types=st.lists(st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", ""]), max_size=3),
+    body=st.sampled_from([b'{"q":"insulin","n":"x"}', b"q=insulin&ssn=123-45-6789", b"insulin"]),
+)
+def test_the_scan_finds_the_first_content_type_itself(types: list[str], body: bytes) -> None:
+    headers = [("Host", "h.example"), *(("Content-Type", value) for value in types)]
+    first = next((value for name, value in headers if name == "Content-Type"), None)
+    assert scan_http("POST", "/c", headers, body, None) == scan_http("POST", "/c", headers, body, first)

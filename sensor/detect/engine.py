@@ -376,9 +376,11 @@ class DetectionEngine:
         return day
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:
-        content_type = record.header("content-type")
-        obs.findings = scan_http(record.method, record.target, record.headers, record.body, content_type)
-        path = split_target(record.target)[0]
+        target = record.target
+        # (the scan takes the first Content-Type header itself)
+        obs.findings = scan_http(record.method, target, record.headers, record.body, None)
+        # match_endpoint leaves out an origin-form target's query and fragment as split_target does
+        path = target if target[:1] == "/" else split_target(target)[0]
         match = self.policy.catalog.match_endpoint(record.host or obs.destination or "", path)
         if match is None:
             return

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import evidence, redact, redact_url, scan_http, summarize
+from sensor.phi import evidence, redact, redact_url, summarize
+from sensor.phi.recognizers import url_findings
 from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello, split_target
 from sensor.severity import SEVERITY_SCORE
 
@@ -365,7 +366,7 @@ def _redacted_request_urls(
     if len(target) + len(referrer or "") <= _CACHED_URL_CHARS:  # an alert's request was an event's too
         found = _url_findings_cached(method, target, referrer)
     else:
-        found = _url_findings(method, target, referrer)
+        found = url_findings(method, target, referrer)
     findings = list(found)  # none found: identifier-shaped values are still masked
     if known:
         # A finding listed twice masks nothing more (its spans merge into the first's): without
@@ -378,12 +379,7 @@ def _redacted_request_urls(
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
 
 
-def _url_findings(method: str, target: str, referrer: str | None) -> tuple:
-    """What the health-data scan finds in a request's target and referrer."""
-    return tuple(scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None))
-
-
-_url_findings_cached = functools.lru_cache(maxsize=4096)(_url_findings)
+_url_findings_cached = functools.lru_cache(maxsize=4096)(url_findings)
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
-from sensor.records import frozen_record, split_target
+from sensor.records import frozen_record, positional_constructor, split_target
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -33,6 +33,7 @@ __all__ = [
     "media_type",
     "multipart_boundary",
     "peel",
+    "peel_request",
     "request_fields",
     "request_parts",
     "split_form",
@@ -60,16 +61,13 @@ class LayerLimits:
 
 
 DEFAULT_LIMITS = LayerLimits()
+_field = positional_constructor(Field)  # every emitted value is one: the compiled maker where there is one
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _BLANK = re.compile(r"\s")  # what str.isspace() calls blank
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_OR_DIGITS = re.compile(r"[0-9A-Fa-f]+")
-# A value with none of these and a character no base64 alphabet has (or too short, or all letters,
-# or all hex digits for base64) is no JSON, URL, base64, form, lines or escapes: the peel takes it
-# as it is (most ids, hosts and words).
-_STRUCTURAL = re.compile(r"[{\[/=%\n]")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=_-]")
 _FORM_KEY = re.compile(r"[\w.\[\]$%:+~-]+")  # any length: a long key must not hide a form
 _LONG_KEY = 128
@@ -164,8 +162,25 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
+def _plain(text: str) -> bool:
+    """No JSON, URL, base64, form, lines or escapes: none of the characters those need one of
+    ({ [ / = % and a line break), and a character no base64 alphabet has (or too short, or all
+    letters, or all hex digits for base64). The peel takes it as it is (most ids, hosts, words)."""
+    # substring tests, not a search for a character class: as fast on short values, far faster on long ones
+    if "/" in text or "=" in text or "%" in text or "{" in text or "[" in text or "\n" in text:
+        return False
+    return bool(
+        len(text) < _MIN_BASE64_CHARS
+        or text.isalpha()  # what _decode_base64 turns down at once
+        or _NOT_BASE64.search(text)
+        or _HEX_OR_DIGITS.fullmatch(text)
+    )
+
+
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the ASCII that is not printable, tabs and line breaks aside
+# The printable ASCII, tabs and line breaks too: what is left when translate() deletes these is
+# the ASCII that is not
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 
 
 def _printable_share(text: str) -> float:
@@ -173,8 +188,8 @@ def _printable_share(text: str) -> float:
     sample = text[:_SAMPLE_CHARS]
     if not sample:
         return 0.0
-    if sample.isascii() and not _ASCII_CONTROL.search(sample):  # all printable, found faster than isprintable()
-        return 1.0
+    if sample.isascii() and not sample.encode("ascii").translate(None, _PRINTABLE_ASCII):
+        return 1.0  # all printable, found faster than isprintable() or a search
     rest = sample.translate(_LINE_BLANKS)
     if rest.isprintable():  # the common case, answered without a loop over the characters
         good = len(sample) - rest.count("\ufffd")
@@ -292,7 +307,7 @@ class Peeler:
             self.bound = True
             value = value[:budget]
         self._budget = budget - len(value)
-        self.fields.append(Field(path, value))
+        self.fields.append(_field(path, value))
 
     def _inflate(self, data: bytes) -> bytes | None:
         """decompress() within the remaining budget, noting whether the budget decided the outcome."""
@@ -328,15 +343,7 @@ class Peeler:
         stripped = text.strip()
         if not stripped:
             return
-        if depth >= self.limits.max_depth or (
-            not _STRUCTURAL.search(stripped)
-            and (
-                _NOT_BASE64.search(stripped)
-                or len(stripped) < _MIN_BASE64_CHARS
-                or stripped.isalpha()  # what _decode_base64 turns down at once
-                or _HEX_OR_DIGITS.fullmatch(stripped)
-            )
-        ):
+        if depth >= self.limits.max_depth or _plain(stripped):
             self.emit(path, stripped)
             return
         parsed = _parse_json(stripped)
@@ -585,22 +592,42 @@ def request_parts(
     limits: LayerLimits = DEFAULT_LIMITS,
 ) -> list[Part]:
     """request_fields part by part, in the same order, each part peeled once per distinct input."""
+    return peel_request(target, headers, body, content_type, limits)[0]
+
+
+def peel_request(
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None = None,
+    limits: LayerLimits = DEFAULT_LIMITS,
+) -> tuple[list[Part], list[Part], str | None, bool]:
+    """request_parts; the parts of the target and of the first Referer (the page parts); that
+    Referer; and whether no limit decided anything. When none did, every part's fields are the
+    ones it gives peeled alone, so a request of the target and first Referer alone has the page
+    parts' fields (and findings)."""
     peeler = Peeler(limits)
-    parts = []
+    parts: list[Part] = []
+    page: list[Part] = []
+    referrer = None
     path, query = split_target(target)
     if path or query:
         parts.append(_part(peeler, "url", path, query))
+        page.append(parts[0])
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
             parts.append(_part(peeler, "referer", value))
+            if referrer is None:
+                referrer = value
+                page.append(parts[-1])
         elif lowered == "host":
             parts.append(_part(peeler, "host", value))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
         parts.append(_part(peeler, "body", body, content_type))
-    return parts
+    return parts, page, referrer, not peeler.bound
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:

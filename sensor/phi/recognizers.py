@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sensor.phi.layers import Field, request_parts
+from sensor.phi.layers import Field, peel_request
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
@@ -34,6 +34,7 @@ __all__ = [
     "is_health_data",
     "scan_fields",
     "scan_http",
+    "url_findings",
     "summarize",
 ]
 
@@ -834,10 +835,19 @@ _CACHED_VALUE_CHARS = 256
 _CACHED_FIELDS = 8192
 
 
+# Long values that repeat (padding, a page's fixed blob) are rarer: a few are remembered, up to a bound.
+_CACHED_LONG_VALUE_CHARS = 16384
+_CACHED_LONG_FIELDS = 64
+
+
 def _scan_field(item: Field) -> tuple[Finding, ...]:
-    if len(item.value) > _CACHED_VALUE_CHARS:
+    size = len(item.value)
+    if size <= _CACHED_VALUE_CHARS:
+        found = _scan_short_field(_context(item.path), item.value)
+    elif size <= _CACHED_LONG_VALUE_CHARS:
+        found = _scan_long_field(_context(item.path), item.value)
+    else:
         return _scan_field_uncached(item)
-    found = _scan_short_field(_context(item.path), item.value)
     if found and found[0].path != item.path:
         path = item.path
         found = tuple(Finding(f.type, f.category, f.confidence, path, f.start, f.end, f.value) for f in found)
@@ -853,11 +863,24 @@ def _scan_short_field(context: _Context, value: str) -> tuple[Finding, ...]:
     return _scan(Field(context.path, value), context)
 
 
+_scan_long_field = functools.lru_cache(maxsize=_CACHED_LONG_FIELDS)(_scan_short_field.__wrapped__)
+
+
+# A number, or two numbers around a dot (ids, timestamps, versions): the most common fresh values.
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
-    scan = _FieldScan(item, context.key)
-    text = scan.text
+    text = item.value
     if not text:
         return ()
+    if not context.pages and not context.any_keyed and _NUMBER.fullmatch(text) and not term_matcher().may_occur(text, text):
+        # Nothing can be found in a number no key names and no page hint reads: no gate word is in
+        # it (each has a letter), no pattern gate matches (each needs a letter, a "+", a "-" or two
+        # delimiters), no "@", no term; a loose parameter hint needs a finding, or for a provider
+        # a clinician's name, which has letters.
+        return ()
+    scan = _FieldScan(item, context.key)
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
@@ -913,15 +936,49 @@ def scan_http(
 
     A CONNECT target names a host and port, not a page, so it is not read as a path.
     """
+    original = target
     if method.upper() == "CONNECT":
         target = ""
     findings: list[Finding] = []
-    for part in request_parts(target, headers, body, content_type):
+    parts, page, referrer, exact = peel_request(target, headers, body, content_type)
+    for part in parts:
         found = part.findings.get(min_confidence)
         if found is None:  # a part seen before keeps what was found in it
             found = part.findings[min_confidence] = tuple(scan_fields(part.fields, min_confidence))
         findings.extend(found)
+    if exact and min_confidence == _URL_CONFIDENCE and len(original) + len(referrer or "") <= _URL_CHARS:
+        found = ()
+        for part in page:
+            found += part.findings[_URL_CONFIDENCE]
+        _remember_url_findings((method, original, referrer or None), found)
     return findings
+
+
+# What url_findings returns for recent requests, found while the whole request was scanned: an
+# alert's document (built when its window closes, maybe at the end of a replay) masks its URLs
+# with it, long after the peeler's part cache has let those parts go.
+_URL_FINDINGS: OrderedDict[tuple[str, str, str | None], tuple[Finding, ...]] = OrderedDict()
+_MAX_URL_FINDINGS = 4096
+_URL_CHARS = 2048
+_URL_CONFIDENCE = 0.5
+
+
+def _remember_url_findings(key: tuple[str, str, str | None], found: tuple[Finding, ...]) -> None:
+    memo = _URL_FINDINGS
+    if key in memo:
+        memo.move_to_end(key)
+        return
+    memo[key] = found
+    if len(memo) > _MAX_URL_FINDINGS:
+        memo.popitem(last=False)
+
+
+def url_findings(method: str, target: str, referrer: str | None) -> tuple[Finding, ...]:
+    """What scan_http finds in a request's target and Referer alone (at its default confidence)."""
+    found = _URL_FINDINGS.get((method, target, referrer or None))
+    if found is None:
+        found = tuple(scan_http(method, target, (("referer", referrer),) if referrer else (), b"", None))
+    return found
 
 
 def summarize(findings: Iterable[Finding]) -> dict[str, int]:
