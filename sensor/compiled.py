@@ -36,6 +36,7 @@ TWINS: dict[str, str] = {
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
+    "select_route": "sensor.capture.workers:route_of_py",
 }
 
 # compiled binder -> the Python home of what it is given

@@ -1,5 +1,6 @@
-"""The replay's worker split (sensor.capture.workers and the compiled selector's worker_of): a host's
-packets go to one worker whichever way they arrive, and the C and Python decisions are equal."""
+"""The replay's worker split (sensor.capture.workers and the compiled selector's route_of): a host's
+packets go to one worker whichever way they arrive, DNS answers to both, and the C and Python
+decisions are equal."""
 from __future__ import annotations
 
 import struct
@@ -9,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.capture import prefilter
-from sensor.capture.workers import SERVICE_PORTS, worker_of_py
+from sensor.capture.workers import SERVICE_PORTS, SHARED_ANSWER, route_of_py, worker_of_py
 
 if prefilter._select_pcap is None:
     pytest.skip("compiled extension not built", allow_module_level=True)
 select_worker = prefilter.select_worker  # bound to the Python constants by the import of prefilter
+select_route = prefilter.select_route
 
 CLIENT_ODD, CLIENT_EVEN, SERVER = "10.20.0.7", "10.20.0.8", "192.0.2.10"
 
@@ -144,3 +146,56 @@ def test_the_compiled_split_equals_the_python_one(frame: bytes) -> None:
 @given(st.binary(max_size=200), st.sampled_from([0, 1, 101, 108, 113, 147, 228, 229, 276]))
 def test_the_split_survives_any_bytes_alike(frame: bytes, linktype: int) -> None:
     assert select_worker(linktype, frame) == worker_of_py(linktype, frame) in (0, 1)
+
+
+# --- DNS answers both workers learn from ------------------------------------------------------------
+def _dns_header(response: bool, questions: int, answers: int) -> bytes:
+    return struct.pack("!HHHHHH", 0x1234, 0x8180 if response else 0x0100, questions, answers, 0, 0)
+
+
+def test_a_dns_answer_goes_to_its_client_and_is_shared() -> None:
+    """A response with answers (UDP, from or to port 53, also tunnelled) and a DNS server's side of
+    a TCP connection are shared; queries, empty responses and a client's TCP to port 53 are not."""
+    for client, worker in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
+        answer = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000, _dns_header(True, 1, 2))))
+        assert both(1, answer) == worker and route(1, answer) == worker | SHARED_ANSWER
+        assert route(1, _vxlan(answer)) == worker | SHARED_ANSWER
+        for unshared in (_udp(53, 40000, _dns_header(True, 1, 0)), _udp(53, 40000, _dns_header(True, 0, 1)),
+                         _udp(53, 40000, _dns_header(False, 1, 1)), _udp(53, 40000, _dns_header(True, 1, 1)[:11]),
+                         _udp(5353, 5353, _dns_header(True, 1, 1)), _udp(443, 40000, _dns_header(True, 1, 1))):
+            assert route(1, _ether(_ip4("10.0.0.53", client, 17, unshared))) == both(1, _ether(_ip4(
+                "10.0.0.53", client, 17, unshared)))
+        assert route(1, _ether(_ip4("10.0.0.53", client, 6, _tcp(53, 40000)))) == worker | SHARED_ANSWER
+        assert route(1, _ether(_ip4(client, "10.0.0.53", 6, _tcp(40000, 53)))) == worker
+    fragment = _ether(_ip4("10.0.0.53", CLIENT_ODD, 17, _udp(53, 40000, _dns_header(True, 1, 1)), frag=0x2000))
+    assert route(1, fragment) == 0  # reassembled in worker 0, which alone learns from it
+
+
+def route(linktype: int, frame: bytes) -> int:
+    """The route both implementations give (they must agree)."""
+    found = route_of_py(linktype, frame)
+    assert select_route(linktype, frame) == found
+    return found
+
+
+@st.composite
+def dns_frames(draw: st.DrawFn) -> bytes:
+    """frames() whose UDP and TCP payloads are DNS headers of every kind, often on port 53."""
+    header = _dns_header(draw(st.booleans()), draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    payload = header[: draw(st.sampled_from([0, 3, 11, 12, 12]))]
+    address = st.sampled_from([CLIENT_ODD, CLIENT_EVEN, SERVER, "10.0.0.53"])
+    port = st.sampled_from([53, 53, 5353, 443, 40000, 50001])
+    sport, dport = draw(port), draw(port)
+    proto = draw(st.sampled_from([6, 17]))
+    l4 = _udp(sport, dport, payload) if proto == 17 else _tcp(sport, dport) + payload
+    frame = _ether(_ip4(draw(address), draw(address), proto, l4))
+    wrap = draw(st.sampled_from([None, _vxlan, _erspan2]))
+    return frame if wrap is None else wrap(frame)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(frames(), dns_frames()))
+def test_the_compiled_route_equals_the_python_one(frame: bytes) -> None:
+    """Which worker, and whether the other learns from it too: C and Python alike."""
+    assert select_route(1, frame) == route_of_py(1, frame)
+    assert select_worker(1, frame) == worker_of_py(1, frame) == route_of_py(1, frame) & 1

@@ -9,7 +9,7 @@
 /* Bound from where Python defines them (bind_select, at the import of sensor.capture.prefilter):
  * sensor.capture.pcap.MAX_FRAME (a longer record is corruption), sensor.capture.bpf.BULK_SEGMENT
  * and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS (mDNS, LLMNR, NetBIOS name service),
- * sensor.capture.workers.SERVICE_PORTS (the server side of a packet, for worker_of). */
+ * sensor.capture.workers.SERVICE_PORTS (the server side of a packet, for route_of). */
 static Py_ssize_t max_frame = -1; /* -1: not bound yet */
 static Py_ssize_t bulk_segment;
 static uint8_t http_port_bits[65536 / 8], local_name_port_bits[65536 / 8], service_port_bits[65536 / 8];
@@ -244,7 +244,9 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
  * port; equal ports take the parity of both addresses. Tunnels the selector walks into (VXLAN,
  * Geneve, GRE, IP-in-IP) are decided by the packet inside. Fragments, other tunnels, and
  * whatever has no TCP or UDP ports in reach go to worker 0, where fragments are reassembled.
- * sensor.capture.workers.worker_of_py is the reference. */
+ * A DNS answer (SHARED_ANSWER) is also handed to the other worker, whose attribution cache learns
+ * from it too. sensor.capture.workers.route_of_py is the reference. */
+#define SHARED_ANSWER 2 /* in a route: the frame is a DNS answer both workers learn from */
 static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth);
 
 static int worker_of_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n, int depth) {
@@ -314,22 +316,41 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
         inner = udp_tunnel_inner(f, end, pos, &kind);
         return worker_inner(kind, f, end, inner, depth);
     }
-    int source_serves = service_port(sport), destination_serves = service_port(dport);
-    if (source_serves != destination_serves) return (source_serves ? dst : src)[3] & 1;
-    if (sport != dport) return (sport > dport ? src : dst)[3] & 1;
-    return (src[3] ^ dst[3]) & 1;
+    int source_serves = service_port(sport), destination_serves = service_port(dport), worker;
+    if (source_serves != destination_serves) worker = (source_serves ? dst : src)[3] & 1;
+    else if (sport != dport) worker = (sport > dport ? src : dst)[3] & 1;
+    else worker = (src[3] ^ dst[3]) & 1;
+    /* a DNS response with a question and answers (the decoder takes UDP to or from port 53 as
+     * DNS), or a DNS server's side of a TCP connection (the other worker reassembles it) */
+    Py_ssize_t dns = pos + 8;
+    if (proto == TCP ? sport == 53
+                     : (sport == 53 || dport == 53) && dns + 12 <= end && (f[dns + 2] & 0x80) &&
+                           get16(f + dns + 4) && get16(f + dns + 6))
+        worker |= SHARED_ANSWER;
+    return worker;
 }
 
-static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
+/* The route of a frame: its worker, with SHARED_ANSWER when the other worker learns from it too. */
+static int route_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
 
-/* select_worker(linktype, frame) -> the replay worker of a frame (worker_of), for the split's Python path and tests */
+/* select_worker(linktype, frame) -> the replay worker of a frame, for the split's Python path and tests */
 PyObject *select_worker(PyObject *module, PyObject *args) {
     unsigned int linktype;
     Py_buffer view;
     if (!select_bound() || !PyArg_ParseTuple(args, "Iy*", &linktype, &view)) return NULL;
-    int worker = worker_of(linktype, view.buf, view.len);
+    int worker = route_of(linktype, view.buf, view.len) & 1;
     PyBuffer_Release(&view);
     return PyLong_FromLong(worker);
+}
+
+/* select_route(linktype, frame) -> its worker (0 or 1), plus 2 when both workers learn from it (a DNS answer) */
+PyObject *select_route(PyObject *module, PyObject *args) {
+    unsigned int linktype;
+    Py_buffer view;
+    if (!select_bound() || !PyArg_ParseTuple(args, "Iy*", &linktype, &view)) return NULL;
+    int route = route_of(linktype, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(route);
 }
 
 /* Blocks this size keep the copy out of the page cache within the CPU's L2 cache, where the scan
@@ -356,8 +377,8 @@ static Py_ssize_t read_at(int fd, uint8_t *into, Py_ssize_t want, long long offs
  * Reads the classic pcap records of file `fd` from `offset` (a record boundary) block by block
  * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept,
  * the file ends, or (when `stop_at` >= 0) the next record would start at or after `stop_at`.
- * With `split`, each kept record goes to its worker (worker_of), and only workers in the `wanted`
- * bit mask keep theirs. Runs without the GIL: the thread calling it does not hold up the decoder.
+ * With `split`, each kept record goes to its worker (route_of), a DNS answer to both, and only
+ * workers in the `wanted` bit mask keep theirs. Runs without the GIL: the thread calling it does not hold up the decoder.
  * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
  * bytes left over); 3 a corrupt record at the next offset (detail: its length); 4 a read error
  * (detail: errno). */
@@ -398,8 +419,13 @@ PyObject *select_pcap_file(PyObject *module, PyObject *args) {
             if (pos + 16 + (Py_ssize_t)incl > got) break;
             const uint8_t *frame = block + pos + 16;
             if (incl == 0 || keep_frame(linktype, frame, incl)) {  /* empty records: counted by the reader */
-                int worker = split && incl ? worker_of(linktype, frame, incl) : 0;
+                int route = split && incl ? route_of(linktype, frame, incl) : 0, worker = route & 1;
                 if (((wanted >> worker) & 1) && output_add(&outs[worker], block + pos, 16 + incl) < 0) {
+                    state = SELECT_NO_MEMORY;
+                    break;
+                }
+                if ((route & SHARED_ANSWER) && ((wanted >> (worker ^ 1)) & 1) &&
+                    output_add(&outs[worker ^ 1], block + pos, 16 + incl) < 0) {
                     state = SELECT_NO_MEMORY;
                     break;
                 }

@@ -10,6 +10,10 @@ port; equal ports take the parity of both addresses. Tunnels the selector walks 
 Geneve, GRE with ERSPAN, IP-in-IP) are decided by the packet they carry, as the decoder sees it.
 Fragments (reassembled in worker 0), the other tunnels, and what has no TCP or UDP ports in reach
 go to worker 0.
+
+A DNS response with answers (UDP to or from port 53, also inside those tunnels) and a DNS
+server's side of a TCP connection (from port 53) are handed to the other worker as well: its attribution cache learns every answer, as one worker's would, while
+only the owner (its client's worker) makes records, counters and alerts of it.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ _IP_TYPES = (0x0800, 0x86DD)
 _IPV6_SKIPPED = frozenset((0, 43, 60, 135, 139, 140, 51))  # extension headers walked over
 _RAW_IP = (12, 14, 101, 228, 229)
 _ETHERNET = 0x6558  # the kind of an Ethernet frame inside a tunnel
+SHARED_ANSWER = 2  # in a route: a DNS answer both workers learn from
 
 
 def _network_offset(linktype: int, f: bytes) -> int:
@@ -149,9 +154,22 @@ def _ip(f: bytes, n: int, off: int, depth: int) -> int:
     if proto == 17 and (sport in _packet.udp_tunnel_ports or dport in _packet.udp_tunnel_ports):
         kind, at = _udp_tunnel_inner(f, end, pos)
         return _inner(kind, f, end, at, depth)
-    return client_worker(src, dst, sport, dport)
+    worker = client_worker(src, dst, sport, dport)
+    dns = pos + 8
+    if proto == 6:
+        shared = sport == 53  # a DNS server's side of a connection: the other worker reassembles it
+    else:  # a response with a question and answers
+        shared = (sport == 53 or dport == 53) and dns + 12 <= end and f[dns + 2] & 0x80 \
+            and (f[dns + 4] or f[dns + 5]) and (f[dns + 6] or f[dns + 7])
+    return worker | SHARED_ANSWER if shared else worker
+
+
+def route_of_py(linktype: int, frame: bytes) -> int:
+    """The replay worker (0 or 1) that decodes `frame`, plus SHARED_ANSWER when the other worker
+    learns from it too (the compiled selector's route_of)."""
+    return _frame(linktype, frame, 0)
 
 
 def worker_of_py(linktype: int, frame: bytes) -> int:
     """The replay worker (0 or 1) that decodes `frame`."""
-    return _frame(linktype, frame, 0)
+    return _frame(linktype, frame, 0) & 1

@@ -11,7 +11,7 @@ tunnel. Nothing here does I/O or reads a clock: time is the capture's.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
@@ -48,6 +48,8 @@ try:  # a frame to its DNS datagram or its decode tuple in one compiled call (se
 except ImportError:  # built without a C compiler
     _decode_packet = None
 
+# learn_dns(ts, message, counted): a DNS response seen at `ts`, for the attribution cache
+LearnDns = Callable[[float, "dns.DnsMessage", bool], None]
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
 _new_request = positional_constructor(HttpRequest)
@@ -256,6 +258,20 @@ class TrafficDecoder:
         self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
+        self.learn_dns: LearnDns | None = None  # where DNS responses go as they are decoded
+        # One of two replay workers (share): this one's number, and the worker of a frame. The
+        # other worker's DNS answers, handed here too, are only learned from (its TCP from port
+        # 53 through a table of its own); shared_frames and shared_bytes count them.
+        self._worker: int | None = None
+        self._owner_of: Callable[[int, bytes], int] | None = None
+        self._shadow: TrafficDecoder | None = None
+        self.shared_frames = 0
+        self.shared_bytes = 0
+
+    def share(self, worker: int, owner_of: Callable[[int, bytes], int]) -> None:
+        """Decode as replay worker `worker` of two: a DNS packet whose frame is another worker's
+        (`owner_of`) only teaches `learn_dns`, uncounted."""
+        self._worker, self._owner_of = worker, owner_of
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
@@ -263,10 +279,16 @@ class TrafficDecoder:
             found = _decode_packet(linktype, frame)
             if found is not None:
                 if len(found) != 5:
+                    if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._worker is not None \
+                            and self._shared(ts, linktype, frame, found):
+                        return
                     self.feed_decoded(ts, found)
                     return
                 # a DNS datagram, its message parsed: what feed_decoded does with it
                 src, sport, dst, dport, message = found
+                if message.answers and message.is_response and self._worker is not None \
+                        and self._shared(ts, linktype, frame, None, message):
+                    return
                 counts = self._counts
                 counts["dns.messages"] = counts.get("dns.messages", 0) + 1
                 pair = self._pair_dns
@@ -275,6 +297,8 @@ class TrafficDecoder:
                     added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
                 if added:
                     counts["records.dns"] = counts.get("records.dns", 0) + added
+                if message.answers and self.learn_dns is not None and message.is_response:
+                    self.learn_dns(ts, message, True)
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
@@ -282,7 +306,47 @@ class TrafficDecoder:
         else:
             decoded = self.packets.decode(ts, linktype, frame)
         if decoded is not None:
+            if (decoded[3] == _DNS_PORT or decoded[4] == _DNS_PORT) and self._worker is not None \
+                    and self._shared(ts, linktype, frame, decoded):
+                return
             self.feed_decoded(ts, decoded)
+
+    def _shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None,
+                message: dns.DnsMessage | None = None) -> bool:
+        """Whether a DNS packet (`decoded`, or a datagram's parsed `message`) is the other
+        worker's, which sensor.capture.workers shares: a response with answers, or TCP from port
+        53. Then its answers are learned, uncounted, and that is all."""
+        if decoded is not None:
+            proto, payload = decoded[0], decoded[7]
+            if proto == TCP:
+                if decoded[3] != _DNS_PORT:
+                    return False
+            elif proto != UDP or len(payload) < 12 or not payload[2] & 0x80 or payload[6:8] == b"\0\0":
+                return False  # a query, or a response without answers: never shared
+        assert self._owner_of is not None
+        if self._owner_of(linktype, frame) == self._worker:
+            return False
+        self.shared_frames += 1
+        self.shared_bytes += len(frame)
+        if decoded is not None and decoded[0] == TCP:
+            shadow = self._shadow
+            if shadow is None:  # the other worker's DNS streams, reassembled as its owner does
+                shadow = self._shadow = TrafficDecoder(Counters(), self.settings)
+                shadow.learn_dns = self._learn_uncounted
+            shadow.feed_decoded(ts, decoded)
+            shadow.records.clear()
+            return True
+        if message is None:
+            try:
+                message = dns.parse_message(decoded[7])  # type: ignore[index]
+            except dns.DnsError:
+                return True  # its owner counts the error
+        self._learn_uncounted(ts, message, False)
+        return True
+
+    def _learn_uncounted(self, ts: float, message: dns.DnsMessage, counted: bool) -> None:
+        if self.learn_dns is not None and message.answers and message.is_response:
+            self.learn_dns(ts, message, False)
 
     def feed_decoded(self, ts: float, decoded: Decoded) -> None:
         """The rest of `feed`, for a caller that already ran the L2-L4 decode (replay's splitter)."""
@@ -385,6 +449,8 @@ class TrafficDecoder:
             return
         self.counters.add("dns.messages")
         self._add_dns_records(self.dns.on_message(ts, flow, message))
+        if message.answers and self.learn_dns is not None and message.is_response:
+            self.learn_dns(ts, message, True)
 
     def _add_dns_records(self, records: Sequence[Record]) -> None:
         if records:
