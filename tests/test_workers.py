@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.capture import prefilter
-from sensor.capture.workers import SERVICE_PORTS, SHARED_ANSWER, route_of_py, worker_of_py
+from sensor.capture.workers import SERVICE_PORTS, SHARED_ANSWER, client_worker, route_of_py, worker_of_py
 
 if prefilter._select_pcap is None:
     pytest.skip("compiled extension not built", allow_module_level=True)
@@ -199,3 +199,107 @@ def test_the_compiled_route_equals_the_python_one(frame: bytes) -> None:
     """Which worker, and whether the other learns from it too: C and Python alike."""
     assert select_route(1, frame) == route_of_py(1, frame)
     assert select_worker(1, frame) == worker_of_py(1, frame) == route_of_py(1, frame) & 1
+
+
+CLIENT_A, CLIENT_B, RESOLVER = "10.20.0.8", "10.20.0.7", "10.0.0.53"  # B: a PHI host of the other worker
+TRACKERS = {"connect.facebook.net": "203.0.113.50", "www.google-analytics.com": "203.0.113.60"}
+
+
+def _hello_without_sni() -> bytes:
+    """A real ClientHello (OpenSSL's) that names no server."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    engine = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    try:
+        engine.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def _attribution_capture(path) -> None:  # type: ignore[no-untyped-def]
+    """Client A resolves two tracker names, one over UDP and one over TCP; client B, whose
+    packets the other worker decodes, then connects to each address with a hello without SNI."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    packets, clock = [], [1_700_000_000.0]
+
+    def add(packet) -> None:  # type: ignore[no-untyped-def]
+        clock[0] += 0.01
+        packet.time = clock[0]
+        packets.append(Ether() / packet)
+
+    def tcp(client: str, server: str, cport: int, sport: int, client_data: bytes, server_data: bytes) -> None:
+        up, down = IP(src=client, dst=server), IP(src=server, dst=client)
+        add(up / TCP(sport=cport, dport=sport, flags="S", seq=100))
+        add(down / TCP(sport=sport, dport=cport, flags="SA", seq=500, ack=101))
+        add(up / TCP(sport=cport, dport=sport, flags="PA", seq=101, ack=501) / client_data)
+        if server_data:
+            add(down / TCP(sport=sport, dport=cport, flags="PA", seq=501, ack=101 + len(client_data)) / server_data)
+        add(up / TCP(sport=cport, dport=sport, flags="FA", seq=101 + len(client_data), ack=501 + len(server_data)))
+
+    (udp_name, udp_address), (tcp_name, tcp_address) = TRACKERS.items()
+    query = DNS(id=7, rd=1, qd=DNSQR(qname=udp_name))
+    add(IP(src=CLIENT_A, dst=RESOLVER) / UDP(sport=40000, dport=53) / query)
+    add(IP(src=RESOLVER, dst=CLIENT_A) / UDP(sport=53, dport=40000) / DNS(
+        id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=udp_name), an=DNSRR(rrname=udp_name, rdata=udp_address, ttl=300)))
+    over_tcp = DNS(id=8, qr=1, rd=1, ra=1, qd=DNSQR(qname=tcp_name), an=DNSRR(rrname=tcp_name, rdata=tcp_address))
+    asked = bytes(DNS(id=8, rd=1, qd=DNSQR(qname=tcp_name)))
+    tcp(CLIENT_A, RESOLVER, 40001, 53, struct.pack("!H", len(asked)) + asked,
+        struct.pack("!H", len(bytes(over_tcp))) + bytes(over_tcp))
+    for port, address in enumerate((udp_address, tcp_address), 50000):
+        tcp(CLIENT_B, address, port, 443, _hello_without_sni(), b"")
+    wrpcap(str(path), packets)
+
+
+def _replay_two_ways(path, workers: str, pure: bool = False) -> tuple[list[str], dict[str, int]]:  # type: ignore[no-untyped-def]
+    """Sorted alert lines and counters of a replay."""
+    import subprocess
+    import sys
+
+    from sensor.compiled import pure_python_command
+
+    args = ["replay", str(path), "--emit", "alerts", "--output", "-", "--stats", "--workers", workers,
+            "--prefilter", "always"]  # fmt: skip
+    command = pure_python_command(args) if pure else [sys.executable, "-m", "sensor", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    counters = {}
+    for line in result.stderr.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.strip() and value.isdigit():
+            counters[name.strip()] = int(value)
+    return sorted(result.stdout.splitlines()), counters
+
+
+def test_an_address_another_worker_resolved_is_attributed_alike(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """B's hellos without SNI go to addresses only A's DNS named (over UDP and over TCP): with two
+    workers B's worker learned them from the answers it was handed, so the alerts are those of
+    one worker, byte for byte, and nothing of A's DNS is counted twice."""
+    import shutil
+
+    import orjson
+
+    assert client_worker(bytes([10, 20, 0, 8]), bytes([10, 0, 0, 53]), 40000, 53) == 0
+    assert client_worker(bytes([10, 20, 0, 7]), bytes([203, 0, 113, 50]), 50000, 443) == 1
+    path = tmp_path / "attribution.pcap"
+    _attribution_capture(path)
+    one, one_counters = _replay_two_ways(path, "1")
+    attributed = {(doc["source"]["ip"], doc["phi_egress"]["vendor"]["id"]) for doc in map(orjson.loads, one)
+                  if doc["phi_egress"]["source_record"] == "dns-attribution"}
+    assert attributed == {(CLIENT_B, "meta-pixel"), (CLIENT_B, "google-analytics")}
+    two, two_counters = _replay_two_ways(path, "2")
+    assert two_counters["replay.workers"] == 2
+    assert two == one
+    for name in ("dns.messages", "records.dns", "records.tls", "dnscache.stored", "packets.passed_prefilter", "bytes"):
+        assert two_counters[name] == one_counters[name], name
+    if shutil.which("tcpdump"):  # the pure-Python split: tcpdump selects, the parent forwards
+        pure, pure_counters = _replay_two_ways(path, "2", pure=True)
+        assert pure_counters["replay.workers"] == 2 and pure == one
+        assert pure_counters["dns.messages"] == one_counters["dns.messages"]
