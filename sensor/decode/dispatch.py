@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from sensor.capture.workers import SHARED_ANSWER
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
 from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
@@ -259,19 +260,41 @@ class TrafficDecoder:
         self.quic = quic.QuicClientHelloTracker(counters=self.counters)
         self._next_dns_expiry = 0.0
         self.learn_dns: LearnDns | None = None  # where DNS responses go as they are decoded
-        # One of two replay workers (share): this one's number, and the worker of a frame. The
-        # other worker's DNS answers, handed here too, are only learned from (its TCP from port
-        # 53 through a table of its own); shared_frames and shared_bytes count them.
-        self._worker: int | None = None
-        self._owner_of: Callable[[int, bytes], int] | None = None
-        self._shadow: TrafficDecoder | None = None
+        # The other replay worker's DNS answers handed to this one (sensor.capture.workers) are
+        # only learned from: decoded apart (`_side`, its own counters and TCP streams) or, a
+        # datagram already parsed, learned at once. shared_frames and shared_bytes count them.
+        self._side: TrafficDecoder | None = None
         self.shared_frames = 0
         self.shared_bytes = 0
+        # With `share`: the route (sensor.capture.workers.route_of) of a frame and the route
+        # of the other worker's answers, for frames that come without saying whose they are.
+        self._route_of: Callable[[int, bytes], int] | None = None
+        self._shared_route = -1
 
-    def share(self, worker: int, owner_of: Callable[[int, bytes], int]) -> None:
-        """Decode as replay worker `worker` of two: a DNS packet whose frame is another worker's
-        (`owner_of`) only teaches `learn_dns`, uncounted."""
-        self._worker, self._owner_of = worker, owner_of
+    def share(self, worker: int, route_of: Callable[[int, bytes], int]) -> None:
+        """Decode as replay worker `worker` (0 or 1) of a split that hands each worker the other's
+        DNS answers too (the compiled selector's): those `route_of` gives the other worker, with
+        SHARED_ANSWER, go to `feed_shared`."""
+        self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
+
+    def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
+        """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
+        answers teach `learn_dns`, uncounted; no record, counter or tunnel of it stays here."""
+        self.shared_frames += 1
+        self.shared_bytes += len(frame)
+        side = self._side
+        if side is None:
+            side = self._side = TrafficDecoder(Counters(), self.settings)
+            side.learn_dns = self._learn_uncounted
+        if decoded is None:
+            side.feed(ts, linktype, frame)
+        else:
+            side.feed_decoded(ts, decoded)
+        side.records.clear()
+
+    def _learn_uncounted(self, ts: float, message: dns.DnsMessage, counted: bool) -> None:
+        if self.learn_dns is not None:
+            self.learn_dns(ts, message, False)
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
@@ -279,15 +302,19 @@ class TrafficDecoder:
             found = _decode_packet(linktype, frame)
             if found is not None:
                 if len(found) != 5:
-                    if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._worker is not None \
-                            and self._shared(ts, linktype, frame, found):
+                    if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
+                            and self._route_of(linktype, frame) == self._shared_route:
+                        self.feed_shared(ts, linktype, frame, found)
                         return
                     self.feed_decoded(ts, found)
                     return
                 # a DNS datagram, its message parsed: what feed_decoded does with it
                 src, sport, dst, dport, message = found
-                if message.answers and message.is_response and self._worker is not None \
-                        and self._shared(ts, linktype, frame, None, message):
+                if message.answers and message.is_response and self._route_of is not None \
+                        and self._route_of(linktype, frame) == self._shared_route:
+                    self.shared_frames += 1
+                    self.shared_bytes += len(frame)
+                    self._learn_uncounted(ts, message, False)
                     return
                 counts = self._counts
                 counts["dns.messages"] = counts.get("dns.messages", 0) + 1
@@ -302,51 +329,14 @@ class TrafficDecoder:
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
+            if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
+                self.feed_shared(ts, linktype, frame)  # a tunnelled one: its decapsulation not counted here
+                return
             decoded = self.packets.decode_declined(ts, linktype, frame)
         else:
             decoded = self.packets.decode(ts, linktype, frame)
         if decoded is not None:
-            if (decoded[3] == _DNS_PORT or decoded[4] == _DNS_PORT) and self._worker is not None \
-                    and self._shared(ts, linktype, frame, decoded):
-                return
             self.feed_decoded(ts, decoded)
-
-    def _shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None,
-                message: dns.DnsMessage | None = None) -> bool:
-        """Whether a DNS packet (`decoded`, or a datagram's parsed `message`) is the other
-        worker's, which sensor.capture.workers shares: a response with answers, or TCP from port
-        53. Then its answers are learned, uncounted, and that is all."""
-        if decoded is not None:
-            proto, payload = decoded[0], decoded[7]
-            if proto == TCP:
-                if decoded[3] != _DNS_PORT:
-                    return False
-            elif proto != UDP or len(payload) < 12 or not payload[2] & 0x80 or payload[6:8] == b"\0\0":
-                return False  # a query, or a response without answers: never shared
-        assert self._owner_of is not None
-        if self._owner_of(linktype, frame) == self._worker:
-            return False
-        self.shared_frames += 1
-        self.shared_bytes += len(frame)
-        if decoded is not None and decoded[0] == TCP:
-            shadow = self._shadow
-            if shadow is None:  # the other worker's DNS streams, reassembled as its owner does
-                shadow = self._shadow = TrafficDecoder(Counters(), self.settings)
-                shadow.learn_dns = self._learn_uncounted
-            shadow.feed_decoded(ts, decoded)
-            shadow.records.clear()
-            return True
-        if message is None:
-            try:
-                message = dns.parse_message(decoded[7])  # type: ignore[index]
-            except dns.DnsError:
-                return True  # its owner counts the error
-        self._learn_uncounted(ts, message, False)
-        return True
-
-    def _learn_uncounted(self, ts: float, message: dns.DnsMessage, counted: bool) -> None:
-        if self.learn_dns is not None and message.answers and message.is_response:
-            self.learn_dns(ts, message, False)
 
     def feed_decoded(self, ts: float, decoded: Decoded) -> None:
         """The rest of `feed`, for a caller that already ran the L2-L4 decode (replay's splitter)."""

@@ -10,6 +10,7 @@ from sensor.app.replay.plan import should_prefilter
 from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, open_prefilter, route_of
+from sensor.capture.workers import SHARED_ANSWER
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.pipeline import Pipeline
@@ -19,8 +20,9 @@ log = logging.getLogger("phi_sensor")
 PROGRESS_MIN_BYTES = 32 << 20
 # Called with (bytes done, bytes total) while a file is replayed.
 ProgressCallback = Callable[[int, int], None]
-# Takes a packet (timestamp, link type, frame) that another process decodes.
-Forward = Callable[[float, int, bytes], None]
+# Takes a packet (timestamp, link type, frame, shared) that another process decodes (shared:
+# only learns from, another worker's DNS answer).
+Forward = Callable[[float, int, bytes, bool], None]
 
 
 def replay_file(
@@ -59,6 +61,7 @@ def replay_file(
             return [str(exc)]
     feed, drain = pipeline.decoder.feed, pipeline.drain
     decoder = pipeline.decoder
+    feed_shared = decoder.feed_shared
     # a split selector hands this worker the other's DNS answers too: not counted here
     shared_before = (decoder.shared_frames, decoder.shared_bytes)
     try:
@@ -71,9 +74,11 @@ def replay_file(
             else:
                 for ts, linktype, frame in batch:
                     route = route_of(linktype, frame)
-                    if route:  # worker 1's, or a DNS answer both learn from
-                        forward(ts, linktype, frame)
-                        if route == 1:
+                    if route:  # worker 1's, or a DNS answer both learn from (SHARED_ANSWER)
+                        forward(ts, linktype, frame, route == SHARED_ANSWER)
+                        if route != SHARED_ANSWER:
+                            if route & SHARED_ANSWER:
+                                feed_shared(ts, linktype, frame)
                             continue
                     feed(ts, linktype, frame)
                     if decoder.records:

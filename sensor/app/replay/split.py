@@ -14,7 +14,7 @@ import orjson
 
 from sensor.app.replay.files import replay_file
 from sensor.capture.channel import FrameWriter, read_frames
-from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, widen_pipe, worker_of
+from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, route_of, widen_pipe
 from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
@@ -56,7 +56,7 @@ class SplitReplay:
 
             def replay_my_half() -> None:
                 first_file.continue_as(1, in_child=True)
-                self.pipeline.decoder.share(1, worker_of)
+                self.pipeline.decoder.share(1, route_of)
                 for index, path in enumerate(paths):
                     selector = first_file if index == 0 else _split_selector(path, 1)
                     if selector is not None:  # else this process reports nothing: the parent does
@@ -64,7 +64,7 @@ class SplitReplay:
 
             self._run_child(spill, trailer_file, replay_my_half)
         started.continue_as(0, in_child=False)
-        self.pipeline.decoder.share(0, worker_of)
+        self.pipeline.decoder.share(0, route_of)
         first_file = started
         problems = self.replay_each(paths, progress, lambda index, path, reporter: replay_file(
             self.pipeline, path, progress=reporter, prefilter="never",
@@ -91,14 +91,13 @@ class SplitReplay:
 
             def replay_forwarded() -> None:
                 os.close(write_end)
-                self.pipeline.decoder.share(1, worker_of)
+                feed, feed_shared = self.pipeline.feed, self.pipeline.decoder.feed_shared
                 with os.fdopen(read_end, "rb") as packets:
-                    for ts, linktype, frame in read_frames(packets):
-                        self.pipeline.feed(ts, linktype, frame)
+                    for ts, linktype, frame, shared in read_frames(packets):
+                        (feed_shared if shared else feed)(ts, linktype, frame)
 
             self._run_child(spill, trailer_file, replay_forwarded)
         os.close(read_end)
-        self.pipeline.decoder.share(0, worker_of)
         # A small buffer: what it holds back at the end is work the child starts only then.
         channel = FrameWriter(os.fdopen(write_end, "wb", buffering=1 << 16))
         problems: list[str] = []
