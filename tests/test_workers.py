@@ -149,25 +149,36 @@ def test_the_split_survives_any_bytes_alike(frame: bytes, linktype: int) -> None
 
 
 # --- DNS answers both workers learn from ------------------------------------------------------------
-def _dns_header(response: bool, questions: int, answers: int) -> bytes:
-    return struct.pack("!HHHHHH", 0x1234, 0x8180 if response else 0x0100, questions, answers, 0, 0)
+def _dns(response: bool, questions: int, answer_types: tuple[int, ...]) -> bytes:
+    """A DNS message: `questions` questions for example.com, an answer of each type (each name a
+    compression pointer to the first question's, or the root name without a question)."""
+    header = struct.pack("!HHHHHH", 0x1234, 0x8180 if response else 0x0100, questions, len(answer_types), 0, 0)
+    question = b"\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+    owner = b"\xc0\x0c" if questions else b"\x00"
+    rdata = {1: bytes(4), 28: bytes(16), 5: b"\xc0\x0c"}
+    answers = b"".join(owner + struct.pack("!HHIH", kind, 1, 300, len(rdata.get(kind, b"x")))
+                       + rdata.get(kind, b"x") for kind in answer_types)
+    return header + question * questions + answers
 
 
 def test_a_dns_answer_goes_to_its_client_and_is_shared() -> None:
-    """A response with answers (UDP, from or to port 53, also tunnelled) and a DNS server's side of
-    a TCP connection are shared; queries, empty responses and a client's TCP to port 53 are not."""
+    """A response that answers an address (UDP, from or to port 53, also tunnelled) and a DNS
+    server's side of a TCP connection are shared; queries, responses without an address, cut
+    short, or on other ports, and a client's TCP to port 53 are not."""
     for client, worker in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
-        answer = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000, _dns_header(True, 1, 2))))
-        assert both(1, answer) == worker and route(1, answer) == worker | SHARED_ANSWER
-        assert route(1, _vxlan(answer)) == worker | SHARED_ANSWER
-        for unshared in (_udp(53, 40000, _dns_header(True, 1, 0)), _udp(53, 40000, _dns_header(True, 0, 1)),
-                         _udp(53, 40000, _dns_header(False, 1, 1)), _udp(53, 40000, _dns_header(True, 1, 1)[:11]),
-                         _udp(5353, 5353, _dns_header(True, 1, 1)), _udp(443, 40000, _dns_header(True, 1, 1))):
-            assert route(1, _ether(_ip4("10.0.0.53", client, 17, unshared))) == both(1, _ether(_ip4(
-                "10.0.0.53", client, 17, unshared)))
+        for answer in (_dns(True, 1, (1,)), _dns(True, 1, (5, 28)), _dns(True, 2, (65, 5, 1))):
+            frame = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000, answer)))
+            assert both(1, frame) == worker and route(1, frame) == worker | SHARED_ANSWER
+            assert route(1, _vxlan(frame)) == route(1, _erspan2(frame)) == worker | SHARED_ANSWER
+            assert route(1, _ether(_ip4(client, "10.0.0.53", 17, _udp(53, 53, answer)))) & SHARED_ANSWER
+        for unshared in (_udp(53, 40000, _dns(True, 1, ())), _udp(53, 40000, _dns(True, 0, (1,))),
+                         _udp(53, 40000, _dns(False, 1, (1,))), _udp(53, 40000, _dns(True, 1, (5, 65))),
+                         _udp(53, 40000, _dns(True, 1, (1,))[:-15]), _udp(5353, 5353, _dns(True, 1, (1,))),
+                         _udp(443, 40000, _dns(True, 1, (1,)))):
+            assert not route(1, _ether(_ip4("10.0.0.53", client, 17, unshared))) & SHARED_ANSWER
         assert route(1, _ether(_ip4("10.0.0.53", client, 6, _tcp(53, 40000)))) == worker | SHARED_ANSWER
         assert route(1, _ether(_ip4(client, "10.0.0.53", 6, _tcp(40000, 53)))) == worker
-    fragment = _ether(_ip4("10.0.0.53", CLIENT_ODD, 17, _udp(53, 40000, _dns_header(True, 1, 1)), frag=0x2000))
+    fragment = _ether(_ip4("10.0.0.53", CLIENT_ODD, 17, _udp(53, 40000, _dns(True, 1, (1,))), frag=0x2000))
     assert route(1, fragment) == 0  # reassembled in worker 0, which alone learns from it
 
 
@@ -180,14 +191,20 @@ def route(linktype: int, frame: bytes) -> int:
 
 @st.composite
 def dns_frames(draw: st.DrawFn) -> bytes:
-    """frames() whose UDP and TCP payloads are DNS headers of every kind, often on port 53."""
-    header = _dns_header(draw(st.booleans()), draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    payload = header[: draw(st.sampled_from([0, 3, 11, 12, 12]))]
+    """UDP and TCP packets, often on port 53, carrying DNS messages of every kind, some cut short
+    or with a name cut open, bare or tunnelled."""
+    message = _dns(draw(st.booleans()), draw(st.integers(0, 2)),
+                   tuple(draw(st.lists(st.sampled_from([1, 28, 5, 65, 16]), max_size=3))))
+    if draw(st.booleans()):
+        message = message[: draw(st.integers(0, len(message)))]
+    elif draw(st.booleans()):  # a label length that runs off, or an extended label type
+        at = draw(st.integers(12, max(12, len(message) - 1)))
+        message = message[:at] + bytes([draw(st.sampled_from([0x3F, 0x40, 0x80, 0xC0]))]) + message[at + 1:]
     address = st.sampled_from([CLIENT_ODD, CLIENT_EVEN, SERVER, "10.0.0.53"])
     port = st.sampled_from([53, 53, 5353, 443, 40000, 50001])
     sport, dport = draw(port), draw(port)
     proto = draw(st.sampled_from([6, 17]))
-    l4 = _udp(sport, dport, payload) if proto == 17 else _tcp(sport, dport) + payload
+    l4 = _udp(sport, dport, message) if proto == 17 else _tcp(sport, dport) + message
     frame = _ether(_ip4(draw(address), draw(address), proto, l4))
     wrap = draw(st.sampled_from([None, _vxlan, _erspan2]))
     return frame if wrap is None else wrap(frame)

@@ -264,6 +264,40 @@ static int worker_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_
 
 static int service_port(unsigned port) { return port_in(service_port_bits, port); }
 
+/* The end of the DNS name at `pos` (a compression pointer ends it), or -1 past `end`. */
+static Py_ssize_t skip_name(const uint8_t *f, Py_ssize_t pos, Py_ssize_t end) {
+    while (pos < end) {
+        unsigned length = f[pos];
+        if (length == 0) return pos + 1;
+        if ((length & 0xC0) == 0xC0) return pos + 2 <= end ? pos + 2 : -1;
+        if (length & 0xC0) return -1;
+        pos += 1 + length;
+    }
+    return -1;
+}
+
+/* Whether the DNS message at f[at..end) is a response with a question whose answer section holds
+ * an address (A or AAAA) before anything cut short: what an attribution cache learns from. */
+static int answers_address(const uint8_t *f, Py_ssize_t at, Py_ssize_t end) {
+    if (at + 12 > end || !(f[at + 2] & 0x80)) return 0;
+    unsigned questions = get16(f + at + 4), answers = get16(f + at + 6);
+    if (!questions || !answers) return 0;
+    Py_ssize_t pos = at + 12;
+    for (unsigned i = 0; i < questions + answers; i++) {
+        pos = skip_name(f, pos, end);
+        if (pos < 0) return 0;
+        if (i < questions) {
+            pos += 4;
+            continue;
+        }
+        if (pos + 10 > end) return 0;
+        unsigned type = get16(f + pos);
+        if (type == 1 || type == 28) return 1;
+        pos += 10 + get16(f + pos + 8);
+    }
+    return 0;
+}
+
 static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) {
     Py_ssize_t pos, end;
     const uint8_t *src, *dst;
@@ -320,12 +354,9 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
     if (source_serves != destination_serves) worker = (source_serves ? dst : src)[3] & 1;
     else if (sport != dport) worker = (sport > dport ? src : dst)[3] & 1;
     else worker = (src[3] ^ dst[3]) & 1;
-    /* a DNS response with a question and answers (the decoder takes UDP to or from port 53 as
-     * DNS), or a DNS server's side of a TCP connection (the other worker reassembles it) */
-    Py_ssize_t dns = pos + 8;
-    if (proto == TCP ? sport == 53
-                     : (sport == 53 || dport == 53) && dns + 12 <= end && (f[dns + 2] & 0x80) &&
-                           get16(f + dns + 4) && get16(f + dns + 6))
+    /* a DNS response that answers an address (the decoder takes UDP to or from port 53 as DNS),
+     * or a DNS server's side of a TCP connection (the other worker reassembles it) */
+    if (proto == TCP ? sport == 53 : (sport == 53 || dport == 53) && answers_address(f, pos + 8, end))
         worker |= SHARED_ANSWER;
     return worker;
 }

@@ -11,8 +11,8 @@ Geneve, GRE with ERSPAN, IP-in-IP) are decided by the packet they carry, as the 
 Fragments (reassembled in worker 0), the other tunnels, and what has no TCP or UDP ports in reach
 go to worker 0.
 
-A DNS response with answers (UDP to or from port 53, also inside those tunnels) and a DNS
-server's side of a TCP connection (from port 53) are handed to the other worker as well: its attribution cache learns every answer, as one worker's would, while
+A DNS response that answers an address (UDP to or from port 53, also inside those tunnels) and
+a DNS server's side of a TCP connection (from port 53) are handed to the other worker as well: its attribution cache learns every answer, as one worker's would, while
 only the owner (its client's worker) makes records, counters and alerts of it.
 """
 from __future__ import annotations
@@ -155,13 +155,49 @@ def _ip(f: bytes, n: int, off: int, depth: int) -> int:
         kind, at = _udp_tunnel_inner(f, end, pos)
         return _inner(kind, f, end, at, depth)
     worker = client_worker(src, dst, sport, dport)
-    dns = pos + 8
     if proto == 6:
         shared = sport == 53  # a DNS server's side of a connection: the other worker reassembles it
-    else:  # a response with a question and answers
-        shared = (sport == 53 or dport == 53) and dns + 12 <= end and f[dns + 2] & 0x80 \
-            and (f[dns + 4] or f[dns + 5]) and (f[dns + 6] or f[dns + 7])
+    else:
+        shared = (sport == 53 or dport == 53) and _answers_address(f, pos + 8, end)
     return worker | SHARED_ANSWER if shared else worker
+
+
+def _skip_name(f: bytes, pos: int, end: int) -> int:
+    """The end of the DNS name at `pos` (a compression pointer ends it), or -1 past `end`."""
+    while pos < end:
+        length = f[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= end else -1
+        if length & 0xC0:
+            return -1
+        pos += 1 + length
+    return -1
+
+
+def _answers_address(f: bytes, at: int, end: int) -> bool:
+    """Whether the DNS message at f[at:end] is a response with a question whose answer section
+    holds an address (A or AAAA) before anything cut short: what an attribution cache learns from."""
+    if at + 12 > end or not f[at + 2] & 0x80:
+        return False
+    questions, answers = (f[at + 4] << 8) | f[at + 5], (f[at + 6] << 8) | f[at + 7]
+    if not questions or not answers:
+        return False
+    pos = at + 12
+    for index in range(questions + answers):
+        pos = _skip_name(f, pos, end)
+        if pos < 0:
+            return False
+        if index < questions:
+            pos += 4
+            continue
+        if pos + 10 > end:
+            return False
+        if ((f[pos] << 8) | f[pos + 1]) in (1, 28):
+            return True
+        pos += 10 + ((f[pos + 8] << 8) | f[pos + 9])
+    return False
 
 
 def route_of_py(linktype: int, frame: bytes) -> int:
