@@ -200,9 +200,10 @@ class CompiledPrefilter:
     file offset.
 
     With `split`, it selects for the two replay workers at once: worker 0's packets and worker 1's
-    (see `worker_of` in sensor/_fast/select.c) go to two streams. `fork()` forks the process while the selection
-    is consistent; then each process calls `continue_as(its worker)` and reads only its stream,
-    the child with a thread of its own from where the parent's had got.
+    (see `route_of` in sensor/_fast/select.c) go to two streams, DNS answers to both. `fork()`
+    forks the process while the selection is consistent; then each process calls
+    `continue_as(its worker)` and reads only its stream, the child with a thread of its own from
+    where the parent's had got.
     """
 
     def __init__(self, path: Path, split: bool = False, only: int | None = None) -> None:

@@ -12,8 +12,9 @@ Fragments (reassembled in worker 0), the other tunnels, and what has no TCP or U
 go to worker 0.
 
 A DNS response that answers an address (UDP to or from port 53, also inside those tunnels) and
-a DNS server's side of a TCP connection (from port 53) are handed to the other worker as well: its attribution cache learns every answer, as one worker's would, while
-only the owner (its client's worker) makes records, counters and alerts of it.
+a DNS server's side of a TCP connection (from port 53) are handed to the other worker as well:
+its attribution cache learns every answer, as one worker's would, while only the owner (its
+client's worker) makes records, counters and alerts of it.
 """
 from __future__ import annotations
 

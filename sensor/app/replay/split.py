@@ -40,8 +40,9 @@ class SplitReplay:
         """Fork after start-up; each process decodes its half of the clients (worker 1's in the
         child, sensor.capture.workers), which the compiled selector hands it straight from each file, so a host's
         flows, DNS and alert windows stay in one process and nothing passes between the two
-        until the end. Both are handed every DNS answer, to learn from. The child spills its documents to a file this process ships afterwards,
-        and its counters to another."""
+        until the end but every DNS answer, which both are handed to learn from. The child
+        spills its documents to a file this process ships afterwards, and its counters to
+        another."""
         if not (isinstance(started, CompiledPrefilter) and started.split):
             if started is not None:
                 started.close()
