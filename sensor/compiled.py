@@ -37,6 +37,7 @@ TWINS: dict[str, str] = {
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
     "select_route": "sensor.capture.workers:route_of_py",
+    "dns_learn": "sensor.enrich.dnscache:DnsCache._learn_py",
 }
 
 # compiled binder -> the Python home of what it is given

@@ -1,6 +1,9 @@
 """DNS attribution cache: CNAME chains, TTL bounds, caps."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sensor.decode.dns import DnsMessage
 from sensor.enrich.dnscache import MIN_TTL, DnsCache
 from sensor.records import DnsAnswer
@@ -58,3 +61,28 @@ def test_a_response_teaches_each_question_and_counts_only_where_owned() -> None:
     copy.learn(100.0, message, counted=False)
     assert list(owned._entries.items()) == list(copy._entries.items()) == [("192.0.2.1", (400.0, ("b.example",)))]
     assert owned.counters.get("dnscache.stored") == 2 and copy.counters.get("dnscache.stored") == 0
+
+
+_names = st.sampled_from(["a.example", "B.Example", "c.example.", "x.TRACKER.net", "é.example"])
+_answers = st.lists(st.one_of(
+    st.builds(DnsAnswer, _names, st.sampled_from(["A", "AAAA"]),
+              st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"]),
+              st.one_of(st.integers(0, 200_000), st.just(2**80))),
+    st.builds(DnsAnswer, _names, st.sampled_from(["CNAME", "HTTPS", "TXT"]), _names, st.integers(0, 100)),
+), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(_names, max_size=3), _answers, st.floats(0, 2e9), st.booleans()), max_size=8))
+def test_the_compiled_learning_equals_the_python_one(responses) -> None:  # type: ignore[no-untyped-def]
+    """DnsCache.learn (through the compiled dns_learn for answers without a CNAME) stores what
+    _learn_py stores, in the same order, over caches that already hold some of the addresses."""
+    compiled, python = DnsCache(), DnsCache()
+    for names, answers, ts, response in responses:
+        message = DnsMessage(1, response, 0, "NOERROR", tuple((name, "A") for name in names), tuple(answers))
+        compiled.learn(ts, message)
+        stored = python._learn_py(ts, message)
+        if stored:
+            python.counters.add("dnscache.stored", stored)
+        assert list(compiled._entries.items()) == list(python._entries.items())
+    assert compiled.counters.get("dnscache.stored") == python.counters.get("dnscache.stored")

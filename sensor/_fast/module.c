@@ -56,6 +56,9 @@ static PyMethodDef methods[] = {
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
     {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
+    {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
+     "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"
+     " the Python code store them"},
     {"dns_pair", (PyCFunction)(void (*)(void))dns_pair, METH_FASTCALL,
      "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None to let"
      " the Python code pair the message"},

@@ -19,6 +19,11 @@ from sensor.records import Counters, DnsAnswer
 if TYPE_CHECKING:
     from sensor.decode.dns import DnsMessage
 
+try:  # the common responses (addresses, no CNAME) stored in one compiled call; DnsCache._learn_py is the reference
+    from sensor._fast import dns_learn as _learn_fast
+except ImportError:  # built without a C compiler
+    _learn_fast = None
+
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
 
@@ -29,19 +34,45 @@ class DnsCache:
         self.counters = counters if counters is not None else Counters()
         # address -> (expiry, names in chain order)
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        self._move_to_end = self._entries.move_to_end
 
     def learn(self, ts: float, message: DnsMessage, counted: bool = True) -> None:
         """Store what a DNS response seen at `ts` answers, for each of its questions in turn (as
         the record of each would). `counted`: False for a response another replay worker counts."""
+        stored = None
+        if _learn_fast is not None:
+            stored = _learn_fast(self._entries, self._move_to_end, ts, message, MIN_TTL, MAX_TTL)
+        if stored is None:
+            stored = self._learn_py(ts, message)
+        if stored:
+            self._stored(stored, counted)
+
+    def _learn_py(self, ts: float, message: DnsMessage) -> int:
+        """learn's stores, in Python: the reference of the compiled dns_learn. How many."""
         answers = message.answers
-        if answers and message.is_response:
-            for name, _qtype in message.questions:
-                self.observe(ts, name, answers, counted)
+        if not answers or not message.is_response:
+            return 0
+        return sum(self._store_py(ts, name, answers) for name, _qtype in message.questions)
 
     def observe(self, ts: float, name: str, answers: Sequence[DnsAnswer], counted: bool = True) -> None:
         """Store the addresses `answers` give for the question `name`, as of `ts`."""
-        if not answers:
-            return
+        stored = self._store_py(ts, name, answers)
+        if stored:
+            self._stored(stored, counted)
+
+    def _stored(self, stored: int, counted: bool) -> None:
+        """After `stored` addresses were stored: the oldest let go past the cap, both counted."""
+        entries, evicted = self._entries, 0
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+            evicted += 1
+        if counted:
+            self.counters.add("dnscache.stored", stored)
+            if evicted:
+                self.counters.add("dnscache.evicted", evicted)
+
+    def _store_py(self, ts: float, name: str, answers: Sequence[DnsAnswer]) -> int:
+        """Store the addresses of `answers`, each moved to the end; how many."""
         # Without CNAMEs every address record is attributed to the name asked for; at the first
         # CNAME the chains are followed and every address stored again (in the same order) with
         # the chain that leads to it.
@@ -62,15 +93,7 @@ class DnsCache:
                     chain = _chain(answers, asked)
                     break
             else:
-                break
-        evicted = 0
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
-            evicted += 1
-        if counted and stored:
-            self.counters.add("dnscache.stored", stored)
-            if evicted:
-                self.counters.add("dnscache.evicted", evicted)
+                return stored
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""
