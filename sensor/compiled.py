@@ -36,6 +36,8 @@ TWINS: dict[str, str] = {
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
+    "select_route": "sensor.capture.workers:route_of_py",
+    "dns_learn": "sensor.enrich.dnscache:DnsCache._learn_py",
 }
 
 # compiled binder -> the Python home of what it is given
@@ -54,7 +56,7 @@ BINDERS: dict[str, str] = {
 # compiled entry points held equal to an outside tool rather than to Python code -> how
 HELD_BY_TOOLS: dict[str, str] = {
     # tcpdump -r FILE -w - with sensor.capture.bpf.default_filter, then the replay's worker split
-    # (select_worker, sensor.capture.workers.worker_of_py)
+    # (select_route, sensor.capture.workers.route_of_py: DNS answers to both workers)
     "select_pcap_file": "sensor.capture.bpf:default_filter",
     # the record boundaries a walk from the file header finds (tests/test_prefilter.py)
     "pcap_resync": "sensor.capture.pcap:pcap_records_py",

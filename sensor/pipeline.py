@@ -43,6 +43,7 @@ class Pipeline:
         self._sinks = sinks
         self._event_builder = event_builder
         self._detector = detector
+        self._bind_dns_learning()
         self._line_writers: list[Callable[[bytes], object]] | None = None
         self._line_writers_known = False
         self.alerts = AlertTally()  # what the end-of-run summary and --fail-on need
@@ -74,6 +75,13 @@ class Pipeline:
     def detector(self, detector: Detector | None) -> None:
         self._detector = detector
         self._line_writers_known = False
+        self._bind_dns_learning()
+
+    def _bind_dns_learning(self) -> None:
+        """DNS responses teach the detector's attribution cache as they are decoded (also those
+        of the other replay worker's clients: sensor.capture.workers)."""
+        cache = getattr(self._detector, "dns_cache", None)  # (a detector may keep none)
+        self.decoder.learn_dns = cache.learn if cache is not None else None
 
     def _find_line_writers(self) -> list[Callable[[bytes], object]] | None:
         """The outputs' line writers when events can go out as JSON lines written without a dict:

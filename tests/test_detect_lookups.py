@@ -227,7 +227,7 @@ def test_the_dns_cache_stores_what_the_plain_way_stores(queries) -> None:
     for offset, (asked, answers) in enumerate(queries):
         query = DnsQuery(T0 + offset, Flow("10.0.0.2", 5353, "10.0.0.53", 53, "udp"), 1, asked, "A", True, "NOERROR",
                          tuple(answers))
-        cache.observe(query)
+        cache.observe(query.ts, query.name, query.answers)
         stored += _observe_plainly(plain, query)
     assert list(cache._entries.items()) == list(plain.items())
     assert cache.counters.get("dnscache.stored") == stored

@@ -1,19 +1,22 @@
 """DNS attribution cache: CNAME chains, TTL bounds, caps."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.decode.dns import DnsMessage
 from sensor.enrich.dnscache import MIN_TTL, DnsCache
-from sensor.records import DnsAnswer, DnsQuery, Flow
-
-FLOW = Flow("10.20.0.5", 50000, "10.0.0.53", 53, "udp")
+from sensor.records import DnsAnswer
 
 
-def query(name: str, answers: list[DnsAnswer], ts: float = 100.0) -> DnsQuery:
-    return DnsQuery(ts, FLOW, 1, name, "A", True, "NOERROR", tuple(answers))
+def query(name: str, answers: list[DnsAnswer], ts: float = 100.0) -> tuple[float, DnsMessage]:
+    """A response seen at `ts`, as DnsCache.learn takes it."""
+    return ts, DnsMessage(1, True, 0, "NOERROR", ((name, "A"),), tuple(answers))
 
 
 def test_cname_chain_is_kept_in_order_even_when_answers_are_shuffled() -> None:
     cache = DnsCache()
-    cache.observe(query("metrics.hospital.org", [
+    cache.learn(*query("metrics.hospital.org", [
         DnsAnswer("edge.sc.omtrdc.net", "A", "203.0.113.7", 300),
         DnsAnswer("hospital.sc.omtrdc.net", "CNAME", "edge.sc.omtrdc.net", 300),
         DnsAnswer("metrics.hospital.org", "CNAME", "hospital.sc.omtrdc.net", 300),
@@ -25,7 +28,7 @@ def test_cname_chain_is_kept_in_order_even_when_answers_are_shuffled() -> None:
 
 def test_entries_expire_after_ttl_with_a_floor() -> None:
     cache = DnsCache()
-    cache.observe(query("api.mixpanel.com", [DnsAnswer("api.mixpanel.com", "A", "192.0.2.9", 5)]))
+    cache.learn(*query("api.mixpanel.com", [DnsAnswer("api.mixpanel.com", "A", "192.0.2.9", 5)]))
     assert cache.names_for("192.0.2.9", 100.0 + MIN_TTL - 1) == ("api.mixpanel.com",)
     assert cache.names_for("192.0.2.9", 100.0 + MIN_TTL + 1) == ()
     assert cache.counters.get("dnscache.expired") == 1
@@ -34,7 +37,7 @@ def test_entries_expire_after_ttl_with_a_floor() -> None:
 def test_cap_evicts_least_recently_used() -> None:
     cache = DnsCache(max_entries=2)
     for i in range(3):
-        cache.observe(query(f"h{i}.example", [DnsAnswer(f"h{i}.example", "A", f"192.0.2.{i}", 300)]))
+        cache.learn(*query(f"h{i}.example", [DnsAnswer(f"h{i}.example", "A", f"192.0.2.{i}", 300)]))
     assert len(cache) == 2
     assert cache.names_for("192.0.2.0", 101.0) == ()
     assert cache.counters.get("dnscache.evicted") == 1
@@ -42,5 +45,44 @@ def test_cap_evicts_least_recently_used() -> None:
 
 def test_unanswered_queries_store_nothing() -> None:
     cache = DnsCache()
-    cache.observe(DnsQuery(1.0, FLOW, 1, "x.example", "A"))
+    cache.learn(*query("x.example", []))
+    answer = DnsAnswer("x.example", "A", "192.0.2.1", 300)
+    cache.learn(1.0, DnsMessage(1, False, 0, "NOERROR", (("x.example", "A"),), (answer,)))  # not a response
     assert len(cache) == 0
+
+
+def test_a_response_teaches_each_question_and_counts_only_where_owned() -> None:
+    """Each question stores the answers as its record would; a copy another replay worker owns
+    (counted=False) stores the same entries without counting them."""
+    answers = (DnsAnswer("b.example", "A", "192.0.2.1", 300),)
+    message = DnsMessage(1, True, 0, "NOERROR", (("A.example", "A"), ("b.example", "A")), answers)
+    owned, copy = DnsCache(), DnsCache()
+    owned.learn(100.0, message)
+    copy.learn(100.0, message, counted=False)
+    assert list(owned._entries.items()) == list(copy._entries.items()) == [("192.0.2.1", (400.0, ("b.example",)))]
+    assert owned.counters.get("dnscache.stored") == 2 and copy.counters.get("dnscache.stored") == 0
+
+
+_names = st.sampled_from(["a.example", "B.Example", "c.example.", "x.TRACKER.net", "é.example"])
+_answers = st.lists(st.one_of(
+    st.builds(DnsAnswer, _names, st.sampled_from(["A", "AAAA"]),
+              st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"]),
+              st.one_of(st.integers(0, 200_000), st.just(2**80))),
+    st.builds(DnsAnswer, _names, st.sampled_from(["CNAME", "HTTPS", "TXT"]), _names, st.integers(0, 100)),
+), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(_names, max_size=3), _answers, st.floats(0, 2e9), st.booleans()), max_size=8))
+def test_the_compiled_learning_equals_the_python_one(responses) -> None:  # type: ignore[no-untyped-def]
+    """DnsCache.learn (through the compiled dns_learn for answers without a CNAME) stores what
+    _learn_py stores, in the same order, over caches that already hold some of the addresses."""
+    compiled, python = DnsCache(), DnsCache()
+    for names, answers, ts, response in responses:
+        message = DnsMessage(1, response, 0, "NOERROR", tuple((name, "A") for name in names), tuple(answers))
+        compiled.learn(ts, message)
+        stored = python._learn_py(ts, message)
+        if stored:
+            python.counters.add("dnscache.stored", stored)
+        assert list(compiled._entries.items()) == list(python._entries.items())
+    assert compiled.counters.get("dnscache.stored") == python.counters.get("dnscache.stored")

@@ -22,7 +22,7 @@ from sensor.app.replay.plan import should_prefilter, start_early
 from sensor.capture.bpf import default_filter
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import CompiledPrefilter, Prefilter, capture_linktype, is_plain_pcap, open_prefilter
-from sensor.capture.workers import worker_of_py
+from sensor.capture.workers import SHARED_ANSWER, route_of_py
 
 REPO_CONFIG = REPO / "deploy" / "config" / "sensor.example.yaml"
 
@@ -240,6 +240,9 @@ def _ip_frame(draw: st.DrawFn) -> bytes:
         b"", b"\x16\x03\x01\x02\x00\x01", b"\x16\x03\x03\x00\x10\x02", b"\x17\x03\x03", b"\x15\x03", b"\x14\x03",
         b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"GE", b"\xc0\x00\x00\x00\x01", b"\xd0\x6b\x33\x43\xcf",
         b"\xc0\x00\x00\x00\x02",
+        # DNS headers: a response with a question and an answer (shared by the split), one
+        # without answers, a query
+        b"\x12\x34\x81\x80\x00\x01\x00\x01", b"\x12\x34\x81\x80\x00\x01\x00\x00", b"\x12\x34\x01\x00\x00\x01\x00\x00",
     ]))
     size = draw(st.sampled_from([0, 1, 3, 5, 6, 20, 998, 999, 1000, 1001, 1400]))
     payload = (prefix + bytes(max(0, size - len(prefix))))[: max(size, len(prefix) if size else 0)]
@@ -400,6 +403,17 @@ def test_compiled_selector_reads_records_larger_than_its_block(tmp_path: Path) -
     assert reader.errors == [f"{cut}: {complaint}"]
 
 
+def _python_split(linktype: int, frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Each frame in its worker's stream, and a shared DNS answer in the other's too."""
+    expected: tuple[list[bytes], list[bytes]] = ([], [])
+    for frame in frames:
+        route = route_of_py(linktype, frame)
+        expected[route & 1].append(frame)
+        if route & SHARED_ANSWER:
+            expected[(route & 1) ^ 1].append(frame)
+    return expected
+
+
 def _split_streams(path: Path) -> tuple[list[bytes], list[bytes]]:
     selector = CompiledPrefilter(path, split=True)
     streams = []
@@ -416,11 +430,7 @@ def test_split_selection_gives_each_worker_its_clients(path: Path) -> None:
     everything, complaint = _compiled_bytes(path)
     assert complaint is None
     linktype = capture_linktype(path)
-    first, second = _split_streams(path)
-    expected: tuple[list[bytes], list[bytes]] = ([], [])
-    for frame in _frames(everything):
-        expected[worker_of_py(linktype, frame)].append(frame)
-    assert (first, second) == expected
+    assert _split_streams(path) == _python_split(linktype, _frames(everything))
 
 
 @needs_selector
@@ -433,11 +443,7 @@ def test_split_selection_agrees_with_the_python_split_on_generated_frames(
     path = tmp_path / "generated.pcap"
     _write_pcap(path, linktype, frames)
     everything, _ = _compiled_bytes(path)
-    first, second = _split_streams(path)
-    expected: tuple[list[bytes], list[bytes]] = ([], [])
-    for frame in _frames(everything):
-        expected[worker_of_py(linktype, frame)].append(frame)
-    assert (first, second) == expected
+    assert _split_streams(path) == _python_split(linktype, _frames(everything))
 
 
 def _many_packets_capture(path: Path, copies: int) -> None:

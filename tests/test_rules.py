@@ -171,10 +171,18 @@ def by_rule(docs: list[dict]) -> dict[str, dict]:
     return {doc["rule"]["id"]: doc for doc in docs}
 
 
+def see(engine: DetectionEngine, record: Record) -> list[dict]:
+    """A record as the pipeline hands it over: a lookup's answers teach the DNS cache (the
+    decoder hands it the response) before the engine sees the lookup."""
+    if isinstance(record, DnsQuery) and record.answers:
+        engine.dns_cache.observe(record.ts, record.name, record.answers)
+    return engine.on_record(record)
+
+
 def run(engine: DetectionEngine, *records: Record) -> list[dict]:
     docs: list[dict] = []
     for record in records:
-        docs.extend(engine.on_record(record))
+        docs.extend(see(engine, record))
     return docs + engine.finish()
 
 
@@ -535,7 +543,7 @@ def test_ech_cover_name_with_dns_for_an_ordinary_site_raises_nothing(catalog) ->
 def test_ech_cover_name_in_front_of_a_tracker_is_attributed_through_dns(catalog) -> None:
     engine = make_engine(catalog)
     # The lookup comes from a host outside the inventory, so only the hello can alert.
-    engine.on_record(dns("www.google-analytics.com", src=OUTSIDE,
+    see(engine, dns("www.google-analytics.com", src=OUTSIDE,
                          answers=(a_record("www.google-analytics.com", TRACKER_IP),)))
     docs = engine.on_record(hello("cloudflare-ech.com", T0 + 1, ech=True))
     assert len(docs) == 1
@@ -549,7 +557,7 @@ def test_ech_cover_name_in_front_of_a_tracker_is_attributed_through_dns(catalog)
 
 def test_grease_ech_with_the_real_tracker_name_alerts(catalog) -> None:
     engine = make_engine(catalog)
-    engine.on_record(dns("www.google-analytics.com", src=OUTSIDE,
+    see(engine, dns("www.google-analytics.com", src=OUTSIDE,
                          answers=(a_record("www.google-analytics.com", TRACKER_IP),)))
     docs = engine.on_record(hello("www.google-analytics.com", T0 + 1, ech=True))
     assert [(d["rule"]["id"], d["phi_egress"]["source_record"], d["phi_egress"]["severity"]) for d in docs] == [
@@ -561,8 +569,7 @@ def test_grease_ech_with_the_real_tracker_name_alerts(catalog) -> None:
 
 def test_hello_without_sni_is_attributed_to_the_tracker_dns_named(catalog) -> None:
     engine = make_engine(catalog)
-    lookup = engine.on_record(
-        dns("connect.facebook.net", answers=(a_record("connect.facebook.net", TRACKER_IP),))
+    lookup = see(engine, dns("connect.facebook.net", answers=(a_record("connect.facebook.net", TRACKER_IP),))
     )
     docs = engine.on_record(hello(None, T0 + 2))
     assert [doc["phi_egress"]["source_record"] for doc in lookup] == ["dns"]
@@ -583,7 +590,7 @@ def test_attribution_follows_a_cname_chain_from_a_first_party_alias(catalog) -> 
         a_record("example-hospital.sc.omtrdc.net", TRACKER_IP),
     )
     # The alias itself names no vendor: the lookup raises nothing on its own.
-    assert engine.on_record(dns("metrics.example-hospital.org", answers=answers)) == []
+    assert see(engine, dns("metrics.example-hospital.org", answers=answers)) == []
     docs = engine.on_record(hello(None, T0 + 5))
     assert len(docs) == 1
     pe = docs[0]["phi_egress"]
@@ -595,17 +602,17 @@ def test_attribution_follows_a_cname_chain_from_a_first_party_alias(catalog) -> 
 def test_attribution_ends_with_the_ttl(catalog) -> None:
     lookup = dns("connect.facebook.net", src=OUTSIDE, answers=(a_record("connect.facebook.net", TRACKER_IP, 300),))
     engine = make_engine(catalog)
-    engine.on_record(lookup)
+    see(engine, lookup)
     assert engine.on_record(hello(None, T0 + 299)) != []
     fresh = make_engine(catalog)
-    fresh.on_record(lookup)
+    see(fresh, lookup)
     assert run(fresh, hello(None, T0 + 301)) == []
     assert fresh.counters.get("dnscache.expired") == 1
 
 
 def test_http_without_host_is_attributed_through_dns(catalog) -> None:
     engine = make_engine(catalog)
-    engine.on_record(dns("connect.facebook.net", src=OUTSIDE, answers=(a_record("connect.facebook.net", TRACKER_IP),)))
+    see(engine, dns("connect.facebook.net", src=OUTSIDE, answers=(a_record("connect.facebook.net", TRACKER_IP),)))
     docs = engine.on_record(http(None, "/signals/config/1234567890", T0 + 1))
     assert [(d["rule"]["id"], d["phi_egress"]["source_record"], d["phi_egress"]["severity"]) for d in docs] == [
         ("tracker-egress-no-baa", "http", "high")

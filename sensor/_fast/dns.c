@@ -513,3 +513,137 @@ done:
     Py_XDECREF(key);
     return result;
 }
+
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.enrich.dnscache.DnsCache._store_py for the common answers: addresses without a CNAME.
+ */
+
+/* The kind of an answer's type name: 1 an address (A, AAAA), 2 CNAME, 0 anything else, -1 not a str. */
+static int answer_kind(PyObject *type) {
+    if (!PyUnicode_Check(type) || !PyUnicode_IS_ASCII(type)) return -1;
+    const char *s = (const char *)PyUnicode_DATA(type);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(type);
+    if ((n == 1 && s[0] == 'A') || (n == 4 && memcmp(s, "AAAA", 4) == 0)) return 1;
+    return n == 5 && memcmp(s, "CNAME", 5) == 0 ? 2 : 0;
+}
+
+/* Whether every answer is a DnsAnswer whose type is a str, none a CNAME, every address's TTL an
+ * int a double holds: what store_answers takes. -1 on error. */
+static int plain_answers(PyObject *answers) {
+    Py_ssize_t count = PyTuple_GET_SIZE(answers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *answer = PyTuple_GET_ITEM(answers, i);
+        if (Py_TYPE(answer) != dns_answer_record.type) return 0;
+        PyObject *type = field(&dns_answer_record, 1, answer);
+        if (type == NULL) return -1;
+        int kind = answer_kind(type);
+        Py_DECREF(type);
+        if (kind < 0 || kind == 2) return 0;
+        if (kind == 1) {
+            PyObject *ttl = field(&dns_answer_record, 3, answer);
+            if (ttl == NULL) return -1;
+            int plain = PyLong_CheckExact(ttl) && !(PyLong_AsDouble(ttl) == -1.0 && PyErr_Occurred());
+            Py_DECREF(ttl);
+            if (!plain) {
+                PyErr_Clear(); /* a number no double holds */
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* Store every address of plain `answers` as (expiry, asked) in the OrderedDict `entries`, each
+ * moved to its end (`move`: its move_to_end); the number stored, or -1 on error. */
+static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, PyObject *asked, PyObject *answers,
+                                double min_ttl, double max_ttl) {
+    Py_ssize_t count = PyTuple_GET_SIZE(answers), stored = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *answer = PyTuple_GET_ITEM(answers, i), *type = field(&dns_answer_record, 1, answer);
+        if (type == NULL) return -1;
+        int kind = answer_kind(type);
+        Py_DECREF(type);
+        if (kind != 1) continue;
+        PyObject *address = field(&dns_answer_record, 2, answer), *ttl_obj = field(&dns_answer_record, 3, answer);
+        double ttl = ttl_obj != NULL ? PyLong_AsDouble(ttl_obj) : -1.0;
+        Py_XDECREF(ttl_obj);
+        if (address == NULL || PyErr_Occurred()) {
+            Py_XDECREF(address);
+            return -1;
+        }
+        PyObject *entry = tuple_steal(2, (PyObject *[]){
+            PyFloat_FromDouble(ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl)), Py_NewRef(asked)});
+        int known = entry != NULL ? PyDict_Contains(entries, address) : -1;
+        int failed = known < 0 || PyObject_SetItem(entries, address, entry) < 0;
+        Py_XDECREF(entry);
+        if (!failed && known) { /* a new key is stored at the end already */
+            PyObject *moved = PyObject_CallOneArg(move, address);
+            failed = moved == NULL;
+            Py_XDECREF(moved);
+        }
+        Py_DECREF(address);
+        if (failed) return -1;
+        stored++;
+    }
+    return stored;
+}
+
+/* dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None having
+ * stored nothing where the Python code decides (a CNAME chain, anything unusual): what
+ * sensor.enrich.dnscache.DnsCache._learn_py stores of a DnsMessage, for each of its questions the
+ * address answers as (expiry, (the question's name lowered,)) in the OrderedDict `entries`. */
+PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *move = args[1], *message = args[3];
+    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type || !PyDict_Check(entries))
+        Py_RETURN_NONE;
+    PyObject *response = field(&dns_message_record, 1, message), *questions = field(&dns_message_record, 4, message),
+             *answers = field(&dns_message_record, 5, message), *lowered = NULL, *result = NULL;
+    if (response == NULL || questions == NULL || answers == NULL) goto done;
+    if (!PyTuple_Check(questions) || !PyTuple_Check(answers)) goto python;
+    int is_response = PyObject_IsTrue(response);
+    if (is_response < 0) goto done;
+    if (PyTuple_GET_SIZE(answers) == 0 || !is_response) {
+        result = PyLong_FromLong(0);
+        goto done;
+    }
+    int plain = plain_answers(answers);
+    if (plain < 0) goto done;
+    if (!plain) goto python;
+    Py_ssize_t count = PyTuple_GET_SIZE(questions), stored = 0;
+    if ((lowered = PyTuple_New(count)) == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) { /* every name first: nothing is stored unless all are plain */
+        PyObject *question = PyTuple_GET_ITEM(questions, i);
+        if (!PyTuple_Check(question) || PyTuple_GET_SIZE(question) < 1) goto python;
+        PyObject *lower = ascii_lower(PyTuple_GET_ITEM(question, 0));
+        if (lower == NULL) {
+            if (PyErr_Occurred()) goto done;
+            goto python;
+        }
+        PyObject *asked = PyTuple_Pack(1, lower);
+        Py_DECREF(lower);
+        if (asked == NULL) goto done;
+        PyTuple_SET_ITEM(lowered, i, asked);
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t added = store_answers(entries, move, ts, PyTuple_GET_ITEM(lowered, i), answers, min_ttl, max_ttl);
+        if (added < 0) goto done;
+        stored += added;
+    }
+    result = PyLong_FromSsize_t(stored);
+    goto done;
+python:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(response);
+    Py_XDECREF(questions);
+    Py_XDECREF(answers);
+    Py_XDECREF(lowered);
+    return result;
+}

@@ -28,6 +28,8 @@ static PyMethodDef methods[] = {
     {"bind_select", bind_select, METH_VARARGS,
      "bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS, SERVICE_PORTS)"},
     {"select_worker", select_worker, METH_VARARGS, "select_worker(linktype, frame) -> the replay worker (0 or 1) of a frame"},
+    {"select_route", select_route, METH_VARARGS,
+     "select_route(linktype, frame) -> the replay worker of a frame, plus 2 for a DNS answer both learn from"},
     {"select_pcap_file", select_pcap_file, METH_VARARGS,
      "select_pcap_file(fd, offset, linktype, big_endian, enough, split, wanted, stop_at)"
      " -> (kept for worker 0, kept for worker 1, next offset, state, detail)"},
@@ -54,6 +56,9 @@ static PyMethodDef methods[] = {
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
     {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
+    {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
+     "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"
+     " the Python code store them"},
     {"dns_pair", (PyCFunction)(void (*)(void))dns_pair, METH_FASTCALL,
      "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None to let"
      " the Python code pair the message"},

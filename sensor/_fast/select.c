@@ -9,7 +9,7 @@
 /* Bound from where Python defines them (bind_select, at the import of sensor.capture.prefilter):
  * sensor.capture.pcap.MAX_FRAME (a longer record is corruption), sensor.capture.bpf.BULK_SEGMENT
  * and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS (mDNS, LLMNR, NetBIOS name service),
- * sensor.capture.workers.SERVICE_PORTS (the server side of a packet, for worker_of). */
+ * sensor.capture.workers.SERVICE_PORTS (the server side of a packet, for route_of). */
 static Py_ssize_t max_frame = -1; /* -1: not bound yet */
 static Py_ssize_t bulk_segment;
 static uint8_t http_port_bits[65536 / 8], local_name_port_bits[65536 / 8], service_port_bits[65536 / 8];
@@ -244,7 +244,9 @@ static int output_add(Output *out, const uint8_t *p, Py_ssize_t n) {
  * port; equal ports take the parity of both addresses. Tunnels the selector walks into (VXLAN,
  * Geneve, GRE, IP-in-IP) are decided by the packet inside. Fragments, other tunnels, and
  * whatever has no TCP or UDP ports in reach go to worker 0, where fragments are reassembled.
- * sensor.capture.workers.worker_of_py is the reference. */
+ * A DNS answer (SHARED_ANSWER) is also handed to the other worker, whose attribution cache learns
+ * from it too. sensor.capture.workers.route_of_py is the reference. */
+#define SHARED_ANSWER 2 /* in a route: the frame is a DNS answer both workers learn from */
 static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth);
 
 static int worker_of_frame(unsigned linktype, const uint8_t *f, Py_ssize_t n, int depth) {
@@ -261,6 +263,40 @@ static int worker_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_
 }
 
 static int service_port(unsigned port) { return port_in(service_port_bits, port); }
+
+/* The end of the DNS name at `pos` (a compression pointer ends it), or -1 past `end`. */
+static Py_ssize_t skip_name(const uint8_t *f, Py_ssize_t pos, Py_ssize_t end) {
+    while (pos < end) {
+        unsigned length = f[pos];
+        if (length == 0) return pos + 1;
+        if ((length & 0xC0) == 0xC0) return pos + 2 <= end ? pos + 2 : -1;
+        if (length & 0xC0) return -1;
+        pos += 1 + length;
+    }
+    return -1;
+}
+
+/* Whether the DNS message at f[at..end) is a response with a question whose answer section holds
+ * an address (A or AAAA) before anything cut short: what an attribution cache learns from. */
+static int answers_address(const uint8_t *f, Py_ssize_t at, Py_ssize_t end) {
+    if (at + 12 > end || !(f[at + 2] & 0x80)) return 0;
+    unsigned questions = get16(f + at + 4), answers = get16(f + at + 6);
+    if (!questions || !answers) return 0;
+    Py_ssize_t pos = at + 12;
+    for (unsigned i = 0; i < questions + answers; i++) {
+        pos = skip_name(f, pos, end);
+        if (pos < 0) return 0;
+        if (i < questions) {
+            pos += 4;
+            continue;
+        }
+        if (pos + 10 > end) return 0;
+        unsigned type = get16(f + pos);
+        if (type == 1 || type == 28) return 1;
+        pos += 10 + get16(f + pos + 8);
+    }
+    return 0;
+}
 
 static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) {
     Py_ssize_t pos, end;
@@ -314,22 +350,38 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
         inner = udp_tunnel_inner(f, end, pos, &kind);
         return worker_inner(kind, f, end, inner, depth);
     }
-    int source_serves = service_port(sport), destination_serves = service_port(dport);
-    if (source_serves != destination_serves) return (source_serves ? dst : src)[3] & 1;
-    if (sport != dport) return (sport > dport ? src : dst)[3] & 1;
-    return (src[3] ^ dst[3]) & 1;
+    int source_serves = service_port(sport), destination_serves = service_port(dport), worker;
+    if (source_serves != destination_serves) worker = (source_serves ? dst : src)[3] & 1;
+    else if (sport != dport) worker = (sport > dport ? src : dst)[3] & 1;
+    else worker = (src[3] ^ dst[3]) & 1;
+    /* a DNS response that answers an address (the decoder takes UDP to or from port 53 as DNS),
+     * or a DNS server's side of a TCP connection (the other worker reassembles it) */
+    if (proto == TCP ? sport == 53 : (sport == 53 || dport == 53) && answers_address(f, pos + 8, end))
+        worker |= SHARED_ANSWER;
+    return worker;
 }
 
-static int worker_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
+/* The route of a frame: its worker, with SHARED_ANSWER when the other worker learns from it too. */
+static int route_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
 
-/* select_worker(linktype, frame) -> the replay worker of a frame (worker_of), for the split's Python path and tests */
+/* select_worker(linktype, frame) -> the replay worker of a frame, for the split's Python path and tests */
 PyObject *select_worker(PyObject *module, PyObject *args) {
     unsigned int linktype;
     Py_buffer view;
     if (!select_bound() || !PyArg_ParseTuple(args, "Iy*", &linktype, &view)) return NULL;
-    int worker = worker_of(linktype, view.buf, view.len);
+    int worker = route_of(linktype, view.buf, view.len) & 1;
     PyBuffer_Release(&view);
     return PyLong_FromLong(worker);
+}
+
+/* select_route(linktype, frame) -> its worker (0 or 1), plus 2 when both workers learn from it (a DNS answer) */
+PyObject *select_route(PyObject *module, PyObject *args) {
+    unsigned int linktype;
+    Py_buffer view;
+    if (!select_bound() || !PyArg_ParseTuple(args, "Iy*", &linktype, &view)) return NULL;
+    int route = route_of(linktype, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(route);
 }
 
 /* Blocks this size keep the copy out of the page cache within the CPU's L2 cache, where the scan
@@ -356,8 +408,8 @@ static Py_ssize_t read_at(int fd, uint8_t *into, Py_ssize_t want, long long offs
  * Reads the classic pcap records of file `fd` from `offset` (a record boundary) block by block
  * and keeps, headers and all, those that pass keep_frame, until at least `enough` bytes are kept,
  * the file ends, or (when `stop_at` >= 0) the next record would start at or after `stop_at`.
- * With `split`, each kept record goes to its worker (worker_of), and only workers in the `wanted`
- * bit mask keep theirs. Runs without the GIL: the thread calling it does not hold up the decoder.
+ * With `split`, each kept record goes to its worker (route_of), a DNS answer to both, and only
+ * workers in the `wanted` bit mask keep theirs. Runs without the GIL: the thread calling it does not hold up the decoder.
  * state: 0 more to read from the next offset; 1 the end; 2 the last record is cut short (detail:
  * bytes left over); 3 a corrupt record at the next offset (detail: its length); 4 a read error
  * (detail: errno). */
@@ -398,8 +450,13 @@ PyObject *select_pcap_file(PyObject *module, PyObject *args) {
             if (pos + 16 + (Py_ssize_t)incl > got) break;
             const uint8_t *frame = block + pos + 16;
             if (incl == 0 || keep_frame(linktype, frame, incl)) {  /* empty records: counted by the reader */
-                int worker = split && incl ? worker_of(linktype, frame, incl) : 0;
+                int route = split && incl ? route_of(linktype, frame, incl) : 0, worker = route & 1;
                 if (((wanted >> worker) & 1) && output_add(&outs[worker], block + pos, 16 + incl) < 0) {
+                    state = SELECT_NO_MEMORY;
+                    break;
+                }
+                if ((route & SHARED_ANSWER) && ((wanted >> (worker ^ 1)) & 1) &&
+                    output_add(&outs[worker ^ 1], block + pos, 16 + incl) < 0) {
                     state = SELECT_NO_MEMORY;
                     break;
                 }

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from sensor.capture.bpf import BULK_SEGMENT, HTTP_PORTS, default_filter
 from sensor.capture.inputs import is_regular
 from sensor.capture.pcap import GZIP_MAGIC, MAX_FRAME, PCAP_MAGICS
-from sensor.capture.workers import SERVICE_PORTS, worker_of_py
+from sensor.capture.workers import SERVICE_PORTS, route_of_py, worker_of_py
 from sensor.decode import packet as _packet  # noqa: F401  its import sets the selector's tunnel ports (UDP, kept whole)
 from sensor.decode.dns import LOCAL_NAME_PORTS
 
@@ -28,14 +28,16 @@ try:  # the compiled selector (see sensor/_fast/select.c); without it, tcpdump s
     from sensor._fast import bind_select as _bind_select
     from sensor._fast import pcap_resync as _pcap_resync
     from sensor._fast import select_pcap_file as _select_pcap
-    from sensor._fast import select_worker
+    from sensor._fast import select_route, select_worker
 except ImportError:  # built without a C compiler
     _bind_select = _select_pcap = _pcap_resync = None
-    select_worker = worker_of_py
+    select_worker, select_route = worker_of_py, route_of_py
 else:  # the selector applies these as the filter and the reader do: bound from here, not copied into C
     _bind_select(MAX_FRAME, BULK_SEGMENT, HTTP_PORTS, LOCAL_NAME_PORTS, SERVICE_PORTS)
 # worker_of(linktype, frame): the replay worker (0 or 1) that decodes a frame (sensor.capture.workers)
 worker_of: Callable[[int, bytes], int] = select_worker
+# route_of(linktype, frame): its worker, plus SHARED_ANSWER for a DNS answer both workers learn from
+route_of: Callable[[int, bytes], int] = select_route
 
 # A thread selects ahead of the decoder, into memory, up to this much: while the sensor starts up
 # the selection runs on the otherwise idle core instead of stalling.
@@ -206,9 +208,10 @@ class CompiledPrefilter:
     file offset.
 
     With `split`, it selects for the two replay workers at once: worker 0's packets and worker 1's
-    (see `worker_of` in sensor/_fast/select.c) go to two streams. `fork()` forks the process while the selection
-    is consistent; then each process calls `continue_as(its worker)` and reads only its stream,
-    the child with a thread of its own from where the parent's had got.
+    (see `route_of` in sensor/_fast/select.c) go to two streams, DNS answers to both. `fork()`
+    forks the process while the selection is consistent; then each process calls
+    `continue_as(its worker)` and reads only its stream, the child with a thread of its own from
+    where the parent's had got.
     """
 
     def __init__(self, path: Path, split: bool = False, only: int | None = None) -> None:

@@ -10,6 +10,11 @@ port; equal ports take the parity of both addresses. Tunnels the selector walks 
 Geneve, GRE with ERSPAN, IP-in-IP) are decided by the packet they carry, as the decoder sees it.
 Fragments (reassembled in worker 0), the other tunnels, and what has no TCP or UDP ports in reach
 go to worker 0.
+
+A DNS response that answers an address (UDP to or from port 53, also inside those tunnels) and
+a DNS server's side of a TCP connection (from port 53) are handed to the other worker as well:
+its attribution cache learns every answer, as one worker's would, while only the owner (its
+client's worker) makes records, counters and alerts of it.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ _IP_TYPES = (0x0800, 0x86DD)
 _IPV6_SKIPPED = frozenset((0, 43, 60, 135, 139, 140, 51))  # extension headers walked over
 _RAW_IP = (12, 14, 101, 228, 229)
 _ETHERNET = 0x6558  # the kind of an Ethernet frame inside a tunnel
+SHARED_ANSWER = 2  # in a route: a DNS answer both workers learn from
 
 
 def _network_offset(linktype: int, f: bytes) -> int:
@@ -149,9 +155,58 @@ def _ip(f: bytes, n: int, off: int, depth: int) -> int:
     if proto == 17 and (sport in _packet.udp_tunnel_ports or dport in _packet.udp_tunnel_ports):
         kind, at = _udp_tunnel_inner(f, end, pos)
         return _inner(kind, f, end, at, depth)
-    return client_worker(src, dst, sport, dport)
+    worker = client_worker(src, dst, sport, dport)
+    if proto == 6:
+        shared = sport == 53  # a DNS server's side of a connection: the other worker reassembles it
+    else:
+        shared = (sport == 53 or dport == 53) and _answers_address(f, pos + 8, end)
+    return worker | SHARED_ANSWER if shared else worker
+
+
+def _skip_name(f: bytes, pos: int, end: int) -> int:
+    """The end of the DNS name at `pos` (a compression pointer ends it), or -1 past `end`."""
+    while pos < end:
+        length = f[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= end else -1
+        if length & 0xC0:
+            return -1
+        pos += 1 + length
+    return -1
+
+
+def _answers_address(f: bytes, at: int, end: int) -> bool:
+    """Whether the DNS message at f[at:end] is a response with a question whose answer section
+    holds an address (A or AAAA) before anything cut short: what an attribution cache learns from."""
+    if at + 12 > end or not f[at + 2] & 0x80:
+        return False
+    questions, answers = (f[at + 4] << 8) | f[at + 5], (f[at + 6] << 8) | f[at + 7]
+    if not questions or not answers:
+        return False
+    pos = at + 12
+    for index in range(questions + answers):
+        pos = _skip_name(f, pos, end)
+        if pos < 0:
+            return False
+        if index < questions:
+            pos += 4
+            continue
+        if pos + 10 > end:
+            return False
+        if ((f[pos] << 8) | f[pos + 1]) in (1, 28):
+            return True
+        pos += 10 + ((f[pos + 8] << 8) | f[pos + 9])
+    return False
+
+
+def route_of_py(linktype: int, frame: bytes) -> int:
+    """The replay worker (0 or 1) that decodes `frame`, plus SHARED_ANSWER when the other worker
+    learns from it too (the compiled selector's route_of)."""
+    return _frame(linktype, frame, 0)
 
 
 def worker_of_py(linktype: int, frame: bytes) -> int:
     """The replay worker (0 or 1) that decodes `frame`."""
-    return _frame(linktype, frame, 0)
+    return _frame(linktype, frame, 0) & 1

@@ -11,8 +11,9 @@ tunnel. Nothing here does I/O or reads a clock: time is the capture's.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from sensor.capture.workers import SHARED_ANSWER
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
 from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
@@ -48,6 +49,8 @@ try:  # a frame to its DNS datagram or its decode tuple in one compiled call (se
 except ImportError:  # built without a C compiler
     _decode_packet = None
 
+# learn_dns(ts, message, counted): a DNS response seen at `ts`, for the attribution cache
+LearnDns = Callable[[float, "dns.DnsMessage", bool], None]
 _new_flow = positional_constructor(Flow)
 _new_hello = positional_constructor(TlsHello)
 _new_request = positional_constructor(HttpRequest)
@@ -256,6 +259,42 @@ class TrafficDecoder:
         self.local_names = dns.LocalNameTransactions(timeout=self.settings.dns_timeout)
         self.quic = quic.QuicClientHelloTracker(counters=self.counters, idle_timeout=self.settings.flow_idle_timeout)
         self._next_dns_expiry = 0.0
+        self.learn_dns: LearnDns | None = None  # where DNS responses go as they are decoded
+        # The other replay worker's DNS answers handed to this one (sensor.capture.workers) are
+        # only learned from: decoded apart (`_side`, its own counters and TCP streams) or, a
+        # datagram already parsed, learned at once. shared_frames and shared_bytes count them.
+        self._side: TrafficDecoder | None = None
+        self.shared_frames = 0
+        self.shared_bytes = 0
+        # With `share`: the route (sensor.capture.workers.route_of) of a frame and the route
+        # of the other worker's answers, for frames that come without saying whose they are.
+        self._route_of: Callable[[int, bytes], int] | None = None
+        self._shared_route = -1
+
+    def share(self, worker: int, route_of: Callable[[int, bytes], int]) -> None:
+        """Decode as replay worker `worker` (0 or 1) of a split that hands each worker the other's
+        DNS answers too (the compiled selector's): those `route_of` gives the other worker, with
+        SHARED_ANSWER, go to `feed_shared`."""
+        self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
+
+    def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
+        """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
+        answers teach `learn_dns`, uncounted; no record, counter or tunnel of it stays here."""
+        self.shared_frames += 1
+        self.shared_bytes += len(frame)
+        side = self._side
+        if side is None:
+            side = self._side = TrafficDecoder(Counters(), self.settings)
+            side.learn_dns = self._learn_uncounted
+        if decoded is None:
+            side.feed(ts, linktype, frame)
+        else:
+            side.feed_decoded(ts, decoded)
+        side.records.clear()
+
+    def _learn_uncounted(self, ts: float, message: dns.DnsMessage, counted: bool) -> None:
+        if self.learn_dns is not None:
+            self.learn_dns(ts, message, False)
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
@@ -263,10 +302,20 @@ class TrafficDecoder:
             found = _decode_packet(linktype, frame)
             if found is not None:
                 if len(found) != 5:
+                    if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
+                            and self._route_of(linktype, frame) == self._shared_route:
+                        self.feed_shared(ts, linktype, frame, found)
+                        return
                     self.feed_decoded(ts, found)
                     return
                 # a DNS datagram, its message parsed: what feed_decoded does with it
                 src, sport, dst, dport, message = found
+                if message.answers and message.is_response and self._route_of is not None \
+                        and self._route_of(linktype, frame) == self._shared_route:
+                    self.shared_frames += 1
+                    self.shared_bytes += len(frame)
+                    self._learn_uncounted(ts, message, False)
+                    return
                 counts = self._counts
                 counts["dns.messages"] = counts.get("dns.messages", 0) + 1
                 pair = self._pair_dns
@@ -275,8 +324,13 @@ class TrafficDecoder:
                     added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
                 if added:
                     counts["records.dns"] = counts.get("records.dns", 0) + added
+                if message.answers and self.learn_dns is not None and message.is_response:
+                    self.learn_dns(ts, message, True)
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
+                return
+            if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
+                self.feed_shared(ts, linktype, frame)  # a tunnelled one: its decapsulation not counted here
                 return
             decoded = self.packets.decode_declined(ts, linktype, frame)
         else:
@@ -385,6 +439,8 @@ class TrafficDecoder:
             return
         self.counters.add("dns.messages")
         self._add_dns_records(self.dns.on_message(ts, flow, message))
+        if message.answers and self.learn_dns is not None and message.is_response:
+            self.learn_dns(ts, message, True)
 
     def _add_dns_records(self, records: Sequence[Record]) -> None:
         if records:

@@ -204,11 +204,7 @@ class DetectionEngine:
     def on_record(self, record: Record) -> list[Document]:
         out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
         kind = self._kinds.get(type(record)) or self._kind_of(type(record))
-        if kind is _DNS:
-            query = cast(DnsQuery, record)
-            if query.answers:
-                self.dns_cache.observe(query)
-        elif kind is _LOCAL:  # a local host's name: never evidence of egress
+        if kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
@@ -314,11 +310,17 @@ class DetectionEngine:
             name = cast(DnsQuery, record).name
             return "dns", (named.get(name) or self._name(named, name, day))[1]
         hello = cast(TlsHello, record)
-        resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+        resolved = None  # what DNS said the destination is: looked up only when it decides
         if hello.server_name:
             sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
-            if sni and not (hello.ech and is_cover_name(sni, resolved)):
-                return hello.protocol, enrichment
+            if sni:
+                if not hello.ech:
+                    return hello.protocol, enrichment
+                resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+                if not is_cover_name(sni, resolved):
+                    return hello.protocol, enrichment
+        if resolved is None:
+            resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
         # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 

@@ -4,13 +4,25 @@
 For each address the names are kept in chain order: the name the client asked for first, then
 every CNAME target down to the address record. A first-party alias that points at a tracker
 (`metrics.hospital.org CNAME x.sc.omtrdc.net`) is attributed through the chain.
-Entries live for the record's TTL (bounded below and above) and the table is capped (LRU).
+Entries live for the record's TTL (bounded below and above), counted from when the response was
+seen, and the table is capped (LRU). The cache learns from responses as they are decoded, so the
+second replay worker learns every answer too (sensor.capture.workers), from the response alone.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sensor.records import Counters, DnsQuery, LocalNameQuery
+from sensor.records import Counters, DnsAnswer
+
+if TYPE_CHECKING:
+    from sensor.decode.dns import DnsMessage
+
+try:  # the common responses (addresses, no CNAME) stored in one compiled call; DnsCache._learn_py is the reference
+    from sensor._fast import dns_learn as _learn_fast
+except ImportError:  # built without a C compiler
+    _learn_fast = None
 
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
@@ -22,16 +34,50 @@ class DnsCache:
         self.counters = counters if counters is not None else Counters()
         # address -> (expiry, names in chain order)
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        self._move_to_end = self._entries.move_to_end
 
-    def observe(self, query: DnsQuery) -> None:
-        answers = query.answers
-        if not answers or isinstance(query, LocalNameQuery):  # local-link answers: anyone may send one
-            return
+    def learn(self, ts: float, message: DnsMessage, counted: bool = True) -> None:
+        """Store what a DNS response seen at `ts` answers, for each of its questions in turn (as
+        the record of each would). `counted`: False for a response another replay worker counts."""
+        stored = None
+        if _learn_fast is not None:
+            stored = _learn_fast(self._entries, self._move_to_end, ts, message, MIN_TTL, MAX_TTL)
+        if stored is None:
+            stored = self._learn_py(ts, message)
+        if stored:
+            self._stored(stored, counted)
+
+    def _learn_py(self, ts: float, message: DnsMessage) -> int:
+        """learn's stores, in Python: the reference of the compiled dns_learn. How many."""
+        answers = message.answers
+        if not answers or not message.is_response:
+            return 0
+        return sum(self._store_py(ts, name, answers) for name, _qtype in message.questions)
+
+    def observe(self, ts: float, name: str, answers: Sequence[DnsAnswer], counted: bool = True) -> None:
+        """Store the addresses `answers` give for the question `name`, as of `ts`."""
+        stored = self._store_py(ts, name, answers)
+        if stored:
+            self._stored(stored, counted)
+
+    def _stored(self, stored: int, counted: bool) -> None:
+        """After `stored` addresses were stored: the oldest let go past the cap, both counted."""
+        entries, evicted = self._entries, 0
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+            evicted += 1
+        if counted:
+            self.counters.add("dnscache.stored", stored)
+            if evicted:
+                self.counters.add("dnscache.evicted", evicted)
+
+    def _store_py(self, ts: float, name: str, answers: Sequence[DnsAnswer]) -> int:
+        """Store the addresses of `answers`, each moved to the end; how many."""
         # Without CNAMEs every address record is attributed to the name asked for; at the first
         # CNAME the chains are followed and every address stored again (in the same order) with
         # the chain that leads to it.
-        asked = (query.name.lower(),)
-        entries, ts, chain = self._entries, query.ts, None
+        asked = (name.lower(),)
+        entries, chain = self._entries, None
         while True:
             stored = 0
             for answer in answers:
@@ -44,15 +90,10 @@ class DnsCache:
                     entries.move_to_end(address)
                     stored += 1
                 elif kind == "CNAME" and chain is None:
-                    chain = _chain(query, asked)
+                    chain = _chain(answers, asked)
                     break
             else:
-                break
-        if stored:
-            self.counters.add("dnscache.stored", stored)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
-                self.counters.add("dnscache.evicted")
+                return stored
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""
@@ -71,7 +112,7 @@ class DnsCache:
         return len(self._entries)
 
 
-def _chain(query: DnsQuery, asked: tuple[str]) -> dict[str, tuple[str, ...]]:
+def _chain(answers: Sequence[DnsAnswer], asked: tuple[str]) -> dict[str, tuple[str, ...]]:
     """For every owner name in the answer section, the path of names from the question (`asked`,
     lowered) to it."""
     paths: dict[str, tuple[str, ...]] = {asked[0]: asked}
@@ -79,7 +120,7 @@ def _chain(query: DnsQuery, asked: tuple[str]) -> dict[str, tuple[str, ...]]:
     # trying again only those whose owner was not reachable yet (in order, so the first path
     # found to a name stays). Most come in order and take one pass.
     pending = []
-    for answer in query.answers:
+    for answer in answers:
         if answer.type == "CNAME":
             owner, target = answer.name.lower(), answer.data.lower().rstrip(".")
             path = paths.get(owner)

@@ -17,7 +17,7 @@ from sensor.decode.settings import DecodeSettings
 from sensor.errors import EXIT_CAPTURE, EXIT_OK
 from sensor.output.sinks import Sink
 from sensor.pipeline import Pipeline
-from sensor.records import Counters, DnsQuery
+from sensor.records import Counters
 
 log = logging.getLogger("phi_sensor")
 
@@ -86,15 +86,11 @@ class CaptureWorker:
     def _learn_dns(self, side: list[tuple[float, bytes]], linktype: int) -> None:
         decoder = self.side_decoder
         assert decoder is not None
+        detector = self.pipeline.detector  # its cache learns the answers as they are decoded
+        decoder.learn_dns = detector.dns_cache.learn if detector is not None else None
         for ts, frame in side:
             decoder.feed(ts, linktype, frame)
-        records, decoder.records = decoder.records, []
-        detector = self.pipeline.detector
-        if detector is None:
-            return
-        for record in records:
-            if isinstance(record, DnsQuery) and record.answers:
-                detector.dns_cache.observe(record)
+        decoder.records.clear()
 
     def drain(self) -> None:
         """On stop: what the kernel has already captured is still processed, for a bounded time."""

@@ -9,7 +9,8 @@ from pathlib import Path
 from sensor.app.replay.plan import should_prefilter
 from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
-from sensor.capture.prefilter import AnyPrefilter, open_prefilter, worker_of
+from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, open_prefilter, route_of
+from sensor.capture.workers import SHARED_ANSWER
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.pipeline import Pipeline
@@ -19,8 +20,9 @@ log = logging.getLogger("phi_sensor")
 PROGRESS_MIN_BYTES = 32 << 20
 # Called with (bytes done, bytes total) while a file is replayed.
 ProgressCallback = Callable[[int, int], None]
-# Takes a packet (timestamp, link type, frame) that another process decodes.
-Forward = Callable[[float, int, bytes], None]
+# Takes a packet (timestamp, link type, frame, shared) that another process decodes (shared:
+# only learns from, another worker's DNS answer).
+Forward = Callable[[float, int, bytes, bool], None]
 
 
 def replay_file(
@@ -31,8 +33,8 @@ def replay_file(
 
     `forward` splits the work with a second process: the packets of worker 1 go there
     (sensor.capture.workers, as the compiled selector splits them), so a host's DNS, flows and
-    alert windows stay in one process. `started`: this file's prefilter, already running (see
-    `plan.start_early`)."""
+    alert windows stay in one process; DNS answers go to both, to teach both attribution caches.
+    `started`: this file's prefilter, already running (see `plan.start_early`)."""
     counters = pipeline.counters
     stream = is_stream(path)
     try:
@@ -59,6 +61,9 @@ def replay_file(
             return [str(exc)]
     feed, drain = pipeline.decoder.feed, pipeline.drain
     decoder = pipeline.decoder
+    feed_shared = decoder.feed_shared
+    # a split selector hands this worker the other's DNS answers too: not counted here
+    shared_before = (decoder.shared_frames, decoder.shared_bytes)
     try:
         for batch in capture.batches():
             if forward is None:
@@ -68,9 +73,13 @@ def replay_file(
                         drain()
             else:
                 for ts, linktype, frame in batch:
-                    if worker_of(linktype, frame):
-                        forward(ts, linktype, frame)
-                        continue
+                    route = route_of(linktype, frame)
+                    if route:  # worker 1's, or a DNS answer both learn from (SHARED_ANSWER)
+                        forward(ts, linktype, frame, route == SHARED_ANSWER)
+                        if route != SHARED_ANSWER:
+                            if route & SHARED_ANSWER:
+                                feed_shared(ts, linktype, frame)
+                            continue
                     feed(ts, linktype, frame)
                     if decoder.records:
                         drain()
@@ -83,6 +92,13 @@ def replay_file(
             complaint = runner.close()
             if complaint:
                 problems.append(f"{path}: {complaint}")
+    if isinstance(runner, CompiledPrefilter) and runner.split:
+        frames, size = decoder.shared_frames - shared_before[0], decoder.shared_bytes - shared_before[1]
+        capture.frames -= frames
+        capture.frame_bytes -= size
+        if frames:
+            linktype = next(iter(capture.by_linktype))  # a classic pcap file has one
+            capture.by_linktype[linktype] -= frames
     # With the prefilter these are the packets libpcap passed, not every packet of the file.
     counters.add("packets.passed_prefilter" if runner is not None else "packets", capture.frames)
     counters.add("bytes", capture.frame_bytes)

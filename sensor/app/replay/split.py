@@ -14,7 +14,7 @@ import orjson
 
 from sensor.app.replay.files import replay_file
 from sensor.capture.channel import FrameWriter, read_frames
-from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, widen_pipe
+from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, route_of, widen_pipe
 from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
@@ -40,8 +40,9 @@ class SplitReplay:
         """Fork after start-up; each process decodes its half of the clients (worker 1's in the
         child, sensor.capture.workers), which the compiled selector hands it straight from each file, so a host's
         flows, DNS and alert windows stay in one process and nothing passes between the two
-        until the end. The child spills its documents to a file this process ships afterwards,
-        and its counters to another."""
+        until the end but every DNS answer, which both are handed to learn from. The child
+        spills its documents to a file this process ships afterwards, and its counters to
+        another."""
         if not (isinstance(started, CompiledPrefilter) and started.split):
             if started is not None:
                 started.close()
@@ -56,6 +57,7 @@ class SplitReplay:
 
             def replay_my_half() -> None:
                 first_file.continue_as(1, in_child=True)
+                self.pipeline.decoder.share(1, route_of)
                 for index, path in enumerate(paths):
                     selector = first_file if index == 0 else _split_selector(path, 1)
                     if selector is not None:  # else this process reports nothing: the parent does
@@ -63,6 +65,7 @@ class SplitReplay:
 
             self._run_child(spill, trailer_file, replay_my_half)
         started.continue_as(0, in_child=False)
+        self.pipeline.decoder.share(0, route_of)
         first_file = started
         problems = self.replay_each(paths, progress, lambda index, path, reporter: replay_file(
             self.pipeline, path, progress=reporter, prefilter="never",
@@ -75,7 +78,8 @@ class SplitReplay:
     def replay_two_workers(self, paths: list[Path], progress: str, started: AnyPrefilter | None) -> list[str]:
         """Fork after start-up. This process reads the capture through the prefilter and hands
         worker 1's packets (sensor.capture.workers) to the child through a pipe; each decodes its half
-        with its own flows, DNS cache and throttle, so no state is shared. The child spills its
+        with its own flows, DNS cache and throttle, so no state is shared (every DNS answer goes
+        to both, to teach both caches). The child spills its
         documents to a file this process ships afterwards, and its counters to another."""
         spill = tempfile.TemporaryFile(buffering=_SPILL_BLOCK)  # the worker writes 1 MiB at a time, not 8 KiB
         trailer_file = tempfile.TemporaryFile()
@@ -88,9 +92,10 @@ class SplitReplay:
 
             def replay_forwarded() -> None:
                 os.close(write_end)
+                feed, feed_shared = self.pipeline.feed, self.pipeline.decoder.feed_shared
                 with os.fdopen(read_end, "rb") as packets:
-                    for ts, linktype, frame in read_frames(packets):
-                        self.pipeline.feed(ts, linktype, frame)
+                    for ts, linktype, frame, shared in read_frames(packets):
+                        (feed_shared if shared else feed)(ts, linktype, frame)
 
             self._run_child(spill, trailer_file, replay_forwarded)
         os.close(read_end)
