@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
-from sensor.app.summary import AlertTally
+from sensor.app.summary import MAX_UPDATABLE_ALERTS, AlertTally
 from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.settings import DecodeSettings
 from sensor.enrich.dnscache import DnsCache
@@ -42,10 +42,10 @@ class Pipeline:
         self.decoder = TrafficDecoder(self.counters, settings)
         self._sinks = sinks
         self._event_builder = event_builder
-        self._detector = detector
         self._line_writers: list[Callable[[bytes], object]] | None = None
         self._line_writers_known = False
         self.alerts = AlertTally()  # what the end-of-run summary and --fail-on need
+        self.detector = detector
 
     # Replacing any of these (the second worker's spill, a live reload) decides the output path again.
     @property
@@ -74,6 +74,8 @@ class Pipeline:
     def detector(self, detector: Detector | None) -> None:
         self._detector = detector
         self._line_writers_known = False
+        # a detector that writes each window's document once (a replay's) updates none
+        self.alerts.updatable = 0 if getattr(detector, "immediate", True) is False else MAX_UPDATABLE_ALERTS
 
     def _find_line_writers(self) -> list[Callable[[bytes], object]] | None:
         """The outputs' line writers when events can go out as JSON lines written without a dict:
