@@ -217,7 +217,7 @@ class DetectionEngine:
         self.on_observation = on_observation
         self.build_document = build_document
         self.counters = counters if counters is not None else Counters()
-        self.dns_cache = DnsCache(counters=self.counters)
+        self.dns_cache = DnsCache(counters=self.counters, late=hold_back)
         self.rules = []
         for rule in ALL_RULES:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)

@@ -4,24 +4,32 @@
 For each address the names are kept in chain order: the name the client asked for first, then
 every CNAME target down to the address record. A first-party alias that points at a tracker
 (`metrics.hospital.org CNAME x.sc.omtrdc.net`) is attributed through the chain.
-Entries live for the record's TTL (bounded below and above) and the table is capped (LRU).
+Entries live for the record's TTL (bounded below and above) and the table is capped (LRU);
+expired entries are let go as the capture's clock passes them (a look every SWEEP_SECONDS of
+capture time), so a long capture holds the answers of its last minutes, not of all of it.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from sensor.records import Counters, DnsQuery, LocalNameQuery
 
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
+SWEEP_SECONDS = 60.0  # capture seconds between two looks for expired entries
 
 
 class DnsCache:
-    def __init__(self, max_entries: int = 100_000, counters: Counters | None = None) -> None:
+    def __init__(self, max_entries: int = 100_000, counters: Counters | None = None, late: float = 0.0) -> None:
+        """`late`: capture seconds a record may come after later ones (and still ask for names):
+        an entry is let go that long after it expired."""
         self.max_entries = max_entries
         self.counters = counters if counters is not None else Counters()
+        self.late = late
         # address -> (expiry, names in chain order)
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        self._sweep_at = -math.inf if late < math.inf else math.inf  # (nothing to let go of then)
 
     def observe(self, query: DnsQuery) -> None:
         answers = query.answers
@@ -32,6 +40,8 @@ class DnsCache:
         # the chain that leads to it.
         asked = (query.name.lower(),)
         entries, ts, chain = self._entries, query.ts, None
+        if ts >= self._sweep_at:  # (never for a time that is not a number)
+            self._sweep(ts)
         while True:
             stored = 0
             for answer in answers:
@@ -53,6 +63,17 @@ class DnsCache:
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
                 self.counters.add("dnscache.evicted")
+
+    def _sweep(self, now: float) -> None:
+        """Let go of the entries no record can ask for any more."""
+        self._sweep_at = now + SWEEP_SECONDS
+        horizon = now - self.late
+        entries = self._entries
+        gone = [address for address, (expiry, _names) in entries.items() if expiry < horizon]
+        for address in gone:
+            del entries[address]
+        if gone:
+            self.counters.add("dnscache.swept", len(gone))
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""
