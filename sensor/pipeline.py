@@ -101,27 +101,33 @@ class Pipeline:
         self.drain()
 
     def drain(self) -> None:
+        # called per record or two: the attributes are read directly, and alerts shipped only
+        # when a record raised any
         records = self.decoder.records
         self.decoder.records = []
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
+        detector = self._detector
         if writers:
             line_of = self._event_builder.json_line  # type: ignore[union-attr]
-            detector = self.detector
             for record in records:
                 line = line_of(record)
                 for write in writers:
                     write(line)
                 if detector is not None:
-                    self._ship(detector.on_record(record))
+                    alerts = detector.on_record(record)
+                    if alerts:
+                        self._ship(alerts)
             return
-        build, detector, sinks = self.event_builder, self.detector, self.sinks
+        build, sinks = self._event_builder, self._sinks
         for record in records:
             if build is not None:
                 doc = build(record)
                 for sink in sinks:
                     sink.send(doc)
             if detector is not None:
-                self._ship(detector.on_record(record))
+                alerts = detector.on_record(record)
+                if alerts:
+                    self._ship(alerts)
 
     def _ship(self, alerts: Iterable[dict]) -> None:
         for alert in alerts:

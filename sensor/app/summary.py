@@ -69,6 +69,10 @@ class AlertTally:
     def _put(self, event_id: str, row: Row, count: int) -> None:
         """The latest row and count of an id (where its id first came); the oldest id let go
         into the settled counts beyond `updatable`."""
+        if not self.updatable:  # straight into the settled counts
+            self.settled[row] = self.settled.get(row, 0) + count
+            self.settled_alerts += 1
+            return
         rows = self.rows
         rows[event_id] = (row, count)
         if len(rows) > self.updatable:

@@ -59,7 +59,8 @@ class DnsCache:
             else:
                 break
         if stored:
-            self.counters.add("dnscache.stored", stored)
+            counts = self.counters.values  # counted in place: once per answered lookup
+            counts["dnscache.stored"] = counts.get("dnscache.stored", 0) + stored
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
                 self.counters.add("dnscache.evicted")
