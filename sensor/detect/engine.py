@@ -486,7 +486,7 @@ class DetectionEngine:
         )
         self._keep(window, alert, health_data)
         window.see(obs.destination, ts, health_data)
-        if not self.immediate and math.isfinite(window.end):
+        if not self.immediate and math.isfinite(window.end + self.hold_back):  # else it never closes by time
             opened = self._ends.get(window_seconds)
             if opened is None:
                 opened = self._ends[window_seconds] = deque()
