@@ -117,15 +117,23 @@ class _Window:
         self.health_data = health_data
         self.severity, self.rule = alert.severity, alert.rule
         self.phi_host, self.vendor, self.baa = obs.phi_host, obs.vendor, obs.baa
-        tracker = obs.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
-        findings, fields = alert.findings, alert.fields
-        self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
-        self.packed = alert
+        self.packed, self.extra = alert, None
 
     def pack(self) -> None:
-        """Pack the kept alert (see _pack), once it is unlikely to be replaced."""
-        if isinstance(self.packed, Alert):
-            self.packed = _pack(self.packed)
+        """Pack the kept alert (see _pack), once it is unlikely to be replaced; of its findings,
+        decoded fields and tracker payload keep what its documents show."""
+        alert = self.packed
+        if not isinstance(alert, Alert):
+            return
+        findings, fields = alert.findings, alert.fields
+        tracker = alert.observation.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
+        if fields:  # a document reads the fields findings point into (their evidence excerpts)
+            paths = {finding.path for finding in findings}
+            fields = tuple([field for field in fields if field.path in paths])
+        if tracker is not None and tracker.params:  # it shows the decoder, event, page and referrer
+            tracker = dataclasses.replace(tracker, params=())
+        self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
+        self.packed = _pack(alert)
 
     def alert(self) -> Alert:
         """The kept alert, as its documents read it: the record without its body and with only
