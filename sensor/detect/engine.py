@@ -508,12 +508,11 @@ class DetectionEngine:
 
     def _keep(self, window: _Window, alert: Alert, health_data: bool) -> None:
         """Keep `alert` as the window's: packed at once live, at the next sweep in a replay."""
-        pending = isinstance(window.packed, Alert)  # kept since the last sweep, to be packed then
         window.keep(alert, health_data)
         if self.immediate:
             window.pack()
-        elif not pending:
-            self._unpacked.append(window)
+        else:
+            self._unpacked.append(window)  # (twice if replaced again before then: packed once)
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
