@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Self
 
-from sensor.app.summary import AlertTally
+from sensor.app.summary import MAX_UPDATABLE_ALERTS, AlertTally
 from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.settings import DecodeSettings
 from sensor.enrich.dnscache import DnsCache
@@ -42,11 +42,10 @@ class Pipeline:
         self.decoder = TrafficDecoder(self.counters, settings)
         self._sinks = sinks
         self._event_builder = event_builder
-        self._detector = detector
-        self._bind_dns_learning()
         self._line_writers: list[Callable[[bytes], object]] | None = None
         self._line_writers_known = False
         self.alerts = AlertTally()  # what the end-of-run summary and --fail-on need
+        self.detector = detector
 
     # Replacing any of these (the second worker's spill, a live reload) decides the output path again.
     @property
@@ -75,6 +74,8 @@ class Pipeline:
     def detector(self, detector: Detector | None) -> None:
         self._detector = detector
         self._line_writers_known = False
+        # a detector that writes each window's document once (a replay's) updates none
+        self.alerts.updatable = 0 if getattr(detector, "immediate", True) is False else MAX_UPDATABLE_ALERTS
         self._bind_dns_learning()
 
     def _bind_dns_learning(self) -> None:
@@ -107,27 +108,33 @@ class Pipeline:
         self.drain()
 
     def drain(self) -> None:
+        # called per record or two: the attributes are read directly, and alerts shipped only
+        # when a record raised any
         records = self.decoder.records
         self.decoder.records = []
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
+        detector = self._detector
         if writers:
             line_of = self._event_builder.json_line  # type: ignore[union-attr]
-            detector = self.detector
             for record in records:
                 line = line_of(record)
                 for write in writers:
                     write(line)
                 if detector is not None:
-                    self._ship(detector.on_record(record))
+                    alerts = detector.on_record(record)
+                    if alerts:
+                        self._ship(alerts)
             return
-        build, detector, sinks = self.event_builder, self.detector, self.sinks
+        build, sinks = self._event_builder, self._sinks
         for record in records:
             if build is not None:
                 doc = build(record)
                 for sink in sinks:
                     sink.send(doc)
             if detector is not None:
-                self._ship(detector.on_record(record))
+                alerts = detector.on_record(record)
+                if alerts:
+                    self._ship(alerts)
 
     def _ship(self, alerts: Iterable[dict]) -> None:
         for alert in alerts:

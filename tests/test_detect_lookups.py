@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sensor.config import parse_config
 from sensor.deep import HttpsRequest
 from sensor.detect import engine as engine_module
-from sensor.detect.engine import DetectionEngine, RuleSettings, _day_of, _kept, _Window
+from sensor.detect.engine import DetectionEngine, RuleSettings, _day_of, _Window
 from sensor.detect.rules import ALL_RULES
 from sensor.enrich.assets import AssetInventory, PhiHost
 from sensor.enrich.dnscache import DnsCache
@@ -273,7 +273,7 @@ def test_a_window_lists_its_hosts_as_a_dict_would(visits, cap) -> None:
 
 
 def _visit_all(visits, cap: int) -> None:
-    window = _Window(0.0, 100.0, None, ("r", "s", "t"), False)  # type: ignore[arg-type]
+    window = _Window(0.0, 100.0, ("r", "s", "t"), False)
     table: dict[str, list] = {}
     for host, ts, health in visits:
         if not host:
@@ -313,7 +313,11 @@ def test_a_window_keeps_what_its_document_reads_and_no_more(catalog: VendorCatal
             if alert is None:
                 continue
             seen_rules.add(rule.INFO.id)
-            kept = _kept(alert)
+            window = _Window(T0, T0 + 3600, (rule.INFO.id, record.flow.src_ip, alert.throttle_subject), False)
+            window.keep(alert, False)
+            window.pack()
+            assert isinstance(window.packed, bytes)
+            kept = window.alert()
             assert kept.observation.record.body == b"" and len(kept.observation.record.headers) == 4
             assert type(kept.observation.record) is record_type
             destinations = [engine_module.Destination(host, 2, T0, T0 + 5, True)]
@@ -327,7 +331,10 @@ def test_lookups_and_hellos_are_kept_as_they_are(catalog: VendorCatalog) -> None
     hello = TlsHello(T0, _flow(0, 0, 443), "tls", "static.hotjar.com", ("h2",), False, "1.3")
     obs = eng._observe(hello, eng.policy.assets.lookup(hello.flow.src_ip))
     alert = next(alert for rule in ALL_RULES if (alert := rule.evaluate(obs)) is not None)
-    assert _kept(alert) is alert and alert.findings == () and alert.fields == ()
+    window = _Window(T0, T0 + 3600, (alert.rule.id, hello.flow.src_ip, alert.throttle_subject), False)
+    window.keep(alert, False)
+    window.pack()
+    assert window.alert() == alert and alert.findings == () and alert.fields == ()
 
 
 def test_day_is_the_records_day(catalog: VendorCatalog) -> None:

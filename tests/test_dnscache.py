@@ -76,8 +76,9 @@ _answers = st.lists(st.one_of(
 @given(st.lists(st.tuples(st.lists(_names, max_size=3), _answers, st.floats(0, 2e9), st.booleans()), max_size=8))
 def test_the_compiled_learning_equals_the_python_one(responses) -> None:  # type: ignore[no-untyped-def]
     """DnsCache.learn (through the compiled dns_learn for answers without a CNAME) stores what
-    _learn_py stores, in the same order, over caches that already hold some of the addresses."""
-    compiled, python = DnsCache(), DnsCache()
+    _learn_py stores, in the same order, over caches that already hold some of the addresses
+    (never swept here: the sweep is learn's own, and the same for both)."""
+    compiled, python = DnsCache(late=float("inf")), DnsCache(late=float("inf"))
     for names, answers, ts, response in responses:
         message = DnsMessage(1, response, 0, "NOERROR", tuple((name, "A") for name in names), tuple(answers))
         compiled.learn(ts, message)
@@ -86,3 +87,33 @@ def test_the_compiled_learning_equals_the_python_one(responses) -> None:  # type
             python.counters.add("dnscache.stored", stored)
         assert list(compiled._entries.items()) == list(python._entries.items())
     assert compiled.counters.get("dnscache.stored") == python.counters.get("dnscache.stored")
+
+
+def test_expired_entries_are_let_go_as_the_capture_clock_passes() -> None:
+    cache = DnsCache(late=600.0)
+    for i in range(50):
+        cache.learn(*query(f"h{i}.example", [DnsAnswer(f"h{i}.example", "A", f"192.0.2.{i}", 30)]))  # expire at 160
+    cache.learn(*query("x.example", [DnsAnswer("x.example", "A", "198.51.100.1", 30)], ts=700.0))
+    assert len(cache) == 51  # expired, but a record up to 600 s late may still ask: kept
+    assert cache.names_for("192.0.2.7", 150.0) == ("h7.example",)
+    cache.learn(*query("y.example", [DnsAnswer("y.example", "A", "198.51.100.2", 30)], ts=761.0))
+    assert len(cache) == 2 and cache.counters.get("dnscache.swept") == 50
+    assert cache.names_for("198.51.100.1", 750.0) == ("x.example",)
+
+
+def test_a_day_of_lookups_holds_the_last_minutes_only() -> None:
+    cache, largest = DnsCache(late=600.0), 0
+    for second in range(0, 86_400, 2):
+        address = f"10.{second >> 16}.{second >> 8 & 255}.{second & 255}"
+        cache.learn(*query(f"n{second}.example", [DnsAnswer(f"n{second}.example", "A", address, 300)], ts=float(second)))
+        largest = max(largest, len(cache))
+    # stored within the TTL, the lateness allowed and one sweep period: about 1,000 s of lookups
+    assert largest <= (300 + 600 + 60) // 2 + 1
+    assert cache.counters.get("dnscache.evicted") == 0
+
+
+def test_an_unbounded_lateness_keeps_entries_until_they_are_asked_for() -> None:
+    cache = DnsCache(late=float("inf"))
+    cache.learn(*query("a.example", [DnsAnswer("a.example", "A", "192.0.2.1", 30)]))
+    cache.learn(*query("b.example", [DnsAnswer("b.example", "A", "192.0.2.2", 30)], ts=100_000.0))
+    assert len(cache) == 2 and cache.counters.get("dnscache.swept") == 0

@@ -90,3 +90,33 @@ def test_a_tally_carried_to_another_process_is_the_same_tally() -> None:
     empty = AlertTally()
     empty.absorb(AlertTally().to_json())
     assert empty.highest is None and fail_on_code(empty, "low") == EXIT_OK
+
+
+def test_a_tally_lets_go_of_ids_no_document_can_update_and_keeps_their_counts() -> None:
+    from sensor.app.summary import MAX_UPDATABLE_ALERTS
+    from sensor.detect.engine import MAX_THROTTLE_KEYS
+
+    # the engine re-sends only the windows it keeps, the newest MAX_THROTTLE_KEYS opened
+    assert MAX_UPDATABLE_ALERTS >= MAX_THROTTLE_KEYS
+    # each id sent three times in a row (first sight, an escalation, the final count), as live does
+    docs = [alert(str(i // 3), ("low", "high")[i % 7 == 0], "tracker-egress-no-baa", f"10.0.{i % 5}.1",
+                  ("Meta Pixel", "Hotjar", None)[i % 3], i % 11 + 1) for i in range(1000)]
+    whole, bounded, replay = AlertTally(), AlertTally(updatable=30), AlertTally(updatable=0)
+    for doc in docs:
+        whole.add(doc)
+        bounded.add(doc)
+    for index, doc in enumerate(docs):  # the last document of each id only, as a replay writes them
+        if index == len(docs) - 1 or docs[index + 1]["event"]["id"] != doc["event"]["id"]:
+            replay.add(doc)
+    assert len(bounded.rows) <= 30 and len(replay.rows) == 0 and len(whole) == 334
+    assert (len(bounded), bounded.counts()) == (len(whole), whole.counts()) == (len(replay), replay.counts())
+    assert list(bounded.counts()) == list(whole.counts())  # the table's ties keep their order
+    texts = []
+    for tally in (whole, bounded, replay):
+        out = io.StringIO()
+        print_summary(tally, out)
+        texts.append(out.getvalue())
+    assert texts[0] == texts[1] == texts[2]
+    carried = AlertTally()
+    carried.absorb(orjson.loads(orjson.dumps(replay.to_json())))
+    assert (len(carried), carried.counts(), carried.highest) == (len(whole), whole.counts(), whole.highest)

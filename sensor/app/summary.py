@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from collections import Counter as Tally
+from collections import OrderedDict
 from typing import TextIO
 
 from sensor.errors import EXIT_FAIL_ON, EXIT_OK
@@ -25,14 +25,25 @@ def print_stats(counters: Counters, sinks: list[Sink]) -> None:
         print(f"  {key:<{width}}  {values[key]}", file=sys.stderr)
 
 
+# Alerts whose count a later document may still change: the engine re-sends only the windows it
+# keeps open, at most its MAX_THROTTLE_KEYS, the newest opened (a test holds the two together)
+MAX_UPDATABLE_ALERTS = 100_000
+
+Row = tuple[str, ...]  # (severity, rule, PHI host, vendor or destination, BAA status, health data)
+
+
 class AlertTally:
     """What the end-of-run summary and --fail-on need of the alert documents shipped, without
-    keeping them (a day of traffic raises tens of thousands): per `event.id` the latest
-    document's summary row and count (updates of a throttle window reuse its id), and the
-    highest severity."""
+    keeping them (a day of traffic raises hundreds of thousands): per `event.id` the latest
+    document's summary row and count (updates of a throttle window reuse its id), for the newest
+    `updatable` ids; the counts per row of the older ones, which no document can update any
+    more; and the highest severity. A replay sends one document per window: none is updated."""
 
-    def __init__(self) -> None:
-        self.rows: dict[str, tuple[tuple[str, ...], int]] = {}
+    def __init__(self, updatable: int = MAX_UPDATABLE_ALERTS) -> None:
+        self.updatable = updatable
+        self.rows: OrderedDict[str, tuple[Row, int]] = OrderedDict()  # the newest ids, in the order first seen
+        self.settled: dict[Row, int] = {}  # summed counts per row of the ids let go, in the order first seen
+        self.settled_alerts = 0
         self.highest: int | None = None  # rank of the highest severity, None before any alert
 
     def add(self, alert: dict) -> None:
@@ -53,20 +64,46 @@ class AlertTally:
             pe["baa"]["status"],
             ", ".join(pe.get("phi", {}).get("types", [])) or "-",
         )
-        self.rows[event_id] = (row, pe.get("count", 1))  # the latest counts, where its id first came
+        self._put(event_id, row, pe.get("count", 1))
+
+    def _put(self, event_id: str, row: Row, count: int) -> None:
+        """The latest row and count of an id (where its id first came); the oldest id let go
+        into the settled counts beyond `updatable`."""
+        if not self.updatable:  # straight into the settled counts
+            self.settled[row] = self.settled.get(row, 0) + count
+            self.settled_alerts += 1
+            return
+        rows = self.rows
+        rows[event_id] = (row, count)
+        if len(rows) > self.updatable:
+            _, (old, old_count) = rows.popitem(last=False)
+            self.settled[old] = self.settled.get(old, 0) + old_count
+            self.settled_alerts += 1
+
+    def counts(self) -> dict[Row, int]:
+        """The summed count per row, in the order each row first came."""
+        merged = dict(self.settled)
+        for row, count in self.rows.values():
+            merged[row] = merged.get(row, 0) + count
+        return merged
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.settled_alerts + len(self.rows)
 
     def to_json(self) -> dict:
         """What another process's tally adds (`absorb`), as JSON."""
         return {"rows": [[event_id, list(row), count] for event_id, (row, count) in self.rows.items()],
-                "highest": self.highest}
+                "settled": [[list(row), count] for row, count in self.settled.items()],
+                "settled_alerts": self.settled_alerts, "highest": self.highest}
 
     def absorb(self, other: dict) -> None:
         """Add the tally another process wrote with `to_json` (the second replay worker's)."""
+        for row, count in other.get("settled", ()):
+            key = tuple(row)
+            self.settled[key] = self.settled.get(key, 0) + count
+        self.settled_alerts += other.get("settled_alerts", 0)
         for event_id, row, count in other["rows"]:
-            self.rows[event_id] = (tuple(row), count)
+            self._put(event_id, tuple(row), count)
         highest = other["highest"]
         if highest is not None and (self.highest is None or highest > self.highest):
             self.highest = highest
@@ -81,15 +118,12 @@ def print_summary(alerts: AlertTally, stream: TextIO | None = None) -> None:
     On a terminal a drawn table; elsewhere (a CI log, a file) plain aligned columns, one row per
     line, which grep and diff take as they are."""
     stream = sys.stderr if stream is None else stream
-    if not alerts.rows:
+    if not len(alerts):
         print("phi-sensor: no alerts", file=stream)
         return
-    tally: Tally = Tally()
-    for key, count in alerts.rows.values():
-        tally[key] += count
-    order = sorted(tally.items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
+    order = sorted(alerts.counts().items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
     rows = [(*key, str(count)) for key, count in order[:SUMMARY_ROWS]]
-    title = f"phi-sensor: {len(alerts.rows)} alert(s)"
+    title = f"phi-sensor: {len(alerts)} alert(s)"
     more = (f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output"
             if len(order) > SUMMARY_ROWS else None)
     if _is_terminal(stream):

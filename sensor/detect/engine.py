@@ -16,14 +16,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import marshal
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from heapq import heappop, heappush
+from operator import attrgetter
 from typing import Any, cast
 
-from sensor.detect.base import Alert
+from sensor.detect.base import Alert, RuleInfo
 from sensor.detect.rules import ALL_RULES, tracker_payload
 from sensor.enrich.assets import PhiHost
 from sensor.enrich.baa import BaaEntry
@@ -36,7 +37,9 @@ from sensor.phi import is_health_data, scan_http
 from sensor.phi.trackers import decode_tracker, scan_tracker
 from sensor.records import (
     Counters,
+    DnsAnswer,
     DnsQuery,
+    Flow,
     HttpRequest,
     LocalNameQuery,
     Record,
@@ -88,9 +91,8 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 class _Window:
     start: float
     end: float
-    alert: Alert  # what a document reads of the window's alert (see _kept)
     key: tuple[str, str, str]  # (rule, source host, subject)
-    health_data: bool  # whether the request behind `alert` carried health data
+    health_data: bool  # whether the request behind the kept alert carried health data
     count: int = 1
     last_seen: float = 0.0
     sent_count: int = 1  # the count the last document of this window carried
@@ -98,6 +100,57 @@ class _Window:
     # seen (most windows see one host; a dict for each would be most of what a window holds).
     destination: Destination | None = None
     destinations: dict[str, Destination] | None = None
+    # The alert its documents show, kept small (a day of traffic holds tens of thousands of
+    # windows): its shared parts by reference, its own text and record packed into one bytes
+    # object (see keep and alert).
+    severity: str = ""
+    rule: RuleInfo | None = None
+    phi_host: PhiHost | None = None
+    vendor: Vendor | None = None
+    baa: BaaEntry | None = None
+    extra: tuple[Any, Any, Any] | None = None  # (findings, fields, tracker) when any is shown
+    packed: bytes | Alert | None = None  # an alert whose record cannot be packed is kept whole
+
+    def keep(self, alert: Alert, health_data: bool) -> None:
+        """Keep what the window's documents read of `alert`, the alert itself until `pack`."""
+        obs = alert.observation
+        self.health_data = health_data
+        self.severity, self.rule = alert.severity, alert.rule
+        self.phi_host, self.vendor, self.baa = obs.phi_host, obs.vendor, obs.baa
+        self.packed, self.extra = alert, None
+
+    def pack(self) -> None:
+        """Pack the kept alert (see _pack), once it is unlikely to be replaced; of its findings,
+        decoded fields and tracker payload keep what its documents show."""
+        alert = self.packed
+        if not isinstance(alert, Alert):
+            return
+        findings, fields = alert.findings, alert.fields
+        tracker = alert.observation.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
+        if fields:  # a document reads the fields findings point into (their evidence excerpts)
+            paths = {finding.path for finding in findings}
+            fields = tuple([field for field in fields if field.path in paths])
+        if tracker is not None and tracker.params:  # it shows the decoder, event, page and referrer
+            tracker = dataclasses.replace(tracker, params=())
+        self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
+        self.packed = _pack(alert)
+
+    def alert(self) -> Alert:
+        """The kept alert, as its documents read it: the record without its body and with only
+        the headers a document shows; no findings of the scan, a tracker payload only where the
+        document shows it."""
+        packed = self.packed
+        if type(packed) is not bytes:
+            return cast(Alert, packed)
+        summary, source, destination, allowed, status, index, values = marshal.loads(packed)
+        cls, make, answers_at = _PACKABLE[index]
+        values[1] = _new_flow(*values[1])
+        if answers_at:
+            values[answers_at] = tuple([_new_answer(*answer) for answer in values[answers_at]])
+        findings, fields, tracker = self.extra if self.extra is not None else ((), (), None)
+        obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
+                           status, None, tracker, None)
+        return Alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
 
     @property
     def event_id(self) -> str:
@@ -172,7 +225,7 @@ class DetectionEngine:
         self.on_observation = on_observation
         self.build_document = build_document
         self.counters = counters if counters is not None else Counters()
-        self.dns_cache = DnsCache(counters=self.counters)
+        self.dns_cache = DnsCache(counters=self.counters, late=hold_back)
         self.rules = []
         for rule in ALL_RULES:
             settings = (rule_settings or {}).get(rule.INFO.id) or RuleSettings(rule.INFO.enabled_by_default)
@@ -190,9 +243,13 @@ class DetectionEngine:
         self._kinds: dict[type, str] = dict(_KINDS)
         self._phi_host_of = policy.assets.lookup
         self._windows: OrderedDict[tuple[str, str, str], _Window] = OrderedDict()
-        # replay: (end, key) of every window opened, soonest end first; the next time to look
-        self._ends: list[tuple[float, tuple[str, str, str]]] = []
+        # replay: the windows opened, in the order opened, per window length (so soonest end
+        # first, but for records that came after later ones); the next time to look
+        self._ends: dict[float, deque[_Window]] = {}
         self._sweep_at = math.inf if immediate else -math.inf
+        # replay: the windows whose alert changed since the last sweep, to be packed then (a
+        # window's alert is mostly replaced in its first seconds, by a stronger one)
+        self._unpacked: list[_Window] = []
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
         self._by_name: dict[str, tuple[str, _Enrichment]] = {}
@@ -245,19 +302,25 @@ class DetectionEngine:
         self.dns_cache = previous.dns_cache
         self._windows = previous._windows
         self._ends = previous._ends
+        self._unpacked = previous._unpacked
 
     def _close_passed(self, now: float) -> list[Document]:
         """The final documents of the replay windows no record can join any more, let go."""
         self._sweep_at = now + _SWEEP_SECONDS
         horizon = now - self.hold_back
-        ends, windows, out = self._ends, self._windows, []
-        while ends and ends[0][0] <= horizon:
-            end, key = heappop(ends)
-            window = windows.get(key)
-            if window is not None and window.end == end:  # else replaced or evicted since
-                del windows[key]
-                if window.count > window.sent_count:
-                    out.append(self._final(window))
+        windows, out = self._windows, []
+        for opened in self._ends.values():
+            # a window behind one that ends later closes with it, still after its own end
+            while opened and opened[0].end <= horizon:
+                window = opened.popleft()
+                if windows.get(window.key) is window:  # else replaced or evicted since
+                    del windows[window.key]
+                    if window.count > window.sent_count:
+                        out.append(self._final(window))
+        for window in self._unpacked:
+            if windows.get(window.key) is window:
+                window.pack()
+        self._unpacked.clear()
         return out
 
     def finish(self) -> list[Document]:
@@ -271,6 +334,7 @@ class DetectionEngine:
         pending.reverse()
         self._windows.clear()
         self._ends.clear()
+        self._unpacked.clear()
         while pending:
             yield self._final(pending.pop())
 
@@ -406,17 +470,17 @@ class DetectionEngine:
             if ts > window.last_seen:
                 window.last_seen = ts
             grew = window.see(obs.destination, ts, health_data)
-            if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.alert.severity]:
+            if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.severity]:
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
-                window.alert, window.health_data = _kept(alert), health_data
+                self._keep(window, alert, health_data)
                 self.counters.add("alerts.escalated")
                 if self.immediate:
                     out.append(self._final(window))
                 return
-            if health_data and alert.severity == window.alert.severity and not window.health_data:
+            if health_data and alert.severity == window.severity and not window.health_data:
                 # the document then shows the request that carried the data
-                window.alert, window.health_data = _kept(alert), True
+                self._keep(window, alert, True)
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
                 self.counters.add("alerts.updated")
@@ -430,11 +494,15 @@ class DetectionEngine:
             if window.count > window.sent_count:
                 out.append(self._final(window))
         window = self._windows[key] = _Window(
-            ts, ts + window_seconds, _kept(alert), key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
+            ts, ts + window_seconds, key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
         )
+        self._keep(window, alert, health_data)
         window.see(obs.destination, ts, health_data)
-        if not self.immediate and math.isfinite(window.end):
-            heappush(self._ends, (window.end, key))
+        if not self.immediate and math.isfinite(window.end + self.hold_back):  # else it never closes by time
+            opened = self._ends.get(window_seconds)
+            if opened is None:
+                opened = self._ends[window_seconds] = deque()
+            opened.append(window)
         if len(self._windows) > MAX_THROTTLE_KEYS:
             _, oldest = self._windows.popitem(last=False)
             if oldest.count > oldest.sent_count:
@@ -442,10 +510,18 @@ class DetectionEngine:
         if self.immediate:
             out.append(self.build_document(alert, 1, ts, ts, window.event_id, window.hosts()))
 
+    def _keep(self, window: _Window, alert: Alert, health_data: bool) -> None:
+        """Keep `alert` as the window's: packed at once live, at the next sweep in a replay."""
+        window.keep(alert, health_data)
+        if self.immediate:
+            window.pack()
+        else:
+            self._unpacked.append(window)  # (twice if replaced again before then: packed once)
+
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
-            window.alert, window.count, window.start, window.last_seen, window.event_id,
+            window.alert(), window.count, window.start, window.last_seen, window.event_id,
             window.hosts(),
         )
 
@@ -453,22 +529,65 @@ class DetectionEngine:
 # The request headers an alert document shows (its referrer, MIME type and user agent)
 _DOCUMENT_HEADERS = frozenset({"referer", "content-type", "user-agent"})
 
+# How a record is packed, by its class: (index in _PACKABLE, its fields' getter, the index of a
+# request's headers, of its body, of a lookup's answers, 0 where none); None for a class that
+# cannot be packed
+_PackSpec = tuple[int, Callable[[Any], tuple[Any, ...]], int, int, int]
+_PACK_SPECS: dict[type, _PackSpec | None] = {}
+# (class, constructor from every field in order, index of the answers or 0), by index
+_PACKABLE: list[tuple[type, Callable[..., Any], int]] = []
+_flow_values = attrgetter("src_ip", "src_port", "dst_ip", "dst_port", "transport")
+_answer_values = attrgetter("name", "type", "data", "ttl")
+_new_flow = positional_constructor(Flow)
+_new_answer = positional_constructor(DnsAnswer)
 
-def _kept(alert: Alert) -> Alert:
-    """What a throttle window keeps of an alert until its document is built: everything the
-    document reads. A request's body and its other headers, and the scan's findings and tracker
-    payload where the alert does not show them, are let go (a day of traffic holds thousands of
-    windows). Lookups and hellos are kept as they are."""
+
+def _pack_spec(cls: type) -> _PackSpec | None:
+    """How records of `cls` are packed: every field in order, the flow (always the second) and a
+    lookup's answers as plain tuples; None for a class that is not such a record."""
+    spec: _PackSpec | None = None
+    if dataclasses.is_dataclass(cls) and issubclass(cls, (DnsQuery, TlsHello, HttpRequest)):
+        names = [item.name for item in dataclasses.fields(cls)]
+        if all(item.init and not item.kw_only for item in dataclasses.fields(cls)) and names[:2] == ["ts", "flow"]:
+            def at(name: str) -> int:
+                return names.index(name) if name in names else 0
+            # the compiled constructor writes a class's own slots: a subclass adding none, or
+            # only some, of its fields is built by its class
+            own = cls.__dict__.get("__slots__", ())
+            make = positional_constructor(cls) if len(own) == len(names) else cls
+            _PACKABLE.append((cls, make, at("answers") if issubclass(cls, DnsQuery) else 0))
+            request = issubclass(cls, HttpRequest)
+            spec = (len(_PACKABLE) - 1, attrgetter(*names), at("headers") if request else 0,
+                    at("body") if request else 0, _PACKABLE[-1][2])
+    _PACK_SPECS[cls] = spec
+    return spec
+
+
+def _pack(alert: Alert) -> bytes | Alert:
+    """An alert's own parts in one bytes object (marshal): its summary, its observation's plain
+    values and its record, the record's flow and answers as tuples, a request without its body
+    and with only the headers a document shows. The alert itself where its record is of a class
+    that cannot be packed."""
     obs = alert.observation
     record = obs.record
-    if not isinstance(record, HttpRequest):
+    cls = type(record)
+    spec = _PACK_SPECS[cls] if cls in _PACK_SPECS else _pack_spec(cls)
+    if spec is None or type(record.flow) is not Flow:
         return alert
-    headers = tuple(header for header in record.headers if header[0].lower() in _DOCUMENT_HEADERS)
-    record = dataclasses.replace(record, headers=headers, body=b"")
-    tracker = obs.tracker if alert.rule.id == _TRACKER_PAYLOAD else None  # the only document showing it
-    obs = _observation(record, obs.source_record, obs.phi_host, obs.destination, obs.vendor, obs.baa, obs.allowed,
-                       obs.baa_status, None, tracker, None)
-    return Alert(alert.rule, alert.severity, obs, alert.summary, alert.throttle_subject, alert.findings, alert.fields)
+    index, values_of, headers_at, body_at, answers_at = spec
+    values = list(values_of(record))
+    values[1] = _flow_values(values[1])
+    if answers_at:
+        values[answers_at] = tuple([_answer_values(answer) for answer in values[answers_at]])
+    if headers_at:
+        values[headers_at] = tuple(header for header in values[headers_at] if header[0].lower() in _DOCUMENT_HEADERS)
+    if body_at:
+        values[body_at] = b""
+    try:
+        return marshal.dumps((alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status,
+                              index, values))
+    except ValueError:  # a value marshal cannot write
+        return alert
 
 
 def _carries_health_data(alert: Alert) -> bool:

@@ -5,11 +5,14 @@ For each address the names are kept in chain order: the name the client asked fo
 every CNAME target down to the address record. A first-party alias that points at a tracker
 (`metrics.hospital.org CNAME x.sc.omtrdc.net`) is attributed through the chain.
 Entries live for the record's TTL (bounded below and above), counted from when the response was
-seen, and the table is capped (LRU). The cache learns from responses as they are decoded, so the
-second replay worker learns every answer too (sensor.capture.workers), from the response alone.
+seen, and the table is capped (LRU); expired entries are let go as the capture's clock passes them
+(a look every SWEEP_SECONDS of capture time), so a long capture holds the answers of its last
+minutes, not of all of it. The cache learns from responses as they are decoded, so the second
+replay worker learns every answer too (sensor.capture.workers), from the response alone.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -26,19 +29,26 @@ except ImportError:  # built without a C compiler
 
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
+SWEEP_SECONDS = 60.0  # capture seconds between two looks for expired entries
 
 
 class DnsCache:
-    def __init__(self, max_entries: int = 100_000, counters: Counters | None = None) -> None:
+    def __init__(self, max_entries: int = 100_000, counters: Counters | None = None, late: float = 0.0) -> None:
+        """`late`: capture seconds a record may come after later ones (and still ask for names):
+        an entry is let go that long after it expired."""
         self.max_entries = max_entries
         self.counters = counters if counters is not None else Counters()
+        self.late = late
         # address -> (expiry, names in chain order)
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self._move_to_end = self._entries.move_to_end
+        self._sweep_at = -math.inf if late < math.inf else math.inf  # (nothing to let go of then)
 
     def learn(self, ts: float, message: DnsMessage, counted: bool = True) -> None:
         """Store what a DNS response seen at `ts` answers, for each of its questions in turn (as
         the record of each would). `counted`: False for a response another replay worker counts."""
+        if ts >= self._sweep_at:  # (never for a time that is not a number)
+            self._sweep(ts)
         stored = None
         if _learn_fast is not None:
             stored = _learn_fast(self._entries, self._move_to_end, ts, message, MIN_TTL, MAX_TTL)
@@ -56,6 +66,8 @@ class DnsCache:
 
     def observe(self, ts: float, name: str, answers: Sequence[DnsAnswer], counted: bool = True) -> None:
         """Store the addresses `answers` give for the question `name`, as of `ts`."""
+        if ts >= self._sweep_at:
+            self._sweep(ts)
         stored = self._store_py(ts, name, answers)
         if stored:
             self._stored(stored, counted)
@@ -94,6 +106,17 @@ class DnsCache:
                     break
             else:
                 return stored
+
+    def _sweep(self, now: float) -> None:
+        """Let go of the entries no record can ask for any more."""
+        self._sweep_at = now + SWEEP_SECONDS
+        horizon = now - self.late
+        entries = self._entries
+        gone = [address for address, (expiry, _names) in entries.items() if expiry < horizon]
+        for address in gone:
+            del entries[address]
+        if gone:
+            self.counters.add("dnscache.swept", len(gone))
 
     def names_for(self, address: str, now: float) -> tuple[str, ...]:
         """Names that resolved to `address` and are still valid at `now` (capture time)."""

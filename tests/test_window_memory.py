@@ -1,0 +1,216 @@
+"""What an open throttle window keeps: its alert packed (shared parts by reference, its own text
+and record in one bytes object), the same size however many records it absorbed, and documents
+built from it equal to those built from the alert the rule made."""
+from __future__ import annotations
+
+import gc
+import math
+import random
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.config import parse_config
+from sensor.deep import DecryptedHttpRequest, HttpsRequest
+from sensor.detect.base import RuleInfo
+from sensor.detect.engine import Destination, DetectionEngine, RuleSettings, _Window
+from sensor.detect.rules import ALL_RULES
+from sensor.enrich.assets import PhiHost
+from sensor.enrich.baa import BaaEntry
+from sensor.enrich.vendors import Vendor, VendorCatalog, registered_domain
+from sensor.output.ecs import AlertBuilder, EventBuilder
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, Record, TlsHello, UpgradedHello
+
+T0 = 1_705_330_800.0  # 2024-01-15 15:00 UTC
+CONFIG = """
+sensor: {name: test-sensor}
+phi_hosts:
+  - {cidr: 10.20.0.0/16, name: clinic}
+  - {cidr: 10.30.0.0/16, name: portal, tags: [patient-portal]}
+rules: {unreviewed-vendor: {enabled: true}}
+outputs: []
+"""
+TRACKERS = ["www.google-analytics.com", "connect.facebook.net", "static.hotjar.com", "api.mixpanel.com",
+            "o152.ingest.sentry.io", "intake.example.org"]
+
+
+@pytest.fixture(scope="module")
+def catalog() -> VendorCatalog:
+    return VendorCatalog.load()
+
+
+def _engine(catalog: VendorCatalog, throttle: float = 3600.0) -> DetectionEngine:
+    config = parse_config(CONFIG, "test")
+    rules = {rule.INFO.id: RuleSettings(True, throttle_seconds=throttle) for rule in ALL_RULES}
+    return DetectionEngine(config.build_policy(catalog), AlertBuilder(EventBuilder("s", registered_domain)), rules,
+                           immediate=False)
+
+
+# -- documents from a packed alert ------------------------------------------------------------------
+
+_text = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=40)
+_flows = st.builds(Flow, st.sampled_from(["10.20.5.23", "10.30.1.5", "10.20.7.7"]), st.integers(1, 65535),
+                   st.sampled_from(["203.0.113.35", "203.0.113.36"]), st.sampled_from([53, 80, 443, 8080]),
+                   st.sampled_from(["tcp", "udp"]))
+_answers = st.lists(st.builds(DnsAnswer, st.sampled_from(TRACKERS), st.sampled_from(["A", "AAAA", "CNAME", "HTTPS"]),
+                              st.sampled_from(["203.0.113.35", "2001:db8::35", "edge.example.net"]),
+                              st.integers(0, 2**31 - 1)), max_size=4)
+_times = st.floats(T0, T0 + 86_400.0)
+_lookups = st.builds(DnsQuery, _times, _flows, st.integers(0, 65535), st.sampled_from(TRACKERS),
+                     st.sampled_from(["A", "AAAA", "HTTPS"]), st.booleans(), st.sampled_from([None, "NOERROR"]),
+                     _answers.map(tuple))
+_hellos = st.one_of(
+    st.builds(TlsHello, _times, _flows, st.sampled_from(["tls", "quic"]), st.sampled_from(TRACKERS),
+              st.lists(st.sampled_from(["h2", "h3", "http/1.1"]), max_size=2).map(tuple), st.booleans(),
+              st.sampled_from([None, "1.2", "1.3"])),
+    st.builds(UpgradedHello, _times, _flows, st.just("tls"), st.sampled_from(TRACKERS), st.just(()), st.booleans(),
+              st.just("1.3"), st.sampled_from(["http-connect", "websocket"]), st.sampled_from([None, "proxy:3128"])),
+)
+_header_names = st.sampled_from(["Host", "User-Agent", "user-agent", "Referer", "REFERER", "Content-Type", "Cookie",
+                                 "X-Other"])
+_headers = st.lists(st.tuples(_header_names, _text), max_size=6).map(tuple)
+_targets = st.one_of(
+    st.sampled_from(["/g/collect?v=2&tid=G-X&en=page_view&dl=https%3A%2F%2Fportal.example%2Fconditions%2Fdiabetes"
+                     "&ep.email=jane%40example.org", "/tr/?id=1234567890&ev=PageView&cd[mrn]=12345678",
+                     "/submit?dx=E11.9&dob=1970-01-01", "/"]),
+    _text.map(lambda text: "/" + text),
+)
+_bodies = st.sampled_from([b"", b"email=jane%40example.org&dob=1970-01-01&dx=E11.9", b'{"note": "type 2 diabetes"}'])
+_requests = st.builds(
+    lambda cls, ts, flow, method, target, headers, host, body: cls(ts, flow, method, target, "1.1", headers, host,
+                                                                  body, len(body)),
+    st.sampled_from([HttpRequest, DecryptedHttpRequest, HttpsRequest]), _times, _flows,
+    st.sampled_from(["GET", "POST"]), _targets, _headers, st.sampled_from([*TRACKERS, None]), _bodies,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=st.one_of(_lookups, _hellos, _requests), count=st.integers(1, 5), hosts=st.integers(0, 3))
+def test_a_packed_alert_builds_the_documents_its_alert_builds(catalog, record: Record, count: int, hosts: int) -> None:
+    eng = _engine(catalog)
+    builders = [AlertBuilder(EventBuilder("s", registered_domain)),
+                AlertBuilder(EventBuilder("s", registered_domain, redact_urls=False), unredacted=True)]
+    obs = eng._observe(record, eng.policy.assets.lookup(record.flow.src_ip))
+    if obs is None:
+        return
+    destinations = [Destination(f"h{index}.example", index + 1, record.ts, record.ts + index, index == 1)
+                    for index in range(hosts)]
+    for rule in ALL_RULES:
+        alert = rule.evaluate(obs)
+        if alert is None:
+            continue
+        window = _Window(record.ts, record.ts + 3600.0, (rule.INFO.id, record.flow.src_ip, alert.throttle_subject),
+                         False)
+        window.keep(alert, False)
+        assert window.alert() is alert  # until packed
+        window.pack()
+        assert isinstance(window.packed, bytes)
+        kept = window.alert()
+        assert type(kept.observation.record) is type(record) and kept.observation.record.flow == record.flow
+        for build in builders:
+            assert (build(kept, count, record.ts, record.ts + 5, "id", destinations)
+                    == build(alert, count, record.ts, record.ts + 5, "id", destinations))
+
+
+# -- the size of what a window keeps -----------------------------------------------------------------
+
+def _hello(ts: float, src: str, name: str) -> TlsHello:
+    return TlsHello(ts, Flow(src, 50443, "203.0.113.35", 443, "tcp"), "tls", name, ("h2",), False, "1.3")
+
+
+def _request(ts: float, src: str) -> HttpRequest:
+    target = f"/tr/?id=1234567890&ev=PageView&n={int(ts * 1000)}&dl=https%3A%2F%2Fportal.example%2Fdiabetes"
+    headers = (("Host", "www.facebook.com"), ("User-Agent", "Mozilla/5.0"), ("Cookie", "c=" + "x" * 300))
+    return HttpRequest(ts, Flow(src, 50080, "203.0.113.35", 80, "tcp"), "GET", target, "1.1", headers,
+                       "www.facebook.com", b"x" * 2000, 2000)
+
+
+_SHARED = (RuleInfo, Vendor, PhiHost, BaaEntry, type)  # held by the catalog and the policy, not by windows
+
+
+def _held_by_windows(eng: DetectionEngine) -> int:
+    """Bytes the engine's open windows hold: everything each window reaches but the shared
+    catalog and policy objects (a string two windows share is counted twice)."""
+    total = 0
+    for window in eng._windows.values():
+        seen: set[int] = set()
+        todo: list[object] = [window]
+        while todo:
+            thing = todo.pop()
+            if id(thing) in seen or isinstance(thing, _SHARED):
+                continue
+            seen.add(id(thing))
+            total += sys.getsizeof(thing)
+            todo.extend(gc.get_referents(thing))
+    return total
+
+
+def _fill(catalog: VendorCatalog, records_per_window: int, sources: int) -> tuple[DetectionEngine, int]:
+    """An engine whose windows (one per source host and vendor) each absorbed `records_per_window`
+    records; the number of windows."""
+    eng = _engine(catalog)
+    names = ["connect.facebook.net", "www.google-analytics.com", "static.hotjar.com"]
+    for index in range(records_per_window):
+        ts = T0 + index * 0.25  # all within the hour: no window closes
+        for source in range(sources):
+            src = f"10.20.{source // 250}.{source % 250 + 1}"
+            for name in names:
+                eng.on_record(_hello(ts, src, name))
+            eng.on_record(_request(ts, src))
+    eng._close_passed(T0 + records_per_window * 0.25 + 10.0)  # a sweep: every window packed
+    return eng, len(eng._windows)
+
+
+def test_an_open_window_keeps_the_same_size_however_many_records_it_absorbed(catalog) -> None:
+    few, windows = _fill(catalog, 3, 1)
+    held_few = _held_by_windows(few)
+    many, windows_many = _fill(catalog, 10_000, 1)
+    held_many = _held_by_windows(many)
+    assert windows == windows_many >= 4
+    assert held_many <= held_few + 64 * windows  # counts past the small-int cache, no more
+    assert held_few / windows < 2_000  # a request's body, cookie and its scan's own findings are not kept
+
+
+def test_many_windows_hold_a_few_hundred_bytes_each(catalog) -> None:
+    once, windows = _fill(catalog, 1, 400)
+    held_once = _held_by_windows(once)
+    often, windows_often = _fill(catalog, 25, 400)
+    held_often = _held_by_windows(often)
+    assert windows == windows_often >= 1_600
+    assert held_once / windows < 2_000
+    assert held_often <= held_once + 64 * windows
+
+
+# -- windows closed on the capture's clock -------------------------------------------------------------
+
+def test_windows_opened_out_of_order_close_as_if_all_were_kept_to_the_end(catalog) -> None:
+    """Records up to the hold-back late open windows behind later ones: each still closes, after
+    its own end, with the document it has when every window stays open to the end."""
+    shuffle = random.Random(7)
+    records: list[Record] = []
+    for index in range(2_000):
+        ts = T0 + index * 0.5 + shuffle.uniform(-4.0, 0.0)  # at most 4 s late
+        src = f"10.20.0.{index % 13 + 1}"
+        name = TRACKERS[index % 5]
+        records.append(_hello(ts, src, name) if index % 4 else _request(ts, src))
+
+    def run(hold_back: float) -> tuple[list[str], DetectionEngine]:
+        config = parse_config(CONFIG, "test")
+        rules = {rule.INFO.id: RuleSettings(True, throttle_seconds=20.0) for rule in ALL_RULES}
+        eng = DetectionEngine(config.build_policy(catalog), AlertBuilder(EventBuilder("s", registered_domain)), rules,
+                              immediate=False, hold_back=hold_back)
+        docs, queued = [], 0
+        for record in records:
+            docs += eng.on_record(record)
+            queued = max(queued, sum(map(len, eng._ends.values())))
+        keys = len({doc["phi_egress"]["alert_key"] for doc in docs})
+        assert queued <= (3 * keys if hold_back < math.inf else 0)  # closed and replaced windows let go
+        docs += eng.finish()
+        return sorted(map(repr, docs)), eng
+
+    closing, eng = run(5.0)
+    kept, _ = run(float("inf"))
+    assert closing == kept
+    assert not eng._windows and not any(eng._ends.values()) and not eng._unpacked
