@@ -589,18 +589,12 @@ static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, Py
     return stored;
 }
 
-/* dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None having
- * stored nothing where the Python code decides (a CNAME chain, anything unusual): what
- * sensor.enrich.dnscache.DnsCache._learn_py stores of a DnsMessage, for each of its questions the
- * address answers as (expiry, (the question's name lowered,)) in the OrderedDict `entries`. */
-PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl)");
-        return NULL;
-    }
-    PyObject *entries = args[0], *move = args[1], *message = args[3];
-    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
-    if (PyErr_Occurred()) return NULL;
+/* What sensor.enrich.dnscache.DnsCache._learn_py stores of a DnsMessage, for each of its questions
+ * the address answers as (expiry, (the question's name lowered,)) in the OrderedDict `entries`:
+ * how many, or None having stored nothing where the Python code decides (a CNAME chain, anything
+ * unusual); NULL on error. */
+PyObject *learn_message(PyObject *entries, PyObject *move, double ts, PyObject *message, double min_ttl,
+                        double max_ttl) {
     if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type || !PyDict_Check(entries))
         Py_RETURN_NONE;
     PyObject *response = field(&dns_message_record, 1, message), *questions = field(&dns_message_record, 4, message),
@@ -646,4 +640,30 @@ done:
     Py_XDECREF(answers);
     Py_XDECREF(lowered);
     return result;
+}
+
+/* The number of answers of a DnsMessage that is a response (`message.answers and
+ * message.is_response`: the ones a DNS cache learns from), else 0; -1 on error. */
+Py_ssize_t message_answer_count(PyObject *message) {
+    if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type) return 0;
+    PyObject *response = field(&dns_message_record, 1, message), *answers = field(&dns_message_record, 5, message);
+    Py_ssize_t count = -1;
+    if (response != NULL && answers != NULL) {
+        int is_response = PyObject_IsTrue(response);
+        count = is_response < 0 ? -1 : is_response && PyTuple_Check(answers) ? PyTuple_GET_SIZE(answers) : 0;
+    }
+    Py_XDECREF(response);
+    Py_XDECREF(answers);
+    return count;
+}
+
+/* dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> learn_message's answer */
+PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl)");
+        return NULL;
+    }
+    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    return learn_message(args[0], args[1], ts, args[3], min_ttl, max_ttl);
 }

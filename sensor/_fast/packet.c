@@ -278,3 +278,97 @@ PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t narg
     Py_DECREF(dns);
     return decode_frame(module, args, nargs);
 }
+
+/* The decode of a replay worker handed the other worker's DNS answers too (see share_decoder). Its
+ * `state`: (shared route, DnsCache or None, min_ttl, max_ttl). */
+static PyObject *shared_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
+        return NULL;
+    }
+    PyObject *found = decode_packet(NULL, args, 2), *cache = PyTuple_GET_ITEM(state, 1);
+    if (found == NULL || found == Py_None || PyTuple_GET_SIZE(found) != 5 || cache == Py_None) return found;
+    static PyObject *sweep_name, *entries_name, *move_name, *max_name;
+    if (sweep_name == NULL && ((sweep_name = PyUnicode_InternFromString("_sweep_at")) == NULL ||
+                               (entries_name = PyUnicode_InternFromString("_entries")) == NULL ||
+                               (move_name = PyUnicode_InternFromString("_move_to_end")) == NULL ||
+                               (max_name = PyUnicode_InternFromString("max_entries")) == NULL)) {
+        sweep_name = NULL;
+        goto error;
+    }
+    PyObject *message = PyTuple_GET_ITEM(found, 4);
+    Py_ssize_t answers = message_answer_count(message);
+    if (answers < 0) goto error;
+    if (answers == 0) return found; /* nothing a cache learns: the owner's, whichever worker this is */
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) goto error;
+    int route = frame_route((unsigned)PyLong_AsUnsignedLong(args[0]), view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (route != PyLong_AsLong(PyTuple_GET_ITEM(state, 0))) return found;
+    double ts = PyFloat_AsDouble(args[2]);
+    if (ts == -1.0 && PyErr_Occurred()) goto error;
+    /* What DnsCache.learn(ts, message, counted=False) does, unless a sweep is due first (the Python
+     * code's, which counts what it lets go) */
+    PyObject *sweep_at = PyObject_GetAttr(cache, sweep_name);
+    if (sweep_at == NULL) goto error;
+    double sweep = PyFloat_AsDouble(sweep_at);
+    Py_DECREF(sweep_at);
+    if (sweep == -1.0 && PyErr_Occurred()) goto error;
+    if (ts >= sweep) return found;
+    PyObject *entries = PyObject_GetAttr(cache, entries_name), *move = PyObject_GetAttr(cache, move_name),
+             *cap = PyObject_GetAttr(cache, max_name), *stored = NULL;
+    Py_ssize_t max_entries = cap != NULL ? PyLong_AsSsize_t(cap) : -1;
+    int failed = entries == NULL || move == NULL || (max_entries == -1 && PyErr_Occurred());
+    if (!failed)
+        stored = learn_message(entries, move, ts, message, PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(state, 2)),
+                               PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(state, 3)));
+    failed = failed || stored == NULL;
+    if (!failed && stored != Py_None) { /* the oldest let go past the cap, uncounted (DnsCache._stored) */
+        while (!failed && PyDict_GET_SIZE(entries) > max_entries) {
+            PyObject *keys = PyObject_GetIter(entries), *oldest = keys != NULL ? PyIter_Next(keys) : NULL;
+            failed = oldest == NULL || PyObject_DelItem(entries, oldest) < 0;
+            Py_XDECREF(oldest);
+            Py_XDECREF(keys);
+        }
+    }
+    Py_XDECREF(entries);
+    Py_XDECREF(move);
+    Py_XDECREF(cap);
+    if (failed) {
+        Py_XDECREF(stored);
+        goto error;
+    }
+    int learned = stored != Py_None;
+    Py_DECREF(stored);
+    if (learned) { /* `found` is new here: its message becomes None, the sign of an answer learned */
+        Py_DECREF(message);
+        PyTuple_SET_ITEM(found, 4, Py_NewRef(Py_None));
+    }
+    return found;
+error:
+    Py_DECREF(found);
+    return NULL;
+}
+
+static PyMethodDef shared_decode_def = {
+    "decode", (PyCFunction)(void (*)(void))shared_decode, METH_FASTCALL,
+    "decode(linktype, frame, ts) -> decode_packet's answer; for another worker's DNS answer it learned from, "
+    "that 5-tuple with None for the message"};
+
+/* share_decoder(shared_route, cache, min_ttl, max_ttl) -> decode(linktype, frame, ts): decode_packet's
+ * answer, except that a DNS datagram whose message a cache learns from and whose route (select_route)
+ * is `shared_route` (another replay worker's answer) is stored in `cache` (a DnsCache, or None for
+ * never) as DnsCache.learn(ts, message, counted=False) stores it, where the compiled dns_learn takes
+ * it and no sweep is due: then its 5-tuple comes with None for the message.
+ * sensor.decode.dispatch.shared_decode_py is the reference. */
+PyObject *share_decoder(PyObject *module, PyObject *args) {
+    int route;
+    PyObject *cache;
+    double min_ttl, max_ttl;
+    if (!PyArg_ParseTuple(args, "iOdd", &route, &cache, &min_ttl, &max_ttl)) return NULL;
+    PyObject *state = Py_BuildValue("(iOdd)", route, cache, min_ttl, max_ttl);
+    if (state == NULL) return NULL;
+    PyObject *decode = PyCFunction_New(&shared_decode_def, state);
+    Py_DECREF(state);
+    return decode;
+}
