@@ -37,10 +37,23 @@ def _dns(flags: int, question: int, answers: list[tuple[int, int, int, bytes]]) 
     return header + body
 
 
+def _ip4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0, inet_aton(src),
+                       inet_aton(dst)) + payload
+
+
 def _frame(src: str, dst: str, sport: int, dport: int, message: bytes) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(message), 0) + message
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, inet_aton(src), inet_aton(dst))
-    return bytes(12) + b"\x08\x00" + ip + udp
+    return bytes(12) + b"\x08\x00" + _ip4(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(message), 0) + message)
+
+
+def _vxlan(frame: bytes) -> bytes:
+    inner = struct.pack("!BxxxI", 8, 7 << 8) + frame
+    return _frame("172.31.5.10", "172.31.9.21", 50000, 4789, inner)
+
+
+def _erspan2(frame: bytes) -> bytes:
+    gre = struct.pack("!HHI", 0x1000, 0x88BE, 0) + struct.pack("!HHI", 0x1000, 7, 0)
+    return bytes(12) + b"\x08\x00" + _ip4("172.31.5.10", "172.31.9.20", 47, gre + frame)
 
 
 _owner = st.sampled_from([-1, -1, -1, -1, -1, 0, 1, 1, 2])  # 2: a name the compiled parser leaves to Python
@@ -55,15 +68,19 @@ _answer = st.one_of(
 
 @st.composite
 def shared_frames(draw: st.DrawFn) -> bytes:
-    """DNS datagrams, mostly responses from a resolver to a client of either worker, some cut short."""
+    """DNS datagrams, mostly responses from a resolver to a client of either worker, some cut short,
+    some inside a mirror tunnel."""
     message = _dns(draw(st.sampled_from([0x8180, 0x8180, 0x0100, 0x8183])), draw(st.sampled_from([0, 0, 0, 1, 1, 1, 2])),
                    draw(st.lists(_answer, max_size=5)))
     if draw(st.sampled_from([False] * 9 + [True])):
         message = message[: draw(st.integers(0, len(message)))]
     client = draw(st.sampled_from([CLIENT_ODD, CLIENT_EVEN]))
     if draw(st.sampled_from([False] * 4 + [True])):
-        return _frame(client, RESOLVER, 40000, 53, message)
-    return _frame(RESOLVER, client, 53, draw(st.sampled_from([40000, 53])), message)
+        frame = _frame(client, RESOLVER, 40000, 53, message)
+    else:
+        frame = _frame(RESOLVER, client, 53, draw(st.sampled_from([40000, 53])), message)
+    wrap = draw(st.sampled_from([None, None, None, _vxlan, _erspan2]))  # the mirror tunnels, taken apart in C too
+    return frame if wrap is None else wrap(frame)
 
 
 def _cache(max_entries: int, preloaded: list[tuple[int, float]], sweep_at: float) -> DnsCache:
@@ -114,14 +131,15 @@ def test_the_other_workers_plain_answer_is_learned_at_once_uncounted() -> None:
 
 
 def test_a_sharing_decoder_learns_and_counts_as_without_the_compiled_learning() -> None:
-    """Frames of both workers' clients through TrafficDecoder.feed as worker 0: with the cache
-    handed to share (learned in C) or not (learned through learn_dns), the same cache, counters
-    and shared-frame counts."""
+    """Frames of both workers' clients, bare and tunnelled, through TrafficDecoder.feed as worker 0:
+    with the cache handed to share (learned in C) or not (learned through learn_dns), the same
+    cache, counters and shared-frame counts."""
     frames = [_frame(RESOLVER, client, 53, 40000, _dns(0x8180, question, answers))
               for client in (CLIENT_ODD, CLIENT_EVEN)
               for question in (0, 1)
               for answers in ([(-1, 1, 300, b"\xcb\x00\x71\x05")], [(-1, 5, 60, NAMES[1]), (1, 28, 30, bytes(16))],
                               [(-1, 1, 10, bytes(4)), (-1, 1, 10, b"\xcb\x00\x71\x06")])]
+    frames += [wrap(frame) for wrap in (_vxlan, _erspan2) for frame in frames[:6]]
     results = []
     for hand_cache in (True, False):
         decoder, cache = TrafficDecoder(), DnsCache()
@@ -132,5 +150,6 @@ def test_a_sharing_decoder_learns_and_counts_as_without_the_compiled_learning() 
         decoder.finish()
         results.append((list(cache._entries.items()), cache.counters.values, decoder.counters.values,
                         decoder.shared_frames, decoder.shared_bytes, len(decoder.records)))
+        assert (decoder._side is None) == hand_cache  # tunnelled ones too: no side decoder needed
     assert results[0] == results[1]
-    assert results[0][3] == 6
+    assert results[0][3] == 18  # worker 1's client's 6 answers, bare, in VXLAN and in ERSPAN
