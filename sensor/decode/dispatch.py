@@ -265,8 +265,9 @@ class TrafficDecoder:
         self._next_dns_expiry = 0.0
         self.learn_dns: LearnDns | None = None  # where DNS responses go as they are decoded
         # The other replay worker's DNS answers handed to this one (sensor.capture.workers) are
-        # only learned from: decoded apart (`_side`, its own counters and TCP streams) or, a
-        # datagram already parsed, learned at once. shared_frames and shared_bytes count them.
+        # only learned from: by the compiled decode itself (`share` with a cache), else decoded
+        # apart (`_side`, its own counters and TCP streams) or, a datagram already parsed, learned
+        # at once. shared_frames and shared_bytes count them.
         self._side: TrafficDecoder | None = None
         self.shared_frames = 0
         self.shared_bytes = 0

@@ -22,7 +22,7 @@ from sensor.records import Counters, DnsAnswer
 if TYPE_CHECKING:
     from sensor.decode.dns import DnsMessage
 
-try:  # the common responses (addresses, no CNAME) stored in one compiled call; DnsCache._learn_py is the reference
+try:  # responses (addresses, CNAME chains of ASCII names) stored in one compiled call; DnsCache._learn_py is the reference
     from sensor._fast import dns_learn as _learn_fast
     from sensor._fast import share_decoder as _share_decoder
 except ImportError:  # built without a C compiler
