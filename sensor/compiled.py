@@ -26,6 +26,8 @@ TWINS: dict[str, str] = {
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",
+    # the decode it returns, which learns another replay worker's DNS answers into a cache
+    "share_decoder": "sensor.decode.dispatch:shared_decode_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",

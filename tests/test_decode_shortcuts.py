@@ -53,7 +53,7 @@ def test_shortcuts_give_the_general_paths_records(bench_packets: list, monkeypat
     assert taken["hellos"] > 100
     with monkeypatch.context() as general:
         general.setattr(TrafficDecoder, "_whole_hello", lambda *args: False)
-        general.setattr(dispatch, "_decode_packet", None)  # DNS through the flow-taking path
+        general.setattr(dispatch, "_share_decoder", None)  # DNS through the flow-taking path
         general.setattr(http, "_http_head", None)
         general.setattr(quic, "_quic_hp_mask", None)
         general.setattr(quic, "_crypto_chunks", quic.crypto_chunks_py)

@@ -75,7 +75,7 @@ _answers = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.lists(_names, max_size=3), _answers, st.floats(0, 2e9), st.booleans()), max_size=8))
 def test_the_compiled_learning_equals_the_python_one(responses) -> None:  # type: ignore[no-untyped-def]
-    """DnsCache.learn (through the compiled dns_learn for answers without a CNAME) stores what
+    """DnsCache.learn (through the compiled dns_learn where it takes the answers) stores what
     _learn_py stores, in the same order, over caches that already hold some of the addresses
     (never swept here: the sweep is learn's own, and the same for both)."""
     compiled, python = DnsCache(late=float("inf")), DnsCache(late=float("inf"))
@@ -117,3 +117,50 @@ def test_an_unbounded_lateness_keeps_entries_until_they_are_asked_for() -> None:
     cache.learn(*query("a.example", [DnsAnswer("a.example", "A", "192.0.2.1", 30)]))
     cache.learn(*query("b.example", [DnsAnswer("b.example", "A", "192.0.2.2", 30)], ts=100_000.0))
     assert len(cache) == 2 and cache.counters.get("dnscache.swept") == 0
+
+
+_chain_names = st.sampled_from(["q.example", "Q.example", "c1.example", "c2.Example.", "c3.example..", "c1.example",
+                                "q.example", "c2.example", "é.example"])
+_chained = st.lists(st.one_of(
+    st.builds(DnsAnswer, _chain_names, st.just("CNAME"), _chain_names, st.just(60)),
+    st.builds(DnsAnswer, _chain_names, st.sampled_from(["A", "AAAA"]), st.sampled_from(["192.0.2.1", "192.0.2.2"]),
+              st.integers(0, 100_000)),
+), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(_chain_names, min_size=1, max_size=2), _chained), min_size=1, max_size=4))
+def test_the_compiled_chains_equal_the_python_ones(responses) -> None:  # type: ignore[no-untyped-def]
+    """CNAME chains in any order, loops, trailing dots, case: the compiled dns_learn stores the
+    paths _learn_py stores, or declines (a name not ASCII) having stored nothing."""
+    from sensor.enrich.dnscache import MAX_TTL, _learn_fast
+
+    if _learn_fast is None:
+        return
+    compiled, python = DnsCache(late=float("inf")), DnsCache(late=float("inf"))
+    for ts, (names, answers) in enumerate(responses):
+        message = DnsMessage(1, True, 0, "NOERROR", tuple((name, "A") for name in names), tuple(answers))
+        before = list(compiled._entries.items())
+        stored = _learn_fast(compiled._entries, compiled._move_to_end, float(ts), message, MIN_TTL, MAX_TTL)
+        expected = python._learn_py(float(ts), message)
+        if stored is None:
+            assert list(compiled._entries.items()) == before
+            assert any(not (a.name + a.data + "".join(names)).isascii() for a in answers)
+            compiled._learn_py(float(ts), message)
+        else:
+            assert stored == expected
+        assert list(compiled._entries.items()) == list(python._entries.items())
+
+
+def test_a_cname_chain_is_stored_by_the_compiled_learning() -> None:
+    from sensor.enrich.dnscache import MAX_TTL, _learn_fast
+
+    if _learn_fast is None:
+        return
+    cache = DnsCache()
+    message = DnsMessage(1, True, 0, "NOERROR", (("Metrics.Hospital.org", "A"),), (
+        DnsAnswer("x.sc.omtrdc.net", "A", "192.0.2.9", 300),
+        DnsAnswer("metrics.hospital.org", "CNAME", "X.sc.omtrdc.net.", 300),
+    ))
+    assert _learn_fast(cache._entries, cache._move_to_end, 100.0, message, MIN_TTL, MAX_TTL) == 1
+    assert cache.names_for("192.0.2.9", 100.0) == ("metrics.hospital.org", "x.sc.omtrdc.net")

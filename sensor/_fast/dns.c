@@ -528,10 +528,21 @@ static int answer_kind(PyObject *type) {
     return n == 5 && memcmp(s, "CNAME", 5) == 0 ? 2 : 0;
 }
 
-/* Whether every answer is a DnsAnswer whose type is a str, none a CNAME, every address's TTL an
- * int a double holds: what store_answers takes. -1 on error. */
+/* Whether a field of a DnsAnswer is an ASCII str (its lower() is ascii_lower's); -1 on error. */
+static int ascii_field(PyObject *answer, Py_ssize_t i) {
+    PyObject *value = field(&dns_answer_record, i, answer);
+    if (value == NULL) return -1;
+    int ascii = PyUnicode_Check(value) && PyUnicode_IS_ASCII(value);
+    Py_DECREF(value);
+    return ascii;
+}
+
+/* Whether every answer is a DnsAnswer whose type is a str, every address's TTL an int a double
+ * holds, and, with CNAMEs among them, every owner name and CNAME target an ASCII str: what
+ * store_answers takes. 1 without CNAMEs, 2 with, 0 not plain, -1 on error. */
 static int plain_answers(PyObject *answers) {
     Py_ssize_t count = PyTuple_GET_SIZE(answers);
+    int cnames = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *answer = PyTuple_GET_ITEM(answers, i);
         if (Py_TYPE(answer) != dns_answer_record.type) return 0;
@@ -539,7 +550,12 @@ static int plain_answers(PyObject *answers) {
         if (type == NULL) return -1;
         int kind = answer_kind(type);
         Py_DECREF(type);
-        if (kind < 0 || kind == 2) return 0;
+        if (kind < 0) return 0;
+        if (kind == 2) {
+            int ascii = ascii_field(answer, 2);
+            if (ascii <= 0) return ascii;
+            cnames = 1;
+        }
         if (kind == 1) {
             PyObject *ttl = field(&dns_answer_record, 3, answer);
             if (ttl == NULL) return -1;
@@ -551,29 +567,131 @@ static int plain_answers(PyObject *answers) {
             }
         }
     }
-    return 1;
-}
-
-/* Store every address of plain `answers` as (expiry, asked) in the OrderedDict `entries`, each
- * moved to its end (`move`: its move_to_end); the number stored, or -1 on error. */
-static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, PyObject *asked, PyObject *answers,
-                                double min_ttl, double max_ttl) {
-    Py_ssize_t count = PyTuple_GET_SIZE(answers), stored = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = 0; cnames && i < count; i++) { /* every owner is looked up in the chain */
         PyObject *answer = PyTuple_GET_ITEM(answers, i), *type = field(&dns_answer_record, 1, answer);
         if (type == NULL) return -1;
         int kind = answer_kind(type);
         Py_DECREF(type);
+        if (kind == 1 || kind == 2) {
+            int ascii = ascii_field(answer, 0);
+            if (ascii <= 0) return ascii;
+        }
+    }
+    return 1 + cnames;
+}
+
+/* An answer's field lowered (an ASCII str, as plain_answers found), with `strip` its trailing dots cut. */
+static PyObject *lowered_field(PyObject *answer, Py_ssize_t i, int strip) {
+    PyObject *value = field(&dns_answer_record, i, answer);
+    if (value == NULL) return NULL;
+    PyObject *lower = ascii_lower(value);
+    Py_DECREF(value);
+    if (lower == NULL || !strip) return lower;
+    const char *text = (const char *)PyUnicode_DATA(lower);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(lower), kept = n;
+    while (kept > 0 && text[kept - 1] == '.') kept--;
+    if (kept == n) return lower;
+    PyObject *cut = PyUnicode_Substring(lower, 0, kept);
+    Py_DECREF(lower);
+    return cut;
+}
+
+/* One step of sensor.enrich.dnscache._chain: the path to `target` through `owner`, if the owner's
+ * is known (1, or 0 when not yet); -1 on error. */
+static int chain_step(PyObject *paths, PyObject *owner, PyObject *target) {
+    PyObject *path = PyDict_GetItemWithError(paths, owner);
+    if (path == NULL) return PyErr_Occurred() ? -1 : 0;
+    int known = PyDict_Contains(paths, target);
+    if (known < 0) return -1;
+    if (!known && PyTuple_GET_SIZE(path) < 16) {
+        Py_ssize_t n = PyTuple_GET_SIZE(path);
+        PyObject *longer = PyTuple_New(n + 1);
+        if (longer == NULL) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(longer, i, Py_NewRef(PyTuple_GET_ITEM(path, i)));
+        PyTuple_SET_ITEM(longer, n, Py_NewRef(target));
+        int failed = PyDict_SetItem(paths, target, longer) < 0;
+        Py_DECREF(longer);
+        if (failed) return -1;
+    }
+    return 1;
+}
+
+/* sensor.enrich.dnscache._chain(answers, asked): every owner name's path of names from the
+ * question's (`asked`, a 1-tuple of it lowered), for answers plain_answers found plain; NULL on error. */
+static PyObject *cname_paths(PyObject *answers, PyObject *asked) {
+    PyObject *paths = PyDict_New(), *pending = PyList_New(0);
+    if (paths == NULL || pending == NULL || PyDict_SetItem(paths, PyTuple_GET_ITEM(asked, 0), asked) < 0) goto error;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(answers); i++) {
+        PyObject *answer = PyTuple_GET_ITEM(answers, i), *type = field(&dns_answer_record, 1, answer);
+        if (type == NULL) goto error;
+        int kind = answer_kind(type);
+        Py_DECREF(type);
+        if (kind != 2) continue;
+        PyObject *owner = lowered_field(answer, 0, 0), *target = owner != NULL ? lowered_field(answer, 2, 1) : NULL;
+        int step = target != NULL ? chain_step(paths, owner, target) : -1;
+        PyObject *pair = step == 0 ? PyTuple_Pack(2, owner, target) : NULL;
+        int failed = step < 0 || (step == 0 && (pair == NULL || PyList_Append(pending, pair) < 0));
+        Py_XDECREF(pair);
+        Py_XDECREF(owner);
+        Py_XDECREF(target);
+        if (failed) goto error;
+    }
+    while (PyList_GET_SIZE(pending)) { /* until nothing new is reachable */
+        PyObject *deferred = PyList_New(0);
+        if (deferred == NULL) goto error;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+            PyObject *pair = PyList_GET_ITEM(pending, i);
+            int step = chain_step(paths, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+            if (step < 0 || (step == 0 && PyList_Append(deferred, pair) < 0)) {
+                Py_DECREF(deferred);
+                goto error;
+            }
+        }
+        int stuck = PyList_GET_SIZE(deferred) == PyList_GET_SIZE(pending);
+        Py_SETREF(pending, deferred);
+        if (stuck) break;
+    }
+    Py_DECREF(pending);
+    return paths;
+error:
+    Py_XDECREF(paths);
+    Py_XDECREF(pending);
+    return NULL;
+}
+
+/* Store every address of plain `answers` as (expiry, names) in the OrderedDict `entries`, each
+ * moved to its end (`move`: its move_to_end); names: `asked`, or with CNAMEs its path in the chain
+ * from `asked` to the address record's owner (DnsCache._store_py's second pass, which leaves
+ * what its first stored as the second alone would). The number stored, or -1 on error. */
+static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, PyObject *asked, PyObject *answers,
+                                int cnames, double min_ttl, double max_ttl) {
+    Py_ssize_t count = PyTuple_GET_SIZE(answers), stored = 0;
+    PyObject *paths = NULL;
+    if (cnames && (paths = cname_paths(answers, asked)) == NULL) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *answer = PyTuple_GET_ITEM(answers, i), *type = field(&dns_answer_record, 1, answer);
+        if (type == NULL) goto error;
+        int kind = answer_kind(type);
+        Py_DECREF(type);
         if (kind != 1) continue;
+        PyObject *names = asked;
+        if (paths != NULL) {
+            PyObject *owner = lowered_field(answer, 0, 0);
+            if (owner == NULL) goto error;
+            PyObject *path = PyDict_GetItemWithError(paths, owner);
+            Py_DECREF(owner);
+            if (path == NULL && PyErr_Occurred()) goto error;
+            if (path != NULL) names = path;
+        }
         PyObject *address = field(&dns_answer_record, 2, answer), *ttl_obj = field(&dns_answer_record, 3, answer);
         double ttl = ttl_obj != NULL ? PyLong_AsDouble(ttl_obj) : -1.0;
         Py_XDECREF(ttl_obj);
         if (address == NULL || PyErr_Occurred()) {
             Py_XDECREF(address);
-            return -1;
+            goto error;
         }
         PyObject *entry = tuple_steal(2, (PyObject *[]){
-            PyFloat_FromDouble(ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl)), Py_NewRef(asked)});
+            PyFloat_FromDouble(ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl)), Py_NewRef(names)});
         int known = entry != NULL ? PyDict_Contains(entries, address) : -1;
         int failed = known < 0 || PyObject_SetItem(entries, address, entry) < 0;
         Py_XDECREF(entry);
@@ -583,24 +701,22 @@ static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, Py
             Py_XDECREF(moved);
         }
         Py_DECREF(address);
-        if (failed) return -1;
+        if (failed) goto error;
         stored++;
     }
+    Py_XDECREF(paths);
     return stored;
+error:
+    Py_XDECREF(paths);
+    return -1;
 }
 
-/* dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None having
- * stored nothing where the Python code decides (a CNAME chain, anything unusual): what
- * sensor.enrich.dnscache.DnsCache._learn_py stores of a DnsMessage, for each of its questions the
- * address answers as (expiry, (the question's name lowered,)) in the OrderedDict `entries`. */
-PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl)");
-        return NULL;
-    }
-    PyObject *entries = args[0], *move = args[1], *message = args[3];
-    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
-    if (PyErr_Occurred()) return NULL;
+/* What sensor.enrich.dnscache.DnsCache._learn_py stores of a DnsMessage, for each of its questions
+ * the address answers as (expiry, (the question's name lowered,)) in the OrderedDict `entries`:
+ * how many, or None having stored nothing where the Python code decides (a CNAME chain, anything
+ * unusual); NULL on error. */
+PyObject *learn_message(PyObject *entries, PyObject *move, double ts, PyObject *message, double min_ttl,
+                        double max_ttl) {
     if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type || !PyDict_Check(entries))
         Py_RETURN_NONE;
     PyObject *response = field(&dns_message_record, 1, message), *questions = field(&dns_message_record, 4, message),
@@ -632,7 +748,8 @@ PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         PyTuple_SET_ITEM(lowered, i, asked);
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t added = store_answers(entries, move, ts, PyTuple_GET_ITEM(lowered, i), answers, min_ttl, max_ttl);
+        Py_ssize_t added = store_answers(entries, move, ts, PyTuple_GET_ITEM(lowered, i), answers, plain == 2, min_ttl,
+                                         max_ttl);
         if (added < 0) goto done;
         stored += added;
     }
@@ -646,4 +763,30 @@ done:
     Py_XDECREF(answers);
     Py_XDECREF(lowered);
     return result;
+}
+
+/* The number of answers of a DnsMessage that is a response (`message.answers and
+ * message.is_response`: the ones a DNS cache learns from), else 0; -1 on error. */
+Py_ssize_t message_answer_count(PyObject *message) {
+    if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type) return 0;
+    PyObject *response = field(&dns_message_record, 1, message), *answers = field(&dns_message_record, 5, message);
+    Py_ssize_t count = -1;
+    if (response != NULL && answers != NULL) {
+        int is_response = PyObject_IsTrue(response);
+        count = is_response < 0 ? -1 : is_response && PyTuple_Check(answers) ? PyTuple_GET_SIZE(answers) : 0;
+    }
+    Py_XDECREF(response);
+    Py_XDECREF(answers);
+    return count;
+}
+
+/* dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> learn_message's answer */
+PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl)");
+        return NULL;
+    }
+    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    return learn_message(args[0], args[1], ts, args[3], min_ttl, max_ttl);
 }

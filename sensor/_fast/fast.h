@@ -128,6 +128,12 @@ FAST_INTERNAL unsigned tunnel_kind(unsigned port);
 /* dns.c */
 FAST_INTERNAL int dns_bound(void);
 FAST_INTERNAL PyObject *dns_message_of(const uint8_t *data, Py_ssize_t size);
+FAST_INTERNAL PyObject *learn_message(PyObject *entries, PyObject *move, double ts, PyObject *message, double min_ttl,
+                                      double max_ttl);
+FAST_INTERNAL Py_ssize_t message_answer_count(PyObject *message);
+
+/* select.c: a frame's route (sensor.capture.workers.route_of_py), or -1 before bind_select */
+FAST_INTERNAL int frame_route(unsigned linktype, const uint8_t *f, Py_ssize_t n);
 
 /* ecs.c: interns the key strings (at module init) */
 FAST_INTERNAL int ecs_init(void);
@@ -145,6 +151,7 @@ FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *share_decoder(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

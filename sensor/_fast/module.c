@@ -16,6 +16,9 @@ static PyMethodDef methods[] = {
      "dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) for a DNS datagram, or None"},
     {"decode_packet", (PyCFunction)(void (*)(void))decode_packet, METH_FASTCALL,
      "decode_packet(linktype, frame) -> dns_datagram's tuple for a DNS datagram, else decode_frame's, else None"},
+    {"share_decoder", share_decoder, METH_VARARGS,
+     "share_decoder(shared_route, cache, min_ttl, max_ttl) -> decode(linktype, frame, ts): decode_packet, learning"
+     " another replay worker's DNS answers into the cache at once"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},

@@ -364,6 +364,8 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
 /* The route of a frame: its worker, with SHARED_ANSWER when the other worker learns from it too. */
 static int route_of(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return worker_of_frame(linktype, f, n, 0); }
 
+int frame_route(unsigned linktype, const uint8_t *f, Py_ssize_t n) { return max_frame > 0 ? route_of(linktype, f, n) : -1; }
+
 /* select_worker(linktype, frame) -> the replay worker of a frame, for the split's Python path and tests */
 PyObject *select_worker(PyObject *module, PyObject *args) {
     unsigned int linktype;

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sensor.capture.workers import SHARED_ANSWER
+from sensor.capture.workers import SHARED_ANSWER, route_of_py
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
 from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
@@ -43,11 +44,14 @@ _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
-try:  # a frame to its DNS datagram or its decode tuple in one compiled call (sensor/_fast/packet.c);
-    # decode_packet_py is the reference
-    from sensor._fast import decode_packet as _decode_packet
+if TYPE_CHECKING:
+    from sensor.enrich.dnscache import DnsCache
+
+try:  # a frame to its DNS datagram or its decode tuple in one compiled call (sensor/_fast/packet.c),
+    # learning another replay worker's DNS answers at once where sharing: shared_decode_py is the reference
+    from sensor._fast import share_decoder as _share_decoder
 except ImportError:  # built without a C compiler
-    _decode_packet = None
+    _share_decoder = None
 
 # learn_dns(ts, message, counted): a DNS response seen at `ts`, for the attribution cache
 LearnDns = Callable[[float, "dns.DnsMessage", bool], None]
@@ -261,8 +265,9 @@ class TrafficDecoder:
         self._next_dns_expiry = 0.0
         self.learn_dns: LearnDns | None = None  # where DNS responses go as they are decoded
         # The other replay worker's DNS answers handed to this one (sensor.capture.workers) are
-        # only learned from: decoded apart (`_side`, its own counters and TCP streams) or, a
-        # datagram already parsed, learned at once. shared_frames and shared_bytes count them.
+        # only learned from: by the compiled decode itself (`share` with a cache), else decoded
+        # apart (`_side`, its own counters and TCP streams) or, a datagram already parsed, learned
+        # at once. shared_frames and shared_bytes count them.
         self._side: TrafficDecoder | None = None
         self.shared_frames = 0
         self.shared_bytes = 0
@@ -270,12 +275,19 @@ class TrafficDecoder:
         # of the other worker's answers, for frames that come without saying whose they are.
         self._route_of: Callable[[int, bytes], int] | None = None
         self._shared_route = -1
+        # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
+        # answers into `share`'s cache itself (sensor/_fast/packet.c share_decoder)
+        self._decode: Callable[[int, bytes, float], Any] | None = (
+            _share_decoder(-1, None, 0.0, 0.0) if _share_decoder is not None else None)
 
-    def share(self, worker: int, route_of: Callable[[int, bytes], int]) -> None:
+    def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
         """Decode as replay worker `worker` (0 or 1) of a split that hands each worker the other's
         DNS answers too (the compiled selector's): those `route_of` gives the other worker, with
-        SHARED_ANSWER, go to `feed_shared`."""
+        SHARED_ANSWER, go to `feed_shared`, or straight into `cache` (the one `learn_dns` teaches)
+        where the compiled decode takes them."""
         self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
+        if self._decode is not None and cache is not None:
+            self._decode = cache.shared_decoder(self._shared_route) or self._decode
 
     def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
         """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
@@ -298,8 +310,9 @@ class TrafficDecoder:
 
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        if _decode_packet is not None:
-            found = _decode_packet(linktype, frame)
+        decode = self._decode
+        if decode is not None:
+            found = decode(linktype, frame, ts)
             if found is not None:
                 if len(found) != 5:
                     if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
@@ -310,6 +323,10 @@ class TrafficDecoder:
                     return
                 # a DNS datagram, its message parsed: what feed_decoded does with it
                 src, sport, dst, dport, message = found
+                if message is None:  # another worker's answer, learned from by the compiled decode
+                    self.shared_frames += 1
+                    self.shared_bytes += len(frame)
+                    return
                 if message.answers and message.is_response and self._route_of is not None \
                         and self._route_of(linktype, frame) == self._shared_route:
                     self.shared_frames += 1
@@ -465,6 +482,23 @@ def decode_packet_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, d
     dns_datagram or decode_frame does): dns_datagram_py's answer, else PacketDecoder.decode_py's."""
     datagram = dns_datagram_py(linktype, frame)
     return datagram if datagram is not None else PacketDecoder(Counters()).decode_py(0.0, linktype, frame)
+
+
+def shared_decode_py(shared_route: int, cache: DnsCache | None, linktype: int, frame: bytes,
+                     ts: float) -> tuple[str, int, str, int, dns.DnsMessage | None] | Decoded | None:
+    """The reference of the decode the compiled share_decoder(shared_route, cache, ...) returns:
+    decode_packet_py's answer, except that a DNS datagram with answers to learn whose route is
+    `shared_route` (another replay worker's) is learned by `cache` as TrafficDecoder.feed would
+    have it learned, and comes with None for its message. (The compiled one may decline a
+    datagram, learning nothing and answering as decode_packet: feed then learns it.)"""
+    found = decode_packet_py(linktype, frame)
+    if cache is None or found is None or len(found) != 5:
+        return found
+    src, sport, dst, dport, message = found
+    if not (message.answers and message.is_response) or route_of_py(linktype, frame) != shared_route:
+        return found
+    cache.learn(ts, message, False)
+    return src, sport, dst, dport, None
 
 
 def dns_datagram_py(linktype: int, frame: bytes) -> tuple[str, int, str, int, dns.DnsMessage] | None:

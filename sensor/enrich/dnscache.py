@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sensor.records import Counters, DnsAnswer
 
 if TYPE_CHECKING:
     from sensor.decode.dns import DnsMessage
 
-try:  # the common responses (addresses, no CNAME) stored in one compiled call; DnsCache._learn_py is the reference
+try:  # responses (addresses, CNAME chains of ASCII names) stored in one compiled call; DnsCache._learn_py is the reference
     from sensor._fast import dns_learn as _learn_fast
+    from sensor._fast import share_decoder as _share_decoder
 except ImportError:  # built without a C compiler
-    _learn_fast = None
+    _learn_fast = _share_decoder = None
 
 MIN_TTL = 60.0  # resolvers and clients keep using addresses a little past short TTLs
 MAX_TTL = 86_400.0
@@ -56,6 +57,15 @@ class DnsCache:
             stored = self._learn_py(ts, message)
         if stored:
             self._stored(stored, counted)
+
+    def shared_decoder(self, shared_route: int) -> Callable[[int, bytes, float], Any] | None:
+        """The compiled decode (linktype, frame, ts) of a replay worker that learns the DNS answers
+        routed `shared_route` (another worker's) into this cache, uncounted, as it decodes them
+        (sensor.decode.dispatch.shared_decode_py is the reference); None without the extension."""
+        if _share_decoder is None:
+            return None
+        decode: Callable[[int, bytes, float], Any] = _share_decoder(shared_route, self, MIN_TTL, MAX_TTL)
+        return decode
 
     def _learn_py(self, ts: float, message: DnsMessage) -> int:
         """learn's stores, in Python: the reference of the compiled dns_learn. How many."""

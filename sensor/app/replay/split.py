@@ -15,6 +15,7 @@ import orjson
 from sensor.app.replay.files import replay_file
 from sensor.capture.channel import FrameWriter, read_frames
 from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, route_of, widen_pipe
+from sensor.enrich.dnscache import DnsCache
 from sensor.errors import EXIT_INTERNAL, SensorError
 from sensor.output.jsonl import JsonlSink
 from sensor.output.sinks import Sink
@@ -57,7 +58,7 @@ class SplitReplay:
 
             def replay_my_half() -> None:
                 first_file.continue_as(1, in_child=True)
-                self.pipeline.decoder.share(1, route_of)
+                self.pipeline.decoder.share(1, route_of, self._dns_cache())
                 for index, path in enumerate(paths):
                     selector = first_file if index == 0 else _split_selector(path, 1)
                     if selector is not None:  # else this process reports nothing: the parent does
@@ -65,7 +66,7 @@ class SplitReplay:
 
             self._run_child(spill, trailer_file, replay_my_half)
         started.continue_as(0, in_child=False)
-        self.pipeline.decoder.share(0, route_of)
+        self.pipeline.decoder.share(0, route_of, self._dns_cache())
         first_file = started
         problems = self.replay_each(paths, progress, lambda index, path, reporter: replay_file(
             self.pipeline, path, progress=reporter, prefilter="never",
@@ -116,6 +117,10 @@ class SplitReplay:
         self.pipeline.finish()
         self._collect_child(pid, spill, trailer_file)
         return problems
+
+    def _dns_cache(self) -> DnsCache | None:
+        """The attribution cache the decoder's DNS answers teach, if the detector keeps one."""
+        return getattr(self.pipeline.detector, "dns_cache", None)
 
     def _run_child(self, spill: IO[bytes], trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
         """The second worker: `replay_share()` feeds its packets; its documents go to `spill`,
