@@ -112,6 +112,8 @@ class Pipeline:
         # when a record raised any
         records = self.decoder.records
         self.decoder.records = []
+        if self.decoder.packets.tunnels:  # records of tunnelled flows take their tunnel with them
+            records = self.decoder.packets.with_tunnels(records)
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
         detector = self._detector
         if writers:

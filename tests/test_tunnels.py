@@ -426,7 +426,7 @@ def test_nested_tunnels_list_their_layers() -> None:
     frame = bytes(eth() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / eth()
                   / IP(src="192.0.2.7", dst="192.0.2.8") / GRE(proto=0x0800, key_present=1, key=99) / INNER)
     assert decode(1, frame, decoder) is not None
-    assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)] == (
+    assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)][0] == (
         {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 3, "layers": ["vxlan", "gre"]},
         None, None)
 

@@ -44,6 +44,7 @@ from sensor.records import (
     LocalNameQuery,
     Record,
     TlsHello,
+    TunnelledFlow,
     positional_constructor,
     split_target,
 )
@@ -144,7 +145,8 @@ class _Window:
             return cast(Alert, packed)
         summary, source, destination, allowed, status, index, values = marshal.loads(packed)
         cls, make, answers_at = _PACKABLE[index]
-        values[1] = _new_flow(*values[1])
+        flow = values[1]
+        values[1] = _new_flow(*flow) if len(flow) == 5 else TunnelledFlow(*flow)
         if answers_at:
             values[answers_at] = tuple([_new_answer(*answer) for answer in values[answers_at]])
         findings, fields, tracker = self.extra if self.extra is not None else ((), (), None)
@@ -565,18 +567,20 @@ def _pack_spec(cls: type) -> _PackSpec | None:
 
 def _pack(alert: Alert) -> bytes | Alert:
     """An alert's own parts in one bytes object (marshal): its summary, its observation's plain
-    values and its record, the record's flow and answers as tuples, a request without its body
+    values and its record, the record's flow (and its tunnel) and answers as tuples, a request without its body
     and with only the headers a document shows. The alert itself where its record is of a class
     that cannot be packed."""
     obs = alert.observation
     record = obs.record
     cls = type(record)
     spec = _PACK_SPECS[cls] if cls in _PACK_SPECS else _pack_spec(cls)
-    if spec is None or type(record.flow) is not Flow:
+    flow = record.flow
+    if spec is None or (type(flow) is not Flow and type(flow) is not TunnelledFlow):
         return alert
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
-    values[1] = _flow_values(values[1])
+    # a tunnelled flow's tunnel goes with it (its documents name the tunnel)
+    values[1] = _flow_values(flow) if type(flow) is Flow else (*_flow_values(flow), flow.tunnel)
     if answers_at:
         values[answers_at] = tuple([_answer_values(answer) for answer in values[answers_at]])
     if headers_at:
