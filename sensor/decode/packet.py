@@ -18,6 +18,7 @@ import dataclasses
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from sensor.records import Counters, Flow, Record, TunnelledFlow, TunnelValue
@@ -335,6 +336,8 @@ TUNNEL_IDS: dict[str, Callable[[bytes], int | None]] = {
     "l2tp": lambda f: int.from_bytes(f[6:8] if f[0] & 0x40 else f[4:6], "big"),  # the session id
 }
 MAX_TUNNEL_FLOWS = 65536  # tunnelled 5-tuples remembered for their events (oldest forgotten first)
+# record class -> the values of all its fields, in order (a record rebuilt around a TunnelledFlow)
+_FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
 IP_TUNNELS: dict[int, tuple[str, Step]] = {
@@ -534,9 +537,13 @@ class PacketDecoder:
             src, sport, dst, dport = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
             seen = tunnels.get((src, sport, dst, dport)) or tunnels.get((dst, dport, src, sport))
             if seen is not None:
-                tunnelled = TunnelledFlow(src, sport, dst, dport, flow.transport, seen[0])
-                records[at] = dataclasses.replace(record, flow=tunnelled)  # type: ignore[type-var]
+                cls = type(record)
+                fields_of = _FIELDS.get(cls) or _FIELDS.setdefault(
+                    cls, attrgetter(*(item.name for item in dataclasses.fields(cls))))
+                values = fields_of(record)  # ts, flow, the rest (every record's own order)
+                records[at] = cls(values[0], TunnelledFlow(src, sport, dst, dport, flow.transport, seen[0]), *values[2:])
         return records
+
 
     def _ip(self, ts: float, frame: bytes, off: int, depth: int) -> Decoded | None:
         if off < 0 or len(frame) < off + 20:
