@@ -77,6 +77,8 @@ class Pipeline:
         # a detector that writes each window's document once (a replay's) updates none
         self.alerts.updatable = 0 if getattr(detector, "immediate", True) is False else MAX_UPDATABLE_ALERTS
         self._bind_dns_learning()
+        if hasattr(detector, "tunnel_of"):
+            detector.tunnel_of = self.decoder.packets.tunnel_of
 
     def _bind_dns_learning(self) -> None:
         """DNS responses teach the detector's attribution cache as they are decoded (also those
@@ -112,7 +114,9 @@ class Pipeline:
         # when a record raised any
         records = self.decoder.records
         self.decoder.records = []
-        if self.decoder.packets.tunnels:  # records of tunnelled flows take their tunnel with them
+        if self._event_builder is not None and self.decoder.packets.tunnels:
+            # records of tunnelled flows take their tunnel to their events (the detector's alerts
+            # take it as they are raised: DetectionEngine.tunnel_of)
             records = self.decoder.packets.with_tunnels(records)
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
         detector = self._detector

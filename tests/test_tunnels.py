@@ -456,20 +456,23 @@ def test_tunnel_ports_come_from_the_configuration(tmp_path: Path, bare_alerts: T
         packet.configure_udp_tunnels(packet.DEFAULT_UDP_TUNNEL_PORTS)
 
 
-def test_records_keep_their_tunnel_once_the_table_forgets_it(tunnels_root: Path, monkeypatch) -> None:
-    """Every entry of the tunnelled-flow table is dropped as soon as the records leave decode: the
-    events, and the alerts built from their packed throttle windows at the end, still name the tunnel."""
-    taken = PacketDecoder.with_tunnels
+@pytest.mark.parametrize("emit", ["all", "alerts"])
+def test_records_keep_their_tunnel_once_the_table_forgets_it(emit: str, tunnels_root: Path, monkeypatch) -> None:
+    """Every entry of the tunnelled-flow table is dropped as soon as a record takes its tunnel (as
+    it leaves decode for its event, or raises an alert): the events, and the alerts built from
+    their packed throttle windows at the end, still name the tunnel."""
+    taken = PacketDecoder.tunnel_of
 
-    def then_forget(self: PacketDecoder, records: list) -> list:
-        records = taken(self, records)
+    def then_forget(self: PacketDecoder, record):
+        record = taken(self, record)
         self.tunnels.clear()
-        return records
+        return record
 
-    monkeypatch.setattr(PacketDecoder, "with_tunnels", then_forget)
+    monkeypatch.setattr(PacketDecoder, "tunnel_of", then_forget)
     story = next(p for p in wrapped_dir("vlan-vxlan-vlan", tunnels_root) if p.name == "mixpanel-plaintext.pcap")
-    docs = replay([story], "--emit", "all", "--prefilter", "never")
-    assert any(doc["event"]["kind"] == "alert" for doc in docs) and any(doc["event"]["kind"] != "alert" for doc in docs)
+    docs = replay([story], "--emit", emit, "--prefilter", "never")
+    assert any(doc["event"]["kind"] == "alert" for doc in docs)
+    assert (emit == "all") == any(doc["event"]["kind"] != "alert" for doc in docs)
     for doc in docs:
         assert doc["network"]["vlan"] == {"id": "300"} and doc["network"]["inner"] == {"vlan": {"id": "12"}}
         assert doc["phi_egress"]["tunnel"] == {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 1}

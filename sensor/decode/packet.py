@@ -527,22 +527,30 @@ class PacketDecoder:
             self.counters.add("decap.tunnelled_flows_expired", expired)
 
     def with_tunnels(self, records: list[Record]) -> list[Record]:
-        """`records`, each of a tunnelled flow (either way) with its flow a TunnelledFlow carrying the
-        tunnel; called as they leave decode, only while the table holds any."""
+        """`records`, each through tunnel_of: as they leave decode for events, while the table holds any."""
         tunnels = self.tunnels
-        for at, record in enumerate(records):
+        for at, record in enumerate(records):  # most are of no tunnelled flow: one call per record the less
             flow = record.flow
-            if type(flow) is not Flow:
-                continue  # already carries its tunnel
-            src, sport, dst, dport = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
-            seen = tunnels.get((src, sport, dst, dport)) or tunnels.get((dst, dport, src, sport))
-            if seen is not None:
-                cls = type(record)
-                fields_of = _FIELDS.get(cls) or _FIELDS.setdefault(
-                    cls, attrgetter(*(item.name for item in dataclasses.fields(cls))))
-                values = fields_of(record)  # ts, flow, the rest (every record's own order)
-                records[at] = cls(values[0], TunnelledFlow(src, sport, dst, dport, flow.transport, seen[0]), *values[2:])
+            if type(flow) is Flow and ((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port) in tunnels
+                                       or (flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port) in tunnels):
+                records[at] = self.tunnel_of(record)
         return records
+
+    def tunnel_of(self, record: Record) -> Record:
+        """`record`, rebuilt with its flow a TunnelledFlow when its flow (either way) is a tunnelled
+        one the table knows, so that its documents name the tunnel however late they are built.
+        Called as a record leaves decode, for its event, or as it raises an alert."""
+        flow = record.flow
+        if type(flow) is not Flow or not self.tunnels:
+            return record  # already carries its tunnel, or no flow is tunnelled
+        src, sport, dst, dport = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+        seen = self.tunnels.get((src, sport, dst, dport)) or self.tunnels.get((dst, dport, src, sport))
+        if seen is None:
+            return record
+        cls = type(record)
+        fields_of = _FIELDS.get(cls) or _FIELDS.setdefault(cls, attrgetter(*(item.name for item in dataclasses.fields(cls))))
+        values = fields_of(record)  # ts, flow, the rest (every record's own order)
+        return cls(values[0], TunnelledFlow(src, sport, dst, dport, flow.transport, seen[0]), *values[2:])
 
 
     def _ip(self, ts: float, frame: bytes, off: int, depth: int) -> Decoded | None:

@@ -226,6 +226,9 @@ class DetectionEngine:
         self.hold_back = hold_back
         self.on_observation = on_observation
         self.build_document = build_document
+        # record -> the record carrying its flow's tunnel, when there was one (the pipeline binds
+        # the packet decoder's PacketDecoder.tunnel_of): taken as an alert is raised
+        self.tunnel_of: Callable[[Record], Record] | None = None
         self.counters = counters if counters is not None else Counters()
         self.dns_cache = DnsCache(counters=self.counters, late=hold_back)
         self.rules = []
@@ -287,6 +290,8 @@ class DetectionEngine:
         for rule, settings in rules:
             alert = rule.evaluate(obs)
             if alert is not None:
+                if self.tunnel_of is not None:  # its documents, however late, name its flow's tunnel
+                    obs.record = self.tunnel_of(obs.record)
                 if settings.severity:
                     alert.severity = settings.severity
                 self._throttle(alert, record.ts, settings.throttle_seconds, out)
