@@ -20,6 +20,8 @@ class Detector(Protocol):
     # what a live reload hands over from the detector it replaces (DetectionEngine has them all)
     counters: Counters
     dns_cache: DnsCache
+    # the packet decoder's PacketDecoder.tunnel_of, bound here: an alert's record takes its tunnel
+    tunnel_of: Callable[[Record], Record] | None
 
     def on_record(self, record: Record) -> list[dict[str, Any]]: ...
     def finish(self) -> Iterable[dict[str, Any]]: ...
@@ -77,7 +79,7 @@ class Pipeline:
         # a detector that writes each window's document once (a replay's) updates none
         self.alerts.updatable = 0 if getattr(detector, "immediate", True) is False else MAX_UPDATABLE_ALERTS
         self._bind_dns_learning()
-        if hasattr(detector, "tunnel_of"):
+        if detector is not None and hasattr(detector, "tunnel_of"):
             detector.tunnel_of = self.decoder.packets.tunnel_of
 
     def _bind_dns_learning(self) -> None:

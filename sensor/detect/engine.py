@@ -585,7 +585,7 @@ def _pack(alert: Alert) -> bytes | Alert:
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
     # a tunnelled flow's tunnel goes with it (its documents name the tunnel)
-    values[1] = _flow_values(flow) if type(flow) is Flow else (*_flow_values(flow), flow.tunnel)
+    values[1] = (*_flow_values(flow), flow.tunnel) if isinstance(flow, TunnelledFlow) else _flow_values(flow)
     if answers_at:
         values[answers_at] = tuple([_answer_values(answer) for answer in values[answers_at]])
     if headers_at:
