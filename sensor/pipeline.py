@@ -20,6 +20,8 @@ class Detector(Protocol):
     # what a live reload hands over from the detector it replaces (DetectionEngine has them all)
     counters: Counters
     dns_cache: DnsCache
+    # the packet decoder's PacketDecoder.tunnel_of, bound here: an alert's record takes its tunnel
+    tunnel_of: Callable[[Record], Record] | None
 
     def on_record(self, record: Record) -> list[dict[str, Any]]: ...
     def finish(self) -> Iterable[dict[str, Any]]: ...
@@ -77,6 +79,8 @@ class Pipeline:
         # a detector that writes each window's document once (a replay's) updates none
         self.alerts.updatable = 0 if getattr(detector, "immediate", True) is False else MAX_UPDATABLE_ALERTS
         self._bind_dns_learning()
+        if detector is not None and hasattr(detector, "tunnel_of"):
+            detector.tunnel_of = self.decoder.packets.tunnel_of
 
     def _bind_dns_learning(self) -> None:
         """DNS responses teach the detector's attribution cache as they are decoded (also those
@@ -112,6 +116,10 @@ class Pipeline:
         # when a record raised any
         records = self.decoder.records
         self.decoder.records = []
+        if self._event_builder is not None and self.decoder.packets.tunnels:
+            # records of tunnelled flows take their tunnel to their events (the detector's alerts
+            # take it as they are raised: DetectionEngine.tunnel_of)
+            records = self.decoder.packets.with_tunnels(records)
         writers = self._line_writers if self._line_writers_known else self._find_line_writers()
         detector = self._detector
         if writers:

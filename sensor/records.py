@@ -69,6 +69,19 @@ class Flow:
     transport: str  # "tcp" or "udp"
 
 
+# what the documents of a tunnelled flow say of its tunnel: (phi_egress.tunnel, outer VLAN, inner VLAN)
+TunnelValue = tuple[dict[str, Any], int | None, int | None]
+
+
+@frozen_record
+class TunnelledFlow(Flow):
+    """A flow whose packets came through a tunnel (sensor.decode.packet.PacketDecoder.tunnels),
+    carrying the tunnel so that documents built long after the record (a throttle window's) still
+    name it. Equal and hashed as its 5-tuple; `tunnel` is one value shared by the tunnel's flows."""
+
+    tunnel: TunnelValue = field(compare=False)
+
+
 @frozen_record
 class DnsAnswer:
     name: str

@@ -426,7 +426,7 @@ def test_nested_tunnels_list_their_layers() -> None:
     frame = bytes(eth() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=3) / eth()
                   / IP(src="192.0.2.7", dst="192.0.2.8") / GRE(proto=0x0800, key_present=1, key=99) / INNER)
     assert decode(1, frame, decoder) is not None
-    assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)] == (
+    assert decoder.tunnels[("10.20.0.5", 40000, "192.0.2.1", 80)][0] == (
         {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 3, "layers": ["vxlan", "gre"]},
         None, None)
 
@@ -454,3 +454,41 @@ def test_tunnel_ports_come_from_the_configuration(tmp_path: Path, bare_alerts: T
         assert packet.udp_tunnel_ports == {9999: "vxlan"}
     finally:
         packet.configure_udp_tunnels(packet.DEFAULT_UDP_TUNNEL_PORTS)
+
+
+@pytest.mark.parametrize("emit", ["all", "alerts"])
+def test_records_keep_their_tunnel_once_the_table_forgets_it(emit: str, tunnels_root: Path, monkeypatch) -> None:
+    """Every entry of the tunnelled-flow table is dropped as soon as a record takes its tunnel (as
+    it leaves decode for its event, or raises an alert): the events, and the alerts built from
+    their packed throttle windows at the end, still name the tunnel."""
+    taken = PacketDecoder.tunnel_of
+
+    def then_forget(self: PacketDecoder, record):
+        record = taken(self, record)
+        self.tunnels.clear()
+        return record
+
+    monkeypatch.setattr(PacketDecoder, "tunnel_of", then_forget)
+    story = next(p for p in wrapped_dir("vlan-vxlan-vlan", tunnels_root) if p.name == "mixpanel-plaintext.pcap")
+    docs = replay([story], "--emit", emit, "--prefilter", "never")
+    assert any(doc["event"]["kind"] == "alert" for doc in docs)
+    assert (emit == "all") == any(doc["event"]["kind"] != "alert" for doc in docs)
+    for doc in docs:
+        assert doc["network"]["vlan"] == {"id": "300"} and doc["network"]["inner"] == {"vlan": {"id": "12"}}
+        assert doc["phi_egress"]["tunnel"] == {"type": "vxlan", "source_ip": OUTER_A, "destination_ip": OUTER_B, "id": 1}
+
+
+def test_an_idle_tunnelled_flow_is_forgotten_on_the_capture_clock() -> None:
+    decoder = PacketDecoder(Counters(), idle_timeout=20.0)  # kept 2 timeouts and 3 sweep periods (5 s): 55 s
+    def wrapped(sport: int, vni: int) -> bytes:
+        return bytes(eth() / outer_ip() / UDP(sport=1, dport=4789) / VXLAN(vni=vni) / eth()
+                     / IP(src="10.20.0.5", dst="192.0.2.1") / TCP(sport=sport, dport=80, flags="A"))
+    quiet, busy = ("10.20.0.5", 40000, "192.0.2.1", 80), ("10.20.0.5", 40001, "192.0.2.1", 80)
+    for ts, sport in ((0.0, 40000), (0.0, 40001), (30.0, 40001), (50.0, 40001)):
+        decoder.decode(ts, 1, wrapped(sport, 7))
+    assert set(decoder.tunnels) == {quiet, busy}
+    decoder.decode(56.0, 1, wrapped(40001, 7))  # the quiet flow's last packet 56 s ago, the busy one's 6 s
+    assert set(decoder.tunnels) == {busy} and decoder.counters.get("decap.tunnelled_flows_expired") == 1
+    assert decoder.tunnels[busy][0][0]["id"] == 7
+    decoder.decode(200.0, 1, wrapped(40002, 8))
+    assert list(decoder.tunnels) == [("10.20.0.5", 40002, "192.0.2.1", 80)]

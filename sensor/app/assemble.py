@@ -159,7 +159,6 @@ def assemble(
         event_builder=events if args.emit in ("events", "all") else None,
         detector=detector,
     )
-    events.tunnels = pipeline.decoder.packets.tunnels  # events of tunnelled flows name their tunnel
     _warm_up(registered_domain)
     _settle_heap()
     return Parts(config, pipeline, sinks, events)

@@ -249,7 +249,7 @@ class TrafficDecoder:
         self._counts = self.counters.values
         self.settings = settings or DecodeSettings()
         self.records: list[Record] = []
-        self.packets = PacketDecoder(self.counters)
+        self.packets = PacketDecoder(self.counters, idle_timeout=self.settings.flow_idle_timeout)
         self.flows = FlowTable(
             self.counters,
             self._classify,

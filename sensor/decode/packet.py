@@ -14,12 +14,14 @@ Community ID and alerts all see the inner 5-tuple. Each encapsulation met is cou
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
-from sensor.records import Counters
+from sensor.records import Counters, Flow, Record, TunnelledFlow, TunnelValue
 
 try:  # the compiled fast path (see sensor/_fast/packet.c) for the common frames; the Python code below is the reference
     from sensor._fast import decode_frame as _decode_fast
@@ -334,6 +336,8 @@ TUNNEL_IDS: dict[str, Callable[[bytes], int | None]] = {
     "l2tp": lambda f: int.from_bytes(f[6:8] if f[0] & 0x40 else f[4:6], "big"),  # the session id
 }
 MAX_TUNNEL_FLOWS = 65536  # tunnelled 5-tuples remembered for their events (oldest forgotten first)
+# record class -> the values of all its fields, in order (a record rebuilt around a TunnelledFlow)
+_FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
 IP_TUNNELS: dict[int, tuple[str, Step]] = {
@@ -374,23 +378,29 @@ _tell_compiled()
 
 class PacketDecoder:
     """Stateful only for IP fragment reassembly (capped in datagrams and bytes) and for the
-    tunnels of recent tunnelled flows (capped in flows)."""
+    tunnels of recent tunnelled flows (capped in flows, and by idle time on the capture's clock)."""
 
-    def __init__(self, counters: Counters, max_fragment_sets: int = 1024, max_datagram: int = 65535) -> None:
+    def __init__(self, counters: Counters, max_fragment_sets: int = 1024, max_datagram: int = 65535,
+                 idle_timeout: float = 120.0) -> None:
         self.counters = counters
         self.max_fragment_sets = max_fragment_sets
         self.max_datagram = max_datagram
         # key -> [first_ts, {offset: bytes}, total_length or -1, transport]
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], list[Any]] = OrderedDict()
         self._unsupported_linktypes: set[int] = set()
-        # (src text, sport, dst text, dport) of a tunnelled packet -> (tunnel fields, outer VLAN,
-        # inner VLAN): what events of its flow say of the tunnel (output.ecs.EventBuilder.tunnels)
-        self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[dict[str, Any], int | None, int | None]] = OrderedDict()
+        # (src text, sport, dst text, dport) of a tunnelled packet -> ((tunnel fields, outer VLAN,
+        # inner VLAN), when last seen): the records of its flow carry the first (with_tunnels). The
+        # time is refreshed at most once a sweep period, so the table stays in time order.
+        self.tunnels: OrderedDict[tuple[str, int, str, int], tuple[TunnelValue, float]] = OrderedDict()
+        self._period = min(10.0, idle_timeout / 4)
+        # a TCP stream idle for a timeout expires (and gives its last records) at the sweep after
+        # the next, up to two timeouts and a period after its last segment: its tunnel outlives that
+        self._tunnel_idle = 2 * idle_timeout + 3 * self._period
+        self._next_sweep = 0.0
         self._tunnel_infos: dict[tuple[TunnelLayer, ...], dict[str, Any]] = {}
         # one (info, outer VLAN, inner VLAN) per tunnel and VLANs, shared by its flows: a flow's
         # entry then costs its key
-        self._tunnel_values: dict[tuple[tuple[TunnelLayer, ...], int | None, int | None],
-                                  tuple[dict[str, Any], int | None, int | None]] = {}
+        self._tunnel_values: dict[tuple[tuple[TunnelLayer, ...], int | None, int | None], TunnelValue] = {}
         self._layers: list[TunnelLayer] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
@@ -442,10 +452,11 @@ class PacketDecoder:
         if _decode_mirrored is not None:
             mirrored = _decode_mirrored(linktype, frame)
             if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
-                return self._mirrored(mirrored)
+                return self._mirrored(ts, mirrored)
         return self.decode_py(ts, linktype, frame)
 
-    def _mirrored(self, found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
+    def _mirrored(self, ts: float,
+                  found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
         """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
         decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
         counts = self.counters.values  # one tunnelled packet each: Counters.add would cost more than the count
@@ -455,7 +466,7 @@ class PacketDecoder:
             counts["decap.erspan"] = counts.get("decap.erspan", 0) + 1
         self._layers = [(name, src, dst, ident)]
         self._outer_vlan, self._vlan = outer_vlan, inner_vlan
-        self._remember(decoded)
+        self._remember(ts, decoded)
         return decoded
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
@@ -463,15 +474,22 @@ class PacketDecoder:
         self._layers = self._vlan = None
         decoded = self._ip(ts, frame, self.network_offset(linktype, frame), 0)
         if self._layers is not None and decoded is not None:
-            self._remember(decoded)
+            self._remember(ts, decoded)
         return decoded
 
-    def _remember(self, decoded: Decoded) -> None:
-        """Keep what the events of a tunnelled flow say of its tunnel (the outermost one)."""
+    def _remember(self, ts: float, decoded: Decoded) -> None:
+        """Keep what the records of a tunnelled flow say of its tunnel (the outermost one)."""
+        if ts >= self._next_sweep:
+            self._expire_tunnels(ts)
         texts = _ADDR_CACHE
         src, dst = decoded[1], decoded[2]
         key = (texts.get(src) or addr_text(src), decoded[3], texts.get(dst) or addr_text(dst), decoded[4])
-        if key in self.tunnels:
+        tunnels = self.tunnels
+        seen = tunnels.get(key)
+        if seen is not None:
+            if seen[1] < ts - self._period:
+                tunnels[key] = (seen[0], ts)
+                tunnels.move_to_end(key)
             return
         layers = tuple(self._layers)  # type: ignore[arg-type]
         info = self._tunnel_infos.get(layers)
@@ -490,9 +508,50 @@ class PacketDecoder:
         value = self._tunnel_values.get(shared)
         if value is None:
             value = self._tunnel_values[shared] = (info, self._outer_vlan, self._vlan)
-        if len(self.tunnels) >= MAX_TUNNEL_FLOWS:
-            self.tunnels.popitem(last=False)
-        self.tunnels[key] = value
+        if len(tunnels) >= MAX_TUNNEL_FLOWS:
+            tunnels.popitem(last=False)
+        tunnels[key] = (value, ts)
+
+    def _expire_tunnels(self, now: float) -> None:
+        """Forget the tunnelled flows idle for longer than their records can come (from the front:
+        the table is in time order). Looked at every sweep period of tunnelled packets."""
+        self._next_sweep = now + self._period
+        tunnels, limit, expired = self.tunnels, now - self._tunnel_idle, 0
+        while tunnels:
+            key = next(iter(tunnels))
+            if tunnels[key][1] >= limit:
+                break
+            del tunnels[key]
+            expired += 1
+        if expired:
+            self.counters.add("decap.tunnelled_flows_expired", expired)
+
+    def with_tunnels(self, records: list[Record]) -> list[Record]:
+        """`records`, each through tunnel_of: as they leave decode for events, while the table holds any."""
+        tunnels = self.tunnels
+        for at, record in enumerate(records):  # most are of no tunnelled flow: one call per record the less
+            flow = record.flow
+            if type(flow) is Flow and ((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port) in tunnels
+                                       or (flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port) in tunnels):
+                records[at] = self.tunnel_of(record)
+        return records
+
+    def tunnel_of(self, record: Record) -> Record:
+        """`record`, rebuilt with its flow a TunnelledFlow when its flow (either way) is a tunnelled
+        one the table knows, so that its documents name the tunnel however late they are built.
+        Called as a record leaves decode, for its event, or as it raises an alert."""
+        flow = record.flow
+        if type(flow) is not Flow or not self.tunnels:
+            return record  # already carries its tunnel, or no flow is tunnelled
+        src, sport, dst, dport = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+        seen = self.tunnels.get((src, sport, dst, dport)) or self.tunnels.get((dst, dport, src, sport))
+        if seen is None:
+            return record
+        cls = type(record)
+        fields_of = _FIELDS.get(cls) or _FIELDS.setdefault(cls, attrgetter(*(item.name for item in dataclasses.fields(cls))))
+        values = fields_of(record)  # ts, flow, the rest (every record's own order)
+        return cls(values[0], TunnelledFlow(src, sport, dst, dport, flow.transport, seen[0]), *values[2:])
+
 
     def _ip(self, ts: float, frame: bytes, off: int, depth: int) -> Decoded | None:
         if off < 0 or len(frame) < off + 20:

@@ -44,6 +44,7 @@ from sensor.records import (
     LocalNameQuery,
     Record,
     TlsHello,
+    TunnelledFlow,
     positional_constructor,
     split_target,
 )
@@ -144,7 +145,8 @@ class _Window:
             return cast(Alert, packed)
         summary, source, destination, allowed, status, index, values = marshal.loads(packed)
         cls, make, answers_at = _PACKABLE[index]
-        values[1] = _new_flow(*values[1])
+        flow = values[1]
+        values[1] = _new_flow(*flow) if len(flow) == 5 else TunnelledFlow(*flow)
         if answers_at:
             values[answers_at] = tuple([_new_answer(*answer) for answer in values[answers_at]])
         findings, fields, tracker = self.extra if self.extra is not None else ((), (), None)
@@ -224,6 +226,9 @@ class DetectionEngine:
         self.hold_back = hold_back
         self.on_observation = on_observation
         self.build_document = build_document
+        # record -> the record carrying its flow's tunnel, when there was one (the pipeline binds
+        # the packet decoder's PacketDecoder.tunnel_of): taken as an alert is raised
+        self.tunnel_of: Callable[[Record], Record] | None = None
         self.counters = counters if counters is not None else Counters()
         self.dns_cache = DnsCache(counters=self.counters, late=hold_back)
         self.rules = []
@@ -285,6 +290,8 @@ class DetectionEngine:
         for rule, settings in rules:
             alert = rule.evaluate(obs)
             if alert is not None:
+                if self.tunnel_of is not None:  # its documents, however late, name its flow's tunnel
+                    obs.record = self.tunnel_of(obs.record)
                 if settings.severity:
                     alert.severity = settings.severity
                 self._throttle(alert, record.ts, settings.throttle_seconds, out)
@@ -565,18 +572,20 @@ def _pack_spec(cls: type) -> _PackSpec | None:
 
 def _pack(alert: Alert) -> bytes | Alert:
     """An alert's own parts in one bytes object (marshal): its summary, its observation's plain
-    values and its record, the record's flow and answers as tuples, a request without its body
+    values and its record, the record's flow (and its tunnel) and answers as tuples, a request without its body
     and with only the headers a document shows. The alert itself where its record is of a class
     that cannot be packed."""
     obs = alert.observation
     record = obs.record
     cls = type(record)
     spec = _PACK_SPECS[cls] if cls in _PACK_SPECS else _pack_spec(cls)
-    if spec is None or type(record.flow) is not Flow:
+    flow = record.flow
+    if spec is None or (type(flow) is not Flow and type(flow) is not TunnelledFlow):
         return alert
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
-    values[1] = _flow_values(values[1])
+    # a tunnelled flow's tunnel goes with it (its documents name the tunnel)
+    values[1] = (*_flow_values(flow), flow.tunnel) if isinstance(flow, TunnelledFlow) else _flow_values(flow)
     if answers_at:
         values[answers_at] = tuple([_answer_values(answer) for answer in values[answers_at]])
     if headers_at:

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import orjson
@@ -15,7 +15,17 @@ import orjson
 from sensor.enrich.ech import is_cover_name
 from sensor.phi import evidence, redact, redact_url, summarize
 from sensor.phi.recognizers import url_findings
-from sensor.records import DnsQuery, Flow, HttpRequest, LocalNameQuery, Record, TlsHello, UpgradedHello, split_target
+from sensor.records import (
+    DnsQuery,
+    Flow,
+    HttpRequest,
+    LocalNameQuery,
+    Record,
+    TlsHello,
+    TunnelledFlow,
+    UpgradedHello,
+    split_target,
+)
 from sensor.severity import SEVERITY_SCORE
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
@@ -155,8 +165,6 @@ class EventBuilder:
         # one shared dict per dataset, as for the observer: documents are serialised, never mutated
         self._data_streams = {dataset: data_stream(dataset, namespace) for dataset in DATASETS}
         self._line_prefixes: dict[str, bytes] = {}
-        # the packet decoder's tunnelled flows (sensor.decode.packet.PacketDecoder.tunnels), when wired
-        self.tunnels: Mapping[tuple, tuple[dict, int | None, int | None]] = {}
 
     def __call__(self, record: Record) -> dict:
         if isinstance(record, DnsQuery):
@@ -165,16 +173,10 @@ class EventBuilder:
             doc = self.tls(record)
         else:
             doc = self.http(record)
-        if self.tunnels:
-            tunnel = self._tunnel(record.flow)
-            if tunnel is not None:
-                self._add_tunnel(doc, *tunnel)
+        flow = record.flow
+        if type(flow) is TunnelledFlow:
+            self._add_tunnel(doc, *flow.tunnel)
         return doc
-
-    def _tunnel(self, flow: Flow) -> tuple[dict, int | None, int | None] | None:
-        tunnels = self.tunnels
-        found = tunnels.get((flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port))
-        return found if found is not None else tunnels.get((flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port))
 
     @staticmethod
     def _add_tunnel(doc: dict, info: dict, outer_vlan: int | None, inner_vlan: int | None) -> None:
@@ -193,7 +195,7 @@ class EventBuilder:
         dict first (the observer is read once, at the first such event).
         """
         line = None
-        if self.tunnels and self._tunnel(record.flow) is not None:
+        if type(record.flow) is TunnelledFlow:
             pass  # the compiled writers know nothing of tunnels
         elif type(record) is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))

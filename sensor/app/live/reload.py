@@ -69,7 +69,6 @@ class Reloader:
                 new.adopt_state(old)
         pipeline.detector = new
         pipeline.event_builder = fresh.pipeline.event_builder
-        fresh.events.tunnels = pipeline.decoder.packets.tunnels  # the running decoder knows the tunnelled flows
 
     def reload(self, pipeline: Pipeline) -> bool:
         fresh = self.check()
