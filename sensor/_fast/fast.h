@@ -124,6 +124,7 @@ FAST_INTERNAL PyObject *record_new(const RecordType *record, PyObject **values);
 
 /* packet.c */
 FAST_INTERNAL unsigned tunnel_kind(unsigned port);
+FAST_INTERNAL PyObject *address_text(const uint8_t *address, Py_ssize_t alen);
 
 /* dns.c */
 FAST_INTERNAL int dns_bound(void);

@@ -276,7 +276,7 @@ class TrafficDecoder:
         self._route_of: Callable[[int, bytes], int] | None = None
         self._shared_route = -1
         # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
-        # answers into `share`'s cache itself (sensor/_fast/packet.c share_decoder)
+        # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder)
         self._decode: Callable[[int, bytes, float], Any] | None = (
             _share_decoder(-1, None, 0.0, 0.0) if _share_decoder is not None else None)
 
