@@ -1,6 +1,7 @@
 """QUIC Initial decoding: RFC 9001 / RFC 9369 vectors, real captures, crafted packets, fuzzing."""
 from __future__ import annotations
 
+import hmac
 import json
 import struct
 import time
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -220,6 +223,29 @@ def _expected_sni(corpus: Path, name: str) -> list[str]:
 )
 def test_client_initial_keys_match_rfc(version: int, key: str, iv: str, hp: str) -> None:
     assert client_initial_keys(version, RFC_DCID) == (bytes.fromhex(key), bytes.fromhex(iv), bytes.fromhex(hp))
+
+
+def _hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    """RFC 8446 7.1 with an empty context, through the `cryptography` package's HKDF-Expand."""
+    full_label = b"tls13 " + label
+    info = struct.pack("!HB", length, len(full_label)) + full_label + b"\x00"
+    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+
+
+@settings(max_examples=200, deadline=None)
+@given(version=st.sampled_from([QUIC_V1, QUIC_V2]), dcid=st.binary(max_size=20))
+def test_client_initial_keys_equal_the_libraries_hkdf(version: int, dcid: bytes) -> None:
+    """The key schedule in hashlib's objects derives what HKDF (RFC 5869) derives, for any DCID."""
+    v1 = version == QUIC_V1
+    salt = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a" if v1 else "0dede3def700a6db819381be6e269dcbf9bd2ed9")
+    prefix = b"quic" if v1 else b"quicv2"
+    initial = hmac.digest(salt, dcid, "sha256")  # HKDF-Extract
+    client = _hkdf_expand_label(initial, b"client in", 32)
+    assert client_initial_keys(version, dcid) == (
+        _hkdf_expand_label(client, prefix + b" key", 16),
+        _hkdf_expand_label(client, prefix + b" iv", 12),
+        _hkdf_expand_label(client, prefix + b" hp", 16),
+    )
 
 
 def test_client_initial_keys_reject_other_versions() -> None:

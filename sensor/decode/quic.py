@@ -8,13 +8,14 @@ several packets, in any order) and hands back the ClientHello once per connectio
 """
 from __future__ import annotations
 
-import hmac
 import re
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from hashlib import sha256
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -23,6 +24,9 @@ from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
 from sensor.decode.tls import ClientHello, parse_client_hello_message
 from sensor.records import Counters, frozen_record, positional_constructor
+
+if TYPE_CHECKING:
+    import hashlib
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF
@@ -95,13 +99,41 @@ def _label_block(label: bytes, length: int) -> bytes:
     return struct.pack("!HB", length, len(full_label)) + full_label + b"\x00\x01"
 
 
-def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
-    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context.
+# HMAC-SHA256 (RFC 2104) in hashlib's objects: its inner and outer pads are a key XORed byte by
+# byte (bytes.translate with these tables), and the pads' hashes, once made, are copied for each
+# message under the same key: a one-shot hmac.digest spends twice that in OpenSSL's set-up.
+_TO_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_TO_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+_SHA256_BLOCK = 64  # every HMAC key here (a salt, a 32-byte secret) fits one block, unhashed
+_Pads = tuple["hashlib._Hash", "hashlib._Hash"]  # the SHA-256 states after a key's inner and outer pad
+
+
+def _hmac_pads(key: bytes) -> _Pads:
+    """The SHA-256 states after the inner and the outer pad of `key` (at most one block long)."""
+    block = key.ljust(_SHA256_BLOCK, b"\x00")
+    return sha256(block.translate(_TO_INNER_PAD)), sha256(block.translate(_TO_OUTER_PAD))
+
+
+def _hmac(pads: _Pads, message: bytes) -> bytes:
+    """HMAC-SHA256 of `message` under the key whose `_hmac_pads` these are."""
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(message)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _expand_label(pads: _Pads, label: bytes, length: int) -> bytes:
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 7.1) with SHA-256 and an empty context, from the secret
+    whose `_hmac_pads` these are.
 
     Every length asked here fits one SHA-256 block, where HKDF-Expand (RFC 5869 2.3) is the single
-    HMAC T(1) = HMAC(secret, info | 0x01): one call instead of a KDF object per label.
+    HMAC T(1) = HMAC(secret, info | 0x01).
     """
-    return hmac.digest(secret, _label_block(label, length), "sha256")[:length]
+    return _hmac(pads, _label_block(label, length))[:length]
+
+
+# the salt of each version, its HMAC pads made once (HKDF-Extract's key)
+_SALT_PADS: dict[bytes, _Pads] = {version: _hmac_pads(params.salt) for version, params in _VERSIONS.items()}
 
 
 def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
@@ -109,15 +141,21 @@ def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]
 
     Raises ValueError for a version other than QUIC v1 or v2.
     """
-    params = _VERSIONS.get(version.to_bytes(4, "big")) if 0 <= version < 2**32 else None
-    if params is None:
+    wire_version = version.to_bytes(4, "big") if 0 <= version < 2**32 else b""
+    if wire_version not in _VERSIONS:
         raise ValueError(f"no Initial keys for QUIC version {version:#x}")
-    initial_secret = hmac.digest(params.salt, dcid, "sha256")  # HKDF-Extract
-    client_secret = _expand_label(initial_secret, b"client in", 32)
+    return _initial_keys(wire_version, dcid)
+
+
+def _initial_keys(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes]:
+    """client_initial_keys for a version as sent (the 4 bytes of a known one)."""
+    params = _VERSIONS[wire_version]
+    initial_secret = _hmac(_SALT_PADS[wire_version], dcid)  # HKDF-Extract
+    client = _hmac_pads(_expand_label(_hmac_pads(initial_secret), b"client in", 32))
     return (
-        _expand_label(client_secret, params.key_label, 16),
-        _expand_label(client_secret, params.iv_label, 12),
-        _expand_label(client_secret, params.hp_label, 16),
+        _expand_label(client, params.key_label, 16),
+        _expand_label(client, params.iv_label, 12),
+        _expand_label(client, params.hp_label, 16),
     )
 
 
@@ -402,7 +440,7 @@ class QuicClientHelloTracker:
         if keys is not None:
             self._keys.move_to_end(cache_key)
             return keys
-        key, iv, hp = client_initial_keys(int.from_bytes(version, "big"), dcid)
+        key, iv, hp = _initial_keys(version, dcid)
         hp_mask = partial(_quic_hp_mask, hp) if _quic_hp_mask is not None else Cipher(AES(hp), _ECB).encryptor().update
         keys = _new_keys(AESGCM(key), int.from_bytes(iv, "big"), hp_mask)
         self._keys[cache_key] = keys
