@@ -28,6 +28,8 @@ TWINS: dict[str, str] = {
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",
     # the decode it returns, which learns another replay worker's DNS answers into a cache
     "share_decoder": "sensor.decode.dispatch:shared_decode_py",
+    # the decode it returns, which takes a SYN and a whole first ClientHello into the flow table
+    "handshake_decoder": "sensor.decode.dispatch:TrafficDecoder.handshake_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
@@ -46,6 +48,7 @@ TWINS: dict[str, str] = {
 BINDERS: dict[str, str] = {
     "bind_dns": "sensor.decode.dns:TYPE_NAMES",  # with DnsMessage, DnsAnswer and RCODE_NAMES
     "bind_dns_pairs": "sensor.records:DnsQuery",  # with Flow
+    "bind_handshakes": "sensor.records:TlsHello",  # with Flow and sensor.decode.tls.LEGACY_VERSIONS
     "bind_json": "orjson:dumps",  # the encoder the line writers' fields must match byte for byte
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",

@@ -3,7 +3,7 @@ records, in the same order, and the same counters."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,26 +40,42 @@ def _decode(packets: list) -> tuple[list[str], dict[str, int]]:
 
 
 def test_shortcuts_give_the_general_paths_records(bench_packets: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken = {"hellos": 0}
+    taken = {"hellos": 0, "compiled": 0}
     whole_hello = TrafficDecoder._whole_hello
+    with_handshakes = TrafficDecoder._with_handshakes
 
-    def counting(self: TrafficDecoder, *args: object) -> bool:
+    def counting(self: TrafficDecoder, *args: object) -> object:
         took = whole_hello(self, *args)  # type: ignore[arg-type]
-        taken["hellos"] += took
+        taken["hellos"] += took is not None
         return took
 
+    def counting_compiled(self: TrafficDecoder, decode: Callable) -> Callable:
+        handshakes = with_handshakes(self, decode)
+
+        def counted(*args: object) -> object:
+            found = handshakes(*args)
+            taken["compiled"] += found is not None and len(found) < 5
+            return found
+        return counted
+
     monkeypatch.setattr(TrafficDecoder, "_whole_hello", counting)
-    fast = _decode(bench_packets)
+    monkeypatch.setattr(TrafficDecoder, "_with_handshakes", counting_compiled)
+    compiled = _decode(bench_packets)
+    if dispatch._handshake_decoder is not None:
+        assert taken["compiled"] > 200
+    with monkeypatch.context() as python:
+        python.setattr(dispatch, "_handshake_decoder", None)  # the SYNs and hellos through feed_decoded
+        fast = _decode(bench_packets)
     assert taken["hellos"] > 100
     with monkeypatch.context() as general:
-        general.setattr(TrafficDecoder, "_whole_hello", lambda *args: False)
+        general.setattr(TrafficDecoder, "_whole_hello", lambda *args: None)
         general.setattr(dispatch, "_share_decoder", None)  # DNS through the flow-taking path
         general.setattr(http, "_http_head", None)
         general.setattr(quic, "_quic_hp_mask", None)
         general.setattr(quic, "_crypto_chunks", quic.crypto_chunks_py)
         slow = _decode(bench_packets)
-    assert fast[1] == slow[1]
-    assert fast[0] == slow[0]
+    assert compiled[1] == fast[1] == slow[1]
+    assert compiled[0] == fast[0] == slow[0]
     kinds = " ".join(fast[0])
     assert "TlsHello(" in kinds and "DnsQuery(" in kinds and "HttpRequest(" in kinds and "'quic'" in kinds
 

@@ -9,7 +9,8 @@
  * One source file per Python module mirrored: dns.c (sensor.decode.dns), tls.c (sensor.decode.tls),
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
  * redact.c (sensor.phi.redact), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
- * sensor.capture.bpf's filter), text.c (text and str helpers), module.c (the method table).
+ * sensor.capture.bpf's filter), share.c (a replay worker's decode that learns the other's DNS answers),
+ * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
 #ifndef SENSOR_FAST_H
@@ -153,6 +154,8 @@ FAST_INTERNAL PyObject *decode_frame(PyObject *module, PyObject *const *args, Py
 FAST_INTERNAL PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *share_decoder(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *bind_handshakes(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *handshake_decoder(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

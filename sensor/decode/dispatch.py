@@ -52,6 +52,14 @@ try:  # a frame to its DNS datagram or its decode tuple in one compiled call (se
     from sensor._fast import share_decoder as _share_decoder
 except ImportError:  # built without a C compiler
     _share_decoder = None
+try:  # a SYN and a whole first ClientHello taken in the same compiled call as the decode
+    # (sensor/_fast/handshake.c): TrafficDecoder.handshake_py is the reference
+    from sensor._fast import bind_handshakes as _bind_handshakes
+    from sensor._fast import handshake_decoder as _handshake_decoder
+except ImportError:
+    _handshake_decoder = None
+else:
+    _bind_handshakes(TlsHello, Flow, tls.LEGACY_VERSIONS)
 
 # learn_dns(ts, message, counted): a DNS response seen at `ts`, for the attribution cache
 LearnDns = Callable[[float, "dns.DnsMessage", bool], None]
@@ -276,9 +284,21 @@ class TrafficDecoder:
         self._route_of: Callable[[int, bytes], int] | None = None
         self._shared_route = -1
         # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
-        # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder)
+        # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder), and takes the
+        # SYNs and whole first ClientHellos (_with_handshakes)
         self._decode: Callable[[int, bytes, float], Any] | None = (
-            _share_decoder(-1, None, 0.0, 0.0) if _share_decoder is not None else None)
+            self._with_handshakes(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
+
+    def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
+        """`decode`, answering () for a SYN it recorded in the flow table and (TlsHello,) for a whole
+        first ClientHello it took (handshake_py), where compiled."""
+        if _handshake_decoder is None:
+            return decode
+        flows = self.flows
+        handshakes: Callable[[int, bytes, float], Any] = _handshake_decoder(
+            decode, flows.streams, flows.half_open, flows.finished, flows.unanchored, self._counts,
+            flows.max_streams, flows.max_half_open, flows.max_finished)
+        return handshakes
 
     def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
         """Decode as replay worker `worker` (0 or 1) of a split that hands each worker the other's
@@ -287,7 +307,9 @@ class TrafficDecoder:
         where the compiled decode takes them."""
         self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
         if self._decode is not None and cache is not None:
-            self._decode = cache.shared_decoder(self._shared_route) or self._decode
+            shared = cache.shared_decoder(self._shared_route)
+            if shared is not None:
+                self._decode = self._with_handshakes(shared)
 
     def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
         """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
@@ -314,7 +336,15 @@ class TrafficDecoder:
         if decode is not None:
             found = decode(linktype, frame, ts)
             if found is not None:
-                if len(found) != 5:
+                size = len(found)
+                if size < 5:  # () a SYN it recorded, (TlsHello,) a whole first ClientHello: as feed_decoded
+                    if size:
+                        self._add_tls_hello(found[0])
+                        self.flows.sweep(ts)
+                        if ts >= self._next_dns_expiry:
+                            self._expire_dns(ts)
+                    return
+                if size != 5:
                     if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
                             and self._route_of(linktype, frame) == self._shared_route:
                         self.feed_shared(ts, linktype, frame, found)
@@ -372,8 +402,11 @@ class TrafficDecoder:
             elif payload:
                 stream = self.flows.streams.get(key)
                 if stream is None:
-                    if payload[0] != _TLS_HANDSHAKE or not self._whole_hello(key, ts, seq, payload):
+                    record = self._whole_hello(key, ts, seq, payload) if payload[0] == _TLS_HANDSHAKE else None
+                    if record is None:
                         self.flows.segment(key, ts, seq, payload)
+                    else:
+                        self._add_tls_hello(record)
                 elif not stream.done:
                     self.flows.segment(key, ts, seq, payload)
                 else:
@@ -391,25 +424,52 @@ class TrafficDecoder:
         if ts >= self._next_dns_expiry:
             self._expire_dns(ts)
 
-    def _whole_hello(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> bool:
+    def _whole_hello(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> TlsHello | None:
         """The common first segment after a SYN, a whole ClientHello: what `FlowTable.segment`
-        does with it (through `_classify` and `_TlsHelloConsumer`) without building the consumer.
-        False, having changed nothing, for anything else."""
+        does with it (through `_classify` and `_TlsHelloConsumer`) without building the consumer,
+        but for its record, returned for the caller to add. None, having changed nothing, for
+        anything else."""
         if len(payload) < 5 or 5 + ((payload[3] << 8) | payload[4]) > len(payload):
-            return False  # its first record runs on in the next segment (a split hello)
+            return None  # its first record runs on in the next segment (a split hello)
         flows = self.flows
         syn = flows.half_open.get(key)
         if (syn is None or seq != syn & 0xFFFFFFFF or key[2] == _DNS_PORT or key[3] == _DNS_PORT
                 or len(flows.streams) >= flows.max_streams or key in flows.finished):
-            return False
+            return None
         hello = tls.whole_client_hello(payload)
         if hello is None:
-            return False
+            return None
         del flows.half_open[key]
         flows.finish_key(key, ts)
         src, dst, sport, dport = key
-        self.emit_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello)
-        return True
+        return _new_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello.server_name, hello.alpn,
+                          hello.ech, hello.version)
+
+    def _add_tls_hello(self, hello: TlsHello) -> None:
+        self.records.append(hello)
+        counts = self._counts
+        counts["records.tls"] = counts.get("records.tls", 0) + 1
+
+    def handshake_py(self, found: Any, ts: float) -> Any:
+        """The reference of the compiled handshake_decoder's decode, given its bound decode's answer
+        `found`: a SYN without payload recorded in the flow table as feed_decoded records it,
+        answering (); a whole ClientHello in the first segment after its SYN taken as
+        _whole_hello takes it, answering (its TlsHello,) for the caller to add; neither on DNS's
+        port. Anything else: `found`, nothing changed. (The compiled one may also answer `found`
+        where a table is at its bound or the connection holds segments: feed_decoded then takes it.)"""
+        if found is None or len(found) != 8:
+            return found
+        proto, src, dst, sport, dport, flags, seq, payload = found
+        if proto != TCP or sport == _DNS_PORT or dport == _DNS_PORT:
+            return found
+        key = (src, dst, sport, dport)
+        if flags & _SYN and not payload:
+            self.flows.syn(key, ts, seq)
+            return ()
+        if flags & (_SYN | _FIN | _RST) or not payload or payload[0] != _TLS_HANDSHAKE or key in self.flows.streams:
+            return found
+        hello = self._whole_hello(key, ts, seq, payload)
+        return found if hello is None else (hello,)
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""

@@ -43,7 +43,7 @@ EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
 _SNI_HOST_NAME = 0
 _TLS13 = 0x0304
 _TLS13_DRAFT_HIGH_BYTE = 0x7F  # 0x7fXX: TLS 1.3 drafts, still sent by old clients
-_LEGACY_VERSIONS = {0x0303: "1.2", 0x0302: "1.1", 0x0301: "1.0"}
+LEGACY_VERSIONS = {0x0303: "1.2", 0x0302: "1.1", 0x0301: "1.0"}
 
 _HEAD = _HANDSHAKE_HEADER + 1  # type, length, legacy_version major byte
 _RECORD = struct.Struct("!BBBH")
@@ -215,7 +215,7 @@ def parse_client_hello_message(msg: bytes) -> ClientHello | None:
     if fast is None:
         return parse_client_hello_message_py(msg)
     server_name, alpn, ech, legacy_version, offers_tls13, extensions = fast
-    version = "1.3" if offers_tls13 else _LEGACY_VERSIONS.get(legacy_version)
+    version = "1.3" if offers_tls13 else LEGACY_VERSIONS.get(legacy_version)
     return _new_client_hello(server_name, alpn, ech, version, extensions)
 
 
@@ -246,7 +246,7 @@ def parse_client_hello_message_py(msg: bytes) -> ClientHello | None:
     pos += 1 + compression_length
     if compression_length < 1 or pos > end:
         return None
-    legacy_name = _LEGACY_VERSIONS.get(legacy_version)
+    legacy_name = LEGACY_VERSIONS.get(legacy_version)
     if pos == end:  # extensions are optional before TLS 1.3
         return ClientHello(None, (), False, legacy_name, ())
     if pos + 2 > end:

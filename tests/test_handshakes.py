@@ -1,0 +1,157 @@
+"""The compiled decode that takes a TCP connection's SYN and its whole first ClientHello
+(sensor/_fast/handshake.c) leaves the decoder as the Python code leaves it: the same records,
+counters and flow tables, packet by packet, for connections that open, retransmit, split their
+hello, send something else or fill the tables to their bounds."""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.decode import dispatch
+from sensor.decode.dispatch import TrafficDecoder
+from sensor.decode.flows import FlowTable
+from sensor.records import TlsHello
+
+pytestmark = pytest.mark.skipif(dispatch._handshake_decoder is None, reason="compiled extension not built")
+
+_SYN, _ACK, _FIN, _RST, _PSH = 0x02, 0x10, 0x01, 0x04, 0x08
+
+
+def _extension(kind: int, data: bytes) -> bytes:
+    return kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def _hello_record(name: bytes, tls13: bool) -> bytes:
+    server_name = b"\x00" + len(name).to_bytes(2, "big") + name
+    extensions = _extension(0, len(server_name).to_bytes(2, "big") + server_name) + _extension(16, b"\x00\x03\x02h2")
+    if tls13:
+        extensions += _extension(43, b"\x02\x03\x04")
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x04\x13\x01\x13\x02" + b"\x01\x00"
+            + len(extensions).to_bytes(2, "big") + extensions)
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
+_PAYLOADS = {
+    "none": b"",
+    "hello": _hello_record(b"example.org", tls13=True),
+    "hello12": _hello_record(b"tracker.example", tls13=False),
+    "split": _hello_record(b"example.net", tls13=True)[:40],  # a hello's first part: its record runs on
+    "http": b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    "bad": b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",  # a handshake record, not a ClientHello
+}
+
+
+def _frame(client: int, sport: int, dport: int, flags: int, seq: int, payload: bytes, v6: bool, reply: bool) -> bytes:
+    """An Ethernet frame of a TCP segment between client `client` and one server."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    if reply:
+        tcp = struct.pack("!HH", dport, sport) + tcp[4:]
+    if v6:
+        a, b = bytes(15) + bytes([client]), bytes(15) + b"\xc8"
+        src, dst = (b, a) if reply else (a, b)
+        ip = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + src + dst
+        return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + tcp
+    a, b = bytes([10, 0, 0, client]), bytes([192, 0, 2, 1])
+    src, dst = (b, a) if reply else (a, b)
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0) + src + dst
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp
+
+
+_packet = st.tuples(
+    st.integers(1, 3),  # client
+    st.sampled_from([40000, 40001]),  # client port
+    st.sampled_from([443, 8443, 53]),  # server port
+    st.sampled_from([_SYN, _SYN | _ACK, _ACK | _PSH, _ACK | _FIN, _RST, _SYN | _FIN]),
+    st.sampled_from([1000, 1001, 1002, 0xFFFFFFFF]),  # seq: the segment after a SYN at 1000 starts at 1001
+    st.sampled_from(sorted(_PAYLOADS)),
+    st.booleans(),  # IPv6
+    st.booleans(),  # the server's side
+    st.floats(0, 400),  # seconds: enough for the idle sweeps to run
+)
+
+
+def _decoder(kind: str, bounds: int) -> TrafficDecoder:
+    """A decoder whose flow table has small bounds: `kind` is "compiled" (handshake_decoder),
+    "reference" (handshake_py around the same decode) or "python" (no handshake step: feed_decoded)."""
+    decoder = TrafficDecoder()
+    decoder.flows = FlowTable(decoder.counters, decoder._classify, max_streams=bounds, idle_timeout=60.0,
+                              watch=decoder._watch, max_half_open=bounds, max_finished=bounds)
+    decode = dispatch._share_decoder(-1, None, 0.0, 0.0)
+    if kind == "compiled":
+        decoder._decode = decoder._with_handshakes(decode)
+    elif kind == "reference":
+        decoder._decode = lambda linktype, frame, ts: decoder.handshake_py(decode(linktype, frame, ts), ts)
+    else:
+        decoder._decode = decode
+    return decoder
+
+
+def _state(decoder: TrafficDecoder) -> tuple[Any, ...]:
+    flows = decoder.flows
+    return (list(map(repr, decoder.records)), dict(decoder.counters.values), list(flows.half_open.items()),
+            list(flows.finished.items()), list(flows.streams), list(flows.unanchored))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_packet, max_size=40), st.integers(1, 4))
+def test_compiled_handshakes_leave_what_the_python_code_leaves(packets: list, bounds: int) -> None:
+    decoders = [_decoder(kind, bounds) for kind in ("compiled", "reference", "python")]
+    clock = 1_700_000_000.0
+    for client, sport, dport, flags, seq, payload, v6, reply, gap in packets:
+        clock += gap
+        frame = _frame(client, sport, dport, flags, seq, _PAYLOADS[payload], v6, reply)
+        states = []
+        for decoder in decoders:
+            decoder.feed(clock, 1, frame)
+            states.append(_state(decoder))
+        assert states[0] == states[1] == states[2]
+    for decoder in decoders:
+        decoder.finish()
+    assert _state(decoders[0]) == _state(decoders[1]) == _state(decoders[2])
+
+
+def _answers(decoder: TrafficDecoder, frames: list[bytes]) -> list[Any]:
+    decode = decoder._decode
+    return [decode(1, frame, 1_700_000_000.0 + i) for i, frame in enumerate(frames)]
+
+
+def test_a_syn_and_its_whole_hello_are_taken_in_the_decode_call() -> None:
+    """The common connection never reaches the Python flow code: () for the SYN, the record for
+    the hello; a hello split over segments, a retransmitted hello and DNS's port are left to it."""
+    hello = _PAYLOADS["hello"]
+    frames = [
+        _frame(1, 40000, 443, _SYN, 1000, b"", False, False),
+        _frame(1, 40000, 443, _SYN | _ACK, 5000, b"", False, True),
+        _frame(1, 40000, 443, _ACK | _PSH, 1001, hello, False, False),
+        _frame(1, 40000, 443, _ACK | _PSH, 1001, hello, False, False),  # retransmitted: the finished key's
+        _frame(2, 40000, 443, _SYN, 1000, b"", True, False),
+        _frame(2, 40000, 443, _ACK | _PSH, 1001, _PAYLOADS["split"], True, False),
+        _frame(3, 40000, 53, _SYN, 1000, b"", False, False),
+    ]
+    decoder = _decoder("compiled", 100)
+    answers = _answers(decoder, frames)
+    assert answers[0] == answers[1] == ()
+    assert isinstance(answers[2], tuple) and len(answers[2]) == 1
+    record = answers[2][0]
+    assert isinstance(record, TlsHello)
+    assert (record.flow.src_ip, record.flow.src_port, record.flow.dst_ip, record.flow.dst_port) == (
+        "10.0.0.1", 40000, "192.0.2.1", 443)
+    assert (record.protocol, record.server_name, record.alpn, record.version) == ("tls", "example.org", ("h2",), "1.3")
+    assert answers[4] == ()
+    assert all(len(answer) == 8 for answer in (answers[3], answers[5], answers[6]))
+    assert decoder.counters.values["tcp.streams"] == 3
+    assert list(decoder.flows.finished) == [(bytes([10, 0, 0, 1]), bytes([192, 0, 2, 1]), 40000, 443)]
+
+
+def test_a_table_at_its_bound_is_left_to_the_python_code() -> None:
+    decoder = _decoder("compiled", 1)
+    answers = _answers(decoder, [_frame(1, 40000, 443, _SYN, 1000, b"", False, False),
+                                 _frame(2, 40000, 443, _SYN, 1000, b"", False, False)])
+    assert answers[0] == ()
+    assert len(answers[1]) == 8  # a new SYN would evict the first: FlowTable.syn does that, and counts it
+    assert len(decoder.flows.half_open) == 1
