@@ -172,8 +172,7 @@ static int render_svc_param(Text *t, unsigned key, const uint8_t *v, Py_ssize_t 
         if (text_adds(t, "ipv4hint=") < 0) return -1;
         for (Py_ssize_t i = 0; i < n; i += 4) {
             if (i && text_add(t, ",", 1) < 0) return -1;
-            inet_ntop(AF_INET, v + i, address, sizeof address);
-            if (text_adds(t, address) < 0) return -1;
+            if (text_add(t, address, address_chars(v + i, 4, address)) < 0) return -1;
         }
         return 0;
     case 6:
@@ -208,14 +207,8 @@ static int render_rdata(const Message *m, unsigned rtype, Py_ssize_t start, Py_s
     Py_ssize_t n = end - start, after, name_len;
     char name[DNS_NAME_TEXT], address[INET6_ADDRSTRLEN];
     int rc;
-    if (rtype == 1 && n == 4) {
-        inet_ntop(AF_INET, rdata, address, sizeof address);
-        return text_adds(t, address);
-    }
-    if (rtype == 28 && n == 16) {
-        inet_ntop(AF_INET6, rdata, address, sizeof address);
-        return text_adds(t, address);
-    }
+    if (rtype == 1 && n == 4) return text_add(t, address, address_chars(rdata, 4, address));
+    if (rtype == 28 && n == 16) return text_add(t, address, address_chars(rdata, 16, address));
     if (rtype == 2 || rtype == 5 || rtype == 12 || rtype == 39) {
         if (read_name(m, start, end, name, &name_len, &after) < 0 || after != end) return 1;
         return text_add(t, name, name_len);

@@ -116,6 +116,8 @@ static inline int tunnel_port(unsigned port) { return (tunnel_port_bits[port >> 
 /* text.c */
 FAST_INTERNAL int text_add_base64(Text *t, const uint8_t *p, Py_ssize_t n);
 FAST_INTERNAL PyObject *ascii_str(const char *s, Py_ssize_t n);
+/* A 4- or 16-byte address as socket.inet_ntop (glibc's) writes it, into INET6_ADDRSTRLEN bytes: its length */
+FAST_INTERNAL Py_ssize_t address_chars(const uint8_t *address, Py_ssize_t alen, char *out);
 FAST_INTERNAL PyObject *tuple_steal(Py_ssize_t n, PyObject **items);
 
 /* records.c */

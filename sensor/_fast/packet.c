@@ -218,8 +218,7 @@ done:
 /* The text of a 4- or 16-byte address, as socket.inet_ntop gives it. */
 PyObject *address_text(const uint8_t *address, Py_ssize_t alen) {
     char text[INET6_ADDRSTRLEN];
-    if (inet_ntop(alen == 4 ? AF_INET : AF_INET6, address, text, sizeof text) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
-    return PyUnicode_FromString(text);
+    return ascii_str(text, address_chars(address, alen == 4 ? 4 : 16, text));
 }
 
 /* dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) or None: a DNS datagram (UDP,
