@@ -7,6 +7,7 @@ each shortcut to the plain computation it replaces.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import itertools
@@ -347,3 +348,15 @@ def test_day_is_the_records_day(catalog: VendorCatalog) -> None:
     assert (first.baa is not None, first.baa_status) == (True, "on-file")
     assert (second.baa, second.baa_status) == (None, "expired")
     assert dt.datetime.fromtimestamp(T0, dt.timezone.utc).date() == dt.date(2024, 1, 15)
+
+
+def test_names_remembered_are_forgotten_when_a_request_starts_the_next_day(catalog: VendorCatalog) -> None:
+    # a request is the first record of the next day: a name looked up then is enriched for that
+    # day (mixpanel's BAA has lapsed), not as remembered from the day before (in effect)
+    eng = _engine(catalog)
+    midnight = T0 + 9 * 3600.0
+    lookup = DnsQuery(T0, _flow(0, 0, 53, "udp"), 7, "api.mixpanel.com", "A")
+    request = HttpRequest(midnight, _flow(0, 0, 80), "GET", "/", "1.1", (("Host", "example.org"),), "example.org")
+    docs = [doc for record in (lookup, request, dataclasses.replace(lookup, ts=midnight)) for doc in eng.on_record(record)]
+    docs += eng.finish()
+    assert [doc["phi_egress"]["baa"]["status"] for doc in docs if doc["rule"]["id"] == "tracker-egress-no-baa"] == ["expired"]

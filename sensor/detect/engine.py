@@ -256,9 +256,9 @@ class DetectionEngine:
         # window's alert is mostly replaced in its first seconds, by a stronger one)
         self._unpacked: list[_Window] = []
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
-        # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
+        # (normalized name, enrichment) per name as a lookup or hello spelled it, for the day
+        # remembered (_day_value): emptied as that day changes
         self._by_name: dict[str, tuple[str, _Enrichment]] = {}
-        self._by_name_day = dt.date.min
         # the day the last time fell in: times from start to end (excluded) fall on it
         self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
 
@@ -396,14 +396,9 @@ class DetectionEngine:
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
     def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
-        """Where the names of a day are remembered: the remembered day's table (emptied when the
-        day changes), or for a time outside it nowhere (an empty table)."""
-        if day != self._by_name_day:
-            if day != self._day_value:
-                return {}
-            self._by_name.clear()
-            self._by_name_day = day
-        return self._by_name
+        """Where the names of a day are remembered: the remembered day's table, or for a time
+        outside it nowhere (an empty table)."""
+        return self._by_name if day == self._day_value else {}
 
     def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
         """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
@@ -445,6 +440,8 @@ class DetectionEngine:
             # before the next one falls on the same day.
             start = ts // _DAY_SECONDS * _DAY_SECONDS
             if day == _EPOCH_DAY + dt.timedelta(days=int(start // _DAY_SECONDS)):
+                if day != self._day_value:  # the names remembered were enriched for another day
+                    self._by_name.clear()
                 self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
         return day
 
