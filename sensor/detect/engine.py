@@ -264,9 +264,26 @@ class DetectionEngine:
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
-        out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
+        ts = record.ts
+        out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
         kind = self._kinds.get(type(record)) or self._kind_of(type(record))
-        if kind is _LOCAL:  # a local host's name: never evidence of egress
+        if kind is _DNS or kind is _HELLO:
+            # A lookup, or a hello naming its server in the clear: the name's enrichment (remembered
+            # for the day) comes first, as it mostly says that no rule may fire (a destination no
+            # catalog knows) before the source is looked up or an observation is made.
+            found = self._named_destination(record, kind, ts)
+            if found is not None:
+                source, enrichment = found
+                rules = self._rules_for[enrichment[0] is not None]
+                if not rules and self.on_observation is None:
+                    return out or []
+                phi_host = self._phi_host_of(record.flow.src_ip)
+                if phi_host is None:
+                    return out or []
+                vendor, destination, allowed, baa, status = enrichment
+                obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+                return self._evaluate(obs, rules, ts, out)
+        elif kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
@@ -274,7 +291,7 @@ class DetectionEngine:
         if kind is _HTTP:
             obs = self._request_observation(cast(HttpRequest, record), phi_host)
             rules = self.rules
-        else:
+        else:  # a hello whose destination DNS attribution decides (asked only for a PHI host's)
             found = self._destination(record, kind)
             if found is None:
                 return out or []
@@ -283,6 +300,12 @@ class DetectionEngine:
                 return out or []
             source, (vendor, destination, allowed, baa, status) = found
             obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        return self._evaluate(obs, rules, ts, out)
+
+    def _evaluate(self, obs: Observation, rules: list[tuple[Any, RuleSettings]], ts: float,
+                  out: list[Document] | None) -> list[Document]:
+        """Ask `rules` about an observation, counting each alert into its window; `out` with the
+        documents that go out."""
         if self.on_observation is not None:
             self.on_observation(obs)
         if out is None:
@@ -294,7 +317,7 @@ class DetectionEngine:
                     obs.record = self.tunnel_of(obs.record)
                 if settings.severity:
                     alert.severity = settings.severity
-                self._throttle(alert, record.ts, settings.throttle_seconds, out)
+                self._throttle(alert, ts, settings.throttle_seconds, out)
         return out
 
     def _kind_of(self, cls: type) -> str:
@@ -368,10 +391,10 @@ class DetectionEngine:
         self._inspect_http(record, obs)
         return obs
 
-    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
-        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
-        destination is unknown."""
-        ts = record.ts
+    def _named_destination(self, record: Record, kind: str, ts: float) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup, or of a hello naming its server (not only an ECH cover
+        name): _destination's answer where the name alone decides it, without DNS attribution;
+        else None."""
         if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
             day, named = self._day_value, self._by_name
         else:
@@ -381,18 +404,28 @@ class DetectionEngine:
             name = cast(DnsQuery, record).name
             return "dns", (named.get(name) or self._name(named, name, day))[1]
         hello = cast(TlsHello, record)
-        resolved = None  # what DNS said the destination is: looked up only when it decides
-        if hello.server_name:
+        name = hello.server_name
+        if not name or hello.ech:
+            return None
+        sni, enrichment = named.get(name) or self._name(named, name, day)
+        return (hello.protocol, enrichment) if sni else None
+
+    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
+        destination is unknown."""
+        found = self._named_destination(record, kind, record.ts)
+        if found is not None or kind is _DNS:
+            return found
+        # no SNI, or one DNS may show to be only an ECH cover name: what DNS said the destination is decides
+        hello = cast(TlsHello, record)
+        ts = hello.ts
+        resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+        day = self._day(ts)
+        if hello.server_name and hello.ech:
+            named = self._names_on(day)
             sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
-            if sni:
-                if not hello.ech:
-                    return hello.protocol, enrichment
-                resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
-                if not is_cover_name(sni, resolved):
-                    return hello.protocol, enrichment
-        if resolved is None:
-            resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
-        # no SNI, or only an ECH cover name: the destination is what DNS said it is
+            if sni and not is_cover_name(sni, resolved):
+                return hello.protocol, enrichment
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
     def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
