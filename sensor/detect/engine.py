@@ -268,21 +268,33 @@ class DetectionEngine:
         out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
         kind = self._kinds.get(type(record)) or self._kind_of(type(record))
         if kind is _DNS or kind is _HELLO:
-            # A lookup, or a hello naming its server in the clear: the name's enrichment (remembered
-            # for the day) comes first, as it mostly says that no rule may fire (a destination no
-            # catalog knows) before the source is looked up or an observation is made.
-            found = self._named_destination(record, kind, ts)
-            if found is not None:
-                source, enrichment = found
-                rules = self._rules_for[enrichment[0] is not None]
-                if not rules and self.on_observation is None:
-                    return out or []
-                phi_host = self._phi_host_of(record.flow.src_ip)
-                if phi_host is None:
-                    return out or []
-                vendor, destination, allowed, baa, status = enrichment
-                obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
-                return self._evaluate(obs, rules, ts, out)
+            # A lookup, or a hello naming its server in the clear (not only an ECH cover name): the
+            # name's enrichment (remembered for the day) comes first, as it mostly says that no rule
+            # may fire (a destination no catalog knows), before the source is looked up or an
+            # observation made. _destination gives the same; it runs where DNS attribution decides.
+            if kind is _DNS:
+                source, name = "dns", cast(DnsQuery, record).name
+            else:
+                hello = cast(TlsHello, record)
+                source, name = hello.protocol, None if hello.ech else hello.server_name
+            if name:
+                if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+                    day, named = self._day_value, self._by_name
+                else:
+                    day = self._day(ts)
+                    named = self._names_on(day)
+                normal, enrichment = named.get(name) or self._name(named, name, day)
+                if normal or kind is _DNS:
+                    rules = self._rules_for[enrichment[0] is not None]
+                    if not rules and self.on_observation is None:
+                        return out or []
+                    phi_host = self._phi_host_of(record.flow.src_ip)
+                    if phi_host is None:
+                        return out or []
+                    vendor, destination, allowed, baa, status = enrichment
+                    obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status,
+                                       None, None, None)
+                    return self._evaluate(obs, rules, ts, out)
         elif kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
@@ -291,7 +303,7 @@ class DetectionEngine:
         if kind is _HTTP:
             obs = self._request_observation(cast(HttpRequest, record), phi_host)
             rules = self.rules
-        else:  # a hello whose destination DNS attribution decides (asked only for a PHI host's)
+        else:  # a hello DNS attribution may decide (no name, or an ECH one): asked of a PHI host's only
             found = self._destination(record, kind)
             if found is None:
                 return out or []
@@ -391,10 +403,10 @@ class DetectionEngine:
         self._inspect_http(record, obs)
         return obs
 
-    def _named_destination(self, record: Record, kind: str, ts: float) -> tuple[str, _Enrichment] | None:
-        """(source, enrichment) of a lookup, or of a hello naming its server (not only an ECH cover
-        name): _destination's answer where the name alone decides it, without DNS attribution;
-        else None."""
+    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
+        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
+        destination is unknown."""
+        ts = record.ts
         if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
             day, named = self._day_value, self._by_name
         else:
@@ -404,28 +416,18 @@ class DetectionEngine:
             name = cast(DnsQuery, record).name
             return "dns", (named.get(name) or self._name(named, name, day))[1]
         hello = cast(TlsHello, record)
-        name = hello.server_name
-        if not name or hello.ech:
-            return None
-        sni, enrichment = named.get(name) or self._name(named, name, day)
-        return (hello.protocol, enrichment) if sni else None
-
-    def _destination(self, record: Record, kind: str) -> tuple[str, _Enrichment] | None:
-        """(source, enrichment) of a lookup or hello (`kind` says which); None for a hello whose
-        destination is unknown."""
-        found = self._named_destination(record, kind, record.ts)
-        if found is not None or kind is _DNS:
-            return found
-        # no SNI, or one DNS may show to be only an ECH cover name: what DNS said the destination is decides
-        hello = cast(TlsHello, record)
-        ts = hello.ts
-        resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
-        day = self._day(ts)
-        if hello.server_name and hello.ech:
-            named = self._names_on(day)
+        resolved = None  # what DNS said the destination is: looked up only when it decides
+        if hello.server_name:
             sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
-            if sni and not is_cover_name(sni, resolved):
-                return hello.protocol, enrichment
+            if sni:
+                if not hello.ech:
+                    return hello.protocol, enrichment
+                resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+                if not is_cover_name(sni, resolved):
+                    return hello.protocol, enrichment
+        if resolved is None:
+            resolved = self.dns_cache.names_for(hello.flow.dst_ip, ts)
+        # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
     def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
