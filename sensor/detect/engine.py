@@ -272,6 +272,7 @@ class DetectionEngine:
             # name's enrichment (remembered for the day) comes first, as it mostly says that no rule
             # may fire (a destination no catalog knows), before the source is looked up or an
             # observation made. _destination gives the same; it runs where DNS attribution decides.
+            name: str | None
             if kind is _DNS:
                 source, name = "dns", cast(DnsQuery, record).name
             else:
