@@ -19,6 +19,7 @@ from sensor.enrich.vendors import (
     SHARED_DOMAINS,
     Vendor,
     VendorCatalog,
+    domain_suffixes,
     registered_domain,
     vendor_from_yaml,
 )
@@ -576,3 +577,10 @@ def test_registered_domains_from_the_ascii_rules_are_the_whole_lists(rule: str, 
     name = ".".join([*prefix, rule.lstrip("!").replace("*", "x")])
     reference = PublicSuffixList(only_icann=True, accept_unknown=False)
     assert registered_domain(name) == (reference.privatesuffix(name) or "") == (_public_suffixes().privatesuffix(name) or "")
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="ab.", max_size=12) | st.sampled_from(["", ".", "a", "a.b", "a..b", ".a.b", "a.b.", "x.y.z.w"]))
+def test_domain_suffixes_are_the_host_then_each_parent_of_two_labels_or_more(host: str) -> None:
+    labels = host.split(".")
+    assert list(domain_suffixes(host)) == [host] + [".".join(labels[start:]) for start in range(1, len(labels) - 1)]

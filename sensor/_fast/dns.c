@@ -685,10 +685,10 @@ static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, Py
         }
         PyObject *entry = tuple_steal(2, (PyObject *[]){
             PyFloat_FromDouble(ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl)), Py_NewRef(names)});
-        int known = entry != NULL ? PyDict_Contains(entries, address) : -1;
-        int failed = known < 0 || PyObject_SetItem(entries, address, entry) < 0;
+        Py_ssize_t size = PyDict_GET_SIZE(entries); /* unchanged by the store: the address was known */
+        int failed = entry == NULL || PyObject_SetItem(entries, address, entry) < 0;
         Py_XDECREF(entry);
-        if (!failed && known) { /* a new key is stored at the end already */
+        if (!failed && PyDict_GET_SIZE(entries) == size) { /* a new key is stored at the end already */
             PyObject *moved = PyObject_CallOneArg(move, address);
             failed = moved == NULL;
             Py_XDECREF(moved);

@@ -256,17 +256,47 @@ class DetectionEngine:
         # window's alert is mostly replaced in its first seconds, by a stronger one)
         self._unpacked: list[_Window] = []
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
-        # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
+        # (normalized name, enrichment) per name as a lookup or hello spelled it, for the day
+        # remembered (_day_value): emptied as that day changes
         self._by_name: dict[str, tuple[str, _Enrichment]] = {}
-        self._by_name_day = dt.date.min
         # the day the last time fell in: times from start to end (excluded) fall on it
         self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
 
     # -- records in, alert documents out -------------------------------------------------------
     def on_record(self, record: Record) -> list[Document]:
-        out = self._close_passed(record.ts) if record.ts >= self._sweep_at else None  # never in live
+        ts = record.ts
+        out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
         kind = self._kinds.get(type(record)) or self._kind_of(type(record))
-        if kind is _LOCAL:  # a local host's name: never evidence of egress
+        if kind is _DNS or kind is _HELLO:
+            # A lookup, or a hello naming its server in the clear (not only an ECH cover name): the
+            # name's enrichment (remembered for the day) comes first, as it mostly says that no rule
+            # may fire (a destination no catalog knows), before the source is looked up or an
+            # observation made. _destination gives the same; it runs where DNS attribution decides.
+            name: str | None
+            if kind is _DNS:
+                source, name = "dns", cast(DnsQuery, record).name
+            else:
+                hello = cast(TlsHello, record)
+                source, name = hello.protocol, None if hello.ech else hello.server_name
+            if name:
+                if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+                    day, named = self._day_value, self._by_name
+                else:
+                    day = self._day(ts)
+                    named = self._names_on(day)
+                normal, enrichment = named.get(name) or self._name(named, name, day)
+                if normal or kind is _DNS:
+                    rules = self._rules_for[enrichment[0] is not None]
+                    if not rules and self.on_observation is None:
+                        return out or []
+                    phi_host = self._phi_host_of(record.flow.src_ip)
+                    if phi_host is None:
+                        return out or []
+                    vendor, destination, allowed, baa, status = enrichment
+                    obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status,
+                                       None, None, None)
+                    return self._evaluate(obs, rules, ts, out)
+        elif kind is _LOCAL:  # a local host's name: never evidence of egress
             return out or []
         phi_host = self._phi_host_of(record.flow.src_ip)
         if phi_host is None or not (self.rules or self.on_observation):
@@ -274,7 +304,7 @@ class DetectionEngine:
         if kind is _HTTP:
             obs = self._request_observation(cast(HttpRequest, record), phi_host)
             rules = self.rules
-        else:
+        else:  # a hello DNS attribution may decide (no name, or an ECH one): asked of a PHI host's only
             found = self._destination(record, kind)
             if found is None:
                 return out or []
@@ -283,6 +313,12 @@ class DetectionEngine:
                 return out or []
             source, (vendor, destination, allowed, baa, status) = found
             obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+        return self._evaluate(obs, rules, ts, out)
+
+    def _evaluate(self, obs: Observation, rules: list[tuple[Any, RuleSettings]], ts: float,
+                  out: list[Document] | None) -> list[Document]:
+        """Ask `rules` about an observation, counting each alert into its window; `out` with the
+        documents that go out."""
         if self.on_observation is not None:
             self.on_observation(obs)
         if out is None:
@@ -294,7 +330,7 @@ class DetectionEngine:
                     obs.record = self.tunnel_of(obs.record)
                 if settings.severity:
                     alert.severity = settings.severity
-                self._throttle(alert, record.ts, settings.throttle_seconds, out)
+                self._throttle(alert, ts, settings.throttle_seconds, out)
         return out
 
     def _kind_of(self, cls: type) -> str:
@@ -396,14 +432,9 @@ class DetectionEngine:
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
     def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
-        """Where the names of a day are remembered: the remembered day's table (emptied when the
-        day changes), or for a time outside it nowhere (an empty table)."""
-        if day != self._by_name_day:
-            if day != self._day_value:
-                return {}
-            self._by_name.clear()
-            self._by_name_day = day
-        return self._by_name
+        """Where the names of a day are remembered: the remembered day's table, or for a time
+        outside it nowhere (an empty table)."""
+        return self._by_name if day == self._day_value else {}
 
     def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
         """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
@@ -445,6 +476,8 @@ class DetectionEngine:
             # before the next one falls on the same day.
             start = ts // _DAY_SECONDS * _DAY_SECONDS
             if day == _EPOCH_DAY + dt.timedelta(days=int(start // _DAY_SECONDS)):
+                if day != self._day_value:  # the names remembered were enriched for another day
+                    self._by_name.clear()
                 self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
         return day
 

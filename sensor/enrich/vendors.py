@@ -79,9 +79,14 @@ def is_hostname(value: str) -> bool:
 def domain_suffixes(host: str) -> Iterator[str]:
     """The host itself, then each parent domain that still has two labels or more."""
     yield host
-    labels = host.split(".")
-    for start in range(1, len(labels) - 1):
-        yield ".".join(labels[start:])
+    # each parent is what follows a dot, while a dot follows it too (sliced: no list of labels to join)
+    start = host.find(".") + 1
+    while start:
+        after = host.find(".", start) + 1
+        if not after:
+            return
+        yield host[start:]
+        start = after
 
 
 @cache
