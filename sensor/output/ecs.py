@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import evidence, redact, redact_url, summarize
+from sensor.phi import evidence, redact, redact_url
 from sensor.phi.recognizers import url_findings
 from sensor.records import (
     DnsQuery,
@@ -561,12 +561,7 @@ class AlertBuilder:
         else:
             pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
         if findings:
-            counts = summarize(findings)
-            pe["phi"] = {
-                "types": sorted(counts),
-                "categories": sorted({f.category for f in findings}),
-                "count": sum(counts.values()),
-            }
+            pe["phi"] = _phi_fields(findings)
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
         if tracker is not None and rule.id == "phi-in-tracker-payload":
@@ -597,6 +592,16 @@ class AlertBuilder:
         request = doc.get("http", {}).get("request", {})
         if referrer:
             request["referrer"] = referrer
+
+
+def _phi_fields(findings: list) -> dict:
+    """`phi_egress.phi`: the findings' types and categories, and how many there are (what
+    summarize counts, without counting each type)."""
+    return {
+        "types": sorted({f.type for f in findings}),
+        "categories": sorted({f.category for f in findings}),
+        "count": len(findings),
+    }
 
 
 def _primary_destination(destinations: list | None, fallback: str | None) -> str | None:

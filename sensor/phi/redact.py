@@ -185,6 +185,44 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
     return _masked(text, intervals)[0] if intervals else text
 
 
+# (finding, its value lowered) of each finding with a value, or None where a value is not ASCII
+_Needles = tuple[tuple[Finding, str], ...] | None
+
+
+def _needles(findings: Sequence[Finding]) -> _Needles:
+    """What _redact_part needs of `findings`, computed once per URL. None when a value is not
+    ASCII: a case-blind pattern can match it beyond ASCII ("\u212a", the Kelvin sign, matches "k")."""
+    needles = tuple([(finding, finding.value.lower()) for finding in findings if finding.value])
+    return needles if all(finding.value.isascii() for finding, _ in needles) else None
+
+
+def _redact_part(text: str, findings: Sequence[Finding], needles: _Needles) -> str:
+    """redact(text, findings) of a part of a URL, `needles` being _needles(findings).
+
+    Only a finding whose value occurs in the text masks anything (its own span holds its value),
+    and most parts hold none: with ASCII on both sides, "in" on lowered text tells which do. The
+    parts that do are few and recur (a page URL in every tracker request): remembered with them.
+    """
+    if needles is None or not text.isascii():
+        return redact(text, findings)
+    lowered = text.lower()
+    relevant = tuple([finding for finding, needle in needles if needle in lowered])
+    if not relevant:
+        return redact(text, ())
+    if len(text) <= _CACHED_URL_CHARS:
+        return _redact_cached(text, relevant)
+    return redact(text, relevant)
+
+
+_redact_cached = functools.lru_cache(maxsize=1024)(redact)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_value(redacted: str) -> str:
+    """A masked query value encoded again; the masked values of a capture are few (see _redact_part)."""
+    return quote_plus(redacted, safe="[]:/")
+
+
 @functools.lru_cache(maxsize=4096)
 def _query_key(raw_key: str) -> tuple[str, str, str | None]:
     """A query parameter's name decoded, as written out (re-encoded only if it carried an
@@ -244,25 +282,28 @@ def _redact_url(url: str, findings: Sequence[Finding]) -> str:
         scheme, _, after = base.partition("://")
         host, slash, path = after.partition("/")
         authority, base = f"{scheme}://{host}", slash + path
-    parts = [_redact_component(authority, findings), _redact_component(base, findings)]
+    needles = _needles(findings)
+    parts = [_redact_component(authority, findings, needles), _redact_component(base, findings, needles)]
     if question:
-        parts.append("?" + _redact_query(query, findings))
+        parts.append("?" + _redact_query(query, findings, needles))
     if hash_mark:
-        parts.append("#" + _redact_component(fragment, findings))
+        parts.append("#" + _redact_component(fragment, findings, needles))
     return "".join(parts)
 
 
 _redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 
-def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
+def _redact_component(raw: str, findings: Sequence[Finding], needles: _Needles) -> str:
     """A URL component, decoded, masked and re-encoded; untouched (as sent) when nothing was masked."""
     decoded = unquote(raw, errors="replace")
-    redacted = redact(decoded, findings)
+    redacted = _redact_part(decoded, findings, needles)
     return raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
 
 
-def _redact_query(query: str, findings: Sequence[Finding]) -> str:
+def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
+    """A query with findings masked in its values and identifiers in its names; `needles` is
+    _needles(findings)."""
     pieces = []
     carriers: dict[str, Finding] | None = None
     for piece in query.split("&"):
@@ -273,7 +314,7 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
         if keyed is not None and value.strip():
             redacted = placeholder(keyed)
         else:
-            redacted = redact(value, findings)
+            redacted = _redact_part(value, findings, needles)
             if redacted == value:
                 if carriers is None:
                     carriers = _carriers(findings)
@@ -282,7 +323,8 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
                     pieces.append(written_key + equals + raw_value)
                     continue
                 redacted = placeholder(carried.type)
-        pieces.append(written_key + equals + quote_plus(redacted, safe="[]:/"))
+        pieces.append(written_key + equals + (_quoted_value(redacted) if len(redacted) <= _CACHED_URL_CHARS
+                                              else quote_plus(redacted, safe="[]:/")))
     return "&".join(pieces)
 
 
