@@ -76,3 +76,20 @@ def test_phi_fields_count_what_summarize_counts(kinds: list[tuple[str, str]]) ->
         "categories": sorted({category for _, category in kinds}),
         "count": sum(counts.values()),
     }
+
+
+# Worded identifiers and their hint words in any case, overlapping ("ssnational provider": a
+# hint inside another), next to digits, separators and text beyond ASCII
+_WORDED_PIECES = st.sampled_from(
+    ["ssn", "SSN", "social security number", "Soc. Sec", "soc sec", "mrn", "MRN: ", "medical record no.", "chart #",
+     "member id", "Member ID", "policy no.", "group number", "subscriber #", "npi", "NPI", "national provider",
+     "ssnational provider ", "mrnational provider", "websocket", "member id ", "npi1234567890", "123456789", "1234567890", "A12345678", "ab-123-4",
+     " ", ":", "#", "=", "-", ".", "x", "ſsn", "\u212a", "é"]
+)
+
+
+@given(st.lists(_WORDED_PIECES, max_size=16).map("".join))
+@settings(max_examples=800)
+def test_worded_identifiers_are_found_where_a_search_of_every_place_finds_them(text: str) -> None:
+    expected = [(match.start(), match.end(), match.lastgroup) for match in redaction._WORDED.finditer(text)]
+    assert [(match.start(), match.end(), match.lastgroup) for match in redaction._worded_matches(text)] == expected
