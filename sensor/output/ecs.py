@@ -9,11 +9,12 @@ import socket
 import struct
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 
 from sensor.enrich.ech import is_cover_name
-from sensor.phi import evidence, redact, redact_url, summarize
+from sensor.phi import evidence, redact, redact_url
 from sensor.phi.recognizers import url_findings
 from sensor.records import (
     DnsQuery,
@@ -370,14 +371,13 @@ def _redacted_request_urls(
     else:
         found = url_findings(method, target, referrer)
     findings = list(found)  # none found: identifier-shaped values are still masked
-    if known:
-        # A finding listed twice masks nothing more (its spans merge into the first's): without
-        # repeats, the URLs of an alert whose rule found nothing new are its event's, computed once.
-        seen = set(found)
-        for finding in known:
-            if finding not in seen:
-                seen.add(finding)
-                findings.append(finding)
+    # A finding listed twice masks nothing more (its spans merge into the first's). The rule's
+    # findings are mostly the scan's own objects, which `in` tells by identity before equality.
+    for finding in known:
+        if finding not in findings:
+            findings.append(finding)
+    if known and len(findings) == len(found):  # the rule found nothing new: the event's URLs, masked once
+        return _redacted_event_urls(method, target, referrer)
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
 
 
@@ -396,7 +396,8 @@ def _is_ip_literal(host: str) -> bool:
 
 def _related_ips(flow: Flow, extra=()) -> list[str]:
     ips = [flow.src_ip, flow.dst_ip]
-    ips.extend(ip for ip in extra if ip not in ips)
+    if extra:  # (most records resolve nothing)
+        ips.extend(ip for ip in extra if ip not in ips)
     return ips
 
 
@@ -438,40 +439,36 @@ _ALERT_TYPES = ["info"]
 _FIELDS_OF: dict[int, tuple[object, dict]] = {}
 
 
-def _fields_of(thing, fields: Callable[[], dict]) -> dict:
+def _fields_of(thing, fields: Callable[[Any], dict]) -> dict:
+    """fields(thing), built once for each object."""
     cached = _FIELDS_OF.get(id(thing))
     if cached is None or cached[0] is not thing:
         if len(_FIELDS_OF) > 4096:
             _FIELDS_OF.clear()
-        cached = _FIELDS_OF[id(thing)] = (thing, fields())
+        cached = _FIELDS_OF[id(thing)] = (thing, fields(thing))
     return cached[1]
 
 
 def _rule_fields(rule) -> dict:
     """ECS `rule.*` of a rule."""
-    return _fields_of(
-        rule,
-        lambda: {
-            "id": rule.id,
-            "name": rule.name,
-            "category": rule.category,
-            "description": rule.description,
-            "reference": rule.reference,
-            "ruleset": "phi-egress-sensor",
-        },
-    )
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "category": rule.category,
+        "description": rule.description,
+        "reference": rule.reference,
+        "ruleset": "phi-egress-sensor",
+    }
 
 
 def _vendor_fields(vendor) -> dict:
     """`phi_egress.vendor` of a catalog vendor."""
-    return _fields_of(
-        vendor, lambda: {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
-    )
+    return {"id": vendor.id, "name": vendor.name, "owner": vendor.owner, "category": vendor.category}
 
 
 def _phi_host_fields(phi_host) -> dict:
     """`phi_egress.phi_host` of an inventory entry."""
-    return _fields_of(phi_host, lambda: {"name": phi_host.name, "tags": list(phi_host.tags)})
+    return {"name": phi_host.name, "tags": list(phi_host.tags)}
 
 
 class AlertBuilder:
@@ -510,7 +507,7 @@ class AlertBuilder:
         }
         doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
-        doc["rule"] = _rule_fields(rule)
+        doc["rule"] = _fields_of(rule, _rule_fields)
         if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = primary
@@ -531,7 +528,7 @@ class AlertBuilder:
             "source_record": obs.source_record,
             "destination": primary,
             "summary": summary,
-            "phi_host": _phi_host_fields(phi_host) if phi_host else None,
+            "phi_host": _fields_of(phi_host, _phi_host_fields) if phi_host else None,
         }
         own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
         if own is None:
@@ -553,7 +550,7 @@ class AlertBuilder:
                 for entry in destinations
             ]
         if vendor is not None:
-            pe["vendor"] = _vendor_fields(vendor)
+            pe["vendor"] = _fields_of(vendor, _vendor_fields)
             baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
             if vendor.baa_source:
                 baa["source"] = vendor.baa_source
@@ -561,12 +558,7 @@ class AlertBuilder:
         else:
             pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
         if findings:
-            counts = summarize(findings)
-            pe["phi"] = {
-                "types": sorted(counts),
-                "categories": sorted({f.category for f in findings}),
-                "count": sum(counts.values()),
-            }
+            pe["phi"] = _phi_fields(findings)
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
         if tracker is not None and rule.id == "phi-in-tracker-payload":
@@ -597,6 +589,16 @@ class AlertBuilder:
         request = doc.get("http", {}).get("request", {})
         if referrer:
             request["referrer"] = referrer
+
+
+def _phi_fields(findings: list) -> dict:
+    """`phi_egress.phi`: the findings' types and categories, and how many there are (what
+    summarize counts, without counting each type)."""
+    return {
+        "types": sorted({f.type for f in findings}),
+        "categories": sorted({f.category for f in findings}),
+        "count": len(findings),
+    }
 
 
 def _primary_destination(destinations: list | None, fallback: str | None) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from sensor.phi import recognizers
@@ -58,6 +58,7 @@ _WORDED = re.compile(
 )
 _WORD_HINTS = ("ssn", "soc", "mrn", "medical rec", "chart", "member", "subscriber", "policy", "group", "npi", "national")
 _WORD_HINT = re.compile("|".join(map(re.escape, _WORD_HINTS)))  # one search of the lowered text for any of them
+_WORD_STARTS = re.compile(f"(?={_WORD_HINT.pattern})")  # every place one starts, overlapping too
 # Apart, and only where there is an "@": its local part would be tried at every position.
 _EMAIL = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24})(?![\w-])")
 _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not a mailbox
@@ -99,7 +100,7 @@ def identifier_spans(text: str) -> list[tuple[int, int, str]]:
     if hints & _MBI_BIT:
         spans.extend((match.start(1), match.end(1), "mbi") for match in _MBI.finditer(text))
     if hints & _WORDED_BIT:
-        for match in _WORDED.finditer(text):
+        for match in _worded_matches(text):
             group = match.lastgroup or ""
             spans.append((match.start(group), match.end(group), group.rstrip("_")))
     if hints & _EMAIL_BIT:
@@ -107,6 +108,22 @@ def identifier_spans(text: str) -> list[tuple[int, int, str]]:
             if match.group(1).rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES:
                 spans.append((match.start(1), match.end(1), "email"))
     return spans
+
+
+def _worded_matches(text: str) -> Iterator[re.Match[str]]:
+    """_WORDED.finditer(text), the pattern tried only where a hint word starts: each worded
+    identifier starts with one (in any case), and trying every place of a long text costs tens
+    of microseconds. ASCII only, where lowering keeps every place; other text is searched whole."""
+    if not text.isascii():
+        yield from _WORDED.finditer(text)
+        return
+    end = 0
+    for start in _WORD_STARTS.finditer(text.lower()):
+        if start.start() >= end:  # as finditer, the next match after the end of the last
+            match = _WORDED.match(text, start.start())  # (\b looks before the start, as in a search)
+            if match:
+                end = match.end()
+                yield match
 
 
 # Parameters named as an identifier are masked whole, whatever their value looks like.
@@ -185,6 +202,44 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
     return _masked(text, intervals)[0] if intervals else text
 
 
+# (finding, its value lowered) of each finding with a value, or None where a value is not ASCII
+_Needles = tuple[tuple[Finding, str], ...] | None
+
+
+def _needles(findings: Sequence[Finding]) -> _Needles:
+    """What _redact_part needs of `findings`, computed once per URL. None when a value is not
+    ASCII: a case-blind pattern can match it beyond ASCII ("\u212a", the Kelvin sign, matches "k")."""
+    needles = tuple([(finding, finding.value.lower()) for finding in findings if finding.value])
+    return needles if all(finding.value.isascii() for finding, _ in needles) else None
+
+
+def _redact_part(text: str, findings: Sequence[Finding], needles: _Needles) -> str:
+    """redact(text, findings) of a part of a URL, `needles` being _needles(findings).
+
+    Only a finding whose value occurs in the text masks anything (its own span holds its value),
+    and most parts hold none: with ASCII on both sides, "in" on lowered text tells which do. The
+    parts that do are few and recur (a page URL in every tracker request): remembered with them.
+    """
+    if needles is None or not text.isascii():
+        return redact(text, findings)
+    lowered = text.lower()
+    relevant = tuple([finding for finding, needle in needles if needle in lowered])
+    if not relevant:
+        return redact(text, ())
+    if len(text) <= _CACHED_URL_CHARS:
+        return _redact_cached(text, relevant)
+    return redact(text, relevant)
+
+
+_redact_cached = functools.lru_cache(maxsize=1024)(redact)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_value(redacted: str) -> str:
+    """A masked query value encoded again; the masked values of a capture are few (see _redact_part)."""
+    return quote_plus(redacted, safe="[]:/")
+
+
 @functools.lru_cache(maxsize=4096)
 def _query_key(raw_key: str) -> tuple[str, str, str | None]:
     """A query parameter's name decoded, as written out (re-encoded only if it carried an
@@ -244,25 +299,28 @@ def _redact_url(url: str, findings: Sequence[Finding]) -> str:
         scheme, _, after = base.partition("://")
         host, slash, path = after.partition("/")
         authority, base = f"{scheme}://{host}", slash + path
-    parts = [_redact_component(authority, findings), _redact_component(base, findings)]
+    needles = _needles(findings)
+    parts = [_redact_component(authority, findings, needles), _redact_component(base, findings, needles)]
     if question:
-        parts.append("?" + _redact_query(query, findings))
+        parts.append("?" + _redact_query(query, findings, needles))
     if hash_mark:
-        parts.append("#" + _redact_component(fragment, findings))
+        parts.append("#" + _redact_component(fragment, findings, needles))
     return "".join(parts)
 
 
 _redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 
-def _redact_component(raw: str, findings: Sequence[Finding]) -> str:
+def _redact_component(raw: str, findings: Sequence[Finding], needles: _Needles) -> str:
     """A URL component, decoded, masked and re-encoded; untouched (as sent) when nothing was masked."""
     decoded = unquote(raw, errors="replace")
-    redacted = redact(decoded, findings)
+    redacted = _redact_part(decoded, findings, needles)
     return raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
 
 
-def _redact_query(query: str, findings: Sequence[Finding]) -> str:
+def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
+    """A query with findings masked in its values and identifiers in its names; `needles` is
+    _needles(findings)."""
     pieces = []
     carriers: dict[str, Finding] | None = None
     for piece in query.split("&"):
@@ -273,7 +331,7 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
         if keyed is not None and value.strip():
             redacted = placeholder(keyed)
         else:
-            redacted = redact(value, findings)
+            redacted = _redact_part(value, findings, needles)
             if redacted == value:
                 if carriers is None:
                     carriers = _carriers(findings)
@@ -282,7 +340,8 @@ def _redact_query(query: str, findings: Sequence[Finding]) -> str:
                     pieces.append(written_key + equals + raw_value)
                     continue
                 redacted = placeholder(carried.type)
-        pieces.append(written_key + equals + quote_plus(redacted, safe="[]:/"))
+        pieces.append(written_key + equals + (_quoted_value(redacted) if len(redacted) <= _CACHED_URL_CHARS
+                                              else quote_plus(redacted, safe="[]:/")))
     return "&".join(pieces)
 
 
