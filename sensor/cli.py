@@ -277,8 +277,8 @@ def run() -> NoReturn:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from sensor.capture.inputs import expand
-    from sensor.deep.replay import wants_deep
+    # only what the selector needs loads before it starts (start_early): it runs on the other core
+    from sensor.capture.inputs import expand, wants_deep
 
     args.pcaps = expand(args.pcaps, args.recursive)
     if wants_deep(args.pcaps, args.keylog):

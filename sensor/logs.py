@@ -5,8 +5,6 @@ import datetime as dt
 import logging
 import sys
 
-import orjson
-
 # The HTTP clients log every failed request of an outage; the sinks count and report them instead.
 _NOISY = ("elastic_transport", "opensearch", "urllib3")
 _HANDLER_NAME = "phi-sensor-stderr"
@@ -40,6 +38,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["error.stack_trace"] = self.formatException(record.exc_info)
+        import orjson  # loaded with the first JSON line: a replay's selector starts before the output libraries load
+
         return orjson.dumps(doc).decode()
 
 

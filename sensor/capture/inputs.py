@@ -62,3 +62,21 @@ def expand(paths: list[Path], recursive: bool = False) -> list[Path]:
         )
         out.extend(found or [path])
     return out
+
+
+def is_har(path: Path) -> bool:
+    """A HAR export: named *.har, or JSON text (a capture file never starts with "{")."""
+    if path.suffix.lower() == ".har":
+        return True
+    if not path.is_file():  # stdin or a named pipe is read once, by the capture reader alone
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(64).lstrip()[:1] == b"{"
+    except OSError:
+        return False
+
+
+def wants_deep(paths: list[Path], keylog: Path | None) -> bool:
+    """Whether replay takes the deep path (sensor.deep.replay): a key log, or a HAR among the inputs."""
+    return keylog is not None or any(is_har(path) for path in paths)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sensor.capture.inputs import is_har
 from sensor.deep import mark_decrypted
 from sensor.errors import EXIT_USAGE, SensorError
 
@@ -20,23 +21,6 @@ log = logging.getLogger("phi_sensor")
 
 class UsageError(SensorError):
     exit_code = EXIT_USAGE
-
-
-def is_har(path: Path) -> bool:
-    """A HAR export: named *.har, or JSON text (a capture file never starts with "{")."""
-    if path.suffix.lower() == ".har":
-        return True
-    if not path.is_file():  # stdin or a named pipe is read once, by the capture reader alone
-        return False
-    try:
-        with path.open("rb") as handle:
-            return handle.read(64).lstrip()[:1] == b"{"
-    except OSError:
-        return False
-
-
-def wants_deep(paths: list[Path], keylog: Path | None) -> bool:
-    return keylog is not None or any(is_har(path) for path in paths)
 
 
 def resolve_source(spec: str | None, assets: AssetInventory) -> str:
