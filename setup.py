@@ -4,7 +4,10 @@ from setuptools import Extension, setup
 # One source file per Python module the compiled code mirrors (see sensor/_fast/fast.h and sensor/compiled.py).
 SOURCES = [
     f"sensor/_fast/{name}.c"
-    for name in ("module", "text", "records", "dns", "tls", "packet", "ecs", "redact", "pcap", "select", "share", "http", "quic")
+    for name in (
+        "module", "text", "records", "dns", "tls", "packet", "ecs", "redact", "pcap", "select", "share", "http", "quic",
+        "handshake",
+    )
 ]
 
 setup(

@@ -3,6 +3,7 @@ finds its configuration and state where operators expect them, validates outputs
 its files on SIGHUP and time-stamps its own log."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -147,6 +148,20 @@ def test_wheel_installed_in_a_fresh_venv_runs_from_anywhere(distributions: dict[
     where_from = run("check-config", "site.yaml", "--signatures", str(tmp_path / "absent"))
     assert where_from.returncode == 2 and "absent" in where_from.stderr
     assert sorted(p.name for p in where.iterdir()) == ["demo.pcap", "site.yaml"]
+    # The compiled part came whole (a C file left out of the build leaves it unloadable, and the
+    # sensor quietly in pure Python).
+    if importlib.util.find_spec("sensor._fast") is not None:
+        loads = subprocess.run([str(home / "bin" / "python"), "-c", "import sensor._fast"], capture_output=True,
+                               text=True, timeout=60, cwd=where, env=env)
+        assert loads.returncode == 0, loads.stderr
+
+
+def test_every_c_file_is_built() -> None:
+    """setup.py names the compiled part's sources one by one: a new file must join them."""
+    listed = re.search(r"for name in \(([^)]*)\)", (REPO / "setup.py").read_text())
+    assert listed is not None
+    names = set(re.findall(r'"(\w+)"', listed.group(1)))
+    assert names == {path.stem for path in (REPO / "sensor" / "_fast").glob("*.c")}
 
 
 # -- the places operators expect -------------------------------------------------------------------
