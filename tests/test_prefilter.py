@@ -140,6 +140,21 @@ def test_gzip_capture_goes_through_the_prefilter(tmp_path: Path) -> None:
     assert events(packed, "always") == events(PCAPS / "demo.pcap", "never")
 
 
+@needs_tcpdump
+def test_a_link_type_libpcap_cannot_filter_is_read_whole_without_the_compiled_selector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tcpdump refuses a filter on NFLOG captures: without the compiled selector such a file is
+    read whole, never handed to tcpdump (which would fail the replay)."""
+    nflog = tmp_path / "nflog.pcap"
+    nflog.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 239))
+    monkeypatch.setattr(plan_module, "compiled_reads", lambda path: False)
+    assert not should_prefilter(nflog, "always")
+    ethernet = tmp_path / "ethernet.pcap"
+    ethernet.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    assert should_prefilter(ethernet, "always")
+
+
 def _filtered_bytes(path: Path) -> bytes:
     runner = Prefilter(path)
     data = runner.stdout.read()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from sensor.decode import packet
 from sensor.decode.dns import LOCAL_NAME_PORTS
-from sensor.decode.packet import LINKTYPE_ETHERNET
+from sensor.decode.packet import LINKTYPE_ETHERNET, LINKTYPE_NFLOG
 
 _HTTP_METHOD_WORDS = {
     "GET ": 0x47455420,
@@ -121,6 +121,11 @@ def _ip_tunnels() -> str:
 
 # Ethernet payloads passed whole: PPPoE sessions, MPLS, and 802.3 frames (LLC/SNAP)
 _ETHERNET_TUNNELS = "ether proto 0x8864 or ether proto 0x8847 or ether proto 0x8848 or llc"
+
+
+# Link types libpcap compiles no filter for ("NFLOG link-layer type filtering not implemented"):
+# tcpdump cannot prefilter such a capture, so it is read whole.
+UNFILTERABLE_LINKTYPES = frozenset({LINKTYPE_NFLOG})
 
 
 def default_filter(linktype: int) -> str:

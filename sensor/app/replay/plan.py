@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sensor.capture.bpf import UNFILTERABLE_LINKTYPES
 from sensor.capture.prefilter import (
     AnyPrefilter,
     CompiledPrefilter,
@@ -23,11 +24,14 @@ def should_prefilter(path: Path, mode: str) -> bool:
     """'never', 'always' (when possible), or 'auto': large classic pcap files.
 
     Possible for an uncompressed classic pcap file when the compiled selector is built, and for
-    any classic pcap file (gzip too) when tcpdump is installed.
+    any classic pcap file (gzip too) of a link type libpcap filters when tcpdump is installed.
     """
-    if mode == "never" or capture_linktype(path) is None:
+    if mode == "never":
         return False
-    if tcpdump_path() is None and not compiled_reads(path):
+    linktype = capture_linktype(path)
+    if linktype is None:
+        return False
+    if not compiled_reads(path) and (tcpdump_path() is None or linktype in UNFILTERABLE_LINKTYPES):
         return False
     if mode == "always":
         return True
