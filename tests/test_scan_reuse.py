@@ -2,6 +2,7 @@
 peeled and scanned once, enrichment per destination and day, the day of a time, URL redaction."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import math
@@ -14,7 +15,8 @@ from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog
 from sensor.phi import recognizers, scan_fields, scan_http
-from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
+from sensor.phi import layers
+from sensor.phi.layers import DEFAULT_LIMITS, Field, LayerLimits, Peeler, request_fields, split_target
 from sensor.phi.recognizers import url_findings
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
@@ -102,6 +104,57 @@ def test_any_request_gives_the_fields_of_one_peel(target, referer, host_first, b
     if referer is not None:
         headers = headers + [("Referer", referer)] if host_first else [("Referer", referer), *headers]
     check(target, headers, body, content_type)
+
+
+# inflates to far more than its fields take: reused only where the inflation fits
+_INFLATED = gzip.compress(b'{"q": "insulin"' + b" " * 3000 + b"}")
+_VALUES = [
+    quote(PAGE, safe=""),
+    quote('{"q":"insulin pump","mrn":"12345678","x":{"' + "k" * 130 + '":1}}'),  # a long key: a cap counted
+    base64.b64encode(b'{"event":"search","url":"https://x.org/conditions/diabetes?q=a+b"}').decode(),
+    base64.b64encode(_INFLATED).decode(),  # an inflation: needs more budget than its fields spend
+    quote(base64.b64encode(_INFLATED).decode()),
+    quote("a=b&c=" + quote('{"d":[1,2,"e f"]}')),
+    quote("line=1&a=b\nline=2&c=d"),
+    quote("a=1&b=2&c=3&d=&e="),  # keys after its last field: a form's rest may take them
+    "+".join(["metformin"] * 3),
+    "1702562607123",
+    "",
+]
+_PIECE = st.tuples(st.sampled_from(["q", "dl", "data", "e", "k%20y", "a+b"]), st.one_of(st.sampled_from(_VALUES), _TEXT))
+
+
+def _peel_state(limits: LayerLimits, pad_chars: int, pad_fields: int, pieces: list, body: str):
+    layers.take_capped()
+    peeler = Peeler(limits)
+    for index in range(pad_fields):
+        peeler.emit(f"f{index}", "v")
+    if pad_chars:
+        peeler.emit("pad", "p" * pad_chars)
+    peeler.form("&".join(f"{key}={value}" for key, value in pieces), "query", 1)
+    peeler.value(body.encode(), "body")
+    return peeler.fields, peeler._budget, peeler.bound, peeler.reach, layers.take_capped()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1000, DEFAULT_LIMITS.max_output - 2000, DEFAULT_LIMITS.max_output - 200]),
+            st.one_of(st.just(0), st.integers(DEFAULT_LIMITS.max_fields - 8, DEFAULT_LIMITS.max_fields)),
+            st.lists(_PIECE, max_size=5),
+            st.one_of(st.sampled_from(_VALUES), _TEXT),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_values_peeled_before_give_what_a_fresh_peel_gives(requests) -> None:
+    """Equal limits that are not the defaults peel every value afresh: the reference."""
+    for pad_chars, pad_fields, pieces, body in requests:  # values come back at other points of the budget
+        fresh = _peel_state(LayerLimits(), pad_chars, pad_fields, pieces, body)
+        for _ in range(2):  # cold, then from what was remembered
+            assert _peel_state(DEFAULT_LIMITS, pad_chars, pad_fields, pieces, body) == fresh
 
 
 def test_the_findings_of_a_target_and_referer_are_kept_from_the_request_scan(monkeypatch) -> None:
