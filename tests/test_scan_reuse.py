@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
-from sensor.enrich.vendors import VendorCatalog
+from sensor.enrich.vendors import VendorCatalog, domain_suffixes, normalize_host
 from sensor.phi import recognizers, scan_fields, scan_http
 from sensor.phi import layers
 from sensor.phi.layers import DEFAULT_LIMITS, Field, LayerLimits, Peeler, request_fields, split_target
@@ -236,6 +236,37 @@ def test_an_origin_form_target_is_its_own_endpoint_path(target: str) -> None:
     """Detection gives match_endpoint an origin-form target whole: what it leaves out of it is
     what split_target leaves out."""
     assert target.partition("?")[0].partition("#")[0] == split_target(target)[0]
+
+
+def _endpoint_reference(catalog: VendorCatalog, host: str, path: str):
+    """match_endpoint as it was, its candidates gathered afresh for every request."""
+    name = normalize_host(host)
+    candidates = list(catalog._endpoints_by_host.get(name, ()))
+    for suffix in domain_suffixes(name):
+        candidates.extend(catalog._endpoints_by_domain.get(suffix, ()))
+    candidates.extend(catalog._endpoints_any_host)
+    path = path.partition("?")[0].partition("#")[0]
+    return next(((vendor, endpoint) for vendor, endpoint in candidates if endpoint.path.search(path)), None)
+
+
+def _endpoint_hosts() -> list[str]:
+    catalog = _catalog()
+    names = [*catalog._endpoints_by_host, *catalog._endpoints_by_domain]
+    return names + [f"x.{name}" for name in names] + [f"{name}:8080" for name in names] + ["example.org", ""]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.one_of(st.sampled_from(_endpoint_hosts()), _TEXT).map(lambda host: host.upper() if len(host) % 3 == 0 else host),
+    path=st.one_of(
+        st.sampled_from([endpoint.path.pattern.strip("^$") for vendor in VendorCatalog.load()._vendors for endpoint in vendor.endpoints]),
+        _TEXT.map(lambda text: "/" + text),
+    ),
+)
+def test_the_endpoints_remembered_per_host_match_as_gathered_afresh(host: str, path: str) -> None:
+    catalog = _catalog()
+    for _ in range(2):  # cold, then remembered
+        assert catalog.match_endpoint(host, path) == _endpoint_reference(catalog, host, path)
 
 
 @settings(max_examples=200, deadline=None)

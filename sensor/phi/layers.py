@@ -281,10 +281,11 @@ def _is_structured_line(line: str) -> bool:
 # Values peeled before (texts not plain, form values escaped), by (text, path, depth, escaped):
 # (fields, budget spent, budget needed, budget an inflation needed). Page URLs, event payloads and
 # search terms come back request after request; the ids and timestamps beside them are plain and
-# never get here. Longer values are seldom sent twice: they are peeled each time.
+# never get here. Longer values (whole bodies, base64 payloads, which carry an id or a time) are
+# seldom sent twice: they are peeled each time.
 _PEELED: dict[tuple[str, str, int, bool], tuple[tuple[Field, ...], int, int, int]] = {}
 _MAX_PEELED = 4096
-_PEELED_CHARS = 4096
+_PEELED_CHARS = 256
 
 
 class Peeler:

@@ -936,8 +936,11 @@ def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Fi
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
     findings: list[Finding] = []
     for item in fields:
+        # most fields: a short value in which nothing is found, which one cache lookup tells
+        if len(item.value) <= _CACHED_VALUE_CHARS and not _scan_short_field(_context(item.path), item.value):
+            continue
         found = _scan_field(item)
-        if found:  # most fields: none
+        if found:
             findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
 
