@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
 from sensor.enrich.vendors import VendorCatalog, domain_suffixes, normalize_host
-from sensor.phi import recognizers, scan_fields, scan_http
-from sensor.phi import layers
+from sensor.phi import layers, recognizers, scan_fields, scan_http
 from sensor.phi.layers import DEFAULT_LIMITS, Field, LayerLimits, Peeler, request_fields, split_target
 from sensor.phi.recognizers import url_findings
 from sensor.phi.redact import _redact_url, redact_url
@@ -259,7 +258,7 @@ def _endpoint_hosts() -> list[str]:
 @given(
     host=st.one_of(st.sampled_from(_endpoint_hosts()), _TEXT).map(lambda host: host.upper() if len(host) % 3 == 0 else host),
     path=st.one_of(
-        st.sampled_from([endpoint.path.pattern.strip("^$") for vendor in VendorCatalog.load()._vendors for endpoint in vendor.endpoints]),
+        st.sampled_from([e.path.pattern.strip("^$") for vendor in VendorCatalog.load()._vendors for e in vendor.endpoints]),
         _TEXT.map(lambda text: "/" + text),
     ),
 )
