@@ -116,6 +116,7 @@ _VALUES = [
     quote("a=b&c=" + quote('{"d":[1,2,"e f"]}')),
     quote("line=1&a=b\nline=2&c=d"),
     quote("a=1&b=2&c=3&d=&e="),  # keys after its last field: a form's rest may take them
+    quote("&".join(f"k{i}={i}" for i in range(20))),  # more fields than are kept
     "+".join(["metformin"] * 3),
     "1702562607123",
     "",
@@ -154,6 +155,21 @@ def test_values_peeled_before_give_what_a_fresh_peel_gives(requests) -> None:
         fresh = _peel_state(LayerLimits(), pad_chars, pad_fields, pieces, body)
         for _ in range(2):  # cold, then from what was remembered
             assert _peel_state(DEFAULT_LIMITS, pad_chars, pad_fields, pieces, body) == fresh
+
+
+def test_only_small_peels_are_kept() -> None:
+    """The memo holds values, paths and fields of bounded size whatever requests come."""
+    layers._PEELED.clear()
+    kept = quote(PAGE, safe="")
+    many = quote("&".join(f"k{i}={i}" for i in range(layers._PEELED_FIELDS + 1)))
+    inflated = quote(base64.b64encode(gzip.compress(b'{"q":"' + b"z" * (layers._PEELED_SPENT + 1) + b'"}')))
+    long_path = "k" * (layers._PEELED_CHARS + 1)
+    peeler = Peeler()
+    peeler.form(f"dl={kept}&m={many}&b={inflated}&{long_path}={kept}", "query", 1)
+    assert [field.path for field in peeler.fields].count("query.b.q") == 1  # inflated, and peeled
+    texts = {key[0] for key in layers._PEELED}
+    assert kept in texts and many not in texts and inflated not in texts
+    assert [key[1] for key in layers._PEELED if key[0] == kept] == ["query.dl"]
 
 
 def test_the_findings_of_a_target_and_referer_are_kept_from_the_request_scan(monkeypatch) -> None:

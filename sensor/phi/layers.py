@@ -281,11 +281,15 @@ def _is_structured_line(line: str) -> bool:
 # Values peeled before (texts not plain, form values escaped), by (text, path, depth, escaped):
 # (fields, budget spent, budget needed, budget an inflation needed). Page URLs, event payloads and
 # search terms come back request after request; the ids and timestamps beside them are plain and
-# never get here. Longer values (whole bodies, base64 payloads, which carry an id or a time) are
-# seldom sent twice: they are peeled each time.
+# never get here. Longer values and paths (whole bodies, base64 payloads, which carry an id or a
+# time) are seldom sent twice: they are peeled each time, as is a value that gives more fields or
+# characters than the bounds below (an inflation, a packed list), so that the table stays at
+# about 20 MB whatever requests come (a few hundred kilobytes for tracker traffic).
 _PEELED: dict[tuple[str, str, int, bool], tuple[tuple[Field, ...], int, int, int]] = {}
-_MAX_PEELED = 4096
+_MAX_PEELED = 2048
 _PEELED_CHARS = 256
+_PEELED_FIELDS = 16
+_PEELED_SPENT = 1024
 
 
 class Peeler:
@@ -371,7 +375,7 @@ class Peeler:
         counted gives the same fields at any point of a peel that has more budget left than the
         value spent and needed, and room for its fields (and for the one a form's rest would take)."""
         limits = self.limits
-        if limits is not DEFAULT_LIMITS or len(text) > _PEELED_CHARS:
+        if limits is not DEFAULT_LIMITS or len(text) > _PEELED_CHARS or len(path) > _PEELED_CHARS:
             self._peel_afresh(text, path, depth, escaped)
             return
         key = (text, path, depth, escaped)
@@ -388,8 +392,13 @@ class Peeler:
         before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, CAPPED.total()
         self.bound, self.reach = False, 0
         self._peel_afresh(text, path, depth, escaped)
-        if not self.bound and CAPPED.total() == capped:
-            spent = budget - self._budget
+        spent = budget - self._budget
+        if (
+            not self.bound
+            and spent <= _PEELED_SPENT
+            and len(self.fields) - before <= _PEELED_FIELDS
+            and CAPPED.total() == capped
+        ):
             # the budget an inflation needed, counted from where this value started
             reach = self.reach - (limits.max_output - budget) if self.reach else 0
             if len(_PEELED) >= _MAX_PEELED:
