@@ -270,3 +270,20 @@ _LABELS = st.sampled_from(["mychart", "mychartx", "amychart", "myhealth", "my", 
 def test_portal_host_labels_found_by_one_search(host: str) -> None:
     expected = any(label.startswith(recognizers._PORTAL_HOST_LABELS) for label in host.split("."))
     assert bool(recognizers._PORTAL_LABEL_START.search(host)) == expected
+
+
+_GATE_PATTERNS = [pattern for _, _, _, patterns in recognizers._PATTERN_GATES_ONLY for pattern in patterns]
+
+
+@_SETTINGS
+@given(
+    st.one_of(
+        values,
+        st.sampled_from(_GATE_PATTERNS).flatmap(st.from_regex),  # a match with text around it
+        st.sampled_from(_GATE_PATTERNS).flatmap(lambda p: st.from_regex(p, alphabet=st.characters(max_codepoint=127))),
+        st.text("0123456789 .-()+ACEKMRYsSnNoOc\u017f\u0663", max_size=24),
+    )
+)
+def test_the_pattern_gate_hint_turns_down_only_what_the_union_would(text: str) -> None:
+    expected = recognizers._PATTERN_GATES_ONLY if recognizers._ANY_PATTERN_GATE.search(text) else ()
+    assert recognizers._pattern_gates(text, text.lower()) == expected

@@ -2,6 +2,7 @@
 peeled and scanned once, enrichment per destination and day, the day of a time, URL redaction."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import math
@@ -12,9 +13,9 @@ from hypothesis import strategies as st
 
 from sensor.config import load_config
 from sensor.detect.engine import DetectionEngine, _day_of
-from sensor.enrich.vendors import VendorCatalog
-from sensor.phi import recognizers, scan_fields, scan_http
-from sensor.phi.layers import DEFAULT_LIMITS, Field, Peeler, request_fields, split_target
+from sensor.enrich.vendors import VendorCatalog, domain_suffixes, normalize_host
+from sensor.phi import layers, recognizers, scan_fields, scan_http
+from sensor.phi.layers import DEFAULT_LIMITS, Field, LayerLimits, Peeler, request_fields, split_target
 from sensor.phi.recognizers import url_findings
 from sensor.phi.redact import _redact_url, redact_url
 from sensor.records import Flow, TlsHello
@@ -104,6 +105,73 @@ def test_any_request_gives_the_fields_of_one_peel(target, referer, host_first, b
     check(target, headers, body, content_type)
 
 
+# inflates to far more than its fields take: reused only where the inflation fits
+_INFLATED = gzip.compress(b'{"q": "insulin"' + b" " * 3000 + b"}")
+_VALUES = [
+    quote(PAGE, safe=""),
+    quote('{"q":"insulin pump","mrn":"12345678","x":{"' + "k" * 130 + '":1}}'),  # a long key: a cap counted
+    base64.b64encode(b'{"event":"search","url":"https://x.org/conditions/diabetes?q=a+b"}').decode(),
+    base64.b64encode(_INFLATED).decode(),  # an inflation: needs more budget than its fields spend
+    quote(base64.b64encode(_INFLATED).decode()),
+    quote("a=b&c=" + quote('{"d":[1,2,"e f"]}')),
+    quote("line=1&a=b\nline=2&c=d"),
+    quote("a=1&b=2&c=3&d=&e="),  # keys after its last field: a form's rest may take them
+    quote("&".join(f"k{i}={i}" for i in range(20))),  # more fields than are kept
+    "+".join(["metformin"] * 3),
+    "1702562607123",
+    "",
+]
+_PIECE = st.tuples(st.sampled_from(["q", "dl", "data", "e", "k%20y", "a+b"]), st.one_of(st.sampled_from(_VALUES), _TEXT))
+
+
+def _peel_state(limits: LayerLimits, pad_chars: int, pad_fields: int, pieces: list, body: str):
+    layers.take_capped()
+    peeler = Peeler(limits)
+    for index in range(pad_fields):
+        peeler.emit(f"f{index}", "v")
+    if pad_chars:
+        peeler.emit("pad", "p" * pad_chars)
+    peeler.form("&".join(f"{key}={value}" for key, value in pieces), "query", 1)
+    peeler.value(body.encode(), "body")
+    return peeler.fields, peeler._budget, peeler.bound, peeler.reach, layers.take_capped()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1000, DEFAULT_LIMITS.max_output - 2000, DEFAULT_LIMITS.max_output - 200]),
+            st.one_of(st.just(0), st.integers(DEFAULT_LIMITS.max_fields - 8, DEFAULT_LIMITS.max_fields)),
+            st.lists(_PIECE, max_size=5),
+            st.one_of(st.sampled_from(_VALUES), _TEXT),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_values_peeled_before_give_what_a_fresh_peel_gives(requests) -> None:
+    """Equal limits that are not the defaults peel every value afresh: the reference."""
+    for pad_chars, pad_fields, pieces, body in requests:  # values come back at other points of the budget
+        fresh = _peel_state(LayerLimits(), pad_chars, pad_fields, pieces, body)
+        for _ in range(2):  # cold, then from what was remembered
+            assert _peel_state(DEFAULT_LIMITS, pad_chars, pad_fields, pieces, body) == fresh
+
+
+def test_only_small_peels_are_kept() -> None:
+    """The memo holds values, paths and fields of bounded size whatever requests come."""
+    layers._PEELED.clear()
+    kept = quote(PAGE, safe="")
+    many = quote("&".join(f"k{i}={i}" for i in range(layers._PEELED_FIELDS + 1)))
+    inflated = quote(base64.b64encode(gzip.compress(b'{"q":"' + b"z" * (layers._PEELED_SPENT + 1) + b'"}')))
+    long_path = "k" * (layers._PEELED_CHARS + 1)
+    peeler = Peeler()
+    peeler.form(f"dl={kept}&m={many}&b={inflated}&{long_path}={kept}", "query", 1)
+    assert [field.path for field in peeler.fields].count("query.b.q") == 1  # inflated, and peeled
+    texts = {key[0] for key in layers._PEELED}
+    assert kept in texts and many not in texts and inflated not in texts
+    assert [key[1] for key in layers._PEELED if key[0] == kept] == ["query.dl"]
+
+
 def test_the_findings_of_a_target_and_referer_are_kept_from_the_request_scan(monkeypatch) -> None:
     """An alert's document asks for them long after detection scanned the whole request."""
     target = "/tr/?id=1234567890&ev=PageView&dl=" + quote(PAGE, safe="")
@@ -183,6 +251,37 @@ def test_an_origin_form_target_is_its_own_endpoint_path(target: str) -> None:
     """Detection gives match_endpoint an origin-form target whole: what it leaves out of it is
     what split_target leaves out."""
     assert target.partition("?")[0].partition("#")[0] == split_target(target)[0]
+
+
+def _endpoint_reference(catalog: VendorCatalog, host: str, path: str):
+    """match_endpoint as it was, its candidates gathered afresh for every request."""
+    name = normalize_host(host)
+    candidates = list(catalog._endpoints_by_host.get(name, ()))
+    for suffix in domain_suffixes(name):
+        candidates.extend(catalog._endpoints_by_domain.get(suffix, ()))
+    candidates.extend(catalog._endpoints_any_host)
+    path = path.partition("?")[0].partition("#")[0]
+    return next(((vendor, endpoint) for vendor, endpoint in candidates if endpoint.path.search(path)), None)
+
+
+def _endpoint_hosts() -> list[str]:
+    catalog = _catalog()
+    names = [*catalog._endpoints_by_host, *catalog._endpoints_by_domain]
+    return names + [f"x.{name}" for name in names] + [f"{name}:8080" for name in names] + ["example.org", ""]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.one_of(st.sampled_from(_endpoint_hosts()), _TEXT).map(lambda host: host.upper() if len(host) % 3 == 0 else host),
+    path=st.one_of(
+        st.sampled_from([e.path.pattern.strip("^$") for vendor in VendorCatalog.load()._vendors for e in vendor.endpoints]),
+        _TEXT.map(lambda text: "/" + text),
+    ),
+)
+def test_the_endpoints_remembered_per_host_match_as_gathered_afresh(host: str, path: str) -> None:
+    catalog = _catalog()
+    for _ in range(2):  # cold, then remembered
+        assert catalog.match_endpoint(host, path) == _endpoint_reference(catalog, host, path)
 
 
 @settings(max_examples=200, deadline=None)

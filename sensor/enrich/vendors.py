@@ -202,6 +202,7 @@ class VendorCatalog:
         for vendor in vendors:
             self._index(vendor, source)
         self._match_host_cached = lru_cache(maxsize=65536)(self._match_host)
+        self._endpoints_of = lru_cache(maxsize=4096)(self._endpoints_for)
 
     def _index(self, vendor: Vendor, source: str) -> None:
         where = str(self._files.get(vendor.id) or f"{source}/{vendor.id}.yaml")
@@ -291,16 +292,21 @@ class VendorCatalog:
         endpoints valid on any host (first-party proxies of GA4, Adobe, ...), whose decoder still
         has to confirm the parameters look like that vendor's.
         """
-        name = normalize_host(host)
         path = path.partition("?")[0].partition("#")[0]
+        for vendor, endpoint in self._endpoints_of(host):
+            if endpoint.path.search(path):
+                return vendor, endpoint
+        return None
+
+    def _endpoints_for(self, host: str) -> tuple[tuple[Vendor, Endpoint], ...]:
+        """The endpoints a request to `host` may go to, in the order match_endpoint tries them
+        (remembered per host: every request to a tracker asks again)."""
+        name = normalize_host(host)
         candidates: list[tuple[Vendor, Endpoint]] = list(self._endpoints_by_host.get(name, ()))
         for suffix in domain_suffixes(name):
             candidates.extend(self._endpoints_by_domain.get(suffix, ()))
         candidates.extend(self._endpoints_any_host)
-        for vendor, endpoint in candidates:
-            if endpoint.path.search(path):
-                return vendor, endpoint
-        return None
+        return tuple(candidates)
 
     @staticmethod
     def registered_domain(host: str) -> str:

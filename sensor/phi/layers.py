@@ -109,7 +109,12 @@ def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tu
         if not piece:
             continue
         key, _, value = piece.partition("=")
-        pairs.append((unquote_plus(key, errors="replace"), unquote_plus(value, errors="replace")))
+        # unquote_plus gives back what has neither "+" nor "%": most keys and values
+        if "%" in key or "+" in key:
+            key = unquote_plus(key, errors="replace")
+        if "%" in value or "+" in value:
+            value = unquote_plus(value, errors="replace")
+        pairs.append((key, value))
         if len(pairs) >= max_pairs:
             break
     return pairs
@@ -273,6 +278,20 @@ def _is_structured_line(line: str) -> bool:
     return _parse_json(line) is not None or looks_like_form(line)
 
 
+# Values peeled before (texts not plain, form values escaped), by (text, path, depth, escaped):
+# (fields, budget spent, budget needed, budget an inflation needed). Page URLs, event payloads and
+# search terms come back request after request; the ids and timestamps beside them are plain and
+# never get here. Longer values and paths (whole bodies, base64 payloads, which carry an id or a
+# time) are seldom sent twice: they are peeled each time, as is a value that gives more fields or
+# characters than the bounds below (an inflation, a packed list), so that the table stays at
+# about 20 MB whatever requests come (a few hundred kilobytes for tracker traffic).
+_PEELED: dict[tuple[str, str, int, bool], tuple[tuple[Field, ...], int, int, int]] = {}
+_MAX_PEELED = 2048
+_PEELED_CHARS = 256
+_PEELED_FIELDS = 16
+_PEELED_SPENT = 1024
+
+
 class Peeler:
     """Accumulates fields from any number of values under one shared budget.
 
@@ -346,6 +365,56 @@ class Peeler:
         if depth >= self.limits.max_depth or _plain(stripped):
             self.emit(path, stripped)
             return
+        self._reused(stripped, path, depth, False)
+
+    def _reused(self, text: str, path: str, depth: int, escaped: bool) -> None:
+        """_layers(text, path, depth), of the text unescaped first when `escaped` (a form value),
+        or the fields an earlier peel of the same text at the same path and depth gave.
+
+        As for a part (see _part): a value peeled where no limit decided anything and no cap was
+        counted gives the same fields at any point of a peel that has more budget left than the
+        value spent and needed, and room for its fields (and for the one a form's rest would take)."""
+        limits = self.limits
+        if limits is not DEFAULT_LIMITS or len(text) > _PEELED_CHARS or len(path) > _PEELED_CHARS:
+            self._peel_afresh(text, path, depth, escaped)
+            return
+        key = (text, path, depth, escaped)
+        budget = self._budget
+        known = _PEELED.get(key)
+        if known is not None:
+            fields, spent, need, reach = known
+            if budget > need and len(self.fields) + len(fields) < limits.max_fields - 1:
+                self.fields.extend(fields)
+                self._budget = budget - spent
+                if reach:
+                    self.reach = max(self.reach, limits.max_output - budget + reach)
+                return
+        before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, CAPPED.total()
+        self.bound, self.reach = False, 0
+        self._peel_afresh(text, path, depth, escaped)
+        spent = budget - self._budget
+        if (
+            not self.bound
+            and spent <= _PEELED_SPENT
+            and len(self.fields) - before <= _PEELED_FIELDS
+            and CAPPED.total() == capped
+        ):
+            # the budget an inflation needed, counted from where this value started
+            reach = self.reach - (limits.max_output - budget) if self.reach else 0
+            if len(_PEELED) >= _MAX_PEELED:
+                _PEELED.clear()
+            _PEELED[key] = (tuple(self.fields[before:]), spent, max(spent, reach), reach)
+        self.bound = bound or self.bound
+        self.reach = max(outer_reach, self.reach)
+
+    def _peel_afresh(self, text: str, path: str, depth: int, escaped: bool) -> None:
+        if escaped:
+            self._text(unquote_plus(text, errors="replace"), path, depth)
+        else:
+            self._layers(text, path, depth)
+
+    def _layers(self, stripped: str, path: str, depth: int) -> None:
+        """Undo the outermost encoding of a text that is not plain and peel what it held."""
         parsed = _parse_json(stripped)
         if parsed is not None:
             self.json(parsed, path, depth + 1)
@@ -416,9 +485,10 @@ class Peeler:
             # unquote_plus gives back what has neither "+" nor "%": most keys and values
             if "%" in key or "+" in key:
                 key = unquote_plus(key, errors="replace")
-            if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="replace")
-            self._text(value, f"{prefix}.{key}" if prefix else key, depth)
+            if "%" in value or "+" in value:  # an escaped value: a page URL, JSON, a search term
+                self._reused(value, f"{prefix}.{key}" if prefix else key, depth, True)
+            else:
+                self._text(value, f"{prefix}.{key}" if prefix else key, depth)
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""

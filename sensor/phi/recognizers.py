@@ -776,6 +776,24 @@ def _matches_wherever(pattern: re.Pattern[str]) -> str:
 
 # One search tells whether any pattern gate can open.
 _ANY_PATTERN_GATE = re.compile("|".join(_matches_wherever(p) for _, _, _, patterns in _PATTERN_GATES_ONLY for p in patterns))
+# What every match of that union holds in ASCII text, found by searches without look-arounds a few
+# times faster, which turn down most values (host names, paths, ids) before the union is asked: a
+# digit, then two digits, a delimiter, two digits and a delimiter or digit-delimiter then a digit
+# (SSN, phone), or three digits, "-" and three digits (NDC), or ")" (phone), or an MBI letter; "+1"
+# and a digit (E.164); the start of an SSN context word ("ssn", "soc"). In other text \d and a
+# case-blind "s" match more than ASCII digits and letters: the union alone decides there.
+_PATTERN_GATE_HINT = re.compile(
+    r"[0-9](?:[0-9][0-9][- .][0-9][0-9](?:[- .]|[0-9][ .-])[0-9]|[0-9][0-9][0-9]-[0-9][0-9][0-9]|\)|[AC-HJKMNP-RT-Y])|\+1[0-9]"
+)
+
+
+def _pattern_gates(text: str, lowered: str) -> tuple:
+    """The pattern gates when one of them can open in `text`, else none."""
+    if text.isascii() and not (_PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered):
+        return ()
+    return _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
+
+
 _DIGIT = re.compile(r"\d")
 _HEALTH_CATEGORIES = frozenset({CONDITION, MEDICATION, CLINICAL_CODE, VITAL})
 _HEALTH_IDENTIFIERS = frozenset({"mrn", "mbi", "member_id"})
@@ -887,7 +905,7 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
         if context.any_keyed or _ANY_GATE_WORD.search(lowered):
             gates = context.gates
         else:
-            gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
+            gates = _pattern_gates(text, lowered)
         for recognizer, keyed, words, patterns in gates:
             if keyed:
                 recognizer(scan)
@@ -918,8 +936,11 @@ def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Fi
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
     findings: list[Finding] = []
     for item in fields:
+        # most fields: a short value in which nothing is found, which one cache lookup tells
+        if len(item.value) <= _CACHED_VALUE_CHARS and not _scan_short_field(_context(item.path), item.value):
+            continue
         found = _scan_field(item)
-        if found:  # most fields: none
+        if found:
             findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from sensor.phi.layers import (
     DEFAULT_LIMITS,
@@ -27,6 +26,7 @@ from sensor.phi.layers import (
 )
 from sensor.phi.lzstring import decompress_from_base64
 from sensor.phi.recognizers import CONTEXT, Finding, scan_fields
+from sensor.records import frozen_record
 
 __all__ = ["DECODERS", "TrackerPayload", "decode_tracker", "scan_tracker"]
 
@@ -34,7 +34,7 @@ _MAX_EVENTS = 256
 _NO_PAYLOAD_METHODS = frozenset({"OPTIONS", "CONNECT"})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class TrackerPayload:
     decoder: str
     event: str | None  # the first event (Meta ev, GA4 en, Mixpanel event, Segment event or type, ...)
@@ -45,7 +45,7 @@ class TrackerPayload:
     params: tuple[Field, ...]  # every decoded parameter: cd[...], ud[...], ep.*, properties.*, traits.*
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class _Request:
     query: str
     content_type: str | None
