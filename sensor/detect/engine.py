@@ -18,8 +18,10 @@ import datetime as dt
 import hashlib
 import marshal
 import math
+import os
+import tempfile
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
@@ -88,6 +90,100 @@ Document = dict[str, Any]  # one ECS alert document
 DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], Document]
 
 
+# The spill file is written a block at a time, and rewritten once this large and mostly alerts
+# of windows let go (a day of traffic closes windows as its clock passes them)
+_SPILL_BLOCK = 1 << 16
+_SPILL_COMPACT_BYTES = 64 << 20
+_SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
+_SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
+
+
+class _Spill:
+    """The throttle windows' packed alerts, in an unlinked temporary file: a day of traffic holds
+    tens of thousands of windows, and an alert is read back only for a document. The bytes not
+    written yet are read from memory; where no file can be written, all of them stay there."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._pid = 0  # the process the file belongs to: a forked process writes a copy of its own
+        self._written = 0  # bytes in the file
+        self._tail = bytearray()  # the bytes after them, not written yet
+        self._flush_at = _SPILL_BLOCK  # (a larger tail after a write failed: tried again less often)
+        # the last block read back: documents are built in about the order the alerts were packed
+        self._read_at, self._read = 0, b""
+        self.compact_at = _SPILL_COMPACT_BYTES
+
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    @property
+    def size(self) -> int:
+        return self._written + len(self._tail)
+
+    def put(self, data: bytes) -> int:
+        """Keep `data`; where it is (for get)."""
+        place = (self._written + len(self._tail)) << _SPILL_SIZE_BITS | len(data)
+        self._tail += data
+        if len(self._tail) >= self._flush_at:
+            self._flush()
+        return place
+
+    def get(self, place: int) -> bytes:
+        at, size = place >> _SPILL_SIZE_BITS, place & _SPILL_SIZE_MASK
+        if at >= self._written:
+            at -= self._written
+            return bytes(self._tail[at:at + size])
+        start = at - self._read_at
+        if start < 0 or start + size > len(self._read):
+            self._read_at, self._read = at, os.pread(self._fd, max(size, _SPILL_BLOCK), at)
+            start = 0
+        return self._read[start:start + size]
+
+    def compacted(self, windows: Iterable[_Window]) -> _Spill:
+        """This spill, or once it is mostly alerts of windows let go a fresh one holding those of
+        `windows` (the open ones), their places moved."""
+        held = [window for window in windows if type(window.packed) is int]
+        if 2 * sum(cast(int, window.packed) & _SPILL_SIZE_MASK for window in held) >= self.size:
+            self.compact_at = 2 * self.size
+            return self
+        fresh = _Spill()
+        for window in held:
+            window.packed = fresh.put(self.get(cast(int, window.packed)))
+        return fresh
+
+    def _flush(self) -> None:
+        """Write the tail to the file (this process's own), or keep it in memory if that fails."""
+        try:
+            if self._pid != os.getpid():
+                self._open()
+            done = 0
+            with memoryview(self._tail) as tail:  # (released before the tail is cleared)
+                while done < len(tail):
+                    done += os.pwrite(self._fd, tail[done:], self._written + done)
+        except OSError:  # (a write cut short is written again whole: the file's length does not matter)
+            self._flush_at = 2 * len(self._tail)
+            return
+        self._written += len(self._tail)
+        self._tail.clear()
+        self._flush_at = _SPILL_BLOCK
+
+    def _open(self) -> None:
+        """Make this process's file, with a copy of what the file it shares with its parent holds."""
+        fd, path = tempfile.mkstemp(prefix="phi-sensor-windows-")
+        try:
+            os.unlink(path)
+            done = 0
+            while done < self._written:
+                done += os.pwrite(fd, os.pread(self._fd, min(self._written - done, 1 << 20), done), done)
+        except OSError:
+            os.close(fd)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._pid = fd, os.getpid()
+
+
 @dataclass(slots=True)
 class _Window:
     start: float
@@ -103,14 +199,14 @@ class _Window:
     destinations: dict[str, Destination] | None = None
     # The alert its documents show, kept small (a day of traffic holds tens of thousands of
     # windows): its shared parts by reference, its own text and record packed into one bytes
-    # object (see keep and alert).
+    # object written to the engine's _Spill, of which the window keeps where (see keep and alert).
     severity: str = ""
     rule: RuleInfo | None = None
     phi_host: PhiHost | None = None
     vendor: Vendor | None = None
     baa: BaaEntry | None = None
     extra: tuple[Any, Any, Any] | None = None  # (findings, fields, tracker) when any is shown
-    packed: bytes | Alert | None = None  # an alert whose record cannot be packed is kept whole
+    packed: int | Alert | None = None  # a place in the spill; an alert not packed (yet) is kept whole
 
     def keep(self, alert: Alert, health_data: bool) -> None:
         """Keep what the window's documents read of `alert`, the alert itself until `pack`."""
@@ -120,9 +216,9 @@ class _Window:
         self.phi_host, self.vendor, self.baa = obs.phi_host, obs.vendor, obs.baa
         self.packed, self.extra = alert, None
 
-    def pack(self) -> None:
-        """Pack the kept alert (see _pack), once it is unlikely to be replaced; of its findings,
-        decoded fields and tracker payload keep what its documents show."""
+    def pack(self, spill: _Spill) -> None:
+        """Pack the kept alert (see _pack) into `spill`, once it is unlikely to be replaced; of its
+        findings, decoded fields and tracker payload keep what its documents show."""
         alert = self.packed
         if not isinstance(alert, Alert):
             return
@@ -134,16 +230,17 @@ class _Window:
         if tracker is not None and tracker.params:  # it shows the decoder, event, page and referrer
             tracker = dataclasses.replace(tracker, params=())
         self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
-        self.packed = _pack(alert)
+        packed = _pack(alert)
+        self.packed = packed if packed is alert else spill.put(cast(bytes, packed))
 
-    def alert(self) -> Alert:
+    def alert(self, spill: _Spill) -> Alert:
         """The kept alert, as its documents read it: the record without its body and with only
         the headers a document shows; no findings of the scan, a tracker payload only where the
         document shows it."""
         packed = self.packed
-        if type(packed) is not bytes:
+        if type(packed) is not int:
             return cast(Alert, packed)
-        summary, source, destination, allowed, status, index, values = marshal.loads(packed)
+        summary, source, destination, allowed, status, index, values = marshal.loads(spill.get(packed))
         cls, make, answers_at = _PACKABLE[index]
         flow = values[1]
         values[1] = _new_flow(*flow) if len(flow) == 5 else TunnelledFlow(*flow)
@@ -255,6 +352,7 @@ class DetectionEngine:
         # replay: the windows whose alert changed since the last sweep, to be packed then (a
         # window's alert is mostly replaced in its first seconds, by a stronger one)
         self._unpacked: list[_Window] = []
+        self._spill = _Spill()  # the windows' packed alerts
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for one day
         self._by_name: dict[str, tuple[str, _Enrichment]] = {}
@@ -310,6 +408,7 @@ class DetectionEngine:
         self._windows = previous._windows
         self._ends = previous._ends
         self._unpacked = previous._unpacked
+        self._spill = previous._spill
 
     def _close_passed(self, now: float) -> list[Document]:
         """The final documents of the replay windows no record can join any more, let go."""
@@ -326,8 +425,9 @@ class DetectionEngine:
                         out.append(self._final(window))
         for window in self._unpacked:
             if windows.get(window.key) is window:
-                window.pack()
+                window.pack(self._spill)
         self._unpacked.clear()
+        self._compact_spill()
         return out
 
     def finish(self) -> list[Document]:
@@ -344,6 +444,7 @@ class DetectionEngine:
         self._unpacked.clear()
         while pending:
             yield self._final(pending.pop())
+        self._spill = _Spill()  # the file let go
 
     # -- enrichment ----------------------------------------------------------------------------
     def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
@@ -521,14 +622,19 @@ class DetectionEngine:
         """Keep `alert` as the window's: packed at once live, at the next sweep in a replay."""
         window.keep(alert, health_data)
         if self.immediate:
-            window.pack()
+            window.pack(self._spill)
+            self._compact_spill()
         else:
             self._unpacked.append(window)  # (twice if replaced again before then: packed once)
+
+    def _compact_spill(self) -> None:
+        if self._spill.size > self._spill.compact_at:
+            self._spill = self._spill.compacted(self._windows.values())
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
-            window.alert(), window.count, window.start, window.last_seen, window.event_id,
+            window.alert(self._spill), window.count, window.start, window.last_seen, window.event_id,
             window.hosts(),
         )
 
