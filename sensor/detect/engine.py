@@ -19,9 +19,10 @@ import hashlib
 import marshal
 import math
 import os
+import sys
 import tempfile
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
@@ -36,7 +37,9 @@ from sensor.enrich.observation import Observation
 from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
-from sensor.phi.trackers import decode_tracker, scan_tracker
+from sensor.phi.layers import Field
+from sensor.phi.recognizers import Finding
+from sensor.phi.trackers import TrackerPayload, decode_tracker, scan_tracker
 from sensor.records import (
     Counters,
     DnsAnswer,
@@ -205,7 +208,6 @@ class _Window:
     phi_host: PhiHost | None = None
     vendor: Vendor | None = None
     baa: BaaEntry | None = None
-    extra: tuple[Any, Any, Any] | None = None  # (findings, fields, tracker) when any is shown
     packed: int | Alert | None = None  # a place in the spill; an alert not packed (yet) is kept whole
 
     def keep(self, alert: Alert, health_data: bool) -> None:
@@ -214,11 +216,11 @@ class _Window:
         self.health_data = health_data
         self.severity, self.rule = alert.severity, alert.rule
         self.phi_host, self.vendor, self.baa = obs.phi_host, obs.vendor, obs.baa
-        self.packed, self.extra = alert, None
+        self.packed = alert
 
     def pack(self, spill: _Spill) -> None:
         """Pack the kept alert (see _pack) into `spill`, once it is unlikely to be replaced; of its
-        findings, decoded fields and tracker payload keep what its documents show."""
+        findings, decoded fields and tracker payload what its documents show."""
         alert = self.packed
         if not isinstance(alert, Alert):
             return
@@ -229,8 +231,7 @@ class _Window:
             fields = tuple([field for field in fields if field.path in paths])
         if tracker is not None and tracker.params:  # it shows the decoder, event, page and referrer
             tracker = dataclasses.replace(tracker, params=())
-        self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
-        packed = _pack(alert)
+        packed = _pack(alert, findings, fields, tracker)
         self.packed = packed if packed is alert else spill.put(cast(bytes, packed))
 
     def alert(self, spill: _Spill) -> Alert:
@@ -240,13 +241,20 @@ class _Window:
         packed = self.packed
         if type(packed) is not int:
             return cast(Alert, packed)
-        summary, source, destination, allowed, status, index, values = marshal.loads(spill.get(packed))
+        summary, source, destination, allowed, status, index, values, shown = marshal.loads(spill.get(packed))
         cls, make, answers_at = _PACKABLE[index]
         flow = values[1]
         values[1] = _new_flow(*flow) if len(flow) == 5 else TunnelledFlow(*flow)
         if answers_at:
             values[answers_at] = tuple([_new_answer(*answer) for answer in values[answers_at]])
-        findings, fields, tracker = self.extra if self.extra is not None else ((), (), None)
+        findings: Sequence[Finding] = ()
+        fields: Sequence[Field] = ()
+        tracker = None
+        if shown is not None:  # (lists and tuples as the alert had them)
+            found, decoded, payload = shown
+            findings = type(found)([_new_finding(*finding) for finding in found])
+            fields = type(decoded)([_new_field(*field) for field in decoded])
+            tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
         return Alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
@@ -601,6 +609,9 @@ class DetectionEngine:
             del self._windows[key]
             if window.count > window.sent_count:
                 out.append(self._final(window))
+        # the windows of a source host, or of a subject, share one string of it (a day of traffic
+        # holds tens of thousands of windows, their keys made of strings of records)
+        key = (key[0], sys.intern(key[1]), sys.intern(key[2]))
         window = self._windows[key] = _Window(
             ts, ts + window_seconds, key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
         )
@@ -653,6 +664,13 @@ _flow_values = attrgetter("src_ip", "src_port", "dst_ip", "dst_port", "transport
 _answer_values = attrgetter("name", "type", "data", "ttl")
 _new_flow = positional_constructor(Flow)
 _new_answer = positional_constructor(DnsAnswer)
+# what an alert's documents show of its findings, decoded fields and tracker payload, as tuples
+_SEQUENCES = (tuple, list)
+_finding_values = attrgetter(*[item.name for item in dataclasses.fields(Finding)])
+_field_values = attrgetter(*[item.name for item in dataclasses.fields(Field)])
+_tracker_values = attrgetter(*[item.name for item in dataclasses.fields(TrackerPayload)])
+_new_finding = positional_constructor(Finding)
+_new_field = positional_constructor(Field)
 
 
 def _pack_spec(cls: type) -> _PackSpec | None:
@@ -676,11 +694,12 @@ def _pack_spec(cls: type) -> _PackSpec | None:
     return spec
 
 
-def _pack(alert: Alert) -> bytes | Alert:
+def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
+          tracker: TrackerPayload | None) -> bytes | Alert:
     """An alert's own parts in one bytes object (marshal): its summary, its observation's plain
     values and its record, the record's flow (and its tunnel) and answers as tuples, a request without its body
-    and with only the headers a document shows. The alert itself where its record is of a class
-    that cannot be packed."""
+    and with only the headers a document shows, the `findings`, `fields` and `tracker` payload its
+    documents show. The alert itself where its record is of a class that cannot be packed."""
     obs = alert.observation
     record = obs.record
     cls = type(record)
@@ -688,6 +707,15 @@ def _pack(alert: Alert) -> bytes | Alert:
     flow = record.flow
     if spec is None or (type(flow) is not Flow and type(flow) is not TunnelledFlow):
         return alert
+    shown = None
+    if findings or fields or tracker is not None:
+        if not (type(findings) in _SEQUENCES and all(type(finding) is Finding for finding in findings)
+                and type(fields) in _SEQUENCES and all(type(field) is Field for field in fields)
+                and (tracker is None or type(tracker) is TrackerPayload)):
+            return alert
+        shown = (type(findings)([_finding_values(finding) for finding in findings]),
+                 type(fields)([_field_values(field) for field in fields]),
+                 None if tracker is None else _tracker_values(tracker))
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
     # a tunnelled flow's tunnel goes with it (its documents name the tunnel)
@@ -700,7 +728,7 @@ def _pack(alert: Alert) -> bytes | Alert:
         values[body_at] = b""
     try:
         return marshal.dumps((alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status,
-                              index, values))
+                              index, values, shown))
     except ValueError:  # a value marshal cannot write
         return alert
 
