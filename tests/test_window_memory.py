@@ -1,6 +1,7 @@
 """What an open throttle window keeps: its alert packed (shared parts by reference, its own text
-and record in one bytes object), the same size however many records it absorbed, and documents
-built from it equal to those built from the alert the rule made."""
+and record in one bytes object, written to the engine's spill file), the same size however many
+records it absorbed, and documents built from it equal to those built from the alert the rule
+made."""
 from __future__ import annotations
 
 import gc
