@@ -284,3 +284,16 @@ def test_the_spill_is_rewritten_once_mostly_alerts_of_windows_let_go(catalog, mo
         kept, everything = documents(1 << 40, immediate)
         assert rewritten == kept
         assert largest < 300_000 < everything
+
+
+def test_the_end_of_a_run_lets_go_of_what_attributed_and_enriched_records(catalog) -> None:
+    """The windows' documents need neither the DNS answers nor the enrichment of names: a day
+    of traffic fills both, and their memory serves the documents instead."""
+    eng = _engine(catalog)
+    eng.dns_cache.observe(T0, "connect.facebook.net", [DnsAnswer("connect.facebook.net", "A", "203.0.113.35", 300)])
+    no_name = TlsHello(T0 + 1, Flow("10.20.0.1", 50443, "203.0.113.35", 443, "tcp"), "tls", None, (), False, "1.3")
+    assert eng.on_record(no_name) == [] and eng.on_record(_hello(T0 + 2, "10.20.0.1", "static.hotjar.com")) == []
+    assert len(eng.dns_cache) and eng._enriched and eng._by_name
+    docs = eng.finish()
+    assert sorted(doc["phi_egress"]["source_record"] for doc in docs) == ["dns-attribution", "tls"]
+    assert not len(eng.dns_cache) and not eng._enriched and not eng._by_name

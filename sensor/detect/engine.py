@@ -447,6 +447,11 @@ class DetectionEngine:
         pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
                          key=lambda w: w.start)
         pending.reverse()
+        # no record comes any more: what attributed and enriched records is let go, its memory
+        # serving the documents (a day of traffic fills these caches)
+        self.dns_cache.clear()
+        self._enriched.clear()
+        self._by_name.clear()
         self._windows.clear()
         self._ends.clear()
         self._unpacked.clear()
