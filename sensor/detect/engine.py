@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import tempfile
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,10 +116,7 @@ class _Spill:
         # the last block read back: documents are built in about the order the alerts were packed
         self._read_at, self._read = 0, b""
         self.compact_at = _SPILL_COMPACT_BYTES
-
-    def __del__(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        self._closer: weakref.finalize | None = None  # closes the file once the spill is let go
 
     @property
     def size(self) -> int:
@@ -182,9 +180,10 @@ class _Spill:
         except OSError:
             os.close(fd)
             raise
-        if self._fd >= 0:
-            os.close(self._fd)
+        if self._closer is not None:
+            self._closer()
         self._fd, self._pid = fd, os.getpid()
+        self._closer = weakref.finalize(self, os.close, fd)
 
 
 @dataclass(slots=True)
