@@ -69,6 +69,8 @@ class AlertTally:
     def _put(self, event_id: str, row: Row, count: int) -> None:
         """The latest row and count of an id (where its id first came); the oldest id let go
         into the settled counts beyond `updatable`."""
+        # a replay keeps a row per source host and destination: rows share one string of each cell
+        row = tuple([sys.intern(cell) if type(cell) is str else cell for cell in row])
         if not self.updatable:  # straight into the settled counts
             self.settled[row] = self.settled.get(row, 0) + count
             self.settled_alerts += 1
