@@ -70,7 +70,7 @@ class AlertTally:
         """The latest row and count of an id (where its id first came); the oldest id let go
         into the settled counts beyond `updatable`."""
         # a replay keeps a row per source host and destination: rows share one string of each cell
-        row = tuple([sys.intern(cell) if type(cell) is str else cell for cell in row])
+        row = tuple(map(sys.intern, row))
         if not self.updatable:  # straight into the settled counts
             self.settled[row] = self.settled.get(row, 0) + count
             self.settled_alerts += 1
@@ -101,7 +101,7 @@ class AlertTally:
     def absorb(self, other: dict) -> None:
         """Add the tally another process wrote with `to_json` (the second replay worker's)."""
         for row, count in other.get("settled", ()):
-            key = tuple(row)
+            key = tuple(map(sys.intern, row))
             self.settled[key] = self.settled.get(key, 0) + count
         self.settled_alerts += other.get("settled_alerts", 0)
         for event_id, row, count in other["rows"]:
