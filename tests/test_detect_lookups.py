@@ -325,9 +325,9 @@ def test_a_window_keeps_what_its_document_reads_and_no_more(catalog: VendorCatal
             seen_rules.add(rule.INFO.id)
             window = _Window(T0, T0 + 3600, (rule.INFO.id, record.flow.src_ip, alert.throttle_subject), False)
             window.keep(alert, False)
-            window.pack()
-            assert isinstance(window.packed, bytes)
-            kept = window.alert()
+            window.pack(eng._spill)
+            assert isinstance(window.packed, int)
+            kept = window.alert(eng._spill)
             assert kept.observation.record.body == b"" and len(kept.observation.record.headers) == 4
             assert type(kept.observation.record) is record_type
             destinations = [engine_module.Destination(host, 2, T0, T0 + 5, True)]
@@ -343,8 +343,8 @@ def test_lookups_and_hellos_are_kept_as_they_are(catalog: VendorCatalog) -> None
     alert = next(alert for rule in ALL_RULES if (alert := rule.evaluate(obs)) is not None)
     window = _Window(T0, T0 + 3600, (alert.rule.id, hello.flow.src_ip, alert.throttle_subject), False)
     window.keep(alert, False)
-    window.pack()
-    assert window.alert() == alert and alert.findings == () and alert.fields == ()
+    window.pack(eng._spill)
+    assert window.alert(eng._spill) == alert and alert.findings == () and alert.fields == ()
 
 
 def test_day_is_the_records_day(catalog: VendorCatalog) -> None:

@@ -1,10 +1,12 @@
 """What an open throttle window keeps: its alert packed (shared parts by reference, its own text
-and record in one bytes object), the same size however many records it absorbed, and documents
-built from it equal to those built from the alert the rule made."""
+and record in one bytes object, written to the engine's spill file), the same size however many
+records it absorbed, and documents built from it equal to those built from the alert the rule
+made."""
 from __future__ import annotations
 
 import gc
 import math
+import os
 import random
 import sys
 
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from sensor.config import parse_config
 from sensor.deep import DecryptedHttpRequest, HttpsRequest
+from sensor.detect import engine as engine_module
 from sensor.detect.base import RuleInfo
 from sensor.detect.engine import Destination, DetectionEngine, RuleSettings, _Window
 from sensor.detect.rules import ALL_RULES
@@ -104,10 +107,10 @@ def test_a_packed_alert_builds_the_documents_its_alert_builds(catalog, record: R
         window = _Window(record.ts, record.ts + 3600.0, (rule.INFO.id, record.flow.src_ip, alert.throttle_subject),
                          False)
         window.keep(alert, False)
-        assert window.alert() is alert  # until packed
-        window.pack()
-        assert isinstance(window.packed, bytes)
-        kept = window.alert()
+        assert window.alert(eng._spill) is alert  # until packed
+        window.pack(eng._spill)
+        assert isinstance(window.packed, int)
+        kept = window.alert(eng._spill)
         assert type(kept.observation.record) is type(record) and kept.observation.record.flow == record.flow
         for build in builders:
             assert (build(kept, count, record.ts, record.ts + 5, "id", destinations)
@@ -214,3 +217,83 @@ def test_windows_opened_out_of_order_close_as_if_all_were_kept_to_the_end(catalo
     kept, _ = run(float("inf"))
     assert closing == kept
     assert not eng._windows and not any(eng._ends.values()) and not eng._unpacked
+
+
+# -- the spill file of packed alerts ---------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3 * engine_module._SPILL_BLOCK), max_size=12), order=st.randoms())
+def test_the_spill_gives_back_what_was_put_wherever_it_lies(sizes: list[int], order: random.Random) -> None:
+    spill = engine_module._Spill()
+    kept = [(spill.put(bytes([index % 251]) * size), bytes([index % 251]) * size) for index, size in enumerate(sizes)]
+    assert spill.size == sum(sizes)
+    order.shuffle(kept)
+    assert all(spill.get(place) == data for place, data in kept)
+
+
+def test_the_spill_stays_in_memory_where_no_file_can_be_made(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("read-only")
+
+    monkeypatch.setattr(engine_module.tempfile, "mkstemp", refuse)
+    spill = engine_module._Spill()
+    kept = [(spill.put(bytes([index]) * 40_000), bytes([index]) * 40_000) for index in range(10)]
+    assert spill._fd == -1 and all(spill.get(place) == data for place, data in kept)
+
+
+def test_a_forked_process_writes_a_spill_of_its_own() -> None:
+    """Both processes go on writing after a fork: neither overwrites what the other reads back."""
+    spill = engine_module._Spill()
+    before = [(spill.put(b"a" * 50_000), b"a" * 50_000) for _ in range(3)]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes other bytes than the parent, then checks all it put
+        os.close(read)
+        after = [(spill.put(b"c" * 50_000), b"c" * 50_000) for _ in range(3)]
+        ok = all(spill.get(place) == data for place, data in before + after)
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    after = [(spill.put(b"p" * 50_000), b"p" * 50_000) for _ in range(3)]
+    child_ok = os.read(read, 1)
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child_ok == b"1"
+    assert all(spill.get(place) == data for place, data in before + after)
+
+
+def test_the_spill_is_rewritten_once_mostly_alerts_of_windows_let_go(catalog, monkeypatch) -> None:
+    config = parse_config(CONFIG, "test")
+    rules = {rule.INFO.id: RuleSettings(True, throttle_seconds=20.0) for rule in ALL_RULES}
+
+    def documents(compact_bytes: int, immediate: bool) -> tuple[list[str], int]:
+        monkeypatch.setattr(engine_module, "_SPILL_COMPACT_BYTES", compact_bytes)
+        eng = DetectionEngine(config.build_policy(catalog), AlertBuilder(EventBuilder("s", registered_domain)), rules,
+                              immediate=immediate, hold_back=5.0)
+        docs, largest = [], 0
+        for index in range(6_000):  # a window of 20 s per source and vendor: most are let go on the way
+            ts = T0 + index * 0.5
+            src = f"10.20.0.{index % 13 + 1}"
+            docs += eng.on_record(_request(ts, src) if index % 3 else _hello(ts, src, TRACKERS[index % 5]))
+            largest = max(largest, eng._spill.size)
+        docs += eng.finish()
+        return sorted(map(repr, docs)), largest
+
+    for immediate in (False, True):
+        rewritten, largest = documents(100_000, immediate)
+        kept, everything = documents(1 << 40, immediate)
+        assert rewritten == kept
+        assert largest < 300_000 < everything
+
+
+def test_the_end_of_a_run_lets_go_of_what_attributed_and_enriched_records(catalog) -> None:
+    """The windows' documents need neither the DNS answers nor the enrichment of names: a day
+    of traffic fills both, and their memory serves the documents instead."""
+    eng = _engine(catalog)
+    eng.dns_cache.observe(T0, "connect.facebook.net", [DnsAnswer("connect.facebook.net", "A", "203.0.113.35", 300)])
+    no_name = TlsHello(T0 + 1, Flow("10.20.0.1", 50443, "203.0.113.35", 443, "tcp"), "tls", None, (), False, "1.3")
+    assert eng.on_record(no_name) == [] and eng.on_record(_hello(T0 + 2, "10.20.0.1", "static.hotjar.com")) == []
+    assert len(eng.dns_cache) and eng._enriched and eng._by_name
+    docs = eng.finish()
+    assert sorted(doc["phi_egress"]["source_record"] for doc in docs) == ["dns-attribution", "tls"]
+    assert not len(eng.dns_cache) and not eng._enriched and not eng._by_name

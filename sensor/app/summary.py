@@ -56,13 +56,15 @@ class AlertTally:
             return
         source = alert["source"]["ip"]
         name = pe.get("phi_host", {}).get("name")
+        # a replay keeps a row per source host and destination: the rows of a source host, and
+        # those of the same health data, share one string of it (the other cells are shared)
         row = (
             pe["severity"],
             alert["rule"]["id"],
-            f"{source} ({name})" if name else source,
+            sys.intern(f"{source} ({name})" if name else source),
             pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
             pe["baa"]["status"],
-            ", ".join(pe.get("phi", {}).get("types", [])) or "-",
+            sys.intern(", ".join(pe.get("phi", {}).get("types", [])) or "-"),
         )
         self._put(event_id, row, pe.get("count", 1))
 
@@ -99,7 +101,7 @@ class AlertTally:
     def absorb(self, other: dict) -> None:
         """Add the tally another process wrote with `to_json` (the second replay worker's)."""
         for row, count in other.get("settled", ()):
-            key = tuple(row)
+            key = tuple(map(sys.intern, row))  # (the second worker's rows, read from JSON, share none)
             self.settled[key] = self.settled.get(key, 0) + count
         self.settled_alerts += other.get("settled_alerts", 0)
         for event_id, row, count in other["rows"]:

@@ -18,8 +18,12 @@ import datetime as dt
 import hashlib
 import marshal
 import math
+import os
+import sys
+import tempfile
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
@@ -34,7 +38,9 @@ from sensor.enrich.observation import Observation
 from sensor.enrich.policy import Policy
 from sensor.enrich.vendors import Vendor, normalize_host
 from sensor.phi import is_health_data, scan_http
-from sensor.phi.trackers import decode_tracker, scan_tracker
+from sensor.phi.layers import Field
+from sensor.phi.recognizers import Finding
+from sensor.phi.trackers import TrackerPayload, decode_tracker, scan_tracker
 from sensor.records import (
     Counters,
     DnsAnswer,
@@ -88,6 +94,98 @@ Document = dict[str, Any]  # one ECS alert document
 DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], Document]
 
 
+# The spill file is written a block at a time, and rewritten once this large and mostly alerts
+# of windows let go (a day of traffic closes windows as its clock passes them)
+_SPILL_BLOCK = 1 << 16
+_SPILL_COMPACT_BYTES = 64 << 20
+_SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
+_SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
+
+
+class _Spill:
+    """The throttle windows' packed alerts, in an unlinked temporary file: a day of traffic holds
+    tens of thousands of windows, and an alert is read back only for a document. The bytes not
+    written yet are read from memory; where no file can be written, all of them stay there."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._pid = 0  # the process the file belongs to: a forked process writes a copy of its own
+        self._written = 0  # bytes in the file
+        self._tail = bytearray()  # the bytes after them, not written yet
+        self._flush_at = _SPILL_BLOCK  # (a larger tail after a write failed: tried again less often)
+        # the last block read back: documents are built in about the order the alerts were packed
+        self._read_at, self._read = 0, b""
+        self.compact_at = _SPILL_COMPACT_BYTES
+        self._closer: weakref.finalize | None = None  # closes the file once the spill is let go
+
+    @property
+    def size(self) -> int:
+        return self._written + len(self._tail)
+
+    def put(self, data: bytes) -> int:
+        """Keep `data`; where it is (for get)."""
+        place = (self._written + len(self._tail)) << _SPILL_SIZE_BITS | len(data)
+        self._tail += data
+        if len(self._tail) >= self._flush_at:
+            self._flush()
+        return place
+
+    def get(self, place: int) -> bytes:
+        at, size = place >> _SPILL_SIZE_BITS, place & _SPILL_SIZE_MASK
+        if at >= self._written:
+            at -= self._written
+            return bytes(self._tail[at:at + size])
+        start = at - self._read_at
+        if start < 0 or start + size > len(self._read):
+            self._read_at, self._read = at, os.pread(self._fd, max(size, _SPILL_BLOCK), at)
+            start = 0
+        return self._read[start:start + size]
+
+    def compacted(self, windows: Iterable[_Window]) -> _Spill:
+        """This spill, or once it is mostly alerts of windows let go a fresh one holding those of
+        `windows` (the open ones), their places moved."""
+        held = [window for window in windows if type(window.packed) is int]
+        if 2 * sum(cast(int, window.packed) & _SPILL_SIZE_MASK for window in held) >= self.size:
+            self.compact_at = 2 * self.size
+            return self
+        fresh = _Spill()
+        for window in held:
+            window.packed = fresh.put(self.get(cast(int, window.packed)))
+        return fresh
+
+    def _flush(self) -> None:
+        """Write the tail to the file (this process's own), or keep it in memory if that fails."""
+        try:
+            if self._pid != os.getpid():
+                self._open()
+            done = 0
+            with memoryview(self._tail) as tail:  # (released before the tail is cleared)
+                while done < len(tail):
+                    done += os.pwrite(self._fd, tail[done:], self._written + done)
+        except OSError:  # (a write cut short is written again whole: the file's length does not matter)
+            self._flush_at = 2 * len(self._tail)
+            return
+        self._written += len(self._tail)
+        self._tail.clear()
+        self._flush_at = _SPILL_BLOCK
+
+    def _open(self) -> None:
+        """Make this process's file, with a copy of what the file it shares with its parent holds."""
+        fd, path = tempfile.mkstemp(prefix="phi-sensor-windows-")
+        try:
+            os.unlink(path)
+            done = 0
+            while done < self._written:
+                done += os.pwrite(fd, os.pread(self._fd, min(self._written - done, 1 << 20), done), done)
+        except OSError:
+            os.close(fd)
+            raise
+        if self._closer is not None:
+            self._closer()
+        self._fd, self._pid = fd, os.getpid()
+        self._closer = weakref.finalize(self, os.close, fd)
+
+
 @dataclass(slots=True)
 class _Window:
     start: float
@@ -103,14 +201,13 @@ class _Window:
     destinations: dict[str, Destination] | None = None
     # The alert its documents show, kept small (a day of traffic holds tens of thousands of
     # windows): its shared parts by reference, its own text and record packed into one bytes
-    # object (see keep and alert).
+    # object written to the engine's _Spill, of which the window keeps where (see keep and alert).
     severity: str = ""
     rule: RuleInfo | None = None
     phi_host: PhiHost | None = None
     vendor: Vendor | None = None
     baa: BaaEntry | None = None
-    extra: tuple[Any, Any, Any] | None = None  # (findings, fields, tracker) when any is shown
-    packed: bytes | Alert | None = None  # an alert whose record cannot be packed is kept whole
+    packed: int | Alert | None = None  # a place in the spill; an alert not packed (yet) is kept whole
 
     def keep(self, alert: Alert, health_data: bool) -> None:
         """Keep what the window's documents read of `alert`, the alert itself until `pack`."""
@@ -118,11 +215,11 @@ class _Window:
         self.health_data = health_data
         self.severity, self.rule = alert.severity, alert.rule
         self.phi_host, self.vendor, self.baa = obs.phi_host, obs.vendor, obs.baa
-        self.packed, self.extra = alert, None
+        self.packed = alert
 
-    def pack(self) -> None:
-        """Pack the kept alert (see _pack), once it is unlikely to be replaced; of its findings,
-        decoded fields and tracker payload keep what its documents show."""
+    def pack(self, spill: _Spill) -> None:
+        """Pack the kept alert (see _pack) into `spill`, once it is unlikely to be replaced; of its
+        findings, decoded fields and tracker payload what its documents show."""
         alert = self.packed
         if not isinstance(alert, Alert):
             return
@@ -133,23 +230,30 @@ class _Window:
             fields = tuple([field for field in fields if field.path in paths])
         if tracker is not None and tracker.params:  # it shows the decoder, event, page and referrer
             tracker = dataclasses.replace(tracker, params=())
-        self.extra = (findings, fields, tracker) if findings or fields or tracker is not None else None
-        self.packed = _pack(alert)
+        packed = _pack(alert, findings, fields, tracker)
+        self.packed = packed if packed is alert else spill.put(cast(bytes, packed))
 
-    def alert(self) -> Alert:
+    def alert(self, spill: _Spill) -> Alert:
         """The kept alert, as its documents read it: the record without its body and with only
         the headers a document shows; no findings of the scan, a tracker payload only where the
         document shows it."""
         packed = self.packed
-        if type(packed) is not bytes:
+        if type(packed) is not int:
             return cast(Alert, packed)
-        summary, source, destination, allowed, status, index, values = marshal.loads(packed)
+        summary, source, destination, allowed, status, index, values, shown = marshal.loads(spill.get(packed))
         cls, make, answers_at = _PACKABLE[index]
         flow = values[1]
         values[1] = _new_flow(*flow) if len(flow) == 5 else TunnelledFlow(*flow)
         if answers_at:
             values[answers_at] = tuple([_new_answer(*answer) for answer in values[answers_at]])
-        findings, fields, tracker = self.extra if self.extra is not None else ((), (), None)
+        findings: Sequence[Finding] = ()
+        fields: Sequence[Field] = ()
+        tracker = None
+        if shown is not None:  # (lists and tuples as the alert had them)
+            found, decoded, payload = shown
+            findings = type(found)([_new_finding(*finding) for finding in found])
+            fields = type(decoded)([_new_field(*field) for field in decoded])
+            tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
         return Alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
@@ -255,6 +359,7 @@ class DetectionEngine:
         # replay: the windows whose alert changed since the last sweep, to be packed then (a
         # window's alert is mostly replaced in its first seconds, by a stronger one)
         self._unpacked: list[_Window] = []
+        self._spill = _Spill()  # the windows' packed alerts
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for the day
         # remembered (_day_value): emptied as that day changes
@@ -346,6 +451,7 @@ class DetectionEngine:
         self._windows = previous._windows
         self._ends = previous._ends
         self._unpacked = previous._unpacked
+        self._spill = previous._spill
 
     def _close_passed(self, now: float) -> list[Document]:
         """The final documents of the replay windows no record can join any more, let go."""
@@ -362,8 +468,9 @@ class DetectionEngine:
                         out.append(self._final(window))
         for window in self._unpacked:
             if windows.get(window.key) is window:
-                window.pack()
+                window.pack(self._spill)
         self._unpacked.clear()
+        self._compact_spill()
         return out
 
     def finish(self) -> list[Document]:
@@ -375,11 +482,17 @@ class DetectionEngine:
         pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
                          key=lambda w: w.start)
         pending.reverse()
+        # no record comes any more: what attributed and enriched records is let go, its memory
+        # serving the documents (a day of traffic fills these caches)
+        self.dns_cache.clear()
+        self._enriched.clear()
+        self._by_name.clear()
         self._windows.clear()
         self._ends.clear()
         self._unpacked.clear()
         while pending:
             yield self._final(pending.pop())
+        self._spill = _Spill()  # the file let go
 
     # -- enrichment ----------------------------------------------------------------------------
     def _observe(self, record: Record, phi_host: PhiHost | None, kind: str | None = None) -> Observation | None:
@@ -533,6 +646,9 @@ class DetectionEngine:
             del self._windows[key]
             if window.count > window.sent_count:
                 out.append(self._final(window))
+        # the windows of a source host, or of a subject, share one string of it (a day of traffic
+        # holds tens of thousands of windows, their keys made of strings of records)
+        key = (key[0], sys.intern(key[1]), sys.intern(key[2]))
         window = self._windows[key] = _Window(
             ts, ts + window_seconds, key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
         )
@@ -554,14 +670,19 @@ class DetectionEngine:
         """Keep `alert` as the window's: packed at once live, at the next sweep in a replay."""
         window.keep(alert, health_data)
         if self.immediate:
-            window.pack()
+            window.pack(self._spill)
+            self._compact_spill()
         else:
             self._unpacked.append(window)  # (twice if replaced again before then: packed once)
+
+    def _compact_spill(self) -> None:
+        if self._spill.size > self._spill.compact_at:
+            self._spill = self._spill.compacted(self._windows.values())
 
     def _final(self, window: _Window) -> Document:
         window.sent_count = window.count
         return self.build_document(
-            window.alert(), window.count, window.start, window.last_seen, window.event_id,
+            window.alert(self._spill), window.count, window.start, window.last_seen, window.event_id,
             window.hosts(),
         )
 
@@ -580,6 +701,13 @@ _flow_values = attrgetter("src_ip", "src_port", "dst_ip", "dst_port", "transport
 _answer_values = attrgetter("name", "type", "data", "ttl")
 _new_flow = positional_constructor(Flow)
 _new_answer = positional_constructor(DnsAnswer)
+# what an alert's documents show of its findings, decoded fields and tracker payload, as tuples
+_SEQUENCES = (tuple, list)
+_finding_values = attrgetter(*[item.name for item in dataclasses.fields(Finding)])
+_field_values = attrgetter(*[item.name for item in dataclasses.fields(Field)])
+_tracker_values = attrgetter(*[item.name for item in dataclasses.fields(TrackerPayload)])
+_new_finding = positional_constructor(Finding)
+_new_field = positional_constructor(Field)
 
 
 def _pack_spec(cls: type) -> _PackSpec | None:
@@ -603,11 +731,12 @@ def _pack_spec(cls: type) -> _PackSpec | None:
     return spec
 
 
-def _pack(alert: Alert) -> bytes | Alert:
+def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
+          tracker: TrackerPayload | None) -> bytes | Alert:
     """An alert's own parts in one bytes object (marshal): its summary, its observation's plain
     values and its record, the record's flow (and its tunnel) and answers as tuples, a request without its body
-    and with only the headers a document shows. The alert itself where its record is of a class
-    that cannot be packed."""
+    and with only the headers a document shows, the `findings`, `fields` and `tracker` payload its
+    documents show. The alert itself where its record is of a class that cannot be packed."""
     obs = alert.observation
     record = obs.record
     cls = type(record)
@@ -615,6 +744,15 @@ def _pack(alert: Alert) -> bytes | Alert:
     flow = record.flow
     if spec is None or (type(flow) is not Flow and type(flow) is not TunnelledFlow):
         return alert
+    shown = None
+    if findings or fields or tracker is not None:
+        if not (type(findings) in _SEQUENCES and all(type(finding) is Finding for finding in findings)
+                and type(fields) in _SEQUENCES and all(type(field) is Field for field in fields)
+                and (tracker is None or type(tracker) is TrackerPayload)):
+            return alert
+        shown = (type(findings)([_finding_values(finding) for finding in findings]),
+                 type(fields)([_field_values(field) for field in fields]),
+                 None if tracker is None else _tracker_values(tracker))
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
     # a tunnelled flow's tunnel goes with it (its documents name the tunnel)
@@ -627,7 +765,7 @@ def _pack(alert: Alert) -> bytes | Alert:
         values[body_at] = b""
     try:
         return marshal.dumps((alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status,
-                              index, values))
+                              index, values, shown))
     except ValueError:  # a value marshal cannot write
         return alert
 

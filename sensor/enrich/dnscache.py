@@ -141,6 +141,10 @@ class DnsCache:
         self._entries.move_to_end(address)
         return names
 
+    def clear(self) -> None:
+        """Forget every answer (the end of a run: no record asks any more)."""
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
