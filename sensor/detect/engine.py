@@ -116,7 +116,7 @@ class _Spill:
         # the last block read back: documents are built in about the order the alerts were packed
         self._read_at, self._read = 0, b""
         self.compact_at = _SPILL_COMPACT_BYTES
-        self._closer: weakref.finalize | None = None  # closes the file once the spill is let go
+        self._closer: weakref.finalize[[int], _Spill] | None = None  # closes the file once the spill is let go
 
     @property
     def size(self) -> int:
@@ -710,6 +710,11 @@ _new_finding = positional_constructor(Finding)
 _new_field = positional_constructor(Field)
 
 
+def _like(sequence: Sequence[Any], items: list[Any]) -> tuple[Any, ...] | list[Any]:
+    """`items` in the kind of sequence `sequence` is (tuple or list), which unpacking gives back."""
+    return tuple(items) if type(sequence) is tuple else items
+
+
 def _pack_spec(cls: type) -> _PackSpec | None:
     """How records of `cls` are packed: every field in order, the flow (always the second) and a
     lookup's answers as plain tuples; None for a class that is not such a record."""
@@ -750,8 +755,8 @@ def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
                 and type(fields) in _SEQUENCES and all(type(field) is Field for field in fields)
                 and (tracker is None or type(tracker) is TrackerPayload)):
             return alert
-        shown = (type(findings)([_finding_values(finding) for finding in findings]),
-                 type(fields)([_field_values(field) for field in fields]),
+        shown = (_like(findings, [_finding_values(finding) for finding in findings]),
+                 _like(fields, [_field_values(field) for field in fields]),
                  None if tracker is None else _tracker_values(tracker))
     index, values_of, headers_at, body_at, answers_at = spec
     values = list(values_of(record))
@@ -764,8 +769,9 @@ def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
     if body_at:
         values[body_at] = b""
     try:
-        return marshal.dumps((alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status,
-                              index, values, shown))
+        packed: Any = (alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status, index, values,
+                       shown)
+        return marshal.dumps(packed)
     except ValueError:  # a value marshal cannot write
         return alert
 
