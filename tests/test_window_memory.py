@@ -231,6 +231,21 @@ def test_the_spill_gives_back_what_was_put_wherever_it_lies(sizes: list[int], or
     assert all(spill.get(place) == data for place, data in kept)
 
 
+def test_the_spill_file_holds_no_health_data_readable_without_the_process() -> None:
+    """What reaches the disk is sealed under a key of the process's own: the same alerts put in
+    two spills read back alike and leave files that share none of their text."""
+    text = b'{"condition":"type 2 diabetes","medication":"metformin 500 mg","dob":"1961-04-02"}'
+    spills = [engine_module._Spill(), engine_module._Spill()]
+    places = [[spill.put(text) for _ in range(2 * engine_module._SPILL_BLOCK // len(text))] for spill in spills]
+    for spill, kept in zip(spills, places):
+        assert spill._fd >= 0 and spill._written >= engine_module._SPILL_BLOCK
+        on_disk = os.pread(spill._fd, spill._written, 0)
+        assert b"diabetes" not in on_disk and b"metformin" not in on_disk and b"1961" not in on_disk
+        assert all(spill.get(place) == text for place in kept)
+    first, second = (os.pread(spill._fd, 4096, 0) for spill in spills)
+    assert first != second
+
+
 def test_the_spill_stays_in_memory_where_no_file_can_be_made(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise OSError("read-only")

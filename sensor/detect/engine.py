@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
 
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import CTR
+
 from sensor.detect.base import Alert, RuleInfo
 from sensor.detect.rules import ALL_RULES, tracker_payload
 from sensor.enrich.assets import PhiHost
@@ -104,10 +108,15 @@ _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
 
 class _Spill:
     """The throttle windows' packed alerts, in an unlinked temporary file: a day of traffic holds
-    tens of thousands of windows, and an alert is read back only for a document. The bytes not
-    written yet are read from memory; where no file can be written, all of them stay there."""
+    tens of thousands of windows, and an alert is read back only for a document. A packed alert
+    holds the health data its request carried, so the file holds it sealed (AES-CTR) under a key
+    that lives only in this process's memory: nothing readable of it outlives the process on
+    disk. The bytes not written yet are read from memory; where no file can be written, all of
+    them stay there."""
 
     def __init__(self) -> None:
+        self._key = os.urandom(32)
+        self._counter = int.from_bytes(os.urandom(16), "big")  # the first block's counter
         self._fd = -1
         self._pid = 0  # the process the file belongs to: a forked process writes a copy of its own
         self._written = 0  # bytes in the file
@@ -137,7 +146,7 @@ class _Spill:
             return bytes(self._tail[at:at + size])
         start = at - self._read_at
         if start < 0 or start + size > len(self._read):
-            self._read_at, self._read = at, os.pread(self._fd, max(size, _SPILL_BLOCK), at)
+            self._read_at, self._read = at, self._seal(at, os.pread(self._fd, max(size, _SPILL_BLOCK), at))
             start = 0
         return self._read[start:start + size]
 
@@ -158,16 +167,24 @@ class _Spill:
         try:
             if self._pid != os.getpid():
                 self._open()
-            done = 0
-            with memoryview(self._tail) as tail:  # (released before the tail is cleared)
-                while done < len(tail):
-                    done += os.pwrite(self._fd, tail[done:], self._written + done)
+            sealed, done = memoryview(self._seal(self._written, self._tail)), 0
+            while done < len(sealed):
+                done += os.pwrite(self._fd, sealed[done:], self._written + done)
         except OSError:  # (a write cut short is written again whole: the file's length does not matter)
             self._flush_at = 2 * len(self._tail)
             return
         self._written += len(self._tail)
         self._tail.clear()
         self._flush_at = _SPILL_BLOCK
+
+    def _seal(self, at: int, data: bytes | bytearray) -> bytes:
+        """`data` as it lies (or will lie) at offset `at` of the file, sealed; sealing it again
+        opens it (CTR: the key stream of its offset)."""
+        counter = (self._counter + at // 16) % (1 << 128)
+        stream = Cipher(AES(self._key), CTR(counter.to_bytes(16, "big"))).encryptor()
+        if at % 16:
+            stream.update(bytes(at % 16))
+        return stream.update(bytes(data))
 
     def _open(self) -> None:
         """Make this process's file, with a copy of what the file it shares with its parent holds."""
