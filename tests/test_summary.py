@@ -6,7 +6,10 @@ import io
 
 import orjson
 
-from sensor.app.summary import SUMMARY_COLUMNS, SUMMARY_ROWS, AlertTally, fail_on_code, print_summary
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sensor.app.summary import SUMMARY_COLUMNS, SUMMARY_ROWS, AlertTally, fail_on_code, print_summary, table_order
 from sensor.errors import EXIT_FAIL_ON, EXIT_OK
 
 
@@ -61,7 +64,7 @@ def test_rows_beyond_the_limit_are_counted_not_shown() -> None:
     print_summary(tally_of(*docs), out)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 + SUMMARY_ROWS + 1
-    assert lines[-1].startswith("... 7 less severe rows not shown")
+    assert lines[-1].startswith("... 7 alert(s) in less severe rows not shown")
 
 
 def test_no_alerts() -> None:
@@ -120,3 +123,63 @@ def test_a_tally_lets_go_of_ids_no_document_can_update_and_keeps_their_counts() 
     carried = AlertTally()
     carried.absorb(orjson.loads(orjson.dumps(replay.to_json())))
     assert (len(carried), carried.counts(), carried.highest) == (len(whole), whole.counts(), whole.highest)
+
+
+def _row_of(doc: dict) -> tuple[str, ...]:
+    pe = doc["phi_egress"]
+    return (pe["severity"], doc["rule"]["id"], doc["source"]["ip"],
+            pe.get("vendor", {}).get("name") or pe["destination"], pe["baa"]["status"], "-")
+
+
+def _table_of_every_row(docs: list[dict], shown: int) -> list[tuple[tuple[str, ...], int, int]]:
+    """The table from every document's row, kept whole: what the bounded tally must give."""
+    rows: dict[tuple[str, ...], tuple[int, int]] = {}
+    for doc in docs:
+        count, alerts = rows.get(_row_of(doc), (0, 0))
+        rows[_row_of(doc)] = (count + doc["phi_egress"]["count"], alerts + 1)
+    return [(row, *rows[row]) for row in sorted(rows, key=table_order)[:shown]]
+
+
+_docs = st.lists(
+    st.tuples(st.sampled_from(["low", "medium", "high", "critical"]),
+              st.sampled_from(["tracker-egress-no-baa", "plaintext-phi", "phi-in-tracker-payload"]),
+              st.integers(0, 30), st.sampled_from(["Meta Pixel", "Hotjar", None]), st.integers(1, 9)),
+    max_size=300,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_docs, st.integers(0, 300), st.integers(1, 12), st.booleans())
+def test_a_bounded_tally_gives_the_table_of_every_row(drawn, split_at, shown, child_first) -> None:
+    # a replay's tallies (one document per id), split between two workers at any point and
+    # carried over in either order, against the table of every row kept whole
+    docs = [alert(str(i), severity, rule, f"10.0.0.{host}", vendor, count)
+            for i, (severity, rule, host, vendor, count) in enumerate(drawn)]
+    first, second = AlertTally(updatable=0, shown=shown), AlertTally(updatable=0, shown=shown)
+    for doc in docs[:split_at]:
+        first.add(doc)
+    for doc in docs[split_at:]:
+        second.add(doc)
+    if child_first:
+        first, second = second, first
+    assert len(first.settled) <= shown and len(second.settled) <= shown
+    first.absorb(orjson.loads(orjson.dumps(second.to_json())))
+    assert len(first) == len(docs)
+    assert first.table() == _table_of_every_row(docs, shown)
+    out = io.StringIO()
+    print_summary(first, out)
+    hidden = len(docs) - sum(alerts for _, _, alerts in _table_of_every_row(docs, shown))
+    assert (f"... {hidden} alert(s) in less severe rows" in out.getvalue()) == (hidden > 0)
+
+
+def test_a_day_of_distinct_alerts_keeps_only_the_rows_the_table_shows() -> None:
+    # a replay raises one document per window, most of them a row of their own: the tally keeps
+    # the rows the table can show, not one per alert
+    tally = AlertTally(updatable=0)
+    for i in range(50_000):
+        tally.add(alert(str(i), ("low", "medium", "high")[i % 3], "tracker-egress-no-baa",
+                        f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", f"vendor-{i % 97}"))
+    assert len(tally) == 50_000 and len(tally.settled) == SUMMARY_ROWS
+    table = tally.table()
+    assert [row[0] for row, _, _ in table] == ["high"] * SUMMARY_ROWS
+    assert [row for row, _, _ in table] == sorted((row for row, _, _ in table), key=table_order)

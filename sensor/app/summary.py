@@ -32,17 +32,29 @@ MAX_UPDATABLE_ALERTS = 100_000
 Row = tuple[str, ...]  # (severity, rule, PHI host, vendor or destination, BAA status, health data)
 
 
+def table_order(row: Row) -> tuple:
+    """Where a row stands in the summary table: the most severe first, then by rule, host,
+    destination, BAA and health data (a total order, so the table is the same however the alerts
+    were split between replay workers)."""
+    return -SEVERITY_RANK.get(row[0], 0), row[1:], row[0]
+
+
 class AlertTally:
     """What the end-of-run summary and --fail-on need of the alert documents shipped, without
     keeping them (a day of traffic raises hundreds of thousands): per `event.id` the latest
     document's summary row and count (updates of a throttle window reuse its id), for the newest
-    `updatable` ids; the counts per row of the older ones, which no document can update any
-    more; and the highest severity. A replay sends one document per window: none is updated."""
+    `updatable` ids; for the ids let go, which no document can update any more, the summed
+    counts of the `shown` rows first in the table (the others can never be shown: rows before
+    them are only ever added); the number of alerts and the highest severity. A replay sends one
+    document per window: none is updated."""
 
-    def __init__(self, updatable: int = MAX_UPDATABLE_ALERTS) -> None:
+    def __init__(self, updatable: int = MAX_UPDATABLE_ALERTS, shown: int = SUMMARY_ROWS) -> None:
         self.updatable = updatable
+        self.shown = shown
         self.rows: OrderedDict[str, tuple[Row, int]] = OrderedDict()  # the newest ids, in the order first seen
-        self.settled: dict[Row, int] = {}  # summed counts per row of the ids let go, in the order first seen
+        # (summed count, alerts) of the rows first in the table among the ids let go, at most `shown`
+        self.settled: dict[Row, tuple[int, int]] = {}
+        self._last: tuple[tuple, Row] | None = None  # (order, row) of the last settled row, once `shown` are kept
         self.settled_alerts = 0
         self.highest: int | None = None  # rank of the highest severity, None before any alert
 
@@ -56,8 +68,8 @@ class AlertTally:
             return
         source = alert["source"]["ip"]
         name = pe.get("phi_host", {}).get("name")
-        # a replay keeps a row per source host and destination: the rows of a source host, and
-        # those of the same health data, share one string of it (the other cells are shared)
+        # live keeps a row per updatable id: the rows of a source host, and those of the same
+        # health data, share one string of it (the other cells are shared)
         row = (
             pe["severity"],
             alert["rule"]["id"],
@@ -72,22 +84,49 @@ class AlertTally:
         """The latest row and count of an id (where its id first came); the oldest id let go
         into the settled counts beyond `updatable`."""
         if not self.updatable:  # straight into the settled counts
-            self.settled[row] = self.settled.get(row, 0) + count
-            self.settled_alerts += 1
+            self._settle(row, count, 1)
             return
         rows = self.rows
         rows[event_id] = (row, count)
         if len(rows) > self.updatable:
             _, (old, old_count) = rows.popitem(last=False)
-            self.settled[old] = self.settled.get(old, 0) + old_count
-            self.settled_alerts += 1
+            self._settle(old, old_count, 1)
 
-    def counts(self) -> dict[Row, int]:
-        """The summed count per row, in the order each row first came."""
+    def _settle(self, row: Row, count: int, alerts: int) -> None:
+        """Add `alerts` alerts of `row` that no document can update any more."""
+        self.settled_alerts += alerts
+        self._keep(row, count, alerts)
+
+    def _keep(self, row: Row, count: int, alerts: int) -> None:
+        """Add to the row's settled count, if it is among the `shown` first."""
+        settled = self.settled
+        kept = settled.get(row)
+        if kept is not None:
+            settled[row] = (kept[0] + count, kept[1] + alerts)
+            return
+        if len(settled) < self.shown:
+            settled[row] = (count, alerts)
+            return
+        last = self._last
+        if last is None:
+            last = self._last = max((table_order(kept_row), kept_row) for kept_row in settled)
+        if table_order(row) < last[0]:  # before the last row kept: it takes its place
+            del settled[last[1]]
+            settled[row] = (count, alerts)
+            self._last = None
+
+    def table(self) -> list[tuple[Row, int, int]]:
+        """The summary table's rows, in order: (row, summed count, alerts), at most `shown`."""
         merged = dict(self.settled)
         for row, count in self.rows.values():
-            merged[row] = merged.get(row, 0) + count
-        return merged
+            kept_count, alerts = merged.get(row, (0, 0))
+            merged[row] = (kept_count + count, alerts + 1)
+        order = sorted(merged, key=table_order)[: self.shown]
+        return [(row, *merged[row]) for row in order]
+
+    def counts(self) -> dict[Row, int]:
+        """The summed count of each row of the table, in its order."""
+        return {row: count for row, count, _ in self.table()}
 
     def __len__(self) -> int:
         return self.settled_alerts + len(self.rows)
@@ -95,14 +134,14 @@ class AlertTally:
     def to_json(self) -> dict:
         """What another process's tally adds (`absorb`), as JSON."""
         return {"rows": [[event_id, list(row), count] for event_id, (row, count) in self.rows.items()],
-                "settled": [[list(row), count] for row, count in self.settled.items()],
+                "settled": [[list(row), count, alerts] for row, (count, alerts) in self.settled.items()],
                 "settled_alerts": self.settled_alerts, "highest": self.highest}
 
     def absorb(self, other: dict) -> None:
-        """Add the tally another process wrote with `to_json` (the second replay worker's)."""
-        for row, count in other.get("settled", ()):
-            key = tuple(map(sys.intern, row))  # (the second worker's rows, read from JSON, share none)
-            self.settled[key] = self.settled.get(key, 0) + count
+        """Add the tally another process wrote with `to_json` (the second replay worker's): its
+        settled rows hold every row of its own that can be among the `shown` first of both."""
+        for row, count, alerts in other.get("settled", ()):
+            self._keep(tuple(map(sys.intern, row)), count, alerts)
         self.settled_alerts += other.get("settled_alerts", 0)
         for event_id, row, count in other["rows"]:
             self._put(event_id, tuple(row), count)
@@ -123,11 +162,12 @@ def print_summary(alerts: AlertTally, stream: TextIO | None = None) -> None:
     if not len(alerts):
         print("phi-sensor: no alerts", file=stream)
         return
-    order = sorted(alerts.counts().items(), key=lambda kv: (-SEVERITY_RANK.get(kv[0][0], 0), kv[0][1], kv[0][2]))
-    rows = [(*key, str(count)) for key, count in order[:SUMMARY_ROWS]]
+    table = alerts.table()
+    rows = [(*row, str(count)) for row, count, _ in table]
     title = f"phi-sensor: {len(alerts)} alert(s)"
-    more = (f"... {len(order) - SUMMARY_ROWS} less severe rows not shown; every alert is in the output"
-            if len(order) > SUMMARY_ROWS else None)
+    hidden = len(alerts) - sum(shown for _, _, shown in table)
+    more = (f"... {hidden} alert(s) in less severe rows not shown; every alert is in the output"
+            if hidden else None)
     if _is_terminal(stream):
         _print_drawn(stream, title, rows, more)
     else:
