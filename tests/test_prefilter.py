@@ -668,6 +668,34 @@ def _counting_source(chunks: int, size: int) -> tuple[Callable[[], tuple[tuple[b
     return source, produced
 
 
+def test_the_start_ups_read_ahead_is_given_back_once_the_decoder_has_taken_it(monkeypatch) -> None:
+    """Once, when the queue is down to the steady limit (a long replay's allocator would keep
+    the freed read-ahead's pages otherwise); never for a run whose selection ends first."""
+    queued_then: list[int] = []
+    monkeypatch.setattr(prefilter_module, "release_free_heap", lambda: queued_then.append(prefetcher._queued))
+    source, _ = _counting_source(100, 1000)
+    prefetcher = prefilter_module._Prefetcher(source, 10_000, steady_limit=3_000)
+    prefetcher.wait_for_end(5.0)
+    stream = prefetcher.reader(0)
+    while prefetcher._queued > 5_000:
+        stream.read(1000)
+    assert queued_then == []  # the backlog is still there
+    assert len(stream.read(1 << 30)) == 100 * 1000 - 5_000
+    prefetcher.wait()
+    assert len(queued_then) == 1 and queued_then[0] < 3_000 + 1000  # (the chunk just queued)
+    queued_then.clear()
+    source, _ = _counting_source(5, 1000)  # all of it selected before the decoder reads
+    prefetcher = prefilter_module._Prefetcher(source, 10_000, steady_limit=3_000)
+    prefetcher.wait_for_end(5.0)
+    assert len(prefetcher.reader(0).read(1 << 30)) == 5_000
+    prefetcher.wait()
+    assert queued_then == []
+
+
+def test_freed_heap_is_given_back_without_error() -> None:
+    prefilter_module.release_free_heap()  # glibc's malloc_trim here; nothing where there is none
+
+
 def test_prefetch_holds_less_once_the_decoder_reads() -> None:
     """Up to the start-up limit ahead until a reader takes, then only the steady limit: a long
     replay holds no more than a short one."""

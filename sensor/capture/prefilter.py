@@ -395,6 +395,7 @@ class _Prefetcher:
         self._ready = threading.Condition(threading.Lock())
         self._reading = True
         self._closed = False
+        self._trimmed = steady_limit is None  # whether what the start-up read ahead was given back
         self._thread = self._start()
 
     def _start(self) -> threading.Thread:
@@ -422,6 +423,10 @@ class _Prefetcher:
                             self._queues[index].append(chunks[index])
                             self._queued += len(chunks[index])
                     self._ready.notify_all()
+                    drained = self._limit == self._steady_limit and not self._trimmed
+                if drained:  # the start-up's read-ahead is taken: its freed blocks go back
+                    self._trimmed = True
+                    release_free_heap()
         except (OSError, ValueError):
             pass  # the source was closed under us: close() is under way
         finally:
@@ -511,6 +516,18 @@ class _QueueReader:
 
     def close(self) -> None:
         self._prefetcher.close()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim, where there is one).
+    The start-up's read-ahead, tens of MiB of selected packets, is freed as the decoder takes it,
+    but the allocator would keep those pages for the rest of a long replay."""
+    import ctypes  # (loaded on the selector's thread, once a long replay reaches its steady state)
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass
 
 
 _F_SETPIPE_SZ = 1031  # Linux fcntl: pipe capacity
