@@ -1,11 +1,10 @@
 """The end-of-run summary: a drawn table on a terminal, plain aligned lines elsewhere, and the
-second replay worker's tally carried over whole."""
+second replay worker's tally carried over, and the tally bounded to the rows the table can show."""
 from __future__ import annotations
 
 import io
 
 import orjson
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
