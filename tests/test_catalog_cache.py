@@ -187,3 +187,17 @@ def test_where_the_cache_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert catalog_cache.cache_dir() == tmp_path / "unit"
     monkeypatch.setenv(catalog_cache.CACHE_ENV, str(tmp_path / "chosen"))
     assert catalog_cache.cache_dir() == tmp_path / "chosen"
+
+
+def test_the_public_suffix_rules_from_the_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from publicsuffixlist import PSLFILE
+
+    parsed = vendors._parse_icann(Path(PSLFILE).read_text(encoding="utf-8"))
+    assert len(parsed[0]) > 5000 and parsed[1]
+    assert vendors._icann_lines.__wrapped__() == parsed  # parsed, and cached
+    monkeypatch.setattr(vendors, "_parse_icann", None)  # from the cache, or a TypeError
+    assert vendors._icann_lines.__wrapped__() == parsed
+    (written,) = sorted(cache.glob("psl-*.marshal"))
+    written.write_bytes(written.read_bytes()[:-1])
+    with pytest.raises(TypeError):
+        vendors._icann_lines.__wrapped__()  # a truncated file is not used

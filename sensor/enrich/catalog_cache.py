@@ -1,5 +1,5 @@
 """A cache of the bundled vendor catalog, parsed and validated, so a run does not parse 186 YAML
-files again (about a third of a replay's start-up).
+files again (about a third of a replay's start-up); and of the public suffix list's ICANN rules.
 
 The cache holds plain data (strings and tuples) written with marshal, never objects: loading it
 runs no code. It is keyed by a hash of everything the result depends on, the bytes of every
@@ -29,7 +29,7 @@ from sensor.paths import APP
 CACHE_ENV = "PHI_SENSOR_CACHE_DIR"
 _MAGIC = b"phicat1\n"
 _DIGEST_BYTES = 32
-_PREFIX, _SUFFIX = "catalog-", ".marshal"
+_SUFFIX = ".marshal"
 _PRUNE_AFTER_SECONDS = 30 * 86400  # another tree's or version's file, unused this long, is removed on a write
 
 
@@ -49,7 +49,7 @@ def cache_dir() -> Path | None:
 
 
 def catalog_key(contents: Iterable[tuple[str, bytes]], depends_on: Iterable[str]) -> str | None:
-    """The key of a catalog made of `contents` ((file name, bytes) in order) by the code and data
+    """The key of what is made of `contents` ((file name, bytes) in order) by the code and data
     in the files `depends_on`; None when one of those cannot be read (no cache then)."""
     digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
     digest.update(f"{__version__}\0{sys.version}\0".encode())
@@ -70,13 +70,13 @@ def _add(digest: Any, name: bytes, data: bytes) -> None:
     digest.update(data)
 
 
-def load(key: str) -> Any:
-    """What `store` kept under `key`, or None (absent, unreadable, corrupt, not ours)."""
+def load(kind: str, key: str) -> Any:
+    """What `store` kept of this kind under `key`, or None (absent, unreadable, corrupt, not ours)."""
     directory = cache_dir()
     if directory is None:
         return None
     try:
-        fd = os.open(directory / f"{_PREFIX}{key[:32]}{_SUFFIX}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(directory / f"{kind}-{key[:32]}{_SUFFIX}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except (OSError, ValueError):
         return None
     try:
@@ -100,15 +100,15 @@ def load(key: str) -> Any:
     return value if stored_key == key else None
 
 
-def store(key: str, value: Any) -> None:
-    """Keep `value` (plain data) under `key`: written to a temporary file renamed over the old
-    one, so a reader sees a whole file or none. Any failure leaves things as they were."""
+def store(kind: str, key: str, value: Any) -> None:
+    """Keep `value` (plain data) of this kind under `key`: written to a temporary file renamed
+    over the old one, so a reader sees a whole file or none. Any failure leaves things as they were."""
     directory = cache_dir()
     if directory is None:
         return
     payload = marshal.dumps((key, value))
     blob = _MAGIC + hashlib.blake2b(payload, digest_size=_DIGEST_BYTES).digest() + payload
-    name = f"{_PREFIX}{key[:32]}{_SUFFIX}"
+    name = f"{kind}-{key[:32]}{_SUFFIX}"
     temporary = directory / f".{name}.{os.getpid()}.tmp"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -125,15 +125,15 @@ def store(key: str, value: Any) -> None:
         except OSError:
             pass
         return
-    _prune(directory, name)
+    _prune(directory, kind, name)
 
 
-def _prune(directory: Path, keep: str) -> None:
-    """Remove the catalog files of other keys nobody has written for a month (an older version's)."""
+def _prune(directory: Path, kind: str, keep: str) -> None:
+    """Remove the files of this kind and other keys nobody has written for a month (an older version's)."""
     limit = time.time() - _PRUNE_AFTER_SECONDS
     try:
         for entry in os.scandir(directory):
-            if entry.name != keep and entry.name.startswith(_PREFIX) and entry.name.endswith(_SUFFIX):
+            if entry.name != keep and entry.name.startswith(f"{kind}-") and entry.name.endswith(_SUFFIX):
                 if entry.stat(follow_symlinks=False).st_mtime < limit:
                     os.unlink(entry.path)
     except OSError:

@@ -119,8 +119,23 @@ def icann_rules() -> list[str]:
 
 @cache
 def _icann_lines() -> tuple[list[str], list[str]]:
-    """The ICANN section's rules as written: (those in ASCII, the others)."""
-    text = Path(PSLFILE).read_text(encoding="utf-8")
+    """The ICANN section's rules as written: (those in ASCII, the others), kept in the cache
+    under the list's bytes."""
+    data = Path(PSLFILE).read_bytes()
+    key = catalog_cache.catalog_key([("psl", data)], (__file__,))
+    cached = catalog_cache.load("psl", key) if key else None
+    if (
+        type(cached) is tuple and len(cached) == 2 and all(type(rules) is list for rules in cached)
+        and all(type(rule) is str for rules in cached for rule in rules)
+    ):
+        return cached
+    rules = _parse_icann(data.decode("utf-8"))
+    if key:
+        catalog_cache.store("psl", key, rules)
+    return rules
+
+
+def _parse_icann(text: str) -> tuple[list[str], list[str]]:
     begin, end = text.find(_ICANN_BEGIN), text.find(_ICANN_END)
     # a rule is a line's first word; comment lines start with "//" (a rule never does)
     words = [line.split(" ", 1)[0].rstrip() for line in text[begin:end].lower().splitlines() if line[:2] != "//"]
@@ -377,7 +392,7 @@ class _BundledFiles:
         """Every bundled vendor by file name, from the cache; None when it holds no valid entry."""
         if self.key is None or self.contents is None:
             return None
-        records = catalog_cache.load(self.key)
+        records = catalog_cache.load("catalog", self.key)
         if type(records) is not dict:
             return None
         try:
@@ -389,7 +404,7 @@ class _BundledFiles:
     def store(self, parsed: dict[str, Vendor]) -> None:
         """Cache the catalog when every bundled file was parsed (none replaced by an overlay)."""
         if self.key is not None and self.contents is not None and parsed.keys() == self.contents.keys():
-            catalog_cache.store(self.key, {stem: _record_of_vendor(vendor) for stem, vendor in parsed.items()})
+            catalog_cache.store("catalog", self.key, {stem: _record_of_vendor(vendor) for stem, vendor in parsed.items()})
 
 
 def _record_of_vendor(vendor: Vendor) -> tuple[Any, ...]:
