@@ -272,19 +272,20 @@ class VendorCatalog:
         """The vendors of `files`, each parsed and validated, but those of the bundled directory
         taken from the cache when it holds the same bundled files (catalog_cache)."""
         bundled = _BundledFiles() if any(path.parent == VENDORS_DIR for path in files.values()) else None
-        cached = bundled.cached() if bundled is not None else None
+        cached = (bundled.cached() if bundled is not None else None) or {}
+        contents = (bundled.contents if bundled is not None else None) or {}
         vendors = []
         parsed: dict[str, Vendor] = {}
         for stem, path in sorted(files.items()):
-            is_bundled = bundled is not None and path.parent == VENDORS_DIR
-            vendor = cached.get(stem) if is_bundled and cached is not None else None
+            is_bundled = path.parent == VENDORS_DIR
+            vendor = cached.get(stem) if is_bundled else None
             if vendor is None:
-                data = bundled.contents.get(stem) if is_bundled and bundled.contents else None  # type: ignore[union-attr]
+                data = contents.get(stem) if is_bundled else None
                 vendor = vendor_from_yaml(_read(path) if data is None else data, str(path), expected_id=stem)
                 if is_bundled:
                     parsed[stem] = vendor
             vendors.append(vendor)
-        if bundled is not None and cached is None:
+        if bundled is not None and not cached:
             bundled.store(parsed)
         return cls(tuple(vendors), source, files)
 
@@ -384,9 +385,7 @@ class _BundledFiles:
         except OSError:
             self.contents = None  # each file is read (and its problem reported) as it is parsed
             return
-        self.key = catalog_cache.catalog_key(
-            self.contents.items(), (__file__, config_base.__file__, PSLFILE)
-        )
+        self.key = catalog_cache.catalog_key(self.contents.items(), (__file__, config_base.__file__, PSLFILE))
 
     def cached(self) -> dict[str, Vendor] | None:
         """Every bundled vendor by file name, from the cache; None when it holds no valid entry."""
