@@ -91,7 +91,8 @@ def load(kind: str, key: str) -> Any:
     finally:
         os.close(fd)
     head = len(_MAGIC) + _DIGEST_BYTES
-    if blob[: len(_MAGIC)] != _MAGIC or hashlib.blake2b(blob[head:], digest_size=_DIGEST_BYTES).digest() != blob[len(_MAGIC):head]:
+    digest = hashlib.blake2b(blob[head:], digest_size=_DIGEST_BYTES).digest()
+    if blob[: len(_MAGIC)] != _MAGIC or digest != blob[len(_MAGIC) : head]:
         return None
     try:
         stored_key, value = marshal.loads(blob[head:])
