@@ -1,8 +1,8 @@
 """A cache of the bundled vendor catalog, parsed and validated, so a run does not parse 186 YAML
 files again (about a third of a replay's start-up); and of the public suffix list's ICANN rules.
 
-The cache holds plain data (strings and tuples) written with marshal, never objects: loading it
-runs no code. It is keyed by a hash of everything the result depends on, the bytes of every
+The cache holds plain data (strings in tuples, lists and dicts) written with marshal, never
+objects: loading it runs no code. It is keyed by a hash of everything the result depends on, the bytes of every
 bundled vendor file read included, so an edited file is never served stale: the sensor's
 version and the source of its loader and validator, the public suffix list the validation
 checks host names against, and the Python version (marshal's format). A file of another key, a
@@ -30,7 +30,7 @@ CACHE_ENV = "PHI_SENSOR_CACHE_DIR"
 _MAGIC = b"phicat1\n"
 _DIGEST_BYTES = 32
 _SUFFIX = ".marshal"
-_PRUNE_AFTER_SECONDS = 30 * 86400  # another tree's or version's file, unused this long, is removed on a write
+_PRUNE_AFTER_SECONDS = 30 * 86400  # a file of another key not written for this long is removed on a write
 
 
 def cache_dir() -> Path | None:
