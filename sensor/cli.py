@@ -7,12 +7,14 @@ Exit codes: 0 done; 1 an alert at or above --fail-on was raised; 2 usage or conf
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sensor import __version__
 from sensor.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SensorError
@@ -139,7 +141,9 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 CAPTURES_HELP = "capture files (pcap, pcapng, .gz), directories of them (sorted), or - for standard input"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. `command`: the subcommand about to run, when known; the others are then
+    registered by name and help alone (their options, and what defines them, are not built)."""
     parser = argparse.ArgumentParser(
         prog="phi-sensor",
         description="Find protected health information leaving for ad and analytics vendors.",
@@ -150,8 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sensor's own log on stderr: time-stamped text lines (default) or one JSON object per line",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, options) in _COMMANDS.items():
+        if command in _COMMANDS and name != command:
+            sub.add_parser(name, help=help_text)
+        else:
+            add_arguments(sub.add_parser(name, help=help_text, **options))
+    return parser
 
-    replay = sub.add_parser("replay", help="replay pcap/pcapng files (also .gz) through the sensor")
+
+def _replay_arguments(replay: argparse.ArgumentParser) -> None:
     replay.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
     replay.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     _add_common(replay)
@@ -167,18 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(handler=_cmd_replay)
 
-    live = sub.add_parser("live", help="capture on a network interface: kernel BPF filter, PACKET_FANOUT workers")
+
+def _live_arguments(live: argparse.ArgumentParser) -> None:
     _add_common(live)
     add_live_arguments(live)
     live.set_defaults(handler=_cmd_live)
 
-    status = sub.add_parser("status", help="health of the running live sensor, from its stats file")
+
+def _status_arguments(status: argparse.ArgumentParser) -> None:
     add_status_arguments(status)
     status.set_defaults(handler=_cmd_status)
 
-    report = sub.add_parser(
-        "report", help="inventory of which PHI host talks to which third party, with BAA status and verdict"
-    )
+
+def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("pcaps", nargs="+", type=Path, metavar="PCAP", help=CAPTURES_HELP)
     report.add_argument("-r", "--recursive", action="store_true", help="also the captures in subdirectories")
     report.add_argument(
@@ -199,16 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deep(report)
     report.set_defaults(handler=_cmd_report)
 
-    setup = sub.add_parser(
-        "setup", add_help=False,
-        help="install index templates, lifecycle policy and Kibana objects (phi-sensor setup --help)",
-    )
+
+def _setup_arguments(setup: argparse.ArgumentParser) -> None:
     setup.add_argument("setup_args", nargs=argparse.REMAINDER)
     setup.set_defaults(handler=_cmd_setup)
 
-    check = sub.add_parser(
-        "check-config", help="validate a configuration, its outputs and the signatures, as replay and live would"
-    )
+
+def _check_config_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument(
         "config", type=Path, nargs="?", help="default: /etc/phi-sensor/sensor.yaml if it exists, else the built-in policy"
     )
@@ -217,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--spool-dir", type=Path, help="the spool directory replay and live would use")
     check.set_defaults(handler=_cmd_check_config)
 
-    from sensor.signatures_cmd import add_parser as add_signatures_parser
 
-    add_signatures_parser(sub)
-    return parser
+def _signatures_arguments(signatures: argparse.ArgumentParser) -> None:
+    from sensor.signatures_cmd import add_arguments
+
+    add_arguments(signatures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     early.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     known, argv = early.parse_known_args(sys.argv[1:] if argv is None else argv)
     configure_logging(known.log_format)
-    parser = build_parser()
+    # the subcommand: the first word, --log-format having been taken out (-h or --version: none)
+    parser = build_parser(argv[0] if argv else None)
     if argv[:1] == ["setup"]:  # setup owns its options; argparse REMAINDER would not pass "--x" through
         args = argparse.Namespace(handler=_cmd_setup, setup_args=argv[1:])
     else:
@@ -277,6 +288,10 @@ def run() -> NoReturn:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    # Loading the sensor allocates tens of thousands of objects that all live on, so the cycle
+    # collector's passes over them during start-up find next to nothing (a few hundred objects
+    # of garbage): it is off until the heap settles, once assembled (assemble._settle_heap).
+    gc.disable()
     # only what the selector needs loads before it starts (start_early): it runs on the other core
     from sensor.capture.inputs import expand, wants_deep
 
@@ -335,3 +350,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sensor.app.live.status import status_main
 
     return status_main(args)
+
+
+# Each subcommand: its help line, what adds its options, and the parser's own settings.
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], dict[str, Any]]] = {
+    "replay": ("replay pcap/pcapng files (also .gz) through the sensor", _replay_arguments, {}),
+    "live": ("capture on a network interface: kernel BPF filter, PACKET_FANOUT workers", _live_arguments, {}),
+    "status": ("health of the running live sensor, from its stats file", _status_arguments, {}),
+    "report": (
+        "inventory of which PHI host talks to which third party, with BAA status and verdict", _report_arguments, {}
+    ),
+    "setup": (
+        "install index templates, lifecycle policy and Kibana objects (phi-sensor setup --help)", _setup_arguments,
+        {"add_help": False},
+    ),
+    "check-config": (
+        "validate a configuration, its outputs and the signatures, as replay and live would", _check_config_arguments, {}
+    ),
+    "signatures": ("validate, look up, list and import tracker vendor signatures", _signatures_arguments, {}),
+}

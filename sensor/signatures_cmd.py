@@ -39,9 +39,8 @@ _CATEGORY_WORDS = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `signatures` and its subcommands on the main parser."""
-    signatures = sub.add_parser("signatures", help="validate, look up, list and import tracker vendor signatures")
+def add_arguments(signatures: argparse.ArgumentParser) -> None:
+    """The subcommands of `signatures` (the main parser registers it)."""
     commands = signatures.add_subparsers(dest="signatures_command", required=True)
 
     validate = commands.add_parser("validate", help="check a vendor signature directory (default: the bundled one)")

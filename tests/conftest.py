@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CORPUS = SHARED / "corpus"
 PCAPS = REPO / "pcaps"
+
+# The vendor catalog's cache (sensor/enrich/catalog_cache.py) goes to a scratch directory of this
+# run, never the user's home: set before any test module is collected (some build their
+# hypothesis strategies from the catalog), and inherited by the sensors the tests start.
+_CACHE_DIR = tempfile.TemporaryDirectory(prefix="phi-sensor-cache-")
+os.environ["PHI_SENSOR_CACHE_DIR"] = _CACHE_DIR.name
+os.environ.pop("CACHE_DIRECTORY", None)
 
 # The loopback servers' fixtures (search_backend, es_proxy, webhook_server, ...) for every test module.
 pytest_plugins = ["servers"]

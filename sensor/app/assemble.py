@@ -219,9 +219,11 @@ def _settle_heap() -> None:
     state, which holds no cycles: a young collection finds nothing and scans every survivor (each
     a cache miss, about 35 ms for one collection over 50,000 objects), so the threshold is high
     enough that a replay's state seldom reaches it. A first start leaves next to no cyclic garbage,
-    so it freezes without the full collection (~5 ms)."""
+    so it freezes without the full collection (~5 ms). A replay's start-up runs with the collector
+    off (cli._cmd_replay): it is back on from here."""
     if gc.get_freeze_count():  # a live reload: what the previous configuration froze may be garbage now
         gc.unfreeze()
         gc.collect()
     gc.freeze()
     gc.set_threshold(200_000, 50, 100)
+    gc.enable()

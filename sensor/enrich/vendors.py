@@ -9,7 +9,7 @@ and host lookups are a handful of dict probes (one per label), cached.
 """
 from __future__ import annotations
 
-import difflib
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +20,9 @@ from typing import Any
 
 from publicsuffixlist import PSLFILE, PublicSuffixList, encode_idn
 
+from sensor import config_base
 from sensor.config_base import describe_value, parse_yaml
+from sensor.enrich import catalog_cache
 from sensor.errors import ConfigError
 from sensor.paths import VENDORS_DIR
 
@@ -117,16 +119,28 @@ def icann_rules() -> list[str]:
 
 @cache
 def _icann_lines() -> tuple[list[str], list[str]]:
-    """The ICANN section's rules as written: (those in ASCII, the others)."""
-    text = Path(PSLFILE).read_text(encoding="utf-8")
+    """The ICANN section's rules as written: (those in ASCII, the others), kept in the cache
+    under the list's bytes."""
+    data = Path(PSLFILE).read_bytes()
+    key = catalog_cache.catalog_key([("psl", data)], (__file__,))
+    cached = catalog_cache.load("psl", key) if key else None
+    if (
+        type(cached) is tuple and len(cached) == 2 and all(type(rules) is list for rules in cached)
+        and all(type(rule) is str for rules in cached for rule in rules)
+    ):
+        return cached
+    rules = _parse_icann(data.decode("utf-8"))
+    if key:
+        catalog_cache.store("psl", key, rules)
+    return rules
+
+
+def _parse_icann(text: str) -> tuple[list[str], list[str]]:
     begin, end = text.find(_ICANN_BEGIN), text.find(_ICANN_END)
-    ascii_rules: list[str] = []
-    other_rules: list[str] = []
-    for line in text[begin:end].splitlines():
-        rule = line.lower().split(" ")[0].rstrip()
-        if rule and not rule.startswith("//"):
-            (ascii_rules if rule.isascii() else other_rules).append(rule)
-    return ascii_rules, other_rules
+    # a rule is a line's first word; comment lines start with "//" (a rule never does)
+    words = [line.split(" ", 1)[0].rstrip() for line in text[begin:end].lower().splitlines() if line[:2] != "//"]
+    rules = [word for word in words if word and word[:2] != "//"]
+    return [rule for rule in rules if rule.isascii()], [rule for rule in rules if not rule.isascii()]
 
 
 _ICANN_BEGIN, _ICANN_END = "// ===BEGIN ICANN DOMAINS===", "// ===END ICANN DOMAINS==="
@@ -150,13 +164,21 @@ def _payload_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts.get(char, re.escape(char)) for char in pattern))
 
 
+# The endpoints' path expressions, compiled once each, on first use: a run meets few of them.
+_path_regex = cache(re.compile)
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A collection endpoint. host: an exact host, "*.domain" (the domain and its subdomains) or "*"."""
 
     host: str
-    path: re.Pattern[str]
+    pattern: str  # the path's regular expression, anchored with ^
     decoder: str
+
+    @property
+    def path(self) -> re.Pattern[str]:
+        return _path_regex(self.pattern)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,13 +269,24 @@ class VendorCatalog:
 
     @classmethod
     def _from_files(cls, files: dict[str, Path], source: str) -> VendorCatalog:
+        """The vendors of `files`, each parsed and validated, but those of the bundled directory
+        taken from the cache when it holds the same bundled files (catalog_cache)."""
+        bundled = _BundledFiles() if any(path.parent == VENDORS_DIR for path in files.values()) else None
+        cached = (bundled.cached() if bundled is not None else None) or {}
+        contents = (bundled.contents if bundled is not None else None) or {}
         vendors = []
+        parsed: dict[str, Vendor] = {}
         for stem, path in sorted(files.items()):
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
-            vendors.append(vendor_from_yaml(data, str(path), expected_id=stem))
+            is_bundled = path.parent == VENDORS_DIR
+            vendor = cached.get(stem) if is_bundled else None
+            if vendor is None:
+                data = contents.get(stem) if is_bundled else None
+                vendor = vendor_from_yaml(_read(path) if data is None else data, str(path), expected_id=stem)
+                if is_bundled:
+                    parsed[stem] = vendor
+            vendors.append(vendor)
+        if bundled is not None and not cached:
+            bundled.store(parsed)
         return cls(tuple(vendors), source, files)
 
     def match_rule(self, host: str) -> tuple[Vendor, str, str] | None:
@@ -293,20 +326,20 @@ class VendorCatalog:
         has to confirm the parameters look like that vendor's.
         """
         path = path.partition("?")[0].partition("#")[0]
-        for vendor, endpoint in self._endpoints_of(host):
-            if endpoint.path.search(path):
+        for vendor, endpoint, regex in self._endpoints_of(host):
+            if regex.search(path):
                 return vendor, endpoint
         return None
 
-    def _endpoints_for(self, host: str) -> tuple[tuple[Vendor, Endpoint], ...]:
-        """The endpoints a request to `host` may go to, in the order match_endpoint tries them
-        (remembered per host: every request to a tracker asks again)."""
+    def _endpoints_for(self, host: str) -> tuple[tuple[Vendor, Endpoint, re.Pattern[str]], ...]:
+        """The endpoints a request to `host` may go to, in the order match_endpoint tries them,
+        with their compiled paths (remembered per host: every request to a tracker asks again)."""
         name = normalize_host(host)
         candidates: list[tuple[Vendor, Endpoint]] = list(self._endpoints_by_host.get(name, ()))
         for suffix in domain_suffixes(name):
             candidates.extend(self._endpoints_by_domain.get(suffix, ()))
         candidates.extend(self._endpoints_any_host)
-        return tuple(candidates)
+        return tuple((vendor, endpoint, endpoint.path) for vendor, endpoint in candidates)
 
     @staticmethod
     def registered_domain(host: str) -> str:
@@ -317,6 +350,8 @@ class VendorCatalog:
 
     def suggest(self, name: str, limit: int = 3) -> list[str]:
         """Vendor names close to a misspelt name or id, for "did you mean" hints."""
+        import difflib
+
         names = {vendor.name.lower(): vendor.name for vendor in self._vendors}
         names.update({vendor.id: vendor.name for vendor in self._vendors})
         close = difflib.get_close_matches(name.strip().lower(), list(names), n=limit * 2, cutoff=0.6)
@@ -329,12 +364,80 @@ class VendorCatalog:
         return len(self._vendors)
 
 
-def read_overlay(path: Path) -> Mapping[str, Any]:
-    """The overlay marker: ``extends: bundled`` plus where the entries came from."""
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+
+
+class _BundledFiles:
+    """The bundled vendor files' bytes, and the cache entry of the catalog they make."""
+
+    def __init__(self) -> None:
+        self.contents: dict[str, bytes] | None = {}
+        self.key: str | None = None
+        try:
+            for name in sorted(os.listdir(VENDORS_DIR)):
+                if name.endswith(".yaml") and name != OVERLAY_FILE:
+                    with open(os.path.join(VENDORS_DIR, name), "rb") as file:
+                        self.contents[name[: -len(".yaml")]] = file.read()
+        except OSError:
+            self.contents = None  # each file is read (and its problem reported) as it is parsed
+            return
+        self.key = catalog_cache.catalog_key(self.contents.items(), (__file__, config_base.__file__, PSLFILE))
+
+    def cached(self) -> dict[str, Vendor] | None:
+        """Every bundled vendor by file name, from the cache; None when it holds no valid entry."""
+        if self.key is None or self.contents is None:
+            return None
+        records = catalog_cache.load("catalog", self.key)
+        if type(records) is not dict:
+            return None
+        try:
+            vendors = {stem: _vendor_of_record(record) for stem, record in records.items()}
+        except (TypeError, ValueError):  # not what store() writes
+            return None
+        return vendors if vendors.keys() == self.contents.keys() else None
+
+    def store(self, parsed: dict[str, Vendor]) -> None:
+        """Cache the catalog when every bundled file was parsed (none replaced by an overlay)."""
+        if self.key is not None and self.contents is not None and parsed.keys() == self.contents.keys():
+            catalog_cache.store("catalog", self.key, {stem: _record_of_vendor(vendor) for stem, vendor in parsed.items()})
+
+
+def _record_of_vendor(vendor: Vendor) -> tuple[Any, ...]:
+    """A vendor as plain data (what the cache holds)."""
+    return (
+        vendor.id, vendor.name, vendor.owner, vendor.category, vendor.domains, vendor.hosts,
+        tuple((endpoint.host, endpoint.pattern, endpoint.decoder) for endpoint in vendor.endpoints),
+        tuple((role, patterns) for role, patterns in vendor.payload.items()),
+        vendor.baa_stance, vendor.baa_summary, vendor.baa_source, vendor.imported_from, vendor.licence,
+    )
+
+
+def _vendor_of_record(record: tuple[Any, ...]) -> Vendor:
+    """The vendor `_record_of_vendor` wrote; TypeError or ValueError when `record` is not one."""
+    (vendor_id, name, owner, category, domains, hosts, endpoints, payload,
+     stance, summary, source, imported_from, licence) = record
+    texts = [vendor_id, name, owner, category, stance, summary, source, imported_from, licence, *domains, *hosts]
+    for part in endpoints:
+        texts.extend(part)
+    for role, patterns in payload:
+        texts.extend((role, *patterns))
+    if not all(type(text) is str for text in texts) or any(type(part) is not tuple for part in (domains, hosts)):
+        raise TypeError("not a cached vendor")
+    return Vendor(
+        id=vendor_id, name=name, owner=owner, category=category, domains=domains, hosts=hosts,
+        endpoints=tuple(Endpoint(*endpoint) for endpoint in endpoints),
+        payload=MappingProxyType({role: tuple(patterns) for role, patterns in payload}),
+        baa_stance=stance, baa_summary=summary, baa_source=source, imported_from=imported_from, licence=licence,
+    )
+
+
+def read_overlay(path: Path) -> Mapping[str, Any]:
+    """The overlay marker: ``extends: bundled`` plus where the entries came from."""
+    data = _read(path)
     reader = _VendorReader(str(path))
     document = reader.mapping(parse_yaml(data, str(path)), "", _OVERLAY_KEYS)
     if document.get("extends") != "bundled":
@@ -364,6 +467,8 @@ class _VendorReader:
             raise self.fail(key, f"expected a mapping, found {describe_value(value)}")
         for name in value:
             if name not in allowed:
+                import difflib
+
                 close = difflib.get_close_matches(str(name), allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(allowed)})"
                 raise self.fail(f"{key}.{name}" if key else str(name), f"unknown key{hint}")
@@ -389,6 +494,8 @@ class _VendorReader:
                 f" (YAML reads a bare {word} as {found}: write '{word}' in quotes)",
             )
         if not isinstance(value, str) or value not in choices:
+            import difflib
+
             close = difflib.get_close_matches(str(value), sorted(choices), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise self.fail(key, f"expected one of {', '.join(sorted(choices))}, found {describe_value(value)}{hint}")
@@ -431,11 +538,11 @@ class _VendorReader:
         if not pattern.startswith("^"):
             raise self.fail(f"{key}.path", f"expected a regular expression anchored with ^, found {pattern!r}")
         try:
-            path = re.compile(pattern)
+            _path_regex(pattern)
         except re.error as exc:
             raise self.fail(f"{key}.path", f"invalid regular expression: {exc}") from None
         decoder = self.choice(entry, "decoder", f"{key}.decoder", DECODERS)
-        return Endpoint(host, path, decoder)
+        return Endpoint(host, pattern, decoder)
 
     def vendor(self, document: object, expected_id: str | None) -> Vendor:
         top = self.mapping(document, "", _TOP_KEYS)
