@@ -17,6 +17,7 @@ from conftest import REPO
 from sensor.app.assemble import spool_dir
 from sensor.app.live.status import default_stats_file
 from sensor.cli import _add_common, add_live_arguments
+from sensor.enrich.catalog_cache import cache_dir
 
 SYSTEMD = REPO / "deploy" / "systemd"
 UNIT = SYSTEMD / "phi-sensor.service"
@@ -103,6 +104,10 @@ def test_exec_start_is_a_live_command_line_with_the_status_default(unit: dict[st
     assert args.spool_dir is None and spool_dir(args) == Path("/var/lib/phi-sensor/spool")
     assert one(unit, "StateDirectory") == "phi-sensor" and one(unit, "ConfigurationDirectory") == "phi-sensor"
     assert one(unit, "LogsDirectory") == "phi-sensor"
+    # The parsed catalog is kept in the CacheDirectory= systemd hands over (the home is not writable).
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/phi-sensor")
+    monkeypatch.delenv("PHI_SENSOR_CACHE_DIR", raising=False)
+    assert one(unit, "CacheDirectory") == "phi-sensor" and cache_dir() == Path("/var/cache/phi-sensor")
     assert program == "/opt/phi-sensor/bin/phi-sensor"  # the virtual environment of docs/install.md
 
 
