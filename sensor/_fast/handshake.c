@@ -1,9 +1,12 @@
 /* The opening packets of a TCP connection, taken in the decode call itself: a SYN, and a whole
- * ClientHello as the first segment after it (the common case of a TLS connection). What
- * TrafficDecoder.feed_decoded does with them (FlowTable.syn, TrafficDecoder._whole_hello and
- * emit_hello), without a Python call between the decode and the flow table; everything else,
- * and these packets wherever a table is at its bound or something is held for the connection,
- * goes on to the Python code with nothing changed. sensor.decode.dispatch.TrafficDecoder.handshake_py
+ * ClientHello as the first segment after it (the common case of a TLS connection), or a ClientHello
+ * split over the in-order segments after it. What TrafficDecoder.feed_decoded does with them
+ * (FlowTable.syn, TrafficDecoder._whole_hello and emit_hello; for a split hello FlowTable.segment's
+ * stream and _TlsHelloConsumer, built and fed as the Python code builds and feeds them), without a
+ * Python call between the decode and the flow table. Everything else, and these packets wherever a
+ * table is at its bound, a segment comes out of order or the stream holds any, goes on to the
+ * Python code with nothing changed: a split hello's partial bytes are always the Python consumer's,
+ * which takes over wherever this code declines. sensor.decode.dispatch.TrafficDecoder.handshake_py
  * is the reference. */
 #include "fast.h"
 
@@ -14,6 +17,8 @@
 
 static RecordType hello_record, flow_record;
 static PyObject *legacy_versions, *tls_text, *tcp_text, *tls13_text, *streams_key;
+/* the attributes of FlowTable's TcpStream and of _TlsHelloConsumer a split hello's segments touch */
+static PyObject *done_name, *ooo_name, *consumer_name, *next_seq_name, *pos_name, *last_ts_name, *buf_name;
 
 /* bind_handshakes(TlsHello, Flow, LEGACY_VERSIONS): the records handshake_decoder builds, and the
  * version names of a ClientHello that does not offer TLS 1.3 (sensor.decode.tls._LEGACY_VERSIONS). */
@@ -28,7 +33,14 @@ PyObject *bind_handshakes(PyObject *module, PyObject *args) {
     if (tls_text == NULL && ((tls_text = PyUnicode_InternFromString("tls")) == NULL ||
                              (tcp_text = PyUnicode_InternFromString("tcp")) == NULL ||
                              (tls13_text = PyUnicode_InternFromString("1.3")) == NULL ||
-                             (streams_key = PyUnicode_InternFromString("tcp.streams")) == NULL)) {
+                             (streams_key = PyUnicode_InternFromString("tcp.streams")) == NULL ||
+                             (done_name = PyUnicode_InternFromString("done")) == NULL ||
+                             (ooo_name = PyUnicode_InternFromString("ooo")) == NULL ||
+                             (consumer_name = PyUnicode_InternFromString("consumer")) == NULL ||
+                             (next_seq_name = PyUnicode_InternFromString("next_seq")) == NULL ||
+                             (pos_name = PyUnicode_InternFromString("pos")) == NULL ||
+                             (last_ts_name = PyUnicode_InternFromString("last_ts")) == NULL ||
+                             (buf_name = PyUnicode_InternFromString("buf")) == NULL)) {
         tls_text = NULL;
         record_type_clear(&hello_bound);
         record_type_clear(&flow_bound);
@@ -43,7 +55,10 @@ PyObject *bind_handshakes(PyObject *module, PyObject *args) {
 }
 
 /* The bound tables (a state tuple, see handshake_decoder) */
-enum { DECODE, STREAMS, HALF_OPEN, FINISHED, UNANCHORED, COUNTS, MAX_STREAMS, MAX_HALF_OPEN, MAX_FINISHED, STATE_SIZE };
+enum {
+    DECODE, STREAMS, HALF_OPEN, FINISHED, UNANCHORED, COUNTS, MAX_STREAMS, MAX_HALF_OPEN, MAX_FINISHED,
+    DECODER, STREAM_TYPE, CONSUMER_TYPE, HELLO_CAP, OPENED, STATE_SIZE
+};
 
 static Py_ssize_t bound(PyObject *state, int index) { return PyLong_AsSsize_t(PyTuple_GET_ITEM(state, index)); }
 
@@ -82,39 +97,16 @@ static PyObject *take_syn(PyObject *state, PyObject *key, double ts, uint32_t se
     return failed ? NULL : PyTuple_New(0);
 }
 
-/* TrafficDecoder._whole_hello and emit_hello's record: (the TlsHello,) having moved the connection
- * from the half-open to the finished keys; NULL with `*declined` set where the Python code decides
- * (nothing changed), NULL on error. */
-static PyObject *take_hello(PyObject *state, PyObject *key, PyObject *ts, uint32_t seq, PyObject *payload,
-                            int *declined) {
-    PyObject *streams = PyTuple_GET_ITEM(state, STREAMS), *half_open = PyTuple_GET_ITEM(state, HALF_OPEN),
-             *finished = PyTuple_GET_ITEM(state, FINISHED);
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(payload);
-    Py_ssize_t n = PyBytes_GET_SIZE(payload);
-    *declined = 1;
-    if (n < 5 || 5 + (Py_ssize_t)get16(p + 3) > n) return NULL; /* a hello split over segments */
-    int known = PyDict_Contains(streams, key), done = PyDict_Contains(finished, key);
-    if (known < 0 || done < 0) return NULL;
-    if (known || done || PyDict_GET_SIZE(streams) >= bound(state, MAX_STREAMS) ||
-        PyDict_GET_SIZE(finished) >= bound(state, MAX_FINISHED))
-        return NULL;
-    PyObject *syn = PyDict_GetItemWithError(half_open, key);
-    if (syn == NULL) return NULL;
-    unsigned long long packed = PyLong_AsUnsignedLongLong(syn);
-    if (packed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    if ((uint32_t)packed != seq) return NULL;
-    PyObject *record_layer = hello_message(NULL, payload), *parsed = NULL, *result = NULL;
-    if (record_layer == NULL) return NULL;
-    if (PyLong_AsLong(PyTuple_GET_ITEM(record_layer, 0)) != 2) goto done;
-    parsed = parse_hello(NULL, PyTuple_GET_ITEM(record_layer, 1));
-    if (parsed == NULL || parsed == Py_None) goto done;
+/* The version name of a ClientHello parse_hello parsed (borrowed; None: none), NULL on error. */
+static PyObject *hello_version(PyObject *parsed) {
     /* (server_name, alpn, ech, legacy_version, offers_tls13, extension types) */
-    PyObject *version = PyObject_IsTrue(PyTuple_GET_ITEM(parsed, 4))
-                            ? tls13_text
-                            : PyDict_GetItemWithError(legacy_versions, PyTuple_GET_ITEM(parsed, 3));
-    if (version == NULL && PyErr_Occurred()) goto done;
-    *declined = 0;
-    if (PyObject_DelItem(half_open, key) < 0 || PyObject_SetItem(finished, key, ts) < 0) goto done;
+    if (PyObject_IsTrue(PyTuple_GET_ITEM(parsed, 4))) return tls13_text;
+    PyObject *version = PyDict_GetItemWithError(legacy_versions, PyTuple_GET_ITEM(parsed, 3));
+    return version != NULL || PyErr_Occurred() ? version : Py_None;
+}
+
+/* (emit_hello's record,) of a ClientHello parse_hello parsed, on the connection `key`; NULL on error. */
+static PyObject *hello_record_of(PyObject *key, PyObject *ts, PyObject *parsed, PyObject *version) {
     PyObject *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
     PyObject *flow = record_new(&flow_record, (PyObject *[]){
         address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)),
@@ -123,11 +115,152 @@ static PyObject *take_hello(PyObject *state, PyObject *key, PyObject *ts, uint32
         Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)});
     PyObject *hello = record_new(&hello_record, (PyObject *[]){
         Py_NewRef(ts), flow, Py_NewRef(tls_text), Py_NewRef(PyTuple_GET_ITEM(parsed, 0)),
-        Py_NewRef(PyTuple_GET_ITEM(parsed, 1)), Py_NewRef(PyTuple_GET_ITEM(parsed, 2)),
-        Py_NewRef(version != NULL ? version : Py_None)});
-    result = hello != NULL ? tuple_steal(1, (PyObject *[]){hello}) : NULL;
+        Py_NewRef(PyTuple_GET_ITEM(parsed, 1)), Py_NewRef(PyTuple_GET_ITEM(parsed, 2)), Py_NewRef(version)});
+    return hello != NULL ? tuple_steal(1, (PyObject *[]){hello}) : NULL;
+}
+
+/* Split hellos opened here and not yet taken whole, by client port (up to 255, which stays): only
+ * segments on such a port that do not start a handshake record are looked up in the streams. */
+static uint8_t *opened(PyObject *state, PyObject *key) {
+    return (uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(state, OPENED)) + PyLong_AsLong(PyTuple_GET_ITEM(key, 2));
+}
+
+/* FlowTable._first_segment for the start of a ClientHello that runs on in the next segments
+ * (parse_stream: NEED_MORE, within _HELLO_CAP): the stream and its _TlsHelloConsumer holding the
+ * bytes, in the table as the Python code puts them there. (None,) having done so, NULL on error. */
+static PyObject *open_split(PyObject *state, PyObject *key, PyObject *ts, uint32_t seq, PyObject *payload) {
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    PyObject *consumer = PyObject_Vectorcall(PyTuple_GET_ITEM(state, CONSUMER_TYPE),
+                                             (PyObject *[]){PyTuple_GET_ITEM(state, DECODER), key}, 2, NULL);
+    PyObject *stream = consumer != NULL ? PyObject_Vectorcall(PyTuple_GET_ITEM(state, STREAM_TYPE),
+                                                              (PyObject *[]){key, ts}, 2, NULL)
+                                        : NULL;
+    PyObject *next_seq = stream != NULL ? PyLong_FromUnsignedLong((uint32_t)(seq + (uint32_t)n)) : NULL;
+    PyObject *pos = next_seq != NULL ? PyLong_FromSsize_t(n) : NULL;
+    int failed = pos == NULL || PyObject_SetAttr(consumer, buf_name, payload) < 0 ||
+                 PyObject_SetAttr(stream, consumer_name, consumer) < 0 ||
+                 PyObject_SetAttr(stream, next_seq_name, next_seq) < 0 || PyObject_SetAttr(stream, pos_name, pos) < 0 ||
+                 PyObject_DelItem(PyTuple_GET_ITEM(state, HALF_OPEN), key) < 0 ||
+                 PyObject_SetItem(PyTuple_GET_ITEM(state, STREAMS), key, stream) < 0;
+    Py_XDECREF(consumer);
+    Py_XDECREF(stream);
+    Py_XDECREF(next_seq);
+    Py_XDECREF(pos);
+    if (failed) return NULL;
+    uint8_t *count = opened(state, key);
+    if (*count < 255) ++*count;
+    return PyTuple_Pack(1, Py_None);
+}
+
+/* TrafficDecoder._whole_hello and emit_hello's record: (the TlsHello,) having moved the connection
+ * from the half-open to the finished keys; or the start of a split ClientHello (open_split). NULL
+ * with `*declined` set where the Python code decides (nothing changed), NULL on error. */
+static PyObject *take_hello(PyObject *state, PyObject *key, PyObject *ts, uint32_t seq, PyObject *payload,
+                            int *declined) {
+    PyObject *streams = PyTuple_GET_ITEM(state, STREAMS), *half_open = PyTuple_GET_ITEM(state, HALF_OPEN),
+             *finished = PyTuple_GET_ITEM(state, FINISHED);
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    *declined = 1;
+    int done = PyDict_Contains(finished, key);
+    if (done < 0) return NULL;
+    if (done || n < 6 || PyDict_GET_SIZE(streams) >= bound(state, MAX_STREAMS)) return NULL;
+    PyObject *syn = PyDict_GetItemWithError(half_open, key);
+    if (syn == NULL) return NULL;
+    unsigned long long packed = PyLong_AsUnsignedLongLong(syn);
+    if (packed == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if ((uint32_t)packed != seq) return NULL;
+    PyObject *record_layer = hello_message(NULL, payload), *parsed = NULL, *result = NULL;
+    if (record_layer == NULL) return NULL;
+    long status = PyLong_AsLong(PyTuple_GET_ITEM(record_layer, 0));
+    if (status == 0) { /* its first record runs on in the next segment (a split hello); 6 bytes: a ClientHello's */
+        if (n <= bound(state, HELLO_CAP)) {
+            *declined = 0;
+            result = open_split(state, key, ts, seq, payload);
+        }
+        goto done;
+    }
+    if (status != 2 || PyDict_GET_SIZE(finished) >= bound(state, MAX_FINISHED)) goto done;
+    parsed = parse_hello(NULL, PyTuple_GET_ITEM(record_layer, 1));
+    if (parsed == NULL || parsed == Py_None) goto done;
+    PyObject *version = hello_version(parsed);
+    if (version == NULL) goto done;
+    *declined = 0;
+    if (PyObject_DelItem(half_open, key) < 0 || PyObject_SetItem(finished, key, ts) < 0) goto done;
+    result = hello_record_of(key, ts, parsed, version);
 done:
     Py_DECREF(record_layer);
+    Py_XDECREF(parsed);
+    return result;
+}
+
+/* The next in-order segment of a ClientHello split over segments, in `stream` (FlowTable.segment's
+ * delivery to its _TlsHelloConsumer): (None,) having added the bytes while the hello runs on
+ * (within _HELLO_CAP), or (the TlsHello,) having dropped the stream for the finished keys as
+ * FlowTable._drop does; NULL with `*declined` set where the Python code decides (nothing changed:
+ * out of order, a stream holding segments or with another consumer, a table at its bound, not a
+ * ClientHello), NULL on error. */
+static PyObject *take_more(PyObject *state, PyObject *stream, PyObject *key, PyObject *ts, uint32_t seq,
+                           PyObject *payload, int *declined) {
+    PyObject *finished = PyTuple_GET_ITEM(state, FINISHED), *consumer = NULL, *next_seq = NULL, *buf = NULL,
+             *joined = NULL, *record_layer = NULL, *parsed = NULL, *result = NULL, *value;
+    *declined = 1;
+    if (Py_TYPE(stream) != (PyTypeObject *)PyTuple_GET_ITEM(state, STREAM_TYPE)) return NULL;
+    if ((value = PyObject_GetAttr(stream, done_name)) == NULL) return NULL;
+    Py_DECREF(value);
+    if (value != Py_False) return NULL;
+    if ((value = PyObject_GetAttr(stream, ooo_name)) == NULL) return NULL;
+    Py_DECREF(value);
+    if (value != Py_None) return NULL;
+    if ((consumer = PyObject_GetAttr(stream, consumer_name)) == NULL) return NULL;
+    if (Py_TYPE(consumer) != (PyTypeObject *)PyTuple_GET_ITEM(state, CONSUMER_TYPE)) goto done;
+    if ((next_seq = PyObject_GetAttr(stream, next_seq_name)) == NULL) goto done;
+    unsigned long expected = PyLong_AsUnsignedLong(next_seq);
+    if (expected == (unsigned long)-1 && PyErr_Occurred()) goto done;
+    if (expected != seq || (buf = PyObject_GetAttr(consumer, buf_name)) == NULL || !PyBytes_Check(buf)) goto done;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload), size = PyBytes_GET_SIZE(buf) + n;
+    if ((joined = PyBytes_FromStringAndSize(NULL, size)) == NULL) goto done;
+    memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf));
+    memcpy(PyBytes_AS_STRING(joined) + PyBytes_GET_SIZE(buf), PyBytes_AS_STRING(payload), n);
+    if ((record_layer = hello_message(NULL, joined)) == NULL) goto done;
+    long status = PyLong_AsLong(PyTuple_GET_ITEM(record_layer, 0));
+    if (status == 0) { /* runs on still: FlowTable.segment's bookkeeping and the consumer's buffer */
+        if (size > bound(state, HELLO_CAP)) goto done;
+        PyObject *pos = PyObject_GetAttr(stream, pos_name), *more = pos != NULL ? PyLong_FromSsize_t(n) : NULL,
+                 *moved = more != NULL ? PyNumber_Add(pos, more) : NULL,
+                 *next = moved != NULL ? PyLong_FromUnsignedLong((uint32_t)(seq + (uint32_t)n)) : NULL;
+        *declined = next == NULL;
+        if (next != NULL && PyObject_SetAttr(stream, last_ts_name, ts) == 0 &&
+            PyObject_SetAttr(stream, next_seq_name, next) == 0 && PyObject_SetAttr(stream, pos_name, moved) == 0 &&
+            PyObject_SetAttr(consumer, buf_name, joined) == 0)
+            result = PyTuple_Pack(1, Py_None);
+        Py_XDECREF(pos);
+        Py_XDECREF(more);
+        Py_XDECREF(moved);
+        Py_XDECREF(next);
+        goto done;
+    }
+    if (status != 2) goto done;
+    int known = PyDict_Contains(finished, key);
+    if (known != 0 || PyDict_GET_SIZE(finished) >= bound(state, MAX_FINISHED)) goto done;
+    parsed = parse_hello(NULL, PyTuple_GET_ITEM(record_layer, 1));
+    if (parsed == NULL || parsed == Py_None) goto done;
+    PyObject *version = hello_version(parsed);
+    if (version == NULL) goto done;
+    *declined = 0;
+    /* FlowTable._drop: the stream over, its key among the finished ones as of this segment */
+    if (PyObject_SetAttr(stream, last_ts_name, ts) < 0 || PyObject_SetAttr(stream, done_name, Py_True) < 0 ||
+        PyObject_SetAttr(stream, consumer_name, Py_None) < 0 ||
+        PyObject_DelItem(PyTuple_GET_ITEM(state, STREAMS), key) < 0 || PyObject_SetItem(finished, key, ts) < 0)
+        goto done;
+    result = hello_record_of(key, ts, parsed, version);
+    uint8_t *count = opened(state, key);
+    if (*count > 0 && *count < 255) --*count;
+done:
+    Py_XDECREF(consumer);
+    Py_XDECREF(next_seq);
+    Py_XDECREF(buf);
+    Py_XDECREF(joined);
+    Py_XDECREF(record_layer);
     Py_XDECREF(parsed);
     return result;
 }
@@ -145,18 +278,36 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
          flags = PyLong_AsLong(item[5]);
     PyObject *payload = item[7];
     if (proto != TCP || sport == 53 || dport == 53 || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
+    if (sport < 0 || sport > 65535) goto declined;
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
-    int syn = (flags & SYN) && size == 0;
-    if (!syn && ((flags & (SYN | FIN | RST)) || size == 0 || PyBytes_AS_STRING(payload)[0] != TLS_HANDSHAKE))
-        goto declined;
+    int syn = (flags & SYN) && size == 0, handshake = 0;
+    if (!syn) {
+        if ((flags & (SYN | FIN | RST)) || size == 0) goto declined;
+        handshake = PyBytes_AS_STRING(payload)[0] == TLS_HANDSHAKE;
+        /* other bytes are looked up only on a client port with a split hello opened here */
+        if (!handshake && !((uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(state, OPENED)))[sport])
+            goto declined;
+    }
     unsigned long seq = PyLong_AsUnsignedLong(item[6]);
     double ts = PyFloat_AsDouble(args[2]);
     if ((seq == (unsigned long)-1 || ts == -1.0) && PyErr_Occurred()) goto error;
-    PyObject *key = PyTuple_Pack(4, item[1], item[2], item[3], item[4]), *result;
+    PyObject *key = PyTuple_Pack(4, item[1], item[2], item[3], item[4]), *result = NULL;
     if (key == NULL) goto error;
-    int declined = 0;
-    result = syn ? take_syn(state, key, ts, (uint32_t)seq, &declined)
-                 : take_hello(state, key, args[2], (uint32_t)seq, payload, &declined);
+    int declined = 1;
+    if (syn) {
+        declined = 0;
+        result = take_syn(state, key, ts, (uint32_t)seq, &declined);
+    } else {
+        PyObject *stream = PyDict_GetItemWithError(PyTuple_GET_ITEM(state, STREAMS), key);
+        if (stream != NULL)
+            result = take_more(state, stream, key, args[2], (uint32_t)seq, payload, &declined);
+        else if (handshake && !PyErr_Occurred())
+            result = take_hello(state, key, args[2], (uint32_t)seq, payload, &declined);
+        else if (!PyErr_Occurred()) { /* its stream is gone (the Python code took it over): a filter that heals */
+            uint8_t *count = opened(state, key);
+            if (*count > 0 && *count < 255) --*count;
+        }
+    }
     Py_DECREF(key);
     if (result != NULL) {
         Py_DECREF(found);
@@ -174,32 +325,41 @@ error:
 static PyMethodDef handshake_decode_def = {
     "decode", (PyCFunction)(void (*)(void))handshake_decode, METH_FASTCALL,
     "decode(linktype, frame, ts) -> the bound decode's answer; () for a SYN it recorded, (TlsHello,) for a "
-    "whole first ClientHello it took"};
+    "ClientHello it took whole, (None,) for a segment of a split one it took"};
 
 /* handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,
- * max_finished) -> decode(linktype, frame, ts): the answer of `decode` (decode_packet's or a
- * share_decoder's), except that a SYN without payload that FlowTable.syn would record is recorded
- * in the given tables of a FlowTable (and `counts`, its counters' dict) and answered (), and a whole
- * ClientHello in the first segment after its SYN that TrafficDecoder._whole_hello would take is
- * taken so and answered (its TlsHello record,) for the caller to append. Neither on DNS's port.
- * bind_handshakes first. sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
+ * max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): the answer
+ * of `decode` (decode_packet's or a share_decoder's), except that a SYN without payload that
+ * FlowTable.syn would record is recorded in the given tables of a FlowTable (and `counts`, its
+ * counters' dict) and answered (), a whole ClientHello in the first segment after its SYN that
+ * TrafficDecoder._whole_hello would take is taken so and answered (its TlsHello record,) for the
+ * caller to append, and the in-order segments of a ClientHello split over segments (up to
+ * `hello_cap` bytes) are fed to a `stream_type` stream and its `consumer_type(decoder, key)` as
+ * FlowTable.segment feeds them, answered (None,) while it runs on and (its TlsHello record,) once
+ * whole. None of them on DNS's port. bind_handshakes first.
+ * sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
 PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     if (hello_record.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bind_handshakes() first");
         return NULL;
     }
-    PyObject *decode, *streams, *half_open, *finished, *unanchored, *counts;
-    Py_ssize_t max_streams, max_half_open, max_finished;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnn", &decode, &PyDict_Type, &streams, &PyDict_Type, &half_open,
+    PyObject *decode, *streams, *half_open, *finished, *unanchored, *counts, *decoder, *stream_type, *consumer_type;
+    Py_ssize_t max_streams, max_half_open, max_finished, hello_cap;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnnOO!O!n", &decode, &PyDict_Type, &streams, &PyDict_Type, &half_open,
                           &PyDict_Type, &finished, &PyDict_Type, &unanchored, &PyDict_Type, &counts, &max_streams,
-                          &max_half_open, &max_finished))
+                          &max_half_open, &max_finished, &decoder, &PyType_Type, &stream_type, &PyType_Type,
+                          &consumer_type, &hello_cap))
         return NULL;
     if (!PyCallable_Check(decode)) {
         PyErr_SetString(PyExc_TypeError, "handshake_decoder: decode is not callable");
         return NULL;
     }
-    PyObject *state = Py_BuildValue("(OOOOOOnnn)", decode, streams, half_open, finished, unanchored, counts,
-                                    max_streams, max_half_open, max_finished);
+    PyObject *opened_ports = PyByteArray_FromStringAndSize(NULL, 65536);
+    if (opened_ports == NULL) return NULL;
+    memset(PyByteArray_AS_STRING(opened_ports), 0, 65536);
+    PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnN)", decode, streams, half_open, finished, unanchored, counts,
+                                    max_streams, max_half_open, max_finished, decoder, stream_type, consumer_type,
+                                    hello_cap, opened_ports);
     if (state == NULL) return NULL;
     PyObject *handshakes = PyCFunction_New(&handshake_decode_def, state);
     Py_DECREF(state);

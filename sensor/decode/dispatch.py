@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sensor.capture.workers import SHARED_ANSWER, route_of_py
 from sensor.decode import dns, http, quic, tls
-from sensor.decode.flows import FlowKey, FlowTable, StreamConsumer
+from sensor.decode.flows import SEQ_MOD, FlowKey, FlowTable, StreamConsumer, TcpStream
 from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.decode.settings import DecodeSettings
 from sensor.records import (
@@ -290,14 +290,15 @@ class TrafficDecoder:
             self._with_handshakes(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
 
     def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
-        """`decode`, answering () for a SYN it recorded in the flow table and (TlsHello,) for a whole
-        first ClientHello it took (handshake_py), where compiled."""
+        """`decode`, answering () for a SYN it recorded in the flow table, (TlsHello,) for a first
+        ClientHello it took and (None,) for a segment of a split one it took (handshake_py), where
+        compiled."""
         if _handshake_decoder is None:
             return decode
         flows = self.flows
         handshakes: Callable[[int, bytes, float], Any] = _handshake_decoder(
             decode, flows.streams, flows.half_open, flows.finished, flows.unanchored, self._counts,
-            flows.max_streams, flows.max_half_open, flows.max_finished)
+            flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP)
         return handshakes
 
     def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
@@ -337,9 +338,10 @@ class TrafficDecoder:
             found = decode(linktype, frame, ts)
             if found is not None:
                 size = len(found)
-                if size < 5:  # () a SYN it recorded, (TlsHello,) a whole first ClientHello: as feed_decoded
+                if size < 5:  # () a SYN it recorded, (TlsHello,) or (None,) a ClientHello's segment: as feed_decoded
                     if size:
-                        self._add_tls_hello(found[0])
+                        if found[0] is not None:
+                            self._add_tls_hello(found[0])
                         self.flows.sweep(ts)
                         if ts >= self._next_dns_expiry:
                             self._expire_dns(ts)
@@ -454,9 +456,11 @@ class TrafficDecoder:
         """The reference of the compiled handshake_decoder's decode, given its bound decode's answer
         `found`: a SYN without payload recorded in the flow table as feed_decoded records it,
         answering (); a whole ClientHello in the first segment after its SYN taken as
-        _whole_hello takes it, answering (its TlsHello,) for the caller to add; neither on DNS's
-        port. Anything else: `found`, nothing changed. (The compiled one may also answer `found`
-        where a table is at its bound or the connection holds segments: feed_decoded then takes it.)"""
+        _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
+        segments of a ClientHello split over segments taken as FlowTable.segment and
+        _TlsHelloConsumer take them (_split_hello_py). None on DNS's port. Anything else: `found`,
+        nothing changed. (The compiled one may also answer `found` where a table is at its bound
+        or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
             return found
         proto, src, dst, sport, dport, flags, seq, payload = found
@@ -466,10 +470,56 @@ class TrafficDecoder:
         if flags & _SYN and not payload:
             self.flows.syn(key, ts, seq)
             return ()
-        if flags & (_SYN | _FIN | _RST) or not payload or payload[0] != _TLS_HANDSHAKE or key in self.flows.streams:
+        if flags & (_SYN | _FIN | _RST) or not payload:
+            return found
+        stream = self.flows.streams.get(key)
+        if stream is not None:
+            return self._split_hello_py(key, ts, seq, payload, stream) or found
+        if payload[0] != _TLS_HANDSHAKE:
             return found
         hello = self._whole_hello(key, ts, seq, payload)
-        return found if hello is None else (hello,)
+        return (hello,) if hello is not None else self._split_hello_py(key, ts, seq, payload, None) or found
+
+    def _split_hello_py(self, key: FlowKey, ts: float, seq: int, payload: bytes,
+                        stream: TcpStream | None) -> tuple[TlsHello | None] | None:
+        """A segment of a ClientHello split over segments, in order, as FlowTable.segment delivers
+        it to a _TlsHelloConsumer: the first after the SYN (`stream` None; the stream made as
+        _first_segment makes it) and the next ones into `stream`, (None,) while the hello runs on
+        within _HELLO_CAP; the one completing it, (its TlsHello,) with the stream dropped for the
+        finished keys as FlowTable._drop drops it. None, having changed nothing, for anything else
+        (out of order, a stream holding segments, a table at its bound, not a ClientHello)."""
+        flows = self.flows
+        if stream is None:
+            syn = flows.half_open.get(key)
+            if (syn is None or seq != syn & 0xFFFFFFFF or key in flows.finished or len(flows.streams) >= flows.max_streams
+                    or not 6 <= len(payload) <= _HELLO_CAP or tls.parse_stream(payload)[0] is not tls.TlsStatus.NEED_MORE):
+                return None
+            del flows.half_open[key]
+            consumer = _TlsHelloConsumer(self, key)
+            consumer.buf = payload
+            stream = flows.streams[key] = TcpStream(key, ts)
+            stream.consumer, stream.next_seq, stream.pos = consumer, (seq + len(payload)) % SEQ_MOD, len(payload)
+            return (None,)
+        consumer = stream.consumer
+        if (type(stream) is not TcpStream or stream.done or stream.ooo is not None or type(consumer) is not _TlsHelloConsumer
+                or seq != stream.next_seq):
+            return None
+        buf = consumer.buf + payload
+        status, hello = tls.parse_stream(buf)
+        if status is tls.TlsStatus.NEED_MORE:
+            if len(buf) > _HELLO_CAP:
+                return None
+            stream.last_ts, stream.next_seq, stream.pos = ts, (seq + len(payload)) % SEQ_MOD, stream.pos + len(payload)
+            consumer.buf = buf
+            return (None,)
+        if hello is None or key in flows.finished or len(flows.finished) >= flows.max_finished:
+            return None
+        stream.last_ts, stream.done, stream.consumer = ts, True, None
+        del flows.streams[key]
+        flows.finished[key] = ts
+        src, dst, sport, dport = key
+        return (_new_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello.server_name, hello.alpn,
+                           hello.ech, hello.version),)
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""
