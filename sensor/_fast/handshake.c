@@ -119,10 +119,21 @@ static PyObject *hello_record_of(PyObject *key, PyObject *ts, PyObject *parsed, 
     return hello != NULL ? tuple_steal(1, (PyObject *[]){hello}) : NULL;
 }
 
-/* Split hellos opened here and not yet taken whole, by client port (up to 255, which stays): only
- * segments on such a port that do not start a handshake record are looked up in the streams. */
-static uint8_t *opened(PyObject *state, PyObject *key) {
-    return (uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(state, OPENED)) + PyLong_AsLong(PyTuple_GET_ITEM(key, 2));
+/* Split hellos opened here and not yet taken whole, by a hash of their connection's key (up to
+ * 255, which stays): only segments that do not start a handshake record and fall on a marked slot
+ * are looked up in the streams. A stream the Python code took over leaves its mark until a
+ * segment of a connection on its slot finds no stream. */
+static uint8_t *opened(PyObject *state, PyObject *src, PyObject *dst, long sport, long dport) {
+    const uint8_t *s = (const uint8_t *)PyBytes_AS_STRING(src) + PyBytes_GET_SIZE(src) - 2,
+                  *d = (const uint8_t *)PyBytes_AS_STRING(dst) + PyBytes_GET_SIZE(dst) - 2;
+    uint32_t h = (uint32_t)get16(s) * 0x9E3779B1u ^ (uint32_t)get16(d) * 0x85EBCA77u ^
+                 (uint32_t)sport * 0xC2B2AE3Du ^ (uint32_t)dport;
+    return (uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(state, OPENED)) + ((h ^ (h >> 16)) & 0xFFFF);
+}
+
+static uint8_t *opened_key(PyObject *state, PyObject *key) {
+    return opened(state, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1), PyLong_AsLong(PyTuple_GET_ITEM(key, 2)),
+                  PyLong_AsLong(PyTuple_GET_ITEM(key, 3)));
 }
 
 /* FlowTable._first_segment for the start of a ClientHello that runs on in the next segments
@@ -147,7 +158,7 @@ static PyObject *open_split(PyObject *state, PyObject *key, PyObject *ts, uint32
     Py_XDECREF(next_seq);
     Py_XDECREF(pos);
     if (failed) return NULL;
-    uint8_t *count = opened(state, key);
+    uint8_t *count = opened_key(state, key);
     if (*count < 255) ++*count;
     return PyTuple_Pack(1, Py_None);
 }
@@ -253,7 +264,7 @@ static PyObject *take_more(PyObject *state, PyObject *stream, PyObject *key, PyO
         PyObject_DelItem(PyTuple_GET_ITEM(state, STREAMS), key) < 0 || PyObject_SetItem(finished, key, ts) < 0)
         goto done;
     result = hello_record_of(key, ts, parsed, version);
-    uint8_t *count = opened(state, key);
+    uint8_t *count = opened_key(state, key);
     if (*count > 0 && *count < 255) --*count;
 done:
     Py_XDECREF(consumer);
@@ -278,15 +289,16 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
          flags = PyLong_AsLong(item[5]);
     PyObject *payload = item[7];
     if (proto != TCP || sport == 53 || dport == 53 || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
-    if (sport < 0 || sport > 65535) goto declined;
+    if (!PyBytes_Check(item[1]) || !PyBytes_Check(item[2]) || PyBytes_GET_SIZE(item[1]) < 2 ||
+        PyBytes_GET_SIZE(item[2]) < 2)
+        goto declined;
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
     int syn = (flags & SYN) && size == 0, handshake = 0;
     if (!syn) {
         if ((flags & (SYN | FIN | RST)) || size == 0) goto declined;
         handshake = PyBytes_AS_STRING(payload)[0] == TLS_HANDSHAKE;
-        /* other bytes are looked up only on a client port with a split hello opened here */
-        if (!handshake && !((uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(state, OPENED)))[sport])
-            goto declined;
+        /* other bytes are looked up only where a split hello may have been opened here */
+        if (!handshake && !*opened(state, item[1], item[2], sport, dport)) goto declined;
     }
     unsigned long seq = PyLong_AsUnsignedLong(item[6]);
     double ts = PyFloat_AsDouble(args[2]);
@@ -304,7 +316,7 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
         else if (handshake && !PyErr_Occurred())
             result = take_hello(state, key, args[2], (uint32_t)seq, payload, &declined);
         else if (!PyErr_Occurred()) { /* its stream is gone (the Python code took it over): a filter that heals */
-            uint8_t *count = opened(state, key);
+            uint8_t *count = opened_key(state, key);
             if (*count > 0 && *count < 255) --*count;
         }
     }
@@ -354,12 +366,12 @@ PyObject *handshake_decoder(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "handshake_decoder: decode is not callable");
         return NULL;
     }
-    PyObject *opened_ports = PyByteArray_FromStringAndSize(NULL, 65536);
-    if (opened_ports == NULL) return NULL;
-    memset(PyByteArray_AS_STRING(opened_ports), 0, 65536);
+    PyObject *marks = PyByteArray_FromStringAndSize(NULL, 65536);
+    if (marks == NULL) return NULL;
+    memset(PyByteArray_AS_STRING(marks), 0, 65536);
     PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnN)", decode, streams, half_open, finished, unanchored, counts,
                                     max_streams, max_half_open, max_finished, decoder, stream_type, consumer_type,
-                                    hello_cap, opened_ports);
+                                    hello_cap, marks);
     if (state == NULL) return NULL;
     PyObject *handshakes = PyCFunction_New(&handshake_decode_def, state);
     Py_DECREF(state);
