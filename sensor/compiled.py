@@ -28,7 +28,8 @@ TWINS: dict[str, str] = {
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",
     # the decode it returns, which learns another replay worker's DNS answers into a cache
     "share_decoder": "sensor.decode.dispatch:shared_decode_py",
-    # the decode it returns, which takes a SYN and a whole first ClientHello into the flow table
+    # the decode it returns, which takes a SYN and a first ClientHello (whole, or split over in-order
+    # segments) into the flow table
     "handshake_decoder": "sensor.decode.dispatch:TrafficDecoder.handshake_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     "community_id": "sensor.output.ecs:community_id_py",

@@ -1,7 +1,8 @@
-"""The compiled decode that takes a TCP connection's SYN and its whole first ClientHello
-(sensor/_fast/handshake.c) leaves the decoder as the Python code leaves it: the same records,
-counters and flow tables, packet by packet, for connections that open, retransmit, split their
-hello, send something else or fill the tables to their bounds."""
+"""The compiled decode that takes a TCP connection's SYN and its first ClientHello, whole or split
+over in-order segments (sensor/_fast/handshake.c), leaves the decoder as the Python code leaves
+it: the same records, counters and flow tables (each stream's bytes and sequence numbers too),
+packet by packet, for connections that open, retransmit, split their hello, send something else,
+close or idle out mid-hello, or fill the tables to their bounds."""
 from __future__ import annotations
 
 import struct

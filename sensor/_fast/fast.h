@@ -10,7 +10,7 @@
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
  * redact.c (sensor.phi.redact), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), share.c (a replay worker's decode that learns the other's DNS answers),
- * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos), text.c (text and str helpers), module.c (the method table).
+ * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos, whole or split), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
 #ifndef SENSOR_FAST_H

@@ -22,7 +22,8 @@ static PyMethodDef methods[] = {
     {"bind_handshakes", bind_handshakes, METH_VARARGS, "bind_handshakes(TlsHello, Flow, LEGACY_VERSIONS)"},
     {"handshake_decoder", handshake_decoder, METH_VARARGS,
      "handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,"
-     " max_finished) -> decode(linktype, frame, ts): decode's answer, a SYN and a first whole ClientHello taken"},
+     " max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): decode's"
+     " answer, a SYN and a first ClientHello (whole, or split over in-order segments) taken"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},

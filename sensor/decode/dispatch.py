@@ -52,8 +52,8 @@ try:  # a frame to its DNS datagram or its decode tuple in one compiled call (se
     from sensor._fast import share_decoder as _share_decoder
 except ImportError:  # built without a C compiler
     _share_decoder = None
-try:  # a SYN and a whole first ClientHello taken in the same compiled call as the decode
-    # (sensor/_fast/handshake.c): TrafficDecoder.handshake_py is the reference
+try:  # a SYN and a first ClientHello (whole, or split over in-order segments) taken in the same
+    # compiled call as the decode (sensor/_fast/handshake.c): TrafficDecoder.handshake_py is the reference
     from sensor._fast import bind_handshakes as _bind_handshakes
     from sensor._fast import handshake_decoder as _handshake_decoder
 except ImportError:
@@ -285,7 +285,7 @@ class TrafficDecoder:
         self._shared_route = -1
         # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
         # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder), and takes the
-        # SYNs and whole first ClientHellos (_with_handshakes)
+        # SYNs and first ClientHellos (_with_handshakes)
         self._decode: Callable[[int, bytes, float], Any] | None = (
             self._with_handshakes(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
 
