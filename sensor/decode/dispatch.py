@@ -500,17 +500,17 @@ class TrafficDecoder:
             stream = flows.streams[key] = TcpStream(key, ts)
             stream.consumer, stream.next_seq, stream.pos = consumer, (seq + len(payload)) % SEQ_MOD, len(payload)
             return (None,)
-        consumer = stream.consumer
-        if (type(stream) is not TcpStream or stream.done or stream.ooo is not None or type(consumer) is not _TlsHelloConsumer
-                or seq != stream.next_seq):
+        hello_consumer = stream.consumer
+        if (type(stream) is not TcpStream or stream.done or stream.ooo is not None
+                or type(hello_consumer) is not _TlsHelloConsumer or seq != stream.next_seq):
             return None
-        buf = consumer.buf + payload
+        buf = hello_consumer.buf + payload
         status, hello = tls.parse_stream(buf)
         if status is tls.TlsStatus.NEED_MORE:
             if len(buf) > _HELLO_CAP:
                 return None
             stream.last_ts, stream.next_seq, stream.pos = ts, (seq + len(payload)) % SEQ_MOD, stream.pos + len(payload)
-            consumer.buf = buf
+            hello_consumer.buf = buf
             return (None,)
         if hello is None or key in flows.finished or len(flows.finished) >= flows.max_finished:
             return None
