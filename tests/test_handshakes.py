@@ -102,6 +102,23 @@ def _state(decoder: TrafficDecoder) -> tuple[Any, ...]:
 
 
 @settings(max_examples=300, deadline=None)
+
+def _feed_alike(decoders: list[TrafficDecoder], ts: float, frame: bytes) -> None:
+    """Feed `frame` to every decoder: each is left as the others are."""
+    states = []
+    for decoder in decoders:
+        decoder.feed(ts, 1, frame)
+        states.append(_state(decoder))
+    assert all(state == states[0] for state in states[1:])
+
+
+def _finish_alike(decoders: list[TrafficDecoder]) -> None:
+    for decoder in decoders:
+        decoder.finish()
+    states = [_state(decoder) for decoder in decoders]
+    assert all(state == states[0] for state in states[1:])
+
+
 @given(st.lists(_packet, max_size=40), st.integers(1, 4))
 def test_compiled_handshakes_leave_what_the_python_code_leaves(packets: list, bounds: int) -> None:
     decoders = [_decoder(kind, bounds) for kind in ("compiled", "reference", "python")]
@@ -109,14 +126,8 @@ def test_compiled_handshakes_leave_what_the_python_code_leaves(packets: list, bo
     for client, sport, dport, flags, seq, payload, v6, reply, gap in packets:
         clock += gap
         frame = _frame(client, sport, dport, flags, seq, _PAYLOADS[payload], v6, reply)
-        states = []
-        for decoder in decoders:
-            decoder.feed(clock, 1, frame)
-            states.append(_state(decoder))
-        assert states[0] == states[1] == states[2]
-    for decoder in decoders:
-        decoder.finish()
-    assert _state(decoders[0]) == _state(decoders[1]) == _state(decoders[2])
+        _feed_alike(decoders, clock, frame)
+    _finish_alike(decoders)
 
 
 def _answers(decoder: TrafficDecoder, frames: list[bytes]) -> list[Any]:
@@ -238,14 +249,8 @@ def test_split_hellos_leave_what_the_python_code_leaves(data: st.DataObject, bou
         if flags & _SYN:
             seq, payload = isn, b""
         frame = _frame(client, sport, 443, flags, seq, payload, client == 2, reply)
-        states = []
-        for decoder in decoders:
-            decoder.feed(clock, 1, frame)
-            states.append(_state(decoder))
-        assert states[0] == states[1] == states[2]
-    for decoder in decoders:
-        decoder.finish()
-    assert _state(decoders[0]) == _state(decoders[1]) == _state(decoders[2])
+        _feed_alike(decoders, clock, frame)
+    _finish_alike(decoders)
 
 
 def test_a_split_hello_is_taken_in_the_decode_call(monkeypatch: pytest.MonkeyPatch) -> None:
