@@ -303,7 +303,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return replay_deep(Runner.from_args(args), args.pcaps, args.keylog, args.har_source, args.prefilter)
     from sensor.app.replay.plan import start_early
 
-    args.pcaps = expand(args.pcaps, args.recursive)
     # libpcap starts filtering the first file on the other core while the sensor loads.
     started = start_early(args.pcaps, args.prefilter, args.workers)
     try:
