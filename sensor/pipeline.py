@@ -111,6 +111,15 @@ class Pipeline:
         self.decoder.records.extend(records)
         self.drain()
 
+    def detection_only(self) -> tuple[Callable[[Record], list[dict[str, Any]]], Callable[[Iterable[dict]], None]] | None:
+        """(on_record, ship) when all `drain` does with a record is the detector's look and the
+        shipping of its alerts (no event built or written: a replay's alerts), for a caller that
+        drains per record itself; None when drain does more. Valid until the outputs change."""
+        detector = self._detector
+        if self._event_builder is not None or detector is None:
+            return None
+        return detector.on_record, self._ship
+
     def drain(self) -> None:
         # called per record or two: the attributes are read directly, and alerts shipped only
         # when a record raised any

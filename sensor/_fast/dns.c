@@ -783,3 +783,228 @@ PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (PyErr_Occurred()) return NULL;
     return learn_message(args[0], args[1], ts, args[3], min_ttl, max_ttl);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.decode.dispatch.TrafficDecoder.feed's branch for a DNS datagram (decode_packet's answer
+ * (src, sport, dst, dport, message)), in the decode call: the message counted, paired (dns_pair,
+ * else the bound on_datagram_py) into the decoder's records, learned by its learn_dns and the
+ * waiting queries' expiry looked at, answered (); another worker's answer the bound decode learned
+ * from (None for its message) counted as shared, answered (). Declined (the answer as it came, nothing
+ * changed) for a response that is another replay worker's (feed's shared path) and for anything
+ * but a DnsMessage.
+ */
+
+static PyObject *records_name, *learn_dns_name, *route_of_name, *shared_route_name, *next_expiry_name,
+    *expire_name, *sweep_at_name, *entries_name, *move_name, *max_entries_name, *stored_name_method,
+    *counters_name, *values_name, *messages_key, *records_dns_key, *stored_key, *shared_frames_name,
+    *shared_bytes_name, *one;
+
+/* counts[key] = counts.get(key, 0) + amount */
+static int count_add(PyObject *counts, PyObject *key, PyObject *amount) {
+    PyObject *old = PyDict_GetItemWithError(counts, key), *sum;
+    if (old == NULL && PyErr_Occurred()) return -1;
+    sum = old != NULL ? PyNumber_Add(old, amount) : Py_NewRef(amount);
+    if (sum == NULL) return -1;
+    int failed = PyDict_SetItem(counts, key, sum);
+    Py_DECREF(sum);
+    return failed;
+}
+
+/* obj.name += amount */
+static int attr_add(PyObject *obj, PyObject *name, PyObject *amount) {
+    PyObject *old = PyObject_GetAttr(obj, name);
+    if (old == NULL) return -1;
+    PyObject *sum = PyNumber_Add(old, amount);
+    Py_DECREF(old);
+    if (sum == NULL) return -1;
+    int failed = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return failed;
+}
+
+/* DnsCache.learn(ts, message, counted=True) of the `cache` for a response with answers, where its
+ * sweep is not due and the compiled learn_message takes the message: 1; 0 having changed nothing
+ * (the caller calls learn); -1 on error. */
+static int learn_counted(PyObject *cache, double ts, PyObject *message, double min_ttl, double max_ttl) {
+    PyObject *sweep_at = PyObject_GetAttr(cache, sweep_at_name);
+    if (sweep_at == NULL) return -1;
+    double sweep = PyFloat_AsDouble(sweep_at);
+    Py_DECREF(sweep_at);
+    if (sweep == -1.0 && PyErr_Occurred()) return -1;
+    if (ts >= sweep) return 0;
+    PyObject *entries = PyObject_GetAttr(cache, entries_name), *move = NULL, *stored = NULL, *cap = NULL,
+             *counters = NULL, *counts = NULL;
+    int result = -1;
+    if (entries == NULL || (move = PyObject_GetAttr(cache, move_name)) == NULL) goto done;
+    if ((stored = learn_message(entries, move, ts, message, min_ttl, max_ttl)) == NULL) goto done;
+    if (stored == Py_None) {
+        result = 0;
+        goto done;
+    }
+    int any = PyObject_IsTrue(stored);
+    if (any <= 0) {
+        result = any < 0 ? -1 : 1;
+        goto done;
+    }
+    if ((cap = PyObject_GetAttr(cache, max_entries_name)) == NULL) goto done;
+    Py_ssize_t max_entries = PyLong_AsSsize_t(cap);
+    if (max_entries == -1 && PyErr_Occurred()) goto done;
+    if (PyObject_Length(entries) > max_entries) { /* the oldest to let go: _stored does it, counted */
+        PyObject *done_ = PyObject_CallMethodObjArgs(cache, stored_name_method, stored, Py_True, NULL);
+        if (done_ == NULL) goto done;
+        Py_DECREF(done_);
+        result = 1;
+        goto done;
+    }
+    if ((counters = PyObject_GetAttr(cache, counters_name)) == NULL ||
+        (counts = PyObject_GetAttr(counters, values_name)) == NULL)
+        goto done;
+    if (!PyDict_Check(counts)) {
+        PyErr_SetString(PyExc_TypeError, "DnsCache.counters.values is not a dict");
+        goto done;
+    }
+    result = count_add(counts, stored_key, stored) < 0 ? -1 : 1;
+done:
+    Py_XDECREF(entries);
+    Py_XDECREF(move);
+    Py_XDECREF(stored);
+    Py_XDECREF(cap);
+    Py_XDECREF(counters);
+    Py_XDECREF(counts);
+    return result;
+}
+
+/* state: (decode, decoder, pending, max_pending, counts, on_datagram_py, DnsCache.learn, min_ttl, max_ttl) */
+static PyObject *dns_step_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
+        return NULL;
+    }
+    PyObject *found = PyObject_Vectorcall(PyTuple_GET_ITEM(state, 0), args, nargs, NULL);
+    if (found == NULL || !PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 5) return found;
+    PyObject *message = PyTuple_GET_ITEM(found, 4);
+    if (message == Py_None) { /* another worker's answer, learned from by the decode: counted as shared */
+        Py_ssize_t size = PyObject_Length(args[1]);
+        PyObject *bytes = size >= 0 ? PyLong_FromSsize_t(size) : NULL;
+        int failed = bytes == NULL || attr_add(PyTuple_GET_ITEM(state, 1), shared_frames_name, one) < 0 ||
+                     attr_add(PyTuple_GET_ITEM(state, 1), shared_bytes_name, bytes) < 0;
+        Py_XDECREF(bytes);
+        Py_DECREF(found);
+        return failed ? NULL : PyTuple_New(0);
+    }
+    if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type) return found;
+    PyObject *decoder = PyTuple_GET_ITEM(state, 1), *counts = PyTuple_GET_ITEM(state, 4), *ts = args[2];
+    PyObject *records = NULL, *added = NULL, *learn = NULL, *expiry = NULL, *result = NULL;
+    Py_ssize_t answers = message_answer_count(message);
+    if (answers < 0) goto done;
+    if (answers > 0) { /* feed's first test: another worker's answer, by its route */
+        PyObject *route_of = PyObject_GetAttr(decoder, route_of_name);
+        if (route_of == NULL) goto done;
+        if (route_of != Py_None) {
+            PyObject *route = PyObject_CallFunctionObjArgs(route_of, args[0], args[1], NULL), *shared = NULL;
+            int same = route != NULL && (shared = PyObject_GetAttr(decoder, shared_route_name)) != NULL
+                           ? PyObject_RichCompareBool(route, shared, Py_EQ)
+                           : -1;
+            Py_XDECREF(route);
+            Py_XDECREF(shared);
+            Py_DECREF(route_of);
+            if (same < 0) goto done;
+            if (same) return found;
+        } else {
+            Py_DECREF(route_of);
+        }
+    }
+    if ((records = PyObject_GetAttr(decoder, records_name)) == NULL) goto done;
+    if (!PyList_Check(records)) {
+        Py_DECREF(records);
+        return found;
+    }
+    if (count_add(counts, messages_key, one) < 0) goto done;
+    PyObject *const *item = &PyTuple_GET_ITEM(found, 0);
+    PyObject *pair_args[9] = {PyTuple_GET_ITEM(state, 2), PyTuple_GET_ITEM(state, 3), ts, item[0], item[1], item[2],
+                              item[3], message, records};
+    if ((added = dns_pair(NULL, pair_args, 9)) == NULL) goto done;
+    if (added == Py_None) {
+        Py_DECREF(added);
+        if ((added = PyObject_Vectorcall(PyTuple_GET_ITEM(state, 5), pair_args + 2, 7, NULL)) == NULL) goto done;
+    }
+    int some = PyObject_IsTrue(added);
+    if (some < 0 || (some && count_add(counts, records_dns_key, added) < 0)) goto done;
+    if (answers > 0) {
+        if ((learn = PyObject_GetAttr(decoder, learn_dns_name)) == NULL) goto done;
+        if (learn != Py_None) {
+            int learned = 0;
+            if (PyMethod_Check(learn) && PyMethod_GET_FUNCTION(learn) == PyTuple_GET_ITEM(state, 6)) {
+                double when = PyFloat_AsDouble(ts);
+                if (when == -1.0 && PyErr_Occurred()) goto done;
+                learned = learn_counted(PyMethod_GET_SELF(learn), when, message,
+                                        PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(state, 7)),
+                                        PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(state, 8)));
+                if (learned < 0) goto done;
+            }
+            if (!learned) {
+                PyObject *none = PyObject_CallFunctionObjArgs(learn, ts, message, Py_True, NULL);
+                if (none == NULL) goto done;
+                Py_DECREF(none);
+            }
+        }
+    }
+    if ((expiry = PyObject_GetAttr(decoder, next_expiry_name)) == NULL) goto done;
+    int due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    if (due < 0) goto done;
+    if (due) {
+        PyObject *none = PyObject_CallMethodObjArgs(decoder, expire_name, ts, NULL);
+        if (none == NULL) goto done;
+        Py_DECREF(none);
+    }
+    result = PyTuple_New(0);
+done:
+    Py_DECREF(found);
+    Py_XDECREF(records);
+    Py_XDECREF(added);
+    Py_XDECREF(learn);
+    Py_XDECREF(expiry);
+    return result;
+}
+
+static PyMethodDef dns_step_decode_def = {
+    "decode", (PyCFunction)(void (*)(void))dns_step_decode, METH_FASTCALL,
+    "decode(linktype, frame, ts) -> the bound decode's answer; () for a DNS datagram it took as feed takes it"};
+
+/* dns_step_decoder(decode, decoder, pending, max_pending, counts, on_datagram_py, learn_function, min_ttl,
+ * max_ttl) -> decode(linktype, frame, ts): the answer of `decode` (a TrafficDecoder's compiled one),
+ * except that a DNS datagram's (src, sport, dst, dport, DnsMessage) is taken as
+ * TrafficDecoder.feed takes it (see dns_step_decode) and answered (), and so is one with None for its
+ * message (another worker's answer a share_decoder learned from: counted as shared). `learn_function`:
+ * DnsCache.learn, whose stores for a learn_dns bound to it are made here (min_ttl, max_ttl its
+ * bounds). bind_dns() and bind_dns_pairs() first. */
+PyObject *dns_step_decoder(PyObject *module, PyObject *args) {
+    PyObject *decode, *decoder, *pending, *max_pending, *counts, *on_datagram, *learn_function;
+    double min_ttl, max_ttl;
+    if (!PyArg_ParseTuple(args, "OOO!O!O!OOdd", &decode, &decoder, &PyDict_Type, &pending, &PyLong_Type, &max_pending,
+                          &PyDict_Type, &counts, &on_datagram, &learn_function, &min_ttl, &max_ttl))
+        return NULL;
+    if (dns_query_record.type == NULL || dns_message_record.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_dns() and bind_dns_pairs() first");
+        return NULL;
+    }
+    if (one == NULL) {
+        const char *texts[] = {"records", "learn_dns", "_route_of", "_shared_route", "_next_dns_expiry", "_expire_dns",
+                               "_sweep_at", "_entries", "_move_to_end", "max_entries", "_stored", "counters",
+                               "values", "dns.messages", "records.dns", "dnscache.stored", "shared_frames",
+                               "shared_bytes"};
+        PyObject **names[] = {&records_name, &learn_dns_name, &route_of_name, &shared_route_name, &next_expiry_name,
+                              &expire_name, &sweep_at_name, &entries_name, &move_name, &max_entries_name,
+                              &stored_name_method, &counters_name, &values_name, &messages_key, &records_dns_key,
+                              &stored_key, &shared_frames_name, &shared_bytes_name};
+        for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+            if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL) return NULL;
+        if ((one = PyLong_FromLong(1)) == NULL) return NULL;
+    }
+    PyObject *state = Py_BuildValue("(OOOOOOOdd)", decode, decoder, pending, max_pending, counts, on_datagram,
+                                    learn_function, min_ttl, max_ttl);
+    if (state == NULL) return NULL;
+    PyObject *step = PyCFunction_New(&dns_step_decode_def, state);
+    Py_DECREF(state);
+    return step;
+}

@@ -149,6 +149,7 @@ FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *bind_dns_pairs(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *dns_step_decoder(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *set_tunnel_ports(PyObject *module, PyObject *args);

@@ -67,6 +67,9 @@ static PyMethodDef methods[] = {
     {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
      "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"
      " the Python code store them"},
+    {"dns_step_decoder", dns_step_decoder, METH_VARARGS,
+     "dns_step_decoder(decode, decoder, pending, max_pending, counts, on_datagram_py, learn_function, min_ttl, max_ttl)"
+     " -> decode(linktype, frame, ts), taking a DNS datagram as TrafficDecoder.feed takes it"},
     {"dns_pair", (PyCFunction)(void (*)(void))dns_pair, METH_FASTCALL,
      "dns_pair(pending, max_pending, ts, src, sport, dst, dport, message, records) -> records added, or None to let"
      " the Python code pair the message"},

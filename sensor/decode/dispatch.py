@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sensor.capture.workers import SHARED_ANSWER, route_of_py
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import SEQ_MOD, FlowKey, FlowTable, StreamConsumer, TcpStream
 from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
 from sensor.decode.settings import DecodeSettings
+from sensor.enrich.dnscache import MAX_TTL, MIN_TTL, DnsCache
 from sensor.records import (
     Counters,
     Flow,
@@ -44,8 +45,6 @@ _NOT_UPGRADING = re.compile(rb"[\x14-\x17]\x03|HTTP/|SSH-")
 _LOCAL_NAME_PORTS = dns.LOCAL_NAME_PORTS
 
 
-if TYPE_CHECKING:
-    from sensor.enrich.dnscache import DnsCache
 
 try:  # a frame to its DNS datagram or its decode tuple in one compiled call (sensor/_fast/packet.c),
     # learning another replay worker's DNS answers at once where sharing: shared_decode_py is the reference
@@ -60,6 +59,11 @@ except ImportError:
     _handshake_decoder = None
 else:
     _bind_handshakes(TlsHello, Flow, tls.LEGACY_VERSIONS)
+try:  # a DNS datagram's message counted, paired, learned from in the same compiled call as the decode
+    # (sensor/_fast/dns.c): feed's branch for a datagram is the reference, and the path of what it declines
+    from sensor._fast import dns_step_decoder as _dns_step_decoder
+except ImportError:
+    _dns_step_decoder = None
 
 # learn_dns(ts, message, counted): a DNS response seen at `ts`, for the attribution cache
 LearnDns = Callable[[float, "dns.DnsMessage", bool], None]
@@ -157,7 +161,8 @@ class _HttpConsumer:
         for req in requests:
             self.decoder.records.append(_new_request(ts, self.flow, req.method, req.target, req.version, req.headers,
                                                      req.host, req.body, req.body_bytes, req.body_truncated))
-            self.decoder.counters.add("records.http")
+            counts = self.decoder._counts
+            counts["records.http"] = counts.get("records.http", 0) + 1
 
 
 class _UpgradeWatcher(_BufferedConsumer):
@@ -287,7 +292,24 @@ class TrafficDecoder:
         # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder), and takes the
         # SYNs and first ClientHellos (_with_handshakes)
         self._decode: Callable[[int, bytes, float], Any] | None = (
-            self._with_handshakes(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
+            self._with_steps(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
+
+    def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
+        """`decode` with the handshakes (_with_handshakes) and the DNS datagrams (_with_dns) taken
+        in the same compiled call, where compiled."""
+        return self._with_dns(self._with_handshakes(decode))
+
+    def _with_dns(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
+        """`decode`, answering () for a DNS datagram whose message it took as feed takes one (counted,
+        paired into the records, learned by learn_dns, the waiting queries' expiry looked at), where
+        compiled and pairing is. Another worker's answer and anything unusual come as they came."""
+        if _dns_step_decoder is None or self._pair_dns is None:
+            return decode
+        pending, max_pending = self._pair_dns.args  # the table and bound the compiled pairing is given
+        stepped: Callable[[int, bytes, float], Any] = _dns_step_decoder(
+            decode, self, pending, max_pending, self._counts, self.dns.on_datagram_py, DnsCache.learn, MIN_TTL,
+            MAX_TTL)
+        return stepped
 
     def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode`, answering () for a SYN it recorded in the flow table, (TlsHello,) for a first
@@ -310,7 +332,7 @@ class TrafficDecoder:
         if self._decode is not None and cache is not None:
             shared = cache.shared_decoder(self._shared_route)
             if shared is not None:
-                self._decode = self._with_handshakes(shared)
+                self._decode = self._with_steps(shared)
 
     def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
         """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
@@ -334,58 +356,80 @@ class TrafficDecoder:
     # -- input ---------------------------------------------------------------------------
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         decode = self._decode
-        if decode is not None:
-            found = decode(linktype, frame, ts)
-            if found is not None:
-                size = len(found)
-                if size < 5:  # () a SYN it recorded, (TlsHello,) or (None,) a ClientHello's segment: as feed_decoded
-                    if size:
-                        if found[0] is not None:
-                            self._add_tls_hello(found[0])
-                        self.flows.sweep(ts)
-                        if ts >= self._next_dns_expiry:
-                            self._expire_dns(ts)
-                    return
-                if size != 5:
-                    if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
-                            and self._route_of(linktype, frame) == self._shared_route:
-                        self.feed_shared(ts, linktype, frame, found)
-                        return
-                    self.feed_decoded(ts, found)
-                    return
-                # a DNS datagram, its message parsed: what feed_decoded does with it
-                src, sport, dst, dport, message = found
-                if message is None:  # another worker's answer, learned from by the compiled decode
-                    self.shared_frames += 1
-                    self.shared_bytes += len(frame)
-                    return
-                if message.answers and message.is_response and self._route_of is not None \
-                        and self._route_of(linktype, frame) == self._shared_route:
-                    self.shared_frames += 1
-                    self.shared_bytes += len(frame)
-                    self._learn_uncounted(ts, message, False)
-                    return
-                counts = self._counts
-                counts["dns.messages"] = counts.get("dns.messages", 0) + 1
-                pair = self._pair_dns
-                added = pair(ts, src, sport, dst, dport, message, self.records) if pair is not None else None
-                if added is None:
-                    added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
-                if added:
-                    counts["records.dns"] = counts.get("records.dns", 0) + added
-                if message.answers and self.learn_dns is not None and message.is_response:
-                    self.learn_dns(ts, message, True)
+        if decode is None:
+            decoded = self.packets.decode(ts, linktype, frame)
+            if decoded is not None:
+                self.feed_decoded(ts, decoded)
+            return
+        found = decode(linktype, frame, ts)
+        if found or found is None:  # () a packet the compiled decode took whole (a SYN, a DNS datagram)
+            self.feed_found(ts, linktype, frame, found)
+
+    @property
+    def compiled_decode(self) -> Callable[[int, bytes, float], Any] | None:
+        """The compiled decode(linktype, frame, ts) `feed` calls first, where built: a caller that
+        unrolls feed (the replay's loop) calls it, then feed_found for any answer but ()."""
+        return self._decode
+
+    def feed_found(self, ts: float, linktype: int, frame: bytes, found: Any) -> None:
+        """The rest of `feed` after its compiled decode answered `found` (never ())."""
+        if found is not None:
+            size = len(found)
+            if size < 5:  # (TlsHello,) or (None,) a ClientHello's segment it took: as feed_decoded
+                hello = found[0]
+                if hello is not None:  # _add_tls_hello, without a call
+                    self.records.append(hello)
+                    counts = self._counts
+                    counts["records.tls"] = counts.get("records.tls", 0) + 1
+                if ts >= self.flows.next_sweep:
+                    self.flows.sweep(ts)
                 if ts >= self._next_dns_expiry:
                     self._expire_dns(ts)
                 return
-            if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
-                self.feed_shared(ts, linktype, frame)  # a tunnelled one: its decapsulation not counted here
+            if size != 5:
+                if (found[3] == _DNS_PORT or found[4] == _DNS_PORT) and self._route_of is not None \
+                        and self._route_of(linktype, frame) == self._shared_route:
+                    self.feed_shared(ts, linktype, frame, found)
+                    return
+                self.feed_decoded(ts, found)
                 return
-            decoded = self.packets.decode_declined(ts, linktype, frame)
-        else:
-            decoded = self.packets.decode(ts, linktype, frame)
+            self.datagram_py(ts, linktype, frame, found)  # a DNS datagram the compiled step left
+            return
+        if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
+            self.feed_shared(ts, linktype, frame)  # a tunnelled one: its decapsulation not counted here
+            return
+        decoded = self.packets.decode_declined(ts, linktype, frame)
         if decoded is not None:
             self.feed_decoded(ts, decoded)
+
+    def datagram_py(self, ts: float, linktype: int, frame: bytes,
+                    found: tuple[str, int, str, int, dns.DnsMessage | None]) -> None:
+        """feed's branch for a DNS datagram, decode_packet's (src, sport, dst, dport, message): what
+        feed_decoded does with it. The reference of the compiled dns_step_decoder's step, and the
+        path of what it leaves (another worker's answers, all of it where it is not built)."""
+        src, sport, dst, dport, message = found
+        if message is None:  # another worker's answer, learned from by the compiled decode
+            self.shared_frames += 1
+            self.shared_bytes += len(frame)
+            return
+        if message.answers and message.is_response and self._route_of is not None \
+                and self._route_of(linktype, frame) == self._shared_route:
+            self.shared_frames += 1
+            self.shared_bytes += len(frame)
+            self._learn_uncounted(ts, message, False)
+            return
+        counts = self._counts
+        counts["dns.messages"] = counts.get("dns.messages", 0) + 1
+        pair = self._pair_dns
+        added = pair(ts, src, sport, dst, dport, message, self.records) if pair is not None else None
+        if added is None:
+            added = self.dns.on_datagram_py(ts, src, sport, dst, dport, message, self.records)
+        if added:
+            counts["records.dns"] = counts.get("records.dns", 0) + added
+        if message.answers and self.learn_dns is not None and message.is_response:
+            self.learn_dns(ts, message, True)
+        if ts >= self._next_dns_expiry:
+            self._expire_dns(ts)
 
     def feed_decoded(self, ts: float, decoded: Decoded) -> None:
         """The rest of `feed`, for a caller that already ran the L2-L4 decode (replay's splitter)."""
@@ -413,7 +457,8 @@ class TrafficDecoder:
                     self.flows.segment(key, ts, seq, payload)
                 else:
                     stream.last_ts = ts
-            self.flows.sweep(ts)
+            if ts >= self.flows.next_sweep:
+                self.flows.sweep(ts)
         elif proto == UDP:
             if sport == _DNS_PORT or dport == _DNS_PORT:
                 self.dns_message(ts, make_flow(src, sport, dst, dport, "udp"), payload)
@@ -564,7 +609,8 @@ class TrafficDecoder:
         except dns.DnsError:
             self.counters.add("dns.parse_errors")
             return
-        self.counters.add("dns.messages")
+        counts = self._counts
+        counts["dns.messages"] = counts.get("dns.messages", 0) + 1
         self._add_dns_records(self.dns.on_message(ts, flow, message))
         if message.answers and self.learn_dns is not None and message.is_response:
             self.learn_dns(ts, message, True)
@@ -572,7 +618,8 @@ class TrafficDecoder:
     def _add_dns_records(self, records: Sequence[Record]) -> None:
         if records:
             self.records.extend(records)
-            self.counters.add("records.dns", len(records))
+            counts = self._counts
+            counts["records.dns"] = counts.get("records.dns", 0) + len(records)
 
     def emit_upgraded_hello(self, ts: float, flow: Flow, hello: tls.ClientHello, preamble: str,
                             tunnel_target: str | None) -> None:

@@ -123,7 +123,7 @@ class FlowTable:
         self.held_bytes = 0
         self.held_segments = 0
         self._holding: OrderedDict[FlowKey, TcpStream] = OrderedDict()  # streams holding segments, oldest first
-        self._next_sweep = 0.0
+        self.next_sweep = 0.0  # when the next sweep is due (callers per packet look before calling)
         # how far a finished key's time may lag its last segment: it is refreshed only when older
         self._period = min(10.0, idle_timeout / 4)
 
@@ -252,9 +252,9 @@ class FlowTable:
         back, so each is looked at about once per idle period). A stream expires between one and
         two idle periods after its last segment; a finished key between one idle period and a
         sweep period more; a half-open or unanchored key about one idle period after."""
-        if now < self._next_sweep:
+        if now < self.next_sweep:
             return
-        self._next_sweep = now + self._period
+        self.next_sweep = now + self._period
         limit = now - self.idle_timeout
         self._expire_finished(limit - self._period)
         self._expire_unanchored(limit)

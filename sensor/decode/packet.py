@@ -448,26 +448,23 @@ class PacketDecoder:
         return self.decode_declined(ts, linktype, frame)
 
     def decode_declined(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
-        """`decode` for a frame the compiled decode_frame declined (tunnels, fragments, the rest)."""
+        """`decode` for a frame the compiled decode_frame declined (tunnels, fragments, the rest).
+        A packet the compiled decode_mirrored takes out of a mirror tunnel (VXLAN, ERSPAN) is
+        counted and remembered here as decode_py would."""
         if _decode_mirrored is not None:
-            mirrored = _decode_mirrored(linktype, frame)
-            if mirrored is not None:  # inside VXLAN or ERSPAN, the mirror tunnels
-                return self._mirrored(ts, mirrored)
+            found = _decode_mirrored(linktype, frame)
+            if found is not None:
+                decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
+                counts = self.counters.values  # one tunnelled packet each: Counters.add would cost more than the count
+                counter = "decap." + name
+                counts[counter] = counts.get(counter, 0) + 1
+                if erspan:
+                    counts["decap.erspan"] = counts.get("decap.erspan", 0) + 1
+                self._layers = [(name, src, dst, ident)]
+                self._outer_vlan, self._vlan = outer_vlan, inner_vlan
+                self._remember(ts, decoded)
+                return decoded
         return self.decode_py(ts, linktype, frame)
-
-    def _mirrored(self, ts: float,
-                  found: tuple[Decoded, str, bytes, bytes, int | None, int | None, int | None, bool]) -> Decoded:
-        """What decode_py does for a packet the compiled decoder took out of a mirror tunnel."""
-        decoded, name, src, dst, ident, outer_vlan, inner_vlan, erspan = found
-        counts = self.counters.values  # one tunnelled packet each: Counters.add would cost more than the count
-        counter = "decap." + name
-        counts[counter] = counts.get(counter, 0) + 1
-        if erspan:
-            counts["decap.erspan"] = counts.get("decap.erspan", 0) + 1
-        self._layers = [(name, src, dst, ident)]
-        self._outer_vlan, self._vlan = outer_vlan, inner_vlan
-        self._remember(ts, decoded)
-        return decoded
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:
         """decode in pure Python: the reference, and the path for every frame the fast one declines."""

@@ -51,12 +51,17 @@ class DnsCache:
         if ts >= self._sweep_at:  # (never for a time that is not a number)
             self._sweep(ts)
         stored = None
+        entries = self._entries
         if _learn_fast is not None:
-            stored = _learn_fast(self._entries, self._move_to_end, ts, message, MIN_TTL, MAX_TTL)
+            stored = _learn_fast(entries, self._move_to_end, ts, message, MIN_TTL, MAX_TTL)
         if stored is None:
             stored = self._learn_py(ts, message)
         if stored:
-            self._stored(stored, counted)
+            if len(entries) > self.max_entries:
+                self._stored(stored, counted)
+            elif counted:  # _stored's common case (nothing to let go), for every response
+                counts = self.counters.values
+                counts["dnscache.stored"] = counts.get("dnscache.stored", 0) + stored
 
     def shared_decoder(self, shared_route: int) -> Callable[[int, bytes, float], Any] | None:
         """The compiled decode (linktype, frame, ts) of a replay worker that learns the DNS answers

@@ -61,12 +61,29 @@ def replay_file(
             return [str(exc)]
     feed, drain = pipeline.decoder.feed, pipeline.drain
     decoder = pipeline.decoder
-    feed_shared = decoder.feed_shared
+    feed_shared, feed_found = decoder.feed_shared, decoder.feed_found
     # a split selector hands this worker the other's DNS answers too: not counted here
     shared_before = (decoder.shared_frames, decoder.shared_bytes)
+    # with only the detector to see records (an alerts replay), each is handed to it here:
+    # what drain does, without a call of it per record
+    detection = pipeline.detection_only()
     try:
         for batch in capture.batches():
-            if forward is None:
+            decode = decoder.compiled_decode
+            if forward is None and detection is not None and decode is not None:
+                on_record, ship = detection
+                for ts, linktype, frame in batch:
+                    found = decode(linktype, frame, ts)  # TrafficDecoder.feed, unrolled: () was taken whole
+                    if found or found is None:
+                        feed_found(ts, linktype, frame, found)
+                    records = decoder.records
+                    if records:
+                        decoder.records = []
+                        for record in records:
+                            alerts = on_record(record)
+                            if alerts:
+                                ship(alerts)
+            elif forward is None:
                 for ts, linktype, frame in batch:
                     feed(ts, linktype, frame)
                     if decoder.records:
