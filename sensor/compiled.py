@@ -32,7 +32,8 @@ TWINS: dict[str, str] = {
     # segments) into the flow table
     "handshake_decoder": "sensor.decode.dispatch:TrafficDecoder.handshake_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
-    # the decode it returns, which takes a DNS datagram's message (counted, paired, learned from)
+    # the decode it returns, which takes a DNS datagram's message (counted, paired, learned from), and
+    # a hello's record as TrafficDecoder.feed_found does
     "dns_step_decoder": "sensor.decode.dispatch:TrafficDecoder.datagram_py",
     "community_id": "sensor.output.ecs:community_id_py",
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",

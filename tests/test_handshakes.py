@@ -85,6 +85,8 @@ def _decoder(kind: str, bounds: int) -> TrafficDecoder:
     decode = dispatch._share_decoder(-1, None, 0.0, 0.0)
     if kind == "compiled":
         decoder._decode = decoder._with_handshakes(decode)
+    elif kind == "stepped":  # and the records of its answers appended in the compiled call too
+        decoder._decode = decoder._with_steps(decode)
     elif kind == "reference":
         decoder._decode = lambda linktype, frame, ts: decoder.handshake_py(decode(linktype, frame, ts), ts)
     else:
@@ -121,7 +123,7 @@ def _finish_alike(decoders: list[TrafficDecoder]) -> None:
 
 @given(st.lists(_packet, max_size=40), st.integers(1, 4))
 def test_compiled_handshakes_leave_what_the_python_code_leaves(packets: list, bounds: int) -> None:
-    decoders = [_decoder(kind, bounds) for kind in ("compiled", "reference", "python")]
+    decoders = [_decoder(kind, bounds) for kind in ("compiled", "stepped", "reference", "python")]
     clock = 1_700_000_000.0
     for client, sport, dport, flags, seq, payload, v6, reply, gap in packets:
         clock += gap
@@ -233,7 +235,7 @@ def test_split_hellos_leave_what_the_python_code_leaves(data: st.DataObject, bou
             packets.insert(i, packets[i])
     for packet in data.draw(st.lists(_split_packet, max_size=8)):
         packets.insert(data.draw(st.integers(0, len(packets))), packet)
-    decoders = [_decoder(kind, bounds) for kind in ("compiled", "reference", "python")]
+    decoders = [_decoder(kind, bounds) for kind in ("compiled", "stepped", "reference", "python")]
     clock = 1_700_000_000.0
     for client, sport, flags, what, reply, gap in packets:
         clock += gap

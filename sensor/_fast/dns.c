@@ -797,7 +797,7 @@ PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
 static PyObject *records_name, *learn_dns_name, *route_of_name, *shared_route_name, *next_expiry_name,
     *expire_name, *sweep_at_name, *entries_name, *move_name, *max_entries_name, *stored_name_method,
     *counters_name, *values_name, *messages_key, *records_dns_key, *stored_key, *shared_frames_name,
-    *shared_bytes_name, *one;
+    *shared_bytes_name, *flows_name, *next_sweep_name, *sweep_name, *records_tls_key, *one;
 
 /* counts[key] = counts.get(key, 0) + amount */
 static int count_add(PyObject *counts, PyObject *key, PyObject *amount) {
@@ -874,6 +874,53 @@ done:
     return result;
 }
 
+/* decoder._expire_dns(ts) when ts >= decoder._next_dns_expiry: 0, or -1 on error */
+static int dns_expiry(PyObject *decoder, PyObject *ts) {
+    PyObject *expiry = PyObject_GetAttr(decoder, next_expiry_name);
+    if (expiry == NULL) return -1;
+    int due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    Py_DECREF(expiry);
+    if (due <= 0) return due;
+    PyObject *none = PyObject_CallMethodObjArgs(decoder, expire_name, ts, NULL);
+    Py_XDECREF(none);
+    return none == NULL ? -1 : 0;
+}
+
+/* feed_found's branch for the handshake decode's (TlsHello,) or (None,): the record appended to
+ * the decoder's records and counted, the flow table's sweep and the waiting queries' expiry
+ * looked at; () (`found` taken), or `found` as it came where the records are no list. */
+static PyObject *hello_taken(PyObject *state, PyObject *found, PyObject *ts) {
+    PyObject *decoder = PyTuple_GET_ITEM(state, 1), *hello = PyTuple_GET_ITEM(found, 0), *flows = NULL,
+             *next_sweep = NULL, *result = NULL;
+    if (hello != Py_None) {
+        PyObject *records = PyObject_GetAttr(decoder, records_name);
+        if (records == NULL) goto done;
+        if (!PyList_Check(records)) {
+            Py_DECREF(records);
+            return found;
+        }
+        int failed = PyList_Append(records, hello) < 0 || count_add(PyTuple_GET_ITEM(state, 4), records_tls_key, one) < 0;
+        Py_DECREF(records);
+        if (failed) goto done;
+    }
+    if ((flows = PyObject_GetAttr(decoder, flows_name)) == NULL || (next_sweep = PyObject_GetAttr(flows, next_sweep_name)) == NULL)
+        goto done;
+    int due = PyObject_RichCompareBool(ts, next_sweep, Py_GE);
+    if (due < 0) goto done;
+    if (due) {
+        PyObject *none = PyObject_CallMethodObjArgs(flows, sweep_name, ts, NULL);
+        if (none == NULL) goto done;
+        Py_DECREF(none);
+    }
+    if (dns_expiry(decoder, ts) < 0) goto done;
+    result = PyTuple_New(0);
+done:
+    Py_DECREF(found);
+    Py_XDECREF(flows);
+    Py_XDECREF(next_sweep);
+    return result;
+}
+
 /* state: (decode, decoder, pending, max_pending, counts, on_datagram_py, DnsCache.learn, min_ttl, max_ttl) */
 static PyObject *dns_step_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
@@ -881,7 +928,9 @@ static PyObject *dns_step_decode(PyObject *state, PyObject *const *args, Py_ssiz
         return NULL;
     }
     PyObject *found = PyObject_Vectorcall(PyTuple_GET_ITEM(state, 0), args, nargs, NULL);
-    if (found == NULL || !PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 5) return found;
+    if (found == NULL || !PyTuple_Check(found)) return found;
+    if (PyTuple_GET_SIZE(found) == 1) return hello_taken(state, found, args[2]);
+    if (PyTuple_GET_SIZE(found) != 5) return found;
     PyObject *message = PyTuple_GET_ITEM(found, 4);
     if (message == Py_None) { /* another worker's answer, learned from by the decode: counted as shared */
         Py_ssize_t size = PyObject_Length(args[1]);
@@ -894,7 +943,7 @@ static PyObject *dns_step_decode(PyObject *state, PyObject *const *args, Py_ssiz
     }
     if (dns_message_record.type == NULL || Py_TYPE(message) != dns_message_record.type) return found;
     PyObject *decoder = PyTuple_GET_ITEM(state, 1), *counts = PyTuple_GET_ITEM(state, 4), *ts = args[2];
-    PyObject *records = NULL, *added = NULL, *learn = NULL, *expiry = NULL, *result = NULL;
+    PyObject *records = NULL, *added = NULL, *learn = NULL, *result = NULL;
     Py_ssize_t answers = message_answer_count(message);
     if (answers < 0) goto done;
     if (answers > 0) { /* feed's first test: another worker's answer, by its route */
@@ -949,21 +998,13 @@ static PyObject *dns_step_decode(PyObject *state, PyObject *const *args, Py_ssiz
             }
         }
     }
-    if ((expiry = PyObject_GetAttr(decoder, next_expiry_name)) == NULL) goto done;
-    int due = PyObject_RichCompareBool(ts, expiry, Py_GE);
-    if (due < 0) goto done;
-    if (due) {
-        PyObject *none = PyObject_CallMethodObjArgs(decoder, expire_name, ts, NULL);
-        if (none == NULL) goto done;
-        Py_DECREF(none);
-    }
+    if (dns_expiry(decoder, ts) < 0) goto done;
     result = PyTuple_New(0);
 done:
     Py_DECREF(found);
     Py_XDECREF(records);
     Py_XDECREF(added);
     Py_XDECREF(learn);
-    Py_XDECREF(expiry);
     return result;
 }
 
@@ -975,7 +1016,9 @@ static PyMethodDef dns_step_decode_def = {
  * max_ttl) -> decode(linktype, frame, ts): the answer of `decode` (a TrafficDecoder's compiled one),
  * except that a DNS datagram's (src, sport, dst, dport, DnsMessage) is taken as
  * TrafficDecoder.feed takes it (see dns_step_decode) and answered (), and so is one with None for its
- * message (another worker's answer a share_decoder learned from: counted as shared). `learn_function`:
+ * message (another worker's answer a share_decoder learned from: counted as shared), and so is a
+ * handshake_decoder's (TlsHello,) or (None,), whose record is appended as feed_found appends it (its
+ * first branch, the reference of hello_taken). `learn_function`:
  * DnsCache.learn, whose stores for a learn_dns bound to it are made here (min_ttl, max_ttl its
  * bounds). bind_dns() and bind_dns_pairs() first. */
 PyObject *dns_step_decoder(PyObject *module, PyObject *args) {
@@ -992,11 +1035,12 @@ PyObject *dns_step_decoder(PyObject *module, PyObject *args) {
         const char *texts[] = {"records", "learn_dns", "_route_of", "_shared_route", "_next_dns_expiry", "_expire_dns",
                                "_sweep_at", "_entries", "_move_to_end", "max_entries", "_stored", "counters",
                                "values", "dns.messages", "records.dns", "dnscache.stored", "shared_frames",
-                               "shared_bytes"};
+                               "shared_bytes", "flows", "next_sweep", "sweep", "records.tls"};
         PyObject **names[] = {&records_name, &learn_dns_name, &route_of_name, &shared_route_name, &next_expiry_name,
                               &expire_name, &sweep_at_name, &entries_name, &move_name, &max_entries_name,
                               &stored_name_method, &counters_name, &values_name, &messages_key, &records_dns_key,
-                              &stored_key, &shared_frames_name, &shared_bytes_name};
+                              &stored_key, &shared_frames_name, &shared_bytes_name, &flows_name, &next_sweep_name,
+                              &sweep_name, &records_tls_key};
         for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
             if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL) return NULL;
         if ((one = PyLong_FromLong(1)) == NULL) return NULL;

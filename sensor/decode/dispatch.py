@@ -295,14 +295,16 @@ class TrafficDecoder:
             self._with_steps(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
 
     def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
-        """`decode` with the handshakes (_with_handshakes) and the DNS datagrams (_with_dns) taken
-        in the same compiled call, where compiled."""
-        return self._with_dns(self._with_handshakes(decode))
+        """`decode` with the handshakes (_with_handshakes), the DNS datagrams and the records of
+        both (_with_records) taken in the same compiled call, where compiled."""
+        return self._with_records(self._with_handshakes(decode))
 
-    def _with_dns(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
-        """`decode`, answering () for a DNS datagram whose message it took as feed takes one (counted,
-        paired into the records, learned by learn_dns, the waiting queries' expiry looked at), where
-        compiled and pairing is. Another worker's answer and anything unusual come as they came."""
+    def _with_records(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
+        """`decode` (the handshakes' decode), answering () for what feed_found would only append,
+        count and sweep after, done in the compiled call: a DNS datagram's message (counted, paired
+        into the records, learned by learn_dns: datagram_py) and a hello the handshakes took (its
+        record appended, feed_found's first branch), where compiled. Another worker's answers and
+        anything unusual come as they came."""
         if _dns_step_decoder is None or self._pair_dns is None:
             return decode
         pending, max_pending = self._pair_dns.args  # the table and bound the compiled pairing is given
@@ -376,6 +378,7 @@ class TrafficDecoder:
         if found is not None:
             size = len(found)
             if size < 5:  # (TlsHello,) or (None,) a ClientHello's segment it took: as feed_decoded
+                # (the compiled step of _with_records does this branch; it is its reference)
                 hello = found[0]
                 if hello is not None:  # _add_tls_hello, without a call
                     self.records.append(hello)
