@@ -3,6 +3,7 @@ integration use, so Kibana users feel at home). Our own fields live under `phi_e
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import hashlib
 import socket
@@ -478,6 +479,7 @@ class AlertBuilder:
     def __init__(self, events: EventBuilder, unredacted: bool = False) -> None:
         self.events = events
         self.unredacted = unredacted
+        self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -485,8 +487,11 @@ class AlertBuilder:
         obs = alert.observation
         record = obs.record
         findings = alert.findings
-        doc = self.events(record)
-        self._redact_record_fields(doc, record, findings)
+        if findings and type(record) is HttpRequest and not self.unredacted and self.events.redact_urls:
+            doc = self._request_event(record, findings)
+        else:
+            doc = self.events(record)
+            self._redact_record_fields(doc, record, findings)
         primary = _primary_destination(destinations, obs.destination)
         summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
         summary = summary if self.unredacted else redact(summary, findings)
@@ -572,6 +577,28 @@ class AlertBuilder:
                     pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
+
+    def _request_event(self, record: HttpRequest, findings) -> dict:
+        """self.events(record) with _redact_record_fields applied, the event's own masking of the
+        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+        plain = self._plain_events
+        if plain is None or plain.observer is not self.events.observer:
+            plain = self._plain_events = copy.copy(self.events)
+            plain.redact_urls = False
+        doc = plain(record)
+        self._redact_record_fields(doc, record, findings)
+        url = doc.get("url")
+        if url is not None and "path" in url and not _split_target(url["original"])[0]:
+            return self._masked_event(record, findings)  # (the masked event's path stays there)
+        agent = doc.get("user_agent")
+        if agent is not None:
+            agent["original"] = _redacted_agent(agent["original"])
+        return doc
+
+    def _masked_event(self, record, findings) -> dict:
+        doc = self.events(record)
+        self._redact_record_fields(doc, record, findings)
+        return doc
 
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
         """URLs and referrers of an alerting request may carry the very data that alerted: mask
