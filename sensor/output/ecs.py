@@ -472,6 +472,35 @@ def _phi_host_fields(phi_host) -> dict:
     return {"name": phi_host.name, "tags": list(phi_host.tags)}
 
 
+# (rule, PHI host, vendor, BAA status) -> their fields in an alert document, for the few there are
+_CONSTANT_FIELDS: dict[tuple, tuple[tuple, tuple]] = {}
+
+
+def _constant_fields(rule, phi_host, vendor, baa_status) -> tuple:
+    """(`rule.*`, `phi_egress.phi_host` or None, `phi_egress.vendor` or None, `phi_egress.baa`) of
+    an alert, built once for each combination (documents share them, as they share the observer)."""
+    key = (id(rule), id(phi_host), id(vendor), baa_status)
+    cached = _CONSTANT_FIELDS.get(key)
+    if cached is not None and cached[0][0] is rule and cached[0][1] is phi_host and cached[0][2] is vendor:
+        return cached[1]
+    if vendor is not None:
+        baa = {"status": baa_status, "stance": vendor.baa_stance}
+        if vendor.baa_source:
+            baa["source"] = vendor.baa_source
+    else:
+        baa = {"status": baa_status, "stance": "unknown"}
+    fields = (
+        _fields_of(rule, _rule_fields),
+        _fields_of(phi_host, _phi_host_fields) if phi_host else None,
+        _fields_of(vendor, _vendor_fields) if vendor is not None else None,
+        baa,
+    )
+    if len(_CONSTANT_FIELDS) > 4096:
+        _CONSTANT_FIELDS.clear()
+    _CONSTANT_FIELDS[key] = ((rule, phi_host, vendor), fields)
+    return fields
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -492,10 +521,13 @@ class AlertBuilder:
         else:
             doc = self.events(record)
             self._redact_record_fields(doc, record, findings)
-        primary = _primary_destination(destinations, obs.destination)
-        summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
-        summary = summary if self.unredacted else redact(summary, findings)
-        first, last = iso_time(first_seen), iso_time(last_seen)
+        named = obs.destination
+        primary = _primary_destination(destinations, named)
+        summary = _summary_naming(alert.summary, named, primary, destinations)
+        if not self.unredacted:
+            summary = redact(summary, findings)
+        first = iso_time(first_seen)
+        last = first if last_seen == first_seen else iso_time(last_seen)
         doc["@timestamp"] = first
         doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
@@ -512,18 +544,24 @@ class AlertBuilder:
         }
         doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
-        doc["rule"] = _fields_of(rule, _rule_fields)
+        rule_fields, phi_host_fields, vendor_fields, baa = _constant_fields(rule, obs.phi_host, obs.vendor,
+                                                                            obs.baa_status)
+        doc["rule"] = rule_fields
         if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = primary
         related = doc["related"]
-        hosts = related.setdefault("hosts", [])
-        for host in (obs.destination, *(entry.host for entry in destinations or ())):
+        hosts = related.get("hosts")
+        if hosts is None:
+            hosts = related["hosts"] = []
+        if named and named not in hosts:
+            hosts.append(named)
+        for entry in destinations or ():
+            host = entry.host
             if host and host not in hosts:
                 hosts.append(host)
         if not hosts:  # nothing null or empty is written
             del related["hosts"]
-        phi_host, vendor = obs.phi_host, obs.vendor
         pe: dict = {
             "severity": alert.severity,
             "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
@@ -533,7 +571,7 @@ class AlertBuilder:
             "source_record": obs.source_record,
             "destination": primary,
             "summary": summary,
-            "phi_host": _fields_of(phi_host, _phi_host_fields) if phi_host else None,
+            "phi_host": phi_host_fields,
         }
         own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
         if own is None:
@@ -554,14 +592,9 @@ class AlertBuilder:
                 }
                 for entry in destinations
             ]
-        if vendor is not None:
-            pe["vendor"] = _fields_of(vendor, _vendor_fields)
-            baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
-            if vendor.baa_source:
-                baa["source"] = vendor.baa_source
-            pe["baa"] = baa
-        else:
-            pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
+        if vendor_fields is not None:
+            pe["vendor"] = vendor_fields
+        pe["baa"] = baa
         if findings:
             pe["phi"] = _phi_fields(findings)
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
