@@ -499,6 +499,20 @@ class DetectionEngine:
     def final_documents(self) -> Iterator[Document]:
         """finish() one document at a time, in the order of the windows' start, each window let
         go once its document is built."""
+        for window in self._last_windows():
+            yield self._final(window)
+
+    def final_lines(self) -> Iterator[tuple[bytes, Any]]:
+        """final_documents as the document builder's json_line gives them, (JSON line, what the
+        summary counts of it), for outputs that all take lines."""
+        line_of = self.build_document.json_line  # type: ignore[attr-defined]
+        for window in self._last_windows():
+            window.sent_count = window.count
+            yield line_of(window.alert(self._spill), window.count, window.start, window.last_seen, window.event_id,
+                          window.hosts())
+
+    def _last_windows(self) -> Iterator[_Window]:
+        """The windows whose final document is still to go, in the order of their start, at the end."""
         pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
                          key=lambda w: w.start)
         pending.reverse()
@@ -514,7 +528,7 @@ class DetectionEngine:
         # unsealings; a spill this small is read back whole, once
         self._spill.read_block = self._spill.size if self._spill.size <= _SPILL_WHOLE_READ else _SPILL_FINAL_BLOCK
         while pending:
-            yield self._final(pending.pop())
+            yield pending.pop()
         self._spill = _Spill()  # the file let go
 
     # -- enrichment ----------------------------------------------------------------------------

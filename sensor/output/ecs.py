@@ -32,6 +32,7 @@ from sensor.severity import SEVERITY_SCORE
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
+    from sensor._fast import alert_line as _alert_line_fast
     from sensor._fast import bind_json as _bind_json
     from sensor._fast import community_id as _community_id_fast
     from sensor._fast import dns_event_line as _dns_line_fast
@@ -43,6 +44,7 @@ try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _enve
     _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
     _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = _iso_time_fast = None
+    _alert_line_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -501,6 +503,40 @@ def _constant_fields(rule, phi_host, vendor, baa_status) -> tuple:
     return fields
 
 
+def _alert_members(alert, count: int, first_seen: float, last_seen: float, first: str, last: str,
+                   primary: str | None, summary: str, destinations: list | None, phi_host_fields: dict | None,
+                   vendor_fields: dict | None, baa: dict) -> dict:
+    """`phi_egress.*` of an alert document but for its findings and tracker payload."""
+    pe: dict = {
+        "severity": alert.severity,
+        "alert_key": "|".join((alert.rule.id, alert.observation.record.flow.src_ip, alert.throttle_subject)),
+        "count": count,
+        "first_seen": first,
+        "last_seen": last,
+        "source_record": alert.observation.source_record,
+        "destination": primary,
+        "summary": summary,
+        "phi_host": phi_host_fields,
+    }
+    if destinations:
+        # most hosts of a window were first or last seen when the window was
+        stamps = {first_seen: first, last_seen: last}
+        pe["destinations"] = [
+            {
+                "host": entry.host,
+                "count": entry.count,
+                "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
+                "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
+                "health_data": entry.health_data,
+            }
+            for entry in destinations
+        ]
+    if vendor_fields is not None:
+        pe["vendor"] = vendor_fields
+    pe["baa"] = baa
+    return pe
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -509,6 +545,8 @@ class AlertBuilder:
         self.events = events
         self.unredacted = unredacted
         self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
+        self._rule_lines: dict[int, tuple[dict, bytes | None]] = {}  # _rule_line's, per rule's fields
+        self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -562,39 +600,14 @@ class AlertBuilder:
                 hosts.append(host)
         if not hosts:  # nothing null or empty is written
             del related["hosts"]
-        pe: dict = {
-            "severity": alert.severity,
-            "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
-            "count": count,
-            "first_seen": first,
-            "last_seen": last,
-            "source_record": obs.source_record,
-            "destination": primary,
-            "summary": summary,
-            "phi_host": phi_host_fields,
-        }
+        pe = _alert_members(alert, count, first_seen, last_seen, first, last, primary, summary, destinations,
+                            phi_host_fields, vendor_fields, baa)
         own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
         if own is None:
             doc["phi_egress"] = pe
         else:
             own.update(pe)
             pe = own
-        if destinations:
-            # most hosts of a window were first or last seen when the window was
-            stamps = {first_seen: first, last_seen: last}
-            pe["destinations"] = [
-                {
-                    "host": entry.host,
-                    "count": entry.count,
-                    "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
-                    "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
-                    "health_data": entry.health_data,
-                }
-                for entry in destinations
-            ]
-        if vendor_fields is not None:
-            pe["vendor"] = vendor_fields
-        pe["baa"] = baa
         if findings:
             pe["phi"] = _phi_fields(findings)
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
@@ -610,6 +623,112 @@ class AlertBuilder:
                     pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
+
+    def json_line(
+        self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
+    ) -> tuple[bytes, dict | tuple]:
+        """The alert document as one JSON line, byte for byte line_py's, and what the summary
+        counts of it: the document, or where compiled code wrote the line without building one
+        (an alert on a lookup or hello, without findings) AlertTally.add_values's arguments."""
+        if _alert_line_fast is not None and not alert.findings:
+            written = self._line_fast(alert, count, first_seen, last_seen, event_id, destinations)
+            if written is not None:
+                return written
+        doc = self(alert, count, first_seen, last_seen, event_id, destinations)
+        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc
+
+    def line_py(
+        self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
+    ) -> bytes:
+        """The line in Python: the reference of the compiled alert writer (orjson's line of self(...))."""
+        return orjson.dumps(self(alert, count, first_seen, last_seen, event_id, destinations),
+                            option=orjson.OPT_APPEND_NEWLINE)
+
+    def _line_fast(self, alert, count, first_seen, last_seen, event_id, destinations) -> tuple[bytes, tuple] | None:
+        """json_line by the compiled writer, or None where it declines: what __call__ does, with
+        the document's parts that hold no record field written by Python (orjson, pruned) and
+        handed over as bytes."""
+        obs = alert.observation
+        record = obs.record
+        cls = type(record)
+        if cls is TlsHello:
+            if record.protocol not in EVENT_DATASETS or record.ech is None:
+                return None
+            tls = True
+        elif cls is DnsQuery:
+            tls = False
+        else:
+            return None
+        if type(record.flow) is not Flow or obs.tracker is not None:
+            return None
+        named = obs.destination
+        primary = _primary_destination(destinations, named)
+        summary = _summary_naming(alert.summary, named, primary, destinations)
+        if not self.unredacted:
+            summary = redact(summary, ())
+        severity, baa_status = alert.severity, obs.baa_status
+        # what a document leaves out when empty, or holds as the writer does not spell it: the Python builder
+        if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
+                and type(count) is int and type(primary) is str):
+            return None
+        first = iso_time(first_seen)
+        last = first if last_seen == first_seen else iso_time(last_seen)
+        rule = alert.rule
+        rule_fields, phi_host_fields, vendor_fields, baa = _constant_fields(rule, obs.phi_host, obs.vendor, baa_status)
+        rule_line = self._rule_line(rule_fields)
+        head = self._alert_head()
+        if rule_line is None or head is None:
+            return None
+        members = orjson.dumps(prune(_alert_members(alert, count, first_seen, last_seen, first, last, primary,
+                                                    summary, destinations, phi_host_fields, vendor_fields, baa)))
+        if tls:
+            server_name = record.server_name
+            hosts = [server_name] if server_name else []
+            domain = primary  # (what the alert names, in place of the hello's)
+        else:
+            hosts = [record.name] if record.name else []
+            domain = self.events.registered_domain(record.name) or None
+        if named and named not in hosts:
+            hosts.append(named)
+        for entry in destinations or ():
+            host = entry.host
+            if host and host not in hosts:
+                hosts.append(host)
+        line = _alert_line_fast(tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1],
+                                first, last, head[2], tuple(hosts), members[1:-1], summary, rule_line)
+        if line is None:
+            return None
+        phi_host_name = phi_host_fields.get("name") if phi_host_fields else None
+        subject = (vendor_fields.get("name") if vendor_fields else None) or primary
+        return line, (event_id, severity, rule.id, record.flow.src_ip, phi_host_name, subject, baa_status, (), count)
+
+    def _rule_line(self, rule_fields: dict) -> bytes | None:
+        """`rule` of a document as orjson writes it, pruned; None where nothing of it is left."""
+        cached = self._rule_lines.get(id(rule_fields))
+        if cached is None or cached[0] is not rule_fields:
+            pruned = prune(rule_fields)
+            cached = self._rule_lines[id(rule_fields)] = (rule_fields, orjson.dumps(pruned) if pruned else None)
+        return cached[1]
+
+    def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
+        """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
+        around the event's severity, id, start and end; None where the data stream is left out."""
+        events = self.events
+        observer, stream = events.observer, events._data_streams[ALERT_DATASET]
+        cached = self._head
+        if cached is None or cached[0] is not observer or cached[1] is not stream:
+            parts = prune({"ecs": {"version": ECS_VERSION}, "data_stream": stream, "observer": observer})
+            head = None
+            if "data_stream" in parts:
+                before = orjson.dumps({"ecs": parts["ecs"], "data_stream": parts["data_stream"]})[1:-1]
+                event = orjson.dumps({"kind": "alert", "category": _ALERT_CATEGORIES, "type": _ALERT_TYPES})[:-1]
+                head = (
+                    before + b',"event":' + event + b',"severity":',
+                    b',"dataset":' + orjson.dumps(ALERT_DATASET) + b',"module":' + orjson.dumps(MODULE) + b',"start":',
+                    b"}" + (b',"observer":' + orjson.dumps(parts["observer"]) if "observer" in parts else b""),
+                )
+            cached = self._head = (observer, stream, head)
+        return cached[2]
 
     def _request_event(self, record: HttpRequest, findings) -> dict:
         """self.events(record) with _redact_record_fields applied, the event's own masking of the
