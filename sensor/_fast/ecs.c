@@ -329,6 +329,10 @@ static int json_value(Text *t, PyObject *value) {
 /* The attribute of a record as a new reference, by its interned name. */
 static PyObject *field(PyObject *record, int key) { return PyObject_GetAttr(record, json_str[key]); }
 
+static int bytes_add(Text *t, PyObject *bytes) {
+    return text_add(t, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
 /* What an alert document (sensor.output.ecs.AlertBuilder) writes around its record's event: its
  * time, its own event object, related hosts, phi_egress members, message and rule. The Python
  * builder gives each part written (bytes) or its value. */
@@ -336,15 +340,58 @@ typedef struct {
     PyObject *stamp;                   /* @timestamp (str) */
     PyObject *head0, *head1, *head2;   /* bytes: up to event.severity, from event.dataset to event.start,
                                           from the end of event to the end of observer */
-    PyObject *severity, *event_id, *first, *last;
+    PyObject *score, *event_id, *first, *last;
     PyObject *hosts;                   /* tuple of str: related.hosts */
-    PyObject *members;                 /* bytes: phi_egress's members */
-    PyObject *message;                 /* str */
+    /* phi_egress's members: severity, alert_key, count, source_record, destination and summary (also
+     * the message); the PHI host's member as written (bytes, or empty); the window's destinations (a
+     * list of sensor.detect.engine.Destination, or None); vendor and BAA as written (bytes) */
+    PyObject *severity, *alert_key, *count, *source_record, *destination, *summary;
+    PyObject *phi_host, *destinations, *vendor_baa;
     PyObject *rule;                    /* bytes: the rule object */
 } AlertParts;
 
-static int bytes_add(Text *t, PyObject *bytes) {
-    return text_add(t, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+static PyObject *destination_str[5]; /* host, count, first_seen, last_seen, health_data (interned) */
+static const char *const destination_text[5] = {"host", "count", "first_seen", "last_seen", "health_data"};
+
+/* phi_egress's members of an alert (no braces); 1 (declined) for a destination the document would
+ * write otherwise (an empty host, count or flag, a time that is not a finite float). */
+static int json_members(Text *t, const AlertParts *a) {
+    if (JSON_KEY(t, "\"severity\":") < 0 || json_value(t, a->severity) < 0 || JSON_KEY(t, ",\"alert_key\":") < 0 ||
+        json_value(t, a->alert_key) < 0 || JSON_KEY(t, ",\"count\":") < 0 || json_value(t, a->count) < 0 ||
+        JSON_KEY(t, ",\"first_seen\":") < 0 || json_value(t, a->first) < 0 || JSON_KEY(t, ",\"last_seen\":") < 0 ||
+        json_value(t, a->last) < 0 || JSON_KEY(t, ",\"source_record\":") < 0 || json_value(t, a->source_record) < 0 ||
+        JSON_KEY(t, ",\"destination\":") < 0 || json_value(t, a->destination) < 0 ||
+        JSON_KEY(t, ",\"summary\":") < 0 || json_value(t, a->summary) < 0 || bytes_add(t, a->phi_host) < 0)
+        return -1;
+    Py_ssize_t count = a->destinations == Py_None ? 0 : PyList_GET_SIZE(a->destinations);
+    if (count && JSON_KEY(t, ",\"destinations\":[") < 0) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(a->destinations, i), *values[5] = {NULL};
+        int status = 0;
+        for (int k = 0; k < 5 && status == 0; k++)
+            status = (values[k] = PyObject_GetAttr(entry, destination_str[k])) == NULL ? -1 : 0;
+        for (int k = 0; k < 5 && status == 0; k++)
+            if (k == 2 || k == 3) {
+                if (!PyFloat_CheckExact(values[k]) || !isfinite(PyFloat_AS_DOUBLE(values[k]))) status = 1;
+            } else if (pruned_empty(values[k]) || (k == 0 && !PyUnicode_CheckExact(values[k])))
+                status = 1;
+        if (status == 0) {
+            char first[ISO_TIME_LENGTH], last[ISO_TIME_LENGTH];
+            iso_time_text(PyFloat_AS_DOUBLE(values[2]), first);
+            iso_time_text(PyFloat_AS_DOUBLE(values[3]), last);
+            status = ((i && JSON_KEY(t, ",") < 0) || JSON_KEY(t, "{\"host\":") < 0 || json_value(t, values[0]) < 0 ||
+                      JSON_KEY(t, ",\"count\":") < 0 || json_value(t, values[1]) < 0 ||
+                      JSON_KEY(t, ",\"first_seen\":\"") < 0 || text_add(t, first, ISO_TIME_LENGTH) < 0 ||
+                      JSON_KEY(t, "\",\"last_seen\":\"") < 0 || text_add(t, last, ISO_TIME_LENGTH) < 0 ||
+                      JSON_KEY(t, "\",\"health_data\":") < 0 || json_value(t, values[4]) < 0 || JSON_KEY(t, "}") < 0)
+                         ? -1
+                         : 0;
+        }
+        for (int k = 0; k < 5; k++) Py_XDECREF(values[k]);
+        if (status != 0) return status;
+    }
+    if (count && JSON_KEY(t, "]") < 0) return -1;
+    return bytes_add(t, a->vendor_baa);
 }
 
 /* `{"@timestamp":...,<prefix>,"source":...,"destination":...,"network":...` and the flow's parts;
@@ -372,7 +419,7 @@ static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *
              ? (JSON_KEY(t, "{\"@timestamp\":\"") < 0 || text_add(t, time_text, ISO_TIME_LENGTH) < 0 ||
                 JSON_KEY(t, "\",") < 0 || text_add(t, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0)
              : (JSON_KEY(t, "{\"@timestamp\":") < 0 || json_value(t, alert->stamp) < 0 || JSON_KEY(t, ",") < 0 ||
-                bytes_add(t, alert->head0) < 0 || json_value(t, alert->severity) < 0 || JSON_KEY(t, ",\"id\":") < 0 ||
+                bytes_add(t, alert->head0) < 0 || json_value(t, alert->score) < 0 || JSON_KEY(t, ",\"id\":") < 0 ||
                 json_value(t, alert->event_id) < 0 || bytes_add(t, alert->head1) < 0 ||
                 json_value(t, alert->first) < 0 || JSON_KEY(t, ",\"end\":") < 0 || json_value(t, alert->last) < 0 ||
                 bytes_add(t, alert->head2) < 0)) ||
@@ -418,16 +465,19 @@ static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, 
 /* The end of a document: an event's `}` and newline; an alert's related hosts first, then its message,
  * rule and (`members` not NULL: a document whose event has no phi_egress) phi_egress. */
 static int json_end(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count, PyObject *host,
-                    const AlertParts *alert, PyObject *members) {
+                    const AlertParts *alert, int members) {
     if (alert == NULL)
         return (json_related(t, flow, extra, extra_count, &host, host != Py_None) < 0 || JSON_KEY(t, "}\n") < 0) ? -1
                                                                                                                 : 0;
     if (json_related(t, flow, extra, extra_count, &PyTuple_GET_ITEM(alert->hosts, 0), PyTuple_GET_SIZE(alert->hosts)) < 0 ||
-        JSON_KEY(t, ",\"message\":") < 0 || json_value(t, alert->message) < 0 || JSON_KEY(t, ",\"rule\":") < 0 ||
+        JSON_KEY(t, ",\"message\":") < 0 || json_value(t, alert->summary) < 0 || JSON_KEY(t, ",\"rule\":") < 0 ||
         bytes_add(t, alert->rule) < 0)
         return -1;
-    if (members != NULL && (JSON_KEY(t, ",\"phi_egress\":{") < 0 || bytes_add(t, members) < 0 || JSON_KEY(t, "}") < 0))
-        return -1;
+    if (members) {
+        int status = JSON_KEY(t, ",\"phi_egress\":{") < 0 ? -1 : json_members(t, alert);
+        if (status != 0) return status;
+        if (JSON_KEY(t, "}") < 0) return -1;
+    }
     return JSON_KEY(t, "}\n");
 }
 
@@ -507,8 +557,9 @@ static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *pref
         }
     }
     if (JSON_KEY(&t, "}") < 0 ||
-        json_end(&t, &flow, resolved, resolved_count, fields[1], alert, alert ? alert->members : NULL) < 0)
+        (status = json_end(&t, &flow, resolved, resolved_count, fields[1], alert, alert != NULL)) < 0)
         goto error;
+    if (status > 0) goto decline;
     status = 0;
     goto done;
 decline_or_error:
@@ -566,10 +617,11 @@ static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, 
     for (Py_ssize_t i = 0; i < alpn_count; i++)
         if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
     if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
-        JSON_KEY(&t, "}") < 0 ||
-        (alert != NULL && (JSON_KEY(&t, ",") < 0 || bytes_add(&t, alert->members) < 0)) || JSON_KEY(&t, "}") < 0 ||
-        json_end(&t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, NULL) < 0)
+        JSON_KEY(&t, "}") < 0)
         goto error;
+    if (alert != NULL && (JSON_KEY(&t, ",") < 0 || (status = json_members(&t, alert)) < 0)) goto error;
+    if (alert != NULL && status > 0) goto decline;
+    if (JSON_KEY(&t, "}") < 0 || json_end(&t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, 0) < 0) goto error;
     status = 0;
     goto done;
 decline:
@@ -593,20 +645,26 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return tls_line(args[0], args[1], args[2], NULL);
 }
 
-/* alert_line(tls, record, domain, stamp, head0, severity, event_id, head1, first, last, head2, hosts,
- * members, message, rule) -> sensor.output.ecs.AlertBuilder.line_py's line of an alert document on
- * a DNS lookup (DnsQuery, `tls` false) or a TLS or QUIC hello (TlsHello, `tls` true), or None for
- * what the Python builder takes. `domain`: a lookup's registered domain, a hello's
- * destination.domain (or None); the other parts as AlertParts says. */
+/* alert_line(tls, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
+ * severity, alert_key, count, source_record, destination, summary, phi_host, destinations,
+ * vendor_baa, rule) -> sensor.output.ecs.AlertBuilder.line_py's line of an alert document on a DNS
+ * lookup (DnsQuery, `tls` false) or a TLS or QUIC hello (TlsHello, `tls` true), or None for what
+ * the Python builder takes. `domain`: a lookup's registered domain, a hello's destination.domain
+ * (or None); the other parts as AlertParts says. */
 PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "alert_line takes 15 arguments");
+    if (nargs != 22) {
+        PyErr_SetString(PyExc_TypeError, "alert_line takes 22 arguments");
         return NULL;
     }
-    AlertParts alert = {args[3], args[4], args[7], args[10], args[5], args[6], args[8], args[9], args[11], args[12],
-                        args[13], args[14]};
+    AlertParts alert = {
+        .stamp = args[3], .head0 = args[4], .score = args[5], .event_id = args[6], .head1 = args[7],
+        .first = args[8], .last = args[9], .head2 = args[10], .hosts = args[11], .severity = args[12],
+        .alert_key = args[13], .count = args[14], .source_record = args[15], .destination = args[16],
+        .summary = args[17], .phi_host = args[18], .destinations = args[19], .vendor_baa = args[20], .rule = args[21],
+    };
     if (!PyBytes_Check(alert.head0) || !PyBytes_Check(alert.head1) || !PyBytes_Check(alert.head2) ||
-        !PyTuple_Check(alert.hosts) || !PyBytes_Check(alert.members) || !PyBytes_Check(alert.rule))
+        !PyTuple_Check(alert.hosts) || !PyBytes_Check(alert.phi_host) || !PyBytes_Check(alert.vendor_baa) ||
+        !PyBytes_Check(alert.rule) || (alert.destinations != Py_None && !PyList_CheckExact(alert.destinations)))
         Py_RETURN_NONE;
     int tls = PyObject_IsTrue(args[0]);
     if (tls < 0) return NULL;
@@ -710,5 +768,8 @@ int ecs_init(void) {
             return -1;
     for (int i = 0; i < J_COUNT; i++)
         if (json_str[i] == NULL && (json_str[i] = PyUnicode_InternFromString(json_text[i])) == NULL) return -1;
+    for (int i = 0; i < 5; i++)
+        if (destination_str[i] == NULL && (destination_str[i] = PyUnicode_InternFromString(destination_text[i])) == NULL)
+            return -1;
     return 0;
 }

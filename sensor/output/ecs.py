@@ -475,7 +475,7 @@ def _phi_host_fields(phi_host) -> dict:
 
 
 # (rule, PHI host, vendor, BAA status) -> their fields in an alert document, for the few there are
-_CONSTANT_FIELDS: dict[tuple, tuple[tuple, tuple]] = {}
+_CONSTANT_FIELDS: dict[tuple, tuple[tuple, tuple, tuple | None]] = {}
 
 
 def _constant_fields(rule, phi_host, vendor, baa_status) -> tuple:
@@ -499,8 +499,30 @@ def _constant_fields(rule, phi_host, vendor, baa_status) -> tuple:
     )
     if len(_CONSTANT_FIELDS) > 4096:
         _CONSTANT_FIELDS.clear()
-    _CONSTANT_FIELDS[key] = ((rule, phi_host, vendor), fields)
+    _CONSTANT_FIELDS[key] = ((rule, phi_host, vendor), fields, None)
     return fields
+
+
+def _constant_lines(rule, phi_host, vendor, baa_status) -> tuple[bytes, bytes, bytes] | None:
+    """_constant_fields as the compiled alert writer takes them, pruned and written by orjson:
+    the rule object, `,"phi_host":...` (or nothing) and `,"vendor":...,"baa":...`; None where
+    the rule or the BAA is left out."""
+    key = (id(rule), id(phi_host), id(vendor), baa_status)
+    cached = _CONSTANT_FIELDS.get(key)
+    if cached is None or cached[0][0] is not rule or cached[0][1] is not phi_host or cached[0][2] is not vendor:
+        _constant_fields(rule, phi_host, vendor, baa_status)
+        cached = _CONSTANT_FIELDS[key]
+    if cached[2] is None:
+        rule_fields, phi_host_fields, vendor_fields, baa = (prune(part) for part in cached[1])
+        written = None
+        if rule_fields and baa:
+            written = (
+                orjson.dumps(rule_fields),
+                b',"phi_host":' + orjson.dumps(phi_host_fields) if phi_host_fields else b"",
+                (b',"vendor":' + orjson.dumps(vendor_fields) if vendor_fields else b"") + b',"baa":' + orjson.dumps(baa),
+            )
+        cached = _CONSTANT_FIELDS[key] = (cached[0], cached[1], (written,))
+    return cached[2][0]
 
 
 def _alert_members(alert, count: int, first_seen: float, last_seen: float, first: str, last: str,
@@ -545,7 +567,6 @@ class AlertBuilder:
         self.events = events
         self.unredacted = unredacted
         self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
-        self._rule_lines: dict[int, tuple[dict, bytes | None]] = {}  # _rule_line's, per rule's fields
         self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
 
     def __call__(
@@ -671,16 +692,13 @@ class AlertBuilder:
         if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
                 and type(count) is int and type(primary) is str):
             return None
+        rule = alert.rule
+        written = _constant_lines(rule, obs.phi_host, obs.vendor, baa_status)
+        head = self._alert_head()
+        if written is None or head is None:
+            return None
         first = iso_time(first_seen)
         last = first if last_seen == first_seen else iso_time(last_seen)
-        rule = alert.rule
-        rule_fields, phi_host_fields, vendor_fields, baa = _constant_fields(rule, obs.phi_host, obs.vendor, baa_status)
-        rule_line = self._rule_line(rule_fields)
-        head = self._alert_head()
-        if rule_line is None or head is None:
-            return None
-        members = orjson.dumps(prune(_alert_members(alert, count, first_seen, last_seen, first, last, primary,
-                                                    summary, destinations, phi_host_fields, vendor_fields, baa)))
         if tls:
             server_name = record.server_name
             hosts = [server_name] if server_name else []
@@ -694,21 +712,18 @@ class AlertBuilder:
             host = entry.host
             if host and host not in hosts:
                 hosts.append(host)
-        line = _alert_line_fast(tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1],
-                                first, last, head[2], tuple(hosts), members[1:-1], summary, rule_line)
+        source = record.flow.src_ip
+        line = _alert_line_fast(
+            tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
+            tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
+            primary, summary, written[1], destinations or None, written[2], written[0],
+        )
         if line is None:
             return None
-        phi_host_name = phi_host_fields.get("name") if phi_host_fields else None
-        subject = (vendor_fields.get("name") if vendor_fields else None) or primary
-        return line, (event_id, severity, rule.id, record.flow.src_ip, phi_host_name, subject, baa_status, (), count)
-
-    def _rule_line(self, rule_fields: dict) -> bytes | None:
-        """`rule` of a document as orjson writes it, pruned; None where nothing of it is left."""
-        cached = self._rule_lines.get(id(rule_fields))
-        if cached is None or cached[0] is not rule_fields:
-            pruned = prune(rule_fields)
-            cached = self._rule_lines[id(rule_fields)] = (rule_fields, orjson.dumps(pruned) if pruned else None)
-        return cached[1]
+        phi_host = obs.phi_host
+        vendor = obs.vendor
+        return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
+                      (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
 
     def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
         """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
