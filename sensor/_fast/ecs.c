@@ -296,6 +296,15 @@ static int json_value(Text *t, PyObject *value) {
     if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
         const char *text = (const char *)PyUnicode_DATA(value);
         Py_ssize_t n = PyUnicode_GET_LENGTH(value), i = 0;
+        /* eight characters at a time (ASCII: every byte below 0x80): any control character, quote
+         * or backslash among them stops the word loop where the byte loop finds it */
+        for (; i + 8 <= n; i += 8) {
+            uint64_t word;
+            memcpy(&word, text + i, 8);
+            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            uint64_t quote = word ^ (ones * '"'), slash = word ^ (ones * '\\');
+            if (((word - ones * 0x20) | (quote - ones) | (slash - ones)) & highs) break;
+        }
         while (i < n && (unsigned char)text[i] >= 0x20 && text[i] != '"' && text[i] != '\\') i++;
         if (i == n) { /* nothing to escape */
             if (text_reserve(t, n + 2) < 0) return -1;
@@ -311,7 +320,11 @@ static int json_value(Text *t, PyObject *value) {
         if (number == -1 && PyErr_Occurred()) return -1;
         if (!overflow) {
             char digits[24];
-            return text_add(t, digits, snprintf(digits, sizeof digits, "%lld", number));
+            int at = (int)sizeof digits;
+            unsigned long long magnitude = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+            do digits[--at] = (char)('0' + magnitude % 10); while ((magnitude /= 10) != 0);
+            if (number < 0) digits[--at] = '-';
+            return text_add(t, digits + at, (Py_ssize_t)sizeof digits - at);
         }
     }
     if (json_dumps == NULL) {
