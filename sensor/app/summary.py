@@ -76,7 +76,9 @@ class AlertTally:
         """add() of an alert document given by what the summary reads of it: its PHI host's name,
         its vendor's name or else its destination (None where the document has neither), the
         health data types it names."""
-        self._see(severity)
+        rank = SEVERITY_RANK.get(severity, 0)
+        if self.highest is None or rank > self.highest:
+            self.highest = rank
         # live keeps a row per updatable id: the rows of a source host, and those of the same
         # health data, share one string of it (the other cells are shared)
         row = (
@@ -87,7 +89,11 @@ class AlertTally:
             baa_status,
             sys.intern(", ".join(types) or "-"),
         )
-        self._put(event_id, row, count)
+        if self.updatable:
+            self._put(event_id, row, count)
+        else:  # (a replay's: _put's first case, without the calls)
+            self.settled_alerts += 1
+            self._keep(row, count, 1)
 
     def _see(self, severity: str | None) -> None:
         rank = SEVERITY_RANK.get(severity, 0)  # type: ignore[arg-type]

@@ -281,7 +281,8 @@ class _Window:
     @property
     def event_id(self) -> str:
         """The id every document of the window carries: made, not kept (a replay's windows are many)."""
-        return hashlib.sha256("|".join((*self.key, f"{self.start:.6f}")).encode()).hexdigest()[:40]
+        rule, source, subject = self.key
+        return hashlib.sha256(f"{rule}|{source}|{subject}|{self.start:.6f}".encode()).hexdigest()[:40]
 
     def hosts(self) -> list[Destination]:
         """The hosts reached, in the order first seen."""
