@@ -39,6 +39,7 @@ TWINS: dict[str, str] = {
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "alert_line": "sensor.output.ecs:AlertBuilder.line_py",
     "prune": "sensor.output.ecs:prune_py",
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",

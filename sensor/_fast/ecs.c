@@ -284,6 +284,7 @@ PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nar
  */
 
 static PyObject *json_dumps; /* orjson.dumps (bind_json): the values the writer does not spell itself */
+static inline int pruned_empty(PyObject *item);
 
 #define JSON_KEY(t, literal) text_add(t, literal, (Py_ssize_t)sizeof literal - 1)
 
@@ -295,6 +296,15 @@ static int json_value(Text *t, PyObject *value) {
     if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
         const char *text = (const char *)PyUnicode_DATA(value);
         Py_ssize_t n = PyUnicode_GET_LENGTH(value), i = 0;
+        /* eight characters at a time (ASCII: every byte below 0x80): any control character, quote
+         * or backslash among them stops the word loop where the byte loop finds it */
+        for (; i + 8 <= n; i += 8) {
+            uint64_t word;
+            memcpy(&word, text + i, 8);
+            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            uint64_t quote = word ^ (ones * '"'), slash = word ^ (ones * '\\');
+            if (((word - ones * 0x20) | (quote - ones) | (slash - ones)) & highs) break;
+        }
         while (i < n && (unsigned char)text[i] >= 0x20 && text[i] != '"' && text[i] != '\\') i++;
         if (i == n) { /* nothing to escape */
             if (text_reserve(t, n + 2) < 0) return -1;
@@ -310,7 +320,11 @@ static int json_value(Text *t, PyObject *value) {
         if (number == -1 && PyErr_Occurred()) return -1;
         if (!overflow) {
             char digits[24];
-            return text_add(t, digits, snprintf(digits, sizeof digits, "%lld", number));
+            int at = (int)sizeof digits;
+            unsigned long long magnitude = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+            do digits[--at] = (char)('0' + magnitude % 10); while ((magnitude /= 10) != 0);
+            if (number < 0) digits[--at] = '-';
+            return text_add(t, digits + at, (Py_ssize_t)sizeof digits - at);
         }
     }
     if (json_dumps == NULL) {
@@ -328,24 +342,100 @@ static int json_value(Text *t, PyObject *value) {
 /* The attribute of a record as a new reference, by its interned name. */
 static PyObject *field(PyObject *record, int key) { return PyObject_GetAttr(record, json_str[key]); }
 
+static int bytes_add(Text *t, PyObject *bytes) {
+    return text_add(t, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* What an alert document (sensor.output.ecs.AlertBuilder) writes around its record's event: its
+ * time, its own event object, related hosts, phi_egress members, message and rule. The Python
+ * builder gives each part written (bytes) or its value. */
+typedef struct {
+    PyObject *stamp;                   /* @timestamp (str) */
+    PyObject *head0, *head1, *head2;   /* bytes: up to event.severity, from event.dataset to event.start,
+                                          from the end of event to the end of observer */
+    PyObject *score, *event_id, *first, *last;
+    PyObject *hosts;                   /* tuple of str: related.hosts */
+    /* phi_egress's members: severity, alert_key, count, source_record, destination and summary (also
+     * the message); the PHI host's member as written (bytes, or empty); the window's destinations (a
+     * list of sensor.detect.engine.Destination, or None); vendor and BAA as written (bytes) */
+    PyObject *severity, *alert_key, *count, *source_record, *destination, *summary;
+    PyObject *phi_host, *destinations, *vendor_baa;
+    PyObject *rule;                    /* bytes: the rule object */
+} AlertParts;
+
+static PyObject *destination_str[5]; /* host, count, first_seen, last_seen, health_data (interned) */
+static const char *const destination_text[5] = {"host", "count", "first_seen", "last_seen", "health_data"};
+
+/* phi_egress's members of an alert (no braces); 1 (declined) for a destination the document would
+ * write otherwise (an empty host, count or flag, a time that is not a finite float). */
+static int json_members(Text *t, const AlertParts *a) {
+    if (JSON_KEY(t, "\"severity\":") < 0 || json_value(t, a->severity) < 0 || JSON_KEY(t, ",\"alert_key\":") < 0 ||
+        json_value(t, a->alert_key) < 0 || JSON_KEY(t, ",\"count\":") < 0 || json_value(t, a->count) < 0 ||
+        JSON_KEY(t, ",\"first_seen\":") < 0 || json_value(t, a->first) < 0 || JSON_KEY(t, ",\"last_seen\":") < 0 ||
+        json_value(t, a->last) < 0 || JSON_KEY(t, ",\"source_record\":") < 0 || json_value(t, a->source_record) < 0 ||
+        JSON_KEY(t, ",\"destination\":") < 0 || json_value(t, a->destination) < 0 ||
+        JSON_KEY(t, ",\"summary\":") < 0 || json_value(t, a->summary) < 0 || bytes_add(t, a->phi_host) < 0)
+        return -1;
+    Py_ssize_t count = a->destinations == Py_None ? 0 : PyList_GET_SIZE(a->destinations);
+    if (count && JSON_KEY(t, ",\"destinations\":[") < 0) return -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(a->destinations, i), *values[5] = {NULL};
+        int status = 0;
+        for (int k = 0; k < 5 && status == 0; k++)
+            status = (values[k] = PyObject_GetAttr(entry, destination_str[k])) == NULL ? -1 : 0;
+        for (int k = 0; k < 5 && status == 0; k++)
+            if (k == 2 || k == 3) {
+                if (!PyFloat_CheckExact(values[k]) || !isfinite(PyFloat_AS_DOUBLE(values[k]))) status = 1;
+            } else if (pruned_empty(values[k]) || (k == 0 && !PyUnicode_CheckExact(values[k])))
+                status = 1;
+        if (status == 0) {
+            char first[ISO_TIME_LENGTH], last[ISO_TIME_LENGTH];
+            iso_time_text(PyFloat_AS_DOUBLE(values[2]), first);
+            iso_time_text(PyFloat_AS_DOUBLE(values[3]), last);
+            status = ((i && JSON_KEY(t, ",") < 0) || JSON_KEY(t, "{\"host\":") < 0 || json_value(t, values[0]) < 0 ||
+                      JSON_KEY(t, ",\"count\":") < 0 || json_value(t, values[1]) < 0 ||
+                      JSON_KEY(t, ",\"first_seen\":\"") < 0 || text_add(t, first, ISO_TIME_LENGTH) < 0 ||
+                      JSON_KEY(t, "\",\"last_seen\":\"") < 0 || text_add(t, last, ISO_TIME_LENGTH) < 0 ||
+                      JSON_KEY(t, "\",\"health_data\":") < 0 || json_value(t, values[4]) < 0 || JSON_KEY(t, "}") < 0)
+                         ? -1
+                         : 0;
+        }
+        for (int k = 0; k < 5; k++) Py_XDECREF(values[k]);
+        if (status != 0) return status;
+    }
+    if (count && JSON_KEY(t, "]") < 0) return -1;
+    return bytes_add(t, a->vendor_baa);
+}
+
 /* `{"@timestamp":...,<prefix>,"source":...,"destination":...,"network":...` and the flow's parts;
- * 1 (nothing written) for what the Python envelope takes. */
+ * 1 (nothing written) for what the Python envelope takes. An alert's (`alert` not NULL) time and
+ * event object take the place of the record's time and the prefix. */
 static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *protocol, PyObject *domain,
-                         FlowParts *flow) {
+                         FlowParts *flow, const AlertParts *alert) {
     PyObject *ts_object = field(record, J_TS), *flow_object = ts_object ? field(record, J_FLOW) : NULL;
     if (flow_object == NULL) {
         Py_XDECREF(ts_object);
         return -1;
     }
     double ts = PyFloat_Check(ts_object) ? PyFloat_AS_DOUBLE(ts_object) : NAN;
-    int status = isfinite(ts) && PyBytes_Check(prefix) ? flow_parts(flow_object, flow) : 1;
+    int status = (alert != NULL || (isfinite(ts) && PyBytes_Check(prefix))) ? flow_parts(flow_object, flow) : 1;
     Py_DECREF(ts_object);
     Py_DECREF(flow_object);
     if (status != 0) return status;
+    if (alert != NULL && pruned_empty(flow->transport)) { /* an alert leaves it out: the Python builder */
+        flow_parts_clear(flow);
+        return 1;
+    }
     char time_text[ISO_TIME_LENGTH];
-    iso_time_text(ts, time_text);
-    if (JSON_KEY(t, "{\"@timestamp\":\"") < 0 || text_add(t, time_text, ISO_TIME_LENGTH) < 0 ||
-        JSON_KEY(t, "\",") < 0 || text_add(t, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0 ||
+    if (alert == NULL) iso_time_text(ts, time_text);
+    if ((alert == NULL
+             ? (JSON_KEY(t, "{\"@timestamp\":\"") < 0 || text_add(t, time_text, ISO_TIME_LENGTH) < 0 ||
+                JSON_KEY(t, "\",") < 0 || text_add(t, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)) < 0)
+             : (JSON_KEY(t, "{\"@timestamp\":") < 0 || json_value(t, alert->stamp) < 0 || JSON_KEY(t, ",") < 0 ||
+                bytes_add(t, alert->head0) < 0 || json_value(t, alert->score) < 0 || JSON_KEY(t, ",\"id\":") < 0 ||
+                json_value(t, alert->event_id) < 0 || bytes_add(t, alert->head1) < 0 ||
+                json_value(t, alert->first) < 0 || JSON_KEY(t, ",\"end\":") < 0 || json_value(t, alert->last) < 0 ||
+                bytes_add(t, alert->head2) < 0)) ||
         JSON_KEY(t, ",\"source\":{\"ip\":") < 0 || json_value(t, flow->src_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 ||
         json_value(t, flow->src_port) < 0 || JSON_KEY(t, "},\"destination\":{\"ip\":") < 0 ||
         json_value(t, flow->dst_ip) < 0 || JSON_KEY(t, ",\"port\":") < 0 || json_value(t, flow->dst_port) < 0 ||
@@ -360,11 +450,10 @@ static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *
     return 0;
 }
 
-/* `,"related":{"ip":[source, destination, extra...],"hosts":[host]}}` (no hosts without a host) and
- * the newline;
+/* `,"related":{"ip":[source, destination, extra...],"hosts":[hosts...]}` (no hosts without one);
  * ecs._related_ips: an extra address already listed is not repeated. */
 static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count,
-                        PyObject *host) {
+                        PyObject *const *hosts, Py_ssize_t host_count) {
     PyObject *ips[2 + 64];
     Py_ssize_t count = 0;
     ips[count++] = flow->src_ip;
@@ -380,10 +469,29 @@ static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, 
     if (JSON_KEY(t, ",\"related\":{\"ip\":[") < 0) return -1;
     for (Py_ssize_t i = 0; i < count; i++)
         if ((i && JSON_KEY(t, ",") < 0) || json_value(t, ips[i]) < 0) return -1;
-    if (JSON_KEY(t, "]") < 0 ||
-        (host != Py_None && (JSON_KEY(t, ",\"hosts\":[") < 0 || json_value(t, host) < 0 || JSON_KEY(t, "]") < 0)))
+    if (JSON_KEY(t, "]") < 0 || (host_count && JSON_KEY(t, ",\"hosts\":[") < 0)) return -1;
+    for (Py_ssize_t i = 0; i < host_count; i++)
+        if ((i && JSON_KEY(t, ",") < 0) || json_value(t, hosts[i]) < 0) return -1;
+    return (host_count && JSON_KEY(t, "]") < 0) ? -1 : JSON_KEY(t, "}");
+}
+
+/* The end of a document: an event's `}` and newline; an alert's related hosts first, then its message,
+ * rule and (`members` not NULL: a document whose event has no phi_egress) phi_egress. */
+static int json_end(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count, PyObject *host,
+                    const AlertParts *alert, int members) {
+    if (alert == NULL)
+        return (json_related(t, flow, extra, extra_count, &host, host != Py_None) < 0 || JSON_KEY(t, "}\n") < 0) ? -1
+                                                                                                                : 0;
+    if (json_related(t, flow, extra, extra_count, &PyTuple_GET_ITEM(alert->hosts, 0), PyTuple_GET_SIZE(alert->hosts)) < 0 ||
+        JSON_KEY(t, ",\"message\":") < 0 || json_value(t, alert->summary) < 0 || JSON_KEY(t, ",\"rule\":") < 0 ||
+        bytes_add(t, alert->rule) < 0)
         return -1;
-    return JSON_KEY(t, "}}\n");
+    if (members) {
+        int status = JSON_KEY(t, ",\"phi_egress\":{") < 0 ? -1 : json_members(t, alert);
+        if (status != 0) return status;
+        if (JSON_KEY(t, "}") < 0) return -1;
+    }
+    return JSON_KEY(t, "}\n");
 }
 
 static PyObject *json_line_result(Text *t, int status) {
@@ -394,20 +502,14 @@ static PyObject *json_line_result(Text *t, int status) {
     return line;
 }
 
-/* dns_event_line(record, registered_domain or None, prefix) -> bytes, or None for what the Python
- * builder takes. `prefix`: `"ecs":...,"event":...,"observer":...` as orjson writes them. */
-PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "dns_event_line takes 3 arguments");
-        return NULL;
-    }
-    PyObject *record = args[0], *registered = args[1];
+/* The line of a DNS event, or (`alert` not NULL) of an alert document on one: see dns_event_line. */
+static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *prefix, const AlertParts *alert) {
     Text t = {NULL, 0, 0};
     FlowParts flow = {0};
     PyObject *fields[6] = {NULL}; /* id, name, qtype, response_seen, rcode, answers */
     PyObject *resolved[64];
     Py_ssize_t resolved_count = 0;
-    int status = json_envelope(&t, record, args[2], json_str[J_DNS], Py_None, &flow);
+    int status = json_envelope(&t, record, prefix, json_str[J_DNS], Py_None, &flow, alert);
     if (status != 0) return json_line_result(&t, status);
     static const int keys[6] = {J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS};
     for (int i = 0; i < 6; i++)
@@ -418,6 +520,8 @@ PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     long long dns_id = PyLong_AsLongLongAndOverflow(fields[0], &overflow);
     if (named < 0 || (dns_id == -1 && PyErr_Occurred())) goto error;
     if (overflow || !named) goto decline; /* the root's name is written by the Python builder */
+    /* an alert document leaves out what is empty: the Python builder writes those */
+    if (alert != NULL && (pruned_empty(fields[2]) || (answered && pruned_empty(fields[4])))) goto decline;
     char id_text[24];
     /* dns.id is an ECS keyword: the number as a string */
     if (JSON_KEY(&t, ",\"dns\":{\"id\":\"") < 0 || text_add(&t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
@@ -439,7 +543,8 @@ PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
             int ok = 1;
             for (int k = 0; k < 4 && ok; k++) ok = (parts[k] = field(answer, answer_keys[k])) != NULL;
             ok = ok && PyUnicode_Check(parts[1]) && PyUnicode_Check(parts[0]) && PyUnicode_Check(parts[2]) &&
-                 PyUnicode_GET_LENGTH(parts[0]) > 0 && PyUnicode_GET_LENGTH(parts[2]) > 0; /* else the Python builder */
+                 PyUnicode_GET_LENGTH(parts[0]) > 0 && PyUnicode_GET_LENGTH(parts[2]) > 0 && /* else the Python builder */
+                 (alert == NULL || (PyUnicode_GET_LENGTH(parts[1]) > 0 && !pruned_empty(parts[3])));
             /* ecs._is_address: an A answer with a dot, an AAAA answer with a colon (not decode's hex) */
             if (ok && ((PyUnicode_CompareWithASCIIString(parts[1], "A") == 0 &&
                         PyUnicode_FindChar(parts[2], '.', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0) ||
@@ -464,7 +569,10 @@ PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
             if (JSON_KEY(&t, "]") < 0) goto error;
         }
     }
-    if (JSON_KEY(&t, "}") < 0 || json_related(&t, &flow, resolved, resolved_count, fields[1]) < 0) goto error;
+    if (JSON_KEY(&t, "}") < 0 ||
+        (status = json_end(&t, &flow, resolved, resolved_count, fields[1], alert, alert != NULL)) < 0)
+        goto error;
+    if (status > 0) goto decline;
     status = 0;
     goto done;
 decline_or_error:
@@ -481,14 +589,19 @@ done:
     return json_line_result(&t, status);
 }
 
-/* tls_event_line(record, destination_domain or None, prefix) -> bytes, or None for what the Python
- * builder takes. */
-PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+/* dns_event_line(record, registered_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. `prefix`: `"ecs":...,"event":...,"observer":...` as orjson writes them. */
+PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "tls_event_line takes 3 arguments");
+        PyErr_SetString(PyExc_TypeError, "dns_event_line takes 3 arguments");
         return NULL;
     }
-    PyObject *record = args[0], *fields[5] = {NULL}; /* protocol, server_name, alpn, ech, version */
+    return dns_line(args[0], args[1], args[2], NULL);
+}
+
+/* The line of a TLS or QUIC event, or (`alert` not NULL) of an alert document on one: see tls_event_line. */
+static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert) {
+    PyObject *fields[5] = {NULL}; /* protocol, server_name, alpn, ech, version */
     static const int keys[5] = {J_PROTOCOL, J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION};
     Text t = {NULL, 0, 0};
     FlowParts flow = {0};
@@ -496,7 +609,10 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     for (int i = 0; i < 5; i++)
         if ((fields[i] = field(record, keys[i])) == NULL) goto error;
     if (!PyTuple_Check(fields[2])) goto decline;
-    status = json_envelope(&t, record, args[2], fields[0], args[1], &flow);
+    if (alert != NULL) /* an alert document leaves out empty ALPN names: the Python builder writes those */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields[2]); i++)
+            if (pruned_empty(PyTuple_GET_ITEM(fields[2], i))) goto decline;
+    status = json_envelope(&t, record, prefix, fields[0], domain, &flow, alert);
     if (status != 0) goto done;
     int named = PyObject_IsTrue(fields[1]), versioned = PyObject_IsTrue(fields[4]);
     if (named < 0 || versioned < 0) goto error;
@@ -514,9 +630,11 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     for (Py_ssize_t i = 0; i < alpn_count; i++)
         if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
     if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
-        JSON_KEY(&t, "}}") < 0 ||
-        json_related(&t, &flow, NULL, 0, named ? fields[1] : Py_None) < 0)
+        JSON_KEY(&t, "}") < 0)
         goto error;
+    if (alert != NULL && (JSON_KEY(&t, ",") < 0 || (status = json_members(&t, alert)) < 0)) goto error;
+    if (alert != NULL && status > 0) goto decline;
+    if (JSON_KEY(&t, "}") < 0 || json_end(&t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, 0) < 0) goto error;
     status = 0;
     goto done;
 decline:
@@ -528,6 +646,42 @@ done:
     for (int i = 0; i < 5; i++) Py_XDECREF(fields[i]);
     flow_parts_clear(&flow);
     return json_line_result(&t, status);
+}
+
+/* tls_event_line(record, destination_domain or None, prefix) -> bytes, or None for what the Python
+ * builder takes. */
+PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tls_event_line takes 3 arguments");
+        return NULL;
+    }
+    return tls_line(args[0], args[1], args[2], NULL);
+}
+
+/* alert_line(tls, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
+ * severity, alert_key, count, source_record, destination, summary, phi_host, destinations,
+ * vendor_baa, rule) -> sensor.output.ecs.AlertBuilder.line_py's line of an alert document on a DNS
+ * lookup (DnsQuery, `tls` false) or a TLS or QUIC hello (TlsHello, `tls` true), or None for what
+ * the Python builder takes. `domain`: a lookup's registered domain, a hello's destination.domain
+ * (or None); the other parts as AlertParts says. */
+PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 22) {
+        PyErr_SetString(PyExc_TypeError, "alert_line takes 22 arguments");
+        return NULL;
+    }
+    AlertParts alert = {
+        .stamp = args[3], .head0 = args[4], .score = args[5], .event_id = args[6], .head1 = args[7],
+        .first = args[8], .last = args[9], .head2 = args[10], .hosts = args[11], .severity = args[12],
+        .alert_key = args[13], .count = args[14], .source_record = args[15], .destination = args[16],
+        .summary = args[17], .phi_host = args[18], .destinations = args[19], .vendor_baa = args[20], .rule = args[21],
+    };
+    if (!PyBytes_Check(alert.head0) || !PyBytes_Check(alert.head1) || !PyBytes_Check(alert.head2) ||
+        !PyTuple_Check(alert.hosts) || !PyBytes_Check(alert.phi_host) || !PyBytes_Check(alert.vendor_baa) ||
+        !PyBytes_Check(alert.rule) || (alert.destinations != Py_None && !PyList_CheckExact(alert.destinations)))
+        Py_RETURN_NONE;
+    int tls = PyObject_IsTrue(args[0]);
+    if (tls < 0) return NULL;
+    return tls ? tls_line(args[1], args[2], NULL, &alert) : dns_line(args[1], args[2], NULL, &alert);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -627,5 +781,8 @@ int ecs_init(void) {
             return -1;
     for (int i = 0; i < J_COUNT; i++)
         if (json_str[i] == NULL && (json_str[i] = PyUnicode_InternFromString(json_text[i])) == NULL) return -1;
+    for (int i = 0; i < 5; i++)
+        if (destination_str[i] == NULL && (destination_str[i] = PyUnicode_InternFromString(destination_text[i])) == NULL)
+            return -1;
     return 0;
 }

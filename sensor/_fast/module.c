@@ -51,6 +51,9 @@ static PyMethodDef methods[] = {
      "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},
     {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,
      "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
+    {"alert_line", (PyCFunction)(void (*)(void))alert_line, METH_FASTCALL,
+     "alert_line(tls, record, domain, stamp, head0, severity, event_id, head1, first, last, head2, hosts, members,"
+     " message, rule) -> an alert document on a lookup or hello as a JSON line, or None"},
     {"bind_hints", bind_hints, METH_VARARGS, "bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit)"},
     {"identifier_hints", identifier_hints, METH_O,
      "identifier_hints(text) -> the identifier families that may occur in text, as bits, or None"},

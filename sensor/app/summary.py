@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TextIO
 
 from sensor.errors import EXIT_FAIL_ON, EXIT_OK
@@ -60,25 +61,44 @@ class AlertTally:
 
     def add(self, alert: dict) -> None:
         pe = alert.get("phi_egress", {})
-        rank = SEVERITY_RANK.get(pe.get("severity"), 0)
-        if self.highest is None or rank > self.highest:
-            self.highest = rank
         event_id = alert.get("event", {}).get("id")
         if not pe or event_id is None:  # not an alert the summary can show
+            self._see(pe.get("severity"))
             return
-        source = alert["source"]["ip"]
-        name = pe.get("phi_host", {}).get("name")
+        self.add_values(
+            event_id, pe["severity"], alert["rule"]["id"], alert["source"]["ip"], pe.get("phi_host", {}).get("name"),
+            pe.get("vendor", {}).get("name") or pe.get("destination"), pe["baa"]["status"],
+            pe.get("phi", {}).get("types", ()), pe.get("count", 1),
+        )
+
+    def add_values(self, event_id: str, severity: str, rule: str, source: str, phi_host: str | None,
+                   subject: str | None, baa_status: str, types: Sequence[str], count: int) -> None:
+        """add() of an alert document given by what the summary reads of it: its PHI host's name,
+        its vendor's name or else its destination (None where the document has neither), the
+        health data types it names."""
+        rank = SEVERITY_RANK.get(severity, 0)
+        if self.highest is None or rank > self.highest:
+            self.highest = rank
         # live keeps a row per updatable id: the rows of a source host, and those of the same
         # health data, share one string of it (the other cells are shared)
         row = (
-            pe["severity"],
-            alert["rule"]["id"],
-            sys.intern(f"{source} ({name})" if name else source),
-            pe.get("vendor", {}).get("name") or pe.get("destination") or "-",
-            pe["baa"]["status"],
-            sys.intern(", ".join(pe.get("phi", {}).get("types", [])) or "-"),
+            severity,
+            rule,
+            sys.intern(f"{source} ({phi_host})" if phi_host else source),
+            subject or "-",
+            baa_status,
+            sys.intern(", ".join(types) or "-"),
         )
-        self._put(event_id, row, pe.get("count", 1))
+        if self.updatable:
+            self._put(event_id, row, count)
+        else:  # (a replay's: _put's first case, without the calls)
+            self.settled_alerts += 1
+            self._keep(row, count, 1)
+
+    def _see(self, severity: str | None) -> None:
+        rank = SEVERITY_RANK.get(severity, 0)  # type: ignore[arg-type]
+        if self.highest is None or rank > self.highest:
+            self.highest = rank
 
     def _put(self, event_id: str, row: Row, count: int) -> None:
         """The latest row and count of an id (where its id first came); the oldest id let go
@@ -110,7 +130,8 @@ class AlertTally:
         last = self._last
         if last is None:
             last = self._last = max((table_order(kept_row), kept_row) for kept_row in settled)
-        if table_order(row) < last[0]:  # before the last row kept: it takes its place
+        # (most rows are less severe than the last kept: told by the severity alone)
+        if -SEVERITY_RANK.get(row[0], 0) <= last[0][0] and table_order(row) < last[0]:  # before the last row kept: it takes its place
             del settled[last[1]]
             settled[row] = (count, alerts)
             self._last = None

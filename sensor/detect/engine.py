@@ -102,6 +102,8 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 # of windows let go (a day of traffic closes windows as its clock passes them)
 _SPILL_BLOCK = 1 << 16
 _SPILL_COMPACT_BYTES = 64 << 20
+_SPILL_FINAL_BLOCK = 1 << 20
+_SPILL_WHOLE_READ = 8 << 20
 _SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
 _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
 
@@ -125,6 +127,7 @@ class _Spill:
         # the last block read back: documents are built in about the order the alerts were packed
         self._read_at, self._read = 0, b""
         self.compact_at = _SPILL_COMPACT_BYTES
+        self.read_block = _SPILL_BLOCK  # bytes read back at once (more at the end: final_documents)
         self._closer: weakref.finalize[[int], _Spill] | None = None  # closes the file once the spill is let go
 
     @property
@@ -146,7 +149,7 @@ class _Spill:
             return bytes(self._tail[at:at + size])
         start = at - self._read_at
         if start < 0 or start + size > len(self._read):
-            self._read_at, self._read = at, self._seal(at, os.pread(self._fd, max(size, _SPILL_BLOCK), at))
+            self._read_at, self._read = at, self._seal(at, os.pread(self._fd, max(size, self.read_block), at))
             start = 0
         return self._read[start:start + size]
 
@@ -278,7 +281,8 @@ class _Window:
     @property
     def event_id(self) -> str:
         """The id every document of the window carries: made, not kept (a replay's windows are many)."""
-        return hashlib.sha256("|".join((*self.key, f"{self.start:.6f}")).encode()).hexdigest()[:40]
+        rule, source, subject = self.key
+        return hashlib.sha256(f"{rule}|{source}|{subject}|{self.start:.6f}".encode()).hexdigest()[:40]
 
     def hosts(self) -> list[Destination]:
         """The hosts reached, in the order first seen."""
@@ -496,6 +500,20 @@ class DetectionEngine:
     def final_documents(self) -> Iterator[Document]:
         """finish() one document at a time, in the order of the windows' start, each window let
         go once its document is built."""
+        for window in self._last_windows():
+            yield self._final(window)
+
+    def final_lines(self) -> Iterator[tuple[bytes, Any]]:
+        """final_documents as the document builder's json_line gives them, (JSON line, what the
+        summary counts of it), for outputs that all take lines."""
+        line_of = self.build_document.json_line  # type: ignore[attr-defined]
+        for window in self._last_windows():
+            window.sent_count = window.count
+            yield line_of(window.alert(self._spill), window.count, window.start, window.last_seen, window.event_id,
+                          window.hosts())
+
+    def _last_windows(self) -> Iterator[_Window]:
+        """The windows whose final document is still to go, in the order of their start, at the end."""
         pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
                          key=lambda w: w.start)
         pending.reverse()
@@ -507,8 +525,11 @@ class DetectionEngine:
         self._windows.clear()
         self._ends.clear()
         self._unpacked.clear()
+        # the documents read the spill in about the order it was written: larger reads, fewer
+        # unsealings; a spill this small is read back whole, once
+        self._spill.read_block = self._spill.size if self._spill.size <= _SPILL_WHOLE_READ else _SPILL_FINAL_BLOCK
         while pending:
-            yield self._final(pending.pop())
+            yield pending.pop()
         self._spill = _Spill()  # the file let go
 
     # -- enrichment ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ integration use, so Kibana users feel at home). Our own fields live under `phi_e
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import hashlib
 import socket
@@ -31,6 +32,7 @@ from sensor.severity import SEVERITY_SCORE
 
 try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _envelope_py and the dict
     # builders with orjson are the reference
+    from sensor._fast import alert_line as _alert_line_fast
     from sensor._fast import bind_json as _bind_json
     from sensor._fast import community_id as _community_id_fast
     from sensor._fast import dns_event_line as _dns_line_fast
@@ -42,6 +44,7 @@ try:  # the compiled fast paths (see sensor/_fast/ecs.c); community_id_py, _enve
     _bind_json(orjson.dumps)
 except ImportError:  # built without a C compiler
     _community_id_fast = _envelope_fast = _dns_line_fast = _tls_line_fast = _prune_fast = _iso_time_fast = None
+    _alert_line_fast = None
 
 ECS_VERSION = "8.11.0"
 MODULE = "phi_sensor"
@@ -471,6 +474,91 @@ def _phi_host_fields(phi_host) -> dict:
     return {"name": phi_host.name, "tags": list(phi_host.tags)}
 
 
+# (rule, PHI host, vendor, BAA status) -> their fields in an alert document, for the few there are
+_CONSTANT_FIELDS: dict[tuple, tuple[tuple, tuple, tuple | None]] = {}
+
+
+def _constant_fields(rule, phi_host, vendor, baa_status) -> tuple:
+    """(`rule.*`, `phi_egress.phi_host` or None, `phi_egress.vendor` or None, `phi_egress.baa`) of
+    an alert, built once for each combination (documents share them, as they share the observer)."""
+    key = (id(rule), id(phi_host), id(vendor), baa_status)
+    cached = _CONSTANT_FIELDS.get(key)
+    if cached is not None and cached[0][0] is rule and cached[0][1] is phi_host and cached[0][2] is vendor:
+        return cached[1]
+    if vendor is not None:
+        baa = {"status": baa_status, "stance": vendor.baa_stance}
+        if vendor.baa_source:
+            baa["source"] = vendor.baa_source
+    else:
+        baa = {"status": baa_status, "stance": "unknown"}
+    fields = (
+        _fields_of(rule, _rule_fields),
+        _fields_of(phi_host, _phi_host_fields) if phi_host else None,
+        _fields_of(vendor, _vendor_fields) if vendor is not None else None,
+        baa,
+    )
+    if len(_CONSTANT_FIELDS) > 4096:
+        _CONSTANT_FIELDS.clear()
+    _CONSTANT_FIELDS[key] = ((rule, phi_host, vendor), fields, None)
+    return fields
+
+
+def _constant_lines(rule, phi_host, vendor, baa_status) -> tuple[bytes, bytes, bytes] | None:
+    """_constant_fields as the compiled alert writer takes them, pruned and written by orjson:
+    the rule object, `,"phi_host":...` (or nothing) and `,"vendor":...,"baa":...`; None where
+    the rule or the BAA is left out."""
+    key = (id(rule), id(phi_host), id(vendor), baa_status)
+    cached = _CONSTANT_FIELDS.get(key)
+    if cached is None or cached[0][0] is not rule or cached[0][1] is not phi_host or cached[0][2] is not vendor:
+        _constant_fields(rule, phi_host, vendor, baa_status)
+        cached = _CONSTANT_FIELDS[key]
+    if cached[2] is None:
+        rule_fields, phi_host_fields, vendor_fields, baa = (prune(part) for part in cached[1])
+        written = None
+        if rule_fields and baa:
+            written = (
+                orjson.dumps(rule_fields),
+                b',"phi_host":' + orjson.dumps(phi_host_fields) if phi_host_fields else b"",
+                (b',"vendor":' + orjson.dumps(vendor_fields) if vendor_fields else b"") + b',"baa":' + orjson.dumps(baa),
+            )
+        cached = _CONSTANT_FIELDS[key] = (cached[0], cached[1], (written,))
+    return cached[2][0]
+
+
+def _alert_members(alert, count: int, first_seen: float, last_seen: float, first: str, last: str,
+                   primary: str | None, summary: str, destinations: list | None, phi_host_fields: dict | None,
+                   vendor_fields: dict | None, baa: dict) -> dict:
+    """`phi_egress.*` of an alert document but for its findings and tracker payload."""
+    pe: dict = {
+        "severity": alert.severity,
+        "alert_key": "|".join((alert.rule.id, alert.observation.record.flow.src_ip, alert.throttle_subject)),
+        "count": count,
+        "first_seen": first,
+        "last_seen": last,
+        "source_record": alert.observation.source_record,
+        "destination": primary,
+        "summary": summary,
+        "phi_host": phi_host_fields,
+    }
+    if destinations:
+        # most hosts of a window were first or last seen when the window was
+        stamps = {first_seen: first, last_seen: last}
+        pe["destinations"] = [
+            {
+                "host": entry.host,
+                "count": entry.count,
+                "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
+                "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
+                "health_data": entry.health_data,
+            }
+            for entry in destinations
+        ]
+    if vendor_fields is not None:
+        pe["vendor"] = vendor_fields
+    pe["baa"] = baa
+    return pe
+
+
 class AlertBuilder:
     """Turns throttled alerts into ECS alert documents; health data values are redacted unless
     the operator asked for `unredacted` (a logged forensic opt-in)."""
@@ -478,6 +566,8 @@ class AlertBuilder:
     def __init__(self, events: EventBuilder, unredacted: bool = False) -> None:
         self.events = events
         self.unredacted = unredacted
+        self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
+        self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -485,12 +575,18 @@ class AlertBuilder:
         obs = alert.observation
         record = obs.record
         findings = alert.findings
-        doc = self.events(record)
-        self._redact_record_fields(doc, record, findings)
-        primary = _primary_destination(destinations, obs.destination)
-        summary = _summary_naming(alert.summary, obs.destination, primary, destinations)
-        summary = summary if self.unredacted else redact(summary, findings)
-        first, last = iso_time(first_seen), iso_time(last_seen)
+        if findings and type(record) is HttpRequest and not self.unredacted and self.events.redact_urls:
+            doc = self._request_event(record, findings)
+        else:
+            doc = self.events(record)
+            self._redact_record_fields(doc, record, findings)
+        named = obs.destination
+        primary = _primary_destination(destinations, named)
+        summary = _summary_naming(alert.summary, named, primary, destinations)
+        if not self.unredacted:
+            summary = redact(summary, findings)
+        first = iso_time(first_seen)
+        last = first if last_seen == first_seen else iso_time(last_seen)
         doc["@timestamp"] = first
         doc["data_stream"] = self.events._data_streams[ALERT_DATASET]
         doc["event"] = {
@@ -507,56 +603,32 @@ class AlertBuilder:
         }
         doc["message"] = summary  # ECS's main text field: what Discover and Security show first
         rule = alert.rule
-        doc["rule"] = _fields_of(rule, _rule_fields)
+        rule_fields, phi_host_fields, vendor_fields, baa = _constant_fields(rule, obs.phi_host, obs.vendor,
+                                                                            obs.baa_status)
+        doc["rule"] = rule_fields
         if primary and not isinstance(record, DnsQuery):
             # for DNS the destination is the resolver; the name asked for is dns.question.name
             doc["destination"]["domain"] = primary
         related = doc["related"]
-        hosts = related.setdefault("hosts", [])
-        for host in (obs.destination, *(entry.host for entry in destinations or ())):
+        hosts = related.get("hosts")
+        if hosts is None:
+            hosts = related["hosts"] = []
+        if named and named not in hosts:
+            hosts.append(named)
+        for entry in destinations or ():
+            host = entry.host
             if host and host not in hosts:
                 hosts.append(host)
         if not hosts:  # nothing null or empty is written
             del related["hosts"]
-        phi_host, vendor = obs.phi_host, obs.vendor
-        pe: dict = {
-            "severity": alert.severity,
-            "alert_key": "|".join((rule.id, record.flow.src_ip, alert.throttle_subject)),
-            "count": count,
-            "first_seen": first,
-            "last_seen": last,
-            "source_record": obs.source_record,
-            "destination": primary,
-            "summary": summary,
-            "phi_host": _fields_of(phi_host, _phi_host_fields) if phi_host else None,
-        }
+        pe = _alert_members(alert, count, first_seen, last_seen, first, last, primary, summary, destinations,
+                            phi_host_fields, vendor_fields, baa)
         own = doc.get("phi_egress")  # the event's own (tls, tunnel) come first
         if own is None:
             doc["phi_egress"] = pe
         else:
             own.update(pe)
             pe = own
-        if destinations:
-            # most hosts of a window were first or last seen when the window was
-            stamps = {first_seen: first, last_seen: last}
-            pe["destinations"] = [
-                {
-                    "host": entry.host,
-                    "count": entry.count,
-                    "first_seen": stamps.get(entry.first_seen) or iso_time(entry.first_seen),
-                    "last_seen": stamps.get(entry.last_seen) or iso_time(entry.last_seen),
-                    "health_data": entry.health_data,
-                }
-                for entry in destinations
-            ]
-        if vendor is not None:
-            pe["vendor"] = _fields_of(vendor, _vendor_fields)
-            baa = {"status": obs.baa_status, "stance": vendor.baa_stance}
-            if vendor.baa_source:
-                baa["source"] = vendor.baa_source
-            pe["baa"] = baa
-        else:
-            pe["baa"] = {"status": obs.baa_status, "stance": "unknown"}
         if findings:
             pe["phi"] = _phi_fields(findings)
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
@@ -572,6 +644,128 @@ class AlertBuilder:
                     pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
+
+    def json_line(
+        self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
+    ) -> tuple[bytes, dict | tuple]:
+        """The alert document as one JSON line, byte for byte line_py's, and what the summary
+        counts of it: the document, or where compiled code wrote the line without building one
+        (an alert on a lookup or hello, without findings) AlertTally.add_values's arguments."""
+        if _alert_line_fast is not None and not alert.findings:
+            written = self._line_fast(alert, count, first_seen, last_seen, event_id, destinations)
+            if written is not None:
+                return written
+        doc = self(alert, count, first_seen, last_seen, event_id, destinations)
+        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc
+
+    def line_py(
+        self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
+    ) -> bytes:
+        """The line in Python: the reference of the compiled alert writer (orjson's line of self(...))."""
+        return orjson.dumps(self(alert, count, first_seen, last_seen, event_id, destinations),
+                            option=orjson.OPT_APPEND_NEWLINE)
+
+    def _line_fast(self, alert, count, first_seen, last_seen, event_id, destinations) -> tuple[bytes, tuple] | None:
+        """json_line by the compiled writer, or None where it declines: what __call__ does, with
+        the document's parts that hold no record field written by Python (orjson, pruned) and
+        handed over as bytes."""
+        obs = alert.observation
+        record = obs.record
+        cls = type(record)
+        if cls is TlsHello:
+            if record.protocol not in EVENT_DATASETS or record.ech is None:
+                return None
+            tls = True
+        elif cls is DnsQuery:
+            tls = False
+        else:
+            return None
+        if type(record.flow) is not Flow or obs.tracker is not None:
+            return None
+        named = obs.destination
+        primary = _primary_destination(destinations, named)
+        summary = _summary_naming(alert.summary, named, primary, destinations)
+        if not self.unredacted:
+            summary = redact(summary, ())
+        severity, baa_status = alert.severity, obs.baa_status
+        # what a document leaves out when empty, or holds as the writer does not spell it: the Python builder
+        if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
+                and type(count) is int and type(primary) is str):
+            return None
+        rule = alert.rule
+        written = _constant_lines(rule, obs.phi_host, obs.vendor, baa_status)
+        head = self._alert_head()
+        if written is None or head is None:
+            return None
+        first = iso_time(first_seen)
+        last = first if last_seen == first_seen else iso_time(last_seen)
+        if tls:
+            server_name = record.server_name
+            hosts = [server_name] if server_name else []
+            domain = primary  # (what the alert names, in place of the hello's)
+        else:
+            hosts = [record.name] if record.name else []
+            domain = self.events.registered_domain(record.name) or None
+        if named and named not in hosts:
+            hosts.append(named)
+        for entry in destinations or ():
+            host = entry.host
+            if host and host not in hosts:
+                hosts.append(host)
+        source = record.flow.src_ip
+        line = _alert_line_fast(
+            tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
+            tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
+            primary, summary, written[1], destinations or None, written[2], written[0],
+        )
+        if line is None:
+            return None
+        phi_host = obs.phi_host
+        vendor = obs.vendor
+        return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
+                      (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
+
+    def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
+        """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
+        around the event's severity, id, start and end; None where the data stream is left out."""
+        events = self.events
+        observer, stream = events.observer, events._data_streams[ALERT_DATASET]
+        cached = self._head
+        if cached is None or cached[0] is not observer or cached[1] is not stream:
+            parts = prune({"ecs": {"version": ECS_VERSION}, "data_stream": stream, "observer": observer})
+            head = None
+            if "data_stream" in parts:
+                before = orjson.dumps({"ecs": parts["ecs"], "data_stream": parts["data_stream"]})[1:-1]
+                event = orjson.dumps({"kind": "alert", "category": _ALERT_CATEGORIES, "type": _ALERT_TYPES})[:-1]
+                head = (
+                    before + b',"event":' + event + b',"severity":',
+                    b',"dataset":' + orjson.dumps(ALERT_DATASET) + b',"module":' + orjson.dumps(MODULE) + b',"start":',
+                    b"}" + (b',"observer":' + orjson.dumps(parts["observer"]) if "observer" in parts else b""),
+                )
+            cached = self._head = (observer, stream, head)
+        return cached[2]
+
+    def _request_event(self, record: HttpRequest, findings) -> dict:
+        """self.events(record) with _redact_record_fields applied, the event's own masking of the
+        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+        plain = self._plain_events
+        if plain is None or plain.observer is not self.events.observer:
+            plain = self._plain_events = copy.copy(self.events)
+            plain.redact_urls = False
+        doc = plain(record)
+        self._redact_record_fields(doc, record, findings)
+        url = doc.get("url")
+        if url is not None and "path" in url and not _split_target(url["original"])[0]:
+            return self._masked_event(record, findings)  # (the masked event's path stays there)
+        agent = doc.get("user_agent")
+        if agent is not None:
+            agent["original"] = _redacted_agent(agent["original"])
+        return doc
+
+    def _masked_event(self, record, findings) -> dict:
+        doc = self.events(record)
+        self._redact_record_fields(doc, record, findings)
+        return doc
 
     def _redact_record_fields(self, doc: dict, record, findings: list) -> None:
         """URLs and referrers of an alerting request may carry the very data that alerted: mask
