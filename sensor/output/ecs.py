@@ -340,11 +340,14 @@ class EventBuilder:
 
     def http(self, rec: HttpRequest) -> dict:
         doc = self._envelope(rec.ts, "http", rec.flow)
-        target, referrer = rec.target, rec.header("referer")
+        headers: dict[str, str] = {}  # the first of each name, as rec.header finds it: one pass for the three
+        for name, value in rec.headers:
+            headers.setdefault(name.lower(), value)
+        target, referrer = rec.target, headers.get("referer")
         if self.redact_urls:
             target, referrer = _redacted_event_urls(rec.method, target, referrer)
         url: dict = {"original": target} if target else {}
-        path, query = _split_target(target)
+        path, query = _split_target(target) if len(target) > _CACHED_URL_CHARS else _split_target_cached(target)
         if path:
             url["path"] = path
         if query:
@@ -360,11 +363,11 @@ class EventBuilder:
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
-        mime_type = (rec.header("content-type") or "").split(";", 1)[0].strip().lower()
+        mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if mime_type:
             request["mime_type"] = mime_type
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
-        agent = rec.header("user-agent")
+        agent = headers.get("user-agent")
         if agent:
             doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
         doc["related"] = _related(rec.flow, rec.host)
@@ -464,6 +467,9 @@ def _split_target(target: str) -> tuple[str, str]:
     if target.startswith(("/", "http://", "https://")):
         return split_target(target)
     return "", ""
+
+
+_split_target_cached = functools.lru_cache(maxsize=4096)(_split_target)  # events repeat request lines
 
 
 # Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
