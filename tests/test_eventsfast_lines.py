@@ -112,3 +112,21 @@ def test_a_tunnels_parts_are_its_own_when_another_takes_its_place() -> None:
         record = TlsHello(1.0, TunnelledFlow("10.0.0.5", 40000, "192.0.2.80", 443, "tcp", tunnel), "quic", "a.example")
         assert orjson.loads(builder.json_line(record))["phi_egress"]["tunnel"]["vni"] == vni
         del tunnel, record
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["Referer", "referer", "REFERER", "User-Agent", "user-agent", "Content-Type", "X-Other"]),
+                  st.sampled_from(["", "https://a.example/p", "text/html; charset=utf-8", " Application/JSON ", "curl/8.5"])),
+        max_size=6,
+    ).map(tuple)
+)
+def test_http_events_take_the_first_header_of_each_name_in_any_case(headers: tuple) -> None:
+    """The one pass over the headers finds what HttpRequest.header finds."""
+    record = HttpRequest(1.0, Flow("10.0.0.5", 40000, "192.0.2.80", 80, "tcp"), "GET", "/p?q=1", "1.1", headers, "a.example")
+    document = ecs.EventBuilder("sensor-1", _registered, redact_urls=False)(record)
+    request = document["http"]["request"]
+    assert request.get("referrer") == (record.header("referer") or None)
+    assert request.get("mime_type") == ((record.header("content-type") or "").split(";", 1)[0].strip().lower() or None)
+    assert document.get("user_agent") == ({"original": record.header("user-agent")} if record.header("user-agent") else None)
