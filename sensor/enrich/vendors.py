@@ -93,19 +93,59 @@ def domain_suffixes(host: str) -> Iterator[str]:
 
 @cache
 def _public_suffixes() -> PublicSuffixList:
-    """The bundled snapshot, parsed on first use. Only its ICANN section: a private suffix such as
-    github.io does not make each of its users a registered domain. A name under no listed suffix
-    (an IP address, "corp", "local") has no registered domain."""
+    """The bundled snapshot's ICANN section as the publicsuffixlist library reads it: the
+    reference registered_domain gives the same answers as (tests hold them equal)."""
     return PublicSuffixList(icann_rules(), accept_unknown=False, accept_encoded_idn=False)
 
 
+# What a suffix of a name is to the rules, in the order the library checks them at one depth:
+# "!suffix" listed (an exception), "*.suffix" listed (a wildcard), the suffix itself listed.
+_EXCEPTION, _WILDCARD, _EXACT = 1, 2, 3
+
+
+def _suffix_kinds(rules: list[str]) -> dict[str, int]:
+    """Every label-wise suffix a matching rule can start from, with what the rules make of it (0:
+    nothing, it only leads to longer rules). A name's suffix not in here has no longer suffix that
+    any rule matches, so a lookup walks a name's labels from the right and stops at the first miss:
+    one probe per label of the public part and one more, where the library joins and probes three
+    strings per label of the whole name."""
+    listed = frozenset(rules)
+    suffixes = set()
+    for rule in listed:
+        suffixes.add(rule)
+        if rule[0] == "!":
+            suffixes.add(rule[1:])
+        at = rule.find(".")
+        while at != -1:
+            suffixes.add(rule[at + 1:])
+            at = rule.find(".", at + 1)
+    return {
+        suffix: _EXCEPTION if "!" + suffix in listed else _WILDCARD if "*." + suffix in listed
+        else _EXACT if suffix in listed else 0
+        for suffix in suffixes
+    }
+
+
 @cache
-def _ascii_public_suffixes() -> PublicSuffixList:
-    """The ICANN rules written in ASCII alone, which decide every name in ASCII without an
-    internationalized label ("xn--"): no other rule can match one. These are nearly all the names
-    a sensor sees, and the rest of the list (the IDNA codec over each non-ASCII rule, the slow
-    part of start-up) is then parsed only if an internationalized name comes along."""
-    return PublicSuffixList(_icann_lines()[0], accept_unknown=False, accept_encoded_idn=False)
+def _ascii_suffix_kinds() -> dict[str, int]:
+    """The suffixes of the ICANN rules written in ASCII alone, which decide every name in ASCII
+    without an internationalized label ("xn--"): no other rule can match one. These are nearly all
+    the names a sensor sees, and the rest of the list (the IDNA codec over each non-ASCII rule, the
+    slow part of start-up) is then read only if an internationalized name comes along. Kept in the
+    cache beside the rules (made from them in about as long as the library takes to read them)."""
+    key = _psl_key()
+    cached = catalog_cache.load("suffixes", key) if key else None
+    if type(cached) is dict and all(type(suffix) is str and type(kind) is int for suffix, kind in cached.items()):
+        return cached
+    kinds = _suffix_kinds(_icann_lines()[0])
+    if key:
+        catalog_cache.store("suffixes", key, kinds)
+    return kinds
+
+
+@cache
+def _all_suffix_kinds() -> dict[str, int]:
+    return _suffix_kinds(icann_rules())
 
 
 def icann_rules() -> list[str]:
@@ -122,7 +162,7 @@ def _icann_lines() -> tuple[list[str], list[str]]:
     """The ICANN section's rules as written: (those in ASCII, the others), kept in the cache
     under the list's bytes."""
     data = Path(PSLFILE).read_bytes()
-    key = catalog_cache.catalog_key([("psl", data)], (__file__,))
+    key = _psl_key(data)
     cached = catalog_cache.load("psl", key) if key else None
     if (
         type(cached) is tuple and len(cached) == 2 and all(type(rules) is list for rules in cached)
@@ -133,6 +173,11 @@ def _icann_lines() -> tuple[list[str], list[str]]:
     if key:
         catalog_cache.store("psl", key, rules)
     return rules
+
+
+def _psl_key(data: bytes | None = None) -> str | None:
+    """The cache key of what is made of the bundled list (its bytes, and this file's code)."""
+    return catalog_cache.catalog_key([("psl", Path(PSLFILE).read_bytes() if data is None else data)], (__file__,))
 
 
 def _parse_icann(text: str) -> tuple[list[str], list[str]]:
@@ -148,13 +193,33 @@ _ICANN_BEGIN, _ICANN_END = "// ===BEGIN ICANN DOMAINS===", "// ===END ICANN DOMA
 
 @lru_cache(maxsize=65536)
 def registered_domain(host: str) -> str:
-    """eTLD+1 of a host name ("" for IP addresses, single labels and bare public suffixes)."""
+    """eTLD+1 of a host name ("" for IP addresses, single labels, bare public suffixes and names
+    under no ICANN suffix): the library's `privatesuffix` over the ICANN rules, without the library."""
     labels = [label for label in normalize_host(host).split(".") if label]
     if not labels:
         return ""
     name = ".".join(labels)
-    rules = _ascii_public_suffixes() if name.isascii() and "xn--" not in name else _public_suffixes()
-    return rules.privatesuffix(name) or ""
+    kinds = _ascii_suffix_kinds() if name.isascii() and "xn--" not in name else _all_suffix_kinds()
+    count = len(labels)
+    suffix = labels[-1]
+    depth = public = kind = 0
+    while True:  # the longest suffix a rule matches decides (see _suffix_kinds)
+        found = kinds.get(suffix)
+        if found is None:
+            break
+        depth += 1
+        if found:
+            public, kind = depth, found
+        if depth == count:
+            break
+        suffix = labels[-depth - 1] + "." + suffix
+    if kind == _EXCEPTION:
+        public -= 1  # the exception's own name is registrable
+    elif kind == _WILDCARD and public < count:
+        public += 1  # the label the wildcard stands for is public too
+    if not public or count <= public:
+        return ""
+    return ".".join(labels[-public - 1:])
 
 
 @lru_cache(maxsize=1024)

@@ -169,6 +169,7 @@ class EventBuilder:
         # one shared dict per dataset, as for the observer: documents are serialised, never mutated
         self._data_streams = {dataset: data_stream(dataset, namespace) for dataset in DATASETS}
         self._line_prefixes: dict[str, bytes] = {}
+        self._tunnels: dict[int, tuple[tuple, bytes, bytes]] = {}  # id(tunnel) -> (tunnel, its JSON parts)
 
     def __call__(self, record: Record) -> dict:
         if isinstance(record, DnsQuery):
@@ -196,18 +197,52 @@ class EventBuilder:
         """The event of `record` as one JSON line, byte for byte what orjson makes of self(record).
 
         DNS and TLS events, most of a capture's, are written by compiled code without building the
-        dict first (the observer is read once, at the first such event).
+        dict first (the observer is read once, at the first such event); those of a tunnelled flow
+        get their tunnel's fields spliced in (_with_tunnel).
         """
         line = None
-        if type(record.flow) is TunnelledFlow:
-            pass  # the compiled writers know nothing of tunnels
-        elif type(record) is DnsQuery and _dns_line_fast is not None:
+        kind = type(record)
+        if kind is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
-        elif type(record) is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
+        elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
             line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
-        return self.line_py(record) if line is None else line
+        if line is None:
+            return self.line_py(record)
+        flow = record.flow
+        return line if type(flow) is not TunnelledFlow else self._with_tunnel(line, flow.tunnel, kind is TlsHello)
+
+    def _with_tunnel(self, line: bytes, tunnel: tuple, has_own: bool) -> bytes:
+        """A compiled DNS or TLS line with what _add_tunnel adds: the VLANs at the end of `network`
+        (whose last field, the Community ID, is one string of base64), and phi_egress.tunnel at the
+        end of the event's phi_egress (TLS has its own, followed by `related`, the last field) or,
+        for DNS, as a new last field. Only a structural `,"` is followed by no backslash: the
+        searched keys cannot be found inside a string."""
+        network, own = self._tunnel_parts(tunnel)
+        at = line.index(b'"}', line.index(b',"community_id":"') + 17) + 1
+        line = line[:at] + network + line[at:] if network else line
+        if not has_own:
+            return line[:-2] + b',"phi_egress":{' + own + b"}}\n"
+        at = line.rindex(b',"related":{') - 1  # the brace closing phi_egress
+        return line[:at] + b"," + own + line[at:]
+
+    def _tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
+        """The JSON of a tunnel's `network` fields and of its `"tunnel":...`, once per tunnel (the
+        value is one object shared by its flows, and kept here with its parts)."""
+        cached = self._tunnels.get(id(tunnel))
+        if cached is None or cached[0] is not tunnel:
+            doc: dict = {"network": {}}
+            self._add_tunnel(doc, *tunnel)
+            network = orjson.dumps(doc["network"])[1:-1]
+            if len(self._tunnels) > 4096:
+                self._tunnels.clear()
+            cached = self._tunnels[id(tunnel)] = (
+                tunnel,
+                b"," + network if network else b"",
+                b'"tunnel":' + orjson.dumps(doc["phi_egress"]["tunnel"]),
+            )
+        return cached[1], cached[2]
 
     def line_py(self, record: Record) -> bytes:
         """line in Python: the reference of the compiled DNS and TLS line writers, and every other event's path."""
@@ -308,11 +343,14 @@ class EventBuilder:
 
     def http(self, rec: HttpRequest) -> dict:
         doc = self._envelope(rec.ts, "http", rec.flow)
-        target, referrer = rec.target, rec.header("referer")
+        headers: dict[str, str] = {}  # the first of each name, as rec.header finds it: one pass for the three
+        for name, value in rec.headers:
+            headers.setdefault(name.lower(), value)
+        target, referrer = rec.target, headers.get("referer")
         if self.redact_urls:
             target, referrer = _redacted_event_urls(rec.method, target, referrer)
         url: dict = {"original": target} if target else {}
-        path, query = _split_target(target)
+        path, query = _split_target(target) if len(target) > _CACHED_URL_CHARS else _split_target_cached(target)
         if path:
             url["path"] = path
         if query:
@@ -328,11 +366,11 @@ class EventBuilder:
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
-        mime_type = (rec.header("content-type") or "").split(";", 1)[0].strip().lower()
+        mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if mime_type:
             request["mime_type"] = mime_type
         doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
-        agent = rec.header("user-agent")
+        agent = headers.get("user-agent")
         if agent:
             doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
         doc["related"] = _related(rec.flow, rec.host)
@@ -432,6 +470,9 @@ def _split_target(target: str) -> tuple[str, str]:
     if target.startswith(("/", "http://", "https://")):
         return split_target(target)
     return "", ""
+
+
+_split_target_cached = functools.lru_cache(maxsize=4096)(_split_target)  # events repeat request lines
 
 
 # Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
