@@ -526,13 +526,18 @@ class DetectionEngine:
         return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
 
     def _request_observation(self, record: HttpRequest, phi_host: PhiHost | None) -> Observation:
-        names: tuple[str, ...]
-        if record.host:
-            names, source = (normalize_host(record.host),), "http"
+        host, ts = record.host, record.ts
+        if host:  # the name's enrichment as a lookup's or hello's of that name (the same computation)
+            if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+                day, named = self._day_value, self._by_name
+            else:
+                day = self._day(ts)
+                named = self._names_on(day)
+            vendor, destination, allowed, baa, status = (named.get(host) or self._name(named, host, day))[1]
         else:
-            names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
-        vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
-        obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+            names = self.dns_cache.names_for(record.flow.dst_ip, ts)
+            vendor, destination, allowed, baa, status = self._enrich(names, self._day(ts))
+        obs = _observation(record, "http", phi_host, destination, vendor, baa, allowed, status, None, None, None)
         self._inspect_http(record, obs)
         return obs
 
