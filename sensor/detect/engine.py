@@ -392,18 +392,20 @@ class DetectionEngine:
     def on_record(self, record: Record) -> list[Document]:
         ts = record.ts
         out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
-        kind = self._kinds.get(type(record)) or self._kind_of(type(record))
+        cls = type(record)
+        kind = self._kinds.get(cls) or self._kind_of(cls)
         if kind is _DNS or kind is _HELLO:
             # A lookup, or a hello naming its server in the clear (not only an ECH cover name): the
             # name's enrichment (remembered for the day) comes first, as it mostly says that no rule
             # may fire (a destination no catalog knows), before the source is looked up or an
             # observation made. _destination gives the same; it runs where DNS attribution decides.
+            # (The kind tells the class: its fields are read without a cast, a call per record.)
             name: str | None
             if kind is _DNS:
-                source, name = "dns", cast(DnsQuery, record).name
+                source, name = "dns", record.name  # type: ignore[union-attr]
             else:
-                hello = cast(TlsHello, record)
-                source, name = hello.protocol, None if hello.ech else hello.server_name
+                source = record.protocol  # type: ignore[union-attr]
+                name = None if record.ech else record.server_name  # type: ignore[union-attr]
             if name:
                 if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
                     day, named = self._day_value, self._by_name
@@ -428,7 +430,7 @@ class DetectionEngine:
         if phi_host is None or not (self.rules or self.on_observation):
             return out or []
         if kind is _HTTP:
-            obs = self._request_observation(cast(HttpRequest, record), phi_host)
+            obs = self._request_observation(record, phi_host)  # type: ignore[arg-type]
             rules = self.rules
         else:  # a hello DNS attribution may decide (no name, or an ECH one): asked of a PHI host's only
             found = self._destination(record, kind)
@@ -545,13 +547,18 @@ class DetectionEngine:
         return _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
 
     def _request_observation(self, record: HttpRequest, phi_host: PhiHost | None) -> Observation:
-        names: tuple[str, ...]
-        if record.host:
-            names, source = (normalize_host(record.host),), "http"
+        host, ts = record.host, record.ts
+        if host:  # the name's enrichment as a lookup's or hello's of that name (the same computation)
+            if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
+                day, named = self._day_value, self._by_name
+            else:
+                day = self._day(ts)
+                named = self._names_on(day)
+            vendor, destination, allowed, baa, status = (named.get(host) or self._name(named, host, day))[1]
         else:
-            names, source = self.dns_cache.names_for(record.flow.dst_ip, record.ts), "http"
-        vendor, destination, allowed, baa, status = self._enrich(names, self._day(record.ts))
-        obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
+            names = self.dns_cache.names_for(record.flow.dst_ip, ts)
+            vendor, destination, allowed, baa, status = self._enrich(names, self._day(ts))
+        obs = _observation(record, "http", phi_host, destination, vendor, baa, allowed, status, None, None, None)
         self._inspect_http(record, obs)
         return obs
 
@@ -652,56 +659,61 @@ class DetectionEngine:
     def _throttle(self, alert: Alert, ts: float, window_seconds: float, out: list[Document]) -> None:
         """Count an alert into its window, appending the documents it makes go out to `out`."""
         obs = alert.observation
-        key = (alert.rule.id, obs.record.flow.src_ip, alert.throttle_subject)
+        subject = alert.throttle_subject
+        key = (alert.rule.id, obs.record.flow.src_ip, subject)
         # only an HTTP request's findings can be health data: lookups and hellos have none
         health_data = bool(alert.findings or obs.findings or obs.tracker_findings) and _carries_health_data(alert)
-        window = self._windows.get(key)
+        windows = self._windows
+        window = windows.get(key)
         if window is not None and ts < window.end:
             window.count += 1
             if ts > window.last_seen:
                 window.last_seen = ts
             grew = window.see(obs.destination, ts, health_data)
-            if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[window.severity]:
+            severity = alert.severity
+            counts = self.counters.values  # (Counters.add inline: alerts that join a window are many)
+            if SEVERITY_RANK[severity] > SEVERITY_RANK[window.severity]:
                 # Stronger evidence (a DNS lookup, then plaintext data) must reach people at once:
                 # the window's document is re-sent with the stronger alert under the same id.
                 self._keep(window, alert, health_data)
-                self.counters.add("alerts.escalated")
+                counts["alerts.escalated"] = counts.get("alerts.escalated", 0) + 1
                 if self.immediate:
                     out.append(self._final(window))
                 return
-            if health_data and alert.severity == window.severity and not window.health_data:
+            if health_data and severity == window.severity and not window.health_data:
                 # the document then shows the request that carried the data
                 self._keep(window, alert, True)
             if grew:
                 # Where the data went is what an analyst asks first: a new host is re-sent at once.
-                self.counters.add("alerts.updated")
+                counts["alerts.updated"] = counts.get("alerts.updated", 0) + 1
                 if self.immediate:
                     out.append(self._final(window))
                 return
-            self.counters.add("alerts.suppressed")
+            counts["alerts.suppressed"] = counts.get("alerts.suppressed", 0) + 1
             return
         if window is not None:
-            del self._windows[key]
+            del windows[key]
             if window.count > window.sent_count:
                 out.append(self._final(window))
         # the windows of a source host, or of a subject, share one string of it (a day of traffic
         # holds tens of thousands of windows, their keys made of strings of records)
-        key = (key[0], sys.intern(key[1]), sys.intern(key[2]))
-        window = self._windows[key] = _Window(
-            ts, ts + window_seconds, key, health_data, last_seen=ts, sent_count=1 if self.immediate else 0
-        )
+        key = (key[0], sys.intern(key[1]), sys.intern(subject))
+        immediate = self.immediate
+        window = windows[key] = _Window(ts, ts + window_seconds, key, health_data, 1, ts, 1 if immediate else 0)
         self._keep(window, alert, health_data)
-        window.see(obs.destination, ts, health_data)
-        if not self.immediate and math.isfinite(window.end + self.hold_back):  # else it never closes by time
+        destination = obs.destination
+        if destination:  # (window.see of a window's first host)
+            window.destination = Destination(destination, 1, ts, ts, health_data)
+        if not immediate and math.isfinite(window.end + self.hold_back):  # else it never closes by time
             opened = self._ends.get(window_seconds)
             if opened is None:
                 opened = self._ends[window_seconds] = deque()
             opened.append(window)
-        if len(self._windows) > MAX_THROTTLE_KEYS:
-            _, oldest = self._windows.popitem(last=False)
+        if len(windows) > MAX_THROTTLE_KEYS:
+            _, oldest = windows.popitem(last=False)
             if oldest.count > oldest.sent_count:
                 out.append(self._final(oldest))
-        if self.immediate:
+        if immediate:
             out.append(self.build_document(alert, 1, ts, ts, window.event_id, window.hosts()))
 
     def _keep(self, window: _Window, alert: Alert, health_data: bool) -> None:

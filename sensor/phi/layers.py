@@ -632,8 +632,8 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     limits = peeler.limits
     key = (kind, *inputs)
     part = None
-    if limits is DEFAULT_LIMITS and _input_chars(inputs) <= _CACHED_PART_CHARS:
-        part = _PARTS.get(key)
+    # (a part remembered was within the size bound: a part seen before is not measured again)
+    if limits is DEFAULT_LIMITS and ((part := _PARTS.get(key)) is not None or _input_chars(inputs) <= _CACHED_PART_CHARS):
         if part is None:
             alone = Peeler(limits)
             peel_part(alone, *inputs)
