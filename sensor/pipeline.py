@@ -185,7 +185,7 @@ class Pipeline:
             writers = [getattr(sink, "line_writer", lambda: None)() for sink in self._sinks]
             if (self._sinks and all(writers) and hasattr(self.detector, "final_lines")
                     and hasattr(getattr(self.detector, "build_document", None), "json_line")):
-                self._ship_lines(self.detector.final_lines(), writers)  # type: ignore[attr-defined,arg-type]
+                self._ship_lines(self.detector.final_lines(), writers)  # type: ignore[arg-type]
             else:
                 final = getattr(self.detector, "final_documents", self.detector.finish)
                 self._ship(final())

@@ -23,7 +23,6 @@ from sensor.output import ecs
 from sensor.records import DnsAnswer, DnsQuery, Flow, TlsHello, TunnelledFlow
 
 
-
 def _mostly(usual: list, unusual: list) -> st.SearchStrategy:
     """One of `usual` nine times in ten, else one of `unusual` (what a document leaves out or
     escapes: the cases the compiled writer declines or must write as orjson does)."""
@@ -90,7 +89,9 @@ def _builder(observer: str = "sensor", unredacted: bool = False) -> ecs.AlertBui
                             unredacted=unredacted)
 
 
-_BUILDERS = {(observer, unredacted): _builder(observer, unredacted) for observer in ("sensor", "") for unredacted in (False, True)}
+_BUILDERS = {
+    (observer, unredacted): _builder(observer, unredacted) for observer in ("sensor", "") for unredacted in (False, True)
+}
 
 
 @given(_alerts(), st.sampled_from(sorted(_BUILDERS)))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sensor.config import parse_config
 from sensor.detect.base import SENSITIVE_TAGS, Alert
-from sensor.detect.engine import DetectionEngine, Destination, RuleSettings, _day_of, _Window
+from sensor.detect.engine import Destination, DetectionEngine, RuleSettings, _day_of, _Window
 from sensor.detect.rules import ALL_RULES, tracker_egress
 from sensor.enrich.assets import PhiHost
 from sensor.enrich.observation import Observation

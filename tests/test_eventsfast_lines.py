@@ -40,7 +40,10 @@ def _flow(addresses: tuple[str, str], sport: int, dport: int, transport: str, tu
 FLOWS = st.builds(_flow, ADDRESSES, PORT, PORT, st.sampled_from(["tcp", "udp"]), st.one_of(st.none(), TUNNELS))
 TIMES = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 ANSWERS = st.lists(
-    st.builds(DnsAnswer, TEXT, st.sampled_from(["A", "AAAA", "CNAME"]), st.one_of(st.ip_addresses().map(str), TEXT), st.integers(0, 2**31)),
+    st.builds(
+        DnsAnswer, TEXT, st.sampled_from(["A", "AAAA", "CNAME"]), st.one_of(st.ip_addresses().map(str), TEXT),
+        st.integers(0, 2**31),
+    ),
     max_size=3,
 ).map(tuple)
 DNS = st.builds(
@@ -61,7 +64,9 @@ HEADERS = st.lists(
 ).map(tuple)
 HTTP = st.builds(
     HttpRequest, TIMES, FLOWS, st.sampled_from(["GET", "POST", "CONNECT"]),
-    st.one_of(TEXT, st.sampled_from(["/", "/a?b=c", "/x?mrn=12345678&q=metformin", "http://h.example/p?q=1", "*", "h.example:443"])),
+    st.one_of(
+        TEXT, st.sampled_from(["/", "/a?b=c", "/x?mrn=12345678&q=metformin", "http://h.example/p?q=1", "*", "h.example:443"])
+    ),
     st.sampled_from(["1.1", "1.0", ""]), HEADERS,
     st.one_of(st.none(), st.sampled_from(["h.example", "10.0.0.1", "2001:db8::1", "portal.example-hospital.org"])),
     st.binary(max_size=8), st.integers(0, 2**40),
@@ -91,7 +96,8 @@ def test_tunnelled_dns_and_tls_lines_carry_their_tunnel(outer: int | None, inner
     builder = ecs.EventBuilder("sensor-1", _registered)
     flow = TunnelledFlow("10.0.0.5", 53000, "192.0.2.53", 53, "udp", tunnel)
     dns = DnsQuery(1.5, flow, 7, "a.example", "A", True, "NOERROR", (DnsAnswer("a.example", "A", "192.0.2.9", 60),))
-    tls = TlsHello(1.5, TunnelledFlow("10.0.0.5", 40000, "192.0.2.80", 443, "tcp", tunnel), "tls", "a.example", ("h2",), False, "1.3")
+    tls_flow = TunnelledFlow("10.0.0.5", 40000, "192.0.2.80", 443, "tcp", tunnel)
+    tls = TlsHello(1.5, tls_flow, "tls", "a.example", ("h2",), False, "1.3")
     for record in (dns, tls):
         line = builder.json_line(record)
         assert line == _reference(builder, record)

@@ -38,7 +38,10 @@ def _rules() -> list[str]:
     return sorted(set(icann_rules()))
 
 
-_LABELS = ["www", "a", "b-2", "_dmarc", "city", "www2", "xn--80ak6aa92e", "\u043f\u0440\u0438\u043c\u0435\u0440", "M\u00fcnchen", "*", "!x"]
+_LABELS = [
+    "www", "a", "b-2", "_dmarc", "city", "www2", "xn--80ak6aa92e",
+    "\u043f\u0440\u0438\u043c\u0435\u0440", "M\u00fcnchen", "*", "!x",
+]
 
 
 def _spelled(name: str, upper: list[bool], dot: bool) -> str:

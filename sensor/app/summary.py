@@ -131,7 +131,8 @@ class AlertTally:
         if last is None:
             last = self._last = max((table_order(kept_row), kept_row) for kept_row in settled)
         # (most rows are less severe than the last kept: told by the severity alone)
-        if -SEVERITY_RANK.get(row[0], 0) <= last[0][0] and table_order(row) < last[0]:  # before the last row kept: it takes its place
+        # before the last row kept: it takes its place
+        if -SEVERITY_RANK.get(row[0], 0) <= last[0][0] and table_order(row) < last[0]:
             del settled[last[1]]
             settled[row] = (count, alerts)
             self._last = None

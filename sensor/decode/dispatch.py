@@ -307,7 +307,7 @@ class TrafficDecoder:
         anything unusual come as they came."""
         if _dns_step_decoder is None or self._pair_dns is None:
             return decode
-        pending, max_pending = self._pair_dns.args  # the table and bound the compiled pairing is given
+        pending, max_pending = self.dns.pairing_table()
         stepped: Callable[[int, bytes, float], Any] = _dns_step_decoder(
             decode, self, pending, max_pending, self._counts, self.dns.on_datagram_py, DnsCache.learn, MIN_TTL,
             MAX_TTL)

@@ -416,6 +416,10 @@ class DnsTransactions:
         takes the common messages and returns None, having changed nothing, for the rest."""
         return partial(_dns_pair, self._pending, self.max_pending) if _dns_pair is not None else None
 
+    def pairing_table(self) -> tuple[dict[_PendingKey, _Pending], int]:
+        """The pending queries and their bound, as `pairing()` hands them to the compiled pairing."""
+        return self._pending, self.max_pending
+
     def on_datagram_py(self, ts: float, src: str, sport: int, dst: str, dport: int, msg: DnsMessage,
                        records: list[DnsQuery] | list[Record], flow: Flow | None = None) -> int:
         """`on_message` for a message given by its addresses and ports as seen on the wire: its

@@ -463,7 +463,8 @@ class PacketDecoder:
                 self._layers = [(name, src, dst, ident)]
                 self._outer_vlan, self._vlan = outer_vlan, inner_vlan
                 self._remember(ts, decoded)
-                return decoded
+                taken: Decoded = decoded
+                return taken
         return self.decode_py(ts, linktype, frame)
 
     def decode_py(self, ts: float, linktype: int, frame: bytes) -> Decoded | None:

@@ -201,17 +201,16 @@ class EventBuilder:
         get their tunnel's fields spliced in (_with_tunnel).
         """
         line = None
-        kind = type(record)
-        if kind is DnsQuery and _dns_line_fast is not None:
+        if type(record) is DnsQuery and _dns_line_fast is not None:
             line = _dns_line_fast(record, self.registered_domain(record.name) or None, self._line_prefix("dns"))
-        elif kind is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
+        elif type(record) is TlsHello and _tls_line_fast is not None and record.protocol in EVENT_DATASETS:
             name = record.server_name
             domain = name if name and not (record.ech and is_cover_name(name)) else None
             line = _tls_line_fast(record, domain, self._line_prefix(record.protocol))
         if line is None:
             return self.line_py(record)
         flow = record.flow
-        return line if type(flow) is not TunnelledFlow else self._with_tunnel(line, flow.tunnel, kind is TlsHello)
+        return line if type(flow) is not TunnelledFlow else self._with_tunnel(line, flow.tunnel, type(record) is TlsHello)
 
     def _with_tunnel(self, line: bytes, tunnel: tuple, has_own: bool) -> bytes:
         """A compiled DNS or TLS line with what _add_tunnel adds: the VLANs at the end of `network`
@@ -553,7 +552,8 @@ def _constant_lines(rule, phi_host, vendor, baa_status) -> tuple[bytes, bytes, b
     if cached is None or cached[0][0] is not rule or cached[0][1] is not phi_host or cached[0][2] is not vendor:
         _constant_fields(rule, phi_host, vendor, baa_status)
         cached = _CONSTANT_FIELDS[key]
-    if cached[2] is None:
+    lines = cached[2]
+    if lines is None:
         rule_fields, phi_host_fields, vendor_fields, baa = (prune(part) for part in cached[1])
         written = None
         if rule_fields and baa:
@@ -562,8 +562,9 @@ def _constant_lines(rule, phi_host, vendor, baa_status) -> tuple[bytes, bytes, b
                 b',"phi_host":' + orjson.dumps(phi_host_fields) if phi_host_fields else b"",
                 (b',"vendor":' + orjson.dumps(vendor_fields) if vendor_fields else b"") + b',"baa":' + orjson.dumps(baa),
             )
-        cached = _CONSTANT_FIELDS[key] = (cached[0], cached[1], (written,))
-    return cached[2][0]
+        lines = (written,)
+        _CONSTANT_FIELDS[key] = (cached[0], cached[1], lines)
+    return lines[0]
 
 
 def _alert_members(alert, count: int, first_seen: float, last_seen: float, first: str, last: str,
@@ -743,7 +744,7 @@ class AlertBuilder:
         if tls:
             server_name = record.server_name
             hosts = [server_name] if server_name else []
-            domain = primary  # (what the alert names, in place of the hello's)
+            domain: str | None = primary  # (what the alert names, in place of the hello's)
         else:
             hosts = [record.name] if record.name else []
             domain = self.events.registered_domain(record.name) or None
