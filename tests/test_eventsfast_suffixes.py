@@ -108,7 +108,7 @@ def test_real_names_have_the_librarys_registered_domain() -> None:
             entry = json.loads(line)
             names.update(entry.get("dns_queries") or ())
             names.update(entry.get("sni") or ())
-    assert len(names) > 300
+    assert len(names) > 250  # the catalog's own (the corpus adds about a hundred more)
     assert [name for name in sorted(names) if _ours(name) != _expected(name)] == []
 
 
