@@ -103,7 +103,6 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 _SPILL_BLOCK = 1 << 16
 _SPILL_COMPACT_BYTES = 64 << 20
 _SPILL_FINAL_BLOCK = 1 << 20
-_SPILL_WHOLE_READ = 8 << 20
 _SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
 _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
 
@@ -528,8 +527,8 @@ class DetectionEngine:
         self._ends.clear()
         self._unpacked.clear()
         # the documents read the spill in about the order it was written: larger reads, fewer
-        # unsealings; a spill this small is read back whole, once
-        self._spill.read_block = self._spill.size if self._spill.size <= _SPILL_WHOLE_READ else _SPILL_FINAL_BLOCK
+        # unsealings (not the whole spill at once: a day's would add to the run's peak)
+        self._spill.read_block = _SPILL_FINAL_BLOCK
         while pending:
             yield pending.pop()
         self._spill = _Spill()  # the file let go
