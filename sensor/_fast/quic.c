@@ -246,7 +246,7 @@ PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t 
 /* quic_unprotect(hp, iv, packet, start, pn_offset, end, largest_pn) -> (packet_number, nonce, aad,
  * ciphertext) of the long-header packet at packet[start:end] under the header protection key and
  * IV (RFC 9001 5.3, 5.4), or None where no key can fit it; sensor.decode.quic.unprotect_py is the
- * reference */
+ * reference, for a largest packet number from -1 to 2^62 (None for others) */
 PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 16 || !PyBytes_Check(args[1]) ||
         PyBytes_GET_SIZE(args[1]) != 12 || !PyBytes_Check(args[2]))
@@ -257,7 +257,7 @@ PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nar
     if (PyErr_Occurred()) return NULL;
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[2]);
     if (start < 0 || pn_offset <= start || end > PyBytes_GET_SIZE(args[2]) || pn_offset + 4 + 16 > end ||
-        largest < -1 || largest > (1LL << 62) + (1LL << 32)) /* no packet number decodes past these */
+        largest < -1 || largest > (1LL << 62)) /* the caller gives unprotect_py any other */
         Py_RETURN_NONE;
     uint8_t mask[16];
     aes128_block((const uint8_t *)PyBytes_AS_STRING(args[0]), p + pn_offset + 4, mask);

@@ -251,10 +251,9 @@ def unprotect_py(
 ) -> tuple[int, bytes, bytes, bytes] | None:
     """Remove the header protection of the long-header packet at buf[start:end] (RFC 9001 5.4):
     (packet number, nonce, associated data, ciphertext with its tag), or None where no key can
-    fit it (too short for a sample or a tag, or a largest packet number no decode reaches)."""
+    fit it (too short for a sample or a tag)."""
     sample_at = pn_offset + 4
-    if (start < 0 or pn_offset <= start or end > len(buf) or sample_at + _SAMPLE > end
-            or not -1 <= largest_pn <= (1 << 62) + (1 << 32)):
+    if start < 0 or pn_offset <= start or end > len(buf) or sample_at + _SAMPLE > end:
         return None
     mask = hp_mask_py(hp, buf[sample_at : sample_at + _SAMPLE])
     first = buf[start] ^ (mask[0] & 0x0F)
@@ -271,11 +270,13 @@ def unprotect_py(
 
 
 _unprotect = _quic_unprotect if _quic_unprotect is not None else unprotect_py
+_LARGEST_COMPILED = 1 << 62  # quic_unprotect takes a largest packet number up to this (64-bit arithmetic)
 
 
 def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
     """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
-    found = _unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
+    unprotect = _unprotect if largest_pn <= _LARGEST_COMPILED else unprotect_py
+    found = unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
     if found is None:
         return None
     try:
