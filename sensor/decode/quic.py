@@ -164,7 +164,7 @@ def initial_keys_py(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, byt
 def _initial_keys_fast(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes]:
     """initial_keys_py by the compiled HKDF: one call where the Python one makes some forty."""
     params = _VERSIONS[wire_version]
-    keys = _quic_initial_keys(params.salt, dcid, params.key_label, params.iv_label, params.hp_label)  # type: ignore[misc]
+    keys = _quic_initial_keys(params.salt, dcid, params.key_label, params.iv_label, params.hp_label)
     return keys if keys is not None else initial_keys_py(wire_version, dcid)
 
 
