@@ -2,6 +2,7 @@
 removal (quic_unprotect), held equal to their Python references, alone and inside the tracker."""
 from __future__ import annotations
 
+import hmac
 import struct
 
 import pytest
@@ -33,6 +34,24 @@ def test_initial_keys_match_rfc9001_a1() -> None:
 @given(st.sampled_from(_WIRE), st.binary(max_size=100))
 def test_initial_keys_equal_the_reference(version: bytes, dcid: bytes) -> None:
     assert quic._initial_keys(version, dcid) == quic.initial_keys_py(version, dcid)
+
+
+def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
+    info = struct.pack("!HB", length, 6 + len(label)) + b"tls13 " + label + b"\x00\x01"
+    return hmac.digest(secret, info, "sha256")[:length]
+
+
+@fast
+@settings(max_examples=300)
+@given(
+    st.one_of(st.sampled_from([b"salt one", b"salt two", b"salt three"]), st.binary(max_size=64)),
+    st.binary(max_size=100), st.lists(st.binary(max_size=100), min_size=3, max_size=3),
+)
+def test_initial_keys_of_any_salt_and_labels_are_hkdf(salt: bytes, dcid: bytes, labels: list[bytes]) -> None:
+    """Salts taking turns (the compiled code keeps the pads of the last two) and labels of any length."""
+    client = _expand_label(hmac.digest(salt, dcid, "sha256"), b"client in", 32)
+    expected = tuple(_expand_label(client, label, length) for label, length in zip(labels, (16, 12, 16)))
+    assert quic._quic_initial_keys(salt, dcid, *labels) == expected
 
 
 @fast

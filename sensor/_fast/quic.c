@@ -155,6 +155,17 @@ static const uint32_t sha_k[64] = {
 
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
+#define BSIG0(a) (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22))
+#define BSIG1(e) (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25))
+/* one round, the eight working variables named in their order of this round: instead of shifting
+ * them along, the next round names them one place further */
+#define SHA_ROUND(a, b, c, d, e, f, g, h, i)                                                        \
+    do {                                                                                           \
+        uint32_t t1 = h + BSIG1(e) + (g ^ (e & (f ^ g))) + sha_k[i] + w[i];                        \
+        d += t1;                                                                                   \
+        h = t1 + BSIG0(a) + ((a & b) | (c & (a | b)));                                             \
+    } while (0)
+
 static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
     uint32_t w[64];
     for (int i = 0; i < 16; i++)
@@ -166,10 +177,15 @@ static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
         w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = k + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] + w[i];
-        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    for (int i = 0; i < 64; i += 8) {
+        SHA_ROUND(a, b, c, d, e, f, g, k, i);
+        SHA_ROUND(k, a, b, c, d, e, f, g, i + 1);
+        SHA_ROUND(g, k, a, b, c, d, e, f, i + 2);
+        SHA_ROUND(f, g, k, a, b, c, d, e, i + 3);
+        SHA_ROUND(e, f, g, k, a, b, c, d, i + 4);
+        SHA_ROUND(d, e, f, g, k, a, b, c, i + 5);
+        SHA_ROUND(c, d, e, f, g, k, a, b, i + 6);
+        SHA_ROUND(b, c, d, e, f, g, k, a, i + 7);
     }
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
@@ -230,10 +246,22 @@ PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (nargs != 5) Py_RETURN_NONE;
     for (int i = 0; i < 5; i++)
         if (!PyBytes_Check(args[i]) || PyBytes_GET_SIZE(args[i]) > (i == 0 ? 64 : 100)) Py_RETURN_NONE;
+    /* the pads of the last two salts (one per QUIC version) made once */
+    static struct { uint8_t salt[64]; Py_ssize_t n; HmacPads pads; } salts[2];
+    static int salts_made = 0, salt_next = 0;
+    const uint8_t *salt = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t salt_n = PyBytes_GET_SIZE(args[0]);
+    int at = 0;
+    while (at < salts_made && (salts[at].n != salt_n || memcmp(salts[at].salt, salt, (size_t)salt_n) != 0)) at++;
+    if (at == salts_made) { /* a salt not seen yet: over the older of the two */
+        at = salts_made < 2 ? salts_made++ : (salt_next ^= 1);
+        memcpy(salts[at].salt, salt, (size_t)salt_n);
+        salts[at].n = salt_n;
+        hmac_pads(salt, (size_t)salt_n, &salts[at].pads);
+    }
     HmacPads pads;
     uint8_t secret[32], key[16], iv[12], hp[16];
-    hmac_pads((const uint8_t *)PyBytes_AS_STRING(args[0]), (size_t)PyBytes_GET_SIZE(args[0]), &pads);
-    hmac(&pads, (const uint8_t *)PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1]), secret); /* Extract */
+    hmac(&salts[at].pads, (const uint8_t *)PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1]), secret); /* Extract */
     hmac_pads(secret, 32, &pads);
     expand_label(&pads, "client in", 9, 32, secret);
     hmac_pads(secret, 32, &pads);
