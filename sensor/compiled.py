@@ -23,6 +23,8 @@ TWINS: dict[str, str] = {
     "http_head": "sensor.decode.http:parse_head_py",
     "quic_hp_mask": "sensor.decode.quic:hp_mask_py",
     "quic_crypto_chunks": "sensor.decode.quic:crypto_chunks_py",
+    "quic_initial_keys": "sensor.decode.quic:initial_keys_py",
+    "quic_unprotect": "sensor.decode.quic:unprotect_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",

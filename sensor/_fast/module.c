@@ -66,6 +66,11 @@ static PyMethodDef methods[] = {
      "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
+    {"quic_initial_keys", (PyCFunction)(void (*)(void))quic_initial_keys, METH_FASTCALL,
+     "quic_initial_keys(salt, dcid, key_label, iv_label, hp_label) -> (key, iv, hp) of a client's Initials, or None"},
+    {"quic_unprotect", (PyCFunction)(void (*)(void))quic_unprotect, METH_FASTCALL,
+     "quic_unprotect(hp, iv, packet, start, pn_offset, end, largest_pn) -> (packet_number, nonce, aad, ciphertext),"
+     " or None"},
     {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
     {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
      "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"

@@ -134,3 +134,188 @@ PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg) {
     }
     return chunks;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.decode.quic.initial_keys_py: a client's Initial key, IV and header protection key
+ * (RFC 9001 5.2): HKDF-Extract of the DCID under the version's salt, then HKDF-Expand-Label with
+ * SHA-256 (FIPS 180-4). Every length asked fits one SHA-256 output, so each expansion is a single
+ * HMAC. The inputs are public (the DCID is sent in clear): nothing to keep in constant time.
+ */
+
+static const uint32_t sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+#define BSIG0(a) (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22))
+#define BSIG1(e) (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25))
+/* one round, the eight working variables named in their order of this round: instead of shifting
+ * them along, the next round names them one place further */
+#define SHA_ROUND(a, b, c, d, e, f, g, h, i)                                                        \
+    do {                                                                                           \
+        uint32_t t1 = h + BSIG1(e) + (g ^ (e & (f ^ g))) + sha_k[i] + w[i];                        \
+        d += t1;                                                                                   \
+        h = t1 + BSIG0(a) + ((a & b) | (c & (a | b)));                                             \
+    } while (0)
+
+static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 | (uint32_t)block[4 * i + 2] << 8 |
+               block[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i += 8) {
+        SHA_ROUND(a, b, c, d, e, f, g, k, i);
+        SHA_ROUND(k, a, b, c, d, e, f, g, i + 1);
+        SHA_ROUND(g, k, a, b, c, d, e, f, i + 2);
+        SHA_ROUND(f, g, k, a, b, c, d, e, i + 3);
+        SHA_ROUND(e, f, g, k, a, b, c, d, i + 4);
+        SHA_ROUND(d, e, f, g, k, a, b, c, i + 5);
+        SHA_ROUND(c, d, e, f, g, k, a, b, i + 6);
+        SHA_ROUND(b, c, d, e, f, g, k, a, i + 7);
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+typedef struct { uint32_t inner[8], outer[8]; } HmacPads; /* SHA-256 states after a key's two pads */
+
+static void hmac_pads(const uint8_t *key, size_t n, HmacPads *pads) { /* a key of at most 64 bytes */
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    uint8_t ipad[64] = {0}, opad[64];
+    memcpy(ipad, key, n);
+    for (int i = 0; i < 64; i++) opad[i] = ipad[i] ^ 0x5c, ipad[i] ^= 0x36;
+    memcpy(pads->inner, iv, sizeof iv);
+    memcpy(pads->outer, iv, sizeof iv);
+    sha256_block(pads->inner, ipad);
+    sha256_block(pads->outer, opad);
+}
+
+/* SHA-256 from `state` (one 64-byte block already hashed) over `data` (n <= 119), into out[32]. */
+static void sha256_finish(const uint32_t state[8], const uint8_t *data, size_t n, uint8_t out[32]) {
+    uint32_t h[8];
+    uint8_t last[128] = {0};
+    memcpy(h, state, sizeof h);
+    memcpy(last, data, n);
+    last[n] = 0x80;
+    size_t total = n + 9 <= 64 ? 64 : 128;
+    uint64_t bits = ((uint64_t)n + 64) * 8;
+    for (int i = 0; i < 8; i++) last[total - 1 - i] = (uint8_t)(bits >> (8 * i));
+    sha256_block(h, last);
+    if (total == 128) sha256_block(h, last + 64);
+    for (int i = 0; i < 8; i++)
+        out[4 * i] = (uint8_t)(h[i] >> 24), out[4 * i + 1] = (uint8_t)(h[i] >> 16),
+        out[4 * i + 2] = (uint8_t)(h[i] >> 8), out[4 * i + 3] = (uint8_t)h[i];
+}
+
+static void hmac(const HmacPads *pads, const uint8_t *msg, size_t n, uint8_t out[32]) { /* n <= 119 */
+    uint8_t inner[32];
+    sha256_finish(pads->inner, msg, n, inner);
+    sha256_finish(pads->outer, inner, 32, out);
+}
+
+/* HKDF-Expand-Label (RFC 8446 7.1): empty context, a label of at most 100 bytes, length <= 32 */
+static void expand_label(const HmacPads *secret, const char *label, size_t label_n, uint8_t length, uint8_t *out) {
+    uint8_t info[2 + 1 + 6 + 100 + 2], block[32];
+    size_t n = 0;
+    info[n++] = 0, info[n++] = length, info[n++] = (uint8_t)(6 + label_n);
+    memcpy(info + n, "tls13 ", 6), n += 6;
+    memcpy(info + n, label, label_n), n += label_n;
+    info[n++] = 0, info[n++] = 1; /* the empty context, HKDF-Expand's block counter */
+    hmac(secret, info, n, block);
+    memcpy(out, block, length);
+}
+
+/* quic_initial_keys(salt, dcid, key_label, iv_label, hp_label) -> (key, iv, hp) protecting a
+ * client's Initials, or None for what the Python code must take (a salt over 64 bytes, a DCID
+ * over 100, a label over 100) */
+PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) Py_RETURN_NONE;
+    for (int i = 0; i < 5; i++)
+        if (!PyBytes_Check(args[i]) || PyBytes_GET_SIZE(args[i]) > (i == 0 ? 64 : 100)) Py_RETURN_NONE;
+    /* the pads of the last two salts (one per QUIC version) made once */
+    static struct { uint8_t salt[64]; Py_ssize_t n; HmacPads pads; } salts[2];
+    static int salts_made = 0, salt_next = 0;
+    const uint8_t *salt = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t salt_n = PyBytes_GET_SIZE(args[0]);
+    int at = 0;
+    while (at < salts_made && (salts[at].n != salt_n || memcmp(salts[at].salt, salt, (size_t)salt_n) != 0)) at++;
+    if (at == salts_made) { /* a salt not seen yet: over the older of the two */
+        at = salts_made < 2 ? salts_made++ : (salt_next ^= 1);
+        memcpy(salts[at].salt, salt, (size_t)salt_n);
+        salts[at].n = salt_n;
+        hmac_pads(salt, (size_t)salt_n, &salts[at].pads);
+    }
+    HmacPads pads;
+    uint8_t secret[32], key[16], iv[12], hp[16];
+    hmac(&salts[at].pads, (const uint8_t *)PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1]), secret); /* Extract */
+    hmac_pads(secret, 32, &pads);
+    expand_label(&pads, "client in", 9, 32, secret);
+    hmac_pads(secret, 32, &pads);
+    expand_label(&pads, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]), 16, key);
+    expand_label(&pads, PyBytes_AS_STRING(args[3]), (size_t)PyBytes_GET_SIZE(args[3]), 12, iv);
+    expand_label(&pads, PyBytes_AS_STRING(args[4]), (size_t)PyBytes_GET_SIZE(args[4]), 16, hp);
+    return tuple_steal(3, (PyObject *[]){bytes_at(key, 16), bytes_at(iv, 12), bytes_at(hp, 16)});
+}
+
+/* quic_unprotect(hp, iv, packet, start, pn_offset, end, largest_pn) -> (packet_number, nonce, aad,
+ * ciphertext) of the long-header packet at packet[start:end] under the header protection key and
+ * IV (RFC 9001 5.3, 5.4), or None where no key can fit it; sensor.decode.quic.unprotect_py is the
+ * reference, for a largest packet number from -1 to 2^62 (None for others) */
+PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) != 16 || !PyBytes_Check(args[1]) ||
+        PyBytes_GET_SIZE(args[1]) != 12 || !PyBytes_Check(args[2]))
+        Py_RETURN_NONE;
+    Py_ssize_t start = PyLong_AsSsize_t(args[3]), pn_offset = PyLong_AsSsize_t(args[4]),
+               end = PyLong_AsSsize_t(args[5]);
+    long long largest = PyLong_AsLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[2]);
+    if (start < 0 || pn_offset <= start || end > PyBytes_GET_SIZE(args[2]) || pn_offset + 4 + 16 > end ||
+        largest < -1 || largest > (1LL << 62)) /* the caller gives unprotect_py any other */
+        Py_RETURN_NONE;
+    uint8_t mask[16];
+    aes128_block((const uint8_t *)PyBytes_AS_STRING(args[0]), p + pn_offset + 4, mask);
+    uint8_t first = p[start] ^ (mask[0] & 0x0F);
+    int pn_length = (first & 0x03) + 1;
+    Py_ssize_t payload_at = pn_offset + pn_length;
+    if (payload_at + 16 > end) Py_RETURN_NONE;
+    uint64_t truncated = 0;
+    uint8_t pn_bytes[4];
+    for (int i = 0; i < pn_length; i++) {
+        pn_bytes[i] = p[pn_offset + i] ^ mask[1 + i];
+        truncated = (truncated << 8) | pn_bytes[i];
+    }
+    /* RFC 9000 17.1 (sensor.decode.quic._decode_packet_number) */
+    long long expected = largest + 1, window = 1LL << (8 * pn_length), half = window / 2;
+    long long candidate = (long long)(((uint64_t)expected & ~(uint64_t)(window - 1)) | truncated);
+    if (candidate <= expected - half && candidate < (1LL << 62) - window)
+        candidate += window;
+    else if (candidate > expected + half && candidate >= window)
+        candidate -= window;
+    uint8_t nonce[12];
+    memcpy(nonce, PyBytes_AS_STRING(args[1]), 12);
+    for (int i = 0; i < 8; i++) nonce[11 - i] ^= (uint8_t)((uint64_t)candidate >> (8 * i));
+    Py_ssize_t header_n = pn_offset - start;
+    PyObject *aad = PyBytes_FromStringAndSize(NULL, header_n + pn_length);
+    if (aad == NULL) return NULL;
+    uint8_t *a = (uint8_t *)PyBytes_AS_STRING(aad);
+    a[0] = first;
+    memcpy(a + 1, p + start + 1, (size_t)(header_n - 1));
+    memcpy(a + header_n, pn_bytes, (size_t)pn_length);
+    return tuple_steal(4, (PyObject *[]){PyLong_FromLongLong(candidate), bytes_at(nonce, 12), aad,
+                                         bytes_at(p + payload_at, end - payload_at)});
+}

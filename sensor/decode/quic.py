@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
@@ -74,12 +74,14 @@ class _Truncated(ValueError):
 
 _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
-try:  # compiled (sensor/_fast/quic.c): AES of the header protection sample (hp_mask_py is the reference)
-    # and the CRYPTO frames of an Initial (crypto_chunks_py)
+try:  # compiled (sensor/_fast/quic.c): the CRYPTO frames of an Initial (crypto_chunks_py is the reference),
+    # the AES block of the header protection mask (hp_mask_py; quic_unprotect's, tested on its own)
     from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
     from sensor._fast import quic_hp_mask as _quic_hp_mask
+    from sensor._fast import quic_initial_keys as _quic_initial_keys  # initial_keys_py is the reference
+    from sensor._fast import quic_unprotect as _quic_unprotect  # unprotect_py is the reference
 except ImportError:  # built without a C compiler
-    _quic_hp_mask = _quic_crypto_chunks = None
+    _quic_crypto_chunks = _quic_hp_mask = _quic_initial_keys = _quic_unprotect = None
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -147,7 +149,7 @@ def client_initial_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]
     return _initial_keys(wire_version, dcid)
 
 
-def _initial_keys(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes]:
+def initial_keys_py(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes]:
     """client_initial_keys for a version as sent (the 4 bytes of a known one)."""
     params = _VERSIONS[wire_version]
     initial_secret = _hmac(_SALT_PADS[wire_version], dcid)  # HKDF-Extract
@@ -159,6 +161,16 @@ def _initial_keys(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes
     )
 
 
+def _initial_keys_fast(wire_version: bytes, dcid: bytes) -> tuple[bytes, bytes, bytes]:
+    """initial_keys_py by the compiled HKDF: one call where the Python one makes some forty."""
+    params = _VERSIONS[wire_version]
+    keys = _quic_initial_keys(params.salt, dcid, params.key_label, params.iv_label, params.hp_label)
+    return keys if keys is not None else initial_keys_py(wire_version, dcid)
+
+
+_initial_keys = _initial_keys_fast if _quic_initial_keys is not None else initial_keys_py
+
+
 def hp_mask_py(hp: bytes, sample: bytes) -> bytes:
     """The header protection mask (RFC 9001 5.4.3): AES-ECB of the 16-byte sample under key `hp`."""
     return Cipher(AES(hp), _ECB).encryptor().update(sample)
@@ -167,8 +179,8 @@ def hp_mask_py(hp: bytes, sample: bytes) -> bytes:
 @frozen_record
 class _Keys:
     aead: AESGCM
-    iv: int
-    hp_mask: Callable[[bytes], bytes]  # AES-ECB of one sample block: ECB keeps no state between calls
+    iv: bytes
+    hp: bytes  # the header protection key
 
 
 _new_keys = positional_constructor(_Keys)
@@ -234,24 +246,41 @@ def _decode_packet_number(largest: int, truncated: int, bits: int) -> int:
     return candidate
 
 
-def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
-    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
-    sample_at = header.pn_offset + 4
-    if sample_at + _SAMPLE > header.end:
+def unprotect_py(
+    hp: bytes, iv: bytes, buf: bytes, start: int, pn_offset: int, end: int, largest_pn: int
+) -> tuple[int, bytes, bytes, bytes] | None:
+    """Remove the header protection of the long-header packet at buf[start:end] (RFC 9001 5.4):
+    (packet number, nonce, associated data, ciphertext with its tag), or None where no key can
+    fit it (too short for a sample or a tag)."""
+    sample_at = pn_offset + 4
+    if start < 0 or pn_offset <= start or end > len(buf) or sample_at + _SAMPLE > end:
         return None
-    mask = keys.hp_mask(buf[sample_at : sample_at + _SAMPLE])
-    first = buf[header.start] ^ (mask[0] & 0x0F)
+    mask = hp_mask_py(hp, buf[sample_at : sample_at + _SAMPLE])
+    first = buf[start] ^ (mask[0] & 0x0F)
     pn_length = (first & 0x03) + 1
-    payload_at = header.pn_offset + pn_length
-    if payload_at + _TAG > header.end:
+    payload_at = pn_offset + pn_length
+    if payload_at + _TAG > end:
         return None
     pn_mask = int.from_bytes(mask[1 : 1 + pn_length], "big")
-    truncated = int.from_bytes(buf[header.pn_offset : payload_at], "big") ^ pn_mask
+    truncated = int.from_bytes(buf[pn_offset:payload_at], "big") ^ pn_mask
     packet_number = _decode_packet_number(largest_pn, truncated, 8 * pn_length)
-    aad = bytes((first,)) + buf[header.start + 1 : header.pn_offset] + truncated.to_bytes(pn_length, "big")
-    nonce = (keys.iv ^ packet_number).to_bytes(12, "big")
+    aad = bytes((first,)) + buf[start + 1 : pn_offset] + truncated.to_bytes(pn_length, "big")
+    nonce = (int.from_bytes(iv, "big") ^ packet_number).to_bytes(12, "big")
+    return packet_number, nonce, aad, buf[payload_at:end]
+
+
+_unprotect = _quic_unprotect if _quic_unprotect is not None else unprotect_py
+_LARGEST_COMPILED = 1 << 62  # quic_unprotect takes a largest packet number up to this (64-bit arithmetic)
+
+
+def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
+    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
+    unprotect = _unprotect if largest_pn <= _LARGEST_COMPILED else unprotect_py
+    found = unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
+    if found is None:
+        return None
     try:
-        return packet_number, keys.aead.decrypt(nonce, buf[payload_at : header.end], aad)
+        return found[0], keys.aead.decrypt(found[1], found[3], found[2])
     except InvalidTag:
         return None
 
@@ -427,15 +456,14 @@ class QuicClientHelloTracker:
         """(DCID the keys came from, packet number, plaintext), or None when no client key fits."""
         # Once the server has answered, client Initials carry the server's chosen DCID but keep
         # the keys of the original one; after a Retry the keys follow the new DCID. Try both.
-        candidates = [header.dcid]
-        if conn is not None and conn.key_dcid != header.dcid:
-            candidates.insert(0, conn.key_dcid)
         largest_pn = conn.largest_pn if conn is not None else -1
-        for dcid in candidates:
-            opened = _open(self._keys_for(header.version, dcid), buf, header, largest_pn)
+        dcid = header.dcid
+        if conn is not None and conn.key_dcid != dcid:
+            opened = _open(self._keys_for(header.version, conn.key_dcid), buf, header, largest_pn)
             if opened is not None:
-                return dcid, opened[0], opened[1]
-        return None
+                return conn.key_dcid, opened[0], opened[1]
+        opened = _open(self._keys_for(header.version, dcid), buf, header, largest_pn)
+        return None if opened is None else (dcid, opened[0], opened[1])
 
     def _keys_for(self, version: bytes, dcid: bytes) -> _Keys:
         cache_key = (version, dcid)
@@ -444,8 +472,7 @@ class QuicClientHelloTracker:
             self._keys.move_to_end(cache_key)
             return keys
         key, iv, hp = _initial_keys(version, dcid)
-        hp_mask = partial(_quic_hp_mask, hp) if _quic_hp_mask is not None else Cipher(AES(hp), _ECB).encryptor().update
-        keys = _new_keys(AESGCM(key), int.from_bytes(iv, "big"), hp_mask)
+        keys = _new_keys(AESGCM(key), iv, hp)
         self._keys[cache_key] = keys
         if len(self._keys) > _KEY_CACHE_SIZE:
             self._keys.popitem(last=False)
