@@ -655,12 +655,7 @@ class AlertBuilder:
         hosts = related.get("hosts")
         if hosts is None:
             hosts = related["hosts"] = []
-        if named and named not in hosts:
-            hosts.append(named)
-        for entry in destinations or ():
-            host = entry.host
-            if host and host not in hosts:
-                hosts.append(host)
+        _add_related_hosts(hosts, named, destinations)
         if not hosts:  # nothing null or empty is written
             del related["hosts"]
         pe = _alert_members(alert, count, first_seen, last_seen, first, last, primary, summary, destinations,
@@ -748,12 +743,7 @@ class AlertBuilder:
         else:
             hosts = [record.name] if record.name else []
             domain = self.events.registered_domain(record.name) or None
-        if named and named not in hosts:
-            hosts.append(named)
-        for entry in destinations or ():
-            host = entry.host
-            if host and host not in hosts:
-                hosts.append(host)
+        _add_related_hosts(hosts, named, destinations)
         source = record.flow.src_ip
         line = _alert_line_fast(
             tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
@@ -825,6 +815,17 @@ class AlertBuilder:
         request = doc.get("http", {}).get("request", {})
         if referrer:
             request["referrer"] = referrer
+
+
+def _add_related_hosts(hosts: list[str], named: str | None, destinations: list | None) -> None:
+    """`related.hosts` of an alert: the record's own, then the host it names, then the window's
+    other hosts, each once."""
+    if named and named not in hosts:
+        hosts.append(named)
+    for entry in destinations or ():
+        host = entry.host
+        if host and host not in hosts:
+            hosts.append(host)
 
 
 def _phi_fields(findings: list) -> dict:
