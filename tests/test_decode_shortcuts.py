@@ -71,7 +71,8 @@ def test_shortcuts_give_the_general_paths_records(bench_packets: list, monkeypat
         general.setattr(TrafficDecoder, "_whole_hello", lambda *args: None)
         general.setattr(dispatch, "_share_decoder", None)  # DNS through the flow-taking path
         general.setattr(http, "_http_head", None)
-        general.setattr(quic, "_quic_hp_mask", None)
+        general.setattr(quic, "_initial_keys", quic.initial_keys_py)
+        general.setattr(quic, "_unprotect", quic.unprotect_py)
         general.setattr(quic, "_crypto_chunks", quic.crypto_chunks_py)
         slow = _decode(bench_packets)
     assert compiled[1] == fast[1] == slow[1]

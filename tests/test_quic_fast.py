@@ -1,5 +1,6 @@
-"""QUIC Initial parsing shortcuts: the compiled header protection mask against its reference, and
-the inline varint and padding reads against the plain walk they replace."""
+"""QUIC Initial parsing shortcuts: the compiled CRYPTO frame walk, and the inline varint and
+padding reads, against the plain walk they replace. (The header protection and the Initial keys:
+tests/test_decodefast_quic.py.)"""
 from __future__ import annotations
 
 import re
@@ -10,32 +11,7 @@ from hypothesis import strategies as st
 
 from sensor.decode import quic
 
-fast = pytest.mark.skipif(quic._quic_hp_mask is None, reason="the compiled fast path is not built")
-
-
-@fast
-def test_hp_mask_matches_rfc9001_and_the_reference() -> None:
-    # RFC 9001 A.2: client Initial header protection key and sample -> mask 437b9aec36...
-    hp = bytes.fromhex("9f50449e04a0e810283a1e9933adedd2")
-    sample = bytes.fromhex("d1b1c98dd7689fb8ec11d242b123dc9b")
-    assert quic._quic_hp_mask(hp, sample)[:5] == bytes.fromhex("437b9aec36")
-    assert quic._quic_hp_mask(hp, sample) == quic.hp_mask_py(hp, sample)
-    # FIPS-197 C.1: AES-128
-    key, block = bytes(range(16)), bytes.fromhex("00112233445566778899aabbccddeeff")
-    assert quic._quic_hp_mask(key, block) == bytes.fromhex("69c4e0d86a7b0430d8cdb78070b4c55a")
-
-
-@fast
-def test_hp_mask_declines_other_sizes() -> None:
-    assert quic._quic_hp_mask(bytes(15), bytes(16)) is None
-    assert quic._quic_hp_mask(bytes(16), bytes(17)) is None
-
-
-@fast
-@settings(max_examples=300)
-@given(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))
-def test_hp_mask_equals_the_reference(hp: bytes, sample: bytes) -> None:
-    assert quic._quic_hp_mask(hp, sample) == quic.hp_mask_py(hp, sample)
+fast = pytest.mark.skipif(quic._quic_crypto_chunks is None, reason="the compiled fast path is not built")
 
 
 def _varint(value: int) -> bytes:

@@ -62,8 +62,6 @@ static PyMethodDef methods[] = {
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
     {"http_head", http_head, METH_O,
      "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
-    {"quic_hp_mask", (PyCFunction)(void (*)(void))quic_hp_mask, METH_FASTCALL,
-     "quic_hp_mask(hp_key, sample) -> the QUIC header protection mask (AES-128 of the sample), or None"},
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
     {"quic_initial_keys", (PyCFunction)(void (*)(void))quic_initial_keys, METH_FASTCALL,

@@ -2,8 +2,8 @@
 
 /* ---------------------------------------------------------------------------------------------
  * QUIC: the header protection mask of a client Initial (RFC 9001 5.4.3), AES-128 of one sample
- * block under the header protection key; sensor.decode.quic.hp_mask_py (the `cryptography`
- * package's AES-ECB) is the reference. The key is derived from the Destination Connection ID the
+ * block under the header protection key, as quic_unprotect below takes it off; sensor.decode.quic.hp_mask_py
+ * (the `cryptography` package's AES-ECB) is the reference, inside unprotect_py. The key is derived from the Destination Connection ID the
  * client sent in clear, so there is nothing secret here to guard against timing: the plain
  * table-based cipher of FIPS-197 suffices, and saves building a cipher object per connection.
  */
@@ -63,16 +63,6 @@ static void aes128_block(const uint8_t key[16], const uint8_t in[16], uint8_t ou
         for (int i = 0; i < 16; i++) s[i] = t[i] ^ rk[16 * round + i];
     }
     memcpy(out, s, 16);
-}
-
-/* quic_hp_mask(hp_key, sample) -> AES-128-ECB(hp_key, sample): 16 bytes, or None for other sizes */
-PyObject *quic_hp_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[0]) != 16 ||
-        PyBytes_GET_SIZE(args[1]) != 16)
-        Py_RETURN_NONE;
-    uint8_t mask[16];
-    aes128_block((const uint8_t *)PyBytes_AS_STRING(args[0]), (const uint8_t *)PyBytes_AS_STRING(args[1]), mask);
-    return PyBytes_FromStringAndSize((const char *)mask, 16);
 }
 
 /* ---------------------------------------------------------------------------------------------

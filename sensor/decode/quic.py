@@ -75,13 +75,11 @@ class _Truncated(ValueError):
 _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
 try:  # compiled (sensor/_fast/quic.c): the CRYPTO frames of an Initial (crypto_chunks_py is the reference),
-    # the AES block of the header protection mask (hp_mask_py; quic_unprotect's, tested on its own)
     from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
-    from sensor._fast import quic_hp_mask as _quic_hp_mask
     from sensor._fast import quic_initial_keys as _quic_initial_keys  # initial_keys_py is the reference
     from sensor._fast import quic_unprotect as _quic_unprotect  # unprotect_py is the reference
 except ImportError:  # built without a C compiler
-    _quic_crypto_chunks = _quic_hp_mask = _quic_initial_keys = _quic_unprotect = None
+    _quic_crypto_chunks = _quic_initial_keys = _quic_unprotect = None
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
