@@ -21,6 +21,7 @@ TWINS: dict[str, str] = {
     "parse_hello": "sensor.decode.tls:parse_client_hello_message_py",
     "hello_message": "sensor.decode.tls:hello_message_py",
     "http_head": "sensor.decode.http:parse_head_py",
+    "http_request": "sensor.decode.http:whole_request_py",
     "quic_crypto_chunks": "sensor.decode.quic:crypto_chunks_py",
     "quic_initial_keys": "sensor.decode.quic:initial_keys_py",
     "quic_unprotect": "sensor.decode.quic:unprotect_py",

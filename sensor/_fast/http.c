@@ -1,5 +1,8 @@
 #include "fast.h"
 
+#include <ctype.h>
+#include <strings.h>
+
 /* ---------------------------------------------------------------------------------------------
  * HTTP: sensor.decode.http.parse_head_py, the request line and header lines of one request head.
  * Heads the Python code would reject, and obs-folded header lines, return None: the Python code
@@ -38,11 +41,8 @@ static PyObject *text_of(const uint8_t *p, Py_ssize_t n) {
     return s;
 }
 
-/* -> (method, target, version, ((name, value), ...)) or None */
-PyObject *http_head(PyObject *module, PyObject *arg) {
-    if (!PyBytes_Check(arg)) Py_RETURN_NONE;
-    const uint8_t *h = (const uint8_t *)PyBytes_AS_STRING(arg);
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+/* the head h[0:n] -> (method, target, version, ((name, value), ...)) or None */
+static PyObject *head_fields(const uint8_t *h, Py_ssize_t n) {
     const uint8_t *nl = memchr(h, '\n', n);
     Py_ssize_t line_end = nl ? nl - h : n;
 
@@ -120,5 +120,142 @@ error:
     Py_XDECREF(target);
     Py_XDECREF(version);
     Py_DECREF(headers);
+    return NULL;
+}
+
+PyObject *http_head(PyObject *module, PyObject *arg) {
+    if (!PyBytes_Check(arg)) Py_RETURN_NONE;
+    return head_fields((const uint8_t *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+}
+
+/* Is the str `name` (ASCII, a header name) `lower` in any case? */
+static int name_is(PyObject *name, const char *lower, Py_ssize_t n) {
+    Py_ssize_t size;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &size);
+    return s != NULL && size == n && strncasecmp(s, lower, n) == 0;
+}
+
+/* _host_without_port for a value of printable ASCII without spaces (else -1: declined); NULL on error */
+static int host_of(PyObject *value, PyObject **host) {
+    Py_ssize_t n;
+    const char *v = PyUnicode_AsUTF8AndSize(value, &n);
+    if (v == NULL) return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((uint8_t)v[i] <= 0x20 || (uint8_t)v[i] >= 0x7F) return -1;
+    Py_ssize_t start = 0, end = n;
+    if (n && v[0] == '[') { /* literal, bracket, _port = value[1:].partition("]") */
+        const char *bracket = memchr(v + 1, ']', n - 1);
+        start = 1;
+        end = bracket ? bracket - v : 1;
+    } else { /* name, colon, port = value.rpartition(":"): the name when the port is digits or empty */
+        const char *colon = NULL;
+        for (Py_ssize_t i = n; i > 0; i--)
+            if (v[i - 1] == ':') {
+                colon = v + i - 1;
+                break;
+            }
+        if (colon != NULL) {
+            int digits = 1;
+            for (const char *c = colon + 1; c < v + n; c++)
+                if (*c < '0' || *c > '9') digits = 0;
+            if (digits) end = colon - v;
+        }
+    }
+    if (end <= start) {
+        *host = Py_NewRef(Py_None);
+        return 1;
+    }
+    char lower[end - start];
+    for (Py_ssize_t i = start; i < end; i++) lower[i - start] = (char)tolower((uint8_t)v[i]);
+    *host = ascii_str(lower, end - start);
+    return *host != NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * http_request(data, start, header_cap, body_cap): the request starting at data[start], as a fresh
+ * HttpRequestStream parses it (reference sensor.decode.http.whole_request_py), when it is whole in
+ * data and plain: an HTTP/1.x head within header_cap, no Transfer-Encoding, Content-Encoding,
+ * Upgrade or Expect field, not CONNECT, at most one Content-Length of digits whose body is all
+ * there. -> (method, target, version, headers, host, body, body_bytes, body_truncated, end), or
+ * None for anything else (the Python parser takes it).
+ */
+PyObject *http_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyBytes_Check(args[0])) Py_RETURN_NONE;
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), header_cap = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t body_cap = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (start < 0 || start >= n || d[start] == '\r' || d[start] == '\n') Py_RETURN_NONE;
+    /* _HEAD_END: a line end, an optional CR, a line end */
+    Py_ssize_t head_end = -1, body_at = -1;
+    for (const uint8_t *p = memchr(d + start, '\n', n - start); p != NULL;
+         p = memchr(p + 1, '\n', d + n - p - 1)) {
+        Py_ssize_t at = p - d;
+        if (at + 1 < n && d[at + 1] == '\n') {
+            head_end = at, body_at = at + 2;
+            break;
+        }
+        if (at + 2 < n && d[at + 1] == '\r' && d[at + 2] == '\n') {
+            head_end = at, body_at = at + 3;
+            break;
+        }
+        if (at + 1 >= n) break;
+    }
+    if (head_end < 0 || body_at - start > header_cap) Py_RETURN_NONE;
+    PyObject *fields = head_fields(d + start, head_end - start);
+    if (fields == NULL || fields == Py_None) return fields;
+    PyObject *host = NULL, *body = NULL, *result = NULL;
+    if (name_is(PyTuple_GET_ITEM(fields, 0), "connect", 7)) goto decline; /* a tunnel: the Python parser */
+    PyObject *headers = PyTuple_GET_ITEM(fields, 3);
+    long long length = 0;
+    int lengths = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(headers); i++) {
+        PyObject *name = PyTuple_GET_ITEM(PyTuple_GET_ITEM(headers, i), 0);
+        PyObject *value = PyTuple_GET_ITEM(PyTuple_GET_ITEM(headers, i), 1);
+        if (name_is(name, "transfer-encoding", 17) || name_is(name, "content-encoding", 16) ||
+            name_is(name, "upgrade", 7) || name_is(name, "expect", 6))
+            goto decline;
+        if (name_is(name, "content-length", 14)) { /* _DIGITS, one field */
+            Py_ssize_t size;
+            const char *v = PyUnicode_AsUTF8AndSize(value, &size);
+            if (v == NULL) goto error;
+            if (++lengths > 1 || size < 1 || size > 18) goto decline;
+            for (Py_ssize_t k = 0; k < size; k++) {
+                if (v[k] < '0' || v[k] > '9') goto decline;
+                length = length * 10 + (v[k] - '0');
+            }
+        } else if (host == NULL && name_is(name, "host", 4)) {
+            int got = host_of(value, &host);
+            if (got == 0) goto error;
+            if (got < 0) goto decline;
+        }
+    }
+    if (length > n - body_at) goto decline; /* the body runs on: the Python parser waits for it */
+    Py_ssize_t kept = body_cap < 0 ? 0 : (length < body_cap ? (Py_ssize_t)length : body_cap);
+    body = bytes_at(d + body_at, kept);
+    PyObject *body_bytes = PyLong_FromLongLong(length), *end = PyLong_FromSsize_t(body_at + (Py_ssize_t)length);
+    if (body == NULL || body_bytes == NULL || end == NULL) {
+        Py_XDECREF(body_bytes);
+        Py_XDECREF(end);
+        goto error;
+    }
+    PyObject *items[9] = {
+        Py_NewRef(PyTuple_GET_ITEM(fields, 0)), Py_NewRef(PyTuple_GET_ITEM(fields, 1)),
+        Py_NewRef(PyTuple_GET_ITEM(fields, 2)), Py_NewRef(headers), host ? host : Py_NewRef(Py_None), body,
+        body_bytes, PyBool_FromLong(length > kept), end,
+    };
+    host = body = NULL;
+    result = tuple_steal(9, items);
+    Py_DECREF(fields);
+    return result;
+decline:
+    Py_XDECREF(host);
+    Py_DECREF(fields);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(host);
+    Py_XDECREF(body);
+    Py_DECREF(fields);
     return NULL;
 }

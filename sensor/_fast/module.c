@@ -62,6 +62,9 @@ static PyMethodDef methods[] = {
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},
     {"http_head", http_head, METH_O,
      "http_head(head) -> (method, target, version, headers) of a request head, or None to let the Python parser decide"},
+    {"http_request", (PyCFunction)(void (*)(void))http_request, METH_FASTCALL,
+     "http_request(data, start, header_cap, body_cap) -> (method, target, version, headers, host, body, body_bytes,"
+     " body_truncated, end) of a whole plain request at data[start], or None to let the Python parser decide"},
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
     {"quic_initial_keys", (PyCFunction)(void (*)(void))quic_initial_keys, METH_FASTCALL,

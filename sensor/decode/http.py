@@ -23,6 +23,10 @@ try:  # a request head's lines in one compiled call (sensor/_fast/http.c); parse
     from sensor._fast import http_head as _http_head
 except ImportError:  # built without a C compiler
     _http_head = None
+try:  # a whole plain request in one compiled call (sensor/_fast/http.c); whole_request_py is the reference
+    from sensor._fast import http_request as _http_request
+except ImportError:
+    _http_request = None
 
 try:
     import brotli as _brotli
@@ -233,6 +237,8 @@ class _Invalid(Exception):
 _FRAMING_FIELDS = frozenset({
     "host", "content-length", "transfer-encoding", "content-encoding", "connection", "upgrade", "expect",
 })
+# The framing fields a whole plain request (whole_request_py) has none of.
+_NOT_PLAIN_FIELDS = frozenset({"transfer-encoding", "content-encoding", "upgrade", "expect"})
 _NO_BODY = _BodyDecoder(None, 0)  # the body of a request without one: never fed, shared
 
 
@@ -245,6 +251,37 @@ def parse_head_py(head: bytes) -> tuple[str, str, str, tuple[tuple[str, str], ..
     lines = head.split(b"\n")
     method, target, version = HttpRequestStream._parse_request_line(lines[0])
     return method, target, version, HttpRequestStream._parse_headers(lines[1:])
+
+
+def whole_request_py(data: bytes, start: int, header_cap: int, body_cap: int) -> tuple[Any, ...] | None:
+    """The request at data[start:] as a fresh HttpRequestStream(body_cap, header_cap) parses it, when
+    it is whole there and plain: an HTTP/1.x head within header_cap (no blank line before it), no
+    Transfer-Encoding, Content-Encoding, Upgrade or Expect field, not CONNECT, at most one
+    Content-Length and its body all there. (method, target, version, headers, host, body,
+    body_bytes, body_truncated, where it ends), or None: the reference of the compiled
+    http_request, which may decline more (an unusual Host, a repeated Content-Length)."""
+    if start >= len(data) or data[start] in _LINE_END_BYTES:
+        return None
+    end = _HEAD_END.search(data, start)
+    if end is None or end.end() - start > header_cap:
+        return None
+    try:
+        method, target, version, headers = parse_head_py(data[start:end.start()])
+    except _Invalid:
+        return None
+    names = [name.lower() for name, _ in headers]
+    lengths = [value for name, value in headers if name.lower() == "content-length"]
+    if method == "CONNECT" or len(lengths) > 1 or not _NOT_PLAIN_FIELDS.isdisjoint(names):
+        return None
+    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
+        return None
+    length = int(lengths[0]) if lengths else 0
+    if end.end() + length > len(data):
+        return None
+    host = next((_host_without_port(value) for name, value in headers if name.lower() == "host"), None)
+    kept = min(length, max(0, body_cap))
+    return (method, target, version, headers, host, data[end.end():end.end() + kept], length, length > kept,
+            end.end() + length)
 
 
 class HttpRequestStream:
@@ -277,6 +314,25 @@ class HttpRequestStream:
     def feed(self, data: bytes) -> list[ParsedRequest]:
         if self._failed or self._state is _State.DONE or not data:
             return []
+        if _http_request is not None and not self._buf and self._state is _State.HEAD:
+            # at a request's start: the whole plain requests in one compiled call each
+            ready = self._ready
+            start = 0
+            while True:
+                found = _http_request(data, start, self.header_cap, self.body_cap)
+                if found is None:
+                    break
+                ready.append(_new_parsed(*found[:8], self._base + start))
+                start = found[8]
+                if start == len(data):
+                    self._base += start
+                    self._scan_from = 0
+                    self._ready = []
+                    return ready
+            if start:
+                data = data[start:]
+                self._base += start
+                self._scan_from = 0
         self._buf += data
         try:
             while self._step():
