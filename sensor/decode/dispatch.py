@@ -293,6 +293,10 @@ class TrafficDecoder:
         # SYNs and first ClientHellos (_with_handshakes)
         self._decode: Callable[[int, bytes, float], Any] | None = (
             self._with_steps(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
+        # the same steps around the Python decoder's answer for a frame the compiled decode declined
+        # (a tunnelled packet): its SYN, hello or DNS datagram taken as a plain packet's
+        self._tunnelled: Callable[[int, bytes, float], Any] | None = (
+            self._with_steps(self.declined_found) if self._decode is not None else None)
 
     def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode` with the handshakes (_with_handshakes), the DNS datagrams and the records of
@@ -401,9 +405,30 @@ class TrafficDecoder:
         if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
             self.feed_shared(ts, linktype, frame)  # a tunnelled one: its decapsulation not counted here
             return
+        tunnelled = self._tunnelled
+        if tunnelled is None:
+            decoded = self.packets.decode_declined(ts, linktype, frame)
+            if decoded is not None:
+                self.feed_decoded(ts, decoded)
+            return
+        found = tunnelled(linktype, frame, ts)  # None: nothing decoded; (): taken whole
+        if found:
+            self.feed_found(ts, linktype, frame, found)
+
+    def declined_found(self, linktype: int, frame: bytes, ts: float) -> Any:
+        """The decode the compiled steps wrap for a frame the compiled decode declined: the Python
+        decoder's packet (decode_declined: its tunnel counted and remembered), a DNS datagram in
+        decode_packet's form (addresses as text, its message; one that does not parse as it came,
+        for feed_decoded to count)."""
         decoded = self.packets.decode_declined(ts, linktype, frame)
-        if decoded is not None:
-            self.feed_decoded(ts, decoded)
+        if decoded is None or decoded[0] != UDP or (decoded[3] != _DNS_PORT and decoded[4] != _DNS_PORT):
+            return decoded
+        try:
+            message = dns.parse_message(decoded[7])
+        except dns.DnsError:
+            return decoded
+        texts, src, dst = ADDRESS_TEXTS, decoded[1], decoded[2]
+        return texts.get(src) or addr_text(src), decoded[3], texts.get(dst) or addr_text(dst), decoded[4], message
 
     def datagram_py(self, ts: float, linktype: int, frame: bytes,
                     found: tuple[str, int, str, int, dns.DnsMessage | None]) -> None:
