@@ -23,6 +23,7 @@ TWINS: dict[str, str] = {
     "http_head": "sensor.decode.http:parse_head_py",
     "http_request": "sensor.decode.http:whole_request_py",
     "quic_crypto_chunks": "sensor.decode.quic:crypto_chunks_py",
+    "quic_absorb": "sensor.decode.quic:absorb_chunks_py",
     "quic_initial_keys": "sensor.decode.quic:initial_keys_py",
     "quic_unprotect": "sensor.decode.quic:unprotect_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",

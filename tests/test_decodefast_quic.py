@@ -149,17 +149,19 @@ def _exchanges(draw: st.DrawFn) -> list[tuple[tuple[int, int], bytes]]:
 def test_tracker_opens_as_the_reference_does(datagrams: list[tuple[tuple[int, int], bytes]]) -> None:
     compiled = quic.QuicClientHelloTracker(counters=Counters())
     hellos_compiled = [compiled.feed(key, datagram, None, float(at)) for at, (key, datagram) in enumerate(datagrams)]
-    saved = quic._unprotect, quic._initial_keys
-    quic._unprotect, quic._initial_keys = quic.unprotect_py, quic.initial_keys_py
+    saved = quic._unprotect, quic._initial_keys, quic._quic_absorb
+    quic._unprotect, quic._initial_keys, quic._quic_absorb = quic.unprotect_py, quic.initial_keys_py, None
     try:
         python = quic.QuicClientHelloTracker(counters=Counters())
         hellos_python = [python.feed(key, datagram, None, float(at)) for at, (key, datagram) in enumerate(datagrams)]
     finally:
-        quic._unprotect, quic._initial_keys = saved
+        quic._unprotect, quic._initial_keys, quic._quic_absorb = saved
     assert hellos_compiled == hellos_python
     assert dict(compiled.counters.values) == dict(python.counters.values)
-    assert {key: (conn.largest_pn, conn.finished) for key, conn in compiled._connections.items()} == {
-        key: (conn.largest_pn, conn.finished) for key, conn in python._connections.items()
+    assert {key: (conn.largest_pn, conn.finished, conn.crypto, conn.pending, conn.pending_bytes)
+            for key, conn in compiled._connections.items()} == {
+        key: (conn.largest_pn, conn.finished, conn.crypto, conn.pending, conn.pending_bytes)
+        for key, conn in python._connections.items()
     }
 
 
@@ -198,3 +200,37 @@ def test_unprotect_opens_a_protected_initial() -> None:
     assert quic.crypto_chunks_py(plaintext) == [(0, hello)]
     tracker = quic.QuicClientHelloTracker()
     assert tracker.feed(("c", 1), packet).server_name == "opened.example"
+
+
+_held = st.dictionaries(st.integers(1, 100), st.binary(min_size=1, max_size=20), max_size=4)
+_chunks = st.lists(st.tuples(st.one_of(st.integers(0, 120), st.just(1 << 62)), st.binary(max_size=30)), max_size=8)
+
+
+@fast
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=20), _held, _chunks, st.sampled_from([10, 50, 200, 65536]), st.sampled_from([1, 2, 3, 256]))
+def test_absorb_equals_the_reference(crypto: bytes, held: dict[int, bytes], chunks: list[tuple[int, bytes]], cap: int,
+                                     max_pending: int) -> None:
+    """The stream, the held chunks (in their order) and the held bytes, or the giving up, as absorb_chunks_py."""
+    held = {offset + len(crypto): data for offset, data in held.items()}  # held chunks lie past the stream
+    compiled_crypto, compiled_held = bytearray(crypto), dict(held)
+    python_crypto, python_held = bytearray(crypto), dict(held)
+    pending_bytes = sum(map(len, held.values()))
+    got = quic._quic_absorb(compiled_crypto, compiled_held, pending_bytes, chunks, cap, max_pending)
+    wanted = quic.absorb_chunks_py(python_crypto, python_held, pending_bytes, chunks, cap, max_pending)
+    assert got == wanted
+    if wanted >= 0:
+        assert compiled_crypto == python_crypto
+        assert list(compiled_held.items()) == list(python_held.items())
+
+
+@fast
+def test_absorb_declines_what_it_cannot_take() -> None:
+    crypto, held = bytearray(b"ab"), {5: b"x"}
+    assert quic._quic_absorb(bytes(crypto), held, 1, [(0, b"abc")], 100, 8) is None  # not a bytearray
+    assert quic._quic_absorb(crypto, held, 1, [(0, "abc")], 100, 8) is None
+    assert quic._quic_absorb(crypto, held, 1, [(-1, b"abc")], 100, 8) is None
+    assert quic._quic_absorb(crypto, {5: "x"}, 1, [(0, b"abc")], 100, 8) is None
+    assert (crypto, held) == (bytearray(b"ab"), {5: b"x"})  # nothing changed
+    assert quic._quic_absorb(crypto, held, 1, [(0, b"abcde")], 100, 8) == 0
+    assert (crypto, held) == (bytearray(b"abcdex"), {})

@@ -180,6 +180,7 @@ FAST_INTERNAL PyObject *select_route(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *http_head(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *http_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
+FAST_INTERNAL PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -67,6 +67,9 @@ static PyMethodDef methods[] = {
      " body_truncated, end) of a whole plain request at data[start], or None to let the Python parser decide"},
     {"quic_crypto_chunks", quic_crypto_chunks, METH_O,
      "quic_crypto_chunks(plaintext) -> [(offset, data), ...] of an Initial's CRYPTO frames, or None"},
+    {"quic_absorb", (PyCFunction)(void (*)(void))quic_absorb, METH_FASTCALL,
+     "quic_absorb(crypto, pending, pending_bytes, chunks, cap, max_pending) -> pending_bytes after the chunks joined"
+     " the CRYPTO stream, -1 to give up, or None"},
     {"quic_initial_keys", (PyCFunction)(void (*)(void))quic_initial_keys, METH_FASTCALL,
      "quic_initial_keys(salt, dcid, key_label, iv_label, hp_label) -> (key, iv, hp) of a client's Initials, or None"},
     {"quic_unprotect", (PyCFunction)(void (*)(void))quic_unprotect, METH_FASTCALL,

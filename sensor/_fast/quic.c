@@ -1,5 +1,7 @@
 #include "fast.h"
 
+#include <limits.h>
+
 /* ---------------------------------------------------------------------------------------------
  * QUIC: the header protection mask of a client Initial (RFC 9001 5.4.3), AES-128 of one sample
  * block under the header protection key, as quic_unprotect below takes it off; sensor.decode.quic.hp_mask_py
@@ -308,4 +310,115 @@ PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nar
     memcpy(a + header_n, pn_bytes, (size_t)pn_length);
     return tuple_steal(4, (PyObject *[]){PyLong_FromLongLong(candidate), bytes_at(nonce, 12), aad,
                                          bytes_at(p + payload_at, end - payload_at)});
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.decode.quic.absorb_chunks_py: an Initial's CRYPTO chunks [(offset, data), ...] added to a
+ * connection's CRYPTO stream `crypto` (a bytearray, contiguous from offset 0) and its chunks held
+ * ahead of a gap (`pending`, offset -> bytes, `pending_bytes` in all), the stream capped at `cap`
+ * bytes and `pending` at `max_pending` chunks. -> the new pending_bytes, -1 where the connection
+ * gives up (over a bound), or None, having changed nothing, for input of other types.
+ */
+typedef struct {
+    long long offset;
+    PyObject *key;
+} HeldChunk;
+
+static int held_order(const void *a, const void *b) {
+    long long x = ((const HeldChunk *)a)->offset, y = ((const HeldChunk *)b)->offset;
+    return (x > y) - (x < y);
+}
+
+static int crypto_append(PyObject *crypto, const char *data, Py_ssize_t n) {
+    Py_ssize_t have = PyByteArray_GET_SIZE(crypto);
+    if (PyByteArray_Resize(crypto, have + n) < 0) return -1;
+    memcpy(PyByteArray_AS_STRING(crypto) + have, data, (size_t)n);
+    return 0;
+}
+
+PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyByteArray_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyLong_CheckExact(args[2]) ||
+        !PyList_CheckExact(args[3]) || !PyLong_CheckExact(args[4]) || !PyLong_CheckExact(args[5]))
+        Py_RETURN_NONE;
+    PyObject *crypto = args[0], *pending = args[1], *chunks = args[3];
+    long long pending_bytes = PyLong_AsLongLong(args[2]), cap = PyLong_AsLongLong(args[4]);
+    long long max_pending = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(chunks);
+    for (Py_ssize_t i = 0; i < count; i++) { /* every chunk an (int >= 0, bytes) pair, before anything changes */
+        PyObject *chunk = PyList_GET_ITEM(chunks, i);
+        if (!PyTuple_CheckExact(chunk) || PyTuple_GET_SIZE(chunk) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(chunk, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(chunk, 1)) || Py_SIZE(PyTuple_GET_ITEM(chunk, 0)) < 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *key, *value;
+    for (Py_ssize_t at = 0; PyDict_Next(pending, &at, &key, &value);)
+        if (!PyLong_CheckExact(key) || !PyBytes_CheckExact(value)) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, i), *offset_key = PyTuple_GET_ITEM(chunk, 0);
+        PyObject *data = PyTuple_GET_ITEM(chunk, 1);
+        int overflow;
+        long long offset = PyLong_AsLongLongAndOverflow(offset_key, &overflow);
+        if (overflow || offset >= cap) continue; /* beyond anything a ClientHello within the cap can reach */
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        if (n > cap - offset) n = (Py_ssize_t)(cap - offset);
+        Py_ssize_t have = PyByteArray_GET_SIZE(crypto);
+        if (offset <= have) {
+            Py_ssize_t skip = have - (Py_ssize_t)offset;
+            if (n > skip && crypto_append(crypto, PyBytes_AS_STRING(data) + skip, n - skip) < 0) return NULL;
+            continue;
+        }
+        PyObject *old = PyDict_GetItemWithError(pending, offset_key);
+        if (old == NULL && PyErr_Occurred()) return NULL;
+        Py_ssize_t old_size = old != NULL ? PyBytes_GET_SIZE(old) : 0;
+        if (n <= old_size) continue;
+        if (pending_bytes + n > cap || PyDict_GET_SIZE(pending) >= max_pending) return PyLong_FromLong(-1);
+        pending_bytes += n - old_size;
+        PyObject *kept = n == PyBytes_GET_SIZE(data) ? Py_NewRef(data) : bytes_at((const uint8_t *)PyBytes_AS_STRING(data), n);
+        if (kept == NULL || PyDict_SetItem(pending, offset_key, kept) < 0) {
+            Py_XDECREF(kept);
+            return NULL;
+        }
+        Py_DECREF(kept);
+    }
+    Py_ssize_t held = PyDict_GET_SIZE(pending);
+    if (held) { /* the held chunks that now join the stream, in offset order */
+        HeldChunk *order = PyMem_Malloc(sizeof(HeldChunk) * (size_t)held);
+        if (order == NULL) return PyErr_NoMemory();
+        Py_ssize_t at = 0, k = 0;
+        while (PyDict_Next(pending, &at, &key, &value)) {
+            int overflow;
+            order[k].offset = PyLong_AsLongLongAndOverflow(key, &overflow);
+            if (overflow) order[k].offset = LLONG_MAX;
+            order[k++].key = Py_NewRef(key);
+        }
+        qsort(order, (size_t)held, sizeof(HeldChunk), held_order);
+        int failed = 0;
+        for (k = 0; k < held && !failed; k++) {
+            Py_ssize_t have = PyByteArray_GET_SIZE(crypto);
+            if (order[k].offset > have) break;
+            PyObject *data = PyDict_GetItemWithError(pending, order[k].key);
+            if (data == NULL) {
+                failed = 1;
+                break;
+            }
+            Py_INCREF(data);
+            Py_ssize_t skip = have - (Py_ssize_t)order[k].offset;
+            pending_bytes -= PyBytes_GET_SIZE(data);
+            failed = PyDict_DelItem(pending, order[k].key) < 0 ||
+                     (PyBytes_GET_SIZE(data) > skip &&
+                      crypto_append(crypto, PyBytes_AS_STRING(data) + skip, PyBytes_GET_SIZE(data) - skip) < 0);
+            Py_DECREF(data);
+        }
+        for (k = 0; k < held; k++) Py_DECREF(order[k].key);
+        PyMem_Free(order);
+        if (failed) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "quic_absorb: a held chunk went missing");
+            return NULL;
+        }
+    }
+    return PyLong_FromLongLong(pending_bytes);
 }

@@ -76,10 +76,11 @@ _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
 try:  # compiled (sensor/_fast/quic.c): the CRYPTO frames of an Initial (crypto_chunks_py is the reference),
     from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
+    from sensor._fast import quic_absorb as _quic_absorb  # absorb_chunks_py is the reference
     from sensor._fast import quic_initial_keys as _quic_initial_keys  # initial_keys_py is the reference
     from sensor._fast import quic_unprotect as _quic_unprotect  # unprotect_py is the reference
 except ImportError:  # built without a C compiler
-    _quic_crypto_chunks = _quic_initial_keys = _quic_unprotect = None
+    _quic_crypto_chunks = _quic_absorb = _quic_initial_keys = _quic_unprotect = None
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -493,26 +494,15 @@ class QuicClientHelloTracker:
     def _absorb(self, conn: _Connection, chunks: list[tuple[int, bytes]]) -> ClientHello | None:
         """Add CRYPTO data; return the ClientHello when it just became whole."""
         cap = self.max_crypto_bytes
-        for offset, data in chunks:
-            if offset >= cap:
-                continue  # beyond anything a ClientHello within the cap can reach
-            data = data[: cap - offset]
-            have = len(conn.crypto)
-            if offset <= have:
-                conn.crypto += data[have - offset :]
-            elif len(data) > len(conn.pending.get(offset, b"")):
-                if conn.pending_bytes + len(data) > cap or len(conn.pending) >= _MAX_PENDING_CHUNKS:
-                    self._give_up(conn)
-                    return None
-                conn.pending_bytes += len(data) - len(conn.pending.get(offset, b""))
-                conn.pending[offset] = data
-        if conn.pending:
-            for offset in sorted(conn.pending):
-                if offset > len(conn.crypto):
-                    break
-                data = conn.pending.pop(offset)
-                conn.pending_bytes -= len(data)
-                conn.crypto += data[len(conn.crypto) - offset :]
+        absorbed = None
+        if _quic_absorb is not None:
+            absorbed = _quic_absorb(conn.crypto, conn.pending, conn.pending_bytes, chunks, cap, _MAX_PENDING_CHUNKS)
+        if absorbed is None:
+            absorbed = absorb_chunks_py(conn.crypto, conn.pending, conn.pending_bytes, chunks, cap, _MAX_PENDING_CHUNKS)
+        if absorbed < 0:
+            self._give_up(conn)
+            return None
+        conn.pending_bytes = absorbed
         crypto = conn.crypto
         if len(crypto) < 4:
             return None
@@ -538,6 +528,34 @@ class QuicClientHelloTracker:
     def _finish(self, conn: _Connection) -> None:
         conn.finished = True
         self._reset_crypto(conn)
+
+
+def absorb_chunks_py(crypto: bytearray, pending: dict[int, bytes], pending_bytes: int, chunks: list[tuple[int, bytes]],
+                     cap: int, max_pending: int) -> int:
+    """CRYPTO chunks (offset, data) added to a connection's stream `crypto` (contiguous from offset
+    0, at most `cap` bytes) and to the chunks held ahead of a gap (`pending`, `pending_bytes` in
+    all, at most `max_pending` of them), both changed in place: the new pending_bytes, or -1 where
+    a bound is passed (the connection gives up; what was changed is dropped with it)."""
+    for offset, data in chunks:
+        if offset >= cap:
+            continue  # beyond anything a ClientHello within the cap can reach
+        data = data[: cap - offset]
+        have = len(crypto)
+        if offset <= have:
+            crypto += data[have - offset :]
+        elif len(data) > len(pending.get(offset, b"")):
+            if pending_bytes + len(data) > cap or len(pending) >= max_pending:
+                return -1
+            pending_bytes += len(data) - len(pending.get(offset, b""))
+            pending[offset] = data
+    if pending:
+        for offset in sorted(pending):
+            if offset > len(crypto):
+                break
+            data = pending.pop(offset)
+            pending_bytes -= len(data)
+            crypto += data[len(crypto) - offset :]
+    return pending_bytes
 
 
 def is_quic_initial(datagram: bytes) -> bool:
