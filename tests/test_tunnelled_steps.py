@@ -1,5 +1,5 @@
-"""Tunnelled packets (VXLAN, ERSPAN, GRE) through the compiled decode's steps
-(TrafficDecoder.declined_found wrapped by the handshake and DNS steps) leave the decoder as
+"""Tunnelled packets (VXLAN, ERSPAN, GRE) through the compiled decode's steps (the compiled
+mirrored_found or TrafficDecoder.declined_py wrapped by the handshake and DNS steps) leave the decoder as
 feed_decoded and the pure-Python decode leave it: the same records, counters, flow tables,
 pending DNS queries, tunnel table and DNS answers learned, packet by packet and at the end."""
 from __future__ import annotations
@@ -85,14 +85,16 @@ def _inner(spec: tuple[Any, ...]) -> bytes:
 
 
 def _decoder(kind: str, bounds: int, learned: list[Any]) -> TrafficDecoder:
-    """"stepped": tunnelled packets through the compiled steps; "python": through feed_decoded;
-    "pure": no compiled decode at all. Flow tables with small bounds."""
+    """"compiled": tunnelled packets through mirrored_found and the compiled steps; "stepped": through
+    declined_py and the compiled steps; "python": through feed_decoded; "pure": no compiled decode
+    at all. Flow tables with small bounds."""
     decoder = TrafficDecoder()
     decoder.learn_dns = lambda ts, message, counted: learned.append((ts, message, counted))
     decoder.flows = FlowTable(decoder.counters, decoder._classify, max_streams=bounds, idle_timeout=60.0,
                               watch=decoder._watch, max_half_open=bounds, max_finished=bounds)
     decoder._decode = decoder._with_steps(dispatch._share_decoder(-1, None, 0.0, 0.0))
-    decoder._tunnelled = decoder._with_steps(decoder.declined_found) if kind == "stepped" else None
+    decoder._tunnelled = (decoder._with_steps(decoder._declined_decode()) if kind == "compiled"
+                          else decoder._with_steps(decoder.declined_py) if kind == "stepped" else None)
     if kind == "pure":
         decoder._decode = None
     return decoder
@@ -109,8 +111,8 @@ def _state(decoder: TrafficDecoder, learned: list[Any]) -> tuple[Any, ...]:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_packet, max_size=40), st.integers(1, 4))
 def test_tunnelled_packets_through_the_steps_leave_what_the_python_code_leaves(packets: list, bounds: int) -> None:
-    learned: list[list[Any]] = [[], [], []]
-    decoders = [_decoder(kind, bounds, into) for kind, into in zip(("stepped", "python", "pure"), learned)]
+    learned: list[list[Any]] = [[], [], [], []]
+    decoders = [_decoder(kind, bounds, into) for kind, into in zip(("compiled", "stepped", "python", "pure"), learned)]
     clock = 1_700_000_000.0
     for tunnel, spec, gap in packets:
         clock += gap
@@ -119,11 +121,11 @@ def test_tunnelled_packets_through_the_steps_leave_what_the_python_code_leaves(p
         for decoder, into in zip(decoders, learned):
             decoder.feed(clock, 1, frame)
             states.append(_state(decoder, into))
-        assert states[0] == states[1] == states[2]
+        assert states[0] == states[1] == states[2] == states[3]
     for decoder in decoders:
         decoder.finish()
     states = [_state(decoder, into) for decoder, into in zip(decoders, learned)]
-    assert states[0] == states[1] == states[2]
+    assert states[0] == states[1] == states[2] == states[3]
 
 
 def test_a_tunnelled_query_and_answer_never_reach_feed_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,3 +141,26 @@ def test_a_tunnelled_query_and_answer_never_reach_feed_decoded(monkeypatch: pyte
     assert decoder.records[1].flow.dst_port == 443
     assert decoder.counters.values["decap.vxlan"] == 4
     assert len(decoder.packets.tunnels) == 3  # each direction of a flow is its own key
+
+
+@pytest.mark.skipif(dispatch._mirrored_found is None, reason="compiled extension not built")
+def test_new_flows_of_a_known_tunnel_are_taken_in_the_compiled_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a tunnel's first flow is remembered, its next flows, lookups and hellos never reach
+    the Python decoder, and are remembered with the same tunnel."""
+    decoder = TrafficDecoder()
+    decoder.feed(1_700_000_000.0, 1, _wrapped("vxlan", _dns(1, 40000, 7, b"tracker.example", False, False)))
+    decoder.feed(1_700_000_000.0, 1, _wrapped("erspan", _dns(1, 40002, 9, b"tracker.example", False, False)))
+    monkeypatch.setattr(decoder.packets, "decode_declined", None)
+    for at, (tunnel, inner) in enumerate([("vxlan", _dns(1, 40000, 7, b"tracker.example", True, False)),
+                                          ("erspan", _dns(2, 40001, 8, b"portal.example.org", False, False)),
+                                          ("vxlan", _frame(3, 40000, 443, _SYN, 1000, b"", False, False)),
+                                          ("vxlan", _frame(3, 40000, 443, 0x18, 1001, _PAYLOADS["hello"], False,
+                                                           False))]):
+        decoder.feed(1_700_000_001.0 + at, 1, _wrapped(tunnel, inner))
+    assert [type(record).__name__ for record in decoder.records] == ["DnsQuery", "TlsHello"]
+    assert decoder.counters.values["decap.vxlan"] == 4
+    assert decoder.counters.values["decap.gre"] == decoder.counters.values["decap.erspan"] == 2
+    vxlan = {"type": "vxlan", "source_ip": "198.51.100.1", "destination_ip": "198.51.100.2", "id": 4242}
+    gre = {"type": "gre", "source_ip": "198.51.100.1", "destination_ip": "198.51.100.2"}
+    # the two queries' flows, the answer's, the second query's (ERSPAN again), the connection's
+    assert [value[0] for value, _ in decoder.packets.tunnels.values()] == [vxlan, gre, vxlan, gre, vxlan]

@@ -27,6 +27,9 @@ static PyMethodDef methods[] = {
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},
+    {"mirrored_found", (PyCFunction)(void (*)(void))mirrored_found, METH_FASTCALL,
+     "mirrored_found(packets, counts, texts, fallback, max_flows, max_texts, linktype, frame, ts) -> the packet inside"
+     " a mirror tunnel, its tunnel counted and remembered, as TrafficDecoder.declined_found answers"},
     {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"

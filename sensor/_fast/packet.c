@@ -277,3 +277,200 @@ PyObject *decode_packet(PyObject *module, PyObject *const *args, Py_ssize_t narg
     Py_DECREF(dns);
     return decode_frame(module, args, nargs);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * mirrored_found(packets, counts, texts, fallback, max_flows, max_texts, linktype, frame, ts): the
+ * decode TrafficDecoder.declined_found gives (its reference) for a packet of a mirror tunnel that
+ * decode_mirrored takes, in one call: the tunnel counted into `counts` and the flow remembered in
+ * packets.tunnels as PacketDecoder.decode_declined and _remember do, an address's text cached in
+ * `texts` (sensor.decode.packet.ADDRESS_TEXTS) as addr_text caches it; a DNS datagram whose message
+ * parse_dns reads comes as decode_packet gives it (addresses as text, its message). Where the
+ * tunnel table's sweep is due, a new flow's tunnel is not yet known (packets._last_tunnel,
+ * packets._tunnel_values), a table is at its bound, or decode_mirrored declines: fallback(linktype,
+ * frame, ts) answers, nothing changed before.
+ */
+static PyObject *s_tunnels, *s_next_sweep, *s_period, *s_last_tunnel, *s_tunnel_values, *s_move_to_end;
+
+static int mirror_names(void) {
+    if (s_tunnels != NULL) return 0;
+    s_tunnels = PyUnicode_InternFromString("tunnels");
+    s_next_sweep = PyUnicode_InternFromString("_next_sweep");
+    s_period = PyUnicode_InternFromString("_period");
+    s_last_tunnel = PyUnicode_InternFromString("_last_tunnel");
+    s_tunnel_values = PyUnicode_InternFromString("_tunnel_values");
+    s_move_to_end = PyUnicode_InternFromString("move_to_end");
+    return s_tunnels && s_next_sweep && s_period && s_last_tunnel && s_tunnel_values && s_move_to_end ? 0 : -1;
+}
+
+static double float_attr(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1.0;
+    double result = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* texts[address] or its text, made and cached (a new reference); NULL with *full set where the
+ * cache is over `max_texts` (addr_text would clear it: the fallback does that) */
+static PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full) {
+    PyObject *text = PyDict_GetItemWithError(texts, address);
+    if (text != NULL) return Py_NewRef(text);
+    if (PyErr_Occurred()) return NULL;
+    if (PyDict_GET_SIZE(texts) > max_texts) {
+        *full = 1;
+        return NULL;
+    }
+    text = address_text((const uint8_t *)PyBytes_AS_STRING(address), PyBytes_GET_SIZE(address));
+    if (text != NULL && PyDict_SetItem(texts, address, text) < 0) Py_CLEAR(text);
+    return text;
+}
+
+/* does packets._last_tunnel hold this tunnel: ([(name, src, dst, ident)], outer VLAN, inner VLAN, value)? */
+static int same_tunnel(PyObject *last, PyObject *found) {
+    if (!PyTuple_Check(last) || PyTuple_GET_SIZE(last) != 4) return 0;
+    PyObject *layers = PyTuple_GET_ITEM(last, 0);
+    if (!PyList_Check(layers) || PyList_GET_SIZE(layers) != 1) return 0;
+    PyObject *layer = PyList_GET_ITEM(layers, 0);
+    if (!PyTuple_Check(layer) || PyTuple_GET_SIZE(layer) != 4) return 0;
+    for (Py_ssize_t i = 0; i < 4; i++) { /* name, src, dst, ident: found[1:5] */
+        int equal = PyObject_RichCompareBool(PyTuple_GET_ITEM(layer, i), PyTuple_GET_ITEM(found, 1 + i), Py_EQ);
+        if (equal <= 0) return equal;
+    }
+    for (Py_ssize_t i = 1; i < 3; i++) { /* the VLANs: found[5:7] */
+        int equal = PyObject_RichCompareBool(PyTuple_GET_ITEM(last, i), PyTuple_GET_ITEM(found, 4 + i), Py_EQ);
+        if (equal <= 0) return equal;
+    }
+    return 1;
+}
+
+static int count_up(PyObject *counts, PyObject *name) {
+    PyObject *now = PyDict_GetItemWithError(counts, name);
+    if (now == NULL && PyErr_Occurred()) return -1;
+    PyObject *one = PyLong_FromLong(1);
+    if (one == NULL) return -1;
+    PyObject *next = now != NULL ? PyNumber_Add(now, one) : Py_NewRef(one);
+    Py_DECREF(one);
+    if (next == NULL) return -1;
+    int status = PyDict_SetItem(counts, name, next);
+    Py_DECREF(next);
+    return status;
+}
+
+PyObject *mirrored_found(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "mirrored_found(packets, counts, texts, fallback, max_flows, max_texts, linktype, frame, ts)");
+        return NULL;
+    }
+    PyObject *packets = args[0], *counts = args[1], *texts = args[2], *fallback = args[3];
+    if (!PyDict_CheckExact(counts) || !PyDict_CheckExact(texts) || mirror_names() < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "mirrored_found: counts and texts are dicts");
+        return NULL;
+    }
+    Py_ssize_t max_flows = PyLong_AsSsize_t(args[4]), max_texts = PyLong_AsSsize_t(args[5]);
+    double ts = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *found = decode_mirrored(module, args + 6, 2);
+    if (found == NULL) return NULL;
+    PyObject *tunnels = NULL, *key = NULL, *src = NULL, *dst = NULL, *last = NULL, *result = NULL, *name = NULL;
+    PyObject *known = NULL;
+    if (found == Py_None) goto python;
+    double next_sweep = float_attr(packets, s_next_sweep), period = float_attr(packets, s_period);
+    if (PyErr_Occurred()) goto error;
+    if (ts >= next_sweep) goto python; /* the table's sweep: _remember does it */
+    PyObject *decoded = PyTuple_GET_ITEM(found, 0);
+    int full = 0;
+    src = cached_text(texts, PyTuple_GET_ITEM(decoded, 1), max_texts, &full);
+    if (src == NULL) goto maybe_python;
+    dst = cached_text(texts, PyTuple_GET_ITEM(decoded, 2), max_texts, &full);
+    if (dst == NULL) goto maybe_python;
+    tunnels = PyObject_GetAttr(packets, s_tunnels);
+    if (tunnels == NULL) goto error;
+    if (!PyDict_Check(tunnels)) goto python;
+    key = PyTuple_Pack(4, src, PyTuple_GET_ITEM(decoded, 3), dst, PyTuple_GET_ITEM(decoded, 4));
+    if (key == NULL) goto error;
+    PyObject *seen = PyDict_GetItemWithError(tunnels, key); /* a lookup: the OrderedDict's own dict */
+    PyObject *value = NULL;
+    if (seen == NULL) {
+        if (PyErr_Occurred()) goto error;
+        if (PyDict_GET_SIZE(tunnels) >= max_flows) goto python;
+        last = PyObject_GetAttr(packets, s_last_tunnel);
+        if (last == NULL) goto error;
+        int same = same_tunnel(last, found);
+        if (same < 0) goto error;
+        if (same) {
+            value = PyTuple_GET_ITEM(last, 3);
+        } else { /* packets._tunnel_values[(layers, outer VLAN, inner VLAN)], as _tunnel_value finds it */
+            PyObject *layer = PyTuple_GetSlice(found, 1, 5), *layers = NULL, *shared = NULL, *values = NULL;
+            if (layer != NULL) layers = PyTuple_Pack(1, layer);
+            if (layers != NULL) shared = PyTuple_Pack(3, layers, PyTuple_GET_ITEM(found, 5), PyTuple_GET_ITEM(found, 6));
+            if (shared != NULL) values = PyObject_GetAttr(packets, s_tunnel_values);
+            if (values != NULL && PyDict_Check(values)) value = PyDict_GetItemWithError(values, shared);
+            Py_XINCREF(value);
+            known = value; /* the reference held till the end */
+            Py_XDECREF(layer);
+            Py_XDECREF(layers);
+            Py_XDECREF(shared);
+            Py_XDECREF(values);
+            if (PyErr_Occurred()) goto error;
+            if (value == NULL) goto python;
+        }
+    } else if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 2 || !PyFloat_Check(PyTuple_GET_ITEM(seen, 1))) {
+        goto python;
+    }
+    /* taken: what decode_declined counts, then what _remember keeps */
+    name = PyUnicode_FromFormat("decap.%U", PyTuple_GET_ITEM(found, 1));
+    if (name == NULL || count_up(counts, name) < 0) goto error;
+    if (PyObject_IsTrue(PyTuple_GET_ITEM(found, 7))) {
+        Py_SETREF(name, PyUnicode_FromString("decap.erspan"));
+        if (name == NULL || count_up(counts, name) < 0) goto error;
+    }
+    if (seen != NULL) {
+        if (PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(seen, 1)) < ts - period) { /* refreshed at most once a period */
+            PyObject *entry = PyTuple_Pack(2, PyTuple_GET_ITEM(seen, 0), args[8]);
+            int status = entry == NULL ? -1 : PyObject_SetItem(tunnels, key, entry);
+            Py_XDECREF(entry);
+            if (status < 0) goto error;
+            PyObject *moved = PyObject_CallMethodOneArg(tunnels, s_move_to_end, key);
+            if (moved == NULL) goto error;
+            Py_DECREF(moved);
+        }
+    } else {
+        PyObject *entry = PyTuple_Pack(2, value, args[8]);
+        int status = entry == NULL ? -1 : PyObject_SetItem(tunnels, key, entry); /* through the OrderedDict */
+        Py_XDECREF(entry);
+        if (status < 0) goto error;
+    }
+    PyObject *payload = PyTuple_GET_ITEM(decoded, 7);
+    long sport = PyLong_AsLong(PyTuple_GET_ITEM(decoded, 3)), dport = PyLong_AsLong(PyTuple_GET_ITEM(decoded, 4));
+    if (PyLong_AsLong(PyTuple_GET_ITEM(decoded, 0)) == UDP && (sport == 53 || dport == 53)) {
+        PyObject *message = parse_dns(module, payload);
+        if (message == NULL) goto error;
+        if (message != Py_None) {
+            result = PyTuple_Pack(5, src, PyTuple_GET_ITEM(decoded, 3), dst, PyTuple_GET_ITEM(decoded, 4), message);
+            Py_DECREF(message);
+            goto done;
+        }
+        Py_DECREF(message); /* the Python parser decides: as the packet came */
+    }
+    result = Py_NewRef(decoded);
+    goto done;
+maybe_python:
+    if (!full) goto error;
+python:
+    Py_CLEAR(result);
+    result = PyObject_Vectorcall(fallback, args + 6, 3, NULL);
+    goto done;
+error:
+    Py_CLEAR(result);
+done:
+    Py_XDECREF(known);
+    Py_XDECREF(name);
+    Py_XDECREF(last);
+    Py_XDECREF(key);
+    Py_XDECREF(tunnels);
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    Py_DECREF(found);
+    return result;
+}

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from sensor.capture.workers import SHARED_ANSWER, route_of_py
 from sensor.decode import dns, http, quic, tls
 from sensor.decode.flows import SEQ_MOD, FlowKey, FlowTable, StreamConsumer, TcpStream
-from sensor.decode.packet import ADDRESS_TEXTS, TCP, UDP, Decoded, PacketDecoder, addr_text
+from sensor.decode.packet import (
+    ADDRESS_TEXTS,
+    MAX_ADDRESS_TEXTS,
+    MAX_TUNNEL_FLOWS,
+    TCP,
+    UDP,
+    Decoded,
+    PacketDecoder,
+    addr_text,
+)
 from sensor.decode.settings import DecodeSettings
 from sensor.enrich.dnscache import MAX_TTL, MIN_TTL, DnsCache
 from sensor.records import (
@@ -59,6 +69,15 @@ except ImportError:
     _handshake_decoder = None
 else:
     _bind_handshakes(TlsHello, Flow, tls.LEGACY_VERSIONS)
+try:  # a mirror tunnel's packet, counted and remembered, in one compiled call (sensor/_fast/packet.c):
+    # TrafficDecoder.declined_py is the reference, and the path of what it leaves
+    from sensor._fast import mirrored_found as _mirrored_found
+except ImportError:
+    _mirrored_found = None
+try:  # a DNS message parsed in one compiled call (parse_message without its call)
+    from sensor._fast import parse_dns as _parse_dns
+except ImportError:
+    _parse_dns = None
 try:  # a DNS datagram's message counted, paired, learned from in the same compiled call as the decode
     # (sensor/_fast/dns.c): feed's branch for a datagram is the reference, and the path of what it declines
     from sensor._fast import dns_step_decoder as _dns_step_decoder
@@ -132,7 +151,9 @@ class _HttpConsumer:
         if self.tunnel is not None:
             return self.tunnel.feed(ts, data)
         parser = self.parser
-        self._emit(ts, parser.feed(data))
+        requests = parser.feed(data)
+        if requests:
+            self._emit(ts, requests)
         if not parser.failed:
             return True
         if parser.tunnel is None or not parser.tunnel_start:
@@ -150,14 +171,15 @@ class _HttpConsumer:
     def finish(self, ts: float) -> None:
         if self.tunnel is not None:
             self.tunnel.finish(ts)
-        self._emit(ts, self.parser.finish())
+        requests = self.parser.finish()
+        if requests:
+            self._emit(ts, requests)
 
     def _emit(self, ts: float, requests: list[http.ParsedRequest]) -> None:
-        if not requests:
-            return
-        if self.flow is None:
+        if self.flow is None:  # make_flow, without the call
             src, dst, sport, dport = self.key
-            self.flow = make_flow(src, sport, dst, dport, "tcp")
+            texts = ADDRESS_TEXTS
+            self.flow = _new_flow(texts.get(src) or addr_text(src), sport, texts.get(dst) or addr_text(dst), dport, "tcp")
         for req in requests:
             self.decoder.records.append(_new_request(ts, self.flow, req.method, req.target, req.version, req.headers,
                                                      req.host, req.body, req.body_bytes, req.body_truncated))
@@ -296,7 +318,7 @@ class TrafficDecoder:
         # the same steps around the Python decoder's answer for a frame the compiled decode declined
         # (a tunnelled packet): its SYN, hello or DNS datagram taken as a plain packet's
         self._tunnelled: Callable[[int, bytes, float], Any] | None = (
-            self._with_steps(self.declined_found) if self._decode is not None else None)
+            self._with_steps(self._declined_decode()) if self._decode is not None else None)
 
     def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode` with the handshakes (_with_handshakes), the DNS datagrams and the records of
@@ -415,7 +437,14 @@ class TrafficDecoder:
         if found:
             self.feed_found(ts, linktype, frame, found)
 
-    def declined_found(self, linktype: int, frame: bytes, ts: float) -> Any:
+    def _declined_decode(self) -> Callable[[int, bytes, float], Any]:
+        """declined_py, by the compiled mirrored_found for the packets of mirror tunnels where built."""
+        if _mirrored_found is None:
+            return self.declined_py
+        return partial(_mirrored_found, self.packets, self.packets.counters.values, ADDRESS_TEXTS, self.declined_py,
+                       MAX_TUNNEL_FLOWS, MAX_ADDRESS_TEXTS)
+
+    def declined_py(self, linktype: int, frame: bytes, ts: float) -> Any:
         """The decode the compiled steps wrap for a frame the compiled decode declined: the Python
         decoder's packet (decode_declined: its tunnel counted and remembered), a DNS datagram in
         decode_packet's form (addresses as text, its message; one that does not parse as it came,
@@ -423,10 +452,12 @@ class TrafficDecoder:
         decoded = self.packets.decode_declined(ts, linktype, frame)
         if decoded is None or decoded[0] != UDP or (decoded[3] != _DNS_PORT and decoded[4] != _DNS_PORT):
             return decoded
-        try:
-            message = dns.parse_message(decoded[7])
-        except dns.DnsError:
-            return decoded
+        message = _parse_dns(decoded[7]) if _parse_dns is not None else None
+        if message is None:  # the compiled parser declined it: the Python one decides
+            try:
+                message = dns.parse_message_py(decoded[7])
+            except dns.DnsError:
+                return decoded
         texts, src, dst = ADDRESS_TEXTS, decoded[1], decoded[2]
         return texts.get(src) or addr_text(src), decoded[3], texts.get(dst) or addr_text(dst), decoded[4], message
 
@@ -609,7 +640,7 @@ class TrafficDecoder:
     def _classify(self, key: FlowKey, first: bytes) -> StreamConsumer | None:
         if key[2] == _DNS_PORT or key[3] == _DNS_PORT:
             return _DnsTcpConsumer(self, key)
-        if tls.looks_like_client_hello(first):
+        if first and first[0] == _TLS_HANDSHAKE and tls.looks_like_client_hello(first):  # its first test, without a call
             return _TlsHelloConsumer(self, key)
         if http.looks_like_request(first):
             return _HttpConsumer(self, key)

@@ -287,6 +287,9 @@ def whole_request_py(data: bytes, start: int, header_cap: int, body_cap: int) ->
 class HttpRequestStream:
     """Incremental parser for the client side of one HTTP/1.x connection (pipelining included)."""
 
+    __slots__ = ("body_cap", "header_cap", "counters", "_buf", "_pos", "_base", "_scan_from", "_state", "_message",
+                 "_failed", "_in_tunnel", "_ready", "tunnel", "tunnel_start", "_overflow", "_head_cut")
+
     def __init__(self, body_cap: int = 65536, header_cap: int = 65536, counters: Counters | None = None) -> None:
         self.body_cap = max(0, body_cap)
         self.header_cap = max(1, header_cap)

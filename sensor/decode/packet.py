@@ -404,6 +404,9 @@ class PacketDecoder:
         self._layers: list[TunnelLayer] | None = None  # the tunnels of the packet being decoded, outermost first
         self._vlan: int | None = None  # the last VLAN id walked over
         self._outer_vlan: int | None = None
+        # (layers, outer VLAN, inner VLAN, value) of the last new tunnelled flow: the next is most
+        # often in the same tunnel
+        self._last_tunnel: tuple[list[TunnelLayer] | None, int | None, int | None, TunnelValue] | None = None
 
     def network_offset(self, linktype: int, frame: bytes) -> int:
         """Offset of the IP header in `frame`, or -1 when the frame carries no IP we handle."""
@@ -489,6 +492,18 @@ class PacketDecoder:
                 tunnels[key] = (seen[0], ts)
                 tunnels.move_to_end(key)
             return
+        last = self._last_tunnel
+        if last is not None and last[0] == self._layers and last[1] == self._outer_vlan and last[2] == self._vlan:
+            value = last[3]  # the common case: the same tunnel as the last new flow's
+        else:
+            value = self._tunnel_value()
+            self._last_tunnel = (self._layers, self._outer_vlan, self._vlan, value)
+        if len(tunnels) >= MAX_TUNNEL_FLOWS:
+            tunnels.popitem(last=False)
+        tunnels[key] = (value, ts)
+
+    def _tunnel_value(self) -> TunnelValue:
+        """What the flows of the packet just decoded keep of its tunnel: one value per tunnel and VLANs."""
         layers = tuple(self._layers)  # type: ignore[arg-type]
         info = self._tunnel_infos.get(layers)
         if info is None:  # one dict per tunnel, shared by its flows
@@ -506,9 +521,7 @@ class PacketDecoder:
         value = self._tunnel_values.get(shared)
         if value is None:
             value = self._tunnel_values[shared] = (info, self._outer_vlan, self._vlan)
-        if len(tunnels) >= MAX_TUNNEL_FLOWS:
-            tunnels.popitem(last=False)
-        tunnels[key] = (value, ts)
+        return value
 
     def _expire_tunnels(self, now: float) -> None:
         """Forget the tunnelled flows idle for longer than their records can come (from the front:
@@ -728,6 +741,7 @@ class PacketDecoder:
             self.counters.add("ip.fragment_sets_expired")
 
 
+MAX_ADDRESS_TEXTS = 65536  # addr_text's cache is emptied once it holds more
 _ADDR_CACHE: dict[bytes, str] = {}
 ADDRESS_TEXTS: Mapping[bytes, str] = _ADDR_CACHE  # addr_text's cache, for callers that look first (no call on a hit)
 
@@ -737,7 +751,7 @@ def addr_text(raw: bytes) -> str:
     text = _ADDR_CACHE.get(raw)
     if text is None:
         text = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-        if len(_ADDR_CACHE) > 65536:
+        if len(_ADDR_CACHE) > MAX_ADDRESS_TEXTS:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[raw] = text
     return text
