@@ -158,7 +158,7 @@ static const uint32_t sha_k[64] = {
         h = t1 + BSIG0(a) + ((a & b) | (c & (a | b)));                                             \
     } while (0)
 
-static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+static void sha256_block_c(uint32_t h[8], const uint8_t block[64]) {
     uint32_t w[64];
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 | (uint32_t)block[4 * i + 2] << 8 |
@@ -181,6 +181,48 @@ static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
     }
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* The same block by the CPU's SHA extensions (Intel SHA-NI: four rounds a pair of sha256rnds2, the
+ * message schedule by sha256msg1 and sha256msg2), where the CPU has them: sha256_block takes it. */
+__attribute__((target("sha,sse4.1"))) static void sha256_block_ni(uint32_t h[8], const uint8_t block[64]) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL); /* big-endian words */
+    __m128i cdab = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)h), 0xB1);
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)(h + 4)), 0x1B);
+    __m128i abef = _mm_alignr_epi8(cdab, efgh, 8), cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
+    const __m128i abef_in = abef, cdgh_in = cdgh;
+    __m128i m[4];
+    for (int g = 0; g < 16; g++) { /* rounds 4g to 4g+3 */
+        if (g < 4) m[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * g)), swap);
+        __m128i msg = _mm_add_epi32(m[g & 3], _mm_loadu_si128((const __m128i *)(sha_k + 4 * g)));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, msg);
+        if (g >= 3 && g < 15) { /* the schedule's next four words */
+            __m128i next = _mm_add_epi32(m[(g + 1) & 3], _mm_alignr_epi8(m[g & 3], m[(g + 3) & 3], 4));
+            m[(g + 1) & 3] = _mm_sha256msg2_epu32(next, m[g & 3]);
+        }
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(msg, 0x0E));
+        if (g >= 1 && g < 13) m[(g + 3) & 3] = _mm_sha256msg1_epu32(m[(g + 3) & 3], m[g & 3]);
+    }
+    abef = _mm_add_epi32(abef, abef_in);
+    cdgh = _mm_add_epi32(cdgh, cdgh_in);
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B), dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)h, _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)(h + 4), _mm_alignr_epi8(dchg, feba, 8));
+}
+
+static int sha_ni = -1; /* whether the CPU has them: looked up once */
+
+static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+    if (sha_ni < 0) sha_ni = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    if (sha_ni)
+        sha256_block_ni(h, block);
+    else
+        sha256_block_c(h, block);
+}
+#else
+#define sha256_block sha256_block_c
+#endif
 
 typedef struct { uint32_t inner[8], outer[8]; } HmacPads; /* SHA-256 states after a key's two pads */
 
