@@ -43,9 +43,9 @@ def _outer_ip(proto: int, payload: bytes) -> bytes:
 
 
 def _wrapped(kind: str, inner: bytes) -> bytes:
-    """`inner` (an Ethernet frame) in a mirror tunnel or GRE; "plain": as it is."""
-    if kind == "vxlan":
-        vxlan = b"\x08\x00\x00\x00" + (4242 << 8).to_bytes(4, "big")
+    """`inner` (an Ethernet frame) in a mirror tunnel (VXLAN 4242 or 7, ERSPAN) or GRE; "plain": as it is."""
+    if kind in ("vxlan", "vxlan7"):
+        vxlan = b"\x08\x00\x00\x00" + ((4242 if kind == "vxlan" else 7) << 8).to_bytes(4, "big")
         return _outer_ip(17, struct.pack("!HHHH", 50000, 4789, 16 + len(inner), 0) + vxlan + inner)
     if kind == "erspan":  # ERSPAN type II: GRE with a sequence number, then its 8-byte header
         return _outer_ip(47, b"\x10\x00\x88\xbe" + b"\x00\x00\x00\x01" + b"\x10\x01\x00\x07\x00\x00\x00\x00" + inner)
@@ -73,7 +73,7 @@ _udp = st.tuples(
     st.booleans(),  # the answer
     st.integers(0, 9).map(lambda roll: roll == 0),  # damaged
 )
-_packet = st.tuples(st.sampled_from(["vxlan", "vxlan", "erspan", "gre", "plain"]), st.one_of(_tcp, _udp),
+_packet = st.tuples(st.sampled_from(["vxlan", "vxlan", "vxlan7", "erspan", "gre", "plain"]), st.one_of(_tcp, _udp),
                     st.floats(0, 200))
 
 

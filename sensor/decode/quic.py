@@ -75,8 +75,8 @@ class _Truncated(ValueError):
 _ECB = modes.ECB()  # a mode holds no state: one for every header protection key
 
 try:  # compiled (sensor/_fast/quic.c): the CRYPTO frames of an Initial (crypto_chunks_py is the reference),
-    from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
     from sensor._fast import quic_absorb as _quic_absorb  # absorb_chunks_py is the reference
+    from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
     from sensor._fast import quic_initial_keys as _quic_initial_keys  # initial_keys_py is the reference
     from sensor._fast import quic_unprotect as _quic_unprotect  # unprotect_py is the reference
 except ImportError:  # built without a C compiler
