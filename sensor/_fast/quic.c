@@ -214,7 +214,10 @@ __attribute__((target("sha,sse4.1"))) static void sha256_block_ni(uint32_t h[8],
 static int sha_ni = -1; /* whether the CPU has them: looked up once */
 
 static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
-    if (sha_ni < 0) sha_ni = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    if (sha_ni < 0) {
+        __builtin_cpu_init();
+        sha_ni = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    }
     if (sha_ni)
         sha256_block_ni(h, block);
     else
