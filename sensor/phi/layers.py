@@ -34,6 +34,7 @@ __all__ = [
     "multipart_boundary",
     "peel",
     "peel_request",
+    "query_fields",
     "request_fields",
     "request_parts",
     "split_form",
@@ -174,6 +175,8 @@ def _plain(text: str) -> bool:
     # substring tests, not a search for a character class: as fast on short values, far faster on long ones
     if "/" in text or "=" in text or "%" in text or "{" in text or "[" in text or "\n" in text:
         return False
+    if text.isdigit() and text.isascii():  # a number (an id, a time): all hex digits, asked faster
+        return True
     return bool(
         len(text) < _MIN_BASE64_CHARS
         or text.isalpha()  # what _decode_base64 turns down at once
@@ -467,16 +470,22 @@ class Peeler:
     def form(self, text: str, prefix: str = "", depth: int = 0) -> None:
         """``a=b&c=d`` -> each value peeled under ``prefix.a``, ``prefix.c``."""
         pieces = text.split("&")
+        fields = self.fields
+        max_fields = self.limits.max_fields
+        plain_depth = depth >= self.limits.max_depth
+        last = len(pieces) - 1
         for index, piece in enumerate(pieces):
             if not piece:
                 continue
-            if len(self.fields) >= self.limits.max_fields - 1 and index < len(pieces) - 1:
+            if len(fields) >= max_fields - 1 and index < last:
                 # one field left and more keys: what is unread goes out whole, so padding with
                 # thousands of keys cannot hide the last one
                 CAPPED["fields"] += 1
                 self.emit(join_path(prefix, "_rest"), unquote_plus("&".join(pieces[index:]), errors="replace"))
                 return
-            if self.exhausted:
+            budget = self._budget
+            if budget <= 0 or len(fields) >= max_fields:  # (self.exhausted, inline)
+                self.bound = True
                 CAPPED["fields"] += 1
                 return
             key, _, value = piece.partition("=")
@@ -485,10 +494,21 @@ class Peeler:
             # unquote_plus gives back what has neither "+" nor "%": most keys and values
             if "%" in key or "+" in key:
                 key = unquote_plus(key, errors="replace")
+            path = f"{prefix}.{key}" if prefix else key
             if "%" in value or "+" in value:  # an escaped value: a page URL, JSON, a search term
-                self._reused(value, f"{prefix}.{key}" if prefix else key, depth, True)
+                self._reused(value, path, depth, True)
+                continue
+            # self._text(value, path, depth), inline for the common value: an id, a number, a word
+            stripped = value.strip()
+            if not stripped:
+                continue
+            if not (plain_depth or _plain(stripped)):
+                self._reused(stripped, path, depth, False)
+            elif len(stripped) <= budget:  # (self.emit, inline: the budget and the fields have room)
+                self._budget = budget - len(stripped)
+                fields.append(_field(path, stripped))
             else:
-                self._text(value, f"{prefix}.{key}" if prefix else key, depth)
+                self.emit(path, stripped)
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
@@ -590,11 +610,41 @@ _CACHED_PART_CHARS = 8192
 _CACHED_PART_SPENT = 16384
 
 
+# The query strings of recent URL parts and their fields under "query.", when no limit decided
+# them and no key is empty: a tracker decoder reads the same parameters (see query_fields).
+_QUERY_FIELDS: dict[str, tuple[Field, ...]] = {}
+_MAX_QUERY_FIELDS = 2048
+_QUERY_PREFIX = "query."
+
+
 def _peel_url(peeler: Peeler, path: str, query: str) -> None:
     if path:
         peeler.emit("url.path", unquote(path, errors="replace"))
-    if query:
+    if not query:
+        return
+    if peeler.limits is not DEFAULT_LIMITS or len(query) > _CACHED_PART_CHARS or query[0] == "=" or "&=" in query:
         peeler.form(query, "query", 1)
+        return
+    before, bound, capped = len(peeler.fields), peeler.bound, CAPPED.total()
+    peeler.bound = False
+    peeler.form(query, "query", 1)
+    if not peeler.bound and CAPPED.total() == capped:
+        if len(_QUERY_FIELDS) >= _MAX_QUERY_FIELDS:
+            _QUERY_FIELDS.clear()
+        _QUERY_FIELDS[query] = tuple(peeler.fields[before:])
+    peeler.bound = bound or peeler.bound
+
+
+def query_fields(query: str) -> tuple[Field, ...] | None:
+    """The fields of a query string peeled alone as a form of parameters (``Peeler().form(query,
+    "", 1)``, what a tracker decoder peels), when a recent request's URL part had that query;
+    else None. Every key there was non-empty, so the URL part's fields are these under "query."
+    (nested paths too), and no limit decided anything, so a fresh peel gives the same."""
+    found = _QUERY_FIELDS.get(query)
+    if found is None:
+        return None
+    cut = len(_QUERY_PREFIX)
+    return tuple(_field(item.path[cut:], item.value) for item in found)
 
 
 def _peel_host(peeler: Peeler, value: str) -> None:

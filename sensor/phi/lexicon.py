@@ -103,7 +103,8 @@ class TermMatcher:
         }
         self.size = sum(len(bucket) for bucket in self._by_first.values())
         # the tokens a term can start with: runs of letters, unless a term starts with digits
-        self._first_tokens = _TOKEN if any(first.isdigit() for first in self._by_first) else _LETTERS
+        self.digits_lead = any(first.isdigit() for first in self._by_first)
+        self._first_tokens = _TOKEN if self.digits_lead else _LETTERS
 
     def may_occur(self, text: str, lowered: str | None = None) -> bool:
         """False when no term can match in ``text``: none of its tokens starts a term.

@@ -935,13 +935,25 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
 def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
     findings: list[Finding] = []
+    numbers_plain = not term_matcher().digits_lead
     for item in fields:
-        # most fields: a short value in which nothing is found, which one cache lookup tells
-        if len(item.value) <= _CACHED_VALUE_CHARS and not _scan_short_field(_context(item.path), item.value):
-            continue
-        found = _scan_field(item)
-        if found:
-            findings.extend(finding for finding in found if finding.confidence >= min_confidence)
+        value = item.value
+        if len(value) <= _CACHED_VALUE_CHARS:
+            context = _context(item.path)
+            if numbers_plain and not context.pages and not context.any_keyed and _NUMBER.fullmatch(value):
+                continue  # what _scan says at once of a number (an id, a time), without a cache entry
+            # most fields: a short value in which nothing is found, which one cache lookup tells
+            found = _scan_short_field(context, value)
+            if not found:
+                continue
+            if found[0].path != item.path:  # (as _scan_field gives it)
+                path = item.path
+                found = tuple(Finding(f.type, f.category, f.confidence, path, f.start, f.end, f.value) for f in found)
+        else:
+            found = _scan_field(item)
+            if not found:
+                continue
+        findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
 
 
