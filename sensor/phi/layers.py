@@ -670,6 +670,24 @@ def _input_chars(inputs: tuple) -> int:
     return total
 
 
+def _alone(kind: str, inputs: tuple) -> Part | None:
+    """The part of `inputs` peeled once on its own with the default limits (remembered), or None
+    when a limit decided anything there or the input is too large to be remembered."""
+    key = (kind, *inputs)
+    # (a part remembered was within the size bound: a part seen before is not measured again)
+    part = _PARTS.get(key)
+    if part is None and _input_chars(inputs) <= _CACHED_PART_CHARS:
+        alone = Peeler(DEFAULT_LIMITS)
+        _PEEL_PARTS[kind](alone, *inputs)
+        if not alone.bound:
+            part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
+            if part.spent <= _CACHED_PART_SPENT:
+                if len(_PARTS) >= _MAX_PARTS:
+                    _PARTS.clear()
+                _PARTS[key] = part
+    return part
+
+
 def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     """Peel one part of a request into `peeler`, reusing an earlier peel of the same input.
 
@@ -678,21 +696,8 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     and the request has more budget left than that peel spent and needed, its fields are exactly
     the ones peeling it here would give. Otherwise (a huge part, a request near its limits, other
     limits than the defaults) it is peeled here, as one request."""
-    peel_part = _PEEL_PARTS[kind]
     limits = peeler.limits
-    key = (kind, *inputs)
-    part = None
-    # (a part remembered was within the size bound: a part seen before is not measured again)
-    if limits is DEFAULT_LIMITS and ((part := _PARTS.get(key)) is not None or _input_chars(inputs) <= _CACHED_PART_CHARS):
-        if part is None:
-            alone = Peeler(limits)
-            peel_part(alone, *inputs)
-            if not alone.bound:
-                part = Part(tuple(alone.fields), limits.max_output - alone._budget, alone.reach)
-                if part.spent <= _CACHED_PART_SPENT:
-                    if len(_PARTS) >= _MAX_PARTS:
-                        _PARTS.clear()
-                    _PARTS[key] = part
+    part = _alone(kind, inputs) if limits is DEFAULT_LIMITS else None
     if part is not None and peeler._budget > part.spent and peeler._budget >= part.reach and (
         len(peeler.fields) + len(part.fields) < limits.max_fields
     ):
@@ -700,7 +705,7 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
         peeler._budget -= part.spent
         return part
     before, budget = len(peeler.fields), peeler._budget
-    peel_part(peeler, *inputs)
+    _PEEL_PARTS[kind](peeler, *inputs)
     return Part(tuple(peeler.fields[before:]), budget - peeler._budget, 0)
 
 
@@ -726,28 +731,47 @@ def peel_request(
     Referer; and whether no limit decided anything. When none did, every part's fields are the
     ones it gives peeled alone, so a request of the target and first Referer alone has the page
     parts' fields (and findings)."""
-    peeler = Peeler(limits)
-    parts: list[Part] = []
-    page: list[Part] = []
+    wanted: list[tuple[str, tuple, bool]] = []  # (kind, inputs, a page part)
     referrer = None
     path, query = split_target(target)
     if path or query:
-        parts.append(_part(peeler, "url", path, query))
-        page.append(parts[0])
+        wanted.append(("url", (path, query), True))
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
-            parts.append(_part(peeler, "referer", value))
+            wanted.append(("referer", (value,), referrer is None))
             if referrer is None:
                 referrer = value
-                page.append(parts[-1])
         elif lowered == "host":
-            parts.append(_part(peeler, "host", value))
+            wanted.append(("host", (value,), False))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
-        parts.append(_part(peeler, "body", body, content_type))
-    return parts, page, referrer, not peeler.bound
+        wanted.append(("body", (body, content_type), False))
+    parts: list[Part] = []
+    page: list[Part] = []
+    # _part into one peeler, whose fields and budget are only counted while every part is reused
+    # (most requests); the peeler is made, holding the fields so far, for the first one that is not
+    peeler = None
+    budget, count, max_fields = limits.max_output, 0, limits.max_fields
+    for kind, inputs, in_page in wanted:
+        if peeler is not None:
+            part = _part(peeler, kind, *inputs)
+        else:
+            part = _alone(kind, inputs) if limits is DEFAULT_LIMITS else None
+            if part is not None and budget > part.spent and budget >= part.reach and count + len(part.fields) < max_fields:
+                budget -= part.spent
+                count += len(part.fields)
+            else:
+                peeler = Peeler(limits)
+                peeler.fields = [item for earlier in parts for item in earlier.fields]
+                peeler._budget = budget
+                _PEEL_PARTS[kind](peeler, *inputs)
+                part = Part(tuple(peeler.fields[count:]), budget - peeler._budget, 0)
+        parts.append(part)
+        if in_page:
+            page.append(part)
+    return parts, page, referrer, peeler is None or not peeler.bound
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:
