@@ -57,6 +57,17 @@ static PyMethodDef methods[] = {
     {"bind_hints", bind_hints, METH_VARARGS, "bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit)"},
     {"identifier_hints", identifier_hints, METH_O,
      "identifier_hints(text) -> the identifier families that may occur in text, as bits, or None"},
+    {"bind_phi", bind_phi, METH_VARARGS, "bind_phi(_field, _plain_py)"},
+    {"plain_text", plain_text, METH_O, "plain_text(text) -> whether the peel takes text as it is (_plain_py)"},
+    {"peel_form", (PyCFunction)(void (*)(void))peel_form, METH_FASTCALL,
+     "peel_form(peeler, pieces, prefix, depth, max_fields, plain_depth) -> the index of the first piece left to"
+     " Peeler.form_py's loop, the pieces before it peeled"},
+    {"term_may_occur", (PyCFunction)(void (*)(void))term_may_occur, METH_FASTCALL,
+     "term_may_occur(by_first, digits_lead, fallback, text, lowered=None) -> TermMatcher.may_occur_py(text, lowered)"},
+    {"bind_scan", bind_scan, METH_VARARGS, "bind_scan(_context, _scan_short_field, _scan_field, _CACHED_VALUE_CHARS)"},
+    {"scan_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
+     "scan_fields(fields, min_confidence, numbers_plain) -> scan_fields_py(fields, min_confidence) for a tuple or"
+     " list, else None"},
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},

@@ -21,6 +21,13 @@ from urllib.parse import unquote, unquote_plus
 
 from sensor.records import frozen_record, positional_constructor, split_target
 
+try:  # the compiled steps (sensor/_fast/phi.c); _plain_py and Peeler.form_py are their references
+    from sensor._fast import bind_phi as _bind_phi
+    from sensor._fast import peel_form as _peel_form
+    from sensor._fast import plain_text as _plain_text
+except ImportError:
+    _bind_phi = _peel_form = _plain_text = None
+
 __all__ = [
     "DEFAULT_LIMITS",
     "Field",
@@ -168,7 +175,7 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-def _plain(text: str) -> bool:
+def _plain_py(text: str) -> bool:
     """No JSON, URL, base64, form, lines or escapes: none of the characters those need one of
     ({ [ / = % and a line break), and a character no base64 alphabet has (or too short, or all
     letters, or all hex digits for base64). The peel takes it as it is (most ids, hosts, words)."""
@@ -183,6 +190,12 @@ def _plain(text: str) -> bool:
         or _NOT_BASE64.search(text)
         or _HEX_OR_DIGITS.fullmatch(text)
     )
+
+
+_plain: Callable[[str], bool] = _plain_py
+if _bind_phi is not None and _plain_text is not None:
+    _bind_phi(_field, _plain_py)
+    _plain = _plain_text
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
@@ -470,11 +483,24 @@ class Peeler:
     def form(self, text: str, prefix: str = "", depth: int = 0) -> None:
         """``a=b&c=d`` -> each value peeled under ``prefix.a``, ``prefix.c``."""
         pieces = text.split("&")
+        start = 0
+        if _peel_form is not None:  # the simple pieces compiled, the loop below goes on from the first other
+            start = _peel_form(self, pieces, prefix, depth, self.limits.max_fields, depth >= self.limits.max_depth)
+        if start < len(pieces):
+            self._form_pieces(pieces, start, prefix, depth)
+
+    def form_py(self, text: str, prefix: str = "", depth: int = 0) -> None:
+        """form in Python alone (the reference of the compiled peel_form)."""
+        self._form_pieces(text.split("&"), 0, prefix, depth)
+
+    def _form_pieces(self, pieces: list[str], start: int, prefix: str, depth: int) -> None:
+        """form's loop over the pieces from `start` on."""
         fields = self.fields
         max_fields = self.limits.max_fields
         plain_depth = depth >= self.limits.max_depth
         last = len(pieces) - 1
-        for index, piece in enumerate(pieces):
+        for index in range(start, len(pieces)):
+            piece = pieces[index]
             if not piece:
                 continue
             if len(fields) >= max_fields - 1 and index < last:

@@ -28,6 +28,12 @@ from sensor.phi.layers import Field, peel_request
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
+try:  # the compiled loop (sensor/_fast/phi.c); scan_fields_py is its reference
+    from sensor._fast import bind_scan as _bind_scan
+    from sensor._fast import scan_fields as _scan_fields_fast
+except ImportError:
+    _bind_scan = _scan_fields_fast = None
+
 __all__ = [
     "CATEGORIES",
     "Finding",
@@ -934,6 +940,15 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
 
 def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
+    if _scan_fields_fast is not None:
+        found = _scan_fields_fast(fields, min_confidence, not term_matcher().digits_lead)
+        if found is not None:
+            return found
+    return scan_fields_py(fields, min_confidence)
+
+
+def scan_fields_py(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
+    """scan_fields in Python (the reference of the compiled loop)."""
     findings: list[Finding] = []
     numbers_plain = not term_matcher().digits_lead
     for item in fields:
@@ -955,6 +970,10 @@ def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Fi
                 continue
         findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
+
+
+if _bind_scan is not None:
+    _bind_scan(_context, _scan_short_field, _scan_field, _CACHED_VALUE_CHARS)
 
 
 def scan_http(

@@ -1,0 +1,352 @@
+#include "fast.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.phi.layers and sensor.phi.lexicon: the per-value steps of peeling a request, for ASCII
+ * text. plain_text is _plain_py; peel_form takes the simple pieces of Peeler.form_py (a key
+ * without escapes, a value emitted as it is or handed to Peeler._reused) and stops at the first
+ * piece that is not simple, where the Python loop goes on; term_may_occur is
+ * TermMatcher.may_occur_py. Other text goes to the Python reference.
+ */
+
+static PyObject *field_maker; /* bind_phi: sensor.phi.layers._field, which makes a Field(path, value) */
+static PyObject *plain_py;    /* bind_phi: sensor.phi.layers._plain_py, for text that is not ASCII */
+static PyObject *str_fields, *str_budget, *str_reused;
+
+#define LONG_KEY 128 /* layers._LONG_KEY: a longer key is counted (CAPPED), in Python */
+#define MIN_BASE64_CHARS 8
+
+/* bind_phi(_field, _plain_py) */
+PyObject *bind_phi(PyObject *module, PyObject *args) {
+    PyObject *maker, *plain;
+    if (!PyArg_ParseTuple(args, "OO", &maker, &plain)) return NULL;
+    if (!PyCallable_Check(maker) || !PyCallable_Check(plain)) {
+        PyErr_SetString(PyExc_TypeError, "bind_phi takes two callables");
+        return NULL;
+    }
+    if (str_fields == NULL) {
+        str_fields = PyUnicode_InternFromString("fields");
+        str_budget = PyUnicode_InternFromString("_budget");
+        str_reused = PyUnicode_InternFromString("_reused");
+        if (str_fields == NULL || str_budget == NULL || str_reused == NULL) return NULL;
+    }
+    Py_INCREF(maker);
+    Py_INCREF(plain);
+    Py_XSETREF(field_maker, maker);
+    Py_XSETREF(plain_py, plain);
+    Py_RETURN_NONE;
+}
+
+/* what str.isspace() says of an ASCII character (str.strip() takes these off) */
+static inline int ascii_space(unsigned char c) { return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20); }
+static inline int ascii_alpha(unsigned char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+static inline int ascii_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int ascii_hex(unsigned char c) { return ascii_digit(c) || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); }
+static inline int base64_char(unsigned char c) {
+    return ascii_alpha(c) || ascii_digit(c) || c == '+' || c == '/' || c == '=' || c == '_' || c == '-';
+}
+
+/* _plain_py of ASCII text */
+static int plain_ascii(const unsigned char *s, Py_ssize_t n) {
+    int digits = 1, alpha = 1, other = 0, hex = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '/' || c == '=' || c == '%' || c == '{' || c == '[' || c == '\n') return 0;
+        digits &= ascii_digit(c);
+        alpha &= ascii_alpha(c);
+        hex &= ascii_hex(c);
+        other |= !base64_char(c);
+    }
+    if (n > 0 && digits) return 1;
+    if (n < MIN_BASE64_CHARS || alpha || other) return 1;
+    return hex;
+}
+
+/* plain_text(text) -> _plain_py(text) */
+PyObject *plain_text(PyObject *module, PyObject *text) {
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || plain_py == NULL) {
+        if (plain_py == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "bind_phi first");
+            return NULL;
+        }
+        return PyObject_CallOneArg(plain_py, text);
+    }
+    return PyBool_FromLong(plain_ascii(PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text)));
+}
+
+static int set_budget(PyObject *peeler, Py_ssize_t budget) {
+    PyObject *value = PyLong_FromSsize_t(budget);
+    if (value == NULL) return -1;
+    int status = PyObject_SetAttr(peeler, str_budget, value);
+    Py_DECREF(value);
+    return status;
+}
+
+static int get_budget(PyObject *peeler, Py_ssize_t *budget) {
+    PyObject *value = PyObject_GetAttr(peeler, str_budget);
+    if (value == NULL) return -1;
+    *budget = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
+    Py_DECREF(value);
+    if (*budget == -1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
+/* peeler._reused(value, path, depth, escaped), the budget written before and read after */
+static int reuse(PyObject *peeler, Py_ssize_t *budget, PyObject *value, PyObject *path, PyObject *depth, int escaped) {
+    if (set_budget(peeler, *budget) < 0) return -1;
+    PyObject *out = PyObject_CallMethodObjArgs(peeler, str_reused, value, path, depth, escaped ? Py_True : Py_False, NULL);
+    if (out == NULL) return -1;
+    Py_DECREF(out);
+    return get_budget(peeler, budget);
+}
+
+/* peel_form(peeler, pieces, prefix, depth, max_fields, plain_depth) -> the index of the first piece
+ * left to Peeler.form_py's loop (len(pieces) when none is): the pieces before it taken as it takes
+ * them. A piece is left (with everything after it) when it is not ASCII, has an escaped or long
+ * key, meets a limit (the fields, the budget, a value the budget cuts), or is not a str. */
+PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || field_maker == NULL || !PyList_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2]) ||
+        !PyLong_CheckExact(args[4]))
+        return PyLong_FromLong(0);
+    PyObject *peeler = args[0], *pieces = args[1], *prefix = args[2], *depth = args[3];
+    Py_ssize_t max_fields = PyLong_AsSsize_t(args[4]);
+    int plain_depth = PyObject_IsTrue(args[5]);
+    if ((max_fields == -1 && PyErr_Occurred()) || plain_depth < 0) return NULL;
+    PyObject *fields = PyObject_GetAttr(peeler, str_fields);
+    if (fields == NULL) return NULL;
+    Py_ssize_t budget;
+    if (!PyList_CheckExact(fields) || get_budget(peeler, &budget) < 0) {
+        Py_DECREF(fields);
+        if (PyErr_Occurred()) return NULL;
+        return PyLong_FromLong(0);
+    }
+    PyObject *prefix_dot = NULL;
+    if (PyUnicode_GET_LENGTH(prefix) > 0 && (prefix_dot = PyUnicode_FromFormat("%U.", prefix)) == NULL) {
+        Py_DECREF(fields);
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(pieces), last = count - 1, index;
+    int failed = 0;
+    for (index = 0; index < count; index++) {
+        PyObject *piece = PyList_GET_ITEM(pieces, index);
+        if (!PyUnicode_CheckExact(piece) || !PyUnicode_IS_ASCII(piece)) break;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(piece);
+        if (n == 0) continue;
+        Py_ssize_t held = PyList_GET_SIZE(fields);
+        if ((held >= max_fields - 1 && index < last) || budget <= 0 || held >= max_fields) break;
+        const unsigned char *s = PyUnicode_1BYTE_DATA(piece);
+        Py_ssize_t equals = 0;
+        int escaped_key = 0;
+        while (equals < n && s[equals] != '=') {
+            escaped_key |= s[equals] == '%' || s[equals] == '+';
+            equals++;
+        }
+        if (equals > LONG_KEY || escaped_key) break;
+        Py_ssize_t start = equals < n ? equals + 1 : n, end = n;
+        int escaped_value = 0;
+        for (Py_ssize_t i = start; i < end; i++) escaped_value |= s[i] == '%' || s[i] == '+';
+        if (!escaped_value) {
+            while (start < end && ascii_space(s[start])) start++;
+            while (end > start && ascii_space(s[end - 1])) end--;
+            if (start == end) continue;
+        }
+        int plain = !escaped_value && (plain_depth || plain_ascii(s + start, end - start));
+        if (plain && end - start > budget) break; /* emit cuts it: Python's */
+        PyObject *key = PyUnicode_Substring(piece, 0, equals);
+        PyObject *path = key != NULL && prefix_dot != NULL ? PyUnicode_Concat(prefix_dot, key) : key;
+        if (path != key) Py_XDECREF(key);
+        PyObject *value = path != NULL ? PyUnicode_Substring(piece, start, end) : NULL;
+        if (value == NULL) {
+            Py_XDECREF(path);
+            failed = 1;
+            break;
+        }
+        if (plain) {
+            PyObject *pair[2] = {path, value};
+            PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+            failed = item == NULL || PyList_Append(fields, item) < 0;
+            Py_XDECREF(item);
+            budget -= end - start;
+        } else {
+            failed = reuse(peeler, &budget, value, path, depth, escaped_value) < 0;
+        }
+        Py_DECREF(value);
+        Py_DECREF(path);
+        if (failed) break;
+    }
+    Py_DECREF(fields);
+    Py_XDECREF(prefix_dot);
+    if (failed || set_budget(peeler, budget) < 0) return NULL;
+    return PyLong_FromSsize_t(index);
+}
+
+/* term_may_occur(by_first, digits_lead, fallback, text, lowered) -> TermMatcher.may_occur_py(text,
+ * lowered): whether a run of letters (and of digits, when a term starts with digits) of the
+ * lower-cased ASCII text is a key of by_first; fallback(text, lowered) answers other text. */
+PyObject *term_may_occur(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "term_may_occur takes 4 or 5 arguments");
+        return NULL;
+    }
+    PyObject *by_first = args[0], *text = args[3], *lowered = nargs == 5 ? args[4] : Py_None;
+    int digits_lead = PyObject_IsTrue(args[1]);
+    if (digits_lead < 0) return NULL;
+    if (!PyDict_CheckExact(by_first) || !PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) ||
+        !PyUnicode_CheckExact(lowered) || !PyUnicode_IS_ASCII(lowered)) {
+        PyObject *call[2] = {text, lowered};
+        return PyObject_Vectorcall(args[2], call, 2, NULL);
+    }
+    const unsigned char *s = PyUnicode_1BYTE_DATA(lowered);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(lowered), i = 0;
+    while (i < n) {
+        Py_ssize_t start = i;
+        if (ascii_alpha(s[i])) {
+            while (i < n && ascii_alpha(s[i])) i++;
+        } else if (digits_lead && ascii_digit(s[i])) {
+            while (i < n && ascii_digit(s[i])) i++;
+        } else {
+            i++;
+            continue;
+        }
+        PyObject *token = PyUnicode_Substring(lowered, start, i);
+        if (token == NULL) return NULL;
+        int known = PyDict_Contains(by_first, token);
+        Py_DECREF(token);
+        if (known < 0) return NULL;
+        if (known) Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.phi.recognizers.scan_fields_py: the loop over the fields of a part, the scan of each
+ * value left to the Python functions bound here (their caches).
+ */
+
+static PyObject *context_of, *scan_short, *scan_field; /* bind_scan: _context, _scan_short_field, _scan_field */
+static Py_ssize_t cached_value_chars = -1;              /* bind_scan: _CACHED_VALUE_CHARS */
+static PyObject *str_path, *str_value, *str_pages, *str_any_keyed, *str_confidence;
+
+/* bind_scan(_context, _scan_short_field, _scan_field, _CACHED_VALUE_CHARS) */
+PyObject *bind_scan(PyObject *module, PyObject *args) {
+    PyObject *context, *short_scan, *field_scan;
+    Py_ssize_t chars;
+    if (!PyArg_ParseTuple(args, "OOOn", &context, &short_scan, &field_scan, &chars)) return NULL;
+    if (!PyCallable_Check(context) || !PyCallable_Check(short_scan) || !PyCallable_Check(field_scan) || chars < 0) {
+        PyErr_SetString(PyExc_TypeError, "bind_scan takes three callables and a length");
+        return NULL;
+    }
+    if (str_path == NULL) {
+        str_path = PyUnicode_InternFromString("path");
+        str_value = PyUnicode_InternFromString("value");
+        str_pages = PyUnicode_InternFromString("pages");
+        str_any_keyed = PyUnicode_InternFromString("any_keyed");
+        str_confidence = PyUnicode_InternFromString("confidence");
+        if (!str_path || !str_value || !str_pages || !str_any_keyed || !str_confidence) return NULL;
+    }
+    Py_INCREF(context);
+    Py_INCREF(short_scan);
+    Py_INCREF(field_scan);
+    Py_XSETREF(context_of, context);
+    Py_XSETREF(scan_short, short_scan);
+    Py_XSETREF(scan_field, field_scan);
+    cached_value_chars = chars;
+    Py_RETURN_NONE;
+}
+
+/* recognizers._NUMBER.fullmatch of ASCII text: [0-9]+(\.[0-9]+)? */
+static int ascii_number(PyObject *text) {
+    if (!PyUnicode_IS_ASCII(text)) return 0;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    while (i < n && ascii_digit(s[i])) i++;
+    if (i == 0) return 0;
+    if (i == n) return 1;
+    if (s[i] != '.' || i + 1 == n) return 0;
+    for (i++; i < n; i++)
+        if (!ascii_digit(s[i])) return 0;
+    return 1;
+}
+
+static int attribute_true(PyObject *object, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(object, name);
+    if (value == NULL) return -1;
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* the findings of one field (new reference), as scan_fields_py takes them; NULL on error */
+static PyObject *field_findings(PyObject *item, int numbers_plain) {
+    PyObject *path = PyObject_GetAttr(item, str_path);
+    PyObject *value = path != NULL ? PyObject_GetAttr(item, str_value) : NULL;
+    PyObject *found = NULL;
+    if (value == NULL) goto done;
+    if (!PyUnicode_CheckExact(value) || !PyUnicode_CheckExact(path) || PyUnicode_GET_LENGTH(value) > cached_value_chars) {
+        found = PyObject_CallOneArg(scan_field, item);
+        goto done;
+    }
+    PyObject *context = PyObject_CallOneArg(context_of, path);
+    if (context == NULL) goto done;
+    if (numbers_plain && ascii_number(value)) {
+        int pages = attribute_true(context, str_pages);
+        int keyed = pages == 0 ? attribute_true(context, str_any_keyed) : pages;
+        if (pages < 0 || keyed < 0) {
+            Py_DECREF(context);
+            goto done;
+        }
+        if (!pages && !keyed) { /* what _scan says at once of a number */
+            Py_DECREF(context);
+            found = PyTuple_New(0);
+            goto done;
+        }
+    }
+    PyObject *call[2] = {context, value};
+    found = PyObject_Vectorcall(scan_short, call, 2, NULL);
+    Py_DECREF(context);
+    if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) > 0) {
+        PyObject *first = PyObject_GetAttr(PyTuple_GET_ITEM(found, 0), str_path);
+        int same = first != NULL ? PyObject_RichCompareBool(first, path, Py_EQ) : -1;
+        Py_XDECREF(first);
+        if (same <= 0) { /* found under another path (or an error): _scan_field moves them */
+            Py_SETREF(found, same < 0 ? NULL : PyObject_CallOneArg(scan_field, item));
+        }
+    }
+done:
+    Py_XDECREF(path);
+    Py_XDECREF(value);
+    return found;
+}
+
+/* scan_fields(fields, min_confidence, numbers_plain) -> scan_fields_py(fields, min_confidence), for a
+ * tuple or list of fields; None for other iterables */
+PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || scan_field == NULL || !(PyTuple_CheckExact(args[0]) || PyList_CheckExact(args[0])))
+        Py_RETURN_NONE;
+    PyObject *fields = args[0], *least = args[1];
+    int numbers_plain = PyObject_IsTrue(args[2]);
+    if (numbers_plain < 0) return NULL;
+    PyObject *findings = PyList_New(0);
+    if (findings == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fields); i++) {
+        PyObject *found = field_findings(PySequence_Fast_GET_ITEM(fields, i), numbers_plain);
+        if (found == NULL) goto fail;
+        PyObject *seq = PySequence_Fast(found, "findings");
+        Py_DECREF(found);
+        if (seq == NULL) goto fail;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(seq); j++) {
+            PyObject *finding = PySequence_Fast_GET_ITEM(seq, j);
+            PyObject *confidence = PyObject_GetAttr(finding, str_confidence);
+            int keep = confidence != NULL ? PyObject_RichCompareBool(confidence, least, Py_GE) : -1;
+            Py_XDECREF(confidence);
+            if (keep < 0 || (keep && PyList_Append(findings, finding) < 0)) {
+                Py_DECREF(seq);
+                goto fail;
+            }
+        }
+        Py_DECREF(seq);
+    }
+    return findings;
+fail:
+    Py_DECREF(findings);
+    return NULL;
+}
