@@ -46,6 +46,7 @@ TWINS: dict[str, str] = {
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "plain_text": "sensor.phi.layers:_plain_py",
     "peel_form": "sensor.phi.layers:Peeler.form_py",
+    "peel_json": "sensor.phi.layers:Peeler.json_py",
     "term_may_occur": "sensor.phi.lexicon:TermMatcher.may_occur_py",
     "scan_fields": "sensor.phi.recognizers:scan_fields_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",

@@ -62,6 +62,9 @@ static PyMethodDef methods[] = {
     {"peel_form", (PyCFunction)(void (*)(void))peel_form, METH_FASTCALL,
      "peel_form(peeler, pieces, prefix, depth, max_fields, plain_depth) -> the index of the first piece left to"
      " Peeler.form_py's loop, the pieces before it peeled"},
+    {"peel_json", (PyCFunction)(void (*)(void))peel_json, METH_FASTCALL,
+     "peel_json(peeler, obj, prefix, depth, nesting, max_nesting, max_fields, plain_depth) -> True once"
+     " Peeler.json_py's work is done, False (nothing done) for a document it leaves to it"},
     {"term_may_occur", (PyCFunction)(void (*)(void))term_may_occur, METH_FASTCALL,
      "term_may_occur(by_first, digits_lead, fallback, text, lowered=None) -> TermMatcher.may_occur_py(text, lowered)"},
     {"bind_scan", bind_scan, METH_VARARGS, "bind_scan(_context, _scan_short_field, _scan_field, _CACHED_VALUE_CHARS)"},

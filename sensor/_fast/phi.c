@@ -350,3 +350,159 @@ fail:
     Py_DECREF(findings);
     return NULL;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Peeler.json_py: a parsed JSON document flattened into the peeler's fields.
+ */
+
+static PyObject *str_bound, *str_emit, *str_true, *str_false;
+
+/* whether the document holds only what peel_json takes: exact dicts with str keys of at most
+ * LONG_KEY characters, exact lists, ASCII str, bool, int, float and None, nested less than `room` */
+static int simple_document(PyObject *obj, Py_ssize_t room) {
+    if (PyUnicode_CheckExact(obj)) return PyUnicode_IS_ASCII(obj);
+    if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) || PyFloat_CheckExact(obj)) return 1;
+    if (room <= 1) return 0; /* its children would reach the nesting cap */
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t at = 0;
+        PyObject *key, *child;
+        while (PyDict_Next(obj, &at, &key, &child)) {
+            if (!PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) > LONG_KEY || !simple_document(child, room - 1))
+                return 0;
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(obj)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); i++)
+            if (!simple_document(PyList_GET_ITEM(obj, i), room - 1)) return 0;
+        return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    PyObject *peeler, *fields, *depth;
+    Py_ssize_t budget, max_fields;
+    int plain_depth;
+} JsonPeel;
+
+enum { GO_ON = 0, STOP = 1, FAILED = -1 };
+
+/* Peeler.emit(path, value) once its exhausted check has passed; a value the budget cuts goes to it */
+static int json_emit(JsonPeel *peel, PyObject *path, PyObject *value) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    if (n > peel->budget) {
+        if (set_budget(peel->peeler, peel->budget) < 0) return FAILED;
+        PyObject *out = PyObject_CallMethodObjArgs(peel->peeler, str_emit, path, value, NULL);
+        if (out == NULL) return FAILED;
+        Py_DECREF(out);
+        return get_budget(peel->peeler, &peel->budget) < 0 ? FAILED : GO_ON;
+    }
+    PyObject *pair[2] = {path, value};
+    PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+    int failed = item == NULL || PyList_Append(peel->fields, item) < 0;
+    Py_XDECREF(item);
+    peel->budget -= n;
+    return failed ? FAILED : GO_ON;
+}
+
+static PyObject *json_path(PyObject *prefix, PyObject *key) {
+    if (PyUnicode_GET_LENGTH(prefix) == 0) {
+        Py_INCREF(key);
+        return key;
+    }
+    return PyUnicode_FromFormat("%U.%U", prefix, key);
+}
+
+static int json_node(JsonPeel *peel, PyObject *obj, PyObject *prefix) {
+    Py_ssize_t held = PyList_GET_SIZE(peel->fields);
+    if (peel->budget <= 0 || held >= peel->max_fields) { /* exhausted: nothing more is taken */
+        return PyObject_SetAttr(peel->peeler, str_bound, Py_True) < 0 ? FAILED : STOP;
+    }
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t at = 0;
+        PyObject *key, *child;
+        while (PyDict_Next(obj, &at, &key, &child)) {
+            PyObject *path = json_path(prefix, key);
+            if (path == NULL) return FAILED;
+            Py_INCREF(child);
+            int status = json_node(peel, child, path);
+            Py_DECREF(child);
+            Py_DECREF(path);
+            if (status != GO_ON) return status;
+        }
+        return GO_ON;
+    }
+    if (PyList_CheckExact(obj)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); i++) {
+            PyObject *index = PyUnicode_FromFormat("%zd", i);
+            PyObject *path = index != NULL ? json_path(prefix, index) : NULL;
+            Py_XDECREF(index);
+            if (path == NULL) return FAILED;
+            PyObject *child = PyList_GET_ITEM(obj, i);
+            Py_INCREF(child);
+            int status = json_node(peel, child, path);
+            Py_DECREF(child);
+            Py_DECREF(path);
+            if (status != GO_ON) return status;
+        }
+        return GO_ON;
+    }
+    if (PyUnicode_CheckExact(obj)) { /* Peeler._text */
+        const unsigned char *s = PyUnicode_1BYTE_DATA(obj);
+        Py_ssize_t start = 0, end = PyUnicode_GET_LENGTH(obj);
+        while (start < end && ascii_space(s[start])) start++;
+        while (end > start && ascii_space(s[end - 1])) end--;
+        if (start == end) return GO_ON;
+        PyObject *stripped = PyUnicode_Substring(obj, start, end);
+        if (stripped == NULL) return FAILED;
+        int status;
+        if (peel->plain_depth || plain_ascii(s + start, end - start)) {
+            status = json_emit(peel, prefix, stripped);
+        } else {
+            status = reuse(peel->peeler, &peel->budget, stripped, prefix, peel->depth, 0) < 0 ? FAILED : GO_ON;
+        }
+        Py_DECREF(stripped);
+        return status;
+    }
+    if (PyBool_Check(obj)) return json_emit(peel, prefix, obj == Py_True ? str_true : str_false);
+    if (PyLong_CheckExact(obj) || PyFloat_CheckExact(obj)) {
+        PyObject *text = PyObject_Repr(obj);
+        if (text == NULL) return FAILED;
+        int status = json_emit(peel, prefix, text);
+        Py_DECREF(text);
+        return status;
+    }
+    return GO_ON; /* None */
+}
+
+/* peel_json(peeler, obj, prefix, depth, nesting, max_nesting, max_fields, plain_depth) -> True once
+ * Peeler.json_py's work is done, False (nothing done) for a document simple_document turns down */
+PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || field_maker == NULL || !PyUnicode_CheckExact(args[2]) || !PyLong_CheckExact(args[4]) ||
+        !PyLong_CheckExact(args[5]) || !PyLong_CheckExact(args[6]))
+        Py_RETURN_FALSE;
+    if (str_bound == NULL) {
+        str_bound = PyUnicode_InternFromString("bound");
+        str_emit = PyUnicode_InternFromString("emit");
+        str_true = PyUnicode_InternFromString("true");
+        str_false = PyUnicode_InternFromString("false");
+        if (!str_bound || !str_emit || !str_true || !str_false) return NULL;
+    }
+    Py_ssize_t nesting = PyLong_AsSsize_t(args[4]), max_nesting = PyLong_AsSsize_t(args[5]);
+    JsonPeel peel = {args[0], NULL, args[3], 0, PyLong_AsSsize_t(args[6]), PyObject_IsTrue(args[7])};
+    if (PyErr_Occurred() || peel.plain_depth < 0) return NULL;
+    /* (a document at the nesting cap goes out whole, as text: Python's) */
+    if (nesting < 0 || max_nesting - nesting < 1 || !simple_document(args[1], max_nesting - nesting)) Py_RETURN_FALSE;
+    peel.fields = PyObject_GetAttr(peel.peeler, str_fields);
+    if (peel.fields == NULL) return NULL;
+    if (!PyList_CheckExact(peel.fields) || get_budget(peel.peeler, &peel.budget) < 0) {
+        Py_DECREF(peel.fields);
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_FALSE;
+    }
+    int status = json_node(&peel, args[1], args[2]);
+    Py_DECREF(peel.fields);
+    if (status == FAILED || set_budget(peel.peeler, peel.budget) < 0) return NULL;
+    Py_RETURN_TRUE;
+}

@@ -21,12 +21,13 @@ from urllib.parse import unquote, unquote_plus
 
 from sensor.records import frozen_record, positional_constructor, split_target
 
-try:  # the compiled steps (sensor/_fast/phi.c); _plain_py and Peeler.form_py are their references
+try:  # the compiled steps (sensor/_fast/phi.c); _plain_py, Peeler.form_py and .json_py are their references
     from sensor._fast import bind_phi as _bind_phi
     from sensor._fast import peel_form as _peel_form
+    from sensor._fast import peel_json as _peel_json
     from sensor._fast import plain_text as _plain_text
 except ImportError:
-    _bind_phi = _peel_form = _plain_text = None
+    _bind_phi = _peel_form = _peel_json = _plain_text = None
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -538,6 +539,14 @@ class Peeler:
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
+        limits = self.limits
+        if _peel_json is None or not _peel_json(
+            self, obj, prefix, depth, nesting, limits.max_json_nesting, limits.max_fields, depth >= limits.max_depth
+        ):
+            self.json_py(obj, prefix, depth, nesting)
+
+    def json_py(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
+        """json in Python (the reference of the compiled peel_json)."""
         if self.exhausted:
             return
         if nesting >= self.limits.max_json_nesting:
@@ -549,10 +558,10 @@ class Peeler:
             for key, child in obj.items():
                 if len(key) > _LONG_KEY:
                     CAPPED["long_keys"] += 1
-                self.json(child, join_path(prefix, str(key)), depth, nesting + 1)
+                self.json_py(child, join_path(prefix, str(key)), depth, nesting + 1)
         elif isinstance(obj, list):
             for index, child in enumerate(obj):
-                self.json(child, join_path(prefix, str(index)), depth, nesting + 1)
+                self.json_py(child, join_path(prefix, str(index)), depth, nesting + 1)
         elif isinstance(obj, str):
             self._text(obj, prefix, depth)
         elif isinstance(obj, bool):
