@@ -45,6 +45,7 @@ TWINS: dict[str, str] = {
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
     "plain_text": "sensor.phi.layers:_plain_py",
+    "bytes_text": "sensor.phi.layers:_bytes_to_text_py",
     "peel_form": "sensor.phi.layers:Peeler.form_py",
     "peel_json": "sensor.phi.layers:Peeler.json_py",
     "term_may_occur": "sensor.phi.lexicon:TermMatcher.may_occur_py",
@@ -64,7 +65,7 @@ BINDERS: dict[str, str] = {
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
     "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
-    "bind_phi": "sensor.phi.layers:_field",  # with sensor.phi.layers._plain_py
+    "bind_phi": "sensor.phi.layers:_field",  # with sensor.phi.layers._plain_py and _bytes_to_text_py
     # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS
     "bind_scan": "sensor.phi.recognizers:_context",
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and

@@ -184,3 +184,13 @@ def test_match_endpoint_asks_the_endpoints_valid_anywhere_as_one_search() -> Non
     for host in hosts:
         for path in paths:
             assert catalog.match_endpoint(host, path) == reference(host, path), (host, path)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    data=st.binary(max_size=40)
+    | st.text(alphabet="ab \t\r\n{}=\x7f\x00é", max_size=40).map(lambda text: text.encode())
+    | st.sampled_from([b"", b"x" * 5000 + b"\x00", b'{"a": 1}'])
+)
+def test_bytes_text_is_bytes_to_text_py(data: bytes) -> None:
+    assert fast.bytes_text(data) == layers._bytes_to_text_py(data)

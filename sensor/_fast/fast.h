@@ -170,6 +170,7 @@ FAST_INTERNAL PyObject *identifier_hints(PyObject *module, PyObject *text);
 /* phi.c */
 FAST_INTERNAL PyObject *bind_phi(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *plain_text(PyObject *module, PyObject *text);
+FAST_INTERNAL PyObject *bytes_text(PyObject *module, PyObject *data);
 FAST_INTERNAL PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *term_may_occur(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

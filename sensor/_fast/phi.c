@@ -10,17 +10,20 @@
 
 static PyObject *field_maker; /* bind_phi: sensor.phi.layers._field, which makes a Field(path, value) */
 static PyObject *plain_py;    /* bind_phi: sensor.phi.layers._plain_py, for text that is not ASCII */
+static PyObject *text_py;     /* bind_phi: sensor.phi.layers._bytes_to_text_py, for other bytes */
 static PyObject *str_fields, *str_budget, *str_reused;
+
+static void classify_chars(void);
 
 #define LONG_KEY 128 /* layers._LONG_KEY: a longer key is counted (CAPPED), in Python */
 #define MIN_BASE64_CHARS 8
 
-/* bind_phi(_field, _plain_py) */
+/* bind_phi(_field, _plain_py, _bytes_to_text_py) */
 PyObject *bind_phi(PyObject *module, PyObject *args) {
-    PyObject *maker, *plain;
-    if (!PyArg_ParseTuple(args, "OO", &maker, &plain)) return NULL;
-    if (!PyCallable_Check(maker) || !PyCallable_Check(plain)) {
-        PyErr_SetString(PyExc_TypeError, "bind_phi takes two callables");
+    PyObject *maker, *plain, *text;
+    if (!PyArg_ParseTuple(args, "OOO", &maker, &plain, &text)) return NULL;
+    if (!PyCallable_Check(maker) || !PyCallable_Check(plain) || !PyCallable_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "bind_phi takes three callables");
         return NULL;
     }
     if (str_fields == NULL) {
@@ -29,10 +32,13 @@ PyObject *bind_phi(PyObject *module, PyObject *args) {
         str_reused = PyUnicode_InternFromString("_reused");
         if (str_fields == NULL || str_budget == NULL || str_reused == NULL) return NULL;
     }
+    classify_chars();
     Py_INCREF(maker);
     Py_INCREF(plain);
+    Py_INCREF(text);
     Py_XSETREF(field_maker, maker);
     Py_XSETREF(plain_py, plain);
+    Py_XSETREF(text_py, text);
     Py_RETURN_NONE;
 }
 
@@ -45,20 +51,35 @@ static inline int base64_char(unsigned char c) {
     return ascii_alpha(c) || ascii_digit(c) || c == '+' || c == '/' || c == '=' || c == '_' || c == '-';
 }
 
+/* what each ASCII character is to _plain_py: one of the characters that make a text not plain,
+ * a digit, a letter, a hex digit, a character of a base64 alphabet */
+enum { SPECIAL = 1, DIGIT = 2, ALPHA = 4, HEX = 8, BASE64 = 16 };
+static unsigned char char_class[256];
+
+static void classify_chars(void) {
+    for (int c = 0; c < 256; c++) {
+        unsigned char bits = 0;
+        if (c == '/' || c == '=' || c == '%' || c == '{' || c == '[' || c == '\n') bits |= SPECIAL;
+        if (ascii_digit(c)) bits |= DIGIT;
+        if (ascii_alpha(c)) bits |= ALPHA;
+        if (ascii_hex(c)) bits |= HEX;
+        if (base64_char(c)) bits |= BASE64;
+        char_class[c] = bits;
+    }
+}
+
 /* _plain_py of ASCII text */
 static int plain_ascii(const unsigned char *s, Py_ssize_t n) {
-    int digits = 1, alpha = 1, other = 0, hex = 1;
+    unsigned char every = DIGIT | ALPHA | HEX | BASE64, some = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c == '/' || c == '=' || c == '%' || c == '{' || c == '[' || c == '\n') return 0;
-        digits &= ascii_digit(c);
-        alpha &= ascii_alpha(c);
-        hex &= ascii_hex(c);
-        other |= !base64_char(c);
+        unsigned char bits = char_class[s[i]];
+        every &= bits;
+        some |= bits;
     }
-    if (n > 0 && digits) return 1;
-    if (n < MIN_BASE64_CHARS || alpha || other) return 1;
-    return hex;
+    if (some & SPECIAL) return 0;
+    if (n > 0 && (every & DIGIT)) return 1;
+    if (n < MIN_BASE64_CHARS || (every & ALPHA) || !(every & BASE64)) return 1;
+    return (every & HEX) != 0;
 }
 
 /* plain_text(text) -> _plain_py(text) */
@@ -71,6 +92,22 @@ PyObject *plain_text(PyObject *module, PyObject *text) {
         return PyObject_CallOneArg(plain_py, text);
     }
     return PyBool_FromLong(plain_ascii(PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text)));
+}
+
+/* bytes_text(data) -> _bytes_to_text_py(data): printable ASCII (tabs and line breaks too) is
+ * that text; other bytes go to it */
+PyObject *bytes_text(PyObject *module, PyObject *data) {
+    if (text_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_phi first");
+        return NULL;
+    }
+    if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0) {
+        const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(data);
+        Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0;
+        while (i < n && ((s[i] >= 0x20 && s[i] < 0x7F) || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+        if (i == n) return PyUnicode_DecodeASCII((const char *)s, n, NULL);
+    }
+    return PyObject_CallOneArg(text_py, data);
 }
 
 static int set_budget(PyObject *peeler, Py_ssize_t budget) {

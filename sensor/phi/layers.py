@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import zlib
@@ -23,11 +24,12 @@ from sensor.records import frozen_record, positional_constructor, split_target
 
 try:  # the compiled steps (sensor/_fast/phi.c); _plain_py, Peeler.form_py and .json_py are their references
     from sensor._fast import bind_phi as _bind_phi
+    from sensor._fast import bytes_text as _bytes_text
     from sensor._fast import peel_form as _peel_form
     from sensor._fast import peel_json as _peel_json
     from sensor._fast import plain_text as _plain_text
 except ImportError:
-    _bind_phi = _peel_form = _peel_json = _plain_text = None
+    _bind_phi = _bytes_text = _peel_form = _peel_json = _plain_text = None
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -92,7 +94,43 @@ _RATIO_FLOOR_BYTES = 1024  # inputs under 1 KiB may inflate to max_ratio KiB: th
 # Every time a bound stopped peeling (what was left unread is then not seen by the detectors):
 # fields (too many keys), output (budget spent), json_nesting (nested too deep), long_keys (seen,
 # not a bound). The pipeline adds them to its counters as phi.capped.* (see take_capped).
-CAPPED: Counter[str] = Counter()
+# Escaped values come back request after request (a page URL, a search): short ones are unescaped once.
+_UNQUOTED_CHARS = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquote_plus_short(text: str) -> str:
+    return unquote_plus(text, errors="replace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquote_short(text: str) -> str:
+    return unquote(text, errors="replace")
+
+
+def _unquote_plus(text: str) -> str:
+    """unquote_plus(text, errors="replace")"""
+    return _unquote_plus_short(text) if len(text) <= _UNQUOTED_CHARS else unquote_plus(text, errors="replace")
+
+
+def _unquote(text: str) -> str:
+    """unquote(text, errors="replace")"""
+    return _unquote_short(text) if len(text) <= _UNQUOTED_CHARS else unquote(text, errors="replace")
+
+
+class _Caps(Counter[str]):
+    """A Counter that counts its own changes too: whether a peel met a cap is then one comparison
+    of `changes` before and after (caps are rare, the question is asked of every new value)."""
+
+    changes = 0
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+
+_CAPS = _Caps()
+CAPPED: Counter[str] = _CAPS
 
 
 def take_capped() -> dict[str, int]:
@@ -120,9 +158,9 @@ def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tu
         key, _, value = piece.partition("=")
         # unquote_plus gives back what has neither "+" nor "%": most keys and values
         if "%" in key or "+" in key:
-            key = unquote_plus(key, errors="replace")
+            key = _unquote_plus(key)
         if "%" in value or "+" in value:
-            value = unquote_plus(value, errors="replace")
+            value = _unquote_plus(value)
         pairs.append((key, value))
         if len(pairs) >= max_pairs:
             break
@@ -193,10 +231,6 @@ def _plain_py(text: str) -> bool:
     )
 
 
-_plain: Callable[[str], bool] = _plain_py
-if _bind_phi is not None and _plain_text is not None:
-    _bind_phi(_field, _plain_py)
-    _plain = _plain_text
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")
@@ -220,7 +254,7 @@ def _printable_share(text: str) -> float:
     return good / len(sample)
 
 
-def _bytes_to_text(data: bytes) -> str | None:
+def _bytes_to_text_py(data: bytes) -> str | None:
     """The bytes as text when mostly printable, else None (binary: images, DER, protobuf)."""
     text = data.decode("utf-8", errors="replace")
     # U+FFFD never counts as printable: too many of them (random bytes, as base64 of an id gives)
@@ -229,6 +263,13 @@ def _bytes_to_text(data: bytes) -> str | None:
     if size and (size - text.count("\ufffd", 0, size)) / size < _PRINTABLE_SHARE:
         return None
     return text if _printable_share(text) >= _PRINTABLE_SHARE else None
+
+
+_plain: Callable[[str], bool] = _plain_py
+_bytes_to_text: Callable[[bytes], str | None] = _bytes_to_text_py
+if _bind_phi is not None and _plain_text is not None and _bytes_text is not None:
+    _bind_phi(_field, _plain_py, _bytes_to_text_py)
+    _plain, _bytes_to_text = _plain_text, _bytes_text
 
 
 def text_of(data: bytes, limits: LayerLimits = DEFAULT_LIMITS) -> str | None:
@@ -406,7 +447,7 @@ class Peeler:
                 if reach:
                     self.reach = max(self.reach, limits.max_output - budget + reach)
                 return
-        before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, CAPPED.total()
+        before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, _CAPS.changes
         self.bound, self.reach = False, 0
         self._peel_afresh(text, path, depth, escaped)
         spent = budget - self._budget
@@ -414,7 +455,7 @@ class Peeler:
             not self.bound
             and spent <= _PEELED_SPENT
             and len(self.fields) - before <= _PEELED_FIELDS
-            and CAPPED.total() == capped
+            and _CAPS.changes == capped
         ):
             # the budget an inflation needed, counted from where this value started
             reach = self.reach - (limits.max_output - budget) if self.reach else 0
@@ -426,7 +467,7 @@ class Peeler:
 
     def _peel_afresh(self, text: str, path: str, depth: int, escaped: bool) -> None:
         if escaped:
-            self._text(unquote_plus(text, errors="replace"), path, depth)
+            self._text(_unquote_plus(text), path, depth)
         else:
             self._layers(text, path, depth)
 
@@ -520,7 +561,7 @@ class Peeler:
                 CAPPED["long_keys"] += 1
             # unquote_plus gives back what has neither "+" nor "%": most keys and values
             if "%" in key or "+" in key:
-                key = unquote_plus(key, errors="replace")
+                key = _unquote_plus(key)
             path = f"{prefix}.{key}" if prefix else key
             if "%" in value or "+" in value:  # an escaped value: a page URL, JSON, a search term
                 self._reused(value, path, depth, True)
@@ -575,7 +616,7 @@ class Peeler:
         query, hash_mark, fragment = rest.partition("#")
         if not question:
             base, hash_mark, fragment = text.partition("#")
-        shown = unquote(base, errors="replace") + (hash_mark + unquote(fragment, errors="replace") if hash_mark else "")
+        shown = _unquote(base) + (hash_mark + _unquote(fragment) if hash_mark else "")
         self.emit(path, shown)
         if query:
             self.form(query, path, depth)
@@ -654,16 +695,16 @@ _QUERY_PREFIX = "query."
 
 def _peel_url(peeler: Peeler, path: str, query: str) -> None:
     if path:
-        peeler.emit("url.path", unquote(path, errors="replace"))
+        peeler.emit("url.path", _unquote(path))
     if not query:
         return
     if peeler.limits is not DEFAULT_LIMITS or len(query) > _CACHED_PART_CHARS or query[0] == "=" or "&=" in query:
         peeler.form(query, "query", 1)
         return
-    before, bound, capped = len(peeler.fields), peeler.bound, CAPPED.total()
+    before, bound, capped = len(peeler.fields), peeler.bound, _CAPS.changes
     peeler.bound = False
     peeler.form(query, "query", 1)
-    if not peeler.bound and CAPPED.total() == capped:
+    if not peeler.bound and _CAPS.changes == capped:
         if len(_QUERY_FIELDS) >= _MAX_QUERY_FIELDS:
             _QUERY_FIELDS.clear()
         _QUERY_FIELDS[query] = tuple(peeler.fields[before:])
