@@ -49,6 +49,7 @@ def _peeler(limits: LayerLimits, spent: int, held: int) -> Peeler:
 
 
 def _run(step: Any, peeler: Peeler) -> tuple[tuple[Any, ...], dict[str, int]]:
+    layers._PEELED.clear()  # each peel on its own: neither reuses the other's values
     before = dict(layers.CAPPED)
     step(peeler)
     after = dict(layers.CAPPED)
@@ -194,3 +195,24 @@ def test_match_endpoint_asks_the_endpoints_valid_anywhere_as_one_search() -> Non
 )
 def test_bytes_text_is_bytes_to_text_py(data: bytes) -> None:
     assert fast.bytes_text(data) == layers._bytes_to_text_py(data)
+
+
+_TOKEN = (
+    st.text(alphabet="ABCGUaz019+/-_", min_size=6, max_size=60)
+    | st.binary(min_size=1, max_size=30).map(lambda data: __import__("base64").b64encode(data).decode().rstrip("="))
+    | st.sampled_from(["aGVsbG8gd29ybGQ", "H4sIAAAAAAAAA", "eJxLTEoGAAJNASc", "G-462427724", "UA-9819197-1"])
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(tokens=st.lists(_TOKEN, min_size=1, max_size=4), depth=st.integers(0, 5), limits=_LIMITS)
+def test_tokens_are_taken_as_layers_takes_them(tokens: list[str], depth: int, limits: LayerLimits) -> None:
+    """A value no layer unwraps (an id, base64 of binary) is the field itself; others go to Python."""
+    text = "&".join(f"k{i}={token}" for i, token in enumerate(tokens))
+    compiled = _run(lambda peeler: peeler.form(text, "query", depth), _peeler(limits, 0, 0))
+    reference = _run(lambda peeler: peeler.form_py(text, "query", depth), _peeler(limits, 0, 0))
+    assert compiled == reference
+    document = {f"k{i}": token for i, token in enumerate(tokens)}
+    compiled = _run(lambda peeler: peeler.json(document, "body", depth), _peeler(limits, 0, 0))
+    reference = _run(lambda peeler: peeler.json_py(document, "body", depth), _peeler(limits, 0, 0))
+    assert compiled == reference

@@ -110,6 +110,68 @@ PyObject *bytes_text(PyObject *module, PyObject *data) {
     return PyObject_CallOneArg(text_py, data);
 }
 
+/* layers._is_compressed */
+static int compressed(const unsigned char *d, Py_ssize_t n) {
+    if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b) return 1;
+    return n >= 2 && (d[0] & 0x0F) == 8 && (d[0] >> 4) <= 7 && (((unsigned)d[0] << 8) | d[1]) % 31 == 0;
+}
+
+static int base64_value(unsigned char c, int urlsafe) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == (urlsafe ? '-' : '+')) return 62;
+    if (c == (urlsafe ? '_' : '/')) return 63;
+    return -1;
+}
+
+/* Whether Peeler._layers takes the stripped ASCII text `s` as it is (one field, the text itself):
+ * not JSON, not a URL or path, no form, line or escape, and no base64 of something it follows
+ * (compressed data or text). 1 yes, 0 not known here, -1 error. */
+static int opaque_token(const unsigned char *s, Py_ssize_t n) {
+    if (n == 0 || s[0] == '{' || s[0] == '[' || s[0] == '/') return 0;
+    if (n >= 4 && (s[0] | 0x20) == 'h' && (s[1] | 0x20) == 't' && (s[2] | 0x20) == 't' && (s[3] | 0x20) == 'p') return 0;
+    unsigned char every = DIGIT | ALPHA | HEX, some = 0;
+    int standard = 1, urlsafe = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '=' || c == '\n' || c == '%') return 0; /* a form, lines, escapes, padding: Python's */
+        unsigned char bits = char_class[c];
+        every &= bits;
+        some |= bits;
+        standard &= base64_value(c, 0) >= 0;
+        urlsafe &= base64_value(c, 1) >= 0;
+    }
+    (void)some;
+    /* _decode_base64: None for short, hex or digit-only, alphabetic or non-base64 text, and for a
+     * length no padding completes */
+    if (n < MIN_BASE64_CHARS || (every & (HEX | ALPHA)) || !(standard || urlsafe) || n % 4 == 1) return 1;
+    unsigned char decoded[96];
+    if (n / 4 * 3 + 3 > (Py_ssize_t)sizeof decoded) return 0;
+    Py_ssize_t out = 0;
+    unsigned bits = 0, held = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bits = (bits << 6) | (unsigned)base64_value(s[i], !standard);
+        held += 6;
+        if (held >= 8) {
+            held -= 8;
+            decoded[out++] = (unsigned char)(bits >> held);
+            bits &= (1u << held) - 1;
+        }
+    }
+    /* _accept_base64: compressed data is followed; under 4 bytes is not; else text is */
+    if (compressed(decoded, out)) return 0;
+    if (out < 4) return 1;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)decoded, out);
+    if (data == NULL) return -1;
+    PyObject *text = bytes_text(NULL, data);
+    Py_DECREF(data);
+    if (text == NULL) return -1;
+    int none = text == Py_None;
+    Py_DECREF(text);
+    return none;
+}
+
 static int set_budget(PyObject *peeler, Py_ssize_t budget) {
     PyObject *value = PyLong_FromSsize_t(budget);
     if (value == NULL) return -1;
@@ -196,6 +258,17 @@ PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
             Py_XDECREF(path);
             failed = 1;
             break;
+        }
+        if (!plain && !escaped_value && end - start <= budget) {
+            /* _reused's peel of a token that _layers takes as it is: that token (as a cache hit would give) */
+            int token = opaque_token(s + start, end - start);
+            if (token < 0) {
+                Py_DECREF(value);
+                Py_DECREF(path);
+                failed = 1;
+                break;
+            }
+            plain = token;
         }
         if (plain) {
             PyObject *pair[2] = {path, value};
@@ -494,7 +567,12 @@ static int json_node(JsonPeel *peel, PyObject *obj, PyObject *prefix) {
         PyObject *stripped = PyUnicode_Substring(obj, start, end);
         if (stripped == NULL) return FAILED;
         int status;
-        if (peel->plain_depth || plain_ascii(s + start, end - start)) {
+        int token = 0;
+        if (!peel->plain_depth && !plain_ascii(s + start, end - start) && end - start <= peel->budget)
+            token = opaque_token(s + start, end - start);
+        if (token < 0) {
+            status = FAILED;
+        } else if (token || peel->plain_depth || plain_ascii(s + start, end - start)) {
             status = json_emit(peel, prefix, stripped);
         } else {
             status = reuse(peel->peeler, &peel->budget, stripped, prefix, peel->depth, 0) < 0 ? FAILED : GO_ON;

@@ -693,6 +693,14 @@ _MAX_QUERY_FIELDS = 2048
 _QUERY_PREFIX = "query."
 
 
+def _split_target(target: str) -> tuple[str, str]:
+    """split_target(target), the origin form (most targets) split here."""
+    if target[:1] != "/":  # (an absolute URL never starts so)
+        return split_target(target)
+    path, _, query = (target.partition("#")[0] if "#" in target else target).partition("?")
+    return path, query
+
+
 def _peel_url(peeler: Peeler, path: str, query: str) -> None:
     if path:
         peeler.emit("url.path", _unquote(path))
@@ -809,7 +817,7 @@ def peel_request(
     parts' fields (and findings)."""
     wanted: list[tuple[str, tuple, bool]] = []  # (kind, inputs, a page part)
     referrer = None
-    path, query = split_target(target)
+    path, query = _split_target(target)
     if path or query:
         wanted.append(("url", (path, query), True))
     for name, value in headers:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from sensor.phi.layers import (
     DEFAULT_LIMITS,
+    _split_target,
     Field,
     Peeler,
     find_json,
@@ -415,7 +416,7 @@ def decode_tracker(
     if decode is None or method.upper() in _NO_PAYLOAD_METHODS:
         return None
     content_type = next((value for key, value in headers if key.lower() == "content-type"), None)
-    return decode(decoder, _Request(split_target(target)[1], content_type, body))
+    return decode(decoder, _Request(_split_target(target)[1], content_type, body))
 
 
 _HEALTH_EVENT_WORDS = frozenset(
