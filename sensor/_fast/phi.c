@@ -53,7 +53,7 @@ static inline int base64_char(unsigned char c) {
 
 /* what each ASCII character is to _plain_py: one of the characters that make a text not plain,
  * a digit, a letter, a hex digit, a character of a base64 alphabet */
-enum { SPECIAL = 1, DIGIT = 2, ALPHA = 4, HEX = 8, BASE64 = 16 };
+enum { SPECIAL = 1, DIGIT = 2, ALPHA = 4, HEX = 8, BASE64 = 16, PRINTABLE = 32 };
 static unsigned char char_class[256];
 
 static void classify_chars(void) {
@@ -64,19 +64,19 @@ static void classify_chars(void) {
         if (ascii_alpha(c)) bits |= ALPHA;
         if (ascii_hex(c)) bits |= HEX;
         if (base64_char(c)) bits |= BASE64;
+        if ((c >= 0x20 && c < 0x7F) || c == '\t' || c == '\n' || c == '\r') bits |= PRINTABLE;
         char_class[c] = bits;
     }
 }
 
 /* _plain_py of ASCII text */
 static int plain_ascii(const unsigned char *s, Py_ssize_t n) {
-    unsigned char every = DIGIT | ALPHA | HEX | BASE64, some = 0;
+    unsigned char every = DIGIT | ALPHA | HEX | BASE64;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char bits = char_class[s[i]];
+        if (bits & SPECIAL) return 0;
         every &= bits;
-        some |= bits;
     }
-    if (some & SPECIAL) return 0;
     if (n > 0 && (every & DIGIT)) return 1;
     if (n < MIN_BASE64_CHARS || (every & ALPHA) || !(every & BASE64)) return 1;
     return (every & HEX) != 0;
@@ -104,7 +104,7 @@ PyObject *bytes_text(PyObject *module, PyObject *data) {
     if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0) {
         const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(data);
         Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0;
-        while (i < n && ((s[i] >= 0x20 && s[i] < 0x7F) || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+        while (i < n && (char_class[s[i]] & PRINTABLE)) i++;
         if (i == n) return PyUnicode_DecodeASCII((const char *)s, n, NULL);
     }
     return PyObject_CallOneArg(text_py, data);
@@ -162,6 +162,11 @@ static int opaque_token(const unsigned char *s, Py_ssize_t n) {
     /* _accept_base64: compressed data is followed; under 4 bytes is not; else text is */
     if (compressed(decoded, out)) return 0;
     if (out < 4) return 1;
+    /* Each ASCII control byte decodes to a character that is not printable: with more of them
+     * than a tenth of the bytes (at least a tenth of the characters), _bytes_to_text says None. */
+    Py_ssize_t controls = 0;
+    for (Py_ssize_t i = 0; i < out; i++) controls += !(char_class[decoded[i]] & PRINTABLE) && decoded[i] < 0x80;
+    if (controls * 10 > out) return 1;
     PyObject *data = PyBytes_FromStringAndSize((const char *)decoded, out);
     if (data == NULL) return -1;
     PyObject *text = bytes_text(NULL, data);
@@ -567,12 +572,11 @@ static int json_node(JsonPeel *peel, PyObject *obj, PyObject *prefix) {
         PyObject *stripped = PyUnicode_Substring(obj, start, end);
         if (stripped == NULL) return FAILED;
         int status;
-        int token = 0;
-        if (!peel->plain_depth && !plain_ascii(s + start, end - start) && end - start <= peel->budget)
-            token = opaque_token(s + start, end - start);
-        if (token < 0) {
+        int take = peel->plain_depth || plain_ascii(s + start, end - start);
+        if (!take && end - start <= peel->budget) take = opaque_token(s + start, end - start);
+        if (take < 0) {
             status = FAILED;
-        } else if (token || peel->plain_depth || plain_ascii(s + start, end - start)) {
+        } else if (take) {
             status = json_emit(peel, prefix, stripped);
         } else {
             status = reuse(peel->peeler, &peel->budget, stripped, prefix, peel->depth, 0) < 0 ? FAILED : GO_ON;
