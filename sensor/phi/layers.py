@@ -761,14 +761,21 @@ def _alone(kind: str, inputs: tuple) -> Part | None:
     # (a part remembered was within the size bound: a part seen before is not measured again)
     part = _PARTS.get(key)
     if part is None and _input_chars(inputs) <= _CACHED_PART_CHARS:
-        alone = Peeler(DEFAULT_LIMITS)
-        _PEEL_PARTS[kind](alone, *inputs)
-        if not alone.bound:
-            part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
-            if part.spent <= _CACHED_PART_SPENT:
-                if len(_PARTS) >= _MAX_PARTS:
-                    _PARTS.clear()
-                _PARTS[key] = part
+        part = _peel_alone(key)
+    return part
+
+
+def _peel_alone(key: tuple) -> Part | None:
+    """_alone of a part not remembered, `key` being (kind, *inputs)."""
+    alone = Peeler(DEFAULT_LIMITS)
+    _PEEL_PARTS[key[0]](alone, *key[1:])
+    if alone.bound:
+        return None
+    part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
+    if part.spent <= _CACHED_PART_SPENT:
+        if len(_PARTS) >= _MAX_PARTS:
+            _PARTS.clear()
+        _PARTS[key] = part
     return part
 
 
@@ -815,34 +822,39 @@ def peel_request(
     Referer; and whether no limit decided anything. When none did, every part's fields are the
     ones it gives peeled alone, so a request of the target and first Referer alone has the page
     parts' fields (and findings)."""
-    wanted: list[tuple[str, tuple, bool]] = []  # (kind, inputs, a page part)
+    wanted: list[tuple[tuple, int, bool]] = []  # ((kind, *inputs), input characters, a page part)
     referrer = None
     path, query = _split_target(target)
     if path or query:
-        wanted.append(("url", (path, query), True))
+        wanted.append((("url", path, query), len(path) + len(query), True))
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
-            wanted.append(("referer", (value,), referrer is None))
+            wanted.append((("referer", value), len(value), referrer is None))
             if referrer is None:
                 referrer = value
         elif lowered == "host":
-            wanted.append(("host", (value,), False))
+            wanted.append((("host", value), len(value), False))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
-        wanted.append(("body", (body, content_type), False))
+        wanted.append((("body", body, content_type), len(body) + len(content_type or ""), False))
     parts: list[Part] = []
     page: list[Part] = []
     # _part into one peeler, whose fields and budget are only counted while every part is reused
     # (most requests); the peeler is made, holding the fields so far, for the first one that is not
     peeler = None
     budget, count, max_fields = limits.max_output, 0, limits.max_fields
-    for kind, inputs, in_page in wanted:
+    remembered = limits is DEFAULT_LIMITS
+    for key, chars, in_page in wanted:
         if peeler is not None:
-            part = _part(peeler, kind, *inputs)
+            part = _part(peeler, *key)
         else:
-            part = _alone(kind, inputs) if limits is DEFAULT_LIMITS else None
+            part = None
+            if remembered:  # (_alone, inline)
+                part = _PARTS.get(key)
+                if part is None and chars <= _CACHED_PART_CHARS:
+                    part = _peel_alone(key)
             if part is not None and budget > part.spent and budget >= part.reach and count + len(part.fields) < max_fields:
                 budget -= part.spent
                 count += len(part.fields)
@@ -850,7 +862,7 @@ def peel_request(
                 peeler = Peeler(limits)
                 peeler.fields = [item for earlier in parts for item in earlier.fields]
                 peeler._budget = budget
-                _PEEL_PARTS[kind](peeler, *inputs)
+                _PEEL_PARTS[key[0]](peeler, *key[1:])
                 part = Part(tuple(peeler.fields[count:]), budget - peeler._budget, 0)
         parts.append(part)
         if in_page:

@@ -133,6 +133,8 @@ _WINDOW_AFTER = 24
 class _FieldScan:
     """One field being scanned: its text, key context and masked spans; collects findings."""
 
+    __slots__ = ("path", "text", "key", "lowered", "_masked", "findings")
+
     def __init__(self, item: Field, key: _Key) -> None:
         self.path = item.path
         self.text = item.value
@@ -672,8 +674,9 @@ _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     ("condition_url", 0.7, re.compile(r"(?i)/symptom-?checker(?=[/?#]|$)")),
     ("pharmacy_url", 0.65, re.compile(r"(?i)/(?:refills?|rx-?refill|prescriptions?)(?=[/?#]|$)")),
 )
-# One search tells whether any of them can match (each is case-blind, as the union is).
-assert all(pattern.pattern.startswith("(?i)") for _, _, pattern in _PAGE_HINTS)
+# One search tells whether any of them can match (each is case-blind, as the union is), and each
+# needs a "/" first.
+assert all(pattern.pattern.startswith("(?i)/") for _, _, pattern in _PAGE_HINTS)
 _ANY_PAGE_HINT = re.compile("|".join(f"(?:{pattern.pattern[4:]})" for _, _, pattern in _PAGE_HINTS), re.IGNORECASE)
 _PORTAL_HOST_LABELS = ("mychart", "patientportal", "myhealth", "iqhealth", "healtheintent", "followmyhealth")
 # A label of the host that starts with one of them: at the host's start or after a dot.
@@ -698,7 +701,7 @@ def _page_hints(scan: _FieldScan) -> bool:
         host_start, host_end = scan.host_span()
         if _PORTAL_LABEL_START.search(scan.lowered[host_start:host_end]):
             scan.add("portal_url", CONTEXT, 0.7, host_start, host_end, keyed=True)
-        for kind, confidence, pattern in _PAGE_HINTS if _ANY_PAGE_HINT.search(text) else ():
+        for kind, confidence, pattern in _PAGE_HINTS if "/" in text and _ANY_PAGE_HINT.search(text) else ():
             for match in pattern.finditer(text):
                 # The span starts after the leading "/", so a redacted path keeps its shape.
                 scan.add(kind, CONTEXT, confidence, match.start() + 1, match.end())
