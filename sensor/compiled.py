@@ -50,6 +50,7 @@ TWINS: dict[str, str] = {
     "peel_json": "sensor.phi.layers:Peeler.json_py",
     "term_may_occur": "sensor.phi.lexicon:TermMatcher.may_occur_py",
     "scan_fields": "sensor.phi.recognizers:scan_fields_py",
+    "gate_hints": "sensor.phi.recognizers:_gate_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
     "select_route": "sensor.capture.workers:route_of_py",
@@ -68,6 +69,7 @@ BINDERS: dict[str, str] = {
     "bind_phi": "sensor.phi.layers:_field",  # with sensor.phi.layers._plain_py and _bytes_to_text_py
     # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS
     "bind_scan": "sensor.phi.recognizers:_context",
+    "bind_gates": "sensor.phi.recognizers:_GATE_WORDS",  # with _gate_hints_py
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
     # sensor.capture.workers.SERVICE_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",

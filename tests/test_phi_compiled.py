@@ -216,3 +216,15 @@ def test_tokens_are_taken_as_layers_takes_them(tokens: list[str], depth: int, li
     compiled = _run(lambda peeler: peeler.json(document, "body", depth), _peeler(limits, 0, 0))
     reference = _run(lambda peeler: peeler.json_py(document, "body", depth), _peeler(limits, 0, 0))
     assert compiled == reference
+
+
+_GATED = st.text(alphabet="0123456789-. ()+1ACBZSsocnmgbp%MRNdxhlé", max_size=30) | st.sampled_from(
+    ["555-12-3456", "(555) 123 4567", "+15551234567", "1EG4-TE5-MK73", "0123-4567-89", "mrn 1234567", "a1c 7%",
+     "dob 01/02/1990", "SSN 123", "12 mm hg", "1C", "9)"]
+)  # fmt: skip
+
+
+@settings(max_examples=800, deadline=None)
+@given(text=_GATED | _TEXT)
+def test_gate_hints_is_gate_hints_py(text: str) -> None:
+    assert fast.gate_hints(text, text.lower()) == recognizers._gate_hints_py(text, text.lower())

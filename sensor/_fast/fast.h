@@ -175,6 +175,8 @@ FAST_INTERNAL PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ss
 FAST_INTERNAL PyObject *term_may_occur(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_scan(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *bind_gates(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

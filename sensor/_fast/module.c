@@ -72,6 +72,9 @@ static PyMethodDef methods[] = {
     {"scan_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
      "scan_fields(fields, min_confidence, numbers_plain) -> scan_fields_py(fields, min_confidence) for a tuple or"
      " list, else None"},
+    {"bind_gates", bind_gates, METH_VARARGS, "bind_gates(words, _gate_hints_py)"},
+    {"gate_hints", (PyCFunction)(void (*)(void))gate_hints, METH_FASTCALL,
+     "gate_hints(text, lowered) -> 1 when a gate word is in lowered, | 2 when a pattern gate may open"},
     {"record_maker", record_maker, METH_O, "record_maker(cls) -> make(*fields), cls built from every field in order"},
     {"bind_dns", bind_dns, METH_VARARGS, "bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES)"},
     {"parse_dns", parse_dns, METH_O, "parse_dns(data) -> DnsMessage, or None to let the Python parser decide"},

@@ -625,3 +625,111 @@ PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (status == FAILED || set_budget(peel.peeler, peel.budget) < 0) return NULL;
     Py_RETURN_TRUE;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.phi.recognizers._gate_hints_py: which recognizers a value with a digit may need, from
+ * the words of the gates and the hint of the pattern gates, for ASCII text.
+ */
+
+#define GATE_WORDS 64
+#define GATE_WORD_CHARS 32
+static char gate_words[GATE_WORDS][GATE_WORD_CHARS + 1]; /* bind_gates: the gates' words, lower case */
+static Py_ssize_t gate_word_lengths[GATE_WORDS];
+static int gate_word_count = -1;
+static uint64_t gate_words_starting[256];
+static PyObject *gate_hints_py; /* bind_gates: _gate_hints_py, for text that is not ASCII */
+
+/* bind_gates(words, _gate_hints_py) */
+PyObject *bind_gates(PyObject *module, PyObject *args) {
+    PyObject *words, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O", &PyTuple_Type, &words, &fallback)) return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(words);
+    if (count > GATE_WORDS || !PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_ValueError, "at most 64 gate words, and a callable");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *word = PyTuple_GET_ITEM(words, i);
+        Py_ssize_t n = 0;
+        const char *text = PyUnicode_Check(word) && PyUnicode_IS_ASCII(word) ? PyUnicode_AsUTF8AndSize(word, &n) : NULL;
+        if (text == NULL || n == 0 || n > GATE_WORD_CHARS) {
+            PyErr_SetString(PyExc_ValueError, "a gate word is a short non-empty ASCII str");
+            return NULL;
+        }
+    }
+    memset(gate_words_starting, 0, sizeof gate_words_starting);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n;
+        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(words, i), &n);
+        memcpy(gate_words[i], text, n + 1);
+        gate_word_lengths[i] = n;
+        gate_words_starting[(unsigned char)text[0]] |= (uint64_t)1 << i;
+    }
+    gate_word_count = (int)count;
+    Py_INCREF(fallback);
+    Py_XSETREF(gate_hints_py, fallback);
+    Py_RETURN_NONE;
+}
+
+static int has_gate_word(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t starting = gate_words_starting[s[i]];
+        while (starting) {
+            int w = __builtin_ctzll(starting);
+            starting &= starting - 1;
+            Py_ssize_t len = gate_word_lengths[w];
+            if (i + len <= n && memcmp(s + i, gate_words[w], len) == 0) return 1;
+        }
+    }
+    return 0;
+}
+
+static inline int digit_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i) { return i < n && ascii_digit(s[i]); }
+static inline int in_set(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, const char *set) {
+    return i < n && s[i] != 0 && strchr(set, s[i]) != NULL;
+}
+
+/* recognizers._PATTERN_GATE_HINT.search of ASCII text */
+static int pattern_hint(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '+' && i + 1 < n && s[i + 1] == '1' && digit_at(s, n, i + 2)) return 1;
+        if (!ascii_digit(s[i]) || i + 1 >= n) continue;
+        unsigned char next = s[i + 1];
+        if (next == ')') return 1;
+        /* an MBI letter: a capital other than B, I, L, O, S and Z */
+        if (next >= 'A' && next <= 'Y' && next != 'B' && next != 'I' && next != 'L' && next != 'O' && next != 'S') return 1;
+        if (digit_at(s, n, i + 1) && digit_at(s, n, i + 2)) {
+            if (in_set(s, n, i + 3, "- .") && digit_at(s, n, i + 4) && digit_at(s, n, i + 5) &&
+                ((in_set(s, n, i + 6, "- .") && digit_at(s, n, i + 7)) ||
+                 (digit_at(s, n, i + 6) && in_set(s, n, i + 7, " .-") && digit_at(s, n, i + 8))))
+                return 1;
+            if (digit_at(s, n, i + 3) && i + 4 < n && s[i + 4] == '-' && digit_at(s, n, i + 5) && digit_at(s, n, i + 6) &&
+                digit_at(s, n, i + 7))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int contains(const unsigned char *s, Py_ssize_t n, const char *word, Py_ssize_t len) {
+    for (Py_ssize_t i = 0; i + len <= n; i++)
+        if (memcmp(s + i, word, len) == 0) return 1;
+    return 0;
+}
+
+/* gate_hints(text, lowered) -> _gate_hints_py(text, lowered) */
+PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || gate_hints_py == NULL) {
+        PyErr_SetString(PyExc_TypeError, "gate_hints(text, lowered), once bound");
+        return NULL;
+    }
+    PyObject *text = args[0], *lowered = args[1];
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || !PyUnicode_CheckExact(lowered) ||
+        !PyUnicode_IS_ASCII(lowered))
+        return PyObject_Vectorcall(gate_hints_py, args, 2, NULL);
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text), *l = PyUnicode_1BYTE_DATA(lowered);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), m = PyUnicode_GET_LENGTH(lowered);
+    long hints = has_gate_word(l, m);
+    if (pattern_hint(s, n) || contains(l, m, "ssn", 3) || contains(l, m, "soc", 3)) hints |= 2;
+    return PyLong_FromLong(hints);
+}

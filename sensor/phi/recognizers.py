@@ -28,11 +28,13 @@ from sensor.phi.layers import Field, peel_request
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
-try:  # the compiled loop (sensor/_fast/phi.c); scan_fields_py is its reference
+try:  # the compiled steps (sensor/_fast/phi.c); scan_fields_py and _gate_hints_py are their references
+    from sensor._fast import bind_gates as _bind_gates
     from sensor._fast import bind_scan as _bind_scan
+    from sensor._fast import gate_hints as _gate_hints_fast
     from sensor._fast import scan_fields as _scan_fields_fast
 except ImportError:
-    _bind_scan = _scan_fields_fast = None
+    _bind_gates = _bind_scan = _gate_hints_fast = _scan_fields_fast = None
 
 __all__ = [
     "CATEGORIES",
@@ -765,7 +767,8 @@ _DIGIT_GATES: tuple[_Gate, ...] = (
 )
 _DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = tuple(gate.recognizer for gate in _DIGIT_GATES)
 # Most values hold none of the gates' words (one search says so) and only the pattern gates remain.
-_ANY_GATE_WORD = re.compile("|".join(re.escape(word) for gate in _DIGIT_GATES for word in gate.words))
+_GATE_WORDS = tuple(word for gate in _DIGIT_GATES for word in gate.words)
+_ANY_GATE_WORD = re.compile("|".join(map(re.escape, _GATE_WORDS)))
 _PATTERN_GATES_ONLY = tuple((gate.recognizer, False, (), gate.patterns) for gate in _DIGIT_GATES if gate.patterns)
 
 
@@ -801,6 +804,21 @@ def _pattern_gates(text: str, lowered: str) -> tuple:
     if text.isascii() and not (_PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered):
         return ()
     return _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
+
+
+def _gate_hints_py(text: str, lowered: str) -> int:
+    """What the gates of a value with a digit say at once: 1 when one of their words is in it (the
+    gates then decide one by one), 2 when a pattern gate may open (the hint, or text not ASCII)."""
+    hints = 1 if _ANY_GATE_WORD.search(lowered) else 0
+    if not text.isascii() or _PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered:
+        hints |= 2
+    return hints
+
+
+_gate_hints: Callable[[str, str], int] = _gate_hints_py
+if _bind_gates is not None and _gate_hints_fast is not None:
+    _bind_gates(_GATE_WORDS, _gate_hints_py)
+    _gate_hints = _gate_hints_fast
 
 
 _DIGIT = re.compile(r"\d")
@@ -911,10 +929,13 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
-        if context.any_keyed or _ANY_GATE_WORD.search(lowered):
+        hints = 1 if context.any_keyed else _gate_hints(text, lowered)
+        if hints & 1:
             gates = context.gates
+        elif hints:  # (_pattern_gates, its hint asked already)
+            gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
         else:
-            gates = _pattern_gates(text, lowered)
+            gates = ()
         for recognizer, keyed, words, patterns in gates:
             if keyed:
                 recognizer(scan)
