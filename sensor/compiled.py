@@ -66,7 +66,8 @@ BINDERS: dict[str, str] = {
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
     "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
-    "bind_phi": "sensor.phi.layers:_field",  # with sensor.phi.layers._plain_py and _bytes_to_text_py
+    # with sensor.phi.layers._plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS and _PEELED_CHARS
+    "bind_phi": "sensor.phi.layers:_field",
     # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS
     "bind_scan": "sensor.phi.recognizers:_context",
     "bind_gates": "sensor.phi.recognizers:_GATE_WORDS",  # with _gate_hints_py

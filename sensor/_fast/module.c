@@ -57,7 +57,7 @@ static PyMethodDef methods[] = {
     {"bind_hints", bind_hints, METH_VARARGS, "bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit)"},
     {"identifier_hints", identifier_hints, METH_O,
      "identifier_hints(text) -> the identifier families that may occur in text, as bits, or None"},
-    {"bind_phi", bind_phi, METH_VARARGS, "bind_phi(_field, _plain_py, _bytes_to_text_py)"},
+    {"bind_phi", bind_phi, METH_VARARGS, "bind_phi(_field, _plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS, _PEELED_CHARS)"},
     {"bytes_text", bytes_text, METH_O, "bytes_text(data) -> the bytes as text when mostly printable, else None (_bytes_to_text_py)"},
     {"plain_text", plain_text, METH_O, "plain_text(text) -> whether the peel takes text as it is (_plain_py)"},
     {"peel_form", (PyCFunction)(void (*)(void))peel_form, METH_FASTCALL,

@@ -11,6 +11,10 @@
 static PyObject *field_maker; /* bind_phi: sensor.phi.layers._field, which makes a Field(path, value) */
 static PyObject *plain_py;    /* bind_phi: sensor.phi.layers._plain_py, for text that is not ASCII */
 static PyObject *text_py;     /* bind_phi: sensor.phi.layers._bytes_to_text_py, for other bytes */
+static PyObject *peeled;      /* bind_phi: sensor.phi.layers._PEELED, the values peeled before */
+static PyObject *default_limits; /* bind_phi: sensor.phi.layers.DEFAULT_LIMITS, the limits _PEELED is for */
+static Py_ssize_t peeled_chars = -1; /* bind_phi: sensor.phi.layers._PEELED_CHARS */
+static PyObject *str_limits;
 static PyObject *str_fields, *str_budget, *str_reused;
 
 static void classify_chars(void);
@@ -18,27 +22,34 @@ static void classify_chars(void);
 #define LONG_KEY 128 /* layers._LONG_KEY: a longer key is counted (CAPPED), in Python */
 #define MIN_BASE64_CHARS 8
 
-/* bind_phi(_field, _plain_py, _bytes_to_text_py) */
+/* bind_phi(_field, _plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS, _PEELED_CHARS) */
 PyObject *bind_phi(PyObject *module, PyObject *args) {
-    PyObject *maker, *plain, *text;
-    if (!PyArg_ParseTuple(args, "OOO", &maker, &plain, &text)) return NULL;
-    if (!PyCallable_Check(maker) || !PyCallable_Check(plain) || !PyCallable_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "bind_phi takes three callables");
+    PyObject *maker, *plain, *text, *table, *limits;
+    Py_ssize_t chars;
+    if (!PyArg_ParseTuple(args, "OOOO!On", &maker, &plain, &text, &PyDict_Type, &table, &limits, &chars)) return NULL;
+    if (!PyCallable_Check(maker) || !PyCallable_Check(plain) || !PyCallable_Check(text) || chars < 0) {
+        PyErr_SetString(PyExc_TypeError, "bind_phi takes three callables, a dict, the limits and a length");
         return NULL;
     }
     if (str_fields == NULL) {
         str_fields = PyUnicode_InternFromString("fields");
         str_budget = PyUnicode_InternFromString("_budget");
         str_reused = PyUnicode_InternFromString("_reused");
-        if (str_fields == NULL || str_budget == NULL || str_reused == NULL) return NULL;
+        str_limits = PyUnicode_InternFromString("limits");
+        if (str_fields == NULL || str_budget == NULL || str_reused == NULL || str_limits == NULL) return NULL;
     }
     classify_chars();
     Py_INCREF(maker);
     Py_INCREF(plain);
     Py_INCREF(text);
+    Py_INCREF(table);
+    Py_INCREF(limits);
     Py_XSETREF(field_maker, maker);
     Py_XSETREF(plain_py, plain);
     Py_XSETREF(text_py, text);
+    Py_XSETREF(peeled, table);
+    Py_XSETREF(default_limits, limits);
+    peeled_chars = chars;
     Py_RETURN_NONE;
 }
 
@@ -194,6 +205,30 @@ static int get_budget(PyObject *peeler, Py_ssize_t *budget) {
     return 0;
 }
 
+/* Peeler._reused's answer from _PEELED: 1 when the value's earlier fields were taken, 0 when
+ * Python is to decide (not remembered, no room, an inflation's reach to count), -1 error */
+static int reuse_known(PyObject *fields, Py_ssize_t *budget, Py_ssize_t max_fields, PyObject *value, PyObject *path,
+                       PyObject *depth, int escaped) {
+    if (PyUnicode_GET_LENGTH(value) > peeled_chars || PyUnicode_GET_LENGTH(path) > peeled_chars) return 0;
+    PyObject *key = PyTuple_Pack(4, value, path, depth, escaped ? Py_True : Py_False);
+    if (key == NULL) return -1;
+    PyObject *known = PyDict_GetItemWithError(peeled, key); /* borrowed */
+    Py_DECREF(key);
+    if (known == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(known) || PyTuple_GET_SIZE(known) != 4 || !PyTuple_CheckExact(PyTuple_GET_ITEM(known, 0)))
+        return 0;
+    PyObject *taken = PyTuple_GET_ITEM(known, 0);
+    Py_ssize_t spent = PyLong_AsSsize_t(PyTuple_GET_ITEM(known, 1));
+    Py_ssize_t need = PyLong_AsSsize_t(PyTuple_GET_ITEM(known, 2));
+    Py_ssize_t reach = PyLong_AsSsize_t(PyTuple_GET_ITEM(known, 3));
+    if (PyErr_Occurred()) return -1;
+    if (reach != 0 || !(*budget > need && PyList_GET_SIZE(fields) + PyTuple_GET_SIZE(taken) < max_fields - 1)) return 0;
+    Py_ssize_t end = PyList_GET_SIZE(fields);
+    if (PyList_SetSlice(fields, end, end, taken) < 0) return -1;
+    *budget -= spent;
+    return 1;
+}
+
 /* peeler._reused(value, path, depth, escaped), the budget written before and read after */
 static int reuse(PyObject *peeler, Py_ssize_t *budget, PyObject *value, PyObject *path, PyObject *depth, int escaped) {
     if (set_budget(peeler, *budget) < 0) return -1;
@@ -223,6 +258,13 @@ PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         if (PyErr_Occurred()) return NULL;
         return PyLong_FromLong(0);
     }
+    PyObject *limits = PyObject_GetAttr(peeler, str_limits);
+    if (limits == NULL) {
+        Py_DECREF(fields);
+        return NULL;
+    }
+    int remembered = limits == default_limits;
+    Py_DECREF(limits);
     PyObject *prefix_dot = NULL;
     if (PyUnicode_GET_LENGTH(prefix) > 0 && (prefix_dot = PyUnicode_FromFormat("%U.", prefix)) == NULL) {
         Py_DECREF(fields);
@@ -282,7 +324,8 @@ PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
             Py_XDECREF(item);
             budget -= end - start;
         } else {
-            failed = reuse(peeler, &budget, value, path, depth, escaped_value) < 0;
+            int known = remembered ? reuse_known(fields, &budget, max_fields, value, path, depth, escaped_value) : 0;
+            failed = known < 0 || (known == 0 && reuse(peeler, &budget, value, path, depth, escaped_value) < 0);
         }
         Py_DECREF(value);
         Py_DECREF(path);
@@ -498,7 +541,7 @@ static int simple_document(PyObject *obj, Py_ssize_t room) {
 typedef struct {
     PyObject *peeler, *fields, *depth;
     Py_ssize_t budget, max_fields;
-    int plain_depth;
+    int plain_depth, remembered;
 } JsonPeel;
 
 enum { GO_ON = 0, STOP = 1, FAILED = -1 };
@@ -579,7 +622,11 @@ static int json_node(JsonPeel *peel, PyObject *obj, PyObject *prefix) {
         } else if (take) {
             status = json_emit(peel, prefix, stripped);
         } else {
-            status = reuse(peel->peeler, &peel->budget, stripped, prefix, peel->depth, 0) < 0 ? FAILED : GO_ON;
+            int known = peel->remembered
+                            ? reuse_known(peel->fields, &peel->budget, peel->max_fields, stripped, prefix, peel->depth, 0)
+                            : 0;
+            if (known == 0) known = reuse(peel->peeler, &peel->budget, stripped, prefix, peel->depth, 0) < 0 ? -1 : 1;
+            status = known < 0 ? FAILED : GO_ON;
         }
         Py_DECREF(stripped);
         return status;
@@ -609,10 +656,14 @@ PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         if (!str_bound || !str_emit || !str_true || !str_false) return NULL;
     }
     Py_ssize_t nesting = PyLong_AsSsize_t(args[4]), max_nesting = PyLong_AsSsize_t(args[5]);
-    JsonPeel peel = {args[0], NULL, args[3], 0, PyLong_AsSsize_t(args[6]), PyObject_IsTrue(args[7])};
+    JsonPeel peel = {args[0], NULL, args[3], 0, PyLong_AsSsize_t(args[6]), PyObject_IsTrue(args[7]), 0};
     if (PyErr_Occurred() || peel.plain_depth < 0) return NULL;
     /* (a document at the nesting cap goes out whole, as text: Python's) */
     if (nesting < 0 || max_nesting - nesting < 1 || !simple_document(args[1], max_nesting - nesting)) Py_RETURN_FALSE;
+    PyObject *limits = PyObject_GetAttr(peel.peeler, str_limits);
+    if (limits == NULL) return NULL;
+    peel.remembered = limits == default_limits;
+    Py_DECREF(limits);
     peel.fields = PyObject_GetAttr(peel.peeler, str_fields);
     if (peel.fields == NULL) return NULL;
     if (!PyList_CheckExact(peel.fields) || get_budget(peel.peeler, &peel.budget) < 0) {

@@ -265,13 +265,6 @@ def _bytes_to_text_py(data: bytes) -> str | None:
     return text if _printable_share(text) >= _PRINTABLE_SHARE else None
 
 
-_plain: Callable[[str], bool] = _plain_py
-_bytes_to_text: Callable[[bytes], str | None] = _bytes_to_text_py
-if _bind_phi is not None and _plain_text is not None and _bytes_text is not None:
-    _bind_phi(_field, _plain_py, _bytes_to_text_py)
-    _plain, _bytes_to_text = _plain_text, _bytes_text
-
-
 def text_of(data: bytes, limits: LayerLimits = DEFAULT_LIMITS) -> str | None:
     """A body as text: inflated when compressed, None when binary."""
     data = data[: limits.max_output]
@@ -348,6 +341,13 @@ _MAX_PEELED = 2048
 _PEELED_CHARS = 256
 _PEELED_FIELDS = 16
 _PEELED_SPENT = 1024
+
+# The compiled steps, given what they need from here (sensor/_fast/phi.c)
+_plain: Callable[[str], bool] = _plain_py
+_bytes_to_text: Callable[[bytes], str | None] = _bytes_to_text_py
+if _bind_phi is not None and _plain_text is not None and _bytes_text is not None:
+    _bind_phi(_field, _plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS, _PEELED_CHARS)
+    _plain, _bytes_to_text = _plain_text, _bytes_text
 
 
 class Peeler:
