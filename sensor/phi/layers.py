@@ -49,6 +49,7 @@ __all__ = [
     "request_parts",
     "split_form",
     "split_multipart",
+    "split_request_target",
     "split_target",
     "text_of",
 ]
@@ -693,8 +694,8 @@ _MAX_QUERY_FIELDS = 2048
 _QUERY_PREFIX = "query."
 
 
-def _split_target(target: str) -> tuple[str, str]:
-    """split_target(target), the origin form (most targets) split here."""
+def split_request_target(target: str) -> tuple[str, str]:
+    """split_target(target), an origin-form target (most) split here without a lower-cased copy."""
     if target[:1] != "/":  # (an absolute URL never starts so)
         return split_target(target)
     path, _, query = (target.partition("#")[0] if "#" in target else target).partition("?")
@@ -824,7 +825,7 @@ def peel_request(
     parts' fields (and findings)."""
     wanted: list[tuple[tuple, int, bool]] = []  # ((kind, *inputs), input characters, a page part)
     referrer = None
-    path, query = _split_target(target)
+    path, query = split_request_target(target)
     if path or query:
         wanted.append((("url", path, query), len(path) + len(query), True))
     for name, value in headers:
@@ -850,14 +851,15 @@ def peel_request(
         if peeler is not None:
             part = _part(peeler, *key)
         else:
-            part = None
+            found = None
             if remembered:  # (_alone, inline)
-                part = _PARTS.get(key)
-                if part is None and chars <= _CACHED_PART_CHARS:
-                    part = _peel_alone(key)
-            if part is not None and budget > part.spent and budget >= part.reach and count + len(part.fields) < max_fields:
-                budget -= part.spent
-                count += len(part.fields)
+                found = _PARTS.get(key)
+                if found is None and chars <= _CACHED_PART_CHARS:
+                    found = _peel_alone(key)
+            if found is not None and budget > found.spent and budget >= found.reach and count + len(found.fields) < max_fields:
+                budget -= found.spent
+                count += len(found.fields)
+                part = found
             else:
                 peeler = Peeler(limits)
                 peeler.fields = [item for earlier in parts for item in earlier.fields]

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 from sensor.phi.layers import (
     DEFAULT_LIMITS,
-    _split_target,
     Field,
     Peeler,
     find_json,
@@ -23,7 +22,7 @@ from sensor.phi.layers import (
     query_fields,
     split_form,
     split_multipart,
-    split_target,
+    split_request_target,
     text_of,
 )
 from sensor.phi.lzstring import decompress_from_base64
@@ -416,7 +415,7 @@ def decode_tracker(
     if decode is None or method.upper() in _NO_PAYLOAD_METHODS:
         return None
     content_type = next((value for key, value in headers if key.lower() == "content-type"), None)
-    return decode(decoder, _Request(_split_target(target)[1], content_type, body))
+    return decode(decoder, _Request(split_request_target(target)[1], content_type, body))
 
 
 _HEALTH_EVENT_WORDS = frozenset(
