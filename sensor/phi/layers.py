@@ -92,9 +92,6 @@ _SAMPLE_CHARS = 4096
 _RATIO_FLOOR_BYTES = 1024  # inputs under 1 KiB may inflate to max_ratio KiB: their headers skew the ratio
 
 
-# Every time a bound stopped peeling (what was left unread is then not seen by the detectors):
-# fields (too many keys), output (budget spent), json_nesting (nested too deep), long_keys (seen,
-# not a bound). The pipeline adds them to its counters as phi.capped.* (see take_capped).
 # Escaped values come back request after request (a page URL, a search): short ones are unescaped once.
 _UNQUOTED_CHARS = 256
 
@@ -130,6 +127,9 @@ class _Caps(Counter[str]):
         super().__setitem__(key, value)
 
 
+# Every time a bound stopped peeling (what was left unread is then not seen by the detectors):
+# fields (too many keys), output (budget spent), json_nesting (nested too deep), long_keys (seen,
+# not a bound). The pipeline adds them to its counters as phi.capped.* (see take_capped).
 _CAPS = _Caps()
 CAPPED: Counter[str] = _CAPS
 
@@ -230,8 +230,6 @@ def _plain_py(text: str) -> bool:
         or _NOT_BASE64.search(text)
         or _HEX_OR_DIGITS.fullmatch(text)
     )
-
-
 
 
 _LINE_BLANKS = str.maketrans("", "", "\t\r\n")

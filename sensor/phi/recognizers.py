@@ -799,13 +799,6 @@ _PATTERN_GATE_HINT = re.compile(
 )
 
 
-def _pattern_gates(text: str, lowered: str) -> tuple:
-    """The pattern gates when one of them can open in `text`, else none."""
-    if text.isascii() and not (_PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered):
-        return ()
-    return _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
-
-
 def _gate_hints_py(text: str, lowered: str) -> int:
     """What the gates of a value with a digit say at once: 1 when one of their words is in it (the
     gates then decide one by one), 2 when a pattern gate may open (the hint, or text not ASCII)."""
@@ -932,7 +925,7 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
         hints = 1 if context.any_keyed else _gate_hints(text, lowered)
         if hints & 1:
             gates = context.gates
-        elif hints:  # (_pattern_gates, its hint asked already)
+        elif hints:  # a pattern gate may open: one search of their union says whether one does
             gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
         else:
             gates = ()
