@@ -1,11 +1,14 @@
 #include "fast.h"
 
 /* ---------------------------------------------------------------------------------------------
- * sensor.phi.layers and sensor.phi.lexicon: the per-value steps of peeling a request, for ASCII
- * text. plain_text is _plain_py; peel_form takes the simple pieces of Peeler.form_py (a key
- * without escapes, a value emitted as it is or handed to Peeler._reused) and stops at the first
- * piece that is not simple, where the Python loop goes on; term_may_occur is
- * TermMatcher.may_occur_py. Other text goes to the Python reference.
+ * sensor.phi (layers, lexicon, recognizers): the per-value steps of peeling and scanning a
+ * request, for ASCII text. plain_text is layers._plain_py, bytes_text layers._bytes_to_text_py;
+ * peel_form takes the simple pieces of Peeler.form_py (a key without escapes, a value emitted as
+ * it is, taken from _PEELED or handed to Peeler._reused) and stops at the first piece that is not
+ * simple, where the Python loop goes on; peel_json flattens a document of plain types as
+ * Peeler.json_py does, or declines it before doing anything; term_may_occur is
+ * TermMatcher.may_occur_py; scan_fields is recognizers.scan_fields_py's loop; gate_hints is
+ * recognizers._gate_hints_py. Other text goes to the Python reference.
  */
 
 static PyObject *field_maker; /* bind_phi: sensor.phi.layers._field, which makes a Field(path, value) */
