@@ -48,6 +48,13 @@ TWINS: dict[str, str] = {
     "prune": "sensor.output.ecs:prune_py",
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
+    "plain_text": "sensor.phi.layers:_plain_py",
+    "bytes_text": "sensor.phi.layers:_bytes_to_text_py",
+    "peel_form": "sensor.phi.layers:Peeler.form_py",
+    "peel_json": "sensor.phi.layers:Peeler.json_py",
+    "term_may_occur": "sensor.phi.lexicon:TermMatcher.may_occur_py",
+    "scan_fields": "sensor.phi.recognizers:scan_fields_py",
+    "gate_hints": "sensor.phi.recognizers:_gate_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
     "select_route": "sensor.capture.workers:route_of_py",
@@ -63,6 +70,11 @@ BINDERS: dict[str, str] = {
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
     "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
+    # with sensor.phi.layers._plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS and _PEELED_CHARS
+    "bind_phi": "sensor.phi.layers:_field",
+    # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS
+    "bind_scan": "sensor.phi.recognizers:_context",
+    "bind_gates": "sensor.phi.recognizers:_GATE_WORDS",  # with _gate_hints_py
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
     # sensor.capture.workers.SERVICE_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",

@@ -8,7 +8,7 @@
  *
  * One source file per Python module mirrored: dns.c (sensor.decode.dns), tls.c (sensor.decode.tls),
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
- * redact.c (sensor.phi.redact), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
+ * redact.c (sensor.phi.redact), phi.c (sensor.phi.layers and sensor.phi.lexicon), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), share.c (a replay worker's decode that learns the other's DNS answers),
  * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos, whole or split), text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
@@ -168,6 +168,17 @@ FAST_INTERNAL PyObject *prune(PyObject *module, PyObject *value);
 FAST_INTERNAL PyObject *iso_time(PyObject *module, PyObject *ts);
 FAST_INTERNAL PyObject *bind_hints(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *identifier_hints(PyObject *module, PyObject *text);
+/* phi.c */
+FAST_INTERNAL PyObject *bind_phi(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *plain_text(PyObject *module, PyObject *text);
+FAST_INTERNAL PyObject *bytes_text(PyObject *module, PyObject *data);
+FAST_INTERNAL PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *term_may_occur(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *peel_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *bind_scan(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *bind_gates(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

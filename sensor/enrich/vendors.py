@@ -290,6 +290,7 @@ class VendorCatalog:
             self._index(vendor, source)
         self._match_host_cached = lru_cache(maxsize=65536)(self._match_host)
         self._endpoints_of = lru_cache(maxsize=4096)(self._endpoints_for)
+        self._anywhere: tuple[re.Pattern[str] | None, tuple[tuple[Vendor, Endpoint, re.Pattern[str]], ...]] | None = None
 
     def _index(self, vendor: Vendor, source: str) -> None:
         where = str(self._files.get(vendor.id) or f"{source}/{vendor.id}.yaml")
@@ -394,16 +395,36 @@ class VendorCatalog:
         for vendor, endpoint, regex in self._endpoints_of(host):
             if regex.search(path):
                 return vendor, endpoint
+        gate, anywhere = self._anywhere or self._endpoints_anywhere()
+        if gate is not None and gate.search(path) is None:  # most requests: one search says none matches
+            return None
+        for vendor, endpoint, regex in anywhere:
+            if regex.search(path):
+                return vendor, endpoint
         return None
 
+    def _endpoints_anywhere(self) -> tuple[re.Pattern[str] | None, tuple[tuple[Vendor, Endpoint, re.Pattern[str]], ...]]:
+        """The endpoints valid on any host, tried after a host's own, with their compiled paths,
+        and one expression that matches wherever one of them does (None when they cannot be joined)."""
+        anywhere = tuple((vendor, endpoint, endpoint.path) for vendor, endpoint in self._endpoints_any_host)
+        patterns = [endpoint.pattern for _, endpoint in self._endpoints_any_host]
+        gate = None
+        # a group reference or a named group would mean something else inside a union
+        if patterns and not any(re.search(r"\\[1-9]|\(\?P|\(\?\(", pattern) for pattern in patterns):
+            try:
+                gate = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+            except re.error:
+                gate = None
+        self._anywhere = (gate, anywhere)
+        return self._anywhere
+
     def _endpoints_for(self, host: str) -> tuple[tuple[Vendor, Endpoint, re.Pattern[str]], ...]:
-        """The endpoints a request to `host` may go to, in the order match_endpoint tries them,
-        with their compiled paths (remembered per host: every request to a tracker asks again)."""
+        """The endpoints of `host` itself (not those valid on any host), in the order match_endpoint
+        tries them, with their compiled paths (remembered per host: every request to a tracker asks again)."""
         name = normalize_host(host)
         candidates: list[tuple[Vendor, Endpoint]] = list(self._endpoints_by_host.get(name, ()))
         for suffix in domain_suffixes(name):
             candidates.extend(self._endpoints_by_domain.get(suffix, ()))
-        candidates.extend(self._endpoints_any_host)
         return tuple((vendor, endpoint, endpoint.path) for vendor, endpoint in candidates)
 
     @staticmethod

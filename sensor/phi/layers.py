@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import zlib
@@ -20,6 +21,15 @@ from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 from sensor.records import frozen_record, positional_constructor, split_target
+
+try:  # the compiled steps (sensor/_fast/phi.c); _plain_py, Peeler.form_py and .json_py are their references
+    from sensor._fast import bind_phi as _bind_phi
+    from sensor._fast import bytes_text as _bytes_text
+    from sensor._fast import peel_form as _peel_form
+    from sensor._fast import peel_json as _peel_json
+    from sensor._fast import plain_text as _plain_text
+except ImportError:
+    _bind_phi = _bytes_text = _peel_form = _peel_json = _plain_text = None
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -34,10 +44,12 @@ __all__ = [
     "multipart_boundary",
     "peel",
     "peel_request",
+    "query_fields",
     "request_fields",
     "request_parts",
     "split_form",
     "split_multipart",
+    "split_request_target",
     "split_target",
     "text_of",
 ]
@@ -80,10 +92,46 @@ _SAMPLE_CHARS = 4096
 _RATIO_FLOOR_BYTES = 1024  # inputs under 1 KiB may inflate to max_ratio KiB: their headers skew the ratio
 
 
+# Escaped values come back request after request (a page URL, a search): short ones are unescaped once.
+_UNQUOTED_CHARS = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquote_plus_short(text: str) -> str:
+    return unquote_plus(text, errors="replace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unquote_short(text: str) -> str:
+    return unquote(text, errors="replace")
+
+
+def _unquote_plus(text: str) -> str:
+    """unquote_plus(text, errors="replace")"""
+    return _unquote_plus_short(text) if len(text) <= _UNQUOTED_CHARS else unquote_plus(text, errors="replace")
+
+
+def _unquote(text: str) -> str:
+    """unquote(text, errors="replace")"""
+    return _unquote_short(text) if len(text) <= _UNQUOTED_CHARS else unquote(text, errors="replace")
+
+
+class _Caps(Counter[str]):
+    """A Counter that counts its own changes too: whether a peel met a cap is then one comparison
+    of `changes` before and after (caps are rare, the question is asked of every new value)."""
+
+    changes = 0
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+
 # Every time a bound stopped peeling (what was left unread is then not seen by the detectors):
 # fields (too many keys), output (budget spent), json_nesting (nested too deep), long_keys (seen,
 # not a bound). The pipeline adds them to its counters as phi.capped.* (see take_capped).
-CAPPED: Counter[str] = Counter()
+_CAPS = _Caps()
+CAPPED: Counter[str] = _CAPS
 
 
 def take_capped() -> dict[str, int]:
@@ -111,9 +159,9 @@ def split_form(text: str, max_pairs: int = DEFAULT_LIMITS.max_fields) -> list[tu
         key, _, value = piece.partition("=")
         # unquote_plus gives back what has neither "+" nor "%": most keys and values
         if "%" in key or "+" in key:
-            key = unquote_plus(key, errors="replace")
+            key = _unquote_plus(key)
         if "%" in value or "+" in value:
-            value = unquote_plus(value, errors="replace")
+            value = _unquote_plus(value)
         pairs.append((key, value))
         if len(pairs) >= max_pairs:
             break
@@ -167,13 +215,15 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-def _plain(text: str) -> bool:
+def _plain_py(text: str) -> bool:
     """No JSON, URL, base64, form, lines or escapes: none of the characters those need one of
     ({ [ / = % and a line break), and a character no base64 alphabet has (or too short, or all
     letters, or all hex digits for base64). The peel takes it as it is (most ids, hosts, words)."""
     # substring tests, not a search for a character class: as fast on short values, far faster on long ones
     if "/" in text or "=" in text or "%" in text or "{" in text or "[" in text or "\n" in text:
         return False
+    if text.isdigit() and text.isascii():  # a number (an id, a time): all hex digits, asked faster
+        return True
     return bool(
         len(text) < _MIN_BASE64_CHARS
         or text.isalpha()  # what _decode_base64 turns down at once
@@ -203,7 +253,7 @@ def _printable_share(text: str) -> float:
     return good / len(sample)
 
 
-def _bytes_to_text(data: bytes) -> str | None:
+def _bytes_to_text_py(data: bytes) -> str | None:
     """The bytes as text when mostly printable, else None (binary: images, DER, protobuf)."""
     text = data.decode("utf-8", errors="replace")
     # U+FFFD never counts as printable: too many of them (random bytes, as base64 of an id gives)
@@ -290,6 +340,13 @@ _MAX_PEELED = 2048
 _PEELED_CHARS = 256
 _PEELED_FIELDS = 16
 _PEELED_SPENT = 1024
+
+# The compiled steps, given what they need from here (sensor/_fast/phi.c)
+_plain: Callable[[str], bool] = _plain_py
+_bytes_to_text: Callable[[bytes], str | None] = _bytes_to_text_py
+if _bind_phi is not None and _plain_text is not None and _bytes_text is not None:
+    _bind_phi(_field, _plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS, _PEELED_CHARS)
+    _plain, _bytes_to_text = _plain_text, _bytes_text
 
 
 class Peeler:
@@ -389,7 +446,7 @@ class Peeler:
                 if reach:
                     self.reach = max(self.reach, limits.max_output - budget + reach)
                 return
-        before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, CAPPED.total()
+        before, bound, outer_reach, capped = len(self.fields), self.bound, self.reach, _CAPS.changes
         self.bound, self.reach = False, 0
         self._peel_afresh(text, path, depth, escaped)
         spent = budget - self._budget
@@ -397,7 +454,7 @@ class Peeler:
             not self.bound
             and spent <= _PEELED_SPENT
             and len(self.fields) - before <= _PEELED_FIELDS
-            and CAPPED.total() == capped
+            and _CAPS.changes == capped
         ):
             # the budget an inflation needed, counted from where this value started
             reach = self.reach - (limits.max_output - budget) if self.reach else 0
@@ -409,7 +466,7 @@ class Peeler:
 
     def _peel_afresh(self, text: str, path: str, depth: int, escaped: bool) -> None:
         if escaped:
-            self._text(unquote_plus(text, errors="replace"), path, depth)
+            self._text(_unquote_plus(text), path, depth)
         else:
             self._layers(text, path, depth)
 
@@ -467,16 +524,35 @@ class Peeler:
     def form(self, text: str, prefix: str = "", depth: int = 0) -> None:
         """``a=b&c=d`` -> each value peeled under ``prefix.a``, ``prefix.c``."""
         pieces = text.split("&")
-        for index, piece in enumerate(pieces):
+        start = 0
+        if _peel_form is not None:  # the simple pieces compiled, the loop below goes on from the first other
+            start = _peel_form(self, pieces, prefix, depth, self.limits.max_fields, depth >= self.limits.max_depth)
+        if start < len(pieces):
+            self._form_pieces(pieces, start, prefix, depth)
+
+    def form_py(self, text: str, prefix: str = "", depth: int = 0) -> None:
+        """form in Python alone (the reference of the compiled peel_form)."""
+        self._form_pieces(text.split("&"), 0, prefix, depth)
+
+    def _form_pieces(self, pieces: list[str], start: int, prefix: str, depth: int) -> None:
+        """form's loop over the pieces from `start` on."""
+        fields = self.fields
+        max_fields = self.limits.max_fields
+        plain_depth = depth >= self.limits.max_depth
+        last = len(pieces) - 1
+        for index in range(start, len(pieces)):
+            piece = pieces[index]
             if not piece:
                 continue
-            if len(self.fields) >= self.limits.max_fields - 1 and index < len(pieces) - 1:
+            if len(fields) >= max_fields - 1 and index < last:
                 # one field left and more keys: what is unread goes out whole, so padding with
                 # thousands of keys cannot hide the last one
                 CAPPED["fields"] += 1
                 self.emit(join_path(prefix, "_rest"), unquote_plus("&".join(pieces[index:]), errors="replace"))
                 return
-            if self.exhausted:
+            budget = self._budget
+            if budget <= 0 or len(fields) >= max_fields:  # (self.exhausted, inline)
+                self.bound = True
                 CAPPED["fields"] += 1
                 return
             key, _, value = piece.partition("=")
@@ -484,14 +560,33 @@ class Peeler:
                 CAPPED["long_keys"] += 1
             # unquote_plus gives back what has neither "+" nor "%": most keys and values
             if "%" in key or "+" in key:
-                key = unquote_plus(key, errors="replace")
+                key = _unquote_plus(key)
+            path = f"{prefix}.{key}" if prefix else key
             if "%" in value or "+" in value:  # an escaped value: a page URL, JSON, a search term
-                self._reused(value, f"{prefix}.{key}" if prefix else key, depth, True)
+                self._reused(value, path, depth, True)
+                continue
+            # self._text(value, path, depth), inline for the common value: an id, a number, a word
+            stripped = value.strip()
+            if not stripped:
+                continue
+            if not (plain_depth or _plain(stripped)):
+                self._reused(stripped, path, depth, False)
+            elif len(stripped) <= budget:  # (self.emit, inline: the budget and the fields have room)
+                self._budget = budget - len(stripped)
+                fields.append(_field(path, stripped))
             else:
-                self._text(value, f"{prefix}.{key}" if prefix else key, depth)
+                self.emit(path, stripped)
 
     def json(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
         """Flatten parsed JSON: objects and arrays to ``key.path``, string leaves peeled further."""
+        limits = self.limits
+        if _peel_json is None or not _peel_json(
+            self, obj, prefix, depth, nesting, limits.max_json_nesting, limits.max_fields, depth >= limits.max_depth
+        ):
+            self.json_py(obj, prefix, depth, nesting)
+
+    def json_py(self, obj: object, prefix: str = "", depth: int = 0, nesting: int = 0) -> None:
+        """json in Python (the reference of the compiled peel_json)."""
         if self.exhausted:
             return
         if nesting >= self.limits.max_json_nesting:
@@ -503,10 +598,10 @@ class Peeler:
             for key, child in obj.items():
                 if len(key) > _LONG_KEY:
                     CAPPED["long_keys"] += 1
-                self.json(child, join_path(prefix, str(key)), depth, nesting + 1)
+                self.json_py(child, join_path(prefix, str(key)), depth, nesting + 1)
         elif isinstance(obj, list):
             for index, child in enumerate(obj):
-                self.json(child, join_path(prefix, str(index)), depth, nesting + 1)
+                self.json_py(child, join_path(prefix, str(index)), depth, nesting + 1)
         elif isinstance(obj, str):
             self._text(obj, prefix, depth)
         elif isinstance(obj, bool):
@@ -520,7 +615,7 @@ class Peeler:
         query, hash_mark, fragment = rest.partition("#")
         if not question:
             base, hash_mark, fragment = text.partition("#")
-        shown = unquote(base, errors="replace") + (hash_mark + unquote(fragment, errors="replace") if hash_mark else "")
+        shown = _unquote(base) + (hash_mark + _unquote(fragment) if hash_mark else "")
         self.emit(path, shown)
         if query:
             self.form(query, path, depth)
@@ -590,11 +685,49 @@ _CACHED_PART_CHARS = 8192
 _CACHED_PART_SPENT = 16384
 
 
+# The query strings of recent URL parts and their fields under "query.", when no limit decided
+# them and no key is empty: a tracker decoder reads the same parameters (see query_fields).
+_QUERY_FIELDS: dict[str, tuple[Field, ...]] = {}
+_MAX_QUERY_FIELDS = 2048
+_QUERY_PREFIX = "query."
+
+
+def split_request_target(target: str) -> tuple[str, str]:
+    """split_target(target), an origin-form target (most) split here without a lower-cased copy."""
+    if target[:1] != "/":  # (an absolute URL never starts so)
+        return split_target(target)
+    path, _, query = (target.partition("#")[0] if "#" in target else target).partition("?")
+    return path, query
+
+
 def _peel_url(peeler: Peeler, path: str, query: str) -> None:
     if path:
-        peeler.emit("url.path", unquote(path, errors="replace"))
-    if query:
+        peeler.emit("url.path", _unquote(path))
+    if not query:
+        return
+    if peeler.limits is not DEFAULT_LIMITS or len(query) > _CACHED_PART_CHARS or query[0] == "=" or "&=" in query:
         peeler.form(query, "query", 1)
+        return
+    before, bound, capped = len(peeler.fields), peeler.bound, _CAPS.changes
+    peeler.bound = False
+    peeler.form(query, "query", 1)
+    if not peeler.bound and _CAPS.changes == capped:
+        if len(_QUERY_FIELDS) >= _MAX_QUERY_FIELDS:
+            _QUERY_FIELDS.clear()
+        _QUERY_FIELDS[query] = tuple(peeler.fields[before:])
+    peeler.bound = bound or peeler.bound
+
+
+def query_fields(query: str) -> tuple[Field, ...] | None:
+    """The fields of a query string peeled alone as a form of parameters (``Peeler().form(query,
+    "", 1)``, what a tracker decoder peels), when a recent request's URL part had that query;
+    else None. Every key there was non-empty, so the URL part's fields are these under "query."
+    (nested paths too), and no limit decided anything, so a fresh peel gives the same."""
+    found = _QUERY_FIELDS.get(query)
+    if found is None:
+        return None
+    cut = len(_QUERY_PREFIX)
+    return tuple(_field(item.path[cut:], item.value) for item in found)
 
 
 def _peel_host(peeler: Peeler, value: str) -> None:
@@ -620,6 +753,31 @@ def _input_chars(inputs: tuple) -> int:
     return total
 
 
+def _alone(kind: str, inputs: tuple) -> Part | None:
+    """The part of `inputs` peeled once on its own with the default limits (remembered), or None
+    when a limit decided anything there or the input is too large to be remembered."""
+    key = (kind, *inputs)
+    # (a part remembered was within the size bound: a part seen before is not measured again)
+    part = _PARTS.get(key)
+    if part is None and _input_chars(inputs) <= _CACHED_PART_CHARS:
+        part = _peel_alone(key)
+    return part
+
+
+def _peel_alone(key: tuple) -> Part | None:
+    """_alone of a part not remembered, `key` being (kind, *inputs)."""
+    alone = Peeler(DEFAULT_LIMITS)
+    _PEEL_PARTS[key[0]](alone, *key[1:])
+    if alone.bound:
+        return None
+    part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
+    if part.spent <= _CACHED_PART_SPENT:
+        if len(_PARTS) >= _MAX_PARTS:
+            _PARTS.clear()
+        _PARTS[key] = part
+    return part
+
+
 def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     """Peel one part of a request into `peeler`, reusing an earlier peel of the same input.
 
@@ -628,21 +786,8 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
     and the request has more budget left than that peel spent and needed, its fields are exactly
     the ones peeling it here would give. Otherwise (a huge part, a request near its limits, other
     limits than the defaults) it is peeled here, as one request."""
-    peel_part = _PEEL_PARTS[kind]
     limits = peeler.limits
-    key = (kind, *inputs)
-    part = None
-    # (a part remembered was within the size bound: a part seen before is not measured again)
-    if limits is DEFAULT_LIMITS and ((part := _PARTS.get(key)) is not None or _input_chars(inputs) <= _CACHED_PART_CHARS):
-        if part is None:
-            alone = Peeler(limits)
-            peel_part(alone, *inputs)
-            if not alone.bound:
-                part = Part(tuple(alone.fields), limits.max_output - alone._budget, alone.reach)
-                if part.spent <= _CACHED_PART_SPENT:
-                    if len(_PARTS) >= _MAX_PARTS:
-                        _PARTS.clear()
-                    _PARTS[key] = part
+    part = _alone(kind, inputs) if limits is DEFAULT_LIMITS else None
     if part is not None and peeler._budget > part.spent and peeler._budget >= part.reach and (
         len(peeler.fields) + len(part.fields) < limits.max_fields
     ):
@@ -650,7 +795,7 @@ def _part(peeler: Peeler, kind: str, *inputs: Any) -> Part:
         peeler._budget -= part.spent
         return part
     before, budget = len(peeler.fields), peeler._budget
-    peel_part(peeler, *inputs)
+    _PEEL_PARTS[kind](peeler, *inputs)
     return Part(tuple(peeler.fields[before:]), budget - peeler._budget, 0)
 
 
@@ -676,28 +821,53 @@ def peel_request(
     Referer; and whether no limit decided anything. When none did, every part's fields are the
     ones it gives peeled alone, so a request of the target and first Referer alone has the page
     parts' fields (and findings)."""
-    peeler = Peeler(limits)
-    parts: list[Part] = []
-    page: list[Part] = []
+    wanted: list[tuple[tuple, int, bool]] = []  # ((kind, *inputs), input characters, a page part)
     referrer = None
-    path, query = split_target(target)
+    path, query = split_request_target(target)
     if path or query:
-        parts.append(_part(peeler, "url", path, query))
-        page.append(parts[0])
+        wanted.append((("url", path, query), len(path) + len(query), True))
     for name, value in headers:
         lowered = name.lower()
         if lowered == "referer":
-            parts.append(_part(peeler, "referer", value))
+            wanted.append((("referer", value), len(value), referrer is None))
             if referrer is None:
                 referrer = value
-                page.append(parts[-1])
         elif lowered == "host":
-            parts.append(_part(peeler, "host", value))
+            wanted.append((("host", value), len(value), False))
         elif lowered == "content-type" and content_type is None:
             content_type = value
     if body:
-        parts.append(_part(peeler, "body", body, content_type))
-    return parts, page, referrer, not peeler.bound
+        wanted.append((("body", body, content_type), len(body) + len(content_type or ""), False))
+    parts: list[Part] = []
+    page: list[Part] = []
+    # _part into one peeler, whose fields and budget are only counted while every part is reused
+    # (most requests); the peeler is made, holding the fields so far, for the first one that is not
+    peeler = None
+    budget, count, max_fields = limits.max_output, 0, limits.max_fields
+    remembered = limits is DEFAULT_LIMITS
+    for key, chars, in_page in wanted:
+        if peeler is not None:
+            part = _part(peeler, *key)
+        else:
+            found = None
+            if remembered:  # (_alone, inline)
+                found = _PARTS.get(key)
+                if found is None and chars <= _CACHED_PART_CHARS:
+                    found = _peel_alone(key)
+            if found is not None and budget > found.spent and budget >= found.reach and count + len(found.fields) < max_fields:
+                budget -= found.spent
+                count += len(found.fields)
+                part = found
+            else:
+                peeler = Peeler(limits)
+                peeler.fields = [item for earlier in parts for item in earlier.fields]
+                peeler._budget = budget
+                _PEEL_PARTS[key[0]](peeler, *key[1:])
+                part = Part(tuple(peeler.fields[count:]), budget - peeler._budget, 0)
+        parts.append(part)
+        if in_page:
+            page.append(part)
+    return parts, page, referrer, peeler is None or not peeler.bound
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:

@@ -9,11 +9,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.paths import PHI_LEXICON_DIR
+
+try:  # the compiled gate (sensor/_fast/phi.c); TermMatcher.may_occur_py is its reference
+    from sensor._fast import term_may_occur as _term_may_occur
+except ImportError:
+    _term_may_occur = None
 
 __all__ = [
     "TermMatch",
@@ -103,9 +108,13 @@ class TermMatcher:
         }
         self.size = sum(len(bucket) for bucket in self._by_first.values())
         # the tokens a term can start with: runs of letters, unless a term starts with digits
-        self._first_tokens = _TOKEN if any(first.isdigit() for first in self._by_first) else _LETTERS
+        self.digits_lead = any(first.isdigit() for first in self._by_first)
+        self._first_tokens = _TOKEN if self.digits_lead else _LETTERS
+        self.may_occur: Callable[..., bool] = self.may_occur_py
+        if _term_may_occur is not None:
+            self.may_occur = functools.partial(_term_may_occur, self._by_first, self.digits_lead, self.may_occur_py)
 
-    def may_occur(self, text: str, lowered: str | None = None) -> bool:
+    def may_occur_py(self, text: str, lowered: str | None = None) -> bool:
         """False when no term can match in ``text``: none of its tokens starts a term.
 
         Skipping spans only takes tokens away (the first token of a match is a whole run of letters

@@ -28,6 +28,14 @@ from sensor.phi.layers import Field, peel_request
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
+try:  # the compiled steps (sensor/_fast/phi.c); scan_fields_py and _gate_hints_py are their references
+    from sensor._fast import bind_gates as _bind_gates
+    from sensor._fast import bind_scan as _bind_scan
+    from sensor._fast import gate_hints as _gate_hints_fast
+    from sensor._fast import scan_fields as _scan_fields_fast
+except ImportError:
+    _bind_gates = _bind_scan = _gate_hints_fast = _scan_fields_fast = None
+
 __all__ = [
     "CATEGORIES",
     "Finding",
@@ -126,6 +134,8 @@ _WINDOW_AFTER = 24
 
 class _FieldScan:
     """One field being scanned: its text, key context and masked spans; collects findings."""
+
+    __slots__ = ("path", "text", "key", "lowered", "_masked", "findings")
 
     def __init__(self, item: Field, key: _Key) -> None:
         self.path = item.path
@@ -666,8 +676,9 @@ _PAGE_HINTS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     ("condition_url", 0.7, re.compile(r"(?i)/symptom-?checker(?=[/?#]|$)")),
     ("pharmacy_url", 0.65, re.compile(r"(?i)/(?:refills?|rx-?refill|prescriptions?)(?=[/?#]|$)")),
 )
-# One search tells whether any of them can match (each is case-blind, as the union is).
-assert all(pattern.pattern.startswith("(?i)") for _, _, pattern in _PAGE_HINTS)
+# One search tells whether any of them can match (each is case-blind, as the union is), and each
+# needs a "/" first.
+assert all(pattern.pattern.startswith("(?i)/") for _, _, pattern in _PAGE_HINTS)
 _ANY_PAGE_HINT = re.compile("|".join(f"(?:{pattern.pattern[4:]})" for _, _, pattern in _PAGE_HINTS), re.IGNORECASE)
 _PORTAL_HOST_LABELS = ("mychart", "patientportal", "myhealth", "iqhealth", "healtheintent", "followmyhealth")
 # A label of the host that starts with one of them: at the host's start or after a dot.
@@ -692,7 +703,7 @@ def _page_hints(scan: _FieldScan) -> bool:
         host_start, host_end = scan.host_span()
         if _PORTAL_LABEL_START.search(scan.lowered[host_start:host_end]):
             scan.add("portal_url", CONTEXT, 0.7, host_start, host_end, keyed=True)
-        for kind, confidence, pattern in _PAGE_HINTS if _ANY_PAGE_HINT.search(text) else ():
+        for kind, confidence, pattern in _PAGE_HINTS if "/" in text and _ANY_PAGE_HINT.search(text) else ():
             for match in pattern.finditer(text):
                 # The span starts after the leading "/", so a redacted path keeps its shape.
                 scan.add(kind, CONTEXT, confidence, match.start() + 1, match.end())
@@ -756,7 +767,8 @@ _DIGIT_GATES: tuple[_Gate, ...] = (
 )
 _DIGIT_RECOGNIZERS: tuple[Callable[[_FieldScan], None], ...] = tuple(gate.recognizer for gate in _DIGIT_GATES)
 # Most values hold none of the gates' words (one search says so) and only the pattern gates remain.
-_ANY_GATE_WORD = re.compile("|".join(re.escape(word) for gate in _DIGIT_GATES for word in gate.words))
+_GATE_WORDS = tuple(word for gate in _DIGIT_GATES for word in gate.words)
+_ANY_GATE_WORD = re.compile("|".join(map(re.escape, _GATE_WORDS)))
 _PATTERN_GATES_ONLY = tuple((gate.recognizer, False, (), gate.patterns) for gate in _DIGIT_GATES if gate.patterns)
 
 
@@ -787,11 +799,19 @@ _PATTERN_GATE_HINT = re.compile(
 )
 
 
-def _pattern_gates(text: str, lowered: str) -> tuple:
-    """The pattern gates when one of them can open in `text`, else none."""
-    if text.isascii() and not (_PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered):
-        return ()
-    return _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
+def _gate_hints_py(text: str, lowered: str) -> int:
+    """What the gates of a value with a digit say at once: 1 when one of their words is in it (the
+    gates then decide one by one), 2 when a pattern gate may open (the hint, or text not ASCII)."""
+    hints = 1 if _ANY_GATE_WORD.search(lowered) else 0
+    if not text.isascii() or _PATTERN_GATE_HINT.search(text) or "ssn" in lowered or "soc" in lowered:
+        hints |= 2
+    return hints
+
+
+_gate_hints: Callable[[str, str], int] = _gate_hints_py
+if _bind_gates is not None and _gate_hints_fast is not None:
+    _bind_gates(_GATE_WORDS, _gate_hints_py)
+    _gate_hints = _gate_hints_fast
 
 
 _DIGIT = re.compile(r"\d")
@@ -902,10 +922,13 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
     page_hint = _page_hints(scan) if context.pages or text[0] in _URL_LIKE_FIRST else False
     if _DIGIT.search(text):
         lowered = scan.lowered
-        if context.any_keyed or _ANY_GATE_WORD.search(lowered):
+        hints = 1 if context.any_keyed else _gate_hints(text, lowered)
+        if hints & 1:
             gates = context.gates
+        elif hints:  # a pattern gate may open: one search of their union says whether one does
+            gates = _PATTERN_GATES_ONLY if _ANY_PATTERN_GATE.search(text) else ()
         else:
-            gates = _pattern_gates(text, lowered)
+            gates = ()
         for recognizer, keyed, words, patterns in gates:
             if keyed:
                 recognizer(scan)
@@ -934,15 +957,40 @@ def _scan(item: Field, context: _Context) -> tuple[Finding, ...]:
 
 def scan_fields(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
     """Every finding in ``fields`` at or above ``min_confidence``, in field order."""
+    if _scan_fields_fast is not None:
+        found = _scan_fields_fast(fields, min_confidence, not term_matcher().digits_lead)
+        if found is not None:
+            return found
+    return scan_fields_py(fields, min_confidence)
+
+
+def scan_fields_py(fields: Iterable[Field], min_confidence: float = 0.5) -> list[Finding]:
+    """scan_fields in Python (the reference of the compiled loop)."""
     findings: list[Finding] = []
+    numbers_plain = not term_matcher().digits_lead
     for item in fields:
-        # most fields: a short value in which nothing is found, which one cache lookup tells
-        if len(item.value) <= _CACHED_VALUE_CHARS and not _scan_short_field(_context(item.path), item.value):
-            continue
-        found = _scan_field(item)
-        if found:
-            findings.extend(finding for finding in found if finding.confidence >= min_confidence)
+        value = item.value
+        if len(value) <= _CACHED_VALUE_CHARS:
+            context = _context(item.path)
+            if numbers_plain and not context.pages and not context.any_keyed and _NUMBER.fullmatch(value):
+                continue  # what _scan says at once of a number (an id, a time), without a cache entry
+            # most fields: a short value in which nothing is found, which one cache lookup tells
+            found = _scan_short_field(context, value)
+            if not found:
+                continue
+            if found[0].path != item.path:  # (as _scan_field gives it)
+                path = item.path
+                found = tuple(Finding(f.type, f.category, f.confidence, path, f.start, f.end, f.value) for f in found)
+        else:
+            found = _scan_field(item)
+            if not found:
+                continue
+        findings.extend(finding for finding in found if finding.confidence >= min_confidence)
     return findings
+
+
+if _bind_scan is not None:
+    _bind_scan(_context, _scan_short_field, _scan_field, _CACHED_VALUE_CHARS)
 
 
 def scan_http(

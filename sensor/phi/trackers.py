@@ -19,9 +19,10 @@ from sensor.phi.layers import (
     find_json,
     looks_like_form,
     multipart_boundary,
+    query_fields,
     split_form,
     split_multipart,
-    split_target,
+    split_request_target,
     text_of,
 )
 from sensor.phi.lzstring import decompress_from_base64
@@ -53,6 +54,15 @@ class _Request:
 
     def query_pairs(self) -> list[tuple[str, str]]:
         return split_form(self.query) if self.query else []
+
+    def pair_params(self, pairs: Sequence[tuple[str, str]]) -> tuple[Field, ...]:
+        """_pair_params(pairs) of the request's parameters, `pairs` being query_pairs() plus
+        body_pairs(): for a request without a body, the fields its URL's scan peeled already."""
+        if not self.body and self.query and len(pairs) < DEFAULT_LIMITS.max_fields:
+            known = query_fields(self.query)
+            if known is not None:
+                return known
+        return _pair_params(pairs)
 
     def body_pairs(self) -> list[tuple[str, str]]:
         """Body parameters of a form or multipart body (text parts only); [] for any other body."""
@@ -175,7 +185,7 @@ def _simple_pairs(
             _first(pairs, *page_keys),
             _first(pairs, *referrer_keys),
             _first(pairs, *title_keys) if title_keys else None,
-            _pair_params(pairs),
+            request.pair_params(pairs),
         )
 
     return decode
@@ -193,7 +203,7 @@ def _ga4(name: str, request: _Request) -> TrackerPayload | None:
         _first(all_pairs, "dl", "page_location"),
         _first(all_pairs, "dr", "page_referrer"),
         _first(all_pairs, "dt", "page_title"),
-        _pair_params(all_pairs),
+        request.pair_params(all_pairs),
     )
 
 
@@ -216,7 +226,7 @@ def _universal_analytics(name: str, request: _Request) -> TrackerPayload | None:
         page,
         _first(all_pairs, "dr"),
         _first(all_pairs, "dt"),
-        _pair_params(all_pairs),
+        request.pair_params(all_pairs),
     )
 
 
@@ -355,11 +365,14 @@ def _generic(name: str, request: _Request) -> TrackerPayload | None:
     body_pairs = request.body_pairs()
     pairs = request.query_pairs() + body_pairs
     documents = [] if body_pairs else request.json_documents([])
-    peeler = Peeler()
-    if request.query:
-        peeler.form(request.query, "", 1)
-    if request.body:
-        peeler.body(request.body, request.content_type)
+    params = query_fields(request.query) if request.query and not request.body else None
+    if params is None:  # (else the fields the request's URL gave its scan)
+        peeler = Peeler()
+        if request.query:
+            peeler.form(request.query, "", 1)
+        if request.body:
+            peeler.body(request.body, request.content_type)
+        params = tuple(peeler.fields)
     return _payload(
         name,
         [_first(pairs, *_GENERIC_EVENT_KEYS) or _lookup(documents, *((key,) for key in _GENERIC_EVENT_KEYS))],
@@ -367,7 +380,7 @@ def _generic(name: str, request: _Request) -> TrackerPayload | None:
         or _lookup(documents, *((key,) for key in _GENERIC_PAGE_KEYS), ("context", "page", "url")),
         _first(pairs, *_GENERIC_REFERRER_KEYS) or _lookup(documents, *((key,) for key in _GENERIC_REFERRER_KEYS)),
         _first(pairs, "dt", "title") or _lookup(documents, ("title",)),
-        tuple(peeler.fields),
+        params,
     )
 
 
@@ -402,7 +415,7 @@ def decode_tracker(
     if decode is None or method.upper() in _NO_PAYLOAD_METHODS:
         return None
     content_type = next((value for key, value in headers if key.lower() == "content-type"), None)
-    return decode(decoder, _Request(split_target(target)[1], content_type, body))
+    return decode(decoder, _Request(split_request_target(target)[1], content_type, body))
 
 
 _HEALTH_EVENT_WORDS = frozenset(
