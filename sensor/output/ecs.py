@@ -610,6 +610,7 @@ class AlertBuilder:
         self.unredacted = unredacted
         self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
         self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
+        self._tunnels: dict[int, tuple[tuple, bytes, bytes]] = {}  # id(tunnel) -> (tunnel, _alert_tunnel_parts)
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -717,7 +718,14 @@ class AlertBuilder:
             tls = False
         else:
             return None
-        if type(record.flow) is not Flow or obs.tracker is not None:
+        flow = record.flow
+        if obs.tracker is not None:
+            return None
+        if type(flow) is Flow:
+            network_tail, tunnel = b"", None
+        elif type(flow) is TunnelledFlow:
+            network_tail, tunnel = self._alert_tunnel_parts(flow.tunnel)
+        else:
             return None
         named = obs.destination
         primary = _primary_destination(destinations, named)
@@ -744,11 +752,11 @@ class AlertBuilder:
             hosts = [record.name] if record.name else []
             domain = self.events.registered_domain(record.name) or None
         _add_related_hosts(hosts, named, destinations)
-        source = record.flow.src_ip
+        source = flow.src_ip
         line = _alert_line_fast(
             tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
             tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
-            primary, summary, written[1], destinations or None, written[2], written[0],
+            primary, summary, written[1], destinations or None, written[2], written[0], network_tail, tunnel,
         )
         if line is None:
             return None
@@ -756,6 +764,24 @@ class AlertBuilder:
         vendor = obs.vendor
         return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
                       (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
+
+    def _alert_tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
+        """What the compiled alert writer adds for a tunnelled flow, as __call__ writes it (the
+        event's tunnel fields, pruned): the end of `network` and phi_egress's `"tunnel":...`
+        (empty where pruned away). Once per tunnel (one value shared by its flows, kept here)."""
+        cached = self._tunnels.get(id(tunnel))
+        if cached is None or cached[0] is not tunnel:
+            doc: dict = {"network": {}}
+            EventBuilder._add_tunnel(doc, *tunnel)
+            network, own = prune(doc["network"]), prune(doc["phi_egress"]["tunnel"])
+            if len(self._tunnels) > 4096:
+                self._tunnels.clear()
+            cached = self._tunnels[id(tunnel)] = (
+                tunnel,
+                b"," + orjson.dumps(network)[1:-1] if network else b"",
+                b'"tunnel":' + orjson.dumps(own) if own else b"",
+            )
+        return cached[1], cached[2]
 
     def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
         """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
