@@ -244,10 +244,27 @@ def test_the_spill_reads_back_between_writes(steps: list[tuple[int, int]], kept_
     for index, (size, reads) in enumerate(steps):
         data = bytes([index % 251, (index * 7) % 251]) * (size // 2) + bytes(size % 2)
         kept.append((spill.put(data), data))
-        for _ in range(reads):
-            place, expected = seed.choice(kept)
+        for place, expected in [kept[-1]] + [seed.choice(kept) for _ in range(reads)]:  # the newest, then any
             assert spill.get(place) == expected
         assert len(spill._blocks) <= kept_blocks
+    assert all(spill.get(place) == data for place, data in kept)
+
+
+def test_a_block_read_while_the_file_ended_inside_it_is_read_again() -> None:
+    """After each write of the file: the first alert it wrote (in the block the last write ended
+    inside, read then), and the newest alert written (in the block this write ends inside)."""
+    spill = engine_module._Spill()
+    kept: list[tuple[int, bytes]] = []
+    written, first_new = 0, 0
+    for index in range(3_000):
+        data = index.to_bytes(4, "big") * 25
+        kept.append((spill.put(data), data))
+        if spill._written != written:
+            newest = max(at for at, (place, _) in enumerate(kept) if place >> 32 < spill._written)
+            for place, expected in (kept[first_new], kept[newest]):
+                assert spill.get(place) == expected
+            written, first_new = spill._written, newest + 1
+    assert written >= 3 * engine_module._SPILL_BLOCK
     assert all(spill.get(place) == data for place, data in kept)
 
 
