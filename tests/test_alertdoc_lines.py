@@ -20,7 +20,8 @@ from sensor.enrich.assets import PhiHost
 from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import Vendor, registered_domain
 from sensor.output import ecs
-from sensor.records import DnsAnswer, DnsQuery, Flow, TlsHello, TunnelledFlow
+from sensor.phi.recognizers import Finding
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello, TunnelledFlow
 
 
 def _mostly(usual: list, unusual: list) -> st.SearchStrategy:
@@ -70,6 +71,18 @@ _TUNNELLED = st.one_of(
               _mostly(["A", "HTTPS"], [""]), st.booleans(), _mostly(["NOERROR"], ["", None]),
               st.lists(_ANSWERS, max_size=2).map(tuple)),
 )
+_REQUESTS = st.builds(
+    HttpRequest, _TIMES, _FLOWS | _TUNNEL_FLOWS, _mostly(["GET", "POST"], [""]),
+    _mostly(["/collect?ssn=123-45-6789&q=diabetes", "/p", "http://a.example/x?y=1"], ["", "*", "a.example:443"]),
+    _mostly(["1.1"], ["", "1.0"]),
+    st.lists(st.tuples(st.sampled_from(["Referer", "content-type", "User-Agent"]), _TEXT), max_size=3).map(tuple),
+    _HOSTS | st.just("192.0.2.1") | st.none(), st.just(b""), st.integers(min_value=0, max_value=10**6),
+)
+# what a rule found in a request (a document shows their types, categories and evidence)
+_FINDINGS = st.lists(st.builds(Finding, _mostly(["ssn", "condition"], [""]), _mostly(["identifier", "condition"], [""]),
+                               st.just(0.9), st.sampled_from(["query.ssn", "body.url", "header.referer"]),
+                               st.integers(0, 20), st.integers(0, 40), _mostly(["123-45-6789", "diabetes"], [""])),
+                     max_size=3)
 _VENDORS = st.none() | st.builds(
     lambda name, owner, stance, source: Vendor("v", name, owner, "analytics", (), (), (), {}, stance, "", source),
     st.sampled_from(["Vendor", ""]), st.sampled_from(["Owner", ""]), st.sampled_from(["no", "unknown", ""]),
@@ -85,12 +98,13 @@ _DESTINATIONS = st.none() | st.lists(
 
 @st.composite
 def _alerts(draw):
-    record = draw(st.one_of(_DNS, _HELLOS, _HELLOS, _TUNNELLED))
-    obs = Observation(record, draw(_mostly(["dns", "tls", "quic", "dns-attribution"], [""])), draw(_PHI_HOSTS),
+    record = draw(st.one_of(_DNS, _HELLOS, _HELLOS, _TUNNELLED, _REQUESTS))
+    obs = Observation(record, draw(_mostly(["dns", "tls", "quic", "dns-attribution", "http"], [""])), draw(_PHI_HOSTS),
                       draw(_HOSTS | st.none()), draw(_VENDORS), None, False, draw(_mostly(["none", "on-file"], [""])))
     rule = draw(st.sampled_from([rule.INFO for rule in ALL_RULES]))
-    alert = Alert(rule, draw(st.sampled_from(["low", "medium", "high", "critical"])), obs, draw(_TEXT),
-                  draw(_mostly(["vendor-id", "a.example"], [""])))
+    findings = draw(_FINDINGS) if type(record) is HttpRequest else []
+    alert = Alert(rule, draw(_mostly(["low", "medium", "high", "critical"], [""])), obs, draw(_TEXT),
+                  draw(_mostly(["vendor-id", "a.example"], [""])), findings)
     first = draw(_TIMES)
     last = draw(st.just(first) | _TIMES)
     return (alert, draw(st.integers(min_value=1, max_value=10**6)), first, last,
@@ -175,9 +189,13 @@ def test_alert_line_is_written_by_compiled_code_for_a_plain_hello() -> None:
 def test_what_the_compiled_writer_declines_the_python_builder_writes(record) -> None:
     builder = _builder()
     args = (_alert(record), 1, 1705330800.25, 1705330800.25, "cd" * 20, None)
+    assert builder._line_fast(*args) is None
     line, counted = builder.json_line(*args)
-    assert type(counted) is dict
-    assert line == builder.line_py(*args) == orjson.dumps(counted, option=orjson.OPT_APPEND_NEWLINE)
+    assert line == builder.line_py(*args)
+    by_document, by_values = AlertTally(), AlertTally()
+    by_document.add(orjson.loads(line))
+    by_values.add_values(*counted)  # (the Python builder's values of what the summary reads)
+    assert by_values.table() == by_document.table()
 
 
 @pytest.mark.parametrize("record", [
