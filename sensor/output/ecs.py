@@ -615,12 +615,6 @@ class AlertBuilder:
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> dict:
-        return self._document(alert, count, first_seen, last_seen, event_id, destinations, False)[0]
-
-    def _document(self, alert, count: int, first_seen: float, last_seen: float, event_id: str,
-                  destinations: list | None, tally: bool) -> tuple[dict, tuple | None]:
-        """The document, and (`tally`) what the summary reads of it (AlertTally.add_values's
-        arguments) where known without reading it: None where a part it reads is left out."""
         obs = alert.observation
         record = obs.record
         findings = alert.findings
@@ -687,34 +681,20 @@ class AlertBuilder:
                 if value:
                     pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
-        doc = prune(doc)
-        if not tally:
-            return doc, None
-        # what AlertTally.add reads of the pruned document, where nothing it reads was left out
-        types = pe["phi"]["types"] if findings else ()
-        severity, source, baa_status = alert.severity, record.flow.src_ip, obs.baa_status
-        if not (event_id and severity and rule.id and source and baa_status and type(count) is int
-                and type(event_id) is str and type(severity) is str and type(rule.id) is str and type(source) is str
-                and type(baa_status) is str and all(type(kind) is str and kind for kind in types)):
-            return doc, None
-        phi_host_name = phi_host_fields.get("name") if phi_host_fields else None
-        subject = (vendor_fields.get("name") if vendor_fields else None) or primary
-        return doc, (event_id, severity, rule.id, source, phi_host_name or None, subject or None, baa_status, types,
-                     count)
+        return prune(doc)
 
     def json_line(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
     ) -> tuple[bytes, dict | tuple]:
         """The alert document as one JSON line, byte for byte line_py's, and what the summary
-        counts of it: AlertTally.add_values's arguments (compiled code writes the line of an alert
-        on a lookup or hello without findings without building the document), or the document
-        where a part the summary reads is left out of it."""
+        counts of it: the document, or where compiled code wrote the line without building one
+        (an alert on a lookup or hello, without findings) AlertTally.add_values's arguments."""
         if _alert_line_fast is not None and not alert.findings:
             written = self._line_fast(alert, count, first_seen, last_seen, event_id, destinations)
             if written is not None:
                 return written
-        doc, values = self._document(alert, count, first_seen, last_seen, event_id, destinations, True)
-        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc if values is None else values
+        doc = self(alert, count, first_seen, last_seen, event_id, destinations)
+        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc
 
     def line_py(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
