@@ -294,7 +294,7 @@ class _Window:
             tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
-        return Alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
+        return _new_alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
 
     @property
     def event_id(self) -> str:
@@ -350,6 +350,7 @@ _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
 _KINDS: dict[type, str] = {DnsQuery: _DNS, LocalNameQuery: _LOCAL, TlsHello: _HELLO, HttpRequest: _HTTP}
 _observation = positional_constructor(Observation)  # every field, in order
+_new_alert = positional_constructor(Alert)
 _TRACKER_PAYLOAD = tracker_payload.INFO.id
 _window_start = attrgetter("start")
 
