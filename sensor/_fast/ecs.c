@@ -298,11 +298,11 @@ static PyObject *envelope_str[K_COUNT]; /* interned at module init */
 
 enum {
     J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
-    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_COUNT
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_COUNT
 };
 static const char *const json_text[J_COUNT] = {
     "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
-    "server_name", "alpn", "ech", "version", "dns",
+    "server_name", "alpn", "ech", "version", "dns", "http",
 };
 static PyObject *json_str[J_COUNT]; /* interned at module init */
 
@@ -810,15 +810,30 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return tls_line(args[0], args[1], args[2], NULL);
 }
 
-/* alert_line(tls, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
+/* The line of an alert document on an HTTP request: the envelope, the request's own fields as
+ * the Python builder wrote them (`middle`: `,"url":...,"http":...,"user_agent":...`), related,
+ * message, rule and phi_egress. */
+static PyObject *http_alert_line(PyObject *record, PyObject *domain, PyObject *middle, const AlertParts *alert) {
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    int status = json_envelope(&t, record, NULL, json_str[J_HTTP], domain, &flow, alert);
+    if (status == 0) {
+        status = bytes_add(&t, middle) < 0 ? -1 : json_end(&t, &flow, NULL, 0, Py_None, alert, 1);
+        flow_parts_clear(&flow);
+    }
+    return json_line_result(&t, status);
+}
+
+/* alert_line(kind, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
  * severity, alert_key, count, source_record, destination, summary, phi_host, destinations,
- * vendor_baa, rule, network_tail, tunnel) -> sensor.output.ecs.AlertBuilder.line_py's line of an
- * alert document on a DNS lookup (DnsQuery, `tls` false) or a TLS or QUIC hello (TlsHello, `tls`
- * true), or None for what the Python builder takes. `domain`: a lookup's registered domain, a
- * hello's destination.domain (or None); the other parts as AlertParts says. */
+ * vendor_baa, rule, network_tail, tunnel, middle) -> sensor.output.ecs.AlertBuilder.line_py's
+ * line of an alert document on a DNS lookup (DnsQuery, `kind` 0), a TLS or QUIC hello (TlsHello,
+ * 1) or an HTTP request (HttpRequest, 2, its own fields written in `middle`, bytes; else None),
+ * or None for what the Python builder takes. `domain`: a lookup's registered domain, a hello's or
+ * request's destination.domain (or None); the other parts as AlertParts says. */
 PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 24) {
-        PyErr_SetString(PyExc_TypeError, "alert_line takes 24 arguments");
+    if (nargs != 25) {
+        PyErr_SetString(PyExc_TypeError, "alert_line takes 25 arguments");
         return NULL;
     }
     AlertParts alert = {
@@ -833,9 +848,14 @@ PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         !PyBytes_Check(alert.rule) || (alert.destinations != Py_None && !PyList_CheckExact(alert.destinations)) ||
         !PyBytes_Check(alert.network_tail) || (alert.tunnel != Py_None && !PyBytes_Check(alert.tunnel)))
         Py_RETURN_NONE;
-    int tls = PyObject_IsTrue(args[0]);
-    if (tls < 0) return NULL;
-    return tls ? tls_line(args[1], args[2], NULL, &alert) : dns_line(args[1], args[2], NULL, &alert);
+    long kind = PyLong_Check(args[0]) ? PyLong_AsLong(args[0]) : -1;
+    if (kind == -1 && PyErr_Occurred()) return NULL;
+    if (kind == 2) {
+        if (!PyBytes_Check(args[24]) || alert.tunnel != Py_None) Py_RETURN_NONE;
+        return http_alert_line(args[1], args[2], args[24], &alert);
+    }
+    if ((kind != 0 && kind != 1) || args[24] != Py_None) Py_RETURN_NONE;
+    return kind ? tls_line(args[1], args[2], NULL, &alert) : dns_line(args[1], args[2], NULL, &alert);
 }
 
 /* ---------------------------------------------------------------------------------------------

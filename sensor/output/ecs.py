@@ -342,6 +342,20 @@ class EventBuilder:
 
     def http(self, rec: HttpRequest) -> dict:
         doc = self._envelope(rec.ts, "http", rec.flow)
+        url, http, agent, domain = self._http_parts(rec)
+        if domain:
+            doc["destination"]["domain"] = domain
+        if url:
+            doc["url"] = url
+        doc["http"] = http
+        if agent:
+            doc["user_agent"] = agent
+        doc["related"] = _related(rec.flow, rec.host)
+        return doc
+
+    def _http_parts(self, rec: HttpRequest) -> tuple[dict, dict, dict | None, str | None]:
+        """An HTTP event's own fields: `url`, `http` and `user_agent` (None: none), and the host
+        named as `destination.domain` (None: none)."""
         headers: dict[str, str] = {}  # the first of each name, as rec.header finds it: one pass for the three
         for name, value in rec.headers:
             headers.setdefault(name.lower(), value)
@@ -354,26 +368,21 @@ class EventBuilder:
             url["path"] = path
         if query:
             url["query"] = query
+        domain = None
         if rec.host:
             if _is_ip_literal(rec.host):
                 url["domain"] = f"[{rec.host}]" if ":" in rec.host else rec.host  # ECS keeps IPv6 brackets
             else:
-                url["domain"] = rec.host
-                doc["destination"]["domain"] = rec.host
-        if url:
-            doc["url"] = url
+                url["domain"] = domain = rec.host
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
         mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if mime_type:
             request["mime_type"] = mime_type
-        doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
+        http = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = headers.get("user-agent")
-        if agent:
-            doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
-        doc["related"] = _related(rec.flow, rec.host)
-        return doc
+        return url, http, {"original": _redacted_agent(agent) if self.redact_urls else agent} if agent else None, domain
 
 
 # Events repeat request lines (asset paths, beacons); one bounded cache, keyed by the URLs alone.
@@ -473,6 +482,9 @@ def _split_target(target: str) -> tuple[str, str]:
 
 _split_target_cached = functools.lru_cache(maxsize=4096)(_split_target)  # events repeat request lines
 
+
+# what the compiled alert writer writes an alert document on (alert_line's kind)
+_DNS, _TLS, _HTTP = 0, 1, 2
 
 # Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
 _ALERT_CATEGORIES = ["network", "intrusion_detection"]
@@ -713,9 +725,11 @@ class AlertBuilder:
         if cls is TlsHello:
             if record.protocol not in EVENT_DATASETS or record.ech is None:
                 return None
-            tls = True
+            kind = _TLS
         elif cls is DnsQuery:
-            tls = False
+            kind = _DNS
+        elif cls is HttpRequest and (self.unredacted or self.events.redact_urls):  # (else its URLs are masked here)
+            kind = _HTTP
         else:
             return None
         flow = record.flow
@@ -744,19 +758,22 @@ class AlertBuilder:
             return None
         first = iso_time(first_seen)
         last = first if last_seen == first_seen else iso_time(last_seen)
-        if tls:
-            server_name = record.server_name
-            hosts = [server_name] if server_name else []
-            domain: str | None = primary  # (what the alert names, in place of the hello's)
-        else:
+        middle = None
+        if kind == _DNS:
             hosts = [record.name] if record.name else []
             domain = self.events.registered_domain(record.name) or None
+        else:
+            own_host = record.server_name if kind == _TLS else record.host
+            hosts = [own_host] if own_host else []
+            domain = primary  # (what the alert names, in place of the hello's or request's)
+            if kind == _HTTP:
+                middle = self._request_fields(record)
         _add_related_hosts(hosts, named, destinations)
         source = flow.src_ip
         line = _alert_line_fast(
-            tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
+            kind, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
             tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
-            primary, summary, written[1], destinations or None, written[2], written[0], network_tail, tunnel,
+            primary, summary, written[1], destinations or None, written[2], written[0], network_tail, tunnel, middle,
         )
         if line is None:
             return None
@@ -764,6 +781,13 @@ class AlertBuilder:
         vendor = obs.vendor
         return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
                       (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
+
+    def _request_fields(self, record: HttpRequest) -> bytes:
+        """`,"url":...,"http":...,"user_agent":...` of an alert on a request as __call__ writes them:
+        the event's (EventBuilder._http_parts), pruned."""
+        url, http, agent, _ = self.events._http_parts(record)
+        fields = {"url": url, "http": http, "user_agent": agent} if agent else {"url": url, "http": http}
+        return b"," + orjson.dumps(prune(fields))[1:-1]
 
     def _alert_tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
         """What the compiled alert writer adds for a tunnelled flow, as __call__ writes it (the
