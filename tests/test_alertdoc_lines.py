@@ -21,6 +21,7 @@ from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import Vendor, registered_domain
 from sensor.output import ecs
 from sensor.phi.recognizers import Finding
+from sensor.phi.trackers import TrackerPayload
 from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello, TunnelledFlow
 
 
@@ -83,6 +84,11 @@ _FINDINGS = st.lists(st.builds(Finding, _mostly(["ssn", "condition"], [""]), _mo
                                st.just(0.9), st.sampled_from(["query.ssn", "body.url", "header.referer"]),
                                st.integers(0, 20), st.integers(0, 40), _mostly(["123-45-6789", "diabetes"], [""])),
                      max_size=3)
+_TRACKERS = st.none() | st.builds(
+    TrackerPayload, _mostly(["meta", "ga4"], [""]), _TEXT | st.none(), st.just(()),
+    _mostly(["https://clinic.example/visit?dob=1961-04-02&q=diabetes", "https://a.example/"], ["", None]),
+    _mostly(["https://b.example/?ssn=123-45-6789"], ["", None]), st.none(), st.just(()),
+)
 _VENDORS = st.none() | st.builds(
     lambda name, owner, stance, source: Vendor("v", name, owner, "analytics", (), (), (), {}, stance, "", source),
     st.sampled_from(["Vendor", ""]), st.sampled_from(["Owner", ""]), st.sampled_from(["no", "unknown", ""]),
@@ -100,7 +106,8 @@ _DESTINATIONS = st.none() | st.lists(
 def _alerts(draw):
     record = draw(st.one_of(_DNS, _HELLOS, _HELLOS, _TUNNELLED, _REQUESTS))
     obs = Observation(record, draw(_mostly(["dns", "tls", "quic", "dns-attribution", "http"], [""])), draw(_PHI_HOSTS),
-                      draw(_HOSTS | st.none()), draw(_VENDORS), None, False, draw(_mostly(["none", "on-file"], [""])))
+                      draw(_HOSTS | st.none()), draw(_VENDORS), None, False, draw(_mostly(["none", "on-file"], [""])),
+                      None, draw(_TRACKERS) if type(record) is HttpRequest else None)
     rule = draw(st.sampled_from([rule.INFO for rule in ALL_RULES]))
     findings = draw(_FINDINGS) if type(record) is HttpRequest else []
     alert = Alert(rule, draw(_mostly(["low", "medium", "high", "critical"], [""])), obs, draw(_TEXT),
@@ -218,6 +225,49 @@ def test_alerts_on_tunnelled_flows_are_written_by_compiled_code(record) -> None:
     assert ("vlan" in doc["network"], "inner" in doc["network"]) == tuple(vlan is not None for vlan in vlans)
     pruned = {key: value for key, value in record.flow.tunnel[0].items() if value not in ("", None)}
     assert doc["phi_egress"].get("tunnel") == (pruned or None)
+
+
+def _request(target: str = "/collect?ssn=123-45-6789&q=diabetes", **changes) -> HttpRequest:
+    fields = {"ts": 1705330800.25, "flow": Flow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp"), "method": "POST",
+              "target": target, "version": "1.1",
+              "headers": (("Referer", "https://clinic.example/visit?ssn=123-45-6789"), ("Content-Type", "text/plain"),
+                          ("User-Agent", "agent/1.0 member id 12345678")),
+              "host": "tracker.example.com", "body_bytes": 120} | changes
+    return HttpRequest(**fields)
+
+
+_TRACKER_RULE = next(rule.INFO for rule in ALL_RULES if rule.INFO.id == "phi-in-tracker-payload")
+
+
+@pytest.mark.parametrize("findings, tracker, rule, target", [
+    ([], None, ALL_RULES[0].INFO, "/collect?ssn=123-45-6789&q=diabetes"),
+    ([Finding("ssn", "identifier", 0.9, "query.ssn", 15, 26, "123-45-6789")], None, ALL_RULES[0].INFO,
+     "/collect?ssn=123-45-6789&q=diabetes"),
+    ([Finding("condition", "condition", 0.8, "body.url", 0, 8, "diabetes")],
+     TrackerPayload("meta", "PageView diabetes", (), "https://clinic.example/diabetes?dob=1961-04-02",
+                    "https://b.example/", None, ()), _TRACKER_RULE, "/tr?ev=PageView&dl=diabetes"),
+    # a finding that is the whole path: the masked target has none (the masked event's path stays)
+    ([Finding("condition", "condition", 0.8, "path", 0, 9, "/diabetes")], None, ALL_RULES[0].INFO, "/diabetes"),
+])
+@pytest.mark.parametrize("unredacted", [False, True])
+def test_alerts_on_requests_are_written_by_compiled_code(findings, tracker, rule, target, unredacted) -> None:
+    """The request's own fields, masked as the document masks them; the findings' types, evidence
+    and a tracker payload after the BAA."""
+    if ecs._alert_line_fast is None:
+        pytest.skip("compiled extension not built")
+    builder = _builder(unredacted=unredacted)
+    obs = Observation(_request(target), "http", PhiHost(ipaddress.ip_network("10.0.0.0/8"), "lab", ("ehr",)),
+                      "tracker.example.com", None, None, False, "none", None, tracker)
+    alert = Alert(rule, "high", obs, "PHI host 10.1.2.3 (lab) sent diabetes to tracker.example.com", "v", findings)
+    args = (alert, 3, 1705330800.25, 1705330801.5, "ef" * 20, None)
+    line, counted = builder.json_line(*args)
+    assert type(counted) is tuple
+    assert line == builder.line_py(*args)
+    doc = orjson.loads(line)
+    assert ("tracker" in doc["phi_egress"]) == (tracker is not None)
+    assert ("evidence" in doc["phi_egress"]) == bool(findings)
+    if not unredacted:
+        assert b"123-45-6789" not in line and b"diabetes?dob" not in line
 
 
 _STORY = Path(__file__).parent.parent / "pcaps"

@@ -684,16 +684,21 @@ class AlertBuilder:
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
         if tracker is not None and rule.id == "phi-in-tracker-payload":
-            event = tracker.event
-            if event and not self.unredacted:
-                event = redact(event, findings)
-            pe["tracker"] = {"decoder": tracker.decoder, "event": event}
-            for name in ("page_url", "referrer"):
-                value = getattr(tracker, name)
-                if value:
-                    pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
+            pe["tracker"] = self._tracker_fields(tracker, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
+
+    def _tracker_fields(self, tracker, findings) -> dict:
+        """`phi_egress.tracker` of an alert on a tracker payload: its decoder, event, page and referrer."""
+        event = tracker.event
+        if event and not self.unredacted:
+            event = redact(event, findings)
+        fields = {"decoder": tracker.decoder, "event": event}
+        for name in ("page_url", "referrer"):
+            value = getattr(tracker, name)
+            if value:
+                fields[name] = value if self.unredacted else redact_url(value, findings)
+        return fields
 
     def json_line(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -701,7 +706,7 @@ class AlertBuilder:
         """The alert document as one JSON line, byte for byte line_py's, and what the summary
         counts of it: the document, or where compiled code wrote the line without building one
         (an alert on a lookup or hello, without findings) AlertTally.add_values's arguments."""
-        if _alert_line_fast is not None and not alert.findings:
+        if _alert_line_fast is not None:
             written = self._line_fast(alert, count, first_seen, last_seen, event_id, destinations)
             if written is not None:
                 return written
@@ -733,8 +738,6 @@ class AlertBuilder:
         else:
             return None
         flow = record.flow
-        if obs.tracker is not None:
-            return None
         if type(flow) is Flow:
             network_tail, tunnel = b"", None
         elif type(flow) is TunnelledFlow:
@@ -744,8 +747,9 @@ class AlertBuilder:
         named = obs.destination
         primary = _primary_destination(destinations, named)
         summary = _summary_naming(alert.summary, named, primary, destinations)
+        findings = alert.findings
         if not self.unredacted:
-            summary = redact(summary, ())
+            summary = redact(summary, findings)
         severity, baa_status = alert.severity, obs.baa_status
         # what a document leaves out when empty, or holds as the writer does not spell it: the Python builder
         if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
@@ -758,6 +762,16 @@ class AlertBuilder:
             return None
         first = iso_time(first_seen)
         last = first if last_seen == first_seen else iso_time(last_seen)
+        # phi_egress's members after the BAA: the findings' and the tracker payload's
+        members_end, types = written[2], ()
+        if findings:
+            phi, shown = prune(_phi_fields(findings)), prune(evidence(findings, alert.fields, self.unredacted))
+            types = phi.get("types", ())
+            members_end += (b',"phi":' + orjson.dumps(phi) if phi else b"") + (
+                b',"evidence":' + orjson.dumps(shown) if shown else b"")
+        if obs.tracker is not None and rule.id == "phi-in-tracker-payload":
+            tracker = prune(self._tracker_fields(obs.tracker, findings))
+            members_end += b',"tracker":' + orjson.dumps(tracker) if tracker else b""
         middle = None
         if kind == _DNS:
             hosts = [record.name] if record.name else []
@@ -767,27 +781,45 @@ class AlertBuilder:
             hosts = [own_host] if own_host else []
             domain = primary  # (what the alert names, in place of the hello's or request's)
             if kind == _HTTP:
-                middle = self._request_fields(record)
+                middle = self._request_fields(record, findings)
         _add_related_hosts(hosts, named, destinations)
         source = flow.src_ip
         line = _alert_line_fast(
             kind, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
             tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
-            primary, summary, written[1], destinations or None, written[2], written[0], network_tail, tunnel, middle,
+            primary, summary, written[1], destinations or None, members_end, written[0], network_tail, tunnel, middle,
         )
         if line is None:
             return None
         phi_host = obs.phi_host
         vendor = obs.vendor
         return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
-                      (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
+                      (vendor.name if vendor is not None else None) or primary, baa_status, types, count)
 
-    def _request_fields(self, record: HttpRequest) -> bytes:
-        """`,"url":...,"http":...,"user_agent":...` of an alert on a request as __call__ writes them:
-        the event's (EventBuilder._http_parts), pruned."""
-        url, http, agent, _ = self.events._http_parts(record)
-        fields = {"url": url, "http": http, "user_agent": agent} if agent else {"url": url, "http": http}
+    def _request_fields(self, record: HttpRequest, findings) -> bytes:
+        """`,"url":...,"http":...,"user_agent":...` of an alert on a request as __call__ writes them,
+        pruned: the event's (EventBuilder._http_parts), its URLs masked as _request_event and
+        _redact_record_fields mask them."""
+        if findings and not self.unredacted and self.events.redact_urls:  # (_request_event)
+            fields = self._request_parts(self._plain(), record, findings)
+            url = fields.get("url")
+            if url is not None and "path" in url and not _split_target(url["original"])[0]:
+                fields = self._request_parts(self.events, record, findings)  # (_masked_event)
+            elif "user_agent" in fields:
+                fields["user_agent"]["original"] = _redacted_agent(fields["user_agent"]["original"])
+        else:
+            fields = self._request_parts(self.events, record, findings)
         return b"," + orjson.dumps(prune(fields))[1:-1]
+
+    def _request_parts(self, events: EventBuilder, record: HttpRequest, findings) -> dict:
+        """The `url`, `http` and `user_agent` of the event `events` makes of `record`, as its
+        document holds them, with _redact_record_fields applied."""
+        url, http, agent, _ = events._http_parts(record)
+        fields = {"url": url, "http": http} if url else {"http": http}
+        if agent:
+            fields["user_agent"] = agent
+        self._redact_record_fields(fields, record, findings)
+        return fields
 
     def _alert_tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
         """What the compiled alert writer adds for a tunnelled flow, as __call__ writes it (the
@@ -827,14 +859,18 @@ class AlertBuilder:
             cached = self._head = (observer, stream, head)
         return cached[2]
 
-    def _request_event(self, record: HttpRequest, findings) -> dict:
-        """self.events(record) with _redact_record_fields applied, the event's own masking of the
-        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+    def _plain(self) -> EventBuilder:
+        """self.events with redact_urls off (_request_event)."""
         plain = self._plain_events
         if plain is None or plain.observer is not self.events.observer:
             plain = self._plain_events = copy.copy(self.events)
             plain.redact_urls = False
-        doc = plain(record)
+        return plain
+
+    def _request_event(self, record: HttpRequest, findings) -> dict:
+        """self.events(record) with _redact_record_fields applied, the event's own masking of the
+        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+        doc = self._plain()(record)
         self._redact_record_fields(doc, record, findings)
         url = doc.get("url")
         if url is not None and "path" in url and not _split_target(url["original"])[0]:
