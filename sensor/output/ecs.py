@@ -483,6 +483,7 @@ def _split_target(target: str) -> tuple[str, str]:
 _split_target_cached = functools.lru_cache(maxsize=4096)(_split_target)  # events repeat request lines
 
 
+_SCALARS = (str, int, float, type(None))  # the tunnel values a cache key holds as they are
 # what the compiled alert writer writes an alert document on (alert_line's kind)
 _DNS, _TLS, _HTTP = 0, 1, 2
 
@@ -622,7 +623,7 @@ class AlertBuilder:
         self.unredacted = unredacted
         self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
         self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
-        self._tunnels: dict[int, tuple[tuple, bytes, bytes]] = {}  # id(tunnel) -> (tunnel, _alert_tunnel_parts)
+        self._tunnels: dict[tuple, tuple[bytes, bytes]] = {}  # a tunnel's value -> _alert_tunnel_parts
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -824,20 +825,26 @@ class AlertBuilder:
     def _alert_tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
         """What the compiled alert writer adds for a tunnelled flow, as __call__ writes it (the
         event's tunnel fields, pruned): the end of `network` and phi_egress's `"tunnel":...`
-        (empty where pruned away). Once per tunnel (one value shared by its flows, kept here)."""
-        cached = self._tunnels.get(id(tunnel))
-        if cached is None or cached[0] is not tunnel:
+        (empty where pruned away). Once per tunnel, by its value (an alert read back from the
+        windows' spill holds a copy of its flow's)."""
+        info, outer, inner = tunnel
+        key: tuple | None = None
+        cached = None
+        # (by exact type too: True and 1 are equal keys, written apart)
+        if all(type(value) in _SCALARS for value in (*info.values(), outer, inner)):
+            key = (*((name, type(value), value) for name, value in info.items()), type(outer), outer, type(inner), inner)
+            cached = self._tunnels.get(key)
+        if cached is None:
             doc: dict = {"network": {}}
             EventBuilder._add_tunnel(doc, *tunnel)
             network, own = prune(doc["network"]), prune(doc["phi_egress"]["tunnel"])
-            if len(self._tunnels) > 4096:
-                self._tunnels.clear()
-            cached = self._tunnels[id(tunnel)] = (
-                tunnel,
-                b"," + orjson.dumps(network)[1:-1] if network else b"",
-                b'"tunnel":' + orjson.dumps(own) if own else b"",
-            )
-        return cached[1], cached[2]
+            cached = (b"," + orjson.dumps(network)[1:-1] if network else b"",
+                      b'"tunnel":' + orjson.dumps(own) if own else b"")
+            if key is not None:
+                if len(self._tunnels) > 4096:
+                    self._tunnels.clear()
+                self._tunnels[key] = cached
+        return cached
 
     def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
         """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
