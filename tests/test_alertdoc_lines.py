@@ -249,14 +249,18 @@ _TRACKER_RULE = next(rule.INFO for rule in ALL_RULES if rule.INFO.id == "phi-in-
     # a finding that is the whole path: the masked target has none (the masked event's path stays)
     ([Finding("condition", "condition", 0.8, "path", 0, 9, "/diabetes")], None, ALL_RULES[0].INFO, "/diabetes"),
 ])
+@pytest.mark.parametrize("flow", [
+    Flow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp"),
+    TunnelledFlow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp", ({"type": "vxlan", "id": 20}, 7, None)),
+])
 @pytest.mark.parametrize("unredacted", [False, True])
-def test_alerts_on_requests_are_written_by_compiled_code(findings, tracker, rule, target, unredacted) -> None:
+def test_alerts_on_requests_are_written_by_compiled_code(findings, tracker, rule, target, unredacted, flow) -> None:
     """The request's own fields, masked as the document masks them; the findings' types, evidence
-    and a tracker payload after the BAA."""
+    and a tracker payload after the BAA (a tunnel's fields first)."""
     if ecs._alert_line_fast is None:
         pytest.skip("compiled extension not built")
     builder = _builder(unredacted=unredacted)
-    obs = Observation(_request(target), "http", PhiHost(ipaddress.ip_network("10.0.0.0/8"), "lab", ("ehr",)),
+    obs = Observation(_request(target, flow=flow), "http", PhiHost(ipaddress.ip_network("10.0.0.0/8"), "lab", ("ehr",)),
                       "tracker.example.com", None, None, False, "none", None, tracker)
     alert = Alert(rule, "high", obs, "PHI host 10.1.2.3 (lab) sent diabetes to tracker.example.com", "v", findings)
     args = (alert, 3, 1705330800.25, 1705330801.5, "ef" * 20, None)

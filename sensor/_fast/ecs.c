@@ -812,7 +812,7 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
 
 /* The line of an alert document on an HTTP request: the envelope, the request's own fields as
  * the Python builder wrote them (`middle`: `,"url":...,"http":...,"user_agent":...`), related,
- * message, rule and phi_egress. */
+ * message, rule and phi_egress (a tunnelled flow's before the message, as a lookup's). */
 static PyObject *http_alert_line(PyObject *record, PyObject *domain, PyObject *middle, const AlertParts *alert) {
     Text t = {NULL, 0, 0};
     FlowParts flow = {0};
@@ -851,7 +851,7 @@ PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     long kind = PyLong_Check(args[0]) ? PyLong_AsLong(args[0]) : -1;
     if (kind == -1 && PyErr_Occurred()) return NULL;
     if (kind == 2) {
-        if (!PyBytes_Check(args[24]) || alert.tunnel != Py_None) Py_RETURN_NONE;
+        if (!PyBytes_Check(args[24])) Py_RETURN_NONE;
         return http_alert_line(args[1], args[2], args[24], &alert);
     }
     if ((kind != 0 && kind != 1) || args[24] != Py_None) Py_RETURN_NONE;
