@@ -45,6 +45,7 @@ TWINS: dict[str, str] = {
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "alert_line": "sensor.output.ecs:AlertBuilder.line_py",
+    "window_event_id": "sensor.detect.engine:event_id_py",
     "prune": "sensor.output.ecs:prune_py",
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",

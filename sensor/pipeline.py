@@ -164,17 +164,27 @@ class Pipeline:
     def _ship_lines(self, written: Iterable[tuple[bytes, Any]], writers: list[Callable[[bytes], object]]) -> None:
         """_ship of alerts written as JSON lines, each with its document or the values the
         summary reads of it (AlertTally.add_values)."""
-        tally, tally_values, count = self.alerts.add, self.alerts.add_values, self.counters.add
-        for line, alert in written:
-            if type(alert) is dict:
-                tally(alert)
-                rule = alert["rule"]["id"]
-            else:
-                tally_values(*alert)
-                rule = alert[2]
-            count("alerts." + rule)
-            for write in writers:
+        tally, tally_values = self.alerts.add, self.alerts.add_values
+        rules: dict[str, int] = {}  # alerts per rule, counted as `alerts.<rule>` at the end (a few rules, thousands of alerts)
+        if len(writers) == 1:
+            write = writers[0]
+        else:
+            def write(line: bytes) -> None:
+                for each in writers:
+                    each(line)
+        try:
+            for line, alert in written:
+                if type(alert) is dict:
+                    tally(alert)
+                    rule = alert["rule"]["id"]
+                else:
+                    tally_values(*alert)
+                    rule = alert[2]
+                rules[rule] = rules.get(rule, 0) + 1
                 write(line)
+        finally:
+            for rule, count in rules.items():
+                self.counters.add("alerts." + rule, count)
 
     def finish(self) -> None:
         self.decoder.finish()

@@ -20,7 +20,9 @@ from sensor.enrich.assets import PhiHost
 from sensor.enrich.observation import Observation
 from sensor.enrich.vendors import Vendor, registered_domain
 from sensor.output import ecs
-from sensor.records import DnsAnswer, DnsQuery, Flow, TlsHello, TunnelledFlow
+from sensor.phi.recognizers import Finding
+from sensor.phi.trackers import TrackerPayload
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, TlsHello, TunnelledFlow
 
 
 def _mostly(usual: list, unusual: list) -> st.SearchStrategy:
@@ -52,11 +54,41 @@ _DNS = st.builds(DnsQuery, _TIMES, _FLOWS, st.integers(min_value=0, max_value=65
 _HELLOS = st.builds(TlsHello, _TIMES, _FLOWS, st.sampled_from(["tls", "quic"]), _TEXT | st.none(),
                     st.lists(_mostly(["h2", "http/1.1", "h3"], [""]), max_size=3).map(tuple), st.booleans(),
                     _mostly(["1.3", "1.2"], ["", None]))
-_TUNNEL_FLOWS = st.builds(
-    TunnelledFlow, st.just("10.1.2.3"), st.just(50000), st.just("192.0.2.1"), st.just(443), st.just("tcp"),
-    st.just(({"type": "gre", "source_ip": "172.31.5.10"}, 7, None)),
+# a tunnel as decode records it: (phi_egress.tunnel, outer VLAN, inner VLAN); its fields may be empty
+_TUNNELS = st.tuples(
+    st.dictionaries(st.sampled_from(["type", "source_ip", "destination_ip", "id"]),
+                    _mostly(["gre", "vxlan", "172.31.5.10", 20], ["", None, 0, 'q"'])),
+    st.none() | st.integers(min_value=0, max_value=4095), st.none() | st.integers(min_value=0, max_value=4095),
 )
-_TUNNELLED = st.builds(TlsHello, _TIMES, _TUNNEL_FLOWS, st.just("tls"), _TEXT)  # always the Python builder's
+_TUNNEL_FLOWS = st.builds(
+    lambda flow, tunnel: TunnelledFlow(flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port, flow.transport, tunnel),
+    _FLOWS, _TUNNELS,
+)
+_TUNNELLED = st.one_of(
+    st.builds(TlsHello, _TIMES, _TUNNEL_FLOWS, st.sampled_from(["tls", "quic"]), _TEXT | st.none(),
+              st.lists(_mostly(["h2", "http/1.1"], [""]), max_size=2).map(tuple), st.booleans(),
+              _mostly(["1.3"], ["", None])),
+    st.builds(DnsQuery, _TIMES, _TUNNEL_FLOWS, st.integers(min_value=0, max_value=65535), _TEXT,
+              _mostly(["A", "HTTPS"], [""]), st.booleans(), _mostly(["NOERROR"], ["", None]),
+              st.lists(_ANSWERS, max_size=2).map(tuple)),
+)
+_REQUESTS = st.builds(
+    HttpRequest, _TIMES, _FLOWS | _TUNNEL_FLOWS, _mostly(["GET", "POST"], [""]),
+    _mostly(["/collect?ssn=123-45-6789&q=diabetes", "/p", "http://a.example/x?y=1"], ["", "*", "a.example:443"]),
+    _mostly(["1.1"], ["", "1.0"]),
+    st.lists(st.tuples(st.sampled_from(["Referer", "content-type", "User-Agent"]), _TEXT), max_size=3).map(tuple),
+    _HOSTS | st.just("192.0.2.1") | st.none(), st.just(b""), st.integers(min_value=0, max_value=10**6),
+)
+# what a rule found in a request (a document shows their types, categories and evidence)
+_FINDINGS = st.lists(st.builds(Finding, _mostly(["ssn", "condition"], [""]), _mostly(["identifier", "condition"], [""]),
+                               st.just(0.9), st.sampled_from(["query.ssn", "body.url", "header.referer"]),
+                               st.integers(0, 20), st.integers(0, 40), _mostly(["123-45-6789", "diabetes"], [""])),
+                     max_size=3)
+_TRACKERS = st.none() | st.builds(
+    TrackerPayload, _mostly(["meta", "ga4"], [""]), _TEXT | st.none(), st.just(()),
+    _mostly(["https://clinic.example/visit?dob=1961-04-02&q=diabetes", "https://a.example/"], ["", None]),
+    _mostly(["https://b.example/?ssn=123-45-6789"], ["", None]), st.none(), st.just(()),
+)
 _VENDORS = st.none() | st.builds(
     lambda name, owner, stance, source: Vendor("v", name, owner, "analytics", (), (), (), {}, stance, "", source),
     st.sampled_from(["Vendor", ""]), st.sampled_from(["Owner", ""]), st.sampled_from(["no", "unknown", ""]),
@@ -72,12 +104,14 @@ _DESTINATIONS = st.none() | st.lists(
 
 @st.composite
 def _alerts(draw):
-    record = draw(st.one_of(_DNS, _HELLOS, _HELLOS, _TUNNELLED))
-    obs = Observation(record, draw(_mostly(["dns", "tls", "quic", "dns-attribution"], [""])), draw(_PHI_HOSTS),
-                      draw(_HOSTS | st.none()), draw(_VENDORS), None, False, draw(_mostly(["none", "on-file"], [""])))
+    record = draw(st.one_of(_DNS, _HELLOS, _HELLOS, _TUNNELLED, _REQUESTS))
+    obs = Observation(record, draw(_mostly(["dns", "tls", "quic", "dns-attribution", "http"], [""])), draw(_PHI_HOSTS),
+                      draw(_HOSTS | st.none()), draw(_VENDORS), None, False, draw(_mostly(["none", "on-file"], [""])),
+                      None, draw(_TRACKERS) if type(record) is HttpRequest else None)
     rule = draw(st.sampled_from([rule.INFO for rule in ALL_RULES]))
-    alert = Alert(rule, draw(st.sampled_from(["low", "medium", "high", "critical"])), obs, draw(_TEXT),
-                  draw(_mostly(["vendor-id", "a.example"], [""])))
+    findings = draw(_FINDINGS) if type(record) is HttpRequest else []
+    alert = Alert(rule, draw(_mostly(["low", "medium", "high", "critical"], [""])), obs, draw(_TEXT),
+                  draw(_mostly(["vendor-id", "a.example"], [""])), findings)
     first = draw(_TIMES)
     last = draw(st.just(first) | _TIMES)
     return (alert, draw(st.integers(min_value=1, max_value=10**6)), first, last,
@@ -156,7 +190,6 @@ def test_alert_line_is_written_by_compiled_code_for_a_plain_hello() -> None:
 
 @pytest.mark.parametrize("record", [
     _hello(alpn=("h2", "")),  # an empty ALPN name: the document leaves it out
-    _hello(flow=TunnelledFlow("10.1.2.3", 50000, "192.0.2.1", 443, "tcp", ({"type": "gre"}, None, None))),
     _hello(flow=Flow("10.1.2.3", 50000, "192.0.2.1", 443, "")),  # an empty transport, left out
     DnsQuery(1705330800.25, Flow("10.1.2.3", 5353, "10.0.0.53", 53, "udp"), 7, "tracker.example.com", "A", True, None),
 ])
@@ -166,6 +199,79 @@ def test_what_the_compiled_writer_declines_the_python_builder_writes(record) -> 
     line, counted = builder.json_line(*args)
     assert type(counted) is dict
     assert line == builder.line_py(*args) == orjson.dumps(counted, option=orjson.OPT_APPEND_NEWLINE)
+
+
+@pytest.mark.parametrize("record", [
+    _hello(flow=TunnelledFlow("10.1.2.3", 50000, "192.0.2.1", 443, "tcp",
+                              ({"type": "vxlan", "source_ip": "172.31.5.10", "id": 20}, 7, 99))),
+    _hello(flow=TunnelledFlow("10.1.2.3", 50000, "192.0.2.1", 443, "tcp", ({"type": "", "id": None}, None, None))),
+    DnsQuery(1705330800.25, TunnelledFlow("10.1.2.3", 5353, "10.0.0.53", 53, "udp", ({"type": "gre"}, None, 3)), 7,
+             "tracker.example.com", "A", True, "NOERROR"),
+    DnsQuery(1705330800.25, TunnelledFlow("10.1.2.3", 5353, "10.0.0.53", 53, "udp", ({"id": ""}, None, None)), 7,
+             "tracker.example.com", "A", False, None),
+])
+def test_alerts_on_tunnelled_flows_are_written_by_compiled_code(record) -> None:
+    """The tunnel's VLANs end `network`; its own fields, pruned, lead phi_egress (a lookup's, whose
+    event has none of its own, before the message, where the event put it)."""
+    if ecs._alert_line_fast is None:
+        pytest.skip("compiled extension not built")
+    builder = _builder()
+    args = (_alert(record), 2, 1705330800.25, 1705330800.5, "cd" * 20, None)
+    line, counted = builder.json_line(*args)
+    assert type(counted) is tuple
+    assert line == builder.line_py(*args)
+    doc = orjson.loads(line)
+    vlans = record.flow.tunnel[1:]
+    assert ("vlan" in doc["network"], "inner" in doc["network"]) == tuple(vlan is not None for vlan in vlans)
+    pruned = {key: value for key, value in record.flow.tunnel[0].items() if value not in ("", None)}
+    assert doc["phi_egress"].get("tunnel") == (pruned or None)
+
+
+def _request(target: str = "/collect?ssn=123-45-6789&q=diabetes", **changes) -> HttpRequest:
+    fields = {"ts": 1705330800.25, "flow": Flow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp"), "method": "POST",
+              "target": target, "version": "1.1",
+              "headers": (("Referer", "https://clinic.example/visit?ssn=123-45-6789"), ("Content-Type", "text/plain"),
+                          ("User-Agent", "agent/1.0 member id 12345678")),
+              "host": "tracker.example.com", "body_bytes": 120} | changes
+    return HttpRequest(**fields)
+
+
+_TRACKER_RULE = next(rule.INFO for rule in ALL_RULES if rule.INFO.id == "phi-in-tracker-payload")
+
+
+@pytest.mark.parametrize("findings, tracker, rule, target", [
+    ([], None, ALL_RULES[0].INFO, "/collect?ssn=123-45-6789&q=diabetes"),
+    ([Finding("ssn", "identifier", 0.9, "query.ssn", 15, 26, "123-45-6789")], None, ALL_RULES[0].INFO,
+     "/collect?ssn=123-45-6789&q=diabetes"),
+    ([Finding("condition", "condition", 0.8, "body.url", 0, 8, "diabetes")],
+     TrackerPayload("meta", "PageView diabetes", (), "https://clinic.example/diabetes?dob=1961-04-02",
+                    "https://b.example/", None, ()), _TRACKER_RULE, "/tr?ev=PageView&dl=diabetes"),
+    # a finding that is the whole path: the masked target has none (the masked event's path stays)
+    ([Finding("condition", "condition", 0.8, "path", 0, 9, "/diabetes")], None, ALL_RULES[0].INFO, "/diabetes"),
+])
+@pytest.mark.parametrize("flow", [
+    Flow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp"),
+    TunnelledFlow("10.1.2.3", 50000, "192.0.2.1", 80, "tcp", ({"type": "vxlan", "id": 20}, 7, None)),
+])
+@pytest.mark.parametrize("unredacted", [False, True])
+def test_alerts_on_requests_are_written_by_compiled_code(findings, tracker, rule, target, unredacted, flow) -> None:
+    """The request's own fields, masked as the document masks them; the findings' types, evidence
+    and a tracker payload after the BAA (a tunnel's fields first)."""
+    if ecs._alert_line_fast is None:
+        pytest.skip("compiled extension not built")
+    builder = _builder(unredacted=unredacted)
+    obs = Observation(_request(target, flow=flow), "http", PhiHost(ipaddress.ip_network("10.0.0.0/8"), "lab", ("ehr",)),
+                      "tracker.example.com", None, None, False, "none", None, tracker)
+    alert = Alert(rule, "high", obs, "PHI host 10.1.2.3 (lab) sent diabetes to tracker.example.com", "v", findings)
+    args = (alert, 3, 1705330800.25, 1705330801.5, "ef" * 20, None)
+    line, counted = builder.json_line(*args)
+    assert type(counted) is tuple
+    assert line == builder.line_py(*args)
+    doc = orjson.loads(line)
+    assert ("tracker" in doc["phi_egress"]) == (tracker is not None)
+    assert ("evidence" in doc["phi_egress"]) == bool(findings)
+    if not unredacted:
+        assert b"123-45-6789" not in line and b"diabetes?dob" not in line
 
 
 _STORY = Path(__file__).parent.parent / "pcaps"

@@ -231,6 +231,43 @@ def test_the_spill_gives_back_what_was_put_wherever_it_lies(sizes: list[int], or
     assert all(spill.get(place) == data for place, data in kept)
 
 
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(1, 40_000), st.integers(0, 3)), min_size=1, max_size=40),
+       kept_blocks=st.sampled_from([1, 2, 16]), seed=st.randoms())
+def test_the_spill_reads_back_between_writes(steps: list[tuple[int, int]], kept_blocks: int,
+                                             seed: random.Random) -> None:
+    """Reads between writes, from the blocks kept read back (a block read while the file ended
+    inside it is read again once more of it was written)."""
+    spill = engine_module._Spill()
+    spill.read_blocks = kept_blocks
+    kept: list[tuple[int, bytes]] = []
+    for index, (size, reads) in enumerate(steps):
+        data = bytes([index % 251, (index * 7) % 251]) * (size // 2) + bytes(size % 2)
+        kept.append((spill.put(data), data))
+        for place, expected in [kept[-1]] + [seed.choice(kept) for _ in range(reads)]:  # the newest, then any
+            assert spill.get(place) == expected
+        assert len(spill._blocks) <= kept_blocks
+    assert all(spill.get(place) == data for place, data in kept)
+
+
+def test_a_block_read_while_the_file_ended_inside_it_is_read_again() -> None:
+    """After each write of the file: the first alert it wrote (in the block the last write ended
+    inside, read then), and the newest alert written (in the block this write ends inside)."""
+    spill = engine_module._Spill()
+    kept: list[tuple[int, bytes]] = []
+    written, first_new = 0, 0
+    for index in range(3_000):
+        data = index.to_bytes(4, "big") * 25
+        kept.append((spill.put(data), data))
+        if spill._written != written:
+            newest = max(at for at, (place, _) in enumerate(kept) if place >> 32 < spill._written)
+            for place, expected in (kept[first_new], kept[newest]):
+                assert spill.get(place) == expected
+            written, first_new = spill._written, newest + 1
+    assert written >= 3 * engine_module._SPILL_BLOCK
+    assert all(spill.get(place) == data for place, data in kept)
+
+
 def test_the_spill_file_holds_no_health_data_readable_without_the_process() -> None:
     """What reaches the disk is sealed under a key of the process's own: the same alerts put in
     two spills read back alike and leave files that share none of their text."""

@@ -45,6 +45,141 @@ static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
         for (int j = 0; j < 4; j++) digest[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * A throttle window's event.id: sensor.detect.engine.event_id_py. SHA-256 (FIPS 180-4) is written
+ * out here as SHA-1 is above: the message is short, and its text is built in the same call.
+ */
+
+static inline uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+static void sha256_block(uint32_t h[8], const uint8_t *block) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++) w[i] = get32(block + 4 * i);
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + sha256_k[i] + w[i];
+        uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+static void sha256(const uint8_t *msg, size_t n, uint8_t digest[32]) {
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    size_t done = 0;
+    for (; n - done >= 64; done += 64) sha256_block(h, msg + done);
+    uint8_t tail[128] = {0};
+    size_t rest = n - done, padded = rest < 56 ? 64 : 128;
+    memcpy(tail, msg + done, rest);
+    tail[rest] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++) tail[padded - 1 - i] = (uint8_t)(bits >> (8 * i));
+    sha256_block(h, tail);
+    if (padded == 128) sha256_block(h, tail + 64);
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 4; j++) digest[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
+}
+
+/* `value` as "%.6f" writes it (the exact binary value rounded half to even to six decimals), for
+ * a magnitude below 2**53; its length, or 0 for any other value (PyOS_double_to_string's then). */
+static size_t fixed_6(double value, char text[32]) {
+    double magnitude = fabs(value);
+    if (!(magnitude < 9007199254740992.0)) return 0; /* (NaN too) */
+    int exponent;
+    double fraction = frexp(magnitude, &exponent); /* magnitude = fraction * 2**exponent, fraction in [0.5, 1) */
+    unsigned __int128 scaled = (unsigned __int128)(uint64_t)ldexp(fraction, 53) * 1000000u, rounded;
+    int shift = 53 - exponent; /* magnitude * 10**6 = scaled / 2**shift, shift >= 0 */
+    if (magnitude == 0.0 || shift >= 120) {
+        rounded = 0; /* below 2**-46: far below half a millionth */
+    } else if (shift == 0) {
+        rounded = scaled;
+    } else {
+        unsigned __int128 rest = scaled & (((unsigned __int128)1 << shift) - 1), half = (unsigned __int128)1 << (shift - 1);
+        rounded = scaled >> shift;
+        if (rest > half || (rest == half && (rounded & 1))) rounded++;
+    }
+    uint64_t whole = (uint64_t)(rounded / 1000000u), millionths = (uint64_t)(rounded % 1000000u);
+    char digits[24];
+    int at = (int)sizeof digits;
+    do digits[--at] = (char)('0' + whole % 10); while ((whole /= 10) != 0);
+    size_t length = 0;
+    if (signbit(value)) text[length++] = '-';
+    memcpy(text + length, digits + at, sizeof digits - (size_t)at);
+    length += sizeof digits - (size_t)at;
+    text[length++] = '.';
+    for (int i = 5; i >= 0; i--, millionths /= 10) text[length + (size_t)i] = (char)('0' + millionths % 10);
+    return length + 6;
+}
+
+/* window_event_id(rule, source, subject, start) -> the first 40 hex digits of the SHA-256 of
+ * "rule|source|subject|start" (start as "%.6f" formats it, UTF-8), or None for what the Python
+ * reference takes (not three str and a float, text UTF-8 cannot encode). */
+PyObject *window_event_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "window_event_id takes 4 arguments");
+        return NULL;
+    }
+    if (!PyUnicode_CheckExact(args[0]) || !PyUnicode_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2]) ||
+        !PyFloat_CheckExact(args[3]))
+        Py_RETURN_NONE;
+    const char *parts[3];
+    Py_ssize_t sizes[3], total = 0;
+    for (int i = 0; i < 3; i++) {
+        if ((parts[i] = PyUnicode_AsUTF8AndSize(args[i], &sizes[i])) == NULL) { /* a lone surrogate */
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        total += sizes[i] + 1;
+    }
+    char fixed[32], *start = fixed;
+    size_t start_size = fixed_6(PyFloat_AS_DOUBLE(args[3]), fixed);
+    if (start_size == 0 && (start = PyOS_double_to_string(PyFloat_AS_DOUBLE(args[3]), 'f', 6, 0, NULL)) == NULL)
+        return NULL;
+    if (start != fixed) start_size = strlen(start);
+    uint8_t small[512], *text = small;
+    if ((size_t)total + start_size > sizeof small && (text = PyMem_Malloc((size_t)total + start_size)) == NULL) {
+        if (start != fixed) PyMem_Free(start);
+        return PyErr_NoMemory();
+    }
+    size_t at = 0;
+    for (int i = 0; i < 3; i++) {
+        memcpy(text + at, parts[i], (size_t)sizes[i]);
+        at += (size_t)sizes[i];
+        text[at++] = '|';
+    }
+    memcpy(text + at, start, start_size);
+    at += start_size;
+    if (start != fixed) PyMem_Free(start);
+    uint8_t digest[32];
+    sha256(text, at, digest);
+    if (text != small) PyMem_Free(text);
+    PyObject *id = PyUnicode_New(40, 127);
+    if (id == NULL) return NULL;
+    static const char hex[] = "0123456789abcdef";
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(id);
+    for (int i = 0; i < 20; i++) {
+        out[2 * i] = (Py_UCS1)hex[digest[i] >> 4];
+        out[2 * i + 1] = (Py_UCS1)hex[digest[i] & 15];
+    }
+    return id;
+}
+
 /* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> "1:<base64 sha1>", or None
  * when an address does not parse (the Python code then decides). */
 /* The Community ID of a flow given as address texts, or None when an address or number is out of range. */
@@ -163,11 +298,11 @@ static PyObject *envelope_str[K_COUNT]; /* interned at module init */
 
 enum {
     J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
-    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_COUNT
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_COUNT
 };
 static const char *const json_text[J_COUNT] = {
     "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
-    "server_name", "alpn", "ech", "version", "dns",
+    "server_name", "alpn", "ech", "version", "dns", "http",
 };
 static PyObject *json_str[J_COUNT]; /* interned at module init */
 
@@ -361,6 +496,9 @@ typedef struct {
     PyObject *severity, *alert_key, *count, *source_record, *destination, *summary;
     PyObject *phi_host, *destinations, *vendor_baa;
     PyObject *rule;                    /* bytes: the rule object */
+    /* a tunnelled flow's: `,"vlan":...,"inner":...` at the end of network (bytes, or empty), and
+     * phi_egress's `"tunnel":{...}` (bytes, empty where pruned away; None for a flow not tunnelled) */
+    PyObject *network_tail, *tunnel;
 } AlertParts;
 
 static PyObject *destination_str[5]; /* host, count, first_seen, last_seen, health_data (interned) */
@@ -443,7 +581,8 @@ static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *
         JSON_KEY(t, "},\"network\":{\"transport\":") < 0 || json_value(t, flow->transport) < 0 ||
         JSON_KEY(t, ",\"protocol\":") < 0 || json_value(t, protocol) < 0 ||
         (flow->ipv6 ? JSON_KEY(t, ",\"type\":\"ipv6\"") : JSON_KEY(t, ",\"type\":\"ipv4\"")) < 0 ||
-        JSON_KEY(t, ",\"community_id\":") < 0 || json_value(t, flow->community) < 0 || JSON_KEY(t, "}") < 0) {
+        JSON_KEY(t, ",\"community_id\":") < 0 || json_value(t, flow->community) < 0 ||
+        (alert != NULL && bytes_add(t, alert->network_tail) < 0) || JSON_KEY(t, "}") < 0) {
         flow_parts_clear(flow);
         return -1;
     }
@@ -475,22 +614,32 @@ static int json_related(Text *t, const FlowParts *flow, PyObject *const *extra, 
     return (host_count && JSON_KEY(t, "]") < 0) ? -1 : JSON_KEY(t, "}");
 }
 
+/* `,"phi_egress":{...}` of an alert whose event has none of its own but a tunnel's. */
+static int json_egress(Text *t, const AlertParts *alert) {
+    if (JSON_KEY(t, ",\"phi_egress\":{") < 0 ||
+        (alert->tunnel != Py_None && PyBytes_GET_SIZE(alert->tunnel) &&
+         (bytes_add(t, alert->tunnel) < 0 || JSON_KEY(t, ",") < 0)))
+        return -1;
+    int status = json_members(t, alert);
+    return status != 0 ? status : JSON_KEY(t, "}");
+}
+
 /* The end of a document: an event's `}` and newline; an alert's related hosts first, then its message,
- * rule and (`members` not NULL: a document whose event has no phi_egress) phi_egress. */
+ * rule and (`members` not 0: a document whose event has no phi_egress) phi_egress; that of a
+ * tunnelled flow (its tunnel, in the event's phi_egress) before the message. */
 static int json_end(Text *t, const FlowParts *flow, PyObject *const *extra, Py_ssize_t extra_count, PyObject *host,
                     const AlertParts *alert, int members) {
     if (alert == NULL)
         return (json_related(t, flow, extra, extra_count, &host, host != Py_None) < 0 || JSON_KEY(t, "}\n") < 0) ? -1
                                                                                                                 : 0;
-    if (json_related(t, flow, extra, extra_count, &PyTuple_GET_ITEM(alert->hosts, 0), PyTuple_GET_SIZE(alert->hosts)) < 0 ||
-        JSON_KEY(t, ",\"message\":") < 0 || json_value(t, alert->summary) < 0 || JSON_KEY(t, ",\"rule\":") < 0 ||
+    if (json_related(t, flow, extra, extra_count, &PyTuple_GET_ITEM(alert->hosts, 0), PyTuple_GET_SIZE(alert->hosts)) < 0)
+        return -1;
+    int early = members && alert->tunnel != Py_None, status;
+    if (early && (status = json_egress(t, alert)) != 0) return status;
+    if (JSON_KEY(t, ",\"message\":") < 0 || json_value(t, alert->summary) < 0 || JSON_KEY(t, ",\"rule\":") < 0 ||
         bytes_add(t, alert->rule) < 0)
         return -1;
-    if (members) {
-        int status = JSON_KEY(t, ",\"phi_egress\":{") < 0 ? -1 : json_members(t, alert);
-        if (status != 0) return status;
-        if (JSON_KEY(t, "}") < 0) return -1;
-    }
+    if (members && !early && (status = json_egress(t, alert)) != 0) return status;
     return JSON_KEY(t, "}\n");
 }
 
@@ -632,6 +781,9 @@ static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, 
     if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
         JSON_KEY(&t, "}") < 0)
         goto error;
+    if (alert != NULL && alert->tunnel != Py_None && PyBytes_GET_SIZE(alert->tunnel) &&
+        (JSON_KEY(&t, ",") < 0 || bytes_add(&t, alert->tunnel) < 0))
+        goto error;
     if (alert != NULL && (JSON_KEY(&t, ",") < 0 || (status = json_members(&t, alert)) < 0)) goto error;
     if (alert != NULL && status > 0) goto decline;
     if (JSON_KEY(&t, "}") < 0 || json_end(&t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, 0) < 0) goto error;
@@ -658,15 +810,30 @@ PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return tls_line(args[0], args[1], args[2], NULL);
 }
 
-/* alert_line(tls, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
+/* The line of an alert document on an HTTP request: the envelope, the request's own fields as
+ * the Python builder wrote them (`middle`: `,"url":...,"http":...,"user_agent":...`), related,
+ * message, rule and phi_egress (a tunnelled flow's before the message, as a lookup's). */
+static PyObject *http_alert_line(PyObject *record, PyObject *domain, PyObject *middle, const AlertParts *alert) {
+    Text t = {NULL, 0, 0};
+    FlowParts flow = {0};
+    int status = json_envelope(&t, record, NULL, json_str[J_HTTP], domain, &flow, alert);
+    if (status == 0) {
+        status = bytes_add(&t, middle) < 0 ? -1 : json_end(&t, &flow, NULL, 0, Py_None, alert, 1);
+        flow_parts_clear(&flow);
+    }
+    return json_line_result(&t, status);
+}
+
+/* alert_line(kind, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts,
  * severity, alert_key, count, source_record, destination, summary, phi_host, destinations,
- * vendor_baa, rule) -> sensor.output.ecs.AlertBuilder.line_py's line of an alert document on a DNS
- * lookup (DnsQuery, `tls` false) or a TLS or QUIC hello (TlsHello, `tls` true), or None for what
- * the Python builder takes. `domain`: a lookup's registered domain, a hello's destination.domain
- * (or None); the other parts as AlertParts says. */
+ * vendor_baa, rule, network_tail, tunnel, middle) -> sensor.output.ecs.AlertBuilder.line_py's
+ * line of an alert document on a DNS lookup (DnsQuery, `kind` 0), a TLS or QUIC hello (TlsHello,
+ * 1) or an HTTP request (HttpRequest, 2, its own fields written in `middle`, bytes; else None),
+ * or None for what the Python builder takes. `domain`: a lookup's registered domain, a hello's or
+ * request's destination.domain (or None); the other parts as AlertParts says. */
 PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 22) {
-        PyErr_SetString(PyExc_TypeError, "alert_line takes 22 arguments");
+    if (nargs != 25) {
+        PyErr_SetString(PyExc_TypeError, "alert_line takes 25 arguments");
         return NULL;
     }
     AlertParts alert = {
@@ -674,14 +841,21 @@ PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         .first = args[8], .last = args[9], .head2 = args[10], .hosts = args[11], .severity = args[12],
         .alert_key = args[13], .count = args[14], .source_record = args[15], .destination = args[16],
         .summary = args[17], .phi_host = args[18], .destinations = args[19], .vendor_baa = args[20], .rule = args[21],
+        .network_tail = args[22], .tunnel = args[23],
     };
     if (!PyBytes_Check(alert.head0) || !PyBytes_Check(alert.head1) || !PyBytes_Check(alert.head2) ||
         !PyTuple_Check(alert.hosts) || !PyBytes_Check(alert.phi_host) || !PyBytes_Check(alert.vendor_baa) ||
-        !PyBytes_Check(alert.rule) || (alert.destinations != Py_None && !PyList_CheckExact(alert.destinations)))
+        !PyBytes_Check(alert.rule) || (alert.destinations != Py_None && !PyList_CheckExact(alert.destinations)) ||
+        !PyBytes_Check(alert.network_tail) || (alert.tunnel != Py_None && !PyBytes_Check(alert.tunnel)))
         Py_RETURN_NONE;
-    int tls = PyObject_IsTrue(args[0]);
-    if (tls < 0) return NULL;
-    return tls ? tls_line(args[1], args[2], NULL, &alert) : dns_line(args[1], args[2], NULL, &alert);
+    long kind = PyLong_Check(args[0]) ? PyLong_AsLong(args[0]) : -1;
+    if (kind == -1 && PyErr_Occurred()) return NULL;
+    if (kind == 2) {
+        if (!PyBytes_Check(args[24])) Py_RETURN_NONE;
+        return http_alert_line(args[1], args[2], args[24], &alert);
+    }
+    if ((kind != 0 && kind != 1) || args[24] != Py_None) Py_RETURN_NONE;
+    return kind ? tls_line(args[1], args[2], NULL, &alert) : dns_line(args[1], args[2], NULL, &alert);
 }
 
 /* ---------------------------------------------------------------------------------------------

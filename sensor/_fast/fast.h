@@ -182,6 +182,7 @@ FAST_INTERNAL PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *window_event_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_pcap(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *pcap_records(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);

@@ -55,8 +55,11 @@ static PyMethodDef methods[] = {
     {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,
      "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
     {"alert_line", (PyCFunction)(void (*)(void))alert_line, METH_FASTCALL,
-     "alert_line(tls, record, domain, stamp, head0, severity, event_id, head1, first, last, head2, hosts, members,"
-     " message, rule) -> an alert document on a lookup or hello as a JSON line, or None"},
+     "alert_line(kind, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts, severity,"
+     " alert_key, count, source_record, destination, summary, phi_host, destinations, vendor_baa, rule, network_tail,"
+     " tunnel, middle) -> an alert document on a lookup, hello or request as a JSON line, or None"},
+    {"window_event_id", (PyCFunction)(void (*)(void))window_event_id, METH_FASTCALL,
+     "window_event_id(rule, source, subject, start) -> a throttle window's event.id, or None"},
     {"bind_hints", bind_hints, METH_VARARGS, "bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit)"},
     {"identifier_hints", identifier_hints, METH_O,
      "identifier_hints(text) -> the identifier families that may occur in text, as bits, or None"},

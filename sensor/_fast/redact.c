@@ -13,6 +13,10 @@ static char hint_words[HINT_WORDS][HINT_WORD_CHARS + 1]; /* bind_hints: redact._
 static Py_ssize_t hint_word_lengths[HINT_WORDS];
 static int hint_word_count = -1; /* not bound yet: every text is declined */
 static uint32_t words_starting[256]; /* per lower-case first character, the bits of the words it starts */
+/* per character, what it may start or take part in: the checks of the loop below it can pass (most
+ * characters of a text none: skipped at once) */
+enum { C_AT = 1, C_PLUS = 2, C_DIGIT = 4, C_SEPARATOR = 8, C_WORD = 16 };
+static uint8_t char_class[256];
 static long numeric_bit, mbi_bit, worded_bit, email_bit;
 
 /* bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit): the lower-case ASCII words that
@@ -46,6 +50,12 @@ PyObject *bind_hints(PyObject *module, PyObject *args) {
     }
     memset(words_starting, 0, sizeof words_starting);
     for (Py_ssize_t i = 0; i < count; i++) words_starting[(unsigned char)hint_words[i][0]] |= (uint32_t)1 << i;
+    memset(char_class, 0, sizeof char_class);
+    char_class['@'] = C_AT, char_class['+'] = C_PLUS;
+    char_class['-'] = char_class['.'] = char_class[' '] = C_SEPARATOR;
+    for (int c = '0'; c <= '9'; c++) char_class[c] = C_DIGIT;
+    for (int c = 0; c < 256; c++)
+        if (words_starting[c >= 'A' && c <= 'Z' ? c + 32 : c]) char_class[c] |= C_WORD;
     hint_word_count = (int)count;
     numeric_bit = bits[0], mbi_bit = bits[1], worded_bit = bits[2], email_bit = bits[3];
     Py_RETURN_NONE;
@@ -75,6 +85,7 @@ PyObject *identifier_hints(PyObject *module, PyObject *text) {
     int numeric_hint = 0, numeric_need = 0, mbi = 0, worded = 0, email = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = s[i];
+        if (!char_class[c]) continue; /* (no check below passes on it) */
         if (c == '@') email = 1;
         /* _NUMERIC_HINT: \d\d\d[- .)] or \+\d{10}; _NUMERIC_NEED: [-. ]\d{4} or \+\d{10} */
         if (c == '+' && digits_at(s, n, i + 1, 10)) numeric_hint = numeric_need = 1;

@@ -60,6 +60,11 @@ from sensor.records import (
 )
 from sensor.severity import SEVERITY_RANK
 
+try:  # the compiled twin of event_id_py (sensor/_fast/ecs.c)
+    from sensor._fast import window_event_id as _event_id_fast
+except ImportError:  # built without a C compiler
+    _event_id_fast = None
+
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
 MAX_ENRICHED_KEYS = 65_536  # (destination names, day) pairs whose enrichment is remembered
@@ -102,7 +107,8 @@ DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], D
 # of windows let go (a day of traffic closes windows as its clock passes them)
 _SPILL_BLOCK = 1 << 16
 _SPILL_COMPACT_BYTES = 64 << 20
-_SPILL_FINAL_BLOCK = 1 << 20
+_SPILL_FINAL_BLOCKS = 16  # blocks kept read back at the end (1 MiB): the windows' alerts were packed in about
+# the order they opened, but an alert replaced later lies further on
 _SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
 _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
 
@@ -123,10 +129,11 @@ class _Spill:
         self._written = 0  # bytes in the file
         self._tail = bytearray()  # the bytes after them, not written yet
         self._flush_at = _SPILL_BLOCK  # (a larger tail after a write failed: tried again less often)
-        # the last block read back: documents are built in about the order the alerts were packed
-        self._read_at, self._read = 0, b""
+        # the blocks read back and unsealed, by index (each _SPILL_BLOCK long, at a multiple of it),
+        # the last used last: documents are built in about the order the alerts were packed
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self.compact_at = _SPILL_COMPACT_BYTES
-        self.read_block = _SPILL_BLOCK  # bytes read back at once (more at the end: final_documents)
+        self.read_blocks = 1  # blocks kept read back (more at the end: final_documents)
         self._closer: weakref.finalize[[int], _Spill] | None = None  # closes the file once the spill is let go
 
     @property
@@ -146,11 +153,18 @@ class _Spill:
         if at >= self._written:
             at -= self._written
             return bytes(self._tail[at:at + size])
-        start = at - self._read_at
-        if start < 0 or start + size > len(self._read):
-            self._read_at, self._read = at, self._seal(at, os.pread(self._fd, max(size, self.read_block), at))
-            start = 0
-        return self._read[start:start + size]
+        index, start = divmod(at, _SPILL_BLOCK)
+        if start + size > _SPILL_BLOCK:  # across two blocks (a few in a thousand): read alone
+            return self._seal(at, os.pread(self._fd, size, at))
+        blocks = self._blocks
+        block = blocks.get(index)
+        if block is None or start + size > len(block):  # (a block read while the file ended inside it)
+            block = blocks[index] = self._seal(index * _SPILL_BLOCK, os.pread(self._fd, _SPILL_BLOCK, index * _SPILL_BLOCK))
+            while len(blocks) > self.read_blocks:
+                blocks.popitem(last=False)
+        else:
+            blocks.move_to_end(index)
+        return block[start:start + size]
 
     def compacted(self, windows: Iterable[_Window]) -> _Spill:
         """This spill, or once it is mostly alerts of windows let go a fresh one holding those of
@@ -203,6 +217,11 @@ class _Spill:
             self._closer()
         self._fd, self._pid = fd, os.getpid()
         self._closer = weakref.finalize(self, os.close, fd)
+
+
+def event_id_py(rule: str, source: str, subject: str, start: float) -> str:
+    """A throttle window's id: of its key and start (the compiled window_event_id's reference)."""
+    return hashlib.sha256(f"{rule}|{source}|{subject}|{start:.6f}".encode()).hexdigest()[:40]
 
 
 @dataclass(slots=True)
@@ -275,13 +294,17 @@ class _Window:
             tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
-        return Alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
+        return _new_alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
 
     @property
     def event_id(self) -> str:
         """The id every document of the window carries: made, not kept (a replay's windows are many)."""
         rule, source, subject = self.key
-        return hashlib.sha256(f"{rule}|{source}|{subject}|{self.start:.6f}".encode()).hexdigest()[:40]
+        if _event_id_fast is not None:
+            made = _event_id_fast(rule, source, subject, self.start)
+            if made is not None:
+                return cast(str, made)
+        return event_id_py(rule, source, subject, self.start)
 
     def hosts(self) -> list[Destination]:
         """The hosts reached, in the order first seen."""
@@ -327,7 +350,9 @@ _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
 _KINDS: dict[type, str] = {DnsQuery: _DNS, LocalNameQuery: _LOCAL, TlsHello: _HELLO, HttpRequest: _HTTP}
 _observation = positional_constructor(Observation)  # every field, in order
+_new_alert = positional_constructor(Alert)
 _TRACKER_PAYLOAD = tracker_payload.INFO.id
+_window_start = attrgetter("start")
 
 
 class DetectionEngine:
@@ -508,15 +533,15 @@ class DetectionEngine:
         """final_documents as the document builder's json_line gives them, (JSON line, what the
         summary counts of it), for outputs that all take lines."""
         line_of = self.build_document.json_line  # type: ignore[attr-defined]
+        spill = self._spill  # (let go after the last window)
         for window in self._last_windows():
-            window.sent_count = window.count
-            yield line_of(window.alert(self._spill), window.count, window.start, window.last_seen, window.event_id,
-                          window.hosts())
+            count = window.sent_count = window.count
+            yield line_of(window.alert(spill), count, window.start, window.last_seen, window.event_id, window.hosts())
 
     def _last_windows(self) -> Iterator[_Window]:
         """The windows whose final document is still to go, in the order of their start, at the end."""
-        pending = sorted((window for window in self._windows.values() if window.count > window.sent_count),
-                         key=lambda w: w.start)
+        pending = [window for window in self._windows.values() if window.count > window.sent_count]
+        pending.sort(key=_window_start)
         pending.reverse()
         # no record comes any more: what attributed and enriched records is let go, its memory
         # serving the documents (a day of traffic fills these caches)
@@ -526,9 +551,9 @@ class DetectionEngine:
         self._windows.clear()
         self._ends.clear()
         self._unpacked.clear()
-        # the documents read the spill in about the order it was written: larger reads, fewer
+        # the documents read the spill in about the order it was written: more blocks kept, fewer
         # unsealings (not the whole spill at once: a day's would add to the run's peak)
-        self._spill.read_block = _SPILL_FINAL_BLOCK
+        self._spill.read_blocks = _SPILL_FINAL_BLOCKS
         while pending:
             yield pending.pop()
         self._spill = _Spill()  # the file let go

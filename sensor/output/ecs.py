@@ -342,6 +342,20 @@ class EventBuilder:
 
     def http(self, rec: HttpRequest) -> dict:
         doc = self._envelope(rec.ts, "http", rec.flow)
+        url, http, agent, domain = self._http_parts(rec)
+        if domain:
+            doc["destination"]["domain"] = domain
+        if url:
+            doc["url"] = url
+        doc["http"] = http
+        if agent:
+            doc["user_agent"] = agent
+        doc["related"] = _related(rec.flow, rec.host)
+        return doc
+
+    def _http_parts(self, rec: HttpRequest) -> tuple[dict, dict, dict | None, str | None]:
+        """An HTTP event's own fields: `url`, `http` and `user_agent` (None: none), and the host
+        named as `destination.domain` (None: none)."""
         headers: dict[str, str] = {}  # the first of each name, as rec.header finds it: one pass for the three
         for name, value in rec.headers:
             headers.setdefault(name.lower(), value)
@@ -354,26 +368,21 @@ class EventBuilder:
             url["path"] = path
         if query:
             url["query"] = query
+        domain = None
         if rec.host:
             if _is_ip_literal(rec.host):
                 url["domain"] = f"[{rec.host}]" if ":" in rec.host else rec.host  # ECS keeps IPv6 brackets
             else:
-                url["domain"] = rec.host
-                doc["destination"]["domain"] = rec.host
-        if url:
-            doc["url"] = url
+                url["domain"] = domain = rec.host
         request: dict = {"method": rec.method, "body": {"bytes": rec.body_bytes}}
         if referrer:
             request["referrer"] = referrer
         mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if mime_type:
             request["mime_type"] = mime_type
-        doc["http"] = {"version": rec.version, "request": request} if rec.version else {"request": request}
+        http = {"version": rec.version, "request": request} if rec.version else {"request": request}
         agent = headers.get("user-agent")
-        if agent:
-            doc["user_agent"] = {"original": _redacted_agent(agent) if self.redact_urls else agent}
-        doc["related"] = _related(rec.flow, rec.host)
-        return doc
+        return url, http, {"original": _redacted_agent(agent) if self.redact_urls else agent} if agent else None, domain
 
 
 # Events repeat request lines (asset paths, beacons); one bounded cache, keyed by the URLs alone.
@@ -473,6 +482,10 @@ def _split_target(target: str) -> tuple[str, str]:
 
 _split_target_cached = functools.lru_cache(maxsize=4096)(_split_target)  # events repeat request lines
 
+
+_SCALARS = (str, int, float, type(None))  # the tunnel values a cache key holds as they are
+# what the compiled alert writer writes an alert document on (alert_line's kind)
+_DNS, _TLS, _HTTP = 0, 1, 2
 
 # Parts of every alert document, shared by all as the observer is (sinks read documents, never change them).
 _ALERT_CATEGORIES = ["network", "intrusion_detection"]
@@ -610,6 +623,7 @@ class AlertBuilder:
         self.unredacted = unredacted
         self._plain_events: EventBuilder | None = None  # events with redact_urls off (_request_event)
         self._head: tuple[Any, Any, tuple[bytes, bytes, bytes] | None] | None = None  # _alert_head's, with what it read
+        self._tunnels: dict[tuple, tuple[bytes, bytes]] = {}  # a tunnel's value -> _alert_tunnel_parts
 
     def __call__(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -671,16 +685,21 @@ class AlertBuilder:
             pe["evidence"] = evidence(findings, alert.fields, self.unredacted)
         tracker = obs.tracker
         if tracker is not None and rule.id == "phi-in-tracker-payload":
-            event = tracker.event
-            if event and not self.unredacted:
-                event = redact(event, findings)
-            pe["tracker"] = {"decoder": tracker.decoder, "event": event}
-            for name in ("page_url", "referrer"):
-                value = getattr(tracker, name)
-                if value:
-                    pe["tracker"][name] = value if self.unredacted else redact_url(value, findings)
+            pe["tracker"] = self._tracker_fields(tracker, findings)
         # nothing null or empty (an unnamed PHI host, a vendor without a BAA source): ECS leaves it out
         return prune(doc)
+
+    def _tracker_fields(self, tracker, findings) -> dict:
+        """`phi_egress.tracker` of an alert on a tracker payload: its decoder, event, page and referrer."""
+        event = tracker.event
+        if event and not self.unredacted:
+            event = redact(event, findings)
+        fields = {"decoder": tracker.decoder, "event": event}
+        for name in ("page_url", "referrer"):
+            value = getattr(tracker, name)
+            if value:
+                fields[name] = value if self.unredacted else redact_url(value, findings)
+        return fields
 
     def json_line(
         self, alert, count: int, first_seen: float, last_seen: float, event_id: str, destinations: list | None = None
@@ -688,7 +707,7 @@ class AlertBuilder:
         """The alert document as one JSON line, byte for byte line_py's, and what the summary
         counts of it: the document, or where compiled code wrote the line without building one
         (an alert on a lookup or hello, without findings) AlertTally.add_values's arguments."""
-        if _alert_line_fast is not None and not alert.findings:
+        if _alert_line_fast is not None:
             written = self._line_fast(alert, count, first_seen, last_seen, event_id, destinations)
             if written is not None:
                 return written
@@ -712,18 +731,26 @@ class AlertBuilder:
         if cls is TlsHello:
             if record.protocol not in EVENT_DATASETS or record.ech is None:
                 return None
-            tls = True
+            kind = _TLS
         elif cls is DnsQuery:
-            tls = False
+            kind = _DNS
+        elif cls is HttpRequest and (self.unredacted or self.events.redact_urls):  # (else its URLs are masked here)
+            kind = _HTTP
         else:
             return None
-        if type(record.flow) is not Flow or obs.tracker is not None:
+        flow = record.flow
+        if type(flow) is Flow:
+            network_tail, tunnel = b"", None
+        elif type(flow) is TunnelledFlow:
+            network_tail, tunnel = self._alert_tunnel_parts(flow.tunnel)
+        else:
             return None
         named = obs.destination
         primary = _primary_destination(destinations, named)
         summary = _summary_naming(alert.summary, named, primary, destinations)
+        findings = alert.findings
         if not self.unredacted:
-            summary = redact(summary, ())
+            summary = redact(summary, findings)
         severity, baa_status = alert.severity, obs.baa_status
         # what a document leaves out when empty, or holds as the writer does not spell it: the Python builder
         if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
@@ -736,26 +763,88 @@ class AlertBuilder:
             return None
         first = iso_time(first_seen)
         last = first if last_seen == first_seen else iso_time(last_seen)
-        if tls:
-            server_name = record.server_name
-            hosts = [server_name] if server_name else []
-            domain: str | None = primary  # (what the alert names, in place of the hello's)
-        else:
+        # phi_egress's members after the BAA: the findings' and the tracker payload's
+        members_end, types = written[2], ()
+        if findings:
+            phi, shown = prune(_phi_fields(findings)), prune(evidence(findings, alert.fields, self.unredacted))
+            types = phi.get("types", ())
+            members_end += (b',"phi":' + orjson.dumps(phi) if phi else b"") + (
+                b',"evidence":' + orjson.dumps(shown) if shown else b"")
+        if obs.tracker is not None and rule.id == "phi-in-tracker-payload":
+            tracker = prune(self._tracker_fields(obs.tracker, findings))
+            members_end += b',"tracker":' + orjson.dumps(tracker) if tracker else b""
+        middle = None
+        if kind == _DNS:
             hosts = [record.name] if record.name else []
             domain = self.events.registered_domain(record.name) or None
+        else:
+            own_host = record.server_name if kind == _TLS else record.host
+            hosts = [own_host] if own_host else []
+            domain = primary  # (what the alert names, in place of the hello's or request's)
+            if kind == _HTTP:
+                middle = self._request_fields(record, findings)
         _add_related_hosts(hosts, named, destinations)
-        source = record.flow.src_ip
+        source = flow.src_ip
         line = _alert_line_fast(
-            tls, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
+            kind, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
             tuple(hosts), severity, "|".join((rule.id, source, alert.throttle_subject)), count, obs.source_record,
-            primary, summary, written[1], destinations or None, written[2], written[0],
+            primary, summary, written[1], destinations or None, members_end, written[0], network_tail, tunnel, middle,
         )
         if line is None:
             return None
         phi_host = obs.phi_host
         vendor = obs.vendor
         return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
-                      (vendor.name if vendor is not None else None) or primary, baa_status, (), count)
+                      (vendor.name if vendor is not None else None) or primary, baa_status, types, count)
+
+    def _request_fields(self, record: HttpRequest, findings) -> bytes:
+        """`,"url":...,"http":...,"user_agent":...` of an alert on a request as __call__ writes them,
+        pruned: the event's (EventBuilder._http_parts), its URLs masked as _request_event and
+        _redact_record_fields mask them."""
+        if findings and not self.unredacted and self.events.redact_urls:  # (_request_event)
+            fields = self._request_parts(self._plain(), record, findings)
+            url = fields.get("url")
+            if url is not None and "path" in url and not _split_target(url["original"])[0]:
+                fields = self._request_parts(self.events, record, findings)  # (_masked_event)
+            elif "user_agent" in fields:
+                fields["user_agent"]["original"] = _redacted_agent(fields["user_agent"]["original"])
+        else:
+            fields = self._request_parts(self.events, record, findings)
+        return b"," + orjson.dumps(prune(fields))[1:-1]
+
+    def _request_parts(self, events: EventBuilder, record: HttpRequest, findings) -> dict:
+        """The `url`, `http` and `user_agent` of the event `events` makes of `record`, as its
+        document holds them, with _redact_record_fields applied."""
+        url, http, agent, _ = events._http_parts(record)
+        fields = {"url": url, "http": http} if url else {"http": http}
+        if agent:
+            fields["user_agent"] = agent
+        self._redact_record_fields(fields, record, findings)
+        return fields
+
+    def _alert_tunnel_parts(self, tunnel: tuple) -> tuple[bytes, bytes]:
+        """What the compiled alert writer adds for a tunnelled flow, as __call__ writes it (the
+        event's tunnel fields, pruned): the end of `network` and phi_egress's `"tunnel":...`
+        (empty where pruned away). Once per tunnel, by its value (an alert read back from the
+        windows' spill holds a copy of its flow's)."""
+        info, outer, inner = tunnel
+        key: tuple | None = None
+        cached = None
+        # (by exact type too: True and 1 are equal keys, written apart)
+        if all(type(value) in _SCALARS for value in (*info.values(), outer, inner)):
+            key = (*((name, type(value), value) for name, value in info.items()), type(outer), outer, type(inner), inner)
+            cached = self._tunnels.get(key)
+        if cached is None:
+            doc: dict = {"network": {}}
+            EventBuilder._add_tunnel(doc, *tunnel)
+            network, own = prune(doc["network"]), prune(doc["phi_egress"]["tunnel"])
+            cached = (b"," + orjson.dumps(network)[1:-1] if network else b"",
+                      b'"tunnel":' + orjson.dumps(own) if own else b"")
+            if key is not None:
+                if len(self._tunnels) > 4096:
+                    self._tunnels.clear()
+                self._tunnels[key] = cached
+        return cached
 
     def _alert_head(self) -> tuple[bytes, bytes, bytes] | None:
         """A document's `ecs`, `data_stream`, `event` and `observer` as orjson writes them, pruned,
@@ -777,14 +866,18 @@ class AlertBuilder:
             cached = self._head = (observer, stream, head)
         return cached[2]
 
-    def _request_event(self, record: HttpRequest, findings) -> dict:
-        """self.events(record) with _redact_record_fields applied, the event's own masking of the
-        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+    def _plain(self) -> EventBuilder:
+        """self.events with redact_urls off (_request_event)."""
         plain = self._plain_events
         if plain is None or plain.observer is not self.events.observer:
             plain = self._plain_events = copy.copy(self.events)
             plain.redact_urls = False
-        doc = plain(record)
+        return plain
+
+    def _request_event(self, record: HttpRequest, findings) -> dict:
+        """self.events(record) with _redact_record_fields applied, the event's own masking of the
+        URLs (which these replace) left out: the event built unmasked, its user agent masked here."""
+        doc = self._plain()(record)
         self._redact_record_fields(doc, record, findings)
         url = doc.get("url")
         if url is not None and "path" in url and not _split_target(url["original"])[0]:
