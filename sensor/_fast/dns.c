@@ -841,6 +841,32 @@ static Py_ssize_t wire_name(const Message *m, Py_ssize_t offset, Py_ssize_t limi
     return at;
 }
 
+/* The names a walk read whole where they lie (no pointer in them): where, and their text. */
+#define WIRE_SEEN 8
+typedef struct {
+    Py_ssize_t offset, at, len;
+} WireSeen;
+
+/* wire_name, but a name that is only a pointer to one of `seen` (its `count`) is not read again:
+ * read_name would read the same text from there. A name read whole where it lies joins them. */
+static Py_ssize_t wire_name_seen(const Message *m, Py_ssize_t offset, Py_ssize_t limit, char *names, Py_ssize_t *used,
+                                 Py_ssize_t previous, Py_ssize_t previous_len, Py_ssize_t *len, Py_ssize_t *after,
+                                 WireSeen *seen, int *count) {
+    if (offset + 1 < limit && (m->data[offset] & 0xC0) == 0xC0) {
+        Py_ssize_t target = ((Py_ssize_t)(m->data[offset] & 0x3F) << 8) | m->data[offset + 1];
+        for (int i = 0; i < *count; i++)
+            if (seen[i].offset == target && target < offset) {
+                *len = seen[i].len;
+                *after = offset + 2;
+                return seen[i].at;
+            }
+    }
+    Py_ssize_t at = wire_name(m, offset, limit, names, used, previous, previous_len, len, after);
+    /* whole where it lies: its labels and the root octet, two more than its text */
+    if (at >= 0 && *after - offset == *len + 2 && *count < WIRE_SEEN) seen[(*count)++] = (WireSeen){offset, at, *len};
+    return at;
+}
+
 /* The str of a text in the names, `*last` (a str made before, whose text starts at `*last_at`)
  * when it is that text; NULL on error. `*last` holds the new str's reference. */
 static PyObject *wire_str(const char *names, Py_ssize_t at, Py_ssize_t len, PyObject **last, Py_ssize_t *last_at) {
@@ -905,7 +931,10 @@ Py_ssize_t dns_learn_wire(PyObject *entries, PyObject *move, double ts, const ui
     if (!(flags & 0x8000) || qdcount != 1 || ancount == 0 || ancount > WIRE_MAX_ANSWERS ||
         (Py_ssize_t)qdcount * DNS_MIN_QUESTION + (Py_ssize_t)records * DNS_MIN_RR > size - DNS_HEADER)
         return DNS_WIRE_DECLINED;
-    if (wire_name(&m, DNS_HEADER, size, names, &used, -1, 0, &asked_len, &position) < 0 || position + 4 > size)
+    WireSeen seen[WIRE_SEEN];
+    int seen_count = 0;
+    if (wire_name_seen(&m, DNS_HEADER, size, names, &used, -1, 0, &asked_len, &position, seen, &seen_count) < 0 ||
+        position + 4 > size)
         return DNS_WIRE_DECLINED;
     position += 4;
     int cnames = 0;
@@ -918,7 +947,8 @@ Py_ssize_t dns_learn_wire(PyObject *entries, PyObject *move, double ts, const ui
             if (position > size) goto done;
             continue;
         }
-        answer->owner = wire_name(&m, position, size, names, &used, previous, previous_len, &answer->owner_len, &position);
+        answer->owner = wire_name_seen(&m, position, size, names, &used, previous, previous_len, &answer->owner_len,
+                                       &position, seen, &seen_count);
         if (answer->owner < 0 || position + 10 > size) goto done;
         previous = answer->owner;
         previous_len = answer->owner_len;
@@ -933,8 +963,8 @@ Py_ssize_t dns_learn_wire(PyObject *entries, PyObject *move, double ts, const ui
             if (rdata_len != (rtype == 1 ? 4 : 16)) goto done;
             answer->kind = WIRE_ADDRESS;
         } else if (rtype == 5) { /* CNAME: its target as render_rdata reads it */
-            answer->target = wire_name(&m, answer->rdata, answer->rdata_end, names, &used, -1, 0, &answer->target_len,
-                                       &after);
+            answer->target = wire_name_seen(&m, answer->rdata, answer->rdata_end, names, &used, -1, 0,
+                                            &answer->target_len, &after, seen, &seen_count);
             if (answer->target < 0 || after != answer->rdata_end) goto done;
             answer->kind = cnames = WIRE_CNAME;
         } else { /* rendered only to know that dns_message_of renders it */
