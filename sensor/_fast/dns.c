@@ -17,7 +17,7 @@ typedef struct {
 } Message;
 
 /* 1 for a byte printable as itself inside a label (dns._NEEDS_ESCAPE's complement). */
-static const uint8_t label_plain[256] = {[0x21 ... 0x7E] = 1, [0x2E] = 0, [0x5C] = 0};
+static const uint8_t label_plain[256] = {[0x21 ... 0x2D] = 1, [0x2F ... 0x5B] = 1, [0x5D ... 0x7E] = 1};
 
 /* A byte printable as itself in TXT text (dns._TEXT_NEEDS_ESCAPE's complement). */
 static inline int text_byte_plain(uint8_t b) { return b >= 0x20 && b <= 0x7E && b != 0x5C; }

@@ -1,6 +1,7 @@
 /* The decode of a replay worker that is handed the other worker's DNS answers too: those it
- * learns from go straight into its DnsCache (sensor.decode.dispatch.shared_decode_py is the
- * reference). Apart from packet.c, whose decode it wraps, as it also asks select.c for the route. */
+ * learns from go straight into its DnsCache, walked from the wire where dns.c's dns_learn_wire
+ * can (sensor.decode.dispatch.shared_decode_py is the reference). Apart from packet.c, whose
+ * decode it wraps, as it also asks select.c for the route. */
 #include "fast.h"
 
 /* Another worker's DNS answer seen at `ts`, learned by `cache` as DnsCache.learn(ts, message,
@@ -224,8 +225,8 @@ static PyMethodDef shared_decode_def = {
  * answer, except that a DNS datagram whose message a cache learns from and whose route (select_route)
  * is `shared_route` (another replay worker's answer), also one inside a mirror tunnel (VXLAN,
  * ERSPAN: decode_mirrored's), is stored in `cache` (a DnsCache, or None for never) as
- * DnsCache.learn(ts, message, counted=False) stores it, where the compiled dns_learn takes it and
- * no sweep is due: then its 5-tuple (the tunnelled datagram's) comes with None for the message.
+ * DnsCache.learn(ts, message, counted=False) stores it, where the compiled dns_learn_wire or
+ * dns_learn takes it and no sweep is due: then its 5-tuple (the tunnelled datagram's) comes with None for the message.
  * sensor.decode.dispatch.shared_decode_py is the reference. */
 PyObject *share_decoder(PyObject *module, PyObject *args) {
     int route;
