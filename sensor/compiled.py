@@ -60,6 +60,8 @@ TWINS: dict[str, str] = {
     "select_worker": "sensor.capture.workers:worker_of_py",
     "select_route": "sensor.capture.workers:route_of_py",
     "dns_learn": "sensor.enrich.dnscache:DnsCache._learn_py",
+    # what dns_learn stores of a response, read from its wire format (another replay worker's answers)
+    "dns_learn_wire": "sensor.enrich.dnscache:DnsCache.learn_wire_py",
 }
 
 # compiled binder -> the Python home of what it is given

@@ -16,8 +16,8 @@ typedef struct {
     Py_ssize_t size;
 } Message;
 
-/* A byte printable as itself inside a label (dns._NEEDS_ESCAPE's complement). */
-static inline int label_byte_plain(uint8_t b) { return b >= 0x21 && b <= 0x7E && b != 0x2E && b != 0x5C; }
+/* 1 for a byte printable as itself inside a label (dns._NEEDS_ESCAPE's complement). */
+static const uint8_t label_plain[256] = {[0x21 ... 0x2D] = 1, [0x2F ... 0x5B] = 1, [0x5D ... 0x7E] = 1};
 
 /* A byte printable as itself in TXT text (dns._TEXT_NEEDS_ESCAPE's complement). */
 static inline int text_byte_plain(uint8_t b) { return b >= 0x20 && b <= 0x7E && b != 0x5C; }
@@ -55,11 +55,16 @@ static int read_name(const Message *m, Py_ssize_t offset, Py_ssize_t limit, char
         if (label_end > end) return -1;
         if (out != NULL) {
             if (written) out[written++] = '.';
-            for (Py_ssize_t i = position + 1; i < label_end; i++) {
-                uint8_t b = m->data[i];
-                if (!label_byte_plain(b)) return -1;
-                out[written++] = (char)b;
+            const uint8_t *label = m->data + position + 1; /* (read once: `out` may alias anything) */
+            char *to = out + written;
+            unsigned plain = 1;
+            for (unsigned i = 0; i < length; i++) { /* checked after the copy: no branch a byte */
+                uint8_t b = label[i];
+                plain &= label_plain[b];
+                to[i] = (char)b;
             }
+            if (!plain) return -1;
+            written += length;
         }
         position = label_end;
     }
@@ -609,6 +614,31 @@ static int chain_step(PyObject *paths, PyObject *owner, PyObject *target) {
     return 1;
 }
 
+/* _chain's passes over the CNAMEs whose owner was not reachable yet (`pending`, a list of
+ * (owner, target) pairs, taken), until nothing new is reachable: 0, or -1 on error. */
+static int follow_chains(PyObject *paths, PyObject *pending) {
+    while (PyList_GET_SIZE(pending)) {
+        PyObject *deferred = PyList_New(0);
+        if (deferred == NULL) goto error;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+            PyObject *pair = PyList_GET_ITEM(pending, i);
+            int step = chain_step(paths, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+            if (step < 0 || (step == 0 && PyList_Append(deferred, pair) < 0)) {
+                Py_DECREF(deferred);
+                goto error;
+            }
+        }
+        int stuck = PyList_GET_SIZE(deferred) == PyList_GET_SIZE(pending);
+        Py_SETREF(pending, deferred);
+        if (stuck) break;
+    }
+    Py_DECREF(pending);
+    return 0;
+error:
+    Py_DECREF(pending);
+    return -1;
+}
+
 /* sensor.enrich.dnscache._chain(answers, asked): every owner name's path of names from the
  * question's (`asked`, a 1-tuple of it lowered), for answers plain_answers found plain; NULL on error. */
 static PyObject *cname_paths(PyObject *answers, PyObject *asked) {
@@ -629,27 +659,30 @@ static PyObject *cname_paths(PyObject *answers, PyObject *asked) {
         Py_XDECREF(target);
         if (failed) goto error;
     }
-    while (PyList_GET_SIZE(pending)) { /* until nothing new is reachable */
-        PyObject *deferred = PyList_New(0);
-        if (deferred == NULL) goto error;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
-            PyObject *pair = PyList_GET_ITEM(pending, i);
-            int step = chain_step(paths, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
-            if (step < 0 || (step == 0 && PyList_Append(deferred, pair) < 0)) {
-                Py_DECREF(deferred);
-                goto error;
-            }
-        }
-        int stuck = PyList_GET_SIZE(deferred) == PyList_GET_SIZE(pending);
-        Py_SETREF(pending, deferred);
-        if (stuck) break;
+    if (follow_chains(paths, pending) < 0) {
+        pending = NULL;
+        goto error;
     }
-    Py_DECREF(pending);
     return paths;
 error:
     Py_XDECREF(paths);
     Py_XDECREF(pending);
     return NULL;
+}
+
+/* entries[address] = (expiry, names), moved to the end of the OrderedDict `entries` (`move`: its
+ * move_to_end): 0, or -1 on error. */
+static int store_entry(PyObject *entries, PyObject *move, PyObject *address, double expiry, PyObject *names) {
+    PyObject *entry = tuple_steal(2, (PyObject *[]){PyFloat_FromDouble(expiry), Py_NewRef(names)});
+    Py_ssize_t size = PyDict_GET_SIZE(entries); /* unchanged by the store: the address was known */
+    int failed = entry == NULL || PyObject_SetItem(entries, address, entry) < 0;
+    Py_XDECREF(entry);
+    if (!failed && PyDict_GET_SIZE(entries) == size) { /* a new key is stored at the end already */
+        PyObject *moved = PyObject_CallOneArg(move, address);
+        failed = moved == NULL;
+        Py_XDECREF(moved);
+    }
+    return failed ? -1 : 0;
 }
 
 /* Store every address of plain `answers` as (expiry, names) in the OrderedDict `entries`, each
@@ -683,16 +716,8 @@ static Py_ssize_t store_answers(PyObject *entries, PyObject *move, double ts, Py
             Py_XDECREF(address);
             goto error;
         }
-        PyObject *entry = tuple_steal(2, (PyObject *[]){
-            PyFloat_FromDouble(ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl)), Py_NewRef(names)});
-        Py_ssize_t size = PyDict_GET_SIZE(entries); /* unchanged by the store: the address was known */
-        int failed = entry == NULL || PyObject_SetItem(entries, address, entry) < 0;
-        Py_XDECREF(entry);
-        if (!failed && PyDict_GET_SIZE(entries) == size) { /* a new key is stored at the end already */
-            PyObject *moved = PyObject_CallOneArg(move, address);
-            failed = moved == NULL;
-            Py_XDECREF(moved);
-        }
+        int failed = store_entry(entries, move, address, ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl),
+                                 names) < 0;
         Py_DECREF(address);
         if (failed) goto error;
         stored++;
@@ -782,6 +807,228 @@ PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
     if (PyErr_Occurred()) return NULL;
     return learn_message(args[0], args[1], ts, args[3], min_ttl, max_ttl);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * What learn_message stores of the DnsMessage dns_message_of reads, read straight from the wire:
+ * for another replay worker's answers, only ever learned from (sensor/_fast/share.c).
+ */
+
+#define WIRE_MAX_ANSWERS 64
+#define WIRE_NAMES 8192  /* the lowered names of a walk's question and answers, one after another */
+#define WIRE_NAME_ROOM 256 /* read_name writes at most this much (255 wire octets), NUL and all */
+
+enum { WIRE_OTHER, WIRE_ADDRESS, WIRE_CNAME };
+
+typedef struct {
+    int kind;
+    uint32_t ttl;
+    Py_ssize_t rdata, rdata_end;
+    Py_ssize_t owner, owner_len, target, target_len; /* the owner's and a CNAME's target's text in the names */
+} WireAnswer;
+
+/* The name at `offset` (in-place part bounded by `limit`) read by read_name into `names` at *used,
+ * lowered: its text's start there (*used moved past it, except where it spells the previous
+ * name at `previous`, shared then), or -1 where read_name fails or the names are full. */
+static Py_ssize_t wire_name(const Message *m, Py_ssize_t offset, Py_ssize_t limit, char *names, Py_ssize_t *used,
+                            Py_ssize_t previous, Py_ssize_t previous_len, Py_ssize_t *len, Py_ssize_t *after) {
+    Py_ssize_t at = *used;
+    if (WIRE_NAMES - at < WIRE_NAME_ROOM || read_name(m, offset, limit, names + at, len, after) < 0) return -1;
+    for (Py_ssize_t i = at; i < at + *len; i++)
+        if (names[i] >= 'A' && names[i] <= 'Z') names[i] += 32;
+    if (previous >= 0 && previous_len == *len && memcmp(names + previous, names + at, *len) == 0) return previous;
+    *used = at + *len;
+    return at;
+}
+
+/* The names a walk read whole where they lie (no pointer in them): where, and their text. */
+#define WIRE_SEEN 8
+typedef struct {
+    Py_ssize_t offset, at, len;
+} WireSeen;
+
+/* wire_name, but a name that is only a pointer to one of `seen` (its `count`) is not read again:
+ * read_name would read the same text from there. A name read whole where it lies joins them. */
+static Py_ssize_t wire_name_seen(const Message *m, Py_ssize_t offset, Py_ssize_t limit, char *names, Py_ssize_t *used,
+                                 Py_ssize_t previous, Py_ssize_t previous_len, Py_ssize_t *len, Py_ssize_t *after,
+                                 WireSeen *seen, int *count) {
+    if (offset + 1 < limit && (m->data[offset] & 0xC0) == 0xC0) {
+        Py_ssize_t target = ((Py_ssize_t)(m->data[offset] & 0x3F) << 8) | m->data[offset + 1];
+        for (int i = 0; i < *count; i++)
+            if (seen[i].offset == target && target < offset) {
+                *len = seen[i].len;
+                *after = offset + 2;
+                return seen[i].at;
+            }
+    }
+    Py_ssize_t at = wire_name(m, offset, limit, names, used, previous, previous_len, len, after);
+    /* whole where it lies: its labels and the root octet, two more than its text */
+    if (at >= 0 && *after - offset == *len + 2 && *count < WIRE_SEEN) seen[(*count)++] = (WireSeen){offset, at, *len};
+    return at;
+}
+
+/* The str of a text in the names, `*last` (a str made before, whose text starts at `*last_at`)
+ * when it is that text; NULL on error. `*last` holds the new str's reference. */
+static PyObject *wire_str(const char *names, Py_ssize_t at, Py_ssize_t len, PyObject **last, Py_ssize_t *last_at) {
+    if (*last != NULL && *last_at == at && PyUnicode_GET_LENGTH(*last) == len) return *last;
+    PyObject *text = ascii_str(names + at, len);
+    if (text == NULL) return NULL;
+    Py_XSETREF(*last, text);
+    *last_at = at;
+    return text;
+}
+
+/* Every CNAME's path of names from the question's (`asked`, a 1-tuple of it lowered), as
+ * cname_paths finds it from the message; NULL on error. */
+static PyObject *wire_paths(const char *names, const WireAnswer *answers, unsigned count, PyObject *asked) {
+    PyObject *paths = PyDict_New(), *pending = PyList_New(0), *owner_str = NULL;
+    Py_ssize_t owner_at = -1;
+    if (paths == NULL || pending == NULL || PyDict_SetItem(paths, PyTuple_GET_ITEM(asked, 0), asked) < 0) goto error;
+    for (unsigned i = 0; i < count; i++) {
+        const WireAnswer *answer = &answers[i];
+        if (answer->kind != WIRE_CNAME) continue;
+        PyObject *owner = wire_str(names, answer->owner, answer->owner_len, &owner_str, &owner_at);
+        Py_ssize_t kept = answer->target_len; /* _chain's target.rstrip(".") */
+        while (kept > 0 && names[answer->target + kept - 1] == '.') kept--;
+        PyObject *target = owner != NULL ? ascii_str(names + answer->target, kept) : NULL;
+        int step = target != NULL ? chain_step(paths, owner, target) : -1;
+        PyObject *pair = step == 0 ? PyTuple_Pack(2, owner, target) : NULL;
+        int failed = step < 0 || (step == 0 && (pair == NULL || PyList_Append(pending, pair) < 0));
+        Py_XDECREF(pair);
+        Py_XDECREF(target);
+        if (failed) goto error;
+    }
+    Py_XDECREF(owner_str);
+    if (follow_chains(paths, pending) < 0) {
+        Py_DECREF(paths);
+        return NULL;
+    }
+    return paths;
+error:
+    Py_XDECREF(owner_str);
+    Py_XDECREF(paths);
+    Py_XDECREF(pending);
+    return NULL;
+}
+
+/* learn_message(entries, move, ts, dns_message_of(data, size), min_ttl, max_ttl) for a response
+ * with answers, without building the message: the number stored; DNS_WIRE_DECLINED having changed
+ * nothing where dns_message_of would not read it, where it is no response with answers, and for
+ * what this walk leaves to the message (not one question, more than WIRE_MAX_ANSWERS answers or
+ * names than WIRE_NAMES holds, an address record whose data is not an address); -1 on error.
+ * Every record is read as dns_message_of reads it (read_name, render_rdata) before anything is
+ * stored. */
+Py_ssize_t dns_learn_wire(PyObject *entries, PyObject *move, double ts, const uint8_t *data, Py_ssize_t size,
+                          double min_ttl, double max_ttl) {
+    Message m = {data, size};
+    WireAnswer answers[WIRE_MAX_ANSWERS];
+    char names[WIRE_NAMES], address[INET6_ADDRSTRLEN];
+    Py_ssize_t used = 0, asked_len, position, result = DNS_WIRE_DECLINED, previous = -1, previous_len = 0;
+    Text text = {NULL, 0, 0};
+    if (size < DNS_HEADER || !PyDict_Check(entries)) return DNS_WIRE_DECLINED;
+    unsigned flags = get16(data + 2), qdcount = get16(data + 4), ancount = get16(data + 6),
+             nscount = get16(data + 8), arcount = get16(data + 10), records = ancount + nscount + arcount;
+    if (!(flags & 0x8000) || qdcount != 1 || ancount == 0 || ancount > WIRE_MAX_ANSWERS ||
+        (Py_ssize_t)qdcount * DNS_MIN_QUESTION + (Py_ssize_t)records * DNS_MIN_RR > size - DNS_HEADER)
+        return DNS_WIRE_DECLINED;
+    WireSeen seen[WIRE_SEEN];
+    int seen_count = 0;
+    if (wire_name_seen(&m, DNS_HEADER, size, names, &used, -1, 0, &asked_len, &position, seen, &seen_count) < 0 ||
+        position + 4 > size)
+        return DNS_WIRE_DECLINED;
+    position += 4;
+    int cnames = 0;
+    for (unsigned index = 0; index < records; index++) {
+        WireAnswer *answer = &answers[index];
+        Py_ssize_t after, rdata_len;
+        if (index >= ancount) { /* authority, additional: their names only checked, as the parser does */
+            if (read_name(&m, position, size, NULL, &rdata_len, &position) < 0 || position + 10 > size) goto done;
+            position += 10 + get16(data + position + 8);
+            if (position > size) goto done;
+            continue;
+        }
+        answer->owner = wire_name_seen(&m, position, size, names, &used, previous, previous_len, &answer->owner_len,
+                                       &position, seen, &seen_count);
+        if (answer->owner < 0 || position + 10 > size) goto done;
+        previous = answer->owner;
+        previous_len = answer->owner_len;
+        unsigned rtype = get16(data + position);
+        answer->kind = WIRE_OTHER;
+        answer->ttl = get32(data + position + 4);
+        answer->rdata = position + 10;
+        answer->rdata_end = position = answer->rdata + get16(data + position + 8);
+        if (position > size) goto done;
+        rdata_len = answer->rdata_end - answer->rdata;
+        if (rtype == 1 || rtype == 28) { /* A, AAAA: an address, else its data in hex (the message's) */
+            if (rdata_len != (rtype == 1 ? 4 : 16)) goto done;
+            answer->kind = WIRE_ADDRESS;
+        } else if (rtype == 5) { /* CNAME: its target as render_rdata reads it */
+            answer->target = wire_name_seen(&m, answer->rdata, answer->rdata_end, names, &used, -1, 0,
+                                            &answer->target_len, &after, seen, &seen_count);
+            if (answer->target < 0 || after != answer->rdata_end) goto done;
+            answer->kind = cnames = WIRE_CNAME;
+        } else { /* rendered only to know that dns_message_of renders it */
+            text.len = 0;
+            int rc = render_rdata(&m, rtype, answer->rdata, answer->rdata_end, &text);
+            if (rc < 0) {
+                PyErr_NoMemory();
+                result = -1;
+                goto done;
+            }
+            if (rc > 0) goto done;
+        }
+    }
+    /* read as the parser reads it: now stored as learn_message stores it */
+    result = -1;
+    PyObject *asked_name = ascii_str(names, asked_len), *asked = asked_name != NULL ? PyTuple_Pack(1, asked_name) : NULL,
+             *paths = NULL, *owner = NULL, *names_of = asked;
+    Py_ssize_t owner_at = -1, stored = 0;
+    Py_XDECREF(asked_name);
+    if (asked == NULL || (cnames && (paths = wire_paths(names, answers, ancount, asked)) == NULL)) goto stored;
+    for (unsigned i = 0; i < ancount; i++) {
+        const WireAnswer *answer = &answers[i];
+        if (answer->kind != WIRE_ADDRESS) continue;
+        if (paths != NULL) {
+            PyObject *before = owner;
+            if (wire_str(names, answer->owner, answer->owner_len, &owner, &owner_at) == NULL) goto stored;
+            if (owner != before) { /* the same owner keeps its path */
+                names_of = PyDict_GetItemWithError(paths, owner);
+                if (names_of == NULL && PyErr_Occurred()) goto stored;
+                if (names_of == NULL) names_of = asked;
+            }
+        }
+        uint32_t ttl = answer->ttl;
+        PyObject *key = ascii_str(address, address_chars(data + answer->rdata, answer->rdata_end - answer->rdata, address));
+        int failed = key == NULL || store_entry(entries, move, key, ts + (ttl < min_ttl ? min_ttl : ttl > max_ttl ? max_ttl : ttl),
+                                                names_of) < 0;
+        Py_XDECREF(key);
+        if (failed) goto stored;
+        stored++;
+    }
+    result = stored;
+stored:
+    Py_XDECREF(asked);
+    Py_XDECREF(paths);
+    Py_XDECREF(owner);
+done:
+    PyMem_Free(text.text);
+    return result;
+}
+
+/* dns_learn_wire(entries, move_to_end, ts, data, min_ttl, max_ttl) -> the number stored, or None where the
+ * message path decides (see the function of that name). */
+PyObject *dns_learn_wire_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "dns_learn_wire(entries, move_to_end, ts, data, min_ttl, max_ttl)");
+        return NULL;
+    }
+    double ts = PyFloat_AsDouble(args[2]), min_ttl = PyFloat_AsDouble(args[4]), max_ttl = PyFloat_AsDouble(args[5]);
+    Py_buffer view;
+    if (PyErr_Occurred() || PyObject_GetBuffer(args[3], &view, PyBUF_SIMPLE) < 0) return NULL;
+    Py_ssize_t stored = dns_learn_wire(args[0], args[1], ts, view.buf, view.len, min_ttl, max_ttl);
+    PyBuffer_Release(&view);
+    if (stored == DNS_WIRE_DECLINED) Py_RETURN_NONE;
+    return stored < 0 ? NULL : PyLong_FromSsize_t(stored);
 }
 
 /* ---------------------------------------------------------------------------------------------

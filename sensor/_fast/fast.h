@@ -135,6 +135,9 @@ FAST_INTERNAL PyObject *dns_message_of(const uint8_t *data, Py_ssize_t size);
 FAST_INTERNAL PyObject *learn_message(PyObject *entries, PyObject *move, double ts, PyObject *message, double min_ttl,
                                       double max_ttl);
 FAST_INTERNAL Py_ssize_t message_answer_count(PyObject *message);
+#define DNS_WIRE_DECLINED (-2)
+FAST_INTERNAL Py_ssize_t dns_learn_wire(PyObject *entries, PyObject *move, double ts, const uint8_t *data, Py_ssize_t size,
+                                        double min_ttl, double max_ttl);
 
 /* select.c: a frame's route (sensor.capture.workers.route_of_py), or -1 before bind_select */
 FAST_INTERNAL int frame_route(unsigned linktype, const uint8_t *f, Py_ssize_t n);
@@ -149,6 +152,7 @@ FAST_INTERNAL PyObject *parse_dns(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *bind_dns_pairs(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *dns_learn_wire_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_step_decoder(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *parse_hello(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *hello_message(PyObject *module, PyObject *arg);

@@ -103,6 +103,9 @@ static PyMethodDef methods[] = {
     {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
      "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"
      " the Python code store them"},
+    {"dns_learn_wire", (PyCFunction)(void (*)(void))dns_learn_wire_py, METH_FASTCALL,
+     "dns_learn_wire(entries, move_to_end, ts, data, min_ttl, max_ttl) -> what dns_learn stores of the message in"
+     " data, read from the wire: addresses stored, or None to let the message path store them"},
     {"dns_step_decoder", dns_step_decoder, METH_VARARGS,
      "dns_step_decoder(decode, decoder, pending, max_pending, counts, on_datagram_py, learn_function, min_ttl, max_ttl)"
      " -> decode(linktype, frame, ts), taking a DNS datagram as TrafficDecoder.feed takes it"},

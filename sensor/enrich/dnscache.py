@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sensor.decode.dns import DnsError, parse_message_py
 from sensor.records import Counters, DnsAnswer
 
 if TYPE_CHECKING:
@@ -78,6 +79,16 @@ class DnsCache:
         if not answers or not message.is_response:
             return 0
         return sum(self._store_py(ts, name, answers) for name, _qtype in message.questions)
+
+    def learn_wire_py(self, ts: float, data: bytes) -> int | None:
+        """What the compiled dns_learn_wire stores of the DNS message `data` seen at `ts` (the
+        reference of its walk of the wire format): what _learn_py stores of the message the
+        Python parser reads, how many; None where it reads none."""
+        try:
+            message = parse_message_py(data)
+        except DnsError:
+            return None
+        return self._learn_py(ts, message)
 
     def observe(self, ts: float, name: str, answers: Sequence[DnsAnswer], counted: bool = True) -> None:
         """Store the addresses `answers` give for the question `name`, as of `ts`."""
