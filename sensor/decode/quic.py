@@ -272,18 +272,6 @@ _unprotect = _quic_unprotect if _quic_unprotect is not None else unprotect_py
 _LARGEST_COMPILED = 1 << 62  # quic_unprotect takes a largest packet number up to this (64-bit arithmetic)
 
 
-def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
-    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
-    unprotect = _unprotect if largest_pn <= _LARGEST_COMPILED else unprotect_py
-    found = unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
-    if found is None:
-        return None
-    try:
-        return found[0], keys.aead.decrypt(found[1], found[3], found[2])
-    except InvalidTag:
-        return None
-
-
 def crypto_chunks_py(payload: bytes) -> list[tuple[int, bytes]]:
     """(offset, data) of the CRYPTO frames in an Initial payload, up to the first frame not allowed there."""
     chunks: list[tuple[int, bytes]] = []
@@ -351,6 +339,18 @@ def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
     return pos
 
 
+def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
+    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
+    unprotect = _unprotect if largest_pn <= _LARGEST_COMPILED else unprotect_py
+    found = unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
+    if found is None:
+        return None
+    try:
+        return found[0], keys.aead.decrypt(found[1], found[3], found[2])
+    except InvalidTag:
+        return None
+
+
 @dataclass(slots=True)
 class _Connection:
     key_dcid: bytes  # the DCID the Initial keys of this connection derive from
@@ -360,6 +360,8 @@ class _Connection:
     pending_bytes: int = 0
     finished: bool = False  # ClientHello returned or given up: nothing more to do
     last_ts: float = 0.0  # capture time of its last client Initial
+    keys: _Keys | None = None  # the Initial keys of key_dcid under `keys_version`: no cache look-up per Initial
+    keys_version: bytes = b""
 
 
 class QuicClientHelloTracker:
@@ -420,7 +422,7 @@ class QuicClientHelloTracker:
             if opened is None:
                 self.counters.add("quic.decrypt_errors")
                 continue
-            key_dcid, packet_number, payload = opened
+            key_dcid, keys, packet_number, payload = opened
             if conn is None:
                 conn = self._new_connection(conn_key, key_dcid)
                 conn.last_ts = ts
@@ -429,7 +431,9 @@ class QuicClientHelloTracker:
                 # restarted the handshake, and its CRYPTO stream starts again at offset 0.
                 conn.key_dcid = key_dcid
                 self._reset_crypto(conn)
-            conn.largest_pn = max(conn.largest_pn, packet_number)
+            conn.keys, conn.keys_version = keys, header.version
+            if packet_number > conn.largest_pn:
+                conn.largest_pn = packet_number
             hello = self._absorb(conn, _crypto_chunks(payload))
             if conn.finished:
                 return hello
@@ -451,18 +455,26 @@ class QuicClientHelloTracker:
 
     def _open_client_initial(
         self, conn: _Connection | None, buf: bytes, header: _LongHeader
-    ) -> tuple[bytes, int, bytes] | None:
-        """(DCID the keys came from, packet number, plaintext), or None when no client key fits."""
+    ) -> tuple[bytes, _Keys, int, bytes] | None:
+        """(DCID the keys came from, those keys, packet number, plaintext), or None when no client key fits."""
         # Once the server has answered, client Initials carry the server's chosen DCID but keep
         # the keys of the original one; after a Retry the keys follow the new DCID. Try both.
-        largest_pn = conn.largest_pn if conn is not None else -1
-        dcid = header.dcid
-        if conn is not None and conn.key_dcid != dcid:
-            opened = _open(self._keys_for(header.version, conn.key_dcid), buf, header, largest_pn)
-            if opened is not None:
-                return conn.key_dcid, opened[0], opened[1]
-        opened = _open(self._keys_for(header.version, dcid), buf, header, largest_pn)
-        return None if opened is None else (dcid, opened[0], opened[1])
+        version, dcid = header.version, header.dcid
+        if conn is None:
+            largest_pn = -1
+        else:
+            largest_pn = conn.largest_pn
+            keys = conn.keys if conn.keys is not None and conn.keys_version == version else None
+            if keys is None:
+                keys = self._keys_for(version, conn.key_dcid)
+            found = _open(keys, buf, header, largest_pn)
+            if found is not None:
+                return conn.key_dcid, keys, found[0], found[1]
+            if conn.key_dcid == dcid:
+                return None
+        keys = self._keys_for(version, dcid)
+        found = _open(keys, buf, header, largest_pn)
+        return None if found is None else (dcid, keys, found[0], found[1])
 
     def _keys_for(self, version: bytes, dcid: bytes) -> _Keys:
         cache_key = (version, dcid)
