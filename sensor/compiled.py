@@ -26,6 +26,7 @@ TWINS: dict[str, str] = {
     "quic_absorb": "sensor.decode.quic:absorb_chunks_py",
     "quic_initial_keys": "sensor.decode.quic:initial_keys_py",
     "quic_unprotect": "sensor.decode.quic:unprotect_py",
+    "quic_long_header": "sensor.decode.quic:long_header_py",
     "decode_frame": "sensor.decode.packet:PacketDecoder.decode_py",
     "dns_datagram": "sensor.decode.dispatch:dns_datagram_py",
     "decode_packet": "sensor.decode.dispatch:decode_packet_py",

@@ -192,9 +192,10 @@ def test_unprotect_opens_a_protected_initial() -> None:
     hello = _hello("opened.example", 40)
     packet = _initial(b"\x06\x00" + _varint(len(hello)) + hello, b"\x01\x02\x03\x04", 0x1234, 2, quic.QUIC_V1)
     header = quic._long_header(packet, 0)
-    assert header is not None and header.initial
+    assert header is not None and header[1]  # an Initial
+    _, _, _, pn_offset, end = header
     key, iv, hp = quic.client_initial_keys(quic.QUIC_V1, b"\x01\x02\x03\x04")
-    packet_number, nonce, aad, ciphertext = quic._quic_unprotect(hp, iv, packet, 0, header.pn_offset, header.end, 0x1200)
+    packet_number, nonce, aad, ciphertext = quic._quic_unprotect(hp, iv, packet, 0, pn_offset, end, 0x1200)
     assert packet_number == 0x1234
     plaintext = AESGCM(key).decrypt(nonce, ciphertext, aad)
     assert quic.crypto_chunks_py(plaintext) == [(0, hello)]

@@ -111,11 +111,42 @@ def test_long_header_reads_short_and_long_varints_alike(ptype: int, dcid: bytes,
         length_size = 2
     head = bytes((0xC0 | ptype << 4,)) + b"\x00\x00\x00\x01" + bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid
     buf = head + token_field + _padded_varint(length, length_size) + bytes(body)
-    header = quic._long_header(buf, 0)
+    header = quic.long_header_py(buf, 0)
+    assert quic._long_header(buf, 0) == header  # the compiled one where built
     pn_offset = len(head) + len(token_field) + length_size
     if ptype == 3 or pn_offset + length > len(buf):  # a Retry, or a packet longer than the datagram
         assert header is None
         return
-    assert header is not None
-    assert (header.initial, header.dcid, header.pn_offset, header.end) == (ptype == 0, dcid, pn_offset,
-                                                                          pn_offset + length)
+    assert header == (b"\x00\x00\x00\x01", ptype == 0, dcid, pn_offset, pn_offset + length)
+
+
+_SMALL_OR_ANY = st.one_of(st.integers(0, 100), st.integers(0, (1 << 62) - 1))
+_VERSION = st.sampled_from([quic.QUIC_V1, quic.QUIC_V2, 0, 0xFF00001D]).map(lambda version: version.to_bytes(4, "big"))
+
+
+@fast
+@settings(max_examples=600)
+@given(st.binary(max_size=8), st.integers(0, 255), _VERSION, st.binary(max_size=80), st.integers(0, 12))
+def test_compiled_long_header_equals_the_reference(before: bytes, first: int, version: bytes, rest: bytes,
+                                                   past: int) -> None:
+    """Any first byte, version and rest, read from any start (up to past the end), as long_header_py."""
+    buf = before + bytes((first,)) + version + rest
+    for start in (0, len(before), min(len(buf), len(before) + past)):
+        assert quic._quic_long_header(buf, start) == quic.long_header_py(buf, start)
+
+
+@fast
+@settings(max_examples=300)
+@given(st.sampled_from([0, 1, 2, 3]), _VERSION, st.binary(max_size=21), st.binary(max_size=21),
+       _SMALL_OR_ANY, st.sampled_from([1, 2, 4, 8]), _SMALL_OR_ANY,
+       st.sampled_from([1, 2, 4, 8]), st.binary(max_size=64))
+def test_compiled_long_header_equals_the_reference_on_headers(ptype: int, version: bytes, dcid: bytes, scid: bytes,
+                                                              token: int, token_size: int, length: int,
+                                                              length_size: int, tail: bytes) -> None:
+    """Near-valid headers of v1, v2 and others: long and short varints, CIDs over 20 bytes, lengths past the end."""
+    token = token % (1 << (8 * token_size - 2))
+    length = length % (1 << (8 * length_size - 2))
+    buf = (bytes((0xC0 | ptype << 4,)) + version + bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid
+           + _padded_varint(token, token_size) + _padded_varint(length, length_size) + tail)
+    assert quic._quic_long_header(buf, 0) == quic.long_header_py(buf, 0)
+    assert quic._quic_long_header(bytes(3) + buf, 3) == quic.long_header_py(bytes(3) + buf, 3)

@@ -200,5 +200,6 @@ FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *quic_long_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

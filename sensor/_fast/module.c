@@ -99,6 +99,8 @@ static PyMethodDef methods[] = {
     {"quic_unprotect", (PyCFunction)(void (*)(void))quic_unprotect, METH_FASTCALL,
      "quic_unprotect(hp, iv, packet, start, pn_offset, end, largest_pn) -> (packet_number, nonce, aad, ciphertext),"
      " or None"},
+    {"quic_long_header", (PyCFunction)(void (*)(void))quic_long_header, METH_FASTCALL,
+     "quic_long_header(packet, start) -> (version, initial, dcid, pn_offset, end) of the long header at start, or None"},
     {"bind_dns_pairs", bind_dns_pairs, METH_VARARGS, "bind_dns_pairs(DnsQuery, Flow)"},
     {"dns_learn", (PyCFunction)(void (*)(void))dns_learn, METH_FASTCALL,
      "dns_learn(entries, move_to_end, ts, message, min_ttl, max_ttl) -> addresses stored, or None to let"

@@ -467,3 +467,44 @@ PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     return PyLong_FromLongLong(pending_bytes);
 }
+
+/* quic_long_header(packet, start) -> (version, initial, dcid, pn_offset, end) of the QUIC v1 or v2
+ * long-header packet at packet[start] (RFC 9000 17.2, RFC 9369 3.2), or None where no further packet
+ * can be delimited; sensor.decode.quic.long_header_py is the reference (and its _VERSIONS the home of
+ * the two versions and their Initial and Retry type bits). */
+PyObject *quic_long_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "quic_long_header(packet: bytes, start: int)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), size = PyBytes_GET_SIZE(args[0]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    if (start < 0 || size - start < 7 || (p[start] & 0xC0) != 0xC0) Py_RETURN_NONE;
+    uint32_t version = ((uint32_t)p[start + 1] << 24) | ((uint32_t)p[start + 2] << 16) | ((uint32_t)p[start + 3] << 8) |
+                       p[start + 4];
+    int packet_type = (p[start] >> 4) & 0x03, initial_type, retry_type;
+    if (version == 0x00000001) { /* QUIC v1 */
+        initial_type = 0;
+        retry_type = 3;
+    } else if (version == 0x6B3343CF) { /* QUIC v2 */
+        initial_type = 1;
+        retry_type = 0;
+    } else
+        Py_RETURN_NONE;
+    if (packet_type == retry_type) Py_RETURN_NONE;
+    Py_ssize_t dcid_length = p[start + 5], pos = start + 6 + dcid_length;
+    if (dcid_length > 20 || pos >= size || p[pos] > 20) Py_RETURN_NONE;
+    Py_ssize_t dcid_at = start + 6;
+    pos += 1 + p[pos];
+    int initial = packet_type == initial_type;
+    uint64_t n;
+    if (initial) { /* the token */
+        if (varint(p, size, &pos, &n) < 0 || n > (uint64_t)(size - pos)) Py_RETURN_NONE;
+        pos += (Py_ssize_t)n;
+    }
+    if (varint(p, size, &pos, &n) < 0 || n > (uint64_t)(size - pos)) Py_RETURN_NONE; /* the Length */
+    return tuple_steal(5, (PyObject *[]){bytes_at(p + start + 1, 4), PyBool_FromLong(initial),
+                                         bytes_at(p + dcid_at, dcid_length), PyLong_FromSsize_t(pos),
+                                         PyLong_FromSsize_t(pos + (Py_ssize_t)n)});
+}

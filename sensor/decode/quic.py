@@ -78,9 +78,10 @@ try:  # compiled (sensor/_fast/quic.c): the CRYPTO frames of an Initial (crypto_
     from sensor._fast import quic_absorb as _quic_absorb  # absorb_chunks_py is the reference
     from sensor._fast import quic_crypto_chunks as _quic_crypto_chunks
     from sensor._fast import quic_initial_keys as _quic_initial_keys  # initial_keys_py is the reference
+    from sensor._fast import quic_long_header as _quic_long_header  # long_header_py is the reference
     from sensor._fast import quic_unprotect as _quic_unprotect  # unprotect_py is the reference
 except ImportError:  # built without a C compiler
-    _quic_crypto_chunks = _quic_absorb = _quic_initial_keys = _quic_unprotect = None
+    _quic_crypto_chunks = _quic_absorb = _quic_initial_keys = _quic_unprotect = _quic_long_header = None
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -185,21 +186,13 @@ class _Keys:
 _new_keys = positional_constructor(_Keys)
 
 
-@frozen_record
-class _LongHeader:
-    start: int
-    version: bytes
-    initial: bool
-    dcid: bytes
-    pn_offset: int
-    end: int  # first byte after this packet: where a coalesced one may begin
+_LongHeader = tuple[bytes, bool, bytes, int, int]  # version as sent, whether an Initial, DCID, pn_offset, end
 
 
-_new_long_header = positional_constructor(_LongHeader)
-
-
-def _long_header(buf: bytes, start: int) -> _LongHeader | None:
-    """The long header at `start`, or None where no further packet can be delimited."""
+def long_header_py(buf: bytes, start: int) -> _LongHeader | None:
+    """(version, initial, dcid, pn_offset, end) of the long-header packet at `start`, `end` the
+    first byte after it (where a coalesced one may begin), or None where no further packet can be
+    delimited."""
     if len(buf) - start < 7 or buf[start] & 0xC0 != 0xC0:  # short header or trailing padding
         return None
     version = buf[start + 1 : start + 5]
@@ -230,7 +223,10 @@ def _long_header(buf: bytes, start: int) -> _LongHeader | None:
         return None
     if pos + length > len(buf):
         return None
-    return _new_long_header(start, version, initial, dcid, pos, pos + length)
+    return version, initial, dcid, pos, pos + length
+
+
+_long_header = _quic_long_header if _quic_long_header is not None else long_header_py
 
 
 def _decode_packet_number(largest: int, truncated: int, bits: int) -> int:
@@ -339,10 +335,11 @@ def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
     return pos
 
 
-def _open(keys: _Keys, buf: bytes, header: _LongHeader, largest_pn: int) -> tuple[int, bytes] | None:
-    """Remove header protection and decrypt; (packet number, plaintext) or None if the keys do not fit."""
+def _open(keys: _Keys, buf: bytes, start: int, pn_offset: int, end: int, largest_pn: int) -> tuple[int, bytes] | None:
+    """Remove header protection and decrypt the packet at buf[start:end]; (packet number,
+    plaintext) or None if the keys do not fit."""
     unprotect = _unprotect if largest_pn <= _LARGEST_COMPILED else unprotect_py
-    found = unprotect(keys.hp, keys.iv, buf, header.start, header.pn_offset, header.end, largest_pn)
+    found = unprotect(keys.hp, keys.iv, buf, start, pn_offset, end, largest_pn)
     if found is None:
         return None
     try:
@@ -413,12 +410,14 @@ class QuicClientHelloTracker:
             return None
         start = 0
         while (header := _long_header(datagram, start)) is not None:
-            start = header.end
-            if not header.initial:
+            version, initial, dcid, pn_offset, end = header
+            if not initial:
+                start = end
                 continue
             counts = self._counts
             counts["quic.initials"] = counts.get("quic.initials", 0) + 1
-            opened = self._open_client_initial(conn, datagram, header)
+            opened = self._open_client_initial(conn, datagram, start, version, dcid, pn_offset, end)
+            start = end
             if opened is None:
                 self.counters.add("quic.decrypt_errors")
                 continue
@@ -431,7 +430,7 @@ class QuicClientHelloTracker:
                 # restarted the handshake, and its CRYPTO stream starts again at offset 0.
                 conn.key_dcid = key_dcid
                 self._reset_crypto(conn)
-            conn.keys, conn.keys_version = keys, header.version
+            conn.keys, conn.keys_version = keys, version
             if packet_number > conn.largest_pn:
                 conn.largest_pn = packet_number
             hello = self._absorb(conn, _crypto_chunks(payload))
@@ -454,12 +453,12 @@ class QuicClientHelloTracker:
             self.counters.add("quic.expired", expired)
 
     def _open_client_initial(
-        self, conn: _Connection | None, buf: bytes, header: _LongHeader
+        self, conn: _Connection | None, buf: bytes, start: int, version: bytes, dcid: bytes, pn_offset: int, end: int
     ) -> tuple[bytes, _Keys, int, bytes] | None:
-        """(DCID the keys came from, those keys, packet number, plaintext), or None when no client key fits."""
+        """(DCID the keys came from, those keys, packet number, plaintext) of the Initial at
+        buf[start:end], or None when no client key fits."""
         # Once the server has answered, client Initials carry the server's chosen DCID but keep
         # the keys of the original one; after a Retry the keys follow the new DCID. Try both.
-        version, dcid = header.version, header.dcid
         if conn is None:
             largest_pn = -1
         else:
@@ -467,13 +466,13 @@ class QuicClientHelloTracker:
             keys = conn.keys if conn.keys is not None and conn.keys_version == version else None
             if keys is None:
                 keys = self._keys_for(version, conn.key_dcid)
-            found = _open(keys, buf, header, largest_pn)
+            found = _open(keys, buf, start, pn_offset, end, largest_pn)
             if found is not None:
                 return conn.key_dcid, keys, found[0], found[1]
             if conn.key_dcid == dcid:
                 return None
         keys = self._keys_for(version, dcid)
-        found = _open(keys, buf, header, largest_pn)
+        found = _open(keys, buf, start, pn_offset, end, largest_pn)
         return None if found is None else (dcid, keys, found[0], found[1])
 
     def _keys_for(self, version: bytes, dcid: bytes) -> _Keys:
