@@ -196,6 +196,9 @@ FAST_INTERNAL PyObject *select_worker(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *select_route(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *http_head(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *http_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* One SHA-256 compression (FIPS 180-4) of a 64-byte block into the state h (quic.c): the Initial keys' HMACs and
+ * the throttle windows' ids (ecs.c). */
+FAST_INTERNAL void sha256_block(uint32_t h[8], const uint8_t block[64]);
 FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

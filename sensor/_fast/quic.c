@@ -213,7 +213,7 @@ __attribute__((target("sha,sse4.1"))) static void sha256_block_ni(uint32_t h[8],
 
 static int sha_ni = -1; /* whether the CPU has them: looked up once */
 
-static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+void sha256_block(uint32_t h[8], const uint8_t block[64]) {
     if (sha_ni < 0) {
         __builtin_cpu_init();
         sha_ni = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
@@ -224,7 +224,7 @@ static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
         sha256_block_c(h, block);
 }
 #else
-#define sha256_block sha256_block_c
+void sha256_block(uint32_t h[8], const uint8_t block[64]) { sha256_block_c(h, block); }
 #endif
 
 typedef struct { uint32_t inner[8], outer[8]; } HmacPads; /* SHA-256 states after a key's two pads */
