@@ -112,8 +112,9 @@ def test_the_compiled_query_loop_writes_what_the_reference_writes(query: str, da
     needles = redaction._needles(findings)
     expected = redaction._redact_query_py(query, findings, needles)
     assert redaction._redact_query(query, findings, needles) == expected
-    masks = redaction._query_masks(tuple(findings))
-    assert redaction._query_fast(query, masks[0], masks[1], findings, needles) == expected  # taken, not declined
+    masks = redaction._url_masks(tuple(findings))
+    assert masks[0] == needles
+    assert redaction._query_fast(query, masks[1], masks[2], findings, needles) == expected  # taken, not declined
 
 
 def test_the_compiled_query_loop_masks_values_names_and_carriers() -> None:

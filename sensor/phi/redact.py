@@ -304,10 +304,12 @@ def _redact_url(url: str, findings: Sequence[Finding]) -> str:
         scheme, _, after = base.partition("://")
         host, slash, path = after.partition("/")
         authority, base = f"{scheme}://{host}", slash + path
-    needles = _needles(findings)
+    key = findings if type(findings) is tuple else tuple(findings)
+    masks = _url_masks(key) if len(key) <= _CACHED_FINDINGS else _url_masks.__wrapped__(key)
+    needles = masks[0]
     parts = [_redact_component(authority, findings, needles), _redact_component(base, findings, needles)]
     if question:
-        parts.append("?" + _redact_query(query, findings, needles))
+        parts.append("?" + _redact_query(query, findings, needles, masks))
     if hash_mark:
         parts.append("#" + _redact_component(fragment, findings, needles))
     return "".join(parts)
@@ -318,34 +320,50 @@ _redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 def _redact_component(raw: str, findings: Sequence[Finding], needles: _Needles) -> str:
     """A URL component, decoded, masked and re-encoded; untouched (as sent) when nothing was masked."""
+    if needles is not None and len(raw) <= _CACHED_KEY_CHARS:  # hosts and paths recur
+        lowered, masked = _plain_component(raw)
+        if lowered is not None and not any(needle in lowered for _, needle in needles):
+            return masked  # no finding's value in it: masked as without findings
     decoded = unquote(raw, errors="replace")
     redacted = _redact_part(decoded, findings, needles)
     return raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
 
 
-def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
+@functools.lru_cache(maxsize=4096)
+def _plain_component(raw: str) -> tuple[str | None, str]:
+    """A URL component decoded and lowered (None: not ASCII), and _redact_component's result for
+    it without findings."""
+    decoded = unquote(raw, errors="replace")
+    redacted = redact(decoded, ())
+    return (decoded.lower() if decoded.isascii() else None), raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
+
+
+def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles, masks: _Masks | None = None) -> str:
     """A query with findings masked in its values and identifiers in its names; `needles` is
-    _needles(findings). By the compiled loop where it takes the query."""
+    _needles(findings), `masks` _url_masks(findings). By the compiled loop where it takes the query."""
     if _query_fast is not None:
-        key = tuple(findings)
-        masks = _query_masks(key) if len(key) <= _CACHED_FINDINGS else _query_masks.__wrapped__(key)
-        written = _query_fast(query, masks[0], masks[1], findings, needles)
+        if masks is None:
+            key = tuple(findings)
+            masks = _url_masks(key) if len(key) <= _CACHED_FINDINGS else _url_masks.__wrapped__(key)
+        written = _query_fast(query, masks[1], masks[2], findings, needles)
         if written is not None:
             return written
     return _redact_query_py(query, findings, needles)
 
 
 _CACHED_FINDINGS = 16
+# _url_masks: _needles, the needles' lowered values alone, the carriers' masked values written out
+_Masks = tuple[_Needles, tuple[str, ...] | None, dict[str, str]]
 
 
 @functools.lru_cache(maxsize=1024)
-def _query_masks(findings: tuple[Finding, ...]) -> tuple[tuple[str, ...] | None, dict[str, str]]:
-    """What the compiled loop takes of a URL's findings: their values lowered (None: a value not
-    ASCII, see _needles) and, per carrying parameter (_carriers), its masked value written out.
-    The findings of a capture's alerts are few and recur."""
+def _url_masks(findings: tuple[Finding, ...]) -> _Masks:
+    """What masking a URL takes of its findings: _needles; for the compiled query loop the
+    needles' lowered values (None: a value not ASCII, see _needles) and, per carrying parameter
+    (_carriers), its masked value written out. The findings of a capture's alerts are few and recur."""
     needles = _needles(findings)
     lowered = None if needles is None else tuple([needle for _, needle in needles])
-    return lowered, {key: _quoted(placeholder(finding.type)) for key, finding in _carriers(findings).items()}
+    return needles, lowered, {key: _quoted(placeholder(finding.type)) for key, finding in _carriers(findings).items()}
 
 
 def _redact_query_py(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
