@@ -63,6 +63,8 @@ def test_a_url_is_masked_as_with_plain_redact(url: str, data: st.DataObject) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(redaction, "_redact_part", _plain_part)
         patch.setattr(redaction, "_quoted_value", lambda value: quote_plus(value, safe="[]:/"))
+        patch.setattr(redaction, "_query_fast", None)  # (it calls back the _redact_part bound at import)
+        patch.setattr(redaction, "_plain_component", redaction._plain_component.__wrapped__)
         assert redaction._redact_url(url, findings) == fast
 
 
