@@ -50,6 +50,7 @@ TWINS: dict[str, str] = {
     "prune": "sensor.output.ecs:prune_py",
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",
+    "redact_query": "sensor.phi.redact:_redact_query_py",
     "plain_text": "sensor.phi.layers:_plain_py",
     "bytes_text": "sensor.phi.layers:_bytes_to_text_py",
     "peel_form": "sensor.phi.layers:Peeler.form_py",
@@ -74,6 +75,7 @@ BINDERS: dict[str, str] = {
     "set_tunnel_ports": "sensor.decode.packet:udp_tunnel_ports",
     "bind_pcap": "sensor.capture.pcap:TIME_JUMP",
     "bind_hints": "sensor.phi.redact:_WORD_HINTS",  # with the bit of each family of identifier shapes
+    "bind_query": "sensor.phi.redact:_query_piece",  # with _redact_part and _quoted, called back
     # with sensor.phi.layers._plain_py, _bytes_to_text_py, _PEELED, DEFAULT_LIMITS and _PEELED_CHARS
     "bind_phi": "sensor.phi.layers:_field",
     # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS

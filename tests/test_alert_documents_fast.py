@@ -102,7 +102,8 @@ def test_compiled_iso_time_declines_what_the_reference_decides() -> None:
 _PIECES = st.sampled_from(
     ["1", "23", "456", "7890", "-", ".", " ", "(", ")", "+", "+1", "@", "a", "x.com", "1EG4", "TE5", "MK73",
      "555-123-4567", "123 45 6789", "(555) 123-4567", "+15551234567", "1EG4-TE5-MK73", "jane@example.com",
-     "ssn", "SSN:", "mrn ", "Member ID", "policy #", "npi", "group", "chart no.", "é", "٣", "İ", "K", "/", "="]
+     "ssn", "SSN:", "mrn ", "Member ID", "policy #", "npi", "group", "chart no.", "é", "٣", "İ", "K", "/", "=",
+     "(555)123-4567", "609311563.1700476380", "UA-6064393-1", "12.34 5678", "123.456-7890"]
 )
 _TEXT = st.lists(_PIECES, max_size=24).map("".join) | st.text(max_size=40)
 
@@ -169,6 +170,9 @@ def test_hints_name_each_family() -> None:
     assert r.identifier_hints_py("PHI host 10.20.14.130 (private address space)") == 0  # no numeric shape
     assert r.identifier_hints_py("call 555-123-4567") == r._NUMERIC_BIT
     assert r.identifier_hints_py("+15551234567") == r._NUMERIC_BIT
+    assert r.identifier_hints_py("(555)123-4567") == r._NUMERIC_BIT
+    # one separator between digits: no numeric shape (a client id, a tag id)
+    assert r.identifier_hints_py("cid=609311563.1700476380&tid=UA-6064393-1") == 0
     assert r.identifier_hints_py("1EG4-TE5-MK73") & r._MBI_BIT
     assert r.identifier_hints_py("Patient SSN") == r._WORDED_BIT
     assert r.identifier_hints_py("jane@example.com") == r._EMAIL_BIT

@@ -63,6 +63,8 @@ def test_a_url_is_masked_as_with_plain_redact(url: str, data: st.DataObject) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(redaction, "_redact_part", _plain_part)
         patch.setattr(redaction, "_quoted_value", lambda value: quote_plus(value, safe="[]:/"))
+        patch.setattr(redaction, "_query_fast", None)  # (it calls back the _redact_part bound at import)
+        patch.setattr(redaction, "_plain_component", redaction._plain_component.__wrapped__)
         assert redaction._redact_url(url, findings) == fast
 
 
@@ -94,3 +96,34 @@ _WORDED_PIECES = st.sampled_from(
 def test_worded_identifiers_are_found_where_a_search_of_every_place_finds_them(text: str) -> None:
     expected = [(match.start(), match.end(), match.lastgroup) for match in redaction._WORDED.finditer(text)]
     assert [(match.start(), match.end(), match.lastgroup) for match in redaction._worded_matches(text)] == expected
+
+
+_QUERY_PIECES = st.sampled_from(
+    ["q=", "dl=", "mrn=", "cid=", "ssn=", "email=", "path=", "x", "=", "&", "%20", "%2F", "%3D", "%26", "%E2%84%AA", "%ZZ",
+     "+", "hiv", "HIV", "k", "K", "\u212a", "é", "1", "555-123-4567", "609311563.1700476380", "jane@example.com",
+     "https%3A%2F%2Fh.org%2Fconditions%2Fdiabetes", "diabetes", " "]
+)
+
+
+@given(st.lists(_QUERY_PIECES, max_size=16).map("".join), st.data())
+@settings(max_examples=800)
+def test_the_compiled_query_loop_writes_what_the_reference_writes(query: str, data: st.DataObject) -> None:
+    if redaction._query_fast is None:
+        pytest.skip("compiled extension not built")
+    findings = _findings(data, query)
+    needles = redaction._needles(findings)
+    expected = redaction._redact_query_py(query, findings, needles)
+    assert redaction._redact_query(query, findings, needles) == expected
+    masks = redaction._url_masks(tuple(findings))
+    assert masks[0] == needles
+    assert redaction._query_fast(query, masks[1], masks[2], findings, needles) == expected  # taken, not declined
+
+
+def test_the_compiled_query_loop_masks_values_names_and_carriers() -> None:
+    finding = Finding("condition", "condition", 0.9, "query.dl", 0, 8, "diabetes")
+    query = "cid=609311563.1700476380&dl=https%3A%2F%2Fh.org%2Fdiabetes&mrn=12345678&q=555-123-4567&x"
+    expected = "cid=609311563.1700476380&dl=https://h.org/[REDACTED:condition]&mrn=[REDACTED:mrn]&q=[REDACTED:phone]&x"
+    assert redaction._redact_query_py(query, [finding], redaction._needles([finding])) == expected
+    assert redaction._redact_query(query, [finding], redaction._needles([finding])) == expected
+    carried = Finding("condition", "condition", 0.9, "query.dl.page", 0, 3, "zzz")  # decoded out of dl
+    assert redaction._redact_query("dl=abc", [carried], redaction._needles([carried])) == "dl=[REDACTED:condition]"

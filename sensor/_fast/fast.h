@@ -172,6 +172,8 @@ FAST_INTERNAL PyObject *prune(PyObject *module, PyObject *value);
 FAST_INTERNAL PyObject *iso_time(PyObject *module, PyObject *ts);
 FAST_INTERNAL PyObject *bind_hints(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *identifier_hints(PyObject *module, PyObject *text);
+FAST_INTERNAL PyObject *bind_query(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *redact_query(PyObject *module, PyObject *args);
 /* phi.c */
 FAST_INTERNAL PyObject *bind_phi(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *plain_text(PyObject *module, PyObject *text);

@@ -18,9 +18,11 @@ from sensor.phi.recognizers import Finding
 
 try:  # the compiled fast path (sensor/_fast/redact.c); identifier_hints_py is the reference
     from sensor._fast import bind_hints as _bind_hints
+    from sensor._fast import bind_query as _bind_query
     from sensor._fast import identifier_hints as _hints_fast
+    from sensor._fast import redact_query as _query_fast
 except ImportError:  # built without a C compiler
-    _hints_fast = None
+    _hints_fast = _bind_query = _query_fast = None
 
 __all__ = ["EXCERPT_CHARS", "evidence", "identifier_spans", "placeholder", "redact", "redact_url"]
 
@@ -66,7 +68,10 @@ _FILE_SUFFIXES = recognizers._FILE_SUFFIXES  # "logo@2x.png" names an asset, not
 
 # Families of identifier shapes, as bits of identifier_hints.
 _NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT = 1, 2, 4, 8
-_NUMERIC_NEED = re.compile(r"[-. ]\d{4}|\+\d{10}")  # in every match of _NUMERIC, hinted or not
+# in every match of _NUMERIC, hinted or not: two groups of digits after a separator (or the
+# ")" of an area code), the last of four; a number with one separator (a client id
+# "609311563.1700476380", "UA-6064393-1") has none
+_NUMERIC_NEED = re.compile(r"[-. )]\d{2,3}[-. ]\d{4}|\+\d{10}")
 
 if _hints_fast is not None:
     _bind_hints(_WORD_HINTS, _NUMERIC_BIT, _MBI_BIT, _WORDED_BIT, _EMAIL_BIT)
@@ -299,10 +304,12 @@ def _redact_url(url: str, findings: Sequence[Finding]) -> str:
         scheme, _, after = base.partition("://")
         host, slash, path = after.partition("/")
         authority, base = f"{scheme}://{host}", slash + path
-    needles = _needles(findings)
+    key = findings if type(findings) is tuple else tuple(findings)
+    masks = _url_masks(key) if len(key) <= _CACHED_FINDINGS else _url_masks.__wrapped__(key)
+    needles = masks[0]
     parts = [_redact_component(authority, findings, needles), _redact_component(base, findings, needles)]
     if question:
-        parts.append("?" + _redact_query(query, findings, needles))
+        parts.append("?" + _redact_query(query, findings, needles, masks))
     if hash_mark:
         parts.append("#" + _redact_component(fragment, findings, needles))
     return "".join(parts)
@@ -313,36 +320,105 @@ _redact_url_cached = functools.lru_cache(maxsize=1024)(_redact_url)
 
 def _redact_component(raw: str, findings: Sequence[Finding], needles: _Needles) -> str:
     """A URL component, decoded, masked and re-encoded; untouched (as sent) when nothing was masked."""
+    if needles is not None and len(raw) <= _CACHED_KEY_CHARS:  # hosts and paths recur
+        lowered, masked = _plain_component(raw)
+        if lowered is not None and not any(needle in lowered for _, needle in needles):
+            return masked  # no finding's value in it: masked as without findings
     decoded = unquote(raw, errors="replace")
     redacted = _redact_part(decoded, findings, needles)
     return raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
 
 
-def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
+@functools.lru_cache(maxsize=4096)
+def _plain_component(raw: str) -> tuple[str | None, str]:
+    """A URL component decoded and lowered (None: not ASCII), and _redact_component's result for
+    it without findings."""
+    decoded = unquote(raw, errors="replace")
+    redacted = redact(decoded, ())
+    return (decoded.lower() if decoded.isascii() else None), raw if redacted == decoded else quote(redacted, safe=_URL_SAFE)
+
+
+def _redact_query(query: str, findings: Sequence[Finding], needles: _Needles, masks: _Masks | None = None) -> str:
     """A query with findings masked in its values and identifiers in its names; `needles` is
-    _needles(findings)."""
+    _needles(findings), `masks` _url_masks(findings). By the compiled loop where it takes the query."""
+    if _query_fast is not None:
+        if masks is None:
+            key = tuple(findings)
+            masks = _url_masks(key) if len(key) <= _CACHED_FINDINGS else _url_masks.__wrapped__(key)
+        written = _query_fast(query, masks[1], masks[2], findings, needles)
+        if written is not None:
+            return written
+    return _redact_query_py(query, findings, needles)
+
+
+_CACHED_FINDINGS = 16
+# _url_masks: _needles, the needles' lowered values alone, the carriers' masked values written out
+_Masks = tuple[_Needles, tuple[str, ...] | None, dict[str, str]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_masks(findings: tuple[Finding, ...]) -> _Masks:
+    """What masking a URL takes of its findings: _needles; for the compiled query loop the
+    needles' lowered values (None: a value not ASCII, see _needles) and, per carrying parameter
+    (_carriers), its masked value written out. The findings of a capture's alerts are few and recur."""
+    needles = _needles(findings)
+    lowered = None if needles is None else tuple([needle for _, needle in needles])
+    return needles, lowered, {key: _quoted(placeholder(finding.type)) for key, finding in _carriers(findings).items()}
+
+
+def _redact_query_py(query: str, findings: Sequence[Finding], needles: _Needles) -> str:
+    """_redact_query in Python: the reference of the compiled loop (sensor/_fast/redact.c)."""
     pieces = []
     carriers: dict[str, Finding] | None = None
     for piece in query.split("&"):
-        raw_key, equals, raw_value = piece.partition("=")
-        key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
-        # unquote_plus gives back what has neither; encoded values (page URLs) recur
-        value = _unquoted(raw_value) if "%" in raw_value or "+" in raw_value else raw_value
-        if keyed is not None and value.strip():
-            redacted = placeholder(keyed)
+        known = _query_piece(piece) if len(piece) <= _CACHED_PIECE_CHARS else _query_piece.__wrapped__(piece)
+        if isinstance(known, str):  # a value under an identifier's name: masked whatever the findings
+            pieces.append(known)
+            continue
+        key, head, as_sent, value, lowered, masked = known
+        # most values hold no finding's value: then masked as without findings, known already
+        if needles is not None and lowered is not None and not any(needle in lowered for _, needle in needles):
+            redacted = masked
         else:
             redacted = _redact_part(value, findings, needles)
-            if redacted == value:
-                if carriers is None:
-                    carriers = _carriers(findings)
-                carried = carriers.get(key)
-                if carried is None:
-                    pieces.append(written_key + equals + raw_value)
-                    continue
-                redacted = placeholder(carried.type)
-        pieces.append(written_key + equals + (_quoted_value(redacted) if len(redacted) <= _CACHED_URL_CHARS
-                                              else quote_plus(redacted, safe="[]:/")))
+        if redacted == value:
+            if carriers is None:
+                carriers = _carriers(findings)
+            carried = carriers.get(key)
+            if carried is None:
+                pieces.append(as_sent)
+                continue
+            redacted = placeholder(carried.type)
+        pieces.append(head + _quoted(redacted))
     return "&".join(pieces)
+
+
+_CACHED_PIECE_CHARS = 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _query_piece(piece: str) -> str | tuple[str, str, str, str, str | None, str]:
+    """What _redact_query_py needs of a `name=value` piece whatever the findings: the piece written
+    out where its name names an identifier (its value masked), else the name decoded, the name
+    as written out with the "=" if any, the piece as written out with its value as sent, the
+    value decoded, lowered (None: not ASCII) and masked without findings. Pieces recur."""
+    raw_key, equals, raw_value = piece.partition("=")
+    key, written_key, keyed = _query_key(raw_key) if len(raw_key) <= _CACHED_KEY_CHARS else _query_key.__wrapped__(raw_key)
+    # unquote_plus gives back what has neither; encoded values (page URLs) recur
+    value = _unquoted(raw_value) if "%" in raw_value or "+" in raw_value else raw_value
+    head = written_key + equals
+    if keyed is not None and value.strip():
+        return head + _quoted(placeholder(keyed))
+    return key, head, head + raw_value, value, value.lower() if value.isascii() else None, redact(value, ())
+
+
+def _quoted(redacted: str) -> str:
+    """A masked query value encoded again."""
+    return _quoted_value(redacted) if len(redacted) <= _CACHED_URL_CHARS else quote_plus(redacted, safe="[]:/")
+
+
+if _bind_query is not None:
+    _bind_query(_query_piece, _query_piece.__wrapped__, _CACHED_PIECE_CHARS, _redact_part, _quoted)
 
 
 def evidence(findings: Iterable[Finding], fields: Iterable[Field], unredacted: bool = False) -> list[dict[str, object]]:
