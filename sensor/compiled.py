@@ -45,6 +45,7 @@ TWINS: dict[str, str] = {
     "event_envelope": "sensor.output.ecs:EventBuilder._envelope_py",
     "dns_event_line": "sensor.output.ecs:EventBuilder.line_py",
     "tls_event_line": "sensor.output.ecs:EventBuilder.line_py",
+    "event_lines": "sensor.output.ecs:EventBuilder.lines_py",
     "alert_line": "sensor.output.ecs:AlertBuilder.line_py",
     "window_event_id": "sensor.detect.engine:event_id_py",
     "prune": "sensor.output.ecs:prune_py",

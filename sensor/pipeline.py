@@ -28,6 +28,13 @@ class Detector(Protocol):
     def adopt_state(self, previous: Self) -> None: ...
 
 
+# Pipeline.event_blocks: (lines_of, block writers, on_record or None, ship)
+EventBlocks = tuple[
+    Callable[[list[Record]], bytes],
+    list[Callable[[bytes, int], object]],
+    Callable[[Record], list[dict[str, Any]]] | None,
+    Callable[[Iterable[dict]], None],
+]
 
 
 class Pipeline:
@@ -119,6 +126,24 @@ class Pipeline:
         if self._event_builder is not None or detector is None:
             return None
         return detector.on_record, self._ship
+
+    def event_blocks(self) -> EventBlocks | None:
+        """What `drain` does with records when it writes their events as JSON lines (every output
+        takes lines: _find_line_writers) and every output also takes a block of whole lines
+        (`send_lines(block, count)`), for a caller that drains itself: (lines_of, block writers,
+        the detector's on_record or None, ship). lines_of(records) is their events' lines, one
+        block; a caller writes the events of several records at once but any it has yet to write
+        before an alert is shipped, and hands records to with_tunnels first as drain does. None
+        when drain does otherwise. Valid until the outputs change."""
+        writers = self._line_writers if self._line_writers_known else self._find_line_writers()
+        lines_of = getattr(self._event_builder, "json_lines", None)
+        if not writers or lines_of is None:
+            return None
+        blocks = [getattr(sink, "send_lines", None) for sink in self._sinks]
+        if not all(blocks):
+            return None
+        detector = self._detector
+        return lines_of, blocks, detector.on_record if detector is not None else None, self._ship  # type: ignore[return-value]
 
     def drain(self) -> None:
         # called per record or two: the attributes are read directly, and alerts shipped only

@@ -622,15 +622,15 @@ static PyObject *json_line_result(Text *t, int status) {
     return line;
 }
 
-/* The line of a DNS event, or (`alert` not NULL) of an alert document on one: see dns_event_line. */
-static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *prefix, const AlertParts *alert) {
-    Text t = {NULL, 0, 0};
+/* The line of a DNS event, or (`alert` not NULL) of an alert document on one (see dns_event_line),
+ * added to `t`: 0, 1 (declined: what was added is to be dropped) or -1 (an error). */
+static int dns_write(Text *t, PyObject *record, PyObject *registered, PyObject *prefix, const AlertParts *alert) {
     FlowParts flow = {0};
     PyObject *fields[6] = {NULL}; /* id, name, qtype, response_seen, rcode, answers */
     PyObject *resolved[64];
     Py_ssize_t resolved_count = 0;
-    int status = json_envelope(&t, record, prefix, json_str[J_DNS], Py_None, &flow, alert);
-    if (status != 0) return json_line_result(&t, status);
+    int status = json_envelope(t, record, prefix, json_str[J_DNS], Py_None, &flow, alert);
+    if (status != 0) return status;
     static const int keys[6] = {J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS};
     for (int i = 0; i < 6; i++)
         if ((fields[i] = field(record, keys[i])) == NULL) goto error;
@@ -644,19 +644,19 @@ static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *pref
     if (alert != NULL && (pruned_empty(fields[2]) || (answered && pruned_empty(fields[4])))) goto decline;
     char id_text[24];
     /* dns.id is an ECS keyword: the number as a string */
-    if (JSON_KEY(&t, ",\"dns\":{\"id\":\"") < 0 || text_add(&t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
-        JSON_KEY(&t, "\"") < 0 ||
-        (answered ? JSON_KEY(&t, ",\"type\":\"answer\"") : JSON_KEY(&t, ",\"type\":\"query\"")) < 0 ||
-        JSON_KEY(&t, ",\"question\":{\"name\":") < 0 || json_value(&t, fields[1]) < 0 ||
-        JSON_KEY(&t, ",\"type\":") < 0 || json_value(&t, fields[2]) < 0 ||
-        (registered != Py_None && (JSON_KEY(&t, ",\"registered_domain\":") < 0 || json_value(&t, registered) < 0)) ||
-        JSON_KEY(&t, "}") < 0)
+    if (JSON_KEY(t, ",\"dns\":{\"id\":\"") < 0 || text_add(t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
+        JSON_KEY(t, "\"") < 0 ||
+        (answered ? JSON_KEY(t, ",\"type\":\"answer\"") : JSON_KEY(t, ",\"type\":\"query\"")) < 0 ||
+        JSON_KEY(t, ",\"question\":{\"name\":") < 0 || json_value(t, fields[1]) < 0 ||
+        JSON_KEY(t, ",\"type\":") < 0 || json_value(t, fields[2]) < 0 ||
+        (registered != Py_None && (JSON_KEY(t, ",\"registered_domain\":") < 0 || json_value(t, registered) < 0)) ||
+        JSON_KEY(t, "}") < 0)
         goto error;
     if (answered) {
-        if (JSON_KEY(&t, ",\"response_code\":") < 0 || json_value(&t, fields[4]) < 0) goto error;
+        if (JSON_KEY(t, ",\"response_code\":") < 0 || json_value(t, fields[4]) < 0) goto error;
         Py_ssize_t count = PyTuple_GET_SIZE(fields[5]);
         if (count > 64) goto decline_or_error; /* the Python builder takes long answer lists */
-        if (count && JSON_KEY(&t, ",\"answers\":[") < 0) goto error;
+        if (count && JSON_KEY(t, ",\"answers\":[") < 0) goto error;
         for (Py_ssize_t i = 0; i < count; i++) {
             PyObject *answer = PyTuple_GET_ITEM(fields[5], i), *parts[4] = {NULL};
             static const int answer_keys[4] = {J_NAME, J_TYPE, J_DATA, J_TTL};
@@ -671,26 +671,26 @@ static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *pref
                        (PyUnicode_CompareWithASCIIString(parts[1], "AAAA") == 0 &&
                         PyUnicode_FindChar(parts[2], ':', 0, PyUnicode_GET_LENGTH(parts[2]), 1) >= 0)))
                 resolved[resolved_count++] = Py_NewRef(parts[2]);
-            ok = ok && (i == 0 || JSON_KEY(&t, ",") == 0) && JSON_KEY(&t, "{\"name\":") == 0 &&
-                 json_value(&t, parts[0]) == 0 && JSON_KEY(&t, ",\"type\":") == 0 && json_value(&t, parts[1]) == 0 &&
-                 JSON_KEY(&t, ",\"data\":") == 0 && json_value(&t, parts[2]) == 0 && JSON_KEY(&t, ",\"ttl\":") == 0 &&
-                 json_value(&t, parts[3]) == 0 && JSON_KEY(&t, "}") == 0;
+            ok = ok && (i == 0 || JSON_KEY(t, ",") == 0) && JSON_KEY(t, "{\"name\":") == 0 &&
+                 json_value(t, parts[0]) == 0 && JSON_KEY(t, ",\"type\":") == 0 && json_value(t, parts[1]) == 0 &&
+                 JSON_KEY(t, ",\"data\":") == 0 && json_value(t, parts[2]) == 0 && JSON_KEY(t, ",\"ttl\":") == 0 &&
+                 json_value(t, parts[3]) == 0 && JSON_KEY(t, "}") == 0;
             for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
             if (!ok) {
                 if (!PyErr_Occurred()) goto decline;
                 goto error;
             }
         }
-        if (count && JSON_KEY(&t, "]") < 0) goto error;
+        if (count && JSON_KEY(t, "]") < 0) goto error;
         if (resolved_count) {
-            if (JSON_KEY(&t, ",\"resolved_ip\":[") < 0) goto error;
+            if (JSON_KEY(t, ",\"resolved_ip\":[") < 0) goto error;
             for (Py_ssize_t i = 0; i < resolved_count; i++)
-                if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, resolved[i]) < 0) goto error;
-            if (JSON_KEY(&t, "]") < 0) goto error;
+                if ((i && JSON_KEY(t, ",") < 0) || json_value(t, resolved[i]) < 0) goto error;
+            if (JSON_KEY(t, "]") < 0) goto error;
         }
     }
-    if (JSON_KEY(&t, "}") < 0 ||
-        (status = json_end(&t, &flow, resolved, resolved_count, fields[1], alert, alert != NULL)) < 0)
+    if (JSON_KEY(t, "}") < 0 ||
+        (status = json_end(t, &flow, resolved, resolved_count, fields[1], alert, alert != NULL)) < 0)
         goto error;
     if (status > 0) goto decline;
     status = 0;
@@ -706,7 +706,12 @@ done:
     for (int i = 0; i < 6; i++) Py_XDECREF(fields[i]);
     for (Py_ssize_t i = 0; i < resolved_count; i++) Py_DECREF(resolved[i]);
     flow_parts_clear(&flow);
-    return json_line_result(&t, status);
+    return status;
+}
+
+static PyObject *dns_line(PyObject *record, PyObject *registered, PyObject *prefix, const AlertParts *alert) {
+    Text t = {NULL, 0, 0};
+    return json_line_result(&t, dns_write(&t, record, registered, prefix, alert));
 }
 
 /* dns_event_line(record, registered_domain or None, prefix) -> bytes, or None for what the Python
@@ -719,11 +724,88 @@ PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return dns_line(args[0], args[1], args[2], NULL);
 }
 
-/* The line of a TLS or QUIC event, or (`alert` not NULL) of an alert document on one: see tls_event_line. */
-static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert) {
+static int tls_write(Text *t, PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert);
+
+/* The event of one record for event_lines: 0 written to `t`, 1 for what EventBuilder.json_line
+ * takes (nothing written), -1 on error. */
+static int event_write(Text *t, PyObject *record, PyObject *const *args) {
+    PyTypeObject *type = Py_TYPE(record);
+    if (type != (PyTypeObject *)args[1] && type != (PyTypeObject *)args[2]) return 1;
+    PyObject *flow = field(record, J_FLOW);
+    if (flow == NULL) return -1;
+    int plain = Py_TYPE(flow) == (PyTypeObject *)args[3]; /* a tunnelled flow's line is spliced by json_line */
+    Py_DECREF(flow);
+    if (!plain) return 1;
+    Py_ssize_t mark = t->len;
+    int status;
+    if (type == (PyTypeObject *)args[1]) { /* `registered_domain(name) or None` */
+        PyObject *prefix = PyDict_GetItemWithError(args[6], json_str[J_DNS]), *name = field(record, J_NAME);
+        PyObject *registered = name && prefix ? PyObject_CallOneArg(args[4], name) : NULL;
+        Py_XDECREF(name);
+        if (registered == NULL) return PyErr_Occurred() ? -1 : 1;
+        int truth = PyObject_IsTrue(registered);
+        status = truth < 0 ? -1 : dns_write(t, record, truth ? registered : Py_None, prefix, NULL);
+        Py_DECREF(registered);
+    } else { /* the server name, unless it is an ECH cover name (is_cover_name) */
+        PyObject *protocol = field(record, J_PROTOCOL), *name = NULL, *ech = NULL, *cover = NULL;
+        PyObject *prefix = protocol ? PyDict_GetItemWithError(args[6], protocol) : NULL, *domain = Py_None;
+        Py_XDECREF(protocol);
+        if (prefix == NULL) return PyErr_Occurred() ? -1 : 1;
+        int named = (name = field(record, J_SERVER_NAME)) == NULL ? -1 : PyObject_IsTrue(name), covered = 0;
+        if (named > 0) {
+            int encrypted = (ech = field(record, J_ECH)) == NULL ? -1 : PyObject_IsTrue(ech);
+            covered = encrypted <= 0 ? encrypted
+                                     : (cover = PyObject_CallOneArg(args[5], name)) == NULL ? -1 : PyObject_IsTrue(cover);
+            if (covered == 0) domain = name;
+        }
+        status = named < 0 || covered < 0 ? -1 : tls_write(t, record, domain, prefix, NULL);
+        Py_XDECREF(name);
+        Py_XDECREF(ech);
+        Py_XDECREF(cover);
+    }
+    if (status > 0) t->len = mark;
+    return status;
+}
+
+/* event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line)
+ * -> bytes: sensor.output.ecs.EventBuilder.json_lines, the events of a list of records as JSON
+ * lines in one block, in order. The DNS and TLS events of flows not tunnelled are written here as
+ * dns_event_line and tls_event_line write them (`prefixes`: protocol -> the line prefix); json_line
+ * gives each other record's line (and those the writers decline). */
+PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
+        !PyType_Check(args[3]) || !PyDict_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "event_lines takes a list of records, 3 classes, 2 callables, a dict and a callable");
+        return NULL;
+    }
+    PyObject *records = args[0];
+    Text t = {NULL, 0, 0};
+    /* about a kilobyte an event: grown once or twice a block, not per field */
+    if (text_reserve(&t, 1024 * (PyList_GET_SIZE(records) + 1)) < 0) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
+        int status = event_write(&t, record, args);
+        if (status > 0) { /* json_line's */
+            PyObject *line = PyObject_CallOneArg(args[7], record);
+            status = line == NULL ? -1 : PyBytes_Check(line) ? bytes_add(&t, line) : -1;
+            if (line != NULL && !PyBytes_Check(line)) PyErr_SetString(PyExc_TypeError, "json_line gave no bytes");
+            Py_XDECREF(line);
+        }
+        Py_DECREF(record);
+        if (status < 0) {
+            PyMem_Free(t.text);
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    return json_line_result(&t, 0);
+}
+
+/* The line of a TLS or QUIC event, or (`alert` not NULL) of an alert document on one (see
+ * tls_event_line), added to `t`: as dns_write. */
+static int tls_write(Text *t, PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert) {
     PyObject *fields[5] = {NULL}; /* protocol, server_name, alpn, ech, version */
     static const int keys[5] = {J_PROTOCOL, J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION};
-    Text t = {NULL, 0, 0};
     FlowParts flow = {0};
     int status;
     for (int i = 0; i < 5; i++)
@@ -732,32 +814,32 @@ static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, 
     if (alert != NULL) /* an alert document leaves out empty ALPN names: the Python builder writes those */
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields[2]); i++)
             if (pruned_empty(PyTuple_GET_ITEM(fields[2], i))) goto decline;
-    status = json_envelope(&t, record, prefix, fields[0], domain, &flow, alert);
+    status = json_envelope(t, record, prefix, fields[0], domain, &flow, alert);
     if (status != 0) goto done;
     int named = PyObject_IsTrue(fields[1]), versioned = PyObject_IsTrue(fields[4]);
     if (named < 0 || versioned < 0) goto error;
     /* ECS leaves out what is not known: no empty tls.client, no empty tls */
-    if ((named || versioned) && JSON_KEY(&t, ",\"tls\":{") < 0) goto error;
-    if (named && (JSON_KEY(&t, "\"client\":{\"server_name\":") < 0 || json_value(&t, fields[1]) < 0 ||
-                  JSON_KEY(&t, "}") < 0))
+    if ((named || versioned) && JSON_KEY(t, ",\"tls\":{") < 0) goto error;
+    if (named && (JSON_KEY(t, "\"client\":{\"server_name\":") < 0 || json_value(t, fields[1]) < 0 ||
+                  JSON_KEY(t, "}") < 0))
         goto error;
-    if (versioned && ((named && JSON_KEY(&t, ",") < 0) || JSON_KEY(&t, "\"version\":") < 0 ||
-                      json_value(&t, fields[4]) < 0 || JSON_KEY(&t, ",\"version_protocol\":\"tls\"") < 0))
+    if (versioned && ((named && JSON_KEY(t, ",") < 0) || JSON_KEY(t, "\"version\":") < 0 ||
+                      json_value(t, fields[4]) < 0 || JSON_KEY(t, ",\"version_protocol\":\"tls\"") < 0))
         goto error;
-    if (((named || versioned) && JSON_KEY(&t, "}") < 0) || JSON_KEY(&t, ",\"phi_egress\":{\"tls\":{") < 0) goto error;
+    if (((named || versioned) && JSON_KEY(t, "}") < 0) || JSON_KEY(t, ",\"phi_egress\":{\"tls\":{") < 0) goto error;
     Py_ssize_t alpn_count = PyTuple_GET_SIZE(fields[2]);
-    if (alpn_count && JSON_KEY(&t, "\"alpn\":[") < 0) goto error;
+    if (alpn_count && JSON_KEY(t, "\"alpn\":[") < 0) goto error;
     for (Py_ssize_t i = 0; i < alpn_count; i++)
-        if ((i && JSON_KEY(&t, ",") < 0) || json_value(&t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
-    if ((alpn_count && JSON_KEY(&t, "],") < 0) || JSON_KEY(&t, "\"ech\":") < 0 || json_value(&t, fields[3]) < 0 ||
-        JSON_KEY(&t, "}") < 0)
+        if ((i && JSON_KEY(t, ",") < 0) || json_value(t, PyTuple_GET_ITEM(fields[2], i)) < 0) goto error;
+    if ((alpn_count && JSON_KEY(t, "],") < 0) || JSON_KEY(t, "\"ech\":") < 0 || json_value(t, fields[3]) < 0 ||
+        JSON_KEY(t, "}") < 0)
         goto error;
     if (alert != NULL && alert->tunnel != Py_None && PyBytes_GET_SIZE(alert->tunnel) &&
-        (JSON_KEY(&t, ",") < 0 || bytes_add(&t, alert->tunnel) < 0))
+        (JSON_KEY(t, ",") < 0 || bytes_add(t, alert->tunnel) < 0))
         goto error;
-    if (alert != NULL && (JSON_KEY(&t, ",") < 0 || (status = json_members(&t, alert)) < 0)) goto error;
+    if (alert != NULL && (JSON_KEY(t, ",") < 0 || (status = json_members(t, alert)) < 0)) goto error;
     if (alert != NULL && status > 0) goto decline;
-    if (JSON_KEY(&t, "}") < 0 || json_end(&t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, 0) < 0) goto error;
+    if (JSON_KEY(t, "}") < 0 || json_end(t, &flow, NULL, 0, named ? fields[1] : Py_None, alert, 0) < 0) goto error;
     status = 0;
     goto done;
 decline:
@@ -768,7 +850,12 @@ error:
 done:
     for (int i = 0; i < 5; i++) Py_XDECREF(fields[i]);
     flow_parts_clear(&flow);
-    return json_line_result(&t, status);
+    return status;
+}
+
+static PyObject *tls_line(PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert) {
+    Text t = {NULL, 0, 0};
+    return json_line_result(&t, tls_write(&t, record, domain, prefix, alert));
 }
 
 /* tls_event_line(record, destination_domain or None, prefix) -> bytes, or None for what the Python

@@ -187,6 +187,7 @@ FAST_INTERNAL PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_s
 FAST_INTERNAL PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *window_event_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_pcap(PyObject *module, PyObject *arg);

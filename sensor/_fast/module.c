@@ -54,6 +54,9 @@ static PyMethodDef methods[] = {
      "dns_event_line(record, registered_domain or None, prefix) -> the event as a JSON line, or None"},
     {"tls_event_line", (PyCFunction)(void (*)(void))tls_event_line, METH_FASTCALL,
      "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
+    {"event_lines", (PyCFunction)(void (*)(void))event_lines, METH_FASTCALL,
+     "event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line) -> "
+     "their events as JSON lines, one block"},
     {"alert_line", (PyCFunction)(void (*)(void))alert_line, METH_FASTCALL,
      "alert_line(kind, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts, severity,"
      " alert_key, count, source_record, destination, summary, phi_host, destinations, vendor_baa, rule, network_tail,"

@@ -164,8 +164,9 @@ class JsonlSink:
             return
         self._counts["sent"] += 1
 
-    def send_lines(self, block: bytes) -> None:
-        """Documents already serialized, whole JSON lines one after another."""
+    def send_lines(self, block: bytes, count: int | None = None) -> None:
+        """Documents already serialized, whole JSON lines one after another (`count` of them, when
+        the caller knows)."""
         if self._broken or not block:
             return
         if self._hangups_seen != _hangups:
@@ -176,7 +177,7 @@ class JsonlSink:
             self._broken = True
             self._counts["write_errors"] += 1
             return
-        self._counts["sent"] += block.count(b"\n")
+        self._counts["sent"] += block.count(b"\n") if count is None else count
 
     def flush(self, timeout: float = 0.0) -> bool:
         if self._hangups_seen != _hangups and not self._broken:

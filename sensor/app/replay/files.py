@@ -67,10 +67,39 @@ def replay_file(
     # with only the detector to see records (an alerts replay), each is handed to it here:
     # what drain does, without a call of it per record
     detection = pipeline.detection_only()
+    # with events written as JSON lines (--emit all or events to files), a batch's are written in
+    # one block per output, what drain does without a call of it per record
+    blocks = pipeline.event_blocks() if detection is None else None
+    packets = decoder.packets
+    tunnels, with_tunnels = packets.tunnels, packets.with_tunnels
     try:
         for batch in capture.batches():
             decode = decoder.compiled_decode
-            if forward is None and detection is not None and decode is not None:
+            if forward is None and blocks is not None and decode is not None:
+                lines_of, writers, on_record, ship = blocks
+                pending: list = []  # records whose events are yet to be written
+                for ts, linktype, frame in batch:
+                    found = decode(linktype, frame, ts)  # TrafficDecoder.feed, unrolled as below
+                    if found or found is None:
+                        feed_found(ts, linktype, frame, found)
+                    records = decoder.records
+                    if records:
+                        decoder.records = []
+                        if tunnels:
+                            records = with_tunnels(records)
+                        if on_record is None:
+                            pending += records
+                            continue
+                        for record in records:
+                            pending.append(record)
+                            alerts = on_record(record)
+                            if alerts:  # its event and those before it go first
+                                _write_lines(lines_of, pending, writers)
+                                pending = []
+                                ship(alerts)
+                if pending:
+                    _write_lines(lines_of, pending, writers)
+            elif forward is None and detection is not None and decode is not None:
                 on_record, ship = detection
                 for ts, linktype, frame in batch:
                     found = decode(linktype, frame, ts)  # TrafficDecoder.feed, unrolled: () was taken whole
@@ -132,6 +161,13 @@ def replay_file(
     if progress is not None:
         progress(total, total)
     return problems
+
+
+def _write_lines(lines_of: Callable[[list], bytes], records: list, writers: list[Callable[[bytes, int], object]]) -> None:
+    """The events of `records`, one block to each output."""
+    block = lines_of(records)
+    for write in writers:
+        write(block, len(records))
 
 
 def progress_for(path: Path, mode: str, quiet: bool) -> _ProgressBar | None:

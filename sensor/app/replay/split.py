@@ -228,6 +228,10 @@ class _SpillSink:
     def line_writer(self) -> Callable[[bytes], object]:
         return self._stream.write
 
+    def send_lines(self, block: bytes, count: int | None = None) -> None:
+        """Documents already serialized, whole JSON lines (the parent counts them as it ships them)."""
+        self._stream.write(block)
+
     def flush(self, timeout: float = 0.0) -> bool:
         self._stream.flush()
         return True

@@ -1,0 +1,173 @@
+"""`--emit all` without a call per event: EventBuilder.json_lines writes a list of records' events
+in one block (the compiled event_lines, lines_py its reference), and the replay hands each batch's
+events to every output in one `send_lines`, its alerts still after their record's event."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from test_eventsfast_lines import DNS, FLOWS, HTTP, TIMES, TLS, UPGRADED, _registered
+from test_tunnels import OUTER_A, OUTER_B, eth, story_frames, write_pcap
+
+from sensor.app.replay.files import replay_file
+from sensor.app.replay.split import _SpillSink
+from sensor.enrich.vendors import registered_domain
+from sensor.output import ecs
+from sensor.output.jsonl import JsonlSink
+from sensor.pipeline import Pipeline
+from sensor.records import DnsAnswer, DnsQuery, Flow, LocalNameQuery, TlsHello
+
+PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+compiled = pytest.mark.skipif(ecs._event_lines_fast is None, reason="the compiled fast path is not built")
+
+# what the compiled writers decline, json_line's: the root's name, long answer lists, a local name query
+DECLINED = st.one_of(
+    st.builds(DnsQuery, TIMES, FLOWS, st.integers(0, 65535), st.just(""), st.just("A"), st.booleans(), st.none(), st.just(())),
+    st.builds(
+        DnsQuery, TIMES, FLOWS, st.integers(0, 65535), st.just("many.example.org"), st.just("A"), st.just(True),
+        st.just("NOERROR"), st.just(tuple(DnsAnswer("many.example.org", "A", f"10.0.0.{i}", 60) for i in range(70))),
+    ),
+    st.builds(
+        LocalNameQuery, TIMES, FLOWS, st.integers(0, 65535), st.just("printer.local"), st.just("A"), st.booleans(),
+        st.none(), st.just(()), protocol=st.just("mdns"),
+    ),
+    st.builds(TlsHello, TIMES, FLOWS, st.just("smtp"), st.just("mail.example.org"), st.just(()), st.booleans(), st.none()),
+)
+RECORDS = st.lists(st.one_of(DNS, TLS, UPGRADED, HTTP, DECLINED), max_size=12)
+
+
+@compiled
+@settings(max_examples=400, deadline=None)
+@given(RECORDS, st.booleans())
+def test_a_block_of_events_is_their_lines_one_after_another(records: list, redact: bool) -> None:
+    builder = ecs.EventBuilder("sensor-1", _registered, redact_urls=redact)
+    block = builder.json_lines(records)
+    assert block == builder.lines_py(records) == b"".join(map(builder.json_line, records))
+    assert block.count(b"\n") == len(records)
+    assert [orjson.loads(line) for line in block.splitlines()] == [orjson.loads(builder.line_py(r)) for r in records]
+
+
+def test_the_reference_is_the_documents() -> None:
+    flow = Flow("10.0.0.1", 5353, "10.0.0.2", 53, "udp")
+    records = [DnsQuery(1.5, flow, 7, "a.example.org", "A", False, None, ())] * 3
+    builder = ecs.EventBuilder("sensor-1", _registered)
+    assert builder.lines_py(records) == b"".join(orjson.dumps(builder(r), option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    assert builder.lines_py([]) == builder.json_lines([]) == b""
+
+
+@compiled
+def test_the_compiled_block_passes_on_what_the_callbacks_raise() -> None:
+    def broken(name: str) -> str:
+        raise LookupError(name)
+
+    builder = ecs.EventBuilder("sensor-1", broken)
+    record = DnsQuery(1.0, Flow("10.0.0.1", 1, "10.0.0.2", 53, "udp"), 1, "a.example", "A", False, None, ())
+    with pytest.raises(LookupError):
+        builder.json_lines([record])
+    with pytest.raises(TypeError):
+        ecs._event_lines_fast((record,), DnsQuery, TlsHello, Flow, str, str, {}, builder.json_line)
+
+
+@compiled
+def test_an_ech_cover_name_is_no_destination_in_the_block() -> None:
+    hello = TlsHello(2.0, Flow("10.0.0.1", 40000, "10.0.0.9", 443, "tcp"), "tls", "cloudflare-ech.com", ("h2",), True, "1.3")
+    builder = ecs.EventBuilder("sensor-1", registered_domain)
+    line = builder.json_lines([hello])
+    assert line == builder.line_py(hello)
+    assert "domain" not in orjson.loads(line)["destination"]
+
+
+def test_the_outputs_take_blocks_of_lines_and_count_them(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    sink.send_lines(b'{"a":1}\n{"b":2}\n', 2)
+    sink.send_lines(b'{"c":3}\n')
+    sink.close()
+    assert (tmp_path / "out.jsonl").read_bytes() == b'{"a":1}\n{"b":2}\n{"c":3}\n'
+    assert sink.stats()["sent"] == 3
+    with open(tmp_path / "spill", "w+b") as stream:
+        spill = _SpillSink(stream)
+        spill.send_lines(b'{"a":1}\n', 1)
+        spill.flush()
+        stream.seek(0)
+        assert stream.read() == b'{"a":1}\n'
+
+
+class _Documents:
+    name = "documents"
+
+    def __init__(self) -> None:
+        self.docs: list[dict] = []
+
+    def send(self, doc: dict) -> None:
+        self.docs.append(doc)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+class _EveryOther:
+    """Alerts on every second record, so blocks of events are cut by alerts."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_record(self, record: object) -> list[dict]:
+        self.seen += 1
+        return [{"rule": {"id": "test"}, "n": self.seen}] if self.seen % 2 == 0 else []
+
+    def finish(self) -> list[dict]:
+        return []
+
+
+def test_event_blocks_only_where_every_output_takes_lines(tmp_path: Path) -> None:
+    plain = JsonlSink(tmp_path / "a.jsonl")
+    pipeline = Pipeline(sinks=[plain], event_builder=ecs.EventBuilder("s", registered_domain))
+    blocks = pipeline.event_blocks()
+    assert blocks is not None and blocks[1] == [plain.send_lines] and blocks[2] is None
+    pipeline.detector = _EveryOther()
+    assert pipeline.event_blocks()[2] == pipeline.detector.on_record  # type: ignore[index]
+    for sinks in ([plain, _Documents()], [JsonlSink(tmp_path / "b.jsonl", min_severity="high")], []):
+        pipeline.sinks = sinks
+        assert pipeline.event_blocks() is None
+    pipeline.sinks = [plain]
+    pipeline.event_builder = lambda record: {}
+    assert pipeline.event_blocks() is None
+
+
+def _half_tunnelled(path: Path) -> Path:
+    """demo.pcap's packets inside VXLAN, beside clean-network.pcap's as they are."""
+    wrapped = [
+        (ts, bytes(eth() / IP(src=OUTER_A, dst=OUTER_B) / UDP(sport=49152, dport=4789) / VXLAN(vni=42) / Ether(frame)))
+        for ts, frame in story_frames(PCAPS / "demo.pcap")
+    ]
+    write_pcap(path, 1, sorted(wrapped + story_frames(PCAPS / "clean-network.pcap"), key=lambda item: item[0]))
+    return path
+
+
+@pytest.mark.parametrize("capture", ["half-tunnelled", "demo.pcap", "chrome-split-hello.pcap"])
+def test_a_replay_by_blocks_writes_what_drain_writes_in_its_order(tmp_path: Path, capture: str) -> None:
+    path = _half_tunnelled(tmp_path / "half.pcap") if capture == "half-tunnelled" else PCAPS / capture
+    by_blocks, by_docs = JsonlSink(tmp_path / "blocks.jsonl"), _Documents()
+    for sink, detector in ((by_blocks, _EveryOther()), (by_docs, _EveryOther())):
+        pipeline = Pipeline(sinks=[sink], event_builder=ecs.EventBuilder("sensor-1", registered_domain), detector=detector)
+        assert (pipeline.event_blocks() is not None) == (sink is by_blocks)
+        replay_file(pipeline, path, prefilter="never")
+        pipeline.finish()
+        sink.flush()
+    written = (tmp_path / "blocks.jsonl").read_bytes()
+    assert written == b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for doc in by_docs.docs)
+    assert by_blocks.stats()["sent"] == written.count(b"\n") == len(by_docs.docs) > 0
+    if capture == "half-tunnelled":
+        assert b'"tunnel":' in written and written.count(b"\n") > written.count(b'"tunnel":') > 0
