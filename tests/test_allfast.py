@@ -171,3 +171,46 @@ def test_a_replay_by_blocks_writes_what_drain_writes_in_its_order(tmp_path: Path
     assert by_blocks.stats()["sent"] == written.count(b"\n") == len(by_docs.docs) > 0
     if capture == "half-tunnelled":
         assert b'"tunnel":' in written and written.count(b"\n") > written.count(b'"tunnel":') > 0
+
+
+# -- the Community ID: SHA-1 by the CPU's SHA extensions beside the one written out -----------------
+
+ADDRESS_PAIRS = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.ip_addresses(v=4)), st.tuples(st.ip_addresses(v=6), st.ip_addresses(v=6))
+).map(lambda pair: (str(pair[0]), str(pair[1])))
+
+
+@compiled
+@settings(max_examples=500, deadline=None)
+@given(ADDRESS_PAIRS, st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 255), st.integers(0, 65535))
+def test_both_sha1_paths_give_the_reference_community_id(
+    addresses: tuple[str, str], sport: int, dport: int, proto: int, seed: int
+) -> None:
+    from sensor._fast import community_id as compiled_id
+
+    src, dst = addresses
+    by_extensions = compiled_id(src, sport, dst, dport, proto, seed)
+    assert by_extensions == compiled_id(src, sport, dst, dport, proto, seed, True)
+    transport = {6: "tcp", 17: "udp"}.get(proto)
+    if transport is not None:
+        assert by_extensions == ecs.community_id_py(Flow(src, sport, dst, dport, transport), seed)
+
+
+@compiled
+@pytest.mark.parametrize(
+    "address", ["1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.0.01", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1..2.3",
+                "1.2.3.4 ", "+1.2.3.4", "1.2.3.1000", "00.1.2.3"],
+)
+def test_addresses_decode_would_not_write_are_what_inet_pton_makes_of_them(address: str) -> None:
+    """The hand-written IPv4 parse takes decode's form only; anything else goes to inet_pton."""
+    import socket
+
+    from sensor._fast import community_id as compiled_id
+
+    try:
+        socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        assert compiled_id(address, 1, "10.0.0.1", 2, 6, 0) is None
+    else:
+        expected = ecs.community_id_py(Flow(address, 1, "10.0.0.1", 2, "tcp"))
+        assert compiled_id(address, 1, "10.0.0.1", 2, 6, 0) == compiled_id(address, 1, "10.0.0.1", 2, 6, 0, True) == expected

@@ -1,20 +1,16 @@
 #include "fast.h"
 
 /* ---------------------------------------------------------------------------------------------
- * Community ID v1: sensor.output.ecs.community_id. SHA-1 (FIPS 180-4) is written out here: the
- * hash is over 40 bytes at most, and one call from Python beats building the input in Python.
+ * Community ID v1: sensor.output.ecs.community_id. SHA-1 (FIPS 180-4) is written out here, and
+ * taken by the CPU's SHA extensions where it has them: the hash is over 40 bytes at most, and one
+ * call from Python beats building the input in Python.
  */
 
 static inline uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
 
-/* SHA-1 of a message of at most 55 bytes (one padded block). */
-static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
-    uint8_t block[64] = {0};
-    memcpy(block, msg, n);
-    block[n] = 0x80;
-    uint64_t bits = (uint64_t)n * 8;
-    for (int i = 0; i < 8; i++) block[63 - i] = (uint8_t)(bits >> (8 * i));
-    uint32_t w[80], h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+/* One block of SHA-1 into the state `h`, written out (FIPS 180-4). */
+static void sha1_block_c(uint32_t h[5], const uint8_t block[64]) {
+    uint32_t w[80];
     for (int i = 0; i < 16; i++) w[i] = get32(block + 4 * i);
     for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
@@ -41,6 +37,61 @@ static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20]) {
         a = t;
     }
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* The same block by the CPU's SHA extensions (sha1rnds4: four rounds, a in the highest lane; the
+ * schedule by sha1msg1, a xor and sha1msg2, four words ahead), where the CPU has them. */
+__attribute__((target("sha,sse4.1"))) static void sha1_block_ni(uint32_t h[5], const uint8_t block[64]) {
+    const __m128i swap = _mm_set_epi64x(0x0001020304050607ULL, 0x08090a0b0c0d0e0fULL); /* big-endian, w0 highest */
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)h), 0x1B);
+    const __m128i abcd_in = abcd, e_in = _mm_set_epi32((int)h[4], 0, 0, 0);
+    __m128i e[2] = {e_in, e_in}, m[4];
+    for (int g = 0; g < 20; g++) { /* rounds 4g to 4g+3 */
+        if (g < 4) m[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * g)), swap);
+        e[g & 1] = g == 0 ? _mm_add_epi32(e[0], m[0]) : _mm_sha1nexte_epu32(e[g & 1], m[g & 3]);
+        e[(g + 1) & 1] = abcd;
+        if (g >= 3 && g <= 18) m[(g + 1) & 3] = _mm_sha1msg2_epu32(m[(g + 1) & 3], m[g & 3]);
+        switch (g / 5) { /* the round function's number must be a constant */
+        case 0: abcd = _mm_sha1rnds4_epu32(abcd, e[g & 1], 0); break;
+        case 1: abcd = _mm_sha1rnds4_epu32(abcd, e[g & 1], 1); break;
+        case 2: abcd = _mm_sha1rnds4_epu32(abcd, e[g & 1], 2); break;
+        default: abcd = _mm_sha1rnds4_epu32(abcd, e[g & 1], 3); break;
+        }
+        if (g >= 1 && g <= 16) m[(g + 3) & 3] = _mm_sha1msg1_epu32(m[(g + 3) & 3], m[g & 3]);
+        if (g >= 2 && g <= 17) m[(g + 2) & 3] = _mm_xor_si128(m[(g + 2) & 3], m[g & 3]);
+    }
+    __m128i e_out = _mm_sha1nexte_epu32(e[0], e_in);
+    _mm_storeu_si128((__m128i *)h, _mm_shuffle_epi32(_mm_add_epi32(abcd, abcd_in), 0x1B));
+    h[4] = (uint32_t)_mm_extract_epi32(e_out, 3);
+}
+
+static int sha1_ni = -1; /* whether the CPU has them: looked up once */
+
+static void sha1_block(uint32_t h[5], const uint8_t block[64], int portable) {
+    if (sha1_ni < 0) {
+        __builtin_cpu_init();
+        sha1_ni = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    }
+    if (sha1_ni && !portable)
+        sha1_block_ni(h, block);
+    else
+        sha1_block_c(h, block);
+}
+#else
+static void sha1_block(uint32_t h[5], const uint8_t block[64], int portable) { sha1_block_c(h, block); }
+#endif
+
+/* SHA-1 of a message of at most 55 bytes (one padded block); `portable`: without the SHA extensions. */
+static void sha1_short(const uint8_t *msg, size_t n, uint8_t digest[20], int portable) {
+    uint8_t block[64] = {0};
+    memcpy(block, msg, n);
+    block[n] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++) block[63 - i] = (uint8_t)(bits >> (8 * i));
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    sha1_block(h, block, portable);
     for (int i = 0; i < 5; i++)
         for (int j = 0; j < 4; j++) digest[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
 }
@@ -151,17 +202,39 @@ PyObject *window_event_id(PyObject *module, PyObject *const *args, Py_ssize_t na
     return id;
 }
 
-/* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed) -> "1:<base64 sha1>", or None
- * when an address does not parse (the Python code then decides). */
-/* The Community ID of a flow given as address texts, or None when an address or number is out of range. */
-static PyObject *community_id_text(const char *src_text, unsigned sport, const char *dst_text, unsigned dport,
-                                   unsigned proto, unsigned seed) {
+/* An IPv4 address in the form decode writes it (four numbers up to 255, no leading zero): 1, else 0
+ * (inet_pton then decides). */
+static int ipv4_plain(const char *text, uint8_t address[4]) {
+    for (int part = 0; part < 4; part++) {
+        if (part && *text++ != '.') return 0;
+        if (*text < '0' || *text > '9') return 0;
+        unsigned value = (unsigned)(*text++ - '0');
+        for (int digits = 1; *text >= '0' && *text <= '9'; digits++) {
+            if (digits == 3 || value == 0) return 0;
+            value = value * 10 + (unsigned)(*text++ - '0');
+        }
+        if (value > 255) return 0;
+        address[part] = (uint8_t)value;
+    }
+    return *text == '\0';
+}
+
+static int address_of(int family, const char *text, uint8_t address[16]) {
+    return (family == AF_INET && ipv4_plain(text, address)) || inet_pton(family, text, address) == 1;
+}
+
+#define COMMUNITY_LENGTH 30 /* "1:" and the base64 of a SHA-1 */
+
+/* The Community ID of a flow given as address texts into `out`: 1, or 0 when an address or number
+ * is out of range. `portable`: SHA-1 without the CPU's SHA extensions. */
+static int community_id_chars(const char *src_text, unsigned sport, const char *dst_text, unsigned dport,
+                              unsigned proto, unsigned seed, int portable, char out[COMMUNITY_LENGTH]) {
     int family = strchr(src_text, ':') ? AF_INET6 : AF_INET;
     size_t alen = family == AF_INET6 ? 16 : 4;
     uint8_t src[16], dst[16];
-    if (inet_pton(family, src_text, src) != 1 || inet_pton(family, dst_text, dst) != 1 || sport > 0xFFFF ||
+    if (!address_of(family, src_text, src) || !address_of(family, dst_text, dst) || sport > 0xFFFF ||
         dport > 0xFFFF || proto > 0xFF || seed > 0xFFFF)
-        Py_RETURN_NONE;
+        return 0;
     int order = memcmp(src, dst, alen);
     if (order > 0 || (order == 0 && sport > dport)) { /* the smaller endpoint goes first */
         uint8_t swap[16];
@@ -177,22 +250,26 @@ static PyObject *community_id_text(const char *src_text, unsigned sport, const c
     msg[n++] = (uint8_t)proto, msg[n++] = 0;
     msg[n++] = (uint8_t)(sport >> 8), msg[n++] = (uint8_t)sport;
     msg[n++] = (uint8_t)(dport >> 8), msg[n++] = (uint8_t)dport;
-    sha1_short(msg, n, digest);
-    Text text = {NULL, 0, 0};
-    PyObject *result = NULL;
-    if (text_add(&text, "1:", 2) == 0 && text_add_base64(&text, digest, 20) == 0)
-        result = ascii_str(text.text, text.len);
-    else
-        PyErr_NoMemory();
-    PyMem_Free(text.text);
-    return result;
+    sha1_short(msg, n, digest, portable);
+    char text[COMMUNITY_LENGTH + 8];
+    Text t = {text, 2, sizeof text}; /* room enough: text_add_base64 writes in place, never grows it */
+    memcpy(text, "1:", 2);
+    text_add_base64(&t, digest, 20);
+    memcpy(out, text, COMMUNITY_LENGTH);
+    return 1;
 }
 
+/* community_id(src_ip, src_port, dst_ip, dst_port, protocol, seed[, portable]) -> "1:<base64 sha1>",
+ * or None when an address does not parse (the Python code then decides). `portable`: the SHA-1
+ * written out, not the CPU's SHA extensions (tests hold the two equal). */
 PyObject *community_id(PyObject *module, PyObject *args) {
     const char *src_text, *dst_text;
     unsigned int sport, dport, proto, seed;
-    if (!PyArg_ParseTuple(args, "sIsIII", &src_text, &sport, &dst_text, &dport, &proto, &seed)) return NULL;
-    return community_id_text(src_text, sport, dst_text, dport, proto, seed);
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "sIsIII|p", &src_text, &sport, &dst_text, &dport, &proto, &seed, &portable)) return NULL;
+    char text[COMMUNITY_LENGTH];
+    if (!community_id_chars(src_text, sport, dst_text, dport, proto, seed, portable, text)) Py_RETURN_NONE;
+    return ascii_str(text, COMMUNITY_LENGTH);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -299,7 +376,8 @@ static PyObject *list_of(int n, PyObject **items) { /* new references to items *
 /* A flow's fields (new references) as decode makes them: addresses in text, ports of 16 bits, a
  * transport name; with its Community ID. */
 typedef struct {
-    PyObject *src_ip, *dst_ip, *src_port, *dst_port, *transport, *community;
+    PyObject *src_ip, *dst_ip, *src_port, *dst_port, *transport;
+    char community[COMMUNITY_LENGTH];
     int ipv6;
 } FlowParts;
 
@@ -309,7 +387,6 @@ static void flow_parts_clear(FlowParts *parts) {
     Py_CLEAR(parts->src_port);
     Py_CLEAR(parts->dst_port);
     Py_CLEAR(parts->transport);
-    Py_CLEAR(parts->community);
 }
 
 /* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
@@ -331,9 +408,7 @@ static int flow_parts(PyObject *flow, FlowParts *parts) {
     unsigned proto = PyUnicode_CompareWithASCIIString(parts->transport, "tcp") == 0   ? 6
                      : PyUnicode_CompareWithASCIIString(parts->transport, "udp") == 0 ? 17
                                                                                      : 0;
-    parts->community = community_id_text(src_text, sport, dst_text, dport, proto, 0);
-    if (parts->community == NULL) goto error;
-    if (parts->community == Py_None) goto decline;
+    if (!community_id_chars(src_text, sport, dst_text, dport, proto, 0, 0, parts->community)) goto decline;
     parts->ipv6 = strchr(src_text, ':') != NULL;
     return 0;
 decline:
@@ -378,7 +453,8 @@ PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nar
             dict_steal(2, (const int[]){K_IP, K_PORT}, (PyObject *[]){Py_NewRef(flow.dst_ip), Py_NewRef(flow.dst_port)}),
             dict_steal(4, (const int[]){K_TRANSPORT, K_PROTOCOL, K_TYPE, K_COMMUNITY_ID},
                        (PyObject *[]){Py_NewRef(flow.transport), Py_NewRef(args[3]),
-                                      Py_NewRef(envelope_str[flow.ipv6 ? V_IPV6 : V_IPV4]), Py_NewRef(flow.community)}),
+                                      Py_NewRef(envelope_str[flow.ipv6 ? V_IPV6 : V_IPV4]),
+                                      ascii_str(flow.community, COMMUNITY_LENGTH)}),
         });
     flow_parts_clear(&flow);
     return result;
@@ -552,7 +628,8 @@ static int json_envelope(Text *t, PyObject *record, PyObject *prefix, PyObject *
         JSON_KEY(t, "},\"network\":{\"transport\":") < 0 || json_value(t, flow->transport) < 0 ||
         JSON_KEY(t, ",\"protocol\":") < 0 || json_value(t, protocol) < 0 ||
         (flow->ipv6 ? JSON_KEY(t, ",\"type\":\"ipv6\"") : JSON_KEY(t, ",\"type\":\"ipv4\"")) < 0 ||
-        JSON_KEY(t, ",\"community_id\":") < 0 || json_value(t, flow->community) < 0 ||
+        JSON_KEY(t, ",\"community_id\":\"") < 0 || text_add(t, flow->community, COMMUNITY_LENGTH) < 0 ||
+        JSON_KEY(t, "\"") < 0 ||
         (alert != NULL && bytes_add(t, alert->network_tail) < 0) || JSON_KEY(t, "}") < 0) {
         flow_parts_clear(flow);
         return -1;
@@ -642,10 +719,8 @@ static int dns_write(Text *t, PyObject *record, PyObject *registered, PyObject *
     if (overflow || !named) goto decline; /* the root's name is written by the Python builder */
     /* an alert document leaves out what is empty: the Python builder writes those */
     if (alert != NULL && (pruned_empty(fields[2]) || (answered && pruned_empty(fields[4])))) goto decline;
-    char id_text[24];
-    /* dns.id is an ECS keyword: the number as a string */
-    if (JSON_KEY(t, ",\"dns\":{\"id\":\"") < 0 || text_add(t, id_text, snprintf(id_text, sizeof id_text, "%lld", dns_id)) < 0 ||
-        JSON_KEY(t, "\"") < 0 ||
+    /* dns.id is an ECS keyword: the number as a string (json_value's digits, quoted) */
+    if (JSON_KEY(t, ",\"dns\":{\"id\":\"") < 0 || json_value(t, fields[0]) < 0 || JSON_KEY(t, "\"") < 0 ||
         (answered ? JSON_KEY(t, ",\"type\":\"answer\"") : JSON_KEY(t, ",\"type\":\"query\"")) < 0 ||
         JSON_KEY(t, ",\"question\":{\"name\":") < 0 || json_value(t, fields[1]) < 0 ||
         JSON_KEY(t, ",\"type\":") < 0 || json_value(t, fields[2]) < 0 ||
