@@ -853,27 +853,34 @@ PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "event_lines takes a list of records, 3 classes, 2 callables, a dict and a callable");
         return NULL;
     }
-    PyObject *records = args[0];
-    Text t = {NULL, 0, 0};
-    /* about a kilobyte an event: grown once or twice a block, not per field */
-    if (text_reserve(&t, 1024 * (PyList_GET_SIZE(records) + 1)) < 0) return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+    /* one buffer kept from block to block (a callback that comes back here takes one of its own) */
+    static Text kept = {NULL, 0, 0};
+    static int busy = 0;
+    Text own = {NULL, 0, 0}, *t = busy ? &own : &kept;
+    int was_busy = busy;
+    busy = 1;
+    t->len = 0;
+    PyObject *records = args[0], *block = NULL;
+    int status = 0;
+    for (Py_ssize_t i = 0; status >= 0 && i < PyList_GET_SIZE(records); i++) {
         PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
-        int status = event_write(&t, record, args);
+        status = event_write(t, record, args);
         if (status > 0) { /* json_line's */
             PyObject *line = PyObject_CallOneArg(args[7], record);
-            status = line == NULL ? -1 : PyBytes_Check(line) ? bytes_add(&t, line) : -1;
+            status = line == NULL ? -1 : PyBytes_Check(line) ? bytes_add(t, line) : -1;
             if (line != NULL && !PyBytes_Check(line)) PyErr_SetString(PyExc_TypeError, "json_line gave no bytes");
             Py_XDECREF(line);
         }
         Py_DECREF(record);
-        if (status < 0) {
-            PyMem_Free(t.text);
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return NULL;
-        }
     }
-    return json_line_result(&t, 0);
+    if (status >= 0) block = PyBytes_FromStringAndSize(t->text, t->len);
+    else if (!PyErr_Occurred()) PyErr_NoMemory();
+    busy = was_busy;
+    if (t == &own || t->cap > (8 << 20)) { /* not kept: another's, or grown for a rare huge block */
+        PyMem_Free(t->text);
+        *t = (Text){NULL, 0, 0};
+    }
+    return block;
 }
 
 /* The line of a TLS or QUIC event, or (`alert` not NULL) of an alert document on one (see
