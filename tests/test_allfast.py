@@ -214,3 +214,40 @@ def test_addresses_decode_would_not_write_are_what_inet_pton_makes_of_them(addre
     else:
         expected = ecs.community_id_py(Flow(address, 1, "10.0.0.1", 2, "tcp"))
         assert compiled_id(address, 1, "10.0.0.1", 2, 6, 0) == compiled_id(address, 1, "10.0.0.1", 2, 6, 0, True) == expected
+
+
+# -- fields read straight from a record's slots ---------------------------------------------------
+
+
+@compiled
+def test_fields_follow_a_class_changed_after_its_slots_were_read() -> None:
+    """The compiled writers read a record class's slots directly once they know them; a class
+    whose attribute changes afterwards is looked up again (its version tag), as Python reads it."""
+
+    class Renamed(DnsQuery):
+        __slots__ = ()
+
+    record = Renamed(1.0, Flow("10.0.0.1", 1000, "10.0.0.2", 53, "udp"), 1, "a.example.org", "A", False, None, ())
+    builder = ecs.EventBuilder("sensor-1", _registered)
+    prefix = builder._line_prefix("dns")
+    assert ecs._dns_line_fast(record, None, prefix) == builder.line_py(record)
+    Renamed.name = property(lambda self: "renamed.example.org")  # type: ignore[assignment,misc]
+    assert record.name == "renamed.example.org"
+    assert ecs._dns_line_fast(record, None, prefix) == builder.line_py(record)
+    assert b'"name":"renamed.example.org"' in ecs._dns_line_fast(record, None, prefix)
+    del Renamed.name  # the slot again
+    assert ecs._dns_line_fast(record, None, prefix) == builder.line_py(record)
+    assert b'"name":"a.example.org"' in ecs._dns_line_fast(record, None, prefix)
+
+
+@compiled
+def test_many_record_classes_take_turns_in_the_slot_table() -> None:
+    """More classes than the table keeps: each still reads its own fields."""
+    builder = ecs.EventBuilder("sensor-1", _registered)
+    prefix = builder._line_prefix("dns")
+    for round_ in range(3):
+        for number in range(20):
+            cls = type(f"Query{number}", (DnsQuery,), {"__slots__": ()})
+            record = cls(1.0, Flow("10.0.0.1", number, "10.0.0.2", 53, "udp"), number, f"n{number}.example", "A", False, None, ())
+            line = ecs._dns_line_fast(record, _registered(record.name) or None, prefix)
+            assert line == builder.line_py(record), (round_, number)

@@ -1,4 +1,5 @@
 #include "fast.h"
+#include <structmember.h> /* T_OBJECT_EX: a slot of a record class (slot_get) */
 
 /* ---------------------------------------------------------------------------------------------
  * Community ID v1: sensor.output.ecs.community_id. SHA-1 (FIPS 180-4) is written out here, and
@@ -373,6 +374,62 @@ static PyObject *list_of(int n, PyObject **items) { /* new references to items *
     return list;
 }
 
+/* Where the fields of a record class sit. Records are slotted dataclasses (sensor.records): a field
+ * is a member descriptor of the class, read straight from its slot instead of through
+ * PyObject_GetAttr's lookup; the class's slots are looked up once, again after the class changes
+ * (its version tag). Anything else (no slot, an empty one, a class with its own attribute lookup)
+ * is PyObject_GetAttr's. */
+#define SLOT_CLASSES 8
+#define SLOT_NAMES 24
+typedef struct {
+    PyTypeObject *type; /* a strong reference: the address names no other class while kept */
+    unsigned int version;
+    int count;
+    PyObject *names[SLOT_NAMES]; /* interned names the module keeps */
+    Py_ssize_t offsets[SLOT_NAMES]; /* 0: not a plain slot */
+} SlotClass;
+static SlotClass slot_classes[SLOT_CLASSES];
+static int slot_next;
+
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    if (type->tp_getattro != PyObject_GenericGetAttr || !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
+    SlotClass *known = NULL;
+    for (int i = 0; i < SLOT_CLASSES && known == NULL; i++)
+        if (slot_classes[i].type == type) known = &slot_classes[i];
+    if (known == NULL) {
+        known = &slot_classes[slot_next];
+        slot_next = (slot_next + 1) % SLOT_CLASSES;
+        PyTypeObject *old = known->type;
+        *known = (SlotClass){(PyTypeObject *)Py_NewRef(type), type->tp_version_tag, 0, {NULL}, {0}};
+        Py_XDECREF(old);
+    } else if (known->version != type->tp_version_tag) {
+        known->version = type->tp_version_tag;
+        known->count = 0;
+    }
+    for (int i = 0; i < known->count; i++)
+        if (known->names[i] == name) return known->offsets[i];
+    if (known->count == SLOT_NAMES) return 0;
+    PyObject *descriptor = _PyType_Lookup(type, name); /* borrowed */
+    Py_ssize_t offset = 0;
+    if (descriptor != NULL && Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+        if (member->type == T_OBJECT_EX && member->offset > 0) offset = member->offset;
+    }
+    known->names[known->count] = name;
+    known->offsets[known->count++] = offset;
+    return offset;
+}
+
+/* obj.name as a new reference, `name` interned and kept by the module. */
+static PyObject *slot_get(PyObject *obj, PyObject *name) {
+    Py_ssize_t offset = slot_offset(Py_TYPE(obj), name);
+    if (offset > 0) {
+        PyObject *value = *(PyObject **)((char *)obj + offset);
+        if (value != NULL) return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
 /* A flow's fields (new references) as decode makes them: addresses in text, ports of 16 bits, a
  * transport name; with its Community ID. */
 typedef struct {
@@ -392,11 +449,11 @@ static void flow_parts_clear(FlowParts *parts) {
 /* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
 static int flow_parts(PyObject *flow, FlowParts *parts) {
     *parts = (FlowParts){0};
-    parts->src_ip = PyObject_GetAttr(flow, envelope_str[K_SRC_IP]);
-    parts->dst_ip = parts->src_ip ? PyObject_GetAttr(flow, envelope_str[K_DST_IP]) : NULL;
-    parts->src_port = parts->dst_ip ? PyObject_GetAttr(flow, envelope_str[K_SRC_PORT]) : NULL;
-    parts->dst_port = parts->src_port ? PyObject_GetAttr(flow, envelope_str[K_DST_PORT]) : NULL;
-    parts->transport = parts->dst_port ? PyObject_GetAttr(flow, envelope_str[K_TRANSPORT]) : NULL;
+    parts->src_ip = slot_get(flow, envelope_str[K_SRC_IP]);
+    parts->dst_ip = parts->src_ip ? slot_get(flow, envelope_str[K_DST_IP]) : NULL;
+    parts->src_port = parts->dst_ip ? slot_get(flow, envelope_str[K_SRC_PORT]) : NULL;
+    parts->dst_port = parts->src_port ? slot_get(flow, envelope_str[K_DST_PORT]) : NULL;
+    parts->transport = parts->dst_port ? slot_get(flow, envelope_str[K_TRANSPORT]) : NULL;
     if (parts->transport == NULL) goto error;
     if (!PyUnicode_Check(parts->src_ip) || !PyUnicode_Check(parts->dst_ip) || !PyUnicode_Check(parts->transport) ||
         !PyLong_CheckExact(parts->src_port) || !PyLong_CheckExact(parts->dst_port))
@@ -522,7 +579,7 @@ static int json_value(Text *t, PyObject *value) {
 }
 
 /* The attribute of a record as a new reference, by its interned name. */
-static PyObject *field(PyObject *record, int key) { return PyObject_GetAttr(record, json_str[key]); }
+static PyObject *field(PyObject *record, int key) { return slot_get(record, json_str[key]); }
 
 static int bytes_add(Text *t, PyObject *bytes) {
     return text_add(t, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
