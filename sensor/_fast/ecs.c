@@ -380,51 +380,52 @@ static PyObject *list_of(int n, PyObject **items) { /* new references to items *
  * (its version tag). Anything else (no slot, an empty one, a class with its own attribute lookup)
  * is PyObject_GetAttr's. */
 #define SLOT_CLASSES 8
-#define SLOT_NAMES 24
+#define SLOT_NAMES (J_COUNT + 5) /* a record's fields (J_...), then a flow's five (slot_get's `index`) */
 typedef struct {
     PyTypeObject *type; /* a strong reference: the address names no other class while kept */
     unsigned int version;
-    int count;
-    PyObject *names[SLOT_NAMES]; /* interned names the module keeps */
-    Py_ssize_t offsets[SLOT_NAMES]; /* 0: not a plain slot */
+    Py_ssize_t offsets[SLOT_NAMES]; /* -1: not looked up yet, 0: not a plain slot */
 } SlotClass;
 static SlotClass slot_classes[SLOT_CLASSES];
 static int slot_next;
 
-static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
-    if (type->tp_getattro != PyObject_GenericGetAttr || !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) return 0;
-    SlotClass *known = NULL;
-    for (int i = 0; i < SLOT_CLASSES && known == NULL; i++)
-        if (slot_classes[i].type == type) known = &slot_classes[i];
-    if (known == NULL) {
-        known = &slot_classes[slot_next];
-        slot_next = (slot_next + 1) % SLOT_CLASSES;
-        PyTypeObject *old = known->type;
-        *known = (SlotClass){(PyTypeObject *)Py_NewRef(type), type->tp_version_tag, 0, {NULL}, {0}};
-        Py_XDECREF(old);
-    } else if (known->version != type->tp_version_tag) {
-        known->version = type->tp_version_tag;
-        known->count = 0;
-    }
-    for (int i = 0; i < known->count; i++)
-        if (known->names[i] == name) return known->offsets[i];
-    if (known->count == SLOT_NAMES) return 0;
-    PyObject *descriptor = _PyType_Lookup(type, name); /* borrowed */
-    Py_ssize_t offset = 0;
-    if (descriptor != NULL && Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
-        PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
-        if (member->type == T_OBJECT_EX && member->offset > 0) offset = member->offset;
-    }
-    known->names[known->count] = name;
-    known->offsets[known->count++] = offset;
-    return offset;
+static SlotClass *slot_class(PyTypeObject *type) {
+    for (int i = 0; i < SLOT_CLASSES; i++)
+        if (slot_classes[i].type == type) {
+            SlotClass *known = &slot_classes[i];
+            if (known->version != type->tp_version_tag) { /* changed since */
+                known->version = type->tp_version_tag;
+                for (int k = 0; k < SLOT_NAMES; k++) known->offsets[k] = -1;
+            }
+            return known;
+        }
+    SlotClass *known = &slot_classes[slot_next];
+    slot_next = (slot_next + 1) % SLOT_CLASSES;
+    PyTypeObject *old = known->type;
+    known->type = (PyTypeObject *)Py_NewRef(type);
+    known->version = type->tp_version_tag;
+    for (int k = 0; k < SLOT_NAMES; k++) known->offsets[k] = -1;
+    Py_XDECREF(old);
+    return known;
 }
 
-/* obj.name as a new reference, `name` interned and kept by the module. */
-static PyObject *slot_get(PyObject *obj, PyObject *name) {
-    Py_ssize_t offset = slot_offset(Py_TYPE(obj), name);
-    if (offset > 0) {
-        PyObject *value = *(PyObject **)((char *)obj + offset);
+/* obj.name as a new reference; `name` interned and kept by the module, `index` its place in a
+ * SlotClass. */
+static PyObject *slot_get(PyObject *obj, PyObject *name, int index) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type->tp_getattro == PyObject_GenericGetAttr && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        SlotClass *known = slot_class(type);
+        Py_ssize_t offset = known->offsets[index];
+        if (offset < 0) {
+            PyObject *descriptor = _PyType_Lookup(type, name); /* borrowed */
+            offset = 0;
+            if (descriptor != NULL && Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+                PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+                if (member->type == T_OBJECT_EX && member->offset > 0) offset = member->offset;
+            }
+            known->offsets[index] = offset;
+        }
+        PyObject *value = offset > 0 ? *(PyObject **)((char *)obj + offset) : NULL;
         if (value != NULL) return Py_NewRef(value);
     }
     return PyObject_GetAttr(obj, name);
@@ -449,11 +450,11 @@ static void flow_parts_clear(FlowParts *parts) {
 /* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
 static int flow_parts(PyObject *flow, FlowParts *parts) {
     *parts = (FlowParts){0};
-    parts->src_ip = slot_get(flow, envelope_str[K_SRC_IP]);
-    parts->dst_ip = parts->src_ip ? slot_get(flow, envelope_str[K_DST_IP]) : NULL;
-    parts->src_port = parts->dst_ip ? slot_get(flow, envelope_str[K_SRC_PORT]) : NULL;
-    parts->dst_port = parts->src_port ? slot_get(flow, envelope_str[K_DST_PORT]) : NULL;
-    parts->transport = parts->dst_port ? slot_get(flow, envelope_str[K_TRANSPORT]) : NULL;
+    parts->src_ip = slot_get(flow, envelope_str[K_SRC_IP], J_COUNT);
+    parts->dst_ip = parts->src_ip ? slot_get(flow, envelope_str[K_DST_IP], J_COUNT + 1) : NULL;
+    parts->src_port = parts->dst_ip ? slot_get(flow, envelope_str[K_SRC_PORT], J_COUNT + 2) : NULL;
+    parts->dst_port = parts->src_port ? slot_get(flow, envelope_str[K_DST_PORT], J_COUNT + 3) : NULL;
+    parts->transport = parts->dst_port ? slot_get(flow, envelope_str[K_TRANSPORT], J_COUNT + 4) : NULL;
     if (parts->transport == NULL) goto error;
     if (!PyUnicode_Check(parts->src_ip) || !PyUnicode_Check(parts->dst_ip) || !PyUnicode_Check(parts->transport) ||
         !PyLong_CheckExact(parts->src_port) || !PyLong_CheckExact(parts->dst_port))
@@ -579,7 +580,7 @@ static int json_value(Text *t, PyObject *value) {
 }
 
 /* The attribute of a record as a new reference, by its interned name. */
-static PyObject *field(PyObject *record, int key) { return slot_get(record, json_str[key]); }
+static PyObject *field(PyObject *record, int key) { return slot_get(record, json_str[key], key); }
 
 static int bytes_add(Text *t, PyObject *bytes) {
     return text_add(t, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
