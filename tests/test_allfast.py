@@ -21,7 +21,7 @@ from sensor.enrich.vendors import registered_domain
 from sensor.output import ecs
 from sensor.output.jsonl import JsonlSink
 from sensor.pipeline import Pipeline
-from sensor.records import DnsAnswer, DnsQuery, Flow, LocalNameQuery, TlsHello
+from sensor.records import DnsAnswer, DnsQuery, Flow, LocalNameQuery, TlsHello, TunnelledFlow
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 compiled = pytest.mark.skipif(ecs._event_lines_fast is None, reason="the compiled fast path is not built")
@@ -71,7 +71,7 @@ def test_the_compiled_block_passes_on_what_the_callbacks_raise() -> None:
     with pytest.raises(LookupError):
         builder.json_lines([record])
     with pytest.raises(TypeError):
-        ecs._event_lines_fast((record,), DnsQuery, TlsHello, Flow, str, str, {}, builder.json_line)
+        ecs._event_lines_fast((record,), DnsQuery, TlsHello, Flow, str, str, {}, builder.json_line, Flow, str)
 
 
 @compiled
@@ -81,6 +81,28 @@ def test_an_ech_cover_name_is_no_destination_in_the_block() -> None:
     line = builder.json_lines([hello])
     assert line == builder.line_py(hello)
     assert "domain" not in orjson.loads(line)["destination"]
+
+
+@compiled
+@pytest.mark.parametrize("vlans", [(None, None), (100, None), (None, 7), (100, 7)])
+def test_tunnelled_dns_and_tls_events_are_written_in_the_block(vlans: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tunnelled flow's DNS and TLS events take their tunnel's parts in compiled code, not json_line."""
+    tunnel = ({"type": "vxlan", "vni": 42}, *vlans)
+    flow = TunnelledFlow("10.0.0.1", 40000, "10.0.0.9", 443, "tcp", tunnel)
+    records = [
+        TlsHello(2.0, flow, "tls", "portal.example.org", ("h2",), False, "1.3"),
+        DnsQuery(2.5, TunnelledFlow("10.0.0.1", 5353, "10.0.0.2", 53, "udp", tunnel), 9, "a.example.org", "A", True,
+                 "NOERROR", (DnsAnswer("a.example.org", "A", "10.1.1.1", 60),)),
+    ]
+    builder = ecs.EventBuilder("sensor-1", registered_domain)
+    expected = builder.lines_py(records)
+
+    def no_fallback(record: object) -> bytes:
+        raise AssertionError("json_line was called")
+
+    monkeypatch.setattr(builder, "json_line", no_fallback)
+    assert builder.json_lines(records) == expected
+    assert expected.count(b'"tunnel":{"type":"vxlan","vni":42}') == 2
 
 
 def test_the_outputs_take_blocks_of_lines_and_count_them(tmp_path: Path) -> None:

@@ -347,11 +347,11 @@ static PyObject *envelope_str[K_COUNT]; /* interned at module init */
 
 enum {
     J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
-    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_COUNT
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_TUNNEL, J_COUNT
 };
 static const char *const json_text[J_COUNT] = {
     "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
-    "server_name", "alpn", "ech", "version", "dns", "http",
+    "server_name", "alpn", "ech", "version", "dns", "http", "tunnel",
 };
 static PyObject *json_str[J_COUNT]; /* interned at module init */
 
@@ -859,23 +859,84 @@ PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nar
 
 static int tls_write(Text *t, PyObject *record, PyObject *domain, PyObject *prefix, const AlertParts *alert);
 
+/* `n` bytes put into `t` at `at`. */
+static int text_insert(Text *t, Py_ssize_t at, const char *s, Py_ssize_t n) {
+    if (text_reserve(t, n) < 0) return -1;
+    memmove(t->text + at + n, t->text + at, (size_t)(t->len - at));
+    memcpy(t->text + at, s, (size_t)n);
+    t->len += n;
+    return 0;
+}
+
+/* Where `key` last starts in t's text from `from` on, or -1. */
+static Py_ssize_t text_rfind(const Text *t, Py_ssize_t from, const char *key, Py_ssize_t n) {
+    for (Py_ssize_t at = t->len - n; at >= from; at--)
+        if (memcmp(t->text + at, key, (size_t)n) == 0) return at;
+    return -1;
+}
+
+/* EventBuilder._with_tunnel on the line just written to `t` from `mark`: the tunnel's network
+ * fields (`network`, bytes) after the Community ID, the end of `network`; its `"tunnel":...`
+ * (`own`) at the end of the TLS event's phi_egress, before `related`, or for DNS as a new last
+ * field. No key searched for can be found inside a string (a quote there is escaped). 1 for a
+ * line not as expected (json_line's then). */
+static int tunnel_splice(Text *t, Py_ssize_t mark, PyObject *network, PyObject *own, int has_own) {
+    static const char community[] = ",\"community_id\":\"";
+    Py_ssize_t key = sizeof community - 1, at = -1;
+    for (Py_ssize_t i = mark; at < 0 && i + key <= t->len; i++)
+        if (memcmp(t->text + i, community, (size_t)key) == 0) at = i;
+    if (at < 0 || at + key + COMMUNITY_LENGTH + 2 > t->len || t->text[at + key + COMMUNITY_LENGTH] != '"' ||
+        t->text[at + key + COMMUNITY_LENGTH + 1] != '}')
+        return 1;
+    if (PyBytes_GET_SIZE(network) &&
+        text_insert(t, at + key + COMMUNITY_LENGTH + 1, PyBytes_AS_STRING(network), PyBytes_GET_SIZE(network)) < 0)
+        return -1;
+    if (!has_own) { /* `,"phi_egress":{own}` before the document's closing brace */
+        t->len -= 2;
+        return (JSON_KEY(t, ",\"phi_egress\":{") < 0 || bytes_add(t, own) < 0 || JSON_KEY(t, "}}\n") < 0) ? -1 : 0;
+    }
+    Py_ssize_t related = text_rfind(t, mark, ",\"related\":{", 12);
+    if (related <= mark) return 1;
+    return (text_insert(t, related - 1, PyBytes_AS_STRING(own), PyBytes_GET_SIZE(own)) < 0 ||
+            text_insert(t, related - 1, ",", 1) < 0)
+               ? -1
+               : 0;
+}
+
 /* The event of one record for event_lines: 0 written to `t`, 1 for what EventBuilder.json_line
  * takes (nothing written), -1 on error. */
 static int event_write(Text *t, PyObject *record, PyObject *const *args) {
     PyTypeObject *type = Py_TYPE(record);
     if (type != (PyTypeObject *)args[1] && type != (PyTypeObject *)args[2]) return 1;
-    PyObject *flow = field(record, J_FLOW);
+    PyObject *flow = field(record, J_FLOW), *parts = NULL;
     if (flow == NULL) return -1;
-    int plain = Py_TYPE(flow) == (PyTypeObject *)args[3]; /* a tunnelled flow's line is spliced by json_line */
+    if (Py_IS_TYPE(flow, (PyTypeObject *)args[8])) { /* a tunnelled flow: its tunnel's parts (_tunnel_parts) */
+        PyObject *tunnel = slot_get(flow, json_str[J_TUNNEL], J_TUNNEL);
+        parts = tunnel ? PyObject_CallOneArg(args[9], tunnel) : NULL;
+        Py_XDECREF(tunnel);
+        if (parts == NULL) {
+            Py_DECREF(flow);
+            return -1;
+        }
+    }
+    int plain = Py_IS_TYPE(flow, (PyTypeObject *)args[3]) ||
+                (parts != NULL && PyTuple_CheckExact(parts) && PyTuple_GET_SIZE(parts) == 2 &&
+                 PyBytes_CheckExact(PyTuple_GET_ITEM(parts, 0)) && PyBytes_CheckExact(PyTuple_GET_ITEM(parts, 1)));
     Py_DECREF(flow);
-    if (!plain) return 1;
+    if (!plain) {
+        Py_XDECREF(parts);
+        return 1;
+    }
     Py_ssize_t mark = t->len;
     int status;
     if (type == (PyTypeObject *)args[1]) { /* `registered_domain(name) or None` */
         PyObject *prefix = PyDict_GetItemWithError(args[6], json_str[J_DNS]), *name = field(record, J_NAME);
         PyObject *registered = name && prefix ? PyObject_CallOneArg(args[4], name) : NULL;
         Py_XDECREF(name);
-        if (registered == NULL) return PyErr_Occurred() ? -1 : 1;
+        if (registered == NULL) {
+            Py_XDECREF(parts);
+            return PyErr_Occurred() ? -1 : 1;
+        }
         int truth = PyObject_IsTrue(registered);
         status = truth < 0 ? -1 : dns_write(t, record, truth ? registered : Py_None, prefix, NULL);
         Py_DECREF(registered);
@@ -883,7 +944,10 @@ static int event_write(Text *t, PyObject *record, PyObject *const *args) {
         PyObject *protocol = field(record, J_PROTOCOL), *name = NULL, *ech = NULL, *cover = NULL;
         PyObject *prefix = protocol ? PyDict_GetItemWithError(args[6], protocol) : NULL, *domain = Py_None;
         Py_XDECREF(protocol);
-        if (prefix == NULL) return PyErr_Occurred() ? -1 : 1;
+        if (prefix == NULL) {
+            Py_XDECREF(parts);
+            return PyErr_Occurred() ? -1 : 1;
+        }
         int named = (name = field(record, J_SERVER_NAME)) == NULL ? -1 : PyObject_IsTrue(name), covered = 0;
         if (named > 0) {
             int encrypted = (ech = field(record, J_ECH)) == NULL ? -1 : PyObject_IsTrue(ech);
@@ -896,19 +960,24 @@ static int event_write(Text *t, PyObject *record, PyObject *const *args) {
         Py_XDECREF(ech);
         Py_XDECREF(cover);
     }
+    if (status == 0 && parts != NULL)
+        status = tunnel_splice(t, mark, PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), type == (PyTypeObject *)args[2]);
+    Py_XDECREF(parts);
     if (status > 0) t->len = mark;
     return status;
 }
 
-/* event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line)
- * -> bytes: sensor.output.ecs.EventBuilder.json_lines, the events of a list of records as JSON
- * lines in one block, in order. The DNS and TLS events of flows not tunnelled are written here as
- * dns_event_line and tls_event_line write them (`prefixes`: protocol -> the line prefix); json_line
- * gives each other record's line (and those the writers decline). */
+/* event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line,
+ * TunnelledFlow, tunnel_parts) -> bytes: sensor.output.ecs.EventBuilder.json_lines, the events of a
+ * list of records as JSON lines in one block, in order. DNS and TLS events are written here as
+ * dns_event_line and tls_event_line write them (`prefixes`: protocol -> the line prefix), those of
+ * a tunnelled flow with its tunnel's parts (EventBuilder._tunnel_parts) spliced in as json_line
+ * does; json_line gives each other record's line (and those the writers decline). */
 PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
-        !PyType_Check(args[3]) || !PyDict_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "event_lines takes a list of records, 3 classes, 2 callables, a dict and a callable");
+    if (nargs != 10 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
+        !PyType_Check(args[3]) || !PyDict_Check(args[6]) || !PyType_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "event_lines takes a list of records, 3 classes, 2 callables, a dict, a callable, a class and a callable");
         return NULL;
     }
     /* one buffer kept from block to block (a callback that comes back here takes one of its own) */

@@ -219,13 +219,14 @@ class EventBuilder:
 
     def json_lines(self, records: list[Record]) -> bytes:
         """The events of `records` as JSON lines, one block: json_line of each, in order. The
-        compiled writer takes the list in one call (the DNS and TLS events of flows not tunnelled
-        written there, json_line called back for the rest)."""
+        compiled writer takes the list in one call (DNS and TLS events written there, a tunnelled
+        flow's with its _tunnel_parts; json_line called back for the rest)."""
         if _event_lines_fast is None:
             return self.lines_py(records)
         prefixes = self._prefixes or self._all_prefixes()
         return _event_lines_fast(
-            records, DnsQuery, TlsHello, Flow, self.registered_domain, is_cover_name, prefixes, self.json_line
+            records, DnsQuery, TlsHello, Flow, self.registered_domain, is_cover_name, prefixes, self.json_line,
+            TunnelledFlow, self._tunnel_parts,
         )
 
     def lines_py(self, records: list[Record]) -> bytes:
