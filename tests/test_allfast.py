@@ -21,7 +21,7 @@ from sensor.enrich.vendors import registered_domain
 from sensor.output import ecs
 from sensor.output.jsonl import JsonlSink
 from sensor.pipeline import Pipeline
-from sensor.records import DnsAnswer, DnsQuery, Flow, LocalNameQuery, TlsHello, TunnelledFlow
+from sensor.records import DnsAnswer, DnsQuery, Flow, HttpRequest, LocalNameQuery, TlsHello, TunnelledFlow
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 compiled = pytest.mark.skipif(ecs._event_lines_fast is None, reason="the compiled fast path is not built")
@@ -71,7 +71,7 @@ def test_the_compiled_block_passes_on_what_the_callbacks_raise() -> None:
     with pytest.raises(LookupError):
         builder.json_lines([record])
     with pytest.raises(TypeError):
-        ecs._event_lines_fast((record,), DnsQuery, TlsHello, Flow, str, str, {}, builder.json_line, Flow, str)
+        ecs._event_lines_fast((record,), DnsQuery, TlsHello, Flow, str, str, {}, builder.json_line, Flow, str, Flow, str)
 
 
 @compiled
@@ -85,12 +85,17 @@ def test_an_ech_cover_name_is_no_destination_in_the_block() -> None:
 
 @compiled
 @pytest.mark.parametrize("vlans", [(None, None), (100, None), (None, 7), (100, 7)])
-def test_tunnelled_dns_and_tls_events_are_written_in_the_block(vlans: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tunnelled flow's DNS and TLS events take their tunnel's parts in compiled code, not json_line."""
+def test_http_and_tunnelled_events_are_written_in_the_block(vlans: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP events, and a tunnelled flow's DNS, TLS and HTTP events with their tunnel's parts, are
+    written in compiled code, not by json_line."""
     tunnel = ({"type": "vxlan", "vni": 42}, *vlans)
     flow = TunnelledFlow("10.0.0.1", 40000, "10.0.0.9", 443, "tcp", tunnel)
     records = [
         TlsHello(2.0, flow, "tls", "portal.example.org", ("h2",), False, "1.3"),
+        HttpRequest(2.2, flow, "GET", "/a?mrn=12345678", "1.1", (("User-Agent", "x/1"), ("Referer", "http://r.example/")),
+                    "portal.example.org", b"", 0),
+        HttpRequest(2.3, Flow("10.0.0.1", 40001, "10.0.0.9", 80, "tcp"), "CONNECT", "h.example:443", "1.1", (), "10.0.0.9",
+                    b"", 0),
         DnsQuery(2.5, TunnelledFlow("10.0.0.1", 5353, "10.0.0.2", 53, "udp", tunnel), 9, "a.example.org", "A", True,
                  "NOERROR", (DnsAnswer("a.example.org", "A", "10.1.1.1", 60),)),
     ]
@@ -102,7 +107,7 @@ def test_tunnelled_dns_and_tls_events_are_written_in_the_block(vlans: tuple, mon
 
     monkeypatch.setattr(builder, "json_line", no_fallback)
     assert builder.json_lines(records) == expected
-    assert expected.count(b'"tunnel":{"type":"vxlan","vni":42}') == 2
+    assert expected.count(b'"tunnel":{"type":"vxlan","vni":42}') == 3
 
 
 def test_the_outputs_take_blocks_of_lines_and_count_them(tmp_path: Path) -> None:

@@ -347,11 +347,11 @@ static PyObject *envelope_str[K_COUNT]; /* interned at module init */
 
 enum {
     J_TS, J_FLOW, J_ID, J_NAME, J_QTYPE, J_RESPONSE_SEEN, J_RCODE, J_ANSWERS, J_TYPE, J_DATA, J_TTL, J_PROTOCOL,
-    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_TUNNEL, J_COUNT
+    J_SERVER_NAME, J_ALPN, J_ECH, J_VERSION, J_DNS, J_HTTP, J_COUNT
 };
 static const char *const json_text[J_COUNT] = {
     "ts", "flow", "id", "name", "qtype", "response_seen", "rcode", "answers", "type", "data", "ttl", "protocol",
-    "server_name", "alpn", "ech", "version", "dns", "http", "tunnel",
+    "server_name", "alpn", "ech", "version", "dns", "http",
 };
 static PyObject *json_str[J_COUNT]; /* interned at module init */
 
@@ -380,7 +380,14 @@ static PyObject *list_of(int n, PyObject **items) { /* new references to items *
  * (its version tag). Anything else (no slot, an empty one, a class with its own attribute lookup)
  * is PyObject_GetAttr's. */
 #define SLOT_CLASSES 8
-#define SLOT_NAMES (J_COUNT + 5) /* a record's fields (J_...), then a flow's five (slot_get's `index`) */
+/* the names event_lines reads beyond the line writers' (interned at its first call) */
+enum { E_TUNNEL, E_HOST, E_COUNT };
+static const char *const event_text[E_COUNT] = {"tunnel", "host"};
+static PyObject *event_str[E_COUNT];
+/* slot_get's `index`: a record's fields (J_...), a flow's five, then event_lines' own (E_...) */
+#define SLOT_FLOW J_COUNT
+#define SLOT_EVENT (J_COUNT + 5)
+#define SLOT_NAMES (SLOT_EVENT + E_COUNT)
 typedef struct {
     PyTypeObject *type; /* a strong reference: the address names no other class while kept */
     unsigned int version;
@@ -450,11 +457,11 @@ static void flow_parts_clear(FlowParts *parts) {
 /* 0, 1 when the flow is not as decode makes it (the Python code takes it: no error set), -1 on error. */
 static int flow_parts(PyObject *flow, FlowParts *parts) {
     *parts = (FlowParts){0};
-    parts->src_ip = slot_get(flow, envelope_str[K_SRC_IP], J_COUNT);
-    parts->dst_ip = parts->src_ip ? slot_get(flow, envelope_str[K_DST_IP], J_COUNT + 1) : NULL;
-    parts->src_port = parts->dst_ip ? slot_get(flow, envelope_str[K_SRC_PORT], J_COUNT + 2) : NULL;
-    parts->dst_port = parts->src_port ? slot_get(flow, envelope_str[K_DST_PORT], J_COUNT + 3) : NULL;
-    parts->transport = parts->dst_port ? slot_get(flow, envelope_str[K_TRANSPORT], J_COUNT + 4) : NULL;
+    parts->src_ip = slot_get(flow, envelope_str[K_SRC_IP], SLOT_FLOW);
+    parts->dst_ip = parts->src_ip ? slot_get(flow, envelope_str[K_DST_IP], SLOT_FLOW + 1) : NULL;
+    parts->src_port = parts->dst_ip ? slot_get(flow, envelope_str[K_SRC_PORT], SLOT_FLOW + 2) : NULL;
+    parts->dst_port = parts->src_port ? slot_get(flow, envelope_str[K_DST_PORT], SLOT_FLOW + 3) : NULL;
+    parts->transport = parts->dst_port ? slot_get(flow, envelope_str[K_TRANSPORT], SLOT_FLOW + 4) : NULL;
     if (parts->transport == NULL) goto error;
     if (!PyUnicode_Check(parts->src_ip) || !PyUnicode_Check(parts->dst_ip) || !PyUnicode_Check(parts->transport) ||
         !PyLong_CheckExact(parts->src_port) || !PyLong_CheckExact(parts->dst_port))
@@ -903,15 +910,27 @@ static int tunnel_splice(Text *t, Py_ssize_t mark, PyObject *network, PyObject *
                : 0;
 }
 
+/* The line of an HTTP request's event: the envelope, the request's own fields as the Python builder
+ * writes them (`fields`: `,"url":...,"http":...,"user_agent":...`) and related; as dns_write. */
+static int http_write(Text *t, PyObject *record, PyObject *prefix, PyObject *fields, PyObject *domain, PyObject *host) {
+    FlowParts flow = {0};
+    int status = json_envelope(t, record, prefix, json_str[J_HTTP], domain, &flow, NULL);
+    if (status != 0) return status;
+    int named = PyObject_IsTrue(host);
+    status = named < 0 || bytes_add(t, fields) < 0 ? -1 : json_end(t, &flow, NULL, 0, named ? host : Py_None, NULL, 0);
+    flow_parts_clear(&flow);
+    return status;
+}
+
 /* The event of one record for event_lines: 0 written to `t`, 1 for what EventBuilder.json_line
  * takes (nothing written), -1 on error. */
 static int event_write(Text *t, PyObject *record, PyObject *const *args) {
     PyTypeObject *type = Py_TYPE(record);
-    if (type != (PyTypeObject *)args[1] && type != (PyTypeObject *)args[2]) return 1;
+    if (type != (PyTypeObject *)args[1] && type != (PyTypeObject *)args[2] && type != (PyTypeObject *)args[10]) return 1;
     PyObject *flow = field(record, J_FLOW), *parts = NULL;
     if (flow == NULL) return -1;
     if (Py_IS_TYPE(flow, (PyTypeObject *)args[8])) { /* a tunnelled flow: its tunnel's parts (_tunnel_parts) */
-        PyObject *tunnel = slot_get(flow, json_str[J_TUNNEL], J_TUNNEL);
+        PyObject *tunnel = slot_get(flow, event_str[E_TUNNEL], SLOT_EVENT + E_TUNNEL);
         parts = tunnel ? PyObject_CallOneArg(args[9], tunnel) : NULL;
         Py_XDECREF(tunnel);
         if (parts == NULL) {
@@ -940,6 +959,22 @@ static int event_write(Text *t, PyObject *record, PyObject *const *args) {
         int truth = PyObject_IsTrue(registered);
         status = truth < 0 ? -1 : dns_write(t, record, truth ? registered : Py_None, prefix, NULL);
         Py_DECREF(registered);
+    } else if (type == (PyTypeObject *)args[10]) { /* (fields, destination.domain) of http_fields */
+        PyObject *prefix = PyDict_GetItemWithError(args[6], json_str[J_HTTP]);
+        PyObject *own = prefix ? PyObject_CallOneArg(args[11], record) : NULL, *host = NULL;
+        if (own == NULL) {
+            Py_XDECREF(parts);
+            return PyErr_Occurred() ? -1 : 1;
+        }
+        if (PyTuple_CheckExact(own) && PyTuple_GET_SIZE(own) == 2 && PyBytes_CheckExact(PyTuple_GET_ITEM(own, 0)) &&
+            (PyTuple_GET_ITEM(own, 1) == Py_None || PyUnicode_CheckExact(PyTuple_GET_ITEM(own, 1))))
+            status = (host = slot_get(record, event_str[E_HOST], SLOT_EVENT + E_HOST)) == NULL
+                         ? -1
+                         : http_write(t, record, prefix, PyTuple_GET_ITEM(own, 0), PyTuple_GET_ITEM(own, 1), host);
+        else
+            status = 1;
+        Py_XDECREF(host);
+        Py_DECREF(own);
     } else { /* the server name, unless it is an ECH cover name (is_cover_name) */
         PyObject *protocol = field(record, J_PROTOCOL), *name = NULL, *ech = NULL, *cover = NULL;
         PyObject *prefix = protocol ? PyDict_GetItemWithError(args[6], protocol) : NULL, *domain = Py_None;
@@ -960,7 +995,7 @@ static int event_write(Text *t, PyObject *record, PyObject *const *args) {
         Py_XDECREF(ech);
         Py_XDECREF(cover);
     }
-    if (status == 0 && parts != NULL)
+    if (status == 0 && parts != NULL) /* (a TLS event has a phi_egress of its own) */
         status = tunnel_splice(t, mark, PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), type == (PyTypeObject *)args[2]);
     Py_XDECREF(parts);
     if (status > 0) t->len = mark;
@@ -968,18 +1003,21 @@ static int event_write(Text *t, PyObject *record, PyObject *const *args) {
 }
 
 /* event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line,
- * TunnelledFlow, tunnel_parts) -> bytes: sensor.output.ecs.EventBuilder.json_lines, the events of a
- * list of records as JSON lines in one block, in order. DNS and TLS events are written here as
- * dns_event_line and tls_event_line write them (`prefixes`: protocol -> the line prefix), those of
- * a tunnelled flow with its tunnel's parts (EventBuilder._tunnel_parts) spliced in as json_line
- * does; json_line gives each other record's line (and those the writers decline). */
+ * TunnelledFlow, tunnel_parts, HttpRequest, http_fields) -> bytes: sensor.output.ecs.EventBuilder.json_lines,
+ * the events of a list of records as JSON lines in one block, in order. DNS and TLS events are
+ * written here as dns_event_line and tls_event_line write them (`prefixes`: protocol -> the line
+ * prefix), HTTP events with the request's own fields as http_fields writes them; those of a
+ * tunnelled flow with its tunnel's parts (EventBuilder._tunnel_parts) spliced in as json_line does.
+ * json_line gives each other record's line (and those the writers decline). */
 PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
-        !PyType_Check(args[3]) || !PyDict_Check(args[6]) || !PyType_Check(args[8])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "event_lines takes a list of records, 3 classes, 2 callables, a dict, a callable, a class and a callable");
+    if (nargs != 12 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
+        !PyType_Check(args[3]) || !PyDict_Check(args[6]) || !PyType_Check(args[8]) || !PyType_Check(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "event_lines takes a list of records, 3 classes, 2 callables, a dict, "
+                                         "a callable, a class, a callable, a class and a callable");
         return NULL;
     }
+    for (int i = 0; i < E_COUNT; i++)
+        if (event_str[i] == NULL && (event_str[i] = PyUnicode_InternFromString(event_text[i])) == NULL) return NULL;
     /* one buffer kept from block to block (a callback that comes back here takes one of its own) */
     static Text kept = {NULL, 0, 0};
     static int busy = 0;

@@ -56,7 +56,7 @@ static PyMethodDef methods[] = {
      "tls_event_line(record, destination_domain or None, prefix) -> the event as a JSON line, or None"},
     {"event_lines", (PyCFunction)(void (*)(void))event_lines, METH_FASTCALL,
      "event_lines(records, DnsQuery, TlsHello, Flow, registered_domain, is_cover_name, prefixes, json_line, "
-     "TunnelledFlow, tunnel_parts) -> "
+     "TunnelledFlow, tunnel_parts, HttpRequest, http_fields) -> "
      "their events as JSON lines, one block"},
     {"alert_line", (PyCFunction)(void (*)(void))alert_line, METH_FASTCALL,
      "alert_line(kind, record, domain, stamp, head0, score, event_id, head1, first, last, head2, hosts, severity,"

@@ -219,19 +219,31 @@ class EventBuilder:
 
     def json_lines(self, records: list[Record]) -> bytes:
         """The events of `records` as JSON lines, one block: json_line of each, in order. The
-        compiled writer takes the list in one call (DNS and TLS events written there, a tunnelled
-        flow's with its _tunnel_parts; json_line called back for the rest)."""
+        compiled writer takes the list in one call (DNS and TLS events written there, HTTP events
+        with their _http_fields, a tunnelled flow's with its _tunnel_parts; json_line called back
+        for the rest)."""
         if _event_lines_fast is None:
             return self.lines_py(records)
         prefixes = self._prefixes or self._all_prefixes()
         return _event_lines_fast(
             records, DnsQuery, TlsHello, Flow, self.registered_domain, is_cover_name, prefixes, self.json_line,
-            TunnelledFlow, self._tunnel_parts,
+            TunnelledFlow, self._tunnel_parts, HttpRequest, self._http_fields,
         )
 
     def lines_py(self, records: list[Record]) -> bytes:
         """json_lines in Python: the reference of the compiled event_lines."""
         return b"".join(map(self.line_py, records))
+
+    def _http_fields(self, rec: HttpRequest) -> tuple[bytes, str | None]:
+        """An HTTP event's own fields as its line has them (`,"url":...,"http":...,"user_agent":...`,
+        what http() adds between the envelope and `related`) and its destination.domain: for the
+        compiled json_lines."""
+        url, http, agent, domain = self._http_parts(rec)
+        fields: dict = {"url": url} if url else {}
+        fields["http"] = http
+        if agent:
+            fields["user_agent"] = agent
+        return b"," + orjson.dumps(fields)[1:-1], domain or None
 
     def _all_prefixes(self) -> dict[str, bytes]:
         """_line_prefix of every event dataset's protocol, for the compiled json_lines."""
