@@ -278,3 +278,14 @@ def test_many_record_classes_take_turns_in_the_slot_table() -> None:
             record = cls(1.0, Flow("10.0.0.1", number, "10.0.0.2", 53, "udp"), number, f"n{number}.example", "A", False, None, ())
             line = ecs._dns_line_fast(record, _registered(record.name) or None, prefix)
             assert line == builder.line_py(record), (round_, number)
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=-7e10, max_value=3e11, allow_nan=False), st.lists(st.floats(0, 0.999999999), max_size=6))
+def test_times_of_the_same_second_are_written_from_the_one_kept(second: float, fractions: list[float]) -> None:
+    """The compiled time writer keeps the last second's date and time; times within it, and the
+    seconds either side, are the reference's."""
+    whole = float(int(second))
+    for ts in [whole + fraction for fraction in fractions] + [whole - 0.5, whole + 1.25, whole + 0.999999]:
+        assert ecs._iso_time_fast(ts) == ecs.iso_time_py(ts), ts  # type: ignore[misc]

@@ -296,6 +296,15 @@ static void iso_time_text(double ts, char text[ISO_TIME_LENGTH]) {
     volatile double scaled = (ts - second) * 1000000.0; /* volatile: rounded as Python rounds, never fused */
     long micros = (long)(scaled + 0.5);
     if (micros > 999999) micros = 999999;
+    /* the date and time of the last second written, kept: a capture's records come seconds apart */
+    static double kept_second = NAN;
+    static char kept[ISO_TIME_LENGTH];
+    if (second == kept_second) {
+        memcpy(text, kept, 20);
+        for (int i = 25; i >= 20; i--, micros /= 10) text[i] = (char)('0' + micros % 10);
+        text[26] = 'Z';
+        return;
+    }
     /* The proleptic Gregorian date of a day count from 1970-01-01 (H. Hinnant's civil_from_days),
      * as Python's datetime counts. */
     long long whole = (long long)second, days = whole >= 0 ? whole / 86400 : -((-whole + 86399) / 86400);
@@ -318,6 +327,8 @@ static void iso_time_text(double ts, char text[ISO_TIME_LENGTH]) {
         n += widths[f];
         text[n++] = after[f];
     }
+    kept_second = second;
+    memcpy(kept, text, ISO_TIME_LENGTH);
 }
 
 static PyObject *iso_time_str(double ts) {
