@@ -407,7 +407,9 @@ typedef struct {
 static SlotClass slot_classes[SLOT_CLASSES];
 static int slot_next;
 
-static SlotClass *slot_class(PyTypeObject *type) {
+/* The entry of `type`, made in the place of the oldest one if need be (*evicted: its class, to be
+ * let go by the caller once done with the entry: letting a class go may run Python code). */
+static SlotClass *slot_class(PyTypeObject *type, PyTypeObject **evicted) {
     for (int i = 0; i < SLOT_CLASSES; i++)
         if (slot_classes[i].type == type) {
             SlotClass *known = &slot_classes[i];
@@ -419,11 +421,10 @@ static SlotClass *slot_class(PyTypeObject *type) {
         }
     SlotClass *known = &slot_classes[slot_next];
     slot_next = (slot_next + 1) % SLOT_CLASSES;
-    PyTypeObject *old = known->type;
+    *evicted = known->type;
     known->type = (PyTypeObject *)Py_NewRef(type);
     known->version = type->tp_version_tag;
     for (int k = 0; k < SLOT_NAMES; k++) known->offsets[k] = -1;
-    Py_XDECREF(old);
     return known;
 }
 
@@ -432,7 +433,8 @@ static SlotClass *slot_class(PyTypeObject *type) {
 static PyObject *slot_get(PyObject *obj, PyObject *name, int index) {
     PyTypeObject *type = Py_TYPE(obj);
     if (type->tp_getattro == PyObject_GenericGetAttr && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
-        SlotClass *known = slot_class(type);
+        PyTypeObject *evicted = NULL;
+        SlotClass *known = slot_class(type, &evicted);
         Py_ssize_t offset = known->offsets[index];
         if (offset < 0) {
             PyObject *descriptor = _PyType_Lookup(type, name); /* borrowed */
@@ -444,7 +446,9 @@ static PyObject *slot_get(PyObject *obj, PyObject *name, int index) {
             known->offsets[index] = offset;
         }
         PyObject *value = offset > 0 ? *(PyObject **)((char *)obj + offset) : NULL;
-        if (value != NULL) return Py_NewRef(value);
+        if (value != NULL) Py_INCREF(value);
+        Py_XDECREF(evicted);
+        if (value != NULL) return value;
     }
     return PyObject_GetAttr(obj, name);
 }
