@@ -30,6 +30,9 @@ static PyMethodDef methods[] = {
     {"mirrored_found", (PyCFunction)(void (*)(void))mirrored_found, METH_FASTCALL,
      "mirrored_found(packets, counts, texts, fallback, max_flows, max_texts, linktype, frame, ts) -> the packet inside"
      " a mirror tunnel, its tunnel counted and remembered, as TrafficDecoder.declined_found answers"},
+    {"declined_decoder", declined_decoder, METH_VARARGS,
+     "declined_decoder(decode, declined, route_of, shared_route) -> decode(linktype, frame, ts): decode's answer,"
+     " a frame it declined taken by declined in the same call"},
     {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"

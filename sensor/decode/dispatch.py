@@ -74,6 +74,11 @@ try:  # a mirror tunnel's packet, counted and remembered, in one compiled call (
     from sensor._fast import mirrored_found as _mirrored_found
 except ImportError:
     _mirrored_found = None
+try:  # a frame the compiled decode declined taken by the steps around mirrored_found in the same compiled
+    # call (sensor/_fast/packet.c): TrafficDecoder.declined_step_py is the reference
+    from sensor._fast import declined_decoder as _declined_decoder
+except ImportError:
+    _declined_decoder = None
 try:  # a DNS message parsed in one compiled call (parse_message without its call)
     from sensor._fast import parse_dns as _parse_dns
 except ImportError:
@@ -313,12 +318,36 @@ class TrafficDecoder:
         # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
         # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder), and takes the
         # SYNs and first ClientHellos (_with_handshakes)
-        self._decode: Callable[[int, bytes, float], Any] | None = (
+        self._stepped: Callable[[int, bytes, float], Any] | None = (
             self._with_steps(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
         # the same steps around the Python decoder's answer for a frame the compiled decode declined
         # (a tunnelled packet): its SYN, hello or DNS datagram taken as a plain packet's
         self._tunnelled: Callable[[int, bytes, float], Any] | None = (
-            self._with_steps(self._declined_decode()) if self._decode is not None else None)
+            self._with_steps(self._declined_decode()) if self._stepped is not None else None)
+        # the decode `feed` calls: the stepped one, and the tunnelled steps for what it declines
+        self._decode = self._with_declined(self._stepped)
+
+    def _with_declined(self, decode: Callable[[int, bytes, float], Any] | None) -> Callable[[int, bytes, float], Any] | None:
+        """`decode`, handing a frame it declines to the tunnelled steps in the same compiled call
+        (declined_step_py), where compiled."""
+        if decode is None or _declined_decoder is None or self._tunnelled is None:
+            return decode
+        declined: Callable[[int, bytes, float], Any] = _declined_decoder(decode, self._tunnelled, self._route_of,
+                                                                         self._shared_route)
+        return declined
+
+    def declined_step_py(self, found: Any, linktype: int, frame: bytes, ts: float) -> Any:
+        """The reference of the decode the compiled declined_decoder returns, given its bound decode's
+        answer `found`: that answer unless None; for a frame it declined, None where the frame is
+        another replay worker's (feed_found hands it to feed_shared), else the tunnelled steps'
+        answer, () for their None (nothing decoded)."""
+        if found is not None:
+            return found
+        if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
+            return None
+        assert self._tunnelled is not None
+        found = self._tunnelled(linktype, frame, ts)
+        return () if found is None else found
 
     def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode` with the handshakes (_with_handshakes), the DNS datagrams and the records of
@@ -357,10 +386,11 @@ class TrafficDecoder:
         SHARED_ANSWER, go to `feed_shared`, or straight into `cache` (the one `learn_dns` teaches)
         where the compiled decode takes them."""
         self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
-        if self._decode is not None and cache is not None:
+        if self._stepped is not None and cache is not None:
             shared = cache.shared_decoder(self._shared_route)
             if shared is not None:
-                self._decode = self._with_steps(shared)
+                self._stepped = self._with_steps(shared)
+        self._decode = self._with_declined(self._stepped)
 
     def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
         """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
