@@ -33,7 +33,7 @@ TWINS: dict[str, str] = {
     # the decode it returns, which learns another replay worker's DNS answers into a cache
     "share_decoder": "sensor.decode.dispatch:shared_decode_py",
     # the decode it returns, which takes a SYN and a first ClientHello (whole, or split over in-order
-    # segments) into the flow table
+    # segments) into the flow table, and an HTTP connection's next whole requests
     "handshake_decoder": "sensor.decode.dispatch:TrafficDecoder.handshake_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     # the packet inside a mirror tunnel, its tunnel counted and remembered, a DNS datagram's message read

@@ -370,14 +370,15 @@ class TrafficDecoder:
 
     def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode`, answering () for a SYN it recorded in the flow table, (TlsHello,) for a first
-        ClientHello it took and (None,) for a segment of a split one it took (handshake_py), where
-        compiled."""
+        ClientHello it took and (None,) for a segment of a split one or for an HTTP connection's next
+        whole requests it took (handshake_py), where compiled."""
         if _handshake_decoder is None:
             return decode
         flows = self.flows
         handshakes: Callable[[int, bytes, float], Any] = _handshake_decoder(
             decode, flows.streams, flows.half_open, flows.finished, flows.unanchored, self._counts,
-            flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP)
+            flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP,
+            _HttpConsumer, http.HttpRequestStream, http.HTTP_HEAD, _new_request)
         return handshakes
 
     def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
@@ -592,8 +593,10 @@ class TrafficDecoder:
         answering (); a whole ClientHello in the first segment after its SYN taken as
         _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
-        _TlsHelloConsumer take them (_split_hello_py). None on DNS's port. Anything else: `found`,
-        nothing changed. (The compiled one may also answer `found` where a table is at its bound
+        _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests on
+        an HTTP connection waiting for its next request taken as FlowTable.segment takes it, answering
+        (None,) with their records appended (_whole_requests_py). None on DNS's port. Anything else:
+        `found`, nothing changed. (The compiled one may also answer `found` where a table is at its bound
         or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
             return found
@@ -608,7 +611,8 @@ class TrafficDecoder:
             return found
         stream = self.flows.streams.get(key)
         if stream is not None:
-            return self._split_hello_py(key, ts, seq, payload, stream) or found
+            return self._split_hello_py(key, ts, seq, payload, stream) or self._whole_requests_py(
+                key, ts, seq, payload, stream) or found
         if payload[0] != _TLS_HANDSHAKE:
             return found
         hello = self._whole_hello(key, ts, seq, payload)
@@ -654,6 +658,22 @@ class TrafficDecoder:
         src, dst, sport, dport = key
         return (_new_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello.server_name, hello.alpn,
                            hello.ech, hello.version),)
+
+    def _whole_requests_py(self, key: FlowKey, ts: float, seq: int, payload: bytes,
+                           stream: TcpStream) -> tuple[None] | None:
+        """An in-order segment on an HTTP connection whose parser waits at a request's start with
+        nothing buffered, holding whole plain requests only (whole_request_py to its end): taken as
+        FlowTable.segment takes it, (None,). None, having changed nothing, for anything else."""
+        consumer = stream.consumer
+        if (type(stream) is not TcpStream or type(consumer) is not _HttpConsumer or stream.done
+                or stream.ooo is not None or consumer.tunnel is not None or seq != stream.next_seq):
+            return None
+        parser = consumer.parser
+        if (type(parser) is not http.HttpRequestStream or not parser.at_request_start()
+                or not http.whole_requests_py(payload, parser.header_cap, parser.body_cap)):
+            return None
+        self.flows.segment(key, ts, seq, payload)
+        return (None,)
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""
