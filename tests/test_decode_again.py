@@ -212,9 +212,9 @@ def test_an_http_connections_next_requests_leave_what_the_python_code_leaves(
     assert all(state == states[0] for state in states)
 
 
-def test_an_http_connections_next_whole_requests_never_reach_feed_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After the first segment (the Python consumer made), whole requests are taken in the decode
-    call; a request cut over two segments, and the segment after it, go the Python way."""
+def test_an_http_connections_whole_requests_never_reach_feed_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole requests, in the first segment after the SYN and in later ones, are taken in the
+    decode call; a request cut over two segments goes the Python way."""
     decoder = TrafficDecoder()
     back: list[Any] = []
     feed_found = decoder.feed_found
@@ -226,6 +226,6 @@ def test_an_http_connections_next_whole_requests_never_reach_feed_found(monkeypa
                 (0x18, seq + len(first + second + third), _REQUESTS[0])]
     for at, (flags, number, payload) in enumerate(segments):
         decoder.feed(1_700_000_000.0 + at, 1, _frame(1, 40000, 80, flags, number, payload, False, False))
-    assert [len(found) for found in back] == [8, 8, 8]  # the first segment, the cut request's two pieces
+    assert [len(found) for found in back] == [8, 8]  # the cut request's two pieces
     assert [record.target for record in decoder.records] == ["/a?x=1", "/b", "/collect", "/c", "/a?x=1"]
     assert decoder.counters.values["records.http"] == 5

@@ -286,15 +286,16 @@ done:
  * once). Anything else goes on to the Python code with nothing changed.
  */
 static PyObject *tunnel_name, *parser_name, *failed_name, *state_name, *pbuf_name, *message_name, *ready_name,
-    *header_cap_name, *body_cap_name, *base_name, *scan_from_name, *flow_name, *records_name, *records_http_key;
+    *header_cap_name, *body_cap_name, *base_name, *scan_from_name, *flow_name, *records_name, *records_http_key,
+    *classify_name;
 
 static int http_names(void) {
     if (tunnel_name != NULL) return 0;
     const char *texts[] = {"tunnel", "parser", "_failed", "_state", "_buf", "_message", "_ready", "header_cap",
-                           "body_cap", "_base", "_scan_from", "flow", "records", "records.http"};
+                           "body_cap", "_base", "_scan_from", "flow", "records", "records.http", "_classify"};
     PyObject **names[] = {&tunnel_name, &parser_name, &failed_name, &state_name, &pbuf_name, &message_name,
                           &ready_name, &header_cap_name, &body_cap_name, &base_name, &scan_from_name, &flow_name,
-                          &records_name, &records_http_key};
+                          &records_name, &records_http_key, &classify_name};
     for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
         PyObject *name = PyUnicode_InternFromString(texts[i]);
         if (name == NULL) return -1;
@@ -362,6 +363,50 @@ error:
     return NULL;
 }
 
+/* HttpRequestStream.feed's whole requests (the parser at the next request's start, `n` bytes on)
+ * and _HttpConsumer._emit's records, appended and counted (its flow made once); 0, -1 on error. */
+static int emit_requests(PyObject *state, PyObject *consumer, PyObject *parser, PyObject *key, PyObject *ts,
+                         PyObject *requests, PyObject *records, PyObject *flow, Py_ssize_t n) {
+    PyObject *zero = PyLong_FromLong(0);
+    int failed = zero == NULL || attr_add_n(parser, base_name, n) < 0 || PyObject_SetAttr(parser, scan_from_name, zero) < 0;
+    Py_XDECREF(zero);
+    if (failed) return -1;
+    Py_INCREF(flow);
+    if (flow == Py_None) {
+        PyObject *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
+        Py_SETREF(flow, record_new(&flow_record, (PyObject *[]){
+            address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)),
+            Py_NewRef(PyTuple_GET_ITEM(key, 2)),
+            address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst)),
+            Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)}));
+        if (flow == NULL || PyObject_SetAttr(consumer, flow_name, flow) < 0) {
+            Py_XDECREF(flow);
+            return -1;
+        }
+    }
+    PyObject *counts = PyTuple_GET_ITEM(state, COUNTS);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(requests) && !failed; i++) {
+        PyObject *const *field = &PyTuple_GET_ITEM(PyList_GET_ITEM(requests, i), 0);
+        PyObject *request = PyObject_Vectorcall(PyTuple_GET_ITEM(state, NEW_REQUEST),
+                                                (PyObject *[]){ts, flow, field[0], field[1], field[2], field[3],
+                                                               field[4], field[5], field[6], field[7]},
+                                                10, NULL);
+        failed = request == NULL || PyList_Append(records, request) < 0;
+        Py_XDECREF(request);
+        PyObject *count = failed ? NULL : PyDict_GetItemWithError(counts, records_http_key);
+        if (failed || (count == NULL && PyErr_Occurred())) {
+            failed = 1;
+            break;
+        }
+        PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
+        failed = more == NULL || PyDict_SetItem(counts, records_http_key, more) < 0;
+        Py_XDECREF(one);
+        Py_XDECREF(more);
+    }
+    Py_DECREF(flow);
+    return failed ? -1 : 0;
+}
+
 /* (None,) having taken the segment's requests, NULL with `*declined` set where the Python code
  * decides (nothing changed), NULL on error. */
 static PyObject *take_requests(PyObject *state, PyObject *stream, PyObject *key, PyObject *ts, uint32_t seq,
@@ -401,38 +446,7 @@ static PyObject *take_requests(PyObject *state, PyObject *stream, PyObject *key,
     int failed = next == NULL || PyObject_SetAttr(stream, last_ts_name, ts) < 0 ||
                  PyObject_SetAttr(stream, next_seq_name, next) < 0 || attr_add_n(stream, pos_name, n) < 0;
     Py_XDECREF(next);
-    /* HttpRequestStream.feed's whole requests: the parser at the next request's start */
-    PyObject *zero = failed ? NULL : PyLong_FromLong(0);
-    failed = zero == NULL || attr_add_n(parser, base_name, n) < 0 || PyObject_SetAttr(parser, scan_from_name, zero) < 0;
-    Py_XDECREF(zero);
-    if (failed) goto done;
-    if (flow == Py_None) { /* _HttpConsumer._emit's flow, made once */
-        PyObject *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
-        Py_SETREF(flow, record_new(&flow_record, (PyObject *[]){
-            address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)),
-            Py_NewRef(PyTuple_GET_ITEM(key, 2)),
-            address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst)),
-            Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)}));
-        if (flow == NULL || PyObject_SetAttr(consumer, flow_name, flow) < 0) goto done;
-    }
-    PyObject *counts = PyTuple_GET_ITEM(state, COUNTS);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(requests); i++) {
-        PyObject *const *field = &PyTuple_GET_ITEM(PyList_GET_ITEM(requests, i), 0);
-        PyObject *request = PyObject_Vectorcall(PyTuple_GET_ITEM(state, NEW_REQUEST),
-                                                (PyObject *[]){ts, flow, field[0], field[1], field[2], field[3],
-                                                               field[4], field[5], field[6], field[7]},
-                                                10, NULL);
-        if (request == NULL) goto done;
-        failed = PyList_Append(records, request) < 0;
-        Py_DECREF(request);
-        PyObject *count = failed ? NULL : PyDict_GetItemWithError(counts, records_http_key);
-        if (failed || (count == NULL && PyErr_Occurred())) goto done;
-        PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
-        failed = more == NULL || PyDict_SetItem(counts, records_http_key, more) < 0;
-        Py_XDECREF(one);
-        Py_XDECREF(more);
-        if (failed) goto done;
-    }
+    if (failed || emit_requests(state, consumer, parser, key, ts, requests, records, flow, n) < 0) goto done;
     result = PyTuple_Pack(1, Py_None);
 done:
     Py_XDECREF(consumer);
@@ -441,6 +455,52 @@ done:
     Py_XDECREF(requests);
     Py_XDECREF(records);
     Py_XDECREF(flow);
+    return result;
+}
+
+/* FlowTable._first_segment for a connection's first bytes, after its SYN, in order, that the
+ * decoder's classifier gives an _HttpConsumer and that hold whole plain requests only: the stream
+ * made with that consumer, its requests taken as in take_requests. (None,), NULL with `*declined`
+ * set where the Python code decides (nothing changed), NULL on error. */
+static PyObject *take_first_requests(PyObject *state, PyObject *key, PyObject *ts, uint32_t seq, PyObject *payload,
+                                     int *declined) {
+    PyObject *streams = PyTuple_GET_ITEM(state, STREAMS), *half_open = PyTuple_GET_ITEM(state, HALF_OPEN),
+             *decoder = PyTuple_GET_ITEM(state, DECODER), *consumer = NULL, *parser = NULL, *requests = NULL,
+             *records = NULL, *stream = NULL, *result = NULL;
+    *declined = 1;
+    if (http_names() < 0) return NULL;
+    int done = PyDict_Contains(PyTuple_GET_ITEM(state, FINISHED), key);
+    if (done != 0 || PyDict_GET_SIZE(streams) >= bound(state, MAX_STREAMS)) return NULL;
+    PyObject *syn = PyDict_GetItemWithError(half_open, key);
+    if (syn == NULL) return NULL;
+    unsigned long long packed = PyLong_AsUnsignedLongLong(syn);
+    if ((packed == (unsigned long long)-1 && PyErr_Occurred()) || (uint32_t)packed != seq) return NULL;
+    consumer = PyObject_CallMethodObjArgs(decoder, classify_name, key, payload, NULL);
+    if (consumer == NULL || Py_TYPE(consumer) != (PyTypeObject *)PyTuple_GET_ITEM(state, HTTP_TYPE)) goto done;
+    if ((parser = PyObject_GetAttr(consumer, parser_name)) == NULL ||
+        Py_TYPE(parser) != (PyTypeObject *)PyTuple_GET_ITEM(state, PARSER_TYPE))
+        goto done;
+    if ((requests = whole_requests(parser, payload)) == NULL || requests == Py_None) goto done;
+    if ((records = PyObject_GetAttr(decoder, records_name)) == NULL || !PyList_Check(records)) goto done;
+    *declined = 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    stream = PyObject_Vectorcall(PyTuple_GET_ITEM(state, STREAM_TYPE), (PyObject *[]){key, ts}, 2, NULL);
+    PyObject *next = stream != NULL ? PyLong_FromUnsignedLong((uint32_t)(seq + (uint32_t)n)) : NULL;
+    PyObject *pos = next != NULL ? PyLong_FromSsize_t(n) : NULL;
+    int failed = pos == NULL || PyObject_DelItem(half_open, key) < 0 ||
+                 PyObject_SetAttr(stream, consumer_name, consumer) < 0 ||
+                 PyObject_SetAttr(stream, next_seq_name, next) < 0 || PyObject_SetAttr(stream, pos_name, pos) < 0 ||
+                 PyObject_SetItem(streams, key, stream) < 0;
+    Py_XDECREF(next);
+    Py_XDECREF(pos);
+    if (failed || emit_requests(state, consumer, parser, key, ts, requests, records, Py_None, n) < 0) goto done;
+    result = PyTuple_Pack(1, Py_None);
+done:
+    Py_XDECREF(consumer);
+    Py_XDECREF(parser);
+    Py_XDECREF(requests);
+    Py_XDECREF(records);
+    Py_XDECREF(stream);
     return result;
 }
 
@@ -489,6 +549,13 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
                 result = take_more(state, stream, key, args[2], (uint32_t)seq, payload, &declined);
         } else if (handshake && !PyErr_Occurred())
             result = take_hello(state, key, args[2], (uint32_t)seq, payload, &declined);
+        else if (request && !PyErr_Occurred()) {
+            result = take_first_requests(state, key, args[2], (uint32_t)seq, payload, &declined);
+            if (result == NULL && declined && marked && !PyErr_Occurred()) { /* as below */
+                uint8_t *count = opened_key(state, key);
+                if (*count > 0 && *count < 255) --*count;
+            }
+        }
         else if (marked && !PyErr_Occurred()) { /* its stream is gone (the Python code took it over): a filter that heals */
             uint8_t *count = opened_key(state, key);
             if (*count > 0 && *count < 255) --*count;

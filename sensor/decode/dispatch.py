@@ -593,9 +593,10 @@ class TrafficDecoder:
         answering (); a whole ClientHello in the first segment after its SYN taken as
         _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
-        _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests on
-        an HTTP connection waiting for its next request taken as FlowTable.segment takes it, answering
-        (None,) with their records appended (_whole_requests_py). None on DNS's port. Anything else:
+        _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
+        HTTP connection's first after its SYN or one on a connection waiting for its next request,
+        taken as FlowTable.segment takes it, answering (None,) with their records appended
+        (_first_requests_py, _whole_requests_py). None on DNS's port. Anything else:
         `found`, nothing changed. (The compiled one may also answer `found` where a table is at its bound
         or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
@@ -614,7 +615,7 @@ class TrafficDecoder:
             return self._split_hello_py(key, ts, seq, payload, stream) or self._whole_requests_py(
                 key, ts, seq, payload, stream) or found
         if payload[0] != _TLS_HANDSHAKE:
-            return found
+            return self._first_requests_py(key, ts, seq, payload) or found
         hello = self._whole_hello(key, ts, seq, payload)
         return (hello,) if hello is not None else self._split_hello_py(key, ts, seq, payload, None) or found
 
@@ -658,6 +659,22 @@ class TrafficDecoder:
         src, dst, sport, dport = key
         return (_new_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello.server_name, hello.alpn,
                            hello.ech, hello.version),)
+
+    def _first_requests_py(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> tuple[None] | None:
+        """A connection's first bytes after its SYN, in order, that _classify gives an _HttpConsumer
+        and that hold whole plain requests only: taken as FlowTable.segment takes them (the stream
+        made, the requests' records appended), (None,). None, having changed nothing, for anything
+        else."""
+        flows = self.flows
+        syn = flows.half_open.get(key)
+        if syn is None or seq != syn & 0xFFFFFFFF or key in flows.finished or len(flows.streams) >= flows.max_streams:
+            return None
+        consumer = self._classify(key, payload)
+        if type(consumer) is not _HttpConsumer or type(consumer.parser) is not http.HttpRequestStream \
+                or not http.whole_requests_py(payload, consumer.parser.header_cap, consumer.parser.body_cap):
+            return None
+        flows.segment(key, ts, seq, payload)
+        return (None,)
 
     def _whole_requests_py(self, key: FlowKey, ts: float, seq: int, payload: bytes,
                            stream: TcpStream) -> tuple[None] | None:
