@@ -58,7 +58,8 @@ PyObject *bind_handshakes(PyObject *module, PyObject *args) {
 /* The bound tables (a state tuple, see handshake_decoder) */
 enum {
     DECODE, STREAMS, HALF_OPEN, FINISHED, UNANCHORED, COUNTS, MAX_STREAMS, MAX_HALF_OPEN, MAX_FINISHED,
-    DECODER, STREAM_TYPE, CONSUMER_TYPE, HELLO_CAP, HTTP_TYPE, PARSER_TYPE, HEAD_STATE, NEW_REQUEST, OPENED, STATE_SIZE
+    DECODER, STREAM_TYPE, CONSUMER_TYPE, HELLO_CAP, HTTP_TYPE, PARSER_TYPE, HEAD_STATE, NEW_REQUEST, TEXTS, MAX_TEXTS,
+    OPENED, STATE_SIZE
 };
 
 static Py_ssize_t bound(PyObject *state, int index) { return PyLong_AsSsize_t(PyTuple_GET_ITEM(state, index)); }
@@ -372,13 +373,24 @@ static int emit_requests(PyObject *state, PyObject *consumer, PyObject *parser, 
     Py_XDECREF(zero);
     if (failed) return -1;
     Py_INCREF(flow);
-    if (flow == Py_None) {
-        PyObject *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
-        Py_SETREF(flow, record_new(&flow_record, (PyObject *[]){
-            address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)),
-            Py_NewRef(PyTuple_GET_ITEM(key, 2)),
-            address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst)),
-            Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)}));
+    if (flow == Py_None) { /* the addresses' texts from addr_text's cache, kept there as addr_text keeps them */
+        PyObject *texts = PyTuple_GET_ITEM(state, TEXTS), *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
+        Py_ssize_t max_texts = bound(state, MAX_TEXTS);
+        int full = 0;
+        PyObject *src_text = cached_text(texts, src, max_texts, &full);
+        if (src_text == NULL && full)
+            src_text = address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src));
+        full = 0;
+        PyObject *dst_text = src_text != NULL ? cached_text(texts, dst, max_texts, &full) : NULL;
+        if (dst_text == NULL && full)
+            dst_text = address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst));
+        if (dst_text == NULL) {
+            Py_XDECREF(src_text);
+            Py_DECREF(flow);
+            return -1;
+        }
+        Py_SETREF(flow, record_new(&flow_record, (PyObject *[]){src_text, Py_NewRef(PyTuple_GET_ITEM(key, 2)), dst_text,
+                                                               Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)}));
         if (flow == NULL || PyObject_SetAttr(consumer, flow_name, flow) < 0) {
             Py_XDECREF(flow);
             return -1;
@@ -578,10 +590,11 @@ error:
 static PyMethodDef handshake_decode_def = {
     "decode", (PyCFunction)(void (*)(void))handshake_decode, METH_FASTCALL,
     "decode(linktype, frame, ts) -> the bound decode's answer; () for a SYN it recorded, (TlsHello,) for a "
-    "ClientHello it took whole, (None,) for a segment of a split one it took"};
+    "ClientHello it took whole, (None,) for a segment of a split one or an HTTP connection's whole requests it took"};
 
 /* handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,
- * max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): the answer
+ * max_finished, decoder, stream_type, consumer_type, hello_cap, http_type, parser_type, head_state, new_request,
+ * texts, max_texts) -> decode(linktype, frame, ts): the answer
  * of `decode` (decode_packet's or a share_decoder's), except that a SYN without payload that
  * FlowTable.syn would record is recorded in the given tables of a FlowTable (and `counts`, its
  * counters' dict) and answered (), a whole ClientHello in the first segment after its SYN that
@@ -589,7 +602,11 @@ static PyMethodDef handshake_decode_def = {
  * caller to append, and the in-order segments of a ClientHello split over segments (up to
  * `hello_cap` bytes) are fed to a `stream_type` stream and its `consumer_type(decoder, key)` as
  * FlowTable.segment feeds them, answered (None,) while it runs on and (its TlsHello record,) once
- * whole. None of them on DNS's port. bind_handshakes first.
+ * whole. An in-order segment of whole plain requests on an `http_type` consumer's stream whose
+ * `parser_type` parser waits in `head_state`, or the first after a SYN that decoder._classify gives
+ * such a consumer, is taken as FlowTable.segment takes it, each request's `new_request` record
+ * appended to decoder.records (its flow's addresses from addr_text's cache `texts`, up to
+ * `max_texts`), answered (None,). None of them on DNS's port. bind_handshakes first.
  * sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
 PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     if (hello_record.type == NULL) {
@@ -597,13 +614,13 @@ PyObject *handshake_decoder(PyObject *module, PyObject *args) {
         return NULL;
     }
     PyObject *decode, *streams, *half_open, *finished, *unanchored, *counts, *decoder, *stream_type, *consumer_type;
-    PyObject *http_type, *parser_type, *head_state, *new_request;
-    Py_ssize_t max_streams, max_half_open, max_finished, hello_cap;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnnOO!O!nO!O!OO", &decode, &PyDict_Type, &streams, &PyDict_Type,
+    PyObject *http_type, *parser_type, *head_state, *new_request, *texts;
+    Py_ssize_t max_streams, max_half_open, max_finished, hello_cap, max_texts;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnnOO!O!nO!O!OOO!n", &decode, &PyDict_Type, &streams, &PyDict_Type,
                           &half_open, &PyDict_Type, &finished, &PyDict_Type, &unanchored, &PyDict_Type, &counts,
                           &max_streams, &max_half_open, &max_finished, &decoder, &PyType_Type, &stream_type,
                           &PyType_Type, &consumer_type, &hello_cap, &PyType_Type, &http_type, &PyType_Type,
-                          &parser_type, &head_state, &new_request))
+                          &parser_type, &head_state, &new_request, &PyDict_Type, &texts, &max_texts))
         return NULL;
     if (!PyCallable_Check(decode)) {
         PyErr_SetString(PyExc_TypeError, "handshake_decoder: decode is not callable");
@@ -612,9 +629,9 @@ PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     PyObject *marks = PyByteArray_FromStringAndSize(NULL, 65536);
     if (marks == NULL) return NULL;
     memset(PyByteArray_AS_STRING(marks), 0, 65536);
-    PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnOOOON)", decode, streams, half_open, finished, unanchored, counts,
+    PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnOOOOOnN)", decode, streams, half_open, finished, unanchored, counts,
                                     max_streams, max_half_open, max_finished, decoder, stream_type, consumer_type,
-                                    hello_cap, http_type, parser_type, head_state, new_request, marks);
+                                    hello_cap, http_type, parser_type, head_state, new_request, texts, max_texts, marks);
     if (state == NULL) return NULL;
     PyObject *handshakes = PyCFunction_New(&handshake_decode_def, state);
     Py_DECREF(state);

@@ -22,8 +22,9 @@ static PyMethodDef methods[] = {
     {"bind_handshakes", bind_handshakes, METH_VARARGS, "bind_handshakes(TlsHello, Flow, LEGACY_VERSIONS)"},
     {"handshake_decoder", handshake_decoder, METH_VARARGS,
      "handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,"
-     " max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): decode's"
-     " answer, a SYN and a first ClientHello (whole, or split over in-order segments) taken"},
+     " max_finished, decoder, stream_type, consumer_type, hello_cap, http_type, parser_type, head_state, new_request,"
+     " texts, max_texts) -> decode(linktype, frame, ts): decode's answer, a SYN, a first ClientHello (whole, or split"
+     " over in-order segments) and an HTTP connection's whole requests taken"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},

@@ -312,7 +312,7 @@ static double float_attr(PyObject *obj, PyObject *name) {
 
 /* texts[address] or its text, made and cached (a new reference); NULL with *full set where the
  * cache is over `max_texts` (addr_text would clear it: the fallback does that) */
-static PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full) {
+PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full) {
     PyObject *text = PyDict_GetItemWithError(texts, address);
     if (text != NULL) return Py_NewRef(text);
     if (PyErr_Occurred()) return NULL;

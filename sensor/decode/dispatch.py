@@ -378,7 +378,7 @@ class TrafficDecoder:
         handshakes: Callable[[int, bytes, float], Any] = _handshake_decoder(
             decode, flows.streams, flows.half_open, flows.finished, flows.unanchored, self._counts,
             flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP,
-            _HttpConsumer, http.HttpRequestStream, http.HTTP_HEAD, _new_request)
+            _HttpConsumer, http.HttpRequestStream, http.HTTP_HEAD, _new_request, ADDRESS_TEXTS, MAX_ADDRESS_TEXTS)
         return handshakes
 
     def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
