@@ -370,7 +370,7 @@ class TrafficDecoder:
 
     def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode`, answering () for a SYN it recorded in the flow table, (TlsHello,) for a first
-        ClientHello it took and (None,) for a segment of a split one or for an HTTP connection's next
+        ClientHello it took and (None,) for a segment of a split one or for an HTTP connection's
         whole requests it took (handshake_py), where compiled."""
         if _handshake_decoder is None:
             return decode
