@@ -33,11 +33,13 @@ TWINS: dict[str, str] = {
     # the decode it returns, which learns another replay worker's DNS answers into a cache
     "share_decoder": "sensor.decode.dispatch:shared_decode_py",
     # the decode it returns, which takes a SYN and a first ClientHello (whole, or split over in-order
-    # segments) into the flow table
+    # segments) into the flow table, and an HTTP connection's next whole requests
     "handshake_decoder": "sensor.decode.dispatch:TrafficDecoder.handshake_py",
     "decode_mirrored": "sensor.decode.packet:PacketDecoder.decode_py",  # with the tunnel it records
     # the packet inside a mirror tunnel, its tunnel counted and remembered, a DNS datagram's message read
     "mirrored_found": "sensor.decode.dispatch:TrafficDecoder.declined_py",
+    # the decode it returns, which hands a frame its decode declined to the tunnelled steps in the same call
+    "declined_decoder": "sensor.decode.dispatch:TrafficDecoder.declined_step_py",
     # the decode it returns, which takes a DNS datagram's message (counted, paired, learned from), and
     # a hello's record as TrafficDecoder.feed_found does
     "dns_step_decoder": "sensor.decode.dispatch:TrafficDecoder.datagram_py",

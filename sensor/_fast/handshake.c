@@ -1,6 +1,7 @@
 /* The opening packets of a TCP connection, taken in the decode call itself: a SYN, and a whole
  * ClientHello as the first segment after it (the common case of a TLS connection), or a ClientHello
- * split over the in-order segments after it. What TrafficDecoder.feed_decoded does with them
+ * split over the in-order segments after it; and an HTTP connection's next whole requests (see
+ * take_requests). What TrafficDecoder.feed_decoded does with them
  * (FlowTable.syn, TrafficDecoder._whole_hello and emit_hello; for a split hello FlowTable.segment's
  * stream and _TlsHelloConsumer, built and fed as the Python code builds and feeds them), without a
  * Python call between the decode and the flow table. Everything else, and these packets wherever a
@@ -57,7 +58,8 @@ PyObject *bind_handshakes(PyObject *module, PyObject *args) {
 /* The bound tables (a state tuple, see handshake_decoder) */
 enum {
     DECODE, STREAMS, HALF_OPEN, FINISHED, UNANCHORED, COUNTS, MAX_STREAMS, MAX_HALF_OPEN, MAX_FINISHED,
-    DECODER, STREAM_TYPE, CONSUMER_TYPE, HELLO_CAP, OPENED, STATE_SIZE
+    DECODER, STREAM_TYPE, CONSUMER_TYPE, HELLO_CAP, HTTP_TYPE, PARSER_TYPE, HEAD_STATE, NEW_REQUEST, TEXTS, MAX_TEXTS,
+    OPENED, STATE_SIZE
 };
 
 static Py_ssize_t bound(PyObject *state, int index) { return PyLong_AsSsize_t(PyTuple_GET_ITEM(state, index)); }
@@ -276,6 +278,244 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The next requests of an HTTP connection: an in-order segment on a stream whose _HttpConsumer's
+ * parser waits at a request's start with nothing buffered, holding whole plain requests only (the
+ * compiled http_request takes each, to the segment's end). What FlowTable.segment, _HttpConsumer.feed
+ * and HttpRequestStream.feed do with it: the stream's and the parser's positions moved on, each
+ * request's HttpRequest appended to the decoder's records and counted (the consumer's flow made
+ * once). Anything else goes on to the Python code with nothing changed.
+ */
+static PyObject *tunnel_name, *parser_name, *failed_name, *state_name, *pbuf_name, *message_name, *ready_name,
+    *header_cap_name, *body_cap_name, *base_name, *scan_from_name, *flow_name, *records_name, *records_http_key,
+    *classify_name;
+
+static int http_names(void) {
+    if (tunnel_name != NULL) return 0;
+    const char *texts[] = {"tunnel", "parser", "_failed", "_state", "_buf", "_message", "_ready", "header_cap",
+                           "body_cap", "_base", "_scan_from", "flow", "records", "records.http", "_classify"};
+    PyObject **names[] = {&tunnel_name, &parser_name, &failed_name, &state_name, &pbuf_name, &message_name,
+                          &ready_name, &header_cap_name, &body_cap_name, &base_name, &scan_from_name, &flow_name,
+                          &records_name, &records_http_key, &classify_name};
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        PyObject *name = PyUnicode_InternFromString(texts[i]);
+        if (name == NULL) return -1;
+        *names[i] = name;
+    }
+    return 0;
+}
+
+/* obj.name is `expected` (identity): 1, 0, -1 on error */
+static int attr_is(PyObject *obj, PyObject *name, PyObject *expected) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    Py_DECREF(value);
+    return value == expected;
+}
+
+/* obj.name += n (an int attribute) */
+static int attr_add_n(PyObject *obj, PyObject *name, Py_ssize_t n) {
+    PyObject *value = PyObject_GetAttr(obj, name), *more = value != NULL ? PyLong_FromSsize_t(n) : NULL;
+    PyObject *sum = more != NULL ? PyNumber_Add(value, more) : NULL;
+    int status = sum != NULL ? PyObject_SetAttr(obj, name, sum) : -1;
+    Py_XDECREF(value);
+    Py_XDECREF(more);
+    Py_XDECREF(sum);
+    return status;
+}
+
+/* The parser's whole plain requests filling `payload` to its end (a new list of http_request's
+ * answers), None where any part is not one, NULL on error. */
+static PyObject *whole_requests(PyObject *parser, PyObject *payload) {
+    PyObject *header_cap = PyObject_GetAttr(parser, header_cap_name), *body_cap = NULL, *requests = NULL;
+    if (header_cap == NULL || (body_cap = PyObject_GetAttr(parser, body_cap_name)) == NULL ||
+        (requests = PyList_New(0)) == NULL)
+        goto error;
+    Py_ssize_t start = 0, n = PyBytes_GET_SIZE(payload);
+    while (start < n) {
+        PyObject *at = PyLong_FromSsize_t(start);
+        if (at == NULL) goto error;
+        PyObject *found = http_request(NULL, (PyObject *[]){payload, at, header_cap, body_cap}, 4);
+        Py_DECREF(at);
+        if (found == NULL) goto error;
+        if (found == Py_None || PyList_Append(requests, found) < 0) {
+            int failed = found != Py_None;
+            Py_DECREF(found);
+            if (failed) goto error;
+            Py_SETREF(requests, Py_NewRef(Py_None));
+            break;
+        }
+        Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 8));
+        Py_DECREF(found);
+        if (end == -1 && PyErr_Occurred()) goto error;
+        if (end <= start) { /* never: a request has a head */
+            Py_SETREF(requests, Py_NewRef(Py_None));
+            break;
+        }
+        start = end;
+    }
+    Py_DECREF(header_cap);
+    Py_DECREF(body_cap);
+    return requests;
+error:
+    Py_XDECREF(header_cap);
+    Py_XDECREF(body_cap);
+    Py_XDECREF(requests);
+    return NULL;
+}
+
+/* HttpRequestStream.feed's whole requests (the parser at the next request's start, `n` bytes on)
+ * and _HttpConsumer._emit's records, appended and counted (its flow made once); 0, -1 on error. */
+static int emit_requests(PyObject *state, PyObject *consumer, PyObject *parser, PyObject *key, PyObject *ts,
+                         PyObject *requests, PyObject *records, PyObject *flow, Py_ssize_t n) {
+    PyObject *zero = PyLong_FromLong(0);
+    int failed = zero == NULL || attr_add_n(parser, base_name, n) < 0 || PyObject_SetAttr(parser, scan_from_name, zero) < 0;
+    Py_XDECREF(zero);
+    if (failed) return -1;
+    Py_INCREF(flow);
+    if (flow == Py_None) { /* the addresses' texts from addr_text's cache, kept there as addr_text keeps them */
+        PyObject *texts = PyTuple_GET_ITEM(state, TEXTS), *src = PyTuple_GET_ITEM(key, 0), *dst = PyTuple_GET_ITEM(key, 1);
+        Py_ssize_t max_texts = bound(state, MAX_TEXTS);
+        int full = 0;
+        PyObject *src_text = cached_text(texts, src, max_texts, &full);
+        if (src_text == NULL && full)
+            src_text = address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src));
+        full = 0;
+        PyObject *dst_text = src_text != NULL ? cached_text(texts, dst, max_texts, &full) : NULL;
+        if (dst_text == NULL && full)
+            dst_text = address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst));
+        if (dst_text == NULL) {
+            Py_XDECREF(src_text);
+            Py_DECREF(flow);
+            return -1;
+        }
+        Py_SETREF(flow, record_new(&flow_record, (PyObject *[]){src_text, Py_NewRef(PyTuple_GET_ITEM(key, 2)), dst_text,
+                                                               Py_NewRef(PyTuple_GET_ITEM(key, 3)), Py_NewRef(tcp_text)}));
+        if (flow == NULL || PyObject_SetAttr(consumer, flow_name, flow) < 0) {
+            Py_XDECREF(flow);
+            return -1;
+        }
+    }
+    PyObject *counts = PyTuple_GET_ITEM(state, COUNTS);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(requests) && !failed; i++) {
+        PyObject *const *field = &PyTuple_GET_ITEM(PyList_GET_ITEM(requests, i), 0);
+        PyObject *request = PyObject_Vectorcall(PyTuple_GET_ITEM(state, NEW_REQUEST),
+                                                (PyObject *[]){ts, flow, field[0], field[1], field[2], field[3],
+                                                               field[4], field[5], field[6], field[7]},
+                                                10, NULL);
+        failed = request == NULL || PyList_Append(records, request) < 0;
+        Py_XDECREF(request);
+        PyObject *count = failed ? NULL : PyDict_GetItemWithError(counts, records_http_key);
+        if (failed || (count == NULL && PyErr_Occurred())) {
+            failed = 1;
+            break;
+        }
+        PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
+        failed = more == NULL || PyDict_SetItem(counts, records_http_key, more) < 0;
+        Py_XDECREF(one);
+        Py_XDECREF(more);
+    }
+    Py_DECREF(flow);
+    return failed ? -1 : 0;
+}
+
+/* (None,) having taken the segment's requests, NULL with `*declined` set where the Python code
+ * decides (nothing changed), NULL on error. */
+static PyObject *take_requests(PyObject *state, PyObject *stream, PyObject *key, PyObject *ts, uint32_t seq,
+                               PyObject *payload, int *declined) {
+    PyObject *consumer = NULL, *parser = NULL, *value = NULL, *requests = NULL, *records = NULL, *flow = NULL,
+             *result = NULL;
+    *declined = 1;
+    if (http_names() < 0) return NULL;
+    if (Py_TYPE(stream) != (PyTypeObject *)PyTuple_GET_ITEM(state, STREAM_TYPE)) return NULL;
+    if ((consumer = PyObject_GetAttr(stream, consumer_name)) == NULL) return NULL;
+    if (Py_TYPE(consumer) != (PyTypeObject *)PyTuple_GET_ITEM(state, HTTP_TYPE)) goto done;
+    int is;
+    if ((is = attr_is(stream, done_name, Py_False)) != 1 || (is = attr_is(stream, ooo_name, Py_None)) != 1 ||
+        (is = attr_is(consumer, tunnel_name, Py_None)) != 1)
+        goto done;
+    if ((value = PyObject_GetAttr(stream, next_seq_name)) == NULL) goto done;
+    unsigned long expected = PyLong_AsUnsignedLong(value);
+    if ((expected == (unsigned long)-1 && PyErr_Occurred()) || expected != seq) goto done;
+    if ((parser = PyObject_GetAttr(consumer, parser_name)) == NULL) goto done;
+    if (Py_TYPE(parser) != (PyTypeObject *)PyTuple_GET_ITEM(state, PARSER_TYPE)) goto done;
+    if ((is = attr_is(parser, failed_name, Py_False)) != 1 ||
+        (is = attr_is(parser, state_name, PyTuple_GET_ITEM(state, HEAD_STATE))) != 1 ||
+        (is = attr_is(parser, message_name, Py_None)) != 1)
+        goto done;
+    Py_SETREF(value, PyObject_GetAttr(parser, pbuf_name));
+    if (value == NULL || !PyByteArray_CheckExact(value) || PyByteArray_GET_SIZE(value) != 0) goto done;
+    Py_SETREF(value, PyObject_GetAttr(parser, ready_name));
+    if (value == NULL || !PyList_CheckExact(value) || PyList_GET_SIZE(value) != 0) goto done;
+    if ((requests = whole_requests(parser, payload)) == NULL || requests == Py_None) goto done;
+    if ((records = PyObject_GetAttr(PyTuple_GET_ITEM(state, DECODER), records_name)) == NULL ||
+        !PyList_Check(records) || (flow = PyObject_GetAttr(consumer, flow_name)) == NULL)
+        goto done;
+    *declined = 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    /* FlowTable.segment and _deliver: the stream's time and positions */
+    PyObject *next = PyLong_FromUnsignedLong((uint32_t)(seq + (uint32_t)n));
+    int failed = next == NULL || PyObject_SetAttr(stream, last_ts_name, ts) < 0 ||
+                 PyObject_SetAttr(stream, next_seq_name, next) < 0 || attr_add_n(stream, pos_name, n) < 0;
+    Py_XDECREF(next);
+    if (failed || emit_requests(state, consumer, parser, key, ts, requests, records, flow, n) < 0) goto done;
+    result = PyTuple_Pack(1, Py_None);
+done:
+    Py_XDECREF(consumer);
+    Py_XDECREF(parser);
+    Py_XDECREF(value);
+    Py_XDECREF(requests);
+    Py_XDECREF(records);
+    Py_XDECREF(flow);
+    return result;
+}
+
+/* FlowTable._first_segment for a connection's first bytes, after its SYN, in order, that the
+ * decoder's classifier gives an _HttpConsumer and that hold whole plain requests only: the stream
+ * made with that consumer, its requests taken as in take_requests. (None,), NULL with `*declined`
+ * set where the Python code decides (nothing changed), NULL on error. */
+static PyObject *take_first_requests(PyObject *state, PyObject *key, PyObject *ts, uint32_t seq, PyObject *payload,
+                                     int *declined) {
+    PyObject *streams = PyTuple_GET_ITEM(state, STREAMS), *half_open = PyTuple_GET_ITEM(state, HALF_OPEN),
+             *decoder = PyTuple_GET_ITEM(state, DECODER), *consumer = NULL, *parser = NULL, *requests = NULL,
+             *records = NULL, *stream = NULL, *result = NULL;
+    *declined = 1;
+    if (http_names() < 0) return NULL;
+    int done = PyDict_Contains(PyTuple_GET_ITEM(state, FINISHED), key);
+    if (done != 0 || PyDict_GET_SIZE(streams) >= bound(state, MAX_STREAMS)) return NULL;
+    PyObject *syn = PyDict_GetItemWithError(half_open, key);
+    if (syn == NULL) return NULL;
+    unsigned long long packed = PyLong_AsUnsignedLongLong(syn);
+    if ((packed == (unsigned long long)-1 && PyErr_Occurred()) || (uint32_t)packed != seq) return NULL;
+    consumer = PyObject_CallMethodObjArgs(decoder, classify_name, key, payload, NULL);
+    if (consumer == NULL || Py_TYPE(consumer) != (PyTypeObject *)PyTuple_GET_ITEM(state, HTTP_TYPE)) goto done;
+    if ((parser = PyObject_GetAttr(consumer, parser_name)) == NULL ||
+        Py_TYPE(parser) != (PyTypeObject *)PyTuple_GET_ITEM(state, PARSER_TYPE))
+        goto done;
+    if ((requests = whole_requests(parser, payload)) == NULL || requests == Py_None) goto done;
+    if ((records = PyObject_GetAttr(decoder, records_name)) == NULL || !PyList_Check(records)) goto done;
+    *declined = 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    stream = PyObject_Vectorcall(PyTuple_GET_ITEM(state, STREAM_TYPE), (PyObject *[]){key, ts}, 2, NULL);
+    PyObject *next = stream != NULL ? PyLong_FromUnsignedLong((uint32_t)(seq + (uint32_t)n)) : NULL;
+    PyObject *pos = next != NULL ? PyLong_FromSsize_t(n) : NULL;
+    int failed = pos == NULL || PyObject_DelItem(half_open, key) < 0 ||
+                 PyObject_SetAttr(stream, consumer_name, consumer) < 0 ||
+                 PyObject_SetAttr(stream, next_seq_name, next) < 0 || PyObject_SetAttr(stream, pos_name, pos) < 0 ||
+                 PyObject_SetItem(streams, key, stream) < 0;
+    Py_XDECREF(next);
+    Py_XDECREF(pos);
+    if (failed || emit_requests(state, consumer, parser, key, ts, requests, records, Py_None, n) < 0) goto done;
+    result = PyTuple_Pack(1, Py_None);
+done:
+    Py_XDECREF(consumer);
+    Py_XDECREF(parser);
+    Py_XDECREF(requests);
+    Py_XDECREF(records);
+    Py_XDECREF(stream);
+    return result;
+}
+
 static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
@@ -293,12 +533,16 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
         PyBytes_GET_SIZE(item[2]) < 2)
         goto declined;
     Py_ssize_t size = PyBytes_GET_SIZE(payload);
-    int syn = (flags & SYN) && size == 0, handshake = 0;
+    int syn = (flags & SYN) && size == 0, handshake = 0, marked = 0, request = 0;
     if (!syn) {
         if ((flags & (SYN | FIN | RST)) || size == 0) goto declined;
-        handshake = PyBytes_AS_STRING(payload)[0] == TLS_HANDSHAKE;
-        /* other bytes are looked up only where a split hello may have been opened here */
-        if (!handshake && !*opened(state, item[1], item[2], sport, dport)) goto declined;
+        uint8_t first = (uint8_t)PyBytes_AS_STRING(payload)[0];
+        handshake = first == TLS_HANDSHAKE;
+        /* other bytes are looked up only where a split hello may have been opened here, or where
+         * they may start an HTTP request (a method's first letter) */
+        marked = !handshake && *opened(state, item[1], item[2], sport, dport);
+        request = first >= 'A' && first <= 'Z';
+        if (!handshake && !marked && !request) goto declined;
     }
     unsigned long seq = PyLong_AsUnsignedLong(item[6]);
     double ts = PyFloat_AsDouble(args[2]);
@@ -311,11 +555,20 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
         result = take_syn(state, key, ts, (uint32_t)seq, &declined);
     } else {
         PyObject *stream = PyDict_GetItemWithError(PyTuple_GET_ITEM(state, STREAMS), key);
-        if (stream != NULL)
-            result = take_more(state, stream, key, args[2], (uint32_t)seq, payload, &declined);
-        else if (handshake && !PyErr_Occurred())
+        if (stream != NULL) {
+            if (request) result = take_requests(state, stream, key, args[2], (uint32_t)seq, payload, &declined);
+            if (result == NULL && declined && !PyErr_Occurred() && (handshake || marked))
+                result = take_more(state, stream, key, args[2], (uint32_t)seq, payload, &declined);
+        } else if (handshake && !PyErr_Occurred())
             result = take_hello(state, key, args[2], (uint32_t)seq, payload, &declined);
-        else if (!PyErr_Occurred()) { /* its stream is gone (the Python code took it over): a filter that heals */
+        else if (request && !PyErr_Occurred()) {
+            result = take_first_requests(state, key, args[2], (uint32_t)seq, payload, &declined);
+            if (result == NULL && declined && marked && !PyErr_Occurred()) { /* as below */
+                uint8_t *count = opened_key(state, key);
+                if (*count > 0 && *count < 255) --*count;
+            }
+        }
+        else if (marked && !PyErr_Occurred()) { /* its stream is gone (the Python code took it over): a filter that heals */
             uint8_t *count = opened_key(state, key);
             if (*count > 0 && *count < 255) --*count;
         }
@@ -337,10 +590,11 @@ error:
 static PyMethodDef handshake_decode_def = {
     "decode", (PyCFunction)(void (*)(void))handshake_decode, METH_FASTCALL,
     "decode(linktype, frame, ts) -> the bound decode's answer; () for a SYN it recorded, (TlsHello,) for a "
-    "ClientHello it took whole, (None,) for a segment of a split one it took"};
+    "ClientHello it took whole, (None,) for a segment of a split one or an HTTP connection's whole requests it took"};
 
 /* handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,
- * max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): the answer
+ * max_finished, decoder, stream_type, consumer_type, hello_cap, http_type, parser_type, head_state, new_request,
+ * texts, max_texts) -> decode(linktype, frame, ts): the answer
  * of `decode` (decode_packet's or a share_decoder's), except that a SYN without payload that
  * FlowTable.syn would record is recorded in the given tables of a FlowTable (and `counts`, its
  * counters' dict) and answered (), a whole ClientHello in the first segment after its SYN that
@@ -348,7 +602,11 @@ static PyMethodDef handshake_decode_def = {
  * caller to append, and the in-order segments of a ClientHello split over segments (up to
  * `hello_cap` bytes) are fed to a `stream_type` stream and its `consumer_type(decoder, key)` as
  * FlowTable.segment feeds them, answered (None,) while it runs on and (its TlsHello record,) once
- * whole. None of them on DNS's port. bind_handshakes first.
+ * whole. An in-order segment of whole plain requests on an `http_type` consumer's stream whose
+ * `parser_type` parser waits in `head_state`, or the first after a SYN that decoder._classify gives
+ * such a consumer, is taken as FlowTable.segment takes it, each request's `new_request` record
+ * appended to decoder.records (its flow's addresses from addr_text's cache `texts`, up to
+ * `max_texts`), answered (None,). None of them on DNS's port. bind_handshakes first.
  * sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
 PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     if (hello_record.type == NULL) {
@@ -356,11 +614,13 @@ PyObject *handshake_decoder(PyObject *module, PyObject *args) {
         return NULL;
     }
     PyObject *decode, *streams, *half_open, *finished, *unanchored, *counts, *decoder, *stream_type, *consumer_type;
-    Py_ssize_t max_streams, max_half_open, max_finished, hello_cap;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnnOO!O!n", &decode, &PyDict_Type, &streams, &PyDict_Type, &half_open,
-                          &PyDict_Type, &finished, &PyDict_Type, &unanchored, &PyDict_Type, &counts, &max_streams,
-                          &max_half_open, &max_finished, &decoder, &PyType_Type, &stream_type, &PyType_Type,
-                          &consumer_type, &hello_cap))
+    PyObject *http_type, *parser_type, *head_state, *new_request, *texts;
+    Py_ssize_t max_streams, max_half_open, max_finished, hello_cap, max_texts;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!O!nnnOO!O!nO!O!OOO!n", &decode, &PyDict_Type, &streams, &PyDict_Type,
+                          &half_open, &PyDict_Type, &finished, &PyDict_Type, &unanchored, &PyDict_Type, &counts,
+                          &max_streams, &max_half_open, &max_finished, &decoder, &PyType_Type, &stream_type,
+                          &PyType_Type, &consumer_type, &hello_cap, &PyType_Type, &http_type, &PyType_Type,
+                          &parser_type, &head_state, &new_request, &PyDict_Type, &texts, &max_texts))
         return NULL;
     if (!PyCallable_Check(decode)) {
         PyErr_SetString(PyExc_TypeError, "handshake_decoder: decode is not callable");
@@ -369,9 +629,9 @@ PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     PyObject *marks = PyByteArray_FromStringAndSize(NULL, 65536);
     if (marks == NULL) return NULL;
     memset(PyByteArray_AS_STRING(marks), 0, 65536);
-    PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnN)", decode, streams, half_open, finished, unanchored, counts,
+    PyObject *state = Py_BuildValue("(OOOOOOnnnOOOnOOOOOnN)", decode, streams, half_open, finished, unanchored, counts,
                                     max_streams, max_half_open, max_finished, decoder, stream_type, consumer_type,
-                                    hello_cap, marks);
+                                    hello_cap, http_type, parser_type, head_state, new_request, texts, max_texts, marks);
     if (state == NULL) return NULL;
     PyObject *handshakes = PyCFunction_New(&handshake_decode_def, state);
     Py_DECREF(state);

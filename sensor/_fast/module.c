@@ -22,14 +22,18 @@ static PyMethodDef methods[] = {
     {"bind_handshakes", bind_handshakes, METH_VARARGS, "bind_handshakes(TlsHello, Flow, LEGACY_VERSIONS)"},
     {"handshake_decoder", handshake_decoder, METH_VARARGS,
      "handshake_decoder(decode, streams, half_open, finished, unanchored, counts, max_streams, max_half_open,"
-     " max_finished, decoder, stream_type, consumer_type, hello_cap) -> decode(linktype, frame, ts): decode's"
-     " answer, a SYN and a first ClientHello (whole, or split over in-order segments) taken"},
+     " max_finished, decoder, stream_type, consumer_type, hello_cap, http_type, parser_type, head_state, new_request,"
+     " texts, max_texts) -> decode(linktype, frame, ts): decode's answer, a SYN, a first ClientHello (whole, or split"
+     " over in-order segments) and an HTTP connection's whole requests taken"},
     {"decode_mirrored", (PyCFunction)(void (*)(void))decode_mirrored, METH_FASTCALL,
      "decode_mirrored(linktype, frame) -> (decoded, tunnel, outer src, outer dst, tunnel id, outer VLAN, inner VLAN,"
      " erspan) for a packet inside VXLAN or ERSPAN, or None to let the Python decoder decide"},
     {"mirrored_found", (PyCFunction)(void (*)(void))mirrored_found, METH_FASTCALL,
      "mirrored_found(packets, counts, texts, fallback, max_flows, max_texts, linktype, frame, ts) -> the packet inside"
      " a mirror tunnel, its tunnel counted and remembered, as TrafficDecoder.declined_found answers"},
+    {"declined_decoder", declined_decoder, METH_VARARGS,
+     "declined_decoder(decode, declined, route_of, shared_route) -> decode(linktype, frame, ts): decode's answer,"
+     " a frame it declined taken by declined in the same call"},
     {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"

@@ -312,7 +312,7 @@ static double float_attr(PyObject *obj, PyObject *name) {
 
 /* texts[address] or its text, made and cached (a new reference); NULL with *full set where the
  * cache is over `max_texts` (addr_text would clear it: the fallback does that) */
-static PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full) {
+PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full) {
     PyObject *text = PyDict_GetItemWithError(texts, address);
     if (text != NULL) return Py_NewRef(text);
     if (PyErr_Occurred()) return NULL;
@@ -472,5 +472,62 @@ done:
     Py_XDECREF(src);
     Py_XDECREF(dst);
     Py_DECREF(found);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A frame the compiled decode declined (a tunnelled packet, mostly), handed to the decode of
+ * declined frames (the compiled steps around mirrored_found) in the same call, rather than after
+ * a return to TrafficDecoder.feed_found: (decode, declined, route_of, shared_route) in the state. */
+static PyObject *declined_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
+        return NULL;
+    }
+    PyObject *found = PyObject_Vectorcall(PyTuple_GET_ITEM(state, 0), args, 3, NULL);
+    if (found != Py_None) return found;
+    PyObject *route_of = PyTuple_GET_ITEM(state, 2);
+    if (route_of != Py_None) { /* another replay worker's frame: feed_found hands it to feed_shared */
+        PyObject *route = PyObject_Vectorcall(route_of, args, 2, NULL);
+        if (route == NULL) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        int shared = PyObject_RichCompareBool(route, PyTuple_GET_ITEM(state, 3), Py_EQ);
+        Py_DECREF(route);
+        if (shared != 0) {
+            if (shared < 0) Py_CLEAR(found);
+            return found;
+        }
+    }
+    Py_DECREF(found);
+    found = PyObject_Vectorcall(PyTuple_GET_ITEM(state, 1), args, 3, NULL);
+    if (found == Py_None) { /* nothing decoded: nothing for feed_found to do */
+        Py_DECREF(found);
+        return PyTuple_New(0);
+    }
+    return found;
+}
+
+static PyMethodDef declined_decode_def = {
+    "decode", (PyCFunction)(void (*)(void))declined_decode, METH_FASTCALL,
+    "decode(linktype, frame, ts) -> decode's answer; for a frame it declined, declined's (() for None), or None "
+    "where route_of gives shared_route"};
+
+/* declined_decoder(decode, declined, route_of, shared_route) -> decode(linktype, frame, ts): decode's
+ * answer where not None; else None where route_of (or None for never) gives the frame `shared_route`
+ * (another replay worker's), else declined(linktype, frame, ts)'s answer, () for its None.
+ * sensor.decode.dispatch.TrafficDecoder.declined_step_py is the reference. */
+PyObject *declined_decoder(PyObject *module, PyObject *args) {
+    PyObject *decode, *declined, *route_of, *shared_route;
+    if (!PyArg_ParseTuple(args, "OOOO", &decode, &declined, &route_of, &shared_route)) return NULL;
+    if (!PyCallable_Check(decode) || !PyCallable_Check(declined) || (route_of != Py_None && !PyCallable_Check(route_of))) {
+        PyErr_SetString(PyExc_TypeError, "declined_decoder: decode, declined and route_of are callables");
+        return NULL;
+    }
+    PyObject *state = PyTuple_Pack(4, decode, declined, route_of, shared_route);
+    if (state == NULL) return NULL;
+    PyObject *result = PyCFunction_New(&declined_decode_def, state);
+    Py_DECREF(state);
     return result;
 }

@@ -74,6 +74,11 @@ try:  # a mirror tunnel's packet, counted and remembered, in one compiled call (
     from sensor._fast import mirrored_found as _mirrored_found
 except ImportError:
     _mirrored_found = None
+try:  # a frame the compiled decode declined taken by the steps around mirrored_found in the same compiled
+    # call (sensor/_fast/packet.c): TrafficDecoder.declined_step_py is the reference
+    from sensor._fast import declined_decoder as _declined_decoder
+except ImportError:
+    _declined_decoder = None
 try:  # a DNS message parsed in one compiled call (parse_message without its call)
     from sensor._fast import parse_dns as _parse_dns
 except ImportError:
@@ -313,12 +318,36 @@ class TrafficDecoder:
         # decode(linktype, frame, ts): the compiled decode_packet, which learns another worker's
         # answers into `share`'s cache itself (sensor/_fast/share.c share_decoder), and takes the
         # SYNs and first ClientHellos (_with_handshakes)
-        self._decode: Callable[[int, bytes, float], Any] | None = (
+        self._stepped: Callable[[int, bytes, float], Any] | None = (
             self._with_steps(_share_decoder(-1, None, 0.0, 0.0)) if _share_decoder is not None else None)
         # the same steps around the Python decoder's answer for a frame the compiled decode declined
         # (a tunnelled packet): its SYN, hello or DNS datagram taken as a plain packet's
         self._tunnelled: Callable[[int, bytes, float], Any] | None = (
-            self._with_steps(self._declined_decode()) if self._decode is not None else None)
+            self._with_steps(self._declined_decode()) if self._stepped is not None else None)
+        # the decode `feed` calls: the stepped one, and the tunnelled steps for what it declines
+        self._decode = self._with_declined(self._stepped)
+
+    def _with_declined(self, decode: Callable[[int, bytes, float], Any] | None) -> Callable[[int, bytes, float], Any] | None:
+        """`decode`, handing a frame it declines to the tunnelled steps in the same compiled call
+        (declined_step_py), where compiled."""
+        if decode is None or _declined_decoder is None or self._tunnelled is None:
+            return decode
+        declined: Callable[[int, bytes, float], Any] = _declined_decoder(decode, self._tunnelled, self._route_of,
+                                                                         self._shared_route)
+        return declined
+
+    def declined_step_py(self, found: Any, linktype: int, frame: bytes, ts: float) -> Any:
+        """The reference of the decode the compiled declined_decoder returns, given its bound decode's
+        answer `found`: that answer unless None; for a frame it declined, None where the frame is
+        another replay worker's (feed_found hands it to feed_shared), else the tunnelled steps'
+        answer, () for their None (nothing decoded)."""
+        if found is not None:
+            return found
+        if self._route_of is not None and self._route_of(linktype, frame) == self._shared_route:
+            return None
+        assert self._tunnelled is not None
+        found = self._tunnelled(linktype, frame, ts)
+        return () if found is None else found
 
     def _with_steps(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode` with the handshakes (_with_handshakes), the DNS datagrams and the records of
@@ -341,14 +370,15 @@ class TrafficDecoder:
 
     def _with_handshakes(self, decode: Callable[[int, bytes, float], Any]) -> Callable[[int, bytes, float], Any]:
         """`decode`, answering () for a SYN it recorded in the flow table, (TlsHello,) for a first
-        ClientHello it took and (None,) for a segment of a split one it took (handshake_py), where
-        compiled."""
+        ClientHello it took and (None,) for a segment of a split one or for an HTTP connection's
+        whole requests it took (handshake_py), where compiled."""
         if _handshake_decoder is None:
             return decode
         flows = self.flows
         handshakes: Callable[[int, bytes, float], Any] = _handshake_decoder(
             decode, flows.streams, flows.half_open, flows.finished, flows.unanchored, self._counts,
-            flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP)
+            flows.max_streams, flows.max_half_open, flows.max_finished, self, TcpStream, _TlsHelloConsumer, _HELLO_CAP,
+            _HttpConsumer, http.HttpRequestStream, http.HTTP_HEAD, _new_request, ADDRESS_TEXTS, MAX_ADDRESS_TEXTS)
         return handshakes
 
     def share(self, worker: int, route_of: Callable[[int, bytes], int], cache: DnsCache | None = None) -> None:
@@ -357,10 +387,11 @@ class TrafficDecoder:
         SHARED_ANSWER, go to `feed_shared`, or straight into `cache` (the one `learn_dns` teaches)
         where the compiled decode takes them."""
         self._route_of, self._shared_route = route_of, (worker ^ 1) | SHARED_ANSWER
-        if self._decode is not None and cache is not None:
+        if self._stepped is not None and cache is not None:
             shared = cache.shared_decoder(self._shared_route)
             if shared is not None:
-                self._decode = self._with_steps(shared)
+                self._stepped = self._with_steps(shared)
+        self._decode = self._with_declined(self._stepped)
 
     def feed_shared(self, ts: float, linktype: int, frame: bytes, decoded: Decoded | None = None) -> None:
         """Another replay worker's DNS answer, or its DNS server's side of a TCP connection: the
@@ -562,8 +593,11 @@ class TrafficDecoder:
         answering (); a whole ClientHello in the first segment after its SYN taken as
         _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
-        _TlsHelloConsumer take them (_split_hello_py). None on DNS's port. Anything else: `found`,
-        nothing changed. (The compiled one may also answer `found` where a table is at its bound
+        _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
+        HTTP connection's first after its SYN or one on a connection waiting for its next request,
+        taken as FlowTable.segment takes it, answering (None,) with their records appended
+        (_first_requests_py, _whole_requests_py). None on DNS's port. Anything else:
+        `found`, nothing changed. (The compiled one may also answer `found` where a table is at its bound
         or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
             return found
@@ -578,9 +612,10 @@ class TrafficDecoder:
             return found
         stream = self.flows.streams.get(key)
         if stream is not None:
-            return self._split_hello_py(key, ts, seq, payload, stream) or found
+            return self._split_hello_py(key, ts, seq, payload, stream) or self._whole_requests_py(
+                key, ts, seq, payload, stream) or found
         if payload[0] != _TLS_HANDSHAKE:
-            return found
+            return self._first_requests_py(key, ts, seq, payload) or found
         hello = self._whole_hello(key, ts, seq, payload)
         return (hello,) if hello is not None else self._split_hello_py(key, ts, seq, payload, None) or found
 
@@ -624,6 +659,38 @@ class TrafficDecoder:
         src, dst, sport, dport = key
         return (_new_hello(ts, make_flow(src, sport, dst, dport, "tcp"), "tls", hello.server_name, hello.alpn,
                            hello.ech, hello.version),)
+
+    def _first_requests_py(self, key: FlowKey, ts: float, seq: int, payload: bytes) -> tuple[None] | None:
+        """A connection's first bytes after its SYN, in order, that _classify gives an _HttpConsumer
+        and that hold whole plain requests only: taken as FlowTable.segment takes them (the stream
+        made, the requests' records appended), (None,). None, having changed nothing, for anything
+        else."""
+        flows = self.flows
+        syn = flows.half_open.get(key)
+        if syn is None or seq != syn & 0xFFFFFFFF or key in flows.finished or len(flows.streams) >= flows.max_streams:
+            return None
+        consumer = self._classify(key, payload)
+        if type(consumer) is not _HttpConsumer or type(consumer.parser) is not http.HttpRequestStream \
+                or not http.whole_requests_py(payload, consumer.parser.header_cap, consumer.parser.body_cap):
+            return None
+        flows.segment(key, ts, seq, payload)
+        return (None,)
+
+    def _whole_requests_py(self, key: FlowKey, ts: float, seq: int, payload: bytes,
+                           stream: TcpStream) -> tuple[None] | None:
+        """An in-order segment on an HTTP connection whose parser waits at a request's start with
+        nothing buffered, holding whole plain requests only (whole_request_py to its end): taken as
+        FlowTable.segment takes it, (None,). None, having changed nothing, for anything else."""
+        consumer = stream.consumer
+        if (type(stream) is not TcpStream or type(consumer) is not _HttpConsumer or stream.done
+                or stream.ooo is not None or consumer.tunnel is not None or seq != stream.next_seq):
+            return None
+        parser = consumer.parser
+        if (type(parser) is not http.HttpRequestStream or not parser.at_request_start()
+                or not http.whole_requests_py(payload, parser.header_cap, parser.body_cap)):
+            return None
+        self.flows.segment(key, ts, seq, payload)
+        return (None,)
 
     def _expire_dns(self, ts: float) -> None:
         """Unanswered queries past their timeout, looked for once a second of capture time."""

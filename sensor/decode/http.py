@@ -215,6 +215,9 @@ class _State(Enum):
     DONE = auto()
 
 
+HTTP_HEAD = _State.HEAD  # a parser's state at a request's start (the compiled decode looks for it)
+
+
 @dataclass(slots=True)
 class _Message:
     method: str
@@ -284,6 +287,17 @@ def whole_request_py(data: bytes, start: int, header_cap: int, body_cap: int) ->
             end.end() + length)
 
 
+def whole_requests_py(data: bytes, header_cap: int, body_cap: int) -> bool:
+    """Does `data` hold whole plain requests only (whole_request_py), one after another to its end?"""
+    start = 0
+    while start < len(data):
+        found = whole_request_py(data, start, header_cap, body_cap)
+        if found is None:
+            return False
+        start = found[8]
+    return True
+
+
 class HttpRequestStream:
     """Incremental parser for the client side of one HTTP/1.x connection (pipelining included)."""
 
@@ -313,6 +327,12 @@ class HttpRequestStream:
     def failed(self) -> bool:
         """The stream is not HTTP, is desynchronised, or a tunnel left HTTP: stop feeding."""
         return self._failed
+
+    def at_request_start(self) -> bool:
+        """Waiting for a request's first byte, nothing buffered (where the compiled http_request takes
+        whole requests)."""
+        return (not self._failed and self._state is _State.HEAD and self._message is None and not self._buf
+                and not self._ready)
 
     def feed(self, data: bytes) -> list[ParsedRequest]:
         if self._failed or self._state is _State.DONE or not data:
