@@ -111,6 +111,9 @@ _SPILL_FINAL_BLOCKS = 16  # blocks kept read back at the end (1 MiB): the window
 # the order they opened, but an alert replaced later lies further on
 _SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
 _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
+# marshal's format for packed alerts: version 2 keeps no table of the objects written (a packed
+# alert shares few), which cost more than the bytes it saves
+_MARSHAL_VERSION = 2
 
 
 class _Spill:
@@ -135,6 +138,11 @@ class _Spill:
         self.compact_at = _SPILL_COMPACT_BYTES
         self.read_blocks = 1  # blocks kept read back (more at the end: final_documents)
         self._closer: weakref.finalize[[int], _Spill] | None = None  # closes the file once the spill is let go
+        self._algorithm = AES(self._key)
+        # the key stream of the file's end, where the next write seals from (None: made afresh):
+        # writes follow one another, so one stream serves them all
+        self._writer: Any = None
+        self._writer_at = -1
 
     @property
     def size(self) -> int:
@@ -154,17 +162,28 @@ class _Spill:
             at -= self._written
             return bytes(self._tail[at:at + size])
         index, start = divmod(at, _SPILL_BLOCK)
-        if start + size > _SPILL_BLOCK:  # across two blocks (a few in a thousand): read alone
-            return self._seal(at, os.pread(self._fd, size, at))
+        end = start + size
+        if end <= _SPILL_BLOCK:
+            block = self._blocks.get(index)
+            if block is not None and end <= len(block):  # (_block of a block kept, inline)
+                self._blocks.move_to_end(index)
+                return block[start:end]
+            return self._block(index, end)[start:end]
+        if end <= 2 * _SPILL_BLOCK:  # across two blocks (a few in a thousand; the next documents read the second anyway)
+            return self._block(index, _SPILL_BLOCK)[start:] + self._block(index + 1, end - _SPILL_BLOCK)[:end - _SPILL_BLOCK]
+        return self._seal(at, os.pread(self._fd, size, at))  # (larger than a block: read alone)
+
+    def _block(self, index: int, need: int) -> bytes:
+        """Block `index` of the file unsealed, holding at least its first `need` bytes."""
         blocks = self._blocks
         block = blocks.get(index)
-        if block is None or start + size > len(block):  # (a block read while the file ended inside it)
+        if block is None or need > len(block):  # (a block read while the file ended inside it)
             block = blocks[index] = self._seal(index * _SPILL_BLOCK, os.pread(self._fd, _SPILL_BLOCK, index * _SPILL_BLOCK))
             while len(blocks) > self.read_blocks:
                 blocks.popitem(last=False)
         else:
             blocks.move_to_end(index)
-        return block[start:start + size]
+        return block
 
     def compacted(self, windows: Iterable[_Window]) -> _Spill:
         """This spill, or once it is mostly alerts of windows let go a fresh one holding those of
@@ -183,7 +202,7 @@ class _Spill:
         try:
             if self._pid != os.getpid():
                 self._open()
-            sealed, done = memoryview(self._seal(self._written, self._tail)), 0
+            sealed, done = memoryview(self._seal_end()), 0
             while done < len(sealed):
                 done += os.pwrite(self._fd, sealed[done:], self._written + done)
         except OSError:  # (a write cut short is written again whole: the file's length does not matter)
@@ -196,11 +215,25 @@ class _Spill:
     def _seal(self, at: int, data: bytes | bytearray) -> bytes:
         """`data` as it lies (or will lie) at offset `at` of the file, sealed; sealing it again
         opens it (CTR: the key stream of its offset)."""
+        return self._stream(at).update(bytes(data))
+
+    def _seal_end(self) -> bytes:
+        """_seal of the tail at the file's end, by the stream the last write left there (a cipher
+        made per write was most of a write's cost)."""
+        at = self._written
+        stream = self._writer if self._writer_at == at else self._stream(at)
+        sealed: bytes = stream.update(bytes(self._tail))
+        # (a write that then fails leaves the stream past the file's end: the next one makes its own)
+        self._writer, self._writer_at = stream, at + len(self._tail)
+        return sealed
+
+    def _stream(self, at: int) -> Any:
+        """The key stream from offset `at` of the file on."""
         counter = (self._counter + at // 16) % (1 << 128)
-        stream = Cipher(AES(self._key), CTR(counter.to_bytes(16, "big"))).encryptor()
+        stream = Cipher(self._algorithm, CTR(counter.to_bytes(16, "big"))).encryptor()
         if at % 16:
             stream.update(bytes(at % 16))
-        return stream.update(bytes(data))
+        return stream
 
     def _open(self) -> None:
         """Make this process's file, with a copy of what the file it shares with its parent holds."""
@@ -345,6 +378,9 @@ class _Window:
 
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
+# (normalized name, enrichment, the rules asked about a lookup or hello there, None: no rule may
+# fire and no observation is wanted) of a name as a record spelled it
+_Named = tuple[str, _Enrichment, list[tuple[Any, RuleSettings]] | None]
 
 # What the engine does with a record, by its class (a subclass takes its nearest base's kind)
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
@@ -408,7 +444,7 @@ class DetectionEngine:
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for the day
         # remembered (_day_value): emptied as that day changes
-        self._by_name: dict[str, tuple[str, _Enrichment]] = {}
+        self._by_name: dict[str, _Named] = {}
         # the day the last time fell in: times from start to end (excluded) fall on it
         self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
 
@@ -426,9 +462,8 @@ class DetectionEngine:
             # (The kind tells the class: its fields are read without a cast, a call per record.)
             name: str | None
             if kind is _DNS:
-                source, name = "dns", record.name  # type: ignore[union-attr]
+                name = record.name  # type: ignore[union-attr]
             else:
-                source = record.protocol  # type: ignore[union-attr]
                 name = None if record.ech else record.server_name  # type: ignore[union-attr]
             if name:
                 if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
@@ -436,14 +471,14 @@ class DetectionEngine:
                 else:
                     day = self._day(ts)
                     named = self._names_on(day)
-                normal, enrichment = named.get(name) or self._name(named, name, day)
+                normal, enrichment, rules = named.get(name) or self._name(named, name, day)
                 if normal or kind is _DNS:
-                    rules = self._rules_for[enrichment[0] is not None]
-                    if not rules and self.on_observation is None:
+                    if rules is None:  # no rule may fire there, and no observation is wanted
                         return out or []
                     phi_host = self._phi_host_of(record.flow.src_ip)
                     if phi_host is None:
                         return out or []
+                    source = "dns" if kind is _DNS else record.protocol  # type: ignore[union-attr]
                     vendor, destination, allowed, baa, status = enrichment
                     obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status,
                                        None, None, None)
@@ -601,7 +636,8 @@ class DetectionEngine:
         hello = cast(TlsHello, record)
         resolved = None  # what DNS said the destination is: looked up only when it decides
         if hello.server_name:
-            sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            found = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            sni, enrichment = found[0], found[1]
             if sni:
                 if not hello.ech:
                     return hello.protocol, enrichment
@@ -613,17 +649,21 @@ class DetectionEngine:
         # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
-    def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
+    def _names_on(self, day: dt.date) -> dict[str, _Named]:
         """Where the names of a day are remembered: the remembered day's table, or for a time
         outside it nowhere (an empty table)."""
         return self._by_name if day == self._day_value else {}
 
-    def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
-        """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
+    def _name(self, named: dict[str, _Named], name: str, day: dt.date) -> _Named:
+        """(normalized name, enrichment, the rules a lookup or hello may fire) of a name as a record
+        spelled it, remembered in `named`: the rules are None where none may fire and no
+        observation is wanted (most names: no catalog knows them)."""
         normal = normalize_host(name)
         if len(named) >= MAX_ENRICHED_KEYS:
             named.clear()
-        found = named[name] = (normal, self._enrich((normal,), day))
+        enrichment = self._enrich((normal,), day)
+        rules = self._rules_for[enrichment[0] is not None]
+        found = named[name] = (normal, enrichment, rules if rules or self.on_observation is not None else None)
         return found
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
@@ -845,7 +885,7 @@ def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
     try:
         packed: Any = (alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status, index, values,
                        shown)
-        return marshal.dumps(packed)
+        return marshal.dumps(packed, _MARSHAL_VERSION)
     except ValueError:  # a value marshal cannot write
         return alert
 
