@@ -19,6 +19,7 @@ import hashlib
 import marshal
 import math
 import os
+import struct
 import sys
 import tempfile
 import weakref
@@ -64,6 +65,10 @@ try:  # the compiled twin of event_id_py (sensor/_fast/ecs.c)
     from sensor._fast import window_event_id as _event_id_fast
 except ImportError:  # built without a C compiler
     _event_id_fast = None
+try:  # on_record_py's commonest answer, compiled (sensor/_fast/detect.c)
+    from sensor._fast import detect_front as _detect_front
+except ImportError:
+    _detect_front = None
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -74,6 +79,7 @@ DEFAULT_HOLD_BACK_SECONDS = 600.0
 _SWEEP_SECONDS = 5.0  # capture seconds between two looks for replay windows to close
 _DAY_SECONDS = 86_400.0
 _EPOCH_DAY = dt.date(1970, 1, 1)
+_TIMES = struct.Struct("ddd")  # (next sweep, day start, day end): DetectionEngine._share_times
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +117,6 @@ _SPILL_FINAL_BLOCKS = 16  # blocks kept read back at the end (1 MiB): the window
 # the order they opened, but an alert replaced later lies further on
 _SPILL_SIZE_BITS = 32  # a place in the spill: offset << 32 | length (a packed alert is far shorter)
 _SPILL_SIZE_MASK = (1 << _SPILL_SIZE_BITS) - 1
-# marshal's format for packed alerts: version 2 keeps no table of the objects written (a packed
-# alert shares few), which cost more than the bytes it saves
-_MARSHAL_VERSION = 2
 
 
 class _Spill:
@@ -447,9 +450,21 @@ class DetectionEngine:
         self._by_name: dict[str, _Named] = {}
         # the day the last time fell in: times from start to end (excluded) fall on it
         self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
+        # the next sweep and the day's bounds as the compiled front reads them (_share_times)
+        self._times = bytearray(_TIMES.size)
+        self._share_times()
+        if _detect_front is not None and type(self).on_record is DetectionEngine.on_record_py:
+            # most records (a lookup or hello to a name no rule may fire on) answered by compiled
+            # code without a Python call; it hands every other record to on_record_py
+            setattr(self, "on_record",
+                    _detect_front(self._kinds, self._by_name, self._times, self.on_record_py, _DNS, _HELLO))
+
+    def _share_times(self) -> None:
+        """Tell the compiled front the next sweep and the bounds of the day remembered (as they change)."""
+        _TIMES.pack_into(self._times, 0, self._sweep_at, self._day_start, self._day_end)
 
     # -- records in, alert documents out -------------------------------------------------------
-    def on_record(self, record: Record) -> list[Document]:
+    def on_record_py(self, record: Record) -> list[Document]:
         ts = record.ts
         out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
         cls = type(record)
@@ -502,6 +517,8 @@ class DetectionEngine:
             obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
         return self._evaluate(obs, rules, ts, out)
 
+    on_record = on_record_py  # (an engine's own on_record is the compiled front where there is one)
+
     def _evaluate(self, obs: Observation, rules: list[tuple[Any, RuleSettings]], ts: float,
                   out: list[Document] | None) -> list[Document]:
         """Ask `rules` about an observation, counting each alert into its window; `out` with the
@@ -538,6 +555,7 @@ class DetectionEngine:
     def _close_passed(self, now: float) -> list[Document]:
         """The final documents of the replay windows no record can join any more, let go."""
         self._sweep_at = now + _SWEEP_SECONDS
+        self._share_times()
         horizon = now - self.hold_back
         windows, out = self._windows, []
         for opened in self._ends.values():
@@ -701,6 +719,7 @@ class DetectionEngine:
                 if day != self._day_value:  # the names remembered were enriched for another day
                     self._by_name.clear()
                 self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
+                self._share_times()
         return day
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:
@@ -885,7 +904,7 @@ def _pack(alert: Alert, findings: Sequence[Finding], fields: Sequence[Field],
     try:
         packed: Any = (alert.summary, obs.source_record, obs.destination, obs.allowed, obs.baa_status, index, values,
                        shown)
-        return marshal.dumps(packed, _MARSHAL_VERSION)
+        return marshal.dumps(packed)
     except ValueError:  # a value marshal cannot write
         return alert
 
