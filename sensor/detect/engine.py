@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
 
-from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import CTR
 
@@ -144,7 +144,7 @@ class _Spill:
         self._algorithm = AES(self._key)
         # the key stream of the file's end, where the next write seals from (None: made afresh):
         # writes follow one another, so one stream serves them all
-        self._writer: Any = None
+        self._writer: CipherContext | None = None
         self._writer_at = -1
 
     @property
@@ -224,13 +224,13 @@ class _Spill:
         """_seal of the tail at the file's end, by the stream the last write left there (a cipher
         made per write was most of a write's cost)."""
         at = self._written
-        stream = self._writer if self._writer_at == at else self._stream(at)
-        sealed: bytes = stream.update(bytes(self._tail))
+        stream = self._writer if self._writer is not None and self._writer_at == at else self._stream(at)
+        sealed = stream.update(bytes(self._tail))
         # (a write that then fails leaves the stream past the file's end: the next one makes its own)
         self._writer, self._writer_at = stream, at + len(self._tail)
         return sealed
 
-    def _stream(self, at: int) -> Any:
+    def _stream(self, at: int) -> CipherContext:
         """The key stream from offset `at` of the file on."""
         counter = (self._counter + at // 16) % (1 << 128)
         stream = Cipher(self._algorithm, CTR(counter.to_bytes(16, "big"))).encryptor()
