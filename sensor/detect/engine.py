@@ -146,6 +146,8 @@ class _Spill:
         # writes follow one another, so one stream serves them all
         self._writer: CipherContext | None = None
         self._writer_at = -1
+        self._reader: CipherContext | None = None  # the same for the blocks read back (_unseal_read)
+        self._reader_at = -1
 
     @property
     def size(self) -> int:
@@ -181,7 +183,8 @@ class _Spill:
         blocks = self._blocks
         block = blocks.get(index)
         if block is None or need > len(block):  # (a block read while the file ended inside it)
-            block = blocks[index] = self._seal(index * _SPILL_BLOCK, os.pread(self._fd, _SPILL_BLOCK, index * _SPILL_BLOCK))
+            at = index * _SPILL_BLOCK
+            block = blocks[index] = self._unseal_read(at, os.pread(self._fd, _SPILL_BLOCK, at))
             while len(blocks) > self.read_blocks:
                 blocks.popitem(last=False)
         else:
@@ -229,6 +232,14 @@ class _Spill:
         # (a write that then fails leaves the stream past the file's end: the next one makes its own)
         self._writer, self._writer_at = stream, at + len(self._tail)
         return sealed
+
+    def _unseal_read(self, at: int, data: bytes) -> bytes:
+        """_seal of a block read at `at`, by the stream the last block read left there where blocks
+        are read one after another (the documents read them in about the order written)."""
+        stream = self._reader if self._reader is not None and self._reader_at == at else self._stream(at)
+        opened = stream.update(data)
+        self._reader, self._reader_at = stream, at + len(data)
+        return opened
 
     def _stream(self, at: int) -> CipherContext:
         """The key stream from offset `at` of the file on."""
