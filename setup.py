@@ -6,7 +6,7 @@ SOURCES = [
     f"sensor/_fast/{name}.c"
     for name in (
         "module", "text", "records", "dns", "tls", "packet", "ecs", "redact", "pcap", "select", "share", "http", "quic",
-        "handshake", "phi",
+        "handshake", "phi", "detect",
     )
 ]
 

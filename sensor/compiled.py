@@ -50,6 +50,8 @@ TWINS: dict[str, str] = {
     "event_lines": "sensor.output.ecs:EventBuilder.lines_py",
     "alert_line": "sensor.output.ecs:AlertBuilder.line_py",
     "window_event_id": "sensor.detect.engine:event_id_py",
+    # on_record for an engine: a lookup or hello no rule may fire on answered, any other record handed on
+    "detect_front": "sensor.detect.engine:DetectionEngine.on_record_py",
     "prune": "sensor.output.ecs:prune_py",
     "iso_time": "sensor.output.ecs:iso_time_py",
     "identifier_hints": "sensor.phi.redact:identifier_hints_py",

@@ -10,7 +10,8 @@
  * packet.c (sensor.decode.packet), records.c (sensor.records), ecs.c (sensor.output.ecs),
  * redact.c (sensor.phi.redact), phi.c (sensor.phi.layers and sensor.phi.lexicon), http.c (sensor.decode.http), quic.c (sensor.decode.quic), pcap.c (sensor.capture.pcap), select.c (sensor.capture.prefilter's selector with
  * sensor.capture.bpf's filter), share.c (a replay worker's decode that learns the other's DNS answers),
- * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos, whole or split), text.c (text and str helpers), module.c (the method table).
+ * handshake.c (sensor.decode.dispatch's SYNs and first ClientHellos, whole or split), detect.c (sensor.detect.engine),
+ * text.c (text and str helpers), module.c (the method table).
  * This header holds what more than one of them uses.
  */
 #ifndef SENSOR_FAST_H
@@ -192,6 +193,7 @@ FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, 
 FAST_INTERNAL PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *alert_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *window_event_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *detect_front(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_pcap(PyObject *module, PyObject *arg);
 FAST_INTERNAL PyObject *pcap_records(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_select(PyObject *module, PyObject *args);

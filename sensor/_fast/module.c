@@ -68,6 +68,8 @@ static PyMethodDef methods[] = {
      " tunnel, middle) -> an alert document on a lookup, hello or request as a JSON line, or None"},
     {"window_event_id", (PyCFunction)(void (*)(void))window_event_id, METH_FASTCALL,
      "window_event_id(rule, source, subject, start) -> a throttle window's event.id, or None"},
+    {"detect_front", detect_front, METH_VARARGS,
+     "detect_front(state, on_record_py, dns_kind, hello_kind) -> on_record, its commonest answer compiled"},
     {"bind_hints", bind_hints, METH_VARARGS, "bind_hints(words, numeric_bit, mbi_bit, worded_bit, email_bit)"},
     {"identifier_hints", identifier_hints, METH_O,
      "identifier_hints(text) -> the identifier families that may occur in text, as bits, or None"},

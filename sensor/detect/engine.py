@@ -19,6 +19,7 @@ import hashlib
 import marshal
 import math
 import os
+import struct
 import sys
 import tempfile
 import weakref
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, cast
 
-from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import CTR
 
@@ -64,6 +65,10 @@ try:  # the compiled twin of event_id_py (sensor/_fast/ecs.c)
     from sensor._fast import window_event_id as _event_id_fast
 except ImportError:  # built without a C compiler
     _event_id_fast = None
+try:  # on_record_py's commonest answer, compiled (sensor/_fast/detect.c)
+    from sensor._fast import detect_front as _detect_front
+except ImportError:
+    _detect_front = None
 
 DEFAULT_THROTTLE_SECONDS = 3600.0
 MAX_THROTTLE_KEYS = 100_000
@@ -74,6 +79,7 @@ DEFAULT_HOLD_BACK_SECONDS = 600.0
 _SWEEP_SECONDS = 5.0  # capture seconds between two looks for replay windows to close
 _DAY_SECONDS = 86_400.0
 _EPOCH_DAY = dt.date(1970, 1, 1)
+_TIMES = struct.Struct("ddd")  # (next sweep, day start, day end): DetectionEngine._share_times
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,13 @@ class _Spill:
         self.compact_at = _SPILL_COMPACT_BYTES
         self.read_blocks = 1  # blocks kept read back (more at the end: final_documents)
         self._closer: weakref.finalize[[int], _Spill] | None = None  # closes the file once the spill is let go
+        self._algorithm = AES(self._key)
+        # the key stream of the file's end, where the next write seals from (None: made afresh):
+        # writes follow one another, so one stream serves them all
+        self._writer: CipherContext | None = None
+        self._writer_at = -1
+        self._reader: CipherContext | None = None  # the same for the blocks read back (_unseal_read)
+        self._reader_at = -1
 
     @property
     def size(self) -> int:
@@ -154,17 +167,29 @@ class _Spill:
             at -= self._written
             return bytes(self._tail[at:at + size])
         index, start = divmod(at, _SPILL_BLOCK)
-        if start + size > _SPILL_BLOCK:  # across two blocks (a few in a thousand): read alone
-            return self._seal(at, os.pread(self._fd, size, at))
+        end = start + size
+        if end <= _SPILL_BLOCK:
+            block = self._blocks.get(index)
+            if block is not None and end <= len(block):  # (_block of a block kept, inline)
+                self._blocks.move_to_end(index)
+                return block[start:end]
+            return self._block(index, end)[start:end]
+        if end <= 2 * _SPILL_BLOCK:  # across two blocks (a few in a thousand; the next documents read the second anyway)
+            return self._block(index, _SPILL_BLOCK)[start:] + self._block(index + 1, end - _SPILL_BLOCK)[:end - _SPILL_BLOCK]
+        return self._seal(at, os.pread(self._fd, size, at))  # (larger than a block: read alone)
+
+    def _block(self, index: int, need: int) -> bytes:
+        """Block `index` of the file unsealed, holding at least its first `need` bytes."""
         blocks = self._blocks
         block = blocks.get(index)
-        if block is None or start + size > len(block):  # (a block read while the file ended inside it)
-            block = blocks[index] = self._seal(index * _SPILL_BLOCK, os.pread(self._fd, _SPILL_BLOCK, index * _SPILL_BLOCK))
+        if block is None or need > len(block):  # (a block read while the file ended inside it)
+            at = index * _SPILL_BLOCK
+            block = blocks[index] = self._unseal_read(at, os.pread(self._fd, _SPILL_BLOCK, at))
             while len(blocks) > self.read_blocks:
                 blocks.popitem(last=False)
         else:
             blocks.move_to_end(index)
-        return block[start:start + size]
+        return block
 
     def compacted(self, windows: Iterable[_Window]) -> _Spill:
         """This spill, or once it is mostly alerts of windows let go a fresh one holding those of
@@ -183,7 +208,7 @@ class _Spill:
         try:
             if self._pid != os.getpid():
                 self._open()
-            sealed, done = memoryview(self._seal(self._written, self._tail)), 0
+            sealed, done = memoryview(self._seal_end()), 0
             while done < len(sealed):
                 done += os.pwrite(self._fd, sealed[done:], self._written + done)
         except OSError:  # (a write cut short is written again whole: the file's length does not matter)
@@ -196,11 +221,33 @@ class _Spill:
     def _seal(self, at: int, data: bytes | bytearray) -> bytes:
         """`data` as it lies (or will lie) at offset `at` of the file, sealed; sealing it again
         opens it (CTR: the key stream of its offset)."""
+        return self._stream(at).update(bytes(data))
+
+    def _seal_end(self) -> bytes:
+        """_seal of the tail at the file's end, by the stream the last write left there (a cipher
+        made per write was most of a write's cost)."""
+        at = self._written
+        stream = self._writer if self._writer is not None and self._writer_at == at else self._stream(at)
+        sealed = stream.update(bytes(self._tail))
+        # (a write that then fails leaves the stream past the file's end: the next one makes its own)
+        self._writer, self._writer_at = stream, at + len(self._tail)
+        return sealed
+
+    def _unseal_read(self, at: int, data: bytes) -> bytes:
+        """_seal of a block read at `at`, by the stream the last block read left there where blocks
+        are read one after another (the documents read them in about the order written)."""
+        stream = self._reader if self._reader is not None and self._reader_at == at else self._stream(at)
+        opened = stream.update(data)
+        self._reader, self._reader_at = stream, at + len(data)
+        return opened
+
+    def _stream(self, at: int) -> CipherContext:
+        """The key stream from offset `at` of the file on."""
         counter = (self._counter + at // 16) % (1 << 128)
-        stream = Cipher(AES(self._key), CTR(counter.to_bytes(16, "big"))).encryptor()
+        stream = Cipher(self._algorithm, CTR(counter.to_bytes(16, "big"))).encryptor()
         if at % 16:
             stream.update(bytes(at % 16))
-        return stream.update(bytes(data))
+        return stream
 
     def _open(self) -> None:
         """Make this process's file, with a copy of what the file it shares with its parent holds."""
@@ -345,6 +392,9 @@ class _Window:
 
 # (vendor, destination, allowed, BAA, BAA status) of the names a record goes to on a day
 _Enrichment = tuple[Vendor | None, str | None, bool, BaaEntry | None, str]
+# (normalized name, enrichment, the rules asked about a lookup or hello there, None: no rule may
+# fire and no observation is wanted) of a name as a record spelled it
+_Named = tuple[str, _Enrichment, list[tuple[Any, RuleSettings]] | None]
 
 # What the engine does with a record, by its class (a subclass takes its nearest base's kind)
 _DNS, _HELLO, _HTTP, _LOCAL = "dns", "hello", "http", "local"
@@ -408,12 +458,24 @@ class DetectionEngine:
         self._enriched: dict[tuple[tuple[str, ...], dt.date], _Enrichment] = {}
         # (normalized name, enrichment) per name as a lookup or hello spelled it, for the day
         # remembered (_day_value): emptied as that day changes
-        self._by_name: dict[str, tuple[str, _Enrichment]] = {}
+        self._by_name: dict[str, _Named] = {}
         # the day the last time fell in: times from start to end (excluded) fall on it
         self._day_start, self._day_end, self._day_value = math.inf, -math.inf, dt.date.min
+        # the next sweep and the day's bounds as the compiled front reads them (_share_times)
+        self._times = bytearray(_TIMES.size)
+        self._share_times()
+        if _detect_front is not None and type(self).on_record is DetectionEngine.on_record_py:
+            # most records (a lookup or hello to a name no rule may fire on) answered by compiled
+            # code without a Python call; it hands every other record to on_record_py
+            setattr(self, "on_record",
+                    _detect_front(self._kinds, self._by_name, self._times, self.on_record_py, _DNS, _HELLO))
+
+    def _share_times(self) -> None:
+        """Tell the compiled front the next sweep and the bounds of the day remembered (as they change)."""
+        _TIMES.pack_into(self._times, 0, self._sweep_at, self._day_start, self._day_end)
 
     # -- records in, alert documents out -------------------------------------------------------
-    def on_record(self, record: Record) -> list[Document]:
+    def on_record_py(self, record: Record) -> list[Document]:
         ts = record.ts
         out = self._close_passed(ts) if ts >= self._sweep_at else None  # never in live
         cls = type(record)
@@ -426,9 +488,8 @@ class DetectionEngine:
             # (The kind tells the class: its fields are read without a cast, a call per record.)
             name: str | None
             if kind is _DNS:
-                source, name = "dns", record.name  # type: ignore[union-attr]
+                name = record.name  # type: ignore[union-attr]
             else:
-                source = record.protocol  # type: ignore[union-attr]
                 name = None if record.ech else record.server_name  # type: ignore[union-attr]
             if name:
                 if self._day_start <= ts < self._day_end:  # the day remembered (False for NaN), its names too
@@ -436,14 +497,14 @@ class DetectionEngine:
                 else:
                     day = self._day(ts)
                     named = self._names_on(day)
-                normal, enrichment = named.get(name) or self._name(named, name, day)
+                normal, enrichment, rules = named.get(name) or self._name(named, name, day)
                 if normal or kind is _DNS:
-                    rules = self._rules_for[enrichment[0] is not None]
-                    if not rules and self.on_observation is None:
+                    if rules is None:  # no rule may fire there, and no observation is wanted
                         return out or []
                     phi_host = self._phi_host_of(record.flow.src_ip)
                     if phi_host is None:
                         return out or []
+                    source = "dns" if kind is _DNS else record.protocol  # type: ignore[union-attr]
                     vendor, destination, allowed, baa, status = enrichment
                     obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status,
                                        None, None, None)
@@ -466,6 +527,8 @@ class DetectionEngine:
             source, (vendor, destination, allowed, baa, status) = found
             obs = _observation(record, source, phi_host, destination, vendor, baa, allowed, status, None, None, None)
         return self._evaluate(obs, rules, ts, out)
+
+    on_record = on_record_py  # (an engine's own on_record is the compiled front where there is one)
 
     def _evaluate(self, obs: Observation, rules: list[tuple[Any, RuleSettings]], ts: float,
                   out: list[Document] | None) -> list[Document]:
@@ -503,6 +566,7 @@ class DetectionEngine:
     def _close_passed(self, now: float) -> list[Document]:
         """The final documents of the replay windows no record can join any more, let go."""
         self._sweep_at = now + _SWEEP_SECONDS
+        self._share_times()
         horizon = now - self.hold_back
         windows, out = self._windows, []
         for opened in self._ends.values():
@@ -601,7 +665,8 @@ class DetectionEngine:
         hello = cast(TlsHello, record)
         resolved = None  # what DNS said the destination is: looked up only when it decides
         if hello.server_name:
-            sni, enrichment = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            found = named.get(hello.server_name) or self._name(named, hello.server_name, day)
+            sni, enrichment = found[0], found[1]
             if sni:
                 if not hello.ech:
                     return hello.protocol, enrichment
@@ -613,17 +678,21 @@ class DetectionEngine:
         # no SNI, or only an ECH cover name: the destination is what DNS said it is
         return ("dns-attribution", self._enrich(resolved, day)) if resolved else None
 
-    def _names_on(self, day: dt.date) -> dict[str, tuple[str, _Enrichment]]:
+    def _names_on(self, day: dt.date) -> dict[str, _Named]:
         """Where the names of a day are remembered: the remembered day's table, or for a time
         outside it nowhere (an empty table)."""
         return self._by_name if day == self._day_value else {}
 
-    def _name(self, named: dict[str, tuple[str, _Enrichment]], name: str, day: dt.date) -> tuple[str, _Enrichment]:
-        """(normalized name, enrichment) of a name as a record spelled it, remembered in `named`."""
+    def _name(self, named: dict[str, _Named], name: str, day: dt.date) -> _Named:
+        """(normalized name, enrichment, the rules a lookup or hello may fire) of a name as a record
+        spelled it, remembered in `named`: the rules are None where none may fire and no
+        observation is wanted (most names: no catalog knows them)."""
         normal = normalize_host(name)
         if len(named) >= MAX_ENRICHED_KEYS:
             named.clear()
-        found = named[name] = (normal, self._enrich((normal,), day))
+        enrichment = self._enrich((normal,), day)
+        rules = self._rules_for[enrichment[0] is not None]
+        found = named[name] = (normal, enrichment, rules if rules or self.on_observation is not None else None)
         return found
 
     def _enrich(self, names: tuple[str, ...], day: dt.date) -> _Enrichment:
@@ -661,6 +730,7 @@ class DetectionEngine:
                 if day != self._day_value:  # the names remembered were enriched for another day
                     self._by_name.clear()
                 self._day_start, self._day_end, self._day_value = start, start + _DAY_SECONDS - 1e-6, day
+                self._share_times()
         return day
 
     def _inspect_http(self, record: HttpRequest, obs: Observation) -> None:

@@ -459,10 +459,14 @@ def _redacted_request_urls(
         found = url_findings(method, target, referrer)
     findings = list(found)  # none found: identifier-shaped values are still masked
     # A finding listed twice masks nothing more (its spans merge into the first's). The rule's
-    # findings are mostly the scan's own objects, which `in` tells by identity before equality.
-    for finding in known:
-        if finding not in findings:
-            findings.append(finding)
+    # findings are mostly the scan's own objects: told by identity first, as `in` would, without
+    # comparing them to every finding before them (a Python __eq__ each).
+    if known:
+        listed = {id(finding) for finding in findings}
+        for finding in known:
+            if id(finding) not in listed and finding not in findings:
+                findings.append(finding)
+                listed.add(id(finding))
     if known and len(findings) == len(found):  # the rule found nothing new: the event's URLs, masked once
         return _redacted_event_urls(method, target, referrer)
     return redact_url(target, findings), (redact_url(referrer, findings) if referrer else None)
