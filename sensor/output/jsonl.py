@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,27 @@ class JsonlSink:
             self._counts["write_errors"] += 1
             return
         self._counts["sent"] += 1
+
+    def append_fd(self) -> int | None:
+        """The descriptor of the regular file this sink appends to (O_APPEND), for a forked replay
+        worker to write its whole-line blocks to at once; None for anything else (stdout, a pipe,
+        a severity floor). Every write of this sink is whole lines too (send_line, send_lines and
+        the buffer they fill), so blocks of the two processes never cut into each other's lines."""
+        if not self._owned or self._broken or self.min_severity is not None or isinstance(self._stream, _TextAdapter):
+            return None
+        try:
+            import fcntl  # (POSIX)
+
+            fd = self._stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+                return None
+        except (OSError, ValueError):
+            return None
+        return fd
+
+    def count_sent(self, count: int) -> None:
+        """Lines written to this sink's file by another process (append_fd)."""
+        self._counts["sent"] += count
 
     def send_lines(self, block: bytes, count: int | None = None) -> None:
         """Documents already serialized, whole JSON lines one after another (`count` of them, when

@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn, cast
 
 import orjson
 
@@ -128,13 +128,17 @@ class SplitReplay:
         left alone."""
         code = 0
         try:
-            self.pipeline.sinks = [_SpillSink(spill)]
+            direct = _AppendSink.of(self.sinks)
+            self.pipeline.sinks = [direct or _SpillSink(spill)]
             replay_share()
             self.pipeline.finish()
             spill.flush()
-            trailer_file.write(orjson.dumps(
-                {"counters": self.pipeline.counters.values, "alerts": self.pipeline.alerts.to_json()}
-            ))
+            if direct is not None:
+                direct.flush()
+            trailer_file.write(orjson.dumps({
+                "counters": self.pipeline.counters.values, "alerts": self.pipeline.alerts.to_json(),
+                "appended": direct.lines if direct is not None else 0,
+            }))
             trailer_file.flush()
         except BaseException:  # noqa: BLE001 - the parent reports a failed worker
             code = EXIT_INTERNAL
@@ -171,6 +175,9 @@ class SplitReplay:
                 if name not in shared_counters:
                     self.pipeline.counters.add(name, value)
             self.pipeline.alerts.absorb(outcome["alerts"])
+            if outcome.get("appended"):  # lines it wrote to the outputs' files itself (_AppendSink)
+                for sink in self.sinks:
+                    sink.count_sent(outcome["appended"])  # type: ignore[attr-defined]
         spill.seek(shipped)
         self._ship_spill(spill)
         spill.close()
@@ -212,6 +219,61 @@ def _split_selector(path: Path, worker: int) -> CompiledPrefilter | None:
         return CompiledPrefilter(path, split=True, only=worker)
     except (OSError, ValueError):
         return None
+
+
+class _AppendSink:
+    """The second replay worker's sink when every output is a JSON-lines file: its documents
+    appended to those files directly, in blocks of whole lines (O_APPEND: each write lands whole
+    after whatever either process wrote before it), so the first worker has none of them to
+    ship at the end."""
+
+    name = "worker-append"
+
+    def __init__(self, fds: list[int]) -> None:
+        self._fds = fds
+        self._buffer = bytearray()
+        self.lines = 0
+
+    @classmethod
+    def of(cls, sinks: list[Sink]) -> _AppendSink | None:
+        """The sink writing to `sinks`' files, or None unless every one is a plain JSON-lines file."""
+        fds = [sink.append_fd() if isinstance(sink, JsonlSink) else None for sink in sinks]
+        return cls(cast(list[int], fds)) if fds and None not in fds else None
+
+    def send(self, doc: dict) -> None:
+        self.send_lines(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), 1)
+
+    def line_writer(self) -> Callable[[bytes], object]:
+        return self._write_line
+
+    def _write_line(self, line: bytes) -> None:
+        self._buffer += line
+        self.lines += 1
+        if len(self._buffer) >= _SPILL_BLOCK:
+            self.flush()
+
+    def send_lines(self, block: bytes, count: int | None = None) -> None:
+        self._buffer += block
+        self.lines += block.count(b"\n") if count is None else count
+        if len(self._buffer) >= _SPILL_BLOCK:
+            self.flush()
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        if self._buffer:
+            block = memoryview(self._buffer)
+            for fd in self._fds:
+                done = 0
+                while done < len(block):  # (a regular file takes it whole but for a full disk)
+                    done += os.write(fd, block[done:])
+            block.release()
+            self._buffer.clear()
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        self.flush()
+
+    def stats(self) -> dict[str, int]:
+        return {}
 
 
 class _SpillSink:
