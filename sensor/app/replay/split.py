@@ -1,5 +1,7 @@
-"""A replay over two processes: fork after start-up, each decodes its half of the clients; the
-second spills its documents and counters to files this process ships and adds at the end."""
+"""A replay over two processes: fork after start-up, each decodes its half of the clients. The
+second appends its documents to the outputs' files itself where every output is a plain
+JSON-lines file, else spills them to a file this process ships at the end; its counters go to a
+file this process adds at the end."""
 from __future__ import annotations
 
 import os
@@ -42,8 +44,8 @@ class SplitReplay:
         child, sensor.capture.workers), which the compiled selector hands it straight from each file, so a host's
         flows, DNS and alert windows stay in one process and nothing passes between the two
         until the end but every DNS answer, which both are handed to learn from. The child
-        spills its documents to a file this process ships afterwards, and its counters to
-        another."""
+        writes its documents (_run_child) and its counters to a file this process adds
+        afterwards."""
         if not (isinstance(started, CompiledPrefilter) and started.split):
             if started is not None:
                 started.close()
@@ -123,9 +125,9 @@ class SplitReplay:
         return getattr(self.pipeline.detector, "dns_cache", None)
 
     def _run_child(self, spill: IO[bytes], trailer_file: BinaryIO, replay_share: Callable[[], None]) -> NoReturn:
-        """The second worker: `replay_share()` feeds its packets; its documents go to `spill`,
-        its counters to `trailer_file`. Never returns; the sinks and threads it inherited are
-        left alone."""
+        """The second worker: `replay_share()` feeds its packets; its documents go straight to
+        the outputs' files (_AppendSink) or else to `spill`, its counters to `trailer_file`.
+        Never returns; the sinks and threads it inherited are left alone."""
         code = 0
         try:
             direct = _AppendSink.of(self.sinks)
