@@ -692,6 +692,21 @@ def test_the_start_ups_read_ahead_is_given_back_once_the_decoder_has_taken_it(mo
     assert queued_then == []
 
 
+def test_a_long_replay_gives_the_freed_heap_back_again_and_again(monkeypatch) -> None:
+    """In the steady state, once per TRIM_EVERY_BYTES selected: the chunks the decoder took and
+    freed since leave pages the allocator would keep for the rest of the run."""
+    trims: list[int] = []
+    monkeypatch.setattr(prefilter_module, "TRIM_EVERY_BYTES", 20_000)
+    monkeypatch.setattr(prefilter_module, "release_free_heap", lambda: trims.append(len(produced)))
+    source, produced = _counting_source(100, 1000)
+    prefetcher = prefilter_module._Prefetcher(source, 10_000, steady_limit=3_000)
+    prefetcher.wait_for_end(5.0)
+    assert len(prefetcher.reader(0).read(1 << 30)) == 100 * 1000
+    prefetcher.wait()
+    assert len(trims) >= 4  # the first once the read-ahead is taken, then every 20 chunks or so
+    assert all(later - earlier >= 20 for earlier, later in zip(trims[1:], trims[2:]))
+
+
 def test_freed_heap_is_given_back_without_error() -> None:
     prefilter_module.release_free_heap()  # glibc's malloc_trim here; nothing where there is none
 

@@ -46,6 +46,9 @@ PREFETCH_BYTES = 32 << 20
 # replay holds no more than a short one.
 STEADY_PREFETCH_BYTES = 4 << 20
 SELECT_CHUNK = 4 << 20  # the compiled selector hands over the kept records about this much at a time
+# In the steady state, the free C heap is given back again after this much more selected: the
+# chunks freed as the decoder takes them leave free pages in the heap a long replay would keep.
+TRIM_EVERY_BYTES = 64 << 20
 FORK_SETTLE_SECONDS = 0.1  # how long a fork waits for a selection about to end (CompiledPrefilter.fork)
 # Before a fork, what is left of a file this large is shared with a second thread (`hurry`), when
 # no more is left than two threads select in about FORK_SETTLE_SECONDS.
@@ -395,7 +398,9 @@ class _Prefetcher:
         self._ready = threading.Condition(threading.Lock())
         self._reading = True
         self._closed = False
-        self._trimmed = steady_limit is None  # whether what the start-up read ahead was given back
+        # selected bytes queued since the free heap was last given back; None while the start-up's
+        # read-ahead is there, or never (no steady limit)
+        self._untrimmed: int | None = None if steady_limit is not None else -1
         self._thread = self._start()
 
     def _start(self) -> threading.Thread:
@@ -418,14 +423,21 @@ class _Prefetcher:
                         self._ready.wait()
                     if commit is not None:
                         commit()
+                    queued = 0
                     for index in self._live:
                         if chunks[index]:
                             self._queues[index].append(chunks[index])
-                            self._queued += len(chunks[index])
+                            queued += len(chunks[index])
+                    self._queued += queued
                     self._ready.notify_all()
-                    drained = self._limit == self._steady_limit and not self._trimmed
-                if drained:  # the start-up's read-ahead is taken: its freed blocks go back
-                    self._trimmed = True
+                    untrimmed = self._untrimmed
+                    if untrimmed is None:  # the start-up's read-ahead, until a reader takes it
+                        trim = self._limit == self._steady_limit
+                    else:
+                        trim = untrimmed >= 0 and untrimmed + queued >= TRIM_EVERY_BYTES
+                        self._untrimmed = untrimmed + queued if untrimmed >= 0 else untrimmed
+                if trim:  # the chunks taken since were freed: their pages go back
+                    self._untrimmed = 0
                     release_free_heap()
         except (OSError, ValueError):
             pass  # the source was closed under us: close() is under way
