@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.app.replay.split import _AppendSink
+from sensor.output.files import appends_atomically
 from sensor.output.jsonl import JsonlSink
 
 
@@ -25,6 +26,24 @@ def test_only_a_plain_file_offers_its_descriptor(tmp_path: Path) -> None:
     assert _AppendSink.of([plain]) is not None
     assert _AppendSink.of([plain, JsonlSink("-")]) is None  # one output it cannot write to: the spill
     assert _AppendSink.of([]) is None
+
+
+def test_only_a_local_file_system_is_appended_to_by_both() -> None:
+    """O_APPEND writes of two processes land whole on a local file system; NFS and SMB clients
+    may interleave them, so a file there keeps the spill."""
+    mounts = "\n".join([
+        "/dev/vda1 / ext4 rw,relatime 0 0",
+        "server:/export /mnt/share nfs4 rw 0 0",
+        "//host/x /mnt/my\\040smb cifs rw 0 0",
+        "tmpfs /mnt/share/scratch tmpfs rw 0 0",
+        "garbage",
+    ])
+    assert appends_atomically(Path("/var/log/out.jsonl"), mounts)
+    assert not appends_atomically(Path("/mnt/share/out.jsonl"), mounts)
+    assert appends_atomically(Path("/mnt/sharex/out.jsonl"), mounts)  # under /, not under /mnt/share
+    assert appends_atomically(Path("/mnt/share/scratch/out.jsonl"), mounts)  # the deeper mount decides
+    assert not appends_atomically(Path("/mnt/my smb/out.jsonl"), mounts)
+    assert not appends_atomically(Path("/anything"), "")  # no table: not told
 
 
 def _line(index: int, size: int) -> bytes:

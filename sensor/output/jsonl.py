@@ -168,9 +168,12 @@ class JsonlSink:
     def append_fd(self) -> int | None:
         """The descriptor of the regular file this sink appends to (O_APPEND), for a forked replay
         worker to write its whole-line blocks to at once; None for anything else (stdout, a pipe,
-        a severity floor). Every write of this sink is whole lines too (send_line, send_lines and
+        a severity floor, a network file system). Every write of this sink is whole lines too (send_line, send_lines and
         the buffer they fill), so blocks of the two processes never cut into each other's lines."""
-        if not self._owned or self._broken or self.min_severity is not None or isinstance(self._stream, _TextAdapter):
+        from sensor.output.files import appends_atomically
+
+        if (not self._owned or self._broken or self.min_severity is not None or self._path is None
+                or isinstance(self._stream, _TextAdapter) or not appends_atomically(self._path)):
             return None
         try:
             import fcntl  # (POSIX)
