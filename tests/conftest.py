@@ -66,3 +66,24 @@ def _operator_places(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["XDG_STATE_HOME"] = str(places / "state")
     for systemd_set in ("STATE_DIRECTORY", "CONFIGURATION_DIRECTORY"):
         os.environ.pop(systemd_set, None)
+
+
+class CollectingSink:
+    """A sink that takes documents only (as the remote sinks do), keeping them in `docs`."""
+
+    name = "collecting"
+
+    def __init__(self) -> None:
+        self.docs: list[dict] = []
+
+    def send(self, doc: dict) -> None:
+        self.docs.append(doc)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 0.0) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}

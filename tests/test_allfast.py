@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import CollectingSink
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
@@ -125,25 +126,6 @@ def test_the_outputs_take_blocks_of_lines_and_count_them(tmp_path: Path) -> None
         assert stream.read() == b'{"a":1}\n'
 
 
-class _Documents:
-    name = "documents"
-
-    def __init__(self) -> None:
-        self.docs: list[dict] = []
-
-    def send(self, doc: dict) -> None:
-        self.docs.append(doc)
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        return True
-
-    def close(self, timeout: float = 0.0) -> None:
-        pass
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-
 class _EveryOther:
     """Alerts on every second record, so blocks of events are cut by alerts."""
 
@@ -165,7 +147,7 @@ def test_event_blocks_only_where_every_output_takes_lines(tmp_path: Path) -> Non
     assert blocks is not None and blocks[1] == [plain.send_lines] and blocks[2] is None
     pipeline.detector = _EveryOther()
     assert pipeline.event_blocks()[2] == pipeline.detector.on_record  # type: ignore[index]
-    for sinks in ([plain, _Documents()], [JsonlSink(tmp_path / "b.jsonl", min_severity="high")], []):
+    for sinks in ([plain, CollectingSink()], [JsonlSink(tmp_path / "b.jsonl", min_severity="high")], []):
         pipeline.sinks = sinks
         assert pipeline.event_blocks() is None
     pipeline.sinks = [plain]
@@ -186,7 +168,7 @@ def _half_tunnelled(path: Path) -> Path:
 @pytest.mark.parametrize("capture", ["half-tunnelled", "demo.pcap", "chrome-split-hello.pcap"])
 def test_a_replay_by_blocks_writes_what_drain_writes_in_its_order(tmp_path: Path, capture: str) -> None:
     path = _half_tunnelled(tmp_path / "half.pcap") if capture == "half-tunnelled" else PCAPS / capture
-    by_blocks, by_docs = JsonlSink(tmp_path / "blocks.jsonl"), _Documents()
+    by_blocks, by_docs = JsonlSink(tmp_path / "blocks.jsonl"), CollectingSink()
     for sink, detector in ((by_blocks, _EveryOther()), (by_docs, _EveryOther())):
         pipeline = Pipeline(sinks=[sink], event_builder=ecs.EventBuilder("sensor-1", registered_domain), detector=detector)
         assert (pipeline.event_blocks() is not None) == (sink is by_blocks)

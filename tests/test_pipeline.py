@@ -5,6 +5,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import CollectingSink
 
 from sensor.app.replay.files import replay_file
 from sensor.enrich.vendors import registered_domain
@@ -15,27 +16,6 @@ from sensor.pipeline import Pipeline
 
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
 CAPTURES = sorted(PCAPS.glob("*.pcap"))
-
-
-class _Collecting:
-    """A sink that takes documents only (as the remote sinks do)."""
-
-    name = "collecting"
-
-    def __init__(self) -> None:
-        self.docs: list[dict] = []
-
-    def send(self, doc: dict) -> None:
-        self.docs.append(doc)
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        return True
-
-    def close(self, timeout: float = 0.0) -> None:
-        pass
-
-    def stats(self) -> dict[str, int]:
-        return {}
 
 
 class _NoDetections:
@@ -61,7 +41,7 @@ def test_lines_written_without_dicts_are_the_documents(tmp_path: Path, capture: 
     that takes documents, beside a second file): byte for byte what orjson makes of the documents."""
     fast, slow = JsonlSink(tmp_path / "fast.jsonl"), JsonlSink(tmp_path / "slow.jsonl")
     assert _replay(capture, [fast])._line_writers == [fast.send_line]
-    collecting = _Collecting()
+    collecting = CollectingSink()
     assert _replay(capture, [slow, collecting])._line_writers is None
     documents = b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for doc in collecting.docs)
     assert (tmp_path / "fast.jsonl").read_bytes() == (tmp_path / "slow.jsonl").read_bytes() == documents
@@ -72,7 +52,7 @@ def test_the_line_path_needs_every_output_to_take_lines(tmp_path: Path) -> None:
     plain = JsonlSink(tmp_path / "a.jsonl")
     pipeline = Pipeline(sinks=[plain], event_builder=EventBuilder("s", registered_domain))
     assert pipeline._find_line_writers() == [plain.send_line]
-    for sinks in ([JsonlSink(tmp_path / "b.jsonl", min_severity="high")], [AlertsOnly(plain)], [plain, _Collecting()], []):
+    for sinks in ([JsonlSink(tmp_path / "b.jsonl", min_severity="high")], [AlertsOnly(plain)], [plain, CollectingSink()], []):
         pipeline.sinks = sinks
         assert not pipeline._find_line_writers(), sinks
     pipeline.sinks = [plain]
@@ -85,7 +65,7 @@ def test_the_line_path_needs_every_output_to_take_lines(tmp_path: Path) -> None:
 
 def test_replacing_the_outputs_decides_again(tmp_path: Path) -> None:
     capture = PCAPS / "demo.pcap"
-    first, second = JsonlSink(tmp_path / "1.jsonl"), _Collecting()
+    first, second = JsonlSink(tmp_path / "1.jsonl"), CollectingSink()
     pipeline = Pipeline(sinks=[first], event_builder=EventBuilder("s", registered_domain))
     replay_file(pipeline, capture, prefilter="never")
     pipeline.sinks = [second]  # as the second replay worker does with its spill
@@ -116,7 +96,7 @@ def test_events_as_lines_beside_a_detector_are_the_documents_in_the_same_order(t
     lines_sink = JsonlSink(tmp_path / "lines.jsonl")
     by_lines, by_docs = _Recording(), _Recording()
     _replay(capture, [lines_sink], by_lines)
-    collected = _Collecting()
+    collected = CollectingSink()
     _replay(capture, [collected], by_docs)
     lines_sink.flush()
     expected = b"".join(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE) for doc in collected.docs)
