@@ -21,6 +21,7 @@ from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.flows import FlowTable
 from sensor.decode.settings import DecodeSettings
 from tests.test_handshakes import _PAYLOADS, _SYN, _frame
+from tests.test_handshakes import _decoder as _handshake_decoder
 from tests.test_tunnelled_steps import _dns, _inner, _packet, _state, _wrapped
 
 pytestmark = pytest.mark.skipif(dispatch._declined_decoder is None or dispatch._share_decoder is None,
@@ -152,19 +153,7 @@ def _http_connection(draw: st.DrawFn) -> list[tuple[int, int, bytes, float]]:
 
 
 def _http_decoder(kind: str, bounds: int, body_cap: int) -> TrafficDecoder:
-    decoder = TrafficDecoder(settings=DecodeSettings(http_body_cap=body_cap))
-    decoder.flows = FlowTable(decoder.counters, decoder._classify, max_streams=bounds, idle_timeout=60.0,
-                              watch=decoder._watch, max_half_open=bounds, max_finished=bounds)
-    decode = dispatch._share_decoder(-1, None, 0.0, 0.0)
-    if kind == "compiled":
-        decoder._decode = decoder._with_handshakes(decode)
-    elif kind == "stepped":
-        decoder._decode = decoder._with_steps(decode)
-    elif kind == "reference":
-        decoder._decode = lambda linktype, frame, ts: decoder.handshake_py(decode(linktype, frame, ts), ts)
-    else:
-        decoder._decode = decode
-    return decoder
+    return _handshake_decoder(kind, bounds, DecodeSettings(http_body_cap=body_cap))
 
 
 def _http_state(decoder: TrafficDecoder) -> tuple[Any, ...]:

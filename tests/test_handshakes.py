@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sensor.decode import dispatch
 from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.flows import FlowTable
+from sensor.decode.settings import DecodeSettings
 from sensor.records import TlsHello
 
 pytestmark = pytest.mark.skipif(dispatch._handshake_decoder is None, reason="compiled extension not built")
@@ -76,10 +77,11 @@ _packet = st.tuples(
 )
 
 
-def _decoder(kind: str, bounds: int) -> TrafficDecoder:
+def _decoder(kind: str, bounds: int, decode_settings: DecodeSettings | None = None) -> TrafficDecoder:
     """A decoder whose flow table has small bounds: `kind` is "compiled" (handshake_decoder),
-    "reference" (handshake_py around the same decode) or "python" (no handshake step: feed_decoded)."""
-    decoder = TrafficDecoder()
+    "stepped" (the tunnelled steps too), "reference" (handshake_py around the same decode) or
+    "python" (no handshake step: feed_decoded)."""
+    decoder = TrafficDecoder(settings=decode_settings)
     decoder.flows = FlowTable(decoder.counters, decoder._classify, max_streams=bounds, idle_timeout=60.0,
                               watch=decoder._watch, max_half_open=bounds, max_finished=bounds)
     decode = dispatch._share_decoder(-1, None, 0.0, 0.0)
