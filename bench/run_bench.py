@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the sensor's replays against tshark on one large capture, and check they missed nothing.
 
-    python bench/run_bench.py [--mix standard|dense] [--modes alerts,events,tshark] [--packets N]
+    python bench/run_bench.py [--mix standard|dense|heavy] [--modes alerts,events,tshark] [--packets N]
                               [--runs 5] [--capture PATH] [--json RESULTS] [--no-reference]
 
 Makes the capture with make_capture.py when it is missing (cached in bench/out/), then times
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packets", type=int, default=1_000_000, help="size of the capture made when it is missing")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mix", choices=("standard", "dense"), default="standard", help="the capture's mix (make_capture.py)")
+    parser.add_argument("--mix", choices=("standard", "dense", "heavy"), default="standard", help="the capture's mix (make_capture.py)")
     parser.add_argument("--modes", default="alerts,events,tshark",
                         help=f"comma-separated, timed in turn every round: {', '.join(MODES)}")
     parser.add_argument("--runs", type=int, default=5)

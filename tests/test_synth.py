@@ -815,6 +815,14 @@ def test_the_dense_mix_has_more_handshakes_per_packet_and_tshark_agrees(tmp_path
     assert found["tls_sni"] == expected["tls_sni"] | expected["quic_sni"]
 
 
+
+def test_the_heavy_mix_is_denser_than_the_dense_one_in_handshakes_and_lookups(tmp_path: Path) -> None:
+    heavy = make_capture.generate(tmp_path / "heavy.pcap", 20_000, seed=3, mix="heavy")
+    dense = make_capture.generate(tmp_path / "dense.pcap", 20_000, seed=3, mix="dense")
+    for count in ("tls_client_hellos_with_sni", "dns_queries", "http_requests"):
+        assert heavy["counts"][count] > 1.25 * dense["counts"][count], count
+    assert 0.05 < heavy["counts"]["vlan_packets"] / 20_000 < 0.2
+
 FAKE_SENSOR = """
 import json, sys
 truth = json.load(open(sys.argv[1] + ".truth.json"))
