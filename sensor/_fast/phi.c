@@ -787,3 +787,303 @@ PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     if (pattern_hint(s, n) || contains(l, m, "ssn", 3) || contains(l, m, "soc", 3)) hints |= 2;
     return PyLong_FromLong(hints);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.phi.recognizers.scan_http_py at its default confidence: a request's parts found (the
+ * target's, each Referer's and Host's, the body's), each one's peel reused or made by
+ * layers._peel_alone and its findings by recognizers.scan_fields (remembered in the part), the
+ * page parts' findings remembered for url_findings. A request peel_request would peel into one
+ * peeler (a part not reused) goes on in layers._peel_on. Declined (None, before any peel or
+ * scan): a method not plain ASCII or CONNECT, a target not origin-form, headers or a body of
+ * other types than a decoded record's.
+ */
+
+static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_remember, *rq_limits, *rq_confidence;
+static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields;
+static PyObject *str_kind_url, *str_kind_host, *str_kind_referer, *str_kind_body, *str_spent, *str_reach, *str_findings;
+
+static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
+    PyObject *value = PyObject_GetAttrString(limits, name);
+    if (value == NULL) return -1;
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _remember_url_findings, DEFAULT_LIMITS,
+ * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS) */
+PyObject *bind_request(PyObject *module, PyObject *args) {
+    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence;
+    Py_ssize_t chars, url_chars, max_output, max_fields;
+    if (!PyArg_ParseTuple(args, "O!OOOOOnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits, &chars,
+                          &PyFloat_Type, &confidence, &url_chars))
+        return NULL;
+    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(remember)) {
+        PyErr_SetString(PyExc_TypeError, "bind_request takes four callables");
+        return NULL;
+    }
+    if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0) return NULL;
+    if (str_kind_url == NULL) {
+        str_kind_url = PyUnicode_InternFromString("url");
+        str_kind_host = PyUnicode_InternFromString("host");
+        str_kind_referer = PyUnicode_InternFromString("referer");
+        str_kind_body = PyUnicode_InternFromString("body");
+        str_spent = PyUnicode_InternFromString("spent");
+        str_reach = PyUnicode_InternFromString("reach");
+        str_findings = PyUnicode_InternFromString("findings");
+        if (!str_kind_url || !str_kind_host || !str_kind_referer || !str_kind_body || !str_spent || !str_reach ||
+            !str_findings)
+            return NULL;
+    }
+    if (str_fields == NULL && (str_fields = PyUnicode_InternFromString("fields")) == NULL) return NULL;
+    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence};
+    PyObject **slots[] = {&rq_parts, &rq_alone, &rq_on, &rq_scan, &rq_remember, &rq_limits, &rq_confidence};
+    for (size_t i = 0; i < sizeof bound / sizeof bound[0]; i++) {
+        Py_INCREF(bound[i]);
+        Py_XSETREF(*slots[i], bound[i]);
+    }
+    rq_part_chars = chars;
+    rq_url_chars = url_chars;
+    rq_max_output = max_output;
+    rq_max_fields = max_fields;
+    Py_RETURN_NONE;
+}
+
+/* whether ASCII `name` is `lower` (lower case ASCII) but for case */
+static int ascii_named(PyObject *name, const char *lower, Py_ssize_t n) {
+    if (PyUnicode_GET_LENGTH(name) != n) return 0;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(name);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    PyObject *key; /* (kind, *inputs) */
+    Py_ssize_t chars;
+    int in_page;
+} Wanted;
+
+#define WANTED_ON_STACK 16
+
+/* a part's int attribute; -1 with an error set on failure */
+static Py_ssize_t part_size(PyObject *part, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(part, name);
+    if (value == NULL) return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return size;
+}
+
+/* the parts of a request, as peel_request gives them with the default limits (new list), and
+ * whether no limit decided anything; NULL on error */
+static PyObject *request_parts_of(Wanted *wanted, Py_ssize_t count, int *exact) {
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL) return NULL;
+    Py_ssize_t budget = rq_max_output, fields = 0;
+    *exact = 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *found = PyDict_GetItemWithError(rq_parts, wanted[i].key);
+        if (found != NULL) {
+            Py_INCREF(found);
+        } else if (PyErr_Occurred()) {
+            goto fail;
+        } else if (wanted[i].chars <= rq_part_chars) {
+            found = PyObject_CallOneArg(rq_alone, wanted[i].key);
+            if (found == NULL) goto fail;
+            if (found == Py_None) Py_CLEAR(found);
+        }
+        int reused = 0;
+        if (found != NULL) {
+            Py_ssize_t spent = part_size(found, str_spent), reach = spent >= 0 ? part_size(found, str_reach) : -1;
+            PyObject *items = reach >= 0 ? PyObject_GetAttr(found, str_fields) : NULL;
+            if (items == NULL || !PyTuple_Check(items)) {
+                if (items != NULL) PyErr_SetString(PyExc_TypeError, "a part's fields are a tuple");
+                Py_XDECREF(items);
+                Py_DECREF(found);
+                goto fail;
+            }
+            Py_ssize_t size = PyTuple_GET_SIZE(items);
+            Py_DECREF(items);
+            if (budget > spent && budget >= reach && fields + size < rq_max_fields) {
+                budget -= spent;
+                fields += size;
+                reused = 1;
+            }
+        }
+        if (reused) {
+            int failed = PyList_Append(parts, found);
+            Py_DECREF(found);
+            if (failed < 0) goto fail;
+            continue;
+        }
+        Py_XDECREF(found);
+        PyObject *keys = PyList_New(count - i);
+        if (keys == NULL) goto fail;
+        for (Py_ssize_t j = i; j < count; j++) {
+            Py_INCREF(wanted[j].key);
+            PyList_SET_ITEM(keys, j - i, wanted[j].key);
+        }
+        PyObject *left = PyLong_FromSsize_t(budget);
+        PyObject *call[4] = {parts, keys, left, rq_limits};
+        PyObject *done = left != NULL ? PyObject_Vectorcall(rq_on, call, 4, NULL) : NULL;
+        Py_DECREF(keys);
+        Py_XDECREF(left);
+        if (done == NULL) goto fail;
+        *exact = PyObject_IsTrue(done);
+        Py_DECREF(done);
+        if (*exact < 0) goto fail;
+        if (PyList_GET_SIZE(parts) != count) {
+            PyErr_SetString(PyExc_RuntimeError, "_peel_on gave another number of parts");
+            goto fail;
+        }
+        break;
+    }
+    return parts;
+fail:
+    Py_DECREF(parts);
+    return NULL;
+}
+
+/* a part's findings at the default confidence (borrowed from its memo), scanned on first use */
+static PyObject *part_findings(PyObject *part) {
+    PyObject *memo = PyObject_GetAttr(part, str_findings);
+    if (memo == NULL) return NULL;
+    if (!PyDict_Check(memo)) {
+        PyErr_SetString(PyExc_TypeError, "a part's findings are a dict");
+        Py_DECREF(memo);
+        return NULL;
+    }
+    PyObject *found = PyDict_GetItemWithError(memo, rq_confidence);
+    if (found == NULL && !PyErr_Occurred()) {
+        PyObject *items = PyObject_GetAttr(part, str_fields);
+        PyObject *call[2] = {items, rq_confidence};
+        PyObject *list = items != NULL ? PyObject_Vectorcall(rq_scan, call, 2, NULL) : NULL;
+        Py_XDECREF(items);
+        PyObject *tuple = list != NULL ? PySequence_Tuple(list) : NULL;
+        Py_XDECREF(list);
+        if (tuple != NULL && PyDict_SetItem(memo, rq_confidence, tuple) == 0) found = tuple;
+        Py_XDECREF(tuple); /* the memo holds it */
+    }
+    Py_DECREF(memo);
+    return found;
+}
+
+/* scan_request(method, target, headers, body, content_type) -> scan_http(...) at its default
+ * confidence, or None (declined) */
+PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || rq_parts == NULL) Py_RETURN_NONE;
+    PyObject *method = args[0], *target = args[1], *headers = args[2], *body = args[3], *content_type = args[4];
+    if (!PyUnicode_CheckExact(method) || !PyUnicode_IS_ASCII(method) || ascii_named(method, "connect", 7) ||
+        !PyUnicode_CheckExact(target) || PyUnicode_GET_LENGTH(target) == 0 || PyUnicode_READ_CHAR(target, 0) != '/' ||
+        !(PyTuple_CheckExact(headers) || PyList_CheckExact(headers)) || !PyBytes_CheckExact(body) ||
+        !(content_type == Py_None || PyUnicode_CheckExact(content_type)))
+        Py_RETURN_NONE;
+    Py_ssize_t header_count = PySequence_Fast_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < header_count; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(pair, 0)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            Py_RETURN_NONE;
+    }
+    Wanted stack[WANTED_ON_STACK], *wanted = stack;
+    if (header_count + 2 > WANTED_ON_STACK) {
+        wanted = PyMem_Malloc(sizeof(Wanted) * (size_t)(header_count + 2));
+        if (wanted == NULL) return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    PyObject *result = NULL, *parts = NULL, *referrer = NULL; /* referrer borrowed */
+    /* split_request_target: the target before a "#", split at its first "?" */
+    Py_ssize_t length = PyUnicode_GET_LENGTH(target);
+    Py_ssize_t end = PyUnicode_FindChar(target, '#', 0, length, 1);
+    if (end == -2) goto done;
+    if (end < 0) end = length;
+    Py_ssize_t question = PyUnicode_FindChar(target, '?', 0, end, 1);
+    if (question == -2) goto done;
+    {
+        PyObject *path = PyUnicode_Substring(target, 0, question < 0 ? end : question);
+        PyObject *query = path != NULL ? PyUnicode_Substring(target, question < 0 ? end : question + 1, end) : NULL;
+        PyObject *key = query != NULL ? PyTuple_Pack(3, str_kind_url, path, query) : NULL;
+        Py_ssize_t chars = query != NULL ? PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(query) : 0;
+        Py_XDECREF(path);
+        Py_XDECREF(query);
+        if (key == NULL) goto done;
+        wanted[count++] = (Wanted){key, chars, 1}; /* (the path has the leading "/") */
+    }
+    for (Py_ssize_t i = 0; i < header_count; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        PyObject *kind = NULL;
+        int in_page = 0;
+        if (ascii_named(name, "referer", 7)) {
+            kind = str_kind_referer;
+            in_page = referrer == NULL;
+            if (referrer == NULL) referrer = value;
+        } else if (ascii_named(name, "host", 4)) {
+            kind = str_kind_host;
+        } else if (content_type == Py_None && ascii_named(name, "content-type", 12)) {
+            content_type = value;
+            continue;
+        } else {
+            continue;
+        }
+        PyObject *key = PyTuple_Pack(2, kind, value);
+        if (key == NULL) goto done;
+        wanted[count++] = (Wanted){key, PyUnicode_GET_LENGTH(value), in_page};
+    }
+    if (PyBytes_GET_SIZE(body) > 0) {
+        PyObject *key = PyTuple_Pack(3, str_kind_body, body, content_type);
+        if (key == NULL) goto done;
+        Py_ssize_t type_chars = content_type == Py_None ? 0 : PyUnicode_GET_LENGTH(content_type);
+        wanted[count++] = (Wanted){key, PyBytes_GET_SIZE(body) + type_chars, 0};
+    }
+    int exact;
+    parts = request_parts_of(wanted, count, &exact);
+    if (parts == NULL) goto done;
+    PyObject *findings = PyList_New(0);
+    if (findings == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *found = part_findings(PyList_GET_ITEM(parts, i));
+        if (found == NULL || !PyTuple_Check(found)) {
+            if (found != NULL) PyErr_SetString(PyExc_TypeError, "a part's findings are a tuple");
+            Py_DECREF(findings);
+            goto done;
+        }
+        if (PyTuple_GET_SIZE(found) &&
+            PyList_SetSlice(findings, PyList_GET_SIZE(findings), PyList_GET_SIZE(findings), found) < 0) {
+            Py_DECREF(findings);
+            goto done;
+        }
+    }
+    Py_ssize_t referrer_chars = referrer != NULL ? PyUnicode_GET_LENGTH(referrer) : 0;
+    if (exact && length + referrer_chars <= rq_url_chars) {
+        /* the page parts' findings, remembered for url_findings under (method, target, Referer or None) */
+        PyObject *page = PyList_New(0);
+        for (Py_ssize_t i = 0; page != NULL && i < count; i++) {
+            if (!wanted[i].in_page) continue;
+            PyObject *found = part_findings(PyList_GET_ITEM(parts, i)); /* (scanned above) */
+            if (found == NULL || PyList_SetSlice(page, PyList_GET_SIZE(page), PyList_GET_SIZE(page), found) < 0)
+                Py_CLEAR(page);
+        }
+        PyObject *found = page != NULL ? PyList_AsTuple(page) : NULL;
+        Py_XDECREF(page);
+        PyObject *key = found != NULL ? PyTuple_Pack(3, method, target, referrer_chars ? referrer : Py_None) : NULL;
+        PyObject *done = key != NULL ? PyObject_CallFunctionObjArgs(rq_remember, key, found, NULL) : NULL;
+        Py_XDECREF(found);
+        Py_XDECREF(key);
+        if (done == NULL) {
+            Py_DECREF(findings);
+            goto done;
+        }
+        Py_DECREF(done);
+    }
+    result = findings;
+done:
+    for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(wanted[i].key);
+    if (wanted != stack) PyMem_Free(wanted);
+    Py_XDECREF(parts);
+    return result;
+}
