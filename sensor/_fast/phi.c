@@ -798,9 +798,10 @@ PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
  * other types than a decoded record's.
  */
 
-static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_remember, *rq_limits, *rq_confidence;
-static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields;
+static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_remember, *rq_limits, *rq_confidence, *rq_new_part, *rq_unquote;
+static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields, rq_max_parts;
 static PyObject *str_kind_url, *str_kind_host, *str_kind_referer, *str_kind_body, *str_spent, *str_reach, *str_findings;
+static PyObject *str_url_path, *str_header_host;
 
 static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
     PyObject *value = PyObject_GetAttrString(limits, name);
@@ -811,15 +812,16 @@ static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
 }
 
 /* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _remember_url_findings, DEFAULT_LIMITS,
- * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS) */
+ * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS) */
 PyObject *bind_request(PyObject *module, PyObject *args) {
-    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence;
-    Py_ssize_t chars, url_chars, max_output, max_fields;
-    if (!PyArg_ParseTuple(args, "O!OOOOOnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits, &chars,
-                          &PyFloat_Type, &confidence, &url_chars))
+    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence, *new_part, *unquote;
+    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts;
+    if (!PyArg_ParseTuple(args, "O!OOOOOnO!nOOn", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits, &chars,
+                          &PyFloat_Type, &confidence, &url_chars, &new_part, &unquote, &max_parts))
         return NULL;
-    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(remember)) {
-        PyErr_SetString(PyExc_TypeError, "bind_request takes four callables");
+    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(remember) ||
+        !PyCallable_Check(new_part) || !PyCallable_Check(unquote)) {
+        PyErr_SetString(PyExc_TypeError, "bind_request takes six callables");
         return NULL;
     }
     if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0) return NULL;
@@ -831,13 +833,16 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
         str_spent = PyUnicode_InternFromString("spent");
         str_reach = PyUnicode_InternFromString("reach");
         str_findings = PyUnicode_InternFromString("findings");
+        str_url_path = PyUnicode_InternFromString("url.path");
+        str_header_host = PyUnicode_InternFromString("header.host");
         if (!str_kind_url || !str_kind_host || !str_kind_referer || !str_kind_body || !str_spent || !str_reach ||
-            !str_findings)
+            !str_findings || !str_url_path || !str_header_host)
             return NULL;
     }
     if (str_fields == NULL && (str_fields = PyUnicode_InternFromString("fields")) == NULL) return NULL;
-    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence};
-    PyObject **slots[] = {&rq_parts, &rq_alone, &rq_on, &rq_scan, &rq_remember, &rq_limits, &rq_confidence};
+    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence, new_part, unquote};
+    PyObject **slots[] = {&rq_parts,  &rq_alone,      &rq_on,       &rq_scan,   &rq_remember,
+                          &rq_limits, &rq_confidence, &rq_new_part, &rq_unquote};
     for (size_t i = 0; i < sizeof bound / sizeof bound[0]; i++) {
         Py_INCREF(bound[i]);
         Py_XSETREF(*slots[i], bound[i]);
@@ -846,6 +851,7 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
     rq_url_chars = url_chars;
     rq_max_output = max_output;
     rq_max_fields = max_fields;
+    rq_max_parts = max_parts;
     Py_RETURN_NONE;
 }
 
@@ -878,6 +884,62 @@ static Py_ssize_t part_size(PyObject *part, PyObject *name) {
     return size;
 }
 
+/* _peel_alone(key) of a Host header's ASCII value (stripped) or of a target's path without a query
+ * (its escapes undone by layers._unquote): one field, within every limit, made and remembered here;
+ * NULL with no error set for another part */
+static PyObject *simple_part(PyObject *key) {
+    if (field_maker == NULL) return NULL;
+    PyObject *kind = PyTuple_GET_ITEM(key, 0), *name, *value;
+    if (kind == str_kind_host) {
+        PyObject *host = PyTuple_GET_ITEM(key, 1);
+        if (!PyUnicode_IS_ASCII(host)) return NULL;
+        const unsigned char *s = PyUnicode_1BYTE_DATA(host);
+        Py_ssize_t start = 0, end = PyUnicode_GET_LENGTH(host);
+        while (start < end && ascii_space(s[start])) start++;
+        while (end > start && ascii_space(s[end - 1])) end--;
+        name = str_header_host;
+        value = PyUnicode_Substring(host, start, end);
+    } else if (kind == str_kind_url && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(key, 2)) == 0) {
+        PyObject *path = PyTuple_GET_ITEM(key, 1);
+        Py_ssize_t escape = PyUnicode_FindChar(path, '%', 0, PyUnicode_GET_LENGTH(path), 1);
+        if (escape == -2) return NULL;
+        name = str_url_path;
+        if (escape >= 0) {
+            value = PyObject_CallOneArg(rq_unquote, path);
+            if (value != NULL && !PyUnicode_CheckExact(value)) {
+                PyErr_SetString(PyExc_TypeError, "_unquote gives a str");
+                Py_CLEAR(value);
+            }
+        } else {
+            value = Py_NewRef(path);
+        }
+    } else {
+        return NULL;
+    }
+    if (value == NULL) return NULL;
+    PyObject *pair[2] = {name, value};
+    PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+    PyObject *fields = item != NULL ? PyTuple_Pack(1, item) : NULL;
+    PyObject *spent = PyLong_FromSsize_t(PyUnicode_GET_LENGTH(value));
+    PyObject *memo = PyDict_New();
+    Py_DECREF(value);
+    Py_XDECREF(item);
+    PyObject *reach = PyLong_FromLong(0), *part = NULL;
+    if (fields != NULL && spent != NULL && memo != NULL && reach != NULL) {
+        PyObject *call[4] = {fields, spent, reach, memo};
+        part = PyObject_Vectorcall(rq_new_part, call, 4, NULL);
+    }
+    Py_XDECREF(reach);
+    Py_XDECREF(fields);
+    Py_XDECREF(spent);
+    Py_XDECREF(memo);
+    if (part == NULL) return NULL;
+    /* remembered as _peel_alone remembers it (its spent is within _CACHED_PART_SPENT) */
+    if (PyDict_GET_SIZE(rq_parts) >= rq_max_parts) PyDict_Clear(rq_parts);
+    if (PyDict_SetItem(rq_parts, key, part) < 0) Py_CLEAR(part);
+    return part;
+}
+
 /* the parts of a request, as peel_request gives them with the default limits (new list), and
  * whether no limit decided anything; NULL on error */
 static PyObject *request_parts_of(Wanted *wanted, Py_ssize_t count, int *exact) {
@@ -892,6 +954,10 @@ static PyObject *request_parts_of(Wanted *wanted, Py_ssize_t count, int *exact) 
         } else if (PyErr_Occurred()) {
             goto fail;
         } else if (wanted[i].chars <= rq_part_chars) {
+            found = simple_part(wanted[i].key);
+            if (found == NULL && PyErr_Occurred()) goto fail;
+        }
+        if (found == NULL && !PyErr_Occurred() && wanted[i].chars <= rq_part_chars) {
             found = PyObject_CallOneArg(rq_alone, wanted[i].key);
             if (found == NULL) goto fail;
             if (found == Py_None) Py_CLEAR(found);

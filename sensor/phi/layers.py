@@ -678,6 +678,8 @@ class Part:
     findings: dict[float, tuple] = field(default_factory=dict)
 
 
+_new_part = positional_constructor(Part)  # (fields, spent, reach, findings)
+
 # Parts remembered: inputs up to _CACHED_PART_CHARS whose fields take up to _CACHED_PART_SPENT.
 _PARTS: dict[tuple, Part] = {}
 _MAX_PARTS = 2048
@@ -768,13 +770,13 @@ def _peel_alone(key: tuple) -> Part | None:
     """_alone of a part not remembered, `key` being (kind, *inputs)."""
     if key[0] == "host":  # (a Host header: one field, the value stripped, within every limit)
         value = key[1].strip()
-        part = Part((_field("header.host", value),), len(value), 0)
+        part = _new_part((_field("header.host", value),), len(value), 0, {})
     else:
         alone = Peeler(DEFAULT_LIMITS)
         _PEEL_PARTS[key[0]](alone, *key[1:])
         if alone.bound:
             return None
-        part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
+        part = _new_part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach, {})
     if part.spent <= _CACHED_PART_SPENT:
         if len(_PARTS) >= _MAX_PARTS:
             _PARTS.clear()

@@ -1063,7 +1063,8 @@ def _remember_url_findings(key: tuple[str, str, str | None], found: tuple[Findin
 
 if _bind_request is not None:
     _bind_request(layers._PARTS, layers._peel_alone, layers._peel_on, scan_fields, _remember_url_findings,
-                  layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS)
+                  layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS,
+                  layers._new_part, layers._unquote, layers._MAX_PARTS)
 
 
 def url_findings(method: str, target: str, referrer: str | None) -> tuple[Finding, ...]:
