@@ -1,7 +1,7 @@
 """The compiled scan of a request (sensor/_fast/phi.c scan_request) finds what scan_http_py finds.
 
 Each side runs from empty caches (parts, peeled values, URL findings), and is compared on its
-findings, on what it remembers for url_findings, and on the caps it counts; a request it does not
+findings, on what it remembers for url_findings and query_fields, and on the caps it counts; a request it does not
 take (a CONNECT, a target not in origin form, a header name beyond ASCII) it declines before
 peeling anything.
 """
@@ -36,7 +36,8 @@ def _scan(scan: Any, *request: Any) -> tuple[Any, ...]:
     found = scan(*request)
     after = dict(layers.CAPPED)
     capped = {key: after.get(key, 0) - before.get(key, 0) for key in after}
-    return found, dict(recognizers._URL_FINDINGS), {key: n for key, n in capped.items() if n}
+    # (what a tracker decoder reads again: the query strings' fields)
+    return found, dict(recognizers._URL_FINDINGS), dict(layers._QUERY_FIELDS), {key: n for key, n in capped.items() if n}
 
 
 def _same(method: str, target: str, headers: Any, body: bytes, content_type: str | None) -> list[Any]:

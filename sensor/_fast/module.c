@@ -93,7 +93,8 @@ static PyMethodDef methods[] = {
      " list, else None"},
     {"bind_request", bind_request, METH_VARARGS,
      "bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _remember_url_findings, DEFAULT_LIMITS,"
-     " _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS)"},
+     " _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS, _CACHED_PART_SPENT,"
+     " _QUERY_FIELDS, _MAX_QUERY_FIELDS)"},
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
      "scan_request(method, target, headers, body, content_type) -> scan_http_py(...) at its default confidence,"
      " or None"},

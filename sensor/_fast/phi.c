@@ -241,6 +241,74 @@ static int reuse(PyObject *peeler, Py_ssize_t *budget, PyObject *value, PyObject
     return get_budget(peeler, budget);
 }
 
+/* peel_form's loop over `pieces` into `fields`: the index of the first piece left to Python (len(pieces)
+ * when none is), -1 on error. Without a peeler (NULL) a value _PEELED does not hold is left too. */
+static Py_ssize_t form_pieces(PyObject *peeler, PyObject *fields, Py_ssize_t *budget, PyObject *pieces,
+                              PyObject *prefix_dot, PyObject *depth, Py_ssize_t max_fields, int plain_depth,
+                              int remembered) {
+    Py_ssize_t count = PyList_GET_SIZE(pieces), last = count - 1, index;
+    for (index = 0; index < count; index++) {
+        PyObject *piece = PyList_GET_ITEM(pieces, index);
+        if (!PyUnicode_CheckExact(piece) || !PyUnicode_IS_ASCII(piece)) break;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(piece);
+        if (n == 0) continue;
+        Py_ssize_t held = PyList_GET_SIZE(fields);
+        if ((held >= max_fields - 1 && index < last) || *budget <= 0 || held >= max_fields) break;
+        const unsigned char *s = PyUnicode_1BYTE_DATA(piece);
+        Py_ssize_t equals = 0;
+        int escaped_key = 0;
+        while (equals < n && s[equals] != '=') {
+            escaped_key |= s[equals] == '%' || s[equals] == '+';
+            equals++;
+        }
+        if (equals > LONG_KEY || escaped_key) break;
+        Py_ssize_t start = equals < n ? equals + 1 : n, end = n;
+        int escaped_value = 0;
+        for (Py_ssize_t i = start; i < end; i++) escaped_value |= s[i] == '%' || s[i] == '+';
+        if (!escaped_value) {
+            while (start < end && ascii_space(s[start])) start++;
+            while (end > start && ascii_space(s[end - 1])) end--;
+            if (start == end) continue;
+        }
+        int plain = !escaped_value && (plain_depth || plain_ascii(s + start, end - start));
+        if (plain && end - start > *budget) break; /* emit cuts it: Python's */
+        PyObject *key = PyUnicode_Substring(piece, 0, equals);
+        PyObject *path = key != NULL && prefix_dot != NULL ? PyUnicode_Concat(prefix_dot, key) : key;
+        if (path != key) Py_XDECREF(key);
+        PyObject *value = path != NULL ? PyUnicode_Substring(piece, start, end) : NULL;
+        if (value == NULL) {
+            Py_XDECREF(path);
+            return -1;
+        }
+        int failed = 0, left = 0;
+        if (!plain && !escaped_value && end - start <= *budget) {
+            /* _reused's peel of a token that _layers takes as it is: that token (as a cache hit would give) */
+            int token = opaque_token(s + start, end - start);
+            failed = token < 0;
+            plain = token > 0;
+        }
+        if (failed) {
+        } else if (plain) {
+            PyObject *pair[2] = {path, value};
+            PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+            failed = item == NULL || PyList_Append(fields, item) < 0;
+            Py_XDECREF(item);
+            *budget -= end - start;
+        } else {
+            int known = remembered ? reuse_known(fields, budget, max_fields, value, path, depth, escaped_value) : 0;
+            if (known == 0 && peeler == NULL)
+                left = 1;
+            else
+                failed = known < 0 || (known == 0 && reuse(peeler, budget, value, path, depth, escaped_value) < 0);
+        }
+        Py_DECREF(value);
+        Py_DECREF(path);
+        if (failed) return -1;
+        if (left) break;
+    }
+    return index;
+}
+
 /* peel_form(peeler, pieces, prefix, depth, max_fields, plain_depth) -> the index of the first piece
  * left to Peeler.form_py's loop (len(pieces) when none is): the pieces before it taken as it takes
  * them. A piece is left (with everything after it) when it is not ASCII, has an escaped or long
@@ -273,70 +341,10 @@ PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         Py_DECREF(fields);
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(pieces), last = count - 1, index;
-    int failed = 0;
-    for (index = 0; index < count; index++) {
-        PyObject *piece = PyList_GET_ITEM(pieces, index);
-        if (!PyUnicode_CheckExact(piece) || !PyUnicode_IS_ASCII(piece)) break;
-        Py_ssize_t n = PyUnicode_GET_LENGTH(piece);
-        if (n == 0) continue;
-        Py_ssize_t held = PyList_GET_SIZE(fields);
-        if ((held >= max_fields - 1 && index < last) || budget <= 0 || held >= max_fields) break;
-        const unsigned char *s = PyUnicode_1BYTE_DATA(piece);
-        Py_ssize_t equals = 0;
-        int escaped_key = 0;
-        while (equals < n && s[equals] != '=') {
-            escaped_key |= s[equals] == '%' || s[equals] == '+';
-            equals++;
-        }
-        if (equals > LONG_KEY || escaped_key) break;
-        Py_ssize_t start = equals < n ? equals + 1 : n, end = n;
-        int escaped_value = 0;
-        for (Py_ssize_t i = start; i < end; i++) escaped_value |= s[i] == '%' || s[i] == '+';
-        if (!escaped_value) {
-            while (start < end && ascii_space(s[start])) start++;
-            while (end > start && ascii_space(s[end - 1])) end--;
-            if (start == end) continue;
-        }
-        int plain = !escaped_value && (plain_depth || plain_ascii(s + start, end - start));
-        if (plain && end - start > budget) break; /* emit cuts it: Python's */
-        PyObject *key = PyUnicode_Substring(piece, 0, equals);
-        PyObject *path = key != NULL && prefix_dot != NULL ? PyUnicode_Concat(prefix_dot, key) : key;
-        if (path != key) Py_XDECREF(key);
-        PyObject *value = path != NULL ? PyUnicode_Substring(piece, start, end) : NULL;
-        if (value == NULL) {
-            Py_XDECREF(path);
-            failed = 1;
-            break;
-        }
-        if (!plain && !escaped_value && end - start <= budget) {
-            /* _reused's peel of a token that _layers takes as it is: that token (as a cache hit would give) */
-            int token = opaque_token(s + start, end - start);
-            if (token < 0) {
-                Py_DECREF(value);
-                Py_DECREF(path);
-                failed = 1;
-                break;
-            }
-            plain = token;
-        }
-        if (plain) {
-            PyObject *pair[2] = {path, value};
-            PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
-            failed = item == NULL || PyList_Append(fields, item) < 0;
-            Py_XDECREF(item);
-            budget -= end - start;
-        } else {
-            int known = remembered ? reuse_known(fields, &budget, max_fields, value, path, depth, escaped_value) : 0;
-            failed = known < 0 || (known == 0 && reuse(peeler, &budget, value, path, depth, escaped_value) < 0);
-        }
-        Py_DECREF(value);
-        Py_DECREF(path);
-        if (failed) break;
-    }
+    Py_ssize_t index = form_pieces(peeler, fields, &budget, pieces, prefix_dot, depth, max_fields, plain_depth, remembered);
     Py_DECREF(fields);
     Py_XDECREF(prefix_dot);
-    if (failed || set_budget(peeler, budget) < 0) return NULL;
+    if (index < 0 || set_budget(peeler, budget) < 0) return NULL;
     return PyLong_FromSsize_t(index);
 }
 
@@ -801,7 +809,9 @@ PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
 static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_remember, *rq_limits, *rq_confidence, *rq_new_part, *rq_unquote;
 static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields, rq_max_parts;
 static PyObject *str_kind_url, *str_kind_host, *str_kind_referer, *str_kind_body, *str_spent, *str_reach, *str_findings;
-static PyObject *str_url_path, *str_header_host;
+static PyObject *str_url_path, *str_header_host, *str_query_dot, *str_amp, *str_amp_equals, *rq_one;
+static PyObject *rq_query_fields; /* layers._QUERY_FIELDS */
+static Py_ssize_t rq_max_query_fields, rq_part_spent, rq_max_depth;
 
 static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
     PyObject *value = PyObject_GetAttrString(limits, name);
@@ -812,19 +822,23 @@ static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
 }
 
 /* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _remember_url_findings, DEFAULT_LIMITS,
- * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS) */
+ * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS, _CACHED_PART_SPENT,
+ * _QUERY_FIELDS, _MAX_QUERY_FIELDS) */
 PyObject *bind_request(PyObject *module, PyObject *args) {
-    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence, *new_part, *unquote;
-    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts;
-    if (!PyArg_ParseTuple(args, "O!OOOOOnO!nOOn", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits, &chars,
-                          &PyFloat_Type, &confidence, &url_chars, &new_part, &unquote, &max_parts))
+    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence, *new_part, *unquote, *query_fields;
+    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts, part_spent, max_query_fields, max_depth;
+    if (!PyArg_ParseTuple(args, "O!OOOOOnO!nOOnnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits,
+                          &chars, &PyFloat_Type, &confidence, &url_chars, &new_part, &unquote, &max_parts, &part_spent,
+                          &PyDict_Type, &query_fields, &max_query_fields))
         return NULL;
     if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(remember) ||
         !PyCallable_Check(new_part) || !PyCallable_Check(unquote)) {
         PyErr_SetString(PyExc_TypeError, "bind_request takes six callables");
         return NULL;
     }
-    if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0) return NULL;
+    if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0 ||
+        limit_of(limits, "max_depth", &max_depth) < 0)
+        return NULL;
     if (str_kind_url == NULL) {
         str_kind_url = PyUnicode_InternFromString("url");
         str_kind_host = PyUnicode_InternFromString("host");
@@ -835,14 +849,19 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
         str_findings = PyUnicode_InternFromString("findings");
         str_url_path = PyUnicode_InternFromString("url.path");
         str_header_host = PyUnicode_InternFromString("header.host");
+        str_query_dot = PyUnicode_InternFromString("query.");
+        str_amp = PyUnicode_InternFromString("&");
+        str_amp_equals = PyUnicode_InternFromString("&=");
+        rq_one = PyLong_FromLong(1);
         if (!str_kind_url || !str_kind_host || !str_kind_referer || !str_kind_body || !str_spent || !str_reach ||
-            !str_findings || !str_url_path || !str_header_host)
+            !str_findings || !str_url_path || !str_header_host || !str_query_dot || !str_amp || !str_amp_equals ||
+            !rq_one)
             return NULL;
     }
     if (str_fields == NULL && (str_fields = PyUnicode_InternFromString("fields")) == NULL) return NULL;
-    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence, new_part, unquote};
-    PyObject **slots[] = {&rq_parts,  &rq_alone,      &rq_on,       &rq_scan,   &rq_remember,
-                          &rq_limits, &rq_confidence, &rq_new_part, &rq_unquote};
+    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence, new_part, unquote, query_fields};
+    PyObject **slots[] = {&rq_parts,      &rq_alone,    &rq_on,      &rq_scan,        &rq_remember, &rq_limits,
+                          &rq_confidence, &rq_new_part, &rq_unquote, &rq_query_fields};
     for (size_t i = 0; i < sizeof bound / sizeof bound[0]; i++) {
         Py_INCREF(bound[i]);
         Py_XSETREF(*slots[i], bound[i]);
@@ -852,6 +871,9 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
     rq_max_output = max_output;
     rq_max_fields = max_fields;
     rq_max_parts = max_parts;
+    rq_part_spent = part_spent;
+    rq_max_query_fields = max_query_fields;
+    rq_max_depth = max_depth;
     Py_RETURN_NONE;
 }
 
@@ -884,12 +906,65 @@ static Py_ssize_t part_size(PyObject *part, PyObject *name) {
     return size;
 }
 
-/* _peel_alone(key) of a Host header's ASCII value (stripped) or of a target's path without a query
- * (its escapes undone by layers._unquote): one field, within every limit, made and remembered here;
- * NULL with no error set for another part */
+/* a target's path with its escapes undone (layers._unquote): new reference, NULL on error */
+static PyObject *unquoted_path(PyObject *path) {
+    Py_ssize_t escape = PyUnicode_FindChar(path, '%', 0, PyUnicode_GET_LENGTH(path), 1);
+    if (escape == -2) return NULL;
+    if (escape < 0) return Py_NewRef(path); /* (what unquote gives back) */
+    PyObject *value = PyObject_CallOneArg(rq_unquote, path);
+    if (value != NULL && !PyUnicode_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_unquote gives a str");
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+/* a part made of `fields` (a list) remembered as _peel_alone remembers it: new reference, NULL on error */
+static PyObject *remembered_part(PyObject *key, PyObject *fields, Py_ssize_t spent) {
+    PyObject *items = PyList_AsTuple(fields);
+    PyObject *size = PyLong_FromSsize_t(spent), *reach = PyLong_FromLong(0), *memo = PyDict_New(), *part = NULL;
+    if (items != NULL && size != NULL && reach != NULL && memo != NULL) {
+        PyObject *call[4] = {items, size, reach, memo};
+        part = PyObject_Vectorcall(rq_new_part, call, 4, NULL);
+    }
+    Py_XDECREF(items);
+    Py_XDECREF(size);
+    Py_XDECREF(reach);
+    Py_XDECREF(memo);
+    if (part != NULL && spent <= rq_part_spent) {
+        if (PyDict_GET_SIZE(rq_parts) >= rq_max_parts) PyDict_Clear(rq_parts);
+        if (PyDict_SetItem(rq_parts, key, part) < 0) Py_CLEAR(part);
+    }
+    return part;
+}
+
+/* _peel_url of a path and a query that no key leaves empty, into `fields` (the path's already
+ * there, `budget` left): 1 when every piece was taken here (its fields then remembered for
+ * query_fields), 0 when one is Python's (the fields are then to be dropped), -1 on error */
+static int query_taken(PyObject *query, PyObject *fields, Py_ssize_t *budget) {
+    PyObject *pieces = PyUnicode_Split(query, str_amp, -1);
+    if (pieces == NULL) return -1;
+    Py_ssize_t index = form_pieces(NULL, fields, budget, pieces, str_query_dot, rq_one, rq_max_fields,
+                                   1 >= rq_max_depth, 1);
+    Py_ssize_t count = PyList_GET_SIZE(pieces);
+    Py_DECREF(pieces);
+    if (index < count) return index < 0 ? -1 : 0;
+    PyObject *taken = PyList_GetSlice(fields, 1, PyList_GET_SIZE(fields));
+    PyObject *items = taken != NULL ? PyList_AsTuple(taken) : NULL;
+    Py_XDECREF(taken);
+    if (items == NULL) return -1;
+    if (PyDict_GET_SIZE(rq_query_fields) >= rq_max_query_fields) PyDict_Clear(rq_query_fields);
+    int status = PyDict_SetItem(rq_query_fields, query, items);
+    Py_DECREF(items);
+    return status < 0 ? -1 : 1;
+}
+
+/* _peel_alone(key) of a Host header's ASCII value (stripped), or of a target whose query's pieces
+ * are all ones peel_form takes without Python: made and remembered here as _peel_alone does; NULL
+ * with no error set for another part (or one of those whose peel needs Python after all) */
 static PyObject *simple_part(PyObject *key) {
     if (field_maker == NULL) return NULL;
-    PyObject *kind = PyTuple_GET_ITEM(key, 0), *name, *value;
+    PyObject *kind = PyTuple_GET_ITEM(key, 0), *name, *value, *query = NULL;
     if (kind == str_kind_host) {
         PyObject *host = PyTuple_GET_ITEM(key, 1);
         if (!PyUnicode_IS_ASCII(host)) return NULL;
@@ -899,44 +974,36 @@ static PyObject *simple_part(PyObject *key) {
         while (end > start && ascii_space(s[end - 1])) end--;
         name = str_header_host;
         value = PyUnicode_Substring(host, start, end);
-    } else if (kind == str_kind_url && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(key, 2)) == 0) {
-        PyObject *path = PyTuple_GET_ITEM(key, 1);
-        Py_ssize_t escape = PyUnicode_FindChar(path, '%', 0, PyUnicode_GET_LENGTH(path), 1);
-        if (escape == -2) return NULL;
-        name = str_url_path;
-        if (escape >= 0) {
-            value = PyObject_CallOneArg(rq_unquote, path);
-            if (value != NULL && !PyUnicode_CheckExact(value)) {
-                PyErr_SetString(PyExc_TypeError, "_unquote gives a str");
-                Py_CLEAR(value);
-            }
+    } else if (kind == str_kind_url) {
+        query = PyTuple_GET_ITEM(key, 2);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(query);
+        if (n > 0) { /* the query _peel_url remembers: no key left empty */
+            if (PyUnicode_READ_CHAR(query, 0) == '=') return NULL;
+            Py_ssize_t at = PyUnicode_Find(query, str_amp_equals, 0, n, 1);
+            if (at != -1) return NULL; /* (-2: an error) */
         } else {
-            value = Py_NewRef(path);
+            query = NULL;
         }
+        name = str_url_path;
+        value = unquoted_path(PyTuple_GET_ITEM(key, 1));
     } else {
         return NULL;
     }
     if (value == NULL) return NULL;
     PyObject *pair[2] = {name, value};
     PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
-    PyObject *fields = item != NULL ? PyTuple_Pack(1, item) : NULL;
-    PyObject *spent = PyLong_FromSsize_t(PyUnicode_GET_LENGTH(value));
-    PyObject *memo = PyDict_New();
+    PyObject *fields = item != NULL ? PyList_New(1) : NULL;
+    Py_ssize_t budget = rq_max_output - PyUnicode_GET_LENGTH(value);
     Py_DECREF(value);
-    Py_XDECREF(item);
-    PyObject *reach = PyLong_FromLong(0), *part = NULL;
-    if (fields != NULL && spent != NULL && memo != NULL && reach != NULL) {
-        PyObject *call[4] = {fields, spent, reach, memo};
-        part = PyObject_Vectorcall(rq_new_part, call, 4, NULL);
+    if (fields == NULL) {
+        Py_XDECREF(item);
+        return NULL;
     }
-    Py_XDECREF(reach);
-    Py_XDECREF(fields);
-    Py_XDECREF(spent);
-    Py_XDECREF(memo);
-    if (part == NULL) return NULL;
-    /* remembered as _peel_alone remembers it (its spent is within _CACHED_PART_SPENT) */
-    if (PyDict_GET_SIZE(rq_parts) >= rq_max_parts) PyDict_Clear(rq_parts);
-    if (PyDict_SetItem(rq_parts, key, part) < 0) Py_CLEAR(part);
+    PyList_SET_ITEM(fields, 0, item);
+    PyObject *part = NULL;
+    int taken = query != NULL ? query_taken(query, fields, &budget) : 1;
+    if (taken > 0) part = remembered_part(key, fields, rq_max_output - budget);
+    Py_DECREF(fields);
     return part;
 }
 

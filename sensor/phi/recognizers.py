@@ -1064,7 +1064,8 @@ def _remember_url_findings(key: tuple[str, str, str | None], found: tuple[Findin
 if _bind_request is not None:
     _bind_request(layers._PARTS, layers._peel_alone, layers._peel_on, scan_fields, _remember_url_findings,
                   layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS,
-                  layers._new_part, layers._unquote, layers._MAX_PARTS)
+                  layers._new_part, layers._unquote, layers._MAX_PARTS, layers._CACHED_PART_SPENT,
+                  layers._QUERY_FIELDS, layers._MAX_QUERY_FIELDS)
 
 
 def url_findings(method: str, target: str, referrer: str | None) -> tuple[Finding, ...]:
