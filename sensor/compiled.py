@@ -90,7 +90,7 @@ BINDERS: dict[str, str] = {
     "bind_gates": "sensor.phi.recognizers:_GATE_WORDS",  # with _gate_hints_py
     # with sensor.phi.layers._peel_alone, _peel_on, DEFAULT_LIMITS, _CACHED_PART_CHARS, _new_part,
     # _unquote, _MAX_PARTS, _CACHED_PART_SPENT, _QUERY_FIELDS and _MAX_QUERY_FIELDS, and
-    # sensor.phi.recognizers.scan_fields, _remember_url_findings, _URL_CONFIDENCE and _URL_CHARS
+    # sensor.phi.recognizers.scan_fields, _URL_FINDINGS, _MAX_URL_FINDINGS, _URL_CONFIDENCE and _URL_CHARS
     "bind_request": "sensor.phi.layers:_PARTS",
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
     # sensor.capture.workers.SERVICE_PORTS

@@ -37,7 +37,7 @@ def _scan(scan: Any, *request: Any) -> tuple[Any, ...]:
     after = dict(layers.CAPPED)
     capped = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     # (what a tracker decoder reads again: the query strings' fields)
-    return found, dict(recognizers._URL_FINDINGS), dict(layers._QUERY_FIELDS), {key: n for key, n in capped.items() if n}
+    return found, list(recognizers._URL_FINDINGS.items()), dict(layers._QUERY_FIELDS), {key: n for key, n in capped.items() if n}
 
 
 def _same(method: str, target: str, headers: Any, body: bytes, content_type: str | None) -> list[Any]:
@@ -117,3 +117,22 @@ def test_scan_request_declines_what_it_does_not_take(method: str, target: str, h
     # scan_http then answers in Python
     assert recognizers.scan_http(method, target, headers, b"", None) == recognizers.scan_http_py(
         method, target, headers, b"", None)
+
+
+def test_url_findings_are_remembered_in_the_order_used_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled scan keeps url_findings' memo as _remember_url_findings does."""
+    def run(scan: Any) -> list[Any]:
+        _forget()
+        for target in ("/a?q=1", "/b?q=2", "/a?q=1", "/c?q=3", "/d?q=4", "/b?q=2"):
+            scan("GET", target, (), b"", None)
+        return list(recognizers._URL_FINDINGS)
+
+    monkeypatch.setattr(recognizers, "_MAX_URL_FINDINGS", 3)
+    expected = run(recognizers.scan_http_py)
+    assert expected == [("GET", t, None) for t in ("/c?q=3", "/d?q=4", "/b?q=2")]
+    recognizers._bind_scan_request()
+    try:
+        assert run(fast.scan_request) == expected
+    finally:
+        monkeypatch.undo()
+        recognizers._bind_scan_request()

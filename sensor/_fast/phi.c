@@ -806,8 +806,9 @@ PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
  * other types than a decoded record's.
  */
 
-static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_remember, *rq_limits, *rq_confidence, *rq_new_part, *rq_unquote;
-static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields, rq_max_parts;
+static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_url_memo, *rq_limits, *rq_confidence, *rq_new_part, *rq_unquote;
+static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields, rq_max_parts, rq_max_url_memo;
+static PyObject *str_move_to_end, *str_popitem;
 static PyObject *str_kind_url, *str_kind_host, *str_kind_referer, *str_kind_body, *str_spent, *str_reach, *str_findings;
 static PyObject *str_url_path, *str_header_host, *str_query_dot, *str_amp, *str_amp_equals, *rq_one;
 static PyObject *rq_query_fields; /* layers._QUERY_FIELDS */
@@ -821,19 +822,19 @@ static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _remember_url_findings, DEFAULT_LIMITS,
+/* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _URL_FINDINGS, _MAX_URL_FINDINGS, DEFAULT_LIMITS,
  * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS, _CACHED_PART_SPENT,
  * _QUERY_FIELDS, _MAX_QUERY_FIELDS) */
 PyObject *bind_request(PyObject *module, PyObject *args) {
-    PyObject *parts, *alone, *on, *scan, *remember, *limits, *confidence, *new_part, *unquote, *query_fields;
-    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts, part_spent, max_query_fields, max_depth;
-    if (!PyArg_ParseTuple(args, "O!OOOOOnO!nOOnnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &remember, &limits,
-                          &chars, &PyFloat_Type, &confidence, &url_chars, &new_part, &unquote, &max_parts, &part_spent,
-                          &PyDict_Type, &query_fields, &max_query_fields))
+    PyObject *parts, *alone, *on, *scan, *url_memo, *limits, *confidence, *new_part, *unquote, *query_fields;
+    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts, part_spent, max_query_fields, max_depth, max_url;
+    if (!PyArg_ParseTuple(args, "O!OOOO!nOnO!nOOnnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &PyDict_Type,
+                          &url_memo, &max_url, &limits, &chars, &PyFloat_Type, &confidence, &url_chars, &new_part,
+                          &unquote, &max_parts, &part_spent, &PyDict_Type, &query_fields, &max_query_fields))
         return NULL;
-    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(remember) ||
-        !PyCallable_Check(new_part) || !PyCallable_Check(unquote)) {
-        PyErr_SetString(PyExc_TypeError, "bind_request takes six callables");
+    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(new_part) ||
+        !PyCallable_Check(unquote)) {
+        PyErr_SetString(PyExc_TypeError, "bind_request takes five callables");
         return NULL;
     }
     if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0 ||
@@ -853,14 +854,16 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
         str_amp = PyUnicode_InternFromString("&");
         str_amp_equals = PyUnicode_InternFromString("&=");
         rq_one = PyLong_FromLong(1);
+        str_move_to_end = PyUnicode_InternFromString("move_to_end");
+        str_popitem = PyUnicode_InternFromString("popitem");
         if (!str_kind_url || !str_kind_host || !str_kind_referer || !str_kind_body || !str_spent || !str_reach ||
             !str_findings || !str_url_path || !str_header_host || !str_query_dot || !str_amp || !str_amp_equals ||
-            !rq_one)
+            !rq_one || !str_move_to_end || !str_popitem)
             return NULL;
     }
     if (str_fields == NULL && (str_fields = PyUnicode_InternFromString("fields")) == NULL) return NULL;
-    PyObject *bound[] = {parts, alone, on, scan, remember, limits, confidence, new_part, unquote, query_fields};
-    PyObject **slots[] = {&rq_parts,      &rq_alone,    &rq_on,      &rq_scan,        &rq_remember, &rq_limits,
+    PyObject *bound[] = {parts, alone, on, scan, url_memo, limits, confidence, new_part, unquote, query_fields};
+    PyObject **slots[] = {&rq_parts,      &rq_alone,    &rq_on,      &rq_scan,        &rq_url_memo, &rq_limits,
                           &rq_confidence, &rq_new_part, &rq_unquote, &rq_query_fields};
     for (size_t i = 0; i < sizeof bound / sizeof bound[0]; i++) {
         Py_INCREF(bound[i]);
@@ -874,6 +877,7 @@ PyObject *bind_request(PyObject *module, PyObject *args) {
     rq_part_spent = part_spent;
     rq_max_query_fields = max_query_fields;
     rq_max_depth = max_depth;
+    rq_max_url_memo = max_url;
     Py_RETURN_NONE;
 }
 
@@ -1105,6 +1109,24 @@ static PyObject *part_findings(PyObject *part) {
     return found;
 }
 
+/* recognizers._remember_url_findings(key, found): the memo (an OrderedDict) kept in the order used,
+ * its oldest let go past its bound; -1 on error */
+static int remember_url(PyObject *key, PyObject *found) {
+    int known = PyDict_Contains(rq_url_memo, key);
+    if (known < 0) return -1;
+    PyObject *done;
+    if (known) {
+        done = PyObject_CallMethodOneArg(rq_url_memo, str_move_to_end, key);
+    } else {
+        if (PyObject_SetItem(rq_url_memo, key, found) < 0) return -1;
+        if (PyDict_GET_SIZE(rq_url_memo) <= rq_max_url_memo) return 0;
+        done = PyObject_CallMethodOneArg(rq_url_memo, str_popitem, Py_False); /* (last=False) */
+    }
+    if (done == NULL) return -1;
+    Py_DECREF(done);
+    return 0;
+}
+
 /* scan_request(method, target, headers, body, content_type) -> scan_http(...) at its default
  * confidence, or None (declined) */
 PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1204,14 +1226,13 @@ PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyObject *found = page != NULL ? PyList_AsTuple(page) : NULL;
         Py_XDECREF(page);
         PyObject *key = found != NULL ? PyTuple_Pack(3, method, target, referrer_chars ? referrer : Py_None) : NULL;
-        PyObject *done = key != NULL ? PyObject_CallFunctionObjArgs(rq_remember, key, found, NULL) : NULL;
+        int failed = key == NULL || remember_url(key, found) < 0;
         Py_XDECREF(found);
         Py_XDECREF(key);
-        if (done == NULL) {
+        if (failed) {
             Py_DECREF(findings);
             goto done;
         }
-        Py_DECREF(done);
     }
     result = findings;
 done:

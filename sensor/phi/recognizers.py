@@ -1061,11 +1061,16 @@ def _remember_url_findings(key: tuple[str, str, str | None], found: tuple[Findin
         memo.popitem(last=False)
 
 
-if _bind_request is not None:
-    _bind_request(layers._PARTS, layers._peel_alone, layers._peel_on, scan_fields, _remember_url_findings,
-                  layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS,
-                  layers._new_part, layers._unquote, layers._MAX_PARTS, layers._CACHED_PART_SPENT,
-                  layers._QUERY_FIELDS, layers._MAX_QUERY_FIELDS)
+def _bind_scan_request() -> None:
+    """Give the compiled scan_request what it reads and keeps (as these modules hold them now)."""
+    if _bind_request is not None:
+        _bind_request(layers._PARTS, layers._peel_alone, layers._peel_on, scan_fields, _URL_FINDINGS,
+                      _MAX_URL_FINDINGS, layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE,
+                      _URL_CHARS, layers._new_part, layers._unquote, layers._MAX_PARTS, layers._CACHED_PART_SPENT,
+                      layers._QUERY_FIELDS, layers._MAX_QUERY_FIELDS)
+
+
+_bind_scan_request()
 
 
 def url_findings(method: str, target: str, referrer: str | None) -> tuple[Finding, ...]:
