@@ -62,6 +62,8 @@ TWINS: dict[str, str] = {
     "peel_json": "sensor.phi.layers:Peeler.json_py",
     "term_may_occur": "sensor.phi.lexicon:TermMatcher.may_occur_py",
     "scan_fields": "sensor.phi.recognizers:scan_fields_py",
+    # a request's parts peeled (each reused or peeled alone) and scanned, at scan_http's default confidence
+    "scan_request": "sensor.phi.recognizers:scan_http_py",
     "gate_hints": "sensor.phi.recognizers:_gate_hints_py",
     "pcap_records": "sensor.capture.pcap:pcap_records_py",
     "select_worker": "sensor.capture.workers:worker_of_py",
@@ -86,6 +88,10 @@ BINDERS: dict[str, str] = {
     # with sensor.phi.recognizers._scan_short_field, _scan_field and _CACHED_VALUE_CHARS
     "bind_scan": "sensor.phi.recognizers:_context",
     "bind_gates": "sensor.phi.recognizers:_GATE_WORDS",  # with _gate_hints_py
+    # with sensor.phi.layers._peel_alone, _peel_on, DEFAULT_LIMITS, _CACHED_PART_CHARS, _new_part,
+    # _unquote, _MAX_PARTS, _CACHED_PART_SPENT, _QUERY_FIELDS and _MAX_QUERY_FIELDS, and
+    # sensor.phi.recognizers.scan_fields, _URL_FINDINGS, _MAX_URL_FINDINGS, _URL_CONFIDENCE and _URL_CHARS
+    "bind_request": "sensor.phi.layers:_PARTS",
     # with sensor.capture.bpf.BULK_SEGMENT and HTTP_PORTS, sensor.decode.dns.LOCAL_NAME_PORTS and
     # sensor.capture.workers.SERVICE_PORTS
     "bind_select": "sensor.capture.pcap:MAX_FRAME",

@@ -188,6 +188,8 @@ FAST_INTERNAL PyObject *bind_scan(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *bind_gates(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *scan_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+FAST_INTERNAL PyObject *bind_request(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *dns_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *tls_event_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *event_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -91,6 +91,13 @@ static PyMethodDef methods[] = {
     {"scan_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
      "scan_fields(fields, min_confidence, numbers_plain) -> scan_fields_py(fields, min_confidence) for a tuple or"
      " list, else None"},
+    {"bind_request", bind_request, METH_VARARGS,
+     "bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _URL_FINDINGS, _MAX_URL_FINDINGS, DEFAULT_LIMITS,"
+     " _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS, _CACHED_PART_SPENT,"
+     " _QUERY_FIELDS, _MAX_QUERY_FIELDS)"},
+    {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
+     "scan_request(method, target, headers, body, content_type) -> scan_http_py(...) at its default confidence,"
+     " or None"},
     {"bind_gates", bind_gates, METH_VARARGS, "bind_gates(words, _gate_hints_py)"},
     {"gate_hints", (PyCFunction)(void (*)(void))gate_hints, METH_FASTCALL,
      "gate_hints(text, lowered) -> 1 when a gate word is in lowered, | 2 when a pattern gate may open"},

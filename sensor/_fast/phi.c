@@ -241,6 +241,74 @@ static int reuse(PyObject *peeler, Py_ssize_t *budget, PyObject *value, PyObject
     return get_budget(peeler, budget);
 }
 
+/* peel_form's loop over `pieces` into `fields`: the index of the first piece left to Python (len(pieces)
+ * when none is), -1 on error. Without a peeler (NULL) a value _PEELED does not hold is left too. */
+static Py_ssize_t form_pieces(PyObject *peeler, PyObject *fields, Py_ssize_t *budget, PyObject *pieces,
+                              PyObject *prefix_dot, PyObject *depth, Py_ssize_t max_fields, int plain_depth,
+                              int remembered) {
+    Py_ssize_t count = PyList_GET_SIZE(pieces), last = count - 1, index;
+    for (index = 0; index < count; index++) {
+        PyObject *piece = PyList_GET_ITEM(pieces, index);
+        if (!PyUnicode_CheckExact(piece) || !PyUnicode_IS_ASCII(piece)) break;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(piece);
+        if (n == 0) continue;
+        Py_ssize_t held = PyList_GET_SIZE(fields);
+        if ((held >= max_fields - 1 && index < last) || *budget <= 0 || held >= max_fields) break;
+        const unsigned char *s = PyUnicode_1BYTE_DATA(piece);
+        Py_ssize_t equals = 0;
+        int escaped_key = 0;
+        while (equals < n && s[equals] != '=') {
+            escaped_key |= s[equals] == '%' || s[equals] == '+';
+            equals++;
+        }
+        if (equals > LONG_KEY || escaped_key) break;
+        Py_ssize_t start = equals < n ? equals + 1 : n, end = n;
+        int escaped_value = 0;
+        for (Py_ssize_t i = start; i < end; i++) escaped_value |= s[i] == '%' || s[i] == '+';
+        if (!escaped_value) {
+            while (start < end && ascii_space(s[start])) start++;
+            while (end > start && ascii_space(s[end - 1])) end--;
+            if (start == end) continue;
+        }
+        int plain = !escaped_value && (plain_depth || plain_ascii(s + start, end - start));
+        if (plain && end - start > *budget) break; /* emit cuts it: Python's */
+        PyObject *key = PyUnicode_Substring(piece, 0, equals);
+        PyObject *path = key != NULL && prefix_dot != NULL ? PyUnicode_Concat(prefix_dot, key) : key;
+        if (path != key) Py_XDECREF(key);
+        PyObject *value = path != NULL ? PyUnicode_Substring(piece, start, end) : NULL;
+        if (value == NULL) {
+            Py_XDECREF(path);
+            return -1;
+        }
+        int failed = 0, left = 0;
+        if (!plain && !escaped_value && end - start <= *budget) {
+            /* _reused's peel of a token that _layers takes as it is: that token (as a cache hit would give) */
+            int token = opaque_token(s + start, end - start);
+            failed = token < 0;
+            plain = token > 0;
+        }
+        if (failed) {
+        } else if (plain) {
+            PyObject *pair[2] = {path, value};
+            PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+            failed = item == NULL || PyList_Append(fields, item) < 0;
+            Py_XDECREF(item);
+            *budget -= end - start;
+        } else {
+            int known = remembered ? reuse_known(fields, budget, max_fields, value, path, depth, escaped_value) : 0;
+            if (known == 0 && peeler == NULL)
+                left = 1;
+            else
+                failed = known < 0 || (known == 0 && reuse(peeler, budget, value, path, depth, escaped_value) < 0);
+        }
+        Py_DECREF(value);
+        Py_DECREF(path);
+        if (failed) return -1;
+        if (left) break;
+    }
+    return index;
+}
+
 /* peel_form(peeler, pieces, prefix, depth, max_fields, plain_depth) -> the index of the first piece
  * left to Peeler.form_py's loop (len(pieces) when none is): the pieces before it taken as it takes
  * them. A piece is left (with everything after it) when it is not ASCII, has an escaped or long
@@ -273,70 +341,10 @@ PyObject *peel_form(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         Py_DECREF(fields);
         return NULL;
     }
-    Py_ssize_t count = PyList_GET_SIZE(pieces), last = count - 1, index;
-    int failed = 0;
-    for (index = 0; index < count; index++) {
-        PyObject *piece = PyList_GET_ITEM(pieces, index);
-        if (!PyUnicode_CheckExact(piece) || !PyUnicode_IS_ASCII(piece)) break;
-        Py_ssize_t n = PyUnicode_GET_LENGTH(piece);
-        if (n == 0) continue;
-        Py_ssize_t held = PyList_GET_SIZE(fields);
-        if ((held >= max_fields - 1 && index < last) || budget <= 0 || held >= max_fields) break;
-        const unsigned char *s = PyUnicode_1BYTE_DATA(piece);
-        Py_ssize_t equals = 0;
-        int escaped_key = 0;
-        while (equals < n && s[equals] != '=') {
-            escaped_key |= s[equals] == '%' || s[equals] == '+';
-            equals++;
-        }
-        if (equals > LONG_KEY || escaped_key) break;
-        Py_ssize_t start = equals < n ? equals + 1 : n, end = n;
-        int escaped_value = 0;
-        for (Py_ssize_t i = start; i < end; i++) escaped_value |= s[i] == '%' || s[i] == '+';
-        if (!escaped_value) {
-            while (start < end && ascii_space(s[start])) start++;
-            while (end > start && ascii_space(s[end - 1])) end--;
-            if (start == end) continue;
-        }
-        int plain = !escaped_value && (plain_depth || plain_ascii(s + start, end - start));
-        if (plain && end - start > budget) break; /* emit cuts it: Python's */
-        PyObject *key = PyUnicode_Substring(piece, 0, equals);
-        PyObject *path = key != NULL && prefix_dot != NULL ? PyUnicode_Concat(prefix_dot, key) : key;
-        if (path != key) Py_XDECREF(key);
-        PyObject *value = path != NULL ? PyUnicode_Substring(piece, start, end) : NULL;
-        if (value == NULL) {
-            Py_XDECREF(path);
-            failed = 1;
-            break;
-        }
-        if (!plain && !escaped_value && end - start <= budget) {
-            /* _reused's peel of a token that _layers takes as it is: that token (as a cache hit would give) */
-            int token = opaque_token(s + start, end - start);
-            if (token < 0) {
-                Py_DECREF(value);
-                Py_DECREF(path);
-                failed = 1;
-                break;
-            }
-            plain = token;
-        }
-        if (plain) {
-            PyObject *pair[2] = {path, value};
-            PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
-            failed = item == NULL || PyList_Append(fields, item) < 0;
-            Py_XDECREF(item);
-            budget -= end - start;
-        } else {
-            int known = remembered ? reuse_known(fields, &budget, max_fields, value, path, depth, escaped_value) : 0;
-            failed = known < 0 || (known == 0 && reuse(peeler, &budget, value, path, depth, escaped_value) < 0);
-        }
-        Py_DECREF(value);
-        Py_DECREF(path);
-        if (failed) break;
-    }
+    Py_ssize_t index = form_pieces(peeler, fields, &budget, pieces, prefix_dot, depth, max_fields, plain_depth, remembered);
     Py_DECREF(fields);
     Py_XDECREF(prefix_dot);
-    if (failed || set_budget(peeler, budget) < 0) return NULL;
+    if (index < 0 || set_budget(peeler, budget) < 0) return NULL;
     return PyLong_FromSsize_t(index);
 }
 
@@ -786,4 +794,450 @@ PyObject *gate_hints(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     long hints = has_gate_word(l, m);
     if (pattern_hint(s, n) || contains(l, m, "ssn", 3) || contains(l, m, "soc", 3)) hints |= 2;
     return PyLong_FromLong(hints);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sensor.phi.recognizers.scan_http_py at its default confidence: a request's parts found (the
+ * target's, each Referer's and Host's, the body's), each one's peel reused or made by
+ * layers._peel_alone and its findings by recognizers.scan_fields (remembered in the part), the
+ * page parts' findings remembered for url_findings. A request peel_request would peel into one
+ * peeler (a part not reused) goes on in layers._peel_on. Declined (None, before any peel or
+ * scan): a method not plain ASCII or CONNECT, a target not origin-form, headers or a body of
+ * other types than a decoded record's.
+ */
+
+static PyObject *rq_parts, *rq_alone, *rq_on, *rq_scan, *rq_url_memo, *rq_limits, *rq_confidence, *rq_new_part, *rq_unquote;
+static Py_ssize_t rq_part_chars = -1, rq_url_chars, rq_max_output, rq_max_fields, rq_max_parts, rq_max_url_memo;
+static PyObject *str_move_to_end, *str_popitem;
+static PyObject *str_kind_url, *str_kind_host, *str_kind_referer, *str_kind_body, *str_spent, *str_reach, *str_findings;
+static PyObject *str_url_path, *str_header_host, *str_query_dot, *str_amp, *str_amp_equals, *rq_one;
+static PyObject *rq_query_fields; /* layers._QUERY_FIELDS */
+static Py_ssize_t rq_max_query_fields, rq_part_spent, rq_max_depth;
+
+static int limit_of(PyObject *limits, const char *name, Py_ssize_t *out) {
+    PyObject *value = PyObject_GetAttrString(limits, name);
+    if (value == NULL) return -1;
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* bind_request(_PARTS, _peel_alone, _peel_on, scan_fields, _URL_FINDINGS, _MAX_URL_FINDINGS, DEFAULT_LIMITS,
+ * _CACHED_PART_CHARS, _URL_CONFIDENCE, _URL_CHARS, _new_part, _unquote, _MAX_PARTS, _CACHED_PART_SPENT,
+ * _QUERY_FIELDS, _MAX_QUERY_FIELDS) */
+PyObject *bind_request(PyObject *module, PyObject *args) {
+    PyObject *parts, *alone, *on, *scan, *url_memo, *limits, *confidence, *new_part, *unquote, *query_fields;
+    Py_ssize_t chars, url_chars, max_output, max_fields, max_parts, part_spent, max_query_fields, max_depth, max_url;
+    if (!PyArg_ParseTuple(args, "O!OOOO!nOnO!nOOnnO!n", &PyDict_Type, &parts, &alone, &on, &scan, &PyDict_Type,
+                          &url_memo, &max_url, &limits, &chars, &PyFloat_Type, &confidence, &url_chars, &new_part,
+                          &unquote, &max_parts, &part_spent, &PyDict_Type, &query_fields, &max_query_fields))
+        return NULL;
+    if (!PyCallable_Check(alone) || !PyCallable_Check(on) || !PyCallable_Check(scan) || !PyCallable_Check(new_part) ||
+        !PyCallable_Check(unquote)) {
+        PyErr_SetString(PyExc_TypeError, "bind_request takes five callables");
+        return NULL;
+    }
+    if (limit_of(limits, "max_output", &max_output) < 0 || limit_of(limits, "max_fields", &max_fields) < 0 ||
+        limit_of(limits, "max_depth", &max_depth) < 0)
+        return NULL;
+    if (str_kind_url == NULL) {
+        str_kind_url = PyUnicode_InternFromString("url");
+        str_kind_host = PyUnicode_InternFromString("host");
+        str_kind_referer = PyUnicode_InternFromString("referer");
+        str_kind_body = PyUnicode_InternFromString("body");
+        str_spent = PyUnicode_InternFromString("spent");
+        str_reach = PyUnicode_InternFromString("reach");
+        str_findings = PyUnicode_InternFromString("findings");
+        str_url_path = PyUnicode_InternFromString("url.path");
+        str_header_host = PyUnicode_InternFromString("header.host");
+        str_query_dot = PyUnicode_InternFromString("query.");
+        str_amp = PyUnicode_InternFromString("&");
+        str_amp_equals = PyUnicode_InternFromString("&=");
+        rq_one = PyLong_FromLong(1);
+        str_move_to_end = PyUnicode_InternFromString("move_to_end");
+        str_popitem = PyUnicode_InternFromString("popitem");
+        if (!str_kind_url || !str_kind_host || !str_kind_referer || !str_kind_body || !str_spent || !str_reach ||
+            !str_findings || !str_url_path || !str_header_host || !str_query_dot || !str_amp || !str_amp_equals ||
+            !rq_one || !str_move_to_end || !str_popitem)
+            return NULL;
+    }
+    if (str_fields == NULL && (str_fields = PyUnicode_InternFromString("fields")) == NULL) return NULL;
+    PyObject *bound[] = {parts, alone, on, scan, url_memo, limits, confidence, new_part, unquote, query_fields};
+    PyObject **slots[] = {&rq_parts,      &rq_alone,    &rq_on,      &rq_scan,        &rq_url_memo, &rq_limits,
+                          &rq_confidence, &rq_new_part, &rq_unquote, &rq_query_fields};
+    for (size_t i = 0; i < sizeof bound / sizeof bound[0]; i++) {
+        Py_INCREF(bound[i]);
+        Py_XSETREF(*slots[i], bound[i]);
+    }
+    rq_part_chars = chars;
+    rq_url_chars = url_chars;
+    rq_max_output = max_output;
+    rq_max_fields = max_fields;
+    rq_max_parts = max_parts;
+    rq_part_spent = part_spent;
+    rq_max_query_fields = max_query_fields;
+    rq_max_depth = max_depth;
+    rq_max_url_memo = max_url;
+    Py_RETURN_NONE;
+}
+
+/* whether ASCII `name` is `lower` (lower case ASCII) but for case */
+static int ascii_named(PyObject *name, const char *lower, Py_ssize_t n) {
+    if (PyUnicode_GET_LENGTH(name) != n) return 0;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(name);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    PyObject *key; /* (kind, *inputs) */
+    Py_ssize_t chars;
+    int in_page;
+} Wanted;
+
+#define WANTED_ON_STACK 16
+
+/* a part's int attribute; -1 with an error set on failure */
+static Py_ssize_t part_size(PyObject *part, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(part, name);
+    if (value == NULL) return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return size;
+}
+
+/* a target's path with its escapes undone (layers._unquote): new reference, NULL on error */
+static PyObject *unquoted_path(PyObject *path) {
+    Py_ssize_t escape = PyUnicode_FindChar(path, '%', 0, PyUnicode_GET_LENGTH(path), 1);
+    if (escape == -2) return NULL;
+    if (escape < 0) return Py_NewRef(path); /* (what unquote gives back) */
+    PyObject *value = PyObject_CallOneArg(rq_unquote, path);
+    if (value != NULL && !PyUnicode_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_unquote gives a str");
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+/* a part made of `fields` (a list) remembered as _peel_alone remembers it: new reference, NULL on error */
+static PyObject *remembered_part(PyObject *key, PyObject *fields, Py_ssize_t spent) {
+    PyObject *items = PyList_AsTuple(fields);
+    PyObject *size = PyLong_FromSsize_t(spent), *reach = PyLong_FromLong(0), *memo = PyDict_New(), *part = NULL;
+    if (items != NULL && size != NULL && reach != NULL && memo != NULL) {
+        PyObject *call[4] = {items, size, reach, memo};
+        part = PyObject_Vectorcall(rq_new_part, call, 4, NULL);
+    }
+    Py_XDECREF(items);
+    Py_XDECREF(size);
+    Py_XDECREF(reach);
+    Py_XDECREF(memo);
+    if (part != NULL && spent <= rq_part_spent) {
+        if (PyDict_GET_SIZE(rq_parts) >= rq_max_parts) PyDict_Clear(rq_parts);
+        if (PyDict_SetItem(rq_parts, key, part) < 0) Py_CLEAR(part);
+    }
+    return part;
+}
+
+/* _peel_url of a path and a query that no key leaves empty, into `fields` (the path's already
+ * there, `budget` left): 1 when every piece was taken here (its fields then remembered for
+ * query_fields), 0 when one is Python's (the fields are then to be dropped), -1 on error */
+static int query_taken(PyObject *query, PyObject *fields, Py_ssize_t *budget) {
+    PyObject *pieces = PyUnicode_Split(query, str_amp, -1);
+    if (pieces == NULL) return -1;
+    Py_ssize_t index = form_pieces(NULL, fields, budget, pieces, str_query_dot, rq_one, rq_max_fields,
+                                   1 >= rq_max_depth, 1);
+    Py_ssize_t count = PyList_GET_SIZE(pieces);
+    Py_DECREF(pieces);
+    if (index < count) return index < 0 ? -1 : 0;
+    PyObject *taken = PyList_GetSlice(fields, 1, PyList_GET_SIZE(fields));
+    PyObject *items = taken != NULL ? PyList_AsTuple(taken) : NULL;
+    Py_XDECREF(taken);
+    if (items == NULL) return -1;
+    if (PyDict_GET_SIZE(rq_query_fields) >= rq_max_query_fields) PyDict_Clear(rq_query_fields);
+    int status = PyDict_SetItem(rq_query_fields, query, items);
+    Py_DECREF(items);
+    return status < 0 ? -1 : 1;
+}
+
+/* _peel_alone(key) of a Host header's ASCII value (stripped), or of a target whose query's pieces
+ * are all ones peel_form takes without Python: made and remembered here as _peel_alone does; NULL
+ * with no error set for another part (or one of those whose peel needs Python after all) */
+static PyObject *simple_part(PyObject *key) {
+    if (field_maker == NULL) return NULL;
+    PyObject *kind = PyTuple_GET_ITEM(key, 0), *name, *value, *query = NULL;
+    if (kind == str_kind_host) {
+        PyObject *host = PyTuple_GET_ITEM(key, 1);
+        if (!PyUnicode_IS_ASCII(host)) return NULL;
+        const unsigned char *s = PyUnicode_1BYTE_DATA(host);
+        Py_ssize_t start = 0, end = PyUnicode_GET_LENGTH(host);
+        while (start < end && ascii_space(s[start])) start++;
+        while (end > start && ascii_space(s[end - 1])) end--;
+        name = str_header_host;
+        value = PyUnicode_Substring(host, start, end);
+    } else if (kind == str_kind_url) {
+        query = PyTuple_GET_ITEM(key, 2);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(query);
+        if (n > 0) { /* the query _peel_url remembers: no key left empty */
+            if (PyUnicode_READ_CHAR(query, 0) == '=') return NULL;
+            Py_ssize_t at = PyUnicode_Find(query, str_amp_equals, 0, n, 1);
+            if (at != -1) return NULL; /* (-2: an error) */
+        } else {
+            query = NULL;
+        }
+        name = str_url_path;
+        value = unquoted_path(PyTuple_GET_ITEM(key, 1));
+    } else {
+        return NULL;
+    }
+    if (value == NULL) return NULL;
+    PyObject *pair[2] = {name, value};
+    PyObject *item = PyObject_Vectorcall(field_maker, pair, 2, NULL);
+    PyObject *fields = item != NULL ? PyList_New(1) : NULL;
+    Py_ssize_t budget = rq_max_output - PyUnicode_GET_LENGTH(value);
+    Py_DECREF(value);
+    if (fields == NULL) {
+        Py_XDECREF(item);
+        return NULL;
+    }
+    PyList_SET_ITEM(fields, 0, item);
+    PyObject *part = NULL;
+    int taken = query != NULL ? query_taken(query, fields, &budget) : 1;
+    if (taken > 0) part = remembered_part(key, fields, rq_max_output - budget);
+    Py_DECREF(fields);
+    return part;
+}
+
+/* the parts of a request, as peel_request gives them with the default limits (new list), and
+ * whether no limit decided anything; NULL on error */
+static PyObject *request_parts_of(Wanted *wanted, Py_ssize_t count, int *exact) {
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL) return NULL;
+    Py_ssize_t budget = rq_max_output, fields = 0;
+    *exact = 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *found = PyDict_GetItemWithError(rq_parts, wanted[i].key);
+        if (found != NULL) {
+            Py_INCREF(found);
+        } else if (PyErr_Occurred()) {
+            goto fail;
+        } else if (wanted[i].chars <= rq_part_chars) {
+            found = simple_part(wanted[i].key);
+            if (found == NULL && PyErr_Occurred()) goto fail;
+        }
+        if (found == NULL && !PyErr_Occurred() && wanted[i].chars <= rq_part_chars) {
+            found = PyObject_CallOneArg(rq_alone, wanted[i].key);
+            if (found == NULL) goto fail;
+            if (found == Py_None) Py_CLEAR(found);
+        }
+        int reused = 0;
+        if (found != NULL) {
+            Py_ssize_t spent = part_size(found, str_spent), reach = spent >= 0 ? part_size(found, str_reach) : -1;
+            PyObject *items = reach >= 0 ? PyObject_GetAttr(found, str_fields) : NULL;
+            if (items == NULL || !PyTuple_Check(items)) {
+                if (items != NULL) PyErr_SetString(PyExc_TypeError, "a part's fields are a tuple");
+                Py_XDECREF(items);
+                Py_DECREF(found);
+                goto fail;
+            }
+            Py_ssize_t size = PyTuple_GET_SIZE(items);
+            Py_DECREF(items);
+            if (budget > spent && budget >= reach && fields + size < rq_max_fields) {
+                budget -= spent;
+                fields += size;
+                reused = 1;
+            }
+        }
+        if (reused) {
+            int failed = PyList_Append(parts, found);
+            Py_DECREF(found);
+            if (failed < 0) goto fail;
+            continue;
+        }
+        Py_XDECREF(found);
+        PyObject *keys = PyList_New(count - i);
+        if (keys == NULL) goto fail;
+        for (Py_ssize_t j = i; j < count; j++) {
+            Py_INCREF(wanted[j].key);
+            PyList_SET_ITEM(keys, j - i, wanted[j].key);
+        }
+        PyObject *left = PyLong_FromSsize_t(budget);
+        PyObject *call[4] = {parts, keys, left, rq_limits};
+        PyObject *done = left != NULL ? PyObject_Vectorcall(rq_on, call, 4, NULL) : NULL;
+        Py_DECREF(keys);
+        Py_XDECREF(left);
+        if (done == NULL) goto fail;
+        *exact = PyObject_IsTrue(done);
+        Py_DECREF(done);
+        if (*exact < 0) goto fail;
+        if (PyList_GET_SIZE(parts) != count) {
+            PyErr_SetString(PyExc_RuntimeError, "_peel_on gave another number of parts");
+            goto fail;
+        }
+        break;
+    }
+    return parts;
+fail:
+    Py_DECREF(parts);
+    return NULL;
+}
+
+/* a part's findings at the default confidence (borrowed from its memo), scanned on first use */
+static PyObject *part_findings(PyObject *part) {
+    PyObject *memo = PyObject_GetAttr(part, str_findings);
+    if (memo == NULL) return NULL;
+    if (!PyDict_Check(memo)) {
+        PyErr_SetString(PyExc_TypeError, "a part's findings are a dict");
+        Py_DECREF(memo);
+        return NULL;
+    }
+    PyObject *found = PyDict_GetItemWithError(memo, rq_confidence);
+    if (found == NULL && !PyErr_Occurred()) {
+        PyObject *items = PyObject_GetAttr(part, str_fields);
+        PyObject *call[2] = {items, rq_confidence};
+        PyObject *list = items != NULL ? PyObject_Vectorcall(rq_scan, call, 2, NULL) : NULL;
+        Py_XDECREF(items);
+        PyObject *tuple = list != NULL ? PySequence_Tuple(list) : NULL;
+        Py_XDECREF(list);
+        if (tuple != NULL && PyDict_SetItem(memo, rq_confidence, tuple) == 0) found = tuple;
+        Py_XDECREF(tuple); /* the memo holds it */
+    }
+    Py_DECREF(memo);
+    return found;
+}
+
+/* recognizers._remember_url_findings(key, found): the memo (an OrderedDict) kept in the order used,
+ * its oldest let go past its bound; -1 on error */
+static int remember_url(PyObject *key, PyObject *found) {
+    int known = PyDict_Contains(rq_url_memo, key);
+    if (known < 0) return -1;
+    PyObject *done;
+    if (known) {
+        done = PyObject_CallMethodOneArg(rq_url_memo, str_move_to_end, key);
+    } else {
+        if (PyObject_SetItem(rq_url_memo, key, found) < 0) return -1;
+        if (PyDict_GET_SIZE(rq_url_memo) <= rq_max_url_memo) return 0;
+        done = PyObject_CallMethodOneArg(rq_url_memo, str_popitem, Py_False); /* (last=False) */
+    }
+    if (done == NULL) return -1;
+    Py_DECREF(done);
+    return 0;
+}
+
+/* scan_request(method, target, headers, body, content_type) -> scan_http(...) at its default
+ * confidence, or None (declined) */
+PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || rq_parts == NULL) Py_RETURN_NONE;
+    PyObject *method = args[0], *target = args[1], *headers = args[2], *body = args[3], *content_type = args[4];
+    if (!PyUnicode_CheckExact(method) || !PyUnicode_IS_ASCII(method) || ascii_named(method, "connect", 7) ||
+        !PyUnicode_CheckExact(target) || PyUnicode_GET_LENGTH(target) == 0 || PyUnicode_READ_CHAR(target, 0) != '/' ||
+        !(PyTuple_CheckExact(headers) || PyList_CheckExact(headers)) || !PyBytes_CheckExact(body) ||
+        !(content_type == Py_None || PyUnicode_CheckExact(content_type)))
+        Py_RETURN_NONE;
+    Py_ssize_t header_count = PySequence_Fast_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < header_count; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(pair, 0)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            Py_RETURN_NONE;
+    }
+    Wanted stack[WANTED_ON_STACK], *wanted = stack;
+    if (header_count + 2 > WANTED_ON_STACK) {
+        wanted = PyMem_Malloc(sizeof(Wanted) * (size_t)(header_count + 2));
+        if (wanted == NULL) return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    PyObject *result = NULL, *parts = NULL, *referrer = NULL; /* referrer borrowed */
+    /* split_request_target: the target before a "#", split at its first "?" */
+    Py_ssize_t length = PyUnicode_GET_LENGTH(target);
+    Py_ssize_t end = PyUnicode_FindChar(target, '#', 0, length, 1);
+    if (end == -2) goto done;
+    if (end < 0) end = length;
+    Py_ssize_t question = PyUnicode_FindChar(target, '?', 0, end, 1);
+    if (question == -2) goto done;
+    {
+        PyObject *path = PyUnicode_Substring(target, 0, question < 0 ? end : question);
+        PyObject *query = path != NULL ? PyUnicode_Substring(target, question < 0 ? end : question + 1, end) : NULL;
+        PyObject *key = query != NULL ? PyTuple_Pack(3, str_kind_url, path, query) : NULL;
+        Py_ssize_t chars = query != NULL ? PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(query) : 0;
+        Py_XDECREF(path);
+        Py_XDECREF(query);
+        if (key == NULL) goto done;
+        wanted[count++] = (Wanted){key, chars, 1}; /* (the path has the leading "/") */
+    }
+    for (Py_ssize_t i = 0; i < header_count; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        PyObject *kind = NULL;
+        int in_page = 0;
+        if (ascii_named(name, "referer", 7)) {
+            kind = str_kind_referer;
+            in_page = referrer == NULL;
+            if (referrer == NULL) referrer = value;
+        } else if (ascii_named(name, "host", 4)) {
+            kind = str_kind_host;
+        } else if (content_type == Py_None && ascii_named(name, "content-type", 12)) {
+            content_type = value;
+            continue;
+        } else {
+            continue;
+        }
+        PyObject *key = PyTuple_Pack(2, kind, value);
+        if (key == NULL) goto done;
+        wanted[count++] = (Wanted){key, PyUnicode_GET_LENGTH(value), in_page};
+    }
+    if (PyBytes_GET_SIZE(body) > 0) {
+        PyObject *key = PyTuple_Pack(3, str_kind_body, body, content_type);
+        if (key == NULL) goto done;
+        Py_ssize_t type_chars = content_type == Py_None ? 0 : PyUnicode_GET_LENGTH(content_type);
+        wanted[count++] = (Wanted){key, PyBytes_GET_SIZE(body) + type_chars, 0};
+    }
+    int exact;
+    parts = request_parts_of(wanted, count, &exact);
+    if (parts == NULL) goto done;
+    PyObject *findings = PyList_New(0);
+    if (findings == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *found = part_findings(PyList_GET_ITEM(parts, i));
+        if (found == NULL || !PyTuple_Check(found)) {
+            if (found != NULL) PyErr_SetString(PyExc_TypeError, "a part's findings are a tuple");
+            Py_DECREF(findings);
+            goto done;
+        }
+        if (PyTuple_GET_SIZE(found) &&
+            PyList_SetSlice(findings, PyList_GET_SIZE(findings), PyList_GET_SIZE(findings), found) < 0) {
+            Py_DECREF(findings);
+            goto done;
+        }
+    }
+    Py_ssize_t referrer_chars = referrer != NULL ? PyUnicode_GET_LENGTH(referrer) : 0;
+    if (exact && length + referrer_chars <= rq_url_chars) {
+        /* the page parts' findings, remembered for url_findings under (method, target, Referer or None) */
+        PyObject *page = PyList_New(0);
+        for (Py_ssize_t i = 0; page != NULL && i < count; i++) {
+            if (!wanted[i].in_page) continue;
+            PyObject *found = part_findings(PyList_GET_ITEM(parts, i)); /* (scanned above) */
+            if (found == NULL || PyList_SetSlice(page, PyList_GET_SIZE(page), PyList_GET_SIZE(page), found) < 0)
+                Py_CLEAR(page);
+        }
+        PyObject *found = page != NULL ? PyList_AsTuple(page) : NULL;
+        Py_XDECREF(page);
+        PyObject *key = found != NULL ? PyTuple_Pack(3, method, target, referrer_chars ? referrer : Py_None) : NULL;
+        int failed = key == NULL || remember_url(key, found) < 0;
+        Py_XDECREF(found);
+        Py_XDECREF(key);
+        if (failed) {
+            Py_DECREF(findings);
+            goto done;
+        }
+    }
+    result = findings;
+done:
+    for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(wanted[i].key);
+    if (wanted != stack) PyMem_Free(wanted);
+    Py_XDECREF(parts);
+    return result;
 }

@@ -290,6 +290,7 @@ class VendorCatalog:
             self._index(vendor, source)
         self._match_host_cached = lru_cache(maxsize=65536)(self._match_host)
         self._endpoints_of = lru_cache(maxsize=4096)(self._endpoints_for)
+        self._anywhere_of = lru_cache(maxsize=4096)(self._match_anywhere)
         self._anywhere: tuple[re.Pattern[str] | None, tuple[tuple[Vendor, Endpoint, re.Pattern[str]], ...]] | None = None
 
     def _index(self, vendor: Vendor, source: str) -> None:
@@ -395,6 +396,11 @@ class VendorCatalog:
         for vendor, endpoint, regex in self._endpoints_of(host):
             if regex.search(path):
                 return vendor, endpoint
+        return self._anywhere_of(path)
+
+    def _match_anywhere(self, path: str) -> tuple[Vendor, Endpoint] | None:
+        """The first endpoint valid on any host whose path matches (remembered per path: requests
+        to many hosts share a few paths)."""
         gate, anywhere = self._anywhere or self._endpoints_anywhere()
         if gate is not None and gate.search(path) is None:  # most requests: one search says none matches
             return None

@@ -678,6 +678,8 @@ class Part:
     findings: dict[float, tuple] = field(default_factory=dict)
 
 
+_new_part = positional_constructor(Part)  # (fields, spent, reach, findings)
+
 # Parts remembered: inputs up to _CACHED_PART_CHARS whose fields take up to _CACHED_PART_SPENT.
 _PARTS: dict[tuple, Part] = {}
 _MAX_PARTS = 2048
@@ -766,11 +768,15 @@ def _alone(kind: str, inputs: tuple) -> Part | None:
 
 def _peel_alone(key: tuple) -> Part | None:
     """_alone of a part not remembered, `key` being (kind, *inputs)."""
-    alone = Peeler(DEFAULT_LIMITS)
-    _PEEL_PARTS[key[0]](alone, *key[1:])
-    if alone.bound:
-        return None
-    part = Part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach)
+    if key[0] == "host":  # (a Host header: one field, the value stripped, within every limit)
+        value = key[1].strip()
+        part = _new_part((_field("header.host", value),), len(value), 0, {})
+    else:
+        alone = Peeler(DEFAULT_LIMITS)
+        _PEEL_PARTS[key[0]](alone, *key[1:])
+        if alone.bound:
+            return None
+        part = _new_part(tuple(alone.fields), DEFAULT_LIMITS.max_output - alone._budget, alone.reach, {})
     if part.spent <= _CACHED_PART_SPENT:
         if len(_PARTS) >= _MAX_PARTS:
             _PARTS.clear()
@@ -839,35 +845,42 @@ def peel_request(
     if body:
         wanted.append((("body", body, content_type), len(body) + len(content_type or ""), False))
     parts: list[Part] = []
-    page: list[Part] = []
-    # _part into one peeler, whose fields and budget are only counted while every part is reused
-    # (most requests); the peeler is made, holding the fields so far, for the first one that is not
-    peeler = None
+    # the parts reused while every one is (most requests), only their fields and budget counted;
+    # from the first one that is not, _peel_on
     budget, count, max_fields = limits.max_output, 0, limits.max_fields
     remembered = limits is DEFAULT_LIMITS
-    for key, chars, in_page in wanted:
-        if peeler is not None:
-            part = _part(peeler, *key)
+    exact = True
+    for index, (key, chars, _) in enumerate(wanted):
+        found = None
+        if remembered:  # (_alone, inline)
+            found = _PARTS.get(key)
+            if found is None and chars <= _CACHED_PART_CHARS:
+                found = _peel_alone(key)
+        if found is not None and budget > found.spent and budget >= found.reach and count + len(found.fields) < max_fields:
+            budget -= found.spent
+            count += len(found.fields)
+            parts.append(found)
         else:
-            found = None
-            if remembered:  # (_alone, inline)
-                found = _PARTS.get(key)
-                if found is None and chars <= _CACHED_PART_CHARS:
-                    found = _peel_alone(key)
-            if found is not None and budget > found.spent and budget >= found.reach and count + len(found.fields) < max_fields:
-                budget -= found.spent
-                count += len(found.fields)
-                part = found
-            else:
-                peeler = Peeler(limits)
-                peeler.fields = [item for earlier in parts for item in earlier.fields]
-                peeler._budget = budget
-                _PEEL_PARTS[key[0]](peeler, *key[1:])
-                part = Part(tuple(peeler.fields[count:]), budget - peeler._budget, 0)
-        parts.append(part)
-        if in_page:
-            page.append(part)
-    return parts, page, referrer, peeler is None or not peeler.bound
+            exact = _peel_on(parts, [item[0] for item in wanted[index:]], budget, limits)
+            break
+    page = [part for part, (_, _, in_page) in zip(parts, wanted) if in_page]
+    return parts, page, referrer, exact
+
+
+def _peel_on(parts: list[Part], keys: list[tuple], budget: int, limits: LayerLimits) -> bool:
+    """peel_request from its first part not reused: the parts of `keys` ((kind, *inputs) each)
+    peeled by _part into one peeler that holds the fields of `parts` and has `budget` left (the
+    first peeled there), appended to `parts`; whether no limit decided anything."""
+    peeler = Peeler(limits)
+    peeler.fields = [item for earlier in parts for item in earlier.fields]
+    peeler._budget = budget
+    kind, *inputs = keys[0]
+    count = len(peeler.fields)
+    _PEEL_PARTS[kind](peeler, *inputs)
+    parts.append(Part(tuple(peeler.fields[count:]), budget - peeler._budget, 0))
+    for key in keys[1:]:
+        parts.append(_part(peeler, *key))
+    return not peeler.bound
 
 
 def find_json(data: bytes | str, limits: LayerLimits = DEFAULT_LIMITS) -> object | None:

@@ -24,17 +24,20 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from sensor.phi import layers
 from sensor.phi.layers import Field, peel_request
 from sensor.phi.lexicon import is_icd10_code, term_matcher
 from sensor.records import frozen_record
 
-try:  # the compiled steps (sensor/_fast/phi.c); scan_fields_py and _gate_hints_py are their references
+try:  # the compiled steps (sensor/_fast/phi.c); scan_fields_py, _gate_hints_py and scan_http_py are their references
     from sensor._fast import bind_gates as _bind_gates
+    from sensor._fast import bind_request as _bind_request
     from sensor._fast import bind_scan as _bind_scan
     from sensor._fast import gate_hints as _gate_hints_fast
     from sensor._fast import scan_fields as _scan_fields_fast
+    from sensor._fast import scan_request as _scan_request
 except ImportError:
-    _bind_gates = _bind_scan = _gate_hints_fast = _scan_fields_fast = None
+    _bind_gates = _bind_request = _bind_scan = _gate_hints_fast = _scan_fields_fast = _scan_request = None
 
 __all__ = [
     "CATEGORIES",
@@ -1005,6 +1008,22 @@ def scan_http(
 
     A CONNECT target names a host and port, not a page, so it is not read as a path.
     """
+    if min_confidence == _URL_CONFIDENCE and _scan_request is not None:
+        found = _scan_request(method, target, headers, body, content_type)
+        if found is not None:
+            return found
+    return scan_http_py(method, target, headers, body, content_type, min_confidence)
+
+
+def scan_http_py(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None,
+    min_confidence: float = 0.5,
+) -> list[Finding]:
+    """scan_http in Python (the reference of the compiled scan_request)."""
     original = target
     if method.upper() == "CONNECT":
         target = ""
@@ -1040,6 +1059,18 @@ def _remember_url_findings(key: tuple[str, str, str | None], found: tuple[Findin
     memo[key] = found
     if len(memo) > _MAX_URL_FINDINGS:
         memo.popitem(last=False)
+
+
+def _bind_scan_request() -> None:
+    """Give the compiled scan_request what it reads and keeps (as these modules hold them now)."""
+    if _bind_request is not None:
+        _bind_request(layers._PARTS, layers._peel_alone, layers._peel_on, scan_fields, _URL_FINDINGS,
+                      _MAX_URL_FINDINGS, layers.DEFAULT_LIMITS, layers._CACHED_PART_CHARS, _URL_CONFIDENCE,
+                      _URL_CHARS, layers._new_part, layers._unquote, layers._MAX_PARTS, layers._CACHED_PART_SPENT,
+                      layers._QUERY_FIELDS, layers._MAX_QUERY_FIELDS)
+
+
+_bind_scan_request()
 
 
 def url_findings(method: str, target: str, referrer: str | None) -> tuple[Finding, ...]:
