@@ -104,6 +104,9 @@ class Destination:
     health_data: bool = False
 
 
+_new_destination = positional_constructor(Destination)  # (a window's hosts: every field, in order)
+
+
 # Builds the ECS alert document: (alert, count, first_seen, last_seen, event id, destinations) -> dict
 Document = dict[str, Any]  # one ECS alert document
 DocumentBuilder = Callable[[Alert, int, float, float, str, list[Destination]], Document]
@@ -373,7 +376,7 @@ class _Window:
             listed = len(table) if table is not None else 0 if only is None else 1
             if listed >= MAX_DESTINATIONS and not health_data:
                 return False
-            entry = Destination(host, 1, ts, ts, health_data)
+            entry = _new_destination(host, 1, ts, ts, health_data)
             if table is not None:
                 table[host] = entry
             elif only is None:
@@ -797,7 +800,7 @@ class DetectionEngine:
         self._keep(window, alert, health_data)
         destination = obs.destination
         if destination:  # (window.see of a window's first host)
-            window.destination = Destination(destination, 1, ts, ts, health_data)
+            window.destination = _new_destination(destination, 1, ts, ts, health_data)
         if not immediate and math.isfinite(window.end + self.hold_back):  # else it never closes by time
             opened = self._ends.get(window_seconds)
             if opened is None:
