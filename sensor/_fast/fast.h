@@ -168,6 +168,7 @@ FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args,
 FAST_INTERNAL PyObject *mirrored_found(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full);
 FAST_INTERNAL PyObject *declined_decoder(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *replay_alerts(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);

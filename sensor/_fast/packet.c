@@ -531,3 +531,81 @@ PyObject *declined_decoder(PyObject *module, PyObject *args) {
     Py_DECREF(state);
     return result;
 }
+
+/* replay_alerts(batch, decode, feed_found, decoder, on_record, ship): an alerts replay's loop over one
+ * batch of (ts, linktype, frame), files.alerts_batch_py: each frame through the compiled decode, its
+ * answer (but ()) to feed_found, and the records the decoder then holds, taken from it, to on_record,
+ * whose alerts go to ship. The loop's own work per packet, without the interpreter's. */
+PyObject *replay_alerts(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *records_name;
+    if (nargs != 6 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "replay_alerts(batch, decode, feed_found, decoder, on_record, ship)");
+        return NULL;
+    }
+    if (records_name == NULL && (records_name = PyUnicode_InternFromString("records")) == NULL) return NULL;
+    PyObject *batch = args[0], *decode = args[1], *feed_found = args[2], *decoder = args[3];
+    PyObject *on_record = args[4], *ship = args[5];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "replay_alerts: a batch holds (ts, linktype, frame)");
+            return NULL;
+        }
+        Py_INCREF(item); /* the batch is a caller's list: held while Python code runs */
+        PyObject *ts = PyTuple_GET_ITEM(item, 0), *linktype = PyTuple_GET_ITEM(item, 1);
+        PyObject *frame = PyTuple_GET_ITEM(item, 2);
+        PyObject *call[4] = {linktype, frame, ts, NULL};
+        PyObject *found = PyObject_Vectorcall(decode, call, 3, NULL);
+        if (found == NULL) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        if (found == Py_None || (PyTuple_Check(found) ? PyTuple_GET_SIZE(found) != 0 : PyObject_IsTrue(found))) {
+            PyObject *whole[4] = {ts, linktype, frame, found};
+            PyObject *done = PyObject_Vectorcall(feed_found, whole, 4, NULL);
+            if (done == NULL) {
+                Py_DECREF(found);
+                Py_DECREF(item);
+                return NULL;
+            }
+            Py_DECREF(done);
+        }
+        Py_DECREF(found);
+        Py_DECREF(item);
+        PyObject *records = PyObject_GetAttr(decoder, records_name);
+        if (records == NULL) return NULL;
+        int any = PyList_Check(records) ? PyList_GET_SIZE(records) != 0 : PyObject_IsTrue(records);
+        if (any <= 0) {
+            Py_DECREF(records);
+            if (any < 0) return NULL;
+            continue;
+        }
+        PyObject *fresh = PyList_New(0);
+        if (fresh == NULL || PyObject_SetAttr(decoder, records_name, fresh) < 0) {
+            Py_XDECREF(fresh);
+            Py_DECREF(records);
+            return NULL;
+        }
+        Py_DECREF(fresh);
+        PyObject *iter = PyObject_GetIter(records);
+        Py_DECREF(records);
+        if (iter == NULL) return NULL;
+        PyObject *record;
+        while ((record = PyIter_Next(iter)) != NULL) {
+            PyObject *alerts = PyObject_Vectorcall(on_record, &record, 1, NULL);
+            Py_DECREF(record);
+            if (alerts == NULL) break;
+            int truth = PyObject_IsTrue(alerts);
+            if (truth > 0) {
+                PyObject *shipped = PyObject_Vectorcall(ship, &alerts, 1, NULL);
+                Py_XDECREF(shipped);
+                if (shipped == NULL) truth = -1;
+            }
+            Py_DECREF(alerts);
+            if (truth < 0) break;
+        }
+        Py_DECREF(iter);
+        if (PyErr_Occurred()) return NULL;
+    }
+    Py_RETURN_NONE;
+}
