@@ -1,7 +1,9 @@
 """The alerts replay's loop over a batch: the compiled replay_alerts makes the calls its reference
-files.alerts_batch_py makes, in the same order with the same arguments, and hands on what they raise."""
+files.alerts_batch_py makes, in the same order with the same arguments, and hands on what they raise.
+And the compiled decode's addresses: one object per recent address."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,14 @@ from sensor.config import parse_config
 from sensor.detect.engine import DetectionEngine
 from sensor.enrich.vendors import VendorCatalog, registered_domain
 from sensor.output.ecs import AlertBuilder, EventBuilder
+from sensor.decode.packet import PacketDecoder
 from sensor.pipeline import Pipeline
+from sensor.records import Counters
+
+try:
+    from sensor._fast import decode_frame
+except ImportError:  # built without a C compiler: every test here is skipped
+    decode_frame = None
 
 pytestmark = pytest.mark.skipif(files._replay_alerts is None, reason="compiled extension not built")
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
@@ -96,3 +105,21 @@ def test_a_replay_raises_the_reference_loops_alerts(monkeypatch: pytest.MonkeyPa
 
     compiled = alerts(files._replay_alerts)
     assert compiled and compiled == alerts(alerts_batch_py)
+
+
+def _udp_frame(src: bytes, dst: bytes) -> bytes:
+    udp = struct.pack("!HHHH", 40000, 443, 12, 0) + b"data"
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0) + src + dst
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+
+
+@given(st.lists(st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4)), min_size=1, max_size=40))
+def test_an_address_seen_again_is_the_same_object(pairs: list[tuple[bytes, bytes]]) -> None:
+    """The compiled decode hands out one bytes object per recent address (cheap flow-table keys), of the
+    frame's value always, as the Python decoder reads it."""
+    for src, dst in pairs:
+        frame = _udp_frame(src, dst)
+        first, again = decode_frame(1, frame), decode_frame(1, frame)
+        assert first == PacketDecoder(Counters()).decode_py(0.0, 1, frame)
+        assert (first[1], first[2]) == (src, dst)
+        assert first[1] is again[1] and first[2] is again[2]

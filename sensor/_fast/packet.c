@@ -51,6 +51,23 @@ PyObject *set_tunnel_ports(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The bytes object of an address, from a small direct-mapped table of the last ones seen: the hosts
+ * of a capture recur, and one object per address makes the flow tables' key tuples hash (a bytes
+ * object keeps its hash) and compare (by identity first) cheaply; a new reference, or NULL. */
+#define ADDRESS_SLOTS 4096
+static PyObject *address_slots[ADDRESS_SLOTS];
+
+static PyObject *address_bytes(const uint8_t *p, Py_ssize_t n) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+    PyObject **slot = &address_slots[(h ^ (h >> 16)) & (ADDRESS_SLOTS - 1)], *known = *slot;
+    if (known != NULL && PyBytes_GET_SIZE(known) == n && memcmp(PyBytes_AS_STRING(known), p, (size_t)n) == 0)
+        return Py_NewRef(known);
+    PyObject *made = bytes_at(p, n);
+    if (made != NULL) Py_XSETREF(*slot, Py_NewRef(made));
+    return made;
+}
+
 static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_ssize_t alen, Py_ssize_t pos,
                            Py_ssize_t end) {
     unsigned sport, dport, flags = 0;
@@ -74,8 +91,8 @@ static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_
     }
     sport = get16(f + pos);
     dport = get16(f + pos + 2);
-    return tuple_steal(8, (PyObject *[]){PyLong_FromUnsignedLong(proto), bytes_at(f + src, alen),
-                                         bytes_at(f + src + alen, alen), PyLong_FromUnsignedLong(sport),
+    return tuple_steal(8, (PyObject *[]){PyLong_FromUnsignedLong(proto), address_bytes(f + src, alen),
+                                         address_bytes(f + src + alen, alen), PyLong_FromUnsignedLong(sport),
                                          PyLong_FromUnsignedLong(dport), PyLong_FromUnsignedLong(flags),
                                          PyLong_FromUnsignedLong(seq), bytes_at(f + start, end - start)});
 }
