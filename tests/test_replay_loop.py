@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from sensor.app.replay import files
 from sensor.app.replay.files import alerts_batch_py, replay_file
 from sensor.config import parse_config
+from sensor.decode.packet import PacketDecoder
 from sensor.detect.engine import DetectionEngine
 from sensor.enrich.vendors import VendorCatalog, registered_domain
 from sensor.output.ecs import AlertBuilder, EventBuilder
-from sensor.decode.packet import PacketDecoder
 from sensor.pipeline import Pipeline
 from sensor.records import Counters
 
