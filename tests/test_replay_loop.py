@@ -1,8 +1,9 @@
 """The alerts replay's loop over a batch: the compiled replay_alerts makes the calls its reference
 files.alerts_batch_py makes, in the same order with the same arguments, and hands on what they raise.
-And the compiled decode's addresses: one object per recent address."""
+And the compiled decode's addresses and their texts: one object per recent address."""
 from __future__ import annotations
 
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from sensor.pipeline import Pipeline
 from sensor.records import Counters
 
 try:
-    from sensor._fast import decode_frame
+    from sensor._fast import decode_frame, dns_datagram
 except ImportError:  # built without a C compiler: every test here is skipped
-    decode_frame = None
+    decode_frame = dns_datagram = None
 
 pytestmark = pytest.mark.skipif(files._replay_alerts is None, reason="compiled extension not built")
 PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
@@ -123,3 +124,26 @@ def test_an_address_seen_again_is_the_same_object(pairs: list[tuple[bytes, bytes
         assert first == PacketDecoder(Counters()).decode_py(0.0, 1, frame)
         assert (first[1], first[2]) == (src, dst)
         assert first[1] is again[1] and first[2] is again[2]
+
+
+def _dns_query_frame(src: bytes, dst: bytes) -> bytes:
+    message = struct.pack("!HH4H", 7, 0x0100, 1, 0, 0, 0) + b"\x01a\x07example\x00\x00\x01\x00\x01"
+    udp = struct.pack("!HHHH", 40000, 53, 8 + len(message), 0) + message
+    if len(src) == 4:
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0) + src + dst
+        return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+    ip = struct.pack("!IHBB", 0x60000000, len(udp), 17, 64) + src + dst
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + udp
+
+
+@given(st.lists(st.sampled_from([4, 16]).flatmap(lambda n: st.tuples(st.binary(min_size=n, max_size=n),
+                                                                      st.binary(min_size=n, max_size=n))),
+                min_size=1, max_size=40))
+def test_an_address_text_seen_again_is_the_same_object(pairs: list[tuple[bytes, bytes]]) -> None:
+    """Address texts too: inet_ntop's text, one str per recent address, IPv4 and IPv6 apart."""
+    for src, dst in pairs:
+        family = socket.AF_INET if len(src) == 4 else socket.AF_INET6
+        frame = _dns_query_frame(src, dst)
+        first, again = dns_datagram(1, frame), dns_datagram(1, frame)
+        assert (first[0], first[2]) == (socket.inet_ntop(family, src), socket.inet_ntop(family, dst))
+        assert first[0] is again[0] and first[2] is again[2]

@@ -232,10 +232,30 @@ done:
     return result;
 }
 
-/* The text of a 4- or 16-byte address, as socket.inet_ntop gives it. */
+/* The text of a 4- or 16-byte address, as socket.inet_ntop gives it: from a direct-mapped table of
+ * the last ones made, as address_bytes (one str per recent address, its hash kept for the tables
+ * keyed by it). */
+static struct {
+    uint8_t address[16], alen;
+    PyObject *text;
+} text_slots[ADDRESS_SLOTS];
+
 PyObject *address_text(const uint8_t *address, Py_ssize_t alen) {
+    alen = alen == 4 ? 4 : 16;
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < alen; i++) h = (h ^ address[i]) * 16777619u;
+    h = (h ^ (h >> 16)) & (ADDRESS_SLOTS - 1);
+    PyObject *known = text_slots[h].text;
+    if (known != NULL && text_slots[h].alen == alen && memcmp(text_slots[h].address, address, (size_t)alen) == 0)
+        return Py_NewRef(known);
     char text[INET6_ADDRSTRLEN];
-    return ascii_str(text, address_chars(address, alen == 4 ? 4 : 16, text));
+    PyObject *made = ascii_str(text, address_chars(address, alen, text));
+    if (made != NULL) {
+        memcpy(text_slots[h].address, address, (size_t)alen);
+        text_slots[h].alen = (uint8_t)alen;
+        Py_XSETREF(text_slots[h].text, Py_NewRef(made));
+    }
+    return made;
 }
 
 /* dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) or None: a DNS datagram (UDP,
