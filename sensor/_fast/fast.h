@@ -28,6 +28,21 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A dict (exactly a dict: not an OrderedDict, whose order these would bypass) looked up, changed or
+ * asked with the hash of `key` computed once: the flow and query tables' keys are tuples, which keep
+ * no hash of their own. CPython's own calls where they are exported, else the plain ones. */
+#if PY_VERSION_HEX < 0x030D0000
+#define dict_get_hashed(d, key, hash) _PyDict_GetItem_KnownHash(d, key, hash)
+#define dict_set_hashed(d, key, value, hash) _PyDict_SetItem_KnownHash(d, key, value, hash)
+#define dict_del_hashed(d, key, hash) _PyDict_DelItem_KnownHash(d, key, hash)
+#define dict_has_hashed(d, key, hash) _PyDict_Contains_KnownHash(d, key, hash)
+#else
+#define dict_get_hashed(d, key, hash) ((void)(hash), PyDict_GetItemWithError(d, key))
+#define dict_set_hashed(d, key, value, hash) ((void)(hash), PyDict_SetItem(d, key, value))
+#define dict_del_hashed(d, key, hash) ((void)(hash), PyDict_DelItem(d, key))
+#define dict_has_hashed(d, key, hash) ((void)(hash), PyDict_Contains(d, key))
+#endif
+
 /* Shared between the files of the extension, never exported from it. */
 #define FAST_INTERNAL __attribute__((visibility("hidden")))
 
