@@ -223,6 +223,7 @@ FAST_INTERNAL PyObject *http_request(PyObject *module, PyObject *const *args, Py
  * the throttle windows' ids (ecs.c). */
 FAST_INTERNAL void sha256_block(uint32_t h[8], const uint8_t block[64]);
 FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
+FAST_INTERNAL int quic_initial_start(const uint8_t *p, Py_ssize_t n);
 FAST_INTERNAL PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

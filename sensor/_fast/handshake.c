@@ -516,6 +516,67 @@ done:
     return result;
 }
 
+/* QuicClientHelloTracker.skip_server of the decoder's tracker, where feed_decoded's expiry of waiting
+ * queries is not due either, for a datagram that starts with a QUIC Initial: 1 having counted it, 0
+ * having changed nothing, -1 on error. */
+static int quic_server(PyObject *state, PyObject *const *item, PyObject *ts) {
+    static PyObject *names[5];
+    static const char *const texts[5] = {"_next_dns_expiry", "quic", "_next_expiry", "_connections", "_counts"};
+    if (names[0] == NULL)
+        for (int i = 0; i < 5; i++)
+            if ((names[i] = PyUnicode_InternFromString(texts[i])) == NULL) return -1;
+    static PyObject *server_datagrams;
+    if (server_datagrams == NULL && (server_datagrams = PyUnicode_InternFromString("quic.server_datagrams")) == NULL)
+        return -1;
+    PyObject *decoder = PyTuple_GET_ITEM(state, DECODER), *tracker = NULL, *connections = NULL, *key = NULL,
+             *reverse = NULL, *counts = NULL;
+    int result = -1, due;
+    PyObject *expiry = PyObject_GetAttr(decoder, names[0]);
+    if (expiry == NULL) return -1;
+    due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    Py_DECREF(expiry);
+    if (due) return due < 0 ? -1 : 0;
+    if ((tracker = PyObject_GetAttr(decoder, names[1])) == NULL || (expiry = PyObject_GetAttr(tracker, names[2])) == NULL)
+        goto done;
+    due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    Py_DECREF(expiry);
+    if (due) {
+        result = due < 0 ? -1 : 0;
+        goto done;
+    }
+    if ((connections = PyObject_GetAttr(tracker, names[3])) == NULL) goto done;
+    if (!PyDict_Check(connections)) {
+        result = 0;
+        goto done;
+    }
+    if ((key = PyTuple_Pack(4, item[1], item[2], item[3], item[4])) == NULL) goto done;
+    int known = PyDict_Contains(connections, key);
+    if (known) {
+        result = known < 0 ? -1 : 0;
+        goto done;
+    }
+    if ((reverse = PyTuple_Pack(4, item[2], item[1], item[4], item[3])) == NULL) goto done;
+    if ((known = PyDict_Contains(connections, reverse)) <= 0) {
+        result = known;
+        goto done;
+    }
+    if ((counts = PyObject_GetAttr(tracker, names[4])) == NULL) goto done;
+    PyObject *count = PyDict_GetItemWithError(counts, server_datagrams);
+    if (count == NULL && PyErr_Occurred()) goto done;
+    PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
+    int failed = more == NULL || PyObject_SetItem(counts, server_datagrams, more) < 0;
+    Py_XDECREF(one);
+    Py_XDECREF(more);
+    result = failed ? -1 : 1;
+done:
+    Py_XDECREF(tracker);
+    Py_XDECREF(connections);
+    Py_XDECREF(key);
+    Py_XDECREF(reverse);
+    Py_XDECREF(counts);
+    return result;
+}
+
 static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
@@ -528,6 +589,14 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
     long proto = PyLong_AsLong(item[0]), sport = PyLong_AsLong(item[3]), dport = PyLong_AsLong(item[4]),
          flags = PyLong_AsLong(item[5]);
     PyObject *payload = item[7];
+    if (proto == UDP && sport != 53 && dport != 53 && PyBytes_Check(payload) && !PyErr_Occurred() &&
+        quic_initial_start((const uint8_t *)PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))) {
+        int taken = quic_server(state, item, args[2]);
+        if (taken < 0) goto error;
+        if (!taken) return found;
+        Py_DECREF(found);
+        return PyTuple_New(0);
+    }
     if (proto != TCP || sport == 53 || dport == 53 || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
     if (!PyBytes_Check(item[1]) || !PyBytes_Check(item[2]) || PyBytes_GET_SIZE(item[1]) < 2 ||
         PyBytes_GET_SIZE(item[2]) < 2)

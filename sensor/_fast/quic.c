@@ -510,6 +510,14 @@ PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(pending_bytes);
 }
 
+/* sensor.decode.quic.is_quic_initial: the datagram starts with a QUIC v1 or v2 Initial long header. */
+int quic_initial_start(const uint8_t *p, Py_ssize_t n) {
+    if (n < 7 || (p[0] & 0xC0) != 0xC0 || p[5] > 20) return 0;
+    uint32_t version = get32(p + 1);
+    int packet_type = (p[0] >> 4) & 0x03;
+    return (version == 0x00000001 && packet_type == 0) || (version == 0x6B3343CF && packet_type == 1);
+}
+
 /* quic_long_header(packet, start) -> (version, initial, dcid, pn_offset, end) of the QUIC v1 or v2
  * long-header packet at packet[start] (RFC 9000 17.2, RFC 9369 3.2), or None where no further packet
  * can be delimited; sensor.decode.quic.long_header_py is the reference (and its _VERSIONS the home of

@@ -591,7 +591,9 @@ class TrafficDecoder:
         """The reference of the compiled handshake_decoder's decode, given its bound decode's answer
         `found`: a SYN without payload recorded in the flow table as feed_decoded records it,
         answering (); a whole ClientHello in the first segment after its SYN taken as
-        _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
+        _whole_hello takes it, answering (its TlsHello,) for the caller to add; a QUIC server's Initial
+        to a client the tracker knows counted as feed_decoded counts it (QuicClientHelloTracker.skip_server),
+        answering (); the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
         _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
         HTTP connection's first after its SYN or one on a connection waiting for its next request,
@@ -602,7 +604,14 @@ class TrafficDecoder:
         if found is None or len(found) != 8:
             return found
         proto, src, dst, sport, dport, flags, seq, payload = found
-        if proto != TCP or sport == _DNS_PORT or dport == _DNS_PORT:
+        if sport == _DNS_PORT or dport == _DNS_PORT:
+            return found
+        if proto == UDP:  # a QUIC server's datagram to a known client: feed_decoded's QUIC branch, counted only
+            if (payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload) and ts < self._next_dns_expiry
+                    and self.quic.skip_server((src, dst, sport, dport), (dst, src, dport, sport), ts)):
+                return ()
+            return found
+        if proto != TCP:
             return found
         key = (src, dst, sport, dport)
         if flags & _SYN and not payload:
