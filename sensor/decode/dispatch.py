@@ -593,7 +593,7 @@ class TrafficDecoder:
         answering (); a whole ClientHello in the first segment after its SYN taken as
         _whole_hello takes it, answering (its TlsHello,) for the caller to add; a QUIC server's Initial
         to a client the tracker knows counted as feed_decoded counts it (QuicClientHelloTracker.skip_server),
-        answering (); the in-order
+        answering (); a bare ACK, which feed_decoded only looks at the sweep and expiry for, (None,); the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
         _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
         HTTP connection's first after its SYN or one on a connection waiting for its next request,
@@ -604,6 +604,10 @@ class TrafficDecoder:
         if found is None or len(found) != 8:
             return found
         proto, src, dst, sport, dport, flags, seq, payload = found
+        if proto == TCP and not payload and not flags & (_SYN | _FIN | _RST):
+            # a bare ACK: feed_decoded only looks at the sweep and the expiry, as feed_found does for (None,);
+            # on DNS's port feed_found first asks whether it is another replay worker's
+            return (None,) if self._route_of is None or (sport != _DNS_PORT and dport != _DNS_PORT) else found
         if sport == _DNS_PORT or dport == _DNS_PORT:
             return found
         if proto == UDP:  # a QUIC server's datagram to a known client: feed_decoded's QUIC branch, counted only
