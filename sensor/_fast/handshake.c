@@ -516,58 +516,70 @@ done:
     return result;
 }
 
-/* QuicClientHelloTracker.skip_server of the decoder's tracker, where feed_decoded's expiry of waiting
- * queries is not due either, for a datagram that starts with a QUIC Initial: 1 having counted it, 0
- * having changed nothing, -1 on error. */
-static int quic_server(PyObject *state, PyObject *const *item, PyObject *ts) {
-    static PyObject *names[5];
-    static const char *const texts[5] = {"_next_dns_expiry", "quic", "_next_expiry", "_connections", "_counts"};
+/* feed_decoded's QUIC branch for a datagram that starts with a QUIC Initial, where its expiry of waiting
+ * queries is not due: a server's datagram to a known client counted (QuicClientHelloTracker.skip_server),
+ * any other fed to the decoder's tracker and a ClientHello it completes emitted (emit_hello). 1 having
+ * done so, 0 having changed nothing, -1 on error. */
+static int quic_datagram(PyObject *state, PyObject *const *item, PyObject *ts) {
+    enum { NEXT_DNS_EXPIRY, QUIC, NEXT_EXPIRY, CONNECTIONS, COUNTS_NAME, SERVER_DATAGRAMS, FEED, EMIT_HELLO, UDP_TEXT,
+           QUIC_TEXT, NAMES };
+    static PyObject *names[NAMES];
+    static const char *const texts[NAMES] = {"_next_dns_expiry", "quic", "_next_expiry", "_connections", "_counts",
+                                             "quic.server_datagrams", "feed", "emit_hello", "udp", "quic"};
     if (names[0] == NULL)
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < NAMES; i++)
             if ((names[i] = PyUnicode_InternFromString(texts[i])) == NULL) return -1;
-    static PyObject *server_datagrams;
-    if (server_datagrams == NULL && (server_datagrams = PyUnicode_InternFromString("quic.server_datagrams")) == NULL)
-        return -1;
     PyObject *decoder = PyTuple_GET_ITEM(state, DECODER), *tracker = NULL, *connections = NULL, *key = NULL,
              *reverse = NULL, *counts = NULL;
     int result = -1, due;
-    PyObject *expiry = PyObject_GetAttr(decoder, names[0]);
+    PyObject *expiry = PyObject_GetAttr(decoder, names[NEXT_DNS_EXPIRY]);
     if (expiry == NULL) return -1;
     due = PyObject_RichCompareBool(ts, expiry, Py_GE);
     Py_DECREF(expiry);
     if (due) return due < 0 ? -1 : 0;
-    if ((tracker = PyObject_GetAttr(decoder, names[1])) == NULL || (expiry = PyObject_GetAttr(tracker, names[2])) == NULL)
+    if ((tracker = PyObject_GetAttr(decoder, names[QUIC])) == NULL ||
+        (key = PyTuple_Pack(4, item[1], item[2], item[3], item[4])) == NULL ||
+        (reverse = PyTuple_Pack(4, item[2], item[1], item[4], item[3])) == NULL)
         goto done;
+    /* skip_server, where its tables are as the tracker makes them */
+    if ((expiry = PyObject_GetAttr(tracker, names[NEXT_EXPIRY])) == NULL) goto done;
     due = PyObject_RichCompareBool(ts, expiry, Py_GE);
     Py_DECREF(expiry);
-    if (due) {
-        result = due < 0 ? -1 : 0;
+    if (due < 0 || (connections = PyObject_GetAttr(tracker, names[CONNECTIONS])) == NULL) goto done;
+    int known = 0, server = 0;
+    if (!due && PyDict_Check(connections) && (known = PyDict_Contains(connections, key)) == 0)
+        server = PyDict_Contains(connections, reverse);
+    if (known < 0 || server < 0) goto done;
+    if (server) {
+        if ((counts = PyObject_GetAttr(tracker, names[COUNTS_NAME])) == NULL) goto done;
+        PyObject *count = PyDict_GetItemWithError(counts, names[SERVER_DATAGRAMS]);
+        if (count == NULL && PyErr_Occurred()) goto done;
+        PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
+        int failed = more == NULL || PyObject_SetItem(counts, names[SERVER_DATAGRAMS], more) < 0;
+        Py_XDECREF(one);
+        Py_XDECREF(more);
+        result = failed ? -1 : 1;
         goto done;
     }
-    if ((connections = PyObject_GetAttr(tracker, names[3])) == NULL) goto done;
-    if (!PyDict_Check(connections)) {
-        result = 0;
-        goto done;
-    }
-    if ((key = PyTuple_Pack(4, item[1], item[2], item[3], item[4])) == NULL) goto done;
-    int known = PyDict_Contains(connections, key);
-    if (known) {
-        result = known < 0 ? -1 : 0;
-        goto done;
-    }
-    if ((reverse = PyTuple_Pack(4, item[2], item[1], item[4], item[3])) == NULL) goto done;
-    if ((known = PyDict_Contains(connections, reverse)) <= 0) {
-        result = known;
-        goto done;
-    }
-    if ((counts = PyObject_GetAttr(tracker, names[4])) == NULL) goto done;
-    PyObject *count = PyDict_GetItemWithError(counts, server_datagrams);
-    if (count == NULL && PyErr_Occurred()) goto done;
-    PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
-    int failed = more == NULL || PyObject_SetItem(counts, server_datagrams, more) < 0;
-    Py_XDECREF(one);
-    Py_XDECREF(more);
-    result = failed ? -1 : 1;
+    PyObject *hello = PyObject_VectorcallMethod(names[FEED], (PyObject *[]){tracker, key, item[7], reverse, ts},
+                                                5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (hello == NULL) goto done;
+    if (hello != Py_None) { /* make_flow's Flow, its address texts as addr_text gives them */
+        PyObject *src = item[1], *dst = item[2];
+        PyObject *flow = record_new(&flow_record, (PyObject *[]){
+            address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)), Py_NewRef(item[3]),
+            address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst)), Py_NewRef(item[4]),
+            Py_NewRef(names[UDP_TEXT])});
+        PyObject *none = flow == NULL ? NULL : PyObject_VectorcallMethod(
+            names[EMIT_HELLO], (PyObject *[]){decoder, ts, flow, names[QUIC_TEXT], hello},
+            5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_XDECREF(flow);
+        Py_DECREF(hello);
+        if (none == NULL) goto done;
+        Py_DECREF(none);
+    } else
+        Py_DECREF(hello);
+    result = 1;
 done:
     Py_XDECREF(tracker);
     Py_XDECREF(connections);
@@ -589,9 +601,10 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
     long proto = PyLong_AsLong(item[0]), sport = PyLong_AsLong(item[3]), dport = PyLong_AsLong(item[4]),
          flags = PyLong_AsLong(item[5]);
     PyObject *payload = item[7];
-    if (proto == UDP && sport != 53 && dport != 53 && PyBytes_Check(payload) && !PyErr_Occurred() &&
+    if (proto == UDP && sport != 53 && dport != 53 && PyBytes_Check(payload) && PyBytes_Check(item[1]) &&
+        PyBytes_Check(item[2]) && !PyErr_Occurred() &&
         quic_initial_start((const uint8_t *)PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))) {
-        int taken = quic_server(state, item, args[2]);
+        int taken = quic_datagram(state, item, args[2]);
         if (taken < 0) goto error;
         if (!taken) return found;
         Py_DECREF(found);

@@ -591,9 +591,10 @@ class TrafficDecoder:
         """The reference of the compiled handshake_decoder's decode, given its bound decode's answer
         `found`: a SYN without payload recorded in the flow table as feed_decoded records it,
         answering (); a whole ClientHello in the first segment after its SYN taken as
-        _whole_hello takes it, answering (its TlsHello,) for the caller to add; a QUIC server's Initial
-        to a client the tracker knows counted as feed_decoded counts it (QuicClientHelloTracker.skip_server),
-        answering (); a bare ACK, which feed_decoded only looks at the sweep and expiry for, (None,); the in-order
+        _whole_hello takes it, answering (its TlsHello,) for the caller to add; a datagram that starts with
+        a QUIC Initial taken as feed_decoded takes it (a server's to a client the tracker knows only counted,
+        QuicClientHelloTracker.skip_server; any other fed to the tracker, a ClientHello it completes
+        emitted), answering (); a bare ACK, which feed_decoded only looks at the sweep and expiry for, (None,); the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
         _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
         HTTP connection's first after its SYN or one on a connection waiting for its next request,
@@ -610,11 +611,15 @@ class TrafficDecoder:
             return (None,) if self._route_of is None or (sport != _DNS_PORT and dport != _DNS_PORT) else found
         if sport == _DNS_PORT or dport == _DNS_PORT:
             return found
-        if proto == UDP:  # a QUIC server's datagram to a known client: feed_decoded's QUIC branch, counted only
-            if (payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload) and ts < self._next_dns_expiry
-                    and self.quic.skip_server((src, dst, sport, dport), (dst, src, dport, sport), ts)):
-                return ()
-            return found
+        if proto == UDP:  # feed_decoded's QUIC branch, where its expiry of waiting queries is not due
+            if not (payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload)) or ts >= self._next_dns_expiry:
+                return found
+            key, reverse = (src, dst, sport, dport), (dst, src, dport, sport)
+            if not self.quic.skip_server(key, reverse, ts):  # a server's datagram to a known client: counted only
+                hello = self.quic.feed(key, payload, reverse, ts)
+                if hello is not None:
+                    self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
+            return ()
         if proto != TCP:
             return found
         key = (src, dst, sport, dport)

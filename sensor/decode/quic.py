@@ -441,7 +441,7 @@ class QuicClientHelloTracker:
     def skip_server(self, conn_key: Hashable, reverse_key: Hashable, ts: float) -> bool:
         """What `feed` does with a datagram from the server of a known client when no expiry is due:
         counted and skipped, True. False, having changed nothing, for any other (the compiled
-        handshake step takes the True ones in its call: TrafficDecoder.handshake_py is its reference)."""
+        handshake step does this without a call of feed: TrafficDecoder.handshake_py is its reference)."""
         connections = self._connections
         if ts >= self._next_expiry or conn_key in connections or reverse_key not in connections:
             return False

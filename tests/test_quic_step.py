@@ -1,6 +1,7 @@
-"""A QUIC server's Initial to a client the tracker knows, taken in the compiled handshake step (counted
-as feed_decoded counts it) where nothing is due: the decoder is left as handshake_py and the Python
-feed_decoded leave it, datagram by datagram."""
+"""Datagrams that start with a QUIC Initial, taken in the compiled handshake step where the expiry of
+waiting DNS queries is not due (a server's to a client the tracker knows counted, any other fed to the
+tracker, its ClientHello emitted): the decoder is left as handshake_py and the Python feed_decoded leave
+it, datagram by datagram."""
 from __future__ import annotations
 
 import struct
@@ -64,11 +65,15 @@ def test_server_datagrams_leave_what_the_python_code_leaves(datagrams: list) -> 
         assert all(state == states[0] for state in states[1:])
 
 
-def test_a_server_datagram_is_taken_in_the_decode_call() -> None:
+def test_initials_are_taken_in_the_decode_call() -> None:
     decoder = _decoder("compiled", 4)
-    decoder.feed(1_700_000_000.0, 1, _udp(1, 50000, 443, RFC9001_CLIENT_INITIAL, False))
-    assert decoder.counters.get("quic.hellos") == 1
+    decoder.feed(1_699_999_999.5, 1, _udp(2, 50000, 443, b"plain", False))  # the DNS expiry looked at
+    client = _udp(1, 50000, 443, RFC9001_CLIENT_INITIAL, False)
+    assert decoder._decode(1, client, 1_700_000_000.0) == ()  # no feed_found for it
+    assert decoder.counters.get("quic.hellos") == decoder.counters.get("records.quic") == 1
+    (hello,) = decoder.records
+    assert (hello.protocol, hello.server_name, hello.flow.transport) == ("quic", "example.com", "udp")
     server = _udp(1, 50000, 443, RFC9001_CLIENT_INITIAL, True)
-    assert decoder._decode(1, server, 1_700_000_000.1) == ()  # no feed_found for it
+    assert decoder._decode(1, server, 1_700_000_000.1) == ()
     assert decoder.counters.get("quic.server_datagrams") == 1
-    assert decoder._decode(1, server, 1_700_000_020.0) != ()  # the tracker's expiry is due: the Python code's
+    assert decoder._decode(1, server, 1_700_000_020.0) != ()  # the DNS expiry is due: the Python code's
