@@ -610,20 +610,23 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
         Py_DECREF(found);
         return PyTuple_New(0);
     }
-    if (proto == TCP && PyBytes_Check(payload) && PyBytes_GET_SIZE(payload) == 0 && !(flags & (SYN | FIN | RST)) &&
-        !PyErr_Occurred()) { /* a bare ACK: feed_decoded only looks at the sweep and the expiry, as for (None,) */
-        if (sport == 53 || dport == 53) { /* unless it may be another replay worker's (feed_found's test) */
-            static PyObject *route_of_name;
-            if (route_of_name == NULL && (route_of_name = PyUnicode_InternFromString("_route_of")) == NULL) goto error;
-            PyObject *route_of = PyObject_GetAttr(PyTuple_GET_ITEM(state, DECODER), route_of_name);
-            if (route_of == NULL) goto error;
-            Py_DECREF(route_of);
-            if (route_of != Py_None) return found;
-        }
+    if (proto != TCP || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
+    int bare = PyBytes_GET_SIZE(payload) == 0 && !(flags & (SYN | FIN | RST));
+    if (sport == 53 || dport == 53) {
+        /* DNS's port: only a SYN or a bare ACK, and only where it cannot be another replay worker's
+         * (feed_found's test, with a route_of) */
+        if (!bare && !((flags & SYN) && PyBytes_GET_SIZE(payload) == 0)) goto declined;
+        static PyObject *route_of_name;
+        if (route_of_name == NULL && (route_of_name = PyUnicode_InternFromString("_route_of")) == NULL) goto error;
+        PyObject *route_of = PyObject_GetAttr(PyTuple_GET_ITEM(state, DECODER), route_of_name);
+        if (route_of == NULL) goto error;
+        Py_DECREF(route_of);
+        if (route_of != Py_None) return found;
+    }
+    if (bare) { /* a bare ACK: feed_decoded only looks at the sweep and the expiry, as for (None,) */
         Py_DECREF(found);
         return PyTuple_Pack(1, Py_None);
     }
-    if (proto != TCP || sport == 53 || dport == 53 || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
     if (!PyBytes_Check(item[1]) || !PyBytes_Check(item[2]) || PyBytes_GET_SIZE(item[1]) < 2 ||
         PyBytes_GET_SIZE(item[2]) < 2)
         goto declined;

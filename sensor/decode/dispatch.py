@@ -599,18 +599,19 @@ class TrafficDecoder:
         _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
         HTTP connection's first after its SYN or one on a connection waiting for its next request,
         taken as FlowTable.segment takes it, answering (None,) with their records appended
-        (_first_requests_py, _whole_requests_py). None on DNS's port. Anything else:
+        (_first_requests_py, _whole_requests_py). On DNS's port only a SYN or a bare ACK, and only without
+        a replay worker's route (feed_found's test of another worker's packets). Anything else:
         `found`, nothing changed. (The compiled one may also answer `found` where a table is at its bound
         or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
             return found
         proto, src, dst, sport, dport, flags, seq, payload = found
-        if proto == TCP and not payload and not flags & (_SYN | _FIN | _RST):
-            # a bare ACK: feed_decoded only looks at the sweep and the expiry, as feed_found does for (None,);
-            # on DNS's port feed_found first asks whether it is another replay worker's
-            return (None,) if self._route_of is None or (sport != _DNS_PORT and dport != _DNS_PORT) else found
         if sport == _DNS_PORT or dport == _DNS_PORT:
-            return found
+            # only a SYN or a bare ACK, where feed_found would not ask whether it is another replay worker's
+            if proto != TCP or payload or not flags & _SYN and flags & (_FIN | _RST) or self._route_of is not None:
+                return found
+        if proto == TCP and not payload and not flags & (_SYN | _FIN | _RST):
+            return (None,)  # a bare ACK: feed_decoded only looks at the sweep and the expiry, as feed_found for (None,)
         if proto == UDP:  # feed_decoded's QUIC branch, where its expiry of waiting queries is not due
             if not (payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload)) or ts >= self._next_dns_expiry:
                 return found
