@@ -617,9 +617,9 @@ class TrafficDecoder:
                 return found
             key, reverse = (src, dst, sport, dport), (dst, src, dport, sport)
             if not self.quic.skip_server(key, reverse, ts):  # a server's datagram to a known client: counted only
-                hello = self.quic.feed(key, payload, reverse, ts)
-                if hello is not None:
-                    self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", hello)
+                quic_hello = self.quic.feed(key, payload, reverse, ts)
+                if quic_hello is not None:
+                    self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", quic_hello)
             return ()
         if proto != TCP:
             return found
