@@ -704,7 +704,10 @@ static PyMethodDef handshake_decode_def = {
  * `parser_type` parser waits in `head_state`, or the first after a SYN that decoder._classify gives
  * such a consumer, is taken as FlowTable.segment takes it, each request's `new_request` record
  * appended to decoder.records (its flow's addresses from addr_text's cache `texts`, up to
- * `max_texts`), answered (None,). None of them on DNS's port. bind_handshakes first.
+ * `max_texts`), answered (None,). A bare ACK is answered (None,) (feed_decoded only looks at the sweep
+ * and the expiry for it); a datagram that starts with a QUIC Initial is taken as feed_decoded takes it
+ * (quic_datagram), answered (). On DNS's port only a SYN or a bare ACK, and only where the decoder has no
+ * replay worker's route. bind_handshakes first.
  * sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
 PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     if (hello_record.type == NULL) {
