@@ -40,6 +40,8 @@ TWINS: dict[str, str] = {
     "mirrored_found": "sensor.decode.dispatch:TrafficDecoder.declined_py",
     # the decode it returns, which hands a frame its decode declined to the tunnelled steps in the same call
     "declined_decoder": "sensor.decode.dispatch:TrafficDecoder.declined_step_py",
+    # an alerts replay's loop over a batch of packets: decode, feed_found, the records to the detector
+    "replay_alerts": "sensor.app.replay.files:alerts_batch_py",
     # the decode it returns, which takes a DNS datagram's message (counted, paired, learned from), and
     # a hello's record as TrafficDecoder.feed_found does
     "dns_step_decoder": "sensor.decode.dispatch:TrafficDecoder.datagram_py",

@@ -255,6 +255,8 @@ static PyObject *name_str(const char *name, Py_ssize_t n, PyObject *previous) {
 
 static RecordType dns_message_record, dns_answer_record;
 static PyObject *dns_type_names, *dns_rcode_names;
+#define CODE_MEMO 256 /* code_name's memo: the names of the codes below this */
+static PyObject *type_memo[CODE_MEMO], *rcode_memo[CODE_MEMO];
 
 /* bind_dns(DnsMessage, DnsAnswer, TYPE_NAMES, RCODE_NAMES): what parse_dns builds its result from. */
 PyObject *bind_dns(PyObject *module, PyObject *args) {
@@ -272,11 +274,25 @@ PyObject *bind_dns(PyObject *module, PyObject *args) {
     dns_answer_record = answer_record;
     Py_XSETREF(dns_type_names, Py_NewRef(type_names));
     Py_XSETREF(dns_rcode_names, Py_NewRef(rcode_names));
+    for (int i = 0; i < CODE_MEMO; i++) {
+        Py_CLEAR(type_memo[i]);
+        Py_CLEAR(rcode_memo[i]);
+    }
     Py_RETURN_NONE;
 }
 
-/* names[code], else prefix followed by the number (sensor.decode.dns.type_name and RCODE names). */
+/* names[code], else prefix followed by the number (sensor.decode.dns.type_name and RCODE names); the
+ * answers for codes below CODE_MEMO kept (bind_dns forgets them), one look-up per code and table. */
+static PyObject *code_name_of(PyObject *names, unsigned code, const char *prefix);
+
 static PyObject *code_name(PyObject *names, unsigned code, const char *prefix) {
+    PyObject **memo = names == dns_type_names ? type_memo : names == dns_rcode_names ? rcode_memo : NULL;
+    if (memo == NULL || code >= CODE_MEMO) return code_name_of(names, code, prefix);
+    if (memo[code] == NULL && (memo[code] = code_name_of(names, code, prefix)) == NULL) return NULL;
+    return Py_NewRef(memo[code]);
+}
+
+static PyObject *code_name_of(PyObject *names, unsigned code, const char *prefix) {
     PyObject *key = PyLong_FromUnsignedLong(code);
     if (key == NULL) return NULL;
     PyObject *name = PyDict_GetItemWithError(names, key);
@@ -463,8 +479,9 @@ PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (is_response < 0) goto done;
     if (is_response) {
         key = PyTuple_Pack(6, dst, dport, src, sport, id, lower);
-        if (key == NULL) goto done;
-        PyObject *query = PyDict_GetItemWithError(pending, key); /* borrowed */
+        Py_hash_t hash = key != NULL ? PyObject_Hash(key) : -1;
+        if (hash == -1) goto done;
+        PyObject *query = dict_get_hashed(pending, key, hash); /* borrowed */
         if (query == NULL) {
             if (PyErr_Occurred()) goto done;
             goto decline; /* unmatched: counted by the Python code */
@@ -477,7 +494,7 @@ PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         values[7] = field(&dns_message_record, 5, message);
         PyObject *record = record_new(&dns_query_record, values);
         if (record == NULL) goto done;
-        if (PyDict_DelItem(pending, key) < 0 || PyList_Append(records, record) < 0) {
+        if (dict_del_hashed(pending, key, hash) < 0 || PyList_Append(records, record) < 0) {
             Py_DECREF(record);
             goto done;
         }
@@ -486,8 +503,9 @@ PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
         goto done;
     }
     key = PyTuple_Pack(6, src, sport, dst, dport, id, lower);
-    if (key == NULL) goto done;
-    int known = PyDict_Contains(pending, key);
+    Py_hash_t hash = key != NULL ? PyObject_Hash(key) : -1;
+    if (hash == -1) goto done;
+    int known = dict_has_hashed(pending, key, hash);
     if (known < 0) goto done;
     if (known || PyDict_GET_SIZE(pending) >= max_pending) goto decline; /* a retransmission, or an eviction */
     PyObject *flow = record_new(&flow_record, (PyObject *[]){Py_NewRef(src), Py_NewRef(sport), Py_NewRef(dst),
@@ -496,7 +514,7 @@ PyObject *dns_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *waiting = PyTuple_Pack(5, ts, flow, id, name, qtype);
     Py_DECREF(flow);
     if (waiting == NULL) goto done;
-    int stored = PyDict_SetItem(pending, key, waiting);
+    int stored = dict_set_hashed(pending, key, waiting, hash);
     Py_DECREF(waiting);
     if (stored < 0) goto done;
     result = PyLong_FromLong(0);

@@ -28,6 +28,21 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A dict (exactly a dict: not an OrderedDict, whose order these would bypass) looked up, changed or
+ * asked with the hash of `key` computed once: the flow and query tables' keys are tuples, which keep
+ * no hash of their own. CPython's own calls where they are exported, else the plain ones. */
+#if PY_VERSION_HEX < 0x030D0000
+#define dict_get_hashed(d, key, hash) _PyDict_GetItem_KnownHash(d, key, hash)
+#define dict_set_hashed(d, key, value, hash) _PyDict_SetItem_KnownHash(d, key, value, hash)
+#define dict_del_hashed(d, key, hash) _PyDict_DelItem_KnownHash(d, key, hash)
+#define dict_has_hashed(d, key, hash) _PyDict_Contains_KnownHash(d, key, hash)
+#else
+#define dict_get_hashed(d, key, hash) ((void)(hash), PyDict_GetItemWithError(d, key))
+#define dict_set_hashed(d, key, value, hash) ((void)(hash), PyDict_SetItem(d, key, value))
+#define dict_del_hashed(d, key, hash) ((void)(hash), PyDict_DelItem(d, key))
+#define dict_has_hashed(d, key, hash) ((void)(hash), PyDict_Contains(d, key))
+#endif
+
 /* Shared between the files of the extension, never exported from it. */
 #define FAST_INTERNAL __attribute__((visibility("hidden")))
 
@@ -168,6 +183,7 @@ FAST_INTERNAL PyObject *decode_mirrored(PyObject *module, PyObject *const *args,
 FAST_INTERNAL PyObject *mirrored_found(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *cached_text(PyObject *texts, PyObject *address, Py_ssize_t max_texts, int *full);
 FAST_INTERNAL PyObject *declined_decoder(PyObject *module, PyObject *args);
+FAST_INTERNAL PyObject *replay_alerts(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *community_id(PyObject *module, PyObject *args);
 FAST_INTERNAL PyObject *event_envelope(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *bind_json(PyObject *module, PyObject *dumps);
@@ -209,6 +225,7 @@ FAST_INTERNAL PyObject *http_request(PyObject *module, PyObject *const *args, Py
  * the throttle windows' ids (ecs.c). */
 FAST_INTERNAL void sha256_block(uint32_t h[8], const uint8_t block[64]);
 FAST_INTERNAL PyObject *quic_crypto_chunks(PyObject *module, PyObject *arg);
+FAST_INTERNAL int quic_initial_start(const uint8_t *p, Py_ssize_t n);
 FAST_INTERNAL PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_initial_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -516,6 +516,79 @@ done:
     return result;
 }
 
+/* feed_decoded's QUIC branch for a datagram that starts with a QUIC Initial, where its expiry of waiting
+ * queries is not due: a server's datagram to a known client counted (QuicClientHelloTracker.skip_server),
+ * any other fed to the decoder's tracker and a ClientHello it completes emitted (emit_hello). 1 having
+ * done so, 0 having changed nothing, -1 on error. */
+static int quic_datagram(PyObject *state, PyObject *const *item, PyObject *ts) {
+    enum { NEXT_DNS_EXPIRY, QUIC, NEXT_EXPIRY, CONNECTIONS, COUNTS_NAME, SERVER_DATAGRAMS, FEED, EMIT_HELLO, UDP_TEXT,
+           QUIC_TEXT, NAMES };
+    static PyObject *names[NAMES];
+    static const char *const texts[NAMES] = {"_next_dns_expiry", "quic", "_next_expiry", "_connections", "_counts",
+                                             "quic.server_datagrams", "feed", "emit_hello", "udp", "quic"};
+    if (names[0] == NULL)
+        for (int i = 0; i < NAMES; i++)
+            if ((names[i] = PyUnicode_InternFromString(texts[i])) == NULL) return -1;
+    PyObject *decoder = PyTuple_GET_ITEM(state, DECODER), *tracker = NULL, *connections = NULL, *key = NULL,
+             *reverse = NULL, *counts = NULL;
+    int result = -1, due;
+    PyObject *expiry = PyObject_GetAttr(decoder, names[NEXT_DNS_EXPIRY]);
+    if (expiry == NULL) return -1;
+    due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    Py_DECREF(expiry);
+    if (due) return due < 0 ? -1 : 0;
+    if ((tracker = PyObject_GetAttr(decoder, names[QUIC])) == NULL ||
+        (key = PyTuple_Pack(4, item[1], item[2], item[3], item[4])) == NULL ||
+        (reverse = PyTuple_Pack(4, item[2], item[1], item[4], item[3])) == NULL)
+        goto done;
+    /* skip_server, where its tables are as the tracker makes them */
+    if ((expiry = PyObject_GetAttr(tracker, names[NEXT_EXPIRY])) == NULL) goto done;
+    due = PyObject_RichCompareBool(ts, expiry, Py_GE);
+    Py_DECREF(expiry);
+    if (due < 0 || (connections = PyObject_GetAttr(tracker, names[CONNECTIONS])) == NULL) goto done;
+    int known = 0, server = 0;
+    if (!due && PyDict_Check(connections) && (known = PyDict_Contains(connections, key)) == 0)
+        server = PyDict_Contains(connections, reverse);
+    if (known < 0 || server < 0) goto done;
+    if (server) {
+        if ((counts = PyObject_GetAttr(tracker, names[COUNTS_NAME])) == NULL) goto done;
+        PyObject *count = PyDict_GetItemWithError(counts, names[SERVER_DATAGRAMS]);
+        if (count == NULL && PyErr_Occurred()) goto done;
+        PyObject *one = PyLong_FromLong(1), *more = one != NULL && count != NULL ? PyNumber_Add(count, one) : Py_XNewRef(one);
+        int failed = more == NULL || PyObject_SetItem(counts, names[SERVER_DATAGRAMS], more) < 0;
+        Py_XDECREF(one);
+        Py_XDECREF(more);
+        result = failed ? -1 : 1;
+        goto done;
+    }
+    PyObject *hello = PyObject_VectorcallMethod(names[FEED], (PyObject *[]){tracker, key, item[7], reverse, ts},
+                                                5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (hello == NULL) goto done;
+    if (hello != Py_None) { /* make_flow's Flow, its address texts as addr_text gives them */
+        PyObject *src = item[1], *dst = item[2];
+        PyObject *flow = record_new(&flow_record, (PyObject *[]){
+            address_text((const uint8_t *)PyBytes_AS_STRING(src), PyBytes_GET_SIZE(src)), Py_NewRef(item[3]),
+            address_text((const uint8_t *)PyBytes_AS_STRING(dst), PyBytes_GET_SIZE(dst)), Py_NewRef(item[4]),
+            Py_NewRef(names[UDP_TEXT])});
+        PyObject *none = flow == NULL ? NULL : PyObject_VectorcallMethod(
+            names[EMIT_HELLO], (PyObject *[]){decoder, ts, flow, names[QUIC_TEXT], hello},
+            5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_XDECREF(flow);
+        Py_DECREF(hello);
+        if (none == NULL) goto done;
+        Py_DECREF(none);
+    } else
+        Py_DECREF(hello);
+    result = 1;
+done:
+    Py_XDECREF(tracker);
+    Py_XDECREF(connections);
+    Py_XDECREF(key);
+    Py_XDECREF(reverse);
+    Py_XDECREF(counts);
+    return result;
+}
+
 static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decode(linktype, frame, ts)");
@@ -528,7 +601,32 @@ static PyObject *handshake_decode(PyObject *state, PyObject *const *args, Py_ssi
     long proto = PyLong_AsLong(item[0]), sport = PyLong_AsLong(item[3]), dport = PyLong_AsLong(item[4]),
          flags = PyLong_AsLong(item[5]);
     PyObject *payload = item[7];
-    if (proto != TCP || sport == 53 || dport == 53 || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
+    if (proto == UDP && sport != 53 && dport != 53 && PyBytes_Check(payload) && PyBytes_Check(item[1]) &&
+        PyBytes_Check(item[2]) && !PyErr_Occurred() &&
+        quic_initial_start((const uint8_t *)PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))) {
+        int taken = quic_datagram(state, item, args[2]);
+        if (taken < 0) goto error;
+        if (!taken) return found;
+        Py_DECREF(found);
+        return PyTuple_New(0);
+    }
+    if (proto != TCP || !PyBytes_Check(payload) || PyErr_Occurred()) goto declined;
+    int bare = PyBytes_GET_SIZE(payload) == 0 && !(flags & (SYN | FIN | RST));
+    if (sport == 53 || dport == 53) {
+        /* DNS's port: only a SYN or a bare ACK, and only where it cannot be another replay worker's
+         * (feed_found's test, with a route_of) */
+        if (!bare && !((flags & SYN) && PyBytes_GET_SIZE(payload) == 0)) goto declined;
+        static PyObject *route_of_name;
+        if (route_of_name == NULL && (route_of_name = PyUnicode_InternFromString("_route_of")) == NULL) goto error;
+        PyObject *route_of = PyObject_GetAttr(PyTuple_GET_ITEM(state, DECODER), route_of_name);
+        if (route_of == NULL) goto error;
+        Py_DECREF(route_of);
+        if (route_of != Py_None) return found;
+    }
+    if (bare) { /* a bare ACK: feed_decoded only looks at the sweep and the expiry, as for (None,) */
+        Py_DECREF(found);
+        return PyTuple_Pack(1, Py_None);
+    }
     if (!PyBytes_Check(item[1]) || !PyBytes_Check(item[2]) || PyBytes_GET_SIZE(item[1]) < 2 ||
         PyBytes_GET_SIZE(item[2]) < 2)
         goto declined;
@@ -606,7 +704,10 @@ static PyMethodDef handshake_decode_def = {
  * `parser_type` parser waits in `head_state`, or the first after a SYN that decoder._classify gives
  * such a consumer, is taken as FlowTable.segment takes it, each request's `new_request` record
  * appended to decoder.records (its flow's addresses from addr_text's cache `texts`, up to
- * `max_texts`), answered (None,). None of them on DNS's port. bind_handshakes first.
+ * `max_texts`), answered (None,). A bare ACK is answered (None,) (feed_decoded only looks at the sweep
+ * and the expiry for it); a datagram that starts with a QUIC Initial is taken as feed_decoded takes it
+ * (quic_datagram), answered (). On DNS's port only a SYN or a bare ACK, and only where the decoder has no
+ * replay worker's route. bind_handshakes first.
  * sensor.decode.dispatch.TrafficDecoder.handshake_py is the reference. */
 PyObject *handshake_decoder(PyObject *module, PyObject *args) {
     if (hello_record.type == NULL) {

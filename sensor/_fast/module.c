@@ -34,6 +34,8 @@ static PyMethodDef methods[] = {
     {"declined_decoder", declined_decoder, METH_VARARGS,
      "declined_decoder(decode, declined, route_of, shared_route) -> decode(linktype, frame, ts): decode's answer,"
      " a frame it declined taken by declined in the same call"},
+    {"replay_alerts", (PyCFunction)(void (*)(void))replay_alerts, METH_FASTCALL,
+     "replay_alerts(batch, decode, feed_found, decoder, on_record, ship): an alerts replay's loop over a batch"},
     {"bind_pcap", bind_pcap, METH_O, "bind_pcap(TIME_JUMP)"},
     {"pcap_records", pcap_records, METH_VARARGS,
      "pcap_records(buffer, start, linktype, big_endian, nanoseconds, high)"

@@ -51,6 +51,23 @@ PyObject *set_tunnel_ports(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The bytes object of an address, from a small direct-mapped table of the last ones seen: the hosts
+ * of a capture recur, and one object per address makes the flow tables' key tuples hash (a bytes
+ * object keeps its hash) and compare (by identity first) cheaply; a new reference, or NULL. */
+#define ADDRESS_SLOTS 4096
+static PyObject *address_slots[ADDRESS_SLOTS];
+
+static PyObject *address_bytes(const uint8_t *p, Py_ssize_t n) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+    PyObject **slot = &address_slots[(h ^ (h >> 16)) & (ADDRESS_SLOTS - 1)], *known = *slot;
+    if (known != NULL && PyBytes_GET_SIZE(known) == n && memcmp(PyBytes_AS_STRING(known), p, (size_t)n) == 0)
+        return Py_NewRef(known);
+    PyObject *made = bytes_at(p, n);
+    if (made != NULL) Py_XSETREF(*slot, Py_NewRef(made));
+    return made;
+}
+
 static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_ssize_t alen, Py_ssize_t pos,
                            Py_ssize_t end) {
     unsigned sport, dport, flags = 0;
@@ -74,8 +91,8 @@ static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_
     }
     sport = get16(f + pos);
     dport = get16(f + pos + 2);
-    return tuple_steal(8, (PyObject *[]){PyLong_FromUnsignedLong(proto), bytes_at(f + src, alen),
-                                         bytes_at(f + src + alen, alen), PyLong_FromUnsignedLong(sport),
+    return tuple_steal(8, (PyObject *[]){PyLong_FromUnsignedLong(proto), address_bytes(f + src, alen),
+                                         address_bytes(f + src + alen, alen), PyLong_FromUnsignedLong(sport),
                                          PyLong_FromUnsignedLong(dport), PyLong_FromUnsignedLong(flags),
                                          PyLong_FromUnsignedLong(seq), bytes_at(f + start, end - start)});
 }
@@ -215,10 +232,30 @@ done:
     return result;
 }
 
-/* The text of a 4- or 16-byte address, as socket.inet_ntop gives it. */
+/* The text of a 4- or 16-byte address, as socket.inet_ntop gives it: from a direct-mapped table of
+ * the last ones made, as address_bytes (one str per recent address, its hash kept for the tables
+ * keyed by it). */
+static struct {
+    uint8_t address[16], alen;
+    PyObject *text;
+} text_slots[ADDRESS_SLOTS];
+
 PyObject *address_text(const uint8_t *address, Py_ssize_t alen) {
+    alen = alen == 4 ? 4 : 16;
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < alen; i++) h = (h ^ address[i]) * 16777619u;
+    h = (h ^ (h >> 16)) & (ADDRESS_SLOTS - 1);
+    PyObject *known = text_slots[h].text;
+    if (known != NULL && text_slots[h].alen == alen && memcmp(text_slots[h].address, address, (size_t)alen) == 0)
+        return Py_NewRef(known);
     char text[INET6_ADDRSTRLEN];
-    return ascii_str(text, address_chars(address, alen == 4 ? 4 : 16, text));
+    PyObject *made = ascii_str(text, address_chars(address, alen, text));
+    if (made != NULL) {
+        memcpy(text_slots[h].address, address, (size_t)alen);
+        text_slots[h].alen = (uint8_t)alen;
+        Py_XSETREF(text_slots[h].text, Py_NewRef(made));
+    }
+    return made;
 }
 
 /* dns_datagram(linktype, frame) -> (src, sport, dst, dport, DnsMessage) or None: a DNS datagram (UDP,
@@ -530,4 +567,82 @@ PyObject *declined_decoder(PyObject *module, PyObject *args) {
     PyObject *result = PyCFunction_New(&declined_decode_def, state);
     Py_DECREF(state);
     return result;
+}
+
+/* replay_alerts(batch, decode, feed_found, decoder, on_record, ship): an alerts replay's loop over one
+ * batch of (ts, linktype, frame), files.alerts_batch_py: each frame through the compiled decode, its
+ * answer (but ()) to feed_found, and the records the decoder then holds, taken from it, to on_record,
+ * whose alerts go to ship. The loop's own work per packet, without the interpreter's. */
+PyObject *replay_alerts(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *records_name;
+    if (nargs != 6 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "replay_alerts(batch, decode, feed_found, decoder, on_record, ship)");
+        return NULL;
+    }
+    if (records_name == NULL && (records_name = PyUnicode_InternFromString("records")) == NULL) return NULL;
+    PyObject *batch = args[0], *decode = args[1], *feed_found = args[2], *decoder = args[3];
+    PyObject *on_record = args[4], *ship = args[5];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "replay_alerts: a batch holds (ts, linktype, frame)");
+            return NULL;
+        }
+        Py_INCREF(item); /* the batch is a caller's list: held while Python code runs */
+        PyObject *ts = PyTuple_GET_ITEM(item, 0), *linktype = PyTuple_GET_ITEM(item, 1);
+        PyObject *frame = PyTuple_GET_ITEM(item, 2);
+        PyObject *call[4] = {linktype, frame, ts, NULL};
+        PyObject *found = PyObject_Vectorcall(decode, call, 3, NULL);
+        if (found == NULL) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        if (found == Py_None || (PyTuple_Check(found) ? PyTuple_GET_SIZE(found) != 0 : PyObject_IsTrue(found))) {
+            PyObject *whole[4] = {ts, linktype, frame, found};
+            PyObject *done = PyObject_Vectorcall(feed_found, whole, 4, NULL);
+            if (done == NULL) {
+                Py_DECREF(found);
+                Py_DECREF(item);
+                return NULL;
+            }
+            Py_DECREF(done);
+        }
+        Py_DECREF(found);
+        Py_DECREF(item);
+        PyObject *records = PyObject_GetAttr(decoder, records_name);
+        if (records == NULL) return NULL;
+        int any = PyList_Check(records) ? PyList_GET_SIZE(records) != 0 : PyObject_IsTrue(records);
+        if (any <= 0) {
+            Py_DECREF(records);
+            if (any < 0) return NULL;
+            continue;
+        }
+        PyObject *fresh = PyList_New(0);
+        if (fresh == NULL || PyObject_SetAttr(decoder, records_name, fresh) < 0) {
+            Py_XDECREF(fresh);
+            Py_DECREF(records);
+            return NULL;
+        }
+        Py_DECREF(fresh);
+        PyObject *iter = PyObject_GetIter(records);
+        Py_DECREF(records);
+        if (iter == NULL) return NULL;
+        PyObject *record;
+        while ((record = PyIter_Next(iter)) != NULL) {
+            PyObject *alerts = PyObject_Vectorcall(on_record, &record, 1, NULL);
+            Py_DECREF(record);
+            if (alerts == NULL) break;
+            int truth = PyObject_IsTrue(alerts);
+            if (truth > 0) {
+                PyObject *shipped = PyObject_Vectorcall(ship, &alerts, 1, NULL);
+                Py_XDECREF(shipped);
+                if (shipped == NULL) truth = -1;
+            }
+            Py_DECREF(alerts);
+            if (truth < 0) break;
+        }
+        Py_DECREF(iter);
+        if (PyErr_Occurred()) return NULL;
+    }
+    Py_RETURN_NONE;
 }

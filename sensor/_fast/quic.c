@@ -72,6 +72,48 @@ static void aes128_block(const uint8_t key[16], const uint8_t in[16], uint8_t ou
  * plaintext, up to the first frame not allowed there or the first damaged one.
  */
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <wmmintrin.h>
+
+/* aes128_block by the CPU's AES instructions (AES-NI), where it has them: the key expansion and the
+ * ten rounds in some fifty instructions, against thousands for the table-based one. */
+#define AES_ROUND_KEY(k, rcon)                                                                         \
+    do {                                                                                               \
+        __m128i assist = _mm_shuffle_epi32(_mm_aeskeygenassist_si128(k, rcon), 0xFF);                  \
+        k = _mm_xor_si128(k, _mm_slli_si128(k, 4));                                                    \
+        k = _mm_xor_si128(k, _mm_slli_si128(k, 4));                                                    \
+        k = _mm_xor_si128(_mm_xor_si128(k, _mm_slli_si128(k, 4)), assist);                              \
+    } while (0)
+
+__attribute__((target("aes,sse2"))) static void aes128_block_ni(const uint8_t key[16], const uint8_t in[16],
+                                                                 uint8_t out[16]) {
+    __m128i k = _mm_loadu_si128((const __m128i *)key);
+    __m128i s = _mm_xor_si128(_mm_loadu_si128((const __m128i *)in), k);
+    AES_ROUND_KEY(k, 0x01); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x02); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x04); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x08); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x10); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x20); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x40); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x80); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x1B); s = _mm_aesenc_si128(s, k);
+    AES_ROUND_KEY(k, 0x36); s = _mm_aesenclast_si128(s, k);
+    _mm_storeu_si128((__m128i *)out, s);
+}
+
+static void header_mask(const uint8_t key[16], const uint8_t in[16], uint8_t out[16]) {
+    static int has_aes = -1;
+    if (has_aes < 0) has_aes = __builtin_cpu_supports("aes") != 0;
+    if (has_aes)
+        aes128_block_ni(key, in, out);
+    else
+        aes128_block(key, in, out);
+}
+#else
+#define header_mask aes128_block
+#endif
+
 /* RFC 9000 16: the varint at *pos, advancing it; -1 when it runs past `end`. */
 static int varint(const uint8_t *p, Py_ssize_t end, Py_ssize_t *pos, uint64_t *value) {
     if (*pos >= end) return -1;
@@ -325,7 +367,7 @@ PyObject *quic_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nar
         largest < -1 || largest > (1LL << 62)) /* the caller gives unprotect_py any other */
         Py_RETURN_NONE;
     uint8_t mask[16];
-    aes128_block((const uint8_t *)PyBytes_AS_STRING(args[0]), p + pn_offset + 4, mask);
+    header_mask((const uint8_t *)PyBytes_AS_STRING(args[0]), p + pn_offset + 4, mask);
     uint8_t first = p[start] ^ (mask[0] & 0x0F);
     int pn_length = (first & 0x03) + 1;
     Py_ssize_t payload_at = pn_offset + pn_length;
@@ -466,6 +508,14 @@ PyObject *quic_absorb(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     return PyLong_FromLongLong(pending_bytes);
+}
+
+/* sensor.decode.quic.is_quic_initial: the datagram starts with a QUIC v1 or v2 Initial long header. */
+int quic_initial_start(const uint8_t *p, Py_ssize_t n) {
+    if (n < 7 || (p[0] & 0xC0) != 0xC0 || p[5] > 20) return 0;
+    uint32_t version = get32(p + 1);
+    int packet_type = (p[0] >> 4) & 0x03;
+    return (version == 0x00000001 && packet_type == 0) || (version == 0x6B3343CF && packet_type == 1);
 }
 
 /* quic_long_header(packet, start) -> (version, initial, dcid, pn_offset, end) of the QUIC v1 or v2

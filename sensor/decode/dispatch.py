@@ -591,18 +591,37 @@ class TrafficDecoder:
         """The reference of the compiled handshake_decoder's decode, given its bound decode's answer
         `found`: a SYN without payload recorded in the flow table as feed_decoded records it,
         answering (); a whole ClientHello in the first segment after its SYN taken as
-        _whole_hello takes it, answering (its TlsHello,) for the caller to add; the in-order
+        _whole_hello takes it, answering (its TlsHello,) for the caller to add; a datagram that starts with
+        a QUIC Initial taken as feed_decoded takes it (a server's to a client the tracker knows only counted,
+        QuicClientHelloTracker.skip_server; any other fed to the tracker, a ClientHello it completes
+        emitted), answering (); a bare ACK, which feed_decoded only looks at the sweep and expiry for, (None,); the in-order
         segments of a ClientHello split over segments taken as FlowTable.segment and
         _TlsHelloConsumer take them (_split_hello_py); an in-order segment of whole plain requests, an
         HTTP connection's first after its SYN or one on a connection waiting for its next request,
         taken as FlowTable.segment takes it, answering (None,) with their records appended
-        (_first_requests_py, _whole_requests_py). None on DNS's port. Anything else:
+        (_first_requests_py, _whole_requests_py). On DNS's port only a SYN or a bare ACK, and only without
+        a replay worker's route (feed_found's test of another worker's packets). Anything else:
         `found`, nothing changed. (The compiled one may also answer `found` where a table is at its bound
         or the connection holds segments: feed_decoded then takes it.)"""
         if found is None or len(found) != 8:
             return found
         proto, src, dst, sport, dport, flags, seq, payload = found
-        if proto != TCP or sport == _DNS_PORT or dport == _DNS_PORT:
+        if sport == _DNS_PORT or dport == _DNS_PORT:
+            # only a SYN or a bare ACK, where feed_found would not ask whether it is another replay worker's
+            if proto != TCP or payload or not flags & _SYN and flags & (_FIN | _RST) or self._route_of is not None:
+                return found
+        if proto == TCP and not payload and not flags & (_SYN | _FIN | _RST):
+            return (None,)  # a bare ACK: feed_decoded only looks at the sweep and the expiry, as feed_found for (None,)
+        if proto == UDP:  # feed_decoded's QUIC branch, where its expiry of waiting queries is not due
+            if not (payload and payload[0] & 0xC0 == 0xC0 and quic.is_quic_initial(payload)) or ts >= self._next_dns_expiry:
+                return found
+            key, reverse = (src, dst, sport, dport), (dst, src, dport, sport)
+            if not self.quic.skip_server(key, reverse, ts):  # a server's datagram to a known client: counted only
+                quic_hello = self.quic.feed(key, payload, reverse, ts)
+                if quic_hello is not None:
+                    self.emit_hello(ts, make_flow(src, sport, dst, dport, "udp"), "quic", quic_hello)
+            return ()
+        if proto != TCP:
             return found
         key = (src, dst, sport, dport)
         if flags & _SYN and not payload:

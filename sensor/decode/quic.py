@@ -438,6 +438,17 @@ class QuicClientHelloTracker:
                 return hello
         return None
 
+    def skip_server(self, conn_key: Hashable, reverse_key: Hashable, ts: float) -> bool:
+        """What `feed` does with a datagram from the server of a known client when no expiry is due:
+        counted and skipped, True. False, having changed nothing, for any other (the compiled
+        handshake step does this without a call of feed: TrafficDecoder.handshake_py is its reference)."""
+        connections = self._connections
+        if ts >= self._next_expiry or conn_key in connections or reverse_key not in connections:
+            return False
+        counts = self._counts
+        counts["quic.server_datagrams"] = counts.get("quic.server_datagrams", 0) + 1
+        return True
+
     def _expire(self, now: float) -> None:
         """Forget the connections idle longer than the timeout; looked for every few seconds of
         capture time, from the front of the table only."""

@@ -5,15 +5,23 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sensor.app.replay.plan import should_prefilter
 from sensor.capture.inputs import is_stream
 from sensor.capture.pcap import CaptureFile
 from sensor.capture.prefilter import AnyPrefilter, CompiledPrefilter, open_prefilter, route_of
 from sensor.capture.workers import SHARED_ANSWER
+from sensor.decode.dispatch import TrafficDecoder
 from sensor.decode.packet import LINKTYPE_NAMES
 from sensor.errors import CaptureError
 from sensor.pipeline import Pipeline
+from sensor.records import Record
+
+try:  # the alerts replay's loop over a batch in one compiled call (sensor/_fast/packet.c): alerts_batch_py is the reference
+    from sensor._fast import replay_alerts as _replay_alerts
+except ImportError:  # built without a C compiler
+    _replay_alerts = None
 
 log = logging.getLogger("phi_sensor")
 
@@ -106,18 +114,7 @@ def replay_file(
                 if pending:
                     _write_lines(lines_of, pending, writers)
             elif forward is None and detection is not None and decode is not None:
-                on_record, ship = detection
-                for ts, linktype, frame in batch:
-                    found = decode(linktype, frame, ts)  # TrafficDecoder.feed, unrolled: () was taken whole
-                    if found or found is None:
-                        feed_found(ts, linktype, frame, found)
-                    records = decoder.records
-                    if records:
-                        decoder.records = []
-                        for record in records:
-                            alerts = on_record(record)
-                            if alerts:
-                                ship(alerts)
+                alerts_batch(batch, decode, feed_found, decoder, *detection)
             elif forward is None:
                 for ts, linktype, frame in batch:
                     feed(ts, linktype, frame)
@@ -167,6 +164,28 @@ def replay_file(
     if progress is not None:
         progress(total, total)
     return problems
+
+
+def alerts_batch_py(batch: list[tuple[float, int, bytes]], decode: Callable[[int, bytes, float], Any],
+                    feed_found: Callable[[float, int, bytes, Any], None], decoder: TrafficDecoder,
+                    on_record: Callable[[Record], list[dict[str, Any]]], ship: Callable[[list[dict[str, Any]]], None]) -> None:
+    """An alerts replay's loop over one batch: TrafficDecoder.feed unrolled (() was taken whole), each
+    record the decoder then holds to the detector, its alerts shipped. The reference of the compiled
+    replay_alerts."""
+    for ts, linktype, frame in batch:
+        found = decode(linktype, frame, ts)
+        if found or found is None:
+            feed_found(ts, linktype, frame, found)
+        records = decoder.records
+        if records:
+            decoder.records = []
+            for record in records:
+                alerts = on_record(record)
+                if alerts:
+                    ship(alerts)
+
+
+alerts_batch = _replay_alerts if _replay_alerts is not None else alerts_batch_py
 
 
 def _write_lines(lines_of: Callable[[list], bytes], records: list, writers: list[Callable[[bytes, int], object]]) -> None:
