@@ -82,12 +82,13 @@ static inline int text_add(Text *t, const char *s, Py_ssize_t n) {
 }
 
 /* Records (sensor.records.frozen_record classes) built here without running their __init__: each
- * field is written through its slot descriptor, which is what that __init__ does, minus a Python
- * call per record. */
+ * field is written where its slot descriptor would write it, which is what that __init__ does,
+ * minus a Python call per record and a descriptor call per field. */
 #define RECORD_MAX_FIELDS 12
 typedef struct {
     PyTypeObject *type;
     PyObject *slots[RECORD_MAX_FIELDS]; /* member descriptors, in field order */
+    Py_ssize_t offsets[RECORD_MAX_FIELDS]; /* where a plain object slot lives in an instance, else -1 */
     Py_ssize_t count;
 } RecordType;
 

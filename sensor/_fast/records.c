@@ -1,4 +1,5 @@
 #include "fast.h"
+#include "structmember.h"
 
 /* sensor.records: frozen_record classes (RecordType, in fast.h) built without running their __init__. */
 
@@ -42,6 +43,13 @@ int record_type_bind(RecordType *record, PyObject *type, Py_ssize_t count) {
     record_type_clear(record);
     record->type = (PyTypeObject *)Py_NewRef(type);
     memcpy(record->slots, slots, count * sizeof(PyObject *));
+    for (Py_ssize_t i = 0; i < count; i++) {
+        /* a __slots__ entry is a writable object member: its descriptor only stores the pointer */
+        const PyMemberDef *member =
+            Py_IS_TYPE(slots[i], &PyMemberDescr_Type) ? ((PyMemberDescrObject *)slots[i])->d_member : NULL;
+        record->offsets[i] =
+            member != NULL && member->type == T_OBJECT_EX && !(member->flags & READONLY) ? member->offset : -1;
+    }
     record->count = count;
     return 0;
 }
@@ -51,9 +59,15 @@ PyObject *record_new(const RecordType *record, PyObject **values) {
     PyObject *obj = NULL;
     for (Py_ssize_t i = 0; i < record->count; i++)
         if (values[i] == NULL) goto done;
-    obj = record->type->tp_alloc(record->type, 0);
-    for (Py_ssize_t i = 0; obj != NULL && i < record->count; i++)
-        if (Py_TYPE(record->slots[i])->tp_descr_set(record->slots[i], obj, values[i]) < 0) Py_CLEAR(obj);
+    obj = record->type->tp_alloc(record->type, 0); /* zeroed: no slot holds anything yet */
+    for (Py_ssize_t i = 0; obj != NULL && i < record->count; i++) {
+        if (record->offsets[i] >= 0) {
+            *(PyObject **)((char *)obj + record->offsets[i]) = values[i]; /* the reference moves in */
+            values[i] = NULL;
+        } else if (Py_TYPE(record->slots[i])->tp_descr_set(record->slots[i], obj, values[i]) < 0) {
+            Py_CLEAR(obj);
+        }
+    }
 done:
     for (Py_ssize_t i = 0; i < record->count; i++) Py_XDECREF(values[i]);
     return obj;
