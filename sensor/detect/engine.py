@@ -341,7 +341,7 @@ class _Window:
             tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
-        return _new_alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
+        return _new_alert(self.rule, self.severity, obs, summary, self.key[2], findings, fields)  # (no cast: a call per document)
 
     @property
     def event_id(self) -> str:
