@@ -811,7 +811,12 @@ class AlertBuilder:
             written = cached[2][0]
         else:
             written = _constant_lines(rule, phi_host, vendor, baa_status)
-        head = self._alert_head()
+        events, head_cached = self.events, self._head  # (_alert_head, inline)
+        if (head_cached is not None and head_cached[0] is events.observer
+                and head_cached[1] is events._data_streams[ALERT_DATASET]):
+            head = head_cached[2]
+        else:
+            head = self._alert_head()
         if written is None or head is None:
             return None
         first = _iso_time_fast(first_seen) or iso_time(first_seen)
