@@ -344,7 +344,7 @@ class _Window:
             tracker = None if payload is None else TrackerPayload(*payload)
         obs = _observation(make(*values), source, self.phi_host, destination, self.vendor, self.baa, allowed,
                            status, None, tracker, None)
-        return _new_alert(cast(RuleInfo, self.rule), self.severity, obs, summary, self.key[2], findings, fields)
+        return _new_alert(self.rule, self.severity, obs, summary, self.key[2], findings, fields)  # (no cast: a call per document)
 
     @property
     def event_id(self) -> str:
@@ -603,7 +603,9 @@ class DetectionEngine:
         spill = self._spill  # (let go after the last window)
         for window in self._last_windows():
             count = window.sent_count = window.count
-            yield line_of(window.alert(spill), count, window.start, window.last_seen, window.event_id, window.hosts())
+            only = window.destination  # (hosts() inline: most windows reached one host)
+            hosts = window.hosts() if window.destinations is not None else [] if only is None else [only]
+            yield line_of(window.alert(spill), count, window.start, window.last_seen, window.event_id, hosts)
 
     def _last_windows(self) -> Iterator[_Window]:
         """The windows whose final document is still to go, in the order of their start, at the end."""

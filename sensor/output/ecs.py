@@ -788,8 +788,14 @@ class AlertBuilder:
         else:
             return None
         named = obs.destination
-        primary = _primary_destination(destinations, named)
-        summary = _summary_naming(alert.summary, named, primary, destinations)
+        # most windows reached one host, the one their alert named: its summary as it was
+        if not destinations:
+            primary, summary = named, alert.summary
+        elif len(destinations) == 1 and destinations[0].host == named:
+            primary, summary = destinations[0].host, alert.summary
+        else:
+            primary = _primary_destination(destinations, named)
+            summary = _summary_naming(alert.summary, named, primary, destinations)
         findings = alert.findings
         if not self.unredacted:
             summary = redact(summary, findings)
@@ -798,13 +804,23 @@ class AlertBuilder:
         if not (primary and summary and obs.source_record and severity and event_id and baa_status and alert.rule.id
                 and type(count) is int and type(primary) is str):
             return None
-        rule = alert.rule
-        written = _constant_lines(rule, obs.phi_host, obs.vendor, baa_status)
-        head = self._alert_head()
+        rule, phi_host, vendor = alert.rule, obs.phi_host, obs.vendor
+        cached = _CONSTANT_FIELDS.get((id(rule), id(phi_host), id(vendor), baa_status))  # (_constant_lines, inline)
+        if (cached is not None and cached[2] is not None and cached[0][0] is rule and cached[0][1] is phi_host
+                and cached[0][2] is vendor):
+            written = cached[2][0]
+        else:
+            written = _constant_lines(rule, phi_host, vendor, baa_status)
+        events, head_cached = self.events, self._head  # (_alert_head, inline)
+        if (head_cached is not None and head_cached[0] is events.observer
+                and head_cached[1] is events._data_streams[ALERT_DATASET]):
+            head = head_cached[2]
+        else:
+            head = self._alert_head()
         if written is None or head is None:
             return None
-        first = iso_time(first_seen)
-        last = first if last_seen == first_seen else iso_time(last_seen)
+        first = _iso_time_fast(first_seen) or iso_time(first_seen)
+        last = first if last_seen == first_seen else _iso_time_fast(last_seen) or iso_time(last_seen)
         # phi_egress's members after the BAA: the findings' and the tracker payload's
         members_end, types = written[2], ()
         if findings:
@@ -825,7 +841,8 @@ class AlertBuilder:
             domain = primary  # (what the alert names, in place of the hello's or request's)
             if kind == _HTTP:
                 middle = self._request_fields(record, findings)
-        _add_related_hosts(hosts, named, destinations)
+        if destinations or (named and named not in hosts):
+            _add_related_hosts(hosts, named, destinations)
         source = flow.src_ip
         line = _alert_line_fast(
             kind, record, domain, first, head[0], SEVERITY_SCORE[severity], event_id, head[1], first, last, head[2],
@@ -834,8 +851,6 @@ class AlertBuilder:
         )
         if line is None:
             return None
-        phi_host = obs.phi_host
-        vendor = obs.vendor
         return line, (event_id, severity, rule.id, source, (phi_host.name or None) if phi_host else None,
                       (vendor.name if vendor is not None else None) or primary, baa_status, types, count)
 
