@@ -182,6 +182,25 @@ def test_a_dns_answer_goes_to_its_client_and_is_shared() -> None:
     assert route(1, fragment) == 0  # reassembled in worker 0, which alone learns from it
 
 
+def test_a_dns_answer_to_a_client_port_that_is_a_mirror_tunnels_is_still_shared() -> None:
+    """A client's ephemeral port may be VXLAN's or Geneve's: a datagram on it without that header is
+    plain UDP to the decoder, so its answer goes to its client's worker and is shared, as on any
+    other port. With the header (VXLAN's I flag, Geneve's version 0) it is a tunnel's packet."""
+    from sensor.decode.packet import UDP, PacketDecoder
+    from sensor.records import Counters
+
+    answer = _dns(True, 1, (1,))
+    # a message ID whose first byte has VXLAN's I flag (0x08) clear and Geneve's version (top bits) set
+    answer = bytes([0xC2]) + answer[1:]
+    for client, worker in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
+        for port in (4789, 8472, 6081):
+            frame = _ether(_ip4("10.0.0.53", client, 17, _udp(53, port, answer)))
+            assert route(1, frame) == worker | SHARED_ANSWER
+            decoded = PacketDecoder(Counters()).decode_py(0.0, 1, frame)
+            assert decoded is not None and decoded[0] == UDP and decoded[3:5] == (53, port)
+        tunnelled = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000, answer)))
+        assert route(1, _vxlan(tunnelled, sport=53)) == worker | SHARED_ANSWER  # the header there: inside
+
 def route(linktype: int, frame: bytes) -> int:
     """The route both implementations give (they must agree)."""
     found = route_of_py(linktype, frame)
@@ -201,7 +220,7 @@ def dns_frames(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(12, max(12, len(message) - 1)))
         message = message[:at] + bytes([draw(st.sampled_from([0x3F, 0x40, 0x80, 0xC0]))]) + message[at + 1:]
     address = st.sampled_from([CLIENT_ODD, CLIENT_EVEN, SERVER, "10.0.0.53"])
-    port = st.sampled_from([53, 53, 5353, 443, 40000, 50001])
+    port = st.sampled_from([53, 53, 5353, 443, 40000, 50001, 4789, 8472, 6081, 2152])
     sport, dport = draw(port), draw(port)
     proto = draw(st.sampled_from([6, 17]))
     l4 = _udp(sport, dport, message) if proto == 17 else _tcp(sport, dport) + message

@@ -109,12 +109,16 @@ static int keep_inner(unsigned kind, const uint8_t *f, Py_ssize_t n, Py_ssize_t 
 
 /* The header a mirror tunnel's datagram (VXLAN, Geneve) at `l4` carries, as the decoder's steps
  * find it: its kind (0x6558: an Ethernet frame, or an EtherType) in *kind, its offset returned;
- * -1 for a datagram not walked into (GTP-U, Teredo, L2TP, or a header the decoder will not take). */
+ * -1 for a datagram not walked into (GTP-U, Teredo, L2TP); NOT_MIRRORED for one on a VXLAN or
+ * Geneve port without that header, which the decoder takes as plain UDP (a client's ephemeral port
+ * may be 4789, 8472 or 6081). */
+#define NOT_MIRRORED (-2)
 static Py_ssize_t udp_tunnel_inner(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, unsigned *kind) {
     Py_ssize_t at = l4 + 8;
     unsigned tunnel = tunnel_kind(get16(f + l4 + 2));
     if (tunnel == TUNNEL_OTHER) tunnel = tunnel_kind(get16(f + l4));
-    if (at + 8 > n) return -1;
+    if (tunnel == TUNNEL_OTHER) return -1;
+    if (at + 8 > n) return NOT_MIRRORED;
     if (tunnel == TUNNEL_VXLAN && (f[at] & 0x08)) {
         *kind = 0x6558;
         return at + 8;
@@ -123,7 +127,7 @@ static Py_ssize_t udp_tunnel_inner(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4
         *kind = get16(f + at + 2);
         return at + 8 + (f[at] & 0x3F) * 4;
     }
-    return -1;
+    return NOT_MIRRORED;
 }
 
 /* GRE (sensor.decode.packet._gre): the header bridged Ethernet, ERSPAN or IP inside starts with,
@@ -348,7 +352,7 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
     unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
     if (proto == UDP && (tunnel_port(sport) || tunnel_port(dport))) {
         inner = udp_tunnel_inner(f, end, pos, &kind);
-        return worker_inner(kind, f, end, inner, depth);
+        if (inner != NOT_MIRRORED) return worker_inner(kind, f, end, inner, depth);
     }
     int source_serves = service_port(sport), destination_serves = service_port(dport), worker;
     if (source_serves != destination_serves) worker = (source_serves ? dst : src)[3] & 1;

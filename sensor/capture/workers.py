@@ -60,17 +60,25 @@ def _mirror_kind(port: int) -> str | None:
     return kind if kind in ("vxlan", "geneve") else None
 
 
+# _udp_tunnel_inner's offset for a datagram on a VXLAN or Geneve port without that header: the
+# decoder takes it as plain UDP (a client's ephemeral port may be 4789, 8472 or 6081)
+NOT_MIRRORED = -2
+
+
 def _udp_tunnel_inner(f: bytes, n: int, l4: int) -> tuple[int, int]:
-    """(kind, offset) of what a VXLAN or Geneve datagram carries; offset -1 when not walked into."""
+    """(kind, offset) of what a VXLAN or Geneve datagram carries; offset -1 when not walked into
+    (GTP-U, Teredo, L2TP), NOT_MIRRORED when its port's header is not there."""
     at = l4 + 8
     tunnel = _mirror_kind((f[l4 + 2] << 8) | f[l4 + 3]) or _mirror_kind((f[l4] << 8) | f[l4 + 1])
-    if at + 8 > n:
+    if tunnel is None:
         return 0, -1
+    if at + 8 > n:
+        return 0, NOT_MIRRORED
     if tunnel == "vxlan" and f[at] & 0x08:
         return _ETHERNET, at + 8
     if tunnel == "geneve" and not f[at] >> 6:
         return (f[at + 2] << 8) | f[at + 3], at + 8 + (f[at] & 0x3F) * 4
-    return 0, -1
+    return 0, NOT_MIRRORED
 
 
 def _gre_inner(f: bytes, n: int, at: int) -> tuple[int, int]:
@@ -154,7 +162,8 @@ def _ip(f: bytes, n: int, off: int, depth: int) -> int:
     sport, dport = (f[pos] << 8) | f[pos + 1], (f[pos + 2] << 8) | f[pos + 3]
     if proto == 17 and (sport in _packet.udp_tunnel_ports or dport in _packet.udp_tunnel_ports):
         kind, at = _udp_tunnel_inner(f, end, pos)
-        return _inner(kind, f, end, at, depth)
+        if at != NOT_MIRRORED:
+            return _inner(kind, f, end, at, depth)
     worker = client_worker(src, dst, sport, dport)
     if proto == 6:
         shared = sport == 53  # a DNS server's side of a connection: the other worker reassembles it
