@@ -492,3 +492,31 @@ def test_an_idle_tunnelled_flow_is_forgotten_on_the_capture_clock() -> None:
     assert decoder.tunnels[busy][0][0]["id"] == 7
     decoder.decode(200.0, 1, wrapped(40002, 8))
     assert list(decoder.tunnels) == [("10.20.0.5", 40002, "192.0.2.1", 80)]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_lookups_from_a_client_port_a_tunnel_uses_are_read_as_dns(tmp_path: Path, workers: str) -> None:
+    """A client's ephemeral port may be VXLAN's or GTP-U's: a lookup from it, whose message ID happens
+    to look like a VXLAN header (its I flag set), and its answer are DNS, as tshark reads them (the
+    lower port decides), with one replay worker or two."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.utils import wrpcap
+
+    from sensor.cli import main
+
+    packets = []
+    for index, port in enumerate((4789, 8472, 6081, 2152)):
+        name = f"portal{index}.tunnel-port.example"
+        query = DNS(id=0x0800 + index, rd=1, qd=DNSQR(qname=name))
+        answer = DNS(id=0x0800 + index, qr=1, ra=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="192.0.2.80"))
+        client = f"10.20.0.{7 + index}"
+        packets.append(Ether() / IP(src=client, dst="10.0.0.53") / UDP(sport=port, dport=53) / query)
+        packets.append(Ether() / IP(src="10.0.0.53", dst=client) / UDP(sport=53, dport=port) / answer)
+    for index, frame in enumerate(packets):
+        frame.time = 1_700_000_000 + index / 10
+    capture, out = tmp_path / "ports.pcap", tmp_path / "events.jsonl"
+    wrpcap(str(capture), packets)
+    assert main(["replay", str(capture), "--emit", "events", "--workers", workers, "--output", str(out), "--quiet"]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((event["dns"]["question"]["name"], event["dns"]["resolved_ip"]) for event in events) == [
+        (f"portal{index}.tunnel-port.example", ["192.0.2.80"]) for index in range(4)]

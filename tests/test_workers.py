@@ -182,24 +182,32 @@ def test_a_dns_answer_goes_to_its_client_and_is_shared() -> None:
     assert route(1, fragment) == 0  # reassembled in worker 0, which alone learns from it
 
 
-def test_a_dns_answer_to_a_client_port_that_is_a_mirror_tunnels_is_still_shared() -> None:
-    """A client's ephemeral port may be VXLAN's or Geneve's: a datagram on it without that header is
-    plain UDP to the decoder, so its answer goes to its client's worker and is shared, as on any
-    other port. With the header (VXLAN's I flag, Geneve's version 0) it is a tunnel's packet."""
-    from sensor.decode.packet import UDP, PacketDecoder
+def test_a_dns_answer_to_a_client_port_that_is_a_tunnels_is_still_shared() -> None:
+    """A client's ephemeral port may be a tunnel's. With DNS's or QUIC's port on the other side (53
+    here) the datagram is that service's whatever its first bytes, as tshark takes it; on a VXLAN
+    or Geneve port without that header, it is plain UDP too. Either way a DNS answer goes to its
+    client's worker and is shared, and the decoder reads it as DNS."""
+    from sensor.decode.packet import UDP, PacketDecoder, is_tunnel_datagram
     from sensor.records import Counters
 
-    answer = _dns(True, 1, (1,))
-    # a message ID whose first byte has VXLAN's I flag (0x08) clear and Geneve's version (top bits) set
-    answer = bytes([0xC2]) + answer[1:]
-    for client, worker in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
-        for port in (4789, 8472, 6081):
-            frame = _ether(_ip4("10.0.0.53", client, 17, _udp(53, port, answer)))
-            assert route(1, frame) == worker | SHARED_ANSWER
-            decoded = PacketDecoder(Counters()).decode_py(0.0, 1, frame)
-            assert decoded is not None and decoded[0] == UDP and decoded[3:5] == (53, port)
-        tunnelled = _ether(_ip4("10.0.0.53", client, 17, _udp(53, 40000, answer)))
-        assert route(1, _vxlan(tunnelled, sport=53)) == worker | SHARED_ANSWER  # the header there: inside
+    plain = _dns(True, 1, (1,))
+    for first_byte in (0xC2, 0x08):  # VXLAN's I flag clear or set, Geneve's version set or not
+        answer = bytes([first_byte]) + plain[1:]
+        for client, worker in ((CLIENT_ODD, 1), (CLIENT_EVEN, 0)):
+            for port in (4789, 8472, 6081, 2152, 3544, 1701):
+                assert not is_tunnel_datagram(53, port) and not is_tunnel_datagram(port, 53)
+                frame = _ether(_ip4("10.0.0.53", client, 17, _udp(53, port, answer)))
+                assert route(1, frame) == worker | SHARED_ANSWER
+                decoded = PacketDecoder(Counters()).decode_py(0.0, 1, frame)
+                assert decoded is not None and decoded[0] == UDP and decoded[3:5] == (53, port)
+    # a VXLAN port between ephemeral ports, without the header: plain UDP to the decoder and the route
+    answer = bytes([0xC2]) + plain[1:]
+    assert is_tunnel_datagram(40000, 4789)
+    frame = _ether(_ip4(CLIENT_ODD, SERVER, 17, _udp(40000, 4789, answer)))
+    assert route(1, frame) == client_worker(bytes([10, 20, 0, 7]), bytes([192, 0, 2, 10]), 40000, 4789)
+    # with the header, the packet inside decides
+    inside = _ether(_ip4("10.0.0.53", CLIENT_ODD, 17, _udp(53, 40000, plain)))
+    assert route(1, _vxlan(inside)) == 1 | SHARED_ANSWER
 
 def route(linktype: int, frame: bytes) -> int:
     """The route both implementations give (they must agree)."""

@@ -130,6 +130,15 @@ enum { TUNNEL_OTHER, TUNNEL_VXLAN, TUNNEL_GENEVE };
 
 static inline int tunnel_port(unsigned port) { return (tunnel_port_bits[port >> 3] >> (port & 7)) & 1; }
 
+/* Whether a UDP datagram is a tunnel's (sensor.decode.packet.is_tunnel_datagram): one of its ports is
+ * a tunnel port, unless the lower port is DNS's or QUIC's (53, 443) and not a tunnel port; then it is
+ * that service's, as tshark decides by the lower port first (a client's ephemeral port may be 4789). */
+static inline int tunnel_datagram(unsigned sport, unsigned dport) {
+    if (!tunnel_port(sport) && !tunnel_port(dport)) return 0;
+    unsigned low = sport < dport ? sport : dport;
+    return (low != 53 && low != 443) || tunnel_port(low);
+}
+
 /* text.c */
 FAST_INTERNAL int text_add_base64(Text *t, const uint8_t *p, Py_ssize_t n);
 FAST_INTERNAL PyObject *ascii_str(const char *s, Py_ssize_t n);

@@ -84,7 +84,7 @@ static PyObject *transport(unsigned proto, const uint8_t *f, Py_ssize_t src, Py_
         if (end - pos < 8) return NULL;
         Py_ssize_t ulen = get16(f + pos + 4);
         if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
-        if (tunnel_port(get16(f + pos)) || tunnel_port(get16(f + pos + 2))) return NULL; /* a tunnel: Python */
+        if (tunnel_datagram(get16(f + pos), get16(f + pos + 2))) return NULL; /* a tunnel: Python */
         start = pos + 8;
     } else {
         return NULL;
@@ -193,6 +193,7 @@ PyObject *decode_mirrored(PyObject *module, PyObject *const *args, Py_ssize_t na
         Py_ssize_t ulen = get16(f + pos + 4);
         if (8 <= ulen && ulen < end - pos) end = pos + ulen;
         unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
+        if (!tunnel_datagram(sport, dport)) goto python;
         /* the decoder names the tunnel by the destination port first */
         unsigned kind = tunnel_port(dport) ? tunnel_kind(dport) : tunnel_port(sport) ? tunnel_kind(sport) : TUNNEL_OTHER;
         Py_ssize_t at = pos + 8;
@@ -292,7 +293,7 @@ PyObject *dns_datagram(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t ulen = get16(f + pos + 4);
     if (8 <= ulen && ulen < end - pos) end = pos + ulen; /* trailing link-layer padding */
     unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
-    if ((sport != 53 && dport != 53) || tunnel_port(sport) || tunnel_port(dport)) goto none;
+    if ((sport != 53 && dport != 53) || tunnel_datagram(sport, dport)) goto none;
     message = dns_message_of(f + pos + 8, end - pos - 8);
     if (message == NULL) goto done; /* an error, or the Python parser decides */
     result = tuple_steal(5, (PyObject *[]){address_text(f + src, alen), PyLong_FromUnsignedLong(sport),

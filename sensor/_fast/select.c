@@ -151,7 +151,7 @@ static int keep_udp(const uint8_t *f, Py_ssize_t n, Py_ssize_t l4, int depth) {
     if (l4 + 4 > n) return 1;
     unsigned sport = get16(f + l4), dport = get16(f + l4 + 2), kind;
     if (sport == 53 || dport == 53 || local_name_port(sport) || local_name_port(dport)) return 1;
-    if (tunnel_port(sport) || tunnel_port(dport)) {
+    if (tunnel_datagram(sport, dport)) {
         Py_ssize_t at = udp_tunnel_inner(f, n, l4, &kind);
         return at < 0 ? 1 : keep_inner(kind, f, n, at, depth); /* else passes whole */
     }
@@ -350,7 +350,7 @@ static int worker_at(const uint8_t *f, Py_ssize_t n, Py_ssize_t off, int depth) 
     }
     if ((proto != TCP && proto != UDP) || pos + 4 > end) return 0;
     unsigned sport = get16(f + pos), dport = get16(f + pos + 2);
-    if (proto == UDP && (tunnel_port(sport) || tunnel_port(dport))) {
+    if (proto == UDP && tunnel_datagram(sport, dport)) {
         inner = udp_tunnel_inner(f, end, pos, &kind);
         if (inner != NOT_MIRRORED) return worker_inner(kind, f, end, inner, depth);
     }

@@ -115,7 +115,7 @@ static int locate_datagram(unsigned linktype, const uint8_t *f, Py_ssize_t n, Da
     if (8 <= ulen && ulen < end - pos) end = pos + ulen;
     d->sport = get16(f + pos);
     d->dport = get16(f + pos + 2);
-    if ((d->sport != 53 && d->dport != 53) || tunnel_port(d->sport) || tunnel_port(d->dport)) return 0;
+    if ((d->sport != 53 && d->dport != 53) || tunnel_datagram(d->sport, d->dport)) return 0;
     d->message = pos + 8;
     d->end = end;
     return 1;

@@ -160,7 +160,7 @@ def _ip(f: bytes, n: int, off: int, depth: int) -> int:
     if (proto != 6 and proto != 17) or pos + 4 > end:
         return 0
     sport, dport = (f[pos] << 8) | f[pos + 1], (f[pos + 2] << 8) | f[pos + 3]
-    if proto == 17 and (sport in _packet.udp_tunnel_ports or dport in _packet.udp_tunnel_ports):
+    if proto == 17 and _packet.is_tunnel_datagram(sport, dport):
         kind, at = _udp_tunnel_inner(f, end, pos)
         if at != NOT_MIRRORED:
             return _inner(kind, f, end, at, depth)

@@ -351,8 +351,20 @@ UDP_TUNNEL_KINDS: dict[str, Step] = {
 DEFAULT_UDP_TUNNEL_PORTS: dict[int, str] = {
     4789: "vxlan", 8472: "vxlan", 6081: "geneve", 2152: "gtp-u", 3544: "teredo", 1701: "l2tp",
 }
+# The UDP services the sensor reads: a datagram between one of these and a higher tunnel port is theirs.
+SERVICES_BEFORE_TUNNELS = frozenset({53, 443})
 # port -> kind, for either port of a datagram (the sensor's decode.tunnel_ports configures it)
 udp_tunnel_ports: dict[int, str] = dict(DEFAULT_UDP_TUNNEL_PORTS)
+
+
+def is_tunnel_datagram(sport: int, dport: int) -> bool:
+    """Whether a UDP datagram is a tunnel's: one of its ports is a tunnel port, unless the lower port
+    is DNS's or QUIC's and not a tunnel port; then it is that service's, as tshark decides by the
+    lower port first (a client's ephemeral port may be 4789 or 2152)."""
+    if sport not in udp_tunnel_ports and dport not in udp_tunnel_ports:
+        return False
+    low = min(sport, dport)
+    return low not in SERVICES_BEFORE_TUNNELS or low in udp_tunnel_ports
 
 
 def configure_udp_tunnels(ports: Mapping[int, str]) -> None:
@@ -662,7 +674,7 @@ class PacketDecoder:
             if 8 <= ulen < end - pos:
                 end = pos + ulen  # trailing link-layer padding
             sport, dport = (buf[pos] << 8) | buf[pos + 1], (buf[pos + 2] << 8) | buf[pos + 3]
-            if udp_tunnel_ports and (dport in udp_tunnel_ports or sport in udp_tunnel_ports):
+            if udp_tunnel_ports and (dport in udp_tunnel_ports or sport in udp_tunnel_ports) and is_tunnel_datagram(sport, dport):
                 name = udp_tunnel_ports.get(dport) or udp_tunnel_ports[sport]
                 inner = buf[pos + 8 : end]
                 found = UDP_TUNNEL_KINDS[name](inner, 0)
